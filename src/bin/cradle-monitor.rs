@@ -1,0 +1,78 @@
+//! `cradle-monitor`: watch every client's status change live.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use cradle::monitor::{self, MonitorOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "cradle-monitor",
+    version,
+    about = "Live view of every client's status"
+)]
+struct Cli {
+    /// Broker URL.
+    #[arg(
+        long,
+        env = "CRADLE_MONITOR_BROKER",
+        default_value = "mqtt://127.0.0.1:1883"
+    )]
+    broker: String,
+    /// Only this account (default: every account).
+    #[arg(long)]
+    account: Option<String>,
+    /// Cradle's HTTP API base URL, for an initial snapshot (needs --account).
+    #[arg(long, value_name = "URL")]
+    http: Option<String>,
+    /// One JSON object per line instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// MQTT username.
+    #[arg(long, env = "CRADLE_MONITOR_USERNAME")]
+    username: Option<String>,
+    /// MQTT password.
+    #[arg(long, env = "CRADLE_MONITOR_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CRADLE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let options = MonitorOptions {
+        broker: cli.broker,
+        account: cli.account,
+        http: cli.http,
+        json: cli.json,
+        username: cli.username,
+        password: cli.password,
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(error) => {
+            eprintln!("cradle-monitor: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut out = std::io::stdout();
+    match runtime.block_on(monitor::run(
+        options,
+        &mut out,
+        cradle::server::shutdown_signal(),
+    )) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("cradle-monitor: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! The bus: Cradle's own MQTT client (rumqttc, QoS 1, manual acks) through which every
+//! topic family reaches its handler, whether the broker is embedded or external.
+//!
+//! One task owns the event loop. It forwards each PUBLISH to the handler whose filter
+//! matches over a bounded channel (a full channel stops the loop, which pushes back on the
+//! broker instead of growing memory) and reconnects with backoff, resubscribing each time.
+//! Handlers acknowledge through [`Acker`] only after their work is durable.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS};
+use tokio::sync::{mpsc, watch};
+
+use crate::config::BusConfig;
+use crate::metrics::Metrics;
+
+/// Errors at the bus's edge.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// The broker did not accept the bus within the start-up timeout.
+    #[error("bus: broker at {addr} not ready after {waited_ms} ms: {last_error}")]
+    NotReady {
+        addr: String,
+        waited_ms: u64,
+        last_error: String,
+    },
+}
+
+/// Connection state of the bus, for readiness and logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BusState {
+    /// Not connected yet; the last error, if any.
+    Connecting(Option<String>),
+    /// Connected and every subscription acknowledged.
+    Ready,
+    /// The connection was lost; reconnecting.
+    Reconnecting(String),
+    /// Shut down.
+    Closed,
+}
+
+/// Acknowledges messages once their effect is durable.
+#[derive(Clone)]
+pub struct Acker {
+    client: AsyncClient,
+}
+
+impl Acker {
+    /// Acknowledges `publish` (a no-op for QoS 0). Fails only when the bus is gone, in which
+    /// case the broker redelivers on the next session.
+    pub async fn ack(&self, publish: &Publish) {
+        if let Err(error) = self.client.ack(publish).await {
+            tracing::warn!(%error, topic = %publish.topic, "ack not sent: bus closed");
+        }
+    }
+}
+
+/// A topic filter and the handler queue its messages go to.
+pub struct Route {
+    /// MQTT filter subscribed with QoS 1.
+    pub filter: String,
+    /// The handler's queue.
+    pub tx: mpsc::Sender<Publish>,
+}
+
+/// The running bus.
+pub struct Bus {
+    client: AsyncClient,
+    state: watch::Receiver<BusState>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Bus {
+    /// Connects to the broker at `host:port`, subscribes every route, and waits until the
+    /// subscriptions are acknowledged or `config.connect_timeout_ms` passes.
+    pub async fn start(
+        config: &BusConfig,
+        host: &str,
+        port: u16,
+        max_packet_bytes: usize,
+        routes: Vec<Route>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Bus, BusError> {
+        let mut options = MqttOptions::new(config.client_id.clone(), host, port);
+        options
+            .set_keep_alive(Duration::from_secs(config.keep_alive_secs.max(5)))
+            .set_clean_session(true)
+            .set_manual_acks(true)
+            .set_max_packet_size(max_packet_bytes + 1024, max_packet_bytes + 1024);
+        // Acks travel through the request channel; it must hold more than the broker's
+        // in-flight window so that a handler never waits on it while the loop waits on the
+        // handler.
+        let (client, eventloop) = AsyncClient::new(options, 65_536);
+        let (state_tx, state) = watch::channel(BusState::Connecting(None));
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(run(
+            client.clone(),
+            eventloop,
+            routes,
+            state_tx,
+            stop_rx,
+            metrics,
+        ));
+        let bus = Bus {
+            client,
+            state,
+            stop,
+            task,
+        };
+        let waited_ms = config.connect_timeout_ms;
+        let mut state = bus.state.clone();
+        let ready = tokio::time::timeout(
+            Duration::from_millis(waited_ms),
+            state.wait_for(|s| *s == BusState::Ready),
+        )
+        .await;
+        match ready {
+            Ok(Ok(_)) => Ok(bus),
+            _ => {
+                let last_error = match &*bus.state.borrow() {
+                    BusState::Connecting(Some(e)) | BusState::Reconnecting(e) => e.clone(),
+                    other => format!("{other:?}"),
+                };
+                bus.task.abort();
+                Err(BusError::NotReady {
+                    addr: format!("{host}:{port}"),
+                    waited_ms,
+                    last_error,
+                })
+            }
+        }
+    }
+
+    /// A handle for acknowledging messages.
+    pub fn acker(&self) -> Acker {
+        Acker {
+            client: self.client.clone(),
+        }
+    }
+
+    /// The client, for publishing on Cradle's behalf.
+    pub fn client(&self) -> &AsyncClient {
+        &self.client
+    }
+
+    /// Whether the bus is connected and subscribed now.
+    pub fn is_ready(&self) -> bool {
+        *self.state.borrow() == BusState::Ready
+    }
+
+    /// A watch of the bus state.
+    pub fn state(&self) -> watch::Receiver<BusState> {
+        self.state.clone()
+    }
+
+    /// Stops forwarding new messages to the handlers; what they already hold they finish
+    /// and acknowledge. Call [`Bus::close`] after the handlers are done.
+    pub fn stop_forwarding(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Sends the queued acks and a DISCONNECT, then ends the loop (bounded by `timeout`).
+    pub async fn close(self, timeout: Duration) {
+        let _ = self.stop.send(true);
+        let _ = self.client.disconnect().await;
+        if tokio::time::timeout(timeout, self.task).await.is_err() {
+            tracing::warn!("bus did not close in time");
+        }
+    }
+}
+
+async fn run(
+    client: AsyncClient,
+    mut eventloop: EventLoop,
+    routes: Vec<Route>,
+    state: watch::Sender<BusState>,
+    mut stop: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
+) {
+    let mut routes = Some(routes);
+    let mut backoff = Duration::from_millis(100);
+    let mut pending_subacks = 0usize;
+    loop {
+        let event = tokio::select! {
+            biased;
+            changed = stop.changed(), if routes.is_some() => {
+                if changed.is_err() || *stop.borrow() {
+                    // Dropping the senders lets each handler drain and finish.
+                    routes = None;
+                }
+                continue;
+            }
+            event = eventloop.poll() => event,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                backoff = Duration::from_millis(100);
+                metrics.bus_connects.fetch_add(1, Relaxed);
+                let filters: Vec<String> =
+                    routes.iter().flatten().map(|r| r.filter.clone()).collect();
+                pending_subacks = filters.len();
+                for filter in filters {
+                    if let Err(error) = client.try_subscribe(filter.as_str(), QoS::AtLeastOnce) {
+                        tracing::error!(%error, %filter, "bus: subscribe not queued");
+                    }
+                }
+                if pending_subacks == 0 {
+                    let _ = state.send(BusState::Ready);
+                }
+                tracing::info!("bus connected to broker");
+            }
+            Ok(Event::Incoming(Packet::SubAck(_))) => {
+                pending_subacks = pending_subacks.saturating_sub(1);
+                if pending_subacks == 0 {
+                    metrics.bus_connected.store(1, Relaxed);
+                    let _ = state.send(BusState::Ready);
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                let Some(routes) = routes.as_ref() else {
+                    // Shutting down: not acknowledged, so the broker still owns it.
+                    continue;
+                };
+                match routes
+                    .iter()
+                    .find(|r| filter_matches(&r.filter, &publish.topic))
+                {
+                    Some(route) => {
+                        if route.tx.send(publish).await.is_err() {
+                            tracing::warn!("bus: handler queue closed");
+                        }
+                    }
+                    None => {
+                        // Not ours (a broker delivering beyond our filters): ack so it is
+                        // not redelivered forever.
+                        let _ = client.try_ack(&publish);
+                    }
+                }
+            }
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                metrics.bus_connected.store(0, Relaxed);
+                let _ = state.send(BusState::Closed);
+                return;
+            }
+            Ok(_) => {}
+            Err(error) => {
+                metrics.bus_connected.store(0, Relaxed);
+                if *stop.borrow() {
+                    let _ = state.send(BusState::Closed);
+                    return;
+                }
+                let message = error.to_string();
+                let next = match &*state.borrow() {
+                    BusState::Connecting(_) => BusState::Connecting(Some(message.clone())),
+                    _ => BusState::Reconnecting(message.clone()),
+                };
+                let _ = state.send(next);
+                tracing::warn!(error = %message, retry_in_ms = backoff.as_millis() as u64, "bus: broker connection failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// MQTT topic-filter matching (`+` one level, `#` the rest).
+pub fn filter_matches(filter: &str, topic: &str) -> bool {
+    let mut t = topic.split('/');
+    for f in filter.split('/') {
+        match f {
+            "#" => return true,
+            "+" => {
+                if t.next().is_none() {
+                    return false;
+                }
+            }
+            level => {
+                if t.next() != Some(level) {
+                    return false;
+                }
+            }
+        }
+    }
+    t.next().is_none()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::filter_matches;
+
+    #[test]
+    fn filters_match_like_mqtt() {
+        assert!(filter_matches(
+            "accounts/+/clients/+/status",
+            "accounts/a/clients/c/status"
+        ));
+        assert!(!filter_matches(
+            "accounts/+/clients/+/status",
+            "accounts/a/clients/c/other"
+        ));
+        assert!(!filter_matches(
+            "accounts/+/clients/+/status",
+            "accounts/a/clients/status"
+        ));
+        assert!(filter_matches("accounts/#", "accounts/a/b/c"));
+        assert!(filter_matches("a/b", "a/b"));
+        assert!(!filter_matches("a/b", "a/b/c"));
+    }
+}

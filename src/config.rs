@@ -1,0 +1,514 @@
+//! One typed configuration: built-in defaults, then a TOML file, then `CRADLE_*`
+//! environment variables, then command-line flags (the last two merged by clap, flag wins).
+//!
+//! Every key is documented in `config/cradle.toml`; errors name the key that is wrong.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// What went wrong while building the configuration. Each message is one line naming the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file was named but cannot be read.
+    #[error("config file {path}: cannot be read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML, or a key has the wrong type or is unknown.
+    #[error("config file {path}: {key}: {message}")]
+    Parse {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+    /// An environment variable or flag holds a value that does not parse.
+    #[error("{key} (--{flag} / {env}): {message}")]
+    Override {
+        key: &'static str,
+        flag: &'static str,
+        env: &'static str,
+        message: String,
+    },
+    /// A value parsed but is not usable (for example a zero batch size).
+    #[error("{key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+/// The whole configuration of the `cradle serve` process.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The MQTT listeners devices connect to, and the embedded broker's limits.
+    pub mqtt: MqttConfig,
+    /// The HTTP API, health and metrics.
+    pub http: HttpConfig,
+    /// The event log and read models.
+    pub store: StoreConfig,
+    /// Cradle's own MQTT client that consumes the topic families.
+    pub bus: BusConfig,
+    /// The status pipeline: validation limits and commit batching.
+    pub sync: SyncConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// MQTT listeners and embedded broker settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttConfig {
+    /// MQTT 3.1.1 over TCP. Loopback by default, as Mosquitto 2 does.
+    pub listen: SocketAddr,
+    /// MQTT 5 over TCP (rumqttd serves v5 on its own listener).
+    pub v5_listen: SocketAddr,
+    /// MQTT 3.1.1 over WebSocket (subprotocol `mqtt`).
+    pub ws_listen: SocketAddr,
+    /// Largest PUBLISH payload the broker accepts, in bytes.
+    pub max_payload_bytes: usize,
+    /// Most simultaneous MQTT connections the broker accepts.
+    pub max_connections: usize,
+    /// How long a new TCP connection may take to send CONNECT, in milliseconds.
+    pub connect_timeout_ms: u16,
+    /// Most unacknowledged QoS 1 messages in flight per connection.
+    pub max_inflight: usize,
+    /// Size of one in-memory log segment per topic filter, in bytes.
+    pub segment_bytes: usize,
+    /// Segments kept per topic filter before the oldest is dropped.
+    pub segment_count: usize,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            listen: loopback(1883),
+            v5_listen: loopback(1884),
+            ws_listen: loopback(8083),
+            max_payload_bytes: 256 * 1024,
+            max_connections: 20_000,
+            connect_timeout_ms: 10_000,
+            max_inflight: 500,
+            segment_bytes: 4 * 1024 * 1024,
+            segment_count: 4,
+        }
+    }
+}
+
+/// HTTP API settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address of the HTTP API, `/healthz`, `/readyz` and `/metrics`.
+    pub listen: SocketAddr,
+    /// Largest request body read, in bytes; larger bodies get 413 before being read.
+    pub max_body_bytes: usize,
+    /// Largest `limit` a caller may ask of a list route.
+    pub max_page_size: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: loopback(8080),
+            max_body_bytes: 64 * 1024,
+            max_page_size: 1000,
+        }
+    }
+}
+
+/// Durability level of SQLite commits.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SqliteSync {
+    /// fsync on every commit: an acknowledged event survives a power loss.
+    #[default]
+    Full,
+    /// fsync at checkpoints: survives a process crash, may lose the last commits on power loss.
+    Normal,
+}
+
+/// Store settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite://path` (created when missing) or `postgres://user:pass@host:port/db`.
+    pub database_url: String,
+    /// Most pooled database connections.
+    pub max_connections: u32,
+    /// SQLite only: `full` or `normal`.
+    pub sqlite_synchronous: SqliteSync,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            database_url: "sqlite://data/cradle.db".to_string(),
+            max_connections: 8,
+            sqlite_synchronous: SqliteSync::Full,
+        }
+    }
+}
+
+/// Cradle's own MQTT client (the bus).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BusConfig {
+    /// MQTT client id of the bus connection; unique per replica.
+    pub client_id: String,
+    /// Keep-alive of the bus connection, in seconds.
+    pub keep_alive_secs: u64,
+    /// How long start-up waits for the broker to accept the bus, in milliseconds.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        Self {
+            client_id: "cradle-sync".to_string(),
+            keep_alive_secs: 30,
+            connect_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// Status pipeline settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SyncConfig {
+    /// Largest status payload accepted, in bytes; larger ones are dropped and counted.
+    pub max_status_bytes: usize,
+    /// Most status messages committed in one transaction.
+    pub batch_max: usize,
+    /// Messages buffered between the bus and the writer before the bus waits.
+    pub queue: usize,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        Self {
+            max_status_bytes: 4096,
+            batch_max: 512,
+            queue: 4096,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter, for example `info,cradle=debug`.
+    pub filter: String,
+    /// `text` or `json`.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            filter: "info,sqlx=warn,rumqttd=off".to_string(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Overrides from the environment and the command line; clap merges the two (flag wins).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Overrides {
+    /// mqtt.listen: MQTT 3.1.1 TCP listener.
+    #[arg(long, env = "CRADLE_MQTT_LISTEN", value_name = "ADDR")]
+    pub mqtt_listen: Option<String>,
+    /// mqtt.v5_listen: MQTT 5 TCP listener.
+    #[arg(long, env = "CRADLE_MQTT_V5_LISTEN", value_name = "ADDR")]
+    pub mqtt_v5_listen: Option<String>,
+    /// mqtt.ws_listen: MQTT over WebSocket listener.
+    #[arg(long, env = "CRADLE_MQTT_WS_LISTEN", value_name = "ADDR")]
+    pub mqtt_ws_listen: Option<String>,
+    /// http.listen: HTTP API listener.
+    #[arg(long, env = "CRADLE_HTTP_LISTEN", value_name = "ADDR")]
+    pub http_listen: Option<String>,
+    /// store.database_url: `sqlite://…` or `postgres://…`.
+    #[arg(long, env = "CRADLE_DATABASE_URL", value_name = "URL")]
+    pub database_url: Option<String>,
+    /// log.filter: tracing filter.
+    #[arg(long, env = "CRADLE_LOG", value_name = "FILTER")]
+    pub log: Option<String>,
+    /// log.format: `text` or `json`.
+    #[arg(long, env = "CRADLE_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<String>,
+    /// bus.client_id: MQTT client id of Cradle's own subscriber.
+    #[arg(long, env = "CRADLE_BUS_CLIENT_ID", value_name = "ID")]
+    pub bus_client_id: Option<String>,
+}
+
+/// The default config file, read when present and no `--config` is given.
+pub const DEFAULT_CONFIG_PATH: &str = "config/cradle.toml";
+
+impl Config {
+    /// Builds the configuration: defaults, then `file` (or the default file when present),
+    /// then `overrides`.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut config = match file {
+            Some(path) => Self::from_file(path)?,
+            None if Path::new(DEFAULT_CONFIG_PATH).exists() => {
+                Self::from_file(Path::new(DEFAULT_CONFIG_PATH))?
+            }
+            None => Config::default(),
+        };
+        config.apply(overrides)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads one TOML file over the defaults.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|(key, message)| ConfigError::Parse {
+            path: path.to_path_buf(),
+            key,
+            message,
+        })
+    }
+
+    /// Parses TOML text; on error returns the dotted key path and a one-line message.
+    pub fn from_toml(text: &str) -> Result<Config, (String, String)> {
+        let deserializer = toml::Deserializer::new(text);
+        serde_path_to_error::deserialize(deserializer).map_err(|err| {
+            let key = err.path().to_string();
+            let message = one_line(&err.inner().message().to_string());
+            let key = if key == "." {
+                "(file)".to_string()
+            } else {
+                key
+            };
+            (key, message)
+        })
+    }
+
+    fn apply(&mut self, o: &Overrides) -> Result<(), ConfigError> {
+        if let Some(v) = &o.mqtt_listen {
+            self.mqtt.listen = parse_addr(v, "mqtt.listen", "mqtt-listen", "CRADLE_MQTT_LISTEN")?;
+        }
+        if let Some(v) = &o.mqtt_v5_listen {
+            self.mqtt.v5_listen = parse_addr(
+                v,
+                "mqtt.v5_listen",
+                "mqtt-v5-listen",
+                "CRADLE_MQTT_V5_LISTEN",
+            )?;
+        }
+        if let Some(v) = &o.mqtt_ws_listen {
+            self.mqtt.ws_listen = parse_addr(
+                v,
+                "mqtt.ws_listen",
+                "mqtt-ws-listen",
+                "CRADLE_MQTT_WS_LISTEN",
+            )?;
+        }
+        if let Some(v) = &o.http_listen {
+            self.http.listen = parse_addr(v, "http.listen", "http-listen", "CRADLE_HTTP_LISTEN")?;
+        }
+        if let Some(v) = &o.database_url {
+            self.store.database_url = v.clone();
+        }
+        if let Some(v) = &o.log {
+            self.log.filter = v.clone();
+        }
+        if let Some(v) = &o.log_format {
+            self.log.format = match v.as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => {
+                    return Err(ConfigError::Override {
+                        key: "log.format",
+                        flag: "log-format",
+                        env: "CRADLE_LOG_FORMAT",
+                        message: format!("expected `text` or `json`, got `{other}`"),
+                    })
+                }
+            };
+        }
+        if let Some(v) = &o.bus_client_id {
+            self.bus.client_id = v.clone();
+        }
+        Ok(())
+    }
+
+    /// Checks values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, message: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                message: message.to_string(),
+            })
+        };
+        if !(self.store.database_url.starts_with("sqlite:")
+            || self.store.database_url.starts_with("postgres://")
+            || self.store.database_url.starts_with("postgresql://"))
+        {
+            return invalid(
+                "store.database_url",
+                "must start with sqlite:, postgres:// or postgresql://",
+            );
+        }
+        if self.sync.batch_max == 0 {
+            return invalid("sync.batch_max", "must be at least 1");
+        }
+        if self.sync.queue == 0 {
+            return invalid("sync.queue", "must be at least 1");
+        }
+        if self.bus.client_id.is_empty() {
+            return invalid("bus.client_id", "must not be empty");
+        }
+        if self.store.max_connections == 0 {
+            return invalid("store.max_connections", "must be at least 1");
+        }
+        let listeners = [
+            ("mqtt.listen", self.mqtt.listen),
+            ("mqtt.v5_listen", self.mqtt.v5_listen),
+            ("mqtt.ws_listen", self.mqtt.ws_listen),
+            ("http.listen", self.http.listen),
+        ];
+        for (i, (key, addr)) in listeners.iter().enumerate() {
+            if addr.port() == 0 {
+                return invalid(key, "port 0 is not supported: name a port");
+            }
+            if let Some((other, _)) = listeners[..i].iter().find(|(_, a)| a == addr) {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: format!("{addr} is already used by {other}"),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn parse_addr(
+    value: &str,
+    key: &'static str,
+    flag: &'static str,
+    env: &'static str,
+) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|_| ConfigError::Override {
+        key,
+        flag,
+        env,
+        message: format!("`{value}` is not a socket address like 127.0.0.1:1883"),
+    })
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_listen_on_loopback() {
+        let c = Config::default();
+        assert_eq!(c.mqtt.listen.to_string(), "127.0.0.1:1883");
+        assert_eq!(c.mqtt.v5_listen.to_string(), "127.0.0.1:1884");
+        assert_eq!(c.mqtt.ws_listen.to_string(), "127.0.0.1:8083");
+        assert_eq!(c.http.listen.to_string(), "127.0.0.1:8080");
+        assert!(c.store.database_url.starts_with("sqlite://data/"));
+    }
+
+    #[test]
+    fn shipped_config_file_equals_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_CONFIG_PATH);
+        let c = Config::from_file(&path).expect("config/cradle.toml parses");
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn file_values_override_defaults_and_unset_keys_keep_them() {
+        let c = Config::from_toml("[mqtt]\nlisten = \"0.0.0.0:1999\"\n").unwrap();
+        assert_eq!(c.mqtt.listen.to_string(), "0.0.0.0:1999");
+        assert_eq!(c.mqtt.v5_listen, MqttConfig::default().v5_listen);
+    }
+
+    #[test]
+    fn overrides_win_over_the_file() {
+        let mut c = Config::from_toml("[http]\nlisten = \"127.0.0.1:9000\"\n").unwrap();
+        let o = Overrides {
+            http_listen: Some("127.0.0.1:9100".into()),
+            ..Default::default()
+        };
+        c.apply(&o).unwrap();
+        assert_eq!(c.http.listen.to_string(), "127.0.0.1:9100");
+    }
+
+    #[test]
+    fn a_bad_value_in_the_file_names_its_key() {
+        let (key, message) = Config::from_toml("[mqtt]\nlisten = \"nope\"\n").unwrap_err();
+        assert_eq!(key, "mqtt.listen");
+        assert!(!message.contains('\n'));
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused_with_its_name() {
+        let (key, message) = Config::from_toml("[mqtt]\nlisten_typo = 1\n").unwrap_err();
+        assert!(key.starts_with("mqtt"), "{key}");
+        assert!(message.contains("listen_typo"), "{message}");
+    }
+
+    #[test]
+    fn a_bad_override_names_key_flag_and_variable() {
+        let mut c = Config::default();
+        let o = Overrides {
+            mqtt_listen: Some("x".into()),
+            ..Default::default()
+        };
+        let err = c.apply(&o).unwrap_err().to_string();
+        assert!(err.contains("mqtt.listen"), "{err}");
+        assert!(err.contains("CRADLE_MQTT_LISTEN"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_named_file_is_an_error_naming_the_path() {
+        let err = Config::load(
+            Some(Path::new("/nonexistent/cradle.toml")),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("/nonexistent/cradle.toml"), "{err}");
+    }
+
+    #[test]
+    fn two_listeners_on_one_address_are_refused() {
+        let mut c = Config::default();
+        c.http.listen = c.mqtt.listen;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.starts_with("http.listen"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_database_scheme_is_refused() {
+        let mut c = Config::default();
+        c.store.database_url = "mysql://x".into();
+        assert!(c.validate().is_err());
+    }
+}

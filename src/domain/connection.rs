@@ -1,0 +1,474 @@
+//! The connection decider: one stream per (account, client).
+//!
+//! It turns status reports (`connected`, `disconnected`) into `connection.connected` and
+//! `connection.disconnected` events. Reports arrive at least once and sometimes late or out
+//! of order (QoS 1 redelivery, retained replay, a Will fired after the client already
+//! reconnected), so the rules below make the log say what really happened.
+
+use serde::{Deserialize, Serialize};
+
+/// Why a connection ended. The wire names are part of the topic contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DisconnectReason {
+    /// The client said goodbye (MQTT DISCONNECT, WebSocket close frame).
+    Clean,
+    /// The connection dropped without a goodbye (the Last Will path).
+    Lost,
+    /// The client stopped answering within its keep-alive.
+    KeepaliveTimeout,
+    /// A newer connection of the same client replaced this one.
+    Takeover,
+    /// Cradle shut down while the client was connected.
+    ServerShutdown,
+    /// An operator or policy closed the connection.
+    Kicked,
+}
+
+impl DisconnectReason {
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "clean" => Self::Clean,
+            "lost" => Self::Lost,
+            "keepalive_timeout" => Self::KeepaliveTimeout,
+            "takeover" => Self::Takeover,
+            "server_shutdown" => Self::ServerShutdown,
+            "kicked" => Self::Kicked,
+            _ => return None,
+        })
+    }
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Clean => "clean",
+            Self::Lost => "lost",
+            Self::KeepaliveTimeout => "keepalive_timeout",
+            Self::Takeover => "takeover",
+            Self::ServerShutdown => "server_shutdown",
+            Self::Kicked => "kicked",
+        }
+    }
+}
+
+/// What a status report asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectionCommand {
+    /// Record that `connection_id` connected at `at_millis`.
+    Connect {
+        connection_id: String,
+        at_millis: i64,
+    },
+    /// Record that `connection_id` ended at `at_millis` for `reason`.
+    Disconnect {
+        connection_id: String,
+        reason: DisconnectReason,
+        at_millis: i64,
+    },
+}
+
+impl ConnectionCommand {
+    /// The connection the command is about.
+    pub fn connection_id(&self) -> &str {
+        match self {
+            Self::Connect { connection_id, .. } | Self::Disconnect { connection_id, .. } => {
+                connection_id
+            }
+        }
+    }
+
+    /// The event type this command would record for its own connection. Together with
+    /// the stream and connection id it is the idempotency key: a connection connects once
+    /// and disconnects once, so a second event of the same type for it is a redelivery.
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            Self::Connect { .. } => CONNECTED,
+            Self::Disconnect { .. } => DISCONNECTED,
+        }
+    }
+}
+
+/// Stored type name of [`ConnectionEvent::Connected`].
+pub const CONNECTED: &str = "connection.connected";
+/// Stored type name of [`ConnectionEvent::Disconnected`].
+pub const DISCONNECTED: &str = "connection.disconnected";
+/// Version of both event payload shapes.
+pub const EVENT_VERSION: i32 = 1;
+
+/// What happened to a client's connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum ConnectionEvent {
+    /// `connection.connected`
+    #[serde(rename = "connection.connected")]
+    Connected {
+        connection_id: String,
+        at_millis: i64,
+    },
+    /// `connection.disconnected`
+    #[serde(rename = "connection.disconnected")]
+    Disconnected {
+        connection_id: String,
+        reason: DisconnectReason,
+        at_millis: i64,
+    },
+}
+
+impl ConnectionEvent {
+    /// Stored type name.
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            Self::Connected { .. } => CONNECTED,
+            Self::Disconnected { .. } => DISCONNECTED,
+        }
+    }
+
+    /// The connection the event is about.
+    pub fn connection_id(&self) -> &str {
+        match self {
+            Self::Connected { connection_id, .. } | Self::Disconnected { connection_id, .. } => {
+                connection_id
+            }
+        }
+    }
+
+    /// When it happened, on the observer's clock.
+    pub fn at_millis(&self) -> i64 {
+        match self {
+            Self::Connected { at_millis, .. } | Self::Disconnected { at_millis, .. } => *at_millis,
+        }
+    }
+}
+
+/// The state of one client's connection stream.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ClientConnection {
+    /// No event recorded yet.
+    #[default]
+    Unknown,
+    /// `connection_id` is the client's current connection.
+    Connected {
+        connection_id: String,
+        since_millis: i64,
+    },
+    /// The client's last connection ended.
+    Disconnected {
+        connection_id: String,
+        reason: DisconnectReason,
+        at_millis: i64,
+    },
+}
+
+/// Why a command records nothing although it is well formed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ignored {
+    /// The command repeats what the state already says.
+    Duplicate,
+    /// The command is about a connection that is no longer (or never was) the current one,
+    /// or it is older than the current state.
+    Stale,
+}
+
+impl Ignored {
+    /// Stable `/metrics` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Duplicate => "duplicate",
+            Self::Stale => "stale",
+        }
+    }
+}
+
+/// Decides which events `command` records given `state`.
+pub fn decide(
+    command: &ConnectionCommand,
+    state: &ClientConnection,
+) -> Result<Vec<ConnectionEvent>, Ignored> {
+    use ClientConnection as S;
+    use ConnectionCommand as C;
+    match (command, state) {
+        (
+            C::Connect {
+                connection_id,
+                at_millis,
+            },
+            S::Unknown,
+        ) => Ok(vec![ConnectionEvent::Connected {
+            connection_id: connection_id.clone(),
+            at_millis: *at_millis,
+        }]),
+        (
+            C::Connect { connection_id, .. },
+            S::Connected {
+                connection_id: cur, ..
+            },
+        ) if connection_id == cur => Err(Ignored::Duplicate),
+        (
+            C::Connect {
+                connection_id,
+                at_millis,
+            },
+            S::Connected {
+                connection_id: cur,
+                since_millis,
+            },
+        ) => {
+            if at_millis < since_millis {
+                // An older connection's report arriving late: the current one stands.
+                return Err(Ignored::Stale);
+            }
+            // A new connection took over without the old one reporting its end.
+            Ok(vec![
+                ConnectionEvent::Disconnected {
+                    connection_id: cur.clone(),
+                    reason: DisconnectReason::Takeover,
+                    at_millis: *at_millis,
+                },
+                ConnectionEvent::Connected {
+                    connection_id: connection_id.clone(),
+                    at_millis: *at_millis,
+                },
+            ])
+        }
+        (
+            C::Connect { connection_id, .. },
+            S::Disconnected {
+                connection_id: last,
+                ..
+            },
+        ) if connection_id == last => {
+            // The connection already ended; its `connected` is a late replay.
+            Err(Ignored::Stale)
+        }
+        (
+            C::Connect {
+                connection_id,
+                at_millis,
+            },
+            S::Disconnected {
+                at_millis: ended, ..
+            },
+        ) => {
+            if at_millis < ended {
+                return Err(Ignored::Stale);
+            }
+            Ok(vec![ConnectionEvent::Connected {
+                connection_id: connection_id.clone(),
+                at_millis: *at_millis,
+            }])
+        }
+        (
+            C::Disconnect {
+                connection_id,
+                reason,
+                at_millis,
+            },
+            S::Connected {
+                connection_id: cur,
+                since_millis,
+            },
+        ) if connection_id == cur => Ok(vec![ConnectionEvent::Disconnected {
+            connection_id: connection_id.clone(),
+            reason: *reason,
+            // A disconnect cannot precede its connect, whatever the clocks say.
+            at_millis: (*at_millis).max(*since_millis),
+        }]),
+        (
+            C::Disconnect { connection_id, .. },
+            S::Disconnected {
+                connection_id: last,
+                ..
+            },
+        ) if connection_id == last => Err(Ignored::Duplicate),
+        // A disconnect of a connection that is not the current one (a late Will after a
+        // reconnect) or of a client never seen connected.
+        (C::Disconnect { .. }, _) => Err(Ignored::Stale),
+    }
+}
+
+/// Applies one recorded event to the state.
+pub fn evolve(_state: ClientConnection, event: &ConnectionEvent) -> ClientConnection {
+    match event {
+        ConnectionEvent::Connected {
+            connection_id,
+            at_millis,
+        } => ClientConnection::Connected {
+            connection_id: connection_id.clone(),
+            since_millis: *at_millis,
+        },
+        ConnectionEvent::Disconnected {
+            connection_id,
+            reason,
+            at_millis,
+        } => ClientConnection::Disconnected {
+            connection_id: connection_id.clone(),
+            reason: *reason,
+            at_millis: *at_millis,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn given(events: &[ConnectionEvent]) -> ClientConnection {
+        events.iter().fold(ClientConnection::default(), evolve)
+    }
+
+    fn connected(id: &str, at: i64) -> ConnectionEvent {
+        ConnectionEvent::Connected {
+            connection_id: id.into(),
+            at_millis: at,
+        }
+    }
+
+    fn disconnected(id: &str, reason: DisconnectReason, at: i64) -> ConnectionEvent {
+        ConnectionEvent::Disconnected {
+            connection_id: id.into(),
+            reason,
+            at_millis: at,
+        }
+    }
+
+    fn connect(id: &str, at: i64) -> ConnectionCommand {
+        ConnectionCommand::Connect {
+            connection_id: id.into(),
+            at_millis: at,
+        }
+    }
+
+    fn disconnect(id: &str, reason: DisconnectReason, at: i64) -> ConnectionCommand {
+        ConnectionCommand::Disconnect {
+            connection_id: id.into(),
+            reason,
+            at_millis: at,
+        }
+    }
+
+    use DisconnectReason::*;
+
+    #[test]
+    fn a_first_connect_records_connected() {
+        let state = given(&[]);
+        let then = decide(&connect("k1", 10), &state);
+        assert_eq!(then, Ok(vec![connected("k1", 10)]));
+    }
+
+    #[test]
+    fn a_duplicate_connect_is_a_no_op() {
+        let state = given(&[connected("k1", 10)]);
+        assert_eq!(decide(&connect("k1", 10), &state), Err(Ignored::Duplicate));
+        assert_eq!(decide(&connect("k1", 99), &state), Err(Ignored::Duplicate));
+    }
+
+    #[test]
+    fn a_disconnect_of_the_current_connection_records_disconnected() {
+        let state = given(&[connected("k1", 10)]);
+        assert_eq!(
+            decide(&disconnect("k1", Lost, 20), &state),
+            Ok(vec![disconnected("k1", Lost, 20)])
+        );
+    }
+
+    #[test]
+    fn a_duplicate_disconnect_is_a_no_op() {
+        let state = given(&[connected("k1", 10), disconnected("k1", Clean, 20)]);
+        assert_eq!(
+            decide(&disconnect("k1", Clean, 20), &state),
+            Err(Ignored::Duplicate)
+        );
+    }
+
+    #[test]
+    fn a_late_will_of_an_old_connection_after_a_reconnect_is_stale() {
+        let state = given(&[
+            connected("k1", 10),
+            disconnected("k1", Takeover, 30),
+            connected("k2", 30),
+        ]);
+        assert_eq!(
+            decide(&disconnect("k1", Lost, 40), &state),
+            Err(Ignored::Stale)
+        );
+        assert_eq!(
+            state,
+            ClientConnection::Connected {
+                connection_id: "k2".into(),
+                since_millis: 30
+            }
+        );
+    }
+
+    #[test]
+    fn a_disconnect_of_a_client_never_seen_is_stale() {
+        assert_eq!(
+            decide(&disconnect("k1", Lost, 40), &given(&[])),
+            Err(Ignored::Stale)
+        );
+    }
+
+    #[test]
+    fn a_reconnect_after_a_disconnect_starts_a_new_connection() {
+        let state = given(&[connected("k1", 10), disconnected("k1", Lost, 20)]);
+        assert_eq!(
+            decide(&connect("k2", 25), &state),
+            Ok(vec![connected("k2", 25)])
+        );
+    }
+
+    #[test]
+    fn a_connect_of_a_connection_that_already_ended_is_stale() {
+        let state = given(&[connected("k1", 10), disconnected("k1", Lost, 20)]);
+        assert_eq!(decide(&connect("k1", 10), &state), Err(Ignored::Stale));
+    }
+
+    #[test]
+    fn a_new_connection_while_connected_takes_the_old_one_over() {
+        let state = given(&[connected("k1", 10)]);
+        assert_eq!(
+            decide(&connect("k2", 50), &state),
+            Ok(vec![disconnected("k1", Takeover, 50), connected("k2", 50)])
+        );
+    }
+
+    #[test]
+    fn a_connect_older_than_the_current_connection_is_stale() {
+        let state = given(&[connected("k2", 50)]);
+        assert_eq!(decide(&connect("k1", 10), &state), Err(Ignored::Stale));
+        let state = given(&[connected("k2", 50), disconnected("k2", Clean, 60)]);
+        assert_eq!(decide(&connect("k1", 10), &state), Err(Ignored::Stale));
+    }
+
+    #[test]
+    fn a_disconnect_stamped_before_its_connect_is_clamped_to_the_connect() {
+        let state = given(&[connected("k1", 100)]);
+        assert_eq!(
+            decide(&disconnect("k1", Lost, 90), &state),
+            Ok(vec![disconnected("k1", Lost, 100)])
+        );
+    }
+
+    #[test]
+    fn the_decider_needs_no_clock_the_same_inputs_give_the_same_outputs() {
+        let state = given(&[connected("k1", 10)]);
+        let cmd = connect("k2", 20);
+        assert_eq!(decide(&cmd, &state), decide(&cmd, &state));
+    }
+
+    #[test]
+    fn reasons_round_trip_through_their_wire_names() {
+        for r in [
+            Clean,
+            Lost,
+            KeepaliveTimeout,
+            Takeover,
+            ServerShutdown,
+            Kicked,
+        ] {
+            assert_eq!(DisconnectReason::parse(r.as_str()), Some(r));
+        }
+        assert_eq!(DisconnectReason::parse("other"), None);
+    }
+}

@@ -1,0 +1,116 @@
+//! Read-model routes under `/v1/accounts/{account_id}/…`.
+
+use axum::extract::{Path, Query, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, AppState};
+use crate::topics::is_valid_id;
+
+pub(super) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/accounts/{account_id}/clients", get(clients))
+        .route("/v1/accounts/{account_id}/events", get(events))
+}
+
+/// One client's current state.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct ClientView {
+    /// The client id.
+    pub client_id: String,
+    /// Whether its current connection is connected.
+    pub connected: bool,
+    /// The current connection, or the last one.
+    pub connection_id: String,
+    /// Since when it has been in this state (Unix milliseconds).
+    pub since_millis: i64,
+    /// When the current or last connection connected.
+    pub connected_at_millis: i64,
+    /// When the last connection ended, if one has.
+    pub disconnected_at_millis: Option<i64>,
+    /// Why the last connection ended, if one has.
+    pub last_disconnect_reason: Option<String>,
+}
+
+fn account(account_id: &str) -> Result<(), ApiError> {
+    if is_valid_id(account_id) {
+        Ok(())
+    } else {
+        Err(ApiError::InvalidParameter {
+            field: "account_id",
+            message: "1-128 characters of A-Z a-z 0-9 - _ . : @".to_string(),
+        })
+    }
+}
+
+async fn clients(
+    State(state): State<AppState>,
+    Path(account_id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    account(&account_id)?;
+    let rows = state.store.clients(&account_id).await?;
+    let clients: Vec<ClientView> = rows
+        .into_iter()
+        .map(|r| ClientView {
+            since_millis: if r.connected {
+                r.connected_at_millis
+            } else {
+                r.disconnected_at_millis.unwrap_or(r.connected_at_millis)
+            },
+            client_id: r.client_id,
+            connected: r.connected,
+            connection_id: r.connection_id,
+            connected_at_millis: r.connected_at_millis,
+            disconnected_at_millis: r.disconnected_at_millis,
+            last_disconnect_reason: r.last_disconnect_reason,
+        })
+        .collect();
+    Ok(Json(
+        serde_json::json!({"account_id": account_id, "clients": clients}),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+struct EventsQuery {
+    after: Option<String>,
+    limit: Option<String>,
+}
+
+async fn events(
+    State(state): State<AppState>,
+    Path(account_id): Path<String>,
+    Query(q): Query<EventsQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    account(&account_id)?;
+    let after = match q.after.as_deref() {
+        None => 0,
+        Some(s) => s
+            .parse::<i64>()
+            .ok()
+            .filter(|v| *v >= 0)
+            .ok_or(ApiError::InvalidParameter {
+                field: "after",
+                message: "a position: an integer of 0 or more".to_string(),
+            })?,
+    };
+    let max = state.max_page_size;
+    let limit = match q.limit.as_deref() {
+        None => 100.min(max),
+        Some(s) => s
+            .parse::<u64>()
+            .ok()
+            .filter(|v| (1..=max).contains(v))
+            .ok_or(ApiError::InvalidParameter {
+                field: "limit",
+                message: format!("an integer from 1 to {max}"),
+            })?,
+    };
+    let events = state.store.events(&account_id, after, limit).await?;
+    let next_after = events.last().map_or(after, |e| e.position);
+    Ok(Json(serde_json::json!({
+        "account_id": account_id,
+        "events": events,
+        "next_after": next_after,
+    })))
+}

@@ -1,0 +1,42 @@
+//! The HTTP API: read models under `/v1/`, `/healthz`, `/readyz` and `/metrics`.
+//!
+//! One small router per resource, merged by [`app`]; shared state in [`AppState`]; every
+//! error is an [`ApiError`] that answers with a status and a JSON body and logs internals.
+
+mod api;
+mod error;
+mod ops;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::Router;
+
+pub use error::ApiError;
+
+use crate::bus::BusState;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// What every handler may use.
+#[derive(Clone)]
+pub struct AppState {
+    /// Event log and read models.
+    pub store: Store,
+    /// Process metrics.
+    pub metrics: Arc<Metrics>,
+    /// Bus state, for readiness.
+    pub bus: tokio::sync::watch::Receiver<BusState>,
+    /// Largest `limit` a list route accepts.
+    pub max_page_size: u64,
+}
+
+/// Builds the whole router.
+pub fn app(state: AppState, max_body_bytes: usize) -> Router {
+    Router::new()
+        .merge(ops::router())
+        .merge(api::router())
+        .fallback(error::not_found)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}

@@ -1,0 +1,67 @@
+//! Operations routes: liveness, readiness, metrics.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+
+use super::AppState;
+use crate::bus::BusState;
+
+pub(super) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+}
+
+/// 200 while the process serves HTTP.
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+/// 200 when the store answers and the bus is subscribed; 503 with the failing part otherwise.
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let store = match state.store.ping().await {
+        Ok(()) => "ok".to_string(),
+        Err(error) => {
+            tracing::warn!(%error, "readiness: store unreachable");
+            "unreachable".to_string()
+        }
+    };
+    let broker = match &*state.bus.borrow() {
+        BusState::Ready => "ok".to_string(),
+        other => format!("{other:?}").to_lowercase(),
+    };
+    let ready = store == "ok" && broker == "ok";
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({
+        "status": if ready { "ready" } else { "not_ready" },
+        "store": store,
+        "broker": broker,
+    });
+    (status, Json(body))
+}
+
+/// Prometheus text format.
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let connected = match state.store.connected_count().await {
+        Ok(n) => Some(n),
+        Err(error) => {
+            tracing::warn!(%error, "metrics: connected clients not counted");
+            None
+        }
+    };
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(connected),
+    )
+}

@@ -1,0 +1,41 @@
+//! # Cradle
+//!
+//! The realtime backbone of a baby-monitor product: devices and parent stations speak MQTT,
+//! Cradle embeds the broker, turns every client's connection status into durable events and
+//! read models, and (later) bridges legacy WebSocket clients onto the same topics.
+//!
+//! ## Data flow
+//!
+//! ```text
+//! device --MQTT--> broker --bus (rumqttc, QoS 1, manual ack)--> sync handler
+//!   --> domain decider (pure) --> store (events + read models, one transaction) --> ack
+//! HTTP /v1/... reads the read models; cradle-monitor follows the status wildcard.
+//! ```
+//!
+//! ## Layout
+//!
+//! - [`config`]: one typed config (defaults, TOML file, `CRADLE_*` environment, flags).
+//! - [`topics`]: the topic contract: topic names, ids, status payload parsing, drop reasons.
+//! - [`broker`]: the embedded rumqttd broker (v4, v5 and WebSocket listeners).
+//! - [`bus`]: Cradle's own MQTT client; routes each topic family to its handler, reconnects.
+//! - [`sync`]: one handler per topic family ([`sync::status`] today), batching commits.
+//! - [`domain`]: pure deciders ([`domain::connection`]) with given/when/then tests.
+//! - [`store`]: sea-orm event log and read models on SQLite or PostgreSQL, with migrations.
+//! - [`http`]: axum API: `/v1/accounts/{id}/clients|events`, `/healthz`, `/readyz`, `/metrics`.
+//! - [`metrics`]: lock-free counters rendered as Prometheus text.
+//! - [`monitor`]: the `cradle-monitor` live view.
+//! - [`server`]: start-up and graceful shutdown of `cradle serve`.
+//! - [`telemetry`]: logging set-up.
+
+pub mod broker;
+pub mod bus;
+pub mod config;
+pub mod domain;
+pub mod http;
+pub mod metrics;
+pub mod monitor;
+pub mod server;
+pub mod store;
+pub mod sync;
+pub mod telemetry;
+pub mod topics;

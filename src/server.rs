@@ -1,0 +1,202 @@
+//! `cradle serve`: wires broker, store, bus, sync handlers and HTTP together, runs until the
+//! shutdown future resolves, then drains in order so that nothing acknowledged is lost.
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+use crate::broker::{self, BrokerError};
+use crate::bus::{Bus, BusError, Route};
+use crate::config::Config;
+use crate::http::{self, AppState};
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
+use crate::sync::status::{self, StatusSettings};
+use crate::topics::STATUS_FILTER;
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A listener of the broker.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    /// The HTTP listener.
+    #[error("http.listen: cannot listen on {addr}: {source}")]
+    Http {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// The store.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The bus.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+}
+
+/// How long each shutdown stage may take before Cradle moves on.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs Cradle until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+    let metrics = Arc::new(Metrics::default());
+
+    let http_listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .map_err(|source| ServeError::Http {
+            addr: config.http.listen,
+            source,
+        })?;
+    let store = Store::connect(&config.store).await?;
+    tracing::info!(backend = ?store.backend(), url = %redact(&config.store.database_url), "store ready");
+
+    let broker = broker::start(&config.mqtt)?;
+    tracing::info!(
+        mqtt = %broker.v4, mqtt_v5 = %broker.v5, mqtt_ws = %broker.ws,
+        "embedded MQTT broker listening"
+    );
+
+    let (status_tx, status_rx) = mpsc::channel(config.sync.queue);
+    let bus_addr = connectable(config.mqtt.listen);
+    let bus = Bus::start(
+        &config.bus,
+        &bus_addr.ip().to_string(),
+        bus_addr.port(),
+        config.mqtt.max_payload_bytes,
+        vec![Route {
+            filter: STATUS_FILTER.to_string(),
+            tx: status_tx,
+        }],
+        metrics.clone(),
+    )
+    .await?;
+    let status_task = tokio::spawn(status::run(
+        status_rx,
+        store.clone(),
+        bus.acker(),
+        metrics.clone(),
+        StatusSettings {
+            max_status_bytes: config.sync.max_status_bytes,
+            batch_max: config.sync.batch_max,
+        },
+    ));
+
+    let state = AppState {
+        store: store.clone(),
+        metrics: metrics.clone(),
+        bus: bus.state(),
+        max_page_size: config.http.max_page_size,
+    };
+    let (http_stop_tx, mut http_stop_rx) = watch::channel(false);
+    let app = http::app(state, config.http.max_body_bytes);
+    let http_task = tokio::spawn(async move {
+        let stop = async move {
+            let _ = http_stop_rx.wait_for(|stop| *stop).await;
+        };
+        if let Err(error) = axum::serve(http_listener, app)
+            .with_graceful_shutdown(stop)
+            .await
+        {
+            tracing::error!(%error, "HTTP server failed");
+        }
+    });
+    tracing::info!(http = %config.http.listen, "Cradle ready");
+
+    shutdown.await;
+    tracing::info!("shutting down: draining status handler");
+    bus.stop_forwarding();
+    if tokio::time::timeout(DRAIN_TIMEOUT, status_task)
+        .await
+        .is_err()
+    {
+        tracing::error!(
+            "status handler did not drain in time; unacknowledged messages stay with the broker"
+        );
+    }
+    bus.close(Duration::from_secs(5)).await;
+    let _ = http_stop_tx.send(true);
+    if tokio::time::timeout(Duration::from_secs(5), http_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("HTTP server did not stop in time");
+    }
+    store.close().await?;
+    tracing::info!("store closed; bye");
+    Ok(())
+}
+
+/// The address Cradle's own client dials for a listener bound to `addr`.
+pub fn connectable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), addr.port())
+        }
+        _ => addr,
+    }
+}
+
+/// A database URL with its password hidden, for logs.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact("sqlite://data/cradle.db"), "sqlite://data/cradle.db");
+    }
+
+    #[test]
+    fn unspecified_listeners_are_dialled_on_loopback() {
+        let a: SocketAddr = "0.0.0.0:1883".parse().unwrap();
+        assert_eq!(connectable(a).to_string(), "127.0.0.1:1883");
+    }
+}

@@ -1,0 +1,199 @@
+//! Schema migrations. Named `mYYYYMMDD_NNNNNN_verb_noun`; never edited once merged.
+
+use sea_orm_migration::prelude::*;
+
+/// Runs every migration in order.
+pub struct Migrator;
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(m20261122_000001_create_events::Migration),
+            Box::new(m20261122_000002_create_clients::Migration),
+        ]
+    }
+}
+
+#[derive(DeriveIden)]
+enum Events {
+    Table,
+    Position,
+    AccountId,
+    Stream,
+    StreamVersion,
+    EventType,
+    EventVersion,
+    Data,
+    AtMillis,
+    RecordedAtMillis,
+    IdempotencyKey,
+}
+
+#[derive(DeriveIden)]
+enum Clients {
+    Table,
+    AccountId,
+    ClientId,
+    Connected,
+    ConnectionId,
+    ConnectedAtMillis,
+    DisconnectedAtMillis,
+    LastDisconnectReason,
+    StreamVersion,
+    UpdatedAtMillis,
+}
+
+mod m20261122_000001_create_events {
+    use super::*;
+
+    pub struct Migration;
+
+    impl MigrationName for Migration {
+        fn name(&self) -> &str {
+            "m20261122_000001_create_events"
+        }
+    }
+
+    #[sea_orm_migration::async_trait::async_trait]
+    impl MigrationTrait for Migration {
+        async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            manager
+                .create_table(
+                    Table::create()
+                        .table(Events::Table)
+                        .if_not_exists()
+                        .col(
+                            ColumnDef::new(Events::Position)
+                                .big_integer()
+                                .not_null()
+                                .auto_increment()
+                                .primary_key(),
+                        )
+                        .col(ColumnDef::new(Events::AccountId).string().not_null())
+                        .col(ColumnDef::new(Events::Stream).string().not_null())
+                        .col(
+                            ColumnDef::new(Events::StreamVersion)
+                                .big_integer()
+                                .not_null(),
+                        )
+                        .col(ColumnDef::new(Events::EventType).string().not_null())
+                        .col(ColumnDef::new(Events::EventVersion).integer().not_null())
+                        .col(ColumnDef::new(Events::Data).text().not_null())
+                        .col(ColumnDef::new(Events::AtMillis).big_integer().not_null())
+                        .col(
+                            ColumnDef::new(Events::RecordedAtMillis)
+                                .big_integer()
+                                .not_null(),
+                        )
+                        .col(ColumnDef::new(Events::IdempotencyKey).string().not_null())
+                        .to_owned(),
+                )
+                .await?;
+            manager
+                .create_index(
+                    Index::create()
+                        .name("ux_events_idempotency_key")
+                        .table(Events::Table)
+                        .col(Events::IdempotencyKey)
+                        .unique()
+                        .to_owned(),
+                )
+                .await?;
+            manager
+                .create_index(
+                    Index::create()
+                        .name("ux_events_stream_version")
+                        .table(Events::Table)
+                        .col(Events::Stream)
+                        .col(Events::StreamVersion)
+                        .unique()
+                        .to_owned(),
+                )
+                .await?;
+            manager
+                .create_index(
+                    Index::create()
+                        .name("ix_events_account_position")
+                        .table(Events::Table)
+                        .col(Events::AccountId)
+                        .col(Events::Position)
+                        .to_owned(),
+                )
+                .await
+        }
+
+        async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            manager
+                .drop_table(Table::drop().table(Events::Table).to_owned())
+                .await
+        }
+    }
+}
+
+mod m20261122_000002_create_clients {
+    use super::*;
+
+    pub struct Migration;
+
+    impl MigrationName for Migration {
+        fn name(&self) -> &str {
+            "m20261122_000002_create_clients"
+        }
+    }
+
+    #[sea_orm_migration::async_trait::async_trait]
+    impl MigrationTrait for Migration {
+        async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            manager
+                .create_table(
+                    Table::create()
+                        .table(Clients::Table)
+                        .if_not_exists()
+                        .col(ColumnDef::new(Clients::AccountId).string().not_null())
+                        .col(ColumnDef::new(Clients::ClientId).string().not_null())
+                        .col(ColumnDef::new(Clients::Connected).boolean().not_null())
+                        .col(ColumnDef::new(Clients::ConnectionId).string().not_null())
+                        .col(
+                            ColumnDef::new(Clients::ConnectedAtMillis)
+                                .big_integer()
+                                .not_null(),
+                        )
+                        .col(ColumnDef::new(Clients::DisconnectedAtMillis).big_integer())
+                        .col(ColumnDef::new(Clients::LastDisconnectReason).string())
+                        .col(
+                            ColumnDef::new(Clients::StreamVersion)
+                                .big_integer()
+                                .not_null(),
+                        )
+                        .col(
+                            ColumnDef::new(Clients::UpdatedAtMillis)
+                                .big_integer()
+                                .not_null(),
+                        )
+                        .primary_key(
+                            Index::create()
+                                .col(Clients::AccountId)
+                                .col(Clients::ClientId),
+                        )
+                        .to_owned(),
+                )
+                .await?;
+            manager
+                .create_index(
+                    Index::create()
+                        .name("ix_clients_connected")
+                        .table(Clients::Table)
+                        .col(Clients::Connected)
+                        .to_owned(),
+                )
+                .await
+        }
+
+        async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            manager
+                .drop_table(Table::drop().table(Clients::Table).to_owned())
+                .await
+        }
+    }
+}

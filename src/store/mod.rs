@@ -1,0 +1,367 @@
+//! The store: event log and read models behind sea-orm, on SQLite (embedded default, WAL,
+//! one writer) or PostgreSQL (same schema, same migrations).
+//!
+//! Writers use [`Store::begin`] and the [`StoreTx`] methods so that events and the read
+//! models they project commit in one transaction. Readers use the query methods on
+//! [`Store`]; every read is scoped by account.
+
+pub mod clients;
+pub mod events;
+pub mod migration;
+
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+use std::time::Duration;
+
+use sea_orm::sea_query::OnConflict;
+use sea_orm::sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+};
+use sea_orm::{
+    ActiveValue, ColumnTrait, Condition, ConnectOptions, Database, DatabaseConnection,
+    DatabaseTransaction, DbErr, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+    SqlErr, SqlxSqliteConnector, TransactionTrait,
+};
+use sea_orm_migration::MigratorTrait;
+
+use crate::config::{SqliteSync, StoreConfig};
+use crate::topics::ClientKey;
+
+/// Errors at the store's edge.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database URL does not parse.
+    #[error("store.database_url: {0}")]
+    Url(String),
+    /// The SQLite file's folder cannot be created.
+    #[error("store.database_url: cannot create {path}: {source}")]
+    CreateDir {
+        path: String,
+        source: std::io::Error,
+    },
+    /// A unique constraint refused a write: another writer got there first. Retry the batch.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// Any other database failure.
+    #[error("database: {0}")]
+    Db(DbErr),
+    /// A stored JSON payload does not parse (the log was written by something else).
+    #[error("stored data of event {position} is not JSON: {message}")]
+    CorruptData { position: i64, message: String },
+}
+
+impl From<DbErr> for StoreError {
+    fn from(err: DbErr) -> Self {
+        match err.sql_err() {
+            Some(SqlErr::UniqueConstraintViolation(msg)) => StoreError::Conflict(msg),
+            _ => StoreError::Db(err),
+        }
+    }
+}
+
+/// Which database is behind the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// An embedded SQLite file.
+    Sqlite,
+    /// A PostgreSQL server.
+    Postgres,
+}
+
+/// A new event to append.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// The account of the stream.
+    pub account_id: String,
+    /// The stream id.
+    pub stream: String,
+    /// The stream version this event takes.
+    pub stream_version: i64,
+    /// Stable type name.
+    pub event_type: &'static str,
+    /// Payload shape version.
+    pub event_version: i32,
+    /// Payload.
+    pub data: serde_json::Value,
+    /// When it happened (observer's clock).
+    pub at_millis: i64,
+    /// Unique per logical event.
+    pub idempotency_key: String,
+}
+
+/// An event as read back from the log.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct StoredEvent {
+    /// Global position.
+    pub position: i64,
+    /// Stream id.
+    pub stream: String,
+    /// Version inside the stream.
+    pub stream_version: i64,
+    /// Type name.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// Payload shape version.
+    pub event_version: i32,
+    /// When it happened.
+    pub at_millis: i64,
+    /// When it was recorded.
+    pub recorded_at_millis: i64,
+    /// Payload.
+    pub data: serde_json::Value,
+}
+
+/// The event log and read models.
+#[derive(Clone)]
+pub struct Store {
+    db: DatabaseConnection,
+    backend: Backend,
+}
+
+impl Store {
+    /// Connects and runs every pending migration.
+    pub async fn connect(config: &StoreConfig) -> Result<Store, StoreError> {
+        let url = config.database_url.as_str();
+        let store = if url.starts_with("sqlite:") {
+            let sync = match config.sqlite_synchronous {
+                SqliteSync::Full => SqliteSynchronous::Full,
+                SqliteSync::Normal => SqliteSynchronous::Normal,
+            };
+            let options = SqliteConnectOptions::from_str(url)
+                .map_err(|e| StoreError::Url(e.to_string()))?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(sync)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true);
+            if let Some(dir) = options.get_filename().parent() {
+                if !dir.as_os_str().is_empty() && !dir.exists() {
+                    std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+                        path: dir.display().to_string(),
+                        source,
+                    })?;
+                }
+            }
+            let pool = SqlitePoolOptions::new()
+                .max_connections(config.max_connections)
+                .connect_with(options)
+                .await
+                .map_err(|e| StoreError::Db(DbErr::Conn(sea_orm::RuntimeErr::SqlxError(e))))?;
+            Store {
+                db: SqlxSqliteConnector::from_sqlx_sqlite_pool(pool),
+                backend: Backend::Sqlite,
+            }
+        } else {
+            let mut options = ConnectOptions::new(url);
+            options
+                .max_connections(config.max_connections)
+                .connect_timeout(Duration::from_secs(10))
+                .sqlx_logging(false);
+            Store {
+                db: Database::connect(options).await?,
+                backend: Backend::Postgres,
+            }
+        };
+        migration::Migrator::up(&store.db, None).await?;
+        Ok(store)
+    }
+
+    /// Which database this is.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Checks the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        Ok(self.db.ping().await?)
+    }
+
+    /// Closes the pool; for SQLite this checkpoints the WAL into the database file.
+    pub async fn close(self) -> Result<(), StoreError> {
+        Ok(self.db.close().await?)
+    }
+
+    /// Starts a write transaction.
+    pub async fn begin(&self) -> Result<StoreTx, StoreError> {
+        Ok(StoreTx {
+            txn: self.db.begin().await?,
+        })
+    }
+
+    /// Every client of `account_id`, ordered by client id.
+    pub async fn clients(&self, account_id: &str) -> Result<Vec<clients::Model>, StoreError> {
+        Ok(clients::Entity::find()
+            .filter(clients::Column::AccountId.eq(account_id))
+            .order_by_asc(clients::Column::ClientId)
+            .all(&self.db)
+            .await?)
+    }
+
+    /// How many clients are connected now, over every account.
+    pub async fn connected_count(&self) -> Result<u64, StoreError> {
+        Ok(clients::Entity::find()
+            .filter(clients::Column::Connected.eq(true))
+            .count(&self.db)
+            .await?)
+    }
+
+    /// The events of `account_id` after `after`, in log order, at most `limit`.
+    pub async fn events(
+        &self,
+        account_id: &str,
+        after: i64,
+        limit: u64,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let rows = events::Entity::find()
+            .filter(events::Column::AccountId.eq(account_id))
+            .filter(events::Column::Position.gt(after))
+            .order_by_asc(events::Column::Position)
+            .limit(limit)
+            .all(&self.db)
+            .await?;
+        rows.into_iter().map(stored_event).collect()
+    }
+
+    /// Every event, in log order; for tests and maintenance tools.
+    pub async fn all_events(&self) -> Result<Vec<StoredEvent>, StoreError> {
+        let rows = events::Entity::find()
+            .order_by_asc(events::Column::Position)
+            .all(&self.db)
+            .await?;
+        rows.into_iter().map(stored_event).collect()
+    }
+}
+
+fn stored_event(row: events::Model) -> Result<StoredEvent, StoreError> {
+    let data = serde_json::from_str(&row.data).map_err(|e| StoreError::CorruptData {
+        position: row.position,
+        message: e.to_string(),
+    })?;
+    Ok(StoredEvent {
+        position: row.position,
+        stream: row.stream,
+        stream_version: row.stream_version,
+        event_type: row.event_type,
+        event_version: row.event_version,
+        at_millis: row.at_millis,
+        recorded_at_millis: row.recorded_at_millis,
+        data,
+    })
+}
+
+/// Bound parameters per statement stay well under SQLite's and PostgreSQL's limits.
+const CHUNK: usize = 200;
+
+/// One write transaction. Dropping it without [`StoreTx::commit`] rolls back.
+pub struct StoreTx {
+    txn: DatabaseTransaction,
+}
+
+impl StoreTx {
+    /// The read-model rows of `keys` that exist.
+    pub async fn load_clients(
+        &self,
+        keys: &[ClientKey],
+    ) -> Result<HashMap<ClientKey, clients::Model>, StoreError> {
+        let mut out = HashMap::with_capacity(keys.len());
+        for chunk in keys.chunks(CHUNK) {
+            let mut cond = Condition::any();
+            for k in chunk {
+                cond = cond.add(
+                    Condition::all()
+                        .add(clients::Column::AccountId.eq(k.account_id.as_str()))
+                        .add(clients::Column::ClientId.eq(k.client_id.as_str())),
+                );
+            }
+            for row in clients::Entity::find().filter(cond).all(&self.txn).await? {
+                let key = ClientKey {
+                    account_id: row.account_id.clone(),
+                    client_id: row.client_id.clone(),
+                };
+                out.insert(key, row);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Which of `keys` are already in the log.
+    pub async fn existing_keys(&self, keys: &[String]) -> Result<HashSet<String>, StoreError> {
+        let mut out = HashSet::new();
+        for chunk in keys.chunks(CHUNK) {
+            let found: Vec<String> = events::Entity::find()
+                .select_only()
+                .column(events::Column::IdempotencyKey)
+                .filter(events::Column::IdempotencyKey.is_in(chunk.iter().map(String::as_str)))
+                .into_tuple()
+                .all(&self.txn)
+                .await?;
+            out.extend(found);
+        }
+        Ok(out)
+    }
+
+    /// Appends `events` in order. A duplicate idempotency key or stream version is a
+    /// [`StoreError::Conflict`] and the whole transaction must be retried.
+    pub async fn append(
+        &self,
+        new: &[NewEvent],
+        recorded_at_millis: i64,
+    ) -> Result<(), StoreError> {
+        for chunk in new.chunks(CHUNK) {
+            let models = chunk.iter().map(|e| events::ActiveModel {
+                position: ActiveValue::NotSet,
+                account_id: ActiveValue::Set(e.account_id.clone()),
+                stream: ActiveValue::Set(e.stream.clone()),
+                stream_version: ActiveValue::Set(e.stream_version),
+                event_type: ActiveValue::Set(e.event_type.to_string()),
+                event_version: ActiveValue::Set(e.event_version),
+                data: ActiveValue::Set(e.data.to_string()),
+                at_millis: ActiveValue::Set(e.at_millis),
+                recorded_at_millis: ActiveValue::Set(recorded_at_millis),
+                idempotency_key: ActiveValue::Set(e.idempotency_key.clone()),
+            });
+            events::Entity::insert_many(models).exec(&self.txn).await?;
+        }
+        Ok(())
+    }
+
+    /// Inserts or replaces read-model rows.
+    pub async fn upsert_clients(&self, rows: &[clients::Model]) -> Result<(), StoreError> {
+        use clients::Column as C;
+        for chunk in rows.chunks(CHUNK) {
+            let models = chunk.iter().cloned().map(|m| clients::ActiveModel {
+                account_id: ActiveValue::Set(m.account_id),
+                client_id: ActiveValue::Set(m.client_id),
+                connected: ActiveValue::Set(m.connected),
+                connection_id: ActiveValue::Set(m.connection_id),
+                connected_at_millis: ActiveValue::Set(m.connected_at_millis),
+                disconnected_at_millis: ActiveValue::Set(m.disconnected_at_millis),
+                last_disconnect_reason: ActiveValue::Set(m.last_disconnect_reason),
+                stream_version: ActiveValue::Set(m.stream_version),
+                updated_at_millis: ActiveValue::Set(m.updated_at_millis),
+            });
+            clients::Entity::insert_many(models)
+                .on_conflict(
+                    OnConflict::columns([C::AccountId, C::ClientId])
+                        .update_columns([
+                            C::Connected,
+                            C::ConnectionId,
+                            C::ConnectedAtMillis,
+                            C::DisconnectedAtMillis,
+                            C::LastDisconnectReason,
+                            C::StreamVersion,
+                            C::UpdatedAtMillis,
+                        ])
+                        .to_owned(),
+                )
+                .exec(&self.txn)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Commits.
+    pub async fn commit(self) -> Result<(), StoreError> {
+        Ok(self.txn.commit().await?)
+    }
+}

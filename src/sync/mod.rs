@@ -1,0 +1,5 @@
+//! Sync handlers: one per topic family, each fed by the bus, each acknowledging every
+//! message on every path (a poison message is logged, counted and acknowledged, never
+//! redelivered forever).
+
+pub mod status;

@@ -1,0 +1,375 @@
+//! The status handler: `accounts/{account_id}/clients/{client_id}/status` messages become
+//! `connection.*` events and the `clients` read model.
+//!
+//! Messages are validated one by one (a bad one is dropped, counted and acknowledged at
+//! once), then decided and committed in batches: one transaction per batch appends the
+//! events and updates the read model, and only after the commit are the batch's messages
+//! acknowledged. A crash before the commit leaves them unacknowledged for redelivery; a
+//! redelivery after the commit finds its idempotency key in the log and records nothing.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rumqttc::Publish;
+use tokio::sync::mpsc;
+
+use crate::bus::Acker;
+use crate::domain::connection::{
+    decide, evolve, ClientConnection, ConnectionCommand, ConnectionEvent, DisconnectReason,
+    Ignored, EVENT_VERSION,
+};
+use crate::metrics::Metrics;
+use crate::store::{clients, NewEvent, Store, StoreError};
+use crate::topics::{parse_status_payload, parse_status_topic, ClientKey};
+
+/// Settings of the status handler.
+#[derive(Debug, Clone)]
+pub struct StatusSettings {
+    /// Largest payload accepted.
+    pub max_status_bytes: usize,
+    /// Most messages per transaction.
+    pub batch_max: usize,
+}
+
+/// A validated status report: which client, and what it asks.
+pub type Report = (ClientKey, ConnectionCommand);
+
+/// What one command did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// These events were appended.
+    Applied(Vec<ConnectionEvent>),
+    /// Nothing was appended.
+    Ignored(Ignored),
+}
+
+/// Runs the handler until `rx` closes and is drained.
+pub async fn run(
+    mut rx: mpsc::Receiver<Publish>,
+    store: Store,
+    acker: Acker,
+    metrics: Arc<Metrics>,
+    settings: StatusSettings,
+) {
+    let mut batch: Vec<Report> = Vec::with_capacity(settings.batch_max);
+    let mut publishes: Vec<Publish> = Vec::with_capacity(settings.batch_max);
+    while let Some(first) = rx.recv().await {
+        accept(
+            first,
+            &mut batch,
+            &mut publishes,
+            &acker,
+            &metrics,
+            &settings,
+        )
+        .await;
+        while batch.len() < settings.batch_max {
+            match rx.try_recv() {
+                Ok(publish) => {
+                    accept(
+                        publish,
+                        &mut batch,
+                        &mut publishes,
+                        &acker,
+                        &metrics,
+                        &settings,
+                    )
+                    .await
+                }
+                Err(_) => break,
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        commit_until_done(&store, &batch, &metrics).await;
+        batch.clear();
+        for publish in publishes.drain(..) {
+            acker.ack(&publish).await;
+        }
+    }
+    tracing::debug!("status handler drained");
+}
+
+async fn accept(
+    publish: Publish,
+    batch: &mut Vec<Report>,
+    publishes: &mut Vec<Publish>,
+    acker: &Acker,
+    metrics: &Metrics,
+    settings: &StatusSettings,
+) {
+    metrics.status_received.fetch_add(1, Relaxed);
+    if publish.payload.is_empty() {
+        // An empty retained payload clears the topic; it reports nothing.
+        acker.ack(&publish).await;
+        return;
+    }
+    let parsed = parse_status_topic(&publish.topic).and_then(|key| {
+        parse_status_payload(&publish.payload, settings.max_status_bytes).map(|c| (key, c))
+    });
+    match parsed {
+        Ok(report) => {
+            batch.push(report);
+            publishes.push(publish);
+        }
+        Err(reason) => {
+            metrics.status_drop(reason);
+            tracing::warn!(
+                topic = %publish.topic,
+                reason = reason.as_str(),
+                bytes = publish.payload.len(),
+                "status message dropped"
+            );
+            acker.ack(&publish).await;
+        }
+    }
+}
+
+/// Commits the batch, retrying conflicts at once and database errors with backoff, so that
+/// no validated message is acknowledged without its events.
+async fn commit_until_done(store: &Store, batch: &[Report], metrics: &Metrics) {
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let started = Instant::now();
+        match apply_batch(store, batch, now_millis()).await {
+            Ok(outcomes) => {
+                metrics.store_commits.fetch_add(1, Relaxed);
+                metrics
+                    .store_commit_micros
+                    .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
+                record(batch, &outcomes, metrics);
+                return;
+            }
+            Err(StoreError::Conflict(what)) => {
+                metrics.store_conflicts.fetch_add(1, Relaxed);
+                tracing::debug!(%what, "status batch conflicted with another writer; retrying");
+            }
+            Err(error) => {
+                metrics.store_errors.fetch_add(1, Relaxed);
+                tracing::error!(%error, retry_in_ms = pause.as_millis() as u64, "status batch not committed");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+fn record(batch: &[Report], outcomes: &[Outcome], metrics: &Metrics) {
+    for ((key, command), outcome) in batch.iter().zip(outcomes) {
+        let span = tracing::info_span!(
+            "status",
+            account_id = %key.account_id,
+            client_id = %key.client_id,
+            connection_id = %command.connection_id(),
+        );
+        let _guard = span.enter();
+        match outcome {
+            Outcome::Applied(events) => {
+                metrics.connection_outcome("applied");
+                for event in events {
+                    match event {
+                        ConnectionEvent::Connected { .. } => {
+                            metrics.events_connected.fetch_add(1, Relaxed)
+                        }
+                        ConnectionEvent::Disconnected { .. } => {
+                            metrics.events_disconnected.fetch_add(1, Relaxed)
+                        }
+                    };
+                    tracing::info!(
+                        event = event.event_type(),
+                        event_connection_id = event.connection_id(),
+                        at_millis = event.at_millis(),
+                        "recorded"
+                    );
+                }
+            }
+            Outcome::Ignored(why) => {
+                metrics.connection_outcome(why.as_str());
+                tracing::debug!(outcome = why.as_str(), "status ignored");
+            }
+        }
+    }
+}
+
+/// Stream id of a client's connection stream.
+pub fn stream_id(key: &ClientKey) -> String {
+    format!("connection/{}/{}", key.account_id, key.client_id)
+}
+
+/// Idempotency key of a connection event: a connection connects once and disconnects once.
+/// Ids never contain `/`, so the key is unambiguous.
+pub fn idempotency_key(key: &ClientKey, event_type: &str, connection_id: &str) -> String {
+    format!(
+        "{event_type}/{}/{}/{connection_id}",
+        key.account_id, key.client_id
+    )
+}
+
+/// Decides and commits one batch of reports in one transaction; returns one outcome per
+/// report. `now` is the recording time. A [`StoreError::Conflict`] means another writer
+/// changed the same streams: the caller retries the whole batch.
+pub async fn apply_batch(
+    store: &Store,
+    batch: &[Report],
+    now: i64,
+) -> Result<Vec<Outcome>, StoreError> {
+    let txn = store.begin().await?;
+    let mut keys: Vec<ClientKey> = batch.iter().map(|(key, _)| key.clone()).collect();
+    keys.sort();
+    keys.dedup();
+    let mut rows = txn.load_clients(&keys).await?;
+    let command_keys: Vec<String> = batch
+        .iter()
+        .map(|(key, command)| idempotency_key(key, command.event_type(), command.connection_id()))
+        .collect();
+    let mut recorded: HashSet<String> = txn.existing_keys(&command_keys).await?;
+
+    let mut new_events = Vec::new();
+    let mut dirty: HashSet<ClientKey> = HashSet::new();
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for ((key, command), command_key) in batch.iter().zip(&command_keys) {
+        if recorded.contains(command_key) {
+            outcomes.push(Outcome::Ignored(Ignored::Duplicate));
+            continue;
+        }
+        let row = rows.get(key);
+        let state = row.map(state_of).unwrap_or_default();
+        match decide(command, &state) {
+            Ok(events) => {
+                let mut row = row.cloned();
+                let mut version = row.as_ref().map_or(0, |r| r.stream_version);
+                let mut state = state;
+                for event in &events {
+                    version += 1;
+                    let idem = idempotency_key(key, event.event_type(), event.connection_id());
+                    recorded.insert(idem.clone());
+                    new_events.push(NewEvent {
+                        account_id: key.account_id.clone(),
+                        stream: stream_id(key),
+                        stream_version: version,
+                        event_type: event.event_type(),
+                        event_version: EVENT_VERSION,
+                        data: event_data(key, event),
+                        at_millis: event.at_millis(),
+                        idempotency_key: idem,
+                    });
+                    state = evolve(state, event);
+                    let projected = project(row, key, event, version, now);
+                    // The read model is the decider's state, stored: both folds must agree.
+                    debug_assert_eq!(state_of(&projected), state);
+                    row = Some(projected);
+                }
+                if let Some(row) = row {
+                    rows.insert(key.clone(), row);
+                    dirty.insert(key.clone());
+                }
+                outcomes.push(Outcome::Applied(events));
+            }
+            Err(why) => outcomes.push(Outcome::Ignored(why)),
+        }
+    }
+    if !new_events.is_empty() {
+        txn.append(&new_events, now).await?;
+        let changed: Vec<clients::Model> =
+            dirty.iter().filter_map(|k| rows.get(k).cloned()).collect();
+        txn.upsert_clients(&changed).await?;
+    }
+    txn.commit().await?;
+    Ok(outcomes)
+}
+
+/// The decider's state as the read model holds it.
+pub fn state_of(row: &clients::Model) -> ClientConnection {
+    if row.connected {
+        return ClientConnection::Connected {
+            connection_id: row.connection_id.clone(),
+            since_millis: row.connected_at_millis,
+        };
+    }
+    ClientConnection::Disconnected {
+        connection_id: row.connection_id.clone(),
+        reason: row
+            .last_disconnect_reason
+            .as_deref()
+            .and_then(DisconnectReason::parse)
+            .unwrap_or(DisconnectReason::Lost),
+        at_millis: row
+            .disconnected_at_millis
+            .unwrap_or(row.connected_at_millis),
+    }
+}
+
+/// Projects one event onto a client's read-model row.
+pub fn project(
+    row: Option<clients::Model>,
+    key: &ClientKey,
+    event: &ConnectionEvent,
+    version: i64,
+    now: i64,
+) -> clients::Model {
+    let mut row = row.unwrap_or_else(|| clients::Model {
+        account_id: key.account_id.clone(),
+        client_id: key.client_id.clone(),
+        connected: false,
+        connection_id: String::new(),
+        connected_at_millis: 0,
+        disconnected_at_millis: None,
+        last_disconnect_reason: None,
+        stream_version: 0,
+        updated_at_millis: now,
+    });
+    match event {
+        ConnectionEvent::Connected {
+            connection_id,
+            at_millis,
+        } => {
+            row.connected = true;
+            row.connection_id = connection_id.clone();
+            row.connected_at_millis = *at_millis;
+        }
+        ConnectionEvent::Disconnected {
+            reason, at_millis, ..
+        } => {
+            row.connected = false;
+            row.disconnected_at_millis = Some(*at_millis);
+            row.last_disconnect_reason = Some(reason.as_str().to_string());
+        }
+    }
+    row.stream_version = version;
+    row.updated_at_millis = now;
+    row
+}
+
+fn event_data(key: &ClientKey, event: &ConnectionEvent) -> serde_json::Value {
+    match event {
+        ConnectionEvent::Connected {
+            connection_id,
+            at_millis,
+        } => serde_json::json!({
+            "client_id": key.client_id,
+            "connection_id": connection_id,
+            "at_millis": at_millis,
+        }),
+        ConnectionEvent::Disconnected {
+            connection_id,
+            reason,
+            at_millis,
+        } => serde_json::json!({
+            "client_id": key.client_id,
+            "connection_id": connection_id,
+            "reason": reason.as_str(),
+            "at_millis": at_millis,
+        }),
+    }
+}
+
+/// Unix milliseconds now: the recording time, never a decider input.
+pub fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,347 @@
+//! The topic contract: topic names, the ids inside them, and the status payload.
+//!
+//! `topics.md` at the top of the repository is the human-readable authority; this module
+//! is its executable form. Everything a device sends is parsed here into typed values or a
+//! [`DropReason`] that the caller logs and counts.
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::connection::{ConnectionCommand, DisconnectReason};
+
+/// Longest account, client or connection id accepted.
+pub const MAX_ID_LEN: usize = 128;
+
+/// Subscription filter of every client's status, in every account.
+pub const STATUS_FILTER: &str = "accounts/+/clients/+/status";
+
+/// Status filter of one account (`+` for every account).
+pub fn status_filter(account: &str) -> String {
+    format!("accounts/{account}/clients/+/status")
+}
+
+/// Status topic of one client.
+pub fn status_topic(account_id: &str, client_id: &str) -> String {
+    format!("accounts/{account_id}/clients/{client_id}/status")
+}
+
+/// Why an incoming message was dropped. Each reason is a `/metrics` label value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// The topic does not have the shape of the family it arrived on.
+    InvalidTopic,
+    /// An id in the topic is empty, too long or has a character outside the allowed set.
+    InvalidId,
+    /// The payload is larger than `sync.max_status_bytes`.
+    Oversize,
+    /// The payload is not JSON or not an object of the expected shape.
+    MalformedJson,
+    /// The `type` field names no known status.
+    UnknownType,
+    /// `at_millis` is missing, not an integer, or not positive.
+    InvalidAtMillis,
+    /// `connection_id` is missing or not a valid id.
+    InvalidConnectionId,
+    /// `reason` is not one of the documented disconnect reasons.
+    InvalidReason,
+}
+
+impl DropReason {
+    /// Every reason, in the order `/metrics` lists them.
+    pub const ALL: [DropReason; 8] = [
+        DropReason::InvalidTopic,
+        DropReason::InvalidId,
+        DropReason::Oversize,
+        DropReason::MalformedJson,
+        DropReason::UnknownType,
+        DropReason::InvalidAtMillis,
+        DropReason::InvalidConnectionId,
+        DropReason::InvalidReason,
+    ];
+
+    /// Stable label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::InvalidTopic => "invalid_topic",
+            DropReason::InvalidId => "invalid_id",
+            DropReason::Oversize => "oversize",
+            DropReason::MalformedJson => "malformed_json",
+            DropReason::UnknownType => "unknown_type",
+            DropReason::InvalidAtMillis => "invalid_at_millis",
+            DropReason::InvalidConnectionId => "invalid_connection_id",
+            DropReason::InvalidReason => "invalid_reason",
+        }
+    }
+}
+
+impl std::fmt::Display for DropReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Whether `id` may stand as one topic level: 1 to 128 characters from
+/// `A-Z a-z 0-9 - _ . : @`. That excludes `/`, the wildcards `+` and `#`, `$`, whitespace
+/// and control characters, so an id can never widen a subscription or change a topic's shape.
+pub fn is_valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'@'))
+}
+
+/// One client of one account: the key of its connection stream and read-model row.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ClientKey {
+    /// The account (tenant) the client belongs to.
+    pub account_id: String,
+    /// The client's id inside its account.
+    pub client_id: String,
+}
+
+/// Parses `accounts/{account_id}/clients/{client_id}/status`.
+pub fn parse_status_topic(topic: &str) -> Result<ClientKey, DropReason> {
+    let mut parts = topic.split('/');
+    match (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) {
+        (Some("accounts"), Some(account), Some("clients"), Some(client), Some("status"), None) => {
+            if is_valid_id(account) && is_valid_id(client) {
+                Ok(ClientKey {
+                    account_id: account.to_string(),
+                    client_id: client.to_string(),
+                })
+            } else {
+                Err(DropReason::InvalidId)
+            }
+        }
+        _ => Err(DropReason::InvalidTopic),
+    }
+}
+
+/// The status payload as it travels on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusPayload {
+    /// `connected` or `disconnected`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Names one connection of the client; a reconnect uses a new one.
+    pub connection_id: String,
+    /// The observer's clock, Unix milliseconds.
+    pub at_millis: i64,
+    /// Only on `disconnected`: why the connection ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Parses a status payload into a connection command, or says why it must be dropped.
+/// The checks run from cheapest to dearest; the first failing one decides the reason.
+pub fn parse_status_payload(
+    payload: &[u8],
+    max_bytes: usize,
+) -> Result<ConnectionCommand, DropReason> {
+    if payload.len() > max_bytes {
+        return Err(DropReason::Oversize);
+    }
+    let value: serde_json::Value =
+        serde_json::from_slice(payload).map_err(|_| DropReason::MalformedJson)?;
+    let obj = value.as_object().ok_or(DropReason::MalformedJson)?;
+    let kind = obj
+        .get("type")
+        .and_then(|v| v.as_str())
+        .ok_or(DropReason::UnknownType)?;
+    if kind != "connected" && kind != "disconnected" {
+        return Err(DropReason::UnknownType);
+    }
+    let at_millis = obj
+        .get("at_millis")
+        .and_then(|v| v.as_i64())
+        .filter(|v| *v > 0)
+        .ok_or(DropReason::InvalidAtMillis)?;
+    let connection_id = obj
+        .get("connection_id")
+        .and_then(|v| v.as_str())
+        .filter(|v| is_valid_id(v))
+        .ok_or(DropReason::InvalidConnectionId)?
+        .to_string();
+    if kind == "connected" {
+        return Ok(ConnectionCommand::Connect {
+            connection_id,
+            at_millis,
+        });
+    }
+    let reason = match obj.get("reason") {
+        None | Some(serde_json::Value::Null) => DisconnectReason::Lost,
+        Some(v) => v
+            .as_str()
+            .and_then(DisconnectReason::parse)
+            .ok_or(DropReason::InvalidReason)?,
+    };
+    Ok(ConnectionCommand::Disconnect {
+        connection_id,
+        reason,
+        at_millis,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: usize = 4096;
+
+    #[test]
+    fn ids_accept_the_documented_charset() {
+        assert!(is_valid_id("acct-1"));
+        assert!(is_valid_id("baby_station.01:a@b"));
+        assert!(is_valid_id(&"a".repeat(MAX_ID_LEN)));
+    }
+
+    #[test]
+    fn ids_refuse_wildcards_slashes_and_oddities() {
+        for bad in [
+            "",
+            "+",
+            "#",
+            "a/b",
+            "a b",
+            "$sys",
+            "é",
+            "a\n",
+            &"a".repeat(MAX_ID_LEN + 1),
+        ] {
+            assert!(!is_valid_id(bad), "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn status_topic_round_trips() {
+        let key = parse_status_topic(&status_topic("a1", "c1")).unwrap();
+        assert_eq!(key.account_id, "a1");
+        assert_eq!(key.client_id, "c1");
+    }
+
+    #[test]
+    fn status_topic_of_another_shape_is_invalid() {
+        for t in [
+            "accounts/a/clients/c",
+            "accounts/a/clients/c/status/x",
+            "account/a/clients/c/status",
+            "accounts/a/devices/c/status",
+        ] {
+            assert_eq!(parse_status_topic(t), Err(DropReason::InvalidTopic), "{t}");
+        }
+    }
+
+    #[test]
+    fn status_topic_with_a_bad_id_is_invalid_id() {
+        assert_eq!(
+            parse_status_topic("accounts/a b/clients/c/status"),
+            Err(DropReason::InvalidId)
+        );
+        assert_eq!(
+            parse_status_topic("accounts//clients/c/status"),
+            Err(DropReason::InvalidId)
+        );
+    }
+
+    #[test]
+    fn connected_payload_parses() {
+        let cmd = parse_status_payload(
+            br#"{"type":"connected","connection_id":"k1","at_millis":5}"#,
+            MAX,
+        )
+        .unwrap();
+        assert_eq!(
+            cmd,
+            ConnectionCommand::Connect {
+                connection_id: "k1".into(),
+                at_millis: 5
+            }
+        );
+    }
+
+    #[test]
+    fn disconnected_payload_parses_with_and_without_reason() {
+        let cmd = parse_status_payload(
+            br#"{"type":"disconnected","connection_id":"k1","reason":"clean","at_millis":7}"#,
+            MAX,
+        )
+        .unwrap();
+        assert_eq!(
+            cmd,
+            ConnectionCommand::Disconnect {
+                connection_id: "k1".into(),
+                reason: DisconnectReason::Clean,
+                at_millis: 7
+            }
+        );
+        let cmd = parse_status_payload(
+            br#"{"type":"disconnected","connection_id":"k1","at_millis":7}"#,
+            MAX,
+        )
+        .unwrap();
+        assert!(matches!(
+            cmd,
+            ConnectionCommand::Disconnect {
+                reason: DisconnectReason::Lost,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn each_bad_payload_has_its_reason() {
+        let cases: [(&[u8], DropReason); 9] = [
+            (b"not json", DropReason::MalformedJson),
+            (b"[1,2]", DropReason::MalformedJson),
+            (
+                br#"{"type":"hello","connection_id":"k","at_millis":1}"#,
+                DropReason::UnknownType,
+            ),
+            (
+                br#"{"connection_id":"k","at_millis":1}"#,
+                DropReason::UnknownType,
+            ),
+            (
+                br#"{"type":"connected","connection_id":"k"}"#,
+                DropReason::InvalidAtMillis,
+            ),
+            (
+                br#"{"type":"connected","connection_id":"k","at_millis":0}"#,
+                DropReason::InvalidAtMillis,
+            ),
+            (
+                br#"{"type":"connected","connection_id":"k","at_millis":-4}"#,
+                DropReason::InvalidAtMillis,
+            ),
+            (
+                br#"{"type":"connected","connection_id":"a/b","at_millis":1}"#,
+                DropReason::InvalidConnectionId,
+            ),
+            (
+                br#"{"type":"disconnected","connection_id":"k","at_millis":1,"reason":"bored"}"#,
+                DropReason::InvalidReason,
+            ),
+        ];
+        for (payload, reason) in cases {
+            assert_eq!(
+                parse_status_payload(payload, MAX),
+                Err(reason),
+                "{}",
+                String::from_utf8_lossy(payload)
+            );
+        }
+    }
+
+    #[test]
+    fn an_oversize_payload_is_dropped_before_parsing() {
+        let big = vec![b' '; MAX + 1];
+        assert_eq!(parse_status_payload(&big, MAX), Err(DropReason::Oversize));
+    }
+}
