@@ -18,12 +18,15 @@ use crate::config::MqttConfig;
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     /// A listener address cannot be bound.
-    #[error("{key}: cannot listen on {addr}: {source}")]
+    #[error("{key}: cannot listen on {addr}: {error}")]
     Bind {
         key: &'static str,
         addr: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
+    /// A listener did not start accepting in time.
+    #[error("{key}: listener on {addr} did not start within 5 s")]
+    NotListening { key: &'static str, addr: SocketAddr },
 }
 
 /// Where the embedded broker listens.
@@ -42,15 +45,22 @@ pub struct EmbeddedBroker {
 pub fn check_bindable(key: &'static str, addr: SocketAddr) -> Result<(), BrokerError> {
     std::net::TcpListener::bind(addr)
         .map(drop)
-        .map_err(|source| BrokerError::Bind { key, addr, source })
+        .map_err(|error| BrokerError::Bind { key, addr, error })
+}
+
+/// Checks every listener address of the broker (see [`check_bindable`]). Between this check
+/// and rumqttd's own bind another process could take a port; the listener task then logs
+/// the failure and [`start`] reports it.
+pub fn check_listeners(config: &MqttConfig) -> Result<(), BrokerError> {
+    check_bindable("mqtt.listen", config.listen)?;
+    check_bindable("mqtt.v5_listen", config.v5_listen)?;
+    check_bindable("mqtt.ws_listen", config.ws_listen)
 }
 
 /// Starts the router (its own thread) and the three listeners (tasks on the current
-/// Tokio runtime). Must be called inside a Tokio runtime.
-pub fn start(config: &MqttConfig) -> Result<EmbeddedBroker, BrokerError> {
-    check_bindable("mqtt.listen", config.listen)?;
-    check_bindable("mqtt.v5_listen", config.v5_listen)?;
-    check_bindable("mqtt.ws_listen", config.ws_listen)?;
+/// Tokio runtime), and returns once every listener accepts connections.
+pub async fn start(config: &MqttConfig) -> Result<EmbeddedBroker, BrokerError> {
+    check_listeners(config)?;
 
     let router = Router::new(
         0,
@@ -102,9 +112,29 @@ pub fn start(config: &MqttConfig) -> Result<EmbeddedBroker, BrokerError> {
             tracing::error!(%error, key = "mqtt.ws_listen", "MQTT over WebSocket listener stopped");
         }
     });
+    for (key, addr) in [
+        ("mqtt.listen", config.listen),
+        ("mqtt.v5_listen", config.v5_listen),
+        ("mqtt.ws_listen", config.ws_listen),
+    ] {
+        wait_accepting(key, addr).await?;
+    }
     Ok(EmbeddedBroker {
         v4: config.listen,
         v5: config.v5_listen,
         ws: config.ws_listen,
     })
+}
+
+/// Waits until a TCP connect to `addr` succeeds (the listener task has bound its port).
+async fn wait_accepting(key: &'static str, addr: SocketAddr) -> Result<(), BrokerError> {
+    let target = crate::server::connectable(addr);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while tokio::time::Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(target).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    Err(BrokerError::NotListening { key, addr })
 }

@@ -87,7 +87,9 @@ impl Bus {
         let mut options = MqttOptions::new(config.client_id.clone(), host, port);
         options
             .set_keep_alive(Duration::from_secs(config.keep_alive_secs.max(5)))
-            .set_clean_session(true)
+            // A persistent session: what the broker delivered but Cradle had not yet
+            // acknowledged is delivered again after a reconnect.
+            .set_clean_session(false)
             .set_manual_acks(true)
             .set_max_packet_size(max_packet_bytes + 1024, max_packet_bytes + 1024);
         // Acks travel through the request channel; it must hold more than the broker's

@@ -294,7 +294,7 @@ impl Config {
         let deserializer = toml::Deserializer::new(text);
         serde_path_to_error::deserialize(deserializer).map_err(|err| {
             let key = err.path().to_string();
-            let message = one_line(&err.inner().message().to_string());
+            let message = one_line(err.inner().message());
             let key = if key == "." {
                 "(file)".to_string()
             } else {
@@ -378,6 +378,21 @@ impl Config {
         }
         if self.bus.client_id.is_empty() {
             return invalid("bus.client_id", "must not be empty");
+        }
+        if self.http.max_page_size == 0 {
+            return invalid("http.max_page_size", "must be at least 1");
+        }
+        if self.sync.max_status_bytes < 64 {
+            return invalid("sync.max_status_bytes", "must be at least 64");
+        }
+        if self.bus.keep_alive_secs < 5 {
+            return invalid("bus.keep_alive_secs", "must be at least 5");
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.filter) {
+            return Err(ConfigError::Invalid {
+                key: "log.filter",
+                message: one_line(&e.to_string()),
+            });
         }
         if self.store.max_connections == 0 {
             return invalid("store.max_connections", "must be at least 1");
@@ -503,6 +518,31 @@ mod tests {
         c.http.listen = c.mqtt.listen;
         let err = c.validate().unwrap_err().to_string();
         assert!(err.starts_with("http.listen"), "{err}");
+    }
+
+    #[test]
+    fn values_that_parse_but_cannot_work_are_refused_by_key() {
+        let mut c = Config::default();
+        c.http.max_page_size = 0;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .starts_with("http.max_page_size"));
+        let mut c = Config::default();
+        c.log.filter = "info,[[[".into();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .starts_with("log.filter"));
+        let mut c = Config::default();
+        c.bus.keep_alive_secs = 1;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .starts_with("bus.keep_alive_secs"));
     }
 
     #[test]

@@ -340,7 +340,8 @@ mod tests {
     #[test]
     fn millis_format_as_utc() {
         assert_eq!(format_millis(0), "1970-01-01 00:00:00.000");
-        assert_eq!(format_millis(1_795_000_000_123), "2026-11-18 09:46:40.123");
+        assert_eq!(format_millis(1_795_000_000_123), "2026-11-18 11:06:40.123");
+        assert_eq!(format_millis(951_782_400_000), "2000-02-29 00:00:00.000");
     }
 
     #[test]

@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, watch};
 use crate::broker::{self, BrokerError};
 use crate::bus::{Bus, BusError, Route};
 use crate::config::Config;
+use crate::domain::connection::DisconnectReason;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
@@ -24,10 +25,10 @@ pub enum ServeError {
     #[error(transparent)]
     Broker(#[from] BrokerError),
     /// The HTTP listener.
-    #[error("http.listen: cannot listen on {addr}: {source}")]
+    #[error("http.listen: cannot listen on {addr}: {error}")]
     Http {
         addr: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The store.
     #[error(transparent)]
@@ -44,16 +45,29 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
     let metrics = Arc::new(Metrics::default());
 
+    // Every listener is checked before anything is created or migrated.
     let http_listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
-        .map_err(|source| ServeError::Http {
+        .map_err(|error| ServeError::Http {
             addr: config.http.listen,
-            source,
+            error,
         })?;
+    broker::check_listeners(&config.mqtt)?;
     let store = Store::connect(&config.store).await?;
     tracing::info!(backend = ?store.backend(), url = %redact(&config.store.database_url), "store ready");
 
-    let broker = broker::start(&config.mqtt)?;
+    // The embedded broker starts empty: whoever the store still shows connected lost that
+    // connection when the previous process ended (a crash, or a shutdown that could not
+    // finish). Record it before new statuses arrive.
+    let closed = status::close_open_connections(&store, DisconnectReason::ServerShutdown).await?;
+    if closed > 0 {
+        tracing::warn!(
+            clients = closed,
+            "connections left open by the previous run recorded as ended"
+        );
+    }
+
+    let broker = broker::start(&config.mqtt).await?;
     tracing::info!(
         mqtt = %broker.v4, mqtt_v5 = %broker.v5, mqtt_ws = %broker.ws,
         "embedded MQTT broker listening"
@@ -117,6 +131,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         );
     }
     bus.close(Duration::from_secs(5)).await;
+    // The embedded broker ends with this process, and every device's connection with it.
+    match status::close_open_connections(&store, DisconnectReason::ServerShutdown).await {
+        Ok(n) => tracing::info!(
+            clients = n,
+            "open connections recorded as ended by server_shutdown"
+        ),
+        Err(error) => {
+            tracing::error!(%error, "open connections not recorded as ended; the next start will")
+        }
+    }
     let _ = http_stop_tx.send(true);
     if tokio::time::timeout(Duration::from_secs(5), http_task)
         .await

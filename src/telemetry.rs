@@ -4,7 +4,8 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
 
-/// Installs the global subscriber. An invalid filter falls back to `info` with a warning.
+/// Installs the global subscriber. The filter was checked by `Config::validate`; should it
+/// still fail, `info` is used with a warning.
 pub fn init(log: &LogConfig) {
     let (filter, bad) = match EnvFilter::try_new(&log.filter) {
         Ok(f) => (f, None),

@@ -48,7 +48,8 @@ fn main() -> ExitCode {
             match serve(config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
-                    eprintln!("cradle: {error:#}");
+                    // Each error's message already carries its cause on one line.
+                    eprintln!("cradle: {error}");
                     ExitCode::FAILURE
                 }
             }
@@ -57,12 +58,11 @@ fn main() -> ExitCode {
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {
-    use anyhow::Context;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("cradle")
         .build()
-        .context("cannot start the async runtime")?;
+        .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
     runtime.block_on(cradle::server::run(
         config,
         cradle::server::shutdown_signal(),

@@ -214,20 +214,20 @@ pub fn decide(
                 since_millis,
             },
         ) => {
-            if at_millis < since_millis {
-                // An older connection's report arriving late: the current one stands.
-                return Err(Ignored::Stale);
-            }
-            // A new connection took over without the old one reporting its end.
+            // A new connection took over without the old one reporting its end. Connection
+            // ids, not clocks, tell connections apart: a device whose clock went back after
+            // a reboot must still be able to connect. An older connection's late `connected`
+            // never gets here: its idempotency key is already in the log.
+            let at = (*at_millis).max(*since_millis);
             Ok(vec![
                 ConnectionEvent::Disconnected {
                     connection_id: cur.clone(),
                     reason: DisconnectReason::Takeover,
-                    at_millis: *at_millis,
+                    at_millis: at,
                 },
                 ConnectionEvent::Connected {
                     connection_id: connection_id.clone(),
-                    at_millis: *at_millis,
+                    at_millis: at,
                 },
             ])
         }
@@ -246,18 +246,11 @@ pub fn decide(
                 connection_id,
                 at_millis,
             },
-            S::Disconnected {
-                at_millis: ended, ..
-            },
-        ) => {
-            if at_millis < ended {
-                return Err(Ignored::Stale);
-            }
-            Ok(vec![ConnectionEvent::Connected {
-                connection_id: connection_id.clone(),
-                at_millis: *at_millis,
-            }])
-        }
+            S::Disconnected { .. },
+        ) => Ok(vec![ConnectionEvent::Connected {
+            connection_id: connection_id.clone(),
+            at_millis: *at_millis,
+        }]),
         (
             C::Disconnect {
                 connection_id,
@@ -434,11 +427,21 @@ mod tests {
     }
 
     #[test]
-    fn a_connect_older_than_the_current_connection_is_stale() {
-        let state = given(&[connected("k2", 50)]);
-        assert_eq!(decide(&connect("k1", 10), &state), Err(Ignored::Stale));
-        let state = given(&[connected("k2", 50), disconnected("k2", Clean, 60)]);
-        assert_eq!(decide(&connect("k1", 10), &state), Err(Ignored::Stale));
+    fn a_new_connection_stamped_earlier_still_connects_clocks_do_not_order_connections() {
+        // A device whose clock went back after a reboot.
+        let state = given(&[connected("k1", 50_000), disconnected("k1", Lost, 60_000)]);
+        assert_eq!(
+            decide(&connect("k2", 10), &state),
+            Ok(vec![connected("k2", 10)])
+        );
+        let state = given(&[connected("k1", 50_000)]);
+        assert_eq!(
+            decide(&connect("k2", 10), &state),
+            Ok(vec![
+                disconnected("k1", Takeover, 50_000),
+                connected("k2", 50_000)
+            ])
+        );
     }
 
     #[test]

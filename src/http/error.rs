@@ -19,6 +19,9 @@ pub enum ApiError {
     /// 404: no such route.
     #[error("no such route")]
     NotFound,
+    /// 405: the route exists but not with this method.
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
     /// 503: the store failed; the caller may retry. Details are logged, not shown.
     #[error("store unavailable")]
     Store(#[from] StoreError),
@@ -29,6 +32,7 @@ impl ApiError {
         match self {
             ApiError::InvalidParameter { .. } => (StatusCode::BAD_REQUEST, "invalid_parameter"),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
         }
     }
@@ -41,7 +45,7 @@ impl IntoResponse for ApiError {
         match &self {
             ApiError::Store(error) => tracing::error!(%error, "store error answering a request"),
             ApiError::InvalidParameter { field, .. } => body["error"]["field"] = (*field).into(),
-            ApiError::NotFound => {}
+            ApiError::NotFound | ApiError::MethodNotAllowed => {}
         }
         (status, Json(body)).into_response()
     }
@@ -49,4 +53,8 @@ impl IntoResponse for ApiError {
 
 pub(super) async fn not_found() -> ApiError {
     ApiError::NotFound
+}
+
+pub(super) async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
 }

@@ -37,6 +37,7 @@ pub fn app(state: AppState, max_body_bytes: usize) -> Router {
         .merge(ops::router())
         .merge(api::router())
         .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
 }

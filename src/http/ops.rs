@@ -30,9 +30,11 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             "unreachable".to_string()
         }
     };
-    let broker = match &*state.bus.borrow() {
-        BusState::Ready => "ok".to_string(),
-        other => format!("{other:?}").to_lowercase(),
+    let (broker, broker_error) = match &*state.bus.borrow() {
+        BusState::Ready => ("ok", None),
+        BusState::Connecting(e) => ("connecting", e.clone()),
+        BusState::Reconnecting(e) => ("reconnecting", Some(e.clone())),
+        BusState::Closed => ("closed", None),
     };
     let ready = store == "ok" && broker == "ok";
     let status = if ready {
@@ -40,11 +42,14 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "status": if ready { "ready" } else { "not_ready" },
         "store": store,
         "broker": broker,
     });
+    if let Some(e) = broker_error {
+        body["broker_error"] = e.into();
+    }
     (status, Json(body))
 }
 

@@ -205,6 +205,26 @@ impl Store {
             .await?)
     }
 
+    /// Every client whose current connection is open, with that connection's id.
+    pub async fn connected_clients(&self) -> Result<Vec<(ClientKey, String)>, StoreError> {
+        let rows = clients::Entity::find()
+            .filter(clients::Column::Connected.eq(true))
+            .all(&self.db)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                (
+                    ClientKey {
+                        account_id: r.account_id,
+                        client_id: r.client_id,
+                    },
+                    r.connection_id,
+                )
+            })
+            .collect())
+    }
+
     /// The events of `account_id` after `after`, in log order, at most `limit`.
     pub async fn events(
         &self,

@@ -373,3 +373,30 @@ pub fn now_millis() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
+
+/// Records `reason` as the end of every connection the store still shows open; returns how
+/// many. Used when the embedded broker, and with it every device's connection, went away.
+pub async fn close_open_connections(
+    store: &Store,
+    reason: DisconnectReason,
+) -> Result<usize, StoreError> {
+    let open = store.connected_clients().await?;
+    let now = now_millis();
+    let reports: Vec<Report> = open
+        .into_iter()
+        .map(|(key, connection_id)| {
+            (
+                key,
+                ConnectionCommand::Disconnect {
+                    connection_id,
+                    reason,
+                    at_millis: now,
+                },
+            )
+        })
+        .collect();
+    for chunk in reports.chunks(512) {
+        apply_batch(store, chunk, now).await?;
+    }
+    Ok(reports.len())
+}

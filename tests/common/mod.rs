@@ -1,0 +1,338 @@
+//! Shared helpers for integration tests: free ports, the real `cradle` binary as a child
+//! process, HTTP and MQTT clients, and PostgreSQL discovery.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, EventLoop, LastWill, MqttOptions, QoS};
+
+/// A port free on loopback now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind an ephemeral port")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
+
+/// Polls `check` until it returns `Some` or `timeout` passes.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A running `cradle serve` child process on free ports.
+pub struct Cradle {
+    pub child: Child,
+    pub http: String,
+    pub mqtt_port: u16,
+    pub v5_port: u16,
+    pub ws_port: u16,
+    pub database_url: String,
+    pub workdir: PathBuf,
+    pub stderr_path: PathBuf,
+}
+
+impl Cradle {
+    /// Starts Cradle in `workdir` with a SQLite file there (or `database_url`) and waits until
+    /// `/readyz` answers 200.
+    pub async fn start(workdir: &Path, database_url: Option<String>) -> Cradle {
+        let database_url = database_url
+            .unwrap_or_else(|| format!("sqlite://{}", workdir.join("data/cradle.db").display()));
+        let cradle = Self::spawn(workdir, &database_url, &[]);
+        cradle.wait_ready().await;
+        cradle
+    }
+
+    /// Starts the child without waiting; `extra_env` overrides the defaults.
+    pub fn spawn(workdir: &Path, database_url: &str, extra_env: &[(&str, String)]) -> Cradle {
+        let (mqtt_port, v5_port, ws_port, http_port) =
+            (free_port(), free_port(), free_port(), free_port());
+        let stderr_path = workdir.join(format!("cradle-{http_port}.log"));
+        let stderr = std::fs::File::create(&stderr_path).expect("log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cradle"));
+        cmd.arg("serve")
+            .current_dir(workdir)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("CRADLE_MQTT_LISTEN", format!("127.0.0.1:{mqtt_port}"))
+            .env("CRADLE_MQTT_V5_LISTEN", format!("127.0.0.1:{v5_port}"))
+            .env("CRADLE_MQTT_WS_LISTEN", format!("127.0.0.1:{ws_port}"))
+            .env("CRADLE_HTTP_LISTEN", format!("127.0.0.1:{http_port}"))
+            .env("CRADLE_DATABASE_URL", database_url)
+            .env("CRADLE_LOG", "info,cradle=debug,rumqttd=off,sqlx=warn")
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn cradle");
+        Cradle {
+            child,
+            http: format!("http://127.0.0.1:{http_port}"),
+            mqtt_port,
+            v5_port,
+            ws_port,
+            database_url: database_url.to_string(),
+            workdir: workdir.to_path_buf(),
+            stderr_path,
+        }
+    }
+
+    /// Waits for `/readyz` to answer 200.
+    pub async fn wait_ready(&self) {
+        let url = format!("{}/readyz", self.http);
+        let log = self.stderr_path.clone();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = reqwest::get(&url).await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "cradle not ready; its log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The child's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// GET `path` as JSON, asserting the status.
+    pub async fn get_json(&self, path: &str, status: u16) -> serde_json::Value {
+        let r = reqwest::get(format!("{}{path}", self.http))
+            .await
+            .expect("HTTP request");
+        assert_eq!(r.status().as_u16(), status, "GET {path}");
+        r.json().await.expect("JSON body")
+    }
+
+    /// `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.http))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
+    /// The value of one metric line (name with labels, exactly as rendered).
+    pub async fn metric(&self, series: &str) -> u64 {
+        let text = self.metrics().await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no series {series} in:\n{text}")) as u64
+    }
+
+    /// Every event of `account`.
+    pub async fn events(&self, account: &str) -> Vec<serde_json::Value> {
+        let body = self
+            .get_json(
+                &format!("/v1/accounts/{account}/events?after=0&limit=1000"),
+                200,
+            )
+            .await;
+        body["events"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Waits until `account` has `n` events and returns them.
+    pub async fn wait_events(&self, account: &str, n: usize) -> Vec<serde_json::Value> {
+        wait_for(
+            Duration::from_secs(15),
+            &format!("{n} events in {account}"),
+            || async {
+                let events = self.events(account).await;
+                (events.len() >= n).then_some(events)
+            },
+        )
+        .await
+    }
+
+    /// One client's row from `/v1/accounts/{account}/clients`.
+    pub async fn client(&self, account: &str, client: &str) -> Option<serde_json::Value> {
+        let body = self
+            .get_json(&format!("/v1/accounts/{account}/clients"), 200)
+            .await;
+        body["clients"]
+            .as_array()?
+            .iter()
+            .find(|c| c["client_id"] == client)
+            .cloned()
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        signal(self.child.id(), "TERM");
+        wait_exit(&mut self.child, Duration::from_secs(40))
+    }
+}
+
+impl Drop for Cradle {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends a signal by name with the system's `kill`.
+pub fn signal(pid: u32, name: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill")
+        .success();
+    assert!(ok, "kill -{name} {pid}");
+}
+
+/// Waits for a child to exit, killing it after `timeout`.
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process {} did not exit in {timeout:?}", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A status payload.
+pub fn status(kind: &str, connection_id: &str, at_millis: i64, reason: Option<&str>) -> String {
+    match reason {
+        Some(r) => format!(
+            r#"{{"type":"{kind}","connection_id":"{connection_id}","reason":"{r}","at_millis":{at_millis}}}"#
+        ),
+        None => format!(
+            r#"{{"type":"{kind}","connection_id":"{connection_id}","at_millis":{at_millis}}}"#
+        ),
+    }
+}
+
+/// An MQTT device: a rumqttc client whose event loop runs in a task until dropped.
+pub struct Device {
+    pub client: AsyncClient,
+    pub task: tokio::task::JoinHandle<EventLoop>,
+}
+
+impl Device {
+    /// Connects `client_id` to `port`, optionally with a retained Last Will on `will_topic`.
+    pub async fn connect(port: u16, client_id: &str, will: Option<(&str, String)>) -> Device {
+        let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
+        options.set_keep_alive(Duration::from_secs(5));
+        if let Some((topic, payload)) = will {
+            options.set_last_will(LastWill::new(topic, payload, QoS::AtLeastOnce, true));
+        }
+        let (client, mut eventloop) = AsyncClient::new(options, 100);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut tx = Some(tx);
+            loop {
+                match eventloop.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                        if let Some(tx) = tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
+                        return eventloop
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), rx)
+            .await
+            .expect("CONNACK in time")
+            .expect("event loop alive");
+        Device { client, task }
+    }
+
+    /// Publishes retained, QoS 1.
+    pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, true, payload)
+            .await
+            .expect("publish queued");
+    }
+
+    /// Drops the TCP connection without DISCONNECT, so the broker fires the Will.
+    pub async fn drop_connection(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+/// A PostgreSQL server URL for tests: `CRADLE_TEST_POSTGRES_URL`, else the `PG*` variables
+/// `pg_virtualenv` sets. `None` when neither is there, unless `CRADLE_REQUIRE_POSTGRES=1`,
+/// which makes a missing server a failure instead of a skip.
+pub fn postgres_server_url() -> Option<String> {
+    if let Ok(url) = std::env::var("CRADLE_TEST_POSTGRES_URL") {
+        return Some(url);
+    }
+    let url = match (std::env::var("PGHOST"), std::env::var("PGUSER")) {
+        (Ok(host), Ok(user)) => {
+            let password = std::env::var("PGPASSWORD").unwrap_or_default();
+            let port = std::env::var("PGPORT").unwrap_or_else(|_| "5432".into());
+            let db = std::env::var("PGDATABASE").unwrap_or_else(|_| "postgres".into());
+            Some(format!("postgres://{user}:{password}@{host}:{port}/{db}"))
+        }
+        _ => None,
+    };
+    if url.is_none() && std::env::var("CRADLE_REQUIRE_POSTGRES").as_deref() == Ok("1") {
+        panic!("CRADLE_REQUIRE_POSTGRES=1 but no PostgreSQL: run the tests through scripts/test");
+    }
+    if url.is_none() {
+        eprintln!("PostgreSQL not configured (no PG* variables): skipping the PostgreSQL half");
+    }
+    url
+}
+
+/// Creates a fresh database on the server and returns its URL.
+pub async fn fresh_postgres_database(server_url: &str) -> String {
+    use sea_orm::{ConnectionTrait, Database};
+    let name = format!(
+        "cradle_test_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let admin = Database::connect(server_url)
+        .await
+        .expect("connect to PostgreSQL");
+    admin
+        .execute_unprepared(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create test database");
+    let _ = admin.close().await;
+    let mut url = url::Url::parse(server_url).expect("postgres URL");
+    url.set_path(&format!("/{name}"));
+    url.to_string()
+}

@@ -1,0 +1,189 @@
+//! Start-up, shutdown and restart of the real binary.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{signal, status, wait_exit, Cradle, Device};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_on_the_same_sqlite_file_keeps_events_and_client_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = Cradle::start(dir.path(), None).await;
+    let d = Device::connect(first.mqtt_port, "pub", None).await;
+    d.publish(
+        "accounts/a/clients/c1/status",
+        status("connected", "k1", 10, None),
+    )
+    .await;
+    d.publish(
+        "accounts/a/clients/c2/status",
+        status("connected", "k2", 20, None),
+    )
+    .await;
+    d.publish(
+        "accounts/a/clients/c2/status",
+        status("disconnected", "k2", 30, Some("clean")),
+    )
+    .await;
+    let before = first.wait_events("a", 3).await;
+    drop(d);
+    let exit = first.terminate();
+    assert!(
+        exit.success(),
+        "graceful exit, got {exit:?}\n{}",
+        first.log()
+    );
+    assert!(first.log().contains("store closed"), "{}", first.log());
+
+    let second = Cradle::start(dir.path(), Some(first.database_url.clone())).await;
+    // Everything recorded is still there, and the embedded broker's end ended c1's
+    // connection: the shutdown recorded that, so the state matches reality.
+    let kept = second.events("a").await;
+    assert_eq!(kept.len(), 4, "{kept:?}");
+    assert_eq!(kept[..3], before[..]);
+    assert_eq!(kept[3]["type"], "connection.disconnected");
+    assert_eq!(kept[3]["data"]["client_id"], "c1");
+    assert_eq!(kept[3]["data"]["reason"], "server_shutdown");
+    let c1 = second.client("a", "c1").await.unwrap();
+    assert_eq!(c1["connected"], false);
+    assert_eq!(c1["last_disconnect_reason"], "server_shutdown");
+    let c2 = second.client("a", "c2").await.unwrap();
+    assert_eq!(c2["connected"], false);
+    assert_eq!(c2["last_disconnect_reason"], "clean");
+
+    // The log continues after the restart, and the kept state still decides: the replayed
+    // k1 connect is stale (k1 ended), the new k3 connects.
+    let d = Device::connect(second.mqtt_port, "pub", None).await;
+    d.publish(
+        "accounts/a/clients/c1/status",
+        status("connected", "k1", 10, None),
+    )
+    .await;
+    d.publish(
+        "accounts/a/clients/c2/status",
+        status("connected", "k3", 40, None),
+    )
+    .await;
+    let after = second.wait_events("a", 5).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(second.events("a").await.len(), 5);
+    assert_eq!(after[4]["data"]["connection_id"], "k3");
+    assert!(after[4]["position"].as_i64() > kept[3]["position"].as_i64());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_left_open_by_a_crash_are_ended_on_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = Cradle::start(dir.path(), None).await;
+    let d = Device::connect(first.mqtt_port, "pub", None).await;
+    d.publish(
+        "accounts/a/clients/c1/status",
+        status("connected", "k1", 10, None),
+    )
+    .await;
+    first.wait_events("a", 1).await;
+    signal(first.child.id(), "KILL");
+    let _ = first.child.wait();
+    let second = Cradle::start(dir.path(), Some(first.database_url.clone())).await;
+    let events = second.events("a").await;
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[1]["data"]["reason"], "server_shutdown");
+    assert_eq!(second.client("a", "c1").await.unwrap()["connected"], false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_and_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cradle = Cradle::start(dir.path(), None).await;
+    let d = Device::connect(cradle.mqtt_port, "pub", None).await;
+    for i in 0..200 {
+        d.publish(
+            &format!("accounts/s/clients/c{i}/status"),
+            status("connected", "k", 1 + i, None),
+        )
+        .await;
+    }
+    let seen = cradle.wait_events("s", 200).await.len();
+    assert_eq!(seen, 200);
+    let exit = cradle.terminate();
+    assert!(exit.success(), "{exit:?}");
+    let log = cradle.log();
+    assert!(log.contains("draining status handler"), "{log}");
+    assert!(log.contains("store closed"), "{log}");
+    // Everything recorded before the signal is still there, plus the end of each of the
+    // 200 connections the shutdown closed.
+    let again = Cradle::start(dir.path(), Some(cradle.database_url.clone())).await;
+    let events = again.events("s").await;
+    assert_eq!(events.len(), 400);
+    assert!(events[200..]
+        .iter()
+        .all(|e| e["data"]["reason"] == "server_shutdown"));
+}
+
+#[test]
+fn a_port_in_use_fails_fast_naming_the_key() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("x.db").display());
+    let mut cradle = Cradle::spawn(
+        dir.path(),
+        &db,
+        &[("CRADLE_MQTT_LISTEN", format!("127.0.0.1:{port}"))],
+    );
+    let exit = wait_exit(&mut cradle.child, Duration::from_secs(20));
+    assert!(!exit.success());
+    let log = cradle.log();
+    let last = log.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("cradle: mqtt.listen: cannot listen on 127.0.0.1:"),
+        "{log}"
+    );
+}
+
+#[test]
+fn an_unreadable_or_invalid_config_fails_with_a_one_line_error_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cradle"))
+        .args(["serve", "--config", "/nonexistent/cradle.toml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("/nonexistent/cradle.toml"), "{err}");
+
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, "[http]\nlisten = \"not an address\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cradle"))
+        .args(["serve", "--config"])
+        .arg(&file)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("http.listen"), "{err}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_cradle"))
+        .arg("serve")
+        .env("CRADLE_HTTP_LISTEN", "nope")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("CRADLE_HTTP_LISTEN"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sqlite_file_and_its_folder_are_created_on_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("nested/deeper/cradle.db");
+    let _cradle = Cradle::start(dir.path(), Some(format!("sqlite://{}", db.display()))).await;
+    assert!(db.exists());
+}
