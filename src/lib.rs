@@ -24,9 +24,11 @@
 //! - [`http`]: axum API: `/v1/accounts/{id}/clients|events`, `/healthz`, `/readyz`, `/metrics`.
 //! - [`metrics`]: lock-free counters rendered as Prometheus text.
 //! - [`monitor`]: the `cradle-monitor` live view.
+//! - [`bench`]: `cradle-bench` scenarios (one module each) and the `BENCHMARKS.md` report.
 //! - [`server`]: start-up and graceful shutdown of `cradle serve`.
 //! - [`telemetry`]: logging set-up.
 
+pub mod bench;
 pub mod broker;
 pub mod bus;
 pub mod config;

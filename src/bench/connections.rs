@@ -1,0 +1,202 @@
+//! Connection capacity: memory per idle MQTT connection, and connect/disconnect churn with
+//! every resulting event recorded.
+//!
+//! Connections are raw TCP sockets speaking MQTT 3.1.1 through rumqttc's packet codecs, so
+//! the bench itself stays small at 10k connections and the figures are the broker's.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use rumqttc::mqttbytes::v4::{Connect, Disconnect, LastWill, Publish};
+use rumqttc::mqttbytes::QoS;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::{broker_addr, metric, proc_stats, run_id, BenchError, BenchResult};
+
+async fn open(host: &str, port: u16, connect: &Connect) -> Result<TcpStream, BenchError> {
+    let mut stream = TcpStream::connect((host, port)).await?;
+    let mut buf = BytesMut::new();
+    connect
+        .write(&mut buf)
+        .map_err(|e| BenchError::Target(format!("encode CONNECT: {e:?}")))?;
+    stream.write_all(&buf).await?;
+    let mut connack = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut connack))
+        .await
+        .map_err(|_| BenchError::Target("no CONNACK within 10 s".into()))??;
+    if connack[0] != 0x20 || connack[3] != 0 {
+        return Err(BenchError::Target(format!("CONNACK refused: {connack:?}")));
+    }
+    Ok(stream)
+}
+
+/// Opens `count` idle connections and reports the broker's resident memory per connection.
+pub async fn idle(
+    broker: &str,
+    label: &str,
+    pid: Option<u32>,
+    count: usize,
+) -> Result<BenchResult, BenchError> {
+    let (host, port) = broker_addr(broker)?;
+    if pid.is_none() {
+        return Err(BenchError::Usage(
+            "idle memory needs --pid of the broker".into(),
+        ));
+    }
+    let run = run_id();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = proc_stats(pid);
+    let started = Instant::now();
+    let mut streams = Vec::with_capacity(count);
+    let parallel = 100;
+    let mut next = 0;
+    while next < count {
+        let n = parallel.min(count - next);
+        let mut batch = Vec::with_capacity(n);
+        for i in next..next + n {
+            let host = host.clone();
+            let mut c = Connect::new(format!("idle-{run}-{i}"));
+            c.keep_alive = 600;
+            batch.push(tokio::spawn(async move { open(&host, port, &c).await }));
+        }
+        for b in batch {
+            streams.push(b.await.map_err(|e| BenchError::Target(e.to_string()))??);
+        }
+        next += n;
+    }
+    let connect_secs = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = proc_stats(pid);
+    let mut r = BenchResult::new(
+        &format!(
+            "idle-memory-{}",
+            if count >= 1000 {
+                format!("{}k", count / 1000)
+            } else {
+                count.to_string()
+            }
+        ),
+        label,
+        format!("{count} idle MQTT 3.1.1 connections"),
+        "KiB/conn",
+    );
+    r.count = streams.len() as u64;
+    r.expected = count as u64;
+    r.seconds = connect_secs;
+    if let (Some(b), Some(a)) = (before, after) {
+        r.rate = (a.rss_kib.saturating_sub(b.rss_kib)) as f64 / count as f64;
+        r.peak_rss_mib = Some(a.peak_rss_kib as f64 / 1024.0);
+        r.cpu_seconds = Some(a.cpu_seconds - b.cpu_seconds);
+        r.note = format!(
+            "RSS {:.1} → {:.1} MiB; {:.0} connects/s",
+            b.rss_kib as f64 / 1024.0,
+            a.rss_kib as f64 / 1024.0,
+            count as f64 / connect_secs
+        );
+    }
+    drop(streams);
+    Ok(r)
+}
+
+/// Connects, reports `connected`, reports `disconnected` (clean) and disconnects, `count`
+/// times over `parallel` client ids, and waits until Cradle recorded every event.
+pub async fn churn(
+    broker: &str,
+    http: &str,
+    label: &str,
+    pid: Option<u32>,
+    count: u64,
+    parallel: u64,
+    max_secs: u64,
+) -> Result<BenchResult, BenchError> {
+    let (host, port) = broker_addr(broker)?;
+    let run = run_id();
+    let account = format!("churn-{run}");
+    let connected_series = "cradle_events_appended_total{type=\"connection.connected\"}";
+    let disconnected_series = "cradle_events_appended_total{type=\"connection.disconnected\"}";
+    let base = metric(http, connected_series).await? + metric(http, disconnected_series).await?;
+    let before = proc_stats(pid);
+    let started = Instant::now();
+    let next = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for w in 0..parallel {
+        let (host, account, next, run) = (host.clone(), account.clone(), next.clone(), run.clone());
+        workers.push(tokio::spawn(async move {
+            let topic = format!("accounts/{account}/clients/w{w}/status");
+            loop {
+                let n = next.fetch_add(1, Relaxed);
+                if n >= count {
+                    return Ok::<(), BenchError>(());
+                }
+                let at = crate::sync::status::now_millis();
+                let mut c = Connect::new(format!("churn-{run}-w{w}"));
+                c.keep_alive = 60;
+                c.last_will = Some(LastWill::new(
+                    topic.clone(),
+                    format!(r#"{{"type":"disconnected","connection_id":"k{n}","reason":"lost","at_millis":{at}}}"#),
+                    QoS::AtLeastOnce,
+                    true,
+                ));
+                let mut stream = open(&host, port, &c).await?;
+                let mut buf = BytesMut::new();
+                let mut up = Publish::new(
+                    topic.clone(),
+                    QoS::AtMostOnce,
+                    format!(r#"{{"type":"connected","connection_id":"k{n}","at_millis":{at}}}"#),
+                );
+                up.retain = true;
+                let mut down = Publish::new(
+                    topic.clone(),
+                    QoS::AtMostOnce,
+                    format!(r#"{{"type":"disconnected","connection_id":"k{n}","reason":"clean","at_millis":{}}}"#, at + 1),
+                );
+                down.retain = true;
+                let encode = |e| BenchError::Target(format!("encode: {e:?}"));
+                up.write(&mut buf).map_err(encode)?;
+                down.write(&mut buf).map_err(encode)?;
+                Disconnect.write(&mut buf).map_err(encode)?;
+                stream.write_all(&buf).await?;
+                stream.flush().await?;
+                // Wait for the broker to close after DISCONNECT, so the next connect of this
+                // client id is not a takeover.
+                let mut sink = [0u8; 64];
+                let _ = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut sink)).await;
+            }
+        }));
+    }
+    for w in workers {
+        w.await.map_err(|e| BenchError::Target(e.to_string()))??;
+    }
+    let cycle_secs = started.elapsed().as_secs_f64();
+    let expected = count * 2;
+    let deadline = Instant::now() + Duration::from_secs(max_secs);
+    let mut recorded = 0;
+    while Instant::now() < deadline {
+        recorded = (metric(http, connected_series).await?
+            + metric(http, disconnected_series).await?)
+            .saturating_sub(base);
+        if recorded >= expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let after = proc_stats(pid);
+    let mut r = BenchResult::new(
+        "churn",
+        label,
+        format!("{count} connect/report/disconnect cycles over {parallel} clients"),
+        "cycles/s",
+    );
+    r.count = recorded / 2;
+    r.expected = count;
+    r.seconds = seconds;
+    r.rate = (recorded / 2) as f64 / seconds.max(1e-9);
+    r.process(before, after);
+    r.note =
+        format!("{recorded} of {expected} events recorded; cycles alone took {cycle_secs:.2} s");
+    Ok(r)
+}

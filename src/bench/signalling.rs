@@ -1,0 +1,171 @@
+//! Signalling round trip: client A sends to B's `webrtc_inbox` at a fixed offered load, B
+//! echoes each message to A's inbox, A measures the round trip. QoS 1 both ways, as the
+//! topic contract says.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+use super::{
+    age_micros, broker_addr, proc_stats, run_id, stamped_payload, BenchError, BenchResult,
+};
+
+/// Parameters of a signalling run.
+#[derive(Debug, Clone)]
+pub struct Signalling {
+    /// Broker URL.
+    pub broker: String,
+    /// Name in the report.
+    pub label: String,
+    /// The broker's pid.
+    pub pid: Option<u32>,
+    /// Messages A sends.
+    pub messages: u64,
+    /// Offered load, messages per second.
+    pub rate: u64,
+    /// Payload bytes (an SDP offer is 1-4 KB; ICE candidates ~200 B).
+    pub payload: usize,
+}
+
+fn client(id: String, host: &str, port: u16) -> (AsyncClient, rumqttc::EventLoop) {
+    let mut o = MqttOptions::new(id, host, port);
+    o.set_keep_alive(Duration::from_secs(30)).set_inflight(1000);
+    AsyncClient::new(o, 10_000)
+}
+
+/// Runs the scenario.
+pub async fn run(s: Signalling) -> Result<BenchResult, BenchError> {
+    let (host, port) = broker_addr(&s.broker)?;
+    let run = run_id();
+    let account = format!("sig-{run}");
+    let inbox = |c: &str| format!("accounts/{account}/clients/{c}/webrtc_inbox");
+    let (a_inbox, b_inbox) = (inbox("a"), inbox("b"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let ready = Arc::new(AtomicU64::new(0));
+    let received = Arc::new(AtomicU64::new(0));
+
+    // B: echo everything from its inbox to A's.
+    let (b, mut b_loop) = client(format!("sig-{run}-b"), &host, port);
+    let (b_stop, b_ready, b_sub, a_target) = (
+        stop.clone(),
+        ready.clone(),
+        b_inbox.clone(),
+        a_inbox.clone(),
+    );
+    let b_task = tokio::spawn(async move {
+        while !b_stop.load(Relaxed) {
+            let Ok(event) = tokio::time::timeout(Duration::from_millis(200), b_loop.poll()).await
+            else {
+                continue;
+            };
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    let _ = b.subscribe(b_sub.as_str(), QoS::AtLeastOnce).await;
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    b_ready.fetch_add(1, Relaxed);
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let _ = b.try_publish(a_target.as_str(), QoS::AtLeastOnce, false, p.payload);
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    });
+    // A: collect round trips.
+    let (a, mut a_loop) = client(format!("sig-{run}-a"), &host, port);
+    let (a_stop, a_ready, a_sub, a_received) = (
+        stop.clone(),
+        ready.clone(),
+        a_inbox.clone(),
+        received.clone(),
+    );
+    let a_sub_client = a.clone();
+    let a_task = tokio::spawn(async move {
+        let mut samples = Vec::new();
+        while !a_stop.load(Relaxed) {
+            let Ok(event) = tokio::time::timeout(Duration::from_millis(200), a_loop.poll()).await
+            else {
+                continue;
+            };
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    let _ = a_sub_client
+                        .subscribe(a_sub.as_str(), QoS::AtLeastOnce)
+                        .await;
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    a_ready.fetch_add(1, Relaxed);
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if let Some(age) = age_micros(&p.payload) {
+                        samples.push(age);
+                    }
+                    a_received.fetch_add(1, Relaxed);
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        samples
+    });
+    if !super::wait_until(Duration::from_secs(20), || ready.load(Relaxed) == 2).await {
+        stop.store(true, Relaxed);
+        return Err(BenchError::Target(format!(
+            "{}: inbox subscriptions not ready",
+            s.broker
+        )));
+    }
+
+    let before = proc_stats(s.pid);
+    let started = Instant::now();
+    // Pace in 1 ms ticks: rate/1000 messages a tick, the remainder spread by a running total.
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut sent = 0u64;
+    while sent < s.messages {
+        tick.tick().await;
+        let due = (started.elapsed().as_secs_f64() * s.rate as f64) as u64;
+        while sent < due.min(s.messages) {
+            a.publish(
+                b_inbox.as_str(),
+                QoS::AtLeastOnce,
+                false,
+                stamped_payload(s.payload),
+            )
+            .await
+            .map_err(|e| BenchError::Target(e.to_string()))?;
+            sent += 1;
+        }
+    }
+    let send_secs = started.elapsed().as_secs_f64();
+    super::wait_until(Duration::from_secs(10), || {
+        received.load(Relaxed) >= s.messages
+    })
+    .await;
+    let after = proc_stats(s.pid);
+    stop.store(true, Relaxed);
+    let samples = a_task.await.unwrap_or_default();
+    let _ = b_task.await;
+
+    let mut r = BenchResult::new(
+        "signalling-rtt",
+        &s.label,
+        format!(
+            "{} msg/s offered, {} B, {} msgs, QoS 1",
+            s.rate, s.payload, s.messages
+        ),
+        "msg/s",
+    );
+    r.count = received.load(Relaxed);
+    r.expected = s.messages;
+    r.seconds = send_secs;
+    r.rate = sent as f64 / send_secs.max(1e-9);
+    r.latencies(samples);
+    r.process(before, after);
+    r.note = "rate = achieved offered load; latency = A → B → A round trip".into();
+    Ok(r)
+}

@@ -1,0 +1,261 @@
+//! `cradle-bench`: bounded benchmark scenarios; each prints one JSON result line.
+//! `scripts/bench` runs them all against Cradle and Mosquitto and writes `BENCHMARKS.md`.
+
+use std::io::BufRead;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use cradle::bench::{self, connections, pipeline, signalling, throughput, BenchResult};
+
+#[derive(Parser)]
+#[command(
+    name = "cradle-bench",
+    version,
+    about = "Benchmark scenarios for Cradle and other MQTT brokers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct Target {
+    /// Broker under test.
+    #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
+    broker: String,
+    /// Its name in the report.
+    #[arg(long, default_value = "cradle")]
+    label: String,
+    /// Its pid, for CPU seconds and peak RSS.
+    #[arg(long)]
+    pid: Option<u32>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// P publishers → S subscribers on one topic.
+    Throughput {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 10)]
+        publishers: usize,
+        #[arg(long, default_value_t = 1)]
+        subscribers: usize,
+        #[arg(long, default_value_t = 200_000)]
+        messages: u64,
+        #[arg(long, default_value_t = 100)]
+        payload: usize,
+        #[arg(long, default_value_t = 0)]
+        qos: u8,
+        #[arg(long, default_value_t = 60)]
+        max_secs: u64,
+    },
+    /// Statuses published until their events are committed.
+    Pipeline {
+        #[command(flatten)]
+        target: Target,
+        /// Cradle's HTTP base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        http: String,
+        #[arg(long, default_value_t = 50_000)]
+        clients: u64,
+        #[arg(long, default_value_t = 10)]
+        publishers: usize,
+        #[arg(long, default_value_t = 120)]
+        max_secs: u64,
+    },
+    /// Raw batched inserts into the store's event log.
+    RawInsert {
+        #[arg(long)]
+        database_url: String,
+        #[arg(long, default_value = "sqlite")]
+        label: String,
+        #[arg(long, default_value_t = 100_000)]
+        events: u64,
+        #[arg(long, default_value_t = 512)]
+        batch: usize,
+    },
+    /// Broker memory per idle connection.
+    Idle {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+    },
+    /// Connect/report/disconnect cycles until every event is recorded.
+    Churn {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        http: String,
+        #[arg(long, default_value_t = 5000)]
+        count: u64,
+        #[arg(long, default_value_t = 50)]
+        parallel: u64,
+        #[arg(long, default_value_t = 120)]
+        max_secs: u64,
+    },
+    /// Round trip between two clients through their inbox topics at a fixed load.
+    Signalling {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 50_000)]
+        messages: u64,
+        #[arg(long, default_value_t = 5000)]
+        rate: u64,
+        #[arg(long, default_value_t = 200)]
+        payload: usize,
+    },
+    /// Reads result lines on stdin and prints Markdown; the header is read from a file.
+    Report {
+        #[arg(long)]
+        header: Option<std::path::PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cradle-bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result: Result<Option<BenchResult>, String> = runtime.block_on(async {
+        let r = match cli.command {
+            Command::Throughput {
+                target,
+                publishers,
+                subscribers,
+                messages,
+                payload,
+                qos,
+                max_secs,
+            } => {
+                throughput::run(throughput::Throughput {
+                    broker: target.broker,
+                    label: target.label,
+                    pid: target.pid,
+                    publishers,
+                    subscribers,
+                    messages,
+                    payload,
+                    qos,
+                    max_secs,
+                })
+                .await
+            }
+            Command::Pipeline {
+                target,
+                http,
+                clients,
+                publishers,
+                max_secs,
+            } => {
+                pipeline::run(pipeline::Pipeline {
+                    broker: target.broker,
+                    http,
+                    label: target.label,
+                    pid: target.pid,
+                    clients,
+                    publishers,
+                    max_secs,
+                })
+                .await
+            }
+            Command::RawInsert {
+                database_url,
+                label,
+                events,
+                batch,
+            } => {
+                pipeline::raw_insert(pipeline::RawInsert {
+                    database_url,
+                    label,
+                    events,
+                    batch,
+                })
+                .await
+            }
+            Command::Idle { target, count } => {
+                connections::idle(&target.broker, &target.label, target.pid, count).await
+            }
+            Command::Churn {
+                target,
+                http,
+                count,
+                parallel,
+                max_secs,
+            } => {
+                connections::churn(
+                    &target.broker,
+                    &http,
+                    &target.label,
+                    target.pid,
+                    count,
+                    parallel,
+                    max_secs,
+                )
+                .await
+            }
+            Command::Signalling {
+                target,
+                messages,
+                rate,
+                payload,
+            } => {
+                signalling::run(signalling::Signalling {
+                    broker: target.broker,
+                    label: target.label,
+                    pid: target.pid,
+                    messages,
+                    rate,
+                    payload,
+                })
+                .await
+            }
+            Command::Report { header } => {
+                let header = match header {
+                    Some(p) => {
+                        std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?
+                    }
+                    None => "# Benchmarks".to_string(),
+                };
+                let mut results = Vec::new();
+                for line in std::io::stdin().lock().lines() {
+                    let line = line.map_err(|e| e.to_string())?;
+                    if line.trim().is_empty() {
+                        continue;
+                    }
+                    results.push(
+                        serde_json::from_str(&line).map_err(|e| format!("bad result line: {e}"))?,
+                    );
+                }
+                print!("{}", bench::report::markdown(&results, &header));
+                return Ok(None);
+            }
+        };
+        r.map(Some).map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(Some(r)) => {
+            match serde_json::to_string(&r) {
+                Ok(line) => println!("{line}"),
+                Err(e) => {
+                    eprintln!("cradle-bench: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(None) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cradle-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
