@@ -95,7 +95,8 @@ impl Bus {
         // Acks travel through the request channel; it must hold more than the broker's
         // in-flight window so that a handler never waits on it while the loop waits on the
         // handler.
-        let (client, eventloop) = AsyncClient::new(options, 65_536);
+        let (client, mut eventloop) = AsyncClient::new(options, 65_536);
+        nodelay(&mut eventloop);
         let (state_tx, state) = watch::channel(BusState::Connecting(None));
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(run(
@@ -266,6 +267,14 @@ async fn run(
             }
         }
     }
+}
+
+/// Turns off Nagle's algorithm on an event loop's socket: MQTT packets are small and an
+/// ack held back 40 ms stalls a QoS 1 window.
+pub fn nodelay(eventloop: &mut EventLoop) {
+    let mut options = rumqttc::NetworkOptions::new();
+    options.set_tcp_nodelay(true);
+    eventloop.set_network_options(options);
 }
 
 /// MQTT topic-filter matching (`+` one level, `#` the rest).

@@ -17,6 +17,7 @@
 //! - [`config`]: one typed config (defaults, TOML file, `CRADLE_*` environment, flags).
 //! - [`topics`]: the topic contract: topic names, ids, status payload parsing, drop reasons.
 //! - [`broker`]: the embedded rumqttd broker (v4, v5 and WebSocket listeners).
+//! - [`edge`]: the MQTT edge devices reach; [`edge::acl`] holds its per-account topic rules.
 //! - [`bus`]: Cradle's own MQTT client; routes each topic family to its handler, reconnects.
 //! - [`sync`]: one handler per topic family ([`sync::status`] today), batching commits.
 //! - [`domain`]: pure deciders ([`domain::connection`]) with given/when/then tests.
@@ -33,6 +34,7 @@ pub mod broker;
 pub mod bus;
 pub mod config;
 pub mod domain;
+pub mod edge;
 pub mod http;
 pub mod metrics;
 pub mod monitor;

@@ -18,6 +18,7 @@ use super::{broker_addr, metric, proc_stats, run_id, BenchError, BenchResult};
 
 async fn open(host: &str, port: u16, connect: &Connect) -> Result<TcpStream, BenchError> {
     let mut stream = TcpStream::connect((host, port)).await?;
+    stream.set_nodelay(true)?;
     let mut buf = BytesMut::new();
     connect
         .write(&mut buf)

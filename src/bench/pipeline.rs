@@ -30,6 +30,8 @@ pub struct Pipeline {
     pub publishers: usize,
     /// Time limit.
     pub max_secs: u64,
+    /// Offered load in statuses per second over all publishers; 0 = as fast as accepted.
+    pub rate: u64,
 }
 
 async fn appended(http: &str) -> Result<u64, BenchError> {
@@ -55,6 +57,7 @@ pub async fn run(p: Pipeline) -> Result<BenchResult, BenchError> {
         let mut o = MqttOptions::new(format!("bench-{run}-p{i}"), host.clone(), port);
         o.set_keep_alive(Duration::from_secs(30)).set_inflight(1000);
         let (client, mut eventloop) = AsyncClient::new(o, 1000);
+        crate::bus::nodelay(&mut eventloop);
         let stop_loop = stop.clone();
         let pump = tokio::spawn(async move {
             while !stop_loop.load(Relaxed) {
@@ -65,8 +68,17 @@ pub async fn run(p: Pipeline) -> Result<BenchResult, BenchError> {
             }
         });
         let account = account.clone();
+        let each_rate = p.rate as f64 / p.publishers as f64;
         tasks.push(tokio::spawn(async move {
+            let began = Instant::now();
             for n in 0..per {
+                if each_rate > 0.0 {
+                    // Paced: wait until this message is due.
+                    let due = Duration::from_secs_f64(n as f64 / each_rate);
+                    if let Some(wait) = due.checked_sub(began.elapsed()) {
+                        tokio::time::sleep(wait).await;
+                    }
+                }
                 let topic = format!("accounts/{account}/clients/p{i}c{n}/status");
                 let payload = format!(
                     r#"{{"type":"connected","connection_id":"k1","at_millis":{}}}"#,
@@ -129,9 +141,23 @@ pub async fn run(p: Pipeline) -> Result<BenchResult, BenchError> {
     }
 
     let mut r = BenchResult::new(
-        "status-pipeline",
+        if p.rate > 0 {
+            "status-pipeline-latency"
+        } else {
+            "status-pipeline"
+        },
         &p.label,
-        format!("{} clients, {} publishers, QoS 1", p.clients, p.publishers),
+        if p.rate > 0 {
+            format!(
+                "{} clients at {}/s offered, {} publishers, QoS 1",
+                p.clients, p.rate, p.publishers
+            )
+        } else {
+            format!(
+                "{} clients as fast as accepted, {} publishers, QoS 1",
+                p.clients, p.publishers
+            )
+        },
         "events/s",
     );
     r.count = count;

@@ -61,6 +61,7 @@ pub async fn run(t: Throughput) -> Result<BenchResult, BenchError> {
     for i in 0..t.subscribers {
         let (client, mut eventloop) =
             AsyncClient::new(options(format!("bench-{run}-s{i}"), &host, port), 100);
+        crate::bus::nodelay(&mut eventloop);
         let (stop, received, last_nanos, ready, topic) = (
             stop.clone(),
             received.clone(),
@@ -121,6 +122,7 @@ pub async fn run(t: Throughput) -> Result<BenchResult, BenchError> {
     for i in 0..t.publishers {
         let (client, mut eventloop) =
             AsyncClient::new(options(format!("bench-{run}-p{i}"), &host, port), 1000);
+        crate::bus::nodelay(&mut eventloop);
         let stop_loop = stop.clone();
         let pump = tokio::spawn(async move {
             while !stop_loop.load(Relaxed) {

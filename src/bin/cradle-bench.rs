@@ -63,6 +63,9 @@ enum Command {
         publishers: usize,
         #[arg(long, default_value_t = 120)]
         max_secs: u64,
+        /// Offered statuses per second (0: as fast as the pipeline accepts).
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
     },
     /// Raw batched inserts into the store's event log.
     RawInsert {
@@ -155,6 +158,7 @@ fn main() -> ExitCode {
                 clients,
                 publishers,
                 max_secs,
+                rate,
             } => {
                 pipeline::run(pipeline::Pipeline {
                     broker: target.broker,
@@ -164,6 +168,7 @@ fn main() -> ExitCode {
                     clients,
                     publishers,
                     max_secs,
+                    rate,
                 })
                 .await
             }

@@ -14,13 +14,14 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sea_orm::sea_query::OnConflict;
+use sea_orm::sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sea_orm::sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
 };
 use sea_orm::{
-    ActiveValue, ColumnTrait, Condition, ConnectOptions, Database, DatabaseConnection,
-    DatabaseTransaction, DbErr, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
-    SqlErr, SqlxSqliteConnector, TransactionTrait,
+    ActiveValue, ColumnTrait, Condition, DatabaseConnection, DatabaseTransaction, DbErr,
+    EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr,
+    SqlxPostgresConnector, SqlxSqliteConnector, TransactionTrait,
 };
 use sea_orm_migration::MigratorTrait;
 
@@ -152,13 +153,20 @@ impl Store {
                 backend: Backend::Sqlite,
             }
         } else {
-            let mut options = ConnectOptions::new(url);
-            options
+            // Generic plans of the batch statements (hundreds of IN parameters) fall back to
+            // sequential scans once PostgreSQL switches to them after five executions: 100 ms
+            // per chunk at 10k clients. Custom plans keep every lookup an index probe.
+            let options = PgConnectOptions::from_str(url)
+                .map_err(|e| StoreError::Url(e.to_string()))?
+                .options([("plan_cache_mode", "force_custom_plan")]);
+            let pool = PgPoolOptions::new()
                 .max_connections(config.max_connections)
-                .connect_timeout(Duration::from_secs(10))
-                .sqlx_logging(false);
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(options)
+                .await
+                .map_err(|e| StoreError::Db(DbErr::Conn(sea_orm::RuntimeErr::SqlxError(e))))?;
             Store {
-                db: Database::connect(options).await?,
+                db: SqlxPostgresConnector::from_sqlx_postgres_pool(pool),
                 backend: Backend::Postgres,
             }
         };
@@ -285,14 +293,16 @@ impl StoreTx {
     ) -> Result<HashMap<ClientKey, clients::Model>, StoreError> {
         let mut out = HashMap::with_capacity(keys.len());
         for chunk in keys.chunks(CHUNK) {
-            let mut cond = Condition::any();
-            for k in chunk {
-                cond = cond.add(
-                    Condition::all()
-                        .add(clients::Column::AccountId.eq(k.account_id.as_str()))
-                        .add(clients::Column::ClientId.eq(k.client_id.as_str())),
-                );
-            }
+            // `account_id IN (…) AND client_id IN (…)` walks the primary-key index on both
+            // databases (a row-value IN list or an OR of pairs made PostgreSQL scan the
+            // table). It can return a few pairs not asked for when a chunk spans accounts;
+            // the caller looks rows up by key, so extras are harmless.
+            let mut accounts: Vec<&str> = chunk.iter().map(|k| k.account_id.as_str()).collect();
+            accounts.sort_unstable();
+            accounts.dedup();
+            let cond = Condition::all()
+                .add(clients::Column::AccountId.is_in(accounts))
+                .add(clients::Column::ClientId.is_in(chunk.iter().map(|k| k.client_id.as_str())));
             for row in clients::Entity::find().filter(cond).all(&self.txn).await? {
                 let key = ClientKey {
                     account_id: row.account_id.clone(),

@@ -7,7 +7,7 @@
 //! acknowledged. A crash before the commit leaves them unacknowledged for redelivery; a
 //! redelivery after the commit finds its idempotency key in the log and records nothing.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -55,6 +55,7 @@ pub async fn run(
 ) {
     let mut batch: Vec<Report> = Vec::with_capacity(settings.batch_max);
     let mut publishes: Vec<Publish> = Vec::with_capacity(settings.batch_max);
+    let mut cache = ClientCache::new(CACHE_CAPACITY);
     while let Some(first) = rx.recv().await {
         accept(
             first,
@@ -84,7 +85,7 @@ pub async fn run(
         if batch.is_empty() {
             continue;
         }
-        commit_until_done(&store, &batch, &metrics).await;
+        commit_until_done(&store, &batch, &mut cache, &metrics).await;
         batch.clear();
         for publish in publishes.drain(..) {
             acker.ack(&publish).await;
@@ -130,11 +131,16 @@ async fn accept(
 
 /// Commits the batch, retrying conflicts at once and database errors with backoff, so that
 /// no validated message is acknowledged without its events.
-async fn commit_until_done(store: &Store, batch: &[Report], metrics: &Metrics) {
+async fn commit_until_done(
+    store: &Store,
+    batch: &[Report],
+    cache: &mut ClientCache,
+    metrics: &Metrics,
+) {
     let mut pause = Duration::from_millis(50);
     loop {
         let started = Instant::now();
-        match apply_batch(store, batch, now_millis()).await {
+        match apply_batch_cached(store, batch, now_millis(), cache).await {
             Ok(outcomes) => {
                 metrics.store_commits.fetch_add(1, Relaxed);
                 metrics
@@ -144,6 +150,8 @@ async fn commit_until_done(store: &Store, batch: &[Report], metrics: &Metrics) {
                 return;
             }
             Err(StoreError::Conflict(what)) => {
+                // Another writer changed these streams: forget what we knew of them.
+                cache.forget(batch.iter().map(|(key, _)| key));
                 metrics.store_conflicts.fetch_add(1, Relaxed);
                 tracing::debug!(%what, "status batch conflicted with another writer; retrying");
             }
@@ -208,6 +216,53 @@ pub fn idempotency_key(key: &ClientKey, event_type: &str, connection_id: &str) -
     )
 }
 
+/// Rows the status writer holds between batches, so a busy client's state is not read back
+/// from the database for every report. Correct with several writers: a stale row makes the
+/// writer append a stream version another writer already took, the unique constraint turns
+/// that into a [`StoreError::Conflict`], and the writer forgets the batch's rows and retries.
+/// Idempotency keys are always checked against the database.
+#[derive(Debug, Default)]
+pub struct ClientCache {
+    rows: HashMap<ClientKey, clients::Model>,
+    capacity: usize,
+}
+
+/// Rows kept by the status writer (about 200 B each).
+pub const CACHE_CAPACITY: usize = 500_000;
+
+impl ClientCache {
+    /// A cache of at most `capacity` rows (0 keeps nothing).
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            rows: HashMap::new(),
+            capacity,
+        }
+    }
+
+    fn forget<'a>(&mut self, keys: impl Iterator<Item = &'a ClientKey>) {
+        for key in keys {
+            self.rows.remove(key);
+        }
+    }
+
+    fn remember(&mut self, rows: impl Iterator<Item = clients::Model>) {
+        for row in rows {
+            if self.rows.len() >= self.capacity {
+                // Simple and bounded: start over rather than track recency.
+                self.rows.clear();
+                if self.capacity == 0 {
+                    return;
+                }
+            }
+            let key = ClientKey {
+                account_id: row.account_id.clone(),
+                client_id: row.client_id.clone(),
+            };
+            self.rows.insert(key, row);
+        }
+    }
+}
+
 /// Decides and commits one batch of reports in one transaction; returns one outcome per
 /// report. `now` is the recording time. A [`StoreError::Conflict`] means another writer
 /// changed the same streams: the caller retries the whole batch.
@@ -216,16 +271,40 @@ pub async fn apply_batch(
     batch: &[Report],
     now: i64,
 ) -> Result<Vec<Outcome>, StoreError> {
+    apply_batch_cached(store, batch, now, &mut ClientCache::new(0)).await
+}
+
+/// [`apply_batch`] reading rows from `cache` first and updating it after the commit.
+pub async fn apply_batch_cached(
+    store: &Store,
+    batch: &[Report],
+    now: i64,
+    cache: &mut ClientCache,
+) -> Result<Vec<Outcome>, StoreError> {
+    let t0 = Instant::now();
     let txn = store.begin().await?;
-    let mut keys: Vec<ClientKey> = batch.iter().map(|(key, _)| key.clone()).collect();
+    let t_begin = t0.elapsed();
+    let mut keys: Vec<ClientKey> = batch
+        .iter()
+        .map(|(key, _)| key)
+        .filter(|key| !cache.rows.contains_key(*key))
+        .cloned()
+        .collect();
     keys.sort();
     keys.dedup();
     let mut rows = txn.load_clients(&keys).await?;
+    for (key, _) in batch {
+        if let Some(row) = cache.rows.get(key) {
+            rows.entry(key.clone()).or_insert_with(|| row.clone());
+        }
+    }
+    let t_load = t0.elapsed();
     let command_keys: Vec<String> = batch
         .iter()
         .map(|(key, command)| idempotency_key(key, command.event_type(), command.connection_id()))
         .collect();
     let mut recorded: HashSet<String> = txn.existing_keys(&command_keys).await?;
+    let t_keys = t0.elapsed();
 
     let mut new_events = Vec::new();
     let mut dirty: HashSet<ClientKey> = HashSet::new();
@@ -271,13 +350,30 @@ pub async fn apply_batch(
             Err(why) => outcomes.push(Outcome::Ignored(why)),
         }
     }
+    let t_decide = t0.elapsed();
+    let mut t_append = t_decide;
     if !new_events.is_empty() {
         txn.append(&new_events, now).await?;
+        t_append = t0.elapsed();
         let changed: Vec<clients::Model> =
             dirty.iter().filter_map(|k| rows.get(k).cloned()).collect();
         txn.upsert_clients(&changed).await?;
     }
+    let t_upsert = t0.elapsed();
     txn.commit().await?;
+    cache.remember(dirty.iter().filter_map(|k| rows.remove(k)));
+    tracing::trace!(
+        reports = batch.len(),
+        begin_us = t_begin.as_micros() as u64,
+        loaded = keys.len(),
+        load_us = t_load.as_micros() as u64,
+        keys_us = t_keys.as_micros() as u64,
+        decide_us = t_decide.as_micros() as u64,
+        append_us = t_append.as_micros() as u64,
+        upsert_us = t_upsert.as_micros() as u64,
+        commit_us = t0.elapsed().as_micros() as u64,
+        "status batch timings (cumulative)"
+    );
     Ok(outcomes)
 }
 

@@ -1,0 +1,170 @@
+//! Topic access control for authenticated MQTT clients: pure functions of the client's
+//! identity and the topic or filter, so every rule has a plain test beside it.
+
+use crate::topics::is_valid_id;
+
+/// Who is on the other end of an MQTT connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// A device (baby or parent station) of one account.
+    Device {
+        /// Its account.
+        account_id: String,
+        /// Its client id inside the account.
+        client_id: String,
+    },
+    /// An operator: may watch every account's status, may publish nothing.
+    Operator,
+    /// Open mode (no accounts configured, loopback only): no checks, as before accounts.
+    Open,
+}
+
+/// Whether `principal` may publish to `topic` (also checked for a Will's topic).
+pub fn may_publish(principal: &Principal, topic: &str) -> bool {
+    let (account_id, client_id) = match principal {
+        Principal::Open => return true,
+        Principal::Operator => return false,
+        Principal::Device {
+            account_id,
+            client_id,
+        } => (account_id, client_id),
+    };
+    let levels: Vec<&str> = topic.split('/').collect();
+    match levels.as_slice() {
+        ["accounts", a, "clients", c, "status"] => a == account_id && c == client_id,
+        ["accounts", a, "baby_stations", c] | ["accounts", a, "parent_stations", c] => {
+            a == account_id && c == client_id
+        }
+        ["accounts", a, "clients", target, "webrtc_inbox"] => {
+            a == account_id && is_valid_id(target)
+        }
+        _ => false,
+    }
+}
+
+/// Whether `principal` may subscribe to `filter`: only filters that cannot match a topic
+/// outside `accounts/{its account}/` (for an operator: only the status wildcard family).
+pub fn may_subscribe(principal: &Principal, filter: &str) -> bool {
+    if !is_valid_filter(filter) {
+        return false;
+    }
+    match principal {
+        Principal::Open => true,
+        Principal::Operator => {
+            let levels: Vec<&str> = filter.split('/').collect();
+            matches!(
+                levels.as_slice(),
+                ["accounts", a, "clients", c, "status"] if (*a == "+" || is_valid_id(a)) && (*c == "+" || is_valid_id(c))
+            )
+        }
+        Principal::Device { account_id, .. } => {
+            let mut levels = filter.split('/');
+            levels.next() == Some("accounts")
+                && levels.next() == Some(account_id.as_str())
+                && levels.next().is_some()
+        }
+    }
+}
+
+/// MQTT filter syntax: `#` only as the whole last level, `+` only as a whole level, no
+/// empty filter, and no `$` topics (broker internals, shared subscriptions).
+pub fn is_valid_filter(filter: &str) -> bool {
+    if filter.is_empty() || filter.starts_with('$') {
+        return false;
+    }
+    let levels: Vec<&str> = filter.split('/').collect();
+    levels.iter().enumerate().all(|(i, l)| match *l {
+        "#" => i == levels.len() - 1,
+        "+" => true,
+        l => !l.contains('#') && !l.contains('+'),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(a: &str, c: &str) -> Principal {
+        Principal::Device {
+            account_id: a.into(),
+            client_id: c.into(),
+        }
+    }
+
+    #[test]
+    fn a_device_publishes_its_own_status_and_stations() {
+        let d = device("a", "c");
+        assert!(may_publish(&d, "accounts/a/clients/c/status"));
+        assert!(may_publish(&d, "accounts/a/baby_stations/c"));
+        assert!(may_publish(&d, "accounts/a/parent_stations/c"));
+    }
+
+    #[test]
+    fn a_device_may_not_speak_for_another_client() {
+        let d = device("a", "c");
+        assert!(!may_publish(&d, "accounts/a/clients/other/status"));
+        assert!(!may_publish(&d, "accounts/a/baby_stations/other"));
+    }
+
+    #[test]
+    fn a_device_signals_any_inbox_of_its_own_account_only() {
+        let d = device("a", "c");
+        assert!(may_publish(&d, "accounts/a/clients/other/webrtc_inbox"));
+        assert!(!may_publish(&d, "accounts/b/clients/other/webrtc_inbox"));
+        assert!(!may_publish(&d, "accounts/a/clients/bad id/webrtc_inbox"));
+    }
+
+    #[test]
+    fn a_device_publishes_nothing_outside_the_contract() {
+        let d = device("a", "c");
+        for t in [
+            "x",
+            "accounts/a",
+            "accounts/a/other",
+            "accounts/b/clients/c/status",
+            "$SYS/x",
+        ] {
+            assert!(!may_publish(&d, t), "{t}");
+        }
+    }
+
+    #[test]
+    fn a_device_subscribes_inside_its_account_only() {
+        let d = device("a", "c");
+        assert!(may_subscribe(&d, "accounts/a/clients/+/status"));
+        assert!(may_subscribe(&d, "accounts/a/#"));
+        assert!(may_subscribe(&d, "accounts/a/baby_stations/+"));
+        for f in [
+            "#",
+            "+/a/#",
+            "accounts/+/clients/+/status",
+            "accounts/b/#",
+            "accounts/#",
+            "accounts/a",
+            "$SYS/#",
+            "$share/g/accounts/a/#",
+            "accounts/a/x#",
+            "accounts/a/#/x",
+            "",
+        ] {
+            assert!(!may_subscribe(&d, f), "{f}");
+        }
+    }
+
+    #[test]
+    fn an_operator_watches_status_of_every_account_and_publishes_nothing() {
+        let o = Principal::Operator;
+        assert!(may_subscribe(&o, "accounts/+/clients/+/status"));
+        assert!(may_subscribe(&o, "accounts/a/clients/+/status"));
+        assert!(!may_subscribe(&o, "accounts/+/clients/+/webrtc_inbox"));
+        assert!(!may_subscribe(&o, "#"));
+        assert!(!may_publish(&o, "accounts/a/clients/c/status"));
+    }
+
+    #[test]
+    fn open_mode_checks_only_filter_syntax() {
+        assert!(may_publish(&Principal::Open, "anything/at/all"));
+        assert!(may_subscribe(&Principal::Open, "#"));
+        assert!(!may_subscribe(&Principal::Open, "a/#/b"));
+    }
+}
