@@ -89,8 +89,8 @@ impl Default for MqttConfig {
             max_connections: 20_000,
             connect_timeout_ms: 10_000,
             max_inflight: 500,
-            segment_bytes: 4 * 1024 * 1024,
-            segment_count: 4,
+            segment_bytes: 16 * 1024 * 1024,
+            segment_count: 8,
         }
     }
 }

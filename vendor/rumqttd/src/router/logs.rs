@@ -380,8 +380,9 @@ impl AckLog {
     /// New log
     pub fn new() -> AckLog {
         AckLog {
-            committed: VecDeque::with_capacity(100),
-            recorded: VecDeque::with_capacity(100),
+            // CRADLE PATCH 3: grows on demand.
+            committed: VecDeque::with_capacity(4),
+            recorded: VecDeque::with_capacity(4),
         }
     }
 
