@@ -192,6 +192,22 @@ pub async fn metric(http: &str, series: &str) -> Result<u64, BenchError> {
         .unwrap_or(0.0) as u64)
 }
 
+/// Drives a publisher's event loop (with `TCP_NODELAY`) until `stop` is set.
+pub fn pump(
+    mut eventloop: rumqttc::EventLoop,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    crate::bus::nodelay(&mut eventloop);
+    tokio::spawn(async move {
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            match tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await {
+                Ok(Ok(_)) | Err(_) => {}
+                Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    })
+}
+
 /// Waits until `f` is true or `limit` passes; returns whether it became true.
 pub async fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + limit;

@@ -56,17 +56,8 @@ pub async fn run(p: Pipeline) -> Result<BenchResult, BenchError> {
     for i in 0..p.publishers {
         let mut o = MqttOptions::new(format!("bench-{run}-p{i}"), host.clone(), port);
         o.set_keep_alive(Duration::from_secs(30)).set_inflight(1000);
-        let (client, mut eventloop) = AsyncClient::new(o, 1000);
-        crate::bus::nodelay(&mut eventloop);
-        let stop_loop = stop.clone();
-        let pump = tokio::spawn(async move {
-            while !stop_loop.load(Relaxed) {
-                match tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await {
-                    Ok(Ok(_)) | Err(_) => {}
-                    Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(50)).await,
-                }
-            }
-        });
+        let (client, eventloop) = AsyncClient::new(o, 1000);
+        let pump = super::pump(eventloop, stop.clone());
         let account = account.clone();
         let each_rate = p.rate as f64 / p.publishers as f64;
         tasks.push(tokio::spawn(async move {

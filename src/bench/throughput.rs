@@ -120,18 +120,9 @@ pub async fn run(t: Throughput) -> Result<BenchResult, BenchError> {
     let per = t.messages / t.publishers as u64;
     let mut pubs = Vec::new();
     for i in 0..t.publishers {
-        let (client, mut eventloop) =
+        let (client, eventloop) =
             AsyncClient::new(options(format!("bench-{run}-p{i}"), &host, port), 1000);
-        crate::bus::nodelay(&mut eventloop);
-        let stop_loop = stop.clone();
-        let pump = tokio::spawn(async move {
-            while !stop_loop.load(Relaxed) {
-                match tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await {
-                    Ok(Ok(_)) | Err(_) => {}
-                    Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(50)).await,
-                }
-            }
-        });
+        let pump = super::pump(eventloop, stop.clone());
         let topic = topic.clone();
         let size = t.payload;
         pubs.push(tokio::spawn(async move {
