@@ -337,7 +337,7 @@ impl LinkRx {
             router_rx,
             send_buffer: outgoing_data_buffer,
             // CRADLE PATCH 3: grows on demand.
-            cache: VecDeque::with_capacity(4),
+            cache: VecDeque::new(),
         }
     }
 

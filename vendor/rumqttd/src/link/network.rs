@@ -51,9 +51,9 @@ impl<P: Protocol> Network<P> {
     ) -> Network<P> {
         Network {
             socket,
-            // CRADLE PATCH 3: buffers grow on demand; an idle connection keeps 2 KiB, not 20.
-            read: BytesMut::with_capacity(1024),
-            write: BytesMut::with_capacity(1024),
+            // CRADLE PATCH 3: buffers grow on demand; an idle connection keeps 512 B, not 20 KiB.
+            read: BytesMut::with_capacity(256),
+            write: BytesMut::with_capacity(256),
             max_incoming_size,
             max_connection_buffer_len,
             // Overwritten by keepalive value in connect packet, otherwise we

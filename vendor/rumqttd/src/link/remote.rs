@@ -121,7 +121,7 @@ impl<P: Protocol> RemoteLink<P> {
             link_tx,
             link_rx,
             // CRADLE PATCH 3: grows on demand.
-            notifications: VecDeque::with_capacity(4),
+            notifications: VecDeque::new(),
             will_delay_interval,
         })
     }

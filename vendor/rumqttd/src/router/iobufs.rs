@@ -18,7 +18,6 @@ use super::{Forward, IncomingMeter, OutgoingMeter};
 // CRADLE PATCH 4: a QoS 1 window of 100 made a consumer that acknowledges after a durable
 // commit wait for each batch of 100; 1024 lets it pipeline. Buffers start small and grow.
 const MAX_INFLIGHT: usize = 1024;
-const INITIAL_CAPACITY: usize = 4;
 const MAX_PKID: u16 = MAX_INFLIGHT as u16;
 
 #[derive(Debug)]
@@ -35,7 +34,7 @@ impl Incoming {
     #[inline]
     pub(crate) fn new(client_id: String) -> Self {
         Self {
-            buffer: Arc::new(Mutex::new(VecDeque::with_capacity(INITIAL_CAPACITY))),
+            buffer: Arc::new(Mutex::new(VecDeque::new())),
             meter: Default::default(),
             client_id,
         }
@@ -75,8 +74,8 @@ impl Outgoing {
     #[inline]
     pub(crate) fn new(client_id: String) -> (Self, Receiver<()>) {
         let (handle, rx) = flume::bounded(MAX_CHANNEL_CAPACITY);
-        let data_buffer = VecDeque::with_capacity(INITIAL_CAPACITY);
-        let inflight_buffer = VecDeque::with_capacity(INITIAL_CAPACITY);
+        let data_buffer = VecDeque::new();
+        let inflight_buffer = VecDeque::new();
         let unacked_pubrels = VecDeque::new();
 
         let outgoing = Self {

@@ -381,8 +381,8 @@ impl AckLog {
     pub fn new() -> AckLog {
         AckLog {
             // CRADLE PATCH 3: grows on demand.
-            committed: VecDeque::with_capacity(4),
-            recorded: VecDeque::with_capacity(4),
+            committed: VecDeque::new(),
+            recorded: VecDeque::new(),
         }
     }
 
