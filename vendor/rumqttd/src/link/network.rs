@@ -51,8 +51,8 @@ impl<P: Protocol> Network<P> {
     ) -> Network<P> {
         Network {
             socket,
-            // CRADLE PATCH 3: buffers grow on demand; an idle connection keeps 512 B, not 20 KiB.
-            read: BytesMut::with_capacity(256),
+            // CRADLE PATCH 3: buffers grow on demand; an idle connection keeps 1.25 KiB, not 20 KiB.
+            read: BytesMut::with_capacity(1024),
             write: BytesMut::with_capacity(256),
             max_incoming_size,
             max_connection_buffer_len,
