@@ -14,6 +14,7 @@
 //!
 //! ## Layout
 //!
+//! - [`accounts`]: accounts and credentials (argon2id hashes), for the MQTT edge and HTTP auth.
 //! - [`config`]: one typed config (defaults, TOML file, `CRADLE_*` environment, flags).
 //! - [`topics`]: the topic contract: topic names, ids, status payload parsing, drop reasons.
 //! - [`broker`]: the embedded rumqttd broker (v4, v5 and WebSocket listeners).
@@ -29,6 +30,7 @@
 //! - [`server`]: start-up and graceful shutdown of `cradle serve`.
 //! - [`telemetry`]: logging set-up.
 
+pub mod accounts;
 pub mod bench;
 pub mod broker;
 pub mod bus;

@@ -52,6 +52,42 @@ async fn suite(url: &str) {
     two_concurrent_writers_append_each_event_once(url).await;
     reads_are_scoped_by_account_and_paged_by_position(url).await;
     data_survives_a_reconnect_and_open_connections_can_be_closed(url).await;
+    accounts_and_credentials_round_trip(url).await;
+}
+
+async fn accounts_and_credentials_round_trip(url: &str) {
+    use cradle::accounts::{self, CredentialKind};
+    let store = Store::connect(&config(url)).await.unwrap();
+    assert!(!accounts::any_account(&store).await.unwrap());
+    accounts::create_account(&store, "acc", "Acc")
+        .await
+        .unwrap();
+    let device = accounts::issue(&store, CredentialKind::Device, Some("acc"), Some("d1"))
+        .await
+        .unwrap();
+    let operator = accounts::issue(&store, CredentialKind::Operator, None, None)
+        .await
+        .unwrap();
+    assert!(accounts::verify_device(&store, "acc", "d1", &device.secret)
+        .await
+        .unwrap());
+    let op = accounts::verify_secret(&store, &operator.secret)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(op.kind, "operator");
+    assert!(accounts::verify_secret(&store, &device.secret)
+        .await
+        .unwrap()
+        .is_none());
+    accounts::revoke(&store, &operator.credential.credential_id)
+        .await
+        .unwrap();
+    assert!(accounts::verify_secret(&store, &operator.secret)
+        .await
+        .unwrap()
+        .is_none());
+    store.close().await.unwrap();
 }
 
 async fn migrations_are_idempotent(url: &str) {

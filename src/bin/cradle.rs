@@ -1,10 +1,13 @@
-//! `cradle`: the service. `cradle serve` runs it on its embedded defaults.
+//! `cradle`: the service. `cradle serve` runs it on its embedded defaults; `cradle accounts`
+//! and `cradle credentials` manage tenants and their secrets in the same store.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use cradle::accounts::{self, CredentialKind};
 use cradle::config::{Config, Overrides};
+use cradle::store::Store;
 
 #[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
 #[global_allocator]
@@ -21,40 +24,214 @@ struct Cli {
     command: Command,
 }
 
+#[derive(clap::Args)]
+struct ConfigArgs {
+    /// TOML config file (default: config/cradle.toml when present).
+    #[arg(long, env = "CRADLE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    overrides: Overrides,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the service: broker, status pipeline, HTTP API.
     Serve {
-        /// TOML config file (default: config/cradle.toml when present).
-        #[arg(long, env = "CRADLE_CONFIG", value_name = "FILE")]
-        config: Option<PathBuf>,
         #[command(flatten)]
-        overrides: Overrides,
+        config: ConfigArgs,
     },
+    /// Manage accounts (tenants).
+    Accounts {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(subcommand)]
+        action: AccountsAction,
+    },
+    /// Manage credentials: device secrets, bearer tokens, operator secrets.
+    Credentials {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(subcommand)]
+        action: CredentialsAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum AccountsAction {
+    /// Create an account.
+    Create {
+        /// Account id, as used in topics.
+        account: String,
+        /// Human-readable name (default: the id).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List accounts.
+    List,
+    /// Delete an account and revoke its credentials (its events stay).
+    Delete { account: String },
+}
+
+#[derive(Subcommand)]
+enum CredentialsAction {
+    /// Issue a credential; prints the secret alone on the last line, once.
+    Issue {
+        /// The account (device and token credentials).
+        #[arg(long)]
+        account: Option<String>,
+        /// The device's MQTT client id (a device credential).
+        #[arg(long, conflicts_with_all = ["token", "operator"])]
+        client: Option<String>,
+        /// A bearer token for HTTP and the WebSocket.
+        #[arg(long, conflicts_with = "operator")]
+        token: bool,
+        /// An operator secret: watch every account's status.
+        #[arg(long)]
+        operator: bool,
+    },
+    /// List credentials (never secrets).
+    List {
+        #[arg(long)]
+        account: Option<String>,
+    },
+    /// Revoke a credential.
+    Revoke { credential: String },
+}
+
+fn load(args: &ConfigArgs) -> Result<Config, ExitCode> {
+    Config::load(args.config.as_deref(), &args.overrides).map_err(|error| {
+        eprintln!("cradle: {error}");
+        ExitCode::from(2)
+    })
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Serve { config, overrides } => {
-            let config = match Config::load(config.as_deref(), &overrides) {
+    let result = match cli.command {
+        Command::Serve { config } => {
+            let config = match load(&config) {
                 Ok(c) => c,
-                Err(error) => {
-                    eprintln!("cradle: {error}");
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
             cradle::telemetry::init(&config.log);
-            match serve(config) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    // Each error's message already carries its cause on one line.
-                    eprintln!("cradle: {error}");
-                    ExitCode::FAILURE
-                }
-            }
+            serve(config)
+        }
+        Command::Accounts { config, action } => match load(&config) {
+            Ok(c) => admin(c, |store| Box::pin(accounts_cmd(store, action))),
+            Err(code) => return code,
+        },
+        Command::Credentials { config, action } => match load(&config) {
+            Ok(c) => admin(c, |store| Box::pin(credentials_cmd(store, action))),
+            Err(code) => return code,
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // Each error's message already carries its cause on one line.
+            eprintln!("cradle: {error}");
+            ExitCode::FAILURE
         }
     }
+}
+
+type AdminFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + 'a>>;
+
+/// Runs one admin command against the configured store.
+fn admin(
+    config: Config,
+    command: impl for<'a> FnOnce(&'a Store) -> AdminFuture<'a>,
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
+    runtime.block_on(async {
+        let store = Store::connect(&config.store).await?;
+        let result = command(&store).await;
+        store.close().await?;
+        result
+    })
+}
+
+async fn accounts_cmd(store: &Store, action: AccountsAction) -> anyhow::Result<()> {
+    match action {
+        AccountsAction::Create { account, name } => {
+            let name = name.unwrap_or_else(|| account.clone());
+            let a = accounts::create_account(store, &account, &name).await?;
+            println!("created account {} ({})", a.account_id, a.name);
+        }
+        AccountsAction::List => {
+            println!("{:<32} {:<32} CREATED (UNIX MS)", "ACCOUNT", "NAME");
+            for a in accounts::list_accounts(store).await? {
+                println!(
+                    "{:<32} {:<32} {}",
+                    a.account_id, a.name, a.created_at_millis
+                );
+            }
+        }
+        AccountsAction::Delete { account } => {
+            accounts::delete_account(store, &account).await?;
+            println!("deleted account {account}; its credentials are revoked");
+        }
+    }
+    Ok(())
+}
+
+async fn credentials_cmd(store: &Store, action: CredentialsAction) -> anyhow::Result<()> {
+    match action {
+        CredentialsAction::Issue {
+            account,
+            client,
+            token,
+            operator,
+        } => {
+            let kind = if operator {
+                CredentialKind::Operator
+            } else if token {
+                CredentialKind::Token
+            } else {
+                CredentialKind::Device
+            };
+            let issued =
+                accounts::issue(store, kind, account.as_deref(), client.as_deref()).await?;
+            let c = &issued.credential;
+            println!(
+                "issued {} credential {} (account {}, client {}); the secret is shown once:",
+                c.kind,
+                c.credential_id,
+                c.account_id.as_deref().unwrap_or("-"),
+                c.client_id.as_deref().unwrap_or("-"),
+            );
+            println!("{}", issued.secret);
+        }
+        CredentialsAction::List { account } => {
+            println!(
+                "{:<20} {:<9} {:<24} {:<24} REVOKED",
+                "CREDENTIAL", "KIND", "ACCOUNT", "CLIENT"
+            );
+            for c in accounts::list_credentials(store, account.as_deref()).await? {
+                println!(
+                    "{:<20} {:<9} {:<24} {:<24} {}",
+                    c.credential_id,
+                    c.kind,
+                    c.account_id.as_deref().unwrap_or("-"),
+                    c.client_id.as_deref().unwrap_or("-"),
+                    if c.revoked_at_millis.is_some() {
+                        "yes"
+                    } else {
+                        "no"
+                    }
+                );
+            }
+        }
+        CredentialsAction::Revoke { credential } => {
+            accounts::revoke(store, &credential).await?;
+            println!("revoked {credential}");
+        }
+    }
+    Ok(())
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {

@@ -11,6 +11,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261122_000001_create_events::Migration),
             Box::new(m20261122_000002_create_clients::Migration),
+            Box::new(m20261122_000003_create_accounts_and_credentials::Migration),
         ]
     }
 }
@@ -28,6 +29,26 @@ enum Events {
     AtMillis,
     RecordedAtMillis,
     IdempotencyKey,
+}
+
+#[derive(DeriveIden)]
+enum Accounts {
+    Table,
+    AccountId,
+    Name,
+    CreatedAtMillis,
+}
+
+#[derive(DeriveIden)]
+enum Credentials {
+    Table,
+    CredentialId,
+    Kind,
+    AccountId,
+    ClientId,
+    SecretHash,
+    CreatedAtMillis,
+    RevokedAtMillis,
 }
 
 #[derive(DeriveIden)]
@@ -193,6 +214,87 @@ mod m20261122_000002_create_clients {
         async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
             manager
                 .drop_table(Table::drop().table(Clients::Table).to_owned())
+                .await
+        }
+    }
+}
+
+mod m20261122_000003_create_accounts_and_credentials {
+    use super::*;
+
+    pub struct Migration;
+
+    impl MigrationName for Migration {
+        fn name(&self) -> &str {
+            "m20261122_000003_create_accounts_and_credentials"
+        }
+    }
+
+    #[sea_orm_migration::async_trait::async_trait]
+    impl MigrationTrait for Migration {
+        async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            manager
+                .create_table(
+                    Table::create()
+                        .table(Accounts::Table)
+                        .if_not_exists()
+                        .col(
+                            ColumnDef::new(Accounts::AccountId)
+                                .string()
+                                .not_null()
+                                .primary_key(),
+                        )
+                        .col(ColumnDef::new(Accounts::Name).string().not_null())
+                        .col(
+                            ColumnDef::new(Accounts::CreatedAtMillis)
+                                .big_integer()
+                                .not_null(),
+                        )
+                        .to_owned(),
+                )
+                .await?;
+            manager
+                .create_table(
+                    Table::create()
+                        .table(Credentials::Table)
+                        .if_not_exists()
+                        .col(
+                            ColumnDef::new(Credentials::CredentialId)
+                                .string()
+                                .not_null()
+                                .primary_key(),
+                        )
+                        .col(ColumnDef::new(Credentials::Kind).string().not_null())
+                        .col(ColumnDef::new(Credentials::AccountId).string())
+                        .col(ColumnDef::new(Credentials::ClientId).string())
+                        .col(ColumnDef::new(Credentials::SecretHash).string().not_null())
+                        .col(
+                            ColumnDef::new(Credentials::CreatedAtMillis)
+                                .big_integer()
+                                .not_null(),
+                        )
+                        .col(ColumnDef::new(Credentials::RevokedAtMillis).big_integer())
+                        .to_owned(),
+                )
+                .await?;
+            manager
+                .create_index(
+                    Index::create()
+                        .name("ix_credentials_account_client")
+                        .table(Credentials::Table)
+                        .col(Credentials::AccountId)
+                        .col(Credentials::ClientId)
+                        .to_owned(),
+                )
+                .await
+        }
+
+        async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            manager
+                .drop_table(Table::drop().table(Credentials::Table).to_owned())
+                .await?;
+            manager
+                .drop_table(Table::drop().table(Accounts::Table).to_owned())
                 .await
         }
     }

@@ -5,7 +5,9 @@
 //! models they project commit in one transaction. Readers use the query methods on
 //! [`Store`]; every read is scoped by account.
 
+pub mod accounts;
 pub mod clients;
+pub mod credentials;
 pub mod events;
 pub mod migration;
 
@@ -172,6 +174,11 @@ impl Store {
         };
         migration::Migrator::up(&store.db, None).await?;
         Ok(store)
+    }
+
+    /// The connection, for modules that own their own tables (accounts, credentials).
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.db
     }
 
     /// Which database this is.

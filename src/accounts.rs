@@ -1,0 +1,334 @@
+//! Accounts and their credentials: device secrets (MQTT), bearer tokens (HTTP, WebSocket)
+//! and operator secrets (watching every account's status).
+//!
+//! Secrets are 256 random bits, shown once when issued and stored only as argon2id hashes;
+//! verification runs on the blocking pool and compares in constant time (argon2's verifier).
+//! A bearer or operator secret reads `{credential_id}.{random}` so that it is looked up by id
+//! and verified once; a device secret is the password of an MQTT CONNECT whose username is
+//! the account id and whose client id is the credential's client id.
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use rand_core::{OsRng, RngCore};
+use sea_orm::{ActiveValue, ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+
+use crate::store::{accounts, credentials, Store, StoreError};
+use crate::topics::is_valid_id;
+
+/// Errors at the accounts edge.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountsError {
+    /// An id has characters that cannot stand in a topic.
+    #[error("{field}: `{value}` is not a valid id (1-128 of A-Z a-z 0-9 - _ . : @)")]
+    InvalidId { field: &'static str, value: String },
+    /// The account exists already.
+    #[error("account `{0}` exists already")]
+    AccountExists(String),
+    /// No such account.
+    #[error("no account `{0}`")]
+    NoAccount(String),
+    /// No such credential.
+    #[error("no credential `{0}`")]
+    NoCredential(String),
+    /// The request does not fit the credential kind.
+    #[error("{0}")]
+    Usage(String),
+    /// Hashing failed (never expected; the message says why).
+    #[error("hashing: {0}")]
+    Hash(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sea_orm::DbErr> for AccountsError {
+    fn from(e: sea_orm::DbErr) -> Self {
+        AccountsError::Store(StoreError::from(e))
+    }
+}
+
+/// What a credential is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialKind {
+    /// One MQTT device (client id) of one account.
+    Device,
+    /// A bearer token of one account, for HTTP and the WebSocket.
+    Token,
+    /// An operator: watches every account's status.
+    Operator,
+}
+
+impl CredentialKind {
+    /// Stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Device => "device",
+            Self::Token => "token",
+            Self::Operator => "operator",
+        }
+    }
+}
+
+/// A newly issued credential and its secret, which is never stored.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// The stored record (hash only).
+    pub credential: credentials::Model,
+    /// The secret to hand to its holder, once.
+    pub secret: String,
+}
+
+fn now_millis() -> i64 {
+    crate::sync::status::now_millis()
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    OsRng.fill_bytes(&mut buf);
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn check_id(field: &'static str, value: &str) -> Result<(), AccountsError> {
+    if is_valid_id(value) {
+        Ok(())
+    } else {
+        Err(AccountsError::InvalidId {
+            field,
+            value: value.to_string(),
+        })
+    }
+}
+
+/// Creates an account.
+pub async fn create_account(
+    store: &Store,
+    account_id: &str,
+    name: &str,
+) -> Result<accounts::Model, AccountsError> {
+    check_id("account", account_id)?;
+    if accounts::Entity::find_by_id(account_id)
+        .one(store.db())
+        .await?
+        .is_some()
+    {
+        return Err(AccountsError::AccountExists(account_id.to_string()));
+    }
+    let model = accounts::Model {
+        account_id: account_id.to_string(),
+        name: name.to_string(),
+        created_at_millis: now_millis(),
+    };
+    accounts::Entity::insert(accounts::ActiveModel {
+        account_id: ActiveValue::Set(model.account_id.clone()),
+        name: ActiveValue::Set(model.name.clone()),
+        created_at_millis: ActiveValue::Set(model.created_at_millis),
+    })
+    .exec(store.db())
+    .await?;
+    Ok(model)
+}
+
+/// Every account, by id.
+pub async fn list_accounts(store: &Store) -> Result<Vec<accounts::Model>, AccountsError> {
+    Ok(accounts::Entity::find()
+        .order_by_asc(accounts::Column::AccountId)
+        .all(store.db())
+        .await?)
+}
+
+/// Whether any account exists (no account means open mode).
+pub async fn any_account(store: &Store) -> Result<bool, AccountsError> {
+    Ok(accounts::Entity::find().one(store.db()).await?.is_some())
+}
+
+/// Deletes an account and revokes every credential of it. Its events stay in the log.
+pub async fn delete_account(store: &Store, account_id: &str) -> Result<(), AccountsError> {
+    let deleted = accounts::Entity::delete_by_id(account_id)
+        .exec(store.db())
+        .await?;
+    if deleted.rows_affected == 0 {
+        return Err(AccountsError::NoAccount(account_id.to_string()));
+    }
+    credentials::Entity::update_many()
+        .col_expr(
+            credentials::Column::RevokedAtMillis,
+            sea_orm::sea_query::Expr::value(now_millis()),
+        )
+        .filter(credentials::Column::AccountId.eq(account_id))
+        .filter(credentials::Column::RevokedAtMillis.is_null())
+        .exec(store.db())
+        .await?;
+    Ok(())
+}
+
+async fn hash(secret: String) -> Result<String, AccountsError> {
+    tokio::task::spawn_blocking(move || {
+        let salt = SaltString::generate(&mut OsRng);
+        Argon2::default()
+            .hash_password(secret.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(|e| AccountsError::Hash(e.to_string()))
+    })
+    .await
+    .map_err(|e| AccountsError::Hash(e.to_string()))?
+}
+
+async fn verify(secret: String, phc: String) -> bool {
+    tokio::task::spawn_blocking(move || {
+        PasswordHash::new(&phc)
+            .map(|parsed| {
+                Argon2::default()
+                    .verify_password(secret.as_bytes(), &parsed)
+                    .is_ok()
+            })
+            .unwrap_or(false)
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// Issues a credential. A device needs `account` and `client`; a token needs `account`; an
+/// operator needs neither.
+pub async fn issue(
+    store: &Store,
+    kind: CredentialKind,
+    account: Option<&str>,
+    client: Option<&str>,
+) -> Result<Issued, AccountsError> {
+    match (kind, account, client) {
+        (CredentialKind::Device, Some(a), Some(c)) => {
+            check_id("account", a)?;
+            check_id("client", c)?;
+        }
+        (CredentialKind::Token, Some(a), None) => check_id("account", a)?,
+        (CredentialKind::Operator, None, None) => {}
+        (CredentialKind::Device, _, _) => {
+            return Err(AccountsError::Usage(
+                "a device credential needs --account and --client".into(),
+            ))
+        }
+        (CredentialKind::Token, _, _) => {
+            return Err(AccountsError::Usage(
+                "a token needs --account and no --client".into(),
+            ))
+        }
+        (CredentialKind::Operator, _, _) => {
+            return Err(AccountsError::Usage(
+                "an operator credential belongs to no account".into(),
+            ))
+        }
+    }
+    if let Some(a) = account {
+        if accounts::Entity::find_by_id(a)
+            .one(store.db())
+            .await?
+            .is_none()
+        {
+            return Err(AccountsError::NoAccount(a.to_string()));
+        }
+    }
+    let credential_id = format!("cr_{}", random_hex(8));
+    let random = random_hex(32);
+    let secret = match kind {
+        CredentialKind::Device => random,
+        CredentialKind::Token | CredentialKind::Operator => format!("{credential_id}.{random}"),
+    };
+    let model = credentials::Model {
+        credential_id: credential_id.clone(),
+        kind: kind.as_str().to_string(),
+        account_id: account.map(str::to_string),
+        client_id: client.map(str::to_string),
+        secret_hash: hash(secret.clone()).await?,
+        created_at_millis: now_millis(),
+        revoked_at_millis: None,
+    };
+    credentials::Entity::insert(credentials::ActiveModel {
+        credential_id: ActiveValue::Set(model.credential_id.clone()),
+        kind: ActiveValue::Set(model.kind.clone()),
+        account_id: ActiveValue::Set(model.account_id.clone()),
+        client_id: ActiveValue::Set(model.client_id.clone()),
+        secret_hash: ActiveValue::Set(model.secret_hash.clone()),
+        created_at_millis: ActiveValue::Set(model.created_at_millis),
+        revoked_at_millis: ActiveValue::Set(None),
+    })
+    .exec(store.db())
+    .await?;
+    Ok(Issued {
+        credential: model,
+        secret,
+    })
+}
+
+/// Credentials, of one account or all, newest first (hashes included; never secrets).
+pub async fn list_credentials(
+    store: &Store,
+    account: Option<&str>,
+) -> Result<Vec<credentials::Model>, AccountsError> {
+    let mut q = credentials::Entity::find().order_by_desc(credentials::Column::CreatedAtMillis);
+    if let Some(a) = account {
+        q = q.filter(credentials::Column::AccountId.eq(a));
+    }
+    Ok(q.all(store.db()).await?)
+}
+
+/// Revokes one credential.
+pub async fn revoke(store: &Store, credential_id: &str) -> Result<(), AccountsError> {
+    let result = credentials::Entity::update_many()
+        .col_expr(
+            credentials::Column::RevokedAtMillis,
+            sea_orm::sea_query::Expr::value(now_millis()),
+        )
+        .filter(credentials::Column::CredentialId.eq(credential_id))
+        .filter(credentials::Column::RevokedAtMillis.is_null())
+        .exec(store.db())
+        .await?;
+    if result.rows_affected == 0 {
+        return Err(AccountsError::NoCredential(credential_id.to_string()));
+    }
+    Ok(())
+}
+
+/// Whether `password` is a live device secret of (`account_id`, `client_id`).
+pub async fn verify_device(
+    store: &Store,
+    account_id: &str,
+    client_id: &str,
+    password: &str,
+) -> Result<bool, AccountsError> {
+    let candidates = credentials::Entity::find()
+        .filter(credentials::Column::Kind.eq(CredentialKind::Device.as_str()))
+        .filter(credentials::Column::AccountId.eq(account_id))
+        .filter(credentials::Column::ClientId.eq(client_id))
+        .filter(credentials::Column::RevokedAtMillis.is_null())
+        .all(store.db())
+        .await?;
+    for c in candidates {
+        if verify(password.to_string(), c.secret_hash).await {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// The live credential a bearer or operator secret belongs to, if any.
+pub async fn verify_secret(
+    store: &Store,
+    secret: &str,
+) -> Result<Option<credentials::Model>, AccountsError> {
+    let Some((credential_id, _)) = secret.split_once('.') else {
+        return Ok(None);
+    };
+    let Some(c) = credentials::Entity::find_by_id(credential_id)
+        .filter(credentials::Column::RevokedAtMillis.is_null())
+        .one(store.db())
+        .await?
+    else {
+        return Ok(None);
+    };
+    if c.kind == CredentialKind::Device.as_str() {
+        return Ok(None);
+    }
+    Ok(verify(secret.to_string(), c.secret_hash.clone())
+        .await
+        .then_some(c))
+}
