@@ -105,6 +105,9 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// Largest `limit` a caller may ask of a list route.
     pub max_page_size: u64,
+    /// Bearer token that may read every account (operators' scripts). Unset: no admin token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_token: Option<String>,
 }
 
 impl Default for HttpConfig {
@@ -113,6 +116,7 @@ impl Default for HttpConfig {
             listen: loopback(8080),
             max_body_bytes: 64 * 1024,
             max_page_size: 1000,
+            admin_token: None,
         }
     }
 }
@@ -252,6 +256,14 @@ pub struct Overrides {
     /// log.format: `text` or `json`.
     #[arg(long, env = "CRADLE_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
+    /// http.admin_token: bearer token that may read every account.
+    #[arg(
+        long,
+        env = "CRADLE_ADMIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
     /// bus.client_id: MQTT client id of Cradle's own subscriber.
     #[arg(long, env = "CRADLE_BUS_CLIENT_ID", value_name = "ID")]
     pub bus_client_id: Option<String>,
@@ -347,6 +359,9 @@ impl Config {
                 }
             };
         }
+        if let Some(v) = &o.admin_token {
+            self.http.admin_token = Some(v.clone());
+        }
         if let Some(v) = &o.bus_client_id {
             self.bus.client_id = v.clone();
         }
@@ -378,6 +393,9 @@ impl Config {
         }
         if self.bus.client_id.is_empty() {
             return invalid("bus.client_id", "must not be empty");
+        }
+        if matches!(&self.http.admin_token, Some(t) if t.len() < 16) {
+            return invalid("http.admin_token", "must be at least 16 characters");
         }
         if self.http.max_page_size == 0 {
             return invalid("http.max_page_size", "must be at least 1");

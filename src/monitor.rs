@@ -51,6 +51,8 @@ pub struct MonitorOptions {
     pub username: Option<String>,
     /// MQTT password.
     pub password: Option<String>,
+    /// Bearer token for the `--http` snapshot (needed once accounts exist).
+    pub token: Option<String>,
 }
 
 /// One line of output.
@@ -204,12 +206,21 @@ fn emit(out: &mut impl Write, row: &Row, json: bool) -> Result<(), MonitorError>
     Ok(())
 }
 
-async fn snapshot(base: &str, account: &str) -> Result<Vec<Row>, MonitorError> {
+async fn snapshot(
+    base: &str,
+    account: &str,
+    token: Option<&str>,
+) -> Result<Vec<Row>, MonitorError> {
     let url = format!(
         "{}/v1/accounts/{account}/clients",
         base.trim_end_matches('/')
     );
-    let body: serde_json::Value = reqwest::get(&url)
+    let mut request = reqwest::Client::new().get(&url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let body: serde_json::Value = request
+        .send()
         .await
         .and_then(|r| r.error_for_status())
         .map_err(|e| MonitorError::Snapshot(e.to_string()))?
@@ -288,7 +299,7 @@ pub async fn run(
                 if let (Some(base), Some(account), false) =
                     (&options.http, &options.account, took_snapshot)
                 {
-                    for row in snapshot(base, account).await? {
+                    for row in snapshot(base, account, options.token.as_deref()).await? {
                         emit(out, &row, options.json)?;
                     }
                     took_snapshot = true;

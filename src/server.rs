@@ -103,6 +103,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         metrics: metrics.clone(),
         bus: bus.state(),
         max_page_size: config.http.max_page_size,
+        admin_token: config.http.admin_token.clone(),
     };
     let (http_stop_tx, mut http_stop_rx) = watch::channel(false);
     let app = http::app(state, config.http.max_body_bytes);

@@ -34,6 +34,9 @@ struct Cli {
     /// MQTT password.
     #[arg(long, env = "CRADLE_MONITOR_PASSWORD", hide_env_values = true)]
     password: Option<String>,
+    /// Bearer token for the --http snapshot (an account token, operator secret or admin token).
+    #[arg(long, env = "CRADLE_MONITOR_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
         json: cli.json,
         username: cli.username,
         password: cli.password,
+        token: cli.token,
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

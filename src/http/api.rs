@@ -5,6 +5,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
+use super::auth::Caller;
 use super::{ApiError, AppState};
 use crate::topics::is_valid_id;
 
@@ -46,9 +47,11 @@ fn account(account_id: &str) -> Result<(), ApiError> {
 
 async fn clients(
     State(state): State<AppState>,
+    caller: Caller,
     Path(account_id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     account(&account_id)?;
+    caller.authorize(&account_id)?;
     let rows = state.store.clients(&account_id).await?;
     let clients: Vec<ClientView> = rows
         .into_iter()
@@ -79,10 +82,12 @@ struct EventsQuery {
 
 async fn events(
     State(state): State<AppState>,
+    caller: Caller,
     Path(account_id): Path<String>,
     Query(q): Query<EventsQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     account(&account_id)?;
+    caller.authorize(&account_id)?;
     let after = match q.after.as_deref() {
         None => 0,
         Some(s) => s

@@ -16,6 +16,12 @@ pub enum ApiError {
         field: &'static str,
         message: String,
     },
+    /// 401: no bearer token, or one that is not valid (outside open mode).
+    #[error("a valid bearer token is required")]
+    Unauthorized,
+    /// 403: the token is valid but not for this account.
+    #[error("this token may not access account `{0}`")]
+    Forbidden(String),
     /// 404: no such route.
     #[error("no such route")]
     NotFound,
@@ -25,15 +31,22 @@ pub enum ApiError {
     /// 503: the store failed; the caller may retry. Details are logged, not shown.
     #[error("store unavailable")]
     Store(#[from] StoreError),
+    /// 503: the credentials store failed.
+    #[error("store unavailable")]
+    Accounts(#[from] crate::accounts::AccountsError),
 }
 
 impl ApiError {
     fn parts(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::InvalidParameter { .. } => (StatusCode::BAD_REQUEST, "invalid_parameter"),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
-            ApiError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+            ApiError::Store(_) | ApiError::Accounts(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+            }
         }
     }
 }
@@ -44,10 +57,23 @@ impl IntoResponse for ApiError {
         let mut body = serde_json::json!({"error": {"code": code, "message": self.to_string()}});
         match &self {
             ApiError::Store(error) => tracing::error!(%error, "store error answering a request"),
+            ApiError::Accounts(error) => {
+                tracing::error!(%error, "credentials error answering a request")
+            }
             ApiError::InvalidParameter { field, .. } => body["error"]["field"] = (*field).into(),
-            ApiError::NotFound | ApiError::MethodNotAllowed => {}
+            ApiError::NotFound
+            | ApiError::MethodNotAllowed
+            | ApiError::Unauthorized
+            | ApiError::Forbidden(_) => {}
         }
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
     }
 }
 

@@ -4,6 +4,7 @@
 //! error is an [`ApiError`] that answers with a status and a JSON body and logs internals.
 
 mod api;
+mod auth;
 mod error;
 mod ops;
 
@@ -29,6 +30,8 @@ pub struct AppState {
     pub bus: tokio::sync::watch::Receiver<BusState>,
     /// Largest `limit` a list route accepts.
     pub max_page_size: u64,
+    /// Bearer token that may read every account.
+    pub admin_token: Option<String>,
 }
 
 /// Builds the whole router.
