@@ -10,7 +10,7 @@
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use rand_core::{OsRng, RngCore};
-use sea_orm::{ActiveValue, ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+use sea_orm::{ActiveValue, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, TransactionTrait};
 
 use crate::store::{accounts, credentials, Store, StoreError};
 use crate::topics::is_valid_id;
@@ -141,24 +141,36 @@ pub async fn any_account(store: &Store) -> Result<bool, AccountsError> {
     Ok(accounts::Entity::find().one(store.db()).await?.is_some())
 }
 
-/// Deletes an account and revokes every credential of it. Its events stay in the log.
+/// Deletes an account and revokes every credential of it, in one transaction (a token must
+/// never outlive its account). Its events stay in the log.
 pub async fn delete_account(store: &Store, account_id: &str) -> Result<(), AccountsError> {
+    let txn = store.db().begin().await?;
     let deleted = accounts::Entity::delete_by_id(account_id)
-        .exec(store.db())
+        .exec(&txn)
         .await?;
     if deleted.rows_affected == 0 {
         return Err(AccountsError::NoAccount(account_id.to_string()));
     }
-    credentials::Entity::update_many()
+    revoke_where(&txn, credentials::Column::AccountId.eq(account_id)).await?;
+    txn.commit().await?;
+    Ok(())
+}
+
+/// Marks every live credential matching `condition` revoked; returns how many.
+async fn revoke_where(
+    conn: &impl sea_orm::ConnectionTrait,
+    condition: sea_orm::sea_query::SimpleExpr,
+) -> Result<u64, AccountsError> {
+    let result = credentials::Entity::update_many()
         .col_expr(
             credentials::Column::RevokedAtMillis,
             sea_orm::sea_query::Expr::value(now_millis()),
         )
-        .filter(credentials::Column::AccountId.eq(account_id))
+        .filter(condition)
         .filter(credentials::Column::RevokedAtMillis.is_null())
-        .exec(store.db())
+        .exec(conn)
         .await?;
-    Ok(())
+    Ok(result.rows_affected)
 }
 
 async fn hash(secret: String) -> Result<String, AccountsError> {
@@ -273,16 +285,12 @@ pub async fn list_credentials(
 
 /// Revokes one credential.
 pub async fn revoke(store: &Store, credential_id: &str) -> Result<(), AccountsError> {
-    let result = credentials::Entity::update_many()
-        .col_expr(
-            credentials::Column::RevokedAtMillis,
-            sea_orm::sea_query::Expr::value(now_millis()),
-        )
-        .filter(credentials::Column::CredentialId.eq(credential_id))
-        .filter(credentials::Column::RevokedAtMillis.is_null())
-        .exec(store.db())
-        .await?;
-    if result.rows_affected == 0 {
+    let revoked = revoke_where(
+        store.db(),
+        credentials::Column::CredentialId.eq(credential_id),
+    )
+    .await?;
+    if revoked == 0 {
         return Err(AccountsError::NoCredential(credential_id.to_string()));
     }
     Ok(())

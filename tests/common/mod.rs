@@ -11,11 +11,16 @@ use rumqttc::{AsyncClient, EventLoop, LastWill, MqttOptions, QoS};
 
 /// A port free on loopback now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind an ephemeral port")
-        .local_addr()
-        .expect("local addr")
-        .port()
+    free_ports::<1>()[0]
+}
+
+/// `N` distinct ports free on loopback now: all are held until all are chosen, so the kernel
+/// cannot hand the same ephemeral port out twice.
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
+        .collect();
+    std::array::from_fn(|i| listeners[i].local_addr().expect("local addr").port())
 }
 
 /// Polls `check` until it returns `Some` or `timeout` passes.
@@ -59,8 +64,7 @@ impl Cradle {
 
     /// Starts the child without waiting; `extra_env` overrides the defaults.
     pub fn spawn(workdir: &Path, database_url: &str, extra_env: &[(&str, String)]) -> Cradle {
-        let (mqtt_port, v5_port, ws_port, http_port) =
-            (free_port(), free_port(), free_port(), free_port());
+        let [mqtt_port, v5_port, ws_port, http_port] = free_ports::<4>();
         let stderr_path = workdir.join(format!("cradle-{http_port}.log"));
         let stderr = std::fs::File::create(&stderr_path).expect("log file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_cradle"));
