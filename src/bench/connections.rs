@@ -192,10 +192,7 @@ pub async fn churn(
         format!("{count} connect/report/disconnect cycles over {parallel} clients"),
         "cycles/s",
     );
-    r.count = recorded / 2;
-    r.expected = count;
-    r.seconds = seconds;
-    r.rate = (recorded / 2) as f64 / seconds.max(1e-9);
+    r.counted(recorded / 2, count, seconds);
     r.process(before, after);
     r.note =
         format!("{recorded} of {expected} events recorded; cycles alone took {cycle_secs:.2} s");

@@ -84,6 +84,14 @@ impl BenchResult {
         }
     }
 
+    /// Records `count` of `expected` units done in `seconds`, the rate being their quotient.
+    pub fn counted(&mut self, count: u64, expected: u64, seconds: f64) {
+        self.count = count;
+        self.expected = expected;
+        self.seconds = seconds;
+        self.rate = count as f64 / seconds.max(1e-9);
+    }
+
     /// Fills the latency percentiles from samples in microseconds.
     pub fn latencies(&mut self, mut micros: Vec<u64>) {
         if micros.is_empty() {

@@ -151,10 +151,7 @@ pub async fn run(p: Pipeline) -> Result<BenchResult, BenchError> {
         },
         "events/s",
     );
-    r.count = count;
-    r.expected = expected;
-    r.seconds = seconds;
-    r.rate = count as f64 / seconds.max(1e-9);
+    r.counted(count, expected, seconds);
     r.latencies(samples);
     r.process(before, after);
     r.note = "publish-to-commit latency at 1 ms resolution".into();
@@ -228,10 +225,7 @@ pub async fn raw_insert(p: RawInsert) -> Result<BenchResult, BenchError> {
         format!("{} events, {} per transaction", p.events, p.batch),
         "events/s",
     );
-    r.count = done;
-    r.expected = p.events;
-    r.seconds = seconds;
-    r.rate = done as f64 / seconds.max(1e-9);
+    r.counted(done, p.events, seconds);
     r.latencies(samples);
     r.note = "latency = one transaction (insert + commit)".into();
     Ok(r)

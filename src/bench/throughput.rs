@@ -178,10 +178,7 @@ pub async fn run(t: Throughput) -> Result<BenchResult, BenchError> {
         ),
         "msg/s",
     );
-    r.count = count;
-    r.expected = expected;
-    r.seconds = seconds;
-    r.rate = count as f64 / seconds.max(1e-9);
+    r.counted(count, expected, seconds);
     r.latencies(samples);
     r.process(before, after);
     if count < expected {
