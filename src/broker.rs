@@ -1,16 +1,18 @@
-//! The embedded MQTT broker: rumqttd's router and its v4, v5 and WebSocket listeners,
-//! run on Cradle's own runtime.
+//! The embedded MQTT broker: rumqttd's router and its v4 and v5 listeners on loopback, run
+//! on Cradle's own runtime. Devices never reach it directly: the MQTT edge (`crate::edge`)
+//! authenticates them, checks every packet and relays to these listeners.
 //!
 //! rumqttd 0.20's `Broker::start()` blocks forever and reports neither bind failures nor
-//! the bound port, so Cradle wires `Router::spawn` and `Server::start` itself: every
-//! address is checked before the router starts (a taken port fails start-up with the key's
-//! name), and the listeners' tasks live on Cradle's runtime, ending with the process after
-//! Cradle's own parts have drained.
+//! the bound port, so Cradle wires `Router::spawn` and `Server::serve` (vendored patch 5)
+//! itself: Cradle binds the listeners (port 0 by default), so it knows the ports and a bind
+//! failure names its key; the listeners' tasks live on Cradle's runtime, ending with the
+//! process after Cradle's own parts have drained.
 
 use std::net::SocketAddr;
 
 use rumqttd::protocol::{v4::V4, v5::V5};
 use rumqttd::{ConnectionSettings, LinkType, Router, RouterConfig, Server, ServerSettings};
+use tokio::net::TcpListener;
 
 use crate::config::MqttConfig;
 
@@ -24,20 +26,15 @@ pub enum BrokerError {
         addr: SocketAddr,
         error: std::io::Error,
     },
-    /// A listener did not start accepting in time.
-    #[error("{key}: listener on {addr} did not start within 5 s")]
-    NotListening { key: &'static str, addr: SocketAddr },
 }
 
-/// Where the embedded broker listens.
+/// Where the embedded broker listens (loopback only; the edge and Cradle's own clients).
 #[derive(Debug, Clone)]
 pub struct EmbeddedBroker {
     /// MQTT 3.1.1 over TCP.
     pub v4: SocketAddr,
     /// MQTT 5 over TCP.
     pub v5: SocketAddr,
-    /// MQTT 3.1.1 over WebSocket.
-    pub ws: SocketAddr,
 }
 
 /// Checks that `addr` can be bound now, so a taken port fails start-up with the key's name
@@ -48,24 +45,35 @@ pub fn check_bindable(key: &'static str, addr: SocketAddr) -> Result<(), BrokerE
         .map_err(|error| BrokerError::Bind { key, addr, error })
 }
 
-/// Checks every listener address of the broker (see [`check_bindable`]). Between this check
-/// and rumqttd's own bind another process could take a port; the listener task then logs
-/// the failure and [`start`] reports it.
-pub fn check_listeners(config: &MqttConfig) -> Result<(), BrokerError> {
-    check_bindable("mqtt.listen", config.listen)?;
-    check_bindable("mqtt.v5_listen", config.v5_listen)?;
-    check_bindable("mqtt.ws_listen", config.ws_listen)
+/// Binds one of the broker's loopback listeners (port 0 picks a free port).
+async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, BrokerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|error| BrokerError::Bind { key, addr, error })
 }
 
-/// Starts the router (its own thread) and the three listeners (tasks on the current
-/// Tokio runtime), and returns once every listener accepts connections.
+/// Starts the router (its own thread) and the v4 and v5 listeners (tasks on the current
+/// Tokio runtime) on loopback, and returns their bound addresses once they accept.
 pub async fn start(config: &MqttConfig) -> Result<EmbeddedBroker, BrokerError> {
-    check_listeners(config)?;
+    let v4_listener = bind("mqtt.broker_listen", config.broker_listen).await?;
+    let v5_listener = bind("mqtt.broker_v5_listen", config.broker_v5_listen).await?;
+    let local = |key, l: &TcpListener, addr| {
+        l.local_addr()
+            .map_err(|error| BrokerError::Bind { key, addr, error })
+    };
+    let v4_addr = local("mqtt.broker_listen", &v4_listener, config.broker_listen)?;
+    let v5_addr = local(
+        "mqtt.broker_v5_listen",
+        &v5_listener,
+        config.broker_v5_listen,
+    )?;
 
     let router = Router::new(
         0,
         RouterConfig {
-            max_connections: config.max_connections,
+            // The edge enforces mqtt.max_connections; the broker leaves room for Cradle's
+            // own clients (bus, edge publisher, monitor).
+            max_connections: config.max_connections + 64,
             max_outgoing_packet_count: 200,
             max_segment_size: config.segment_bytes,
             max_segment_count: config.segment_count,
@@ -94,47 +102,20 @@ pub async fn start(config: &MqttConfig) -> Result<EmbeddedBroker, BrokerError> {
         },
     };
 
-    let mut v4 = Server::new(settings("mqtt-v4", config.listen), router_tx.clone(), V4);
-    let mut v5 = Server::new(settings("mqtt-v5", config.v5_listen), router_tx.clone(), V5);
-    let mut ws = Server::new(settings("mqtt-ws", config.ws_listen), router_tx, V4);
+    let mut v4 = Server::new(settings("mqtt-v4", v4_addr), router_tx.clone(), V4);
+    let mut v5 = Server::new(settings("mqtt-v5", v5_addr), router_tx, V5);
     tokio::spawn(async move {
-        if let Err(error) = v4.start(LinkType::Remote).await {
-            tracing::error!(%error, key = "mqtt.listen", "MQTT 3.1.1 listener stopped");
+        if let Err(error) = v4.serve(v4_listener, LinkType::Remote).await {
+            tracing::error!(%error, key = "mqtt.broker_listen", "broker MQTT 3.1.1 listener stopped");
         }
     });
     tokio::spawn(async move {
-        if let Err(error) = v5.start(LinkType::Remote).await {
-            tracing::error!(%error, key = "mqtt.v5_listen", "MQTT 5 listener stopped");
+        if let Err(error) = v5.serve(v5_listener, LinkType::Remote).await {
+            tracing::error!(%error, key = "mqtt.broker_v5_listen", "broker MQTT 5 listener stopped");
         }
     });
-    tokio::spawn(async move {
-        if let Err(error) = ws.start(LinkType::Websocket).await {
-            tracing::error!(%error, key = "mqtt.ws_listen", "MQTT over WebSocket listener stopped");
-        }
-    });
-    for (key, addr) in [
-        ("mqtt.listen", config.listen),
-        ("mqtt.v5_listen", config.v5_listen),
-        ("mqtt.ws_listen", config.ws_listen),
-    ] {
-        wait_accepting(key, addr).await?;
-    }
     Ok(EmbeddedBroker {
-        v4: config.listen,
-        v5: config.v5_listen,
-        ws: config.ws_listen,
+        v4: v4_addr,
+        v5: v5_addr,
     })
-}
-
-/// Waits until a TCP connect to `addr` succeeds (the listener task has bound its port).
-async fn wait_accepting(key: &'static str, addr: SocketAddr) -> Result<(), BrokerError> {
-    let target = crate::server::connectable(addr);
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-    while tokio::time::Instant::now() < deadline {
-        if tokio::net::TcpStream::connect(target).await.is_ok() {
-            return Ok(());
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    Err(BrokerError::NotListening { key, addr })
 }

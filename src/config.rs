@@ -53,24 +53,93 @@ pub struct Config {
     pub sync: SyncConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Who may connect: accounts, open mode for local development.
+    pub auth: AuthConfig,
 }
 
-/// MQTT listeners and embedded broker settings.
+/// How MQTT and HTTP clients are authenticated.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Open (anonymous) while no account exists, and then on loopback listeners only; a
+    /// non-loopback listener refuses to start until an account exists. Credentials once any
+    /// account exists.
+    #[default]
+    Auto,
+    /// Anonymous clients accepted on every listener, as well as credentials (development
+    /// only; warned about at every start).
+    Open,
+    /// Credentials always, even before the first account exists.
+    Required,
+}
+
+/// Authentication settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `auto`, `open` or `required`.
+    pub mode: AuthMode,
+    /// How long a verified device secret is remembered, in seconds, so a reconnect storm does
+    /// not run one argon2 verification per CONNECT. A revoked credential stops working for
+    /// new connections at most this long after the revocation. 0 disables the cache.
+    pub cache_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            mode: AuthMode::Auto,
+            cache_secs: 60,
+        }
+    }
+}
+
+/// MQTT listeners (the edge), its limits, and the embedded broker behind it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct MqttConfig {
-    /// MQTT 3.1.1 over TCP. Loopback by default, as Mosquitto 2 does.
+    /// The edge's MQTT listener, 3.1.1 and 5 on one port. Loopback by default, as Mosquitto 2.
     pub listen: SocketAddr,
-    /// MQTT 5 over TCP (rumqttd serves v5 on its own listener).
+    /// A second edge listener, also 3.1.1 and 5 (kept for devices configured with the MQTT 5
+    /// port of earlier versions).
     pub v5_listen: SocketAddr,
-    /// MQTT 3.1.1 over WebSocket (subprotocol `mqtt`).
+    /// The edge's MQTT over WebSocket listener (subprotocol `mqtt`, 3.1.1 and 5).
     pub ws_listen: SocketAddr,
+    /// MQTT over TLS (usually port 8883); needs `tls_cert` and `tls_key`. Unset: off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_listen: Option<SocketAddr>,
+    /// MQTT over WebSocket over TLS; needs `tls_cert` and `tls_key`. Unset: off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wss_listen: Option<SocketAddr>,
+    /// PEM file with the certificate chain of the TLS listeners.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM file with the private key of the TLS listeners.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// Largest MQTT packet the edge accepts from a client, in bytes; larger ones end the
+    /// connection (MQTT 5: DISCONNECT 0x95 packet too large).
+    pub max_packet_bytes: usize,
     /// Largest PUBLISH payload the broker accepts, in bytes.
     pub max_payload_bytes: usize,
-    /// Most simultaneous MQTT connections the broker accepts.
+    /// Most simultaneous client connections the edge accepts; more get CONNACK "server
+    /// unavailable".
     pub max_connections: usize,
-    /// How long a new TCP connection may take to send CONNECT, in milliseconds.
+    /// How long a new connection may take to send CONNECT, in milliseconds.
     pub connect_timeout_ms: u16,
+    /// PUBLISH packets per second one client connection may send (token bucket); above it
+    /// the edge stops reading from that client until tokens refill. 0: unlimited.
+    pub publish_rate: u32,
+    /// Burst size of the publish token bucket.
+    pub publish_burst: u32,
+    /// Refused PUBLISH/SUBSCRIBE filters one connection may send before it is disconnected
+    /// (reason `kicked`).
+    pub max_violations: u32,
+    /// The embedded broker's MQTT 3.1.1 listener, reached only by the edge and Cradle's own
+    /// clients. Must be loopback; port 0 picks a free port.
+    pub broker_listen: SocketAddr,
+    /// The embedded broker's MQTT 5 listener (same rules as `broker_listen`).
+    pub broker_v5_listen: SocketAddr,
     /// Most unacknowledged QoS 1 messages in flight per connection.
     pub max_inflight: usize,
     /// Size of one in-memory log segment per topic filter, in bytes.
@@ -85,9 +154,19 @@ impl Default for MqttConfig {
             listen: loopback(1883),
             v5_listen: loopback(1884),
             ws_listen: loopback(8083),
+            tls_listen: None,
+            wss_listen: None,
+            tls_cert: None,
+            tls_key: None,
+            max_packet_bytes: 256 * 1024 + 4096,
             max_payload_bytes: 256 * 1024,
             max_connections: 20_000,
             connect_timeout_ms: 10_000,
+            publish_rate: 200,
+            publish_burst: 400,
+            max_violations: 10,
+            broker_listen: loopback(0),
+            broker_v5_listen: loopback(0),
             max_inflight: 500,
             segment_bytes: 16 * 1024 * 1024,
             segment_count: 8,
@@ -267,6 +346,12 @@ pub struct Overrides {
     /// bus.client_id: MQTT client id of Cradle's own subscriber.
     #[arg(long, env = "CRADLE_BUS_CLIENT_ID", value_name = "ID")]
     pub bus_client_id: Option<String>,
+    /// auth.mode: `auto`, `open` or `required`.
+    #[arg(long, env = "CRADLE_AUTH_MODE", value_name = "MODE")]
+    pub auth_mode: Option<String>,
+    /// mqtt.publish_rate: PUBLISH packets per second per client connection, 0 = unlimited.
+    #[arg(long, env = "CRADLE_MQTT_PUBLISH_RATE", value_name = "N")]
+    pub mqtt_publish_rate: Option<String>,
 }
 
 /// The default config file, read when present and no `--config` is given.
@@ -365,6 +450,29 @@ impl Config {
         if let Some(v) = &o.bus_client_id {
             self.bus.client_id = v.clone();
         }
+        if let Some(v) = &o.auth_mode {
+            self.auth.mode = match v.as_str() {
+                "auto" => AuthMode::Auto,
+                "open" => AuthMode::Open,
+                "required" => AuthMode::Required,
+                other => {
+                    return Err(ConfigError::Override {
+                        key: "auth.mode",
+                        flag: "auth-mode",
+                        env: "CRADLE_AUTH_MODE",
+                        message: format!("expected `auto`, `open` or `required`, got `{other}`"),
+                    })
+                }
+            };
+        }
+        if let Some(v) = &o.mqtt_publish_rate {
+            self.mqtt.publish_rate = v.parse().map_err(|_| ConfigError::Override {
+                key: "mqtt.publish_rate",
+                flag: "mqtt-publish-rate",
+                env: "CRADLE_MQTT_PUBLISH_RATE",
+                message: format!("`{v}` is not a whole number"),
+            })?;
+        }
         Ok(())
     }
 
@@ -415,12 +523,48 @@ impl Config {
         if self.store.max_connections == 0 {
             return invalid("store.max_connections", "must be at least 1");
         }
-        let listeners = [
+        if self.mqtt.max_packet_bytes < 64 {
+            return invalid("mqtt.max_packet_bytes", "must be at least 64");
+        }
+        if self.mqtt.max_connections == 0 {
+            return invalid("mqtt.max_connections", "must be at least 1");
+        }
+        if self.mqtt.publish_rate > 0 && self.mqtt.publish_burst == 0 {
+            return invalid(
+                "mqtt.publish_burst",
+                "must be at least 1 when publish_rate is set",
+            );
+        }
+        for (key, addr) in [
+            ("mqtt.broker_listen", self.mqtt.broker_listen),
+            ("mqtt.broker_v5_listen", self.mqtt.broker_v5_listen),
+        ] {
+            if !addr.ip().is_loopback() {
+                return invalid(
+                    key,
+                    "must be a loopback address: only the edge reaches the broker",
+                );
+            }
+        }
+        let tls_wanted = self.mqtt.tls_listen.is_some() || self.mqtt.wss_listen.is_some();
+        if tls_wanted && (self.mqtt.tls_cert.is_none() || self.mqtt.tls_key.is_none()) {
+            return invalid(
+                "mqtt.tls_cert",
+                "tls_listen/wss_listen need both mqtt.tls_cert and mqtt.tls_key",
+            );
+        }
+        let mut listeners = vec![
             ("mqtt.listen", self.mqtt.listen),
             ("mqtt.v5_listen", self.mqtt.v5_listen),
             ("mqtt.ws_listen", self.mqtt.ws_listen),
             ("http.listen", self.http.listen),
         ];
+        if let Some(a) = self.mqtt.tls_listen {
+            listeners.push(("mqtt.tls_listen", a));
+        }
+        if let Some(a) = self.mqtt.wss_listen {
+            listeners.push(("mqtt.wss_listen", a));
+        }
         for (i, (key, addr)) in listeners.iter().enumerate() {
             if addr.port() == 0 {
                 return invalid(key, "port 0 is not supported: name a port");

@@ -7,7 +7,8 @@
 //! ## Data flow
 //!
 //! ```text
-//! device --MQTT--> broker --bus (rumqttc, QoS 1, manual ack)--> sync handler
+//! device --MQTT--> edge (auth, ACL, lifecycle) --loopback--> broker (rumqttd)
+//!   --bus (rumqttc, QoS 1, manual ack)--> sync handler
 //!   --> domain decider (pure) --> store (events + read models, one transaction) --> ack
 //! HTTP /v1/... reads the read models; cradle-monitor follows the status wildcard.
 //! ```
@@ -17,8 +18,11 @@
 //! - [`accounts`]: accounts and credentials (argon2id hashes), for the MQTT edge and HTTP auth.
 //! - [`config`]: one typed config (defaults, TOML file, `CRADLE_*` environment, flags).
 //! - [`topics`]: the topic contract: topic names, ids, status payload parsing, drop reasons.
-//! - [`broker`]: the embedded rumqttd broker (v4, v5 and WebSocket listeners).
-//! - [`edge`]: the MQTT edge devices reach; [`edge::acl`] holds its per-account topic rules.
+//! - [`auth`]: who may connect: device, operator and anonymous (open mode) CONNECTs.
+//! - [`edge`]: the MQTT edge devices reach (TCP, WebSocket, TLS): authenticates, relays to
+//!   the broker, checks every packet ([`edge::acl`]), reports every connection's end
+//!   ([`edge::lifecycle`]).
+//! - [`broker`]: the embedded rumqttd broker, on loopback listeners behind the edge.
 //! - [`bus`]: Cradle's own MQTT client; routes each topic family to its handler, reconnects.
 //! - [`sync`]: one handler per topic family ([`sync::status`] today), batching commits.
 //! - [`domain`]: pure deciders ([`domain::connection`]) with given/when/then tests.
@@ -31,6 +35,7 @@
 //! - [`telemetry`]: logging set-up.
 
 pub mod accounts;
+pub mod auth;
 pub mod bench;
 pub mod broker;
 pub mod bus;

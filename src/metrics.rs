@@ -6,7 +6,67 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use crate::auth::Refusal;
+use crate::domain::connection::DisconnectReason;
+use crate::edge::codec::FrameError;
+use crate::edge::AclDrop;
 use crate::topics::DropReason;
+
+/// Outcomes of a client's CONNECT at the edge (other than a refused authentication).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EdgeConnect {
+    /// Accepted and relayed to the broker.
+    Accepted,
+    /// No CONNECT within mqtt.connect_timeout_ms.
+    Timeout,
+    /// Not an MQTT 3.1.1/5 CONNECT, or a failed WebSocket handshake.
+    Malformed,
+    /// TLS handshake failed.
+    Tls,
+    /// mqtt.max_connections reached.
+    Limit,
+    /// The Will's topic is not one the client may publish to.
+    WillRefused,
+    /// The broker could not be reached.
+    BrokerUnavailable,
+    /// The broker refused the relayed CONNECT.
+    BrokerRefused,
+}
+
+impl EdgeConnect {
+    const ALL: [EdgeConnect; 8] = [
+        Self::Accepted,
+        Self::Timeout,
+        Self::Malformed,
+        Self::Tls,
+        Self::Limit,
+        Self::WillRefused,
+        Self::BrokerUnavailable,
+        Self::BrokerRefused,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::Timeout => "timeout",
+            Self::Malformed => "malformed",
+            Self::Tls => "tls_failed",
+            Self::Limit => "limit",
+            Self::WillRefused => "will_not_allowed",
+            Self::BrokerUnavailable => "broker_unavailable",
+            Self::BrokerRefused => "broker_refused",
+        }
+    }
+}
+
+const END_REASONS: [DisconnectReason; 6] = [
+    DisconnectReason::Clean,
+    DisconnectReason::Lost,
+    DisconnectReason::KeepaliveTimeout,
+    DisconnectReason::Takeover,
+    DisconnectReason::ServerShutdown,
+    DisconnectReason::Kicked,
+];
 
 /// Decider outcomes counted per decider.
 pub const OUTCOMES: [&str; 3] = ["applied", "duplicate", "stale"];
@@ -36,6 +96,24 @@ pub struct Metrics {
     pub bus_connected: AtomicU64,
     /// Times the bus (re)connected.
     pub bus_connects: AtomicU64,
+    /// Edge CONNECT outcomes, by `EdgeConnect::ALL` index.
+    pub edge_connects: [AtomicU64; 8],
+    /// Edge CONNECTs refused by authentication, by `Refusal::ALL` index.
+    pub edge_refusals: [AtomicU64; 4],
+    /// Live edge connections.
+    pub edge_live: std::sync::atomic::AtomicI64,
+    /// Ended edge connections, by `END_REASONS` index.
+    pub edge_ends: [AtomicU64; 6],
+    /// Refused PUBLISH packets and SUBSCRIBE filters.
+    pub edge_acl_publish: AtomicU64,
+    /// See `edge_acl_publish`.
+    pub edge_acl_subscribe: AtomicU64,
+    /// Connections closed for a packet over the limit / a malformed packet.
+    pub edge_too_large: AtomicU64,
+    /// See `edge_too_large`.
+    pub edge_malformed: AtomicU64,
+    /// Times a connection was paused by the publish rate limit.
+    pub edge_throttled: AtomicU64,
 }
 
 impl Metrics {
@@ -51,6 +129,141 @@ impl Metrics {
         if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
             self.connection_outcomes[i].fetch_add(1, Relaxed);
         }
+    }
+
+    /// Counts one CONNECT outcome.
+    pub fn edge_connect(&self, outcome: EdgeConnect) {
+        if let Some(i) = EdgeConnect::ALL.iter().position(|o| *o == outcome) {
+            self.edge_connects[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Counts one CONNECT refused by authentication.
+    pub fn edge_refused(&self, refusal: Refusal) {
+        if let Some(i) = Refusal::ALL.iter().position(|r| *r == refusal) {
+            self.edge_refusals[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Moves the live connection gauge.
+    pub fn edge_live(&self, delta: i64) {
+        self.edge_live.fetch_add(delta, Relaxed);
+    }
+
+    /// Counts one ended connection.
+    pub fn edge_disconnect(&self, reason: DisconnectReason) {
+        if let Some(i) = END_REASONS.iter().position(|r| *r == reason) {
+            self.edge_ends[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Counts one refused PUBLISH or SUBSCRIBE filter.
+    pub fn edge_acl_drop(&self, kind: AclDrop) {
+        match kind {
+            AclDrop::Publish => self.edge_acl_publish.fetch_add(1, Relaxed),
+            AclDrop::Subscribe => self.edge_acl_subscribe.fetch_add(1, Relaxed),
+        };
+    }
+
+    /// Counts one connection closed for a bad packet.
+    pub fn edge_protocol_error(&self, e: FrameError) {
+        match e {
+            FrameError::TooLarge => self.edge_too_large.fetch_add(1, Relaxed),
+            FrameError::Malformed => self.edge_malformed.fetch_add(1, Relaxed),
+        };
+    }
+
+    /// Counts one pause by the publish rate limit.
+    pub fn edge_throttled(&self) {
+        self.edge_throttled.fetch_add(1, Relaxed);
+    }
+
+    fn render_edge(&self, out: &mut String) {
+        let c = |out: &mut String, name: &str, help: &str, kind: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        };
+        c(
+            out,
+            "cradle_edge_connects_total",
+            "MQTT CONNECTs at the edge, by outcome (refused ones by reason).",
+            "counter",
+        );
+        for (i, o) in EdgeConnect::ALL.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "cradle_edge_connects_total{{outcome=\"{}\"}} {}",
+                o.as_str(),
+                self.edge_connects[i].load(Relaxed)
+            );
+        }
+        for (i, r) in Refusal::ALL.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "cradle_edge_connects_total{{outcome=\"not_authorized\",reason=\"{}\"}} {}",
+                r.as_str(),
+                self.edge_refusals[i].load(Relaxed)
+            );
+        }
+        c(
+            out,
+            "cradle_edge_connections",
+            "Live MQTT client connections at the edge.",
+            "gauge",
+        );
+        let _ = writeln!(
+            out,
+            "cradle_edge_connections {}",
+            self.edge_live.load(Relaxed)
+        );
+        c(
+            out,
+            "cradle_edge_disconnects_total",
+            "Ended MQTT client connections, by the reason the edge observed.",
+            "counter",
+        );
+        for (i, r) in END_REASONS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "cradle_edge_disconnects_total{{reason=\"{}\"}} {}",
+                r.as_str(),
+                self.edge_ends[i].load(Relaxed)
+            );
+        }
+        c(
+            out,
+            "cradle_edge_acl_refused_total",
+            "PUBLISH packets and SUBSCRIBE filters refused by the account rules.",
+            "counter",
+        );
+        let _ = writeln!(
+            out,
+            "cradle_edge_acl_refused_total{{packet=\"publish\"}} {}\ncradle_edge_acl_refused_total{{packet=\"subscribe\"}} {}",
+            self.edge_acl_publish.load(Relaxed),
+            self.edge_acl_subscribe.load(Relaxed)
+        );
+        c(
+            out,
+            "cradle_edge_bad_packets_total",
+            "Connections closed for a bad packet, by kind.",
+            "counter",
+        );
+        let _ = writeln!(
+            out,
+            "cradle_edge_bad_packets_total{{kind=\"too_large\"}} {}\ncradle_edge_bad_packets_total{{kind=\"malformed\"}} {}",
+            self.edge_too_large.load(Relaxed),
+            self.edge_malformed.load(Relaxed)
+        );
+        c(
+            out,
+            "cradle_edge_throttled_total",
+            "Times a client connection was paused by mqtt.publish_rate.",
+            "counter",
+        );
+        let _ = writeln!(
+            out,
+            "cradle_edge_throttled_total {}",
+            self.edge_throttled.load(Relaxed)
+        );
     }
 
     /// Renders every metric; `connected_clients` comes from the store at scrape time so that
@@ -180,6 +393,7 @@ impl Metrics {
             "cradle_bus_connects_total {}",
             self.bus_connects.load(Relaxed)
         );
+        self.render_edge(&mut out);
         if let Some(n) = connected_clients {
             c(
                 &mut out,

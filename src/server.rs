@@ -8,10 +8,12 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
+use crate::auth::Authenticator;
 use crate::broker::{self, BrokerError};
 use crate::bus::{Bus, BusError, Route};
-use crate::config::Config;
+use crate::config::{AuthMode, Config};
 use crate::domain::connection::DisconnectReason;
+use crate::edge::{self, publisher::Publisher, EdgeError};
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
@@ -36,6 +38,29 @@ pub enum ServeError {
     /// The bus.
     #[error(transparent)]
     Bus(#[from] BusError),
+    /// A listener of the MQTT edge.
+    #[error(transparent)]
+    Edge(#[from] EdgeError),
+    /// Open mode would expose a non-loopback listener.
+    #[error("{key}: {addr} is not a loopback address and no account exists, so anyone could connect: create an account (`cradle accounts create ...`) or set auth.mode = \"open\" (CRADLE_AUTH_MODE=open) for development")]
+    OpenNonLoopback { key: &'static str, addr: SocketAddr },
+}
+
+/// Every client-facing listener of `config`, by key.
+fn client_listeners(config: &Config) -> Vec<(&'static str, SocketAddr)> {
+    let mut l = vec![
+        ("mqtt.listen", config.mqtt.listen),
+        ("mqtt.v5_listen", config.mqtt.v5_listen),
+        ("mqtt.ws_listen", config.mqtt.ws_listen),
+        ("http.listen", config.http.listen),
+    ];
+    if let Some(a) = config.mqtt.tls_listen {
+        l.push(("mqtt.tls_listen", a));
+    }
+    if let Some(a) = config.mqtt.wss_listen {
+        l.push(("mqtt.wss_listen", a));
+    }
+    l
 }
 
 /// How long each shutdown stage may take before Cradle moves on.
@@ -52,9 +77,34 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             addr: config.http.listen,
             error,
         })?;
-    broker::check_listeners(&config.mqtt)?;
+    for (key, addr) in client_listeners(&config) {
+        if key != "http.listen" {
+            broker::check_bindable(key, addr)?;
+        }
+    }
     let store = Store::connect(&config.store).await?;
     tracing::info!(backend = ?store.backend(), url = %redact(&config.store.database_url), "store ready");
+
+    let auth = Arc::new(Authenticator::new(
+        store.clone(),
+        config.auth.mode,
+        config.auth.cache_secs,
+    ));
+    match config.auth.mode {
+        AuthMode::Open => tracing::warn!(
+            "auth.mode = \"open\": ANY client may connect anonymously on EVERY listener and read or write ANY account. Development only."
+        ),
+        AuthMode::Auto if !auth.any_account().await => {
+            if let Some((key, addr)) = client_listeners(&config)
+                .into_iter()
+                .find(|(_, a)| !a.ip().is_loopback())
+            {
+                return Err(ServeError::OpenNonLoopback { key, addr });
+            }
+            tracing::info!("no account exists: open mode, anonymous clients on loopback only");
+        }
+        _ => {}
+    }
 
     // The embedded broker starts empty: whoever the store still shows connected lost that
     // connection when the previous process ended (a crash, or a shutdown that could not
@@ -68,13 +118,27 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
 
     let broker = broker::start(&config.mqtt).await?;
-    tracing::info!(
-        mqtt = %broker.v4, mqtt_v5 = %broker.v5, mqtt_ws = %broker.ws,
-        "embedded MQTT broker listening"
+    tracing::info!(v4 = %broker.v4, v5 = %broker.v5, "embedded MQTT broker listening on loopback");
+    let publisher = Publisher::start(
+        broker.v4,
+        &format!("{}-edge", config.bus.client_id),
+        config.mqtt.max_packet_bytes,
     );
+    let edge = edge::start(
+        &config.mqtt,
+        auth.clone(),
+        broker.v4,
+        broker.v5,
+        publisher,
+        metrics.clone(),
+    )
+    .await?;
+    for (key, addr) in &edge.listening {
+        tracing::info!(listener = key, %addr, "MQTT edge listening");
+    }
 
     let (status_tx, status_rx) = mpsc::channel(config.sync.queue);
-    let bus_addr = connectable(config.mqtt.listen);
+    let bus_addr = broker.v4;
     let bus = Bus::start(
         &config.bus,
         &bus_addr.ip().to_string(),
@@ -104,6 +168,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         bus: bus.state(),
         max_page_size: config.http.max_page_size,
         admin_token: config.http.admin_token.clone(),
+        auth: auth.clone(),
+        http_loopback: config.http.listen.ip().is_loopback(),
     };
     let (http_stop_tx, mut http_stop_rx) = watch::channel(false);
     let app = http::app(state, config.http.max_body_bytes);
@@ -121,7 +187,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     tracing::info!(http = %config.http.listen, "Cradle ready");
 
     shutdown.await;
-    tracing::info!("shutting down: draining status handler");
+    tracing::info!("shutting down: ending MQTT connections");
+    edge.shutdown(Duration::from_secs(5)).await;
+    // The ends just published reach the bus through the broker; give them a moment.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    tracing::info!("draining status handler");
     bus.stop_forwarding();
     if tokio::time::timeout(DRAIN_TIMEOUT, status_task)
         .await

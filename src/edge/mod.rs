@@ -1,3 +1,376 @@
-//! The MQTT edge: what devices connect to. Today: the access rules it enforces.
+//! The MQTT edge: what devices connect to.
+//!
+//! rumqttd has no topic-ACL hook and forgets the username after CONNECT, so devices never
+//! reach it: it listens on loopback, and the edge accepts every client connection (MQTT
+//! 3.1.1 and 5 on each TCP port, MQTT over WebSocket, and both over TLS), authenticates the
+//! CONNECT (`crate::auth`), relays the connection to the broker with the client id
+//! namespaced per account, checks every PUBLISH, SUBSCRIBE and Will against the account
+//! (`acl`), and observes every connection's end, publishing the client's end status with
+//! the reason it saw (`lifecycle`).
+//!
+//! Map: `codec` (frame-level MQTT), `acl` (rules), `lifecycle` (end → messages),
+//! `registry` (live connections, takeover, shutdown), `session` (one connection),
+//! `publisher` (the edge's own MQTT client for end statuses and Wills), this file (listeners).
 
 pub mod acl;
+pub mod codec;
+pub mod lifecycle;
+pub mod publisher;
+pub mod registry;
+pub mod session;
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_tungstenite::tungstenite::handshake::server::{
+    Callback, ErrorResponse, Request, Response,
+};
+use async_tungstenite::tungstenite::http::HeaderValue;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tokio_rustls::rustls;
+use tokio_rustls::TlsAcceptor;
+
+use crate::auth::Authenticator;
+use crate::config::MqttConfig;
+use crate::domain::connection::DisconnectReason;
+use crate::metrics::Metrics;
+use publisher::Publisher;
+use registry::Registry;
+
+/// Errors starting the edge.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    /// A listener address cannot be bound.
+    #[error("{key}: cannot listen on {addr}: {error}")]
+    Bind {
+        key: &'static str,
+        addr: SocketAddr,
+        error: io::Error,
+    },
+    /// The TLS certificate or key cannot be used.
+    #[error("{key}: {message}")]
+    Tls { key: &'static str, message: String },
+}
+
+/// What kind of refused packet (metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AclDrop {
+    /// A PUBLISH to a topic the client may not publish to.
+    Publish,
+    /// One SUBSCRIBE filter the client may not use.
+    Subscribe,
+}
+
+/// Limits of every edge connection.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Largest packet accepted from a client.
+    pub max_packet_bytes: usize,
+    /// Time allowed until CONNECT (and for the broker's CONNACK).
+    pub connect_timeout: Duration,
+    /// PUBLISH packets per second per connection (0: unlimited).
+    pub publish_rate: u32,
+    /// Token bucket burst.
+    pub publish_burst: u32,
+    /// Refused packets before a connection is kicked.
+    pub max_violations: u32,
+}
+
+impl Settings {
+    /// The edge settings of a configuration.
+    pub fn from_config(c: &MqttConfig) -> Self {
+        Self {
+            max_packet_bytes: c.max_packet_bytes,
+            connect_timeout: Duration::from_millis(c.connect_timeout_ms as u64),
+            publish_rate: c.publish_rate,
+            publish_burst: c.publish_burst,
+            max_violations: c.max_violations,
+        }
+    }
+}
+
+/// A listener, as its connections see it.
+#[derive(Debug, Clone, Copy)]
+pub struct ListenerInfo {
+    /// Config key, for logs.
+    pub name: &'static str,
+    /// Whether it listens on a loopback address (open mode applies only there).
+    pub loopback: bool,
+}
+
+/// What every connection of the edge shares.
+pub struct EdgeShared {
+    /// Limits.
+    pub settings: Settings,
+    /// CONNECT authentication.
+    pub auth: Arc<Authenticator>,
+    /// Live connections.
+    pub registry: Registry,
+    /// The edge's own client, for end statuses and Wills.
+    pub publisher: Publisher,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// The broker's MQTT 3.1.1 listener.
+    pub upstream_v4: SocketAddr,
+    /// The broker's MQTT 5 listener.
+    pub upstream_v5: SocketAddr,
+    /// One permit per connection (mqtt.max_connections).
+    pub connections: Arc<Semaphore>,
+}
+
+/// How a listener's connections arrive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    Tcp,
+    WebSocket,
+}
+
+/// The running edge.
+pub struct Edge {
+    shared: Arc<EdgeShared>,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+    /// Bound addresses by config key.
+    pub listening: Vec<(&'static str, SocketAddr)>,
+}
+
+/// Binds every listener of `config` (a failure names its key), then serves them.
+pub async fn start(
+    config: &MqttConfig,
+    auth: Arc<Authenticator>,
+    upstream_v4: SocketAddr,
+    upstream_v5: SocketAddr,
+    publisher: Publisher,
+    metrics: Arc<Metrics>,
+) -> Result<Edge, EdgeError> {
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) if config.tls_listen.is_some() || config.wss_listen.is_some() => {
+            Some(tls_acceptor(cert, key)?)
+        }
+        _ => None,
+    };
+    let mut plan: Vec<(&'static str, SocketAddr, Transport, Option<TlsAcceptor>)> = vec![
+        ("mqtt.listen", config.listen, Transport::Tcp, None),
+        ("mqtt.v5_listen", config.v5_listen, Transport::Tcp, None),
+        (
+            "mqtt.ws_listen",
+            config.ws_listen,
+            Transport::WebSocket,
+            None,
+        ),
+    ];
+    if let Some(addr) = config.tls_listen {
+        plan.push(("mqtt.tls_listen", addr, Transport::Tcp, tls.clone()));
+    }
+    if let Some(addr) = config.wss_listen {
+        plan.push(("mqtt.wss_listen", addr, Transport::WebSocket, tls.clone()));
+    }
+    let mut bound = Vec::new();
+    for (key, addr, transport, tls) in plan {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|error| EdgeError::Bind { key, addr, error })?;
+        bound.push((key, addr, transport, tls, listener));
+    }
+
+    let shared = Arc::new(EdgeShared {
+        settings: Settings::from_config(config),
+        auth,
+        registry: Registry::default(),
+        publisher,
+        metrics,
+        upstream_v4,
+        upstream_v5,
+        connections: Arc::new(Semaphore::new(config.max_connections)),
+    });
+    let (stop, stop_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    let mut listening = Vec::new();
+    for (key, addr, transport, tls, listener) in bound {
+        listening.push((key, addr));
+        let info = ListenerInfo {
+            name: key,
+            loopback: addr.ip().is_loopback(),
+        };
+        tasks.spawn(accept_loop(
+            listener,
+            info,
+            transport,
+            tls,
+            shared.clone(),
+            stop_rx.clone(),
+        ));
+    }
+    Ok(Edge {
+        shared,
+        stop,
+        tasks,
+        listening,
+    })
+}
+
+impl Edge {
+    /// Stops accepting, ends every connection with reason `server_shutdown` (publishing
+    /// their ends), and flushes the edge's publisher. Waits at most `wait` for connections.
+    pub async fn shutdown(mut self, wait: Duration) {
+        let _ = self.stop.send(true);
+        while self.tasks.join_next().await.is_some() {}
+        let n = self
+            .shared
+            .registry
+            .end_all(DisconnectReason::ServerShutdown);
+        if n > 0 {
+            tracing::info!(connections = n, "ending MQTT connections: server_shutdown");
+        }
+        self.shared.registry.wait_all_done(wait).await;
+        self.shared.publisher.flush(Duration::from_secs(5)).await;
+    }
+
+    /// Live client connections.
+    pub fn live(&self) -> usize {
+        self.shared.registry.len()
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    info: ListenerInfo,
+    transport: Transport,
+    tls: Option<TlsAcceptor>,
+    shared: Arc<EdgeShared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::error!(%error, listener = info.name, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let timeout = shared.settings.connect_timeout;
+            match (tls, transport) {
+                (None, Transport::Tcp) => session::serve(stream, peer, info, shared).await,
+                (None, Transport::WebSocket) => {
+                    if let Some(ws) = websocket(stream, timeout, &shared).await {
+                        session::serve(ws, peer, info, shared).await
+                    }
+                }
+                (Some(tls), transport) => {
+                    let Ok(Ok(stream)) = tokio::time::timeout(timeout, tls.accept(stream)).await
+                    else {
+                        shared
+                            .metrics
+                            .edge_connect(crate::metrics::EdgeConnect::Tls);
+                        return;
+                    };
+                    match transport {
+                        Transport::Tcp => session::serve(stream, peer, info, shared).await,
+                        Transport::WebSocket => {
+                            if let Some(ws) = websocket(stream, timeout, &shared).await {
+                                session::serve(ws, peer, info, shared).await
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Completes the WebSocket handshake (answering subprotocol `mqtt` when asked) and
+/// returns the connection as a byte stream.
+async fn websocket<S>(
+    stream: S,
+    timeout: Duration,
+    shared: &EdgeShared,
+) -> Option<ws_stream_tungstenite::WsStream<async_tungstenite::tokio::TokioAdapter<S>>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    match tokio::time::timeout(
+        timeout,
+        async_tungstenite::tokio::accept_hdr_async(stream, MqttSubprotocol),
+    )
+    .await
+    {
+        Ok(Ok(ws)) => Some(ws_stream_tungstenite::WsStream::new(ws)),
+        _ => {
+            shared
+                .metrics
+                .edge_connect(crate::metrics::EdgeConnect::Malformed);
+            None
+        }
+    }
+}
+
+/// Answers the `mqtt` WebSocket subprotocol when the client offers it (mqtt.js and Paho
+/// require it).
+struct MqttSubprotocol;
+
+impl Callback for MqttSubprotocol {
+    fn on_request(
+        self,
+        request: &Request,
+        mut response: Response,
+    ) -> Result<Response, ErrorResponse> {
+        let offered = request
+            .headers()
+            .get_all("sec-websocket-protocol")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|p| p.trim().eq_ignore_ascii_case("mqtt"));
+        if offered {
+            response
+                .headers_mut()
+                .insert("sec-websocket-protocol", HeaderValue::from_static("mqtt"));
+        }
+        Ok(response)
+    }
+}
+
+/// Loads the PEM certificate chain and key of the TLS listeners.
+fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, EdgeError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<_, _>>())
+        .map_err(|e| EdgeError::Tls {
+            key: "mqtt.tls_cert",
+            message: format!("{}: {e}", cert.display()),
+        })?;
+    if certs.is_empty() {
+        return Err(EdgeError::Tls {
+            key: "mqtt.tls_cert",
+            message: format!("{}: no certificate in the file", cert.display()),
+        });
+    }
+    let private = PrivateKeyDer::from_pem_file(key).map_err(|e| EdgeError::Tls {
+        key: "mqtt.tls_key",
+        message: format!("{}: {e}", key.display()),
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_no_client_auth().with_single_cert(certs, private))
+        .map_err(|e| EdgeError::Tls {
+            key: "mqtt.tls_key",
+            message: e.to_string(),
+        })?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}

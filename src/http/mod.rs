@@ -32,6 +32,10 @@ pub struct AppState {
     pub max_page_size: u64,
     /// Bearer token that may read every account.
     pub admin_token: Option<String>,
+    /// Open-mode rules and the "any account exists" answer (shared with the MQTT edge).
+    pub auth: std::sync::Arc<crate::auth::Authenticator>,
+    /// Whether the HTTP listener is on loopback (open mode applies only there).
+    pub http_loopback: bool,
 }
 
 /// Builds the whole router.

@@ -381,6 +381,12 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
 
     pub async fn start(&mut self, link_type: LinkType) -> Result<(), Error> {
         let listener = TcpListener::bind(&self.config.listen).await?;
+        self.serve(listener, link_type).await
+    }
+
+    /// CRADLE PATCH 5: serve on a listener the embedder bound (port 0 included), so it
+    /// knows the port and no other process can take it between a check and the bind.
+    pub async fn serve(&mut self, listener: TcpListener, link_type: LinkType) -> Result<(), Error> {
         let delay = Duration::from_millis(self.config.next_connection_delay_ms);
         let mut count: usize = 0;
 

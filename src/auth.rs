@@ -1,0 +1,200 @@
+//! Who may connect: the one authenticator of the MQTT edge (and the HTTP API's open-mode
+//! rule), over the credentials in `crate::accounts`.
+//!
+//! - A device connects with username = account id, password = its secret, and the client id
+//!   of its credential. Wrong secret and unknown client id are both refused as "not
+//!   authorized": a client cannot probe which client ids exist.
+//! - An operator connects with its operator secret as the password (any username).
+//! - Anonymous clients are accepted only in open mode: `auth.mode = "open"`, or `auto` while
+//!   no account exists and only on a loopback listener (as Mosquitto 2 does).
+//!
+//! argon2 verification costs tens of milliseconds by design, so a verified device secret is
+//! remembered for `auth.cache_secs` by its BLAKE2b digest (never in the clear): a reconnect
+//! storm of known devices costs one hash each, not one argon2 run each.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use blake2::{Blake2b512, Digest};
+
+use crate::accounts::{self, CredentialKind};
+use crate::config::AuthMode;
+use crate::edge::acl::Principal;
+use crate::store::Store;
+use crate::topics::is_valid_id;
+
+/// Why a CONNECT was refused (logged and counted; the client sees "not authorized").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// No credentials, and open mode does not apply.
+    Anonymous,
+    /// The secret does not match a live credential of that account and client id.
+    BadCredentials,
+    /// The credential is valid but not for MQTT (an HTTP bearer token).
+    WrongKind,
+    /// The store could not be asked; fail closed.
+    StoreUnavailable,
+}
+
+impl Refusal {
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Anonymous => "anonymous",
+            Self::BadCredentials => "bad_credentials",
+            Self::WrongKind => "wrong_kind",
+            Self::StoreUnavailable => "store_unavailable",
+        }
+    }
+
+    /// Every refusal, for metrics.
+    pub const ALL: [Refusal; 4] = [
+        Self::Anonymous,
+        Self::BadCredentials,
+        Self::WrongKind,
+        Self::StoreUnavailable,
+    ];
+}
+
+/// Verified device secrets: (account, client) → (digest of the secret, when verified).
+type VerifiedCache = HashMap<(String, String), ([u8; 64], Instant)>;
+
+/// Authenticates MQTT CONNECTs and answers whether anonymous callers are allowed.
+pub struct Authenticator {
+    store: Store,
+    mode: AuthMode,
+    cache_ttl: Duration,
+    verified: Mutex<VerifiedCache>,
+    accounts_exist: Mutex<Option<(bool, Instant)>>,
+}
+
+/// How long the "does any account exist" answer is reused.
+const ACCOUNTS_EXIST_TTL: Duration = Duration::from_secs(1);
+/// Verified secrets remembered at most (the oldest are dropped beyond).
+const CACHE_MAX: usize = 100_000;
+
+impl Authenticator {
+    /// An authenticator over `store`.
+    pub fn new(store: Store, mode: AuthMode, cache_secs: u64) -> Self {
+        Self {
+            store,
+            mode,
+            cache_ttl: Duration::from_secs(cache_secs),
+            verified: Mutex::new(HashMap::new()),
+            accounts_exist: Mutex::new(None),
+        }
+    }
+
+    /// The configured mode.
+    pub fn mode(&self) -> AuthMode {
+        self.mode
+    }
+
+    /// Whether a caller without credentials is let in on a listener (`loopback`: the
+    /// listener's address is a loopback address).
+    pub async fn anonymous_allowed(&self, loopback: bool) -> bool {
+        match self.mode {
+            AuthMode::Open => true,
+            AuthMode::Required => false,
+            AuthMode::Auto => loopback && !self.any_account().await,
+        }
+    }
+
+    /// Whether any account exists (answers reused for a second; a store error counts as
+    /// "yes", so an outage never opens the door).
+    pub async fn any_account(&self) -> bool {
+        if let Some((exists, at)) = *self.accounts_exist.lock().expect("not poisoned") {
+            if at.elapsed() < ACCOUNTS_EXIST_TTL {
+                return exists;
+            }
+        }
+        let exists = accounts::any_account(&self.store).await.unwrap_or(true);
+        *self.accounts_exist.lock().expect("not poisoned") = Some((exists, Instant::now()));
+        exists
+    }
+
+    /// Authenticates a CONNECT.
+    pub async fn connect(
+        &self,
+        username: Option<&str>,
+        password: Option<&str>,
+        client_id: &str,
+        loopback: bool,
+    ) -> Result<Principal, Refusal> {
+        let Some(password) = password.filter(|p| !p.is_empty()) else {
+            return if self.anonymous_allowed(loopback).await {
+                Ok(Principal::Open)
+            } else {
+                Err(Refusal::Anonymous)
+            };
+        };
+        if password.contains('.') {
+            // `{credential_id}.{random}`: an operator secret (bearer tokens are not for MQTT).
+            return match accounts::verify_secret(&self.store, password).await {
+                Ok(Some(c)) if c.kind == CredentialKind::Operator.as_str() => {
+                    Ok(Principal::Operator)
+                }
+                Ok(Some(_)) => Err(Refusal::WrongKind),
+                Ok(None) => Err(Refusal::BadCredentials),
+                Err(_) => Err(Refusal::StoreUnavailable),
+            };
+        }
+        let account_id = username.unwrap_or_default();
+        if !is_valid_id(account_id) || !is_valid_id(client_id) {
+            return Err(Refusal::BadCredentials);
+        }
+        let key = (account_id.to_string(), client_id.to_string());
+        let digest: [u8; 64] = Blake2b512::digest(password.as_bytes()).into();
+        if self.cache_ttl > Duration::ZERO {
+            let cache = self.verified.lock().expect("not poisoned");
+            if let Some((d, at)) = cache.get(&key) {
+                if at.elapsed() < self.cache_ttl && constant_time_eq(d, &digest) {
+                    return Ok(principal(key));
+                }
+            }
+        }
+        match accounts::verify_device(&self.store, account_id, client_id, password).await {
+            Ok(true) => {
+                if self.cache_ttl > Duration::ZERO {
+                    let mut cache = self.verified.lock().expect("not poisoned");
+                    if cache.len() >= CACHE_MAX {
+                        let ttl = self.cache_ttl;
+                        cache.retain(|_, (_, at)| at.elapsed() < ttl);
+                        if cache.len() >= CACHE_MAX {
+                            cache.clear();
+                        }
+                    }
+                    cache.insert(key.clone(), (digest, Instant::now()));
+                }
+                Ok(principal(key))
+            }
+            Ok(false) => Err(Refusal::BadCredentials),
+            Err(_) => Err(Refusal::StoreUnavailable),
+        }
+    }
+}
+
+fn principal((account_id, client_id): (String, String)) -> Principal {
+    Principal::Device {
+        account_id,
+        client_id,
+    }
+}
+
+/// Compares without an early exit on the first differing byte.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digests_compare_whole() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+}

@@ -1,0 +1,424 @@
+//! Frame-level MQTT helpers for the edge's relay loop.
+//!
+//! Most packets cross the edge untouched: the relay only needs each frame's boundaries and
+//! type, and for a PUBLISH its topic (and, in MQTT 5, a topic alias). Those are read here
+//! from the raw bytes without decoding the packet; the packets the edge must change or
+//! answer itself (CONNECT, SUBSCRIBE, SUBACK, aliased PUBLISH) go through `rumqttc`'s
+//! `mqttbytes` codecs.
+
+use bytes::{BufMut, BytesMut};
+
+/// MQTT control packet types, by the high nibble of the first byte.
+pub mod kind {
+    pub const CONNECT: u8 = 1;
+    pub const CONNACK: u8 = 2;
+    pub const PUBLISH: u8 = 3;
+    pub const PUBACK: u8 = 4;
+    pub const PUBREC: u8 = 5;
+    pub const PUBREL: u8 = 6;
+    pub const PUBCOMP: u8 = 7;
+    pub const SUBSCRIBE: u8 = 8;
+    pub const SUBACK: u8 = 9;
+    pub const UNSUBSCRIBE: u8 = 10;
+    pub const PINGREQ: u8 = 12;
+    pub const PINGRESP: u8 = 13;
+    pub const DISCONNECT: u8 = 14;
+    pub const AUTH: u8 = 15;
+}
+
+/// The protocol a connection speaks, from its CONNECT's protocol level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    /// MQTT 3.1.1 (level 4).
+    V4,
+    /// MQTT 5 (level 5).
+    V5,
+}
+
+/// Why a frame cannot be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// The packet is larger than the configured limit.
+    #[error("packet larger than the limit")]
+    TooLarge,
+    /// The bytes are not an MQTT packet.
+    #[error("malformed packet")]
+    Malformed,
+}
+
+/// One frame's fixed header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// The first byte (type and flags).
+    pub byte1: u8,
+    /// Length of the fixed header (1 + remaining-length bytes).
+    pub header_len: usize,
+    /// Length of the whole frame.
+    pub frame_len: usize,
+}
+
+impl Header {
+    /// The packet type (see [`kind`]).
+    pub fn kind(&self) -> u8 {
+        self.byte1 >> 4
+    }
+}
+
+/// Reads the fixed header at the start of `buf`: `Ok(None)` when more bytes are needed.
+pub fn header(buf: &[u8], max_frame: usize) -> Result<Option<Header>, FrameError> {
+    let Some(&byte1) = buf.first() else {
+        return Ok(None);
+    };
+    let mut remaining: usize = 0;
+    let mut shift = 0;
+    let mut i = 1;
+    loop {
+        let Some(&b) = buf.get(i) else {
+            return Ok(None);
+        };
+        remaining += ((b & 0x7f) as usize) << shift;
+        i += 1;
+        if b & 0x80 == 0 {
+            break;
+        }
+        shift += 7;
+        if shift > 21 {
+            return Err(FrameError::Malformed);
+        }
+    }
+    let frame_len = i + remaining;
+    if frame_len > max_frame {
+        return Err(FrameError::TooLarge);
+    }
+    Ok(Some(Header {
+        byte1,
+        header_len: i,
+        frame_len,
+    }))
+}
+
+/// The protocol level of a CONNECT frame, if it names MQTT 3.1.1 or 5.
+pub fn connect_proto(frame: &[u8], h: &Header) -> Option<Proto> {
+    let body = frame.get(h.header_len..)?;
+    let name_len = u16::from_be_bytes([*body.first()?, *body.get(1)?]) as usize;
+    if body.get(2..2 + name_len)? != b"MQTT" {
+        return None;
+    }
+    match body.get(2 + name_len)? {
+        4 => Some(Proto::V4),
+        5 => Some(Proto::V5),
+        _ => None,
+    }
+}
+
+/// The parts of a PUBLISH the edge checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishView<'a> {
+    /// QoS 0, 1 or 2.
+    pub qos: u8,
+    /// The topic as sent (empty when an MQTT 5 alias stands for it).
+    pub topic: &'a str,
+    /// Packet id (0 for QoS 0).
+    pub pkid: u16,
+    /// MQTT 5: the topic alias property, if any.
+    pub alias: Option<u16>,
+    /// The payload.
+    pub payload: &'a [u8],
+}
+
+/// Reads the topic, packet id and (MQTT 5) topic alias of a PUBLISH frame without copying.
+pub fn publish_view<'a>(
+    frame: &'a [u8],
+    h: &Header,
+    proto: Proto,
+) -> Result<PublishView<'a>, FrameError> {
+    let qos = (h.byte1 >> 1) & 0b11;
+    if qos == 3 {
+        return Err(FrameError::Malformed);
+    }
+    let mut body = frame.get(h.header_len..).ok_or(FrameError::Malformed)?;
+    let topic_len = take_u16(&mut body)? as usize;
+    let topic = body.get(..topic_len).ok_or(FrameError::Malformed)?;
+    let topic = std::str::from_utf8(topic).map_err(|_| FrameError::Malformed)?;
+    body = &body[topic_len..];
+    let pkid = if qos > 0 { take_u16(&mut body)? } else { 0 };
+    let mut alias = None;
+    if proto == Proto::V5 {
+        let props_len = take_varint(&mut body)?;
+        let mut props = body.get(..props_len).ok_or(FrameError::Malformed)?;
+        body = &body[props_len..];
+        while !props.is_empty() {
+            let id = props[0];
+            props = &props[1..];
+            match id {
+                0x01 => skip(&mut props, 1)?,
+                0x02 => skip(&mut props, 4)?,
+                0x23 => alias = Some(take_u16(&mut props)?),
+                0x03 | 0x08 | 0x09 => {
+                    let n = take_u16(&mut props)? as usize;
+                    skip(&mut props, n)?
+                }
+                0x0B => {
+                    take_varint(&mut props)?;
+                }
+                0x26 => {
+                    for _ in 0..2 {
+                        let n = take_u16(&mut props)? as usize;
+                        skip(&mut props, n)?
+                    }
+                }
+                _ => return Err(FrameError::Malformed),
+            }
+        }
+    }
+    Ok(PublishView {
+        qos,
+        topic,
+        pkid,
+        alias,
+        payload: body,
+    })
+}
+
+/// The packet id at the start of a PUBACK/PUBREC/PUBREL/PUBCOMP/SUBACK/UNSUBSCRIBE body.
+pub fn packet_id(frame: &[u8], h: &Header) -> Result<u16, FrameError> {
+    let mut body = frame.get(h.header_len..).ok_or(FrameError::Malformed)?;
+    take_u16(&mut body)
+}
+
+/// MQTT 5 DISCONNECT's reason code (0 when absent).
+pub fn disconnect_reason(frame: &[u8], h: &Header) -> u8 {
+    frame.get(h.header_len).copied().unwrap_or(0)
+}
+
+fn take_u16(b: &mut &[u8]) -> Result<u16, FrameError> {
+    if b.len() < 2 {
+        return Err(FrameError::Malformed);
+    }
+    let v = u16::from_be_bytes([b[0], b[1]]);
+    *b = &b[2..];
+    Ok(v)
+}
+
+fn skip(b: &mut &[u8], n: usize) -> Result<(), FrameError> {
+    if b.len() < n {
+        return Err(FrameError::Malformed);
+    }
+    *b = &b[n..];
+    Ok(())
+}
+
+fn take_varint(b: &mut &[u8]) -> Result<usize, FrameError> {
+    let mut value = 0usize;
+    for i in 0..4 {
+        let byte = *b.get(i).ok_or(FrameError::Malformed)?;
+        value += ((byte & 0x7f) as usize) << (7 * i);
+        if byte & 0x80 == 0 {
+            *b = &b[i + 1..];
+            return Ok(value);
+        }
+    }
+    Err(FrameError::Malformed)
+}
+
+/// Appends a packet with a packet id and (MQTT 5) an optional reason code: PUBACK, PUBREC,
+/// PUBCOMP.
+pub fn put_ack(out: &mut BytesMut, kind: u8, pkid: u16, proto: Proto, reason: u8) {
+    out.put_u8(kind << 4);
+    if proto == Proto::V5 && reason != 0 {
+        out.put_u8(3);
+        out.put_u16(pkid);
+        out.put_u8(reason);
+    } else {
+        out.put_u8(2);
+        out.put_u16(pkid);
+    }
+}
+
+/// Appends PINGRESP.
+pub fn put_pingresp(out: &mut BytesMut) {
+    out.put_slice(&[kind::PINGRESP << 4, 0]);
+}
+
+/// Appends PINGREQ.
+pub fn put_pingreq(out: &mut BytesMut) {
+    out.put_slice(&[kind::PINGREQ << 4, 0]);
+}
+
+/// Appends DISCONNECT; MQTT 5 carries `reason` (MQTT 3.1.1 servers send no DISCONNECT, so
+/// for V4 this is only used upstream, towards the broker).
+pub fn put_disconnect(out: &mut BytesMut, proto: Proto, reason: u8) {
+    if proto == Proto::V5 && reason != 0 {
+        out.put_slice(&[kind::DISCONNECT << 4, 1, reason]);
+    } else {
+        out.put_slice(&[kind::DISCONNECT << 4, 0]);
+    }
+}
+
+/// Appends a CONNACK refusing or accepting the connection with `code` (a 3.1.1 return code
+/// or an MQTT 5 reason code, already chosen for `proto`).
+pub fn put_connack(out: &mut BytesMut, proto: Proto, code: u8) {
+    match proto {
+        Proto::V4 => out.put_slice(&[kind::CONNACK << 4, 2, 0, code]),
+        // session present 0, reason, empty properties
+        Proto::V5 => out.put_slice(&[kind::CONNACK << 4, 3, 0, code, 0]),
+    }
+}
+
+/// CONNACK codes the edge sends itself.
+pub mod connack {
+    /// 3.1.1: unacceptable protocol version.
+    pub const V4_BAD_PROTOCOL: u8 = 1;
+    /// 3.1.1: identifier rejected.
+    pub const V4_IDENTIFIER_REJECTED: u8 = 2;
+    /// 3.1.1: server unavailable.
+    pub const V4_SERVER_UNAVAILABLE: u8 = 3;
+    /// 3.1.1: not authorized.
+    pub const V4_NOT_AUTHORIZED: u8 = 5;
+    /// 5: client identifier not valid.
+    pub const V5_CLIENT_ID_NOT_VALID: u8 = 0x85;
+    /// 5: not authorized.
+    pub const V5_NOT_AUTHORIZED: u8 = 0x87;
+    /// 5: server unavailable.
+    pub const V5_SERVER_UNAVAILABLE: u8 = 0x88;
+    /// 5: quota exceeded (connection limit).
+    pub const V5_QUOTA_EXCEEDED: u8 = 0x97;
+    /// 5: malformed packet.
+    pub const V5_MALFORMED: u8 = 0x81;
+}
+
+/// MQTT 5 reason codes the edge sends itself in PUBACK/PUBREC/SUBACK/DISCONNECT.
+pub mod reason {
+    pub const NOT_AUTHORIZED: u8 = 0x87;
+    pub const PROTOCOL_ERROR: u8 = 0x82;
+    pub const SERVER_SHUTTING_DOWN: u8 = 0x8B;
+    pub const KEEP_ALIVE_TIMEOUT: u8 = 0x8D;
+    pub const SESSION_TAKEN_OVER: u8 = 0x8E;
+    pub const TOPIC_ALIAS_INVALID: u8 = 0x94;
+    pub const PACKET_TOO_LARGE: u8 = 0x95;
+    pub const ADMINISTRATIVE_ACTION: u8 = 0x98;
+    /// DISCONNECT from a client: "disconnect with Will message".
+    pub const DISCONNECT_WITH_WILL: u8 = 0x04;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use rumqttc::mqttbytes::v4;
+    use rumqttc::v5::mqttbytes::v5;
+
+    fn v4_publish(topic: &str, qos: rumqttc::QoS, pkid: u16) -> BytesMut {
+        let mut p = v4::Publish::new(topic, qos, b"hello".to_vec());
+        p.pkid = pkid;
+        let mut out = BytesMut::new();
+        v4::Packet::Publish(p).write(&mut out, 1 << 20).unwrap();
+        out
+    }
+
+    #[test]
+    fn a_header_needs_all_its_length_bytes() {
+        assert_eq!(header(&[], 100), Ok(None));
+        assert_eq!(header(&[0x30], 100), Ok(None));
+        assert_eq!(header(&[0x30, 0x80], 100), Ok(None));
+        let h = header(&[0x30, 0x05], 100).unwrap().unwrap();
+        assert_eq!((h.kind(), h.header_len, h.frame_len), (3, 2, 7));
+    }
+
+    #[test]
+    fn a_frame_over_the_limit_is_too_large_before_it_arrives() {
+        assert_eq!(header(&[0x30, 0xff, 0x7f], 1000), Err(FrameError::TooLarge));
+        assert_eq!(
+            header(&[0x30, 0xff, 0xff, 0xff, 0xff, 0x01], 1 << 30),
+            Err(FrameError::Malformed)
+        );
+    }
+
+    #[test]
+    fn a_v4_publish_view_reads_topic_pkid_and_payload() {
+        let f = v4_publish("accounts/a/clients/c/status", rumqttc::QoS::AtLeastOnce, 7);
+        let h = header(&f, 1 << 20).unwrap().unwrap();
+        let v = publish_view(&f, &h, Proto::V4).unwrap();
+        assert_eq!(v.topic, "accounts/a/clients/c/status");
+        assert_eq!((v.qos, v.pkid, v.alias), (1, 7, None));
+        assert_eq!(v.payload, b"hello");
+    }
+
+    #[test]
+    fn a_v5_publish_view_finds_the_topic_alias_among_other_properties() {
+        let props = v5::PublishProperties {
+            payload_format_indicator: Some(1),
+            message_expiry_interval: Some(60),
+            topic_alias: Some(3),
+            response_topic: Some("r".into()),
+            correlation_data: Some(Bytes::from_static(b"x")),
+            user_properties: vec![("k".into(), "v".into())],
+            subscription_identifiers: vec![],
+            content_type: Some("json".into()),
+        };
+        let p = v5::Publish::new(
+            "",
+            rumqttc::v5::mqttbytes::QoS::AtMostOnce,
+            "hi",
+            Some(props),
+        );
+        let mut f = BytesMut::new();
+        v5::Packet::Publish(p).write(&mut f, None).unwrap();
+        let h = header(&f, 1 << 20).unwrap().unwrap();
+        let v = publish_view(&f, &h, Proto::V5).unwrap();
+        assert_eq!(v.topic, "");
+        assert_eq!(v.alias, Some(3));
+        assert_eq!(v.payload, b"hi");
+    }
+
+    #[test]
+    fn a_truncated_publish_is_malformed_not_a_panic() {
+        let f = v4_publish("abc", rumqttc::QoS::AtLeastOnce, 1);
+        let h = header(&f, 1 << 20).unwrap().unwrap();
+        for cut in h.header_len..f.len() - 5 {
+            assert!(publish_view(&f[..cut], &h, Proto::V4).is_err(), "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn connect_proto_reads_the_level() {
+        let mut f = BytesMut::new();
+        v4::Packet::Connect(v4::Connect::new("c"))
+            .write(&mut f, 1 << 20)
+            .unwrap();
+        let h = header(&f, 1 << 20).unwrap().unwrap();
+        assert_eq!(connect_proto(&f, &h), Some(Proto::V4));
+        let mut f = BytesMut::new();
+        v5::Packet::Connect(
+            v5::Connect {
+                keep_alive: 10,
+                client_id: "c".into(),
+                clean_start: true,
+                properties: None,
+            },
+            None,
+            None,
+        )
+        .write(&mut f, None)
+        .unwrap();
+        let h = header(&f, 1 << 20).unwrap().unwrap();
+        assert_eq!(connect_proto(&f, &h), Some(Proto::V5));
+    }
+
+    #[test]
+    fn acks_match_the_codec() {
+        let mut out = BytesMut::new();
+        put_ack(&mut out, kind::PUBACK, 9, Proto::V4, reason::NOT_AUTHORIZED);
+        let p = v4::Packet::read(&mut out, 100).unwrap();
+        assert_eq!(p, v4::Packet::PubAck(v4::PubAck::new(9)));
+        let mut out = BytesMut::new();
+        put_ack(&mut out, kind::PUBACK, 9, Proto::V5, reason::NOT_AUTHORIZED);
+        match v5::Packet::read(&mut out, None).unwrap() {
+            v5::Packet::PubAck(a) => {
+                assert_eq!(a.pkid, 9);
+                assert_eq!(a.reason, v5::PubAckReason::NotAuthorized);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

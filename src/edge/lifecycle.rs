@@ -1,0 +1,313 @@
+//! How a connection's end becomes messages: a pure decision, given what the edge saw.
+//!
+//! The edge keeps the client's Will to itself (the broker never sees it) and follows the
+//! client's own status reports. When the connection ends it decides here what to publish:
+//!
+//! - the Will, when the end was not a clean DISCONNECT (MQTT semantics); a Will that is a
+//!   Cradle `disconnected` status is stamped with the reason the edge observed and the time
+//!   of the end, so the event log records what happened, not what the device guessed at
+//!   CONNECT;
+//! - a `disconnected` status with the observed reason for the connection the client last
+//!   reported as `connected`, unless the client reported the end itself or its Will already
+//!   covers that connection.
+//!
+//! The status decider ignores an end for a connection that already ended, so a duplicate
+//! can never record a second end; this module makes sure there is always a first one.
+
+use bytes::Bytes;
+
+use crate::domain::connection::DisconnectReason;
+use crate::topics::{parse_status_topic, StatusPayload};
+
+/// A message to publish at the end of a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publication {
+    /// Topic.
+    pub topic: String,
+    /// Payload.
+    pub payload: Bytes,
+    /// QoS (0, 1 or 2).
+    pub qos: u8,
+    /// Retain flag.
+    pub retain: bool,
+}
+
+/// A Will as the client gave it at CONNECT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Will {
+    /// Topic.
+    pub topic: String,
+    /// Payload.
+    pub payload: Bytes,
+    /// QoS.
+    pub qos: u8,
+    /// Retain flag.
+    pub retain: bool,
+}
+
+/// The last connection the client reported on a status topic during this MQTT connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reported {
+    /// The status topic.
+    pub topic: String,
+    /// The connection id of its last report.
+    pub connection_id: String,
+    /// Whether that last report was `disconnected` (the client reported the end itself).
+    pub ended: bool,
+}
+
+/// Follows one status report the client published (already allowed by the ACL) about
+/// itself: the topic's client id is the MQTT client id. Reports that do not parse are left
+/// to the status pipeline to drop and count.
+pub fn observe_status(
+    reported: &mut Option<Reported>,
+    client_id: &str,
+    topic: &str,
+    payload: &[u8],
+) {
+    match parse_status_topic(topic) {
+        Ok(key) if key.client_id == client_id => {}
+        _ => return,
+    }
+    let Ok(status) = serde_json::from_slice::<StatusPayload>(payload) else {
+        return;
+    };
+    match status.kind.as_str() {
+        "connected" => {
+            *reported = Some(Reported {
+                topic: topic.to_string(),
+                connection_id: status.connection_id,
+                ended: false,
+            })
+        }
+        "disconnected" => {
+            if let Some(r) = reported {
+                if r.topic == topic && r.connection_id == status.connection_id {
+                    r.ended = true;
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// What to publish when a connection ends. `will_fires` is false after a clean DISCONNECT
+/// (MQTT 3.1.1, or MQTT 5 with reason 0x00), true for every other end.
+pub fn end_publications(
+    will: Option<&Will>,
+    will_fires: bool,
+    reported: Option<&Reported>,
+    reason: DisconnectReason,
+    now_millis: i64,
+) -> Vec<Publication> {
+    let mut out = Vec::with_capacity(2);
+    let mut covered = false;
+    if let (Some(will), true) = (will, will_fires) {
+        match stamped_status_will(will, reason, now_millis) {
+            Some((payload, connection_id)) => {
+                covered = matches!(reported, Some(r) if r.topic == will.topic && r.connection_id == connection_id);
+                out.push(Publication {
+                    topic: will.topic.clone(),
+                    payload,
+                    qos: will.qos,
+                    retain: will.retain,
+                });
+            }
+            None => out.push(Publication {
+                topic: will.topic.clone(),
+                payload: will.payload.clone(),
+                qos: will.qos,
+                retain: will.retain,
+            }),
+        }
+    }
+    if let Some(r) = reported {
+        if !r.ended && !covered {
+            let status = StatusPayload {
+                kind: "disconnected".to_string(),
+                connection_id: r.connection_id.clone(),
+                at_millis: now_millis,
+                reason: Some(reason.as_str().to_string()),
+            };
+            out.push(Publication {
+                topic: r.topic.clone(),
+                payload: Bytes::from(serde_json::to_vec(&status).expect("status serialises")),
+                qos: 1,
+                retain: true,
+            });
+        }
+    }
+    out
+}
+
+/// A Will that is a `disconnected` status on a status topic, with its reason and time set
+/// to what the edge observed (other fields kept). Returns the payload and connection id.
+fn stamped_status_will(
+    will: &Will,
+    reason: DisconnectReason,
+    now_millis: i64,
+) -> Option<(Bytes, String)> {
+    parse_status_topic(&will.topic).ok()?;
+    let mut value: serde_json::Value = serde_json::from_slice(&will.payload).ok()?;
+    let obj = value.as_object_mut()?;
+    if obj.get("type")?.as_str()? != "disconnected" {
+        return None;
+    }
+    let connection_id = obj.get("connection_id")?.as_str()?.to_string();
+    obj.insert("reason".into(), reason.as_str().into());
+    obj.insert("at_millis".into(), now_millis.into());
+    Some((Bytes::from(serde_json::to_vec(&value).ok()?), connection_id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOPIC: &str = "accounts/a/clients/c/status";
+
+    fn status_will(connection_id: &str) -> Will {
+        Will {
+            topic: TOPIC.into(),
+            payload: Bytes::from(format!(
+                r#"{{"type":"disconnected","connection_id":"{connection_id}","at_millis":5,"reason":"lost"}}"#
+            )),
+            qos: 1,
+            retain: true,
+        }
+    }
+
+    fn reported(connection_id: &str) -> Option<Reported> {
+        let mut r = None;
+        observe_status(
+            &mut r,
+            "c",
+            TOPIC,
+            format!(r#"{{"type":"connected","connection_id":"{connection_id}","at_millis":1}}"#)
+                .as_bytes(),
+        );
+        r
+    }
+
+    fn payload(p: &Publication) -> serde_json::Value {
+        serde_json::from_slice(&p.payload).unwrap()
+    }
+
+    #[test]
+    fn given_a_status_will_when_the_socket_is_lost_then_the_will_is_published_once() {
+        let out = end_publications(
+            Some(&status_will("k1")),
+            true,
+            reported("k1").as_ref(),
+            DisconnectReason::Lost,
+            99,
+        );
+        assert_eq!(out.len(), 1);
+        assert_eq!(payload(&out[0])["reason"], "lost");
+        assert_eq!(payload(&out[0])["at_millis"], 99);
+        assert!(out[0].retain);
+    }
+
+    #[test]
+    fn given_a_status_will_when_taken_over_then_the_will_carries_the_observed_reason() {
+        let out = end_publications(
+            Some(&status_will("k1")),
+            true,
+            reported("k1").as_ref(),
+            DisconnectReason::Takeover,
+            99,
+        );
+        assert_eq!(out.len(), 1);
+        assert_eq!(payload(&out[0])["reason"], "takeover");
+        assert_eq!(payload(&out[0])["connection_id"], "k1");
+    }
+
+    #[test]
+    fn given_no_will_when_the_socket_is_lost_then_the_edge_reports_the_end() {
+        let out = end_publications(
+            None,
+            true,
+            reported("k1").as_ref(),
+            DisconnectReason::Lost,
+            7,
+        );
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].topic, TOPIC);
+        let p = payload(&out[0]);
+        assert_eq!(p["type"], "disconnected");
+        assert_eq!(p["connection_id"], "k1");
+        assert_eq!(p["reason"], "lost");
+        assert_eq!(p["at_millis"], 7);
+    }
+
+    #[test]
+    fn given_a_will_when_the_client_disconnects_cleanly_then_only_a_clean_end_is_published() {
+        let out = end_publications(
+            Some(&status_will("k1")),
+            false,
+            reported("k1").as_ref(),
+            DisconnectReason::Clean,
+            7,
+        );
+        assert_eq!(out.len(), 1);
+        assert_eq!(payload(&out[0])["reason"], "clean");
+    }
+
+    #[test]
+    fn given_the_client_reported_its_end_when_it_disconnects_then_nothing_more_is_published() {
+        let mut r = reported("k1");
+        observe_status(
+            &mut r,
+            "c",
+            TOPIC,
+            br#"{"type":"disconnected","connection_id":"k1","at_millis":2,"reason":"clean"}"#,
+        );
+        let out = end_publications(None, false, r.as_ref(), DisconnectReason::Clean, 7);
+        assert!(out.is_empty(), "{out:?}");
+    }
+
+    #[test]
+    fn given_a_will_for_another_connection_then_both_the_will_and_the_end_are_published() {
+        let out = end_publications(
+            Some(&status_will("old")),
+            true,
+            reported("k2").as_ref(),
+            DisconnectReason::KeepaliveTimeout,
+            7,
+        );
+        assert_eq!(out.len(), 2);
+        assert_eq!(payload(&out[1])["connection_id"], "k2");
+        assert_eq!(payload(&out[1])["reason"], "keepalive_timeout");
+    }
+
+    #[test]
+    fn given_a_will_that_is_not_a_status_then_it_is_published_unchanged() {
+        let will = Will {
+            topic: "accounts/a/baby_stations/c".into(),
+            payload: Bytes::from_static(b""),
+            qos: 0,
+            retain: true,
+        };
+        let out = end_publications(Some(&will), true, None, DisconnectReason::Kicked, 7);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].payload, Bytes::from_static(b""));
+    }
+
+    #[test]
+    fn given_nothing_reported_and_no_will_then_nothing_is_published() {
+        assert!(end_publications(None, true, None, DisconnectReason::Lost, 7).is_empty());
+    }
+
+    #[test]
+    fn reports_on_other_topics_or_unparsable_ones_are_not_followed() {
+        let mut r = None;
+        observe_status(&mut r, "c", "accounts/a/baby_stations/c", b"{}");
+        observe_status(&mut r, "c", TOPIC, b"not json");
+        observe_status(
+            &mut r,
+            "other",
+            TOPIC,
+            br#"{"type":"connected","connection_id":"k","at_millis":1}"#,
+        );
+        assert_eq!(r, None);
+    }
+}

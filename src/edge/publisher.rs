@@ -1,0 +1,88 @@
+//! The edge's own MQTT client: publishes what a connection's end calls for (its Will, its
+//! `disconnected` status) into the broker, where every subscriber and the status pipeline
+//! see it like any other message.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+use tokio::task::JoinHandle;
+
+use super::lifecycle::Publication;
+
+/// A client of the broker used only by the edge.
+pub struct Publisher {
+    client: AsyncClient,
+    /// Publishes handed to the client and not yet acknowledged by the broker (QoS 1/2), or
+    /// not yet written (QoS 0).
+    pending: Arc<AtomicI64>,
+    task: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Publisher {
+    /// Connects to the broker at `addr` as `client_id` (reconnecting on its own).
+    pub fn start(addr: SocketAddr, client_id: &str, max_packet: usize) -> Self {
+        let mut options = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+        options.set_keep_alive(Duration::from_secs(30));
+        options.set_clean_session(true);
+        options.set_max_packet_size(max_packet + 1024, max_packet + 1024);
+        options.set_inflight(1000);
+        let (client, mut eventloop) = AsyncClient::new(options, 10_000);
+        crate::bus::nodelay(&mut eventloop);
+        let pending = Arc::new(AtomicI64::new(0));
+        let counter = pending.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::PubAck(_) | Packet::PubComp(_))) => {
+                        counter.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    Ok(Event::Outgoing(Outgoing::Publish(0))) => {
+                        counter.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::warn!(%error, "edge publisher: broker connection failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        });
+        Self {
+            client,
+            pending,
+            task: std::sync::Mutex::new(Some(task)),
+        }
+    }
+
+    /// Queues one publication (waits only when the client's queue is full).
+    pub async fn publish(&self, p: Publication) {
+        let qos = match p.qos {
+            0 => QoS::AtMostOnce,
+            1 => QoS::AtLeastOnce,
+            _ => QoS::ExactlyOnce,
+        };
+        self.pending.fetch_add(1, Ordering::Relaxed);
+        if let Err(error) = self.client.publish(p.topic, qos, p.retain, p.payload).await {
+            self.pending.fetch_sub(1, Ordering::Relaxed);
+            tracing::error!(%error, "edge publisher: publication not queued");
+        }
+    }
+
+    /// Waits until every queued publication is acknowledged (at most `wait`), then
+    /// disconnects.
+    pub async fn flush(&self, wait: Duration) {
+        let deadline = tokio::time::Instant::now() + wait;
+        while self.pending.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let _ = self.client.disconnect().await;
+        let task = self.task.lock().expect("not poisoned").take();
+        if let Some(task) = task {
+            let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+        }
+    }
+}

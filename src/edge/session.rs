@@ -1,0 +1,1053 @@
+//! One client connection through the edge: CONNECT and authentication, the relay loop with
+//! its per-packet checks, and the end.
+//!
+//! The relay is one task per connection that reads from both sides. Frames pass through
+//! as raw bytes; only the packets the edge must check, answer or change are decoded (see
+//! `codec`). The broker never sees the client's credentials, Will or keep-alive: upstream
+//! the edge connects with the namespaced client id, no Will and its own keep-alive, and
+//! answers the client's PINGREQs itself.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use rand_core::{OsRng, RngCore};
+use rumqttc::mqttbytes::v4;
+use rumqttc::v5::mqttbytes::v5;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::acl::{may_publish, may_subscribe, Principal};
+use super::codec::{self, connack, kind, reason, FrameError, Header, Proto};
+use super::lifecycle::{self, Reported, Will};
+use super::{EdgeShared, ListenerInfo};
+use crate::domain::connection::DisconnectReason;
+use crate::metrics::EdgeConnect;
+
+/// Keep-alive of the edge's upstream connections, in seconds; the edge pings well within it.
+const UPSTREAM_KEEP_ALIVE: u16 = 60;
+/// The edge sends PINGREQ upstream after this long without writing upstream.
+const UPSTREAM_PING: Duration = Duration::from_secs(20);
+
+/// How a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// DISCONNECT from the client; MQTT 5 reason 0x04 asks for the Will anyway.
+    Disconnect { will_fires: bool },
+    /// The socket closed or failed without a DISCONNECT.
+    Lost,
+    /// Nothing from the client within 1.5 × its keep-alive.
+    KeepaliveTimeout,
+    /// A newer connection of the same client id.
+    Takeover,
+    /// Cradle is stopping.
+    ServerShutdown,
+    /// The edge closed it: a protocol error, a packet over the limit, too many violations.
+    Kicked { v5_reason: u8 },
+    /// The broker closed the upstream connection.
+    UpstreamClosed,
+}
+
+impl End {
+    fn reason(self) -> DisconnectReason {
+        match self {
+            End::Disconnect { .. } => DisconnectReason::Clean,
+            End::Lost | End::UpstreamClosed => DisconnectReason::Lost,
+            End::KeepaliveTimeout => DisconnectReason::KeepaliveTimeout,
+            End::Takeover => DisconnectReason::Takeover,
+            End::ServerShutdown => DisconnectReason::ServerShutdown,
+            End::Kicked { .. } => DisconnectReason::Kicked,
+        }
+    }
+
+    fn will_fires(self) -> bool {
+        !matches!(self, End::Disconnect { will_fires: false })
+    }
+
+    /// The MQTT 5 DISCONNECT reason the edge sends the client, if it closes the connection.
+    fn v5_reason(self) -> Option<u8> {
+        match self {
+            End::KeepaliveTimeout => Some(reason::KEEP_ALIVE_TIMEOUT),
+            End::Takeover => Some(reason::SESSION_TAKEN_OVER),
+            End::ServerShutdown => Some(reason::SERVER_SHUTTING_DOWN),
+            End::Kicked { v5_reason } => Some(v5_reason),
+            End::UpstreamClosed => Some(0x80),
+            End::Disconnect { .. } | End::Lost => None,
+        }
+    }
+
+    fn from_frame_error(e: FrameError) -> End {
+        match e {
+            FrameError::TooLarge => End::Kicked {
+                v5_reason: reason::PACKET_TOO_LARGE,
+            },
+            FrameError::Malformed => End::Kicked {
+                v5_reason: reason::PROTOCOL_ERROR,
+            },
+        }
+    }
+}
+
+/// The CONNECT, decoded, in the form of its protocol (re-encoded upstream).
+enum Connect {
+    V4(v4::Connect),
+    V5(Box<(v5::Connect, Option<v5::LastWill>, Option<v5::Login>)>),
+}
+
+impl Connect {
+    fn client_id(&self) -> &str {
+        match self {
+            Connect::V4(c) => &c.client_id,
+            Connect::V5(b) => &b.0.client_id,
+        }
+    }
+
+    fn keep_alive(&self) -> u16 {
+        match self {
+            Connect::V4(c) => c.keep_alive,
+            Connect::V5(b) => b.0.keep_alive,
+        }
+    }
+
+    fn clean(&self) -> bool {
+        match self {
+            Connect::V4(c) => c.clean_session,
+            Connect::V5(b) => b.0.clean_start,
+        }
+    }
+
+    fn login(&self) -> (Option<&str>, Option<&str>) {
+        match self {
+            Connect::V4(c) => match &c.login {
+                Some(l) => (Some(l.username.as_str()), Some(l.password.as_str())),
+                None => (None, None),
+            },
+            Connect::V5(b) => match &b.2 {
+                Some(l) => (Some(l.username.as_str()), Some(l.password.as_str())),
+                None => (None, None),
+            },
+        }
+    }
+
+    fn will(&self) -> Option<Will> {
+        match self {
+            Connect::V4(c) => c.last_will.as_ref().map(|w| Will {
+                topic: w.topic.clone(),
+                payload: w.message.clone(),
+                qos: w.qos as u8,
+                retain: w.retain,
+            }),
+            Connect::V5(b) => b.1.as_ref().map(|w| Will {
+                topic: String::from_utf8_lossy(&w.topic).into_owned(),
+                payload: w.message.clone(),
+                qos: w.qos as u8,
+                retain: w.retain,
+            }),
+        }
+    }
+
+    /// The CONNECT the broker gets: namespaced client id, no credentials, no Will, the
+    /// edge's keep-alive, MQTT 5 properties kept (minus enhanced authentication).
+    fn upstream(&self, client_id: &str) -> BytesMut {
+        let mut out = BytesMut::with_capacity(64);
+        match self {
+            Connect::V4(c) => {
+                let up = v4::Connect {
+                    protocol: rumqttc::mqttbytes::Protocol::V4,
+                    keep_alive: UPSTREAM_KEEP_ALIVE,
+                    client_id: client_id.to_string(),
+                    clean_session: c.clean_session,
+                    last_will: None,
+                    login: None,
+                };
+                let _ = v4::Packet::Connect(up).write(&mut out, usize::MAX);
+            }
+            Connect::V5(b) => {
+                let c = &b.0;
+                let mut properties = c.properties.clone();
+                if let Some(p) = properties.as_mut() {
+                    p.authentication_method = None;
+                    p.authentication_data = None;
+                }
+                let up = v5::Connect {
+                    keep_alive: UPSTREAM_KEEP_ALIVE,
+                    client_id: client_id.to_string(),
+                    clean_start: c.clean_start,
+                    properties,
+                };
+                let _ = v5::Packet::Connect(up, None, None).write(&mut out, None);
+            }
+        }
+        out
+    }
+}
+
+fn proto_code(proto: Proto, v4_code: u8, v5_code: u8) -> u8 {
+    match proto {
+        Proto::V4 => v4_code,
+        Proto::V5 => v5_code,
+    }
+}
+
+/// Reads one whole frame from `rd` into the front of `buf`.
+async fn read_frame<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<(Header, BytesMut), Option<FrameError>> {
+    loop {
+        if let Some(h) = codec::header(buf, max).map_err(Some)? {
+            if buf.len() >= h.frame_len {
+                return Ok((h, buf.split_to(h.frame_len)));
+            }
+        }
+        match rd.read_buf(buf).await {
+            Ok(0) | Err(_) => return Err(None),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// The client id the broker sees: namespaced by kind and account, so equal client ids of
+/// two accounts (or of an anonymous client) never take each other over, and none can
+/// collide with Cradle's own clients. Device ids cannot contain `|`; other ids have the
+/// characters rumqttd refuses in a client id (`+ $ # /`, and `%` itself) percent-encoded.
+pub fn upstream_client_id(principal: &Principal, client_id: &str) -> String {
+    match principal {
+        Principal::Device {
+            account_id,
+            client_id,
+        } => format!("d|{account_id}|{client_id}"),
+        Principal::Operator => format!("o|{}", escape_client_id(client_id)),
+        Principal::Open => format!("open|{}", escape_client_id(client_id)),
+    }
+}
+
+fn escape_client_id(id: &str) -> String {
+    let mut out = String::with_capacity(id.len());
+    for c in id.chars() {
+        match c {
+            '+' | '$' | '#' | '/' | '%' => out.push_str(&format!("%{:02X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn random_id() -> String {
+    let mut b = [0u8; 8];
+    OsRng.fill_bytes(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Serves one client connection until it ends.
+pub async fn serve<S>(stream: S, peer: SocketAddr, listener: ListenerInfo, shared: Arc<EdgeShared>)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let mut dbuf = BytesMut::with_capacity(512);
+    let max = shared.settings.max_packet_bytes;
+    let first = tokio::time::timeout(
+        shared.settings.connect_timeout,
+        read_frame(&mut rd, &mut dbuf, max),
+    )
+    .await;
+    let (h, mut frame) = match first {
+        Ok(Ok(f)) => f,
+        Ok(Err(_)) => return shared.metrics.edge_connect(EdgeConnect::Malformed),
+        Err(_) => return shared.metrics.edge_connect(EdgeConnect::Timeout),
+    };
+    if h.kind() != kind::CONNECT {
+        return shared.metrics.edge_connect(EdgeConnect::Malformed);
+    }
+    let mut out = BytesMut::with_capacity(64);
+    let Some(proto) = codec::connect_proto(&frame, &h) else {
+        codec::put_connack(&mut out, Proto::V4, connack::V4_BAD_PROTOCOL);
+        let _ = wr.write_all(&out).await;
+        return shared.metrics.edge_connect(EdgeConnect::Malformed);
+    };
+    let connect = match proto {
+        Proto::V4 => match v4::Packet::read(&mut frame, max) {
+            Ok(v4::Packet::Connect(c)) => Some(Connect::V4(c)),
+            _ => None,
+        },
+        Proto::V5 => match v5::Packet::read(&mut frame, Some(max as u32)) {
+            Ok(v5::Packet::Connect(c, w, l)) => Some(Connect::V5(Box::new((c, w, l)))),
+            _ => None,
+        },
+    };
+    let Some(connect) = connect else {
+        // 3.1.1 has no "malformed" return code; the closest is "identifier rejected".
+        codec::put_connack(
+            &mut out,
+            proto,
+            proto_code(
+                proto,
+                connack::V4_IDENTIFIER_REJECTED,
+                connack::V5_MALFORMED,
+            ),
+        );
+        let _ = wr.write_all(&out).await;
+        return shared.metrics.edge_connect(EdgeConnect::Malformed);
+    };
+    let refuse = |code4: u8, code5: u8| {
+        let mut out = BytesMut::with_capacity(8);
+        codec::put_connack(&mut out, proto, proto_code(proto, code4, code5));
+        out
+    };
+
+    let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
+        let _ = wr
+            .write_all(&refuse(
+                connack::V4_SERVER_UNAVAILABLE,
+                connack::V5_QUOTA_EXCEEDED,
+            ))
+            .await;
+        tracing::warn!(%peer, "connection refused: mqtt.max_connections reached");
+        return shared.metrics.edge_connect(EdgeConnect::Limit);
+    };
+
+    let (username, password) = connect.login();
+    let principal = match shared
+        .auth
+        .connect(username, password, connect.client_id(), listener.loopback)
+        .await
+    {
+        Ok(p) => p,
+        Err(refusal) => {
+            let _ = wr
+                .write_all(&refuse(
+                    connack::V4_NOT_AUTHORIZED,
+                    connack::V5_NOT_AUTHORIZED,
+                ))
+                .await;
+            tracing::warn!(
+                %peer, listener = listener.name, username = username.unwrap_or(""),
+                client = connect.client_id(), reason = refusal.as_str(),
+                "MQTT connection refused: not authorized"
+            );
+            return shared.metrics.edge_refused(refusal);
+        }
+    };
+    let will = connect.will();
+    if let Some(w) = &will {
+        if !may_publish(&principal, &w.topic) {
+            let _ = wr
+                .write_all(&refuse(
+                    connack::V4_NOT_AUTHORIZED,
+                    connack::V5_NOT_AUTHORIZED,
+                ))
+                .await;
+            tracing::warn!(%peer, client = connect.client_id(), will_topic = %w.topic, "MQTT connection refused: Will topic not allowed");
+            return shared.metrics.edge_connect(EdgeConnect::WillRefused);
+        }
+    }
+    let mut assigned = None;
+    let client_id = if connect.client_id().is_empty() {
+        if proto == Proto::V4 && !connect.clean() {
+            let _ = wr
+                .write_all(&refuse(
+                    connack::V4_IDENTIFIER_REJECTED,
+                    connack::V5_CLIENT_ID_NOT_VALID,
+                ))
+                .await;
+            return shared.metrics.edge_connect(EdgeConnect::Malformed);
+        }
+        let id = format!("auto-{}", random_id());
+        assigned = Some(id.clone());
+        id
+    } else {
+        connect.client_id().to_string()
+    };
+    let upstream_id = upstream_client_id(&principal, &client_id);
+    let account = match &principal {
+        Principal::Device { account_id, .. } => account_id.clone(),
+        Principal::Operator | Principal::Open => String::new(),
+    };
+    let span = tracing::info_span!("mqtt", account = %account, client = %client_id, %peer, listener = listener.name);
+    async move {
+        let claim = shared
+            .registry
+            .claim(&upstream_id, Duration::from_secs(5))
+            .await;
+        let seq = claim.seq;
+        let conn = Conn {
+            proto,
+            principal,
+            will,
+            reported: None,
+            client_id: client_id.clone(),
+            violations: 0,
+            pending_violations: 0,
+            publishes: 0,
+            pending_subs: HashMap::new(),
+            local_qos2: Vec::new(),
+            aliases: HashMap::new(),
+            bucket: TokenBucket::new(shared.settings.publish_rate, shared.settings.publish_burst),
+            shared: shared.clone(),
+        };
+        conn.run(rd, wr, dbuf, &connect, &upstream_id, assigned, claim)
+            .await;
+        shared.registry.release(&upstream_id, seq);
+        drop(permit);
+    }
+    .instrument(span)
+    .await
+}
+
+/// A publish token bucket; `rate` 0 is unlimited.
+struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: u32, burst: u32) -> Self {
+        Self {
+            rate: rate as f64,
+            burst: burst.max(1) as f64,
+            tokens: burst.max(1) as f64,
+            last: Instant::now(),
+        }
+    }
+
+    /// Takes `n` tokens; returns how long to wait before reading more, if the bucket is empty.
+    fn take(&mut self, n: u32) -> Option<Duration> {
+        if self.rate == 0.0 || n == 0 {
+            return None;
+        }
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
+        self.last = now;
+        self.tokens -= n as f64;
+        (self.tokens < 0.0).then(|| Duration::from_secs_f64(-self.tokens / self.rate))
+    }
+}
+
+/// The state of one relayed connection.
+struct Conn {
+    proto: Proto,
+    principal: Principal,
+    will: Option<Will>,
+    reported: Option<Reported>,
+    /// The MQTT client id (as the client sent it, or assigned).
+    client_id: String,
+    violations: u32,
+    /// Refused filters of the SUBSCRIBE being processed, not yet counted as violations.
+    pending_violations: u32,
+    /// PUBLISH packets in the batch being processed (for the token bucket).
+    publishes: u32,
+    /// SUBSCRIBEs forwarded with some filters removed: packet id → which filters were kept.
+    pending_subs: HashMap<u16, Vec<bool>>,
+    /// MQTT 3.1.1 QoS 2 publishes the edge refused and answered itself (PUBREL → PUBCOMP).
+    local_qos2: Vec<u16>,
+    /// MQTT 5 topic aliases as the client set them (the edge resolves them itself).
+    aliases: HashMap<u16, String>,
+    bucket: TokenBucket,
+    shared: Arc<EdgeShared>,
+}
+
+impl Conn {
+    #[allow(clippy::too_many_arguments)]
+    async fn run<R, W>(
+        mut self,
+        mut rd: R,
+        mut wr: W,
+        mut dbuf: BytesMut,
+        connect: &Connect,
+        upstream_id: &str,
+        assigned: Option<String>,
+        mut claim: super::registry::Claim,
+    ) where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let shared = self.shared.clone();
+        let proto = self.proto;
+        let upstream_addr = match proto {
+            Proto::V4 => shared.upstream_v4,
+            Proto::V5 => shared.upstream_v5,
+        };
+        let mut out = BytesMut::with_capacity(64);
+        let upstream = async {
+            let mut up = TcpStream::connect(upstream_addr).await.ok()?;
+            let _ = up.set_nodelay(true);
+            up.write_all(&connect.upstream(upstream_id)).await.ok()?;
+            let mut ubuf = BytesMut::with_capacity(64);
+            let (h, frame) = read_frame(&mut up, &mut ubuf, 1 << 16).await.ok()?;
+            (h.kind() == kind::CONNACK).then_some((up, h, frame, ubuf))
+        };
+        let Ok(Some((up, h, connack_frame, mut ubuf))) =
+            tokio::time::timeout(shared.settings.connect_timeout, upstream).await
+        else {
+            codec::put_connack(
+                &mut out,
+                proto,
+                proto_code(
+                    proto,
+                    connack::V4_SERVER_UNAVAILABLE,
+                    connack::V5_SERVER_UNAVAILABLE,
+                ),
+            );
+            let _ = wr.write_all(&out).await;
+            tracing::error!(broker = %upstream_addr, "broker did not accept the relayed connection");
+            shared.metrics.edge_connect(EdgeConnect::BrokerUnavailable);
+            let _ = claim.done.send(true);
+            return;
+        };
+        let code = connack_frame.get(h.header_len + 1).copied().unwrap_or(0xff);
+        match (proto, assigned) {
+            (Proto::V5, Some(id)) if code == 0 => {
+                let mut f = connack_frame.clone();
+                match v5::Packet::read(&mut f, None) {
+                    Ok(v5::Packet::ConnAck(mut ack)) => {
+                        ack.properties
+                            .get_or_insert_with(empty_connack_properties)
+                            .assigned_client_identifier = Some(id);
+                        let _ = v5::Packet::ConnAck(ack).write(&mut out, None);
+                    }
+                    _ => out.extend_from_slice(&connack_frame),
+                }
+            }
+            _ => out.extend_from_slice(&connack_frame),
+        }
+        if wr.write_all(&out).await.is_err() || code != 0 {
+            if code != 0 {
+                tracing::warn!(code, "broker refused the relayed connection");
+                shared.metrics.edge_connect(EdgeConnect::BrokerRefused);
+            }
+            let _ = claim.done.send(true);
+            return;
+        }
+        shared.metrics.edge_connect(EdgeConnect::Accepted);
+        shared.metrics.edge_live(1);
+        tracing::debug!("connected");
+
+        let (mut up_rd, mut up_wr) = up.into_split();
+        let keep_alive = Duration::from_millis(connect.keep_alive() as u64 * 1500);
+        let mut to_up = BytesMut::with_capacity(256);
+        let mut to_dev = BytesMut::with_capacity(256);
+        let mut last_dev = Instant::now();
+        let mut last_up_write = Instant::now();
+        let next_check = |last_dev: Instant, last_up_write: Instant| {
+            let ping = last_up_write + UPSTREAM_PING;
+            if keep_alive.is_zero() {
+                ping
+            } else {
+                ping.min(last_dev + keep_alive)
+            }
+        };
+        let timer = tokio::time::sleep_until(next_check(last_dev, last_up_write));
+        tokio::pin!(timer);
+        let mut throttled_until: Option<Instant> = None;
+        let mut end_open = true;
+
+        let end = loop {
+            tokio::select! {
+                r = rd.read_buf(&mut dbuf), if throttled_until.is_none() => {
+                    match r {
+                        Ok(0) | Err(_) => break End::Lost,
+                        Ok(_) => {}
+                    }
+                    last_dev = Instant::now();
+                    let step = self.device_frames(&mut dbuf, &mut to_up, &mut to_dev);
+                    if !to_dev.is_empty() {
+                        if wr.write_all(&to_dev).await.is_err() { break End::Lost; }
+                        to_dev.clear();
+                    }
+                    if !to_up.is_empty() {
+                        if up_wr.write_all(&to_up).await.is_err() { break End::UpstreamClosed; }
+                        to_up.clear();
+                        last_up_write = Instant::now();
+                    }
+                    match step {
+                        Ok(Some(end)) => break end,
+                        Ok(None) => {}
+                        Err(end) => break end,
+                    }
+                    if let Some(wait) = self.take_publish_tokens() {
+                        throttled_until = Some(Instant::now() + wait);
+                        shared.metrics.edge_throttled();
+                        timer.as_mut().reset(Instant::now() + wait);
+                    }
+                }
+                r = up_rd.read_buf(&mut ubuf) => {
+                    match r {
+                        Ok(0) | Err(_) => break End::UpstreamClosed,
+                        Ok(_) => {}
+                    }
+                    if let Err(end) = self.broker_frames(&mut ubuf, &mut to_dev) {
+                        break end;
+                    }
+                    if !to_dev.is_empty() {
+                        if wr.write_all(&to_dev).await.is_err() { break End::Lost; }
+                        to_dev.clear();
+                    }
+                }
+                _ = &mut timer => {
+                    let now = Instant::now();
+                    if throttled_until.is_some_and(|until| now >= until) {
+                        throttled_until = None;
+                    }
+                    if !keep_alive.is_zero() && now.duration_since(last_dev) >= keep_alive {
+                        break End::KeepaliveTimeout;
+                    }
+                    if now.duration_since(last_up_write) >= UPSTREAM_PING {
+                        codec::put_pingreq(&mut to_up);
+                        if up_wr.write_all(&to_up).await.is_err() { break End::UpstreamClosed; }
+                        to_up.clear();
+                        last_up_write = now;
+                    }
+                    let mut next = next_check(last_dev, last_up_write);
+                    if let Some(until) = throttled_until {
+                        next = next.min(until);
+                    }
+                    timer.as_mut().reset(next);
+                }
+                r = claim.end.changed(), if end_open => {
+                    let asked = *claim.end.borrow_and_update();
+                    match (asked, r) {
+                        (Some(DisconnectReason::Takeover), _) => break End::Takeover,
+                        (Some(DisconnectReason::ServerShutdown), _) => break End::ServerShutdown,
+                        (Some(_), _) => break End::Kicked { v5_reason: reason::ADMINISTRATIVE_ACTION },
+                        (None, Err(_)) => end_open = false,
+                        (None, Ok(())) => {}
+                    }
+                }
+            }
+        };
+
+        // Tell the client why, when the edge ends it (MQTT 5 only; 3.1.1 servers just close).
+        if proto == Proto::V5 {
+            if let Some(code) = end.v5_reason() {
+                to_dev.clear();
+                codec::put_disconnect(&mut to_dev, Proto::V5, code);
+                let _ = tokio::time::timeout(Duration::from_secs(1), wr.write_all(&to_dev)).await;
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), wr.shutdown()).await;
+        to_up.clear();
+        codec::put_disconnect(&mut to_up, proto, 0);
+        let _ = tokio::time::timeout(Duration::from_secs(1), up_wr.write_all(&to_up)).await;
+        let _ = up_wr.shutdown().await;
+
+        let reason = end.reason();
+        let publications = lifecycle::end_publications(
+            self.will.as_ref(),
+            end.will_fires(),
+            self.reported.as_ref(),
+            reason,
+            crate::sync::status::now_millis(),
+        );
+        for p in publications {
+            shared.publisher.publish(p).await;
+        }
+        shared.metrics.edge_live(-1);
+        shared.metrics.edge_disconnect(reason);
+        tracing::debug!(reason = reason.as_str(), "disconnected");
+        let _ = claim.done.send(true);
+    }
+
+    /// Counts the publishes of the last batch against the bucket.
+    fn take_publish_tokens(&mut self) -> Option<Duration> {
+        let n = std::mem::take(&mut self.publishes);
+        self.bucket.take(n)
+    }
+}
+
+fn empty_connack_properties() -> v5::ConnAckProperties {
+    v5::ConnAckProperties {
+        session_expiry_interval: None,
+        receive_max: None,
+        max_qos: None,
+        retain_available: None,
+        max_packet_size: None,
+        assigned_client_identifier: None,
+        topic_alias_max: None,
+        reason_string: None,
+        user_properties: Vec::new(),
+        wildcard_subscription_available: None,
+        subscription_identifiers_available: None,
+        shared_subscription_available: None,
+        server_keep_alive: None,
+        response_information: None,
+        server_reference: None,
+        authentication_method: None,
+        authentication_data: None,
+    }
+}
+
+/// Builds the mqttbytes fixed header of a frame the edge has already measured.
+fn v4_fixed(h: &Header) -> rumqttc::mqttbytes::FixedHeader {
+    rumqttc::mqttbytes::FixedHeader::new(h.byte1, h.header_len - 1, h.frame_len - h.header_len)
+}
+
+fn v5_fixed(h: &Header) -> v5::FixedHeader {
+    v5::FixedHeader::new(h.byte1, h.header_len - 1, h.frame_len - h.header_len)
+}
+
+impl Conn {
+    /// One violation more; past the limit the connection is kicked.
+    fn violation(&mut self) -> Result<(), End> {
+        self.violations += 1;
+        if self.violations > self.shared.settings.max_violations {
+            tracing::warn!(
+                violations = self.violations,
+                "disconnecting: too many refused packets"
+            );
+            return Err(End::Kicked {
+                v5_reason: reason::NOT_AUTHORIZED,
+            });
+        }
+        Ok(())
+    }
+
+    /// Processes whole frames from the client: forwards, answers or refuses each.
+    fn device_frames(
+        &mut self,
+        buf: &mut BytesMut,
+        to_up: &mut BytesMut,
+        to_dev: &mut BytesMut,
+    ) -> Result<Option<End>, End> {
+        let max = self.shared.settings.max_packet_bytes;
+        loop {
+            let h = match codec::header(buf, max) {
+                Ok(Some(h)) if buf.len() >= h.frame_len => h,
+                Ok(_) => return Ok(None),
+                Err(e) => {
+                    self.shared.metrics.edge_protocol_error(e);
+                    return Err(End::from_frame_error(e));
+                }
+            };
+            let frame = buf.split_to(h.frame_len);
+            match h.kind() {
+                kind::PUBLISH => self.publish(frame, &h, to_up, to_dev)?,
+                kind::SUBSCRIBE => self.subscribe(frame, &h, to_up, to_dev)?,
+                kind::PINGREQ => codec::put_pingresp(to_dev),
+                kind::DISCONNECT => {
+                    let will_fires = self.proto == Proto::V5
+                        && codec::disconnect_reason(&frame, &h) == reason::DISCONNECT_WITH_WILL;
+                    return Ok(Some(End::Disconnect { will_fires }));
+                }
+                kind::PUBREL => {
+                    let pkid = codec::packet_id(&frame, &h).map_err(End::from_frame_error)?;
+                    if let Some(i) = self.local_qos2.iter().position(|p| *p == pkid) {
+                        self.local_qos2.swap_remove(i);
+                        codec::put_ack(to_dev, kind::PUBCOMP, pkid, self.proto, 0);
+                    } else {
+                        to_up.extend_from_slice(&frame);
+                    }
+                }
+                kind::PUBACK | kind::PUBREC | kind::PUBCOMP | kind::UNSUBSCRIBE => {
+                    to_up.extend_from_slice(&frame)
+                }
+                _ => {
+                    self.shared
+                        .metrics
+                        .edge_protocol_error(FrameError::Malformed);
+                    return Err(End::Kicked {
+                        v5_reason: reason::PROTOCOL_ERROR,
+                    });
+                }
+            }
+        }
+    }
+
+    fn publish(
+        &mut self,
+        frame: BytesMut,
+        h: &Header,
+        to_up: &mut BytesMut,
+        to_dev: &mut BytesMut,
+    ) -> Result<(), End> {
+        self.publishes += 1;
+        let proto = self.proto;
+        let v = codec::publish_view(&frame, h, proto).map_err(End::from_frame_error)?;
+        let (qos, pkid) = (v.qos, v.pkid);
+        let alias_topic;
+        let topic: &str = match v.alias {
+            None if v.topic.is_empty() => {
+                return Err(End::Kicked {
+                    v5_reason: reason::PROTOCOL_ERROR,
+                })
+            }
+            None => v.topic,
+            Some(0) => {
+                return Err(End::Kicked {
+                    v5_reason: reason::TOPIC_ALIAS_INVALID,
+                })
+            }
+            Some(alias) if v.topic.is_empty() => match self.aliases.get(&alias) {
+                Some(t) => {
+                    alias_topic = t.clone();
+                    &alias_topic
+                }
+                None => {
+                    return Err(End::Kicked {
+                        v5_reason: reason::TOPIC_ALIAS_INVALID,
+                    })
+                }
+            },
+            Some(alias) => {
+                if self.aliases.len() >= 1024 && !self.aliases.contains_key(&alias) {
+                    return Err(End::Kicked {
+                        v5_reason: reason::TOPIC_ALIAS_INVALID,
+                    });
+                }
+                self.aliases.insert(alias, v.topic.to_string());
+                v.topic
+            }
+        };
+        if !may_publish(&self.principal, topic) {
+            self.shared.metrics.edge_acl_drop(super::AclDrop::Publish);
+            tracing::warn!(topic, "PUBLISH refused: not allowed for this client");
+            match qos {
+                1 => codec::put_ack(to_dev, kind::PUBACK, pkid, proto, reason::NOT_AUTHORIZED),
+                2 => {
+                    codec::put_ack(to_dev, kind::PUBREC, pkid, proto, reason::NOT_AUTHORIZED);
+                    if proto == Proto::V4 {
+                        self.local_qos2.push(pkid);
+                    }
+                }
+                _ => {}
+            }
+            return self.violation();
+        }
+        if topic.ends_with("/status") {
+            lifecycle::observe_status(&mut self.reported, &self.client_id, topic, v.payload);
+        }
+        if v.alias.is_none() {
+            to_up.extend_from_slice(&frame);
+            return Ok(());
+        }
+        // MQTT 5 alias: forward the resolved topic without the alias, so the broker's alias
+        // table can never disagree with what the edge checked.
+        let topic = Bytes::copy_from_slice(topic.as_bytes());
+        let mut p = v5::Publish::read(v5_fixed(h), frame.freeze()).map_err(|_| End::Kicked {
+            v5_reason: reason::PROTOCOL_ERROR,
+        })?;
+        p.topic = topic;
+        if let Some(props) = p.properties.as_mut() {
+            props.topic_alias = None;
+        }
+        v5::Packet::Publish(p)
+            .write(to_up, None)
+            .map_err(|_| End::Kicked {
+                v5_reason: reason::PROTOCOL_ERROR,
+            })?;
+        Ok(())
+    }
+
+    fn subscribe(
+        &mut self,
+        frame: BytesMut,
+        h: &Header,
+        to_up: &mut BytesMut,
+        to_dev: &mut BytesMut,
+    ) -> Result<(), End> {
+        let bytes = frame.freeze();
+        let malformed = End::Kicked {
+            v5_reason: reason::PROTOCOL_ERROR,
+        };
+        match self.proto {
+            Proto::V4 => {
+                let mut s =
+                    v4::Subscribe::read(v4_fixed(h), bytes.clone()).map_err(|_| malformed)?;
+                let mask: Vec<bool> = s
+                    .filters
+                    .iter()
+                    .map(|f| may_subscribe(&self.principal, &f.path))
+                    .collect();
+                let refused = mask.iter().filter(|ok| !**ok).count();
+                if refused == 0 {
+                    to_up.extend_from_slice(&bytes);
+                    return Ok(());
+                }
+                self.refused_filters(s.filters.iter().map(|f| f.path.as_str()), &mask);
+                if refused == mask.len() {
+                    let codes = vec![v4::SubscribeReasonCode::Failure; mask.len()];
+                    let _ = v4::SubAck::new(s.pkid, codes).write(to_dev);
+                } else {
+                    let mut keep = mask.iter();
+                    s.filters.retain(|_| *keep.next().unwrap_or(&false));
+                    let _ = s.write(to_up);
+                    self.pending_subs.insert(s.pkid, mask);
+                }
+            }
+            Proto::V5 => {
+                let mut s =
+                    v5::Subscribe::read(v5_fixed(h), bytes.clone()).map_err(|_| malformed)?;
+                let mask: Vec<bool> = s
+                    .filters
+                    .iter()
+                    .map(|f| may_subscribe(&self.principal, &f.path))
+                    .collect();
+                let refused = mask.iter().filter(|ok| !**ok).count();
+                if refused == 0 {
+                    to_up.extend_from_slice(&bytes);
+                    return Ok(());
+                }
+                self.refused_filters(s.filters.iter().map(|f| f.path.as_str()), &mask);
+                if refused == mask.len() {
+                    let ack = v5::SubAck {
+                        pkid: s.pkid,
+                        return_codes: vec![v5::SubscribeReasonCode::NotAuthorized; mask.len()],
+                        properties: None,
+                    };
+                    let _ = ack.write(to_dev);
+                } else {
+                    let mut keep = mask.iter();
+                    s.filters.retain(|_| *keep.next().unwrap_or(&false));
+                    let _ = s.write(to_up);
+                    self.pending_subs.insert(s.pkid, mask);
+                }
+            }
+        }
+        self.violation_n()
+    }
+
+    fn refused_filters<'a>(&mut self, filters: impl Iterator<Item = &'a str>, mask: &[bool]) {
+        for (f, ok) in filters.zip(mask) {
+            if !ok {
+                self.shared.metrics.edge_acl_drop(super::AclDrop::Subscribe);
+                self.pending_violations += 1;
+                tracing::warn!(
+                    filter = f,
+                    "SUBSCRIBE filter refused: not allowed for this client"
+                );
+            }
+        }
+    }
+
+    fn violation_n(&mut self) -> Result<(), End> {
+        let n = std::mem::take(&mut self.pending_violations);
+        for _ in 0..n {
+            self.violation()?;
+        }
+        Ok(())
+    }
+
+    /// Processes whole frames from the broker: swallows the edge's own PINGRESPs and
+    /// completes SUBACKs of SUBSCRIBEs the edge trimmed.
+    fn broker_frames(&mut self, buf: &mut BytesMut, to_dev: &mut BytesMut) -> Result<(), End> {
+        loop {
+            let h = match codec::header(buf, usize::MAX) {
+                Ok(Some(h)) if buf.len() >= h.frame_len => h,
+                Ok(_) => return Ok(()),
+                Err(_) => return Err(End::UpstreamClosed),
+            };
+            let frame = buf.split_to(h.frame_len);
+            match h.kind() {
+                kind::PINGRESP => {}
+                kind::SUBACK if !self.pending_subs.is_empty() => {
+                    let pkid = codec::packet_id(&frame, &h).map_err(|_| End::UpstreamClosed)?;
+                    match self.pending_subs.remove(&pkid) {
+                        Some(mask) => self.complete_suback(frame, &h, &mask, to_dev)?,
+                        None => to_dev.extend_from_slice(&frame),
+                    }
+                }
+                _ => to_dev.extend_from_slice(&frame),
+            }
+        }
+    }
+
+    fn complete_suback(
+        &self,
+        frame: BytesMut,
+        h: &Header,
+        mask: &[bool],
+        to_dev: &mut BytesMut,
+    ) -> Result<(), End> {
+        let bytes = frame.freeze();
+        match self.proto {
+            Proto::V4 => {
+                let ack = v4::SubAck::read(v4_fixed(h), bytes).map_err(|_| End::UpstreamClosed)?;
+                let mut granted = ack.return_codes.into_iter();
+                let codes = mask
+                    .iter()
+                    .map(|ok| match ok {
+                        true => granted.next().unwrap_or(v4::SubscribeReasonCode::Failure),
+                        false => v4::SubscribeReasonCode::Failure,
+                    })
+                    .collect();
+                let _ = v4::SubAck::new(ack.pkid, codes).write(to_dev);
+            }
+            Proto::V5 => {
+                let ack = v5::SubAck::read(v5_fixed(h), bytes).map_err(|_| End::UpstreamClosed)?;
+                let mut granted = ack.return_codes.into_iter();
+                let codes = mask
+                    .iter()
+                    .map(|ok| match ok {
+                        true => granted
+                            .next()
+                            .unwrap_or(v5::SubscribeReasonCode::Unspecified),
+                        false => v5::SubscribeReasonCode::NotAuthorized,
+                    })
+                    .collect();
+                let _ = v5::SubAck {
+                    pkid: ack.pkid,
+                    return_codes: codes,
+                    properties: ack.properties,
+                }
+                .write(to_dev);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_ids_of_two_accounts_and_open_mode_never_collide() {
+        let a = Principal::Device {
+            account_id: "a".into(),
+            client_id: "c".into(),
+        };
+        let b = Principal::Device {
+            account_id: "b".into(),
+            client_id: "c".into(),
+        };
+        let ids = [
+            upstream_client_id(&a, "c"),
+            upstream_client_id(&b, "c"),
+            upstream_client_id(&Principal::Open, "c"),
+            upstream_client_id(&Principal::Operator, "c"),
+        ];
+        for (i, x) in ids.iter().enumerate() {
+            assert!(!"+$#/".chars().any(|ch| x.contains(ch)), "{x}");
+            assert!(ids[..i].iter().all(|y| y != x), "{ids:?}");
+        }
+    }
+
+    #[test]
+    fn open_ids_with_characters_the_broker_refuses_are_escaped() {
+        assert_eq!(
+            upstream_client_id(&Principal::Open, "mosq/a+b%"),
+            "open|mosq%2Fa%2Bb%25"
+        );
+    }
+
+    #[test]
+    fn the_token_bucket_pauses_after_the_burst() {
+        let mut b = TokenBucket::new(100, 10);
+        assert_eq!(b.take(10), None);
+        let wait = b.take(5).expect("empty bucket waits");
+        assert!(
+            wait > Duration::from_millis(40) && wait <= Duration::from_millis(51),
+            "{wait:?}"
+        );
+        let mut unlimited = TokenBucket::new(0, 1);
+        assert_eq!(unlimited.take(1_000_000), None);
+    }
+}
