@@ -10,20 +10,7 @@ use std::time::Duration;
 use common::{signal, status, Cradle};
 
 fn have_mosquitto_clients() -> bool {
-    let found = Command::new("mosquitto_pub")
-        .arg("--help")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !found {
-        assert!(
-            std::env::var("CRADLE_REQUIRE_MOSQUITTO").as_deref() != Ok("1"),
-            "mosquitto-clients missing: run the tests through scripts/test"
-        );
-        eprintln!("mosquitto_pub not installed: skipping");
-    }
-    found
+    common::mosquitto_available()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

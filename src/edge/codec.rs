@@ -249,7 +249,8 @@ pub fn put_pingreq(out: &mut BytesMut) {
 /// for V4 this is only used upstream, towards the broker).
 pub fn put_disconnect(out: &mut BytesMut, proto: Proto, reason: u8) {
     if proto == Proto::V5 && reason != 0 {
-        out.put_slice(&[kind::DISCONNECT << 4, 1, reason]);
+        // reason code and an empty property length (some decoders insist on the latter)
+        out.put_slice(&[kind::DISCONNECT << 4, 2, reason, 0]);
     } else {
         out.put_slice(&[kind::DISCONNECT << 4, 0]);
     }

@@ -638,6 +638,19 @@ impl Conn {
         codec::put_disconnect(&mut to_up, proto, 0);
         let _ = tokio::time::timeout(Duration::from_secs(1), up_wr.write_all(&to_up)).await;
         let _ = up_wr.shutdown().await;
+        // Wait until the broker has closed its side. rumqttd queues the old link's disconnect
+        // for its router before it closes the socket, and it reuses connection ids: a new
+        // connection of the same client id that reached the router first would be the one
+        // disconnected.
+        let mut sink = [0u8; 256];
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Ok(n) = up_rd.read(&mut sink).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
 
         let reason = end.reason();
         let publications = lifecycle::end_publications(

@@ -49,6 +49,8 @@ pub struct Cradle {
     pub database_url: String,
     pub workdir: PathBuf,
     pub stderr_path: PathBuf,
+    /// Bearer token the HTTP helpers send (the admin token, when the test set one).
+    pub token: Option<String>,
 }
 
 impl Cradle {
@@ -93,6 +95,10 @@ impl Cradle {
             database_url: database_url.to_string(),
             workdir: workdir.to_path_buf(),
             stderr_path,
+            token: extra_env
+                .iter()
+                .find(|(k, _)| *k == "CRADLE_ADMIN_TOKEN")
+                .map(|(_, v)| v.clone()),
         }
     }
 
@@ -124,9 +130,11 @@ impl Cradle {
 
     /// GET `path` as JSON, asserting the status.
     pub async fn get_json(&self, path: &str, status: u16) -> serde_json::Value {
-        let r = reqwest::get(format!("{}{path}", self.http))
-            .await
-            .expect("HTTP request");
+        let mut request = reqwest::Client::new().get(format!("{}{path}", self.http));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let r = request.send().await.expect("HTTP request");
         assert_eq!(r.status().as_u16(), status, "GET {path}");
         r.json().await.expect("JSON body")
     }
@@ -339,4 +347,23 @@ pub async fn fresh_postgres_database(server_url: &str) -> String {
     let mut url = url::Url::parse(server_url).expect("postgres URL");
     url.set_path(&format!("/{name}"));
     url.to_string()
+}
+
+/// Whether the Debian `mosquitto-clients` are installed; with `CRADLE_REQUIRE_MOSQUITTO=1`
+/// (as `scripts/test` sets) a missing install is a failure instead of a skip.
+pub fn mosquitto_available() -> bool {
+    let found = Command::new("mosquitto_pub")
+        .arg("--help")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if !found {
+        assert!(
+            std::env::var("CRADLE_REQUIRE_MOSQUITTO").as_deref() != Ok("1"),
+            "mosquitto-clients missing: run the tests through scripts/test"
+        );
+        eprintln!("mosquitto_pub not installed: skipping");
+    }
+    found
 }

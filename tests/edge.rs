@@ -1,0 +1,1070 @@
+//! The MQTT edge with accounts: real rumqttc clients (and raw MQTT 3.1.1/5 packets where a
+//! test needs bytes a library will not send) against the `cradle` binary.
+//!
+//! Accounts `a` and `b` exist; `a/d1`, `a/d2` and `b/d1` (the same client id in another
+//! account) hold device secrets; an operator secret and an admin token exist too.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rumqttc::mqttbytes::v4;
+use rumqttc::v5::mqttbytes::v5;
+use rumqttc::{AsyncClient, ConnectReturnCode, Event, LastWill, MqttOptions, Packet, QoS};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use common::{status, Cradle};
+
+const ADMIN: &str = "edge-tests-admin-token";
+
+fn cli(db: &str, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_cradle"))
+        .args(args)
+        .env("CRADLE_DATABASE_URL", db)
+        .current_dir(std::env::temp_dir())
+        .output()
+        .expect("run cradle");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string()
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    cradle: Cradle,
+    a_d1: String,
+    a_d2: String,
+    b_d1: String,
+    operator: String,
+}
+
+async fn setup(extra_env: &[(&str, String)]) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("edge.db").display());
+    cli(&db, &["accounts", "create", "a"]);
+    cli(&db, &["accounts", "create", "b"]);
+    let a_d1 = cli(
+        &db,
+        &["credentials", "issue", "--account", "a", "--client", "d1"],
+    );
+    let a_d2 = cli(
+        &db,
+        &["credentials", "issue", "--account", "a", "--client", "d2"],
+    );
+    let b_d1 = cli(
+        &db,
+        &["credentials", "issue", "--account", "b", "--client", "d1"],
+    );
+    let operator = cli(&db, &["credentials", "issue", "--operator"]);
+    let mut env = vec![("CRADLE_ADMIN_TOKEN", ADMIN.to_string())];
+    env.extend(extra_env.iter().cloned());
+    let cradle = Cradle::spawn(dir.path(), &db, &env);
+    cradle.wait_ready().await;
+    Setup {
+        _dir: dir,
+        cradle,
+        a_d1,
+        a_d2,
+        b_d1,
+        operator,
+    }
+}
+
+/// A rumqttc client whose incoming packets arrive on a channel; it does not reconnect.
+struct Client {
+    client: AsyncClient,
+    rx: mpsc::UnboundedReceiver<Packet>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn connect(
+    port: u16,
+    client_id: &str,
+    login: Option<(&str, &str)>,
+    will: Option<LastWill>,
+) -> Result<Client, ConnectReturnCode> {
+    let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
+    options.set_keep_alive(Duration::from_secs(5));
+    if let Some((u, p)) = login {
+        options.set_credentials(u, p);
+    }
+    if let Some(w) = will {
+        options.set_last_will(w);
+    }
+    let (client, mut eventloop) = AsyncClient::new(options, 100);
+    let (result_tx, result_rx) = tokio::sync::oneshot::channel();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        let mut result_tx = Some(result_tx);
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    if let Some(r) = result_tx.take() {
+                        let _ = r.send(Ok(()));
+                    }
+                }
+                Ok(Event::Incoming(p)) => {
+                    let _ = tx.send(p);
+                }
+                Ok(_) => {}
+                Err(rumqttc::ConnectionError::ConnectionRefused(code)) => {
+                    if let Some(r) = result_tx.take() {
+                        let _ = r.send(Err(code));
+                    }
+                    return;
+                }
+                Err(_) => return,
+            }
+        }
+    });
+    match tokio::time::timeout(Duration::from_secs(10), result_rx)
+        .await
+        .expect("CONNACK in time")
+        .expect("event loop answered")
+    {
+        Ok(()) => Ok(Client { client, rx, task }),
+        Err(code) => Err(code),
+    }
+}
+
+impl Client {
+    /// The next incoming packet matching `pick`, within `wait`.
+    async fn next<T>(
+        &mut self,
+        wait: Duration,
+        mut pick: impl FnMut(Packet) -> Option<T>,
+    ) -> Option<T> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let p = tokio::time::timeout_at(deadline, self.rx.recv())
+                .await
+                .ok()??;
+            if let Some(t) = pick(p) {
+                return Some(t);
+            }
+        }
+    }
+
+    async fn suback(&mut self) -> Vec<v4::SubscribeReasonCode> {
+        self.next(Duration::from_secs(5), |p| match p {
+            Packet::SubAck(a) => Some(a.return_codes),
+            _ => None,
+        })
+        .await
+        .expect("SUBACK")
+    }
+
+    async fn publish_received(&mut self, wait: Duration) -> Option<rumqttc::Publish> {
+        self.next(wait, |p| match p {
+            Packet::Publish(p) => Some(p),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Whether the server closed the connection within `wait`.
+    async fn closed_within(&mut self, wait: Duration) -> bool {
+        tokio::time::timeout(wait, async { while self.rx.recv().await.is_some() {} })
+            .await
+            .is_ok()
+    }
+
+    fn drop_socket(self) {
+        self.task.abort();
+    }
+}
+
+async fn device(s: &Setup, account: &str, client: &str, secret: &str) -> Client {
+    connect(s.cradle.mqtt_port, client, Some((account, secret)), None)
+        .await
+        .unwrap_or_else(|code| panic!("{account}/{client} refused: {code:?}"))
+}
+
+fn inbox(account: &str, client: &str) -> String {
+    format!("accounts/{account}/clients/{client}/webrtc_inbox")
+}
+
+fn status_topic(account: &str, client: &str) -> String {
+    format!("accounts/{account}/clients/{client}/status")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_secret_wrong_client_id_and_anonymous_are_refused_not_authorized() {
+    let s = setup(&[]).await;
+    let port = s.cradle.mqtt_port;
+    let not_authorized: Result<(), _> = Err(ConnectReturnCode::NotAuthorized);
+    let wrong = "0".repeat(64);
+    assert_eq!(
+        connect(port, "d1", Some(("a", &wrong)), None).await.err(),
+        not_authorized.err()
+    );
+    // a's secret of d1, presented with another client id, or for account b
+    assert_eq!(
+        connect(port, "d2", Some(("a", &s.a_d1)), None).await.err(),
+        not_authorized.err()
+    );
+    assert_eq!(
+        connect(port, "d1", Some(("b", &s.a_d1)), None).await.err(),
+        not_authorized.err()
+    );
+    // accounts exist, so anonymous clients are refused even on loopback
+    assert_eq!(
+        connect(port, "anon", None, None).await.err(),
+        not_authorized.err()
+    );
+    // MQTT 5 gets reason code 0x87
+    let (_, code) = RawV5::connect(port, "d1", Some(("a", &wrong)), 30).await;
+    assert_eq!(code, v5::ConnectReturnCode::NotAuthorized);
+    let (_, code) = RawV5::connect(port, "d1", Some(("a", &s.a_d1)), 30).await;
+    assert_eq!(code, v5::ConnectReturnCode::Success);
+    // the right secret with its own client id is let in
+    device(&s, "a", "d1", &s.a_d1).await;
+    assert!(
+        s.cradle
+            .metric(
+                "cradle_edge_connects_total{outcome=\"not_authorized\",reason=\"bad_credentials\"}"
+            )
+            .await
+            >= 4
+    );
+    assert_eq!(
+        s.cradle
+            .metric("cradle_edge_connects_total{outcome=\"not_authorized\",reason=\"anonymous\"}")
+            .await,
+        1
+    );
+    let log = s.cradle.log();
+    assert!(log.contains("not authorized"), "{log}");
+    assert!(!log.contains(&s.a_d1), "a secret was logged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_cannot_read_or_write_another_account() {
+    let s = setup(&[]).await;
+    let mut a = device(&s, "a", "d1", &s.a_d1).await;
+    let mut a2 = device(&s, "a", "d2", &s.a_d2).await;
+    // b/d1 has the same client id as a/d1 and both stay connected: ids are per account.
+    let mut b = device(&s, "b", "d1", &s.b_d1).await;
+    b.client
+        .subscribe("accounts/b/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    assert_eq!(
+        b.suback().await,
+        vec![v4::SubscribeReasonCode::Success(QoS::AtLeastOnce)]
+    );
+    a2.client
+        .subscribe(inbox("a", "d2"), QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    a2.suback().await;
+
+    // One SUBSCRIBE, four filters: only the one inside account a is granted.
+    a.client
+        .subscribe_many([
+            rumqttc::SubscribeFilter::new("accounts/a/#".into(), QoS::AtLeastOnce),
+            rumqttc::SubscribeFilter::new("#".into(), QoS::AtLeastOnce),
+            rumqttc::SubscribeFilter::new("accounts/+/clients/+/status".into(), QoS::AtLeastOnce),
+            rumqttc::SubscribeFilter::new("accounts/b/#".into(), QoS::AtLeastOnce),
+            rumqttc::SubscribeFilter::new("$SYS/#".into(), QoS::AtLeastOnce),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        a.suback().await,
+        vec![
+            v4::SubscribeReasonCode::Success(QoS::AtLeastOnce),
+            v4::SubscribeReasonCode::Failure,
+            v4::SubscribeReasonCode::Failure,
+            v4::SubscribeReasonCode::Failure,
+            v4::SubscribeReasonCode::Failure,
+        ]
+    );
+
+    // a publishes into b: acknowledged (QoS 1) but dropped.
+    for topic in [
+        inbox("b", "d1"),
+        status_topic("b", "d1"),
+        "accounts/b/baby_stations/d1".into(),
+    ] {
+        a.client
+            .publish(&topic, QoS::AtLeastOnce, false, "from a")
+            .await
+            .unwrap();
+    }
+    // a may not publish another client's status in its own account either.
+    a.client
+        .publish(status_topic("a", "d2"), QoS::AtLeastOnce, false, "spoof")
+        .await
+        .unwrap();
+    let acks = async {
+        let mut n = 0;
+        while n < 4 {
+            a.next(Duration::from_secs(5), |p| {
+                matches!(p, Packet::PubAck(_)).then_some(())
+            })
+            .await
+            .expect("PUBACK for a refused publish");
+            n += 1;
+        }
+    };
+    acks.await;
+    // Allowed: a signals a2 inside its own account.
+    a.client
+        .publish(inbox("a", "d2"), QoS::AtLeastOnce, false, "offer")
+        .await
+        .unwrap();
+    let got = a2
+        .publish_received(Duration::from_secs(5))
+        .await
+        .expect("inbox message");
+    assert_eq!(&got.payload[..], b"offer");
+
+    assert!(b
+        .publish_received(Duration::from_millis(700))
+        .await
+        .is_none());
+    // b's own subscription works: b's own publish reaches it.
+    b.client
+        .publish(inbox("b", "d1"), QoS::AtLeastOnce, false, "own")
+        .await
+        .unwrap();
+    let own = b
+        .publish_received(Duration::from_secs(5))
+        .await
+        .expect("b's own message");
+    assert_eq!(&own.payload[..], b"own");
+    // ... and a's subscriber inside a never saw anything of b.
+    while let Some(p) = a.publish_received(Duration::from_millis(300)).await {
+        assert!(p.topic.starts_with("accounts/a/"), "{}", p.topic);
+    }
+
+    assert_eq!(
+        s.cradle
+            .metric("cradle_edge_acl_refused_total{packet=\"publish\"}")
+            .await,
+        4
+    );
+    assert_eq!(
+        s.cradle
+            .metric("cradle_edge_acl_refused_total{packet=\"subscribe\"}")
+            .await,
+        4
+    );
+    // HTTP: a device secret is not a bearer token; b's events are not a's.
+    let r = reqwest::Client::new()
+        .get(format!("{}/v1/accounts/b/events", s.cradle.http))
+        .bearer_auth(&s.a_d1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_will_aimed_at_another_account_is_refused_at_connect() {
+    let s = setup(&[]).await;
+    let will = LastWill::new(status_topic("b", "d1"), "x", QoS::AtLeastOnce, true);
+    assert_eq!(
+        connect(s.cradle.mqtt_port, "d1", Some(("a", &s.a_d1)), Some(will))
+            .await
+            .err(),
+        Some(ConnectReturnCode::NotAuthorized)
+    );
+    assert_eq!(
+        s.cradle
+            .metric("cradle_edge_connects_total{outcome=\"will_not_allowed\"}")
+            .await,
+        1
+    );
+    // Its own status as the Will is fine.
+    let will = LastWill::new(status_topic("a", "d1"), "x", QoS::AtLeastOnce, true);
+    assert!(
+        connect(s.cradle.mqtt_port, "d1", Some(("a", &s.a_d1)), Some(will))
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_violations_disconnect_the_client_as_kicked() {
+    let s = setup(&[]).await;
+    let mut a = device(&s, "a", "d1", &s.a_d1).await;
+    a.client
+        .publish(
+            status_topic("a", "d1"),
+            QoS::AtLeastOnce,
+            true,
+            status("connected", "k1", 10, None),
+        )
+        .await
+        .unwrap();
+    s.cradle.wait_events("a", 1).await;
+    for _ in 0..11 {
+        a.client
+            .publish(inbox("b", "d1"), QoS::AtMostOnce, false, "x")
+            .await
+            .unwrap();
+    }
+    assert!(a.closed_within(Duration::from_secs(5)).await, "kicked");
+    let events = s.cradle.wait_events("a", 2).await;
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[1]["type"], "connection.disconnected");
+    assert_eq!(events[1]["data"]["reason"], "kicked");
+    assert_eq!(events[1]["data"]["connection_id"], "k1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreported_socket_loss_ends_the_connection_once_as_lost() {
+    let s = setup(&[]).await;
+    let a = device(&s, "a", "d1", &s.a_d1).await;
+    a.client
+        .publish(
+            status_topic("a", "d1"),
+            QoS::AtLeastOnce,
+            true,
+            status("connected", "k1", 10, None),
+        )
+        .await
+        .unwrap();
+    s.cradle.wait_events("a", 1).await;
+    // No Will, no goodbye: the socket just goes.
+    a.drop_socket();
+    let events = s.cradle.wait_events("a", 2).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let events_after = s.cradle.events("a").await;
+    assert_eq!(events_after.len(), 2, "{events_after:#?}");
+    assert_eq!(events[1]["type"], "connection.disconnected");
+    assert_eq!(events[1]["data"]["reason"], "lost");
+    assert_eq!(events[1]["data"]["connection_id"], "k1");
+    assert_eq!(
+        s.cradle.client("a", "d1").await.unwrap()["connected"],
+        false
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_ends_the_old_connection_once_as_takeover() {
+    let s = setup(&[]).await;
+    // The old connection even set a status Will saying "lost": the edge stamps what it saw.
+    let will = LastWill::new(
+        status_topic("a", "d1"),
+        status("disconnected", "k1", 11, Some("lost")),
+        QoS::AtLeastOnce,
+        true,
+    );
+    let mut old = connect(s.cradle.mqtt_port, "d1", Some(("a", &s.a_d1)), Some(will))
+        .await
+        .unwrap();
+    old.client
+        .publish(
+            status_topic("a", "d1"),
+            QoS::AtLeastOnce,
+            true,
+            status("connected", "k1", 10, None),
+        )
+        .await
+        .unwrap();
+    s.cradle.wait_events("a", 1).await;
+    let new = device(&s, "a", "d1", &s.a_d1).await;
+    assert!(
+        old.closed_within(Duration::from_secs(5)).await,
+        "old connection closed"
+    );
+    new.client
+        .publish(
+            status_topic("a", "d1"),
+            QoS::AtLeastOnce,
+            true,
+            status("connected", "k2", 20, None),
+        )
+        .await
+        .unwrap();
+    let events = s.cradle.wait_events("a", 3).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(events.len(), 3);
+    let events = s.cradle.events("a").await;
+    let kinds: Vec<(String, String, String)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap().to_string(),
+                e["data"]["connection_id"].as_str().unwrap().to_string(),
+                e["data"]["reason"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ("connection.connected".into(), "k1".into(), "".into()),
+            (
+                "connection.disconnected".into(),
+                "k1".into(),
+                "takeover".into()
+            ),
+            ("connection.connected".into(), "k2".into(), "".into()),
+        ]
+    );
+    assert_eq!(
+        s.cradle
+            .metric("cradle_edge_disconnects_total{reason=\"takeover\"}")
+            .await,
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_zero_is_accepted_and_a_silent_client_times_out() {
+    let s = setup(&[]).await;
+    // Keep-alive 0 (Paho's default): accepted, never timed out.
+    let (mut idle, code) = RawV4::connect(s.cradle.mqtt_port, "d2", Some(("a", &s.a_d2)), 0).await;
+    assert_eq!(code, 0);
+    // Keep-alive 1 s and then silence: ended after 1.5 s as keepalive_timeout.
+    let (mut quiet, code) = RawV4::connect(s.cradle.mqtt_port, "d1", Some(("a", &s.a_d1)), 1).await;
+    assert_eq!(code, 0);
+    quiet
+        .publish(
+            &status_topic("a", "d1"),
+            status("connected", "k1", 10, None).as_bytes(),
+            1,
+        )
+        .await;
+    assert!(matches!(quiet.read().await, Some(v4::Packet::PubAck(_))));
+    let events = s.cradle.wait_events("a", 2).await;
+    assert_eq!(events[1]["data"]["reason"], "keepalive_timeout");
+    assert!(quiet.read().await.is_none(), "closed by the edge");
+    // The keep-alive 0 client is still there and answered.
+    idle.send(&[0xC0, 0]).await;
+    assert!(matches!(idle.read().await, Some(v4::Packet::PingResp)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_alias_cannot_smuggle_a_topic_past_the_check() {
+    let s = setup(&[]).await;
+    let mut b = device(&s, "b", "d1", &s.b_d1).await;
+    b.client
+        .subscribe("accounts/b/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    b.suback().await;
+    let (mut a, code) = RawV5::connect(s.cradle.v5_port, "d1", Some(("a", &s.a_d1)), 30).await;
+    assert_eq!(code, v5::ConnectReturnCode::Success);
+    let mut a_sub = device(&s, "a", "d2", &s.a_d2).await;
+    a_sub
+        .client
+        .subscribe(inbox("a", "d2"), QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    a_sub.suback().await;
+
+    // Alias 1 set on an allowed topic, then reused with an empty topic: delivered.
+    a.publish(&inbox("a", "d2"), Some(1), b"first", 1).await;
+    assert_eq!(a.puback().await, v5::PubAckReason::Success);
+    a.publish("", Some(1), b"second", 2).await;
+    assert_eq!(a.puback().await, v5::PubAckReason::Success);
+    // Alias 1 re-pointed at b's inbox: refused, and so is every use of it afterwards.
+    a.publish(&inbox("b", "d1"), Some(1), b"smuggled", 3).await;
+    assert_eq!(a.puback().await, v5::PubAckReason::NotAuthorized);
+    a.publish("", Some(1), b"smuggled again", 4).await;
+    assert_eq!(a.puback().await, v5::PubAckReason::NotAuthorized);
+
+    let mut got = Vec::new();
+    while let Some(p) = a_sub.publish_received(Duration::from_millis(700)).await {
+        assert_eq!(p.topic, inbox("a", "d2"));
+        got.push(p.payload.to_vec());
+    }
+    assert_eq!(got, vec![b"first".to_vec(), b"second".to_vec()]);
+    assert!(b
+        .publish_received(Duration::from_millis(300))
+        .await
+        .is_none());
+    // An alias that was never set ends the connection (MQTT 5: 0x94 topic alias invalid).
+    a.publish("", Some(9), b"?", 5).await;
+    match a.read().await {
+        Some(v5::Packet::Disconnect(d)) => {
+            assert_eq!(d.reason_code, v5::DisconnectReasonCode::TopicAliasInvalid)
+        }
+        other => panic!("expected DISCONNECT, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_watches_every_account_status_and_nothing_else() {
+    let s = setup(&[]).await;
+    let mut op = connect(
+        s.cradle.mqtt_port,
+        "ops-1",
+        Some(("operator", &s.operator)),
+        None,
+    )
+    .await
+    .expect("operator connects");
+    op.client
+        .subscribe_many([
+            rumqttc::SubscribeFilter::new("accounts/+/clients/+/status".into(), QoS::AtLeastOnce),
+            rumqttc::SubscribeFilter::new(
+                "accounts/+/clients/+/webrtc_inbox".into(),
+                QoS::AtLeastOnce,
+            ),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        op.suback().await,
+        vec![
+            v4::SubscribeReasonCode::Success(QoS::AtLeastOnce),
+            v4::SubscribeReasonCode::Failure
+        ]
+    );
+    let a = device(&s, "a", "d1", &s.a_d1).await;
+    let b = device(&s, "b", "d1", &s.b_d1).await;
+    a.client
+        .publish(
+            status_topic("a", "d1"),
+            QoS::AtLeastOnce,
+            false,
+            status("connected", "ka", 1, None),
+        )
+        .await
+        .unwrap();
+    b.client
+        .publish(
+            status_topic("b", "d1"),
+            QoS::AtLeastOnce,
+            false,
+            status("connected", "kb", 1, None),
+        )
+        .await
+        .unwrap();
+    let mut topics = Vec::new();
+    while topics.len() < 2 {
+        let p = op
+            .publish_received(Duration::from_secs(5))
+            .await
+            .expect("status seen");
+        topics.push(p.topic);
+    }
+    topics.sort();
+    assert_eq!(
+        topics,
+        vec![status_topic("a", "d1"), status_topic("b", "d1")]
+    );
+
+    // cradle-monitor with the operator secret, through the edge.
+    let out = tokio::task::spawn_blocking({
+        let port = s.cradle.mqtt_port;
+        let secret = s.operator.clone();
+        move || {
+            let child = Command::new(env!("CARGO_BIN_EXE_cradle-monitor"))
+                .args([
+                    "--broker",
+                    &format!("mqtt://127.0.0.1:{port}"),
+                    "--json",
+                    "--username",
+                    "operator",
+                    "--password",
+                    &secret,
+                ])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("monitor");
+            std::thread::sleep(Duration::from_secs(2));
+            common::signal(child.id(), "INT");
+            child.wait_with_output().expect("monitor output")
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    a.client
+        .publish(
+            status_topic("a", "d1"),
+            QoS::AtLeastOnce,
+            false,
+            status("connected", "ka2", 2, None),
+        )
+        .await
+        .unwrap();
+    let out = out.await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("ka2"),
+        "monitor saw:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_clients_authenticate_and_stay_inside_their_account() {
+    if !common::mosquitto_available() {
+        return;
+    }
+    let s = setup(&[]).await;
+    let port = s.cradle.mqtt_port.to_string();
+    let pub_ = |user: &str, secret: &str, id: &str, topic: &str, msg: &str| {
+        Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-u",
+                user,
+                "-P",
+                secret,
+                "-i",
+                id,
+            ])
+            .args(["-q", "1", "-t", topic, "-m", msg])
+            .output()
+            .expect("mosquitto_pub")
+    };
+    let wrong = pub_("a", "nope", "d1", &status_topic("a", "d1"), "x");
+    assert!(!wrong.status.success());
+    let err = String::from_utf8_lossy(&wrong.stderr).to_lowercase();
+    assert!(err.contains("not authori"), "{err}");
+
+    // b listens on its whole account with mosquitto_sub.
+    let sub = std::process::Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-u",
+            "b",
+            "-P",
+            &s.b_d1,
+            "-i",
+            "d1",
+        ])
+        .args(["-t", "accounts/b/#", "-v", "-q", "1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let into_b = pub_("a", &s.a_d1, "d1", &inbox("b", "d1"), "from-a");
+    assert!(
+        into_b.status.success(),
+        "QoS 1 publish acknowledged, then dropped"
+    );
+    let own = pub_(
+        "a",
+        &s.a_d1,
+        "d1",
+        &status_topic("a", "d1"),
+        &status("connected", "m1", 5, None),
+    );
+    assert!(own.status.success());
+    let events = s.cradle.wait_events("a", 2).await;
+    assert_eq!(events[0]["data"]["connection_id"], "m1");
+    assert_eq!(
+        events[1]["data"]["reason"], "clean",
+        "mosquitto_pub said DISCONNECT"
+    );
+    let b_own = pub_("b", &s.b_d1, "d1x", &inbox("b", "d1"), "from-b");
+    // b's credential is for d1 only.
+    assert!(!b_own.status.success());
+    common::signal(sub.id(), "TERM");
+    let out = sub.wait_with_output().unwrap();
+    let seen = String::from_utf8_lossy(&out.stdout);
+    assert!(!seen.contains("from-a"), "{seen}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_packet_over_the_limit_closes_the_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("small.toml");
+    std::fs::write(&config, "[mqtt]\nmax_packet_bytes = 1024\n").unwrap();
+    let db = format!("sqlite://{}", dir.path().join("c.db").display());
+    let cradle = Cradle::spawn(
+        dir.path(),
+        &db,
+        &[("CRADLE_CONFIG", config.display().to_string())],
+    );
+    cradle.wait_ready().await;
+    let (mut c, code) = RawV4::connect(cradle.mqtt_port, "big", None, 30).await;
+    assert_eq!(code, 0);
+    c.publish("accounts/x/clients/big/webrtc_inbox", &[b'x'; 600], 1)
+        .await;
+    assert!(matches!(c.read().await, Some(v4::Packet::PubAck(_))));
+    c.publish("accounts/x/clients/big/webrtc_inbox", &[b'x'; 2000], 2)
+        .await;
+    assert!(c.read().await.is_none(), "closed");
+    assert_eq!(
+        cradle
+            .metric("cradle_edge_bad_packets_total{kind=\"too_large\"}")
+            .await,
+        1
+    );
+}
+
+#[test]
+fn open_mode_refuses_a_non_loopback_listener_unless_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("o.db").display());
+    let port = common::free_port();
+    let mut cradle = Cradle::spawn(
+        dir.path(),
+        &db,
+        &[("CRADLE_MQTT_LISTEN", format!("0.0.0.0:{port}"))],
+    );
+    let exit = common::wait_exit(&mut cradle.child, Duration::from_secs(20));
+    assert!(!exit.success());
+    let log = cradle.log();
+    assert!(
+        log.contains("mqtt.listen") && log.contains("auth.mode"),
+        "{log}"
+    );
+
+    let port = common::free_port();
+    let mut cradle = Cradle::spawn(
+        dir.path(),
+        &db,
+        &[
+            ("CRADLE_MQTT_LISTEN", format!("0.0.0.0:{port}")),
+            ("CRADLE_AUTH_MODE", "open".to_string()),
+        ],
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(cradle.wait_ready());
+    assert!(
+        cradle.log().contains("ANY client may connect"),
+        "{}",
+        cradle.log()
+    );
+    assert!(cradle.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_listener_serves_mosquitto_clients_with_the_configured_certificate() {
+    if !common::mosquitto_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .args([
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let tls_port = common::free_port();
+    let config = dir.path().join("tls.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[mqtt]\ntls_listen = \"127.0.0.1:{tls_port}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let db = format!("sqlite://{}", dir.path().join("t.db").display());
+    let cradle = Cradle::spawn(
+        dir.path(),
+        &db,
+        &[("CRADLE_CONFIG", config.display().to_string())],
+    );
+    cradle.wait_ready().await;
+    let out = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &tls_port.to_string(), "--cafile"])
+        .arg(&cert)
+        .args(["-i", "t1", "-q", "1", "-t", "accounts/t/clients/t1/status"])
+        .args(["-m", &status("connected", "tls-1", 3, None)])
+        .output()
+        .expect("mosquitto_pub");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events = cradle.wait_events("t", 2).await;
+    assert_eq!(events[0]["data"]["connection_id"], "tls-1");
+    // A client that does not trust the certificate gets no connection.
+    let other = dir.path().join("other.pem");
+    std::fs::write(&other, std::fs::read(&cert).unwrap()).unwrap();
+    let plain = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &tls_port.to_string()])
+        .args(["-i", "t2", "-t", "accounts/t/clients/t2/status", "-m", "x"])
+        .output()
+        .expect("mosquitto_pub");
+    assert!(
+        !plain.status.success(),
+        "plain MQTT on the TLS port must fail"
+    );
+}
+
+/// A raw MQTT 3.1.1 client: exact bytes, for keep-alive and size tests.
+struct RawV4 {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl RawV4 {
+    async fn connect(
+        port: u16,
+        client_id: &str,
+        login: Option<(&str, &str)>,
+        keep_alive: u16,
+    ) -> (RawV4, u8) {
+        let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let mut c = RawV4 {
+            stream,
+            buf: BytesMut::new(),
+        };
+        let mut connect = v4::Connect::new(client_id);
+        connect.keep_alive = keep_alive;
+        if let Some((u, p)) = login {
+            connect.set_login(u, p);
+        }
+        let mut out = BytesMut::new();
+        v4::Packet::Connect(connect)
+            .write(&mut out, 1 << 20)
+            .unwrap();
+        c.send(&out).await;
+        match c.read().await {
+            Some(v4::Packet::ConnAck(a)) => {
+                let code = a.code as u8;
+                (c, code)
+            }
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        let _ = self.stream.write_all(bytes).await;
+    }
+
+    async fn publish(&mut self, topic: &str, payload: &[u8], pkid: u16) {
+        let mut p = v4::Publish::new(topic, QoS::AtLeastOnce, payload.to_vec());
+        p.pkid = pkid;
+        let mut out = BytesMut::new();
+        v4::Packet::Publish(p).write(&mut out, 1 << 20).unwrap();
+        self.send(&out).await;
+    }
+
+    /// The next packet, or `None` once the server closed the connection (or 5 s passed).
+    async fn read(&mut self) -> Option<v4::Packet> {
+        loop {
+            if let Ok(p) = v4::Packet::read(&mut self.buf, 1 << 20) {
+                return Some(p);
+            }
+            match tokio::time::timeout(Duration::from_secs(5), self.stream.read_buf(&mut self.buf))
+                .await
+            {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return None,
+            }
+        }
+    }
+}
+
+/// A raw MQTT 5 client: topic aliases and reason codes.
+struct RawV5 {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl RawV5 {
+    async fn connect(
+        port: u16,
+        client_id: &str,
+        login: Option<(&str, &str)>,
+        keep_alive: u16,
+    ) -> (RawV5, v5::ConnectReturnCode) {
+        let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let mut c = RawV5 {
+            stream,
+            buf: BytesMut::new(),
+        };
+        let connect = v5::Connect {
+            keep_alive,
+            client_id: client_id.into(),
+            clean_start: true,
+            properties: None,
+        };
+        let login = login.map(|(u, p)| v5::Login::new(u, p));
+        let mut out = BytesMut::new();
+        v5::Packet::Connect(connect, None, login)
+            .write(&mut out, None)
+            .unwrap();
+        c.stream.write_all(&out).await.unwrap();
+        match c.read().await {
+            Some(v5::Packet::ConnAck(a)) => (c, a.code),
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    async fn publish(&mut self, topic: &str, alias: Option<u16>, payload: &[u8], pkid: u16) {
+        let props = alias.map(|a| v5::PublishProperties {
+            topic_alias: Some(a),
+            ..Default::default()
+        });
+        let mut p = v5::Publish::new(
+            topic,
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+            payload.to_vec(),
+            props,
+        );
+        p.pkid = pkid;
+        let mut out = BytesMut::new();
+        v5::Packet::Publish(p).write(&mut out, None).unwrap();
+        let _ = self.stream.write_all(&out).await;
+    }
+
+    async fn puback(&mut self) -> v5::PubAckReason {
+        match self.read().await {
+            Some(v5::Packet::PubAck(a)) => a.reason,
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+    }
+
+    async fn read(&mut self) -> Option<v5::Packet> {
+        loop {
+            if let Ok(p) = v5::Packet::read(&mut self.buf, None) {
+                return Some(p);
+            }
+            match tokio::time::timeout(Duration::from_secs(5), self.stream.read_buf(&mut self.buf))
+                .await
+            {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return None,
+            }
+        }
+    }
+}
