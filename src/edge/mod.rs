@@ -264,10 +264,14 @@ async fn accept_loop(
         tokio::spawn(async move {
             let timeout = shared.settings.connect_timeout;
             match (tls, transport) {
-                (None, Transport::Tcp) => session::serve(stream, peer, info, shared).await,
+                (None, Transport::Tcp) => {
+                    let (rd, wr) = stream.into_split();
+                    session::serve(rd, wr, peer, info, shared).await
+                }
                 (None, Transport::WebSocket) => {
                     if let Some(ws) = websocket(stream, timeout, &shared).await {
-                        session::serve(ws, peer, info, shared).await
+                        let (rd, wr) = tokio::io::split(ws);
+                        session::serve(rd, wr, peer, info, shared).await
                     }
                 }
                 (Some(tls), transport) => {
@@ -279,10 +283,14 @@ async fn accept_loop(
                         return;
                     };
                     match transport {
-                        Transport::Tcp => session::serve(stream, peer, info, shared).await,
+                        Transport::Tcp => {
+                            let (rd, wr) = tokio::io::split(stream);
+                            session::serve(rd, wr, peer, info, shared).await
+                        }
                         Transport::WebSocket => {
                             if let Some(ws) = websocket(stream, timeout, &shared).await {
-                                session::serve(ws, peer, info, shared).await
+                                let (rd, wr) = tokio::io::split(ws);
+                                session::serve(rd, wr, peer, info, shared).await
                             }
                         }
                     }

@@ -28,6 +28,29 @@ use super::{EdgeShared, ListenerInfo};
 use crate::domain::connection::DisconnectReason;
 use crate::metrics::EdgeConnect;
 
+/// Spare room ensured before every read. `BytesMut` alone would offer a full buffer only
+/// 64 bytes, which turns a flood into a syscall per few packets; a read that fills the room
+/// doubles it for the next read (up to `MAX_READ`), so idle connections stay small.
+const MIN_READ: usize = 512;
+/// See `MIN_READ`.
+const MAX_READ: usize = 64 * 1024;
+
+/// Reads into `buf` with at least `*room` bytes of spare capacity, adapting `*room`.
+async fn read_some<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+    room: &mut usize,
+) -> std::io::Result<usize> {
+    buf.reserve(*room);
+    let n = rd.read_buf(buf).await?;
+    if n >= *room {
+        *room = (*room * 2).min(MAX_READ);
+    } else if n < *room / 4 {
+        *room = (*room / 2).max(MIN_READ);
+    }
+    Ok(n)
+}
+
 /// Keep-alive of the edge's upstream connections, in seconds; the edge pings well within it.
 const UPSTREAM_KEEP_ALIVE: u16 = 60;
 /// The edge sends PINGREQ upstream after this long without writing upstream.
@@ -205,6 +228,7 @@ async fn read_frame<R: AsyncRead + Unpin>(
                 return Ok((h, buf.split_to(h.frame_len)));
             }
         }
+        buf.reserve(MIN_READ);
         match rd.read_buf(buf).await {
             Ok(0) | Err(_) => return Err(None),
             Ok(_) => {}
@@ -245,12 +269,19 @@ fn random_id() -> String {
 }
 
 /// Serves one client connection until it ends.
-pub async fn serve<S>(stream: S, peer: SocketAddr, listener: ListenerInfo, shared: Arc<EdgeShared>)
-where
-    S: AsyncRead + AsyncWrite + Send + 'static,
+/// Serves one client connection until it ends. A TCP stream's halves come from
+/// `into_split` (no lock between them); TLS and WebSocket streams from `tokio::io::split`.
+pub async fn serve<R, W>(
+    mut rd: R,
+    mut wr: W,
+    peer: SocketAddr,
+    listener: ListenerInfo,
+    shared: Arc<EdgeShared>,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut rd, mut wr) = tokio::io::split(stream);
-    let mut dbuf = BytesMut::with_capacity(512);
+    let mut dbuf = BytesMut::with_capacity(MIN_READ);
     let max = shared.settings.max_packet_bytes;
     let first = tokio::time::timeout(
         shared.settings.connect_timeout,
@@ -548,11 +579,12 @@ impl Conn {
         let timer = tokio::time::sleep_until(next_check(last_dev, last_up_write));
         tokio::pin!(timer);
         let mut throttled_until: Option<Instant> = None;
+        let (mut dev_room, mut up_room) = (MIN_READ, MIN_READ);
         let mut end_open = true;
 
         let end = loop {
             tokio::select! {
-                r = rd.read_buf(&mut dbuf), if throttled_until.is_none() => {
+                r = read_some(&mut rd, &mut dbuf, &mut dev_room), if throttled_until.is_none() => {
                     match r {
                         Ok(0) | Err(_) => break End::Lost,
                         Ok(_) => {}
@@ -579,7 +611,7 @@ impl Conn {
                         timer.as_mut().reset(Instant::now() + wait);
                     }
                 }
-                r = up_rd.read_buf(&mut ubuf) => {
+                r = read_some(&mut up_rd, &mut ubuf, &mut up_room) => {
                     match r {
                         Ok(0) | Err(_) => break End::UpstreamClosed,
                         Ok(_) => {}
