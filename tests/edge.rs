@@ -848,47 +848,20 @@ fn open_mode_refuses_a_non_loopback_listener_unless_asked_for() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tls_listener_serves_mosquitto_clients_with_the_configured_certificate() {
+async fn tls_and_wss_listeners_serve_clients_with_the_configured_certificate() {
     if !common::mosquitto_available() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    let made = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-        ])
-        .args([
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl");
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
-    let tls_port = common::free_port();
+    // A throwaway CA and a certificate for 127.0.0.1 signed by it (webpki refuses a CA
+    // certificate used as the server's own).
+    let (cert, key, ca) = tls_files(dir.path());
+    let [tls_port, wss_port] = common::free_ports::<2>();
     let config = dir.path().join("tls.toml");
     std::fs::write(
         &config,
         format!(
-            "[mqtt]\ntls_listen = \"127.0.0.1:{tls_port}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            "[mqtt]\ntls_listen = \"127.0.0.1:{tls_port}\"\nwss_listen = \"127.0.0.1:{wss_port}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
             cert.display(),
             key.display()
         ),
@@ -903,7 +876,7 @@ async fn tls_listener_serves_mosquitto_clients_with_the_configured_certificate()
     cradle.wait_ready().await;
     let out = Command::new("mosquitto_pub")
         .args(["-h", "127.0.0.1", "-p", &tls_port.to_string(), "--cafile"])
-        .arg(&cert)
+        .arg(&ca)
         .args(["-i", "t1", "-q", "1", "-t", "accounts/t/clients/t1/status"])
         .args(["-m", &status("connected", "tls-1", 3, None)])
         .output()
@@ -915,9 +888,7 @@ async fn tls_listener_serves_mosquitto_clients_with_the_configured_certificate()
     );
     let events = cradle.wait_events("t", 2).await;
     assert_eq!(events[0]["data"]["connection_id"], "tls-1");
-    // A client that does not trust the certificate gets no connection.
-    let other = dir.path().join("other.pem");
-    std::fs::write(&other, std::fs::read(&cert).unwrap()).unwrap();
+    // Plain MQTT on the TLS port gets no connection.
     let plain = Command::new("mosquitto_pub")
         .args(["-h", "127.0.0.1", "-p", &tls_port.to_string()])
         .args(["-i", "t2", "-t", "accounts/t/clients/t2/status", "-m", "x"])
@@ -927,6 +898,159 @@ async fn tls_listener_serves_mosquitto_clients_with_the_configured_certificate()
         !plain.status.success(),
         "plain MQTT on the TLS port must fail"
     );
+
+    // MQTT over WebSocket over TLS: a rustls client trusting the certificate, the `mqtt`
+    // subprotocol, then MQTT 3.1.1 bytes.
+    let ws = wss_connect(wss_port, &ca).await;
+    let mut ws = ws_stream_tungstenite::WsStream::new(ws);
+    let mut out = BytesMut::new();
+    v4::Packet::Connect(v4::Connect::new("w1"))
+        .write(&mut out, 1 << 20)
+        .unwrap();
+    let mut p = v4::Publish::new(
+        "accounts/t/clients/w1/status",
+        QoS::AtLeastOnce,
+        status("connected", "wss-1", 4, None),
+    );
+    p.pkid = 1;
+    v4::Packet::Publish(p).write(&mut out, 1 << 20).unwrap();
+    ws.write_all(&out).await.unwrap();
+    ws.flush().await.unwrap();
+    let mut buf = BytesMut::new();
+    let mut packets = Vec::new();
+    while packets.len() < 2 {
+        if let Ok(p) = v4::Packet::read(&mut buf, 1 << 20) {
+            packets.push(p);
+            continue;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(5), ws.read_buf(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no answer over wss; log:\n{}", cradle.log()))
+            .unwrap();
+        assert!(n > 0, "closed");
+    }
+    assert!(matches!(&packets[0], v4::Packet::ConnAck(a) if a.code == ConnectReturnCode::Success));
+    assert!(matches!(&packets[1], v4::Packet::PubAck(_)));
+    let events = cradle.wait_events("t", 3).await;
+    assert_eq!(events[2]["data"]["connection_id"], "wss-1");
+}
+
+fn tls_files(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let p = |name: &str| dir.join(name);
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"],
+            &ec[..],
+            &["-days", "1", "-subj", "/CN=cradle-test-ca"],
+        ]
+        .concat()
+        .into_iter()
+        .chain(["-keyout", "ca.key", "-out", "ca.pem"])
+        .collect::<Vec<_>>(),
+    );
+    openssl(
+        &[
+            &["req"],
+            &ec[..],
+            &[
+                "-subj",
+                "/CN=127.0.0.1",
+                "-keyout",
+                "key.pem",
+                "-out",
+                "leaf.csr",
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(
+        p("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "leaf.ext",
+        "-out",
+        "cert.pem",
+    ]);
+    (p("cert.pem"), p("key.pem"), p("ca.pem"))
+}
+
+type Wss = async_tungstenite::WebSocketStream<
+    async_tungstenite::tokio::TokioAdapter<tokio_rustls::client::TlsStream<TcpStream>>,
+>;
+
+async fn wss_connect(port: u16, cert: &std::path::Path) -> Wss {
+    use async_tungstenite::tungstenite::client::IntoClientRequest;
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, ServerName};
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(cert).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+        .await
+        .expect("TLS handshake with the configured certificate");
+    let mut request = format!("wss://127.0.0.1:{port}/mqtt")
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("sec-websocket-protocol", "mqtt".parse().unwrap());
+    let (ws, response) = async_tungstenite::tokio::client_async(request, tls)
+        .await
+        .expect("WebSocket handshake");
+    assert_eq!(
+        response
+            .headers()
+            .get("sec-websocket-protocol")
+            .map(|v| v.as_bytes()),
+        Some(&b"mqtt"[..])
+    );
+    ws
 }
 
 /// A raw MQTT 3.1.1 client: exact bytes, for keep-alive and size tests.

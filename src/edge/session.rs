@@ -51,6 +51,13 @@ async fn read_some<R: AsyncRead + Unpin>(
     Ok(n)
 }
 
+/// Writes `bytes` to the client and flushes (TLS and WebSocket writers buffer; for TCP the
+/// flush is free).
+async fn send<W: AsyncWrite + Unpin>(wr: &mut W, bytes: &[u8]) -> std::io::Result<()> {
+    wr.write_all(bytes).await?;
+    wr.flush().await
+}
+
 /// Keep-alive of the edge's upstream connections, in seconds; the edge pings well within it.
 const UPSTREAM_KEEP_ALIVE: u16 = 60;
 /// The edge sends PINGREQ upstream after this long without writing upstream.
@@ -299,7 +306,7 @@ pub async fn serve<R, W>(
     let mut out = BytesMut::with_capacity(64);
     let Some(proto) = codec::connect_proto(&frame, &h) else {
         codec::put_connack(&mut out, Proto::V4, connack::V4_BAD_PROTOCOL);
-        let _ = wr.write_all(&out).await;
+        let _ = send(&mut wr, &out).await;
         return shared.metrics.edge_connect(EdgeConnect::Malformed);
     };
     let connect = match proto {
@@ -323,7 +330,7 @@ pub async fn serve<R, W>(
                 connack::V5_MALFORMED,
             ),
         );
-        let _ = wr.write_all(&out).await;
+        let _ = send(&mut wr, &out).await;
         return shared.metrics.edge_connect(EdgeConnect::Malformed);
     };
     let refuse = |code4: u8, code5: u8| {
@@ -333,12 +340,11 @@ pub async fn serve<R, W>(
     };
 
     let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
-        let _ = wr
-            .write_all(&refuse(
-                connack::V4_SERVER_UNAVAILABLE,
-                connack::V5_QUOTA_EXCEEDED,
-            ))
-            .await;
+        let _ = send(
+            &mut wr,
+            &refuse(connack::V4_SERVER_UNAVAILABLE, connack::V5_QUOTA_EXCEEDED),
+        )
+        .await;
         tracing::warn!(%peer, "connection refused: mqtt.max_connections reached");
         return shared.metrics.edge_connect(EdgeConnect::Limit);
     };
@@ -351,12 +357,11 @@ pub async fn serve<R, W>(
     {
         Ok(p) => p,
         Err(refusal) => {
-            let _ = wr
-                .write_all(&refuse(
-                    connack::V4_NOT_AUTHORIZED,
-                    connack::V5_NOT_AUTHORIZED,
-                ))
-                .await;
+            let _ = send(
+                &mut wr,
+                &refuse(connack::V4_NOT_AUTHORIZED, connack::V5_NOT_AUTHORIZED),
+            )
+            .await;
             tracing::warn!(
                 %peer, listener = listener.name, username = username.unwrap_or(""),
                 client = connect.client_id(), reason = refusal.as_str(),
@@ -368,12 +373,11 @@ pub async fn serve<R, W>(
     let will = connect.will();
     if let Some(w) = &will {
         if !may_publish(&principal, &w.topic) {
-            let _ = wr
-                .write_all(&refuse(
-                    connack::V4_NOT_AUTHORIZED,
-                    connack::V5_NOT_AUTHORIZED,
-                ))
-                .await;
+            let _ = send(
+                &mut wr,
+                &refuse(connack::V4_NOT_AUTHORIZED, connack::V5_NOT_AUTHORIZED),
+            )
+            .await;
             tracing::warn!(%peer, client = connect.client_id(), will_topic = %w.topic, "MQTT connection refused: Will topic not allowed");
             return shared.metrics.edge_connect(EdgeConnect::WillRefused);
         }
@@ -381,12 +385,14 @@ pub async fn serve<R, W>(
     let mut assigned = None;
     let client_id = if connect.client_id().is_empty() {
         if proto == Proto::V4 && !connect.clean() {
-            let _ = wr
-                .write_all(&refuse(
+            let _ = send(
+                &mut wr,
+                &refuse(
                     connack::V4_IDENTIFIER_REJECTED,
                     connack::V5_CLIENT_ID_NOT_VALID,
-                ))
-                .await;
+                ),
+            )
+            .await;
             return shared.metrics.edge_connect(EdgeConnect::Malformed);
         }
         let id = format!("auto-{}", random_id());
@@ -528,7 +534,7 @@ impl Conn {
                     connack::V5_SERVER_UNAVAILABLE,
                 ),
             );
-            let _ = wr.write_all(&out).await;
+            let _ = send(&mut wr, &out).await;
             tracing::error!(broker = %upstream_addr, "broker did not accept the relayed connection");
             shared.metrics.edge_connect(EdgeConnect::BrokerUnavailable);
             let _ = claim.done.send(true);
@@ -550,7 +556,7 @@ impl Conn {
             }
             _ => out.extend_from_slice(&connack_frame),
         }
-        if wr.write_all(&out).await.is_err() || code != 0 {
+        if send(&mut wr, &out).await.is_err() || code != 0 {
             if code != 0 {
                 tracing::warn!(code, "broker refused the relayed connection");
                 shared.metrics.edge_connect(EdgeConnect::BrokerRefused);
@@ -582,7 +588,35 @@ impl Conn {
         let (mut dev_room, mut up_room) = (MIN_READ, MIN_READ);
         let mut end_open = true;
 
+        // Frames from the client are processed at the top of the loop: after each read, and
+        // once before the first read for packets sent right behind the CONNECT.
+        let mut unread = !dbuf.is_empty();
         let end = loop {
+            if std::mem::take(&mut unread) {
+                let step = self.device_frames(&mut dbuf, &mut to_up, &mut to_dev);
+                if !to_dev.is_empty() {
+                    if send(&mut wr, &to_dev).await.is_err() {
+                        break End::Lost;
+                    }
+                    to_dev.clear();
+                }
+                if !to_up.is_empty() {
+                    if up_wr.write_all(&to_up).await.is_err() {
+                        break End::UpstreamClosed;
+                    }
+                    to_up.clear();
+                    last_up_write = Instant::now();
+                }
+                match step {
+                    Ok(Some(end)) | Err(end) => break end,
+                    Ok(None) => {}
+                }
+                if let Some(wait) = self.take_publish_tokens() {
+                    throttled_until = Some(Instant::now() + wait);
+                    shared.metrics.edge_throttled();
+                    timer.as_mut().reset(Instant::now() + wait);
+                }
+            }
             tokio::select! {
                 r = read_some(&mut rd, &mut dbuf, &mut dev_room), if throttled_until.is_none() => {
                     match r {
@@ -590,26 +624,7 @@ impl Conn {
                         Ok(_) => {}
                     }
                     last_dev = Instant::now();
-                    let step = self.device_frames(&mut dbuf, &mut to_up, &mut to_dev);
-                    if !to_dev.is_empty() {
-                        if wr.write_all(&to_dev).await.is_err() { break End::Lost; }
-                        to_dev.clear();
-                    }
-                    if !to_up.is_empty() {
-                        if up_wr.write_all(&to_up).await.is_err() { break End::UpstreamClosed; }
-                        to_up.clear();
-                        last_up_write = Instant::now();
-                    }
-                    match step {
-                        Ok(Some(end)) => break end,
-                        Ok(None) => {}
-                        Err(end) => break end,
-                    }
-                    if let Some(wait) = self.take_publish_tokens() {
-                        throttled_until = Some(Instant::now() + wait);
-                        shared.metrics.edge_throttled();
-                        timer.as_mut().reset(Instant::now() + wait);
-                    }
+                    unread = true;
                 }
                 r = read_some(&mut up_rd, &mut ubuf, &mut up_room) => {
                     match r {
@@ -620,7 +635,7 @@ impl Conn {
                         break end;
                     }
                     if !to_dev.is_empty() {
-                        if wr.write_all(&to_dev).await.is_err() { break End::Lost; }
+                        if send(&mut wr, &to_dev).await.is_err() { break End::Lost; }
                         to_dev.clear();
                     }
                 }
@@ -662,7 +677,7 @@ impl Conn {
             if let Some(code) = end.v5_reason() {
                 to_dev.clear();
                 codec::put_disconnect(&mut to_dev, Proto::V5, code);
-                let _ = tokio::time::timeout(Duration::from_secs(1), wr.write_all(&to_dev)).await;
+                let _ = tokio::time::timeout(Duration::from_secs(1), send(&mut wr, &to_dev)).await;
             }
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), wr.shutdown()).await;
