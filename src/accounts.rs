@@ -185,6 +185,18 @@ async fn hash(secret: String) -> Result<String, AccountsError> {
     .map_err(|e| AccountsError::Hash(e.to_string()))?
 }
 
+/// An argon2id hash of a random secret nobody knows, made once (for timing only).
+fn dummy_hash() -> &'static str {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DUMMY.get_or_init(|| {
+        let salt = SaltString::generate(&mut OsRng);
+        Argon2::default()
+            .hash_password(random_hex(32).as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .unwrap_or_default()
+    })
+}
+
 async fn verify(secret: String, phc: String) -> bool {
     tokio::task::spawn_blocking(move || {
         PasswordHash::new(&phc)
@@ -310,6 +322,12 @@ pub async fn verify_device(
         .filter(credentials::Column::RevokedAtMillis.is_null())
         .all(store.db())
         .await?;
+    if candidates.is_empty() {
+        // Spend the same argon2 time as a real check, so the answer's timing does not tell
+        // an unknown client id from a wrong secret.
+        verify(password.to_string(), dummy_hash().to_string()).await;
+        return Ok(false);
+    }
     for c in candidates {
         if verify(password.to_string(), c.secret_hash).await {
             return Ok(true);
