@@ -11,7 +11,9 @@
 use std::net::SocketAddr;
 
 use rumqttd::protocol::{v4::V4, v5::V5};
-use rumqttd::{ConnectionSettings, LinkType, Router, RouterConfig, Server, ServerSettings};
+use rumqttd::{
+    ConnectionSettings, LinkAcceptor, LinkType, Router, RouterConfig, Server, ServerSettings,
+};
 use tokio::net::TcpListener;
 
 use crate::config::MqttConfig;
@@ -29,12 +31,16 @@ pub enum BrokerError {
 }
 
 /// Where the embedded broker listens (loopback only; the edge and Cradle's own clients).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct EmbeddedBroker {
-    /// MQTT 3.1.1 over TCP.
+    /// MQTT 3.1.1 over TCP (Cradle's own clients: bus, edge publisher).
     pub v4: SocketAddr,
     /// MQTT 5 over TCP.
     pub v5: SocketAddr,
+    /// MQTT 3.1.1 connections handed over without a socket (the edge's relayed clients).
+    pub v4_links: LinkAcceptor<V4>,
+    /// MQTT 5 connections handed over without a socket.
+    pub v5_links: LinkAcceptor<V5>,
 }
 
 /// Checks that `addr` can be bound now, so a taken port fails start-up with the key's name
@@ -104,6 +110,7 @@ pub async fn start(config: &MqttConfig) -> Result<EmbeddedBroker, BrokerError> {
 
     let mut v4 = Server::new(settings("mqtt-v4", v4_addr), router_tx.clone(), V4);
     let mut v5 = Server::new(settings("mqtt-v5", v5_addr), router_tx, V5);
+    let (v4_links, v5_links) = (v4.link_acceptor(), v5.link_acceptor());
     tokio::spawn(async move {
         if let Err(error) = v4.serve(v4_listener, LinkType::Remote).await {
             tracing::error!(%error, key = "mqtt.broker_listen", "broker MQTT 3.1.1 listener stopped");
@@ -117,5 +124,7 @@ pub async fn start(config: &MqttConfig) -> Result<EmbeddedBroker, BrokerError> {
     Ok(EmbeddedBroker {
         v4: v4_addr,
         v5: v5_addr,
+        v4_links,
+        v5_links,
     })
 }

@@ -69,6 +69,18 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Runs Cradle until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
     let metrics = Arc::new(Metrics::default());
+    // Each client connection holds one descriptor (its socket at the edge; the link to the
+    // embedded broker is an in-process pipe).
+    let wanted = config.mqtt.max_connections as u64 + 1024;
+    let limit = raise_open_files_limit(wanted);
+    if limit < wanted {
+        tracing::warn!(
+            limit,
+            wanted,
+            max_connections = config.mqtt.max_connections,
+            "open-file limit too low for mqtt.max_connections (one per connection): raise it (ulimit -n, LimitNOFILE) or lower mqtt.max_connections"
+        );
+    }
 
     // Every listener is checked before anything is created or migrated.
     let http_listener = tokio::net::TcpListener::bind(config.http.listen)
@@ -127,8 +139,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let edge = edge::start(
         &config.mqtt,
         auth.clone(),
-        broker.v4,
-        broker.v5,
+        edge::Upstream::Embedded {
+            v4: broker.v4_links.clone(),
+            v5: broker.v5_links.clone(),
+        },
         publisher,
         metrics.clone(),
     )
@@ -222,6 +236,49 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     store.close().await?;
     tracing::info!("store closed; bye");
     Ok(())
+}
+
+/// Raises the soft open-file limit towards `wanted` (up to the hard limit, or beyond it when
+/// the process may), and returns the limit in force.
+#[allow(clippy::unnecessary_cast)] // rlim_t is u64 on Linux, not everywhere
+pub fn raise_open_files_limit(wanted: u64) -> u64 {
+    #[cfg(unix)]
+    {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+                return 0;
+            }
+            let current = lim.rlim_cur as u64;
+            if current >= wanted {
+                return current;
+            }
+            // Privileged processes may raise the hard limit too; others stop at it.
+            let raised = libc::rlimit {
+                rlim_cur: wanted as libc::rlim_t,
+                rlim_max: (lim.rlim_max as u64).max(wanted) as libc::rlim_t,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return wanted;
+            }
+            let to_hard = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &to_hard) == 0 {
+                return lim.rlim_max as u64;
+            }
+            current
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        wanted
+    }
 }
 
 /// The address Cradle's own client dials for a listener bound to `addr`.

@@ -29,6 +29,9 @@ use async_tungstenite::tungstenite::handshake::server::{
     Callback, ErrorResponse, Request, Response,
 };
 use async_tungstenite::tungstenite::http::HeaderValue;
+use rumqttd::protocol::{v4::V4, v5::V5};
+use rumqttd::LinkAcceptor;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
@@ -39,6 +42,7 @@ use crate::auth::Authenticator;
 use crate::config::MqttConfig;
 use crate::domain::connection::DisconnectReason;
 use crate::metrics::Metrics;
+use codec::Proto;
 use publisher::Publisher;
 use registry::Registry;
 
@@ -115,12 +119,74 @@ pub struct EdgeShared {
     pub publisher: Publisher,
     /// Counters.
     pub metrics: Arc<Metrics>,
-    /// The broker's MQTT 3.1.1 listener.
-    pub upstream_v4: SocketAddr,
-    /// The broker's MQTT 5 listener.
-    pub upstream_v5: SocketAddr,
+    /// How relayed connections reach the broker.
+    pub upstream: Upstream,
     /// One permit per connection (mqtt.max_connections).
     pub connections: Arc<Semaphore>,
+}
+
+/// The reading half of a relayed connection's link to the broker.
+pub type UpRead = Box<dyn AsyncRead + Send + Unpin>;
+/// The writing half of a relayed connection's link to the broker.
+pub type UpWrite = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// Bytes in flight per direction of an in-process link before the writer waits.
+const LINK_BUFFER: usize = 64 * 1024;
+
+/// How the edge reaches the broker.
+#[derive(Clone)]
+pub enum Upstream {
+    /// The embedded rumqttd: each connection over an in-process pipe handed to its router
+    /// (no socket, no descriptor, no ephemeral port).
+    Embedded {
+        /// MQTT 3.1.1 links.
+        v4: LinkAcceptor<V4>,
+        /// MQTT 5 links.
+        v5: LinkAcceptor<V5>,
+    },
+    /// A broker over TCP (MQTT 3.1.1 and MQTT 5 listeners).
+    Tcp {
+        /// MQTT 3.1.1 listener.
+        v4: SocketAddr,
+        /// MQTT 5 listener.
+        v5: SocketAddr,
+    },
+}
+
+impl std::fmt::Display for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Upstream::Embedded { .. } => write!(f, "embedded broker"),
+            Upstream::Tcp { v4, v5 } => write!(f, "{v4} (v5 {v5})"),
+        }
+    }
+}
+
+impl Upstream {
+    /// Opens a link for one relayed connection speaking `proto`.
+    pub async fn open(&self, proto: Proto) -> io::Result<(UpRead, UpWrite)> {
+        match self {
+            Upstream::Embedded { v4, v5 } => {
+                let (ours, theirs) = tokio::io::duplex(LINK_BUFFER);
+                match proto {
+                    Proto::V4 => v4.accept(theirs),
+                    Proto::V5 => v5.accept(theirs),
+                }
+                let (rd, wr) = tokio::io::split(ours);
+                Ok((Box::new(rd), Box::new(wr)))
+            }
+            Upstream::Tcp { v4, v5 } => {
+                let addr = match proto {
+                    Proto::V4 => v4,
+                    Proto::V5 => v5,
+                };
+                let stream = tokio::net::TcpStream::connect(addr).await?;
+                stream.set_nodelay(true)?;
+                let (rd, wr) = stream.into_split();
+                Ok((Box::new(rd), Box::new(wr)))
+            }
+        }
+    }
 }
 
 /// How a listener's connections arrive.
@@ -143,8 +209,7 @@ pub struct Edge {
 pub async fn start(
     config: &MqttConfig,
     auth: Arc<Authenticator>,
-    upstream_v4: SocketAddr,
-    upstream_v5: SocketAddr,
+    upstream: Upstream,
     publisher: Publisher,
     metrics: Arc<Metrics>,
 ) -> Result<Edge, EdgeError> {
@@ -184,8 +249,7 @@ pub async fn start(
         registry: Registry::default(),
         publisher,
         metrics,
-        upstream_v4,
-        upstream_v5,
+        upstream,
         connections: Arc::new(Semaphore::new(config.max_connections)),
     });
     let (stop, stop_rx) = watch::channel(false);

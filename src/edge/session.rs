@@ -17,7 +17,6 @@ use rand_core::{OsRng, RngCore};
 use rumqttc::mqttbytes::v4;
 use rumqttc::v5::mqttbytes::v5;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -509,20 +508,15 @@ impl Conn {
     {
         let shared = self.shared.clone();
         let proto = self.proto;
-        let upstream_addr = match proto {
-            Proto::V4 => shared.upstream_v4,
-            Proto::V5 => shared.upstream_v5,
-        };
         let mut out = BytesMut::with_capacity(64);
         let upstream = async {
-            let mut up = TcpStream::connect(upstream_addr).await.ok()?;
-            let _ = up.set_nodelay(true);
-            up.write_all(&connect.upstream(upstream_id)).await.ok()?;
+            let (mut up_rd, mut up_wr) = shared.upstream.open(proto).await.ok()?;
+            up_wr.write_all(&connect.upstream(upstream_id)).await.ok()?;
             let mut ubuf = BytesMut::with_capacity(64);
-            let (h, frame) = read_frame(&mut up, &mut ubuf, 1 << 16).await.ok()?;
-            (h.kind() == kind::CONNACK).then_some((up, h, frame, ubuf))
+            let (h, frame) = read_frame(&mut up_rd, &mut ubuf, 1 << 16).await.ok()?;
+            (h.kind() == kind::CONNACK).then_some((up_rd, up_wr, h, frame, ubuf))
         };
-        let Ok(Some((up, h, connack_frame, mut ubuf))) =
+        let Ok(Some((mut up_rd, mut up_wr, h, connack_frame, mut ubuf))) =
             tokio::time::timeout(shared.settings.connect_timeout, upstream).await
         else {
             codec::put_connack(
@@ -535,7 +529,7 @@ impl Conn {
                 ),
             );
             let _ = send(&mut wr, &out).await;
-            tracing::error!(broker = %upstream_addr, "broker did not accept the relayed connection");
+            tracing::error!(broker = %shared.upstream, "broker did not accept the relayed connection");
             shared.metrics.edge_connect(EdgeConnect::BrokerUnavailable);
             let _ = claim.done.send(true);
             return;
@@ -568,7 +562,6 @@ impl Conn {
         shared.metrics.edge_live(1);
         tracing::debug!("connected");
 
-        let (mut up_rd, mut up_wr) = up.into_split();
         let keep_alive = Duration::from_millis(connect.keep_alive() as u64 * 1500);
         let mut to_up = BytesMut::with_capacity(256);
         let mut to_dev = BytesMut::with_capacity(256);
