@@ -674,9 +674,10 @@ impl Conn {
             }
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), wr.shutdown()).await;
-        to_up.clear();
-        codec::put_disconnect(&mut to_up, proto, 0);
-        let _ = tokio::time::timeout(Duration::from_secs(1), up_wr.write_all(&to_up)).await;
+        // The upstream link just closes, without an MQTT DISCONNECT: the broker holds no Will
+        // to discard, and rumqttd 0.20 removes a connection twice after a DISCONNECT (once
+        // for the packet, once when the link ends); with connection ids reused at once, the
+        // second removal can hit the next connection of a reconnecting client.
         let _ = up_wr.shutdown().await;
         // Wait until the broker has closed its side. rumqttd queues the old link's disconnect
         // for its router before it closes the socket, and it reuses connection ids: a new
