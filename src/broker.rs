@@ -43,14 +43,6 @@ pub struct EmbeddedBroker {
     pub v5_links: LinkAcceptor<V5>,
 }
 
-/// Checks that `addr` can be bound now, so a taken port fails start-up with the key's name
-/// instead of a log line from a listener task.
-pub fn check_bindable(key: &'static str, addr: SocketAddr) -> Result<(), BrokerError> {
-    std::net::TcpListener::bind(addr)
-        .map(drop)
-        .map_err(|error| BrokerError::Bind { key, addr, error })
-}
-
 /// Binds one of the broker's loopback listeners (port 0 picks a free port).
 async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, BrokerError> {
     TcpListener::bind(addr)

@@ -89,11 +89,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             addr: config.http.listen,
             error,
         })?;
-    for (key, addr) in client_listeners(&config) {
-        if key != "http.listen" {
-            broker::check_bindable(key, addr)?;
-        }
-    }
     let store = Store::connect(&config.store).await?;
     tracing::info!(backend = ?store.backend(), url = %redact(&config.store.database_url), "store ready");
 

@@ -69,8 +69,7 @@ async fn setup(extra_env: &[(&str, String)]) -> Setup {
     let operator = cli(&db, &["credentials", "issue", "--operator"]);
     let mut env = vec![("CRADLE_ADMIN_TOKEN", ADMIN.to_string())];
     env.extend(extra_env.iter().cloned());
-    let cradle = Cradle::spawn(dir.path(), &db, &env);
-    cradle.wait_ready().await;
+    let cradle = Cradle::spawn_ready(dir.path(), &db, &env).await;
     Setup {
         _dir: dir,
         cradle,
@@ -788,12 +787,12 @@ async fn a_packet_over_the_limit_closes_the_connection() {
     let config = dir.path().join("small.toml");
     std::fs::write(&config, "[mqtt]\nmax_packet_bytes = 1024\n").unwrap();
     let db = format!("sqlite://{}", dir.path().join("c.db").display());
-    let cradle = Cradle::spawn(
+    let cradle = Cradle::spawn_ready(
         dir.path(),
         &db,
         &[("CRADLE_CONFIG", config.display().to_string())],
-    );
-    cradle.wait_ready().await;
+    )
+    .await;
     let (mut c, code) = RawV4::connect(cradle.mqtt_port, "big", None, 30).await;
     assert_eq!(code, 0);
     c.publish("accounts/x/clients/big/webrtc_inbox", &[b'x'; 600], 1)
@@ -829,16 +828,15 @@ fn open_mode_refuses_a_non_loopback_listener_unless_asked_for() {
     );
 
     let port = common::free_port();
-    let mut cradle = Cradle::spawn(
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut cradle = rt.block_on(Cradle::spawn_ready(
         dir.path(),
         &db,
         &[
             ("CRADLE_MQTT_LISTEN", format!("0.0.0.0:{port}")),
             ("CRADLE_AUTH_MODE", "open".to_string()),
         ],
-    );
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(cradle.wait_ready());
+    ));
     assert!(
         cradle.log().contains("ANY client may connect"),
         "{}",
@@ -868,12 +866,12 @@ async fn tls_and_wss_listeners_serve_clients_with_the_configured_certificate() {
     )
     .unwrap();
     let db = format!("sqlite://{}", dir.path().join("t.db").display());
-    let cradle = Cradle::spawn(
+    let cradle = Cradle::spawn_ready(
         dir.path(),
         &db,
         &[("CRADLE_CONFIG", config.display().to_string())],
-    );
-    cradle.wait_ready().await;
+    )
+    .await;
     let out = Command::new("mosquitto_pub")
         .args(["-h", "127.0.0.1", "-p", &tls_port.to_string(), "--cafile"])
         .arg(&ca)

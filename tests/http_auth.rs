@@ -57,8 +57,8 @@ async fn tokens_scope_every_route_to_their_account() {
     );
     let admin = "an-admin-token-of-some-length".to_string();
 
-    let cradle = Cradle::spawn(dir.path(), &db, &[("CRADLE_ADMIN_TOKEN", admin.clone())]);
-    cradle.wait_ready().await;
+    let cradle =
+        Cradle::spawn_ready(dir.path(), &db, &[("CRADLE_ADMIN_TOKEN", admin.clone())]).await;
     for path in ["/v1/accounts/a/clients", "/v1/accounts/a/events"] {
         let (status, body) = get(&cradle, path, None).await;
         assert_eq!(status, 401, "{path}");

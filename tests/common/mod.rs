@@ -59,9 +59,49 @@ impl Cradle {
     pub async fn start(workdir: &Path, database_url: Option<String>) -> Cradle {
         let database_url = database_url
             .unwrap_or_else(|| format!("sqlite://{}", workdir.join("data/cradle.db").display()));
-        let cradle = Self::spawn(workdir, &database_url, &[]);
-        cradle.wait_ready().await;
-        cradle
+        Self::spawn_ready(workdir, &database_url, &[]).await
+    }
+
+    /// Spawns Cradle and waits until it is ready. Ports are picked free and released before
+    /// the child binds them, so another process (a parallel test's broker binding port 0)
+    /// can take one in between: a child that exits with "cannot listen" is started again
+    /// on new ports (three tries).
+    pub async fn spawn_ready(
+        workdir: &Path,
+        database_url: &str,
+        extra_env: &[(&str, String)],
+    ) -> Cradle {
+        for _ in 0..3 {
+            let mut cradle = Self::spawn(workdir, database_url, extra_env);
+            match cradle.ready_or_exit().await {
+                Ok(()) => return cradle,
+                Err(log) if log.contains("cannot listen") => continue,
+                Err(log) => panic!("cradle exited before it was ready; its log:\n{log}"),
+            }
+        }
+        panic!("cradle could not bind free ports three times")
+    }
+
+    /// Waits for `/readyz` to answer 200, or for the child to exit (returns its log).
+    async fn ready_or_exit(&mut self) -> Result<(), String> {
+        let url = format!("{}/readyz", self.http);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = reqwest::get(&url).await {
+                if r.status() == 200 {
+                    return Ok(());
+                }
+            }
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return Err(self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cradle not ready; its log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Starts the child without waiting; `extra_env` overrides the defaults.
