@@ -325,17 +325,25 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         let tls = tls.clone();
-        tokio::spawn(async move {
+        // Each transport's connection future is boxed: inline, every connection's task would
+        // be as large as the largest of them (TLS and WebSocket state included).
+        let task = async move {
             let timeout = shared.settings.connect_timeout;
             match (tls, transport) {
                 (None, Transport::Tcp) => {
                     let (rd, wr) = stream.into_split();
-                    session::serve(rd, wr, peer, info, shared).await
+                    let serve = session::serve(rd, wr, peer, info, shared);
+                    static LOGGED: std::sync::Once = std::sync::Once::new();
+                    LOGGED.call_once(|| {
+                        let bytes = std::mem::size_of_val(&serve);
+                        tracing::debug!(bytes, "size of one TCP client connection's task");
+                    });
+                    Box::pin(serve).await
                 }
                 (None, Transport::WebSocket) => {
                     if let Some(ws) = websocket(stream, timeout, &shared).await {
                         let (rd, wr) = tokio::io::split(ws);
-                        session::serve(rd, wr, peer, info, shared).await
+                        Box::pin(session::serve(rd, wr, peer, info, shared)).await
                     }
                 }
                 (Some(tls), transport) => {
@@ -349,18 +357,19 @@ async fn accept_loop(
                     match transport {
                         Transport::Tcp => {
                             let (rd, wr) = tokio::io::split(stream);
-                            session::serve(rd, wr, peer, info, shared).await
+                            Box::pin(session::serve(rd, wr, peer, info, shared)).await
                         }
                         Transport::WebSocket => {
                             if let Some(ws) = websocket(stream, timeout, &shared).await {
                                 let (rd, wr) = tokio::io::split(ws);
-                                session::serve(rd, wr, peer, info, shared).await
+                                Box::pin(session::serve(rd, wr, peer, info, shared)).await
                             }
                         }
                     }
                 }
             }
-        });
+        };
+        tokio::spawn(task);
     }
 }
 

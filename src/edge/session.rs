@@ -349,10 +349,15 @@ pub async fn serve<R, W>(
     };
 
     let (username, password) = connect.login();
-    let principal = match shared
-        .auth
-        .connect(username, password, connect.client_id(), listener.loopback)
-        .await
+    // Boxed: the store query's future is large, and kept inline it would size every
+    // connection's task for the whole life of the connection.
+    let principal = match Box::pin(shared.auth.connect(
+        username,
+        password,
+        connect.client_id(),
+        listener.loopback,
+    ))
+    .await
     {
         Ok(p) => p,
         Err(refusal) => {
@@ -510,7 +515,7 @@ impl Conn {
         let proto = self.proto;
         let mut out = BytesMut::with_capacity(64);
         let upstream = async {
-            let (mut up_rd, mut up_wr) = shared.upstream.open(proto).await.ok()?;
+            let (mut up_rd, mut up_wr) = Box::pin(shared.upstream.open(proto)).await.ok()?;
             up_wr.write_all(&connect.upstream(upstream_id)).await.ok()?;
             let mut ubuf = BytesMut::with_capacity(64);
             let (h, frame) = read_frame(&mut up_rd, &mut ubuf, 1 << 16).await.ok()?;
@@ -702,7 +707,7 @@ impl Conn {
             crate::sync::status::now_millis(),
         );
         for p in publications {
-            shared.publisher.publish(p).await;
+            Box::pin(shared.publisher.publish(p)).await;
         }
         shared.metrics.edge_live(-1);
         shared.metrics.edge_disconnect(reason);
