@@ -55,6 +55,29 @@ pub struct Config {
     pub log: LogConfig,
     /// Who may connect: accounts, open mode for local development.
     pub auth: AuthConfig,
+    /// Monitoring sessions: grace period and pending starts.
+    pub sessions: SessionsConfig,
+}
+
+/// Session settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionsConfig {
+    /// How long a baby station whose connection was lost (not a clean disconnect) may stay
+    /// away before its active session ends (reason `grace_expired`), in seconds.
+    pub grace_secs: u64,
+    /// Session starts waiting for their connection to appear, kept per account; the least
+    /// recently used is evicted (logged and counted) beyond it.
+    pub pending_per_account: usize,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        Self {
+            grace_secs: 120,
+            pending_per_account: 1000,
+        }
+    }
 }
 
 /// How MQTT and HTTP clients are authenticated.
@@ -522,6 +545,9 @@ impl Config {
         }
         if self.store.max_connections == 0 {
             return invalid("store.max_connections", "must be at least 1");
+        }
+        if self.sessions.pending_per_account == 0 {
+            return invalid("sessions.pending_per_account", "must be at least 1");
         }
         if self.mqtt.max_packet_bytes < 64 {
             return invalid("mqtt.max_packet_bytes", "must be at least 64");

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::auth::Refusal;
 use crate::domain::connection::DisconnectReason;
+use crate::domain::session::SessionIgnored;
 use crate::edge::codec::FrameError;
 use crate::edge::AclDrop;
 use crate::topics::DropReason;
@@ -58,6 +59,45 @@ impl EdgeConnect {
         }
     }
 }
+
+/// Why a station message (baby or parent station topic) was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StationDrop {
+    /// Not `accounts/{account}/{baby|parent}_stations/{client}` with valid ids.
+    InvalidTopic,
+    /// Over `sync.max_status_bytes`.
+    Oversize,
+    /// Not a valid announcement (the log names the field).
+    InvalidPayload,
+    /// The payload's `client_id` is not the topic's.
+    ClientMismatch,
+}
+
+impl StationDrop {
+    const ALL: [StationDrop; 4] = [
+        Self::InvalidTopic,
+        Self::Oversize,
+        Self::InvalidPayload,
+        Self::ClientMismatch,
+    ];
+
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidTopic => "invalid_topic",
+            Self::Oversize => "oversize",
+            Self::InvalidPayload => "invalid_payload",
+            Self::ClientMismatch => "client_mismatch",
+        }
+    }
+}
+
+const SESSION_IGNORED: [SessionIgnored; 4] = [
+    SessionIgnored::DuplicateStart,
+    SessionIgnored::StartAfterEnd,
+    SessionIgnored::DuplicateEnd,
+    SessionIgnored::UnknownSession,
+];
 
 const END_REASONS: [DisconnectReason; 6] = [
     DisconnectReason::Clean,
@@ -114,6 +154,22 @@ pub struct Metrics {
     pub edge_malformed: AtomicU64,
     /// Times a connection was paused by the publish rate limit.
     pub edge_throttled: AtomicU64,
+    /// `session.started` events appended.
+    pub sessions_started: AtomicU64,
+    /// `session.ended` events appended.
+    pub sessions_ended: AtomicU64,
+    /// Session commands that changed nothing, by `SESSION_IGNORED` index.
+    pub sessions_ignored: [AtomicU64; 4],
+    /// Starts parked until their connection appears.
+    pub sessions_pending: AtomicU64,
+    /// Pending starts evicted by the per-account bound.
+    pub sessions_pending_evicted: AtomicU64,
+    /// Messages received on baby-station topics.
+    pub baby_station_messages: AtomicU64,
+    /// Messages received on parent-station topics.
+    pub parent_station_messages: AtomicU64,
+    /// Station messages dropped, by `StationDrop::ALL` index.
+    pub station_drops: [AtomicU64; 4],
 }
 
 impl Metrics {
@@ -171,6 +227,64 @@ impl Metrics {
             FrameError::TooLarge => self.edge_too_large.fetch_add(1, Relaxed),
             FrameError::Malformed => self.edge_malformed.fetch_add(1, Relaxed),
         };
+    }
+
+    /// Counts one session command that changed nothing.
+    pub fn session_ignored(&self, ignored: SessionIgnored) {
+        if let Some(i) = SESSION_IGNORED.iter().position(|x| *x == ignored) {
+            self.sessions_ignored[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Counts one dropped station message.
+    pub fn station_drop(&self, reason: StationDrop) {
+        if let Some(i) = StationDrop::ALL.iter().position(|x| *x == reason) {
+            self.station_drops[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    fn render_sessions(&self, out: &mut String) {
+        let c = |out: &mut String, name: &str, help: &str, kind: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        };
+        c(
+            out,
+            "cradle_sessions_total",
+            "Session events appended, by type.",
+            "counter",
+        );
+        let _ = writeln!(
+            out,
+            "cradle_sessions_total{{event=\"started\"}} {}\ncradle_sessions_total{{event=\"ended\"}} {}",
+            self.sessions_started.load(Relaxed),
+            self.sessions_ended.load(Relaxed)
+        );
+        c(
+            out,
+            "cradle_session_commands_ignored_total",
+            "Session commands that changed nothing, by reason.",
+            "counter",
+        );
+        for (i, r) in SESSION_IGNORED.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "cradle_session_commands_ignored_total{{reason=\"{}\"}} {}",
+                r.as_str(),
+                self.sessions_ignored[i].load(Relaxed)
+            );
+        }
+        c(
+            out,
+            "cradle_session_pending_total",
+            "Session starts parked until their connection appears, and those evicted.",
+            "counter",
+        );
+        let _ = writeln!(
+            out,
+            "cradle_session_pending_total{{outcome=\"parked\"}} {}\ncradle_session_pending_total{{outcome=\"evicted\"}} {}",
+            self.sessions_pending.load(Relaxed),
+            self.sessions_pending_evicted.load(Relaxed)
+        );
     }
 
     /// Counts one pause by the publish rate limit.
@@ -284,6 +398,12 @@ impl Metrics {
             "cradle_mqtt_messages_received_total{{family=\"status\"}} {}",
             self.status_received.load(Relaxed)
         );
+        let _ = writeln!(
+            out,
+            "cradle_mqtt_messages_received_total{{family=\"baby_stations\"}} {}\ncradle_mqtt_messages_received_total{{family=\"parent_stations\"}} {}",
+            self.baby_station_messages.load(Relaxed),
+            self.parent_station_messages.load(Relaxed)
+        );
         c(
             &mut out,
             "cradle_mqtt_messages_dropped_total",
@@ -296,6 +416,14 @@ impl Metrics {
                 "cradle_mqtt_messages_dropped_total{{family=\"status\",reason=\"{}\"}} {}",
                 reason.as_str(),
                 self.status_dropped[i].load(Relaxed)
+            );
+        }
+        for (i, r) in StationDrop::ALL.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "cradle_mqtt_messages_dropped_total{{family=\"stations\",reason=\"{}\"}} {}",
+                r.as_str(),
+                self.station_drops[i].load(Relaxed)
             );
         }
         c(
@@ -394,6 +522,7 @@ impl Metrics {
             self.bus_connects.load(Relaxed)
         );
         self.render_edge(&mut out);
+        self.render_sessions(&mut out);
         if let Some(n) = connected_clients {
             c(
                 &mut out,

@@ -17,6 +17,8 @@ use crate::edge::{self, publisher::Publisher, EdgeError};
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
+use crate::sync::sessions::{SessionSettings, Sessions};
+use crate::sync::stations::{self, StationSettings};
 use crate::sync::status::{self, StatusSettings};
 use crate::topics::STATUS_FILTER;
 
@@ -147,16 +149,28 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
 
     let (status_tx, status_rx) = mpsc::channel(config.sync.queue);
+    let (stations_tx, stations_rx) = mpsc::channel(config.sync.queue);
+    let (changes_tx, changes_rx) = mpsc::unbounded_channel();
     let bus_addr = broker.v4;
     let bus = Bus::start(
         &config.bus,
         &bus_addr.ip().to_string(),
         bus_addr.port(),
         config.mqtt.max_payload_bytes,
-        vec![Route {
-            filter: STATUS_FILTER.to_string(),
-            tx: status_tx,
-        }],
+        vec![
+            Route {
+                filter: STATUS_FILTER.to_string(),
+                tx: status_tx,
+            },
+            Route {
+                filter: stations::BABY_STATIONS_FILTER.to_string(),
+                tx: stations_tx.clone(),
+            },
+            Route {
+                filter: stations::PARENT_STATIONS_FILTER.to_string(),
+                tx: stations_tx,
+            },
+        ],
         metrics.clone(),
     )
     .await?;
@@ -168,6 +182,27 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         StatusSettings {
             max_status_bytes: config.sync.max_status_bytes,
             batch_max: config.sync.batch_max,
+            changes: Some(changes_tx),
+        },
+    ));
+    let sessions = Arc::new(Sessions::new(
+        store.clone(),
+        metrics.clone(),
+        bus.client().clone(),
+        SessionSettings {
+            grace: Duration::from_secs(config.sessions.grace_secs),
+            pending_per_account: config.sessions.pending_per_account,
+        },
+    ));
+    let sessions_task = tokio::spawn(sessions.clone().run(changes_rx));
+    let stations_task = tokio::spawn(stations::run(
+        stations_rx,
+        sessions.clone(),
+        bus.acker(),
+        metrics.clone(),
+        StationSettings {
+            max_payload_bytes: config.sync.max_status_bytes,
+            max_name_chars: crate::sync::session_input::MAX_NAME_CHARS,
         },
     ));
 
@@ -179,6 +214,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         admin_token: config.http.admin_token.clone(),
         auth: auth.clone(),
         http_loopback: config.http.listen.ip().is_loopback(),
+        sessions: sessions.clone(),
+        max_body_bytes: config.http.max_body_bytes,
     };
     let (http_stop_tx, mut http_stop_rx) = watch::channel(false);
     let app = http::app(state, config.http.max_body_bytes);
@@ -210,6 +247,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             "status handler did not drain in time; unacknowledged messages stay with the broker"
         );
     }
+    if tokio::time::timeout(DRAIN_TIMEOUT, stations_task)
+        .await
+        .is_err()
+    {
+        tracing::error!("station handler did not drain in time");
+    }
+    // The status handler has ended, so the change feed is closed and the session handler
+    // finishes what it was given.
+    let _ = tokio::time::timeout(Duration::from_secs(5), sessions_task).await;
     bus.close(Duration::from_secs(5)).await;
     // The embedded broker ends with this process, and every device's connection with it.
     match status::close_open_connections(&store, DisconnectReason::ServerShutdown).await {

@@ -2,3 +2,4 @@
 //! No I/O and no clock: every timestamp arrives on the command.
 
 pub mod connection;
+pub mod session;

@@ -16,6 +16,21 @@ pub enum ApiError {
         field: &'static str,
         message: String,
     },
+    /// 400: the request body is invalid; names the field (`body` for JSON errors).
+    #[error("{field}: {message}")]
+    InvalidBody {
+        field: &'static str,
+        message: String,
+    },
+    /// 413: the request body is larger than `http.max_body_bytes`.
+    #[error("request body larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    /// 404: no such session (and no pending start of it).
+    #[error("no session `{0}`")]
+    SessionNotFound(String),
+    /// 409: the session already ended; a start cannot revive it.
+    #[error("session `{0}` already ended")]
+    SessionEnded(String),
     /// 401: no bearer token, or one that is not valid (outside open mode).
     #[error("a valid bearer token is required")]
     Unauthorized,
@@ -40,6 +55,10 @@ impl ApiError {
     fn parts(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::InvalidParameter { .. } => (StatusCode::BAD_REQUEST, "invalid_parameter"),
+            ApiError::InvalidBody { .. } => (StatusCode::BAD_REQUEST, "invalid_body"),
+            ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::SessionNotFound(_) => (StatusCode::NOT_FOUND, "session_not_found"),
+            ApiError::SessionEnded(_) => (StatusCode::CONFLICT, "session_ended"),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
@@ -60,7 +79,12 @@ impl IntoResponse for ApiError {
             ApiError::Accounts(error) => {
                 tracing::error!(%error, "credentials error answering a request")
             }
-            ApiError::InvalidParameter { field, .. } => body["error"]["field"] = (*field).into(),
+            ApiError::InvalidParameter { field, .. } | ApiError::InvalidBody { field, .. } => {
+                body["error"]["field"] = (*field).into()
+            }
+            ApiError::PayloadTooLarge(_)
+            | ApiError::SessionNotFound(_)
+            | ApiError::SessionEnded(_) => {}
             ApiError::NotFound
             | ApiError::MethodNotAllowed
             | ApiError::Unauthorized

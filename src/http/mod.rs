@@ -7,6 +7,9 @@ mod api;
 mod auth;
 mod error;
 mod ops;
+mod sessions;
+
+pub use sessions::ACCOUNT_HEADER;
 
 use std::sync::Arc;
 
@@ -36,6 +39,10 @@ pub struct AppState {
     pub auth: std::sync::Arc<crate::auth::Authenticator>,
     /// Whether the HTTP listener is on loopback (open mode applies only there).
     pub http_loopback: bool,
+    /// The session handler.
+    pub sessions: Arc<crate::sync::sessions::Sessions>,
+    /// Largest request body read (`http.max_body_bytes`).
+    pub max_body_bytes: usize,
 }
 
 /// Builds the whole router.
@@ -43,6 +50,7 @@ pub fn app(state: AppState, max_body_bytes: usize) -> Router {
     Router::new()
         .merge(ops::router())
         .merge(api::router())
+        .merge(sessions::router())
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))

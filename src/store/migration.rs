@@ -12,6 +12,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000001_create_events::Migration),
             Box::new(m20261122_000002_create_clients::Migration),
             Box::new(m20261122_000003_create_accounts_and_credentials::Migration),
+            Box::new(m20261122_000004_create_sessions_and_parent_stations::Migration),
         ]
     }
 }
@@ -29,6 +30,30 @@ enum Events {
     AtMillis,
     RecordedAtMillis,
     IdempotencyKey,
+}
+
+#[derive(DeriveIden)]
+enum Sessions {
+    Table,
+    AccountId,
+    SessionId,
+    ClientId,
+    ConnectionId,
+    Name,
+    StartedAtMillis,
+    Active,
+    EndedAtMillis,
+    EndReason,
+    RecordedAtMillis,
+}
+
+#[derive(DeriveIden)]
+enum ParentStations {
+    Table,
+    AccountId,
+    ClientId,
+    Announcement,
+    UpdatedAtMillis,
 }
 
 #[derive(DeriveIden)]
@@ -295,6 +320,103 @@ mod m20261122_000003_create_accounts_and_credentials {
                 .await?;
             manager
                 .drop_table(Table::drop().table(Accounts::Table).to_owned())
+                .await
+        }
+    }
+}
+
+mod m20261122_000004_create_sessions_and_parent_stations {
+    use super::*;
+
+    pub struct Migration;
+
+    impl MigrationName for Migration {
+        fn name(&self) -> &str {
+            "m20261122_000004_create_sessions_and_parent_stations"
+        }
+    }
+
+    #[sea_orm_migration::async_trait::async_trait]
+    impl MigrationTrait for Migration {
+        async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            let text = |c: Sessions| ColumnDef::new(c).string().not_null().to_owned();
+            let millis = |c: Sessions| ColumnDef::new(c).big_integer().not_null().to_owned();
+            manager
+                .create_table(
+                    Table::create()
+                        .table(Sessions::Table)
+                        .if_not_exists()
+                        .col(text(Sessions::AccountId))
+                        .col(text(Sessions::SessionId))
+                        .col(text(Sessions::ClientId))
+                        .col(text(Sessions::ConnectionId))
+                        .col(text(Sessions::Name))
+                        .col(millis(Sessions::StartedAtMillis))
+                        .col(ColumnDef::new(Sessions::Active).boolean().not_null())
+                        .col(ColumnDef::new(Sessions::EndedAtMillis).big_integer())
+                        .col(ColumnDef::new(Sessions::EndReason).string())
+                        .col(millis(Sessions::RecordedAtMillis))
+                        .primary_key(
+                            Index::create()
+                                .col(Sessions::AccountId)
+                                .col(Sessions::SessionId),
+                        )
+                        .to_owned(),
+                )
+                .await?;
+            for (name, col) in [
+                ("ix_sessions_account_connection", Sessions::ConnectionId),
+                ("ix_sessions_account_client", Sessions::ClientId),
+            ] {
+                manager
+                    .create_index(
+                        Index::create()
+                            .name(name)
+                            .if_not_exists()
+                            .table(Sessions::Table)
+                            .col(Sessions::AccountId)
+                            .col(col)
+                            .to_owned(),
+                    )
+                    .await?;
+            }
+            manager
+                .create_table(
+                    Table::create()
+                        .table(ParentStations::Table)
+                        .if_not_exists()
+                        .col(
+                            ColumnDef::new(ParentStations::AccountId)
+                                .string()
+                                .not_null(),
+                        )
+                        .col(ColumnDef::new(ParentStations::ClientId).string().not_null())
+                        .col(
+                            ColumnDef::new(ParentStations::Announcement)
+                                .text()
+                                .not_null(),
+                        )
+                        .col(
+                            ColumnDef::new(ParentStations::UpdatedAtMillis)
+                                .big_integer()
+                                .not_null(),
+                        )
+                        .primary_key(
+                            Index::create()
+                                .col(ParentStations::AccountId)
+                                .col(ParentStations::ClientId),
+                        )
+                        .to_owned(),
+                )
+                .await
+        }
+
+        async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            manager
+                .drop_table(Table::drop().table(ParentStations::Table).to_owned())
+                .await?;
+            manager
+                .drop_table(Table::drop().table(Sessions::Table).to_owned())
                 .await
         }
     }

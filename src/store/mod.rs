@@ -10,6 +10,8 @@ pub mod clients;
 pub mod credentials;
 pub mod events;
 pub mod migration;
+pub mod parent_stations;
+pub mod sessions;
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
@@ -344,22 +346,7 @@ impl StoreTx {
         new: &[NewEvent],
         recorded_at_millis: i64,
     ) -> Result<(), StoreError> {
-        for chunk in new.chunks(CHUNK) {
-            let models = chunk.iter().map(|e| events::ActiveModel {
-                position: ActiveValue::NotSet,
-                account_id: ActiveValue::Set(e.account_id.clone()),
-                stream: ActiveValue::Set(e.stream.clone()),
-                stream_version: ActiveValue::Set(e.stream_version),
-                event_type: ActiveValue::Set(e.event_type.to_string()),
-                event_version: ActiveValue::Set(e.event_version),
-                data: ActiveValue::Set(e.data.to_string()),
-                at_millis: ActiveValue::Set(e.at_millis),
-                recorded_at_millis: ActiveValue::Set(recorded_at_millis),
-                idempotency_key: ActiveValue::Set(e.idempotency_key.clone()),
-            });
-            events::Entity::insert_many(models).exec(&self.txn).await?;
-        }
-        Ok(())
+        append_in(&self.txn, new, recorded_at_millis).await
     }
 
     /// Inserts or replaces read-model rows.
@@ -401,4 +388,28 @@ impl StoreTx {
     pub async fn commit(self) -> Result<(), StoreError> {
         Ok(self.txn.commit().await?)
     }
+}
+
+/// Appends `new` in order inside `txn` (see [`StoreTx::append`]).
+pub async fn append_in(
+    txn: &DatabaseTransaction,
+    new: &[NewEvent],
+    recorded_at_millis: i64,
+) -> Result<(), StoreError> {
+    for chunk in new.chunks(CHUNK) {
+        let models = chunk.iter().map(|e| events::ActiveModel {
+            position: ActiveValue::NotSet,
+            account_id: ActiveValue::Set(e.account_id.clone()),
+            stream: ActiveValue::Set(e.stream.clone()),
+            stream_version: ActiveValue::Set(e.stream_version),
+            event_type: ActiveValue::Set(e.event_type.to_string()),
+            event_version: ActiveValue::Set(e.event_version),
+            data: ActiveValue::Set(e.data.to_string()),
+            at_millis: ActiveValue::Set(e.at_millis),
+            recorded_at_millis: ActiveValue::Set(recorded_at_millis),
+            idempotency_key: ActiveValue::Set(e.idempotency_key.clone()),
+        });
+        events::Entity::insert_many(models).exec(txn).await?;
+    }
+    Ok(())
 }

@@ -2,4 +2,7 @@
 //! message on every path (a poison message is logged, counted and acknowledged, never
 //! redelivered forever).
 
+pub mod session_input;
+pub mod sessions;
+pub mod stations;
 pub mod status;

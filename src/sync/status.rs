@@ -31,6 +31,17 @@ pub struct StatusSettings {
     pub max_status_bytes: usize,
     /// Most messages per transaction.
     pub batch_max: usize,
+    /// Where committed connection changes go (the session handler follows them).
+    pub changes: Option<mpsc::UnboundedSender<ConnectionChange>>,
+}
+
+/// A connection change the status writer committed.
+#[derive(Debug, Clone)]
+pub struct ConnectionChange {
+    /// The client.
+    pub key: ClientKey,
+    /// What was recorded.
+    pub event: ConnectionEvent,
 }
 
 /// A validated status report: which client, and what it asks.
@@ -85,7 +96,19 @@ pub async fn run(
         if batch.is_empty() {
             continue;
         }
-        commit_until_done(&store, &batch, &mut cache, &metrics).await;
+        let outcomes = commit_until_done(&store, &batch, &mut cache, &metrics).await;
+        if let Some(changes) = &settings.changes {
+            for ((key, _), outcome) in batch.iter().zip(&outcomes) {
+                if let Outcome::Applied(events) = outcome {
+                    for event in events {
+                        let _ = changes.send(ConnectionChange {
+                            key: key.clone(),
+                            event: event.clone(),
+                        });
+                    }
+                }
+            }
+        }
         batch.clear();
         for publish in publishes.drain(..) {
             acker.ack(&publish).await;
@@ -136,7 +159,7 @@ async fn commit_until_done(
     batch: &[Report],
     cache: &mut ClientCache,
     metrics: &Metrics,
-) {
+) -> Vec<Outcome> {
     let mut pause = Duration::from_millis(50);
     loop {
         let started = Instant::now();
@@ -147,7 +170,7 @@ async fn commit_until_done(
                     .store_commit_micros
                     .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
                 record(batch, &outcomes, metrics);
-                return;
+                return outcomes;
             }
             Err(StoreError::Conflict(what)) => {
                 // Another writer changed these streams: forget what we knew of them.

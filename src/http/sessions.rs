@@ -1,0 +1,248 @@
+//! Session routes: the legacy `PUT`/`DELETE /sessions/{session_id}` the PWA calls, and the
+//! session read models under `/v1/accounts/{account_id}/…` (baby stations, parent stations,
+//! usage).
+//!
+//! The account of `/sessions/…` comes from the bearer token. In open mode (no accounts,
+//! loopback) and for the admin token it comes from the `X-Cradle-Account` header: this is
+//! the one place that header is read.
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use super::auth::Caller;
+use super::{ApiError, AppState};
+use crate::domain::session::EndReason;
+use crate::sync::session_input::{parse_start, MAX_NAME_CHARS};
+use crate::sync::sessions::{usage, EndOutcome, StartOutcome, StartRequest};
+use crate::sync::status::now_millis;
+use crate::topics::is_valid_id;
+
+/// Header naming the account when the caller's token does not (open mode, admin token).
+pub const ACCOUNT_HEADER: &str = "x-cradle-account";
+
+pub(super) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/sessions/{session_id}", put(start).delete(end))
+        .route(
+            "/v1/accounts/{account_id}/baby-stations",
+            get(baby_stations),
+        )
+        .route(
+            "/v1/accounts/{account_id}/parent-stations",
+            get(parent_stations),
+        )
+        .route("/v1/accounts/{account_id}/usage", get(usage_route))
+}
+
+/// The account a session route acts on.
+fn session_account(caller: &Caller, headers: &HeaderMap) -> Result<String, ApiError> {
+    let named = headers
+        .get(ACCOUNT_HEADER)
+        .map(|v| v.to_str().unwrap_or_default().to_string());
+    if let Some(a) = &named {
+        if !is_valid_id(a) {
+            return Err(ApiError::InvalidParameter {
+                field: "X-Cradle-Account",
+                message: "1-128 characters of A-Z a-z 0-9 - _ . : @".into(),
+            });
+        }
+    }
+    match caller {
+        Caller::Account(own) => match named {
+            Some(a) if a != *own => Err(ApiError::Forbidden(a)),
+            _ => Ok(own.clone()),
+        },
+        Caller::Open | Caller::Admin => named.ok_or_else(|| ApiError::InvalidParameter {
+            field: "X-Cradle-Account",
+            message: "required without an account token (open mode, admin token)".into(),
+        }),
+        // Operators watch; they do not start or end sessions.
+        Caller::Operator => Err(ApiError::Forbidden(named.unwrap_or_default())),
+    }
+}
+
+fn session_path(session_id: &str) -> Result<(), ApiError> {
+    if is_valid_id(session_id) {
+        Ok(())
+    } else {
+        Err(ApiError::InvalidParameter {
+            field: "session_id",
+            message: "1-128 characters of A-Z a-z 0-9 - _ . : @".into(),
+        })
+    }
+}
+
+async fn start(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(session_id): Path<String>,
+    body: Body,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    session_path(&session_id)?;
+    let account_id = session_account(&caller, &headers)?;
+    let bytes = axum::body::to_bytes(body, state.max_body_bytes)
+        .await
+        .map_err(|_| ApiError::PayloadTooLarge(state.max_body_bytes))?;
+    let parsed = parse_start(&bytes, MAX_NAME_CHARS).map_err(|e| ApiError::InvalidBody {
+        field: e.field,
+        message: e.message,
+    })?;
+    if parsed.session_id != session_id {
+        return Err(ApiError::InvalidBody {
+            field: "session_id",
+            message: format!(
+                "`{}` in the body is not the path's `{session_id}`",
+                parsed.session_id
+            ),
+        });
+    }
+    let span = tracing::info_span!("session", account_id = %account_id, session_id = %session_id, connection_id = %parsed.connection_id);
+    let _enter = span.enter();
+    let outcome = state
+        .sessions
+        .start(
+            &account_id,
+            StartRequest {
+                session_id: session_id.clone(),
+                client_id: parsed.client_id,
+                connection_id: parsed.connection_id,
+                name: parsed.name,
+                started_at_millis: parsed.started_at_millis,
+            },
+        )
+        .await?;
+    let (status, word) = match outcome {
+        StartOutcome::Started => (StatusCode::CREATED, "started"),
+        StartOutcome::AlreadyActive => (StatusCode::OK, "already_started"),
+        StartOutcome::Pending => (StatusCode::ACCEPTED, "pending"),
+        StartOutcome::AlreadyEnded => return Err(ApiError::SessionEnded(session_id)),
+    };
+    Ok((
+        status,
+        Json(
+            serde_json::json!({"session_id": session_id, "account_id": account_id, "status": word}),
+        ),
+    ))
+}
+
+async fn end(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(session_id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    session_path(&session_id)?;
+    let account_id = session_account(&caller, &headers)?;
+    let outcome = state
+        .sessions
+        .end(&account_id, &session_id, now_millis(), EndReason::Explicit)
+        .await?;
+    let word = match outcome {
+        EndOutcome::Ended => "ended",
+        EndOutcome::AlreadyEnded => "already_ended",
+        EndOutcome::PendingRemoved => "pending_removed",
+        EndOutcome::Unknown => return Err(ApiError::SessionNotFound(session_id)),
+    };
+    Ok(Json(
+        serde_json::json!({"session_id": session_id, "account_id": account_id, "status": word}),
+    ))
+}
+
+fn account_path(account_id: &str) -> Result<(), ApiError> {
+    if is_valid_id(account_id) {
+        Ok(())
+    } else {
+        Err(ApiError::InvalidParameter {
+            field: "account_id",
+            message: "1-128 characters of A-Z a-z 0-9 - _ . : @".into(),
+        })
+    }
+}
+
+async fn baby_stations(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(account_id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    account_path(&account_id)?;
+    caller.authorize(&account_id)?;
+    let stations = state.sessions.baby_stations(&account_id).await?;
+    Ok(Json(
+        serde_json::json!({"account_id": account_id, "baby_stations": stations}),
+    ))
+}
+
+async fn parent_stations(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(account_id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    account_path(&account_id)?;
+    caller.authorize(&account_id)?;
+    let rows = state.sessions.parent_stations(&account_id).await?;
+    let stations: Vec<serde_json::Value> = rows
+        .into_iter()
+        .map(|r| {
+            serde_json::json!({
+                "client_id": r.client_id,
+                "announcement": serde_json::from_str::<serde_json::Value>(&r.announcement).unwrap_or(serde_json::Value::Null),
+                "updated_at_millis": r.updated_at_millis,
+            })
+        })
+        .collect();
+    Ok(Json(
+        serde_json::json!({"account_id": account_id, "parent_stations": stations}),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+struct UsageQuery {
+    from: Option<String>,
+    to: Option<String>,
+}
+
+fn millis_param(value: Option<&str>, field: &'static str, default: i64) -> Result<i64, ApiError> {
+    match value {
+        None => Ok(default),
+        Some(v) => {
+            v.parse::<i64>()
+                .ok()
+                .filter(|v| *v >= 0)
+                .ok_or_else(|| ApiError::InvalidParameter {
+                    field,
+                    message: "Unix milliseconds, a whole number ≥ 0".into(),
+                })
+        }
+    }
+}
+
+async fn usage_route(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(account_id): Path<String>,
+    Query(q): Query<UsageQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    account_path(&account_id)?;
+    caller.authorize(&account_id)?;
+    let from = millis_param(q.from.as_deref(), "from", 0)?;
+    let to = millis_param(q.to.as_deref(), "to", now_millis())?;
+    if to <= from {
+        return Err(ApiError::InvalidParameter {
+            field: "to",
+            message: "must be after `from`".into(),
+        });
+    }
+    let rows = state
+        .sessions
+        .sessions_between(&account_id, from, to)
+        .await?;
+    let u = usage(&rows, from, to);
+    let mut body = serde_json::to_value(u).expect("usage serialises");
+    body["account_id"] = account_id.into();
+    Ok(Json(body))
+}

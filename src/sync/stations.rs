@@ -1,0 +1,214 @@
+//! The MQTT side of sessions: baby-station announcements (`accounts/+/baby_stations/+`) and
+//! parent stations (`accounts/+/parent_stations/+`), consumed with QoS 1 and acknowledged on
+//! every path: after the commit, or at once for a message that is dropped (logged, counted).
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::Publish;
+use tokio::sync::mpsc;
+
+use crate::bus::Acker;
+use crate::domain::session::EndReason;
+use crate::metrics::{Metrics, StationDrop};
+use crate::sync::session_input::{parse_announcement, Announcement};
+use crate::sync::sessions::{Sessions, StartRequest};
+use crate::topics::is_valid_id;
+
+/// Filter of baby-station announcements.
+pub const BABY_STATIONS_FILTER: &str = "accounts/+/baby_stations/+";
+/// Filter of parent-station announcements.
+pub const PARENT_STATIONS_FILTER: &str = "accounts/+/parent_stations/+";
+
+/// Which family a station topic belongs to, and its account and client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StationTopic {
+    /// `accounts/{account}/baby_stations/{client}`
+    Baby {
+        account_id: String,
+        client_id: String,
+    },
+    /// `accounts/{account}/parent_stations/{client}`
+    Parent {
+        account_id: String,
+        client_id: String,
+    },
+}
+
+/// Parses a station topic.
+pub fn parse_station_topic(topic: &str) -> Option<StationTopic> {
+    let levels: Vec<&str> = topic.split('/').collect();
+    match levels.as_slice() {
+        ["accounts", a, family, c] if is_valid_id(a) && is_valid_id(c) => {
+            let (account_id, client_id) = (a.to_string(), c.to_string());
+            match *family {
+                "baby_stations" => Some(StationTopic::Baby {
+                    account_id,
+                    client_id,
+                }),
+                "parent_stations" => Some(StationTopic::Parent {
+                    account_id,
+                    client_id,
+                }),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Settings of the station handler.
+#[derive(Debug, Clone)]
+pub struct StationSettings {
+    /// Largest payload accepted, in bytes.
+    pub max_payload_bytes: usize,
+    /// Longest session name.
+    pub max_name_chars: usize,
+}
+
+/// Runs until `rx` closes and is drained.
+pub async fn run(
+    mut rx: mpsc::Receiver<Publish>,
+    sessions: Arc<Sessions>,
+    acker: Acker,
+    metrics: Arc<Metrics>,
+    settings: StationSettings,
+) {
+    while let Some(publish) = rx.recv().await {
+        handle(&publish, &sessions, &metrics, &settings).await;
+        acker.ack(&publish).await;
+    }
+    tracing::debug!("station handler drained");
+}
+
+async fn handle(
+    publish: &Publish,
+    sessions: &Sessions,
+    metrics: &Metrics,
+    settings: &StationSettings,
+) {
+    let drop = |reason: StationDrop, detail: &str| {
+        metrics.station_drop(reason);
+        tracing::warn!(topic = %publish.topic, reason = reason.as_str(), detail, "station message dropped");
+    };
+    let Some(topic) = parse_station_topic(&publish.topic) else {
+        return drop(StationDrop::InvalidTopic, "");
+    };
+    if publish.payload.len() > settings.max_payload_bytes {
+        return drop(StationDrop::Oversize, "");
+    }
+    match topic {
+        StationTopic::Baby {
+            account_id,
+            client_id,
+        } => {
+            metrics.baby_station_messages.fetch_add(1, Relaxed);
+            let announcement = match parse_announcement(&publish.payload, settings.max_name_chars) {
+                Ok(a) => a,
+                Err(e) => return drop(StationDrop::InvalidPayload, &e.to_string()),
+            };
+            if let Announcement::Start(p) = &announcement {
+                if p.client_id.as_ref().is_some_and(|c| *c != client_id) {
+                    return drop(
+                        StationDrop::ClientMismatch,
+                        "client_id differs from the topic's",
+                    );
+                }
+            }
+            let mut pause = Duration::from_millis(50);
+            // A store failure is retried until it succeeds: the message is acknowledged only
+            // once its effect is durable (as on the status path).
+            loop {
+                let result = match &announcement {
+                    Announcement::Withdrawn => return,
+                    Announcement::Start(p) => {
+                        let req = StartRequest {
+                            session_id: p.session_id.clone(),
+                            client_id: Some(client_id.clone()),
+                            connection_id: p.connection_id.clone(),
+                            name: p.name.clone(),
+                            started_at_millis: p.started_at_millis,
+                        };
+                        sessions
+                            .start(&account_id, req)
+                            .await
+                            .map(|o| format!("{o:?}"))
+                    }
+                    Announcement::End {
+                        session_id,
+                        ended_at_millis,
+                    } => sessions
+                        .end(
+                            &account_id,
+                            session_id,
+                            *ended_at_millis,
+                            EndReason::Explicit,
+                        )
+                        .await
+                        .map(|o| format!("{o:?}")),
+                };
+                match result {
+                    Ok(outcome) => {
+                        tracing::debug!(%account_id, %client_id, outcome, "baby-station announcement");
+                        return;
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, %account_id, %client_id, retry_in_ms = pause.as_millis() as u64, "baby-station announcement not recorded");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        }
+        StationTopic::Parent {
+            account_id,
+            client_id,
+        } => {
+            metrics.parent_station_messages.fetch_add(1, Relaxed);
+            let value = if publish.payload.is_empty() {
+                None
+            } else {
+                match serde_json::from_slice::<serde_json::Value>(&publish.payload) {
+                    Ok(v) if v.is_object() => Some(v),
+                    _ => return drop(StationDrop::InvalidPayload, "not a JSON object"),
+                }
+            };
+            let mut pause = Duration::from_millis(50);
+            while let Err(error) = sessions
+                .parent_station(&account_id, &client_id, value.as_ref())
+                .await
+            {
+                tracing::error!(%error, %account_id, %client_id, retry_in_ms = pause.as_millis() as u64, "parent station not recorded");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn station_topics_name_family_account_and_client() {
+        assert_eq!(
+            parse_station_topic("accounts/a/baby_stations/c"),
+            Some(StationTopic::Baby {
+                account_id: "a".into(),
+                client_id: "c".into()
+            })
+        );
+        assert_eq!(
+            parse_station_topic("accounts/a/parent_stations/p"),
+            Some(StationTopic::Parent {
+                account_id: "a".into(),
+                client_id: "p".into()
+            })
+        );
+        assert_eq!(parse_station_topic("accounts/a/other/c"), None);
+        assert_eq!(parse_station_topic("accounts/a/baby_stations"), None);
+        assert_eq!(parse_station_topic("accounts/a b/baby_stations/c"), None);
+    }
+}
