@@ -6,8 +6,9 @@
 //! broker instead of growing memory) and reconnects with backoff, resubscribing each time.
 //! Handlers acknowledge through [`Acker`] only after their work is durable.
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS};
@@ -41,18 +42,70 @@ pub enum BusState {
     Closed,
 }
 
-/// Acknowledges messages once their effect is durable.
+/// Acknowledges messages once their effect is durable, in the order they were delivered.
+///
+/// MQTT requires a client to acknowledge QoS 1 messages in the order it received them, and
+/// rumqttd closes a connection that does not. Several handlers (status, stations, the
+/// WebSocket bridge) finish their messages at their own pace, so an ack only marks its
+/// message done; acks leave in delivery order once every earlier message is done.
 #[derive(Clone)]
 pub struct Acker {
     client: AsyncClient,
+    order: Arc<Mutex<AckOrder>>,
+}
+
+/// Messages delivered and not yet acknowledged, in delivery order.
+#[derive(Default)]
+struct AckOrder {
+    /// (packet id, payload address) — the address tells a redelivery's message from an
+    /// older one that had the same packet id — and the message once its handler is done.
+    queue: VecDeque<(u16, usize, Option<Publish>)>,
+}
+
+fn identity(publish: &Publish) -> (u16, usize) {
+    (publish.pkid, publish.payload.as_ptr() as usize)
+}
+
+impl AckOrder {
+    fn delivered(&mut self, publish: &Publish) {
+        if publish.qos != QoS::AtMostOnce {
+            let (pkid, addr) = identity(publish);
+            self.queue.push_back((pkid, addr, None));
+        }
+    }
 }
 
 impl Acker {
-    /// Acknowledges `publish` (a no-op for QoS 0). Fails only when the bus is gone, in which
-    /// case the broker redelivers on the next session.
+    /// Marks `publish` done; sends every ack that is now in order (a no-op for QoS 0). A
+    /// send fails only when the bus is gone, and the broker redelivers on the next session.
     pub async fn ack(&self, publish: &Publish) {
-        if let Err(error) = self.client.ack(publish).await {
-            tracing::warn!(%error, topic = %publish.topic, "ack not sent: bus closed");
+        if publish.qos == QoS::AtMostOnce {
+            return;
+        }
+        let (pkid, addr) = identity(publish);
+        let mut order = self.order.lock().expect("not poisoned");
+        match order
+            .queue
+            .iter_mut()
+            .find(|(p, a, done)| *p == pkid && *a == addr && done.is_none())
+        {
+            Some(entry) => entry.2 = Some(publish.clone()),
+            // From before a reconnect: the broker redelivers it; nothing to send.
+            None => return,
+        }
+        while order
+            .queue
+            .front()
+            .is_some_and(|(_, _, done)| done.is_some())
+        {
+            let (_, _, done) = order.queue.pop_front().expect("front exists");
+            let done = done.expect("checked");
+            // Sent under the lock so acks enter the client's queue in order; the queue
+            // holds far more than the broker's in-flight window, so this does not fail
+            // while the bus runs.
+            if let Err(error) = self.client.try_ack(&done) {
+                tracing::warn!(%error, topic = %done.topic, "ack not sent: bus closed");
+            }
         }
     }
 }
@@ -68,6 +121,7 @@ pub struct Route {
 /// The running bus.
 pub struct Bus {
     client: AsyncClient,
+    order: Arc<Mutex<AckOrder>>,
     state: watch::Receiver<BusState>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
@@ -99,8 +153,14 @@ impl Bus {
         nodelay(&mut eventloop);
         let (state_tx, state) = watch::channel(BusState::Connecting(None));
         let (stop, stop_rx) = watch::channel(false);
+        let order = Arc::new(Mutex::new(AckOrder::default()));
+        let acker = Acker {
+            client: client.clone(),
+            order: order.clone(),
+        };
         let task = tokio::spawn(run(
             client.clone(),
+            acker,
             eventloop,
             routes,
             state_tx,
@@ -109,6 +169,7 @@ impl Bus {
         ));
         let bus = Bus {
             client,
+            order,
             state,
             stop,
             task,
@@ -141,6 +202,7 @@ impl Bus {
     pub fn acker(&self) -> Acker {
         Acker {
             client: self.client.clone(),
+            order: self.order.clone(),
         }
     }
 
@@ -177,6 +239,7 @@ impl Bus {
 
 async fn run(
     client: AsyncClient,
+    acker: Acker,
     mut eventloop: EventLoop,
     routes: Vec<Route>,
     state: watch::Sender<BusState>,
@@ -200,6 +263,8 @@ async fn run(
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                // Whatever the last session left unacknowledged, the broker redelivers.
+                acker.order.lock().expect("not poisoned").queue.clear();
                 backoff = Duration::from_millis(100);
                 metrics.bus_connects.fetch_add(1, Relaxed);
                 let filters: Vec<String> =
@@ -227,6 +292,11 @@ async fn run(
                     // Shutting down: not acknowledged, so the broker still owns it.
                     continue;
                 };
+                acker
+                    .order
+                    .lock()
+                    .expect("not poisoned")
+                    .delivered(&publish);
                 match routes
                     .iter()
                     .find(|r| filter_matches(&r.filter, &publish.topic))
@@ -239,7 +309,7 @@ async fn run(
                     None => {
                         // Not ours (a broker delivering beyond our filters): ack so it is
                         // not redelivered forever.
-                        let _ = client.try_ack(&publish);
+                        acker.ack(&publish).await;
                     }
                 }
             }

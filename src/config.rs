@@ -57,6 +57,52 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Monitoring sessions: grace period and pending starts.
     pub sessions: SessionsConfig,
+    /// The legacy WebSocket bridge (`GET /ws`).
+    pub websocket: WebSocketConfig,
+}
+
+/// WebSocket bridge settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebSocketConfig {
+    /// Seconds between the server's heartbeats (a `ping` frame and a WebSocket ping).
+    pub heartbeat_secs: u64,
+    /// A socket that sends nothing (frames, pongs) this long is dropped, in seconds; the
+    /// session then waits `resume_window_secs` for a resume before it is `lost`.
+    pub heartbeat_timeout_secs: u64,
+    /// How long a dropped session waits for a resume, in seconds.
+    pub resume_window_secs: u64,
+    /// Frames kept per session for replay after a resume.
+    pub replay_frames: usize,
+    /// Frames queued per socket; a client this far behind is disconnected (`slow_consumer`).
+    pub send_queue: usize,
+    /// Longest a single write may take, in milliseconds, before the socket is dropped.
+    pub write_timeout_ms: u64,
+    /// Largest frame accepted from a client, in bytes.
+    pub max_frame_bytes: usize,
+    /// Signal frames per second per connection (token bucket); 0 = unlimited.
+    pub signal_rate: u32,
+    /// Burst of the signal token bucket.
+    pub signal_burst: u32,
+    /// Refused frames (invalid, rate-limited) before the socket is closed with code 4008.
+    pub max_errors: u32,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_secs: 15,
+            heartbeat_timeout_secs: 45,
+            resume_window_secs: 30,
+            replay_frames: 500,
+            send_queue: 256,
+            write_timeout_ms: 5000,
+            max_frame_bytes: 64 * 1024,
+            signal_rate: 50,
+            signal_burst: 100,
+            max_errors: 20,
+        }
+    }
 }
 
 /// Session settings.
@@ -545,6 +591,22 @@ impl Config {
         }
         if self.store.max_connections == 0 {
             return invalid("store.max_connections", "must be at least 1");
+        }
+        let w = &self.websocket;
+        if w.heartbeat_secs == 0 || w.heartbeat_timeout_secs <= w.heartbeat_secs {
+            return invalid(
+                "websocket.heartbeat_timeout_secs",
+                "heartbeat_secs must be at least 1 and heartbeat_timeout_secs larger than it",
+            );
+        }
+        if w.replay_frames == 0 || w.send_queue == 0 {
+            return invalid(
+                "websocket.replay_frames",
+                "replay_frames and send_queue must be at least 1",
+            );
+        }
+        if w.max_frame_bytes < 256 {
+            return invalid("websocket.max_frame_bytes", "must be at least 256");
         }
         if self.sessions.pending_per_account == 0 {
             return invalid("sessions.pending_per_account", "must be at least 1");

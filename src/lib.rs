@@ -24,10 +24,16 @@
 //!   ([`edge::lifecycle`]).
 //! - [`broker`]: the embedded rumqttd broker, on loopback listeners behind the edge.
 //! - [`bus`]: Cradle's own MQTT client; routes each topic family to its handler, reconnects.
-//! - [`sync`]: one handler per topic family ([`sync::status`] today), batching commits.
-//! - [`domain`]: pure deciders ([`domain::connection`]) with given/when/then tests.
+//! - [`sync`]: one handler per topic family: [`sync::status`] (batching commits),
+//!   [`sync::stations`] (baby- and parent-station announcements), and [`sync::sessions`]
+//!   (session starts and ends from HTTP and MQTT, pending starts, clean-disconnect and
+//!   grace-period ends, the session read models); [`sync::session_input`] validates starts.
+//! - [`domain`]: pure deciders ([`domain::connection`], [`domain::session`]) with
+//!   given/when/then tests.
 //! - [`store`]: sea-orm event log and read models on SQLite or PostgreSQL, with migrations.
-//! - [`http`]: axum API: `/v1/accounts/{id}/clients|events`, `/healthz`, `/readyz`, `/metrics`.
+//! - [`http`]: axum API: `PUT`/`DELETE /sessions/{id}`,
+//!   `/v1/accounts/{id}/clients|events|baby-stations|parent-stations|usage`, `/healthz`,
+//!   `/readyz`, `/metrics`.
 //! - [`metrics`]: lock-free counters rendered as Prometheus text.
 //! - [`monitor`]: the `cradle-monitor` live view.
 //! - [`bench`]: `cradle-bench` scenarios (one module each) and the `BENCHMARKS.md` report.
@@ -50,3 +56,4 @@ pub mod store;
 pub mod sync;
 pub mod telemetry;
 pub mod topics;
+pub mod ws;

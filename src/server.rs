@@ -21,6 +21,7 @@ use crate::sync::sessions::{SessionSettings, Sessions};
 use crate::sync::stations::{self, StationSettings};
 use crate::sync::status::{self, StatusSettings};
 use crate::topics::STATUS_FILTER;
+use crate::ws::{Bridge, WsSettings};
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +152,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let (status_tx, status_rx) = mpsc::channel(config.sync.queue);
     let (stations_tx, stations_rx) = mpsc::channel(config.sync.queue);
     let (changes_tx, changes_rx) = mpsc::unbounded_channel();
+    let (presence_tx, presence_rx) = mpsc::unbounded_channel();
+    let (inbox_tx, inbox_rx) = mpsc::channel(config.sync.queue);
     let bus_addr = broker.v4;
     let bus = Bus::start(
         &config.bus,
@@ -170,6 +173,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 filter: stations::PARENT_STATIONS_FILTER.to_string(),
                 tx: stations_tx,
             },
+            Route {
+                filter: crate::topics::INBOX_FILTER.to_string(),
+                tx: inbox_tx,
+            },
         ],
         metrics.clone(),
     )
@@ -182,7 +189,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         StatusSettings {
             max_status_bytes: config.sync.max_status_bytes,
             batch_max: config.sync.batch_max,
-            changes: Some(changes_tx),
+            changes: vec![changes_tx, presence_tx],
         },
     ));
     let sessions = Arc::new(Sessions::new(
@@ -195,6 +202,31 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         },
     ));
     let sessions_task = tokio::spawn(sessions.clone().run(changes_rx));
+    let w = &config.websocket;
+    let bridge = Arc::new(Bridge::new(
+        bus.client().clone(),
+        WsSettings {
+            heartbeat: Duration::from_secs(w.heartbeat_secs),
+            heartbeat_timeout: Duration::from_secs(w.heartbeat_timeout_secs),
+            resume_window: Duration::from_secs(w.resume_window_secs),
+            replay_frames: w.replay_frames,
+            send_queue: w.send_queue,
+            write_timeout: Duration::from_millis(w.write_timeout_ms),
+            max_frame_bytes: w.max_frame_bytes,
+            signal_rate: w.signal_rate,
+            signal_burst: w.signal_burst,
+            max_errors: w.max_errors,
+        },
+    ));
+    let (lists_tx, lists_rx) = mpsc::unbounded_channel();
+    sessions.follow_baby_stations(lists_tx);
+    let bridge_task = tokio::spawn(crate::ws::run(
+        bridge.clone(),
+        inbox_rx,
+        bus.acker(),
+        presence_rx,
+        lists_rx,
+    ));
     let stations_task = tokio::spawn(stations::run(
         stations_rx,
         sessions.clone(),
@@ -216,6 +248,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         http_loopback: config.http.listen.ip().is_loopback(),
         sessions: sessions.clone(),
         max_body_bytes: config.http.max_body_bytes,
+        bridge: bridge.clone(),
     };
     let (http_stop_tx, mut http_stop_rx) = watch::channel(false);
     let app = http::app(state, config.http.max_body_bytes);
@@ -233,7 +266,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     tracing::info!(http = %config.http.listen, "Cradle ready");
 
     shutdown.await;
-    tracing::info!("shutting down: ending MQTT connections");
+    tracing::info!("shutting down: ending WebSocket sessions and MQTT connections");
+    bridge.shutdown().await;
     edge.shutdown(Duration::from_secs(5)).await;
     // The ends just published reach the bus through the broker; give them a moment.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -256,6 +290,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // The status handler has ended, so the change feed is closed and the session handler
     // finishes what it was given.
     let _ = tokio::time::timeout(Duration::from_secs(5), sessions_task).await;
+    bridge_task.abort();
     bus.close(Duration::from_secs(5)).await;
     // The embedded broker ends with this process, and every device's connection with it.
     match status::close_open_connections(&store, DisconnectReason::ServerShutdown).await {

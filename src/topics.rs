@@ -14,6 +14,9 @@ pub const MAX_ID_LEN: usize = 128;
 /// Subscription filter of every client's status, in every account.
 pub const STATUS_FILTER: &str = "accounts/+/clients/+/status";
 
+/// Filter of every client's signalling inbox (the WebSocket bridge routes these).
+pub const INBOX_FILTER: &str = "accounts/+/clients/+/webrtc_inbox";
+
 /// Status filter of one account (`+` for every account).
 pub fn status_filter(account: &str) -> String {
     format!("accounts/{account}/clients/+/status")

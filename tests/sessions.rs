@@ -441,4 +441,19 @@ async fn every_bad_request_gets_a_4xx_naming_the_field() {
         got, 202,
         "unknown connection, no client id: pending ({json})"
     );
+    // The pending queue is bounded per account (4 in this test's config): the least recently
+    // used start is evicted, logged and counted.
+    for i in 0..5 {
+        let id = format!("p{i}");
+        let (got, _) = put(&c, &id, &start_body(&id, None, &format!("gone-{i}"), 5)).await;
+        assert_eq!(got, 202);
+    }
+    assert_eq!(
+        c.metric("cradle_session_pending_total{outcome=\"evicted\"}")
+            .await,
+        2
+    );
+    // legacy-1 was the oldest: evicted, so its DELETE finds nothing.
+    assert_eq!(delete(&c, "legacy-1").await.0, 404);
+    assert!(c.log().contains("pending session start evicted"));
 }

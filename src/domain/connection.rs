@@ -23,6 +23,8 @@ pub enum DisconnectReason {
     ServerShutdown,
     /// An operator or policy closed the connection.
     Kicked,
+    /// The client did not read what it was sent fast enough (WebSocket bridge).
+    SlowConsumer,
 }
 
 impl DisconnectReason {
@@ -35,6 +37,7 @@ impl DisconnectReason {
             "takeover" => Self::Takeover,
             "server_shutdown" => Self::ServerShutdown,
             "kicked" => Self::Kicked,
+            "slow_consumer" => Self::SlowConsumer,
             _ => return None,
         })
     }
@@ -48,6 +51,7 @@ impl DisconnectReason {
             Self::Takeover => "takeover",
             Self::ServerShutdown => "server_shutdown",
             Self::Kicked => "kicked",
+            Self::SlowConsumer => "slow_consumer",
         }
     }
 }
@@ -469,6 +473,7 @@ mod tests {
             Takeover,
             ServerShutdown,
             Kicked,
+            SlowConsumer,
         ] {
             assert_eq!(DisconnectReason::parse(r.as_str()), Some(r));
         }

@@ -43,6 +43,8 @@ pub struct AppState {
     pub sessions: Arc<crate::sync::sessions::Sessions>,
     /// Largest request body read (`http.max_body_bytes`).
     pub max_body_bytes: usize,
+    /// The WebSocket bridge (`GET /ws`).
+    pub bridge: Arc<crate::ws::Bridge>,
 }
 
 /// Builds the whole router.
@@ -51,6 +53,7 @@ pub fn app(state: AppState, max_body_bytes: usize) -> Router {
         .merge(ops::router())
         .merge(api::router())
         .merge(sessions::router())
+        .merge(crate::ws::router())
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))

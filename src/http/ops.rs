@@ -67,6 +67,10 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.metrics.render(connected),
+        {
+            let mut text = state.metrics.render(connected);
+            state.bridge.render_metrics(&mut text);
+            text
+        },
     )
 }

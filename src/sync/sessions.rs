@@ -115,6 +115,7 @@ pub struct Sessions {
     mqtt: AsyncClient,
     settings: SessionSettings,
     pending: Mutex<HashMap<String, LruCache<String, Pending>>>,
+    listeners: Mutex<Vec<mpsc::UnboundedSender<(String, serde_json::Value)>>>,
 }
 
 fn stream_id(account_id: &str, session_id: &str) -> String {
@@ -215,6 +216,29 @@ impl Sessions {
             mqtt,
             settings,
             pending: Mutex::new(HashMap::new()),
+            listeners: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Registers a follower of baby-station list changes: it gets `(account, new list)`
+    /// after every committed start or end.
+    pub fn follow_baby_stations(&self, tx: mpsc::UnboundedSender<(String, serde_json::Value)>) {
+        self.listeners.lock().expect("not poisoned").push(tx);
+    }
+
+    async fn notify_baby_stations(&self, account_id: &str) {
+        if self.listeners.lock().expect("not poisoned").is_empty() {
+            return;
+        }
+        match self.baby_stations(account_id).await {
+            Ok(list) => {
+                let value = serde_json::to_value(list).expect("list serialises");
+                self.listeners
+                    .lock()
+                    .expect("not poisoned")
+                    .retain(|tx| tx.send((account_id.to_string(), value.clone())).is_ok());
+            }
+            Err(error) => tracing::warn!(%error, account_id, "baby-station list not pushed"),
         }
     }
 
@@ -388,8 +412,14 @@ impl Sessions {
     }
 
     /// Publishes (retained) the announcement of each started session and withdraws the
-    /// announcement of each ended one, unless its station hosts another active session.
+    /// announcement of each ended one, unless its station hosts another active session;
+    /// then tells the followers of the list.
     async fn announce(&self, account_id: &str, events: &[SessionEvent]) {
+        self.publish_announcements(account_id, events).await;
+        self.notify_baby_stations(account_id).await;
+    }
+
+    async fn publish_announcements(&self, account_id: &str, events: &[SessionEvent]) {
         for event in events {
             let s = event.session();
             let topic = announcement_topic(account_id, &s.client_id);

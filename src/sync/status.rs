@@ -31,8 +31,9 @@ pub struct StatusSettings {
     pub max_status_bytes: usize,
     /// Most messages per transaction.
     pub batch_max: usize,
-    /// Where committed connection changes go (the session handler follows them).
-    pub changes: Option<mpsc::UnboundedSender<ConnectionChange>>,
+    /// Where committed connection changes go (the session handler and the WebSocket
+    /// bridge follow them).
+    pub changes: Vec<mpsc::UnboundedSender<ConnectionChange>>,
 }
 
 /// A connection change the status writer committed.
@@ -97,7 +98,7 @@ pub async fn run(
             continue;
         }
         let outcomes = commit_until_done(&store, &batch, &mut cache, &metrics).await;
-        if let Some(changes) = &settings.changes {
+        for changes in &settings.changes {
             for ((key, _), outcome) in batch.iter().zip(&outcomes) {
                 if let Outcome::Applied(events) = outcome {
                     for event in events {

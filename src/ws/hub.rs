@@ -1,0 +1,395 @@
+//! The ConnectionHub: every WebSocket session by connection id, and by account for fan-out.
+//!
+//! A session outlives its socket for the resume window: frames sent while it is detached go
+//! to its replay buffer only, and a resuming socket gets every frame after the `seq` it saw.
+//! One `std::sync::Mutex` per session and one for the index; neither is ever held across an
+//! await (senders are cloned out, then used).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+
+use super::protocol::{stamp, ServerFrame};
+
+/// What the writer task of a socket is given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outgoing {
+    /// A numbered text frame.
+    Text(Arc<str>),
+    /// A WebSocket ping.
+    Ping,
+    /// Close with this code and reason, then stop.
+    Close(u16, &'static str),
+}
+
+/// Why a send did not reach a socket now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Queued for the socket's writer.
+    Queued,
+    /// No socket attached: kept in the replay buffer for a resume.
+    Buffered,
+    /// The socket's queue is full: the client is too slow (the caller disconnects it).
+    SlowConsumer,
+    /// The session has ended.
+    Closed,
+}
+
+struct State {
+    seq: u64,
+    replay: VecDeque<(u64, Arc<str>)>,
+    tx: Option<mpsc::Sender<Outgoing>>,
+    /// Bumped at every attach, so a stale detach timer does nothing.
+    generation: u64,
+    ended: bool,
+}
+
+/// One WebSocket session (one `connection_id`), across resumes.
+pub struct WsSession {
+    /// Its account.
+    pub account_id: String,
+    /// Its client.
+    pub client_id: String,
+    /// Its connection id.
+    pub connection_id: String,
+    replay_max: usize,
+    state: Mutex<State>,
+}
+
+impl WsSession {
+    /// Numbers `frame`, keeps it for replay and queues it for the socket (if attached).
+    pub fn send(&self, frame: &ServerFrame) -> Delivery {
+        let mut st = self.state.lock().expect("not poisoned");
+        if st.ended {
+            return Delivery::Closed;
+        }
+        st.seq += 1;
+        let text: Arc<str> = stamp(st.seq, frame).into();
+        let seq = st.seq;
+        st.replay.push_back((seq, text.clone()));
+        while st.replay.len() > self.replay_max {
+            st.replay.pop_front();
+        }
+        match &st.tx {
+            None => Delivery::Buffered,
+            Some(tx) => match tx.try_send(Outgoing::Text(text)) {
+                Ok(()) => Delivery::Queued,
+                Err(mpsc::error::TrySendError::Full(_)) => Delivery::SlowConsumer,
+                Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Buffered,
+            },
+        }
+    }
+
+    /// Queues a control message (ping, close) for the attached socket, if any.
+    pub fn control(&self, out: Outgoing) -> bool {
+        let st = self.state.lock().expect("not poisoned");
+        st.tx.as_ref().is_some_and(|tx| tx.try_send(out).is_ok())
+    }
+
+    /// The last `seq` sent.
+    pub fn seq(&self) -> u64 {
+        self.state.lock().expect("not poisoned").seq
+    }
+
+    /// Detaches the socket of `generation` (a newer socket keeps its place). Returns whether
+    /// it was detached.
+    pub fn detach(&self, generation: u64) -> bool {
+        let mut st = self.state.lock().expect("not poisoned");
+        if st.generation != generation || st.ended {
+            return false;
+        }
+        st.tx = None;
+        true
+    }
+
+    /// Whether the socket of `generation` is still the detached, current one (the resume
+    /// window passed without a resume).
+    pub fn still_detached(&self, generation: u64) -> bool {
+        let st = self.state.lock().expect("not poisoned");
+        st.generation == generation && st.tx.is_none() && !st.ended
+    }
+
+    /// Marks the session ended; returns false when it already was.
+    fn end(&self) -> bool {
+        let mut st = self.state.lock().expect("not poisoned");
+        let first = !st.ended;
+        st.ended = true;
+        st.tx = None;
+        first
+    }
+}
+
+/// Why a resume could not attach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResumeError {
+    /// The session no longer exists (it expired or ended): close 4100 / HTTP 410.
+    Expired,
+    /// `resume_from` is older than the replay buffer holds: close 4101.
+    TooOld,
+    /// `resume_from` is ahead of what was sent.
+    Ahead,
+}
+
+/// A socket attached to a session.
+pub struct Attached {
+    /// The session.
+    pub session: Arc<WsSession>,
+    /// The attach generation (give it back to `detach`).
+    pub generation: u64,
+    /// Frames to replay, in order.
+    pub replay: Vec<Arc<str>>,
+    /// The previous socket's sender, when this attach took a live socket's place.
+    pub replaced: Option<mpsc::Sender<Outgoing>>,
+}
+
+#[derive(Default)]
+struct Index {
+    sessions: HashMap<String, Arc<WsSession>>,
+    by_account: HashMap<String, HashSet<String>>,
+}
+
+/// Every WebSocket session of this replica.
+#[derive(Default)]
+pub struct Hub {
+    index: Mutex<Index>,
+}
+
+impl Hub {
+    /// Registers a new session and attaches its first socket.
+    pub fn open(
+        &self,
+        account_id: &str,
+        client_id: &str,
+        connection_id: &str,
+        replay_max: usize,
+        tx: mpsc::Sender<Outgoing>,
+    ) -> Attached {
+        let session = Arc::new(WsSession {
+            account_id: account_id.to_string(),
+            client_id: client_id.to_string(),
+            connection_id: connection_id.to_string(),
+            replay_max: replay_max.max(1),
+            state: Mutex::new(State {
+                seq: 0,
+                replay: VecDeque::new(),
+                tx: Some(tx),
+                generation: 1,
+                ended: false,
+            }),
+        });
+        let mut index = self.index.lock().expect("not poisoned");
+        index
+            .sessions
+            .insert(connection_id.to_string(), session.clone());
+        index
+            .by_account
+            .entry(account_id.to_string())
+            .or_default()
+            .insert(connection_id.to_string());
+        Attached {
+            session,
+            generation: 1,
+            replay: Vec::new(),
+            replaced: None,
+        }
+    }
+
+    /// The live session of `connection_id`, if any.
+    pub fn get(&self, connection_id: &str) -> Option<Arc<WsSession>> {
+        self.index
+            .lock()
+            .expect("not poisoned")
+            .sessions
+            .get(connection_id)
+            .cloned()
+    }
+
+    /// Attaches a resuming socket to `connection_id`: every frame after `resume_from` is
+    /// returned for replay, in order. A session that ended between the caller's check and
+    /// this call is `Expired`, and nothing is created.
+    pub fn resume(
+        &self,
+        connection_id: &str,
+        resume_from: u64,
+        tx: mpsc::Sender<Outgoing>,
+    ) -> Result<Attached, ResumeError> {
+        let session = self.get(connection_id).ok_or(ResumeError::Expired)?;
+        let mut st = session.state.lock().expect("not poisoned");
+        if st.ended {
+            return Err(ResumeError::Expired);
+        }
+        if resume_from > st.seq {
+            return Err(ResumeError::Ahead);
+        }
+        let oldest = st.replay.front().map(|(s, _)| *s).unwrap_or(st.seq + 1);
+        if resume_from + 1 < oldest {
+            return Err(ResumeError::TooOld);
+        }
+        let replay = st
+            .replay
+            .iter()
+            .filter(|(s, _)| *s > resume_from)
+            .map(|(_, t)| t.clone())
+            .collect();
+        st.generation += 1;
+        let generation = st.generation;
+        let replaced = st.tx.replace(tx);
+        drop(st);
+        Ok(Attached {
+            session,
+            generation,
+            replay,
+            replaced,
+        })
+    }
+
+    /// Ends a session and removes it; returns it when this call ended it.
+    pub fn close(&self, connection_id: &str) -> Option<Arc<WsSession>> {
+        let session = {
+            let mut index = self.index.lock().expect("not poisoned");
+            let session = index.sessions.remove(connection_id)?;
+            if let Some(set) = index.by_account.get_mut(&session.account_id) {
+                set.remove(connection_id);
+                if set.is_empty() {
+                    index.by_account.remove(&session.account_id);
+                }
+            }
+            session
+        };
+        session.end().then_some(session)
+    }
+
+    /// The sessions of `account_id`.
+    pub fn of_account(&self, account_id: &str) -> Vec<Arc<WsSession>> {
+        let index = self.index.lock().expect("not poisoned");
+        index
+            .by_account
+            .get(account_id)
+            .map(|ids| {
+                ids.iter()
+                    .filter_map(|id| index.sessions.get(id).cloned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Every live session.
+    pub fn all(&self) -> Vec<Arc<WsSession>> {
+        self.index
+            .lock()
+            .expect("not poisoned")
+            .sessions
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Live sessions.
+    pub fn len(&self) -> usize {
+        self.index.lock().expect("not poisoned").sessions.len()
+    }
+
+    /// Whether no session is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn channel() -> (mpsc::Sender<Outgoing>, mpsc::Receiver<Outgoing>) {
+        mpsc::channel(8)
+    }
+
+    fn texts(rx: &mut mpsc::Receiver<Outgoing>) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(Outgoing::Text(t)) = rx.try_recv() {
+            out.push(t.to_string());
+        }
+        out
+    }
+
+    #[test]
+    fn given_a_dropped_socket_when_resumed_then_exactly_the_missed_frames_replay_in_order() {
+        let hub = Hub::default();
+        let (tx, mut rx) = channel();
+        let a = hub.open("acc", "pwa", "c1", 10, tx);
+        a.session.send(&ServerFrame::Ping); // seq 1, seen
+        assert_eq!(texts(&mut rx).len(), 1);
+        assert!(a.session.detach(a.generation));
+        assert_eq!(a.session.send(&ServerFrame::Pong), Delivery::Buffered); // 2
+        assert_eq!(a.session.send(&ServerFrame::Ping), Delivery::Buffered); // 3
+        let (tx2, _rx2) = channel();
+        let b = hub.resume("c1", 1, tx2).unwrap();
+        assert_eq!(
+            b.replay.iter().map(|t| t.to_string()).collect::<Vec<_>>(),
+            vec![
+                r#"{"seq":2,"type":"pong"}"#.to_string(),
+                r#"{"seq":3,"type":"ping"}"#.to_string()
+            ]
+        );
+        // the old socket's late detach does not detach the new one
+        assert!(!a.session.detach(a.generation));
+        assert!(!b.session.still_detached(b.generation));
+    }
+
+    #[test]
+    fn given_a_session_that_expired_after_the_check_when_the_socket_attaches_then_it_is_refused() {
+        let hub = Hub::default();
+        let (tx, _rx) = channel();
+        let a = hub.open("acc", "pwa", "c1", 10, tx);
+        a.session.detach(a.generation);
+        // the resume check passed (the session existed)…
+        assert!(hub.get("c1").is_some());
+        // …then the window ran out before the new socket registered
+        assert!(hub.close("c1").is_some());
+        let (tx2, _rx2) = channel();
+        assert_eq!(hub.resume("c1", 0, tx2).err(), Some(ResumeError::Expired));
+        assert!(hub.is_empty(), "no session was created");
+    }
+
+    #[test]
+    fn given_a_resume_older_than_the_buffer_then_it_is_too_old() {
+        let hub = Hub::default();
+        let (tx, _rx) = channel();
+        let a = hub.open("acc", "pwa", "c1", 2, tx);
+        for _ in 0..5 {
+            a.session.send(&ServerFrame::Ping);
+        }
+        let (tx2, _) = channel();
+        assert_eq!(
+            hub.resume("c1", 1, tx2.clone()).err(),
+            Some(ResumeError::TooOld)
+        );
+        assert_eq!(
+            hub.resume("c1", 9, tx2.clone()).err(),
+            Some(ResumeError::Ahead)
+        );
+        assert_eq!(hub.resume("c1", 3, tx2).unwrap().replay.len(), 2);
+    }
+
+    #[test]
+    fn a_full_queue_is_a_slow_consumer() {
+        let hub = Hub::default();
+        let (tx, _rx) = mpsc::channel(1);
+        let a = hub.open("acc", "pwa", "c1", 10, tx);
+        assert_eq!(a.session.send(&ServerFrame::Ping), Delivery::Queued);
+        assert_eq!(a.session.send(&ServerFrame::Ping), Delivery::SlowConsumer);
+    }
+
+    #[test]
+    fn fan_out_is_per_account() {
+        let hub = Hub::default();
+        let (tx, _rx) = channel();
+        hub.open("a", "x", "c1", 10, tx.clone());
+        hub.open("b", "y", "c2", 10, tx);
+        assert_eq!(hub.of_account("a").len(), 1);
+        assert_eq!(hub.of_account("a")[0].client_id, "x");
+        assert!(hub.of_account("z").is_empty());
+        hub.close("c1");
+        assert!(hub.of_account("a").is_empty());
+    }
+}

@@ -1,0 +1,818 @@
+//! The legacy WebSocket bridge: PWA clients that speak JSON over a WebSocket look, to every
+//! MQTT device, like any other client of their account.
+//!
+//! - `GET /ws` authenticates before the upgrade (bearer token in `Authorization`, a `token`
+//!   query parameter, or a `Sec-WebSocket-Protocol` value), assigns a connection id,
+//!   registers the session in the [`hub::Hub`], publishes the client's `connected` status on
+//!   its behalf and sends `hello`.
+//! - Every server frame carries a per-session, strictly increasing `seq` and is kept in a
+//!   bounded replay buffer; a dropped socket leaves the session suspended for the resume
+//!   window, and `?connection_id=…&resume_from=…` replays what was missed. Only when the
+//!   window passes does the status become `disconnected` (`lost`).
+//! - Signalling frames are published to the target's `webrtc_inbox`; inbox messages for a
+//!   WebSocket client, presence (committed status changes) and baby-station list changes are
+//!   pushed to the account's sockets.
+//!
+//! Map: `protocol` (frames, close codes), `hub` (sessions, replay, resume), this file (the
+//! route, the socket tasks, the MQTT side).
+
+pub mod hub;
+pub mod protocol;
+
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use futures_util::{SinkExt, StreamExt};
+use rand_core::{OsRng, RngCore};
+use rumqttc::{AsyncClient, Publish, QoS};
+use serde::Deserialize;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::accounts::{self, CredentialKind};
+use crate::domain::connection::{ConnectionEvent, DisconnectReason};
+use crate::http::AppState;
+use crate::sync::status::{now_millis, ConnectionChange};
+use crate::topics::{is_valid_id, status_topic, StatusPayload};
+use hub::{Delivery, Hub, Outgoing, ResumeError, WsSession};
+use protocol::{close, parse_client_frame, ClientFrame, ServerFrame};
+
+/// Settings of the bridge (config `[websocket]`).
+#[derive(Debug, Clone)]
+pub struct WsSettings {
+    /// Interval of the server's heartbeat (`ping` frame and WebSocket ping).
+    pub heartbeat: Duration,
+    /// A socket silent this long is dropped (then resumable within the window).
+    pub heartbeat_timeout: Duration,
+    /// How long a dropped session waits for a resume.
+    pub resume_window: Duration,
+    /// Frames kept per session for replay.
+    pub replay_frames: usize,
+    /// Frames queued per socket before the client counts as a slow consumer.
+    pub send_queue: usize,
+    /// Longest a single write may take before the client counts as a slow consumer.
+    pub write_timeout: Duration,
+    /// Largest frame accepted from a client, in bytes.
+    pub max_frame_bytes: usize,
+    /// Signal frames per second per connection (token bucket), 0 = unlimited.
+    pub signal_rate: u32,
+    /// Token bucket burst.
+    pub signal_burst: u32,
+    /// Refused frames (invalid, rate-limited) before the socket is closed with 4008.
+    pub max_errors: u32,
+}
+
+/// Counters of the bridge.
+#[derive(Debug, Default)]
+pub struct WsMetrics {
+    /// Sessions opened.
+    pub opened: AtomicU64,
+    /// Sessions closed, by [`CLOSE_REASONS`] index.
+    pub closed: [AtomicU64; 6],
+    /// Upgrades refused for missing or bad credentials.
+    pub auth_failures: AtomicU64,
+    /// Resume attempts by outcome: resumed, gone (410), expired (4100), too old (4101).
+    pub resumes: [AtomicU64; 4],
+    /// Frames replayed to resumed sockets.
+    pub replayed: AtomicU64,
+    /// Signal frames refused by the rate limit.
+    pub rate_limited: AtomicU64,
+    /// Client frames refused as invalid.
+    pub invalid_frames: AtomicU64,
+    /// Inbox messages for a connection that is not the topic's account and client.
+    pub inbox_dropped: AtomicU64,
+    /// Live sessions (attached or waiting for a resume).
+    pub live: std::sync::atomic::AtomicI64,
+}
+
+/// Close reasons counted in [`WsMetrics::closed`].
+pub const CLOSE_REASONS: [DisconnectReason; 6] = [
+    DisconnectReason::Clean,
+    DisconnectReason::Lost,
+    DisconnectReason::SlowConsumer,
+    DisconnectReason::Kicked,
+    DisconnectReason::ServerShutdown,
+    DisconnectReason::Takeover,
+];
+
+/// Resume outcomes counted in [`WsMetrics::resumes`].
+pub const RESUME_OUTCOMES: [&str; 4] = ["resumed", "gone", "expired", "too_old"];
+
+/// The bridge: the hub, the MQTT client it publishes with, and its settings.
+pub struct Bridge {
+    /// Every session of this replica.
+    pub hub: Hub,
+    mqtt: AsyncClient,
+    settings: WsSettings,
+    /// Counters.
+    pub metrics: WsMetrics,
+}
+
+fn new_connection_id() -> String {
+    let mut b = [0u8; 9];
+    OsRng.fill_bytes(&mut b);
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("ws-{hex}")
+}
+
+/// A token bucket for signal frames.
+struct Bucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn new(rate: u32, burst: u32) -> Self {
+        Self {
+            rate: rate as f64,
+            burst: burst.max(1) as f64,
+            tokens: burst.max(1) as f64,
+            last: Instant::now(),
+        }
+    }
+
+    fn allow(&mut self) -> bool {
+        if self.rate == 0.0 {
+            return true;
+        }
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl Bridge {
+    /// A bridge publishing with `mqtt`.
+    pub fn new(mqtt: AsyncClient, settings: WsSettings) -> Self {
+        Self {
+            hub: Hub::default(),
+            mqtt,
+            settings,
+            metrics: WsMetrics::default(),
+        }
+    }
+
+    async fn publish_status(&self, s: &WsSession, reason: Option<DisconnectReason>) {
+        let payload = StatusPayload {
+            kind: if reason.is_some() {
+                "disconnected"
+            } else {
+                "connected"
+            }
+            .to_string(),
+            connection_id: s.connection_id.clone(),
+            at_millis: now_millis(),
+            reason: reason.map(|r| r.as_str().to_string()),
+        };
+        let body = serde_json::to_vec(&payload).expect("status serialises");
+        if let Err(error) = self
+            .mqtt
+            .publish(
+                status_topic(&s.account_id, &s.client_id),
+                QoS::AtLeastOnce,
+                true,
+                body,
+            )
+            .await
+        {
+            tracing::error!(%error, connection_id = %s.connection_id, "status on behalf of a WebSocket client not queued");
+        }
+    }
+
+    /// Ends a session for good: removes it, closes its socket and publishes its end.
+    pub async fn end(&self, connection_id: &str, reason: DisconnectReason, code: u16) {
+        if let Some(session) = self.hub.close(connection_id) {
+            self.metrics.live.fetch_sub(1, Relaxed);
+            if let Some(i) = CLOSE_REASONS.iter().position(|r| *r == reason) {
+                self.metrics.closed[i].fetch_add(1, Relaxed);
+            }
+            let _ = self.control_close(&session, code);
+            self.publish_status(&session, Some(reason)).await;
+            tracing::info!(account_id = %session.account_id, client_id = %session.client_id, connection_id, reason = reason.as_str(), "WebSocket session ended");
+        }
+    }
+
+    fn control_close(&self, session: &WsSession, code: u16) -> bool {
+        session.control(Outgoing::Close(code, "closing"))
+    }
+
+    /// Sends `frame` to `session`; a client whose queue is full is cut off.
+    async fn deliver(&self, session: &WsSession, frame: &ServerFrame) {
+        if session.send(frame) == Delivery::SlowConsumer {
+            tracing::warn!(connection_id = %session.connection_id, "WebSocket client too slow: disconnecting");
+            self.end(
+                &session.connection_id,
+                DisconnectReason::SlowConsumer,
+                close::SLOW_CONSUMER,
+            )
+            .await;
+        }
+    }
+
+    /// Routes one `webrtc_inbox` message to the WebSocket sessions of its topic's client.
+    pub async fn on_inbox(&self, publish: &Publish) {
+        let levels: Vec<&str> = publish.topic.split('/').collect();
+        let (account_id, client_id) = match levels.as_slice() {
+            ["accounts", a, "clients", c, "webrtc_inbox"] if is_valid_id(a) && is_valid_id(c) => {
+                (*a, *c)
+            }
+            _ => return,
+        };
+        let targets: Vec<Arc<WsSession>> = self
+            .hub
+            .of_account(account_id)
+            .into_iter()
+            .filter(|s| s.client_id == client_id)
+            .collect();
+        let value: serde_json::Value =
+            serde_json::from_slice(&publish.payload).unwrap_or_else(|_| {
+                String::from_utf8_lossy(&publish.payload)
+                    .into_owned()
+                    .into()
+            });
+        let to_connection = value.get("to_connection").and_then(|v| v.as_str());
+        if let Some(target) = to_connection {
+            // Routed by connection id only when that connection is this topic's account
+            // and client; anything else is dropped and counted.
+            if target.starts_with("ws-") && !targets.iter().any(|s| s.connection_id == target) {
+                self.metrics.inbox_dropped.fetch_add(1, Relaxed);
+                tracing::warn!(topic = %publish.topic, to_connection = target, "inbox message for a connection of another client or account dropped");
+                return;
+            }
+        }
+        let (from, from_connection, data) = match value.as_object() {
+            Some(o) if o.contains_key("from") && o.contains_key("data") => (
+                o.get("from")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("")
+                    .to_string(),
+                o.get("from_connection")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string),
+                o.get("data").cloned().unwrap_or_default(),
+            ),
+            _ => (String::new(), None, value.clone()),
+        };
+        let frame = ServerFrame::Signal {
+            from,
+            from_connection,
+            data,
+        };
+        for s in targets {
+            if to_connection.is_some_and(|t| t != s.connection_id) {
+                continue;
+            }
+            self.deliver(&s, &frame).await;
+        }
+    }
+
+    /// Pushes a committed status change to the account's sessions.
+    pub async fn on_presence(&self, change: &ConnectionChange) {
+        let frame = match &change.event {
+            ConnectionEvent::Connected { connection_id, .. } => ServerFrame::Presence {
+                client_id: change.key.client_id.clone(),
+                connection_id: connection_id.clone(),
+                connected: true,
+                reason: None,
+            },
+            ConnectionEvent::Disconnected {
+                connection_id,
+                reason,
+                ..
+            } => ServerFrame::Presence {
+                client_id: change.key.client_id.clone(),
+                connection_id: connection_id.clone(),
+                connected: false,
+                reason: Some(reason.as_str().to_string()),
+            },
+        };
+        for s in self.hub.of_account(&change.key.account_id) {
+            self.deliver(&s, &frame).await;
+        }
+    }
+
+    /// Pushes an account's new baby-station list to its sessions.
+    pub async fn on_baby_stations(&self, account_id: &str, list: serde_json::Value) {
+        let frame = ServerFrame::BabyStations {
+            baby_stations: list,
+        };
+        for s in self.hub.of_account(account_id) {
+            self.deliver(&s, &frame).await;
+        }
+    }
+
+    /// Ends every session (`server_shutdown`).
+    pub async fn shutdown(&self) {
+        for s in self.hub.all() {
+            self.end(
+                &s.connection_id,
+                DisconnectReason::ServerShutdown,
+                close::NORMAL,
+            )
+            .await;
+        }
+    }
+
+    /// Prometheus text of the bridge's counters.
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        let m = &self.metrics;
+        let _ = writeln!(out, "# HELP cradle_ws_sessions WebSocket sessions (attached or waiting for a resume).\n# TYPE cradle_ws_sessions gauge\ncradle_ws_sessions {}", m.live.load(Relaxed));
+        let _ = writeln!(out, "# HELP cradle_ws_sessions_opened_total WebSocket sessions opened.\n# TYPE cradle_ws_sessions_opened_total counter\ncradle_ws_sessions_opened_total {}", m.opened.load(Relaxed));
+        let _ = writeln!(out, "# HELP cradle_ws_sessions_closed_total WebSocket sessions ended, by reason.\n# TYPE cradle_ws_sessions_closed_total counter");
+        for (i, r) in CLOSE_REASONS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "cradle_ws_sessions_closed_total{{reason=\"{}\"}} {}",
+                r.as_str(),
+                m.closed[i].load(Relaxed)
+            );
+        }
+        let _ = writeln!(out, "# HELP cradle_ws_resumes_total Resume attempts, by outcome.\n# TYPE cradle_ws_resumes_total counter");
+        for (i, o) in RESUME_OUTCOMES.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "cradle_ws_resumes_total{{outcome=\"{o}\"}} {}",
+                m.resumes[i].load(Relaxed)
+            );
+        }
+        for (name, help, v) in [
+            (
+                "cradle_ws_replayed_frames_total",
+                "Frames replayed to resumed sockets.",
+                &m.replayed,
+            ),
+            (
+                "cradle_ws_auth_failures_total",
+                "Upgrades refused for missing or bad credentials.",
+                &m.auth_failures,
+            ),
+            (
+                "cradle_ws_rate_limited_frames_total",
+                "Signal frames refused by the rate limit.",
+                &m.rate_limited,
+            ),
+            (
+                "cradle_ws_invalid_frames_total",
+                "Client frames refused as invalid.",
+                &m.invalid_frames,
+            ),
+            (
+                "cradle_ws_inbox_dropped_total",
+                "Inbox messages naming a connection of another client or account.",
+                &m.inbox_dropped,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Relaxed)
+            );
+        }
+    }
+}
+
+/// Query parameters of `GET /ws`.
+#[derive(Debug, Default, Deserialize)]
+pub struct WsQuery {
+    /// Bearer token (browsers cannot set headers on a WebSocket).
+    pub token: Option<String>,
+    /// The client id (required with an account token; the token names only the account).
+    pub client_id: Option<String>,
+    /// Open mode only: the account.
+    pub account: Option<String>,
+    /// Resume: the session's connection id.
+    pub connection_id: Option<String>,
+    /// Resume: the last `seq` the client saw.
+    pub resume_from: Option<u64>,
+    /// Resume without a known `seq` (replays the whole buffer).
+    pub resume: Option<bool>,
+}
+
+/// The `/ws` route.
+pub fn router() -> Router<AppState> {
+    Router::new().route("/ws", get(upgrade))
+}
+
+fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
+    let mut r = (
+        status,
+        Json(serde_json::json!({"error": {"code": code, "message": message}})),
+    )
+        .into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(
+            axum::http::header::WWW_AUTHENTICATE,
+            axum::http::HeaderValue::from_static("Bearer"),
+        );
+    }
+    r
+}
+
+/// Finds the account of the caller: a bearer token (header, `token` query, or a
+/// `Sec-WebSocket-Protocol` value), or open mode with `account`.
+async fn authenticate(state: &AppState, headers: &HeaderMap, q: &WsQuery) -> Option<String> {
+    let mut candidates: Vec<String> = Vec::new();
+    if let Some(h) = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        if let Some(t) = h.strip_prefix("Bearer ") {
+            candidates.push(t.trim().to_string());
+        }
+    }
+    if let Some(t) = &q.token {
+        candidates.push(t.clone());
+    }
+    if let Some(p) = headers
+        .get(axum::http::header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok())
+    {
+        candidates.extend(
+            p.split(',')
+                .map(str::trim)
+                .filter(|t| t.contains('.'))
+                .map(str::to_string),
+        );
+    }
+    for token in candidates {
+        if let Ok(Some(c)) = accounts::verify_secret(&state.store, &token).await {
+            if c.kind == CredentialKind::Token.as_str() {
+                return c.account_id;
+            }
+        }
+    }
+    if state.auth.anonymous_allowed(state.http_loopback).await {
+        return q.account.clone().filter(|a| is_valid_id(a));
+    }
+    None
+}
+
+async fn upgrade(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<WsQuery>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let bridge = state.bridge.clone();
+    let Some(account_id) = authenticate(&state, &headers, &q).await else {
+        bridge.metrics.auth_failures.fetch_add(1, Relaxed);
+        tracing::warn!("WebSocket upgrade refused: no valid token");
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid bearer token is required (Authorization header, `token` query parameter or Sec-WebSocket-Protocol)",
+        );
+    };
+    let Some(client_id) = q.client_id.clone().filter(|c| is_valid_id(c)) else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "invalid_parameter",
+            "client_id: 1-128 characters of A-Z a-z 0-9 - _ . : @ is required",
+        );
+    };
+    let resume = match (&q.connection_id, q.resume_from, q.resume) {
+        (Some(id), Some(from), _) => Some((id.clone(), from)),
+        (Some(id), None, Some(true)) => Some((id.clone(), 0)),
+        (None, Some(_), _) | (None, None, Some(true)) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "invalid_parameter",
+                "connection_id: required to resume",
+            )
+        }
+        _ => None,
+    };
+    if let Some((id, _)) = &resume {
+        let known = bridge
+            .hub
+            .get(id)
+            .filter(|s| s.account_id == account_id && s.client_id == client_id);
+        if known.is_none() {
+            bridge.metrics.resumes[1].fetch_add(1, Relaxed);
+            return refuse(
+                StatusCode::GONE,
+                "session_gone",
+                "no session to resume: connect again without resume parameters",
+            );
+        }
+    }
+    let settings = bridge.settings.clone();
+    let offered_protocol = headers
+        .get(axum::http::header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|p| p.split(',').any(|x| x.trim() == "cradle"));
+    let mut ws = ws
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(4 * 1024)
+        .max_write_buffer_size(settings.max_frame_bytes * 4 + 64 * 1024)
+        .max_message_size(settings.max_frame_bytes)
+        .max_frame_size(settings.max_frame_bytes);
+    if offered_protocol {
+        ws = ws.protocols(["cradle"]);
+    }
+    ws.on_upgrade(move |socket| run_socket(socket, bridge, account_id, client_id, resume))
+}
+
+/// How a socket's read loop ended.
+enum SocketEnd {
+    /// Close frame from the client.
+    Clean,
+    /// Dropped, or silent past the heartbeat timeout: resumable.
+    Lost,
+    /// The socket failed under the writer: resumable, like a drop.
+    WriterGone,
+    /// A write timed out: the client does not read (slow consumer).
+    SlowWriter,
+    /// Too many refused frames.
+    Abuse,
+    /// The session ended elsewhere (resumed by another socket, shut down, slow consumer).
+    Ended,
+}
+
+async fn run_socket(
+    socket: WebSocket,
+    bridge: Arc<Bridge>,
+    account_id: String,
+    client_id: String,
+    resume: Option<(String, u64)>,
+) {
+    let settings = bridge.settings.clone();
+    let (mut sink, mut stream) = socket.split();
+    let (tx, mut rx) = mpsc::channel::<Outgoing>(settings.send_queue.max(1));
+    // 0 = writing, 1 = the socket failed or closed, 2 = a write timed out (slow consumer).
+    let (writer_done_tx, mut writer_done) = watch::channel(0u8);
+    let write_timeout = settings.write_timeout;
+    let writer = tokio::spawn(async move {
+        while let Some(out) = rx.recv().await {
+            let msg = match out {
+                Outgoing::Text(t) => Message::Text(t.as_ref().into()),
+                Outgoing::Ping => Message::Ping(Default::default()),
+                Outgoing::Close(code, reason) => {
+                    let _ = tokio::time::timeout(
+                        write_timeout,
+                        sink.send(Message::Close(Some(CloseFrame {
+                            code,
+                            reason: reason.into(),
+                        }))),
+                    )
+                    .await;
+                    break;
+                }
+            };
+            match tokio::time::timeout(write_timeout, sink.send(msg)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    let _ = writer_done_tx.send(1);
+                    return;
+                }
+                Err(_) => {
+                    let _ = writer_done_tx.send(2);
+                    return;
+                }
+            }
+        }
+        let _ = writer_done_tx.send(1);
+    });
+
+    let (session, generation) = match &resume {
+        None => {
+            let connection_id = new_connection_id();
+            let a = bridge.hub.open(
+                &account_id,
+                &client_id,
+                &connection_id,
+                settings.replay_frames,
+                tx.clone(),
+            );
+            bridge.metrics.opened.fetch_add(1, Relaxed);
+            bridge.metrics.live.fetch_add(1, Relaxed);
+            bridge.publish_status(&a.session, None).await;
+            tracing::info!(%account_id, %client_id, %connection_id, "WebSocket session opened");
+            bridge
+                .deliver(&a.session, &hello(&a.session, false, &settings))
+                .await;
+            (a.session, a.generation)
+        }
+        Some((connection_id, from)) => match bridge.hub.resume(connection_id, *from, tx.clone()) {
+            Ok(a) => {
+                bridge.metrics.resumes[0].fetch_add(1, Relaxed);
+                if let Some(old) = a.replaced {
+                    let _ = old.try_send(Outgoing::Close(close::REPLACED, "resumed elsewhere"));
+                }
+                bridge
+                    .metrics
+                    .replayed
+                    .fetch_add(a.replay.len() as u64, Relaxed);
+                for text in &a.replay {
+                    if tx.send(Outgoing::Text(text.clone())).await.is_err() {
+                        break;
+                    }
+                }
+                tracing::info!(%account_id, %client_id, %connection_id, replayed = a.replay.len(), "WebSocket session resumed");
+                bridge
+                    .deliver(&a.session, &hello(&a.session, true, &settings))
+                    .await;
+                (a.session, a.generation)
+            }
+            Err(e) => {
+                let (code, i, why) = match e {
+                    ResumeError::Expired => (close::SESSION_EXPIRED, 2, "session expired"),
+                    ResumeError::TooOld | ResumeError::Ahead => (
+                        close::RESUME_TOO_OLD,
+                        3,
+                        "resume_from outside the replay buffer: catch up over the HTTP API",
+                    ),
+                };
+                bridge.metrics.resumes[i].fetch_add(1, Relaxed);
+                let _ = tx.try_send(Outgoing::Close(code, why));
+                drop(tx);
+                let _ = writer.await;
+                if matches!(e, ResumeError::TooOld | ResumeError::Ahead) {
+                    // The client cannot continue this session: end it now.
+                    bridge
+                        .end(connection_id, DisconnectReason::Lost, code)
+                        .await;
+                }
+                return;
+            }
+        },
+    };
+    drop(tx);
+
+    let connection_id = session.connection_id.clone();
+    let mut bucket = Bucket::new(settings.signal_rate, settings.signal_burst);
+    let mut errors = 0u32;
+    let mut last_seen = Instant::now();
+    let mut heartbeat = tokio::time::interval(settings.heartbeat);
+    heartbeat.tick().await;
+    let end = loop {
+        tokio::select! {
+            msg = stream.next() => {
+                let text = match msg {
+                    None | Some(Err(_)) => break SocketEnd::Lost,
+                    Some(Ok(Message::Close(_))) => break SocketEnd::Clean,
+                    Some(Ok(Message::Text(t))) => t,
+                    Some(Ok(Message::Binary(_))) => {
+                        last_seen = Instant::now();
+                        errors += 1;
+                        bridge.metrics.invalid_frames.fetch_add(1, Relaxed);
+                        bridge.deliver(&session, &ServerFrame::Error { code: "binary_not_supported".into(), message: "frames are JSON text".into() }).await;
+                        if errors > settings.max_errors { break SocketEnd::Abuse; }
+                        continue;
+                    }
+                    Some(Ok(_)) => { last_seen = Instant::now(); continue; }
+                };
+                last_seen = Instant::now();
+                match parse_client_frame(text.as_str()) {
+                    Ok(ClientFrame::Ping) => bridge.deliver(&session, &ServerFrame::Pong).await,
+                    Ok(ClientFrame::Pong) => {}
+                    Ok(ClientFrame::Signal { to, to_connection, data }) => {
+                        if !bucket.allow() {
+                            errors += 1;
+                            bridge.metrics.rate_limited.fetch_add(1, Relaxed);
+                            bridge.deliver(&session, &ServerFrame::Error { code: "rate_limited".into(), message: format!("at most {} signal frames per second", settings.signal_rate) }).await;
+                            if errors > settings.max_errors { break SocketEnd::Abuse; }
+                            continue;
+                        }
+                        let payload = serde_json::json!({
+                            "from": client_id,
+                            "from_connection": connection_id,
+                            "to_connection": to_connection,
+                            "data": data,
+                        });
+                        let topic = format!("accounts/{account_id}/clients/{to}/webrtc_inbox");
+                        if let Err(error) = bridge.mqtt.publish(topic, QoS::AtLeastOnce, false, payload.to_string()).await {
+                            tracing::error!(%error, "signal not queued");
+                        }
+                    }
+                    Err(e) => {
+                        errors += 1;
+                        bridge.metrics.invalid_frames.fetch_add(1, Relaxed);
+                        bridge.deliver(&session, &ServerFrame::Error { code: e.code.into(), message: e.message }).await;
+                        if errors > settings.max_errors { break SocketEnd::Abuse; }
+                    }
+                }
+            }
+            _ = heartbeat.tick() => {
+                if last_seen.elapsed() >= settings.heartbeat_timeout {
+                    tracing::info!(%account_id, %client_id, %connection_id, "WebSocket heartbeat timeout");
+                    break SocketEnd::Lost;
+                }
+                bridge.deliver(&session, &ServerFrame::Ping).await;
+                session.control(Outgoing::Ping);
+            }
+            _ = writer_done.changed() => {
+                let timed_out = *writer_done.borrow() == 2;
+                break if bridge.hub.get(&connection_id).is_none() {
+                    SocketEnd::Ended
+                } else if timed_out {
+                    SocketEnd::SlowWriter
+                } else {
+                    SocketEnd::WriterGone
+                };
+            }
+        }
+    };
+    match end {
+        SocketEnd::Clean => {
+            bridge
+                .end(&connection_id, DisconnectReason::Clean, close::NORMAL)
+                .await
+        }
+        SocketEnd::Abuse => {
+            bridge
+                .end(&connection_id, DisconnectReason::Kicked, close::POLICY)
+                .await
+        }
+        SocketEnd::WriterGone => detach_and_wait(bridge.clone(), session, generation).await,
+        SocketEnd::SlowWriter => {
+            tracing::warn!(%connection_id, "WebSocket write timed out: disconnecting a slow consumer");
+            bridge
+                .end(
+                    &connection_id,
+                    DisconnectReason::SlowConsumer,
+                    close::SLOW_CONSUMER,
+                )
+                .await
+        }
+        SocketEnd::Lost => detach_and_wait(bridge.clone(), session, generation).await,
+        SocketEnd::Ended => {}
+    }
+    let _ = writer.await;
+}
+
+/// Detaches the socket; the session ends (`lost`) unless resumed within the window.
+async fn detach_and_wait(bridge: Arc<Bridge>, session: Arc<WsSession>, generation: u64) {
+    if !session.detach(generation) {
+        return;
+    }
+    session.control(Outgoing::Close(close::NORMAL, "bye"));
+    let window = bridge.settings.resume_window;
+    tokio::spawn(async move {
+        tokio::time::sleep(window).await;
+        if session.still_detached(generation) {
+            bridge
+                .end(
+                    &session.connection_id,
+                    DisconnectReason::Lost,
+                    close::NORMAL,
+                )
+                .await;
+        }
+    });
+}
+
+fn hello(session: &WsSession, resumed: bool, settings: &WsSettings) -> ServerFrame {
+    ServerFrame::Hello {
+        account_id: session.account_id.clone(),
+        client_id: session.client_id.clone(),
+        connection_id: session.connection_id.clone(),
+        resumed,
+        heartbeat_secs: settings.heartbeat.as_secs(),
+        resume_window_secs: settings.resume_window.as_secs(),
+    }
+}
+
+/// Runs the bridge's MQTT side: inbox messages (acknowledged once routed), committed
+/// connection changes (presence), and baby-station list changes.
+pub async fn run(
+    bridge: Arc<Bridge>,
+    mut inbox: mpsc::Receiver<Publish>,
+    acker: crate::bus::Acker,
+    mut changes: mpsc::UnboundedReceiver<ConnectionChange>,
+    mut stations: mpsc::UnboundedReceiver<(String, serde_json::Value)>,
+) {
+    loop {
+        tokio::select! {
+            p = inbox.recv() => {
+                let Some(p) = p else { return };
+                bridge.on_inbox(&p).await;
+                acker.ack(&p).await;
+            }
+            c = changes.recv() => {
+                if let Some(c) = c { bridge.on_presence(&c).await; }
+            }
+            s = stations.recv() => {
+                if let Some((account, list)) = s { bridge.on_baby_stations(&account, list).await; }
+            }
+        }
+    }
+}

@@ -1,0 +1,511 @@
+//! The legacy WebSocket bridge against the `cradle` binary: a real WebSocket client
+//! (tokio-tungstenite) and real MQTT clients (rumqttc). Account `fam` in open mode (no
+//! accounts, loopback) unless a test creates accounts to check the token path.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use common::{wait_for, Cradle};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+async fn start(dir: &std::path::Path, extra: &str) -> Cradle {
+    let config = dir.join("ws.toml");
+    std::fs::write(
+        &config,
+        format!("[websocket]\nheartbeat_secs = 1\nheartbeat_timeout_secs = 2\nresume_window_secs = 2\n{extra}"),
+    )
+    .unwrap();
+    let db = format!("sqlite://{}", dir.join("w.db").display());
+    Cradle::spawn_ready(dir, &db, &[("CRADLE_CONFIG", config.display().to_string())]).await
+}
+
+fn ws_url(c: &Cradle, query: &str) -> String {
+    format!("{}/ws?{query}", c.http.replace("http://", "ws://"))
+}
+
+async fn connect(c: &Cradle, query: &str) -> (Ws, serde_json::Value) {
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url(c, query))
+        .await
+        .expect("upgrade");
+    let hello = next_frame(&mut ws).await.expect("hello");
+    assert_eq!(hello["type"], "hello", "{hello}");
+    (ws, hello)
+}
+
+/// The next text frame (skipping the server's heartbeats), or None when closed / 5 s.
+async fn next_frame(ws: &mut Ws) -> Option<serde_json::Value> {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .ok()??
+            .ok()?;
+        match msg {
+            Message::Text(t) => {
+                let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+                if v["type"] == "ping" {
+                    let _ = ws.send(Message::text(r#"{"type":"pong"}"#)).await;
+                    continue;
+                }
+                return Some(v);
+            }
+            Message::Close(_) => return None,
+            _ => continue,
+        }
+    }
+}
+
+/// The next frame of `kind`.
+async fn next_of(ws: &mut Ws, kind: &str) -> serde_json::Value {
+    loop {
+        let f = next_frame(ws)
+            .await
+            .unwrap_or_else(|| panic!("no {kind} frame"));
+        if f["type"] == kind {
+            return f;
+        }
+    }
+}
+
+/// An MQTT client whose incoming publishes arrive on a channel.
+async fn mqtt(
+    port: u16,
+    id: &str,
+    subscribe: &[&str],
+) -> (
+    AsyncClient,
+    tokio::sync::mpsc::UnboundedReceiver<rumqttc::Publish>,
+) {
+    let mut o = MqttOptions::new(id, "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(5));
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut el) = AsyncClient::new(o, 1000);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let n = subscribe.len();
+    tokio::spawn(async move {
+        let mut ready = Some(ready_tx);
+        let mut acks = 0;
+        loop {
+            match el.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let _ = tx.send(p);
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    acks += 1;
+                    if acks == n {
+                        if let Some(r) = ready.take() {
+                            let _ = r.send(());
+                        }
+                    }
+                }
+                Ok(Event::Incoming(Packet::ConnAck(_))) if n == 0 => {
+                    if let Some(r) = ready.take() {
+                        let _ = r.send(());
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    });
+    for f in subscribe {
+        client.subscribe(*f, QoS::AtLeastOnce).await.unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(10), ready_rx)
+        .await
+        .expect("MQTT ready")
+        .unwrap();
+    (client, rx)
+}
+
+async fn next_publish(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<rumqttc::Publish>,
+    wait: Duration,
+) -> Option<rumqttc::Publish> {
+    tokio::time::timeout(wait, rx.recv()).await.ok()?
+}
+
+fn status_of(p: &rumqttc::Publish) -> serde_json::Value {
+    serde_json::from_slice(&p.payload).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_client_is_a_client_of_its_account_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = start(dir.path(), "").await;
+    let (_watch, mut statuses) =
+        mqtt(c.mqtt_port, "watcher", &["accounts/fam/clients/pwa/status"]).await;
+    let (ws_conn, hello) = connect(&c, "account=fam&client_id=pwa").await;
+    let mut ws = ws_conn;
+    let connection_id = hello["connection_id"].as_str().unwrap().to_string();
+    assert!(hello["seq"].as_u64().unwrap() >= 1);
+    assert_eq!(hello["resume_window_secs"], 2);
+    // The status was published on the PWA's behalf …
+    let p = next_publish(&mut statuses, Duration::from_secs(5))
+        .await
+        .expect("status");
+    assert_eq!(status_of(&p)["type"], "connected");
+    assert_eq!(status_of(&p)["connection_id"], connection_id.as_str());
+    // … and recorded.
+    wait_for(Duration::from_secs(10), "recorded", || async {
+        c.client("fam", "pwa")
+            .await
+            .filter(|r| r["connected"] == true)
+    })
+    .await;
+
+    // WS → MQTT device.
+    let (device, mut inbox) = mqtt(
+        c.mqtt_port,
+        "baby",
+        &["accounts/fam/clients/baby/webrtc_inbox"],
+    )
+    .await;
+    ws.send(Message::text(
+        r#"{"type":"signal","to":"baby","data":{"sdp":"offer"}}"#,
+    ))
+    .await
+    .unwrap();
+    let p = next_publish(&mut inbox, Duration::from_secs(5))
+        .await
+        .expect("signal to device");
+    let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+    assert_eq!(v["from"], "pwa");
+    assert_eq!(v["from_connection"], connection_id.as_str());
+    assert_eq!(v["data"]["sdp"], "offer");
+
+    // MQTT device → WS.
+    device
+        .publish(
+            "accounts/fam/clients/pwa/webrtc_inbox",
+            QoS::AtLeastOnce,
+            false,
+            r#"{"from":"baby","data":{"sdp":"answer"}}"#,
+        )
+        .await
+        .unwrap();
+    let f = next_of(&mut ws, "signal").await;
+    assert_eq!(f["from"], "baby");
+    assert_eq!(f["data"]["sdp"], "answer");
+
+    // Presence of the account's clients arrives without asking.
+    let _other = common::Device::connect(c.mqtt_port, "baby2", None).await;
+    _other
+        .publish(
+            "accounts/fam/clients/baby2/status",
+            common::status("connected", "kb2", 5, None),
+        )
+        .await;
+    let f = next_of(&mut ws, "presence").await;
+    assert_eq!(f["client_id"], "baby2");
+    assert_eq!(f["connected"], true);
+
+    // Sequence numbers only go up.
+    let mut last = f["seq"].as_u64().unwrap();
+    ws.send(Message::text(r#"{"type":"ping"}"#)).await.unwrap();
+    let pong = next_of(&mut ws, "pong").await;
+    assert!(pong["seq"].as_u64().unwrap() > last);
+    last = pong["seq"].as_u64().unwrap();
+
+    // Bad frames get error frames.
+    ws.send(Message::text("{nope")).await.unwrap();
+    let e = next_of(&mut ws, "error").await;
+    assert_eq!(e["code"], "invalid_json");
+    assert!(e["seq"].as_u64().unwrap() > last);
+
+    // A clean close: status `disconnected` reason `clean`, at once.
+    ws.close(None).await.unwrap();
+    let p = loop {
+        let p = next_publish(&mut statuses, Duration::from_secs(5))
+            .await
+            .expect("end status");
+        if status_of(&p)["type"] == "disconnected" {
+            break p;
+        }
+    };
+    assert_eq!(status_of(&p)["reason"], "clean");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inbox_message_naming_another_accounts_connection_is_not_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = start(dir.path(), "").await;
+    let (mut ws_b, hello_b) = connect(&c, "account=other&client_id=pwa").await;
+    let b_conn = hello_b["connection_id"].as_str().unwrap().to_string();
+    let (device, _) = mqtt(c.mqtt_port, "baby", &[]).await;
+    // Aimed at account fam's client `pwa`, but naming other's WebSocket connection.
+    device
+        .publish(
+            "accounts/fam/clients/pwa/webrtc_inbox",
+            QoS::AtLeastOnce,
+            false,
+            format!(r#"{{"from":"baby","to_connection":"{b_conn}","data":"forged"}}"#),
+        )
+        .await
+        .unwrap();
+    wait_for(Duration::from_secs(10), "counted drop", || async {
+        (c.metric("cradle_ws_inbox_dropped_total").await >= 1).then_some(())
+    })
+    .await;
+    // The other account's socket got nothing but heartbeats.
+    let got = tokio::time::timeout(Duration::from_millis(800), next_of(&mut ws_b, "signal")).await;
+    assert!(
+        got.is_err(),
+        "a forged inbox message was delivered: {got:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_inside_the_window_replays_exactly_the_missed_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = start(dir.path(), "").await;
+    let (_watch, mut statuses) =
+        mqtt(c.mqtt_port, "watcher", &["accounts/fam/clients/pwa/status"]).await;
+    let (ws, hello) = connect(&c, "account=fam&client_id=pwa").await;
+    let conn = hello["connection_id"].as_str().unwrap().to_string();
+    let seen = hello["seq"].as_u64().unwrap();
+    let _ = next_publish(&mut statuses, Duration::from_secs(5)).await; // connected
+                                                                       // The network drops (no close frame).
+    drop(ws);
+    let (device, _) = mqtt(c.mqtt_port, "baby", &[]).await;
+    for i in 0..3 {
+        device
+            .publish(
+                "accounts/fam/clients/pwa/webrtc_inbox",
+                QoS::AtLeastOnce,
+                false,
+                format!(r#"{{"from":"baby","data":{i}}}"#),
+            )
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (mut ws, hello2) = resume_connect(
+        &c,
+        &format!("account=fam&client_id=pwa&connection_id={conn}&resume_from={seen}"),
+    )
+    .await;
+    // Replayed frames come before the new hello, in order, with consecutive seqs.
+    let mut replayed = hello2.replayed;
+    replayed.retain(|f| f["type"] == "signal");
+    let data: Vec<i64> = replayed
+        .iter()
+        .map(|f| f["data"].as_i64().unwrap())
+        .collect();
+    assert_eq!(data, vec![0, 1, 2], "{:?}", hello2.all_seqs);
+    let seqs: Vec<u64> = hello2.all_seqs;
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+    assert_eq!(seqs[0], seen + 1);
+    assert_eq!(hello2.hello["resumed"], true);
+    assert_eq!(hello2.hello["connection_id"], conn.as_str());
+    // Peers never saw it go offline.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    while let Some(p) = next_publish(&mut statuses, Duration::from_millis(100)).await {
+        assert_ne!(status_of(&p)["type"], "disconnected", "{}", status_of(&p));
+    }
+    assert_eq!(
+        c.metric("cradle_ws_resumes_total{outcome=\"resumed\"}")
+            .await,
+        1
+    );
+    let _ = ws.close(None).await;
+}
+
+/// The frames a resumed socket receives up to and including its hello.
+struct Resumed {
+    replayed: Vec<serde_json::Value>,
+    all_seqs: Vec<u64>,
+    hello: serde_json::Value,
+}
+
+/// Connects a resuming socket and reads up to its hello.
+async fn resume_connect(c: &Cradle, query: &str) -> (Ws, Resumed) {
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url(c, query))
+        .await
+        .expect("upgrade");
+    let mut replayed = Vec::new();
+    let mut all_seqs = Vec::new();
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("frames")
+            .expect("open")
+            .expect("frame");
+        if let Message::Text(t) = msg {
+            let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+            all_seqs.push(v["seq"].as_u64().unwrap());
+            if v["type"] == "hello" {
+                return (
+                    ws,
+                    Resumed {
+                        replayed,
+                        all_seqs,
+                        hello: v,
+                    },
+                );
+            }
+            replayed.push(v);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_after_the_window_is_410_and_the_client_was_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = start(dir.path(), "").await;
+    let (ws, hello) = connect(&c, "account=fam&client_id=pwa").await;
+    let conn = hello["connection_id"].as_str().unwrap().to_string();
+    drop(ws);
+    // After the window the session is gone and its status became `lost`.
+    wait_for(Duration::from_secs(10), "lost", || async {
+        c.client("fam", "pwa")
+            .await
+            .filter(|r| r["connected"] == false && r["last_disconnect_reason"] == "lost")
+    })
+    .await;
+    let r = reqwest::Client::new()
+        .get(format!(
+            "{}/ws?account=fam&client_id=pwa&connection_id={conn}&resume_from=1",
+            c.http
+        ))
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "websocket")
+        .header("Sec-WebSocket-Version", "13")
+        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 410);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_client_times_out_and_is_lost_after_the_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = start(dir.path(), "").await;
+    let (ws, _hello) = connect(&c, "account=fam&client_id=quiet").await;
+    // Keep the socket open but never read or answer: the heartbeat times out (2 s), then
+    // the resume window (2 s) passes.
+    let started = std::time::Instant::now();
+    let row = wait_for(Duration::from_secs(15), "lost", || async {
+        c.client("fam", "quiet")
+            .await
+            .filter(|r| r["connected"] == false)
+    })
+    .await;
+    assert_eq!(row["last_disconnect_reason"], "lost");
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "not before timeout + window"
+    );
+    drop(ws);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_is_cut_off_and_others_are_unaffected() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = start(dir.path(), "send_queue = 8\nwrite_timeout_ms = 1000\n").await;
+    let (slow, _) = connect(&c, "account=fam&client_id=slow").await;
+    // The slow client keeps answering heartbeats (blindly) but never reads a frame.
+    let (mut slow_tx, slow_rx) = slow.split();
+    let pongs = tokio::spawn(async move {
+        loop {
+            if slow_tx
+                .send(Message::text(r#"{"type":"pong"}"#))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    let (mut fine, _) = connect(&c, "account=fam&client_id=fine").await;
+    let (device, _) = mqtt(c.mqtt_port, "flood", &[]).await;
+    let big = format!(r#"{{"from":"flood","data":"{}"}}"#, "x".repeat(60_000));
+    for _ in 0..300 {
+        device
+            .publish(
+                "accounts/fam/clients/slow/webrtc_inbox",
+                QoS::AtMostOnce,
+                false,
+                big.clone(),
+            )
+            .await
+            .unwrap();
+    }
+    let row = wait_for(Duration::from_secs(20), "slow consumer cut off", || async {
+        c.client("fam", "slow")
+            .await
+            .filter(|r| r["connected"] == false)
+    })
+    .await;
+    assert_eq!(row["last_disconnect_reason"], "slow_consumer");
+    device
+        .publish(
+            "accounts/fam/clients/fine/webrtc_inbox",
+            QoS::AtLeastOnce,
+            false,
+            r#"{"from":"flood","data":"hi"}"#,
+        )
+        .await
+        .unwrap();
+    let f = next_of(&mut fine, "signal").await;
+    assert_eq!(f["data"], "hi");
+    assert_eq!(
+        c.metric("cradle_ws_sessions_closed_total{reason=\"slow_consumer\"}")
+            .await,
+        1
+    );
+    pongs.abort();
+    drop(slow_rx);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_valid_token_the_upgrade_is_401() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("w.db").display());
+    let cli = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_cradle"))
+            .args(args)
+            .env("CRADLE_DATABASE_URL", &db)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_string()
+    };
+    cli(&["accounts", "create", "fam"]);
+    let token = cli(&["credentials", "issue", "--account", "fam", "--token"]);
+    let c = Cradle::spawn_ready(dir.path(), &db, &[]).await;
+    for query in [
+        "client_id=pwa",
+        "client_id=pwa&token=bad.token",
+        "client_id=pwa&account=fam",
+    ] {
+        let err = tokio_tungstenite::connect_async(ws_url(&c, query))
+            .await
+            .unwrap_err();
+        match err {
+            tokio_tungstenite::tungstenite::Error::Http(r) => {
+                assert_eq!(r.status().as_u16(), 401, "{query}")
+            }
+            other => panic!("{query}: {other:?}"),
+        }
+    }
+    assert!(c.metric("cradle_ws_auth_failures_total").await >= 3);
+    // With the token (query parameter, as browsers do) the upgrade works, for its account.
+    let (_ws, hello) = connect(&c, &format!("client_id=pwa&token={token}")).await;
+    assert_eq!(hello["account_id"], "fam");
+}
