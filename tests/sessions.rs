@@ -146,6 +146,21 @@ async fn http_start_then_mqtt_announcement_is_one_start(c: &Cradle) {
         },
     )
     .await;
+    // Another station cannot end baby1's session over MQTT.
+    let other = Device::connect(c.mqtt_port, "baby7", None).await;
+    other
+        .publish(
+            &format!("accounts/{ACCOUNT}/baby_stations/baby7"),
+            r#"{"session_id":"s1","ended_at_millis":11000}"#,
+        )
+        .await;
+    wait_for(Duration::from_secs(10), "the foreign end dropped", || async {
+        let n = c
+            .metric("cradle_mqtt_messages_dropped_total{family=\"stations\",reason=\"client_mismatch\"}")
+            .await;
+        (n >= 1).then_some(())
+    })
+    .await;
     assert_eq!(session_events(c).await, vec![started("s1")]);
     let list = baby_stations(c).await;
     assert_eq!(list.len(), 1);

@@ -463,6 +463,20 @@ impl Sessions {
             .map(active_of))
     }
 
+    /// The baby station hosting `session_id`, if the session is known.
+    pub async fn station_of(
+        &self,
+        account_id: &str,
+        session_id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(
+            sessions::Entity::find_by_id((account_id.to_string(), session_id.to_string()))
+                .one(self.store.db())
+                .await?
+                .map(|r| r.client_id),
+        )
+    }
+
     /// The client whose current (or last) connection is `connection_id`.
     async fn client_of_connection(
         &self,

@@ -116,6 +116,17 @@ async fn handle(
                     );
                 }
             }
+            // A station may end only its own sessions.
+            if let Announcement::End { session_id, .. } = &announcement {
+                if let Ok(Some(owner)) = sessions.station_of(&account_id, session_id).await {
+                    if owner != client_id {
+                        return drop(
+                            StationDrop::ClientMismatch,
+                            "the session belongs to another station",
+                        );
+                    }
+                }
+            }
             let mut pause = Duration::from_millis(50);
             // A store failure is retried until it succeeds: the message is acknowledged only
             // once its effect is durable (as on the status path).
