@@ -421,6 +421,9 @@ pub struct Overrides {
     /// mqtt.publish_rate: PUBLISH packets per second per client connection, 0 = unlimited.
     #[arg(long, env = "CRADLE_MQTT_PUBLISH_RATE", value_name = "N")]
     pub mqtt_publish_rate: Option<String>,
+    /// websocket.signal_rate: signal frames per second per WebSocket session, 0 = unlimited.
+    #[arg(long, env = "CRADLE_WEBSOCKET_SIGNAL_RATE", value_name = "N")]
+    pub websocket_signal_rate: Option<String>,
 }
 
 /// The default config file, read when present and no `--config` is given.
@@ -533,6 +536,14 @@ impl Config {
                     })
                 }
             };
+        }
+        if let Some(v) = &o.websocket_signal_rate {
+            self.websocket.signal_rate = v.parse().map_err(|_| ConfigError::Override {
+                key: "websocket.signal_rate",
+                flag: "websocket-signal-rate",
+                env: "CRADLE_WEBSOCKET_SIGNAL_RATE",
+                message: format!("`{v}` is not a whole number"),
+            })?;
         }
         if let Some(v) = &o.mqtt_publish_rate {
             self.mqtt.publish_rate = v.parse().map_err(|_| ConfigError::Override {

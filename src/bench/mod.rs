@@ -11,6 +11,7 @@ pub mod pipeline;
 pub mod report;
 pub mod signalling;
 pub mod throughput;
+pub mod websocket;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -5,7 +5,7 @@ use std::io::BufRead;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use cradle::bench::{self, connections, pipeline, signalling, throughput, BenchResult};
+use cradle::bench::{self, connections, pipeline, signalling, throughput, websocket, BenchResult};
 
 #[derive(Parser)]
 #[command(
@@ -108,6 +108,26 @@ enum Command {
         rate: u64,
         #[arg(long, default_value_t = 200)]
         payload: usize,
+    },
+    /// Cradle's memory per idle WebSocket session (open mode).
+    WsIdle {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        http: String,
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+    },
+    /// Round trip WebSocket client → MQTT device → WebSocket client at a fixed load.
+    WsSignalling {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        http: String,
+        #[arg(long, default_value_t = 50_000)]
+        messages: u64,
+        #[arg(long, default_value_t = 5000)]
+        rate: u64,
     },
     /// Reads result lines on stdin and prints Markdown; the header is read from a file.
     Report {
@@ -220,6 +240,27 @@ fn main() -> ExitCode {
                     messages,
                     rate,
                     payload,
+                })
+                .await
+            }
+            Command::WsIdle {
+                target,
+                http,
+                count,
+            } => websocket::idle(&http, &target.label, target.pid, count).await,
+            Command::WsSignalling {
+                target,
+                http,
+                messages,
+                rate,
+            } => {
+                websocket::signalling(websocket::WsSignalling {
+                    http,
+                    broker: target.broker,
+                    label: target.label,
+                    pid: target.pid,
+                    messages,
+                    rate,
                 })
                 .await
             }

@@ -1,0 +1,242 @@
+//! WebSocket bridge scenarios: memory per idle WebSocket session, and the signalling round
+//! trip WebSocket client → MQTT device → WebSocket client at a fixed offered load.
+//! Cradle runs in open mode (no accounts, loopback), so sockets connect with `account=`.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_tungstenite::tungstenite::Message;
+use futures_util::{SinkExt, StreamExt};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+use super::{broker_addr, now_nanos, proc_stats, run_id, BenchError, BenchResult};
+
+type Ws = async_tungstenite::WebSocketStream<
+    async_tungstenite::tokio::TokioAdapter<tokio::net::TcpStream>,
+>;
+
+async fn open(http: &str, query: &str) -> Result<Ws, BenchError> {
+    let url = url::Url::parse(http).map_err(|e| BenchError::Usage(e.to_string()))?;
+    let host = url.host_str().unwrap_or("127.0.0.1").to_string();
+    let port = url.port().unwrap_or(80);
+    let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(|e| BenchError::Target(format!("{http}: {e}")))?;
+    let _ = tcp.set_nodelay(true);
+    let (ws, _) = async_tungstenite::tokio::client_async(
+        format!("ws://{host}:{port}/ws?{query}").as_str(),
+        tcp,
+    )
+    .await
+    .map_err(|e| BenchError::Target(format!("WebSocket upgrade: {e}")))?;
+    Ok(ws)
+}
+
+/// Opens `count` idle WebSocket sessions and reports Cradle's resident memory per session.
+pub async fn idle(
+    http: &str,
+    label: &str,
+    pid: Option<u32>,
+    count: usize,
+) -> Result<BenchResult, BenchError> {
+    if pid.is_none() {
+        return Err(BenchError::Usage("ws-idle needs --pid of Cradle".into()));
+    }
+    let run = run_id();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = proc_stats(pid);
+    let started = Instant::now();
+    let mut sockets = Vec::with_capacity(count);
+    let mut next = 0;
+    while next < count {
+        let n = 100.min(count - next);
+        let mut batch = Vec::with_capacity(n);
+        for i in next..next + n {
+            let http = http.to_string();
+            // One account per socket, as in the field (a family has a few clients): in one
+            // account every connect would push presence to every other socket.
+            let query = format!("account=wsidle-{run}-{i}&client_id=c{i}");
+            batch.push(tokio::spawn(async move { open(&http, &query).await }));
+        }
+        for b in batch {
+            sockets.push(b.await.map_err(|e| BenchError::Target(e.to_string()))??);
+        }
+        next += n;
+    }
+    let connect_secs = started.elapsed().as_secs_f64();
+    // Read each hello so the sessions are fully set up, then let the server settle.
+    for ws in sockets.iter_mut() {
+        let _ = tokio::time::timeout(Duration::from_secs(5), ws.next()).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = proc_stats(pid);
+    let mut r = BenchResult::new(
+        &format!(
+            "ws-idle-memory-{}",
+            if count >= 1000 {
+                format!("{}k", count / 1000)
+            } else {
+                count.to_string()
+            }
+        ),
+        label,
+        format!("{count} idle WebSocket sessions"),
+        "KiB/conn",
+    );
+    r.count = sockets.len() as u64;
+    r.expected = count as u64;
+    r.seconds = connect_secs;
+    if let (Some(b), Some(a)) = (before, after) {
+        r.rate = (a.rss_kib.saturating_sub(b.rss_kib)) as f64 / count as f64;
+        r.peak_rss_mib = Some(a.peak_rss_kib as f64 / 1024.0);
+        r.cpu_seconds = Some(a.cpu_seconds - b.cpu_seconds);
+        r.note = format!(
+            "RSS {:.1} → {:.1} MiB; {:.0} upgrades/s",
+            b.rss_kib as f64 / 1024.0,
+            a.rss_kib as f64 / 1024.0,
+            count as f64 / connect_secs
+        );
+    }
+    drop(sockets);
+    Ok(r)
+}
+
+/// Parameters of a WebSocket signalling run.
+#[derive(Debug, Clone)]
+pub struct WsSignalling {
+    /// Cradle's HTTP URL (`/ws`).
+    pub http: String,
+    /// Cradle's MQTT URL (the device).
+    pub broker: String,
+    /// Name in the report.
+    pub label: String,
+    /// Cradle's pid.
+    pub pid: Option<u32>,
+    /// Messages the WebSocket client sends.
+    pub messages: u64,
+    /// Offered load, messages per second.
+    pub rate: u64,
+}
+
+/// WebSocket client A signals device B over MQTT; B echoes to A's inbox; A measures.
+pub async fn signalling(s: WsSignalling) -> Result<BenchResult, BenchError> {
+    let (host, port) = broker_addr(&s.broker)?;
+    let run = run_id();
+    let account = format!("wssig-{run}");
+    let stop = Arc::new(AtomicBool::new(false));
+    let ready = Arc::new(AtomicBool::new(false));
+
+    // B: an MQTT device echoing its inbox to A's.
+    let mut o = MqttOptions::new(format!("wssig-{run}-b"), host, port);
+    o.set_keep_alive(Duration::from_secs(30)).set_inflight(1000);
+    let (b, mut b_loop) = AsyncClient::new(o, 10_000);
+    crate::bus::nodelay(&mut b_loop);
+    let b_inbox = format!("accounts/{account}/clients/b/webrtc_inbox");
+    let a_inbox = format!("accounts/{account}/clients/a/webrtc_inbox");
+    let (b_stop, b_ready, b_sub) = (stop.clone(), ready.clone(), b_inbox.clone());
+    let b_task = tokio::spawn(async move {
+        while !b_stop.load(Relaxed) {
+            let Ok(event) = tokio::time::timeout(Duration::from_millis(200), b_loop.poll()).await
+            else {
+                continue;
+            };
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    let _ = b.subscribe(b_sub.as_str(), QoS::AtLeastOnce).await;
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => b_ready.store(true, Relaxed),
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    // The bridge's payload: {"from","from_connection","to_connection","data"}.
+                    let data = serde_json::from_slice::<serde_json::Value>(&p.payload)
+                        .ok()
+                        .and_then(|v| v.get("data").cloned())
+                        .unwrap_or_default();
+                    let echo = serde_json::json!({"from": "b", "data": data}).to_string();
+                    let _ = b.try_publish(a_inbox.as_str(), QoS::AtLeastOnce, false, echo);
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    });
+    if !super::wait_until(Duration::from_secs(20), || ready.load(Relaxed)).await {
+        stop.store(true, Relaxed);
+        return Err(BenchError::Target(
+            "device inbox subscription not ready".into(),
+        ));
+    }
+    let ws = open(&s.http, &format!("account={account}&client_id=a")).await?;
+    let (mut tx, mut rx) = ws.split();
+    let received = Arc::new(AtomicU64::new(0));
+    let a_received = received.clone();
+    let a_stop = stop.clone();
+    let reader = tokio::spawn(async move {
+        let mut samples = Vec::new();
+        while !a_stop.load(Relaxed) {
+            let Ok(Some(Ok(msg))) =
+                tokio::time::timeout(Duration::from_millis(200), rx.next()).await
+            else {
+                continue;
+            };
+            if let Message::Text(t) = msg {
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(t.as_str()) else {
+                    continue;
+                };
+                if v["type"] == "signal" {
+                    if let Some(sent) = v["data"]["t"].as_u64() {
+                        samples.push(now_nanos().saturating_sub(sent) / 1000);
+                    }
+                    a_received.fetch_add(1, Relaxed);
+                }
+            }
+        }
+        samples
+    });
+
+    let before = proc_stats(s.pid);
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut sent = 0u64;
+    let pad = "x".repeat(150);
+    while sent < s.messages {
+        tick.tick().await;
+        let due = (started.elapsed().as_secs_f64() * s.rate as f64) as u64;
+        while sent < due.min(s.messages) {
+            let frame = serde_json::json!({
+                "type": "signal", "to": "b", "data": {"t": now_nanos(), "pad": pad}
+            });
+            tx.send(Message::Text(frame.to_string()))
+                .await
+                .map_err(|e| BenchError::Target(e.to_string()))?;
+            sent += 1;
+        }
+    }
+    let send_secs = started.elapsed().as_secs_f64();
+    super::wait_until(Duration::from_secs(10), || {
+        received.load(Relaxed) >= s.messages
+    })
+    .await;
+    let after = proc_stats(s.pid);
+    stop.store(true, Relaxed);
+    let samples = reader.await.unwrap_or_default();
+    let _ = b_task.await;
+    let mut r = BenchResult::new(
+        "ws-signalling-rtt",
+        &s.label,
+        format!(
+            "{} msg/s offered, ~200 B, {} msgs, WebSocket → MQTT device → WebSocket",
+            s.rate, s.messages
+        ),
+        "msg/s",
+    );
+    r.count = received.load(Relaxed);
+    r.expected = s.messages;
+    r.seconds = send_secs;
+    r.rate = sent as f64 / send_secs.max(1e-9);
+    r.latencies(samples);
+    r.process(before, after);
+    r.note = "rate = achieved offered load; latency = WS → device → WS round trip".into();
+    Ok(r)
+}
