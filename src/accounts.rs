@@ -308,6 +308,22 @@ pub async fn revoke(store: &Store, credential_id: &str) -> Result<(), AccountsEr
     Ok(())
 }
 
+/// Whether (`account_id`, `client_id`) holds a live device credential (an MQTT device).
+pub async fn is_device_client(
+    store: &Store,
+    account_id: &str,
+    client_id: &str,
+) -> Result<bool, AccountsError> {
+    Ok(credentials::Entity::find()
+        .filter(credentials::Column::Kind.eq(CredentialKind::Device.as_str()))
+        .filter(credentials::Column::AccountId.eq(account_id))
+        .filter(credentials::Column::ClientId.eq(client_id))
+        .filter(credentials::Column::RevokedAtMillis.is_null())
+        .one(store.db())
+        .await?
+        .is_some())
+}
+
 /// Whether `password` is a live device secret of (`account_id`, `client_id`).
 pub async fn verify_device(
     store: &Store,

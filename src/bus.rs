@@ -339,6 +339,29 @@ async fn run(
     }
 }
 
+/// A second client of the broker for Cradle's own publications (baby-station
+/// announcements, statuses and signalling on behalf of WebSocket clients). They stay off the
+/// bus's connection: its request queue carries the acks, which must never wait behind (or be
+/// refused by) a burst of publications. Reconnects on its own.
+pub fn publisher(addr: std::net::SocketAddr, client_id: &str, max_packet: usize) -> AsyncClient {
+    let mut options = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+    options.set_keep_alive(Duration::from_secs(30));
+    options.set_clean_session(true);
+    options.set_max_packet_size(max_packet + 1024, max_packet + 1024);
+    options.set_inflight(1000);
+    let (client, mut eventloop) = AsyncClient::new(options, 10_000);
+    nodelay(&mut eventloop);
+    tokio::spawn(async move {
+        loop {
+            if let Err(error) = eventloop.poll().await {
+                tracing::warn!(%error, "publisher: broker connection failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    });
+    client
+}
+
 /// Turns off Nagle's algorithm on an event loop's socket: MQTT packets are small and an
 /// ack held back 40 ms stalls a QoS 1 window.
 pub fn nodelay(eventloop: &mut EventLoop) {

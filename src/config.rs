@@ -604,17 +604,23 @@ impl Config {
             return invalid("store.max_connections", "must be at least 1");
         }
         let w = &self.websocket;
-        if w.heartbeat_secs == 0 || w.heartbeat_timeout_secs <= w.heartbeat_secs {
+        if w.heartbeat_secs == 0 {
+            return invalid("websocket.heartbeat_secs", "must be at least 1");
+        }
+        if w.heartbeat_timeout_secs <= w.heartbeat_secs {
             return invalid(
                 "websocket.heartbeat_timeout_secs",
-                "heartbeat_secs must be at least 1 and heartbeat_timeout_secs larger than it",
+                "must be larger than websocket.heartbeat_secs",
             );
         }
-        if w.replay_frames == 0 || w.send_queue == 0 {
-            return invalid(
-                "websocket.replay_frames",
-                "replay_frames and send_queue must be at least 1",
-            );
+        if w.replay_frames == 0 {
+            return invalid("websocket.replay_frames", "must be at least 1");
+        }
+        if w.send_queue == 0 {
+            return invalid("websocket.send_queue", "must be at least 1");
+        }
+        if w.write_timeout_ms == 0 {
+            return invalid("websocket.write_timeout_ms", "must be at least 1");
         }
         if w.max_frame_bytes < 256 {
             return invalid("websocket.max_frame_bytes", "must be at least 256");

@@ -2,7 +2,7 @@
 //!
 //! The realtime backbone of a baby-monitor product: devices and parent stations speak MQTT,
 //! Cradle embeds the broker, turns every client's connection status into durable events and
-//! read models, and (later) bridges legacy WebSocket clients onto the same topics.
+//! read models, and bridges legacy WebSocket clients onto the same topics.
 //!
 //! ## Data flow
 //!
@@ -31,6 +31,7 @@
 //! - [`domain`]: pure deciders ([`domain::connection`], [`domain::session`]) with
 //!   given/when/then tests.
 //! - [`store`]: sea-orm event log and read models on SQLite or PostgreSQL, with migrations.
+//! - [`ws`]: the legacy WebSocket bridge (`GET /ws`): ConnectionHub, seq and replay, resume.
 //! - [`http`]: axum API: `PUT`/`DELETE /sessions/{id}`,
 //!   `/v1/accounts/{id}/clients|events|baby-stations|parent-stations|usage`, `/healthz`,
 //!   `/readyz`, `/metrics`.

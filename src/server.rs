@@ -192,10 +192,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             changes: vec![changes_tx, presence_tx],
         },
     ));
+    let out = crate::bus::publisher(
+        broker.v4,
+        &format!("{}-out", config.bus.client_id),
+        config.mqtt.max_packet_bytes,
+    );
     let sessions = Arc::new(Sessions::new(
         store.clone(),
         metrics.clone(),
-        bus.client().clone(),
+        out.clone(),
         SessionSettings {
             grace: Duration::from_secs(config.sessions.grace_secs),
             pending_per_account: config.sessions.pending_per_account,
@@ -204,7 +209,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let sessions_task = tokio::spawn(sessions.clone().run(changes_rx));
     let w = &config.websocket;
     let bridge = Arc::new(Bridge::new(
-        bus.client().clone(),
+        out.clone(),
         WsSettings {
             heartbeat: Duration::from_secs(w.heartbeat_secs),
             heartbeat_timeout: Duration::from_secs(w.heartbeat_timeout_secs),

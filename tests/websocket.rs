@@ -509,3 +509,92 @@ async fn without_a_valid_token_the_upgrade_is_401() {
     let (_ws, hello) = connect(&c, &format!("client_id=pwa&token={token}")).await;
     assert_eq!(hello["account_id"], "fam");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_and_abuse_get_error_frames_then_close_4008() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = start(
+        dir.path(),
+        "signal_rate = 1\nsignal_burst = 2\nmax_errors = 3\n",
+    )
+    .await;
+    let (mut ws, _) = connect(&c, "account=fam&client_id=pwa").await;
+    for _ in 0..3 {
+        ws.send(Message::text(r#"{"type":"signal","to":"baby","data":1}"#))
+            .await
+            .unwrap();
+    }
+    let e = next_of(&mut ws, "error").await;
+    assert_eq!(e["code"], "rate_limited");
+    // Keep misbehaving: the socket is closed with 4008 and the client is `kicked`.
+    for _ in 0..5 {
+        let _ = ws.send(Message::text(r#"{"type":"dance"}"#)).await;
+    }
+    let code = loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            Ok(Some(Ok(Message::Close(Some(f))))) => break u16::from(f.code),
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(code, 4008);
+    wait_for(Duration::from_secs(10), "kicked", || async {
+        c.client("fam", "pwa")
+            .await
+            .filter(|r| r["last_disconnect_reason"] == "kicked")
+    })
+    .await;
+    assert!(c.metric("cradle_ws_rate_limited_frames_total").await >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_in_the_subprotocol_header_authenticates_and_baby_stations_are_pushed() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("w.db").display());
+    let cli = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_cradle"))
+            .args(args)
+            .env("CRADLE_DATABASE_URL", &db)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_string()
+    };
+    cli(&["accounts", "create", "fam"]);
+    let token = cli(&["credentials", "issue", "--account", "fam", "--token"]);
+    let c = Cradle::spawn_ready(dir.path(), &db, &[]).await;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = ws_url(&c, "client_id=pwa").into_client_request().unwrap();
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        format!("cradle, {token}").parse().unwrap(),
+    );
+    let (mut ws, response) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("upgrade");
+    assert_eq!(
+        response
+            .headers()
+            .get("sec-websocket-protocol")
+            .map(|v| v.as_bytes()),
+        Some(&b"cradle"[..])
+    );
+    let hello = next_frame(&mut ws).await.unwrap();
+    assert_eq!(hello["account_id"], "fam");
+    // A session starts over HTTP: the new baby-station list arrives without asking.
+    let r = reqwest::Client::new()
+        .put(format!("{}/sessions/s1", c.http))
+        .bearer_auth(&token)
+        .body(r#"{"session_id":"s1","client_id":"baby","connection_id":"k1","name":"Nursery","started_at_millis":5}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let f = next_of(&mut ws, "baby_stations").await;
+    assert_eq!(f["baby_stations"][0]["session_id"], "s1");
+    assert_eq!(f["baby_stations"][0]["client_id"], "baby");
+}

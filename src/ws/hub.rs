@@ -92,15 +92,24 @@ impl WsSession {
         self.state.lock().expect("not poisoned").seq
     }
 
-    /// Detaches the socket of `generation` (a newer socket keeps its place). Returns whether
-    /// it was detached.
-    pub fn detach(&self, generation: u64) -> bool {
+    /// Detaches the socket of `generation` (a newer socket keeps its place), asking its
+    /// writer to close with `close` first. Returns whether it was detached.
+    pub fn detach(&self, generation: u64, close: Option<u16>) -> bool {
         let mut st = self.state.lock().expect("not poisoned");
         if st.generation != generation || st.ended {
             return false;
         }
+        if let (Some(code), Some(tx)) = (close, &st.tx) {
+            let _ = tx.try_send(Outgoing::Close(code, "closing"));
+        }
         st.tx = None;
         true
+    }
+
+    /// Whether a socket is attached now.
+    pub fn attached(&self) -> bool {
+        let st = self.state.lock().expect("not poisoned");
+        st.tx.is_some() && !st.ended
     }
 
     /// Whether the socket of `generation` is still the detached, current one (the resume
@@ -110,10 +119,14 @@ impl WsSession {
         st.generation == generation && st.tx.is_none() && !st.ended
     }
 
-    /// Marks the session ended; returns false when it already was.
-    fn end(&self) -> bool {
+    /// Marks the session ended, asking an attached writer to close with `close` first;
+    /// returns false when it already was.
+    fn end(&self, close: u16) -> bool {
         let mut st = self.state.lock().expect("not poisoned");
         let first = !st.ended;
+        if let Some(tx) = &st.tx {
+            let _ = tx.try_send(Outgoing::Close(close, "closing"));
+        }
         st.ended = true;
         st.tx = None;
         first
@@ -205,13 +218,15 @@ impl Hub {
             .cloned()
     }
 
-    /// Attaches a resuming socket to `connection_id`: every frame after `resume_from` is
-    /// returned for replay, in order. A session that ended between the caller's check and
-    /// this call is `Expired`, and nothing is created.
+    /// Attaches a resuming socket to `connection_id`. Every frame after `resume_from` (all
+    /// buffered frames when `None`) is queued to `tx` first, in order and under the
+    /// session's lock, so no new frame can overtake the replay; `tx` must have room for the
+    /// replay buffer. A session that ended between the caller's check and this call is
+    /// `Expired`, and nothing is created.
     pub fn resume(
         &self,
         connection_id: &str,
-        resume_from: u64,
+        resume_from: Option<u64>,
         tx: mpsc::Sender<Outgoing>,
     ) -> Result<Attached, ResumeError> {
         let session = self.get(connection_id).ok_or(ResumeError::Expired)?;
@@ -219,19 +234,25 @@ impl Hub {
         if st.ended {
             return Err(ResumeError::Expired);
         }
+        let oldest = st.replay.front().map(|(s, _)| *s).unwrap_or(st.seq + 1);
+        let resume_from = resume_from.unwrap_or(oldest.saturating_sub(1));
         if resume_from > st.seq {
             return Err(ResumeError::Ahead);
         }
-        let oldest = st.replay.front().map(|(s, _)| *s).unwrap_or(st.seq + 1);
         if resume_from + 1 < oldest {
             return Err(ResumeError::TooOld);
         }
-        let replay = st
+        let replay: Vec<Arc<str>> = st
             .replay
             .iter()
             .filter(|(s, _)| *s > resume_from)
             .map(|(_, t)| t.clone())
             .collect();
+        for text in &replay {
+            if tx.try_send(Outgoing::Text(text.clone())).is_err() {
+                break;
+            }
+        }
         st.generation += 1;
         let generation = st.generation;
         let replaced = st.tx.replace(tx);
@@ -244,8 +265,9 @@ impl Hub {
         })
     }
 
-    /// Ends a session and removes it; returns it when this call ended it.
-    pub fn close(&self, connection_id: &str) -> Option<Arc<WsSession>> {
+    /// Ends a session and removes it, closing an attached socket with `close_code`;
+    /// returns it when this call ended it.
+    pub fn close(&self, connection_id: &str, close_code: u16) -> Option<Arc<WsSession>> {
         let session = {
             let mut index = self.index.lock().expect("not poisoned");
             let session = index.sessions.remove(connection_id)?;
@@ -257,7 +279,7 @@ impl Hub {
             }
             session
         };
-        session.end().then_some(session)
+        session.end(close_code).then_some(session)
     }
 
     /// The sessions of `account_id`.
@@ -319,11 +341,11 @@ mod tests {
         let a = hub.open("acc", "pwa", "c1", 10, tx);
         a.session.send(&ServerFrame::Ping); // seq 1, seen
         assert_eq!(texts(&mut rx).len(), 1);
-        assert!(a.session.detach(a.generation));
+        assert!(a.session.detach(a.generation, None));
         assert_eq!(a.session.send(&ServerFrame::Pong), Delivery::Buffered); // 2
         assert_eq!(a.session.send(&ServerFrame::Ping), Delivery::Buffered); // 3
         let (tx2, _rx2) = channel();
-        let b = hub.resume("c1", 1, tx2).unwrap();
+        let b = hub.resume("c1", Some(1), tx2).unwrap();
         assert_eq!(
             b.replay.iter().map(|t| t.to_string()).collect::<Vec<_>>(),
             vec![
@@ -332,7 +354,7 @@ mod tests {
             ]
         );
         // the old socket's late detach does not detach the new one
-        assert!(!a.session.detach(a.generation));
+        assert!(!a.session.detach(a.generation, None));
         assert!(!b.session.still_detached(b.generation));
     }
 
@@ -341,13 +363,16 @@ mod tests {
         let hub = Hub::default();
         let (tx, _rx) = channel();
         let a = hub.open("acc", "pwa", "c1", 10, tx);
-        a.session.detach(a.generation);
+        a.session.detach(a.generation, None);
         // the resume check passed (the session existed)…
         assert!(hub.get("c1").is_some());
         // …then the window ran out before the new socket registered
-        assert!(hub.close("c1").is_some());
+        assert!(hub.close("c1", 4100).is_some());
         let (tx2, _rx2) = channel();
-        assert_eq!(hub.resume("c1", 0, tx2).err(), Some(ResumeError::Expired));
+        assert_eq!(
+            hub.resume("c1", Some(0), tx2).err(),
+            Some(ResumeError::Expired)
+        );
         assert!(hub.is_empty(), "no session was created");
     }
 
@@ -361,14 +386,19 @@ mod tests {
         }
         let (tx2, _) = channel();
         assert_eq!(
-            hub.resume("c1", 1, tx2.clone()).err(),
+            hub.resume("c1", Some(1), tx2.clone()).err(),
             Some(ResumeError::TooOld)
         );
         assert_eq!(
-            hub.resume("c1", 9, tx2.clone()).err(),
+            hub.resume("c1", Some(9), tx2.clone()).err(),
             Some(ResumeError::Ahead)
         );
-        assert_eq!(hub.resume("c1", 3, tx2).unwrap().replay.len(), 2);
+        assert_eq!(
+            hub.resume("c1", Some(3), tx2.clone()).unwrap().replay.len(),
+            2
+        );
+        // without a seq: the whole buffer
+        assert_eq!(hub.resume("c1", None, tx2).unwrap().replay.len(), 2);
     }
 
     #[test]
@@ -389,7 +419,7 @@ mod tests {
         assert_eq!(hub.of_account("a").len(), 1);
         assert_eq!(hub.of_account("a")[0].client_id, "x");
         assert!(hub.of_account("z").is_empty());
-        hub.close("c1");
+        hub.close("c1", 1000);
         assert!(hub.of_account("a").is_empty());
     }
 }

@@ -198,19 +198,14 @@ impl Bridge {
 
     /// Ends a session for good: removes it, closes its socket and publishes its end.
     pub async fn end(&self, connection_id: &str, reason: DisconnectReason, code: u16) {
-        if let Some(session) = self.hub.close(connection_id) {
+        if let Some(session) = self.hub.close(connection_id, code) {
             self.metrics.live.fetch_sub(1, Relaxed);
             if let Some(i) = CLOSE_REASONS.iter().position(|r| *r == reason) {
                 self.metrics.closed[i].fetch_add(1, Relaxed);
             }
-            let _ = self.control_close(&session, code);
             self.publish_status(&session, Some(reason)).await;
             tracing::info!(account_id = %session.account_id, client_id = %session.client_id, connection_id, reason = reason.as_str(), "WebSocket session ended");
         }
-    }
-
-    fn control_close(&self, session: &WsSession, code: u16) -> bool {
-        session.control(Outgoing::Close(code, "closing"))
     }
 
     /// Sends `frame` to `session`; a client whose queue is full is cut off.
@@ -488,9 +483,21 @@ async fn upgrade(
             "client_id: 1-128 characters of A-Z a-z 0-9 - _ . : @ is required",
         );
     };
+    // A WebSocket client may not pose as one of its account's MQTT devices: their status
+    // would be overwritten on their behalf.
+    if accounts::is_device_client(&state.store, &account_id, &client_id)
+        .await
+        .unwrap_or(true)
+    {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "client_id belongs to an MQTT device of this account",
+        );
+    }
     let resume = match (&q.connection_id, q.resume_from, q.resume) {
-        (Some(id), Some(from), _) => Some((id.clone(), from)),
-        (Some(id), None, Some(true)) => Some((id.clone(), 0)),
+        (Some(id), Some(from), _) => Some((id.clone(), Some(from))),
+        (Some(id), None, Some(true)) => Some((id.clone(), None)),
         (None, Some(_), _) | (None, None, Some(true)) => {
             return refuse(
                 StatusCode::BAD_REQUEST,
@@ -535,8 +542,10 @@ async fn upgrade(
 enum SocketEnd {
     /// Close frame from the client.
     Clean,
-    /// Dropped, or silent past the heartbeat timeout: resumable.
+    /// Dropped: resumable.
     Lost,
+    /// Silent past the heartbeat timeout: closed with 4103, resumable.
+    HeartbeatTimeout,
     /// The socket failed under the writer: resumable, like a drop.
     WriterGone,
     /// A write timed out: the client does not read (slow consumer).
@@ -552,11 +561,18 @@ async fn run_socket(
     bridge: Arc<Bridge>,
     account_id: String,
     client_id: String,
-    resume: Option<(String, u64)>,
+    resume: Option<(String, Option<u64>)>,
 ) {
     let settings = bridge.settings.clone();
     let (mut sink, mut stream) = socket.split();
-    let (tx, mut rx) = mpsc::channel::<Outgoing>(settings.send_queue.max(1));
+    // A resumed socket's queue also holds the replay, queued before anything newer.
+    let capacity = settings.send_queue.max(1)
+        + if resume.is_some() {
+            settings.replay_frames
+        } else {
+            0
+        };
+    let (tx, mut rx) = mpsc::channel::<Outgoing>(capacity);
     // 0 = writing, 1 = the socket failed or closed, 2 = a write timed out (slow consumer).
     let (writer_done_tx, mut writer_done) = watch::channel(0u8);
     let write_timeout = settings.write_timeout;
@@ -617,15 +633,11 @@ async fn run_socket(
                 if let Some(old) = a.replaced {
                     let _ = old.try_send(Outgoing::Close(close::REPLACED, "resumed elsewhere"));
                 }
+                // The hub queued the replay ahead of anything newer.
                 bridge
                     .metrics
                     .replayed
                     .fetch_add(a.replay.len() as u64, Relaxed);
-                for text in &a.replay {
-                    if tx.send(Outgoing::Text(text.clone())).await.is_err() {
-                        break;
-                    }
-                }
                 tracing::info!(%account_id, %client_id, %connection_id, replayed = a.replay.len(), "WebSocket session resumed");
                 bridge
                     .deliver(&a.session, &hello(&a.session, true, &settings))
@@ -645,8 +657,10 @@ async fn run_socket(
                 let _ = tx.try_send(Outgoing::Close(code, why));
                 drop(tx);
                 let _ = writer.await;
-                if matches!(e, ResumeError::TooOld | ResumeError::Ahead) {
-                    // The client cannot continue this session: end it now.
+                // The client cannot continue this session: end it now, unless another socket
+                // still holds it.
+                let orphaned = bridge.hub.get(connection_id).is_some_and(|s| !s.attached());
+                if matches!(e, ResumeError::TooOld | ResumeError::Ahead) && orphaned {
                     bridge
                         .end(connection_id, DisconnectReason::Lost, code)
                         .await;
@@ -714,7 +728,7 @@ async fn run_socket(
             _ = heartbeat.tick() => {
                 if last_seen.elapsed() >= settings.heartbeat_timeout {
                     tracing::info!(%account_id, %client_id, %connection_id, "WebSocket heartbeat timeout");
-                    break SocketEnd::Lost;
+                    break SocketEnd::HeartbeatTimeout;
                 }
                 bridge.deliver(&session, &ServerFrame::Ping).await;
                 session.control(Outgoing::Ping);
@@ -742,7 +756,9 @@ async fn run_socket(
                 .end(&connection_id, DisconnectReason::Kicked, close::POLICY)
                 .await
         }
-        SocketEnd::WriterGone => detach_and_wait(bridge.clone(), session, generation).await,
+        SocketEnd::WriterGone => {
+            detach_and_wait(bridge.clone(), session, generation, close::NORMAL).await
+        }
         SocketEnd::SlowWriter => {
             tracing::warn!(%connection_id, "WebSocket write timed out: disconnecting a slow consumer");
             bridge
@@ -753,18 +769,33 @@ async fn run_socket(
                 )
                 .await
         }
-        SocketEnd::Lost => detach_and_wait(bridge.clone(), session, generation).await,
+        SocketEnd::Lost => {
+            detach_and_wait(bridge.clone(), session, generation, close::NORMAL).await
+        }
+        SocketEnd::HeartbeatTimeout => {
+            detach_and_wait(
+                bridge.clone(),
+                session,
+                generation,
+                close::HEARTBEAT_TIMEOUT,
+            )
+            .await
+        }
         SocketEnd::Ended => {}
     }
     let _ = writer.await;
 }
 
 /// Detaches the socket; the session ends (`lost`) unless resumed within the window.
-async fn detach_and_wait(bridge: Arc<Bridge>, session: Arc<WsSession>, generation: u64) {
-    if !session.detach(generation) {
+async fn detach_and_wait(
+    bridge: Arc<Bridge>,
+    session: Arc<WsSession>,
+    generation: u64,
+    close_code: u16,
+) {
+    if !session.detach(generation, Some(close_code)) {
         return;
     }
-    session.control(Outgoing::Close(close::NORMAL, "bye"));
     let window = bridge.settings.resume_window;
     tokio::spawn(async move {
         tokio::time::sleep(window).await;

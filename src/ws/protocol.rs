@@ -1,5 +1,5 @@
 //! The legacy WebSocket frame protocol: JSON text frames, every server frame numbered.
-//! `topics.md` § "WebSocket bridge" documents each frame, field, error and close code.
+//! `docs/websocket.md` documents each frame, field, error and close code.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -144,7 +144,7 @@ pub enum ServerFrame {
     },
 }
 
-/// The text of `frame` with `seq` as its first field.
+/// The text of `frame` with its `seq` (fields in name order).
 pub fn stamp(seq: u64, frame: &ServerFrame) -> String {
     let mut value = serde_json::to_value(frame).expect("frames serialise");
     let mut out = serde_json::Map::with_capacity(8);
