@@ -339,16 +339,27 @@ async fn run(
     }
 }
 
-/// A second client of the broker for Cradle's own publications (baby-station
-/// announcements, statuses and signalling on behalf of WebSocket clients). They stay off the
-/// bus's connection: its request queue carries the acks, which must never wait behind (or be
-/// refused by) a burst of publications. Reconnects on its own.
-pub fn publisher(addr: std::net::SocketAddr, client_id: &str, max_packet: usize) -> AsyncClient {
+/// Options of a client that only publishes Cradle's own messages (clean session, a wide
+/// QoS 1 window, packets as large as the edge accepts).
+pub fn publisher_options(
+    addr: std::net::SocketAddr,
+    client_id: &str,
+    max_packet: usize,
+) -> MqttOptions {
     let mut options = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
     options.set_keep_alive(Duration::from_secs(30));
     options.set_clean_session(true);
     options.set_max_packet_size(max_packet + 1024, max_packet + 1024);
     options.set_inflight(1000);
+    options
+}
+
+/// A second client of the broker for Cradle's own publications (baby-station
+/// announcements, statuses and signalling on behalf of WebSocket clients). They stay off the
+/// bus's connection: its request queue carries the acks, which must never wait behind (or be
+/// refused by) a burst of publications. Reconnects on its own.
+pub fn publisher(addr: std::net::SocketAddr, client_id: &str, max_packet: usize) -> AsyncClient {
+    let options = publisher_options(addr, client_id, max_packet);
     let (client, mut eventloop) = AsyncClient::new(options, 10_000);
     nodelay(&mut eventloop);
     tokio::spawn(async move {

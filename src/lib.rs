@@ -35,6 +35,7 @@
 //! - [`http`]: axum API: `PUT`/`DELETE /sessions/{id}`,
 //!   `/v1/accounts/{id}/clients|events|baby-stations|parent-stations|usage`, `/healthz`,
 //!   `/readyz`, `/metrics`.
+//! - [`rate`]: the token bucket behind the edge's and the bridge's rate limits.
 //! - [`metrics`]: lock-free counters rendered as Prometheus text.
 //! - [`monitor`]: the `cradle-monitor` live view.
 //! - [`bench`]: `cradle-bench` scenarios (one module each) and the `BENCHMARKS.md` report.
@@ -52,6 +53,7 @@ pub mod edge;
 pub mod http;
 pub mod metrics;
 pub mod monitor;
+pub mod rate;
 pub mod server;
 pub mod store;
 pub mod sync;

@@ -21,24 +21,7 @@ use common::{status, Cradle};
 
 const ADMIN: &str = "edge-tests-admin-token";
 
-fn cli(db: &str, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_cradle"))
-        .args(args)
-        .env("CRADLE_DATABASE_URL", db)
-        .current_dir(std::env::temp_dir())
-        .output()
-        .expect("run cradle");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .to_string()
-}
+use common::cli;
 
 struct Setup {
     _dir: tempfile::TempDir,

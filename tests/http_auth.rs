@@ -4,28 +4,9 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::Cradle;
 
-fn issue(db: &str, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_cradle"))
-        .args(args)
-        .env("CRADLE_DATABASE_URL", db)
-        .current_dir(std::env::temp_dir())
-        .output()
-        .expect("run cradle");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .to_string()
-}
+use common::cli as issue;
 
 async fn get(cradle: &Cradle, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {
     let mut r = reqwest::Client::new().get(format!("{}{path}", cradle.http));

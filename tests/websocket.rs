@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -473,19 +472,7 @@ async fn a_slow_consumer_is_cut_off_and_others_are_unaffected() {
 async fn without_a_valid_token_the_upgrade_is_401() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("w.db").display());
-    let cli = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_cradle"))
-            .args(args)
-            .env("CRADLE_DATABASE_URL", &db)
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .unwrap_or_default()
-            .to_string()
-    };
+    let cli = |args: &[&str]| common::cli(&db, args);
     cli(&["accounts", "create", "fam"]);
     let token = cli(&["credentials", "issue", "--account", "fam", "--token"]);
     let c = Cradle::spawn_ready(dir.path(), &db, &[]).await;
@@ -551,19 +538,7 @@ async fn rate_limits_and_abuse_get_error_frames_then_close_4008() {
 async fn a_token_in_the_subprotocol_header_authenticates_and_baby_stations_are_pushed() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("w.db").display());
-    let cli = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_cradle"))
-            .args(args)
-            .env("CRADLE_DATABASE_URL", &db)
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .unwrap_or_default()
-            .to_string()
-    };
+    let cli = |args: &[&str]| common::cli(&db, args);
     cli(&["accounts", "create", "fam"]);
     let token = cli(&["credentials", "issue", "--account", "fam", "--token"]);
     let c = Cradle::spawn_ready(dir.path(), &db, &[]).await;

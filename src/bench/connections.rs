@@ -72,32 +72,19 @@ pub async fn idle(
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = proc_stats(pid);
     let mut r = BenchResult::new(
-        &format!(
-            "idle-memory-{}",
-            if count >= 1000 {
-                format!("{}k", count / 1000)
-            } else {
-                count.to_string()
-            }
-        ),
+        &super::count_name("idle-memory", count),
         label,
         format!("{count} idle MQTT 3.1.1 connections"),
         "KiB/conn",
     );
-    r.count = streams.len() as u64;
-    r.expected = count as u64;
-    r.seconds = connect_secs;
-    if let (Some(b), Some(a)) = (before, after) {
-        r.rate = (a.rss_kib.saturating_sub(b.rss_kib)) as f64 / count as f64;
-        r.peak_rss_mib = Some(a.peak_rss_kib as f64 / 1024.0);
-        r.cpu_seconds = Some(a.cpu_seconds - b.cpu_seconds);
-        r.note = format!(
-            "RSS {:.1} → {:.1} MiB; {:.0} connects/s",
-            b.rss_kib as f64 / 1024.0,
-            a.rss_kib as f64 / 1024.0,
-            count as f64 / connect_secs
-        );
-    }
+    r.memory_per_connection(
+        count,
+        streams.len(),
+        connect_secs,
+        before,
+        after,
+        "connects",
+    );
     drop(streams);
     Ok(r)
 }

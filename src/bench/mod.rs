@@ -170,6 +170,68 @@ pub fn stamped_payload(size: usize) -> Vec<u8> {
     p
 }
 
+/// `{prefix}-{count}` with thousands as `k` (`idle-memory-10k`).
+pub fn count_name(prefix: &str, count: usize) -> String {
+    if count >= 1000 {
+        format!("{prefix}-{}k", count / 1000)
+    } else {
+        format!("{prefix}-{count}")
+    }
+}
+
+impl BenchResult {
+    /// A round-trip run: `received` of `expected` messages, `sent` of them offered over
+    /// `send_secs`, latency `samples`, the target's process stats, and a note.
+    #[allow(clippy::too_many_arguments)]
+    pub fn round_trip(
+        &mut self,
+        received: u64,
+        expected: u64,
+        sent: u64,
+        send_secs: f64,
+        samples: Vec<u64>,
+        before: Option<ProcStats>,
+        after: Option<ProcStats>,
+        note: &str,
+    ) {
+        self.count = received;
+        self.expected = expected;
+        self.seconds = send_secs;
+        self.rate = sent as f64 / send_secs.max(1e-9);
+        self.latencies(samples);
+        self.process(before, after);
+        self.note = note.to_string();
+    }
+
+    /// Resident memory per connection: `opened` of `count` connections opened in
+    /// `connect_secs`, the target's RSS `before` and `after`; `verb` names a connect in the
+    /// note (`connects`, `upgrades`).
+    pub fn memory_per_connection(
+        &mut self,
+        count: usize,
+        opened: usize,
+        connect_secs: f64,
+        before: Option<ProcStats>,
+        after: Option<ProcStats>,
+        verb: &str,
+    ) {
+        self.count = opened as u64;
+        self.expected = count as u64;
+        self.seconds = connect_secs;
+        if let (Some(b), Some(a)) = (before, after) {
+            self.rate = (a.rss_kib.saturating_sub(b.rss_kib)) as f64 / count as f64;
+            self.peak_rss_mib = Some(a.peak_rss_kib as f64 / 1024.0);
+            self.cpu_seconds = Some(a.cpu_seconds - b.cpu_seconds);
+            self.note = format!(
+                "RSS {:.1} → {:.1} MiB; {:.0} {verb}/s",
+                b.rss_kib as f64 / 1024.0,
+                a.rss_kib as f64 / 1024.0,
+                count as f64 / connect_secs
+            );
+        }
+    }
+}
+
 /// Microseconds since the time stamped in `payload`.
 pub fn age_micros(payload: &[u8]) -> Option<u64> {
     let sent = u64::from_be_bytes(payload.get(..8)?.try_into().ok()?);

@@ -162,12 +162,15 @@ pub async fn run(s: Signalling) -> Result<BenchResult, BenchError> {
         ),
         "msg/s",
     );
-    r.count = received.load(Relaxed);
-    r.expected = s.messages;
-    r.seconds = send_secs;
-    r.rate = sent as f64 / send_secs.max(1e-9);
-    r.latencies(samples);
-    r.process(before, after);
-    r.note = "rate = achieved offered load; latency = A → B → A round trip".into();
+    r.round_trip(
+        received.load(Relaxed),
+        s.messages,
+        sent,
+        send_secs,
+        samples,
+        before,
+        after,
+        "rate = achieved offered load; latency = A → B → A round trip",
+    );
     Ok(r)
 }

@@ -72,32 +72,19 @@ pub async fn idle(
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = proc_stats(pid);
     let mut r = BenchResult::new(
-        &format!(
-            "ws-idle-memory-{}",
-            if count >= 1000 {
-                format!("{}k", count / 1000)
-            } else {
-                count.to_string()
-            }
-        ),
+        &super::count_name("ws-idle-memory", count),
         label,
         format!("{count} idle WebSocket sessions"),
         "KiB/conn",
     );
-    r.count = sockets.len() as u64;
-    r.expected = count as u64;
-    r.seconds = connect_secs;
-    if let (Some(b), Some(a)) = (before, after) {
-        r.rate = (a.rss_kib.saturating_sub(b.rss_kib)) as f64 / count as f64;
-        r.peak_rss_mib = Some(a.peak_rss_kib as f64 / 1024.0);
-        r.cpu_seconds = Some(a.cpu_seconds - b.cpu_seconds);
-        r.note = format!(
-            "RSS {:.1} → {:.1} MiB; {:.0} upgrades/s",
-            b.rss_kib as f64 / 1024.0,
-            a.rss_kib as f64 / 1024.0,
-            count as f64 / connect_secs
-        );
-    }
+    r.memory_per_connection(
+        count,
+        sockets.len(),
+        connect_secs,
+        before,
+        after,
+        "upgrades",
+    );
     drop(sockets);
     Ok(r)
 }
@@ -231,12 +218,15 @@ pub async fn signalling(s: WsSignalling) -> Result<BenchResult, BenchError> {
         ),
         "msg/s",
     );
-    r.count = received.load(Relaxed);
-    r.expected = s.messages;
-    r.seconds = send_secs;
-    r.rate = sent as f64 / send_secs.max(1e-9);
-    r.latencies(samples);
-    r.process(before, after);
-    r.note = "rate = achieved offered load; latency = WS → device → WS round trip".into();
+    r.round_trip(
+        received.load(Relaxed),
+        s.messages,
+        sent,
+        send_secs,
+        samples,
+        before,
+        after,
+        "rate = achieved offered load; latency = WS → device → WS round trip",
+    );
     Ok(r)
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+use rumqttc::{AsyncClient, Event, Outgoing, Packet, QoS};
 use tokio::task::JoinHandle;
 
 use super::lifecycle::Publication;
@@ -24,11 +24,7 @@ pub struct Publisher {
 impl Publisher {
     /// Connects to the broker at `addr` as `client_id` (reconnecting on its own).
     pub fn start(addr: SocketAddr, client_id: &str, max_packet: usize) -> Self {
-        let mut options = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
-        options.set_keep_alive(Duration::from_secs(30));
-        options.set_clean_session(true);
-        options.set_max_packet_size(max_packet + 1024, max_packet + 1024);
-        options.set_inflight(1000);
+        let options = crate::bus::publisher_options(addr, client_id, max_packet);
         let (client, mut eventloop) = AsyncClient::new(options, 10_000);
         crate::bus::nodelay(&mut eventloop);
         let pending = Arc::new(AtomicI64::new(0));

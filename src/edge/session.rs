@@ -26,6 +26,7 @@ use super::lifecycle::{self, Reported, Will};
 use super::{EdgeShared, ListenerInfo};
 use crate::domain::connection::DisconnectReason;
 use crate::metrics::EdgeConnect;
+use crate::rate::TokenBucket;
 
 /// Spare room ensured before every read. `BytesMut` alone would offer a full buffer only
 /// 64 bytes, which turns a flood into a syscall per few packets; a read that fills the room
@@ -439,38 +440,6 @@ pub async fn serve<R, W>(
     }
     .instrument(span)
     .await
-}
-
-/// A publish token bucket; `rate` 0 is unlimited.
-struct TokenBucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl TokenBucket {
-    fn new(rate: u32, burst: u32) -> Self {
-        Self {
-            rate: rate as f64,
-            burst: burst.max(1) as f64,
-            tokens: burst.max(1) as f64,
-            last: Instant::now(),
-        }
-    }
-
-    /// Takes `n` tokens; returns how long to wait before reading more, if the bucket is empty.
-    fn take(&mut self, n: u32) -> Option<Duration> {
-        if self.rate == 0.0 || n == 0 {
-            return None;
-        }
-        let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
-        self.last = now;
-        self.tokens -= n as f64;
-        (self.tokens < 0.0).then(|| Duration::from_secs_f64(-self.tokens / self.rate))
-    }
 }
 
 /// The state of one relayed connection.
@@ -1095,18 +1064,5 @@ mod tests {
             upstream_client_id(&Principal::Open, "mosq/a+b%"),
             "open|mosq%2Fa%2Bb%25"
         );
-    }
-
-    #[test]
-    fn the_token_bucket_pauses_after_the_burst() {
-        let mut b = TokenBucket::new(100, 10);
-        assert_eq!(b.take(10), None);
-        let wait = b.take(5).expect("empty bucket waits");
-        assert!(
-            wait > Duration::from_millis(40) && wait <= Duration::from_millis(51),
-            "{wait:?}"
-        );
-        let mut unlimited = TokenBucket::new(0, 1);
-        assert_eq!(unlimited.take(1_000_000), None);
     }
 }

@@ -34,15 +34,20 @@ pub struct ClientView {
     pub last_disconnect_reason: Option<String>,
 }
 
-fn account(account_id: &str) -> Result<(), ApiError> {
-    if is_valid_id(account_id) {
+/// A path id that can stand in a topic, or 400 naming `field`.
+pub(super) fn id_param(field: &'static str, value: &str) -> Result<(), ApiError> {
+    if is_valid_id(value) {
         Ok(())
     } else {
         Err(ApiError::InvalidParameter {
-            field: "account_id",
+            field,
             message: "1-128 characters of A-Z a-z 0-9 - _ . : @".to_string(),
         })
     }
+}
+
+pub(super) fn account(account_id: &str) -> Result<(), ApiError> {
+    id_param("account_id", account_id)
 }
 
 async fn clients(

@@ -13,6 +13,7 @@ use axum::routing::{get, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 
+use super::api::{account, id_param};
 use super::auth::Caller;
 use super::{ApiError, AppState};
 use crate::domain::session::EndReason;
@@ -66,14 +67,7 @@ fn session_account(caller: &Caller, headers: &HeaderMap) -> Result<String, ApiEr
 }
 
 fn session_path(session_id: &str) -> Result<(), ApiError> {
-    if is_valid_id(session_id) {
-        Ok(())
-    } else {
-        Err(ApiError::InvalidParameter {
-            field: "session_id",
-            message: "1-128 characters of A-Z a-z 0-9 - _ . : @".into(),
-        })
-    }
+    id_param("session_id", session_id)
 }
 
 async fn start(
@@ -153,23 +147,12 @@ async fn end(
     ))
 }
 
-fn account_path(account_id: &str) -> Result<(), ApiError> {
-    if is_valid_id(account_id) {
-        Ok(())
-    } else {
-        Err(ApiError::InvalidParameter {
-            field: "account_id",
-            message: "1-128 characters of A-Z a-z 0-9 - _ . : @".into(),
-        })
-    }
-}
-
 async fn baby_stations(
     State(state): State<AppState>,
     caller: Caller,
     Path(account_id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    account_path(&account_id)?;
+    account(&account_id)?;
     caller.authorize(&account_id)?;
     let stations = state.sessions.baby_stations(&account_id).await?;
     Ok(Json(
@@ -182,7 +165,7 @@ async fn parent_stations(
     caller: Caller,
     Path(account_id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    account_path(&account_id)?;
+    account(&account_id)?;
     caller.authorize(&account_id)?;
     let rows = state.sessions.parent_stations(&account_id).await?;
     let stations: Vec<serde_json::Value> = rows
@@ -227,7 +210,7 @@ async fn usage_route(
     Path(account_id): Path<String>,
     Query(q): Query<UsageQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    account_path(&account_id)?;
+    account(&account_id)?;
     caller.authorize(&account_id)?;
     let from = millis_param(q.from.as_deref(), "from", 0)?;
     let to = millis_param(q.to.as_deref(), "to", now_millis())?;

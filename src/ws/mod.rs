@@ -40,6 +40,7 @@ use tokio::time::Instant;
 use crate::accounts::{self, CredentialKind};
 use crate::domain::connection::{ConnectionEvent, DisconnectReason};
 use crate::http::AppState;
+use crate::rate::TokenBucket;
 use crate::sync::status::{now_millis, ConnectionChange};
 use crate::topics::{is_valid_id, status_topic, StatusPayload};
 use hub::{Delivery, Hub, Outgoing, ResumeError, WsSession};
@@ -121,41 +122,6 @@ fn new_connection_id() -> String {
     OsRng.fill_bytes(&mut b);
     let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
     format!("ws-{hex}")
-}
-
-/// A token bucket for signal frames.
-struct Bucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl Bucket {
-    fn new(rate: u32, burst: u32) -> Self {
-        Self {
-            rate: rate as f64,
-            burst: burst.max(1) as f64,
-            tokens: burst.max(1) as f64,
-            last: Instant::now(),
-        }
-    }
-
-    fn allow(&mut self) -> bool {
-        if self.rate == 0.0 {
-            return true;
-        }
-        let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
 }
 
 impl Bridge {
@@ -672,7 +638,7 @@ async fn run_socket(
     drop(tx);
 
     let connection_id = session.connection_id.clone();
-    let mut bucket = Bucket::new(settings.signal_rate, settings.signal_burst);
+    let mut bucket = TokenBucket::new(settings.signal_rate, settings.signal_burst);
     let mut errors = 0u32;
     let mut last_seen = Instant::now();
     let mut heartbeat = tokio::time::interval(settings.heartbeat);

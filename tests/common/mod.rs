@@ -407,3 +407,24 @@ pub fn mosquitto_available() -> bool {
     }
     found
 }
+
+/// Runs the `cradle` command line against `database_url` and returns the last line it
+/// printed (where secrets are shown); fails the test when it fails.
+pub fn cli(database_url: &str, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_cradle"))
+        .args(args)
+        .env("CRADLE_DATABASE_URL", database_url)
+        .current_dir(std::env::temp_dir())
+        .output()
+        .expect("run cradle");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string()
+}
