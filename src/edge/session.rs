@@ -425,7 +425,6 @@ pub async fn serve<R, W>(
             reported: None,
             client_id: client_id.clone(),
             violations: 0,
-            pending_violations: 0,
             publishes: 0,
             pending_subs: HashMap::new(),
             local_qos2: Vec::new(),
@@ -451,8 +450,6 @@ struct Conn {
     /// The MQTT client id (as the client sent it, or assigned).
     client_id: String,
     violations: u32,
-    /// Refused filters of the SUBSCRIBE being processed, not yet counted as violations.
-    pending_violations: u32,
     /// PUBLISH packets in the batch being processed (for the token bucket).
     publishes: u32,
     /// SUBSCRIBEs forwarded with some filters removed: packet id → which filters were kept.
@@ -885,46 +882,33 @@ impl Conn {
         let malformed = End::Kicked {
             v5_reason: reason::PROTOCOL_ERROR,
         };
-        match self.proto {
+        let mask = match self.proto {
             Proto::V4 => {
                 let mut s =
                     v4::Subscribe::read(v4_fixed(h), bytes.clone()).map_err(|_| malformed)?;
-                let mask: Vec<bool> = s
-                    .filters
-                    .iter()
-                    .map(|f| may_subscribe(&self.principal, &f.path))
-                    .collect();
-                let refused = mask.iter().filter(|ok| !**ok).count();
-                if refused == 0 {
+                let Some(mask) = self.filter_mask(s.filters.iter().map(|f| f.path.as_str())) else {
                     to_up.extend_from_slice(&bytes);
                     return Ok(());
-                }
-                self.refused_filters(s.filters.iter().map(|f| f.path.as_str()), &mask);
-                if refused == mask.len() {
+                };
+                if mask.iter().all(|ok| !ok) {
                     let codes = vec![v4::SubscribeReasonCode::Failure; mask.len()];
                     let _ = v4::SubAck::new(s.pkid, codes).write(to_dev);
                 } else {
                     let mut keep = mask.iter();
                     s.filters.retain(|_| *keep.next().unwrap_or(&false));
                     let _ = s.write(to_up);
-                    self.pending_subs.insert(s.pkid, mask);
+                    self.pending_subs.insert(s.pkid, mask.clone());
                 }
+                mask
             }
             Proto::V5 => {
                 let mut s =
                     v5::Subscribe::read(v5_fixed(h), bytes.clone()).map_err(|_| malformed)?;
-                let mask: Vec<bool> = s
-                    .filters
-                    .iter()
-                    .map(|f| may_subscribe(&self.principal, &f.path))
-                    .collect();
-                let refused = mask.iter().filter(|ok| !**ok).count();
-                if refused == 0 {
+                let Some(mask) = self.filter_mask(s.filters.iter().map(|f| f.path.as_str())) else {
                     to_up.extend_from_slice(&bytes);
                     return Ok(());
-                }
-                self.refused_filters(s.filters.iter().map(|f| f.path.as_str()), &mask);
-                if refused == mask.len() {
+                };
+                if mask.iter().all(|ok| !ok) {
                     let ack = v5::SubAck {
                         pkid: s.pkid,
                         return_codes: vec![v5::SubscribeReasonCode::NotAuthorized; mask.len()],
@@ -935,32 +919,36 @@ impl Conn {
                     let mut keep = mask.iter();
                     s.filters.retain(|_| *keep.next().unwrap_or(&false));
                     let _ = s.write(to_up);
-                    self.pending_subs.insert(s.pkid, mask);
+                    self.pending_subs.insert(s.pkid, mask.clone());
                 }
+                mask
             }
-        }
-        self.violation_n()
-    }
-
-    fn refused_filters<'a>(&mut self, filters: impl Iterator<Item = &'a str>, mask: &[bool]) {
-        for (f, ok) in filters.zip(mask) {
-            if !ok {
-                self.shared.metrics.edge_acl_drop(super::AclDrop::Subscribe);
-                self.pending_violations += 1;
-                tracing::warn!(
-                    filter = f,
-                    "SUBSCRIBE filter refused: not allowed for this client"
-                );
-            }
-        }
-    }
-
-    fn violation_n(&mut self) -> Result<(), End> {
-        let n = std::mem::take(&mut self.pending_violations);
-        for _ in 0..n {
+        };
+        for _ in mask.iter().filter(|ok| !**ok) {
             self.violation()?;
         }
         Ok(())
+    }
+
+    /// Which of a SUBSCRIBE's filters this client may use; `None` when all may (the packet
+    /// passes unchanged). Each refused filter is logged and counted.
+    fn filter_mask<'a>(&self, filters: impl Iterator<Item = &'a str>) -> Option<Vec<bool>> {
+        let mut refused = false;
+        let mask = filters
+            .map(|filter| {
+                let ok = may_subscribe(&self.principal, filter);
+                if !ok {
+                    refused = true;
+                    self.shared.metrics.edge_acl_drop(super::AclDrop::Subscribe);
+                    tracing::warn!(
+                        filter,
+                        "SUBSCRIBE filter refused: not allowed for this client"
+                    );
+                }
+                ok
+            })
+            .collect();
+        refused.then_some(mask)
     }
 
     /// Processes whole frames from the broker: swallows the edge's own PINGRESPs and
