@@ -15,18 +15,22 @@ use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, Publ
 use tokio::sync::{mpsc, watch};
 
 use crate::config::BusConfig;
+use crate::endpoint::Endpoint;
 use crate::metrics::Metrics;
 
 /// Errors at the bus's edge.
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
     /// The broker did not accept the bus within the start-up timeout.
-    #[error("bus: broker at {addr} not ready after {waited_ms} ms: {last_error}")]
+    #[error("bus: broker at {addr} not ready after {waited_ms} ms (bus.connect_timeout_ms): {last_error}")]
     NotReady {
         addr: String,
         waited_ms: u64,
         last_error: String,
     },
+    /// The broker answered the bus's CONNECT with a refusal (credentials, client id).
+    #[error("bus: broker at {addr} refused the connection: {reason} (check the user and password in broker.url / CRADLE_BROKER_URL and the broker's ACL)")]
+    Refused { addr: String, reason: String },
 }
 
 /// Connection state of the bus, for readiness and logs.
@@ -38,6 +42,8 @@ pub enum BusState {
     Ready,
     /// The connection was lost; reconnecting.
     Reconnecting(String),
+    /// The broker refused the first CONNECT; the bus gave up.
+    Refused(String),
     /// Shut down.
     Closed,
 }
@@ -116,6 +122,19 @@ pub struct Route {
     pub filter: String,
     /// The handler's queue.
     pub tx: mpsc::Sender<Publish>,
+    /// Subscribed as a shared subscription (`$share/{group}/{filter}`) when the bus has a
+    /// share group: each message goes to one replica of the group.
+    pub shared: bool,
+}
+
+impl Route {
+    /// The filter as subscribed: `$share/{group}/{filter}` when shared, else the filter.
+    pub fn subscription(&self, group: Option<&str>) -> String {
+        match group {
+            Some(g) if self.shared => format!("$share/{g}/{}", self.filter),
+            _ => self.filter.clone(),
+        }
+    }
 }
 
 /// The running bus.
@@ -128,17 +147,18 @@ pub struct Bus {
 }
 
 impl Bus {
-    /// Connects to the broker at `host:port`, subscribes every route, and waits until the
-    /// subscriptions are acknowledged or `config.connect_timeout_ms` passes.
+    /// Connects to the broker at `endpoint`, subscribes every route (shared routes in
+    /// `share_group` when given), and waits until the subscriptions are acknowledged or
+    /// `config.connect_timeout_ms` passes. A refused CONNECT fails at once.
     pub async fn start(
         config: &BusConfig,
-        host: &str,
-        port: u16,
+        endpoint: &Endpoint,
         max_packet_bytes: usize,
         routes: Vec<Route>,
+        share_group: Option<String>,
         metrics: Arc<Metrics>,
     ) -> Result<Bus, BusError> {
-        let mut options = MqttOptions::new(config.client_id.clone(), host, port);
+        let mut options = endpoint.options(&config.client_id);
         options
             .set_keep_alive(Duration::from_secs(config.keep_alive_secs.max(5)))
             // A persistent session: what the broker delivered but Cradle had not yet
@@ -163,6 +183,7 @@ impl Bus {
             acker,
             eventloop,
             routes,
+            share_group,
             state_tx,
             stop_rx,
             metrics,
@@ -178,10 +199,21 @@ impl Bus {
         let mut state = bus.state.clone();
         let ready = tokio::time::timeout(
             Duration::from_millis(waited_ms),
-            state.wait_for(|s| *s == BusState::Ready),
+            state.wait_for(|s| matches!(s, BusState::Ready | BusState::Refused(_))),
         )
         .await;
+        let refused = match &*bus.state.borrow() {
+            BusState::Refused(reason) => Some(reason.clone()),
+            _ => None,
+        };
         match ready {
+            _ if refused.is_some() => {
+                bus.task.abort();
+                Err(BusError::Refused {
+                    addr: endpoint.to_string(),
+                    reason: refused.unwrap_or_default(),
+                })
+            }
             Ok(Ok(_)) => Ok(bus),
             _ => {
                 let last_error = match &*bus.state.borrow() {
@@ -190,7 +222,7 @@ impl Bus {
                 };
                 bus.task.abort();
                 Err(BusError::NotReady {
-                    addr: format!("{host}:{port}"),
+                    addr: endpoint.to_string(),
                     waited_ms,
                     last_error,
                 })
@@ -242,6 +274,7 @@ async fn run(
     acker: Acker,
     mut eventloop: EventLoop,
     routes: Vec<Route>,
+    share_group: Option<String>,
     state: watch::Sender<BusState>,
     mut stop: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
@@ -267,8 +300,11 @@ async fn run(
                 acker.order.lock().expect("not poisoned").queue.clear();
                 backoff = Duration::from_millis(100);
                 metrics.bus_connects.fetch_add(1, Relaxed);
-                let filters: Vec<String> =
-                    routes.iter().flatten().map(|r| r.filter.clone()).collect();
+                let filters: Vec<String> = routes
+                    .iter()
+                    .flatten()
+                    .map(|r| r.subscription(share_group.as_deref()))
+                    .collect();
                 pending_subacks = filters.len();
                 for filter in filters {
                     if let Err(error) = client.try_subscribe(filter.as_str(), QoS::AtLeastOnce) {
@@ -326,6 +362,12 @@ async fn run(
                     return;
                 }
                 let message = error.to_string();
+                let first = matches!(&*state.borrow(), BusState::Connecting(_));
+                if first && matches!(error, rumqttc::ConnectionError::ConnectionRefused(_)) {
+                    // Wrong credentials do not fix themselves: fail the start-up now.
+                    let _ = state.send(BusState::Refused(message));
+                    return;
+                }
                 let next = match &*state.borrow() {
                     BusState::Connecting(_) => BusState::Connecting(Some(message.clone())),
                     _ => BusState::Reconnecting(message.clone()),
@@ -341,12 +383,8 @@ async fn run(
 
 /// Options of a client that only publishes Cradle's own messages (clean session, a wide
 /// QoS 1 window, packets as large as the edge accepts).
-pub fn publisher_options(
-    addr: std::net::SocketAddr,
-    client_id: &str,
-    max_packet: usize,
-) -> MqttOptions {
-    let mut options = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+pub fn publisher_options(endpoint: &Endpoint, client_id: &str, max_packet: usize) -> MqttOptions {
+    let mut options = endpoint.options(client_id);
     options.set_keep_alive(Duration::from_secs(30));
     options.set_clean_session(true);
     options.set_max_packet_size(max_packet + 1024, max_packet + 1024);
@@ -358,8 +396,8 @@ pub fn publisher_options(
 /// announcements, statuses and signalling on behalf of WebSocket clients). They stay off the
 /// bus's connection: its request queue carries the acks, which must never wait behind (or be
 /// refused by) a burst of publications. Reconnects on its own.
-pub fn publisher(addr: std::net::SocketAddr, client_id: &str, max_packet: usize) -> AsyncClient {
-    let options = publisher_options(addr, client_id, max_packet);
+pub fn publisher(endpoint: &Endpoint, client_id: &str, max_packet: usize) -> AsyncClient {
+    let options = publisher_options(endpoint, client_id, max_packet);
     let (client, mut eventloop) = AsyncClient::new(options, 10_000);
     nodelay(&mut eventloop);
     tokio::spawn(async move {

@@ -59,6 +59,51 @@ pub struct Config {
     pub sessions: SessionsConfig,
     /// The legacy WebSocket bridge (`GET /ws`).
     pub websocket: WebSocketConfig,
+    /// Which MQTT broker: the embedded one, or an external cluster shared by replicas.
+    pub broker: BrokerConfig,
+}
+
+/// Where the MQTT broker runs.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokerMode {
+    /// rumqttd inside this process, reached only through the edge (one machine).
+    #[default]
+    Embedded,
+    /// An external broker cluster (EMQX, VerneMQ, HiveMQ, Mosquitto) at `broker.url`, shared
+    /// by several Cradle replicas.
+    External,
+}
+
+/// Broker settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// `embedded` or `external`.
+    pub mode: BrokerMode,
+    /// The external broker: `mqtt://[user:password@]host[:port]` (port 1883 by default) or
+    /// `mqtts://…` (TLS, port 8883 by default). Required when `mode = "external"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// PEM file with the CA certificates an `mqtts://` broker is verified against. Unset:
+    /// the Mozilla root certificates.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Shared-subscription group of the handled topic families in external mode
+    /// (`$share/{group}/…`): replicas in one group split the messages between them. Every
+    /// replica of one deployment must use the same group.
+    pub share_group: String,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            mode: BrokerMode::Embedded,
+            url: None,
+            ca_file: None,
+            share_group: "cradle".to_string(),
+        }
+    }
 }
 
 /// WebSocket bridge settings.
@@ -286,8 +331,19 @@ pub enum SqliteSync {
 pub struct StoreConfig {
     /// `sqlite://path` (created when missing) or `postgres://user:pass@host:port/db`.
     pub database_url: String,
-    /// Most pooled database connections.
+    /// Most pooled database connections (per replica: PostgreSQL's `max_connections` must
+    /// cover every replica's pool).
     pub max_connections: u32,
+    /// Connections the pool keeps open even when idle (PostgreSQL).
+    pub min_connections: u32,
+    /// How long a query waits for a free pooled connection before it fails, in milliseconds.
+    pub acquire_timeout_ms: u64,
+    /// An idle pooled connection above `min_connections` is closed after this many seconds;
+    /// 0 keeps them.
+    pub idle_timeout_secs: u64,
+    /// Every pooled connection is replaced after this many seconds (lets a PostgreSQL
+    /// failover or a pooler rebalance); 0 keeps them.
+    pub max_lifetime_secs: u64,
     /// SQLite only: `full` or `normal`.
     pub sqlite_synchronous: SqliteSync,
 }
@@ -297,6 +353,10 @@ impl Default for StoreConfig {
         Self {
             database_url: "sqlite://data/cradle.db".to_string(),
             max_connections: 8,
+            min_connections: 0,
+            acquire_timeout_ms: 10_000,
+            idle_timeout_secs: 600,
+            max_lifetime_secs: 1800,
             sqlite_synchronous: SqliteSync::Full,
         }
     }
@@ -424,6 +484,23 @@ pub struct Overrides {
     /// websocket.signal_rate: signal frames per second per WebSocket session, 0 = unlimited.
     #[arg(long, env = "CRADLE_WEBSOCKET_SIGNAL_RATE", value_name = "N")]
     pub websocket_signal_rate: Option<String>,
+    /// broker.mode: `embedded` or `external`.
+    #[arg(long, env = "CRADLE_BROKER_MODE", value_name = "MODE")]
+    pub broker_mode: Option<String>,
+    /// broker.url: the external broker, `mqtt://[user:password@]host:port` or `mqtts://…`.
+    #[arg(
+        long,
+        env = "CRADLE_BROKER_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub broker_url: Option<String>,
+    /// broker.share_group: shared-subscription group of the replicas.
+    #[arg(long, env = "CRADLE_BROKER_SHARE_GROUP", value_name = "GROUP")]
+    pub broker_share_group: Option<String>,
+    /// store.max_connections: most pooled database connections.
+    #[arg(long, env = "CRADLE_DATABASE_MAX_CONNECTIONS", value_name = "N")]
+    pub database_max_connections: Option<String>,
 }
 
 /// The default config file, read when present and no `--config` is given.
@@ -545,6 +622,34 @@ impl Config {
                 message: format!("`{v}` is not a whole number"),
             })?;
         }
+        if let Some(v) = &o.broker_mode {
+            self.broker.mode = match v.as_str() {
+                "embedded" => BrokerMode::Embedded,
+                "external" => BrokerMode::External,
+                other => {
+                    return Err(ConfigError::Override {
+                        key: "broker.mode",
+                        flag: "broker-mode",
+                        env: "CRADLE_BROKER_MODE",
+                        message: format!("expected `embedded` or `external`, got `{other}`"),
+                    })
+                }
+            };
+        }
+        if let Some(v) = &o.broker_url {
+            self.broker.url = Some(v.clone());
+        }
+        if let Some(v) = &o.broker_share_group {
+            self.broker.share_group = v.clone();
+        }
+        if let Some(v) = &o.database_max_connections {
+            self.store.max_connections = v.parse().map_err(|_| ConfigError::Override {
+                key: "store.max_connections",
+                flag: "database-max-connections",
+                env: "CRADLE_DATABASE_MAX_CONNECTIONS",
+                message: format!("`{v}` is not a whole number"),
+            })?;
+        }
         if let Some(v) = &o.mqtt_publish_rate {
             self.mqtt.publish_rate = v.parse().map_err(|_| ConfigError::Override {
                 key: "mqtt.publish_rate",
@@ -602,6 +707,45 @@ impl Config {
         }
         if self.store.max_connections == 0 {
             return invalid("store.max_connections", "must be at least 1");
+        }
+        if self.store.min_connections > self.store.max_connections {
+            return invalid(
+                "store.min_connections",
+                "must not exceed store.max_connections",
+            );
+        }
+        if self.store.acquire_timeout_ms == 0 {
+            return invalid("store.acquire_timeout_ms", "must be at least 1");
+        }
+        let b = &self.broker;
+        match (b.mode, &b.url) {
+            (BrokerMode::External, None) => {
+                return invalid(
+                    "broker.url",
+                    "broker.mode = \"external\" needs the broker's URL (CRADLE_BROKER_URL=mqtt://host:port)",
+                )
+            }
+            (BrokerMode::Embedded, Some(_)) => {
+                return invalid(
+                    "broker.url",
+                    "is set but broker.mode is \"embedded\": set broker.mode = \"external\" (CRADLE_BROKER_MODE=external) to use it",
+                )
+            }
+            (BrokerMode::External, Some(url)) => {
+                if let Err(message) = crate::endpoint::BrokerUrl::parse(url) {
+                    return Err(ConfigError::Invalid {
+                        key: "broker.url",
+                        message,
+                    });
+                }
+            }
+            (BrokerMode::Embedded, None) => {}
+        }
+        if b.share_group.is_empty() || b.share_group.contains(['/', '+', '#']) {
+            return invalid(
+                "broker.share_group",
+                "must be a non-empty name without '/', '+' or '#'",
+            );
         }
         let w = &self.websocket;
         if w.heartbeat_secs == 0 {
@@ -810,6 +954,36 @@ mod tests {
             .unwrap_err()
             .to_string()
             .starts_with("bus.keep_alive_secs"));
+    }
+
+    #[test]
+    fn external_mode_needs_a_valid_broker_url() {
+        let mut c = Config::default();
+        c.broker.mode = BrokerMode::External;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .starts_with("broker.url"));
+        c.broker.url = Some("http://x:1883".into());
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .starts_with("broker.url"));
+        c.broker.url = Some("mqtt://u:p@broker:1883".into());
+        c.validate().unwrap();
+        let mut c = Config::default();
+        c.broker.url = Some("mqtt://broker:1883".into());
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("CRADLE_BROKER_MODE"), "{err}");
+        let mut c = Config::default();
+        c.broker.share_group = "a/b".into();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .starts_with("broker.share_group"));
     }
 
     #[test]

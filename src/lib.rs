@@ -23,6 +23,8 @@
 //!   the broker, checks every packet ([`edge::acl`]), reports every connection's end
 //!   ([`edge::lifecycle`]).
 //! - [`broker`]: the embedded rumqttd broker, on loopback listeners behind the edge.
+//! - [`endpoint`]: where the broker is (embedded loopback, or an external `mqtt://` /
+//!   `mqtts://` cluster with credentials) for every Cradle client and relayed link.
 //! - [`bus`]: Cradle's own MQTT client; routes each topic family to its handler, reconnects.
 //! - [`sync`]: one handler per topic family: [`sync::status`] (batching commits),
 //!   [`sync::stations`] (baby- and parent-station announcements), and [`sync::sessions`]
@@ -31,6 +33,8 @@
 //! - [`domain`]: pure deciders ([`domain::connection`], [`domain::session`]) with
 //!   given/when/then tests.
 //! - [`store`]: sea-orm event log and read models on SQLite or PostgreSQL, with migrations.
+//! - [`migrate`]: `cradle migrate`: copies a whole store (SQLite to PostgreSQL) in one
+//!   transaction, keeping every key, and verifies each table's row count and checksum.
 //! - [`ws`]: the legacy WebSocket bridge (`GET /ws`): ConnectionHub, seq and replay, resume.
 //! - [`http`]: axum API: `PUT`/`DELETE /sessions/{id}`,
 //!   `/v1/accounts/{id}/clients|events|baby-stations|parent-stations|usage`, `/healthz`,
@@ -50,8 +54,10 @@ pub mod bus;
 pub mod config;
 pub mod domain;
 pub mod edge;
+pub mod endpoint;
 pub mod http;
 pub mod metrics;
+pub mod migrate;
 pub mod monitor;
 pub mod rate;
 pub mod server;

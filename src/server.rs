@@ -11,9 +11,10 @@ use tokio::sync::{mpsc, watch};
 use crate::auth::Authenticator;
 use crate::broker::{self, BrokerError};
 use crate::bus::{Bus, BusError, Route};
-use crate::config::{AuthMode, Config};
+use crate::config::{AuthMode, BrokerMode, BusConfig, Config};
 use crate::domain::connection::DisconnectReason;
 use crate::edge::{self, publisher::Publisher, EdgeError};
+use crate::endpoint::{Endpoint, EndpointError};
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
@@ -21,6 +22,7 @@ use crate::sync::sessions::{SessionSettings, Sessions};
 use crate::sync::stations::{self, StationSettings};
 use crate::sync::status::{self, StatusSettings};
 use crate::topics::STATUS_FILTER;
+use crate::ws::inbox::InboxSubscriptions;
 use crate::ws::{Bridge, WsSettings};
 
 /// Why the service could not start.
@@ -44,6 +46,9 @@ pub enum ServeError {
     /// A listener of the MQTT edge.
     #[error(transparent)]
     Edge(#[from] EdgeError),
+    /// `broker.url` or `broker.ca_file`.
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
     /// Open mode would expose a non-loopback listener.
     #[error("{key}: {addr} is not a loopback address and no account exists, so anyone could connect: create an account (`cradle accounts create ...`) or set auth.mode = \"open\" (CRADLE_AUTH_MODE=open) for development")]
     OpenNonLoopback { key: &'static str, addr: SocketAddr },
@@ -116,31 +121,106 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         _ => {}
     }
 
-    // The embedded broker starts empty: whoever the store still shows connected lost that
-    // connection when the previous process ended (a crash, or a shutdown that could not
-    // finish). Record it before new statuses arrive.
-    let closed = status::close_open_connections(&store, DisconnectReason::ServerShutdown).await?;
-    if closed > 0 {
-        tracing::warn!(
-            clients = closed,
-            "connections left open by the previous run recorded as ended"
-        );
+    let embedded = config.broker.mode == BrokerMode::Embedded;
+    let (endpoint, upstream) = match config.broker.mode {
+        BrokerMode::Embedded => {
+            // The embedded broker starts empty: whoever the store still shows connected lost
+            // that connection when the previous process ended (a crash, or a shutdown that
+            // could not finish). Record it before new statuses arrive.
+            let closed =
+                status::close_open_connections(&store, DisconnectReason::ServerShutdown).await?;
+            if closed > 0 {
+                tracing::warn!(
+                    clients = closed,
+                    "connections left open by the previous run recorded as ended"
+                );
+            }
+            let broker = broker::start(&config.mqtt).await?;
+            tracing::info!(v4 = %broker.v4, v5 = %broker.v5, "embedded MQTT broker listening on loopback");
+            (
+                Endpoint::embedded(broker.v4),
+                edge::Upstream::Embedded {
+                    v4: broker.v4_links.clone(),
+                    v5: broker.v5_links.clone(),
+                },
+            )
+        }
+        BrokerMode::External => {
+            // Other replicas' devices are still connected: nothing is closed here.
+            let url = config.broker.url.as_deref().unwrap_or_default();
+            let endpoint = Endpoint::external(url, config.broker.ca_file.as_deref())?;
+            tracing::info!(broker = %endpoint, share_group = %config.broker.share_group, "using the external MQTT broker");
+            (endpoint.clone(), edge::Upstream::External(endpoint))
+        }
+    };
+    let mut bus_config = config.bus.clone();
+    if !embedded && bus_config.client_id == BusConfig::default().client_id {
+        // Replicas must not share a client id (each would take the other's session over),
+        // and a replica's persistent session holds its share of unacknowledged messages,
+        // so the id should survive restarts: the host name is both.
+        bus_config.client_id = format!("cradle-{}", host_name());
+        tracing::info!(client_id = %bus_config.client_id, "bus.client_id derived from the host name; set CRADLE_BUS_CLIENT_ID to a stable unique id per replica");
     }
 
-    let broker = broker::start(&config.mqtt).await?;
-    tracing::info!(v4 = %broker.v4, v5 = %broker.v5, "embedded MQTT broker listening on loopback");
+    // The bus connects before any listener accepts a client: a broker that is unreachable or
+    // refuses Cradle's credentials fails the start here.
+    let (status_tx, status_rx) = mpsc::channel(config.sync.queue);
+    let (stations_tx, stations_rx) = mpsc::channel(config.sync.queue);
+    let (changes_tx, changes_rx) = mpsc::unbounded_channel();
+    let (presence_tx, presence_rx) = mpsc::unbounded_channel();
+    let (inbox_tx, inbox_rx) = mpsc::channel(config.sync.queue);
+    let mut routes = vec![
+        Route {
+            filter: STATUS_FILTER.to_string(),
+            tx: status_tx,
+            shared: true,
+        },
+        Route {
+            filter: stations::BABY_STATIONS_FILTER.to_string(),
+            tx: stations_tx.clone(),
+            shared: true,
+        },
+        Route {
+            filter: stations::PARENT_STATIONS_FILTER.to_string(),
+            tx: stations_tx,
+            shared: true,
+        },
+    ];
+    let inbox_subscriptions = if embedded {
+        routes.push(Route {
+            filter: crate::topics::INBOX_FILTER.to_string(),
+            tx: inbox_tx,
+            shared: false,
+        });
+        None
+    } else {
+        Some(InboxSubscriptions::start(
+            &endpoint,
+            &format!("{}-inbox", bus_config.client_id),
+            config.mqtt.max_packet_bytes,
+            inbox_tx,
+        ))
+    };
+    let bus = Bus::start(
+        &bus_config,
+        &endpoint,
+        config.mqtt.max_payload_bytes,
+        routes,
+        (!embedded).then(|| config.broker.share_group.clone()),
+        metrics.clone(),
+    )
+    .await?;
+    tracing::info!(broker = %endpoint, "bus subscribed");
+
     let publisher = Publisher::start(
-        broker.v4,
-        &format!("{}-edge", config.bus.client_id),
+        &endpoint,
+        &format!("{}-edge", bus_config.client_id),
         config.mqtt.max_packet_bytes,
     );
     let edge = edge::start(
         &config.mqtt,
         auth.clone(),
-        edge::Upstream::Embedded {
-            v4: broker.v4_links.clone(),
-            v5: broker.v5_links.clone(),
-        },
+        upstream,
         publisher,
         metrics.clone(),
     )
@@ -149,38 +229,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         tracing::info!(listener = key, %addr, "MQTT edge listening");
     }
 
-    let (status_tx, status_rx) = mpsc::channel(config.sync.queue);
-    let (stations_tx, stations_rx) = mpsc::channel(config.sync.queue);
-    let (changes_tx, changes_rx) = mpsc::unbounded_channel();
-    let (presence_tx, presence_rx) = mpsc::unbounded_channel();
-    let (inbox_tx, inbox_rx) = mpsc::channel(config.sync.queue);
-    let bus_addr = broker.v4;
-    let bus = Bus::start(
-        &config.bus,
-        &bus_addr.ip().to_string(),
-        bus_addr.port(),
-        config.mqtt.max_payload_bytes,
-        vec![
-            Route {
-                filter: STATUS_FILTER.to_string(),
-                tx: status_tx,
-            },
-            Route {
-                filter: stations::BABY_STATIONS_FILTER.to_string(),
-                tx: stations_tx.clone(),
-            },
-            Route {
-                filter: stations::PARENT_STATIONS_FILTER.to_string(),
-                tx: stations_tx,
-            },
-            Route {
-                filter: crate::topics::INBOX_FILTER.to_string(),
-                tx: inbox_tx,
-            },
-        ],
-        metrics.clone(),
-    )
-    .await?;
     let status_task = tokio::spawn(status::run(
         status_rx,
         store.clone(),
@@ -193,8 +241,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         },
     ));
     let out = crate::bus::publisher(
-        broker.v4,
-        &format!("{}-out", config.bus.client_id),
+        &endpoint,
+        &format!("{}-out", bus_config.client_id),
         config.mqtt.max_packet_bytes,
     );
     let sessions = Arc::new(Sessions::new(
@@ -208,7 +256,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     ));
     let sessions_task = tokio::spawn(sessions.clone().run(changes_rx));
     let w = &config.websocket;
-    let bridge = Arc::new(Bridge::new(
+    let mut bridge = Bridge::new(
         out.clone(),
         WsSettings {
             heartbeat: Duration::from_secs(w.heartbeat_secs),
@@ -222,7 +270,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             signal_burst: w.signal_burst,
             max_errors: w.max_errors,
         },
-    ));
+    );
+    if let Some(inbox) = inbox_subscriptions {
+        bridge = bridge.with_inbox_subscriptions(inbox);
+    }
+    let bridge = Arc::new(bridge);
     let (lists_tx, lists_rx) = mpsc::unbounded_channel();
     sessions.follow_baby_stations(lists_tx);
     let bridge_task = tokio::spawn(crate::ws::run(
@@ -298,13 +350,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     bridge_task.abort();
     bus.close(Duration::from_secs(5)).await;
     // The embedded broker ends with this process, and every device's connection with it.
-    match status::close_open_connections(&store, DisconnectReason::ServerShutdown).await {
-        Ok(n) => tracing::info!(
-            clients = n,
-            "open connections recorded as ended by server_shutdown"
-        ),
-        Err(error) => {
-            tracing::error!(%error, "open connections not recorded as ended; the next start will")
+    // (An external broker keeps its directly connected clients and other replicas' ones.)
+    if embedded {
+        match status::close_open_connections(&store, DisconnectReason::ServerShutdown).await {
+            Ok(n) => tracing::info!(
+                clients = n,
+                "open connections recorded as ended by server_shutdown"
+            ),
+            Err(error) => {
+                tracing::error!(%error, "open connections not recorded as ended; the next start will")
+            }
         }
     }
     let _ = http_stop_tx.send(true);
@@ -373,6 +428,27 @@ pub fn connectable(addr: SocketAddr) -> SocketAddr {
         }
         _ => addr,
     }
+}
+
+/// This machine's host name (`HOSTNAME`, or gethostname), for ids unique per replica.
+pub fn host_name() -> String {
+    if let Ok(h) = std::env::var("HOSTNAME") {
+        if !h.is_empty() {
+            return h;
+        }
+    }
+    #[cfg(unix)]
+    {
+        let mut buf = [0u8; 256];
+        // SAFETY: gethostname writes at most buf.len() bytes into buf.
+        if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0 {
+            let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+            if end > 0 {
+                return String::from_utf8_lossy(&buf[..end]).into_owned();
+            }
+        }
+    }
+    "replica".to_string()
 }
 
 /// A database URL with its password hidden, for logs.

@@ -1,5 +1,6 @@
 //! `cradle`: the service. `cradle serve` runs it on its embedded defaults; `cradle accounts`
-//! and `cradle credentials` manage tenants and their secrets in the same store.
+//! and `cradle credentials` manage tenants and their secrets in the same store; `cradle
+//! migrate` copies a store to another database (SQLite to PostgreSQL).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -54,6 +55,28 @@ enum Command {
         #[command(subcommand)]
         action: CredentialsAction,
     },
+    /// Copy a whole store to another database (SQLite to PostgreSQL) in one transaction,
+    /// keeping every key, and verify every table's row count and checksum.
+    Migrate(MigrateArgs),
+}
+
+#[derive(clap::Args)]
+#[command(
+    after_help = "Stop `cradle serve` on the source first. Re-running after a \
+    successful migration verifies and writes nothing."
+)]
+struct MigrateArgs {
+    /// The store to copy (must exist): sqlite://PATH or postgres://USER:PASS@HOST:PORT/DB.
+    #[arg(long, value_name = "URL")]
+    from: String,
+    /// The store to copy into; its schema is created when missing. It must be empty,
+    /// unless it already holds exactly the source's rows (then nothing is written).
+    #[arg(long, value_name = "URL")]
+    to: String,
+    /// Write into a non-empty target: insert only the rows whose key it lacks, keep its
+    /// other rows, then verify every source row is present and identical.
+    #[arg(long)]
+    allow_non_empty: bool,
 }
 
 #[derive(Subcommand)]
@@ -124,6 +147,7 @@ fn main() -> ExitCode {
             Ok(c) => admin(c, |store| Box::pin(credentials_cmd(store, action))),
             Err(code) => return code,
         },
+        Command::Migrate(args) => migrate_cmd(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -231,6 +255,20 @@ async fn credentials_cmd(store: &Store, action: CredentialsAction) -> anyhow::Re
             println!("revoked {credential}");
         }
     }
+    Ok(())
+}
+
+fn migrate_cmd(args: MigrateArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
+    let options = cradle::migrate::MigrateOptions {
+        allow_non_empty: args.allow_non_empty,
+        ..Default::default()
+    };
+    let report = runtime.block_on(cradle::migrate::migrate(&args.from, &args.to, options))?;
+    println!("{report}");
     Ok(())
 }
 

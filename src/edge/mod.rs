@@ -41,6 +41,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::auth::Authenticator;
 use crate::config::MqttConfig;
 use crate::domain::connection::DisconnectReason;
+use crate::endpoint::Endpoint;
 use crate::metrics::Metrics;
 use codec::Proto;
 use publisher::Publisher;
@@ -144,20 +145,16 @@ pub enum Upstream {
         /// MQTT 5 links.
         v5: LinkAcceptor<V5>,
     },
-    /// A broker over TCP (MQTT 3.1.1 and MQTT 5 listeners).
-    Tcp {
-        /// MQTT 3.1.1 listener.
-        v4: SocketAddr,
-        /// MQTT 5 listener.
-        v5: SocketAddr,
-    },
+    /// An external broker (one listener for MQTT 3.1.1 and 5, as EMQX, VerneMQ, HiveMQ and
+    /// Mosquitto have), over TCP or TLS, with Cradle's credentials for it.
+    External(Endpoint),
 }
 
 impl std::fmt::Display for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Upstream::Embedded { .. } => write!(f, "embedded broker"),
-            Upstream::Tcp { v4, v5 } => write!(f, "{v4} (v5 {v5})"),
+            Upstream::External(endpoint) => write!(f, "{endpoint}"),
         }
     }
 }
@@ -175,16 +172,16 @@ impl Upstream {
                 let (rd, wr) = tokio::io::split(ours);
                 Ok((Box::new(rd), Box::new(wr)))
             }
-            Upstream::Tcp { v4, v5 } => {
-                let addr = match proto {
-                    Proto::V4 => v4,
-                    Proto::V5 => v5,
-                };
-                let stream = tokio::net::TcpStream::connect(addr).await?;
-                stream.set_nodelay(true)?;
-                let (rd, wr) = stream.into_split();
-                Ok((Box::new(rd), Box::new(wr)))
-            }
+            Upstream::External(endpoint) => endpoint.open().await,
+        }
+    }
+
+    /// The credentials a relayed connection presents to the broker (Cradle's, not the
+    /// device's: the edge has already authenticated the device).
+    pub fn login(&self) -> Option<&(String, String)> {
+        match self {
+            Upstream::Embedded { .. } => None,
+            Upstream::External(endpoint) => endpoint.login.as_ref(),
         }
     }
 }

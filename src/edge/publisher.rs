@@ -2,7 +2,6 @@
 //! `disconnected` status) into the broker, where every subscriber and the status pipeline
 //! see it like any other message.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +10,7 @@ use rumqttc::{AsyncClient, Event, Outgoing, Packet, QoS};
 use tokio::task::JoinHandle;
 
 use super::lifecycle::Publication;
+use crate::endpoint::Endpoint;
 
 /// A client of the broker used only by the edge.
 pub struct Publisher {
@@ -22,9 +22,9 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// Connects to the broker at `addr` as `client_id` (reconnecting on its own).
-    pub fn start(addr: SocketAddr, client_id: &str, max_packet: usize) -> Self {
-        let options = crate::bus::publisher_options(addr, client_id, max_packet);
+    /// Connects to the broker at `endpoint` as `client_id` (reconnecting on its own).
+    pub fn start(endpoint: &Endpoint, client_id: &str, max_packet: usize) -> Self {
+        let options = crate::bus::publisher_options(endpoint, client_id, max_packet);
         let (client, mut eventloop) = AsyncClient::new(options, 10_000);
         crate::bus::nodelay(&mut eventloop);
         let pending = Arc::new(AtomicI64::new(0));

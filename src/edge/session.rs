@@ -180,9 +180,10 @@ impl Connect {
         }
     }
 
-    /// The CONNECT the broker gets: namespaced client id, no credentials, no Will, the
-    /// edge's keep-alive, MQTT 5 properties kept (minus enhanced authentication).
-    fn upstream(&self, client_id: &str) -> BytesMut {
+    /// The CONNECT the broker gets: namespaced client id, Cradle's own credentials for the
+    /// broker (`login`; none for the embedded one), no Will, the edge's keep-alive, MQTT 5
+    /// properties kept (minus enhanced authentication).
+    fn upstream(&self, client_id: &str, login: Option<&(String, String)>) -> BytesMut {
         let mut out = BytesMut::with_capacity(64);
         match self {
             Connect::V4(c) => {
@@ -192,7 +193,7 @@ impl Connect {
                     client_id: client_id.to_string(),
                     clean_session: c.clean_session,
                     last_will: None,
-                    login: None,
+                    login: login.map(|(u, p)| v4::Login::new(u, p)),
                 };
                 let _ = v4::Packet::Connect(up).write(&mut out, usize::MAX);
             }
@@ -209,7 +210,8 @@ impl Connect {
                     clean_start: c.clean_start,
                     properties,
                 };
-                let _ = v5::Packet::Connect(up, None, None).write(&mut out, None);
+                let login = login.map(|(u, p)| v5::Login::new(u, p));
+                let _ = v5::Packet::Connect(up, None, login).write(&mut out, None);
             }
         }
         out
@@ -482,7 +484,11 @@ impl Conn {
         let mut out = BytesMut::with_capacity(64);
         let upstream = async {
             let (mut up_rd, mut up_wr) = Box::pin(shared.upstream.open(proto)).await.ok()?;
-            up_wr.write_all(&connect.upstream(upstream_id)).await.ok()?;
+            let login = shared.upstream.login();
+            up_wr
+                .write_all(&connect.upstream(upstream_id, login))
+                .await
+                .ok()?;
             let mut ubuf = BytesMut::with_capacity(64);
             let (h, frame) = read_frame(&mut up_rd, &mut ubuf, 1 << 16).await.ok()?;
             (h.kind() == kind::CONNACK).then_some((up_rd, up_wr, h, frame, ubuf))

@@ -35,6 +35,7 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         BusState::Connecting(e) => ("connecting", e.clone()),
         BusState::Reconnecting(e) => ("reconnecting", Some(e.clone())),
         BusState::Closed => ("closed", None),
+        BusState::Refused(e) => ("refused", Some(e.clone())),
     };
     let ready = store == "ok" && broker == "ok";
     let status = if ready {

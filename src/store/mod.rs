@@ -149,6 +149,7 @@ impl Store {
             }
             let pool = SqlitePoolOptions::new()
                 .max_connections(config.max_connections)
+                .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms))
                 .connect_with(options)
                 .await
                 .map_err(|e| StoreError::Db(DbErr::Conn(sea_orm::RuntimeErr::SqlxError(e))))?;
@@ -163,9 +164,13 @@ impl Store {
             let options = PgConnectOptions::from_str(url)
                 .map_err(|e| StoreError::Url(e.to_string()))?
                 .options([("plan_cache_mode", "force_custom_plan")]);
+            let secs = |s: u64| (s > 0).then(|| Duration::from_secs(s));
             let pool = PgPoolOptions::new()
                 .max_connections(config.max_connections)
-                .acquire_timeout(Duration::from_secs(10))
+                .min_connections(config.min_connections)
+                .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms))
+                .idle_timeout(secs(config.idle_timeout_secs))
+                .max_lifetime(secs(config.max_lifetime_secs))
                 .connect_with(options)
                 .await
                 .map_err(|e| StoreError::Db(DbErr::Conn(sea_orm::RuntimeErr::SqlxError(e))))?;

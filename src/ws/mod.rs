@@ -17,6 +17,7 @@
 //! route, the socket tasks, the MQTT side).
 
 pub mod hub;
+pub mod inbox;
 pub mod protocol;
 
 use std::sync::atomic::AtomicU64;
@@ -115,6 +116,9 @@ pub struct Bridge {
     settings: WsSettings,
     /// Counters.
     pub metrics: WsMetrics,
+    /// Per-connection inbox subscriptions (several replicas on an external broker); `None`
+    /// when the bus's wildcard subscription delivers every inbox to this one replica.
+    inbox: Option<Arc<inbox::InboxSubscriptions>>,
 }
 
 fn new_connection_id() -> String {
@@ -132,7 +136,14 @@ impl Bridge {
             mqtt,
             settings,
             metrics: WsMetrics::default(),
+            inbox: None,
         }
+    }
+
+    /// Subscribes each session's inbox through `inbox` instead of relying on a wildcard.
+    pub fn with_inbox_subscriptions(mut self, inbox: Arc<inbox::InboxSubscriptions>) -> Self {
+        self.inbox = Some(inbox);
+        self
     }
 
     async fn publish_status(&self, s: &WsSession, reason: Option<DisconnectReason>) {
@@ -165,6 +176,9 @@ impl Bridge {
     /// Ends a session for good: removes it, closes its socket and publishes its end.
     pub async fn end(&self, connection_id: &str, reason: DisconnectReason, code: u16) {
         if let Some(session) = self.hub.close(connection_id, code) {
+            if let Some(inbox) = &self.inbox {
+                inbox.remove(&session.account_id, &session.client_id);
+            }
             self.metrics.live.fetch_sub(1, Relaxed);
             if let Some(i) = CLOSE_REASONS.iter().position(|r| *r == reason) {
                 self.metrics.closed[i].fetch_add(1, Relaxed);
@@ -586,6 +600,10 @@ async fn run_socket(
             );
             bridge.metrics.opened.fetch_add(1, Relaxed);
             bridge.metrics.live.fetch_add(1, Relaxed);
+            if let Some(inbox) = &bridge.inbox {
+                // Before `hello`: what is published to the inbox after it reaches the client.
+                inbox.add(&account_id, &client_id).await;
+            }
             bridge.publish_status(&a.session, None).await;
             tracing::info!(%account_id, %client_id, %connection_id, "WebSocket session opened");
             bridge

@@ -428,3 +428,127 @@ pub fn cli(database_url: &str, args: &[&str]) -> String {
         .unwrap_or_default()
         .to_string()
 }
+
+/// The user and password of the test Mosquitto brokers (Cradle presents them in
+/// `CRADLE_BROKER_URL`; devices connecting to the broker directly use them too).
+pub const BROKER_USER: &str = "cradle";
+/// See [`BROKER_USER`].
+pub const BROKER_PASSWORD: &str = "broker-secret";
+
+/// A Mosquitto broker from Debian's `mosquitto` package on a free loopback port, with a
+/// password file (anonymous refused) and persistence in its own folder; killed on drop.
+pub struct Mosquitto {
+    child: Option<Child>,
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl Mosquitto {
+    /// The broker binary, or `None` (a failure under `CRADLE_REQUIRE_MOSQUITTO=1`).
+    pub fn binary() -> Option<PathBuf> {
+        let mut candidates = vec![
+            PathBuf::from("/usr/sbin/mosquitto"),
+            PathBuf::from("/usr/local/sbin/mosquitto"),
+        ];
+        if let Ok(path) = std::env::var("PATH") {
+            candidates.extend(std::env::split_paths(&path).map(|p| p.join("mosquitto")));
+        }
+        let found = candidates.into_iter().find(|p| p.is_file());
+        if found.is_none() {
+            assert!(
+                std::env::var("CRADLE_REQUIRE_MOSQUITTO").as_deref() != Ok("1"),
+                "the mosquitto broker is missing: run the tests through scripts/test"
+            );
+            eprintln!("mosquitto broker not installed: skipping");
+        }
+        found
+    }
+
+    /// Starts a broker with its files in `dir` (created); `None` when Mosquitto is not
+    /// installed (see [`Mosquitto::binary`]).
+    pub async fn start(dir: &Path) -> Option<Mosquitto> {
+        Self::binary()?;
+        std::fs::create_dir_all(dir).expect("broker dir");
+        let passwd = dir.join("passwd");
+        let status = Command::new("mosquitto_passwd")
+            .args(["-b", "-c"])
+            .arg(&passwd)
+            .args([BROKER_USER, BROKER_PASSWORD])
+            .status()
+            .expect("run mosquitto_passwd");
+        assert!(status.success(), "mosquitto_passwd failed");
+        let mut broker = Mosquitto {
+            child: None,
+            port: free_port(),
+            dir: dir.to_path_buf(),
+        };
+        broker.spawn().await;
+        Some(broker)
+    }
+
+    /// `mqtt://user:password@127.0.0.1:port`.
+    pub fn url(&self) -> String {
+        format!(
+            "mqtt://{BROKER_USER}:{BROKER_PASSWORD}@127.0.0.1:{}",
+            self.port
+        )
+    }
+
+    async fn spawn(&mut self) {
+        let conf = self.dir.join("mosquitto.conf");
+        let mut text = format!(
+            "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {passwd}\npersistence true\npersistence_location {dir}/\nmax_queued_messages 1000000\nmax_inflight_messages 0\n",
+            port = self.port,
+            passwd = self.dir.join("passwd").display(),
+            dir = self.dir.display(),
+        );
+        // As root, Mosquitto would switch to its own user, who cannot read this folder.
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            text.push_str("user root\n");
+        }
+        std::fs::write(&conf, text).expect("mosquitto.conf");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("mosquitto.log"))
+            .expect("broker log");
+        let child = Command::new(Self::binary().expect("mosquitto"))
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn mosquitto");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not listen; its log:\n{}",
+                std::fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops the broker as an operator would (SIGTERM: Mosquitto writes its persistence
+    /// file), waits for it to exit, and starts it again on the same port.
+    pub async fn restart(&mut self, down_for: Duration) {
+        if let Some(mut child) = self.child.take() {
+            signal(child.id(), "TERM");
+            wait_exit(&mut child, Duration::from_secs(10));
+        }
+        tokio::time::sleep(down_for).await;
+        self.spawn().await;
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! Per-connection inbox subscriptions, for several replicas on an external broker.
+//!
+//! With one replica, the bus's single `accounts/+/clients/+/webrtc_inbox` subscription sees
+//! every inbox. With several, each replica subscribes only the inboxes of the WebSocket
+//! sessions it holds (`accounts/{a}/clients/{c}/webrtc_inbox`), so the broker routes a
+//! device's signalling to the replica holding the socket, whichever replica processes the
+//! device's status. A client id with several sessions on one replica is subscribed once
+//! (reference counted). A session's `hello` is sent only once its subscription is
+//! acknowledged, so what is published after `hello` reaches it. After a reconnect the
+//! client subscribes every live filter again.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, Outgoing, Packet, Publish, QoS};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::endpoint::Endpoint;
+
+/// Waiters of SUBSCRIBEs queued, then sent (by packet id), until their SUBACK.
+#[derive(Default)]
+struct Waiters {
+    queued: VecDeque<Option<oneshot::Sender<()>>>,
+    sent: HashMap<u16, Option<oneshot::Sender<()>>>,
+}
+
+/// The replica's inbox subscriptions.
+pub struct InboxSubscriptions {
+    client: AsyncClient,
+    /// Filter → sessions on this replica that need it. The lock is never held across an
+    /// await; subscribe requests are queued under it so they keep the refcount's order.
+    refs: Mutex<HashMap<String, usize>>,
+    waiters: Arc<Mutex<Waiters>>,
+}
+
+/// How long a session's `hello` waits for its inbox subscription.
+const SUBSCRIBE_WAIT: Duration = Duration::from_secs(5);
+
+fn inbox_filter(account_id: &str, client_id: &str) -> String {
+    format!("accounts/{account_id}/clients/{client_id}/webrtc_inbox")
+}
+
+impl InboxSubscriptions {
+    /// Connects a client `client_id` to `endpoint`; every inbox message goes to `tx`.
+    pub fn start(
+        endpoint: &Endpoint,
+        client_id: &str,
+        max_packet: usize,
+        tx: mpsc::Sender<Publish>,
+    ) -> Arc<Self> {
+        let options = crate::bus::publisher_options(endpoint, client_id, max_packet);
+        let (client, mut eventloop) = AsyncClient::new(options, 10_000);
+        crate::bus::nodelay(&mut eventloop);
+        let this = Arc::new(Self {
+            client,
+            refs: Mutex::new(HashMap::new()),
+            waiters: Arc::new(Mutex::new(Waiters::default())),
+        });
+        let weak = Arc::downgrade(&this);
+        tokio::spawn(async move {
+            loop {
+                let event = eventloop.poll().await;
+                let Some(this) = weak.upgrade() else { return };
+                match event {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => this.resubscribe(),
+                    Ok(Event::Outgoing(Outgoing::Subscribe(pkid))) => {
+                        let mut w = this.waiters.lock().expect("not poisoned");
+                        let waiter = w.queued.pop_front().flatten();
+                        w.sent.insert(pkid, waiter);
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                        let waiter = this
+                            .waiters
+                            .lock()
+                            .expect("not poisoned")
+                            .sent
+                            .remove(&ack.pkid)
+                            .flatten();
+                        if let Some(w) = waiter {
+                            let _ = w.send(());
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        if tx.send(p).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::warn!(%error, "inbox subscriber: broker connection failed; retrying");
+                        // Subscriptions in flight are sent again after the reconnect.
+                        this.waiters.lock().expect("not poisoned").sent.clear();
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        });
+        this
+    }
+
+    /// Queues a SUBSCRIBE of `filter`; the receiver fires on its SUBACK.
+    fn subscribe(&self, filter: &str, notify: bool) -> Option<oneshot::Receiver<()>> {
+        let (tx, rx) = oneshot::channel();
+        let mut w = self.waiters.lock().expect("not poisoned");
+        match self.client.try_subscribe(filter, QoS::AtLeastOnce) {
+            Ok(()) => {
+                w.queued.push_back(notify.then_some(tx));
+                notify.then_some(rx)
+            }
+            Err(error) => {
+                tracing::error!(%error, filter, "inbox subscription not queued");
+                None
+            }
+        }
+    }
+
+    fn resubscribe(&self) {
+        let refs = self.refs.lock().expect("not poisoned");
+        let mut w = self.waiters.lock().expect("not poisoned");
+        // Whatever was queued before the connection dropped is already in the client's
+        // queue or was lost with it; every live filter is subscribed again below.
+        w.sent.clear();
+        drop(w);
+        for filter in refs.keys() {
+            let _ = self.subscribe(filter, false);
+        }
+    }
+
+    /// Subscribes the inbox of `client_id` of `account_id` for one more session; returns
+    /// once the broker acknowledged it (at most a few seconds).
+    pub async fn add(&self, account_id: &str, client_id: &str) {
+        let filter = inbox_filter(account_id, client_id);
+        let wait = {
+            let mut refs = self.refs.lock().expect("not poisoned");
+            let n = refs.entry(filter.clone()).or_insert(0);
+            *n += 1;
+            // The first session of this client subscribes; later ones wait for nothing
+            // (the subscription is live or on its way).
+            if *n == 1 {
+                self.subscribe(&filter, true)
+            } else {
+                None
+            }
+        };
+        if let Some(rx) = wait {
+            if tokio::time::timeout(SUBSCRIBE_WAIT, rx).await.is_err() {
+                tracing::warn!(
+                    filter,
+                    "inbox subscription not acknowledged in time; continuing"
+                );
+            }
+        }
+    }
+
+    /// Drops one session's need of the inbox; the last one unsubscribes.
+    pub fn remove(&self, account_id: &str, client_id: &str) {
+        let filter = inbox_filter(account_id, client_id);
+        let mut refs = self.refs.lock().expect("not poisoned");
+        if let Some(n) = refs.get_mut(&filter) {
+            *n -= 1;
+            if *n == 0 {
+                refs.remove(&filter);
+                if let Err(error) = self.client.try_unsubscribe(filter.as_str()) {
+                    tracing::warn!(%error, filter, "inbox unsubscribe not queued");
+                }
+            }
+        }
+    }
+
+    /// How many inboxes are subscribed.
+    pub fn len(&self) -> usize {
+        self.refs.lock().expect("not poisoned").len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

@@ -1,0 +1,535 @@
+//! Beyond one machine: Cradle replicas on an external broker (Debian's Mosquitto, with a
+//! password file and persistence) and one PostgreSQL (`pg_virtualenv`).
+//!
+//! - two replicas in one share group split a stream of status messages from many clients,
+//!   and the log holds exactly one event per message, the same on both replicas;
+//! - the same messages delivered to two replicas (two share groups) append nothing twice;
+//! - a WebSocket client on replica A gets signalling from a device on replica B's edge whose
+//!   statuses B processes, and a resume at the wrong replica is 410;
+//! - the broker restarted mid-stream loses no acknowledged message;
+//! - an unreachable broker or refused credentials fail the start with a clear message.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+use tokio_tungstenite::tungstenite::Message;
+
+use common::{
+    fresh_postgres_database, postgres_server_url, status, wait_for, Cradle, Device, Mosquitto,
+    BROKER_PASSWORD, BROKER_USER,
+};
+
+/// A replica named `name` on `broker` and `database_url`, in share group `group`.
+async fn replica(
+    dir: &Path,
+    name: &str,
+    database_url: &str,
+    broker: &Mosquitto,
+    group: &str,
+) -> Cradle {
+    let dir = dir.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    Cradle::spawn_ready(
+        &dir,
+        database_url,
+        &[
+            ("CRADLE_BROKER_MODE", "external".to_string()),
+            ("CRADLE_BROKER_URL", broker.url()),
+            ("CRADLE_BROKER_SHARE_GROUP", group.to_string()),
+            ("CRADLE_BUS_CLIENT_ID", format!("cradle-{name}")),
+        ],
+    )
+    .await
+}
+
+/// PostgreSQL and Mosquitto, or `None` to skip (a failure under scripts/test).
+async fn infrastructure(dir: &Path) -> Option<(String, Mosquitto)> {
+    let server = postgres_server_url()?;
+    let broker = Mosquitto::start(&dir.join("broker")).await?;
+    Some((fresh_postgres_database(&server).await, broker))
+}
+
+/// An MQTT client of the broker itself (as a device connected to the cluster directly).
+async fn broker_client(broker: &Mosquitto, id: &str) -> Device {
+    let mut options = MqttOptions::new(id, "127.0.0.1", broker.port);
+    options.set_credentials(BROKER_USER, BROKER_PASSWORD);
+    let (client, mut eventloop) = AsyncClient::new(options, 1000);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        let mut tx = Some(tx);
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                Ok(Event::Outgoing(Outgoing::Disconnect)) => return eventloop,
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), rx)
+        .await
+        .expect("CONNACK")
+        .unwrap();
+    Device { client, task }
+}
+
+/// Every event of `account` on `replica`, waiting until there are `n` and then a little
+/// longer to see that no more arrive.
+async fn exactly_events(replica: &Cradle, account: &str, n: usize) -> Vec<serde_json::Value> {
+    let events = wait_for(Duration::from_secs(30), "every event", || async {
+        let e = replica.events(account).await;
+        (e.len() >= n).then_some(e)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let again = replica.events(account).await;
+    assert_eq!(again.len(), events.len(), "events kept arriving");
+    assert_eq!(events.len(), n, "one event per message");
+    events
+}
+
+/// `(stream, type, connection id)` of every event; a duplicate would repeat one.
+fn identities(events: &[serde_json::Value]) -> HashSet<String> {
+    events
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {} {}",
+                e["stream"], e["type"], e["data"]["connection_id"]
+            )
+        })
+        .collect()
+}
+
+async fn clients_of(replica: &Cradle, account: &str) -> BTreeMap<String, serde_json::Value> {
+    let v = replica
+        .get_json(&format!("/v1/accounts/{account}/clients"), 200)
+        .await;
+    v["clients"]
+        .as_array()
+        .expect("clients")
+        .iter()
+        .map(|c| (c["client_id"].as_str().unwrap().to_string(), c.clone()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_split_the_status_stream_and_record_each_event_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((db, broker)) = infrastructure(dir.path()).await else {
+        return;
+    };
+    let a = replica(dir.path(), "a", &db, &broker, "cradle").await;
+    let b = replica(dir.path(), "b", &db, &broker, "cradle").await;
+
+    // 40 devices, half through each replica's edge (relayed to the external broker); each
+    // connects (k1), disconnects cleanly, and connects again (k2): three events each.
+    const DEVICES: usize = 40;
+    let mut devices = Vec::new();
+    for i in 0..DEVICES {
+        let edge = if i % 2 == 0 { &a } else { &b };
+        devices.push(Device::connect(edge.mqtt_port, &format!("dev-{i}"), None).await);
+    }
+    let t = 1_700_000_000_000i64;
+    for (i, d) in devices.iter().enumerate() {
+        let topic = format!("accounts/fleet/clients/dev-{i}/status");
+        d.publish(&topic, status("connected", "k1", t, None)).await;
+        d.publish(&topic, status("disconnected", "k1", t + 1, Some("clean")))
+            .await;
+        d.publish(&topic, status("connected", "k2", t + 2, None))
+            .await;
+    }
+
+    let events = exactly_events(&a, "fleet", DEVICES * 3).await;
+    assert_eq!(identities(&events).len(), DEVICES * 3, "no event twice");
+    // Any replica answers from the shared store: the same log and read models on both.
+    assert_eq!(b.events("fleet").await, events);
+    let (on_a, on_b) = (clients_of(&a, "fleet").await, clients_of(&b, "fleet").await);
+    assert_eq!(on_a, on_b);
+    assert_eq!(on_a.len(), DEVICES);
+    for c in on_a.values() {
+        assert_eq!(c["connected"], true, "{c}");
+        assert_eq!(c["connection_id"], "k2", "{c}");
+    }
+    // The shared subscription split the work: both replicas processed status messages,
+    // and together exactly the messages published.
+    let series = "cradle_mqtt_messages_received_total{family=\"status\"}";
+    let (ra, rb) = (a.metric(series).await, b.metric(series).await);
+    assert!(ra > 0 && rb > 0, "both replicas took a share: {ra} + {rb}");
+    assert_eq!(ra + rb, (DEVICES * 3) as u64, "each message processed once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_messages_delivered_to_two_replicas_append_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((db, broker)) = infrastructure(dir.path()).await else {
+        return;
+    };
+    // Two share groups: the broker delivers every message to both replicas, which race to
+    // record it (as a redelivery or a group misconfiguration would make them).
+    let a = replica(dir.path(), "a", &db, &broker, "group-a").await;
+    let b = replica(dir.path(), "b", &db, &broker, "group-b").await;
+    let device = broker_client(&broker, "publisher").await;
+    const CLIENTS: usize = 60;
+    let t = 1_700_000_000_000i64;
+    for i in 0..CLIENTS {
+        let topic = format!("accounts/twice/clients/c{i}/status");
+        device
+            .client
+            .publish(
+                &topic,
+                QoS::AtLeastOnce,
+                false,
+                status("connected", "k1", t, None),
+            )
+            .await
+            .unwrap();
+        device
+            .client
+            .publish(
+                &topic,
+                QoS::AtLeastOnce,
+                false,
+                status("disconnected", "k1", t + 5, Some("lost")),
+            )
+            .await
+            .unwrap();
+    }
+    let series = "cradle_mqtt_messages_received_total{family=\"status\"}";
+    for r in [&a, &b] {
+        wait_for(Duration::from_secs(30), "every message at both", || async {
+            (r.metric(series).await == (CLIENTS * 2) as u64).then_some(())
+        })
+        .await;
+    }
+    let events = exactly_events(&a, "twice", CLIENTS * 2).await;
+    assert_eq!(identities(&events).len(), CLIENTS * 2);
+    for e in &events {
+        let v = e["stream_version"].as_i64().unwrap();
+        let expected = if e["type"] == "connection.connected" {
+            1
+        } else {
+            2
+        };
+        assert_eq!(v, expected, "{e}");
+    }
+    assert_eq!(clients_of(&a, "twice").await, clients_of(&b, "twice").await);
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn next_of(ws: &mut Ws, kind: &str) -> serde_json::Value {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("no {kind} frame in time"))
+            .expect("socket open")
+            .expect("frame");
+        if let Message::Text(t) = msg {
+            let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+            if v["type"] == kind {
+                return v;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signalling_crosses_replicas_and_a_resume_elsewhere_is_410() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((db, broker)) = infrastructure(dir.path()).await else {
+        return;
+    };
+    let a = replica(dir.path(), "a", &db, &broker, "cradle").await;
+    let b = replica(dir.path(), "b", &db, &broker, "cradle").await;
+
+    // The PWA holds its socket on replica A.
+    let url = format!(
+        "{}/ws?account=home&client_id=pwa",
+        a.http.replace("http://", "ws://")
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let hello = next_of(&mut ws, "hello").await;
+    let connection = hello["connection_id"].as_str().unwrap().to_string();
+
+    // The baby station is on replica B's edge; its statuses are processed by the replicas'
+    // shared subscription (B takes some of them: round robin over three messages).
+    let baby = Device::connect(b.mqtt_port, "baby", None).await;
+    let (tx, mut inbox) = tokio::sync::mpsc::unbounded_channel();
+    let mut o = MqttOptions::new("baby-listener", "127.0.0.1", b.mqtt_port);
+    o.set_keep_alive(Duration::from_secs(5));
+    let (listener, mut el) = AsyncClient::new(o, 100);
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut ready = Some(ready_tx);
+        loop {
+            match el.poll().await {
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    if let Some(r) = ready.take() {
+                        let _ = r.send(());
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let _ = tx.send(p);
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    });
+    listener
+        .subscribe("accounts/home/clients/baby/webrtc_inbox", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), ready_rx)
+        .await
+        .unwrap()
+        .unwrap();
+    let topic = "accounts/home/clients/baby/status";
+    let t = 1_700_000_000_000i64;
+    let before = b
+        .metric("cradle_mqtt_messages_received_total{family=\"status\"}")
+        .await;
+    baby.publish(topic, status("connected", "b1", t, None))
+        .await;
+    baby.publish(topic, status("disconnected", "b1", t + 1, Some("clean")))
+        .await;
+    baby.publish(topic, status("connected", "b2", t + 2, None))
+        .await;
+    wait_for(
+        Duration::from_secs(20),
+        "the baby station connected as b2",
+        || async {
+            let c = a.client("home", "baby").await?;
+            (c["connection_id"] == "b2" && c["connected"] == true).then_some(())
+        },
+    )
+    .await;
+    let after = b
+        .metric("cradle_mqtt_messages_received_total{family=\"status\"}")
+        .await;
+    assert!(after > before, "replica B processed the station's statuses");
+
+    // Device (on B) → PWA (socket on A).
+    baby.client
+        .publish(
+            "accounts/home/clients/pwa/webrtc_inbox",
+            QoS::AtLeastOnce,
+            false,
+            r#"{"from":"baby","data":{"sdp":"answer"}}"#,
+        )
+        .await
+        .unwrap();
+    let signal = next_of(&mut ws, "signal").await;
+    assert_eq!(signal["from"], "baby");
+    assert_eq!(signal["data"]["sdp"], "answer");
+
+    // PWA (on A) → device (on B).
+    ws.send(Message::text(
+        r#"{"type":"signal","to":"baby","data":{"sdp":"offer"}}"#,
+    ))
+    .await
+    .unwrap();
+    let p = tokio::time::timeout(Duration::from_secs(10), inbox.recv())
+        .await
+        .expect("signal reached the device")
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+    assert_eq!(v["from"], "pwa");
+    assert_eq!(v["data"]["sdp"], "offer");
+
+    // A resume that lands on replica B, which does not hold the session: 410, cold
+    // catch-up, never a wrong replay. Replica A still holds it.
+    let resume = format!(
+        "{}/ws?account=home&client_id=pwa&connection_id={connection}&resume_from=1",
+        b.http
+    );
+    let r = reqwest::Client::new()
+        .get(resume)
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "websocket")
+        .header("Sec-WebSocket-Version", "13")
+        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 410);
+    let pwa = a.client("home", "pwa").await.expect("pwa recorded");
+    assert_eq!(
+        pwa["connected"], true,
+        "the PWA stays connected on A: {pwa}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_mid_stream_loses_no_acknowledged_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((db, mut broker)) = infrastructure(dir.path()).await else {
+        return;
+    };
+    let r = replica(dir.path(), "a", &db, &broker, "cradle").await;
+
+    // The publisher keeps a persistent session and counts the broker's PUBACKs by message.
+    let mut options = MqttOptions::new("stream", "127.0.0.1", broker.port);
+    options
+        .set_credentials(BROKER_USER, BROKER_PASSWORD)
+        .set_clean_session(false)
+        .set_keep_alive(Duration::from_secs(5));
+    let (client, mut eventloop) = AsyncClient::new(options, 10_000);
+    let (acked_tx, mut acked_rx) = tokio::sync::mpsc::unbounded_channel::<usize>();
+    let order = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
+    let pending_order = order.clone();
+    tokio::spawn(async move {
+        let mut in_flight: HashMap<u16, usize> = HashMap::new();
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                    // A retransmission reuses its packet id; a new packet id is the next
+                    // message in publish order.
+                    if let std::collections::hash_map::Entry::Vacant(e) = in_flight.entry(pkid) {
+                        if let Some(i) = pending_order.lock().unwrap().pop_front() {
+                            e.insert(i);
+                        }
+                    }
+                }
+                Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                    if let Some(i) = in_flight.remove(&ack.pkid) {
+                        let _ = acked_tx.send(i);
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+
+    const MESSAGES: usize = 400;
+    let t = 1_700_000_000_000i64;
+    let mut acked = HashSet::new();
+    for i in 0..MESSAGES {
+        order.lock().unwrap().push_back(i);
+        client
+            .publish(
+                format!("accounts/stream/clients/c{i}/status"),
+                QoS::AtLeastOnce,
+                false,
+                status("connected", &format!("k{i}"), t + i as i64, None),
+            )
+            .await
+            .unwrap();
+        if i % 20 == 19 {
+            // Let the window drain a little so the restart lands mid-stream.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if i == MESSAGES / 2 {
+            while let Ok(n) = acked_rx.try_recv() {
+                acked.insert(n);
+            }
+            assert!(!acked.is_empty(), "the broker acknowledged the first half");
+            broker.restart(Duration::from_millis(500)).await;
+        }
+    }
+    wait_for(
+        Duration::from_secs(60),
+        "every message acknowledged",
+        || {
+            while let Ok(n) = acked_rx.try_recv() {
+                acked.insert(n);
+            }
+            let done = acked.len() == MESSAGES;
+            async move { done.then_some(()) }
+        },
+    )
+    .await;
+
+    // Every acknowledged message is an event, exactly once.
+    let events = exactly_events(&r, "stream", MESSAGES).await;
+    let recorded: HashSet<String> = events
+        .iter()
+        .map(|e| e["data"]["connection_id"].as_str().unwrap().to_string())
+        .collect();
+    for i in &acked {
+        assert!(
+            recorded.contains(&format!("k{i}")),
+            "acknowledged message {i} lost"
+        );
+    }
+    // The bus reconnected (and resubscribed) after the restart.
+    assert!(r.metric("cradle_bus_connects_total").await >= 2);
+    assert_eq!(
+        r.get_json("/readyz", 200).await["broker"],
+        "ok",
+        "ready again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_broker_or_refused_credentials_fail_the_start_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(broker) = Mosquitto::start(&dir.path().join("broker")).await else {
+        return;
+    };
+    let db = format!("sqlite://{}", dir.path().join("c.db").display());
+    let config = dir.path().join("fast.toml");
+    std::fs::write(&config, "[bus]\nconnect_timeout_ms = 1500\n").unwrap();
+
+    let closed = common::free_port();
+    let mut c = Cradle::spawn(
+        dir.path(),
+        &db,
+        &[
+            ("CRADLE_CONFIG", config.display().to_string()),
+            ("CRADLE_BROKER_MODE", "external".into()),
+            (
+                "CRADLE_BROKER_URL",
+                format!("mqtt://u:topsecret@127.0.0.1:{closed}"),
+            ),
+        ],
+    );
+    let status = common::wait_exit(&mut c.child, Duration::from_secs(20));
+    assert!(!status.success());
+    let log = c.log();
+    assert!(
+        log.contains(&format!("broker at mqtt://127.0.0.1:{closed} not ready")),
+        "{log}"
+    );
+    assert!(log.contains("bus.connect_timeout_ms"), "{log}");
+    assert!(!log.contains("topsecret"), "the password is never logged");
+    assert!(!log.contains("panicked"), "{log}");
+
+    // With a minute's connect timeout, a refusal still ends the start at once.
+    std::fs::write(&config, "[bus]\nconnect_timeout_ms = 60000\n").unwrap();
+    let started = std::time::Instant::now();
+    let mut c = Cradle::spawn(
+        dir.path(),
+        &db,
+        &[
+            ("CRADLE_CONFIG", config.display().to_string()),
+            ("CRADLE_BROKER_MODE", "external".into()),
+            (
+                "CRADLE_BROKER_URL",
+                format!("mqtt://{BROKER_USER}:wrong@127.0.0.1:{}", broker.port),
+            ),
+        ],
+    );
+    let status = common::wait_exit(&mut c.child, Duration::from_secs(20));
+    assert!(!status.success());
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "refused credentials fail at once, not after the connect timeout"
+    );
+    let log = c.log();
+    assert!(log.contains("refused the connection"), "{log}");
+    assert!(log.contains("CRADLE_BROKER_URL"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+}
