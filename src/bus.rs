@@ -183,7 +183,12 @@ impl Bus {
             acker,
             eventloop,
             routes,
-            share_group,
+            share_group.map(|group| Shared {
+                group,
+                endpoint: endpoint.clone(),
+                client_id: config.client_id.clone(),
+                max_packet: max_packet_bytes,
+            }),
             state_tx,
             stop_rx,
             metrics,
@@ -269,16 +274,18 @@ impl Bus {
     }
 }
 
+#[allow(clippy::too_many_arguments)] // the loop's whole state, passed once
 async fn run(
     client: AsyncClient,
     acker: Acker,
     mut eventloop: EventLoop,
     routes: Vec<Route>,
-    share_group: Option<String>,
+    shared: Option<Shared>,
     state: watch::Sender<BusState>,
     mut stop: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
 ) {
+    let share_group = shared.as_ref().map(|s| s.group.clone());
     let mut routes = Some(routes);
     let mut backoff = Duration::from_millis(100);
     let mut pending_subacks = 0usize;
@@ -315,6 +322,14 @@ async fn run(
                     let _ = state.send(BusState::Ready);
                 }
                 tracing::info!("bus connected to broker");
+                if let (Some(shared), Some(routes)) = (&shared, &routes) {
+                    let targets = routes
+                        .iter()
+                        .filter(|r| r.shared)
+                        .map(|r| (r.filter.clone(), r.tx.clone()))
+                        .collect();
+                    tokio::spawn(replay_retained(shared.clone(), targets, stop.clone()));
+                }
             }
             Ok(Event::Incoming(Packet::SubAck(_))) => {
                 pending_subacks = pending_subacks.saturating_sub(1);
@@ -379,6 +394,89 @@ async fn run(
             }
         }
     }
+}
+
+/// What the bus needs to consume through shared subscriptions (external broker).
+#[derive(Clone)]
+struct Shared {
+    group: String,
+    endpoint: Endpoint,
+    client_id: String,
+    max_packet: usize,
+}
+
+/// How long the retained replay waits for one more message before it ends.
+const REPLAY_QUIET: Duration = Duration::from_secs(1);
+/// The longest a retained replay runs.
+const REPLAY_MAX: Duration = Duration::from_secs(300);
+
+/// Replays the retained messages of the shared routes' topics into their handlers, once
+/// per (re)connect of the bus.
+///
+/// A broker that restarts may come back without the shared subscriptions (Mosquitto 2.0
+/// persists sessions and plain subscriptions, not shared ones) and drops what is published
+/// before the bus subscribes again; a shared subscription is never sent retained messages.
+/// Status, baby-station and parent-station messages are retained by contract, so each
+/// topic's latest message is still at the broker: a short-lived plain subscription fetches
+/// them and the handlers record what is missing (everything else is an idempotent no-op).
+/// A client's latest status is what decides its current state, and an end whose start was
+/// lost still records both (the connection decider's rule for ends seen first).
+async fn replay_retained(
+    shared: Shared,
+    targets: Vec<(String, mpsc::Sender<Publish>)>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut options = publisher_options(
+        &shared.endpoint,
+        &format!("{}-replay", shared.client_id),
+        shared.max_packet,
+    );
+    options.set_inflight(1000);
+    let (client, mut eventloop) = AsyncClient::new(options, 1000);
+    nodelay(&mut eventloop);
+    for (filter, _) in &targets {
+        let _ = client.try_subscribe(filter.as_str(), QoS::AtLeastOnce);
+    }
+    let started = tokio::time::Instant::now();
+    let mut replayed = 0u64;
+    let mut subacks = 0;
+    loop {
+        let event = tokio::select! {
+            _ = stop.changed() => break,
+            _ = tokio::time::sleep(REPLAY_QUIET), if subacks == targets.len() => break,
+            event = eventloop.poll() => event,
+        };
+        if started.elapsed() > REPLAY_MAX {
+            tracing::warn!(replayed, "retained replay stopped after its time limit");
+            break;
+        }
+        match event {
+            Ok(Event::Incoming(Packet::SubAck(_))) => subacks += 1,
+            Ok(Event::Incoming(Packet::Publish(p))) if p.retain => {
+                if let Some((_, tx)) = targets.iter().find(|(f, _)| filter_matches(f, &p.topic)) {
+                    replayed += 1;
+                    if tx.send(p).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(%error, "retained replay: broker connection failed; the next reconnect replays again");
+                return;
+            }
+        }
+    }
+    let _ = client.try_disconnect();
+    // Let the DISCONNECT go out.
+    let _ = tokio::time::timeout(Duration::from_millis(200), async {
+        while eventloop.poll().await.is_ok() {}
+    })
+    .await;
+    tracing::info!(
+        replayed,
+        "retained messages replayed after the bus connected"
+    );
 }
 
 /// Options of a client that only publishes Cradle's own messages (clean session, a wide

@@ -146,8 +146,11 @@ impl fmt::Display for MigrationReport {
                 Outcome::Copied => format!("copied {}", t.copied),
                 Outcome::AlreadyPresent => "already present".to_string(),
                 Outcome::Merged => {
-                    let mut s =
-                        format!("copied {}, {} already present", t.copied, t.rows - t.copied);
+                    let mut s = format!(
+                        "copied {}, {} already present",
+                        t.copied,
+                        t.rows.saturating_sub(t.copied)
+                    );
                     if t.extra_in_target > 0 {
                         s.push_str(&format!(", {} extra in target", t.extra_in_target));
                     }

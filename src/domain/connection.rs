@@ -184,6 +184,19 @@ impl Ignored {
     }
 }
 
+/// How far before the current state's time a report about another connection may be
+/// stamped and still be taken as an older report arriving late, not as a new connection
+/// from a device whose clock went back.
+///
+/// Several replicas consume the status topics through one shared subscription, and the
+/// broker deals a client's messages round robin, so two reports of one client can be
+/// processed in the opposite order (one replica commits faster). A device's own reports
+/// of one boot are stamped by one clock, so inside this window the stamps order them;
+/// beyond it, connection ids alone decide (a device whose clock went back after a reboot
+/// must still be able to connect). Redeliveries never get here: their idempotency keys
+/// are already in the log.
+pub const REORDER_WINDOW_MILLIS: i64 = 5_000;
+
 /// Decides which events `command` records given `state`.
 pub fn decide(
     command: &ConnectionCommand,
@@ -208,6 +221,12 @@ pub fn decide(
                 connection_id: cur, ..
             },
         ) if connection_id == cur => Err(Ignored::Duplicate),
+        (C::Connect { at_millis, .. }, S::Connected { since_millis, .. })
+            if reordered(*at_millis, *since_millis) =>
+        {
+            // An older connection's `connected`, processed after the newer one's.
+            Err(Ignored::Stale)
+        }
         (
             C::Connect {
                 connection_id,
@@ -246,6 +265,15 @@ pub fn decide(
             Err(Ignored::Stale)
         }
         (
+            C::Connect { at_millis, .. },
+            S::Disconnected {
+                at_millis: ended, ..
+            },
+        ) if reordered(*at_millis, *ended) => {
+            // An older connection's `connected`, processed after a newer one ended.
+            Err(Ignored::Stale)
+        }
+        (
             C::Connect {
                 connection_id,
                 at_millis,
@@ -278,10 +306,51 @@ pub fn decide(
                 ..
             },
         ) if connection_id == last => Err(Ignored::Duplicate),
+        (
+            C::Disconnect {
+                connection_id,
+                reason,
+                at_millis,
+            },
+            S::Unknown,
+        ) => Ok(ended_unseen(connection_id, *reason, *at_millis)),
+        (
+            C::Disconnect {
+                connection_id,
+                reason,
+                at_millis,
+            },
+            S::Disconnected {
+                at_millis: ended, ..
+            },
+        ) if at_millis >= ended => Ok(ended_unseen(connection_id, *reason, *at_millis)),
         // A disconnect of a connection that is not the current one (a late Will after a
-        // reconnect) or of a client never seen connected.
+        // reconnect), or older than the last end.
         (C::Disconnect { .. }, _) => Err(Ignored::Stale),
     }
+}
+
+/// Whether a report stamped `at` about another connection is older than the state's time
+/// `current`, inside [`REORDER_WINDOW_MILLIS`].
+fn reordered(at: i64, current: i64) -> bool {
+    at < current && current - at <= REORDER_WINDOW_MILLIS
+}
+
+/// The end of a connection whose `connected` has not been processed (yet): it was
+/// processed first by another replica, or lost. The connection existed, so both are
+/// recorded, at the end's time; the late `connected` is then a redelivery.
+fn ended_unseen(connection_id: &str, reason: DisconnectReason, at: i64) -> Vec<ConnectionEvent> {
+    vec![
+        ConnectionEvent::Connected {
+            connection_id: connection_id.to_string(),
+            at_millis: at,
+        },
+        ConnectionEvent::Disconnected {
+            connection_id: connection_id.to_string(),
+            reason,
+            at_millis: at,
+        },
+    ]
 }
 
 /// Applies one recorded event to the state.
@@ -399,11 +468,83 @@ mod tests {
     }
 
     #[test]
-    fn a_disconnect_of_a_client_never_seen_is_stale() {
+    fn a_disconnect_processed_before_its_connect_records_both_and_the_connect_is_then_known() {
+        // Given nothing recorded for the client (its `connected` went to another replica),
+        // when its end is processed, then the connection is recorded as having existed.
         assert_eq!(
-            decide(&disconnect("k1", Lost, 40), &given(&[])),
+            decide(&disconnect("k1", Clean, 40), &given(&[])),
+            Ok(vec![connected("k1", 40), disconnected("k1", Clean, 40)])
+        );
+        // The same after an older connection's end.
+        let state = given(&[connected("k0", 10), disconnected("k0", Lost, 20)]);
+        assert_eq!(
+            decide(&disconnect("k1", Clean, 40), &state),
+            Ok(vec![connected("k1", 40), disconnected("k1", Clean, 40)])
+        );
+        // An end older than the last one is a late report: nothing.
+        assert_eq!(
+            decide(&disconnect("k1", Clean, 15), &state),
             Err(Ignored::Stale)
         );
+    }
+
+    #[test]
+    fn an_older_connections_connect_processed_late_inside_the_window_is_stale() {
+        // Given k2 connected at 12, when k1's `connected` stamped 10 arrives (another
+        // replica was slower), then k2 stays current.
+        let state = given(&[connected("k2", 12)]);
+        assert_eq!(decide(&connect("k1", 10), &state), Err(Ignored::Stale));
+        let state = given(&[connected("k2", 12), disconnected("k2", Clean, 13)]);
+        assert_eq!(decide(&connect("k1", 10), &state), Err(Ignored::Stale));
+        // Beyond the window the clock is not trusted: a new connection.
+        let late = 12 + REORDER_WINDOW_MILLIS + 1;
+        let state = given(&[connected("k2", late)]);
+        assert_eq!(
+            decide(&connect("k1", 11), &state),
+            Ok(vec![
+                disconnected("k2", Takeover, late),
+                connected("k1", late)
+            ])
+        );
+    }
+
+    #[test]
+    fn every_processing_order_of_one_clients_burst_ends_in_the_true_state() {
+        // c k1 @10, d k1 @11, c k2 @12 dealt to two replicas may be processed in any order.
+        let burst = [
+            connect("k1", 10),
+            disconnect("k1", Clean, 11),
+            connect("k2", 12),
+        ];
+        let orders = [
+            [0, 1, 2],
+            [0, 2, 1],
+            [1, 0, 2],
+            [1, 2, 0],
+            [2, 0, 1],
+            [2, 1, 0],
+        ];
+        for order in orders {
+            let mut state = ClientConnection::Unknown;
+            let mut keys = std::collections::HashSet::new();
+            for i in order {
+                let cmd = &burst[i];
+                // The status writer skips a command whose own event is already logged.
+                if !keys.insert((cmd.event_type(), cmd.connection_id().to_string())) {
+                    continue;
+                }
+                if let Ok(events) = decide(cmd, &state) {
+                    for e in &events {
+                        keys.insert((e.event_type(), e.connection_id().to_string()));
+                        state = evolve(state, e);
+                    }
+                }
+            }
+            assert!(
+                matches!(&state, ClientConnection::Connected { connection_id, .. } if connection_id == "k2"),
+                "order {order:?} ended in {state:?}"
+            );
+        }
     }
 
     #[test]
