@@ -580,6 +580,44 @@ impl Sessions {
         }
     }
 
+    /// Applies pending starts whose connection another replica recorded (the change feed
+    /// only carries this replica's commits): looks their connection ids up in the store.
+    pub async fn apply_pending_from_store(&self) -> Result<(), StoreError> {
+        let wanted: Vec<(String, String)> = {
+            let pending = self.pending.lock().expect("not poisoned");
+            pending
+                .iter()
+                .flat_map(|(account, lru)| {
+                    lru.iter()
+                        .map(move |(_, p)| (account.clone(), p.connection_id.clone()))
+                })
+                .collect()
+        };
+        for chunk in wanted.chunks(200) {
+            let rows = clients::Entity::find()
+                .filter(
+                    Condition::all()
+                        .add(
+                            clients::Column::ConnectionId
+                                .is_in(chunk.iter().map(|(_, c)| c.as_str())),
+                        )
+                        .add(clients::Column::Connected.eq(true)),
+                )
+                .all(self.store.db())
+                .await?;
+            for row in rows {
+                if chunk
+                    .iter()
+                    .any(|(a, c)| *a == row.account_id && *c == row.connection_id)
+                {
+                    self.on_connected(&row.account_id, &row.client_id, &row.connection_id)
+                        .await;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Ends the sessions whose baby station disconnected cleanly after the start, or has
     /// been away longer than the grace period. Returns how many ended.
     pub async fn sweep(&self, now: i64) -> Result<usize, StoreError> {
@@ -657,6 +695,9 @@ impl Sessions {
                     }
                 }
                 _ = tick.tick() => {
+                    if let Err(error) = self.apply_pending_from_store().await {
+                        tracing::error!(%error, "pending session starts not checked");
+                    }
                     if let Err(error) = self.sweep(now_millis()).await {
                         tracing::error!(%error, "session sweep failed");
                     }
