@@ -575,3 +575,29 @@ async fn an_unreachable_broker_or_refused_credentials_fail_the_start_clearly() {
     assert!(log.contains("CRADLE_BROKER_URL"), "{log}");
     assert!(!log.contains("panicked"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_starting_together_on_an_empty_database_both_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((db, broker)) = infrastructure(dir.path()).await else {
+        return;
+    };
+    // Both run the schema migrations at once; an advisory lock lets one create the tables
+    // while the other waits and then finds them.
+    let env = |name: &str| {
+        vec![
+            ("CRADLE_BROKER_MODE", "external".to_string()),
+            ("CRADLE_BROKER_URL", broker.url()),
+            ("CRADLE_BUS_CLIENT_ID", format!("cradle-{name}")),
+        ]
+    };
+    let (da, db_dir) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&da).unwrap();
+    std::fs::create_dir_all(&db_dir).unwrap();
+    let a = Cradle::spawn(&da, &db, &env("a"));
+    let b = Cradle::spawn(&db_dir, &db, &env("b"));
+    a.wait_ready().await;
+    b.wait_ready().await;
+    assert!(!a.log().contains("duplicate key"), "{}", a.log());
+    assert!(!b.log().contains("duplicate key"), "{}", b.log());
+}

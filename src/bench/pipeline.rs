@@ -18,7 +18,8 @@ use crate::store::{NewEvent, Store};
 pub struct Pipeline {
     /// Cradle's MQTT URL.
     pub broker: String,
-    /// Cradle's HTTP base URL.
+    /// Cradle's HTTP base URL; several replicas' URLs separated by commas (their commits are
+    /// summed; the events are read from the first, all replicas share the store).
     pub http: String,
     /// Name of the target in the report (e.g. `cradle+sqlite`).
     pub label: String,
@@ -35,11 +36,15 @@ pub struct Pipeline {
 }
 
 async fn appended(http: &str) -> Result<u64, BenchError> {
-    super::metric(
-        http,
-        "cradle_events_appended_total{type=\"connection.connected\"}",
-    )
-    .await
+    let mut total = 0;
+    for url in http.split(',') {
+        total += super::metric(
+            url,
+            "cradle_events_appended_total{type=\"connection.connected\"}",
+        )
+        .await?;
+    }
+    Ok(total)
 }
 
 /// Runs the scenario.
@@ -111,7 +116,7 @@ pub async fn run(p: Pipeline) -> Result<BenchResult, BenchError> {
     loop {
         let url = format!(
             "{}/v1/accounts/{account}/events?after={after_pos}&limit=1000",
-            p.http
+            p.http.split(',').next().unwrap_or_default()
         );
         let body: serde_json::Value = reqwest::get(&url)
             .await

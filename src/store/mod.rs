@@ -23,8 +23,8 @@ use sea_orm::sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
 };
 use sea_orm::{
-    ActiveValue, ColumnTrait, Condition, DatabaseConnection, DatabaseTransaction, DbErr,
-    EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr,
+    ActiveValue, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction,
+    DbErr, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr,
     SqlxPostgresConnector, SqlxSqliteConnector, TransactionTrait,
 };
 use sea_orm_migration::MigratorTrait;
@@ -179,7 +179,20 @@ impl Store {
                 backend: Backend::Postgres,
             }
         };
-        migration::Migrator::up(&store.db, None).await?;
+        match store.backend {
+            Backend::Sqlite => migration::Migrator::up(&store.db, None).await?,
+            Backend::Postgres => {
+                // Replicas starting together on one database would race to create the same
+                // tables (a duplicate key in pg_type fails the slower one). A transaction
+                // holding an advisory lock serialises them; the migrations run inside it
+                // (savepoints), and the second replica then finds nothing to do.
+                let txn = store.db.begin().await?;
+                txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
+                    .await?;
+                migration::Migrator::up(&txn, None).await?;
+                txn.commit().await?;
+            }
+        }
         Ok(store)
     }
 
@@ -290,6 +303,10 @@ fn stored_event(row: events::Model) -> Result<StoredEvent, StoreError> {
         data,
     })
 }
+
+/// The PostgreSQL advisory lock key under which migrations run (any constant unique to
+/// Cradle: "cradle" in ASCII).
+const MIGRATION_LOCK: i64 = 0x0063_7261_646c_65;
 
 /// Bound parameters per statement stay well under SQLite's and PostgreSQL's limits.
 const CHUNK: usize = 200;
