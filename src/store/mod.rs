@@ -306,7 +306,7 @@ fn stored_event(row: events::Model) -> Result<StoredEvent, StoreError> {
 
 /// The PostgreSQL advisory lock key under which migrations run (any constant unique to
 /// Cradle: "cradle" in ASCII).
-const MIGRATION_LOCK: i64 = 0x0063_7261_646c_65;
+const MIGRATION_LOCK: i64 = 0x0000_6372_6164_6c65;
 
 /// Bound parameters per statement stay well under SQLite's and PostgreSQL's limits.
 const CHUNK: usize = 200;
