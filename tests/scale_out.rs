@@ -601,3 +601,57 @@ async fn replicas_starting_together_on_an_empty_database_both_start() {
     assert!(!a.log().contains("duplicate key"), "{}", a.log());
     assert!(!b.log().contains("duplicate key"), "{}", b.log());
 }
+
+async fn until_connected(r: &Cradle, client: &str) {
+    wait_for(Duration::from_secs(20), "connected", || async {
+        let row = r.client("home", client).await?;
+        (row["connected"] == true).then_some(())
+    })
+    .await
+}
+
+async fn until_ended(r: &Cradle, client: &str) -> serde_json::Value {
+    wait_for(Duration::from_secs(30), "ended", || async {
+        let row = r.client("home", client).await?;
+        (row["connected"] == false).then_some(row)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_dies_leaves_its_devices_wills_with_the_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((db, broker)) = infrastructure(dir.path()).await else {
+        return;
+    };
+    let mut a = replica(dir.path(), "a", &db, &broker, "cradle").await;
+    let b = replica(dir.path(), "b", &db, &broker, "cradle").await;
+    let t = 1_700_000_000_000i64;
+    // A clean end through a replica's edge discards the Will the edge forwarded to the
+    // broker: the log has the edge's `clean` end, nothing from the Will.
+    let topic = "accounts/home/clients/cam2/status";
+    let will = status("disconnected", "d1", t, Some("lost"));
+    let cam2 = Device::connect(a.mqtt_port, "cam2", Some((topic, will))).await;
+    cam2.publish(topic, status("connected", "d1", t, None))
+        .await;
+    until_connected(&b, "cam2").await;
+    cam2.client.disconnect().await.unwrap();
+    let row = until_ended(&b, "cam2").await;
+    assert_eq!(row["last_disconnect_reason"], "clean", "{row}");
+
+    // Replica A dies without a chance to publish anything; the broker fires the Will the
+    // edge forwarded. A comes back with its client id, as an orchestrator restarts it (its
+    // persistent session holds its share of the stream), and the end is recorded.
+    let topic = "accounts/home/clients/cam/status";
+    let will = status("disconnected", "c1", t, Some("lost"));
+    let cam = Device::connect(a.mqtt_port, "cam", Some((topic, will))).await;
+    cam.publish(topic, status("connected", "c1", t, None)).await;
+    until_connected(&b, "cam").await;
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    drop(cam);
+    let _a = replica(dir.path(), "a", &db, &broker, "cradle").await;
+    let row = until_ended(&b, "cam").await;
+    assert_eq!(row["connection_id"], "c1", "{row}");
+    assert_eq!(row["last_disconnect_reason"], "lost", "{row}");
+}

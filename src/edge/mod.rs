@@ -176,6 +176,11 @@ impl Upstream {
         }
     }
 
+    /// Whether the broker is an external one (not the embedded rumqttd).
+    pub fn is_external(&self) -> bool {
+        matches!(self, Upstream::External(_))
+    }
+
     /// The credentials a relayed connection presents to the broker (Cradle's, not the
     /// device's: the edge has already authenticated the device).
     pub fn login(&self) -> Option<&(String, String)> {

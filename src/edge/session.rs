@@ -181,9 +181,17 @@ impl Connect {
     }
 
     /// The CONNECT the broker gets: namespaced client id, Cradle's own credentials for the
-    /// broker (`login`; none for the embedded one), no Will, the edge's keep-alive, MQTT 5
-    /// properties kept (minus enhanced authentication).
-    fn upstream(&self, client_id: &str, login: Option<&(String, String)>) -> BytesMut {
+    /// broker (`login`; none for the embedded one), the edge's keep-alive, MQTT 5
+    /// properties kept (minus enhanced authentication). The client's Will (already checked
+    /// by the ACL) goes along only with `forward_will`: an external broker then fires it if
+    /// this replica dies; the edge ends every link it closes itself with a DISCONNECT, which
+    /// discards it, and publishes the end it observed.
+    fn upstream(
+        &self,
+        client_id: &str,
+        login: Option<&(String, String)>,
+        forward_will: bool,
+    ) -> BytesMut {
         let mut out = BytesMut::with_capacity(64);
         match self {
             Connect::V4(c) => {
@@ -192,7 +200,7 @@ impl Connect {
                     keep_alive: UPSTREAM_KEEP_ALIVE,
                     client_id: client_id.to_string(),
                     clean_session: c.clean_session,
-                    last_will: None,
+                    last_will: c.last_will.clone().filter(|_| forward_will),
                     login: login.map(|(u, p)| v4::Login::new(u, p)),
                 };
                 let _ = v4::Packet::Connect(up).write(&mut out, usize::MAX);
@@ -211,7 +219,8 @@ impl Connect {
                     properties,
                 };
                 let login = login.map(|(u, p)| v5::Login::new(u, p));
-                let _ = v5::Packet::Connect(up, None, login).write(&mut out, None);
+                let will = b.1.clone().filter(|_| forward_will);
+                let _ = v5::Packet::Connect(up, will, login).write(&mut out, None);
             }
         }
         out
@@ -485,8 +494,9 @@ impl Conn {
         let upstream = async {
             let (mut up_rd, mut up_wr) = Box::pin(shared.upstream.open(proto)).await.ok()?;
             let login = shared.upstream.login();
+            let external = shared.upstream.is_external();
             up_wr
-                .write_all(&connect.upstream(upstream_id, login))
+                .write_all(&connect.upstream(upstream_id, login, external))
                 .await
                 .ok()?;
             let mut ubuf = BytesMut::with_capacity(64);
@@ -651,10 +661,17 @@ impl Conn {
             }
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), wr.shutdown()).await;
-        // The upstream link just closes, without an MQTT DISCONNECT: the broker holds no Will
+        // The embedded broker's link just closes, without an MQTT DISCONNECT: it holds no Will
         // to discard, and rumqttd 0.20 removes a connection twice after a DISCONNECT (once
         // for the packet, once when the link ends); with connection ids reused at once, the
-        // second removal can hit the next connection of a reconnecting client.
+        // second removal can hit the next connection of a reconnecting client. An external
+        // broker holds the client's Will (for a replica that dies): a DISCONNECT discards it,
+        // since the edge publishes the end it observed below.
+        if shared.upstream.is_external() && !matches!(end, End::UpstreamClosed) {
+            to_dev.clear();
+            codec::put_disconnect(&mut to_dev, proto, 0);
+            let _ = tokio::time::timeout(Duration::from_secs(1), up_wr.write_all(&to_dev)).await;
+        }
         let _ = up_wr.shutdown().await;
         // Wait until the broker has closed its side. rumqttd queues the old link's disconnect
         // for its router before it closes the socket, and it reuses connection ids: a new
