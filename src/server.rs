@@ -237,7 +237,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         StatusSettings {
             max_status_bytes: config.sync.max_status_bytes,
             batch_max: config.sync.batch_max,
-            changes: vec![changes_tx, presence_tx],
+            // With several replicas, presence comes from the broker (any replica's reports),
+            // not from this replica's commits.
+            changes: if embedded {
+                vec![changes_tx, presence_tx]
+            } else {
+                vec![changes_tx]
+            },
         },
     ));
     let out = crate::bus::publisher(
@@ -271,12 +277,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             max_errors: w.max_errors,
         },
     );
-    if let Some(inbox) = inbox_subscriptions {
-        bridge = bridge.with_inbox_subscriptions(inbox);
+    let (lists_tx, lists_rx) = mpsc::unbounded_channel();
+    match inbox_subscriptions {
+        // With several replicas, lists are pushed when the broker delivers an announcement
+        // (whichever replica recorded the session).
+        Some(inbox) => bridge = bridge.with_replica_subscriptions(inbox, sessions.clone()),
+        None => sessions.follow_baby_stations(lists_tx),
     }
     let bridge = Arc::new(bridge);
-    let (lists_tx, lists_rx) = mpsc::unbounded_channel();
-    sessions.follow_baby_stations(lists_tx);
     let bridge_task = tokio::spawn(crate::ws::run(
         bridge.clone(),
         inbox_rx,

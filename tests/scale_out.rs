@@ -360,6 +360,37 @@ async fn signalling_crosses_replicas_and_a_resume_elsewhere_is_410() {
         .await;
     assert!(after > before, "replica B processed the station's statuses");
 
+    // Presence reaches the socket on A whichever replica processed each report: the
+    // station's three changes, in order, once each.
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let f = next_of(&mut ws, "presence").await;
+        if f["client_id"] == "baby" {
+            seen.push(format!("{} {}", f["connection_id"], f["connected"]));
+        }
+    }
+    assert_eq!(
+        seen,
+        ["\"b1\" true", "\"b1\" false", "\"b2\" true"],
+        "presence of the station"
+    );
+
+    // A session started through replica B's API: the list reaches the socket on A.
+    let r = reqwest::Client::new()
+        .put(format!("{}/sessions/nap-1", b.http))
+        .header("X-Cradle-Account", "home")
+        .header("content-type", "application/json")
+        .body(format!(
+            r#"{{"session_id":"nap-1","client_id":"baby","connection_id":"b2","name":"Nursery","started_at_millis":{}}}"#,
+            t + 10
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let list = next_of(&mut ws, "baby_stations").await;
+    assert_eq!(list["baby_stations"][0]["session_id"], "nap-1", "{list}");
+
     // Device (on B) → PWA (socket on A).
     baby.client
         .publish(

@@ -4,10 +4,13 @@
 //! every inbox. With several, each replica subscribes only the inboxes of the WebSocket
 //! sessions it holds (`accounts/{a}/clients/{c}/webrtc_inbox`), so the broker routes a
 //! device's signalling to the replica holding the socket, whichever replica processes the
-//! device's status. A client id with several sessions on one replica is subscribed once
-//! (reference counted). A session's `hello` is sent only once its subscription is
-//! acknowledged, so what is published after `hello` reaches it. After a reconnect the
-//! client subscribes every live filter again.
+//! device's status. For presence and baby-station lists it also follows the status and
+//! announcement topics of each account it holds sessions of
+//! (`accounts/{a}/clients/+/status`, `accounts/{a}/baby_stations/+`): another replica may
+//! have processed them. Every filter is reference counted (a client id or an account with
+//! several sessions on one replica is subscribed once). A session's `hello` is sent only
+//! once its subscriptions are acknowledged, so what is published after `hello` reaches it.
+//! After a reconnect the client subscribes every live filter again.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -37,8 +40,14 @@ pub struct InboxSubscriptions {
 /// How long a session's `hello` waits for its inbox subscription.
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(5);
 
-fn inbox_filter(account_id: &str, client_id: &str) -> String {
-    format!("accounts/{account_id}/clients/{client_id}/webrtc_inbox")
+/// The filters one WebSocket session needs: its inbox, its account's statuses and its
+/// account's baby-station announcements.
+fn session_filters(account_id: &str, client_id: &str) -> [String; 3] {
+    [
+        format!("accounts/{account_id}/clients/{client_id}/webrtc_inbox"),
+        crate::topics::status_filter(account_id),
+        format!("accounts/{account_id}/baby_stations/+"),
+    ]
 }
 
 impl InboxSubscriptions {
@@ -128,48 +137,53 @@ impl InboxSubscriptions {
         }
     }
 
-    /// Subscribes the inbox of `client_id` of `account_id` for one more session; returns
-    /// once the broker acknowledged it (at most a few seconds).
+    /// Subscribes what one more session of `client_id` of `account_id` needs; returns once
+    /// the broker acknowledged every new subscription (at most a few seconds).
     pub async fn add(&self, account_id: &str, client_id: &str) {
-        let filter = inbox_filter(account_id, client_id);
-        let wait = {
+        let waits: Vec<oneshot::Receiver<()>> = {
             let mut refs = self.refs.lock().expect("not poisoned");
-            let n = refs.entry(filter.clone()).or_insert(0);
-            *n += 1;
-            // The first session of this client subscribes; later ones wait for nothing
-            // (the subscription is live or on its way).
-            if *n == 1 {
-                self.subscribe(&filter, true)
-            } else {
-                None
-            }
+            session_filters(account_id, client_id)
+                .into_iter()
+                .filter_map(|filter| {
+                    let n = refs.entry(filter.clone()).or_insert(0);
+                    *n += 1;
+                    // The first session subscribes; later ones find it live or on its way.
+                    if *n == 1 {
+                        self.subscribe(&filter, true)
+                    } else {
+                        None
+                    }
+                })
+                .collect()
         };
-        if let Some(rx) = wait {
+        for rx in waits {
             if tokio::time::timeout(SUBSCRIBE_WAIT, rx).await.is_err() {
                 tracing::warn!(
-                    filter,
-                    "inbox subscription not acknowledged in time; continuing"
+                    account_id,
+                    client_id,
+                    "subscription not acknowledged in time; continuing"
                 );
             }
         }
     }
 
-    /// Drops one session's need of the inbox; the last one unsubscribes.
+    /// Drops one session's needs; the last user of a filter unsubscribes it.
     pub fn remove(&self, account_id: &str, client_id: &str) {
-        let filter = inbox_filter(account_id, client_id);
         let mut refs = self.refs.lock().expect("not poisoned");
-        if let Some(n) = refs.get_mut(&filter) {
-            *n -= 1;
-            if *n == 0 {
-                refs.remove(&filter);
-                if let Err(error) = self.client.try_unsubscribe(filter.as_str()) {
-                    tracing::warn!(%error, filter, "inbox unsubscribe not queued");
+        for filter in session_filters(account_id, client_id) {
+            if let Some(n) = refs.get_mut(&filter) {
+                *n -= 1;
+                if *n == 0 {
+                    refs.remove(&filter);
+                    if let Err(error) = self.client.try_unsubscribe(filter.as_str()) {
+                        tracing::warn!(%error, filter, "unsubscribe not queued");
+                    }
                 }
             }
         }
     }
 
-    /// How many inboxes are subscribed.
+    /// How many filters are subscribed.
     pub fn len(&self) -> usize {
         self.refs.lock().expect("not poisoned").len()
     }

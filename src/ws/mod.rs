@@ -20,6 +20,7 @@ pub mod hub;
 pub mod inbox;
 pub mod protocol;
 
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -39,9 +40,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::accounts::{self, CredentialKind};
-use crate::domain::connection::{ConnectionEvent, DisconnectReason};
+use crate::domain::connection::{ConnectionCommand, ConnectionEvent, DisconnectReason};
 use crate::http::AppState;
 use crate::rate::TokenBucket;
+use crate::sync::sessions::Sessions;
 use crate::sync::status::{now_millis, ConnectionChange};
 use crate::topics::{is_valid_id, status_topic, StatusPayload};
 use hub::{Delivery, Hub, Outgoing, ResumeError, WsSession};
@@ -108,6 +110,9 @@ pub const CLOSE_REASONS: [DisconnectReason; 6] = [
 /// Resume outcomes counted in [`WsMetrics::resumes`].
 pub const RESUME_OUTCOMES: [&str; 4] = ["resumed", "gone", "expired", "too_old"];
 
+/// Per client id: the connection id last pushed and whether it was connected.
+type PresenceByClient = HashMap<String, (String, bool)>;
+
 /// The bridge: the hub, the MQTT client it publishes with, and its settings.
 pub struct Bridge {
     /// Every session of this replica.
@@ -119,6 +124,13 @@ pub struct Bridge {
     /// Per-connection inbox subscriptions (several replicas on an external broker); `None`
     /// when the bus's wildcard subscription delivers every inbox to this one replica.
     inbox: Option<Arc<inbox::InboxSubscriptions>>,
+    /// With several replicas: the last presence pushed per account and client (connection
+    /// id, connected), so that reports seen on the broker are pushed once and in order.
+    presence: std::sync::Mutex<HashMap<String, PresenceByClient>>,
+    /// With several replicas: where baby-station lists are read when an announcement is
+    /// seen on the broker, and the last list pushed per account.
+    lists: Option<Arc<Sessions>>,
+    last_lists: std::sync::Mutex<HashMap<String, serde_json::Value>>,
 }
 
 fn new_connection_id() -> String {
@@ -137,13 +149,103 @@ impl Bridge {
             settings,
             metrics: WsMetrics::default(),
             inbox: None,
+            presence: std::sync::Mutex::new(HashMap::new()),
+            lists: None,
+            last_lists: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
-    /// Subscribes each session's inbox through `inbox` instead of relying on a wildcard.
-    pub fn with_inbox_subscriptions(mut self, inbox: Arc<inbox::InboxSubscriptions>) -> Self {
+    /// For several replicas: subscribes each session's inbox, and its account's statuses and
+    /// announcements, through `inbox` (instead of relying on a wildcard), and pushes
+    /// presence and baby-station lists (read from `sessions`) from what the broker delivers,
+    /// whichever replica processed it.
+    pub fn with_replica_subscriptions(
+        mut self,
+        inbox: Arc<inbox::InboxSubscriptions>,
+        sessions: Arc<Sessions>,
+    ) -> Self {
         self.inbox = Some(inbox);
+        self.lists = Some(sessions);
         self
+    }
+
+    /// Routes one message of the replica subscriptions (or the bus's inbox wildcard).
+    pub async fn on_message(&self, publish: &Publish) {
+        if publish.topic.ends_with("/webrtc_inbox") {
+            self.on_inbox(publish).await;
+        } else if publish.retain {
+            // Retained messages sent on subscribe are history, not changes.
+        } else if publish.topic.ends_with("/status") {
+            self.on_status_report(publish).await;
+        } else if publish.topic.contains("/baby_stations/") {
+            self.on_announcement(publish).await;
+        }
+    }
+
+    /// Pushes a status report seen on the broker as presence, once per change, ignoring a
+    /// report about a connection other than the one last pushed connected (a late Will).
+    async fn on_status_report(&self, publish: &Publish) {
+        let Ok(key) = crate::topics::parse_status_topic(&publish.topic) else {
+            return;
+        };
+        let Ok(command) = crate::topics::parse_status_payload(&publish.payload, 64 * 1024) else {
+            return;
+        };
+        let (connection_id, connected, reason) = match &command {
+            ConnectionCommand::Connect { connection_id, .. } => (connection_id, true, None),
+            ConnectionCommand::Disconnect {
+                connection_id,
+                reason,
+                ..
+            } => (connection_id, false, Some(reason.as_str().to_string())),
+        };
+        {
+            let mut presence = self.presence.lock().expect("not poisoned");
+            let clients = presence.entry(key.account_id.clone()).or_default();
+            match clients.get(&key.client_id) {
+                Some((c, was)) if c == connection_id && *was == connected => return,
+                Some((c, true)) if !connected && c != connection_id => return,
+                _ => {}
+            }
+            clients.insert(key.client_id.clone(), (connection_id.clone(), connected));
+        }
+        let frame = ServerFrame::Presence {
+            client_id: key.client_id.clone(),
+            connection_id: connection_id.clone(),
+            connected,
+            reason,
+        };
+        for s in self.hub.of_account(&key.account_id) {
+            self.deliver(&s, &frame).await;
+        }
+    }
+
+    /// Pushes the account's baby-station list when an announcement is seen on the broker
+    /// and the list changed (a device's start and Cradle's announcement of it both arrive).
+    async fn on_announcement(&self, publish: &Publish) {
+        let Some(sessions) = &self.lists else { return };
+        let account_id = match publish.topic.split('/').collect::<Vec<_>>().as_slice() {
+            ["accounts", a, "baby_stations", _] if is_valid_id(a) => a.to_string(),
+            _ => return,
+        };
+        if self.hub.of_account(&account_id).is_empty() {
+            return;
+        }
+        let list = match sessions.baby_stations(&account_id).await {
+            Ok(list) => serde_json::to_value(list).expect("list serialises"),
+            Err(error) => {
+                tracing::warn!(%error, account_id, "baby-station list not pushed");
+                return;
+            }
+        };
+        {
+            let mut last = self.last_lists.lock().expect("not poisoned");
+            if last.get(&account_id) == Some(&list) {
+                return;
+            }
+            last.insert(account_id.clone(), list.clone());
+        }
+        self.on_baby_stations(&account_id, list).await;
     }
 
     async fn publish_status(&self, s: &WsSession, reason: Option<DisconnectReason>) {
@@ -178,6 +280,16 @@ impl Bridge {
         if let Some(session) = self.hub.close(connection_id, code) {
             if let Some(inbox) = &self.inbox {
                 inbox.remove(&session.account_id, &session.client_id);
+                if self.hub.of_account(&session.account_id).is_empty() {
+                    self.presence
+                        .lock()
+                        .expect("not poisoned")
+                        .remove(&session.account_id);
+                    self.last_lists
+                        .lock()
+                        .expect("not poisoned")
+                        .remove(&session.account_id);
+                }
             }
             self.metrics.live.fetch_sub(1, Relaxed);
             if let Some(i) = CLOSE_REASONS.iter().position(|r| *r == reason) {
@@ -815,19 +927,23 @@ pub async fn run(
     mut changes: mpsc::UnboundedReceiver<ConnectionChange>,
     mut stations: mpsc::UnboundedReceiver<(String, serde_json::Value)>,
 ) {
+    let (mut changes_open, mut stations_open) = (true, true);
     loop {
         tokio::select! {
             p = inbox.recv() => {
                 let Some(p) = p else { return };
-                bridge.on_inbox(&p).await;
+                bridge.on_message(&p).await;
                 acker.ack(&p).await;
             }
-            c = changes.recv() => {
-                if let Some(c) = c { bridge.on_presence(&c).await; }
-            }
-            s = stations.recv() => {
-                if let Some((account, list)) = s { bridge.on_baby_stations(&account, list).await; }
-            }
+            // A feed not used in this mode (several replicas) is closed: stop polling it.
+            c = changes.recv(), if changes_open => match c {
+                Some(c) => bridge.on_presence(&c).await,
+                None => changes_open = false,
+            },
+            s = stations.recv(), if stations_open => match s {
+                Some((account, list)) => bridge.on_baby_stations(&account, list).await,
+                None => stations_open = false,
+            },
         }
     }
 }
