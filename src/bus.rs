@@ -144,6 +144,10 @@ pub struct Bus {
     state: watch::Receiver<BusState>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+    /// The shared subscriptions as subscribed (`$share/{group}/…`); empty without a group.
+    shared_filters: Vec<String>,
+    /// UNSUBACKs received, for [`Bus::leave_group`].
+    unsubacks: watch::Receiver<usize>,
 }
 
 impl Bus {
@@ -173,6 +177,15 @@ impl Bus {
         nodelay(&mut eventloop);
         let (state_tx, state) = watch::channel(BusState::Connecting(None));
         let (stop, stop_rx) = watch::channel(false);
+        let (unsubacks_tx, unsubacks) = watch::channel(0usize);
+        let shared_filters: Vec<String> = match &share_group {
+            Some(g) => routes
+                .iter()
+                .filter(|r| r.shared)
+                .map(|r| r.subscription(Some(g)))
+                .collect(),
+            None => Vec::new(),
+        };
         let order = Arc::new(Mutex::new(AckOrder::default()));
         let acker = Acker {
             client: client.clone(),
@@ -191,6 +204,7 @@ impl Bus {
             }),
             state_tx,
             stop_rx,
+            unsubacks_tx,
             metrics,
         ));
         let bus = Bus {
@@ -199,6 +213,8 @@ impl Bus {
             state,
             stop,
             task,
+            shared_filters,
+            unsubacks,
         };
         let waited_ms = config.connect_timeout_ms;
         let mut state = bus.state.clone();
@@ -258,6 +274,31 @@ impl Bus {
         self.state.clone()
     }
 
+    /// Leaves the shared-subscription group (UNSUBSCRIBE of every shared filter, waiting at
+    /// most `wait` for the broker's acknowledgements), so the broker deals this replica's
+    /// share to the replicas still running instead of queueing it in this replica's
+    /// persistent session. Messages already delivered are still handled and acknowledged.
+    /// A no-op without a share group.
+    pub async fn leave_group(&self, wait: Duration) {
+        if self.shared_filters.is_empty() {
+            return;
+        }
+        let before = *self.unsubacks.borrow();
+        for filter in &self.shared_filters {
+            if let Err(error) = self.client.unsubscribe(filter.as_str()).await {
+                tracing::warn!(%error, %filter, "bus: unsubscribe not queued");
+                return;
+            }
+        }
+        let n = self.shared_filters.len();
+        let mut acks = self.unsubacks.clone();
+        let left = tokio::time::timeout(wait, acks.wait_for(|a| *a >= before + n)).await;
+        match left {
+            Ok(Ok(_)) => tracing::info!("left the shared-subscription group"),
+            _ => tracing::warn!("shared-subscription group not left in time; this replica's session keeps its share until it returns"),
+        }
+    }
+
     /// Stops forwarding new messages to the handlers; what they already hold they finish
     /// and acknowledge. Call [`Bus::close`] after the handlers are done.
     pub fn stop_forwarding(&self) {
@@ -283,6 +324,7 @@ async fn run(
     shared: Option<Shared>,
     state: watch::Sender<BusState>,
     mut stop: watch::Receiver<bool>,
+    unsubacks: watch::Sender<usize>,
     metrics: Arc<Metrics>,
 ) {
     let share_group = shared.as_ref().map(|s| s.group.clone());
@@ -330,6 +372,9 @@ async fn run(
                         .collect();
                     tokio::spawn(replay_retained(shared.clone(), targets, stop.clone()));
                 }
+            }
+            Ok(Event::Incoming(Packet::UnsubAck(_))) => {
+                unsubacks.send_modify(|n| *n += 1);
             }
             Ok(Event::Incoming(Packet::SubAck(_))) => {
                 pending_subacks = pending_subacks.saturating_sub(1);

@@ -93,6 +93,13 @@ pub struct BrokerConfig {
     /// (`$share/{group}/…`): replicas in one group split the messages between them. Every
     /// replica of one deployment must use the same group.
     pub share_group: String,
+    /// External mode: on shutdown, leave the share group (UNSUBSCRIBE) before draining, so
+    /// the broker deals this replica's share to the others at once. `false` keeps the
+    /// replica a member while it is down: its share waits in its persistent session until
+    /// a replica with the same `bus.client_id` returns (a fixed set of replicas that always
+    /// come back); a replica removed for good then holds messages until its session
+    /// expires at the broker.
+    pub leave_on_shutdown: bool,
 }
 
 impl Default for BrokerConfig {
@@ -102,6 +109,7 @@ impl Default for BrokerConfig {
             url: None,
             ca_file: None,
             share_group: "cradle".to_string(),
+            leave_on_shutdown: true,
         }
     }
 }

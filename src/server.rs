@@ -336,6 +336,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     edge.shutdown(Duration::from_secs(5)).await;
     // The ends just published reach the bus through the broker; give them a moment.
     tokio::time::sleep(Duration::from_millis(200)).await;
+    if !embedded && config.broker.leave_on_shutdown {
+        // Scaling down or restarting must not leave a member of the group that the broker
+        // keeps dealing messages to while nobody reads them.
+        bus.leave_group(Duration::from_secs(5)).await;
+    }
     tracing::info!("draining status handler");
     bus.stop_forwarding();
     if tokio::time::timeout(DRAIN_TIMEOUT, status_task)

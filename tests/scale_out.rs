@@ -686,3 +686,37 @@ async fn a_replica_that_dies_leaves_its_devices_wills_with_the_broker() {
     assert_eq!(row["connection_id"], "c1", "{row}");
     assert_eq!(row["last_disconnect_reason"], "lost", "{row}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_stopped_for_good_leaves_the_group_and_the_others_take_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((db, broker)) = infrastructure(dir.path()).await else {
+        return;
+    };
+    let mut a = replica(dir.path(), "a", &db, &broker, "cradle").await;
+    let b = replica(dir.path(), "b", &db, &broker, "cradle").await;
+    // Scaling down: A stops (SIGTERM) and never comes back. It left the share group, so the
+    // broker deals nothing to its offline session: B records every later message.
+    assert!(a.terminate().success());
+    assert!(
+        a.log().contains("left the shared-subscription group"),
+        "{}",
+        a.log()
+    );
+    let device = broker_client(&broker, "publisher").await;
+    const CLIENTS: usize = 30;
+    let t = 1_700_000_000_000i64;
+    for i in 0..CLIENTS {
+        device
+            .client
+            .publish(
+                format!("accounts/down/clients/c{i}/status"),
+                QoS::AtLeastOnce,
+                true,
+                status("connected", "k1", t, None),
+            )
+            .await
+            .unwrap();
+    }
+    exactly_events(&b, "down", CLIENTS).await;
+}
