@@ -13,6 +13,11 @@
 //! HTTP /v1/... reads the read models; cradle-monitor follows the status wildcard.
 //! ```
 //!
+//! Beyond one machine (`broker.mode = "external"`): replicas share an external broker and one
+//! PostgreSQL; the edge relays to that broker ([`endpoint`]), the bus consumes the handled
+//! families through shared subscriptions with a retained replay after every connect
+//! ([`bus`]), and each replica subscribes what its WebSocket sessions need ([`ws::inbox`]).
+//!
 //! ## Layout
 //!
 //! - [`accounts`]: accounts and credentials (argon2id hashes), for the MQTT edge and HTTP auth.
@@ -35,7 +40,8 @@
 //! - [`store`]: sea-orm event log and read models on SQLite or PostgreSQL, with migrations.
 //! - [`migrate`]: `cradle migrate`: copies a whole store (SQLite to PostgreSQL) in one
 //!   transaction, keeping every key, and verifies each table's row count and checksum.
-//! - [`ws`]: the legacy WebSocket bridge (`GET /ws`): ConnectionHub, seq and replay, resume.
+//! - [`ws`]: the legacy WebSocket bridge (`GET /ws`): ConnectionHub, seq and replay, resume;
+//!   [`ws::inbox`] subscribes each session's inbox, presence and lists on an external broker.
 //! - [`http`]: axum API: `PUT`/`DELETE /sessions/{id}`,
 //!   `/v1/accounts/{id}/clients|events|baby-stations|parent-stations|usage`, `/healthz`,
 //!   `/readyz`, `/metrics`.
