@@ -28,8 +28,9 @@ pub enum BusError {
         waited_ms: u64,
         last_error: String,
     },
-    /// The broker answered the bus's CONNECT with a refusal (credentials, client id).
-    #[error("bus: broker at {addr} refused the connection: {reason} (check the user and password in broker.url / CRADLE_BROKER_URL and the broker's ACL)")]
+    /// The broker answered the bus's CONNECT with a refusal (credentials, client id), or its
+    /// TLS certificate is not trusted.
+    #[error("bus: broker at {addr} refused the connection: {reason} (check the user and password in broker.url / CRADLE_BROKER_URL, broker.ca_file for mqtts://, and the broker's ACL)")]
     Refused { addr: String, reason: String },
 }
 
@@ -423,8 +424,15 @@ async fn run(
                 }
                 let message = error.to_string();
                 let first = matches!(&*state.borrow(), BusState::Connecting(_));
-                if first && matches!(error, rumqttc::ConnectionError::ConnectionRefused(_)) {
-                    // Wrong credentials do not fix themselves: fail the start-up now.
+                if first
+                    && matches!(
+                        error,
+                        rumqttc::ConnectionError::ConnectionRefused(_)
+                            | rumqttc::ConnectionError::Tls(_)
+                    )
+                {
+                    // Wrong credentials or an untrusted certificate do not fix themselves:
+                    // fail the start-up now.
                     let _ = state.send(BusState::Refused(message));
                     return;
                 }

@@ -836,7 +836,7 @@ async fn tls_and_wss_listeners_serve_clients_with_the_configured_certificate() {
     let dir = tempfile::tempdir().unwrap();
     // A throwaway CA and a certificate for 127.0.0.1 signed by it (webpki refuses a CA
     // certificate used as the server's own).
-    let (cert, key, ca) = tls_files(dir.path());
+    let (cert, key, ca) = common::tls_files(dir.path());
     let [tls_port, wss_port] = common::free_ports::<2>();
     let config = dir.path().join("tls.toml");
     std::fs::write(
@@ -914,80 +914,6 @@ async fn tls_and_wss_listeners_serve_clients_with_the_configured_certificate() {
     assert!(matches!(&packets[1], v4::Packet::PubAck(_)));
     let events = cradle.wait_events("t", 3).await;
     assert_eq!(events[2]["data"]["connection_id"], "wss-1");
-}
-
-fn tls_files(
-    dir: &std::path::Path,
-) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-    let p = |name: &str| dir.join(name);
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("openssl");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-    ];
-    openssl(
-        &[
-            &["req", "-x509"],
-            &ec[..],
-            &["-days", "1", "-subj", "/CN=cradle-test-ca"],
-        ]
-        .concat()
-        .into_iter()
-        .chain(["-keyout", "ca.key", "-out", "ca.pem"])
-        .collect::<Vec<_>>(),
-    );
-    openssl(
-        &[
-            &["req"],
-            &ec[..],
-            &[
-                "-subj",
-                "/CN=127.0.0.1",
-                "-keyout",
-                "key.pem",
-                "-out",
-                "leaf.csr",
-            ],
-        ]
-        .concat(),
-    );
-    std::fs::write(
-        p("leaf.ext"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
-    )
-    .unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "leaf.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "1",
-        "-extfile",
-        "leaf.ext",
-        "-out",
-        "cert.pem",
-    ]);
-    (p("cert.pem"), p("key.pem"), p("ca.pem"))
 }
 
 type Wss = async_tungstenite::WebSocketStream<

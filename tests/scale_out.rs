@@ -720,3 +720,58 @@ async fn a_replica_stopped_for_good_leaves_the_group_and_the_others_take_everyth
     }
     exactly_events(&b, "down", CLIENTS).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_over_tls_is_verified_against_the_configured_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, ca) = common::tls_files(dir.path());
+    let Some(broker) = Mosquitto::start_tls(&dir.path().join("broker"), &cert, &key).await else {
+        return;
+    };
+    let db = format!("sqlite://{}", dir.path().join("tls.db").display());
+    let config = dir.path().join("tls.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[broker]\nca_file = \"{}\"\n[bus]\nconnect_timeout_ms = 3000\n",
+            ca.display()
+        ),
+    )
+    .unwrap();
+    let env = [
+        ("CRADLE_CONFIG", config.display().to_string()),
+        ("CRADLE_BROKER_MODE", "external".to_string()),
+        ("CRADLE_BROKER_URL", broker.url()),
+        ("CRADLE_BUS_CLIENT_ID", "cradle-tls".to_string()),
+    ];
+    assert!(broker.url().starts_with("mqtts://"));
+    let c = Cradle::spawn_ready(dir.path(), &db, &env).await;
+    // A device through the edge: its link to the broker is TLS too (the edge relays over
+    // the same endpoint), and its status reaches the bus over TLS.
+    let d = Device::connect(c.mqtt_port, "tls-dev", None).await;
+    d.publish(
+        "accounts/sec/clients/tls-dev/status",
+        status("connected", "t1", 1_700_000_000_000, None),
+    )
+    .await;
+    let events = c.wait_events("sec", 1).await;
+    assert_eq!(events[0]["data"]["connection_id"], "t1");
+    drop(c);
+
+    // Without the CA the broker's certificate is not trusted: the start fails at once.
+    let mut c = Cradle::spawn(
+        dir.path(),
+        &db,
+        &[
+            ("CRADLE_BROKER_MODE", "external".to_string()),
+            ("CRADLE_BROKER_URL", broker.url()),
+            ("CRADLE_BUS_CLIENT_ID", "cradle-tls-2".to_string()),
+        ],
+    );
+    let status = common::wait_exit(&mut c.child, Duration::from_secs(30));
+    assert!(!status.success());
+    let log = c.log();
+    assert!(log.contains("refused the connection"), "{log}");
+    assert!(log.contains("broker.ca_file"), "{log}");
+    assert!(!log.contains(BROKER_PASSWORD), "{log}");
+}

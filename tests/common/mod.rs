@@ -441,6 +441,8 @@ pub struct Mosquitto {
     child: Option<Child>,
     pub port: u16,
     dir: PathBuf,
+    /// Certificate and key of a TLS listener (`mqtts://`), when started with TLS.
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Mosquitto {
@@ -467,6 +469,15 @@ impl Mosquitto {
     /// Starts a broker with its files in `dir` (created); `None` when Mosquitto is not
     /// installed (see [`Mosquitto::binary`]).
     pub async fn start(dir: &Path) -> Option<Mosquitto> {
+        Self::start_with(dir, None).await
+    }
+
+    /// Like [`Mosquitto::start`], with a TLS listener presenting `cert` and `key`.
+    pub async fn start_tls(dir: &Path, cert: &Path, key: &Path) -> Option<Mosquitto> {
+        Self::start_with(dir, Some((cert.to_path_buf(), key.to_path_buf()))).await
+    }
+
+    async fn start_with(dir: &Path, tls: Option<(PathBuf, PathBuf)>) -> Option<Mosquitto> {
         Self::binary()?;
         std::fs::create_dir_all(dir).expect("broker dir");
         let passwd = dir.join("passwd");
@@ -481,15 +492,17 @@ impl Mosquitto {
             child: None,
             port: free_port(),
             dir: dir.to_path_buf(),
+            tls,
         };
         broker.spawn().await;
         Some(broker)
     }
 
-    /// `mqtt://user:password@127.0.0.1:port`.
+    /// `mqtt://user:password@127.0.0.1:port` (`mqtts://` with TLS).
     pub fn url(&self) -> String {
+        let scheme = if self.tls.is_some() { "mqtts" } else { "mqtt" };
         format!(
-            "mqtt://{BROKER_USER}:{BROKER_PASSWORD}@127.0.0.1:{}",
+            "{scheme}://{BROKER_USER}:{BROKER_PASSWORD}@127.0.0.1:{}",
             self.port
         )
     }
@@ -502,6 +515,13 @@ impl Mosquitto {
             passwd = self.dir.join("passwd").display(),
             dir = self.dir.display(),
         );
+        if let Some((cert, key)) = &self.tls {
+            text.push_str(&format!(
+                "certfile {}\nkeyfile {}\n",
+                cert.display(),
+                key.display()
+            ));
+        }
         // As root, Mosquitto would switch to its own user, who cannot read this folder.
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } == 0 {
@@ -551,4 +571,80 @@ impl Drop for Mosquitto {
             let _ = child.wait();
         }
     }
+}
+
+/// A throwaway CA and a certificate for `127.0.0.1` signed by it (openssl, P-256, one day):
+/// returns (certificate, key, CA certificate) in `dir`.
+pub fn tls_files(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let p = |name: &str| dir.join(name);
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"],
+            &ec[..],
+            &["-days", "1", "-subj", "/CN=cradle-test-ca"],
+        ]
+        .concat()
+        .into_iter()
+        .chain(["-keyout", "ca.key", "-out", "ca.pem"])
+        .collect::<Vec<_>>(),
+    );
+    openssl(
+        &[
+            &["req"],
+            &ec[..],
+            &[
+                "-subj",
+                "/CN=127.0.0.1",
+                "-keyout",
+                "key.pem",
+                "-out",
+                "leaf.csr",
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(
+        p("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "leaf.ext",
+        "-out",
+        "cert.pem",
+    ]);
+    (p("cert.pem"), p("key.pem"), p("ca.pem"))
 }
