@@ -371,7 +371,12 @@ async fn run(
                         .filter(|r| r.shared)
                         .map(|r| (r.filter.clone(), r.tx.clone()))
                         .collect();
-                    tokio::spawn(replay_retained(shared.clone(), targets, stop.clone()));
+                    tokio::spawn(replay_retained(
+                        shared.clone(),
+                        targets,
+                        stop.clone(),
+                        metrics.clone(),
+                    ));
                 }
             }
             Ok(Event::Incoming(Packet::UnsubAck(_))) => {
@@ -478,6 +483,7 @@ async fn replay_retained(
     shared: Shared,
     targets: Vec<(String, mpsc::Sender<Publish>)>,
     mut stop: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
 ) {
     let mut options = publisher_options(
         &shared.endpoint,
@@ -508,6 +514,7 @@ async fn replay_retained(
             Ok(Event::Incoming(Packet::Publish(p))) if p.retain => {
                 if let Some((_, tx)) = targets.iter().find(|(f, _)| filter_matches(f, &p.topic)) {
                     replayed += 1;
+                    metrics.bus_replayed.fetch_add(1, Relaxed);
                     if tx.send(p).await.is_err() {
                         break;
                     }

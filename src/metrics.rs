@@ -136,6 +136,8 @@ pub struct Metrics {
     pub bus_connected: AtomicU64,
     /// Times the bus (re)connected.
     pub bus_connects: AtomicU64,
+    /// Retained messages refed to the handlers after the bus connected (external broker).
+    pub bus_replayed: AtomicU64,
     /// Edge CONNECT outcomes, by `EdgeConnect::ALL` index.
     pub edge_connects: [AtomicU64; 8],
     /// Edge CONNECTs refused by authentication, by `Refusal::ALL` index.
@@ -520,6 +522,17 @@ impl Metrics {
             out,
             "cradle_bus_connects_total {}",
             self.bus_connects.load(Relaxed)
+        );
+        c(
+            &mut out,
+            "cradle_bus_replayed_total",
+            "Retained messages refed to the handlers after the bus connected (external broker).",
+            "counter",
+        );
+        let _ = writeln!(
+            out,
+            "cradle_bus_replayed_total {}",
+            self.bus_replayed.load(Relaxed)
         );
         self.render_edge(&mut out);
         self.render_sessions(&mut out);

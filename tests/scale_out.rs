@@ -537,8 +537,10 @@ async fn a_broker_restart_mid_stream_loses_no_acknowledged_message() {
             "acknowledged message {i} lost"
         );
     }
-    // The bus reconnected (and resubscribed) after the restart.
+    // The bus reconnected (and resubscribed) after the restart, and replayed the retained
+    // statuses (those published before the restart at least).
     assert!(r.metric("cradle_bus_connects_total").await >= 2);
+    assert!(r.metric("cradle_bus_replayed_total").await >= (MESSAGES / 2) as u64);
     assert_eq!(
         r.get_json("/readyz", 200).await["broker"],
         "ok",

@@ -156,8 +156,10 @@ impl InboxSubscriptions {
                 })
                 .collect()
         };
+        // One deadline for all of them: a broker that is away delays a `hello` once.
+        let deadline = tokio::time::Instant::now() + SUBSCRIBE_WAIT;
         for rx in waits {
-            if tokio::time::timeout(SUBSCRIBE_WAIT, rx).await.is_err() {
+            if tokio::time::timeout_at(deadline, rx).await.is_err() {
                 tracing::warn!(
                     account_id,
                     client_id,
