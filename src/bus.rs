@@ -600,7 +600,34 @@ pub fn filter_matches(filter: &str, topic: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::filter_matches;
+    use super::{filter_matches, Route};
+
+    #[test]
+    fn shared_routes_subscribe_in_the_group_and_match_the_plain_filter() {
+        let (tx, _rx) = tokio::sync::mpsc::channel(1);
+        let shared = Route {
+            filter: "accounts/+/clients/+/status".into(),
+            tx: tx.clone(),
+            shared: true,
+        };
+        let plain = Route {
+            filter: "accounts/+/clients/+/webrtc_inbox".into(),
+            tx,
+            shared: false,
+        };
+        assert_eq!(
+            shared.subscription(Some("cradle")),
+            "$share/cradle/accounts/+/clients/+/status"
+        );
+        assert_eq!(shared.subscription(None), "accounts/+/clients/+/status");
+        assert_eq!(
+            plain.subscription(Some("cradle")),
+            "accounts/+/clients/+/webrtc_inbox"
+        );
+        // Deliveries of a shared subscription carry the plain topic: routing matches the
+        // plain filter.
+        assert!(filter_matches(&shared.filter, "accounts/a/clients/c/status"));
+    }
 
     #[test]
     fn filters_match_like_mqtt() {
