@@ -626,7 +626,10 @@ mod tests {
         );
         // Deliveries of a shared subscription carry the plain topic: routing matches the
         // plain filter.
-        assert!(filter_matches(&shared.filter, "accounts/a/clients/c/status"));
+        assert!(filter_matches(
+            &shared.filter,
+            "accounts/a/clients/c/status"
+        ));
     }
 
     #[test]
