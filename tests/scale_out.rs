@@ -20,8 +20,8 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 use tokio_tungstenite::tungstenite::Message;
 
 use common::{
-    fresh_postgres_database, postgres_server_url, status, wait_for, Cradle, Device, Mosquitto,
-    BROKER_PASSWORD, BROKER_USER,
+    fresh_postgres_database, postgres_server_url, status, subscriber, wait_for, Cradle, Device,
+    Mosquitto, BROKER_PASSWORD, BROKER_USER,
 };
 
 /// A replica named `name` on `broker` and `database_url`, in share group `group`.
@@ -305,36 +305,12 @@ async fn signalling_crosses_replicas_and_a_resume_elsewhere_is_410() {
     // The baby station is on replica B's edge; its statuses are processed by the replicas'
     // shared subscription (B takes some of them: round robin over three messages).
     let baby = Device::connect(b.mqtt_port, "baby", None).await;
-    let (tx, mut inbox) = tokio::sync::mpsc::unbounded_channel();
-    let mut o = MqttOptions::new("baby-listener", "127.0.0.1", b.mqtt_port);
-    o.set_keep_alive(Duration::from_secs(5));
-    let (listener, mut el) = AsyncClient::new(o, 100);
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let mut ready = Some(ready_tx);
-        loop {
-            match el.poll().await {
-                Ok(Event::Incoming(Packet::SubAck(_))) => {
-                    if let Some(r) = ready.take() {
-                        let _ = r.send(());
-                    }
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let _ = tx.send(p);
-                }
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
-    });
-    listener
-        .subscribe("accounts/home/clients/baby/webrtc_inbox", QoS::AtLeastOnce)
-        .await
-        .unwrap();
-    tokio::time::timeout(Duration::from_secs(10), ready_rx)
-        .await
-        .unwrap()
-        .unwrap();
+    let (_listener, mut inbox) = subscriber(
+        b.mqtt_port,
+        "baby-listener",
+        &["accounts/home/clients/baby/webrtc_inbox"],
+    )
+    .await;
     let topic = "accounts/home/clients/baby/status";
     let t = 1_700_000_000_000i64;
     let before = b

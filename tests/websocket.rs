@@ -7,12 +7,12 @@ mod common;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::QoS;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use common::{wait_for, Cradle};
+use common::{subscriber, wait_for, Cradle};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -74,58 +74,6 @@ async fn next_of(ws: &mut Ws, kind: &str) -> serde_json::Value {
     }
 }
 
-/// An MQTT client whose incoming publishes arrive on a channel.
-async fn mqtt(
-    port: u16,
-    id: &str,
-    subscribe: &[&str],
-) -> (
-    AsyncClient,
-    tokio::sync::mpsc::UnboundedReceiver<rumqttc::Publish>,
-) {
-    let mut o = MqttOptions::new(id, "127.0.0.1", port);
-    o.set_keep_alive(Duration::from_secs(5));
-    o.set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut el) = AsyncClient::new(o, 1000);
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let n = subscribe.len();
-    tokio::spawn(async move {
-        let mut ready = Some(ready_tx);
-        let mut acks = 0;
-        loop {
-            match el.poll().await {
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let _ = tx.send(p);
-                }
-                Ok(Event::Incoming(Packet::SubAck(_))) => {
-                    acks += 1;
-                    if acks == n {
-                        if let Some(r) = ready.take() {
-                            let _ = r.send(());
-                        }
-                    }
-                }
-                Ok(Event::Incoming(Packet::ConnAck(_))) if n == 0 => {
-                    if let Some(r) = ready.take() {
-                        let _ = r.send(());
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
-    });
-    for f in subscribe {
-        client.subscribe(*f, QoS::AtLeastOnce).await.unwrap();
-    }
-    tokio::time::timeout(Duration::from_secs(10), ready_rx)
-        .await
-        .expect("MQTT ready")
-        .unwrap();
-    (client, rx)
-}
-
 async fn next_publish(
     rx: &mut tokio::sync::mpsc::UnboundedReceiver<rumqttc::Publish>,
     wait: Duration,
@@ -142,7 +90,7 @@ async fn a_websocket_client_is_a_client_of_its_account_both_ways() {
     let dir = tempfile::tempdir().unwrap();
     let c = start(dir.path(), "").await;
     let (_watch, mut statuses) =
-        mqtt(c.mqtt_port, "watcher", &["accounts/fam/clients/pwa/status"]).await;
+        subscriber(c.mqtt_port, "watcher", &["accounts/fam/clients/pwa/status"]).await;
     let (ws_conn, hello) = connect(&c, "account=fam&client_id=pwa").await;
     let mut ws = ws_conn;
     let connection_id = hello["connection_id"].as_str().unwrap().to_string();
@@ -163,7 +111,7 @@ async fn a_websocket_client_is_a_client_of_its_account_both_ways() {
     .await;
 
     // WS → MQTT device.
-    let (device, mut inbox) = mqtt(
+    let (device, mut inbox) = subscriber(
         c.mqtt_port,
         "baby",
         &["accounts/fam/clients/baby/webrtc_inbox"],
@@ -240,7 +188,7 @@ async fn an_inbox_message_naming_another_accounts_connection_is_not_delivered() 
     let c = start(dir.path(), "").await;
     let (mut ws_b, hello_b) = connect(&c, "account=other&client_id=pwa").await;
     let b_conn = hello_b["connection_id"].as_str().unwrap().to_string();
-    let (device, _) = mqtt(c.mqtt_port, "baby", &[]).await;
+    let (device, _) = subscriber(c.mqtt_port, "baby", &[]).await;
     // Aimed at account fam's client `pwa`, but naming other's WebSocket connection.
     device
         .publish(
@@ -268,14 +216,14 @@ async fn a_resume_inside_the_window_replays_exactly_the_missed_frames() {
     let dir = tempfile::tempdir().unwrap();
     let c = start(dir.path(), "").await;
     let (_watch, mut statuses) =
-        mqtt(c.mqtt_port, "watcher", &["accounts/fam/clients/pwa/status"]).await;
+        subscriber(c.mqtt_port, "watcher", &["accounts/fam/clients/pwa/status"]).await;
     let (ws, hello) = connect(&c, "account=fam&client_id=pwa").await;
     let conn = hello["connection_id"].as_str().unwrap().to_string();
     let seen = hello["seq"].as_u64().unwrap();
     let _ = next_publish(&mut statuses, Duration::from_secs(5)).await; // connected
                                                                        // The network drops (no close frame).
     drop(ws);
-    let (device, _) = mqtt(c.mqtt_port, "baby", &[]).await;
+    let (device, _) = subscriber(c.mqtt_port, "baby", &[]).await;
     for i in 0..3 {
         device
             .publish(
@@ -428,7 +376,7 @@ async fn a_slow_consumer_is_cut_off_and_others_are_unaffected() {
         }
     });
     let (mut fine, _) = connect(&c, "account=fam&client_id=fine").await;
-    let (device, _) = mqtt(c.mqtt_port, "flood", &[]).await;
+    let (device, _) = subscriber(c.mqtt_port, "flood", &[]).await;
     let big = format!(r#"{{"from":"flood","data":"{}"}}"#, "x".repeat(60_000));
     for _ in 0..300 {
         device

@@ -648,3 +648,56 @@ pub fn tls_files(
     ]);
     (p("cert.pem"), p("key.pem"), p("ca.pem"))
 }
+
+/// An MQTT client of `port` whose incoming publishes arrive on a channel, returned once
+/// every filter of `subscribe` is acknowledged (QoS 1).
+pub async fn subscriber(
+    port: u16,
+    id: &str,
+    subscribe: &[&str],
+) -> (
+    AsyncClient,
+    tokio::sync::mpsc::UnboundedReceiver<rumqttc::Publish>,
+) {
+    let mut o = MqttOptions::new(id, "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(5));
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut el) = AsyncClient::new(o, 1000);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let n = subscribe.len();
+    tokio::spawn(async move {
+        let mut ready = Some(ready_tx);
+        let mut acks = 0;
+        loop {
+            match el.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                    let _ = tx.send(p);
+                }
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                    acks += 1;
+                    if acks == n {
+                        if let Some(r) = ready.take() {
+                            let _ = r.send(());
+                        }
+                    }
+                }
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) if n == 0 => {
+                    if let Some(r) = ready.take() {
+                        let _ = r.send(());
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    });
+    for f in subscribe {
+        client.subscribe(*f, QoS::AtLeastOnce).await.unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(10), ready_rx)
+        .await
+        .expect("MQTT ready")
+        .unwrap();
+    (client, rx)
+}
