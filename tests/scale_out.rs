@@ -58,28 +58,7 @@ async fn infrastructure(dir: &Path) -> Option<(String, Mosquitto)> {
 async fn broker_client(broker: &Mosquitto, id: &str) -> Device {
     let mut options = MqttOptions::new(id, "127.0.0.1", broker.port);
     options.set_credentials(BROKER_USER, BROKER_PASSWORD);
-    let (client, mut eventloop) = AsyncClient::new(options, 1000);
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let task = tokio::spawn(async move {
-        let mut tx = Some(tx);
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(());
-                    }
-                }
-                Ok(Event::Outgoing(Outgoing::Disconnect)) => return eventloop,
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
-    });
-    tokio::time::timeout(Duration::from_secs(10), rx)
-        .await
-        .expect("CONNACK")
-        .unwrap();
-    Device { client, task }
+    Device::connect_with(options).await
 }
 
 /// Every event of `account` on `replica`, waiting until there are `n` and then a little

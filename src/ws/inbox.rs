@@ -184,14 +184,4 @@ impl InboxSubscriptions {
             }
         }
     }
-
-    /// How many filters are subscribed.
-    pub fn len(&self) -> usize {
-        self.refs.lock().expect("not poisoned").len()
-    }
-
-    /// Whether none is.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }

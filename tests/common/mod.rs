@@ -299,7 +299,12 @@ impl Device {
         if let Some((topic, payload)) = will {
             options.set_last_will(LastWill::new(topic, payload, QoS::AtLeastOnce, true));
         }
-        let (client, mut eventloop) = AsyncClient::new(options, 100);
+        Self::connect_with(options).await
+    }
+
+    /// Connects with `options` and waits for the CONNACK.
+    pub async fn connect_with(options: MqttOptions) -> Device {
+        let (client, mut eventloop) = AsyncClient::new(options, 1000);
         let (tx, rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
             let mut tx = Some(tx);
