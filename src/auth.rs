@@ -13,6 +13,7 @@
 //! storm of known devices costs one hash each, not one argon2 run each.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -35,6 +36,8 @@ pub enum Refusal {
     WrongKind,
     /// The store could not be asked; fail closed.
     StoreUnavailable,
+    /// No verification slot within `auth.verify_wait_ms` (see `accounts::gate`).
+    Busy,
 }
 
 impl Refusal {
@@ -45,16 +48,25 @@ impl Refusal {
             Self::BadCredentials => "bad_credentials",
             Self::WrongKind => "wrong_kind",
             Self::StoreUnavailable => "store_unavailable",
+            Self::Busy => "busy",
         }
     }
 
     /// Every refusal, for metrics.
-    pub const ALL: [Refusal; 4] = [
+    pub const ALL: [Refusal; 5] = [
         Self::Anonymous,
         Self::BadCredentials,
         Self::WrongKind,
         Self::StoreUnavailable,
+        Self::Busy,
     ];
+
+    fn from_error(e: accounts::AccountsError) -> Self {
+        match e {
+            accounts::AccountsError::Busy(_) => Self::Busy,
+            _ => Self::StoreUnavailable,
+        }
+    }
 }
 
 /// Verified device secrets: (account, client) → (digest of the secret, when verified).
@@ -104,23 +116,32 @@ impl Authenticator {
     /// Whether any account exists (answers reused for a second; a store error counts as
     /// "yes", so an outage never opens the door).
     pub async fn any_account(&self) -> bool {
-        if let Some((exists, at)) = *self.accounts_exist.lock().expect("not poisoned") {
+        if let Some((exists, at)) = *self
+            .accounts_exist
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+        {
             if at.elapsed() < ACCOUNTS_EXIST_TTL {
                 return exists;
             }
         }
         let exists = accounts::any_account(&self.store).await.unwrap_or(true);
-        *self.accounts_exist.lock().expect("not poisoned") = Some((exists, Instant::now()));
+        *self
+            .accounts_exist
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some((exists, Instant::now()));
         exists
     }
 
-    /// Authenticates a CONNECT.
+    /// Authenticates a CONNECT from `source` (its address: the verification gate's
+    /// per-source limits apply).
     pub async fn connect(
         &self,
         username: Option<&str>,
         password: Option<&str>,
         client_id: &str,
         loopback: bool,
+        source: Option<IpAddr>,
     ) -> Result<Principal, Refusal> {
         let Some(password) = password.filter(|p| !p.is_empty()) else {
             return if self.anonymous_allowed(loopback).await {
@@ -131,13 +152,13 @@ impl Authenticator {
         };
         if password.contains('.') {
             // `{credential_id}.{random}`: an operator secret (bearer tokens are not for MQTT).
-            return match accounts::verify_secret(&self.store, password).await {
+            return match accounts::verify_secret_from(&self.store, password, source).await {
                 Ok(Some(c)) if c.kind == CredentialKind::Operator.as_str() => {
                     Ok(Principal::Operator)
                 }
                 Ok(Some(_)) => Err(Refusal::WrongKind),
                 Ok(None) => Err(Refusal::BadCredentials),
-                Err(_) => Err(Refusal::StoreUnavailable),
+                Err(e) => Err(Refusal::from_error(e)),
             };
         }
         let account_id = username.unwrap_or_default();
@@ -147,17 +168,19 @@ impl Authenticator {
         let key = (account_id.to_string(), client_id.to_string());
         let digest: [u8; 64] = Blake2b512::digest(password.as_bytes()).into();
         if self.cache_ttl > Duration::ZERO {
-            let cache = self.verified.lock().expect("not poisoned");
+            let cache = self.verified.lock().unwrap_or_else(|e| e.into_inner());
             if let Some((d, at)) = cache.get(&key) {
                 if at.elapsed() < self.cache_ttl && constant_time_eq(d, &digest) {
                     return Ok(principal(key));
                 }
             }
         }
-        match accounts::verify_device(&self.store, account_id, client_id, password).await {
+        match accounts::verify_device_from(&self.store, account_id, client_id, password, source)
+            .await
+        {
             Ok(true) => {
                 if self.cache_ttl > Duration::ZERO {
-                    let mut cache = self.verified.lock().expect("not poisoned");
+                    let mut cache = self.verified.lock().unwrap_or_else(|e| e.into_inner());
                     if cache.len() >= CACHE_MAX {
                         let ttl = self.cache_ttl;
                         cache.retain(|_, (_, at)| at.elapsed() < ttl);
@@ -170,7 +193,7 @@ impl Authenticator {
                 Ok(principal(key))
             }
             Ok(false) => Err(Refusal::BadCredentials),
-            Err(_) => Err(Refusal::StoreUnavailable),
+            Err(e) => Err(Refusal::from_error(e)),
         }
     }
 }

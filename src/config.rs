@@ -205,6 +205,17 @@ pub struct AuthConfig {
     /// not run one argon2 verification per CONNECT. A revoked credential stops working for
     /// new connections at most this long after the revocation. 0 disables the cache.
     pub cache_secs: u64,
+    /// argon2 verifications (MQTT passwords, bearer tokens) running at once, process-wide;
+    /// each costs ~19 MiB and tens of milliseconds of a core.
+    pub max_verifications: usize,
+    /// Verifications waiting or running at once for one source address.
+    pub max_verifications_per_source: usize,
+    /// How long a CONNECT or request waits for a verification slot, in milliseconds; then it
+    /// is refused (MQTT: CONNACK server busy; HTTP: 503).
+    pub verify_wait_ms: u64,
+    /// Longest delay before a verification for a source that keeps failing, in milliseconds
+    /// (after 3 failures: 250 ms, doubling per failure).
+    pub failure_delay_max_ms: u64,
 }
 
 impl Default for AuthConfig {
@@ -212,6 +223,10 @@ impl Default for AuthConfig {
         Self {
             mode: AuthMode::Auto,
             cache_secs: 60,
+            max_verifications: 2,
+            max_verifications_per_source: 1,
+            verify_wait_ms: 5000,
+            failure_delay_max_ms: 10_000,
         }
     }
 }
@@ -257,6 +272,14 @@ pub struct MqttConfig {
     /// Refused PUBLISH/SUBSCRIBE filters one connection may send before it is disconnected
     /// (reason `kicked`).
     pub max_violations: u32,
+    /// Largest CONNECT packet accepted before authentication, in bytes; a larger one is
+    /// refused before it is read.
+    pub max_connect_bytes: usize,
+    /// Retained messages the devices of one account may keep in the broker.
+    pub max_retained_per_account: usize,
+    /// Bytes (topic + payload) of retained messages the devices of one account may keep in
+    /// the broker.
+    pub max_retained_bytes_per_account: usize,
     /// The embedded broker's MQTT 3.1.1 listener, reached only by the edge and Cradle's own
     /// clients. Must be loopback; port 0 picks a free port.
     pub broker_listen: SocketAddr,
@@ -287,6 +310,9 @@ impl Default for MqttConfig {
             publish_rate: 200,
             publish_burst: 400,
             max_violations: 10,
+            max_connect_bytes: 65_536,
+            max_retained_per_account: 10_000,
+            max_retained_bytes_per_account: 16 * 1024 * 1024,
             broker_listen: loopback(0),
             broker_v5_listen: loopback(0),
             max_inflight: 500,
@@ -694,6 +720,15 @@ impl Config {
         }
         if self.bus.client_id.is_empty() {
             return invalid("bus.client_id", "must not be empty");
+        }
+        if self.auth.max_verifications == 0 {
+            return invalid("auth.max_verifications", "must be at least 1");
+        }
+        if self.auth.max_verifications_per_source == 0 {
+            return invalid("auth.max_verifications_per_source", "must be at least 1");
+        }
+        if self.mqtt.max_connect_bytes < 64 {
+            return invalid("mqtt.max_connect_bytes", "must be at least 64");
         }
         if matches!(&self.http.admin_token, Some(t) if t.len() < 16) {
             return invalid("http.admin_token", "must be at least 16 characters");

@@ -32,10 +32,12 @@ pub enum EdgeConnect {
     BrokerUnavailable,
     /// The broker refused the relayed CONNECT.
     BrokerRefused,
+    /// A CONNECT larger than mqtt.max_connect_bytes, refused before it was read.
+    ConnectTooLarge,
 }
 
 impl EdgeConnect {
-    const ALL: [EdgeConnect; 8] = [
+    const ALL: [EdgeConnect; 9] = [
         Self::Accepted,
         Self::Timeout,
         Self::Malformed,
@@ -44,6 +46,7 @@ impl EdgeConnect {
         Self::WillRefused,
         Self::BrokerUnavailable,
         Self::BrokerRefused,
+        Self::ConnectTooLarge,
     ];
 
     fn as_str(self) -> &'static str {
@@ -56,6 +59,7 @@ impl EdgeConnect {
             Self::WillRefused => "will_not_allowed",
             Self::BrokerUnavailable => "broker_unavailable",
             Self::BrokerRefused => "broker_refused",
+            Self::ConnectTooLarge => "connect_too_large",
         }
     }
 }
@@ -139,9 +143,20 @@ pub struct Metrics {
     /// Retained messages refed to the handlers after the bus connected (external broker).
     pub bus_replayed: AtomicU64,
     /// Edge CONNECT outcomes, by `EdgeConnect::ALL` index.
-    pub edge_connects: [AtomicU64; 8],
+    pub edge_connects: [AtomicU64; EdgeConnect::ALL.len()],
     /// Edge CONNECTs refused by authentication, by `Refusal::ALL` index.
-    pub edge_refusals: [AtomicU64; 4],
+    pub edge_refusals: [AtomicU64; Refusal::ALL.len()],
+    /// Retained PUBLISH packets refused: on a topic that is never retained / over the
+    /// account's retained quota.
+    pub edge_retained_not_retained: AtomicU64,
+    /// See `edge_retained_not_retained`.
+    pub edge_retained_quota: AtomicU64,
+    /// Retained messages and bytes the edge counts for all accounts.
+    pub edge_retained_messages: std::sync::atomic::AtomicI64,
+    /// See `edge_retained_messages`.
+    pub edge_retained_bytes: std::sync::atomic::AtomicI64,
+    /// Tasks (one client connection each) that ended by a panic; the rest went on.
+    pub task_panics: AtomicU64,
     /// Live edge connections.
     pub edge_live: std::sync::atomic::AtomicI64,
     /// Ended edge connections, by `END_REASONS` index.
@@ -294,7 +309,117 @@ impl Metrics {
         self.edge_throttled.fetch_add(1, Relaxed);
     }
 
+    /// Counts one retained PUBLISH refused (`quota`: over the account's retained quota;
+    /// otherwise its topic is never retained).
+    pub fn edge_retained_refused(&self, quota: bool) {
+        match quota {
+            true => self.edge_retained_quota.fetch_add(1, Relaxed),
+            false => self.edge_retained_not_retained.fetch_add(1, Relaxed),
+        };
+    }
+
+    /// Counts one task that panicked.
+    pub fn task_panic(&self) {
+        self.task_panics.fetch_add(1, Relaxed);
+    }
+
+    fn render_limits(&self, out: &mut String) {
+        let c = |out: &mut String, name: &str, help: &str, kind: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        };
+        c(
+            out,
+            "cradle_edge_retained_refused_total",
+            "Retained PUBLISH packets refused at the edge, by reason.",
+            "counter",
+        );
+        let _ = writeln!(
+            out,
+            "cradle_edge_retained_refused_total{{reason=\"not_retained\"}} {}\ncradle_edge_retained_refused_total{{reason=\"quota\"}} {}",
+            self.edge_retained_not_retained.load(Relaxed),
+            self.edge_retained_quota.load(Relaxed)
+        );
+        c(
+            out,
+            "cradle_edge_retained_messages",
+            "Retained messages devices keep in the broker, as the edge counts them (all accounts).",
+            "gauge",
+        );
+        let _ = writeln!(
+            out,
+            "cradle_edge_retained_messages {}",
+            self.edge_retained_messages.load(Relaxed)
+        );
+        c(
+            out,
+            "cradle_edge_retained_bytes",
+            "Bytes (topic + payload) of those retained messages.",
+            "gauge",
+        );
+        let _ = writeln!(
+            out,
+            "cradle_edge_retained_bytes {}",
+            self.edge_retained_bytes.load(Relaxed)
+        );
+        c(
+            out,
+            "cradle_task_panics_total",
+            "Connection tasks that ended by a panic (that connection alone ended; logged).",
+            "counter",
+        );
+        let _ = writeln!(
+            out,
+            "cradle_task_panics_total {}",
+            self.task_panics.load(Relaxed)
+        );
+        let gate = crate::accounts::gate::gate();
+        let st = &gate.stats;
+        c(
+            out,
+            "cradle_auth_verifications_total",
+            "argon2 secret verifications (MQTT passwords, bearer tokens), by outcome; busy: refused after auth.verify_wait_ms without a slot.",
+            "counter",
+        );
+        let _ = writeln!(
+            out,
+            "cradle_auth_verifications_total{{outcome=\"ok\"}} {}\ncradle_auth_verifications_total{{outcome=\"failed\"}} {}\ncradle_auth_verifications_total{{outcome=\"busy\"}} {}",
+            st.ok.load(Relaxed),
+            st.failed.load(Relaxed),
+            st.busy.load(Relaxed)
+        );
+        c(
+            out,
+            "cradle_auth_verifications_delayed_total",
+            "Verifications delayed because their source address failed repeatedly.",
+            "counter",
+        );
+        let _ = writeln!(
+            out,
+            "cradle_auth_verifications_delayed_total {}",
+            st.delayed.load(Relaxed)
+        );
+        c(
+            out,
+            "cradle_auth_verifications_waiting",
+            "Callers waiting for a verification slot now.",
+            "gauge",
+        );
+        let _ = writeln!(
+            out,
+            "cradle_auth_verifications_waiting {}",
+            st.waiting.load(Relaxed)
+        );
+        c(
+            out,
+            "cradle_auth_sources",
+            "Source addresses the verification gate tracks (bounded).",
+            "gauge",
+        );
+        let _ = writeln!(out, "cradle_auth_sources {}", gate.sources());
+    }
+
     fn render_edge(&self, out: &mut String) {
+        self.render_limits(out);
         let c = |out: &mut String, name: &str, help: &str, kind: &str| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         };

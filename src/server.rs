@@ -100,6 +100,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let store = Store::connect(&config.store).await?;
     tracing::info!(backend = ?store.backend(), url = %redact(&config.store.database_url), "store ready");
 
+    crate::accounts::gate::configure(crate::accounts::gate::GateSettings {
+        max_running: config.auth.max_verifications,
+        max_per_source: config.auth.max_verifications_per_source,
+        wait: Duration::from_millis(config.auth.verify_wait_ms),
+        failure_delay_max: Duration::from_millis(config.auth.failure_delay_max_ms),
+    });
     let auth = Arc::new(Authenticator::new(
         store.clone(),
         config.auth.mode,

@@ -42,6 +42,14 @@ pub fn may_publish(principal: &Principal, topic: &str) -> bool {
     }
 }
 
+/// Whether a PUBLISH to `topic` may carry the retain flag: not where the topic contract says
+/// its messages are never retained (`webrtc_inbox`: signalling is live, and a retained inbox
+/// message per target would let a device fill the broker's memory). Applies to every
+/// principal, open mode included.
+pub fn may_retain(topic: &str) -> bool {
+    !topic.ends_with("/webrtc_inbox")
+}
+
 /// Whether `principal` may subscribe to `filter`: only filters that cannot match a topic
 /// outside `accounts/{its account}/` (for an operator: only the status wildcard family).
 pub fn may_subscribe(principal: &Principal, filter: &str) -> bool {
@@ -166,5 +174,13 @@ mod tests {
         assert!(may_publish(&Principal::Open, "anything/at/all"));
         assert!(may_subscribe(&Principal::Open, "#"));
         assert!(!may_subscribe(&Principal::Open, "a/#/b"));
+    }
+
+    #[test]
+    fn inbox_messages_are_never_retained_and_other_topics_may_be() {
+        assert!(!may_retain("accounts/a/clients/c/webrtc_inbox"));
+        assert!(may_retain("accounts/a/clients/c/status"));
+        assert!(may_retain("accounts/a/baby_stations/c"));
+        assert!(may_retain("anything/at/all"));
     }
 }

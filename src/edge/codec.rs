@@ -284,6 +284,10 @@ pub mod connack {
     pub const V5_SERVER_UNAVAILABLE: u8 = 0x88;
     /// 5: quota exceeded (connection limit).
     pub const V5_QUOTA_EXCEEDED: u8 = 0x97;
+    /// MQTT 5: server busy.
+    pub const V5_SERVER_BUSY: u8 = 0x89;
+    /// MQTT 5: packet too large.
+    pub const V5_PACKET_TOO_LARGE: u8 = 0x95;
     /// 5: malformed packet.
     pub const V5_MALFORMED: u8 = 0x81;
 }
@@ -291,6 +295,11 @@ pub mod connack {
 /// MQTT 5 reason codes the edge sends itself in PUBACK/PUBREC/SUBACK/DISCONNECT.
 pub mod reason {
     pub const NOT_AUTHORIZED: u8 = 0x87;
+    /// PUBACK/PUBREC: implementation specific error (a retained message on a topic that is
+    /// never retained).
+    pub const IMPLEMENTATION_SPECIFIC: u8 = 0x83;
+    /// PUBACK/PUBREC: quota exceeded (the account's retained quota).
+    pub const QUOTA_EXCEEDED: u8 = 0x97;
     pub const PROTOCOL_ERROR: u8 = 0x82;
     pub const SERVER_SHUTTING_DOWN: u8 = 0x8B;
     pub const KEEP_ALIVE_TIMEOUT: u8 = 0x8D;

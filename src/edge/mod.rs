@@ -17,6 +17,7 @@ pub mod codec;
 pub mod lifecycle;
 pub mod publisher;
 pub mod registry;
+pub mod retained;
 pub mod session;
 
 use std::io;
@@ -84,6 +85,8 @@ pub struct Settings {
     pub publish_burst: u32,
     /// Refused packets before a connection is kicked.
     pub max_violations: u32,
+    /// Largest CONNECT read before authentication.
+    pub max_connect_bytes: usize,
 }
 
 impl Settings {
@@ -95,6 +98,7 @@ impl Settings {
             publish_rate: c.publish_rate,
             publish_burst: c.publish_burst,
             max_violations: c.max_violations,
+            max_connect_bytes: c.max_connect_bytes,
         }
     }
 }
@@ -124,6 +128,8 @@ pub struct EdgeShared {
     pub upstream: Upstream,
     /// One permit per connection (mqtt.max_connections).
     pub connections: Arc<Semaphore>,
+    /// Retained messages per account (mqtt.max_retained_*).
+    pub retained: retained::RetainedLedger,
 }
 
 /// The reading half of a relayed connection's link to the broker.
@@ -253,6 +259,10 @@ pub async fn start(
         metrics,
         upstream,
         connections: Arc::new(Semaphore::new(config.max_connections)),
+        retained: retained::RetainedLedger::new(
+            config.max_retained_per_account,
+            config.max_retained_bytes_per_account,
+        ),
     });
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
@@ -325,6 +335,7 @@ async fn accept_loop(
             _ = stop.changed() => return,
         };
         let _ = stream.set_nodelay(true);
+        let guard = shared.clone();
         let shared = shared.clone();
         let tls = tls.clone();
         // Each transport's connection future is boxed: inline, every connection's task would
@@ -371,7 +382,27 @@ async fn accept_loop(
                 }
             }
         };
-        tokio::spawn(task);
+        tokio::spawn(contain_panic(task, peer, guard));
+    }
+}
+
+/// Runs one connection's task; should it panic, that connection alone ends: the panic is
+/// logged with the peer and counted (`cradle_task_panics_total`), and the listener and every
+/// other connection go on. (Tokio isolates a panicking task already; this makes it visible.)
+async fn contain_panic(
+    task: impl std::future::Future<Output = ()> + Send + 'static,
+    peer: SocketAddr,
+    shared: Arc<EdgeShared>,
+) {
+    use futures_util::FutureExt;
+    if let Err(panic) = std::panic::AssertUnwindSafe(task).catch_unwind().await {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        tracing::error!(%peer, message, "MQTT connection task panicked; that connection ended");
+        shared.metrics.task_panic();
     }
 }
 

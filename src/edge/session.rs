@@ -20,10 +20,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::acl::{may_publish, may_subscribe, Principal};
+use super::acl::{may_publish, may_retain, may_subscribe, Principal};
 use super::codec::{self, connack, kind, reason, FrameError, Header, Proto};
 use super::lifecycle::{self, Reported, Will};
 use super::{EdgeShared, ListenerInfo};
+use crate::auth::Refusal;
 use crate::domain::connection::DisconnectReason;
 use crate::metrics::EdgeConnect;
 use crate::rate::TokenBucket;
@@ -234,6 +235,31 @@ fn proto_code(proto: Proto, v4_code: u8, v5_code: u8) -> u8 {
     }
 }
 
+/// Answers a CONNECT over `mqtt.max_connect_bytes`, judged on its fixed header and first
+/// bytes (never buffered whole): MQTT 5 gets CONNACK 0x95 "packet too large", 3.1.1 (which has
+/// no such code) "identifier rejected"; then the connection closes.
+async fn refuse_large_connect<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    start: &[u8],
+    peer: SocketAddr,
+    shared: &EdgeShared,
+) {
+    if let Ok(Some(h)) = codec::header(start, usize::MAX) {
+        if h.kind() == kind::CONNECT {
+            let mut out = BytesMut::with_capacity(8);
+            match codec::connect_proto(start, &h) {
+                Some(Proto::V5) => {
+                    codec::put_connack(&mut out, Proto::V5, connack::V5_PACKET_TOO_LARGE)
+                }
+                _ => codec::put_connack(&mut out, Proto::V4, connack::V4_IDENTIFIER_REJECTED),
+            }
+            let _ = send(wr, &out).await;
+        }
+    }
+    tracing::warn!(%peer, max = shared.settings.max_connect_bytes, "CONNECT refused: larger than mqtt.max_connect_bytes");
+    shared.metrics.edge_connect(EdgeConnect::ConnectTooLarge);
+}
+
 /// Reads one whole frame from `rd` into the front of `buf`.
 async fn read_frame<R: AsyncRead + Unpin>(
     rd: &mut R,
@@ -301,13 +327,19 @@ pub async fn serve<R, W>(
 {
     let mut dbuf = BytesMut::with_capacity(MIN_READ);
     let max = shared.settings.max_packet_bytes;
+    // Before authentication a client may make the edge buffer at most a CONNECT of
+    // mqtt.max_connect_bytes: a larger one is refused on its fixed header.
+    let max_connect = shared.settings.max_connect_bytes.min(max);
     let first = tokio::time::timeout(
         shared.settings.connect_timeout,
-        read_frame(&mut rd, &mut dbuf, max),
+        read_frame(&mut rd, &mut dbuf, max_connect),
     )
     .await;
     let (h, mut frame) = match first {
         Ok(Ok(f)) => f,
+        Ok(Err(Some(FrameError::TooLarge))) => {
+            return refuse_large_connect(&mut wr, &dbuf, peer, &shared).await
+        }
         Ok(Err(_)) => return shared.metrics.edge_connect(EdgeConnect::Malformed),
         Err(_) => return shared.metrics.edge_connect(EdgeConnect::Timeout),
     };
@@ -350,16 +382,6 @@ pub async fn serve<R, W>(
         out
     };
 
-    let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
-        let _ = send(
-            &mut wr,
-            &refuse(connack::V4_SERVER_UNAVAILABLE, connack::V5_QUOTA_EXCEEDED),
-        )
-        .await;
-        tracing::warn!(%peer, "connection refused: mqtt.max_connections reached");
-        return shared.metrics.edge_connect(EdgeConnect::Limit);
-    };
-
     let (username, password) = connect.login();
     // Boxed: the store query's future is large, and kept inline it would size every
     // connection's task for the whole life of the connection.
@@ -368,16 +390,17 @@ pub async fn serve<R, W>(
         password,
         connect.client_id(),
         listener.loopback,
+        Some(peer.ip()),
     ))
     .await
     {
         Ok(p) => p,
         Err(refusal) => {
-            let _ = send(
-                &mut wr,
-                &refuse(connack::V4_NOT_AUTHORIZED, connack::V5_NOT_AUTHORIZED),
-            )
-            .await;
+            let (v4_code, v5_code) = match refusal {
+                Refusal::Busy => (connack::V4_SERVER_UNAVAILABLE, connack::V5_SERVER_BUSY),
+                _ => (connack::V4_NOT_AUTHORIZED, connack::V5_NOT_AUTHORIZED),
+            };
+            let _ = send(&mut wr, &refuse(v4_code, v5_code)).await;
             tracing::warn!(
                 %peer, listener = listener.name, username = username.unwrap_or(""),
                 client = connect.client_id(), reason = refusal.as_str(),
@@ -398,6 +421,17 @@ pub async fn serve<R, W>(
             return shared.metrics.edge_connect(EdgeConnect::WillRefused);
         }
     }
+    // The connection slot is taken only now: clients that have not authenticated cannot
+    // take the slots of devices that can.
+    let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
+        let _ = send(
+            &mut wr,
+            &refuse(connack::V4_SERVER_UNAVAILABLE, connack::V5_QUOTA_EXCEEDED),
+        )
+        .await;
+        tracing::warn!(%peer, "connection refused: mqtt.max_connections reached");
+        return shared.metrics.edge_connect(EdgeConnect::Limit);
+    };
     let mut assigned = None;
     let client_id = if connect.client_id().is_empty() {
         if proto == Proto::V4 && !connect.clean() {
@@ -440,6 +474,7 @@ pub async fn serve<R, W>(
             pending_subs: HashMap::new(),
             local_qos2: Vec::new(),
             aliases: HashMap::new(),
+            retain_refused: false,
             bucket: TokenBucket::new(shared.settings.publish_rate, shared.settings.publish_burst),
             shared: shared.clone(),
         };
@@ -469,6 +504,8 @@ struct Conn {
     local_qos2: Vec<u16>,
     /// MQTT 5 topic aliases as the client set them (the edge resolves them itself).
     aliases: HashMap<u16, String>,
+    /// The PUBLISH being processed was a refused retained one (answered, not forwarded).
+    retain_refused: bool,
     bucket: TokenBucket,
     shared: Arc<EdgeShared>,
 }
@@ -869,6 +906,13 @@ impl Conn {
             }
             return self.violation();
         }
+        if h.byte1 & 0x01 != 0 {
+            self.admit_retained(topic, v.payload.len(), qos, pkid, to_dev)?;
+            if self.retain_refused {
+                self.retain_refused = false;
+                return Ok(());
+            }
+        }
         if topic.ends_with("/status") {
             lifecycle::observe_status(&mut self.reported, &self.client_id, topic, v.payload);
         }
@@ -891,6 +935,65 @@ impl Conn {
             .map_err(|_| End::Kicked {
                 v5_reason: reason::PROTOCOL_ERROR,
             })?;
+        Ok(())
+    }
+
+    /// Checks a retained PUBLISH against the topic contract and the account's retained quota.
+    /// A refusal is answered (MQTT 5: reason 0x83 for a topic that is never retained, 0x97
+    /// over the quota; 3.1.1 acknowledges) and sets `retain_refused`; a retained PUBLISH on a
+    /// never-retained topic also counts as a violation.
+    fn admit_retained(
+        &mut self,
+        topic: &str,
+        payload_len: usize,
+        qos: u8,
+        pkid: u16,
+        to_dev: &mut BytesMut,
+    ) -> Result<(), End> {
+        let account = match &self.principal {
+            Principal::Device { account_id, .. } => account_id.as_str(),
+            Principal::Operator | Principal::Open => super::retained::topic_account(topic),
+        };
+        let (code, violation) = if !may_retain(topic) {
+            tracing::warn!(
+                topic,
+                "retained PUBLISH refused: this topic is never retained"
+            );
+            (reason::IMPLEMENTATION_SPECIFIC, true)
+        } else {
+            match self
+                .shared
+                .retained
+                .admit(account, topic, payload_len, &self.shared.metrics)
+            {
+                Ok(()) => return Ok(()),
+                Err(super::retained::RetainRefused::Quota) => {
+                    tracing::warn!(
+                        topic,
+                        "retained PUBLISH refused: the account's retained quota is full"
+                    );
+                    (reason::QUOTA_EXCEEDED, false)
+                }
+            }
+        };
+        self.shared.metrics.edge_retained_refused(!violation);
+        self.retain_refused = true;
+        match qos {
+            1 => codec::put_ack(to_dev, kind::PUBACK, pkid, self.proto, code),
+            2 => {
+                codec::put_ack(to_dev, kind::PUBREC, pkid, self.proto, code);
+                // The client completes with PUBREL, which the edge answers itself: as for a
+                // refused QoS 2 publish, on either protocol (MQTT 5 ends the flow on a
+                // PUBREC with an error code; a client may still send PUBREL).
+                if self.proto == Proto::V4 {
+                    self.local_qos2.push(pkid);
+                }
+            }
+            _ => {}
+        }
+        if violation {
+            self.violation()?;
+        }
         Ok(())
     }
 

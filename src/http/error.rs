@@ -63,6 +63,9 @@ impl ApiError {
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::Accounts(crate::accounts::AccountsError::Busy(_)) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "busy")
+            }
             ApiError::Store(_) | ApiError::Accounts(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
             }

@@ -6,11 +6,19 @@
 //! A bearer or operator secret reads `{credential_id}.{random}` so that it is looked up by id
 //! and verified once; a device secret is the password of an MQTT CONNECT whose username is
 //! the account id and whose client id is the credential's client id.
+//!
+//! Every verification passes the process-wide [`gate`] first (bounded concurrency, per-source
+//! limits, a growing delay after failures), and an unknown credential costs the same argon2
+//! run as a known one, so timing does not tell which ids exist.
+
+pub mod gate;
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use rand_core::{OsRng, RngCore};
 use sea_orm::{ActiveValue, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, TransactionTrait};
+
+use std::net::IpAddr;
 
 use crate::store::{accounts, credentials, Store, StoreError};
 use crate::topics::is_valid_id;
@@ -36,6 +44,9 @@ pub enum AccountsError {
     /// Hashing failed (never expected; the message says why).
     #[error("hashing: {0}")]
     Hash(String),
+    /// Too many verifications at once; the caller may retry (see [`gate`]).
+    #[error(transparent)]
+    Busy(#[from] gate::Busy),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -211,6 +222,17 @@ async fn verify(secret: String, phc: String) -> bool {
     .unwrap_or(false)
 }
 
+/// Spends one argon2 verification against a hash nobody knows the secret of (made once, on
+/// the blocking pool like every argon2 run), so that a miss costs what a check costs.
+async fn verify_dummy(secret: String) {
+    let _ = tokio::task::spawn_blocking(move || {
+        if let Ok(parsed) = PasswordHash::new(dummy_hash()) {
+            let _ = Argon2::default().verify_password(secret.as_bytes(), &parsed);
+        }
+    })
+    .await;
+}
+
 /// Issues a credential. A device needs `account` and `client`; a token needs `account`; an
 /// operator needs neither.
 pub async fn issue(
@@ -331,6 +353,17 @@ pub async fn verify_device(
     client_id: &str,
     password: &str,
 ) -> Result<bool, AccountsError> {
+    verify_device_from(store, account_id, client_id, password, None).await
+}
+
+/// [`verify_device`] on behalf of a source address (the gate's per-source limits apply).
+pub async fn verify_device_from(
+    store: &Store,
+    account_id: &str,
+    client_id: &str,
+    password: &str,
+    source: Option<IpAddr>,
+) -> Result<bool, AccountsError> {
     let candidates = credentials::Entity::find()
         .filter(credentials::Column::Kind.eq(CredentialKind::Device.as_str()))
         .filter(credentials::Column::AccountId.eq(account_id))
@@ -338,10 +371,12 @@ pub async fn verify_device(
         .filter(credentials::Column::RevokedAtMillis.is_null())
         .all(store.db())
         .await?;
+    let permit = gate::gate().enter(source).await?;
     if candidates.is_empty() {
         // Spend the same argon2 time as a real check, so the answer's timing does not tell
         // an unknown client id from a wrong secret.
-        verify(password.to_string(), dummy_hash().to_string()).await;
+        verify_dummy(password.to_string()).await;
+        permit.failed();
         return Ok(false);
     }
     for c in candidates {
@@ -349,6 +384,7 @@ pub async fn verify_device(
             return Ok(true);
         }
     }
+    permit.failed();
     Ok(false)
 }
 
@@ -357,20 +393,39 @@ pub async fn verify_secret(
     store: &Store,
     secret: &str,
 ) -> Result<Option<credentials::Model>, AccountsError> {
+    verify_secret_from(store, secret, None).await
+}
+
+/// [`verify_secret`] on behalf of a source address (the gate's per-source limits apply).
+/// A secret naming an unknown, revoked or device credential costs the same argon2 run as a
+/// known one.
+pub async fn verify_secret_from(
+    store: &Store,
+    secret: &str,
+    source: Option<IpAddr>,
+) -> Result<Option<credentials::Model>, AccountsError> {
     let Some((credential_id, _)) = secret.split_once('.') else {
         return Ok(None);
     };
-    let Some(c) = credentials::Entity::find_by_id(credential_id)
-        .filter(credentials::Column::RevokedAtMillis.is_null())
-        .one(store.db())
-        .await?
-    else {
+    let found = if is_valid_id(credential_id) {
+        credentials::Entity::find_by_id(credential_id)
+            .filter(credentials::Column::RevokedAtMillis.is_null())
+            .one(store.db())
+            .await?
+            .filter(|c| c.kind != CredentialKind::Device.as_str())
+    } else {
+        None
+    };
+    let permit = gate::gate().enter(source).await?;
+    let Some(c) = found else {
+        verify_dummy(secret.to_string()).await;
+        permit.failed();
         return Ok(None);
     };
-    if c.kind == CredentialKind::Device.as_str() {
-        return Ok(None);
+    if verify(secret.to_string(), c.secret_hash.clone()).await {
+        Ok(Some(c))
+    } else {
+        permit.failed();
+        Ok(None)
     }
-    Ok(verify(secret.to_string(), c.secret_hash.clone())
-        .await
-        .then_some(c))
 }
