@@ -1099,3 +1099,249 @@ impl RawV5 {
         }
     }
 }
+
+/// Cradle with the edge tests' accounts and `toml` as its config file.
+async fn setup_with_config(toml: &str) -> (Setup, std::path::PathBuf) {
+    let file = std::env::temp_dir().join(format!("cradle-edge-{}.toml", common::free_port()));
+    std::fs::write(&file, toml).unwrap();
+    let s = setup(&[("CRADLE_CONFIG", file.display().to_string())]).await;
+    (s, file)
+}
+
+impl RawV5 {
+    /// Publishes QoS 1 with the retain flag and returns the PUBACK's reason.
+    async fn publish_retained(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        pkid: u16,
+    ) -> v5::PubAckReason {
+        let mut p = v5::Publish::new(
+            topic,
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+            payload.to_vec(),
+            None,
+        );
+        p.pkid = pkid;
+        p.retain = true;
+        let mut out = BytesMut::new();
+        v5::Packet::Publish(p).write(&mut out, None).unwrap();
+        let _ = self.stream.write_all(&out).await;
+        self.puback().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inbox_message_with_the_retain_flag_is_refused_and_never_kept() {
+    let s = setup(&[]).await;
+    let (mut c, code) = RawV5::connect(s.cradle.mqtt_port, "d1", Some(("a", &s.a_d1)), 30).await;
+    assert_eq!(code, v5::ConnectReturnCode::Success);
+    for pkid in 1..=3 {
+        let reason = c
+            .publish_retained(&inbox("a", &format!("target{pkid}")), &[b'x'; 1000], pkid)
+            .await;
+        assert_eq!(reason, v5::PubAckReason::ImplementationSpecificError);
+    }
+    // A subscriber of those inboxes gets no retained message.
+    let mut sub = device(&s, "a", "d2", &s.a_d2).await;
+    sub.client
+        .subscribe("accounts/a/clients/+/webrtc_inbox", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    sub.suback().await;
+    assert!(sub.publish_received(Duration::from_secs(1)).await.is_none());
+    assert_eq!(
+        s.cradle
+            .metric("cradle_edge_retained_refused_total{reason=\"not_retained\"}")
+            .await,
+        3
+    );
+    assert_eq!(s.cradle.metric("cradle_edge_retained_messages").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_messages_beyond_the_account_quota_are_refused_and_deletions_free_room() {
+    let (s, _file) = setup_with_config("[mqtt]\nmax_retained_per_account = 2\n").await;
+    let port = s.cradle.mqtt_port;
+    let (mut d1, _) = RawV5::connect(port, "d1", Some(("a", &s.a_d1)), 30).await;
+    let (mut d2, _) = RawV5::connect(port, "d2", Some(("a", &s.a_d2)), 30).await;
+    let (mut b1, _) = RawV5::connect(port, "d1", Some(("b", &s.b_d1)), 30).await;
+    let ok = v5::PubAckReason::Success;
+    let full = v5::PubAckReason::QuotaExceeded;
+    assert_eq!(
+        d1.publish_retained("accounts/a/parent_stations/d1", b"{}", 1)
+            .await,
+        ok
+    );
+    assert_eq!(
+        d1.publish_retained("accounts/a/parent_stations/d1", b"{ }", 2)
+            .await,
+        ok
+    );
+    assert_eq!(
+        d1.publish_retained("accounts/a/baby_stations/d1", b"{}", 3)
+            .await,
+        ok
+    );
+    assert_eq!(
+        d2.publish_retained("accounts/a/parent_stations/d2", b"{}", 1)
+            .await,
+        full
+    );
+    // Another account is not affected by a's quota.
+    assert_eq!(
+        b1.publish_retained("accounts/b/parent_stations/d1", b"{}", 1)
+            .await,
+        ok
+    );
+    // A deletion (empty retained payload) frees room for the next one.
+    assert_eq!(
+        d1.publish_retained("accounts/a/baby_stations/d1", b"", 4)
+            .await,
+        ok
+    );
+    assert_eq!(
+        d2.publish_retained("accounts/a/parent_stations/d2", b"{}", 2)
+            .await,
+        ok
+    );
+    assert_eq!(
+        s.cradle
+            .metric("cradle_edge_retained_refused_total{reason=\"quota\"}")
+            .await,
+        1
+    );
+    assert_eq!(s.cradle.metric("cradle_edge_retained_messages").await, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_claiming_256_mb_is_refused_on_its_header_before_it_is_read() {
+    let s = setup(&[]).await;
+    for (level, expected) in [
+        (5u8, [0x20, 3, 0, 0x95, 0].as_slice()),
+        (4, &[0x20, 2, 0, 2]),
+    ] {
+        let mut stream = TcpStream::connect(("127.0.0.1", s.cradle.mqtt_port))
+            .await
+            .unwrap();
+        // Remaining length 268,435,455 (the largest MQTT can say), then the protocol name
+        // and level; nothing more is ever sent.
+        let mut head = vec![
+            0x10, 0xFF, 0xFF, 0xFF, 0x7F, 0, 4, b'M', b'Q', b'T', b'T', level,
+        ];
+        head.extend_from_slice(&[0u8; 100]);
+        stream.write_all(&head).await.unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut got))
+            .await
+            .expect("closed in time")
+            .unwrap();
+        assert_eq!(got, expected, "level {level}");
+    }
+    assert_eq!(
+        s.cradle
+            .metric("cradle_edge_connects_total{outcome=\"connect_too_large\"}")
+            .await,
+        2
+    );
+}
+
+/// A raw MQTT 3.1.1 CONNECT from `source` with `password`; returns the CONNACK code (`None`
+/// when the connection closed without one).
+async fn raw_connect_from(source: [u8; 4], port: u16, client: &str, password: &str) -> Option<u8> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind((source, 0).into()).unwrap();
+    let mut stream = socket.connect(([127, 0, 0, 1], port).into()).await.ok()?;
+    let mut connect = v4::Connect::new(client);
+    connect.set_login("a", password);
+    let mut out = BytesMut::new();
+    v4::Packet::Connect(connect)
+        .write(&mut out, 1 << 20)
+        .unwrap();
+    stream.write_all(&out).await.ok()?;
+    let mut ack = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(30), stream.read_exact(&mut ack))
+        .await
+        .ok()?
+        .ok()?;
+    Some(ack[3])
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_bad_connects_from_one_address_neither_lock_out_a_device_nor_take_its_slot() {
+    // 20 connection slots: 200 unauthenticated CONNECTs must not take them.
+    let (s, _file) = setup_with_config("[mqtt]\nmax_connections = 20\n").await;
+    let port = s.cradle.mqtt_port;
+    let attackers: Vec<_> = (0..200)
+        .map(|_| tokio::spawn(raw_connect_from([127, 0, 0, 2], port, "d2", "wrong")))
+        .collect();
+    common::wait_for(Duration::from_secs(20), "bad CONNECTs queued", || async {
+        (s.cradle.metric("cradle_auth_verifications_waiting").await >= 100).then_some(())
+    })
+    .await;
+    // A device from another address gets a verification slot and a connection slot.
+    let started = std::time::Instant::now();
+    let d1 = device(&s, "a", "d1", &s.a_d1).await;
+    eprintln!("device connected {:?} into the attack", started.elapsed());
+    let codes: Vec<Option<u8>> = futures_util::future::join_all(attackers)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    // Every bad CONNECT was refused: not authorized, or server unavailable once it waited
+    // auth.verify_wait_ms for a slot.
+    assert!(
+        codes.iter().all(|c| matches!(c, Some(3) | Some(5))),
+        "{codes:?}"
+    );
+    assert!(
+        s.cradle
+            .metric("cradle_auth_verifications_total{outcome=\"busy\"}")
+            .await
+            > 0
+    );
+    assert!(
+        s.cradle
+            .metric("cradle_auth_verifications_delayed_total")
+            .await
+            > 0
+    );
+    let peak_mib = peak_rss_kib(s.cradle.child.id()) / 1024;
+    eprintln!("peak RSS {peak_mib} MiB");
+    assert!(peak_mib < 100, "peak RSS {peak_mib} MiB");
+    drop(d1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_credential_id_costs_a_verification_like_a_known_one() {
+    let s = setup(&[]).await;
+    let before = s
+        .cradle
+        .metric("cradle_auth_verifications_total{outcome=\"failed\"}")
+        .await;
+    // An operator-style secret naming no credential, and a wrong secret of a real device id.
+    let code = raw_connect_from(
+        [127, 0, 0, 3],
+        s.cradle.mqtt_port,
+        "x",
+        "cr_0000000000000000.nope",
+    )
+    .await;
+    assert_eq!(code, Some(5));
+    let code = raw_connect_from([127, 0, 0, 3], s.cradle.mqtt_port, "nobody", "wrong").await;
+    assert_eq!(code, Some(5));
+    let after = s
+        .cradle
+        .metric("cradle_auth_verifications_total{outcome=\"failed\"}")
+        .await;
+    assert_eq!(after - before, 2);
+}

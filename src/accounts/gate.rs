@@ -178,8 +178,17 @@ impl Gate {
         self.sources.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The source's slot semaphore and current delay; `None` when the table is full.
-    fn source(&self, ip: IpAddr) -> Option<(Arc<Semaphore>, Duration)> {
+    /// The delay due before a verification for `ip` now.
+    fn delay(&self, ip: IpAddr) -> Duration {
+        let failures = self.lock().get(&ip).map_or(0, |s| match s.last_failure {
+            Some(at) if at.elapsed() < FAILURE_MEMORY => s.failures,
+            _ => 0,
+        });
+        failure_delay(failures, self.settings.failure_delay_max)
+    }
+
+    /// The source's slot semaphore; `None` when the table is full.
+    fn source(&self, ip: IpAddr) -> Option<Arc<Semaphore>> {
         let mut sources = self.lock();
         let now = Instant::now();
         if !sources.contains_key(&ip) && sources.len() >= MAX_SOURCES {
@@ -198,14 +207,7 @@ impl Gate {
             failures: 0,
             last_failure: None,
         });
-        let failures = match s.last_failure {
-            Some(at) if now.duration_since(at) < FAILURE_MEMORY => s.failures,
-            _ => 0,
-        };
-        Some((
-            s.slots.clone(),
-            failure_delay(failures, self.settings.failure_delay_max),
-        ))
+        Some(s.slots.clone())
     }
 
     /// Waits for a slot for a verification on behalf of `source` (`None`: no address, e.g.
@@ -218,12 +220,15 @@ impl Gate {
             Busy
         };
         let mut source_slot = None;
-        if let Some((slots, delay)) = source.and_then(|ip| self.source(ip)) {
+        if let Some((ip, slots)) = source.and_then(|ip| Some((ip, self.source(ip)?))) {
             let slot = tokio::time::timeout_at(deadline, slots.acquire_owned())
                 .await
                 .map_err(|_| busy())?
                 .map_err(|_| busy())?;
             source_slot = Some(slot);
+            // The delay is read once this caller has the source's slot, so it counts the
+            // failures of the attempts that went before it.
+            let delay = self.delay(ip);
             if !delay.is_zero() {
                 // Holding the source's slot while delayed: the source's other attempts queue
                 // behind this one instead of running in parallel.
