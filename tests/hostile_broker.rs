@@ -117,6 +117,10 @@ async fn still_serving(cradle: &Cradle, id: &str, login: Option<(&str, &str)>, t
     assert_eq!((p.topic.as_str(), &p.payload[..]), (topic, &b"round-trip"[..]));
     let log = cradle.log();
     assert!(!log.contains("panicked"), "{log}");
+    for place in ["connection", "router"] {
+        let series = format!("cradle_broker_panics_total{{in=\"{place}\"}}");
+        assert_eq!(cradle.metric(&series).await, 0, "{series}");
+    }
 }
 
 struct Accounts {
