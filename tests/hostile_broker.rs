@@ -114,7 +114,10 @@ async fn still_serving(cradle: &Cradle, id: &str, login: Option<(&str, &str)>, t
         .await
         .unwrap();
     let p = next(&mut rx).await;
-    assert_eq!((p.topic.as_str(), &p.payload[..]), (topic, &b"round-trip"[..]));
+    assert_eq!(
+        (p.topic.as_str(), &p.payload[..]),
+        (topic, &b"round-trip"[..])
+    );
     let log = cradle.log();
     assert!(!log.contains("panicked"), "{log}");
     for place in ["connection", "router"] {
@@ -136,7 +139,12 @@ async fn accounts() -> Accounts {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("h.db").display());
     cli(&db, &["accounts", "create", "a"]);
-    let issue = |c: &str| cli(&db, &["credentials", "issue", "--account", "a", "--client", c]);
+    let issue = |c: &str| {
+        cli(
+            &db,
+            &["credentials", "issue", "--account", "a", "--client", c],
+        )
+    };
     let (d1, d2, d3) = (issue("d1"), issue("d2"), issue("d3"));
     let token = ("CRADLE_ADMIN_TOKEN", "hostile-broker-admin".to_string());
     let cradle = Cradle::spawn_ready(dir.path(), &db, &[token]).await;
@@ -271,7 +279,10 @@ async fn open_mode_publish_to_a_topic_starting_with_a_multibyte_character_is_har
     }
     // Routed like any topic: the subscriber of `é/#` gets its one message.
     let p = next(&mut rx).await;
-    assert_eq!((p.topic.as_str(), &p.payload[..]), ("é/x", "é/x".as_bytes()));
+    assert_eq!(
+        (p.topic.as_str(), &p.payload[..]),
+        ("é/x", "é/x".as_bytes())
+    );
     still_serving(&cradle, "fresh", None, "r/t").await;
 }
 
@@ -455,7 +466,9 @@ fn an_mqtt5_publish_with_every_property_is_written_to_mqtt311_without_them() {
         .into_iter()
         .find(|(v5, b)| *v5 && b[0] >> 4 == 3)
         .unwrap();
-    let packet = V5.read_mut(&mut BytesMut::from(&frame[..]), 1 << 20).unwrap();
+    let packet = V5
+        .read_mut(&mut BytesMut::from(&frame[..]), 1 << 20)
+        .unwrap();
     let Packet::Publish(_, Some(props)) = &packet else {
         panic!("{packet:?}")
     };
