@@ -309,6 +309,17 @@ pub struct HttpConfig {
     /// Bearer token that may read every account (operators' scripts). Unset: no admin token.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_token: Option<String>,
+    /// How long a connection may take to send a request's complete headers, in milliseconds,
+    /// counted from when the server waits for them (so an idle keep-alive connection is also
+    /// closed after this long); then the connection is closed.
+    pub header_timeout_ms: u64,
+    /// How long a request's body may take to arrive, from its headers, in milliseconds; a
+    /// handler still reading it then answers 408 and the connection is closed.
+    pub body_timeout_ms: u64,
+    /// Most simultaneous HTTP connections (WebSockets on `/ws` included until upgraded);
+    /// more are answered 503 and closed at once. Their descriptors come from the same
+    /// process limit as the MQTT listeners'.
+    pub max_connections: usize,
 }
 
 impl Default for HttpConfig {
@@ -318,6 +329,9 @@ impl Default for HttpConfig {
             max_body_bytes: 64 * 1024,
             max_page_size: 1000,
             admin_token: None,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 10_000,
+            max_connections: 1024,
         }
     }
 }
@@ -509,6 +523,15 @@ pub struct Overrides {
     /// store.max_connections: most pooled database connections.
     #[arg(long, env = "CRADLE_DATABASE_MAX_CONNECTIONS", value_name = "N")]
     pub database_max_connections: Option<String>,
+    /// http.header_timeout_ms: time to send a request's headers, in milliseconds.
+    #[arg(long, env = "CRADLE_HTTP_HEADER_TIMEOUT_MS", value_name = "MS")]
+    pub http_header_timeout_ms: Option<String>,
+    /// http.body_timeout_ms: time to send a request's body, in milliseconds.
+    #[arg(long, env = "CRADLE_HTTP_BODY_TIMEOUT_MS", value_name = "MS")]
+    pub http_body_timeout_ms: Option<String>,
+    /// http.max_connections: most simultaneous HTTP connections.
+    #[arg(long, env = "CRADLE_HTTP_MAX_CONNECTIONS", value_name = "N")]
+    pub http_max_connections: Option<String>,
 }
 
 /// The default config file, read when present and no `--config` is given.
@@ -666,6 +689,30 @@ impl Config {
                 message: format!("`{v}` is not a whole number"),
             })?;
         }
+        if let Some(v) = &o.http_header_timeout_ms {
+            self.http.header_timeout_ms = v.parse().map_err(|_| ConfigError::Override {
+                key: "http.header_timeout_ms",
+                flag: "http-header-timeout-ms",
+                env: "CRADLE_HTTP_HEADER_TIMEOUT_MS",
+                message: format!("`{v}` is not a whole number"),
+            })?;
+        }
+        if let Some(v) = &o.http_body_timeout_ms {
+            self.http.body_timeout_ms = v.parse().map_err(|_| ConfigError::Override {
+                key: "http.body_timeout_ms",
+                flag: "http-body-timeout-ms",
+                env: "CRADLE_HTTP_BODY_TIMEOUT_MS",
+                message: format!("`{v}` is not a whole number"),
+            })?;
+        }
+        if let Some(v) = &o.http_max_connections {
+            self.http.max_connections = v.parse().map_err(|_| ConfigError::Override {
+                key: "http.max_connections",
+                flag: "http-max-connections",
+                env: "CRADLE_HTTP_MAX_CONNECTIONS",
+                message: format!("`{v}` is not a whole number"),
+            })?;
+        }
         Ok(())
     }
 
@@ -700,6 +747,15 @@ impl Config {
         }
         if self.http.max_page_size == 0 {
             return invalid("http.max_page_size", "must be at least 1");
+        }
+        if self.http.header_timeout_ms < 100 {
+            return invalid("http.header_timeout_ms", "must be at least 100");
+        }
+        if self.http.body_timeout_ms < 100 {
+            return invalid("http.body_timeout_ms", "must be at least 100");
+        }
+        if self.http.max_connections == 0 {
+            return invalid("http.max_connections", "must be at least 1");
         }
         if self.sync.max_status_bytes < 64 {
             return invalid("sync.max_status_bytes", "must be at least 64");
