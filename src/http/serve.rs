@@ -162,10 +162,11 @@ async fn connection(
     let requests = Arc::new(AtomicU64::new(0));
     let counted = requests.clone();
     let tower = TowerToHyperService::new(app);
-    let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-        counted.fetch_add(1, Relaxed);
-        hyper::service::Service::call(&tower, request)
-    });
+    let service =
+        hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+            counted.fetch_add(1, Relaxed);
+            hyper::service::Service::call(&tower, request)
+        });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())

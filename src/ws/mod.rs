@@ -531,7 +531,11 @@ async fn authenticate(state: &AppState, headers: &HeaderMap, q: &WsQuery) -> Opt
     };
     let candidate = header.or(q.token.as_deref()).or_else(protocol);
     if let Some(token) = candidate {
-        if let Ok(Some(c)) = state.tokens.verify(&state.store, &state.metrics, token).await {
+        if let Ok(Some(c)) = state
+            .tokens
+            .verify(&state.store, &state.metrics, token)
+            .await
+        {
             if c.kind == CredentialKind::Token {
                 return c.account_id;
             }
