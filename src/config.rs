@@ -201,9 +201,11 @@ pub enum AuthMode {
 pub struct AuthConfig {
     /// `auto`, `open` or `required`.
     pub mode: AuthMode,
-    /// How long a verified device secret is remembered, in seconds, so a reconnect storm does
-    /// not run one argon2 verification per CONNECT. A revoked credential stops working for
-    /// new connections at most this long after the revocation. 0 disables the cache.
+    /// How long a verified device secret (MQTT edge) or bearer token (HTTP API, `/ws`) is
+    /// remembered, in seconds, so a reconnect storm does not run one argon2 verification per
+    /// CONNECT, nor an HTTP client one per request. A revoked credential stops working for
+    /// new connections and requests at most this long after the revocation. 0 disables the
+    /// cache.
     pub cache_secs: u64,
 }
 
