@@ -59,9 +59,22 @@ impl From<DbErr> for StoreError {
     fn from(err: DbErr) -> Self {
         match err.sql_err() {
             Some(SqlErr::UniqueConstraintViolation(msg)) => StoreError::Conflict(msg),
+            _ if sqlite_busy(&err) => StoreError::Conflict(err.to_string()),
             _ => StoreError::Db(err),
         }
     }
+}
+
+/// SQLite's SQLITE_BUSY (5) or SQLITE_BUSY_SNAPSHOT (517): in WAL mode a transaction that read
+/// and then writes while another connection writes gets it at once (the busy timeout does not
+/// apply, its snapshot is stale). Like a unique-key conflict, the transaction is to be retried.
+fn sqlite_busy(err: &DbErr) -> bool {
+    use sea_orm::RuntimeErr;
+    let (DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e))) = err
+    else {
+        return false;
+    };
+    matches!(e, sea_orm::sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("5") | Some("517")))
 }
 
 /// Which database is behind the store.
