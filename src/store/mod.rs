@@ -59,15 +59,25 @@ impl From<DbErr> for StoreError {
     fn from(err: DbErr) -> Self {
         match err.sql_err() {
             Some(SqlErr::UniqueConstraintViolation(msg)) => StoreError::Conflict(msg),
-            _ if sqlite_busy(&err) => StoreError::Conflict(err.to_string()),
             _ => StoreError::Db(err),
+        }
+    }
+}
+
+impl StoreError {
+    /// Whether retrying the transaction may succeed: a conflict, or SQLite busy.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StoreError::Conflict(_) => true,
+            StoreError::Db(e) => sqlite_busy(e),
+            _ => false,
         }
     }
 }
 
 /// SQLite's SQLITE_BUSY (5) or SQLITE_BUSY_SNAPSHOT (517): in WAL mode a transaction that read
 /// and then writes while another connection writes gets it at once (the busy timeout does not
-/// apply, its snapshot is stale). Like a unique-key conflict, the transaction is to be retried.
+/// apply, its snapshot is stale). Like a unique-key conflict, the transaction may be retried.
 fn sqlite_busy(err: &DbErr) -> bool {
     use sea_orm::RuntimeErr;
     let (DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e))) = err

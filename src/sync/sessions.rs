@@ -269,7 +269,7 @@ impl Sessions {
             match self.try_start(account_id, &start).await {
                 // Another writer got there first (or holds SQLite's write lock): wait a
                 // little, as it may still be committing, then decide again.
-                Err(StoreError::Conflict(_)) => {
+                Err(e) if e.is_retryable() => {
                     tokio::time::sleep(std::time::Duration::from_millis(20 << attempt)).await
                 }
                 other => return other,
