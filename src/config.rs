@@ -998,6 +998,51 @@ mod tests {
     }
 
     #[test]
+    fn http_timeouts_and_the_connection_cap_are_checked_and_overridable() {
+        for (key, set) in [
+            (
+                "http.header_timeout_ms",
+                (|c: &mut Config| c.http.header_timeout_ms = 10) as fn(&mut Config),
+            ),
+            ("http.body_timeout_ms", |c: &mut Config| {
+                c.http.body_timeout_ms = 0
+            }),
+            ("http.max_connections", |c: &mut Config| {
+                c.http.max_connections = 0
+            }),
+        ] {
+            let mut c = Config::default();
+            set(&mut c);
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.starts_with(key), "{err}");
+        }
+        let mut c = Config::default();
+        c.apply(&Overrides {
+            http_header_timeout_ms: Some("500".into()),
+            http_body_timeout_ms: Some("700".into()),
+            http_max_connections: Some("9".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            (
+                c.http.header_timeout_ms,
+                c.http.body_timeout_ms,
+                c.http.max_connections
+            ),
+            (500, 700, 9)
+        );
+        let err = Config::default()
+            .apply(&Overrides {
+                http_max_connections: Some("many".into()),
+                ..Default::default()
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("CRADLE_HTTP_MAX_CONNECTIONS"), "{err}");
+    }
+
+    #[test]
     fn values_that_parse_but_cannot_work_are_refused_by_key() {
         let mut c = Config::default();
         c.http.max_page_size = 0;
