@@ -322,6 +322,10 @@ pub struct HttpConfig {
     /// more are answered 503 and closed at once. Their descriptors come from the same
     /// process limit as the MQTT listeners'.
     pub max_connections: usize,
+    /// How long a response may wait for the client to take it (no byte written), in
+    /// milliseconds; then the connection is closed. Not applied to upgraded WebSockets
+    /// (`websocket.write_timeout_ms` is theirs).
+    pub write_timeout_ms: u64,
 }
 
 impl Default for HttpConfig {
@@ -334,6 +338,7 @@ impl Default for HttpConfig {
             header_timeout_ms: 10_000,
             body_timeout_ms: 10_000,
             max_connections: 1024,
+            write_timeout_ms: 10_000,
         }
     }
 }
@@ -534,6 +539,9 @@ pub struct Overrides {
     /// http.max_connections: most simultaneous HTTP connections.
     #[arg(long, env = "CRADLE_HTTP_MAX_CONNECTIONS", value_name = "N")]
     pub http_max_connections: Option<String>,
+    /// http.write_timeout_ms: time a response may wait for the client to take it, in ms.
+    #[arg(long, env = "CRADLE_HTTP_WRITE_TIMEOUT_MS", value_name = "MS")]
+    pub http_write_timeout_ms: Option<String>,
 }
 
 /// The default config file, read when present and no `--config` is given.
@@ -715,6 +723,14 @@ impl Config {
                 message: format!("`{v}` is not a whole number"),
             })?;
         }
+        if let Some(v) = &o.http_write_timeout_ms {
+            self.http.write_timeout_ms = v.parse().map_err(|_| ConfigError::Override {
+                key: "http.write_timeout_ms",
+                flag: "http-write-timeout-ms",
+                env: "CRADLE_HTTP_WRITE_TIMEOUT_MS",
+                message: format!("`{v}` is not a whole number"),
+            })?;
+        }
         Ok(())
     }
 
@@ -758,6 +774,9 @@ impl Config {
         }
         if self.http.max_connections == 0 {
             return invalid("http.max_connections", "must be at least 1");
+        }
+        if self.http.write_timeout_ms < 100 {
+            return invalid("http.write_timeout_ms", "must be at least 100");
         }
         if self.sync.max_status_bytes < 64 {
             return invalid("sync.max_status_bytes", "must be at least 64");

@@ -71,15 +71,18 @@ pub enum HttpRefusal {
     BodyTimeout,
     /// `Content-Length` over `http.max_body_bytes`: 413 before any of the body is read.
     TooLarge,
+    /// The client took no byte of a response within `http.write_timeout_ms`.
+    WriteTimeout,
 }
 
 impl HttpRefusal {
     /// Every refusal, in the order of `Metrics::http_refused`.
-    pub const ALL: [HttpRefusal; 4] = [
+    pub const ALL: [HttpRefusal; 5] = [
         Self::ConnectionLimit,
         Self::HeaderTimeout,
         Self::BodyTimeout,
         Self::TooLarge,
+        Self::WriteTimeout,
     ];
 
     /// Metric label.
@@ -89,6 +92,7 @@ impl HttpRefusal {
             Self::HeaderTimeout => "header_timeout",
             Self::BodyTimeout => "body_timeout",
             Self::TooLarge => "too_large",
+            Self::WriteTimeout => "write_timeout",
         }
     }
 }
@@ -235,7 +239,7 @@ pub struct Metrics {
     /// HTTP connections accepted.
     pub http_accepted: AtomicU64,
     /// HTTP connections or requests refused or cut, by `HttpRefusal::ALL` index.
-    pub http_refused: [AtomicU64; 4],
+    pub http_refused: [AtomicU64; 5],
     /// Keep-alive connections closed after `http.header_timeout_ms` without a new request.
     pub http_idle_closed: AtomicU64,
     /// Bearer token checks, by `TokenCheck::ALL` index.

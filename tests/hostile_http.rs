@@ -412,3 +412,50 @@ async fn a_revoked_token_stops_working_within_cache_secs() {
         "a revoked token still works after cache_secs"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_its_responses_is_closed_after_the_write_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cradle::spawn_ready(
+        dir.path(),
+        &db(dir.path()),
+        &[("CRADLE_HTTP_WRITE_TIMEOUT_MS", "500".into())],
+    )
+    .await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let s = socket.connect(addr(&c).parse().unwrap()).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    // Pipelined requests whose answers (several MB) outgrow every socket buffer.
+    let writer = tokio::spawn(async move {
+        let one = b"GET /metrics HTTP/1.1\r\nHost: cradle\r\n\r\n";
+        for _ in 0..1000 {
+            if wr.write_all(one).await.is_err() {
+                return;
+            }
+        }
+        // Keep the write half open.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    });
+    let n = common::wait_for(Duration::from_secs(20), "write timeout", || async {
+        let n = c
+            .metric("cradle_http_refused_total{reason=\"write_timeout\"}")
+            .await;
+        (n >= 1).then_some(n)
+    })
+    .await;
+    assert_eq!(n, 1);
+    writer.abort();
+    // The connection was closed: what was queued drains, then EOF (or a reset).
+    let mut buf = vec![0u8; 64 * 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the connection stays open");
+}

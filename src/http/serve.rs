@@ -12,12 +12,17 @@
 //!   `503` with a JSON body (when the socket takes it at once) and closed immediately, so it
 //!   holds a descriptor for microseconds only (`reason="connection_limit"`). An upgraded
 //!   WebSocket leaves the count: the bridge bounds its sessions;
+//! - **write timeout** (`http.write_timeout_ms`): a response the client takes no byte of in
+//!   time closes the connection (`reason="write_timeout"`), so a client that never reads
+//!   cannot hold a slot for ever. Not applied once the connection is upgraded to a WebSocket
+//!   (the bridge has `websocket.write_timeout_ms`);
 //! - request headers larger than [`MAX_HEADER_BYTES`] are refused with 431 by hyper.
 //!
 //! Graceful shutdown as before: when `stop` resolves the listener closes, idle connections
 //! close, requests in flight finish, and the future returns once every connection has ended.
 
 use std::future::Future;
+use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -33,6 +38,7 @@ use axum::Router;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
@@ -52,6 +58,8 @@ pub struct Limits {
     pub body_timeout: Duration,
     /// See `http.max_connections`.
     pub max_connections: usize,
+    /// See `http.write_timeout_ms`.
+    pub write_timeout: Duration,
 }
 
 impl From<&HttpConfig> for Limits {
@@ -60,6 +68,7 @@ impl From<&HttpConfig> for Limits {
             header_timeout: Duration::from_millis(c.header_timeout_ms),
             body_timeout: Duration::from_millis(c.body_timeout_ms),
             max_connections: c.max_connections,
+            write_timeout: Duration::from_millis(c.write_timeout_ms),
         }
     }
 }
@@ -161,11 +170,29 @@ async fn connection(
     let _open = OpenConnection::new(metrics.clone());
     let requests = Arc::new(AtomicU64::new(0));
     let counted = requests.clone();
+    let upgraded = Arc::new(AtomicBool::new(false));
+    let switched = upgraded.clone();
+    let write_timed_out = Arc::new(AtomicBool::new(false));
+    let io = WriteDeadline {
+        io: stream,
+        limit: limits.write_timeout,
+        stalled: None,
+        upgraded,
+        timed_out: write_timed_out.clone(),
+    };
     let tower = TowerToHyperService::new(app);
     let service =
         hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
             counted.fetch_add(1, Relaxed);
-            hyper::service::Service::call(&tower, request)
+            let response = hyper::service::Service::call(&tower, request);
+            let switched = switched.clone();
+            async move {
+                let response = response.await?;
+                if response.status() == axum::http::StatusCode::SWITCHING_PROTOCOLS {
+                    switched.store(true, Relaxed);
+                }
+                Ok::<_, std::convert::Infallible>(response)
+            }
         });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -174,7 +201,7 @@ async fn connection(
         .max_buf_size(MAX_HEADER_BYTES)
         .keep_alive(true);
     let conn = builder
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(conn);
     let mut closing = false;
@@ -188,7 +215,10 @@ async fn connection(
         }
     };
     if let Err(error) = result {
-        if error.is_timeout() {
+        if write_timed_out.load(Relaxed) {
+            metrics.http_refused(HttpRefusal::WriteTimeout);
+            tracing::debug!("HTTP connection closed: the client took no response byte within http.write_timeout_ms");
+        } else if error.is_timeout() {
             if requests.load(Relaxed) == 0 {
                 metrics.http_refused(HttpRefusal::HeaderTimeout);
                 tracing::debug!("HTTP connection closed: no complete request headers within http.header_timeout_ms");
@@ -198,6 +228,90 @@ async fn connection(
         } else {
             tracing::trace!(%error, "HTTP connection ended with an error");
         }
+    }
+}
+
+/// The connection's socket: a write that makes no progress for `limit` fails (and the
+/// connection ends), until the connection is upgraded.
+struct WriteDeadline {
+    io: TcpStream,
+    limit: Duration,
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+    upgraded: Arc<AtomicBool>,
+    timed_out: Arc<AtomicBool>,
+}
+
+impl WriteDeadline {
+    fn progress<T>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        match r {
+            Poll::Ready(r) => {
+                self.stalled = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending if self.upgraded.load(Relaxed) => Poll::Pending,
+            Poll::Pending => {
+                let limit = self.limit;
+                let stalled = self
+                    .stalled
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                match stalled.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        self.timed_out.store(true, Relaxed);
+                        Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "http.write_timeout_ms: the client takes no response",
+                        )))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+}
+
+impl AsyncRead for WriteDeadline {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for WriteDeadline {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.progress(cx, r)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.progress(cx, r)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_flush(cx);
+        this.progress(cx, r)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
 
