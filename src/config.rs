@@ -201,9 +201,11 @@ pub enum AuthMode {
 pub struct AuthConfig {
     /// `auto`, `open` or `required`.
     pub mode: AuthMode,
-    /// How long a verified device secret is remembered, in seconds, so a reconnect storm does
-    /// not run one argon2 verification per CONNECT. A revoked credential stops working for
-    /// new connections at most this long after the revocation. 0 disables the cache.
+    /// How long a verified device secret (MQTT edge) or bearer token (HTTP API, `/ws`) is
+    /// remembered, in seconds, so a reconnect storm does not run one argon2 verification per
+    /// CONNECT, nor an HTTP client one per request. A revoked credential stops working for
+    /// new connections and requests at most this long after the revocation. 0 disables the
+    /// cache.
     pub cache_secs: u64,
     /// argon2 verifications (MQTT passwords, bearer tokens) running at once, process-wide;
     /// each costs ~19 MiB and tens of milliseconds of a core.
@@ -335,6 +337,21 @@ pub struct HttpConfig {
     /// Bearer token that may read every account (operators' scripts). Unset: no admin token.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_token: Option<String>,
+    /// How long a connection may take to send a request's complete headers, in milliseconds,
+    /// counted from when the server waits for them (so an idle keep-alive connection is also
+    /// closed after this long); then the connection is closed.
+    pub header_timeout_ms: u64,
+    /// How long a request's body may take to arrive, from its headers, in milliseconds; a
+    /// handler still reading it then answers 408 and the connection is closed.
+    pub body_timeout_ms: u64,
+    /// Most simultaneous HTTP connections (WebSockets on `/ws` included until upgraded);
+    /// more are answered 503 and closed at once. Their descriptors come from the same
+    /// process limit as the MQTT listeners'.
+    pub max_connections: usize,
+    /// How long a response may wait for the client to take it (no byte written), in
+    /// milliseconds; then the connection is closed. Not applied to upgraded WebSockets
+    /// (`websocket.write_timeout_ms` is theirs).
+    pub write_timeout_ms: u64,
 }
 
 impl Default for HttpConfig {
@@ -344,6 +361,10 @@ impl Default for HttpConfig {
             max_body_bytes: 64 * 1024,
             max_page_size: 1000,
             admin_token: None,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 10_000,
+            max_connections: 1024,
+            write_timeout_ms: 10_000,
         }
     }
 }
@@ -535,6 +556,18 @@ pub struct Overrides {
     /// store.max_connections: most pooled database connections.
     #[arg(long, env = "CRADLE_DATABASE_MAX_CONNECTIONS", value_name = "N")]
     pub database_max_connections: Option<String>,
+    /// http.header_timeout_ms: time to send a request's headers, in milliseconds.
+    #[arg(long, env = "CRADLE_HTTP_HEADER_TIMEOUT_MS", value_name = "MS")]
+    pub http_header_timeout_ms: Option<String>,
+    /// http.body_timeout_ms: time to send a request's body, in milliseconds.
+    #[arg(long, env = "CRADLE_HTTP_BODY_TIMEOUT_MS", value_name = "MS")]
+    pub http_body_timeout_ms: Option<String>,
+    /// http.max_connections: most simultaneous HTTP connections.
+    #[arg(long, env = "CRADLE_HTTP_MAX_CONNECTIONS", value_name = "N")]
+    pub http_max_connections: Option<String>,
+    /// http.write_timeout_ms: time a response may wait for the client to take it, in ms.
+    #[arg(long, env = "CRADLE_HTTP_WRITE_TIMEOUT_MS", value_name = "MS")]
+    pub http_write_timeout_ms: Option<String>,
 }
 
 /// The default config file, read when present and no `--config` is given.
@@ -692,6 +725,38 @@ impl Config {
                 message: format!("`{v}` is not a whole number"),
             })?;
         }
+        if let Some(v) = &o.http_header_timeout_ms {
+            self.http.header_timeout_ms = v.parse().map_err(|_| ConfigError::Override {
+                key: "http.header_timeout_ms",
+                flag: "http-header-timeout-ms",
+                env: "CRADLE_HTTP_HEADER_TIMEOUT_MS",
+                message: format!("`{v}` is not a whole number"),
+            })?;
+        }
+        if let Some(v) = &o.http_body_timeout_ms {
+            self.http.body_timeout_ms = v.parse().map_err(|_| ConfigError::Override {
+                key: "http.body_timeout_ms",
+                flag: "http-body-timeout-ms",
+                env: "CRADLE_HTTP_BODY_TIMEOUT_MS",
+                message: format!("`{v}` is not a whole number"),
+            })?;
+        }
+        if let Some(v) = &o.http_max_connections {
+            self.http.max_connections = v.parse().map_err(|_| ConfigError::Override {
+                key: "http.max_connections",
+                flag: "http-max-connections",
+                env: "CRADLE_HTTP_MAX_CONNECTIONS",
+                message: format!("`{v}` is not a whole number"),
+            })?;
+        }
+        if let Some(v) = &o.http_write_timeout_ms {
+            self.http.write_timeout_ms = v.parse().map_err(|_| ConfigError::Override {
+                key: "http.write_timeout_ms",
+                flag: "http-write-timeout-ms",
+                env: "CRADLE_HTTP_WRITE_TIMEOUT_MS",
+                message: format!("`{v}` is not a whole number"),
+            })?;
+        }
         Ok(())
     }
 
@@ -735,6 +800,18 @@ impl Config {
         }
         if self.http.max_page_size == 0 {
             return invalid("http.max_page_size", "must be at least 1");
+        }
+        if self.http.header_timeout_ms < 100 {
+            return invalid("http.header_timeout_ms", "must be at least 100");
+        }
+        if self.http.body_timeout_ms < 100 {
+            return invalid("http.body_timeout_ms", "must be at least 100");
+        }
+        if self.http.max_connections == 0 {
+            return invalid("http.max_connections", "must be at least 1");
+        }
+        if self.http.write_timeout_ms < 100 {
+            return invalid("http.write_timeout_ms", "must be at least 100");
         }
         if self.sync.max_status_bytes < 64 {
             return invalid("sync.max_status_bytes", "must be at least 64");
@@ -972,6 +1049,51 @@ mod tests {
         c.http.listen = c.mqtt.listen;
         let err = c.validate().unwrap_err().to_string();
         assert!(err.starts_with("http.listen"), "{err}");
+    }
+
+    #[test]
+    fn http_timeouts_and_the_connection_cap_are_checked_and_overridable() {
+        for (key, set) in [
+            (
+                "http.header_timeout_ms",
+                (|c: &mut Config| c.http.header_timeout_ms = 10) as fn(&mut Config),
+            ),
+            ("http.body_timeout_ms", |c: &mut Config| {
+                c.http.body_timeout_ms = 0
+            }),
+            ("http.max_connections", |c: &mut Config| {
+                c.http.max_connections = 0
+            }),
+        ] {
+            let mut c = Config::default();
+            set(&mut c);
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.starts_with(key), "{err}");
+        }
+        let mut c = Config::default();
+        c.apply(&Overrides {
+            http_header_timeout_ms: Some("500".into()),
+            http_body_timeout_ms: Some("700".into()),
+            http_max_connections: Some("9".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            (
+                c.http.header_timeout_ms,
+                c.http.body_timeout_ms,
+                c.http.max_connections
+            ),
+            (500, 700, 9)
+        );
+        let err = Config::default()
+            .apply(&Overrides {
+                http_max_connections: Some("many".into()),
+                ..Default::default()
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("CRADLE_HTTP_MAX_CONNECTIONS"), "{err}");
     }
 
     #[test]

@@ -64,6 +64,68 @@ impl EdgeConnect {
     }
 }
 
+/// Why the HTTP server refused or cut a connection or a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpRefusal {
+    /// `http.max_connections` reached: answered 503 and closed at once.
+    ConnectionLimit,
+    /// No complete request headers within `http.header_timeout_ms` (first request).
+    HeaderTimeout,
+    /// The body did not arrive within `http.body_timeout_ms`: 408.
+    BodyTimeout,
+    /// `Content-Length` over `http.max_body_bytes`: 413 before any of the body is read.
+    TooLarge,
+    /// The client took no byte of a response within `http.write_timeout_ms`.
+    WriteTimeout,
+}
+
+impl HttpRefusal {
+    /// Every refusal, in the order of `Metrics::http_refused`.
+    pub const ALL: [HttpRefusal; 5] = [
+        Self::ConnectionLimit,
+        Self::HeaderTimeout,
+        Self::BodyTimeout,
+        Self::TooLarge,
+        Self::WriteTimeout,
+    ];
+
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ConnectionLimit => "connection_limit",
+            Self::HeaderTimeout => "header_timeout",
+            Self::BodyTimeout => "body_timeout",
+            Self::TooLarge => "too_large",
+            Self::WriteTimeout => "write_timeout",
+        }
+    }
+}
+
+/// How a bearer token (HTTP API, `/ws`) was checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenCheck {
+    /// Found in the verified-token cache: no argon2 run.
+    Cached,
+    /// Verified against the store (argon2) and accepted.
+    Verified,
+    /// Not a live credential (or a wrong secret).
+    Refused,
+}
+
+impl TokenCheck {
+    /// Every outcome, in the order of `Metrics::http_token_checks`.
+    pub const ALL: [TokenCheck; 3] = [Self::Cached, Self::Verified, Self::Refused];
+
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cached => "cached",
+            Self::Verified => "verified",
+            Self::Refused => "refused",
+        }
+    }
+}
+
 /// Why a station message (baby or parent station topic) was dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StationDrop {
@@ -187,6 +249,16 @@ pub struct Metrics {
     pub parent_station_messages: AtomicU64,
     /// Station messages dropped, by `StationDrop::ALL` index.
     pub station_drops: [AtomicU64; 4],
+    /// Open HTTP connections (upgraded WebSockets leave this count).
+    pub http_open: std::sync::atomic::AtomicI64,
+    /// HTTP connections accepted.
+    pub http_accepted: AtomicU64,
+    /// HTTP connections or requests refused or cut, by `HttpRefusal::ALL` index.
+    pub http_refused: [AtomicU64; 5],
+    /// Keep-alive connections closed after `http.header_timeout_ms` without a new request.
+    pub http_idle_closed: AtomicU64,
+    /// Bearer token checks, by `TokenCheck::ALL` index.
+    pub http_token_checks: [AtomicU64; 3],
 }
 
 impl Metrics {
@@ -257,6 +329,87 @@ impl Metrics {
     pub fn station_drop(&self, reason: StationDrop) {
         if let Some(i) = StationDrop::ALL.iter().position(|x| *x == reason) {
             self.station_drops[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Counts one refused or cut HTTP connection or request.
+    pub fn http_refused(&self, reason: HttpRefusal) {
+        if let Some(i) = HttpRefusal::ALL.iter().position(|r| *r == reason) {
+            self.http_refused[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Counts one bearer token check.
+    pub fn token_check(&self, outcome: TokenCheck) {
+        if let Some(i) = TokenCheck::ALL.iter().position(|r| *r == outcome) {
+            self.http_token_checks[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    fn render_http(&self, out: &mut String) {
+        let c = |out: &mut String, name: &str, help: &str, kind: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        };
+        c(
+            out,
+            "cradle_http_connections",
+            "Open HTTP connections (not counting upgraded WebSockets).",
+            "gauge",
+        );
+        let _ = writeln!(
+            out,
+            "cradle_http_connections {}",
+            self.http_open.load(Relaxed)
+        );
+        c(
+            out,
+            "cradle_http_connections_total",
+            "HTTP connections accepted (within http.max_connections).",
+            "counter",
+        );
+        let _ = writeln!(
+            out,
+            "cradle_http_connections_total {}",
+            self.http_accepted.load(Relaxed)
+        );
+        c(
+            out,
+            "cradle_http_refused_total",
+            "HTTP connections and requests refused or cut, by reason.",
+            "counter",
+        );
+        for (i, r) in HttpRefusal::ALL.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "cradle_http_refused_total{{reason=\"{}\"}} {}",
+                r.as_str(),
+                self.http_refused[i].load(Relaxed)
+            );
+        }
+        c(
+            out,
+            "cradle_http_idle_closed_total",
+            "Keep-alive HTTP connections closed for sending no new request within http.header_timeout_ms.",
+            "counter",
+        );
+        let _ = writeln!(
+            out,
+            "cradle_http_idle_closed_total {}",
+            self.http_idle_closed.load(Relaxed)
+        );
+        c(
+            out,
+            "cradle_http_token_checks_total",
+            "Bearer token checks (HTTP API and /ws), by outcome: cached (no argon2), verified, refused.",
+            "counter",
+        );
+        for (i, r) in TokenCheck::ALL.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "cradle_http_token_checks_total{{outcome=\"{}\"}} {}",
+                r.as_str(),
+                self.http_token_checks[i].load(Relaxed)
+            );
         }
     }
 
@@ -675,6 +828,7 @@ impl Metrics {
         self.render_edge(&mut out);
         Self::render_broker_panics(&mut out);
         self.render_sessions(&mut out);
+        self.render_http(&mut out);
         if let Some(n) = connected_clients {
             c(
                 &mut out,

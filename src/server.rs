@@ -78,8 +78,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
     let metrics = Arc::new(Metrics::default());
     // Each client connection holds one descriptor (its socket at the edge; the link to the
-    // embedded broker is an in-process pipe).
-    let wanted = config.mqtt.max_connections as u64 + 1024;
+    // embedded broker is an in-process pipe), and so does each HTTP connection.
+    let wanted = config.mqtt.max_connections as u64 + config.http.max_connections as u64 + 1024;
     let limit = raise_open_files_limit(wanted);
     if limit < wanted {
         tracing::warn!(
@@ -320,20 +320,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         sessions: sessions.clone(),
         max_body_bytes: config.http.max_body_bytes,
         bridge: bridge.clone(),
+        tokens: Arc::new(http::TokenCache::new(config.auth.cache_secs)),
     };
     let (http_stop_tx, mut http_stop_rx) = watch::channel(false);
     let app = http::app(state, config.http.max_body_bytes);
-    let http_task = tokio::spawn(async move {
-        let stop = async move {
+    let http_task = tokio::spawn(http::serve::serve(
+        http_listener,
+        app,
+        http::serve::Limits::from(&config.http),
+        metrics.clone(),
+        async move {
             let _ = http_stop_rx.wait_for(|stop| *stop).await;
-        };
-        if let Err(error) = axum::serve(http_listener, app)
-            .with_graceful_shutdown(stop)
-            .await
-        {
-            tracing::error!(%error, "HTTP server failed");
-        }
-    });
+        },
+    ));
     tracing::info!(http = %config.http.listen, "Cradle ready");
 
     shutdown.await;

@@ -1,12 +1,168 @@
 //! Who is calling: the one place the HTTP API authenticates. The account a caller may read
 //! comes from its token, never from a path or body it controls.
+//!
+//! argon2 verification costs tens of milliseconds and ~19 MiB by design, so a verified bearer
+//! token is remembered in a [`TokenCache`] for `auth.cache_secs` (as the MQTT edge remembers
+//! device secrets): by its credential id, with the BLAKE2b digest of the whole secret (never
+//! the secret in the clear), the credential's kind and account. A revoked token stops working
+//! at most `auth.cache_secs` after the revocation.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
+use blake2::{Blake2b512, Digest};
 
 use super::{ApiError, AppState};
-use crate::accounts::{self, CredentialKind};
+use crate::accounts::{self, AccountsError, CredentialKind};
 use crate::auth::constant_time_eq;
+use crate::metrics::{Metrics, TokenCheck};
+use crate::store::Store;
+
+/// A verified bearer credential: what it is for, and its account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedToken {
+    /// `Token` (one account) or `Operator` (every account, read-only); device secrets are
+    /// never bearer tokens.
+    pub kind: CredentialKind,
+    /// The account of an account token.
+    pub account_id: Option<String>,
+}
+
+struct CachedToken {
+    digest: [u8; 64],
+    token: VerifiedToken,
+    at: Instant,
+}
+
+/// Verified bearer tokens, by credential id (bounded; entries older than the TTL are not used).
+pub struct TokenCache {
+    ttl: Duration,
+    verified: Mutex<HashMap<String, CachedToken>>,
+    /// One verification at a time per credential id: concurrent requests with the same
+    /// token wait for the first one's answer instead of each running argon2.
+    inflight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Verified tokens remembered at most (expired ones are dropped first, then all).
+const TOKEN_CACHE_MAX: usize = 10_000;
+
+impl TokenCache {
+    /// A cache keeping verified tokens for `cache_secs` (0: no cache, every check verifies).
+    pub fn new(cache_secs: u64) -> Self {
+        Self {
+            ttl: Duration::from_secs(cache_secs),
+            verified: Mutex::new(HashMap::new()),
+            inflight: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn cached(&self, id: &str, digest: &[u8; 64]) -> Option<VerifiedToken> {
+        if self.ttl.is_zero() {
+            return None;
+        }
+        let cache = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = cache.get(id)?;
+        (entry.at.elapsed() < self.ttl && constant_time_eq(&entry.digest, digest))
+            .then(|| entry.token.clone())
+    }
+
+    fn remember(&self, id: &str, digest: [u8; 64], token: VerifiedToken) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mut cache = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= TOKEN_CACHE_MAX && !cache.contains_key(id) {
+            let ttl = self.ttl;
+            cache.retain(|_, e| e.at.elapsed() < ttl);
+            if cache.len() >= TOKEN_CACHE_MAX {
+                cache.clear();
+            }
+        }
+        cache.insert(
+            id.to_string(),
+            CachedToken {
+                digest,
+                token,
+                at: Instant::now(),
+            },
+        );
+    }
+
+    /// Checks one bearer secret (`{credential_id}.{random}`): from the cache when it was
+    /// verified less than `auth.cache_secs` ago, else by one argon2 verification in the store.
+    /// `None`: not a live token or operator secret.
+    pub async fn verify(
+        &self,
+        store: &Store,
+        metrics: &Metrics,
+        secret: &str,
+    ) -> Result<Option<VerifiedToken>, AccountsError> {
+        let Some((id, _)) = secret.split_once('.') else {
+            metrics.token_check(TokenCheck::Refused);
+            return Ok(None);
+        };
+        let digest: [u8; 64] = Blake2b512::digest(secret.as_bytes()).into();
+        if let Some(t) = self.cached(id, &digest) {
+            metrics.token_check(TokenCheck::Cached);
+            return Ok(Some(t));
+        }
+        let gate = {
+            let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+            inflight.entry(id.to_string()).or_default().clone()
+        };
+        let result = {
+            let _turn = gate.lock().await;
+            // Whoever held the turn before may have verified this very secret.
+            if let Some(t) = self.cached(id, &digest) {
+                metrics.token_check(TokenCheck::Cached);
+                Ok(Some(t))
+            } else {
+                self.verify_in_store(store, metrics, id, digest, secret)
+                    .await
+            }
+        };
+        {
+            let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+            // The map's own reference and ours: nobody else waits on this gate.
+            if Arc::strong_count(&gate) <= 2 {
+                inflight.remove(id);
+            }
+        }
+        result
+    }
+
+    async fn verify_in_store(
+        &self,
+        store: &Store,
+        metrics: &Metrics,
+        id: &str,
+        digest: [u8; 64],
+        secret: &str,
+    ) -> Result<Option<VerifiedToken>, AccountsError> {
+        let Some(c) = accounts::verify_secret(store, secret).await? else {
+            metrics.token_check(TokenCheck::Refused);
+            return Ok(None);
+        };
+        let kind = if c.kind == CredentialKind::Token.as_str() {
+            CredentialKind::Token
+        } else if c.kind == CredentialKind::Operator.as_str() {
+            CredentialKind::Operator
+        } else {
+            metrics.token_check(TokenCheck::Refused);
+            return Ok(None);
+        };
+        let token = VerifiedToken {
+            kind,
+            account_id: c.account_id,
+        };
+        metrics.token_check(TokenCheck::Verified);
+        self.remember(id, digest, token.clone());
+        Ok(Some(token))
+    }
+}
 
 /// An authenticated (or, in open mode, anonymous) caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,14 +212,14 @@ impl FromRequestParts<AppState> for Caller {
                 return Ok(Caller::Admin);
             }
         }
-        let credential = accounts::verify_secret(&state.store, token)
+        let credential = state
+            .tokens
+            .verify(&state.store, &state.metrics, token)
             .await?
             .ok_or(ApiError::Unauthorized)?;
-        match (credential.kind.as_str(), credential.account_id) {
-            (k, _) if k == CredentialKind::Operator.as_str() => Ok(Caller::Operator),
-            (k, Some(account)) if k == CredentialKind::Token.as_str() => {
-                Ok(Caller::Account(account))
-            }
+        match (credential.kind, credential.account_id) {
+            (CredentialKind::Operator, _) => Ok(Caller::Operator),
+            (CredentialKind::Token, Some(account)) => Ok(Caller::Account(account)),
             _ => Err(ApiError::Unauthorized),
         }
     }

@@ -25,6 +25,9 @@ pub enum ApiError {
     /// 413: the request body is larger than `http.max_body_bytes`.
     #[error("request body larger than {0} bytes")]
     PayloadTooLarge(usize),
+    /// 408: the request body did not arrive within `http.body_timeout_ms` (milliseconds).
+    #[error("request body not received within {0} ms")]
+    BodyTimeout(u64),
     /// 404: no such session (and no pending start of it).
     #[error("no session `{0}`")]
     SessionNotFound(String),
@@ -57,6 +60,7 @@ impl ApiError {
             ApiError::InvalidParameter { .. } => (StatusCode::BAD_REQUEST, "invalid_parameter"),
             ApiError::InvalidBody { .. } => (StatusCode::BAD_REQUEST, "invalid_body"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
             ApiError::SessionNotFound(_) => (StatusCode::NOT_FOUND, "session_not_found"),
             ApiError::SessionEnded(_) => (StatusCode::CONFLICT, "session_ended"),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
@@ -86,6 +90,7 @@ impl IntoResponse for ApiError {
                 body["error"]["field"] = (*field).into()
             }
             ApiError::PayloadTooLarge(_)
+            | ApiError::BodyTimeout(_)
             | ApiError::SessionNotFound(_)
             | ApiError::SessionEnded(_) => {}
             ApiError::NotFound

@@ -7,8 +7,10 @@ mod api;
 mod auth;
 mod error;
 mod ops;
+pub mod serve;
 mod sessions;
 
+pub use auth::{TokenCache, VerifiedToken};
 pub use sessions::ACCOUNT_HEADER;
 
 use std::sync::Arc;
@@ -45,6 +47,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// The WebSocket bridge (`GET /ws`).
     pub bridge: Arc<crate::ws::Bridge>,
+    /// Verified bearer tokens (HTTP API and `/ws`), for `auth.cache_secs`.
+    pub tokens: Arc<TokenCache>,
 }
 
 /// Builds the whole router.
@@ -57,5 +61,45 @@ pub fn app(state: AppState, max_body_bytes: usize) -> Router {
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            declared_length,
+        ))
         .with_state(state)
+}
+
+/// Refuses a request whose `Content-Length` is over `http.max_body_bytes` with 413 before
+/// any byte of its body is read (and closes the connection, so the body is never read).
+/// Chunked bodies have no length to check: `DefaultBodyLimit` stops reading them at the
+/// limit.
+async fn declared_length(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match declared {
+        Some(n) if n > state.max_body_bytes as u64 => {
+            state
+                .metrics
+                .http_refused(crate::metrics::HttpRefusal::TooLarge);
+            tracing::debug!(
+                content_length = n,
+                limit = state.max_body_bytes,
+                "HTTP request refused: Content-Length over http.max_body_bytes"
+            );
+            let mut response = ApiError::PayloadTooLarge(state.max_body_bytes).into_response();
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+            response
+        }
+        _ => next.run(request).await,
+    }
 }

@@ -64,6 +64,29 @@ impl From<DbErr> for StoreError {
     }
 }
 
+impl StoreError {
+    /// Whether retrying the transaction may succeed: a conflict, or SQLite busy.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StoreError::Conflict(_) => true,
+            StoreError::Db(e) => sqlite_busy(e),
+            _ => false,
+        }
+    }
+}
+
+/// SQLite's SQLITE_BUSY (5) or SQLITE_BUSY_SNAPSHOT (517): in WAL mode a transaction that read
+/// and then writes while another connection writes gets it at once (the busy timeout does not
+/// apply, its snapshot is stale). Like a unique-key conflict, the transaction may be retried.
+fn sqlite_busy(err: &DbErr) -> bool {
+    use sea_orm::RuntimeErr;
+    let (DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e))) = err
+    else {
+        return false;
+    };
+    matches!(e, sea_orm::sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("5") | Some("517")))
+}
+
 /// Which database is behind the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

@@ -265,9 +265,13 @@ impl Sessions {
             name: req.name.clone(),
             started_at_millis: req.started_at_millis,
         };
-        for _ in 0..3 {
+        for attempt in 0..3 {
             match self.try_start(account_id, &start).await {
-                Err(StoreError::Conflict(_)) => continue,
+                // Another writer got there first (or holds SQLite's write lock): wait a
+                // little, as it may still be committing, then decide again.
+                Err(e) if e.is_retryable() => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20 << attempt)).await
+                }
                 other => return other,
             }
         }

@@ -513,35 +513,30 @@ fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
     r
 }
 
-/// Finds the account of the caller: a bearer token (header, `token` query, or a
-/// `Sec-WebSocket-Protocol` value), or open mode with `account`.
+/// Finds the account of the caller: ONE bearer token, the first present of the
+/// `Authorization: Bearer` header, the `token` query parameter, and the first
+/// `Sec-WebSocket-Protocol` value that looks like a token (contains a `.`), checked through the
+/// verified-token cache (at most one argon2 run per upgrade); or open mode with `account`.
 async fn authenticate(state: &AppState, headers: &HeaderMap, q: &WsQuery) -> Option<String> {
-    let mut candidates: Vec<String> = Vec::new();
-    if let Some(h) = headers
+    let header = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-    {
-        if let Some(t) = h.strip_prefix("Bearer ") {
-            candidates.push(t.trim().to_string());
-        }
-    }
-    if let Some(t) = &q.token {
-        candidates.push(t.clone());
-    }
-    if let Some(p) = headers
-        .get(axum::http::header::SEC_WEBSOCKET_PROTOCOL)
-        .and_then(|v| v.to_str().ok())
-    {
-        candidates.extend(
-            p.split(',')
-                .map(str::trim)
-                .filter(|t| t.contains('.'))
-                .map(str::to_string),
-        );
-    }
-    for token in candidates {
-        if let Ok(Some(c)) = accounts::verify_secret(&state.store, &token).await {
-            if c.kind == CredentialKind::Token.as_str() {
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim);
+    let protocol = || {
+        headers
+            .get(axum::http::header::SEC_WEBSOCKET_PROTOCOL)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|p| p.split(',').map(str::trim).find(|t| t.contains('.')))
+    };
+    let candidate = header.or(q.token.as_deref()).or_else(protocol);
+    if let Some(token) = candidate {
+        if let Ok(Some(c)) = state
+            .tokens
+            .verify(&state.store, &state.metrics, token)
+            .await
+        {
+            if c.kind == CredentialKind::Token {
                 return c.account_id;
             }
         }
