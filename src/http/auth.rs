@@ -8,6 +8,7 @@
 //! at most `auth.cache_secs` after the revocation.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -99,6 +100,7 @@ impl TokenCache {
         store: &Store,
         metrics: &Metrics,
         secret: &str,
+        source: Option<IpAddr>,
     ) -> Result<Option<VerifiedToken>, AccountsError> {
         let Some((id, _)) = secret.split_once('.') else {
             metrics.token_check(TokenCheck::Refused);
@@ -120,7 +122,7 @@ impl TokenCache {
                 metrics.token_check(TokenCheck::Cached);
                 Ok(Some(t))
             } else {
-                self.verify_in_store(store, metrics, id, digest, secret)
+                self.verify_in_store(store, metrics, id, digest, secret, source)
                     .await
             }
         };
@@ -141,8 +143,9 @@ impl TokenCache {
         id: &str,
         digest: [u8; 64],
         secret: &str,
+        source: Option<IpAddr>,
     ) -> Result<Option<VerifiedToken>, AccountsError> {
-        let Some(c) = accounts::verify_secret(store, secret).await? else {
+        let Some(c) = accounts::verify_secret_from(store, secret, source).await? else {
             metrics.token_check(TokenCheck::Refused);
             return Ok(None);
         };
@@ -161,6 +164,25 @@ impl TokenCache {
         metrics.token_check(TokenCheck::Verified);
         self.remember(id, digest, token.clone());
         Ok(Some(token))
+    }
+}
+
+/// The caller's address, when the request came through Cradle's HTTP listener.
+pub fn source_ip(parts: &Parts) -> Option<IpAddr> {
+    parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
+/// The caller's address as an extractor (for handlers that verify secrets themselves).
+pub struct SourceIp(pub Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for SourceIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(SourceIp(source_ip(parts)))
     }
 }
 
@@ -214,7 +236,7 @@ impl FromRequestParts<AppState> for Caller {
         }
         let credential = state
             .tokens
-            .verify(&state.store, &state.metrics, token)
+            .verify(&state.store, &state.metrics, token, source_ip(parts))
             .await?
             .ok_or(ApiError::Unauthorized)?;
         match (credential.kind, credential.account_id) {

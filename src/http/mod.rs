@@ -10,7 +10,7 @@ mod ops;
 pub mod serve;
 mod sessions;
 
-pub use auth::{TokenCache, VerifiedToken};
+pub use auth::{SourceIp, TokenCache, VerifiedToken};
 pub use sessions::ACCOUNT_HEADER;
 
 use std::sync::Arc;

@@ -116,6 +116,7 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         tokio::spawn(connection(
             stream,
+            peer,
             app.clone(),
             limits,
             metrics.clone(),
@@ -161,6 +162,7 @@ impl Drop for OpenConnection {
 
 async fn connection(
     stream: TcpStream,
+    peer: std::net::SocketAddr,
     app: Router,
     limits: Limits,
     metrics: Arc<Metrics>,
@@ -182,8 +184,12 @@ async fn connection(
     };
     let tower = TowerToHyperService::new(app);
     let service =
-        hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+        hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
             counted.fetch_add(1, Relaxed);
+            // The caller's address: secret verifications are limited per source address.
+            request
+                .extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
             let response = hyper::service::Service::call(&tower, request);
             let switched = switched.clone();
             async move {

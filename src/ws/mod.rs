@@ -41,7 +41,7 @@ use tokio::time::Instant;
 
 use crate::accounts::{self, CredentialKind};
 use crate::domain::connection::{ConnectionCommand, ConnectionEvent, DisconnectReason};
-use crate::http::AppState;
+use crate::http::{AppState, SourceIp};
 use crate::rate::TokenBucket;
 use crate::sync::sessions::Sessions;
 use crate::sync::status::{now_millis, ConnectionChange};
@@ -517,7 +517,12 @@ fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
 /// `Authorization: Bearer` header, the `token` query parameter, and the first
 /// `Sec-WebSocket-Protocol` value that looks like a token (contains a `.`), checked through the
 /// verified-token cache (at most one argon2 run per upgrade); or open mode with `account`.
-async fn authenticate(state: &AppState, headers: &HeaderMap, q: &WsQuery) -> Option<String> {
+async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    q: &WsQuery,
+    source: Option<std::net::IpAddr>,
+) -> Option<String> {
     let header = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -533,7 +538,7 @@ async fn authenticate(state: &AppState, headers: &HeaderMap, q: &WsQuery) -> Opt
     if let Some(token) = candidate {
         if let Ok(Some(c)) = state
             .tokens
-            .verify(&state.store, &state.metrics, token)
+            .verify(&state.store, &state.metrics, token, source)
             .await
         {
             if c.kind == CredentialKind::Token {
@@ -551,10 +556,11 @@ async fn upgrade(
     State(state): State<AppState>,
     headers: HeaderMap,
     Query(q): Query<WsQuery>,
+    SourceIp(source): SourceIp,
     ws: WebSocketUpgrade,
 ) -> Response {
     let bridge = state.bridge.clone();
-    let Some(account_id) = authenticate(&state, &headers, &q).await else {
+    let Some(account_id) = authenticate(&state, &headers, &q, source).await else {
         bridge.metrics.auth_failures.fetch_add(1, Relaxed);
         tracing::warn!("WebSocket upgrade refused: no valid token");
         return refuse(
