@@ -1029,6 +1029,9 @@ mod tests {
             ("http.max_connections", |c: &mut Config| {
                 c.http.max_connections = 0
             }),
+            ("http.write_timeout_ms", |c: &mut Config| {
+                c.http.write_timeout_ms = 99
+            }),
         ] {
             let mut c = Config::default();
             set(&mut c);
