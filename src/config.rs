@@ -1043,6 +1043,7 @@ mod tests {
             http_header_timeout_ms: Some("500".into()),
             http_body_timeout_ms: Some("700".into()),
             http_max_connections: Some("9".into()),
+            http_write_timeout_ms: Some("800".into()),
             ..Default::default()
         })
         .unwrap();
@@ -1050,9 +1051,10 @@ mod tests {
             (
                 c.http.header_timeout_ms,
                 c.http.body_timeout_ms,
-                c.http.max_connections
+                c.http.max_connections,
+                c.http.write_timeout_ms
             ),
-            (500, 700, 9)
+            (500, 700, 9, 800)
         );
         let err = Config::default()
             .apply(&Overrides {
