@@ -1064,6 +1064,9 @@ mod tests {
             ("http.max_connections", |c: &mut Config| {
                 c.http.max_connections = 0
             }),
+            ("http.write_timeout_ms", |c: &mut Config| {
+                c.http.write_timeout_ms = 99
+            }),
         ] {
             let mut c = Config::default();
             set(&mut c);
@@ -1075,6 +1078,7 @@ mod tests {
             http_header_timeout_ms: Some("500".into()),
             http_body_timeout_ms: Some("700".into()),
             http_max_connections: Some("9".into()),
+            http_write_timeout_ms: Some("800".into()),
             ..Default::default()
         })
         .unwrap();
@@ -1082,9 +1086,10 @@ mod tests {
             (
                 c.http.header_timeout_ms,
                 c.http.body_timeout_ms,
-                c.http.max_connections
+                c.http.max_connections,
+                c.http.write_timeout_ms
             ),
-            (500, 700, 9)
+            (500, 700, 9, 800)
         );
         let err = Config::default()
             .apply(&Overrides {
