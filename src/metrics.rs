@@ -382,6 +382,19 @@ impl Metrics {
         );
     }
 
+    /// Panics the embedded broker caught (vendored rumqttd, CRADLE PATCH 8 and 11): each
+    /// ended the one connection it happened for instead of the whole broker. Should stay 0.
+    fn render_broker_panics(out: &mut String) {
+        let (link, router) = rumqttd::caught_panics();
+        let _ = writeln!(
+            out,
+            "# HELP cradle_broker_panics_total Panics the embedded broker caught, by where; each ended one connection only.\n\
+             # TYPE cradle_broker_panics_total counter\n\
+             cradle_broker_panics_total{{in=\"connection\"}} {link}\n\
+             cradle_broker_panics_total{{in=\"router\"}} {router}"
+        );
+    }
+
     /// Renders every metric; `connected_clients` comes from the store at scrape time so that
     /// every replica reports the same figure.
     pub fn render(&self, connected_clients: Option<u64>) -> String {
@@ -535,6 +548,7 @@ impl Metrics {
             self.bus_replayed.load(Relaxed)
         );
         self.render_edge(&mut out);
+        Self::render_broker_panics(&mut out);
         self.render_sessions(&mut out);
         if let Some(n) = connected_clients {
             c(

@@ -35,6 +35,19 @@ mod router;
 mod segments;
 mod server;
 
+/// CRADLE PATCH 8: panics caught in connection (link) tasks; each ended its connection only.
+pub(crate) static LINK_PANICS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// CRADLE PATCH 11: panics caught in the router thread; each ended one connection only.
+pub(crate) static ROUTER_PANICS: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(0);
+
+/// CRADLE PATCH 8 and 11: panics caught since the process started, as (in connection tasks,
+/// in the router). Each ended the one connection it happened for; both should stay 0.
+pub fn caught_panics() -> (u64, u64) {
+    use std::sync::atomic::Ordering::Relaxed;
+    (LINK_PANICS.load(Relaxed), ROUTER_PANICS.load(Relaxed))
+}
+
 pub type ConnectionId = usize;
 pub type RouterId = usize;
 pub type NodeId = usize;

@@ -655,7 +655,9 @@ pub fn valid_filter(filter: &str) -> bool {
 /// **NOTE**: make sure a topic is validated during a publish and filter is validated
 /// during a subscribe
 pub fn matches(topic: &str, filter: &str) -> bool {
-    if !topic.is_empty() && topic[..1].contains('$') {
+    // CRADLE PATCH 9: `topic[..1]` panicked when the first character takes more than one
+    // byte (a PUBLISH to `é/x` stopped the router); `starts_with` reads a character.
+    if topic.starts_with('$') {
         return false;
     }
 

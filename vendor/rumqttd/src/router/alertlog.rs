@@ -37,7 +37,8 @@ pub mod alert {
     pub fn cursorjump(client_id: &str, filter: &str, lost: usize) -> Alert {
         let timestamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
+            // CRADLE PATCH 12: a clock before 1970 is not a reason to stop the router.
+            .unwrap_or_default()
             .as_millis();
 
         Alert {
@@ -54,7 +55,8 @@ pub mod alert {
     pub fn _badpublish(client_id: &str, topic: &str) -> Alert {
         let timestamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
+            // CRADLE PATCH 12: a clock before 1970 is not a reason to stop the router.
+            .unwrap_or_default()
             .as_millis();
 
         Alert {

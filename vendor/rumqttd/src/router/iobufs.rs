@@ -97,7 +97,9 @@ impl Outgoing {
     }
 
     pub fn free_slots(&self) -> usize {
-        MAX_INFLIGHT - self.inflight_buffer.len()
+        // CRADLE PATCH 12: `push_forwards` warns when the window is exceeded; the subtraction
+        // must not then overflow (a panic in a debug build).
+        MAX_INFLIGHT.saturating_sub(self.inflight_buffer.len())
     }
 
     pub fn push_notification(&mut self, notification: Notification) -> usize {

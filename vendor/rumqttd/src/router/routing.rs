@@ -194,10 +194,12 @@ impl Router {
 
     fn run_inner(&mut self) -> Result<(), RouterError> {
         // Block on incoming events if there are no ready connections for consumption
-        if self.consume().is_none() {
+        // CRADLE PATCH 11: events and consumption run through `guarded_*`, which catch a
+        // panic, end the connection it happened for and keep routing for everyone else.
+        if self.guarded_consume().is_none() {
             // trace!("{}:: {:20} {:20} {:?}", self.id, "", "done-await", self.readyqueue);
             let (id, data) = self.router_rx.recv()?;
-            self.events(id, data);
+            self.guarded_events(id, data);
         }
 
         // Try reading more from connections in a non-blocking
@@ -207,7 +209,7 @@ impl Router {
         for _ in 0..500 {
             // All these methods will handle state and errors
             match self.router_rx.try_recv() {
-                Ok((id, data)) => self.events(id, data),
+                Ok((id, data)) => self.guarded_events(id, data),
                 Err(TryRecvError::Disconnected) => return Err(RouterError::Disconnected),
                 Err(TryRecvError::Empty) => break,
             }
@@ -224,11 +226,112 @@ impl Router {
 
         // Poll 100 connections which are ready in ready queue
         for _ in 0..100 {
-            self.consume();
+            self.guarded_consume();
         }
 
         // self.send_all_alerts();
         Ok(())
+    }
+
+    /// CRADLE PATCH 11: `events` with a panic caught. A panic here used to end the router
+    /// thread: every connection stopped receiving and every later CONNECT waited in vain.
+    fn guarded_events(&mut self, id: ConnectionId, data: Event) {
+        // A CONNECT carries no connection id yet (0); every other event is one connection's.
+        let blame = match &data {
+            Event::Connect { .. }
+            | Event::NewMeter(_)
+            | Event::NewAlert(_)
+            | Event::SendAlerts
+            | Event::SendMeters
+            | Event::PrintStatus(_)
+            | Event::PublishWill(_) => None,
+            _ => Some(id),
+        };
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.events(id, data);
+        }));
+        if let Err(panic) = caught {
+            self.recover_from_panic(blame, "event", panic);
+        }
+    }
+
+    /// CRADLE PATCH 11: `consume` with a panic caught (see `guarded_events`).
+    fn guarded_consume(&mut self) -> Option<()> {
+        let (id, requests) = self.scheduler.poll()?;
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.consume_polled(id, requests)
+        }));
+        match caught {
+            Ok(o) => o,
+            Err(panic) => {
+                self.recover_from_panic(Some(id), "consume", panic);
+                Some(())
+            }
+        }
+    }
+
+    /// CRADLE PATCH 11: after a caught panic: logs and counts it, ends the connection it
+    /// happened for (its link sees its channel close and ends; the client may reconnect) and
+    /// puts the router's shared state back into a usable shape.
+    fn recover_from_panic(
+        &mut self,
+        blame: Option<ConnectionId>,
+        during: &'static str,
+        panic: Box<dyn std::any::Any + Send>,
+    ) {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        crate::ROUTER_PANICS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        error!(connection_id = ?blame, during, %message, "router caught a panic; ending that connection");
+        if self.cache.is_none() {
+            self.cache = Some(VecDeque::new());
+        }
+        if let Some(id) = blame {
+            if self.obufs.contains(id) {
+                let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    self.handle_disconnection(id, Some(DisconnectReasonCode::ImplementationSpecificError));
+                }));
+                if ended.is_err() {
+                    error!(id, "router caught a second panic while ending the connection");
+                }
+            }
+        }
+        self.repair_connection_slots();
+    }
+
+    /// CRADLE PATCH 11: removes every connection id that is not in all five per-connection
+    /// slabs (possible only after a panic between their updates), so that new connections
+    /// get the same id from each.
+    fn repair_connection_slots(&mut self) {
+        let mut ids: HashSet<ConnectionId> = self.connections.iter().map(|(k, _)| k).collect();
+        ids.extend(self.ibufs.iter().map(|(k, _)| k));
+        ids.extend(self.obufs.iter().map(|(k, _)| k));
+        ids.extend(self.ackslog.iter().map(|(k, _)| k));
+        ids.extend(self.scheduler.trackers.iter().map(|(k, _)| k));
+        for id in ids {
+            if self.connection_complete(id) {
+                continue;
+            }
+            error!(id, "removing an incomplete connection");
+            if let Some(c) = self.connections.try_remove(id) {
+                if self.connection_map.get(&c.client_id) == Some(&id) {
+                    self.connection_map.remove(&c.client_id);
+                }
+                for filter in c.subscriptions.iter() {
+                    if let Some(connections) = self.subscription_map.get_mut(filter) {
+                        connections.remove(&id);
+                    }
+                }
+            }
+            self.ibufs.try_remove(id);
+            self.obufs.try_remove(id);
+            self.ackslog.try_remove(id);
+            self.scheduler.remove(id);
+            self.datalog.clean(id);
+        }
     }
 
     fn events(&mut self, id: ConnectionId, data: Event) {
@@ -246,8 +349,11 @@ impl Router {
             Event::DeviceData => self.handle_device_payload(id),
             Event::Disconnect => self.handle_disconnection(id, None),
             Event::Ready => self.scheduler.reschedule(id, ScheduleReason::Ready),
+            // CRADLE PATCH 11: `self.obufs[id]` panicked for a connection that is gone.
             Event::Shadow(request) => {
-                retrieve_shadow(&mut self.datalog, &mut self.obufs[id], request)
+                if let Some(outgoing) = self.obufs.get_mut(id) {
+                    retrieve_shadow(&mut self.datalog, outgoing, request)
+                }
             }
             Event::SendAlerts => {
                 self.send_alerts();
@@ -354,21 +460,33 @@ impl Router {
             );
         }
 
-        let connection_id = self.connections.insert(connection);
-        assert_eq!(self.ibufs.insert(incoming), connection_id);
-        assert_eq!(self.obufs.insert(outgoing), connection_id);
+        // CRADLE PATCH 11: the five slabs must hand out the same id. They did `assert_eq!` after
+        // inserting, which (were they ever out of step) panicked the router at every CONNECT;
+        // now the connection is refused and the slabs are left as they were.
+        let connection_id = self.connections.vacant_key();
+        if self.ibufs.vacant_key() != connection_id
+            || self.obufs.vacant_key() != connection_id
+            || self.ackslog.vacant_key() != connection_id
+            || self.scheduler.trackers.vacant_key() != connection_id
+        {
+            error!(connection_id, "router connection slots out of step, refusing connection");
+            return;
+        }
+        self.connections.insert(connection);
+        self.ibufs.insert(incoming);
+        self.obufs.insert(outgoing);
 
         self.connection_map.insert(client_id.clone(), connection_id);
         info!(connection_id, "Client connection registered");
 
-        assert_eq!(self.ackslog.insert(ackslog), connection_id);
-        assert_eq!(self.scheduler.add(tracker), connection_id);
+        self.ackslog.insert(ackslog);
+        self.scheduler.add(tracker);
 
         // Check if there are multiple data requests on same filter.
-        debug_assert!(self
-            .scheduler
-            .check_tracker_duplicates(connection_id)
-            .is_none());
+        // CRADLE PATCH 11: logged, not a `debug_assert!` that stops the router.
+        if let Some(duplicate) = self.scheduler.check_tracker_duplicates(connection_id) {
+            warn!(connection_id, ?duplicate, "duplicate data requests");
+        }
 
         let ack = ConnAck {
             session_present: !clean_session && previous_session,
@@ -380,7 +498,9 @@ impl Router {
             ..Default::default()
         };
 
-        let ackslog = self.ackslog.get_mut(connection_id).unwrap();
+        let Some(ackslog) = self.ackslog.get_mut(connection_id) else {
+            return;
+        };
         ackslog.connack(connection_id, ack, Some(properties));
 
         pending_acks.into_iter().for_each(|pkid| {
@@ -397,6 +517,15 @@ impl Router {
             .reschedule(connection_id, ScheduleReason::Init);
 
         self.router_meters.total_connections += 1;
+    }
+
+    /// CRADLE PATCH 11: whether `id` is in every per-connection slab.
+    fn connection_complete(&self, id: ConnectionId) -> bool {
+        self.connections.contains(id)
+            && self.ibufs.contains(id)
+            && self.obufs.contains(id)
+            && self.ackslog.contains(id)
+            && self.scheduler.trackers.contains(id)
     }
 
     fn handle_new_meter(&mut self, tx: Sender<Vec<Meter>>) {
@@ -451,12 +580,21 @@ impl Router {
         }
 
         // Remove connection from router
-        let mut connection = self.connections.remove(id);
-        let _incoming = self.ibufs.remove(id);
-        let outgoing = self.obufs.remove(id);
-        let mut tracker = self.scheduler.remove(id);
+        // CRADLE PATCH 11: `try_remove` everywhere: the slabs hold the same ids, and if one of
+        // them lacked this id (only after a caught panic) `remove` panicked the router.
+        let connection = self.connections.try_remove(id);
+        let _incoming = self.ibufs.try_remove(id);
+        let outgoing = self.obufs.try_remove(id);
+        let tracker = self.scheduler.remove(id);
         self.connection_map.remove(&client_id);
-        self.ackslog.remove(id);
+        self.ackslog.try_remove(id);
+        let (Some(mut connection), Some(outgoing), Some(mut tracker)) =
+            (connection, outgoing, tracker)
+        else {
+            error!(id, "connection state was incomplete at disconnection");
+            self.datalog.clean(id);
+            return;
+        };
 
         // Don't remove connection id from readyqueue with index. This will
         // remove wrong connection from readyqueue. Instead just leave disconnected
@@ -507,10 +645,13 @@ impl Router {
                     // reset the group cursor
                     if let Some(group_name) = &request.group {
                         // TODO: Test this more
-                        self.shared_subscriptions
-                            .get_mut(group_name)
-                            .expect("group must exists")
-                            .cursor = *cursor;
+                        // CRADLE PATCH 11: the group was dropped above when this client was
+                        // its last member, so `expect("group must exists")` panicked the
+                        // router when a persistent session with a shared subscription and
+                        // unacknowledged messages disconnected.
+                        if let Some(group) = self.shared_subscriptions.get_mut(group_name) {
+                            group.cursor = *cursor;
+                        }
                     }
                 }
             }
@@ -527,7 +668,8 @@ impl Router {
             // Only save metrics in clean session
             self.graveyard.save_metrics(id, connection.events);
         }
-        self.router_meters.total_connections -= 1;
+        // CRADLE PATCH 11: no underflow panic in a debug build.
+        self.router_meters.total_connections = self.router_meters.total_connections.saturating_sub(1);
     }
 
     /// Handles new incoming data on a topic
@@ -542,11 +684,22 @@ impl Router {
         };
 
         let client_id = incoming.client_id.clone();
+        // CRADLE PATCH 11: the `unwrap()`s below rely on a live connection being in every
+        // slab; checked once here instead of trusted.
+        if !self.connection_complete(id) {
+            error!(id, "incoming data for an incomplete connection");
+            return;
+        }
+        let Some(incoming) = self.ibufs.get_mut(id) else {
+            return;
+        };
         let span = tracing::error_span!("incoming_payload", client_id);
         let _guard = span.enter();
 
         // Instead of exchanging, we should just append new incoming packets inside cache
-        let mut packets = incoming.exchange(self.cache.take().unwrap());
+        // CRADLE PATCH 11: the cache is put back at the end of this function; after a caught
+        // panic it is missing, and `unwrap()` would have panicked for every later packet.
+        let mut packets = incoming.exchange(self.cache.take().unwrap_or_default());
 
         let mut force_ack = false;
         let mut new_data = false;
@@ -796,7 +949,9 @@ impl Router {
                     ackslog.pubrel(pubrel);
                     self.scheduler.reschedule(id, ScheduleReason::IncomingAck);
                 }
-                Packet::PubRel(pubrel, None) => {
+                // CRADLE PATCH 10: an MQTT 5 PUBREL with properties (a reason string) was
+                // ignored, leaving the QoS 2 exchange open forever.
+                Packet::PubRel(pubrel, _) => {
                     let span = tracing::info_span!("pubrel", pkid = pubrel.pkid);
                     let _guard = span.enter();
 
@@ -979,7 +1134,10 @@ impl Router {
 
             self.scheduler.track(id, request);
             self.scheduler.reschedule(id, ScheduleReason::NewFilter);
-            debug_assert!(self.scheduler.check_tracker_duplicates(id).is_none())
+            // CRADLE PATCH 11: logged, not a `debug_assert!` that stops the router.
+            if let Some(duplicate) = self.scheduler.check_tracker_duplicates(id) {
+                warn!(id, ?duplicate, "duplicate data requests");
+            }
         }
 
         // TODO: figure out how we can update existing DataRequest
@@ -994,8 +1152,11 @@ impl Router {
     /// send data and notifications to consumer.
     /// To activate a connection, first connection's tracker is fetched and
     /// all the requests are handled.
-    fn consume(&mut self) -> Option<()> {
-        let (id, mut requests) = self.scheduler.poll()?;
+    fn consume_polled(
+        &mut self,
+        id: ConnectionId,
+        mut requests: VecDeque<DataRequest>,
+    ) -> Option<()> {
 
         let span = tracing::info_span!("[<] outgoing", connection_id = id);
         let _guard = span.enter();
@@ -1008,7 +1169,13 @@ impl Router {
             }
         };
 
-        let ackslog = self.ackslog.get_mut(id).unwrap();
+        // CRADLE PATCH 11: no `unwrap()` / index on the other slabs of this connection.
+        let (Some(ackslog), Some(connection)) =
+            (self.ackslog.get_mut(id), self.connections.get_mut(id))
+        else {
+            error!(id, "outgoing data for an incomplete connection");
+            return Some(());
+        };
         let datalog = &mut self.datalog;
         let alertlog = &mut self.alertlog;
 
@@ -1016,8 +1183,6 @@ impl Router {
 
         // We always try to ack when ever a connection is scheduled
         ack_device_data(ackslog, outgoing);
-
-        let connection = &mut self.connections[id];
 
         // Keep track of temporarily skipped DataRequest
         // NOTE: VecDeque::new() doesn't allocate memory until elements are pushed
@@ -1561,7 +1726,8 @@ fn forward_device_data(
     let forwards = publishes
         .into_iter()
         .map(|((mut publish, mut properties), offset)| {
-            publish.qos = protocol::qos(qos).unwrap();
+            // CRADLE PATCH 11: the request's QoS is a filter's (0..=2), but no `unwrap()`.
+            publish.qos = protocol::qos(qos).unwrap_or(QoS::AtMostOnce);
 
             // if there is some topic alias to use, set it in publish properties
             if topic_alias.is_some() {

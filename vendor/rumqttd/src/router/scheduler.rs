@@ -2,7 +2,7 @@ use std::collections::{HashSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 use slab::Slab;
-use tracing::trace;
+use tracing::{trace, warn};
 
 use super::DataRequest;
 use crate::{ConnectionId, Filter};
@@ -26,8 +26,9 @@ impl Scheduler {
         self.trackers.insert(tracker)
     }
 
-    pub fn remove(&mut self, id: ConnectionId) -> Tracker {
-        self.trackers.remove(id)
+    /// CRADLE PATCH 11: `None` when the connection is already gone (was a panic).
+    pub fn remove(&mut self, id: ConnectionId) -> Option<Tracker> {
+        self.trackers.try_remove(id)
     }
 
     /// Next connection which is ready to make progress
@@ -44,23 +45,40 @@ impl Scheduler {
         Some((id, data_requests))
     }
 
+    // CRADLE PATCH 11: every method below took the tracker with `unwrap()`. A link may still
+    // send `Event::Ready` (after an `Unschedule` notification) for a connection the router has
+    // just removed, for example after a protocol error: that panicked the router thread and
+    // stopped routing for every client. A request for a connection that is gone is ignored.
+
     pub fn track(&mut self, id: ConnectionId, request: DataRequest) {
-        let tracker = self.trackers.get_mut(id).unwrap();
+        let Some(tracker) = self.trackers.get_mut(id) else {
+            warn!(id, "track: connection is gone");
+            return;
+        };
         tracker.register_data_request(request);
     }
 
     pub fn untrack(&mut self, id: ConnectionId, filter: &Filter) {
-        let tracker = self.trackers.get_mut(id).unwrap();
+        let Some(tracker) = self.trackers.get_mut(id) else {
+            warn!(id, "untrack: connection is gone");
+            return;
+        };
         tracker.unregister_data_request(filter.clone());
     }
 
     pub fn trackv(&mut self, id: ConnectionId, requests: VecDeque<DataRequest>) {
-        let tracker = self.trackers.get_mut(id).unwrap();
+        let Some(tracker) = self.trackers.get_mut(id) else {
+            warn!(id, "trackv: connection is gone");
+            return;
+        };
         tracker.data_requests.extend(requests);
     }
 
     pub fn reschedule(&mut self, id: ConnectionId, reason: ScheduleReason) {
-        let tracker = self.trackers.get_mut(id).unwrap();
+        let Some(tracker) = self.trackers.get_mut(id) else {
+            warn!(id, ?reason, "reschedule: connection is gone");
+            return;
+        };
         if let Some(v) = tracker.try_ready(reason) {
             trace!(tracker_id = tracker.id, "reschedule {:?} -> Ready", v);
             self.readyqueue.push_back(id);
@@ -68,8 +86,23 @@ impl Scheduler {
     }
 
     pub fn pause(&mut self, id: ConnectionId, reason: PauseReason) {
-        assert_eq!(self.readyqueue.pop_back(), Some(id));
-        let tracker = self.trackers.get_mut(id).unwrap();
+        // `poll` put `id` last in the ready queue; anything else there is a bug, not a reason
+        // to stop the router (it was an `assert_eq!`).
+        match self.readyqueue.back() {
+            Some(&last) if last == id => {
+                self.readyqueue.pop_back();
+            }
+            other => {
+                warn!(id, last = ?other, "pause: connection is not last in the ready queue");
+                if let Some(i) = self.readyqueue.iter().rposition(|&c| c == id) {
+                    self.readyqueue.remove(i);
+                }
+            }
+        }
+        let Some(tracker) = self.trackers.get_mut(id) else {
+            warn!(id, "pause: connection is gone");
+            return;
+        };
 
         trace!(
             tracker_id = tracker.id,
@@ -147,8 +180,9 @@ impl Tracker {
         };
 
         match reason {
+            // CRADLE PATCH 11: these were `debug_assert!`s; a late `Ready` from a link (see
+            // `Scheduler::reschedule`) panicked the router of a debug build.
             ScheduleReason::Init => {
-                debug_assert!(self.status == Status::Paused(PauseReason::Busy));
                 self.status = Status::Ready;
                 Some(previous)
             }
@@ -168,7 +202,6 @@ impl Tracker {
                 Some(previous)
             }
             ScheduleReason::Ready => {
-                debug_assert!(self.status == Status::Paused(PauseReason::Busy));
                 self.status = Status::Ready;
                 Some(previous)
             }
@@ -217,7 +250,7 @@ impl Scheduler {
 
     // Return a `Some` if duplicate were found, otherwise `None`
     pub fn check_tracker_duplicates(&self, id: ConnectionId) -> Option<&VecDeque<DataRequest>> {
-        let tracker = self.trackers.get(id).unwrap();
+        let tracker = self.trackers.get(id)?;
         let tracker_data_req = tracker.get_data_requests();
         let mut uniq = HashSet::with_capacity(tracker_data_req.len());
 

@@ -226,7 +226,8 @@ where
                     // from a particular cursor). In such case, the no. of read data points is
                     // 0 and hence we don't decrement len.
                     if next_offset >= cursor.1 {
-                        len -= next_offset - cursor.1;
+                        // CRADLE PATCH 12: saturating, as `len` must not wrap.
+                        len = len.saturating_sub(next_offset - cursor.1);
                     }
                     cursor = (cursor.0 + 1, next_offset);
                 }

@@ -13,7 +13,7 @@ use crate::{meters, ConnectionSettings, Meter};
 use flume::{RecvError, SendError, Sender};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tracing::{error, field, info, warn, Instrument};
 use uuid::Uuid;
 
@@ -344,11 +344,56 @@ enum AwaitingWill {
     Fire,
 }
 
+/// CRADLE PATCH 8: the Will hand-over between a client's old and new connection, under a
+/// `parking_lot` mutex, which has no poisoning. With `std::sync::Mutex` one panic under the
+/// lock (the `try_send().unwrap()` below, when the old connection's task had died) poisoned
+/// it, and every later CONNECT of every client panicked at `lock().unwrap()`.
+/// Each entry carries the number of the connection that put it there.
+type WillHandlers = parking_lot::Mutex<HashMap<String, (u64, Sender<AwaitingWill>)>>;
+
+/// CRADLE PATCH 8: numbers the entries of [`WillHandlers`].
+static WILL_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// CRADLE PATCH 8: a future polled with panics caught, so that a panic while serving one
+/// connection ends that connection's task through the normal path (the router is told, the
+/// Will is handled) instead of unwinding out of the task and leaving the router unaware.
+struct CatchUnwind<F: std::future::Future>(std::pin::Pin<Box<F>>);
+
+impl<F: std::future::Future> std::future::Future for CatchUnwind<F> {
+    type Output = Result<F::Output, String>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        use std::task::Poll;
+        let inner = self.get_mut().0.as_mut();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Err(panic) => {
+                crate::LINK_PANICS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                Poll::Ready(Err(message))
+            }
+        }
+    }
+}
+
+/// CRADLE PATCH 8: see [`CatchUnwind`].
+fn caught<F: std::future::Future>(f: F) -> CatchUnwind<F> {
+    CatchUnwind(Box::pin(f))
+}
+
 pub struct Server<P> {
     config: ServerSettings,
     router_tx: Sender<(ConnectionId, Event)>,
     protocol: P,
-    awaiting_will_handler: Arc<Mutex<HashMap<String, Sender<AwaitingWill>>>>,
+    awaiting_will_handler: Arc<WillHandlers>,
 }
 
 /// CRADLE PATCH 6: hands connections to the router without a socket. The embedder (Cradle's
@@ -360,7 +405,7 @@ pub struct LinkAcceptor<P> {
     config: Arc<crate::ConnectionSettings>,
     router_tx: Sender<(ConnectionId, Event)>,
     protocol: P,
-    awaiting_will_handler: Arc<Mutex<HashMap<String, Sender<AwaitingWill>>>>,
+    awaiting_will_handler: Arc<WillHandlers>,
 }
 
 impl<P: Protocol + Clone + Send + 'static> LinkAcceptor<P> {
@@ -408,7 +453,7 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
             config,
             router_tx,
             protocol,
-            awaiting_will_handler: Arc::new(Mutex::new(HashMap::default())),
+            awaiting_will_handler: Arc::new(WillHandlers::default()),
         }
     }
 
@@ -554,7 +599,7 @@ async fn remote<P: Protocol>(
     router_tx: Sender<(ConnectionId, Event)>,
     stream: Box<dyn N>,
     protocol: P,
-    will_handlers: Arc<Mutex<HashMap<String, Sender<AwaitingWill>>>>,
+    will_handlers: Arc<WillHandlers>,
 ) {
     let mut network = Network::new(
         stream,
@@ -565,19 +610,27 @@ async fn remote<P: Protocol>(
 
     let dynamic_filters = config.dynamic_filters;
 
-    let connect_packet = match mqtt_connect(config, &mut network).await {
-        Ok(p) => p,
-        Err(e) => {
+    // CRADLE PATCH 8: every step that reads or writes packets runs with panics caught; a
+    // caught panic ends this connection like any other error (logged, counted in
+    // `rumqttd::caught_panics`).
+    let connect_packet = match caught(mqtt_connect(config, &mut network)).await {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => {
             error!(error=?e, "Error while handling MQTT connect packet");
+            return;
+        }
+        Err(panic) => {
+            error!(%panic, "connection task caught a panic reading CONNECT; connection ended");
             return;
         }
     };
 
+    // CRADLE PATCH 8: `mqtt_connect` returns only a CONNECT; no `unreachable!()` for the rest.
     let (mut client_id, clean_session) = match &connect_packet {
         Packet::Connect(ref connect, _, _, _, _) => {
             (connect.client_id.clone(), connect.clean_session)
         }
-        _ => unreachable!(),
+        _ => return,
     };
 
     let mut assigned_client_id = None;
@@ -594,35 +647,45 @@ async fn remote<P: Protocol>(
         client_id = format!("{tenant_id}.{client_id}");
     }
 
-    if let Some(sender) = will_handlers.lock().unwrap().remove(&client_id) {
+    // CRADLE PATCH 8: the previous connection of this client id may be gone already (its task
+    // ended, or died, without taking its entry out), or may have had its answer: a failed
+    // `try_send` is that connection's business, not a panic under the lock.
+    let previous = will_handlers.lock().remove(&client_id);
+    if let Some((_, sender)) = previous {
         let awaiting_will = if clean_session {
             AwaitingWill::Fire
         } else {
             AwaitingWill::Cancel
         };
-        sender.try_send(awaiting_will).unwrap();
+        if let Err(e) = sender.try_send(awaiting_will) {
+            warn!(error=?e, "previous connection of this client is no longer waiting for its Will");
+        }
     }
 
     let (will_tx, will_rx) = flume::bounded::<AwaitingWill>(1);
+    let generation = WILL_GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     will_handlers
         .lock()
-        .unwrap()
-        .insert(client_id.clone(), will_tx);
+        .insert(client_id.clone(), (generation, will_tx));
 
     // Start the link
-    let mut link = match RemoteLink::new(
+    let mut link = match caught(RemoteLink::new(
         router_tx.clone(),
         tenant_id.clone(),
         network,
         connect_packet,
         dynamic_filters,
         assigned_client_id,
-    )
+    ))
     .await
     {
-        Ok(l) => l,
-        Err(e) => {
+        Ok(Ok(l)) => l,
+        Ok(Err(e)) => {
             error!(error=?e, "Remote link error");
+            return;
+        }
+        Err(panic) => {
+            error!(%panic, "connection task caught a panic starting the link; connection ended");
             return;
         }
     };
@@ -631,7 +694,15 @@ async fn remote<P: Protocol>(
     let will_delay_interval = link.will_delay_interval;
     let mut send_disconnect = true;
 
-    match link.start().await {
+    let outcome = match caught(link.start()).await {
+        Ok(outcome) => outcome,
+        // CRADLE PATCH 8: the router must still learn that this connection is gone (below).
+        Err(panic) => {
+            error!(%panic, "connection task caught a panic; connection ended");
+            Ok(())
+        }
+    };
+    match outcome {
         // Connection got closed. This shouldn't usually happen.
         Ok(_) => error!("connection-stop"),
         // No need to send a disconnect message when disconnection
@@ -670,7 +741,12 @@ async fn remote<P: Protocol>(
         Ok(w) => w.is_ok_and(|k| k == AwaitingWill::Fire),
         Err(_) => {
             // no need to keep the sender after timeout
-            will_handlers.lock().unwrap().remove(&client_id);
+            // CRADLE PATCH 8: only this connection's own entry (a newer connection of the
+            // same client may have put its own there).
+            let mut handlers = will_handlers.lock();
+            if handlers.get(&client_id).is_some_and(|(g, _)| *g == generation) {
+                handlers.remove(&client_id);
+            }
             // as will delay interval has passed, publish the will message
             true
         }

@@ -55,6 +55,12 @@ fn connect_code(return_code: ConnectReturnCode) -> u8 {
         ConnectReturnCode::ServiceUnavailable => 3,
         ConnectReturnCode::BadUserNamePassword => 4,
         ConnectReturnCode::NotAuthorized => 5,
-        _ => unreachable!(),
+        // CRADLE PATCH 7: MQTT 5 reason codes have no 3.1.1 number; `unreachable!()` panicked
+        // the link task. The nearest 3.1.1 return code is sent instead.
+        ConnectReturnCode::UnsupportedProtocolVersion => 1,
+        ConnectReturnCode::ClientIdentifierNotValid => 2,
+        ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::BadAuthenticationMethod => 4,
+        ConnectReturnCode::Banned => 5,
+        _ => 3,
     }
 }

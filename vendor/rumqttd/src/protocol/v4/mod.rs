@@ -282,6 +282,46 @@ fn len_len(len: usize) -> usize {
     }
 }
 
+/// The packet in one whole frame of a type that has a body.
+fn read_frame(
+    fixed_header: FixedHeader,
+    packet_type: PacketType,
+    packet: Bytes,
+) -> Result<Packet, Error> {
+    let packet = match packet_type {
+        PacketType::Connect => {
+            let (connect, login, lastwill) = connect::read(fixed_header, packet)?;
+            Packet::Connect(connect, None, lastwill, None, login)
+        }
+        PacketType::ConnAck => Packet::ConnAck(connack::read(fixed_header, packet)?, None),
+        PacketType::Publish => Packet::Publish(publish::read(fixed_header, packet)?, None),
+        PacketType::PubAck => Packet::PubAck(puback::read(fixed_header, packet)?, None),
+        PacketType::Subscribe => Packet::Subscribe(subscribe::read(fixed_header, packet)?, None),
+        PacketType::SubAck => Packet::SubAck(suback::read(fixed_header, packet)?, None),
+        PacketType::Unsubscribe => {
+            Packet::Unsubscribe(unsubscribe::read(fixed_header, packet)?, None)
+        }
+        PacketType::UnsubAck => Packet::UnsubAck(unsuback::read(fixed_header, packet)?, None),
+        PacketType::PingReq => Packet::PingReq(PingReq),
+        PacketType::PingResp => Packet::PingResp(PingResp),
+        PacketType::PubRec => Packet::PubRec(pubrec::read(fixed_header, packet)?, None),
+        PacketType::PubRel => Packet::PubRel(pubrel::read(fixed_header, packet)?, None),
+        PacketType::PubComp => Packet::PubComp(pubcomp::read(fixed_header, packet)?, None),
+        // v4 Disconnect packet gets handled in the previous check, this branch gets hit when
+        // Disconnect packet has properties which is only valid for v5
+        PacketType::Disconnect => return Err(Error::InvalidProtocol),
+    };
+    Ok(packet)
+}
+
+/// CRADLE PATCH 10: inside a whole frame, running out of bytes means the packet is malformed.
+pub(crate) fn truncated_is_malformed(e: Error) -> Error {
+    match e {
+        Error::InsufficientBytes(_) => Error::MalformedPacket,
+        e => e,
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct V4;
 
@@ -309,61 +349,35 @@ impl Protocol for V4 {
             };
         }
 
-        let packet = packet.freeze();
-        let packet = match packet_type {
-            PacketType::Connect => {
-                let (connect, login, lastwill) = connect::read(fixed_header, packet)?;
-                Packet::Connect(connect, None, lastwill, None, login)
-            }
-            PacketType::ConnAck => Packet::ConnAck(connack::read(fixed_header, packet)?, None),
-            PacketType::Publish => Packet::Publish(publish::read(fixed_header, packet)?, None),
-            PacketType::PubAck => Packet::PubAck(puback::read(fixed_header, packet)?, None),
-            PacketType::Subscribe => {
-                Packet::Subscribe(subscribe::read(fixed_header, packet)?, None)
-            }
-            PacketType::SubAck => Packet::SubAck(suback::read(fixed_header, packet)?, None),
-            PacketType::Unsubscribe => {
-                Packet::Unsubscribe(unsubscribe::read(fixed_header, packet)?, None)
-            }
-            PacketType::UnsubAck => Packet::UnsubAck(unsuback::read(fixed_header, packet)?, None),
-            PacketType::PingReq => Packet::PingReq(PingReq),
-            PacketType::PingResp => Packet::PingResp(PingResp),
-            PacketType::PubRec => Packet::PubRec(pubrec::read(fixed_header, packet)?, None),
-            PacketType::PubRel => Packet::PubRel(pubrel::read(fixed_header, packet)?, None),
-            PacketType::PubComp => Packet::PubComp(pubcomp::read(fixed_header, packet)?, None),
-            // v4 Disconnect packet gets handled in the previous check, this branch gets hit when
-            // Disconnect packet has properties which is only valid for v5
-            PacketType::Disconnect => return Err(Error::InvalidProtocol),
-            _ => unreachable!(),
-        };
-
-        Ok(packet)
+        // CRADLE PATCH 10: a frame whose contents end early is malformed. The parsers report
+        // that as `InsufficientBytes`, which the network layer took for "wait for more bytes"
+        // although the frame was already consumed: the packet vanished without an error.
+        read_frame(fixed_header, packet_type, packet.freeze()).map_err(truncated_is_malformed)
     }
 
     fn write(&self, packet: Packet, buffer: &mut BytesMut) -> Result<usize, Error> {
+        // CRADLE PATCH 7: a packet that carries MQTT 5 properties (a PUBLISH from an MQTT 5
+        // client, with a content type, user property, expiry...) is written to an MQTT 3.1.1
+        // link without them, as the MQTT 5 specification says a server does when it forwards
+        // to a 3.1.1 client. Before, any property here hit `unreachable!()` and panicked the
+        // link task of the 3.1.1 subscriber (Cradle's own status consumer among them).
         let size = match packet {
-            Packet::Connect(connect, None, last_will, None, login) => {
+            Packet::Connect(connect, _, last_will, _, login) => {
                 connect::write(&connect, &login, &last_will, buffer)?
             }
-            // TODO: set ConnAckProperties conditionally based on version
-            // currently we can't conditionally set them based on v5 or v4,
-            // so we ignore them, as properties can't be there in v4.
             Packet::ConnAck(connack, _) => connack::write(&connack, buffer)?,
-            Packet::Publish(publish, None) => publish::write(&publish, buffer)?,
-            Packet::PubAck(puback, None) => puback::write(&puback, buffer)?,
-            Packet::Subscribe(subscribe, None) => subscribe::write(&subscribe, buffer)?,
-            Packet::SubAck(suback, None) => suback::write(&suback, buffer)?,
-            Packet::PubRec(pubrec, None) => pubrec::write(&pubrec, buffer)?,
-            Packet::PubRel(pubrel, None) => pubrel::write(&pubrel, buffer)?,
-            Packet::PubComp(pubcomp, None) => pubcomp::write(&pubcomp, buffer)?,
-            Packet::Unsubscribe(unsubscribe, None) => unsubscribe::write(&unsubscribe, buffer)?,
-            Packet::UnsubAck(unsuback, None) => unsuback::write(&unsuback, buffer)?,
-            Packet::Disconnect(disconnect, None) => disconnect::write(&disconnect, buffer)?,
-            Packet::PingReq(pingreq) => ping::pingreq::write(buffer)?,
-            Packet::PingResp(pingresp) => ping::pingresp::write(buffer)?,
-            _ => unreachable!(
-                "This branch only matches for packets with Properties, which is not possible in v4",
-            ),
+            Packet::Publish(publish, _) => publish::write(&publish, buffer)?,
+            Packet::PubAck(puback, _) => puback::write(&puback, buffer)?,
+            Packet::Subscribe(subscribe, _) => subscribe::write(&subscribe, buffer)?,
+            Packet::SubAck(suback, _) => suback::write(&suback, buffer)?,
+            Packet::PubRec(pubrec, _) => pubrec::write(&pubrec, buffer)?,
+            Packet::PubRel(pubrel, _) => pubrel::write(&pubrel, buffer)?,
+            Packet::PubComp(pubcomp, _) => pubcomp::write(&pubcomp, buffer)?,
+            Packet::Unsubscribe(unsubscribe, _) => unsubscribe::write(&unsubscribe, buffer)?,
+            Packet::UnsubAck(unsuback, _) => unsuback::write(&unsuback, buffer)?,
+            Packet::Disconnect(disconnect, _) => disconnect::write(&disconnect, buffer)?,
+            Packet::PingReq(_) => ping::pingreq::write(buffer)?,
+            Packet::PingResp(_) => ping::pingresp::write(buffer)?,
         };
         Ok(size)
     }

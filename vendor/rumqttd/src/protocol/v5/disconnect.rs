@@ -55,6 +55,11 @@ pub fn read(
     let disconnect = Disconnect {
         reason_code: reason(reason_code)?,
     };
+    // CRADLE PATCH 10: "If the Remaining Length is less than 2, a value of 0 is used" for the
+    // property length (MQTT 5, 3.14.2.2): a DISCONNECT with a reason code alone is valid.
+    if fixed_header.remaining_len < 2 {
+        return Ok((disconnect, None));
+    }
     let properties = properties::read(&mut bytes)?;
 
     Ok((disconnect, properties))

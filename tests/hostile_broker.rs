@@ -1,0 +1,276 @@
+//! Input that once took the embedded broker down (issue 12), against the real `cradle`
+//! binary with third-party clients (mosquitto_pub for MQTT 5 properties, rumqttc for 3.1.1):
+//!
+//! - an MQTT 5 PUBLISH with properties, delivered to an MQTT 3.1.1 subscriber (Cradle's own
+//!   bus among them), hit `unreachable!()` in rumqttd's 3.1.1 writer; the reconnect then
+//!   panicked under a poisoned lock and every later CONNECT was refused;
+//! - in open mode, a PUBLISH to a topic whose first character takes more than one byte
+//!   panicked rumqttd's router (`topic[..1]`).
+//!
+//! Each test then checks the service: `/readyz`, a fresh client's round trip, and a log
+//! without "panicked".
+
+mod common;
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, MqttOptions, QoS};
+use tokio::sync::mpsc;
+
+use common::{cli, status, Cradle};
+
+/// An MQTT 3.1.1 client (rumqttc) whose incoming publishes arrive on a channel, returned
+/// after its CONNACK (panics on a refusal) and the SUBACK of every filter.
+async fn client(
+    port: u16,
+    id: &str,
+    login: Option<(&str, &str)>,
+    subscribe: &[&str],
+) -> (AsyncClient, mpsc::UnboundedReceiver<rumqttc::Publish>) {
+    let mut o = MqttOptions::new(id, "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(5));
+    if let Some((u, p)) = login {
+        o.set_credentials(u, p);
+    }
+    let (client, mut el) = AsyncClient::new(o, 100);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let n = subscribe.len();
+    tokio::spawn(async move {
+        let mut ready = Some(ready_tx);
+        let mut acks = 0;
+        loop {
+            match el.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(c))) => {
+                    assert_eq!(c.code, rumqttc::ConnectReturnCode::Success);
+                    if n == 0 {
+                        if let Some(r) = ready.take() {
+                            let _ = r.send(());
+                        }
+                    }
+                }
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(s))) => {
+                    assert!(
+                        s.return_codes
+                            .iter()
+                            .all(|c| !matches!(c, rumqttc::SubscribeReasonCode::Failure)),
+                        "SUBACK refused: {s:?}"
+                    );
+                    acks += 1;
+                    if acks == n {
+                        if let Some(r) = ready.take() {
+                            let _ = r.send(());
+                        }
+                    }
+                }
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                    let _ = tx.send(p);
+                }
+                Ok(_) => {}
+                Err(rumqttc::ConnectionError::ConnectionRefused(code)) => {
+                    panic!("CONNACK refused: {code:?}")
+                }
+                Err(_) => return,
+            }
+        }
+    });
+    for f in subscribe {
+        client.subscribe(*f, QoS::AtLeastOnce).await.unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(10), ready_rx)
+        .await
+        .expect("CONNACK (and SUBACKs) in time")
+        .expect("client connected");
+    (client, rx)
+}
+
+/// The next publish on `rx` within 10 s.
+async fn next(rx: &mut mpsc::UnboundedReceiver<rumqttc::Publish>) -> rumqttc::Publish {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("a publish in time")
+        .expect("subscriber alive")
+}
+
+/// mosquitto_pub, QoS 1, to the edge's port.
+fn mosquitto_pub(port: u16, args: &[&str]) -> Output {
+    Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
+        .args(args)
+        .output()
+        .expect("run mosquitto_pub")
+}
+
+/// `/readyz` answers 200, the log has no panic, and a fresh 3.1.1 client `id` (with `login`)
+/// round-trips a message through `topic` (which it may subscribe and publish).
+async fn still_serving(cradle: &Cradle, id: &str, login: Option<(&str, &str)>, topic: &str) {
+    let ready = reqwest::get(format!("{}/readyz", cradle.http))
+        .await
+        .expect("GET /readyz");
+    assert_eq!(ready.status().as_u16(), 200, "/readyz");
+    let (c, mut rx) = client(cradle.mqtt_port, id, login, &[topic]).await;
+    c.publish(topic, QoS::AtLeastOnce, false, "round-trip")
+        .await
+        .unwrap();
+    let p = next(&mut rx).await;
+    assert_eq!((p.topic.as_str(), &p.payload[..]), (topic, &b"round-trip"[..]));
+    let log = cradle.log();
+    assert!(!log.contains("panicked"), "{log}");
+    for place in ["connection", "router"] {
+        let series = format!("cradle_broker_panics_total{{in=\"{place}\"}}");
+        assert_eq!(cradle.metric(&series).await, 0, "{series}");
+    }
+}
+
+struct Accounts {
+    _dir: tempfile::TempDir,
+    cradle: Cradle,
+    d1: String,
+    d2: String,
+    d3: String,
+}
+
+/// Account `a` with devices `d1`, `d2`, `d3`, and Cradle serving it.
+async fn accounts() -> Accounts {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("h.db").display());
+    cli(&db, &["accounts", "create", "a"]);
+    let issue = |c: &str| cli(&db, &["credentials", "issue", "--account", "a", "--client", c]);
+    let (d1, d2, d3) = (issue("d1"), issue("d2"), issue("d3"));
+    let token = ("CRADLE_ADMIN_TOKEN", "hostile-broker-admin".to_string());
+    let cradle = Cradle::spawn_ready(dir.path(), &db, &[token]).await;
+    Accounts {
+        _dir: dir,
+        cradle,
+        d1,
+        d2,
+        d3,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtt5_publish_with_properties_to_an_own_status_topic_keeps_the_service_up() {
+    if !common::mosquitto_available() {
+        return;
+    }
+    let s = accounts().await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let payload = status("connected", "m5-props", now, None);
+    for _ in 0..2 {
+        // Twice: the second one is what found the poisoned lock (the subscriber's reconnect).
+        let out = mosquitto_pub(
+            s.cradle.mqtt_port,
+            &[
+                "-V",
+                "mqttv5",
+                "-u",
+                "a",
+                "-P",
+                &s.d1,
+                "-i",
+                "d1",
+                "-t",
+                "accounts/a/clients/d1/status",
+                "-D",
+                "publish",
+                "content-type",
+                "application/json",
+                "-m",
+                &payload,
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "mosquitto_pub: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Recorded by the status pipeline (Cradle's own MQTT 3.1.1 subscriber).
+    let events = s.cradle.wait_events("a", 1).await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e["data"]["connection_id"] == "m5-props"),
+        "{events:?}"
+    );
+    still_serving(
+        &s.cradle,
+        "d3",
+        Some(("a", &s.d3)),
+        "accounts/a/clients/d3/webrtc_inbox",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_mqtt5_publish_property_reaches_an_mqtt311_subscriber_without_harm() {
+    if !common::mosquitto_available() {
+        return;
+    }
+    let s = accounts().await;
+    let inbox = "accounts/a/clients/d2/webrtc_inbox";
+    // d2 reads its inbox over MQTT 3.1.1 (as does Cradle's bus, for every inbox).
+    let (_d2, mut rx) = client(s.cradle.mqtt_port, "d2", Some(("a", &s.d2)), &[inbox]).await;
+    let properties: [&[&str]; 6] = [
+        &["user-property", "k", "v"],
+        &["payload-format-indicator", "1"],
+        &["message-expiry-interval", "60"],
+        &["correlation-data", "c0ffee"],
+        &["response-topic", "accounts/a/clients/d1/webrtc_inbox"],
+        &["content-type", "application/json"],
+    ];
+    for property in properties {
+        let kind = property[0];
+        let payload = format!(r#"{{"from":"d1","data":{{"kind":"{kind}"}}}}"#);
+        let mut args = vec!["-V", "mqttv5", "-u", "a", "-P", &s.d1, "-i", "d1"];
+        args.extend(["-t", inbox, "-D", "publish"]);
+        args.extend(property);
+        args.extend(["-m", &payload]);
+        let out = mosquitto_pub(s.cradle.mqtt_port, &args);
+        assert!(
+            out.status.success(),
+            "{kind}: mosquitto_pub: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The 3.1.1 subscriber gets the message as published, minus the property (3.1.1 has
+        // no place for it), on a connection that survived it.
+        let p = next(&mut rx).await;
+        assert_eq!(p.topic, inbox, "{kind}");
+        assert_eq!(&p.payload[..], payload.as_bytes(), "{kind}");
+    }
+    still_serving(
+        &s.cradle,
+        "d3",
+        Some(("a", &s.d3)),
+        "accounts/a/clients/d3/webrtc_inbox",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_mode_publish_to_a_topic_starting_with_a_multibyte_character_is_harmless() {
+    if !common::mosquitto_available() {
+        return;
+    }
+    // No account exists: open mode on loopback.
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("o.db").display());
+    let cradle = Cradle::spawn_ready(dir.path(), &db, &[]).await;
+    let (_sub, mut rx) = client(cradle.mqtt_port, "watcher", None, &["é/#"]).await;
+    for topic in ["é/x", "日本/x", "€"] {
+        let out = mosquitto_pub(cradle.mqtt_port, &["-i", "poker", "-t", topic, "-m", topic]);
+        assert!(
+            out.status.success(),
+            "{topic}: mosquitto_pub: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Routed like any topic: the subscriber of `é/#` gets its one message.
+    let p = next(&mut rx).await;
+    assert_eq!((p.topic.as_str(), &p.payload[..]), ("é/x", "é/x".as_bytes()));
+    still_serving(&cradle, "fresh", None, "r/t").await;
+}
