@@ -932,6 +932,9 @@ struct Run {
     log_path: std::path::PathBuf,
     recent: Mutex<VecDeque<(u64, String)>>,
     failure: Mutex<Option<String>>,
+    /// Cases whose connection was accepted (MQTT: CONNACK 0): a fuzzer whose every case is
+    /// refused at the door tests nothing behind it.
+    accepted: std::sync::atomic::AtomicU64,
 }
 
 impl Run {
@@ -943,6 +946,7 @@ impl Run {
             log_path: cradle.stderr_path.clone(),
             recent: Mutex::new(VecDeque::new()),
             failure: Mutex::new(None),
+            accepted: Default::default(),
         })
     }
 
@@ -1065,10 +1069,11 @@ where
         at = stop;
     }
     eprintln!(
-        "hostile_fuzz {}: {} cases in {:.1?}",
+        "hostile_fuzz {}: {} cases in {:.1?}, {} accepted",
         run.target,
         done.load(std::sync::atomic::Ordering::Relaxed),
-        started.elapsed()
+        started.elapsed(),
+        run.accepted.load(std::sync::atomic::Ordering::Relaxed),
     );
 }
 
@@ -1173,6 +1178,14 @@ impl World {
             ));
         }
         self.ready().await?;
+        // a panic the broker caught is still a panic (counted when the series exists)
+        let metrics = self.cradle.metrics().await;
+        if let Some(line) = metrics.lines().find(|l| {
+            l.starts_with("cradle_broker_panics_total")
+                && l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) > Some(0.0)
+        }) {
+            return Err(format!("the broker caught a panic: {line}"));
+        }
         let (port, id, login, topic) = match &self.probe {
             Some(secret) => (
                 self.cradle.mqtt_port,
@@ -1460,7 +1473,13 @@ async fn fuzz_mqtt(world: World, target: &'static str, default_cases: u64) {
                     index,
                     &format!("a client of a received b's canary: {}", hex(&got)),
                 ),
-                Ok(_) => {}
+                Ok(got) => {
+                    // CONNACK (3.1.1: 20 02 flags 00; 5: 20 len flags 00)
+                    if got.len() >= 4 && got[0] == 0x20 && got[3] == 0 {
+                        run.accepted
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
             }
         }
     };
@@ -1797,8 +1816,12 @@ async fn websocket_frames_never_panic_nor_cross_accounts() {
                     index,
                     format!("WebSocket client pwa{worker} sent: {}", sent.join(" | ")),
                 );
-                if let Err(e) = result {
-                    run.fail(index, &e);
+                match result {
+                    Ok(()) => {
+                        run.accepted
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Err(e) => run.fail(index, &e),
                 }
             } else {
                 let token = world.token2.clone().unwrap();
@@ -1815,8 +1838,12 @@ async fn websocket_frames_never_panic_nor_cross_accounts() {
                     index,
                     format!("raw WebSocket frames as raw{worker}: {}", hex(&frames)),
                 );
-                if let Err(e) = result {
-                    run.fail(index, &e);
+                match result {
+                    Ok(()) => {
+                        run.accepted
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Err(e) => run.fail(index, &e),
                 }
             }
         }
@@ -1978,6 +2005,10 @@ async fn http_requests_never_panic_nor_cross_accounts() {
                     let status =
                         String::from_utf8_lossy(got.get(..12).unwrap_or(&got)).into_owned();
                     *statuses.lock().unwrap().entry(status).or_default() += 1;
+                    if !got.is_empty() {
+                        run.accepted
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                     if World::crossed(&got) {
                         run.fail(
                             index,
