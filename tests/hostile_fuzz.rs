@@ -820,10 +820,10 @@ fn mqtt_case(rng: &mut Rng, ctx: &MqttCtx) -> (Vec<Vec<u8>>, Proto) {
             18 => auth(rng),
             _ => {
                 // a packet type a client never sends (CONNACK, SUBACK, PINGRESP, reserved)
-                let mut b = Body::default();
-                b.bytes = {
-                    let n = rng.below(6);
-                    rng.bytes(n)
+                let n = rng.below(6);
+                let b = Body {
+                    bytes: rng.bytes(n),
+                    lengths: Vec::new(),
                 };
                 b.packet(*rng.pick(&[0x20, 0x90, 0xB0, 0xD0, 0x00, 0x11, 0x33 | 0x06]))
             }
@@ -1523,7 +1523,7 @@ fn json_value(rng: &mut Rng, depth: usize) -> String {
                 ])
                 .to_string(),
             3 => {
-                let s: &[u8] = *rng.pick(INTERESTING);
+                let s = *rng.pick(INTERESTING);
                 serde_json::to_string(&String::from_utf8_lossy(s)).unwrap()
             }
             4 => "\"\\ud800\"".into(),
@@ -1550,7 +1550,7 @@ fn json_value(rng: &mut Rng, depth: usize) -> String {
 }
 
 fn ws_id(rng: &mut Rng) -> String {
-    let s: &str = *rng.pick(&[
+    let s = *rng.pick(&[
         "fz0", "probe", "pwa0", "pwa1", "", "a/b", "+", "#", "é", "x y", "$SYS",
     ]);
     if rng.chance(5) {
