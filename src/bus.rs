@@ -85,7 +85,9 @@ impl AckOrder {
 /// The ack order, also after a panic elsewhere while it was held (nothing under it panics;
 /// a poisoned lock must still not stop the bus, which every account's statuses go through).
 fn lock_order(order: &Mutex<AckOrder>) -> std::sync::MutexGuard<'_, AckOrder> {
-    order.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    order
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Acker {
