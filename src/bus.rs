@@ -82,6 +82,14 @@ impl AckOrder {
     }
 }
 
+/// The ack order, also after a panic elsewhere while it was held (nothing under it panics;
+/// a poisoned lock must still not stop the bus, which every account's statuses go through).
+fn lock_order(order: &Mutex<AckOrder>) -> std::sync::MutexGuard<'_, AckOrder> {
+    order
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl Acker {
     /// Marks `publish` done; sends every ack that is now in order (a no-op for QoS 0). A
     /// send fails only when the bus is gone, and the broker redelivers on the next session.
@@ -90,7 +98,7 @@ impl Acker {
             return;
         }
         let (pkid, addr) = identity(publish);
-        let mut order = self.order.lock().expect("not poisoned");
+        let mut order = lock_order(&self.order);
         match order
             .queue
             .iter_mut()
@@ -105,8 +113,9 @@ impl Acker {
             .front()
             .is_some_and(|(_, _, done)| done.is_some())
         {
-            let (_, _, done) = order.queue.pop_front().expect("front exists");
-            let done = done.expect("checked");
+            let Some((_, _, Some(done))) = order.queue.pop_front() else {
+                break;
+            };
             // Sent under the lock so acks enter the client's queue in order; the queue
             // holds far more than the broker's in-flight window, so this does not fail
             // while the bus runs.
@@ -347,7 +356,7 @@ async fn run(
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 // Whatever the last session left unacknowledged, the broker redelivers.
-                acker.order.lock().expect("not poisoned").queue.clear();
+                lock_order(&acker.order).queue.clear();
                 backoff = Duration::from_millis(100);
                 metrics.bus_connects.fetch_add(1, Relaxed);
                 let filters: Vec<String> = routes
@@ -394,11 +403,7 @@ async fn run(
                     // Shutting down: not acknowledged, so the broker still owns it.
                     continue;
                 };
-                acker
-                    .order
-                    .lock()
-                    .expect("not poisoned")
-                    .delivered(&publish);
+                lock_order(&acker.order).delivered(&publish);
                 match routes
                     .iter()
                     .find(|r| filter_matches(&r.filter, &publish.topic))

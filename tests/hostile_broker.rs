@@ -114,7 +114,10 @@ async fn still_serving(cradle: &Cradle, id: &str, login: Option<(&str, &str)>, t
         .await
         .unwrap();
     let p = next(&mut rx).await;
-    assert_eq!((p.topic.as_str(), &p.payload[..]), (topic, &b"round-trip"[..]));
+    assert_eq!(
+        (p.topic.as_str(), &p.payload[..]),
+        (topic, &b"round-trip"[..])
+    );
     let log = cradle.log();
     assert!(!log.contains("panicked"), "{log}");
     for place in ["connection", "router"] {
@@ -136,7 +139,12 @@ async fn accounts() -> Accounts {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("h.db").display());
     cli(&db, &["accounts", "create", "a"]);
-    let issue = |c: &str| cli(&db, &["credentials", "issue", "--account", "a", "--client", c]);
+    let issue = |c: &str| {
+        cli(
+            &db,
+            &["credentials", "issue", "--account", "a", "--client", c],
+        )
+    };
     let (d1, d2, d3) = (issue("d1"), issue("d2"), issue("d3"));
     let token = ("CRADLE_ADMIN_TOKEN", "hostile-broker-admin".to_string());
     let cradle = Cradle::spawn_ready(dir.path(), &db, &[token]).await;
@@ -271,6 +279,222 @@ async fn open_mode_publish_to_a_topic_starting_with_a_multibyte_character_is_har
     }
     // Routed like any topic: the subscriber of `é/#` gets its one message.
     let p = next(&mut rx).await;
-    assert_eq!((p.topic.as_str(), &p.payload[..]), ("é/x", "é/x".as_bytes()));
+    assert_eq!(
+        (p.topic.as_str(), &p.payload[..]),
+        ("é/x", "é/x".as_bytes())
+    );
     still_serving(&cradle, "fresh", None, "r/t").await;
+}
+
+// The broker's own codec, without a process: every input is an error or a packet, never a
+// panic, and whatever it reads it can write to either protocol version.
+
+use bytes::BytesMut;
+use rumqttd::protocol::{self as broker, v4::V4, v5::V5, Packet, Protocol};
+
+/// Valid MQTT 3.1.1 and 5 packets as clients send them (rumqttc's encoders), properties
+/// included: the seeds of the mutations below.
+fn corpus() -> Vec<(bool, Vec<u8>)> {
+    use rumqttc::mqttbytes::v4;
+    use rumqttc::v5::mqttbytes::v5;
+    let mut out = Vec::new();
+    let mut v4p = |p: v4::Packet| {
+        let mut b = BytesMut::new();
+        p.write(&mut b, 1 << 20).unwrap();
+        out.push((false, b.to_vec()));
+    };
+    let mut c = v4::Connect::new("c1");
+    c.keep_alive = 30;
+    v4p(v4::Packet::Connect(c));
+    let mut p = v4::Publish::new("é/x", rumqttc::QoS::AtLeastOnce, b"payload".to_vec());
+    p.pkid = 7;
+    v4p(v4::Packet::Publish(p));
+    v4p(v4::Packet::Subscribe(v4::Subscribe::new(
+        "accounts/a/#",
+        rumqttc::QoS::AtLeastOnce,
+    )));
+    v4p(v4::Packet::Unsubscribe(v4::Unsubscribe::new("a/b")));
+    v4p(v4::Packet::PubAck(v4::PubAck::new(7)));
+    v4p(v4::Packet::PubRec(v4::PubRec::new(7)));
+    v4p(v4::Packet::PubRel(v4::PubRel::new(7)));
+    v4p(v4::Packet::PubComp(v4::PubComp::new(7)));
+    v4p(v4::Packet::PingReq);
+    v4p(v4::Packet::Disconnect);
+    let mut v5p = |p: v5::Packet| {
+        let mut b = BytesMut::new();
+        p.write(&mut b, None).unwrap();
+        out.push((true, b.to_vec()));
+    };
+    let props = v5::PublishProperties {
+        payload_format_indicator: Some(1),
+        message_expiry_interval: Some(60),
+        topic_alias: Some(3),
+        response_topic: Some("accounts/a/clients/d1/webrtc_inbox".into()),
+        correlation_data: Some(bytes::Bytes::from_static(b"c0ffee")),
+        user_properties: vec![("k".into(), "v".into())],
+        subscription_identifiers: vec![],
+        content_type: Some("application/json".into()),
+    };
+    let mut p = v5::Publish::new(
+        "accounts/a/clients/d1/status",
+        rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        "{}",
+        Some(props),
+    );
+    p.pkid = 9;
+    v5p(v5::Packet::Publish(p));
+    v5p(v5::Packet::Connect(
+        v5::Connect {
+            keep_alive: 30,
+            client_id: "c5".into(),
+            clean_start: true,
+            properties: Some(v5::ConnectProperties {
+                session_expiry_interval: Some(10),
+                receive_maximum: Some(10),
+                max_packet_size: Some(1 << 16),
+                topic_alias_max: Some(10),
+                request_response_info: Some(1),
+                request_problem_info: Some(1),
+                user_properties: vec![("k".into(), "v".into())],
+                authentication_method: None,
+                authentication_data: None,
+            }),
+        },
+        None,
+        None,
+    ));
+    v5p(v5::Packet::Subscribe(v5::Subscribe::new(
+        v5::Filter::new("accounts/a/#", rumqttc::v5::mqttbytes::QoS::ExactlyOnce),
+        None,
+    )));
+    v5p(v5::Packet::Disconnect(v5::Disconnect::new(
+        v5::DisconnectReasonCode::DisconnectWithWillMessage,
+    )));
+    v5p(v5::Packet::PingReq(v5::PingReq));
+    // A CONNACK and an UNSUBACK from a client (once `unreachable!()`), a reason-code-only
+    // DISCONNECT, a truncated property length.
+    for raw in [
+        &[0x20, 0x03, 0x00, 0x00, 0x00][..],
+        &[0xB0, 0x04, 0x00, 0x01, 0x00, 0x00],
+        &[0xE0, 0x01, 0x04],
+        &[0x30, 0x05, 0x00, 0x01, b'a', 0x80, 0x80],
+    ] {
+        out.push((true, raw.to_vec()));
+        out.push((false, raw.to_vec()));
+    }
+    out
+}
+
+/// A seeded xorshift, so that a failure names its case.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+fn mutate(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
+    let mut b = seed.to_vec();
+    for _ in 0..1 + rng.below(4) {
+        match rng.below(5) {
+            0 if !b.is_empty() => {
+                let i = rng.below(b.len());
+                b[i] ^= 1 << rng.below(8);
+            }
+            1 if !b.is_empty() => {
+                let i = rng.below(b.len());
+                b[i] = rng.next() as u8;
+            }
+            2 => {
+                let i = rng.below(b.len() + 1);
+                b.insert(i, rng.next() as u8);
+            }
+            3 if !b.is_empty() => {
+                let i = rng.below(b.len());
+                b.remove(i);
+            }
+            _ => b.truncate(rng.below(b.len() + 1)),
+        }
+    }
+    b
+}
+
+/// Reads every packet of `bytes` with the broker's reader for the version, and writes each
+/// with both writers (the router forwards what one client sent to clients of both).
+fn read_and_write_back(v5: bool, bytes: &[u8]) {
+    let mut stream = BytesMut::from(bytes);
+    let read = |s: &mut BytesMut| -> Result<Packet, broker::Error> {
+        if v5 {
+            V5.read_mut(s, 1 << 20)
+        } else {
+            V4.read_mut(s, 1 << 20)
+        }
+    };
+    while let Ok(packet) = read(&mut stream) {
+        let mut out = BytesMut::new();
+        let _ = V4.write(packet.clone(), &mut out);
+        let _ = V5.write(packet, &mut out);
+    }
+}
+
+#[test]
+fn the_broker_codec_reads_and_writes_mutated_packets_without_panicking() {
+    let corpus = corpus();
+    let mut rng = Rng(0x1234_5678_9abc_def1);
+    for case in 0..20_000 {
+        let (v5, seed) = &corpus[rng.below(corpus.len())];
+        let input = mutate(&mut rng, seed);
+        let caught = std::panic::catch_unwind(|| read_and_write_back(*v5, &input));
+        assert!(caught.is_ok(), "case {case}: v5={v5} input={input:02x?}");
+    }
+    for (v5, seed) in &corpus {
+        read_and_write_back(*v5, seed);
+    }
+}
+
+#[test]
+fn an_mqtt5_publish_with_every_property_is_written_to_mqtt311_without_them() {
+    let (_, frame) = corpus()
+        .into_iter()
+        .find(|(v5, b)| *v5 && b[0] >> 4 == 3)
+        .unwrap();
+    let packet = V5
+        .read_mut(&mut BytesMut::from(&frame[..]), 1 << 20)
+        .unwrap();
+    let Packet::Publish(_, Some(props)) = &packet else {
+        panic!("{packet:?}")
+    };
+    assert_eq!(props.content_type.as_deref(), Some("application/json"));
+    let mut out = BytesMut::new();
+    V4.write(packet, &mut out).unwrap();
+    let expected = {
+        let mut p = rumqttc::mqttbytes::v4::Publish::new(
+            "accounts/a/clients/d1/status",
+            rumqttc::QoS::AtLeastOnce,
+            b"{}".to_vec(),
+        );
+        p.pkid = 9;
+        let mut b = BytesMut::new();
+        rumqttc::mqttbytes::v4::Packet::Publish(p)
+            .write(&mut b, 1 << 20)
+            .unwrap();
+        b
+    };
+    assert_eq!(out, expected);
+}
+
+#[test]
+fn topic_matching_reads_characters_not_bytes() {
+    assert!(broker::matches("é/x", "é/#"));
+    assert!(broker::matches("日本", "+"));
+    assert!(!broker::matches("$SYS/x", "#"));
+    assert!(!broker::matches("€/x", "é/#"));
 }

@@ -157,7 +157,8 @@ pub fn decide(
             Ok(SessionEvent::Ended {
                 session: s.clone(),
                 ended_at_millis: *at_millis,
-                duration_millis: (*at_millis - s.started_at_millis).max(0),
+                // Saturating: the decider does not rely on its callers' range checks.
+                duration_millis: at_millis.saturating_sub(s.started_at_millis).max(0),
                 reason: *reason,
             })
         }

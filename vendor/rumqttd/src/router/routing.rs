@@ -292,10 +292,16 @@ impl Router {
         if let Some(id) = blame {
             if self.obufs.contains(id) {
                 let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    self.handle_disconnection(id, Some(DisconnectReasonCode::ImplementationSpecificError));
+                    self.handle_disconnection(
+                        id,
+                        Some(DisconnectReasonCode::ImplementationSpecificError),
+                    );
                 }));
                 if ended.is_err() {
-                    error!(id, "router caught a second panic while ending the connection");
+                    error!(
+                        id,
+                        "router caught a second panic while ending the connection"
+                    );
                 }
             }
         }
@@ -469,7 +475,10 @@ impl Router {
             || self.ackslog.vacant_key() != connection_id
             || self.scheduler.trackers.vacant_key() != connection_id
         {
-            error!(connection_id, "router connection slots out of step, refusing connection");
+            error!(
+                connection_id,
+                "router connection slots out of step, refusing connection"
+            );
             return;
         }
         self.connections.insert(connection);
@@ -669,7 +678,8 @@ impl Router {
             self.graveyard.save_metrics(id, connection.events);
         }
         // CRADLE PATCH 11: no underflow panic in a debug build.
-        self.router_meters.total_connections = self.router_meters.total_connections.saturating_sub(1);
+        self.router_meters.total_connections =
+            self.router_meters.total_connections.saturating_sub(1);
     }
 
     /// Handles new incoming data on a topic
@@ -1157,7 +1167,6 @@ impl Router {
         id: ConnectionId,
         mut requests: VecDeque<DataRequest>,
     ) -> Option<()> {
-
         let span = tracing::info_span!("[<] outgoing", connection_id = id);
         let _guard = span.enter();
 

@@ -744,7 +744,10 @@ async fn remote<P: Protocol>(
             // CRADLE PATCH 8: only this connection's own entry (a newer connection of the
             // same client may have put its own there).
             let mut handlers = will_handlers.lock();
-            if handlers.get(&client_id).is_some_and(|(g, _)| *g == generation) {
+            if handlers
+                .get(&client_id)
+                .is_some_and(|(g, _)| *g == generation)
+            {
                 handlers.remove(&client_id);
             }
             // as will delay interval has passed, publish the will message
