@@ -1069,7 +1069,9 @@ where
             tasks.push(tokio::spawn(async move {
                 let mut i = at + w as u64;
                 while i < stop && !run.failed() {
-                    case(run.clone(), w, i).await;
+                    // the client a case connects as follows from its index, so `CRADLE_FUZZ_CASE`
+                    // replays it byte for byte
+                    case(run.clone(), (i % WORKERS as u64) as usize, i).await;
                     done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     if let Some(p) = run.panicked_since_last_look() {
                         run.fail(i, &format!("the log shows a panic:\n{p}"));
