@@ -284,7 +284,8 @@ impl RouterMeter {
         if self.total_publishes > 0 || self.failed_publishes > 0 {
             self.timestamp = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
+                // CRADLE PATCH 12: no panic on a clock before 1970.
+                .unwrap_or_default()
                 .as_millis();
             self.sequence += 1;
 
@@ -316,7 +317,8 @@ impl SubscriptionMeter {
         if self.count > 0 {
             self.timestamp = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
+                // CRADLE PATCH 12: no panic on a clock before 1970.
+                .unwrap_or_default()
                 .as_millis();
             self.sequence += 1;
 

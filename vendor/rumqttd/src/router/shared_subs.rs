@@ -44,6 +44,11 @@ impl SharedGroup {
     }
 
     pub fn update_next_client(&mut self) {
+        // CRADLE PATCH 12: `% 0` and `gen_range(0..0)` panic; an empty group has no next client.
+        if self.clients.is_empty() {
+            self.current_client_index = 0;
+            return;
+        }
         match self.strategy {
             Strategy::RoundRobin => {
                 self.current_client_index = (self.current_client_index + 1) % self.clients.len();
