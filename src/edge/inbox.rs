@@ -256,7 +256,7 @@ mod tests {
             .unwrap()
             .unwrap();
         let mut buf = out.clone();
-        let v4::Packet::Publish(q) = v4::read(&mut buf, 1 << 20).unwrap() else {
+        let v4::Packet::Publish(q) = v4::Packet::read(&mut buf, 1 << 20).unwrap() else {
             panic!("not a publish")
         };
         assert_eq!(q.topic, "accounts/a/clients/pwa/webrtc_inbox");
