@@ -38,13 +38,30 @@ async fn setup() -> Setup {
     let device = |client: &str| {
         cli(
             &db,
-            &["credentials", "issue", "--account", ACCOUNT, "--client", client],
+            &[
+                "credentials",
+                "issue",
+                "--account",
+                ACCOUNT,
+                "--client",
+                client,
+            ],
         )
     };
     let (baby_a, baby_b) = (device("baby-a"), device("baby-b"));
-    let token = || cli(&db, &["credentials", "issue", "--account", ACCOUNT, "--token"]);
+    let token = || {
+        cli(
+            &db,
+            &["credentials", "issue", "--account", ACCOUNT, "--token"],
+        )
+    };
     let (token_1, token_2) = (token(), token());
-    let c = ws_cradle(dir.path(), &db, &[("CRADLE_ADMIN_TOKEN", ADMIN.to_string())]).await;
+    let c = ws_cradle(
+        dir.path(),
+        &db,
+        &[("CRADLE_ADMIN_TOKEN", ADMIN.to_string())],
+    )
+    .await;
     Setup {
         _dir: dir,
         c,
@@ -303,7 +320,8 @@ async fn a_token_holder_cannot_resume_another_pwas_session() {
         assert_eq!(upgrade_status(c, &query).await, 410, "{query}");
     }
     assert_eq!(
-        c.metric("cradle_ws_resumes_total{outcome=\"refused\"}").await,
+        c.metric("cradle_ws_resumes_total{outcome=\"refused\"}")
+            .await,
         2
     );
     assert!(c.log().contains("WebSocket resume refused"));
@@ -362,7 +380,8 @@ async fn a_resume_with_the_session_secret_works() {
     let wrong = format!("{resume}&resume_secret={}", "f".repeat(32));
     assert_eq!(upgrade_status(&c, &wrong).await, 410);
     assert_eq!(
-        c.metric("cradle_ws_resumes_total{outcome=\"refused\"}").await,
+        c.metric("cradle_ws_resumes_total{outcome=\"refused\"}")
+            .await,
         2
     );
     // With it: resumed, the missed frame replayed, the same secret in the new hello.
@@ -377,7 +396,8 @@ async fn a_resume_with_the_session_secret_works() {
     // `from` is the sender the edge saw (open mode: its MQTT client id).
     assert_eq!(signal["from"], "baby");
     assert_eq!(
-        c.metric("cradle_ws_resumes_total{outcome=\"resumed\"}").await,
+        c.metric("cradle_ws_resumes_total{outcome=\"resumed\"}")
+            .await,
         1
     );
 }

@@ -8,9 +8,7 @@ use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
-use super::{
-    broker_addr, now_nanos, proc_stats, run_id, BenchError, BenchResult,
-};
+use super::{broker_addr, now_nanos, proc_stats, run_id, BenchError, BenchResult};
 
 /// Parameters of a signalling run.
 #[derive(Debug, Clone)]

@@ -238,8 +238,7 @@ pub fn decide_start(
     start: &ActiveSession,
 ) -> Result<Vec<SessionEvent>, Rejected> {
     let started = decide(state, &SessionCommand::Start(start.clone()))?;
-    let on_same_connection =
-        on_same_connection.filter(|old| old.session_id != start.session_id);
+    let on_same_connection = on_same_connection.filter(|old| old.session_id != start.session_id);
     if let Actor::Station(station) = by {
         if start.client_id != *station {
             return Err(Rejected::Refused(SessionRefused::OtherStation));
@@ -384,7 +383,8 @@ mod tests {
     fn given_a_session_on_the_connection_when_a_new_one_starts_there_then_the_old_ends_first() {
         let old = session("s1", "k1", 100);
         let new = session("s2", "k1", 500);
-        let events = decide_start(&Actor::Account, &SessionState::None, None, Some(&old), &new).unwrap();
+        let events =
+            decide_start(&Actor::Account, &SessionState::None, None, Some(&old), &new).unwrap();
         assert_eq!(events.len(), 2);
         match &events[0] {
             SessionEvent::Ended {
@@ -407,7 +407,13 @@ mod tests {
     fn given_the_same_session_on_the_connection_when_started_again_then_nothing_ends() {
         let s = session("s1", "k1", 100);
         assert_eq!(
-            decide_start(&Actor::Account, &SessionState::Active(s.clone()), None, Some(&s), &s),
+            decide_start(
+                &Actor::Account,
+                &SessionState::Active(s.clone()),
+                None,
+                Some(&s),
+                &s
+            ),
             Err(Rejected::Ignored(SessionIgnored::DuplicateStart))
         );
     }
@@ -443,7 +449,13 @@ mod tests {
         let theirs = hosted_by("baby-a", "sa", "ka", 100);
         let mine = hosted_by("baby-b", "sb", "ka", 500);
         assert_eq!(
-            decide_start(&station("baby-b"), &SessionState::None, None, Some(&theirs), &mine),
+            decide_start(
+                &station("baby-b"),
+                &SessionState::None,
+                None,
+                Some(&theirs),
+                &mine
+            ),
             Err(Rejected::Refused(SessionRefused::ForeignConnection))
         );
     }
@@ -452,7 +464,13 @@ mod tests {
     fn given_another_clients_current_connection_when_a_station_starts_on_it_then_it_is_refused() {
         let mine = hosted_by("baby-b", "sb", "ka", 500);
         assert_eq!(
-            decide_start(&station("baby-b"), &SessionState::None, Some("baby-a"), None, &mine),
+            decide_start(
+                &station("baby-b"),
+                &SessionState::None,
+                Some("baby-a"),
+                None,
+                &mine
+            ),
             Err(Rejected::Refused(SessionRefused::ForeignConnection))
         );
     }
@@ -462,9 +480,14 @@ mod tests {
     ) {
         let old = hosted_by("baby-a", "s1", "ka", 100);
         let new = hosted_by("baby-a", "s2", "ka", 500);
-        let events =
-            decide_start(&station("baby-a"), &SessionState::None, Some("baby-a"), Some(&old), &new)
-                .unwrap();
+        let events = decide_start(
+            &station("baby-a"),
+            &SessionState::None,
+            Some("baby-a"),
+            Some(&old),
+            &new,
+        )
+        .unwrap();
         assert_eq!(events.len(), 2);
         assert!(matches!(
             &events[0],
@@ -478,9 +501,14 @@ mod tests {
     ) {
         let squat = hosted_by("baby-b", "sb", "ka", 100);
         let real = hosted_by("baby-a", "sa", "ka", 500);
-        let events =
-            decide_start(&station("baby-a"), &SessionState::None, Some("baby-a"), Some(&squat), &real)
-                .unwrap();
+        let events = decide_start(
+            &station("baby-a"),
+            &SessionState::None,
+            Some("baby-a"),
+            Some(&squat),
+            &real,
+        )
+        .unwrap();
         assert_eq!(events.len(), 2);
         assert_eq!(events[0].session().session_id, "sb");
         assert_eq!(events[1], SessionEvent::Started(real));
@@ -505,8 +533,8 @@ mod tests {
     }
 
     #[test]
-    fn given_an_active_session_when_another_station_repeats_its_start_then_it_is_only_a_duplicate(
-    ) {
+    fn given_an_active_session_when_another_station_repeats_its_start_then_it_is_only_a_duplicate()
+    {
         let theirs = hosted_by("baby-a", "sa", "ka", 100);
         let echo = hosted_by("baby-b", "sa", "ka", 100);
         assert_eq!(
@@ -526,9 +554,14 @@ mod tests {
     {
         let theirs = hosted_by("baby-a", "sa", "ka", 100);
         let new = hosted_by("baby-b", "sb", "ka", 500);
-        let events =
-            decide_start(&Actor::Account, &SessionState::None, Some("baby-a"), Some(&theirs), &new)
-                .unwrap();
+        let events = decide_start(
+            &Actor::Account,
+            &SessionState::None,
+            Some("baby-a"),
+            Some(&theirs),
+            &new,
+        )
+        .unwrap();
         assert_eq!(events.len(), 2);
     }
 
@@ -557,7 +590,12 @@ mod tests {
     #[test]
     fn given_an_unknown_session_when_a_station_ends_it_then_it_is_unknown_not_refused() {
         assert_eq!(
-            decide_end(&station("baby-b"), &SessionState::None, 900, EndReason::Explicit),
+            decide_end(
+                &station("baby-b"),
+                &SessionState::None,
+                900,
+                EndReason::Explicit
+            ),
             Err(Rejected::Ignored(SessionIgnored::UnknownSession))
         );
     }

@@ -55,8 +55,7 @@ pub fn is_inbox_topic(topic: &str) -> bool {
 /// The payload with `from` set to `sender_client_id` (overwriting the sender's); other
 /// fields are kept. A payload that is not a JSON object is refused.
 pub fn stamp_from(sender_client_id: &str, payload: &[u8]) -> Result<Bytes, InboxDrop> {
-    let mut value: Value =
-        serde_json::from_slice(payload).map_err(|_| InboxDrop::NotJsonObject)?;
+    let mut value: Value = serde_json::from_slice(payload).map_err(|_| InboxDrop::NotJsonObject)?;
     let object = value.as_object_mut().ok_or(InboxDrop::NotJsonObject)?;
     object.insert("from".into(), Value::String(sender_client_id.to_string()));
     serde_json::to_vec(&value)
@@ -206,8 +205,11 @@ mod tests {
 
     #[test]
     fn a_forged_from_is_overwritten_with_the_authenticated_sender() {
-        let out = stamp_from("baby", br#"{"from":"pwa","data":{"sdp":"x"},"to_connection":null}"#)
-            .unwrap();
+        let out = stamp_from(
+            "baby",
+            br#"{"from":"pwa","data":{"sdp":"x"},"to_connection":null}"#,
+        )
+        .unwrap();
         let v = json(&out);
         assert_eq!(v["from"], "baby");
         assert_eq!(v["data"]["sdp"], "x");
@@ -223,8 +225,21 @@ mod tests {
 
     #[test]
     fn a_payload_that_is_not_a_json_object_is_dropped() {
-        for bad in [&b""[..], b"hello", b"[1,2]", b"\"s\"", b"42", b"null", b"{", b"\xff"] {
-            assert_eq!(stamp_from("baby", bad), Err(InboxDrop::NotJsonObject), "{bad:?}");
+        for bad in [
+            &b""[..],
+            b"hello",
+            b"[1,2]",
+            b"\"s\"",
+            b"42",
+            b"null",
+            b"{",
+            b"\xff",
+        ] {
+            assert_eq!(
+                stamp_from("baby", bad),
+                Err(InboxDrop::NotJsonObject),
+                "{bad:?}"
+            );
         }
     }
 
@@ -260,7 +275,10 @@ mod tests {
             panic!("not a publish")
         };
         assert_eq!(q.topic, "accounts/a/clients/pwa/webrtc_inbox");
-        assert_eq!((q.pkid, q.qos, q.retain, q.dup), (7, rumqttc::QoS::AtLeastOnce, true, true));
+        assert_eq!(
+            (q.pkid, q.qos, q.retain, q.dup),
+            (7, rumqttc::QoS::AtLeastOnce, true, true)
+        );
         assert_eq!(json(&q.payload)["from"], "baby");
         assert_eq!(json(&q.payload)["data"], 2);
     }
@@ -306,7 +324,10 @@ mod tests {
         assert_eq!(props.message_expiry_interval, Some(60));
         assert_eq!(props.response_topic.as_deref(), Some("r/t"));
         assert_eq!(props.correlation_data.as_deref(), Some(&b"cd"[..]));
-        assert_eq!(props.user_properties, vec![("k".to_string(), "v".to_string())]);
+        assert_eq!(
+            props.user_properties,
+            vec![("k".to_string(), "v".to_string())]
+        );
         assert_eq!(props.content_type.as_deref(), Some("application/json"));
     }
 

@@ -73,7 +73,8 @@ impl WsSession {
     /// it (`credential_id`), or with its resume secret (compared in constant time). A session
     /// opened without a token (open mode) needs the secret.
     pub fn may_resume(&self, credential_id: Option<&str>, secret: Option<&str>) -> bool {
-        let same_token = self.key.credential_id.is_some() && self.key.credential_id.as_deref() == credential_id;
+        let same_token =
+            self.key.credential_id.is_some() && self.key.credential_id.as_deref() == credential_id;
         same_token
             || secret.is_some_and(|s| {
                 crate::auth::constant_time_eq(s.as_bytes(), self.key.secret.as_bytes())

@@ -595,7 +595,11 @@ async fn authenticate(
         }
     }
     if state.auth.anonymous_allowed(state.http_loopback).await {
-        return q.account.clone().filter(|a| is_valid_id(a)).map(|a| (a, None));
+        return q
+            .account
+            .clone()
+            .filter(|a| is_valid_id(a))
+            .map(|a| (a, None));
     }
     None
 }
