@@ -325,14 +325,20 @@ async fn an_account_cannot_read_or_write_another_account() {
         .is_none());
     // b's own subscription works: b's own publish reaches it.
     b.client
-        .publish(inbox("b", "d1"), QoS::AtLeastOnce, false, "own")
+        .publish(
+            inbox("b", "d1"),
+            QoS::AtLeastOnce,
+            false,
+            r#"{"data":"own"}"#,
+        )
         .await
         .unwrap();
     let own = b
         .publish_received(Duration::from_secs(5))
         .await
         .expect("b's own message");
-    assert_eq!(&own.payload[..], b"own");
+    let own: serde_json::Value = serde_json::from_slice(&own.payload).unwrap();
+    assert_eq!(own["data"], "own");
     // ... and a's subscriber inside a never saw anything of b.
     while let Some(p) = a.publish_received(Duration::from_millis(300)).await {
         assert!(p.topic.starts_with("accounts/a/"), "{}", p.topic);
