@@ -877,7 +877,10 @@ impl Conn {
             super::inbox::stamp_publish(&frame, h, proto, topic, v.payload, &self.client_id)
         {
             let refused = match stamped {
-                Ok(out) => return Ok(to_up.extend_from_slice(&out)),
+                Ok(out) => {
+                    to_up.extend_from_slice(&out);
+                    return Ok(());
+                }
                 Err(drop) => drop,
             };
             self.shared.metrics.inbox_drop(refused);

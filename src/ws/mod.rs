@@ -150,16 +150,16 @@ fn new_resume_secret() -> String {
 
 /// Whether a resume of `connection_id` may proceed: the session exists for this account and
 /// client, and the caller opened it (same token credential) or gives its resume secret.
-/// Anything else is answered like an unknown session (410 `session_gone`); a refusal is
-/// logged and counted (`cradle_ws_resumes_total{outcome="refused"}`).
-fn check_resume(
+/// Anything else is answered like an unknown session (410 `session_gone`) by the caller and
+/// counted here (`gone`, or `refused`, also logged).
+fn may_resume(
     bridge: &Bridge,
     connection_id: &str,
     account_id: &str,
     client_id: &str,
     credential_id: Option<&str>,
     secret: Option<&str>,
-) -> Result<(), Response> {
+) -> bool {
     let known = bridge
         .hub
         .get(connection_id)
@@ -170,14 +170,10 @@ fn check_resume(
             tracing::warn!(%account_id, %client_id, connection_id, "WebSocket resume refused: neither the opening token nor the session's resume secret");
             4
         }
-        Some(_) => return Ok(()),
+        Some(_) => return true,
     };
     bridge.metrics.resumes[outcome].fetch_add(1, Relaxed);
-    Err(refuse(
-        StatusCode::GONE,
-        "session_gone",
-        "no session to resume: connect again without resume parameters",
-    ))
+    false
 }
 
 impl Bridge {
@@ -653,9 +649,12 @@ async fn upgrade(
     };
     if let Some((id, _)) = &resume {
         let (credential, secret) = (credential_id.as_deref(), q.resume_secret.as_deref());
-        if let Err(refused) = check_resume(&bridge, id, &account_id, &client_id, credential, secret)
-        {
-            return refused;
+        if !may_resume(&bridge, id, &account_id, &client_id, credential, secret) {
+            return refuse(
+                StatusCode::GONE,
+                "session_gone",
+                "no session to resume: connect again without resume parameters",
+            );
         }
     }
     let settings = bridge.settings.clone();
