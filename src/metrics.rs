@@ -10,6 +10,7 @@ use crate::auth::Refusal;
 use crate::domain::connection::DisconnectReason;
 use crate::domain::session::SessionIgnored;
 use crate::edge::codec::FrameError;
+use crate::edge::inbox::InboxDrop;
 use crate::edge::AclDrop;
 use crate::topics::DropReason;
 
@@ -135,16 +136,20 @@ pub enum StationDrop {
     Oversize,
     /// Not a valid announcement (the log names the field).
     InvalidPayload,
-    /// The payload's `client_id` is not the topic's.
+    /// The payload's `client_id` is not the topic's, or an end names another station's
+    /// session.
     ClientMismatch,
+    /// A start names a connection of another client.
+    ForeignConnection,
 }
 
 impl StationDrop {
-    const ALL: [StationDrop; 4] = [
+    const ALL: [StationDrop; 5] = [
         Self::InvalidTopic,
         Self::Oversize,
         Self::InvalidPayload,
         Self::ClientMismatch,
+        Self::ForeignConnection,
     ];
 
     /// Metric label.
@@ -154,6 +159,7 @@ impl StationDrop {
             Self::Oversize => "oversize",
             Self::InvalidPayload => "invalid_payload",
             Self::ClientMismatch => "client_mismatch",
+            Self::ForeignConnection => "foreign_connection",
         }
     }
 }
@@ -248,7 +254,7 @@ pub struct Metrics {
     /// Messages received on parent-station topics.
     pub parent_station_messages: AtomicU64,
     /// Station messages dropped, by `StationDrop::ALL` index.
-    pub station_drops: [AtomicU64; 4],
+    pub station_drops: [AtomicU64; 5],
     /// Open HTTP connections (upgraded WebSockets leave this count).
     pub http_open: std::sync::atomic::AtomicI64,
     /// HTTP connections accepted.
@@ -259,6 +265,8 @@ pub struct Metrics {
     pub http_idle_closed: AtomicU64,
     /// Bearer token checks, by `TokenCheck::ALL` index.
     pub http_token_checks: [AtomicU64; 3],
+    /// Inbox messages the edge dropped (not stamped with `from`), by `InboxDrop::ALL` index.
+    pub inbox_drops: [AtomicU64; 2],
 }
 
 impl Metrics {
@@ -410,6 +418,13 @@ impl Metrics {
                 r.as_str(),
                 self.http_token_checks[i].load(Relaxed)
             );
+        }
+    }
+
+    /// Counts one inbox message the edge dropped.
+    pub fn inbox_drop(&self, reason: InboxDrop) {
+        if let Some(i) = InboxDrop::ALL.iter().position(|x| *x == reason) {
+            self.inbox_drops[i].fetch_add(1, Relaxed);
         }
     }
 
@@ -717,6 +732,14 @@ impl Metrics {
                 "cradle_mqtt_messages_dropped_total{{family=\"stations\",reason=\"{}\"}} {}",
                 r.as_str(),
                 self.station_drops[i].load(Relaxed)
+            );
+        }
+        for (i, r) in InboxDrop::ALL.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "cradle_mqtt_messages_dropped_total{{family=\"inbox\",reason=\"{}\"}} {}",
+                r.as_str(),
+                self.inbox_drops[i].load(Relaxed)
             );
         }
         c(

@@ -302,16 +302,22 @@ async fn an_account_cannot_read_or_write_another_account() {
         }
     };
     acks.await;
-    // Allowed: a signals a2 inside its own account.
+    // Allowed: a signals a2 inside its own account (a JSON object; the edge sets `from`).
     a.client
-        .publish(inbox("a", "d2"), QoS::AtLeastOnce, false, "offer")
+        .publish(
+            inbox("a", "d2"),
+            QoS::AtLeastOnce,
+            false,
+            r#"{"data":"offer"}"#,
+        )
         .await
         .unwrap();
     let got = a2
         .publish_received(Duration::from_secs(5))
         .await
         .expect("inbox message");
-    assert_eq!(&got.payload[..], b"offer");
+    let got: serde_json::Value = serde_json::from_slice(&got.payload).unwrap();
+    assert_eq!(got, serde_json::json!({"data": "offer", "from": "d1"}));
 
     assert!(b
         .publish_received(Duration::from_millis(700))
@@ -319,14 +325,20 @@ async fn an_account_cannot_read_or_write_another_account() {
         .is_none());
     // b's own subscription works: b's own publish reaches it.
     b.client
-        .publish(inbox("b", "d1"), QoS::AtLeastOnce, false, "own")
+        .publish(
+            inbox("b", "d1"),
+            QoS::AtLeastOnce,
+            false,
+            r#"{"data":"own"}"#,
+        )
         .await
         .unwrap();
     let own = b
         .publish_received(Duration::from_secs(5))
         .await
         .expect("b's own message");
-    assert_eq!(&own.payload[..], b"own");
+    let own: serde_json::Value = serde_json::from_slice(&own.payload).unwrap();
+    assert_eq!(own["data"], "own");
     // ... and a's subscriber inside a never saw anything of b.
     while let Some(p) = a.publish_received(Duration::from_millis(300)).await {
         assert!(p.topic.starts_with("accounts/a/"), "{}", p.topic);
@@ -552,9 +564,10 @@ async fn a_topic_alias_cannot_smuggle_a_topic_past_the_check() {
     a_sub.suback().await;
 
     // Alias 1 set on an allowed topic, then reused with an empty topic: delivered.
-    a.publish(&inbox("a", "d2"), Some(1), b"first", 1).await;
+    a.publish(&inbox("a", "d2"), Some(1), br#"{"data":"first"}"#, 1)
+        .await;
     assert_eq!(a.puback().await, v5::PubAckReason::Success);
-    a.publish("", Some(1), b"second", 2).await;
+    a.publish("", Some(1), br#"{"data":"second"}"#, 2).await;
     assert_eq!(a.puback().await, v5::PubAckReason::Success);
     // Alias 1 re-pointed at b's inbox: refused, and so is every use of it afterwards.
     a.publish(&inbox("b", "d1"), Some(1), b"smuggled", 3).await;
@@ -565,9 +578,11 @@ async fn a_topic_alias_cannot_smuggle_a_topic_past_the_check() {
     let mut got = Vec::new();
     while let Some(p) = a_sub.publish_received(Duration::from_millis(700)).await {
         assert_eq!(p.topic, inbox("a", "d2"));
-        got.push(p.payload.to_vec());
+        let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+        assert_eq!(v["from"], "d1");
+        got.push(v["data"].as_str().unwrap().to_string());
     }
-    assert_eq!(got, vec![b"first".to_vec(), b"second".to_vec()]);
+    assert_eq!(got, vec!["first", "second"]);
     assert!(b
         .publish_received(Duration::from_millis(300))
         .await

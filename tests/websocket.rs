@@ -220,6 +220,8 @@ async fn a_resume_inside_the_window_replays_exactly_the_missed_frames() {
     let (ws, hello) = connect(&c, "account=fam&client_id=pwa").await;
     let conn = hello["connection_id"].as_str().unwrap().to_string();
     let seen = hello["seq"].as_u64().unwrap();
+    // Open mode: a resume needs the session's secret from its hello.
+    let secret = hello["resume_secret"].as_str().unwrap().to_string();
     let _ = next_publish(&mut statuses, Duration::from_secs(5)).await; // connected
                                                                        // The network drops (no close frame).
     drop(ws);
@@ -238,7 +240,9 @@ async fn a_resume_inside_the_window_replays_exactly_the_missed_frames() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (mut ws, hello2) = resume_connect(
         &c,
-        &format!("account=fam&client_id=pwa&connection_id={conn}&resume_from={seen}"),
+        &format!(
+            "account=fam&client_id=pwa&connection_id={conn}&resume_from={seen}&resume_secret={secret}"
+        ),
     )
     .await;
     // Replayed frames come before the new hello, in order, with consecutive seqs.

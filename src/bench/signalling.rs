@@ -8,9 +8,7 @@ use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
-use super::{
-    age_micros, broker_addr, proc_stats, run_id, stamped_payload, BenchError, BenchResult,
-};
+use super::{broker_addr, now_nanos, proc_stats, run_id, BenchError, BenchResult};
 
 /// Parameters of a signalling run.
 #[derive(Debug, Clone)]
@@ -35,6 +33,22 @@ fn client(id: String, host: &str, port: u16) -> (AsyncClient, rumqttc::EventLoop
     let (client, mut eventloop) = AsyncClient::new(o, 10_000);
     crate::bus::nodelay(&mut eventloop);
     (client, eventloop)
+}
+
+/// A signalling payload of about `size` bytes: a JSON object, as inbox messages must be
+/// (Cradle's edge drops anything else and stamps `from`), whose `data` starts with the send
+/// time (Unix nanoseconds, 16 hex digits).
+fn signal_payload(size: usize) -> Vec<u8> {
+    let stamp = format!("{:016x}", now_nanos());
+    let pad = "x".repeat(size.saturating_sub(stamp.len() + 12));
+    format!(r#"{{"data":"{stamp}{pad}"}}"#).into_bytes()
+}
+
+/// Microseconds since the send time in a [`signal_payload`].
+fn signal_age_micros(payload: &[u8]) -> Option<u64> {
+    let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    let sent = u64::from_str_radix(v.get("data")?.as_str()?.get(..16)?, 16).ok()?;
+    Some(now_nanos().saturating_sub(sent) / 1000)
 }
 
 /// Runs the scenario.
@@ -103,7 +117,7 @@ pub async fn run(s: Signalling) -> Result<BenchResult, BenchError> {
                     a_ready.fetch_add(1, Relaxed);
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    if let Some(age) = age_micros(&p.payload) {
+                    if let Some(age) = signal_age_micros(&p.payload) {
                         samples.push(age);
                     }
                     a_received.fetch_add(1, Relaxed);
@@ -136,7 +150,7 @@ pub async fn run(s: Signalling) -> Result<BenchResult, BenchError> {
                 b_inbox.as_str(),
                 QoS::AtLeastOnce,
                 false,
-                stamped_payload(s.payload),
+                signal_payload(s.payload),
             )
             .await
             .map_err(|e| BenchError::Target(e.to_string()))?;
@@ -173,4 +187,18 @@ pub async fn run(s: Signalling) -> Result<BenchResult, BenchError> {
         "rate = achieved offered load; latency = A → B → A round trip",
     );
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_signal_payload_is_a_json_object_whose_age_survives_a_stamped_from() {
+        let p = signal_payload(256);
+        assert!((250..=262).contains(&p.len()), "{}", p.len());
+        let stamped = crate::edge::inbox::stamp_from("b", &p).unwrap();
+        assert!(signal_age_micros(&stamped).unwrap() < 5_000_000);
+        assert_eq!(signal_age_micros(b"not json"), None);
+    }
 }

@@ -13,6 +13,11 @@
 //!
 //! Across streams ([`decide_start`]): a start on a connection that already hosts another
 //! active session ends that session first (reason `replaced`).
+//!
+//! Who asks ([`Actor`]): the account (an HTTP caller with its token, or Cradle itself) may act
+//! on any session of the account; a baby station, on its own topic, acts only for itself. It
+//! starts sessions only on its own connections and ends only its own sessions
+//! ([`SessionRefused`]); the state is decided first, so a duplicate is never a refusal.
 
 use serde::{Deserialize, Serialize};
 
@@ -142,6 +147,57 @@ impl SessionIgnored {
     }
 }
 
+/// Who asks for a start or an end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Actor {
+    /// The account: an HTTP caller with the account's token (the PWA starts and ends sessions
+    /// for its baby stations), or Cradle itself (a connection's end, the grace sweep, a
+    /// pending start applied when its connection appears). May act on any session.
+    Account,
+    /// One baby station (its client id), publishing on its own topic
+    /// `accounts/{account}/baby_stations/{client_id}`: acts only on its own connections and
+    /// its own sessions.
+    Station(String),
+}
+
+/// Why a station's command was refused: it named what is not its own. Nothing changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionRefused {
+    /// A start whose host is not the station itself.
+    OtherStation,
+    /// A start on a connection of another client: that client's current or last
+    /// connection, or a connection hosting another station's active session.
+    ForeignConnection,
+    /// An end of another station's session.
+    ForeignSession,
+}
+
+impl SessionRefused {
+    /// Wire name (log detail).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OtherStation => "other_station",
+            Self::ForeignConnection => "foreign_connection",
+            Self::ForeignSession => "foreign_session",
+        }
+    }
+}
+
+/// Why a start or an end changed nothing: ignored by the state, or refused to its actor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejected {
+    /// The session's state makes it a no-op (duplicate, late, unknown).
+    Ignored(SessionIgnored),
+    /// The actor may not do it.
+    Refused(SessionRefused),
+}
+
+impl From<SessionIgnored> for Rejected {
+    fn from(i: SessionIgnored) -> Self {
+        Self::Ignored(i)
+    }
+}
+
 /// Decides one command against one session's state.
 pub fn decide(
     state: &SessionState,
@@ -165,16 +221,42 @@ pub fn decide(
     }
 }
 
-/// Decides a start, given the new session's state and the session its connection hosts now
-/// (if another one is active there): the old one ends first (`replaced`, at the new start).
+/// Decides a start by `by`, given the new session's state, the client whose current (or
+/// last) connection is the start's connection (`connection_owner`, when known) and the
+/// session that connection hosts now (if another one is active there): that one ends first
+/// (`replaced`, at the new start).
+///
+/// A station's start is refused when the session's host is not the station, when its
+/// connection is another client's current or last connection, or when the connection hosts
+/// another station's active session and is not known as the station's own connection (the
+/// station's own known connection replaces whatever runs on it, so nobody can squat on a
+/// connection id a station will use). The account's starts are not checked.
 pub fn decide_start(
+    by: &Actor,
     state: &SessionState,
+    connection_owner: Option<&str>,
     on_same_connection: Option<&ActiveSession>,
     start: &ActiveSession,
-) -> Result<Vec<SessionEvent>, SessionIgnored> {
+) -> Result<Vec<SessionEvent>, Rejected> {
     let started = decide(state, &SessionCommand::Start(start.clone()))?;
+    let on_same_connection = on_same_connection.filter(|old| old.session_id != start.session_id);
+    if let Actor::Station(station) = by {
+        if start.client_id != *station {
+            return Err(Rejected::Refused(SessionRefused::OtherStation));
+        }
+        let owned = match connection_owner {
+            Some(owner) if owner != station => {
+                return Err(Rejected::Refused(SessionRefused::ForeignConnection))
+            }
+            Some(_) => true,
+            None => false,
+        };
+        if !owned && on_same_connection.is_some_and(|old| old.client_id != *station) {
+            return Err(Rejected::Refused(SessionRefused::ForeignConnection));
+        }
+    }
     let mut events = Vec::with_capacity(2);
-    if let Some(old) = on_same_connection.filter(|old| old.session_id != start.session_id) {
+    if let Some(old) = on_same_connection {
         let end = SessionCommand::End {
             at_millis: start.started_at_millis.max(old.started_at_millis),
             reason: EndReason::Replaced,
@@ -183,6 +265,22 @@ pub fn decide_start(
     }
     events.push(started);
     Ok(events)
+}
+
+/// Decides an end by `by`: a station may end only its own sessions (an ended or unknown
+/// session is decided by its state, as for the account).
+pub fn decide_end(
+    by: &Actor,
+    state: &SessionState,
+    at_millis: i64,
+    reason: EndReason,
+) -> Result<SessionEvent, Rejected> {
+    if let (Actor::Station(station), SessionState::Active(s)) = (by, state) {
+        if s.client_id != *station {
+            return Err(Rejected::Refused(SessionRefused::ForeignSession));
+        }
+    }
+    Ok(decide(state, &SessionCommand::End { at_millis, reason })?)
 }
 
 #[cfg(test)]
@@ -286,7 +384,8 @@ mod tests {
     fn given_a_session_on_the_connection_when_a_new_one_starts_there_then_the_old_ends_first() {
         let old = session("s1", "k1", 100);
         let new = session("s2", "k1", 500);
-        let events = decide_start(&SessionState::None, Some(&old), &new).unwrap();
+        let events =
+            decide_start(&Actor::Account, &SessionState::None, None, Some(&old), &new).unwrap();
         assert_eq!(events.len(), 2);
         match &events[0] {
             SessionEvent::Ended {
@@ -309,8 +408,14 @@ mod tests {
     fn given_the_same_session_on_the_connection_when_started_again_then_nothing_ends() {
         let s = session("s1", "k1", 100);
         assert_eq!(
-            decide_start(&SessionState::Active(s.clone()), Some(&s), &s),
-            Err(SessionIgnored::DuplicateStart)
+            decide_start(
+                &Actor::Account,
+                &SessionState::Active(s.clone()),
+                None,
+                Some(&s),
+                &s
+            ),
+            Err(Rejected::Ignored(SessionIgnored::DuplicateStart))
         );
     }
 
@@ -318,8 +423,181 @@ mod tests {
     fn given_an_ended_session_when_a_late_start_reuses_a_busy_connection_then_nothing_changes() {
         let other = session("s9", "k1", 100);
         assert_eq!(
-            decide_start(&SessionState::Ended, Some(&other), &session("s1", "k1", 50)),
-            Err(SessionIgnored::StartAfterEnd)
+            decide_start(
+                &Actor::Account,
+                &SessionState::Ended,
+                None,
+                Some(&other),
+                &session("s1", "k1", 50)
+            ),
+            Err(Rejected::Ignored(SessionIgnored::StartAfterEnd))
+        );
+    }
+    fn hosted_by(client: &str, id: &str, connection: &str, at: i64) -> ActiveSession {
+        ActiveSession {
+            client_id: client.into(),
+            ..session(id, connection, at)
+        }
+    }
+
+    fn station(client: &str) -> Actor {
+        Actor::Station(client.into())
+    }
+
+    #[test]
+    fn given_another_stations_session_on_a_connection_when_a_station_starts_there_then_it_is_refused(
+    ) {
+        let theirs = hosted_by("baby-a", "sa", "ka", 100);
+        let mine = hosted_by("baby-b", "sb", "ka", 500);
+        assert_eq!(
+            decide_start(
+                &station("baby-b"),
+                &SessionState::None,
+                None,
+                Some(&theirs),
+                &mine
+            ),
+            Err(Rejected::Refused(SessionRefused::ForeignConnection))
+        );
+    }
+
+    #[test]
+    fn given_another_clients_current_connection_when_a_station_starts_on_it_then_it_is_refused() {
+        let mine = hosted_by("baby-b", "sb", "ka", 500);
+        assert_eq!(
+            decide_start(
+                &station("baby-b"),
+                &SessionState::None,
+                Some("baby-a"),
+                None,
+                &mine
+            ),
+            Err(Rejected::Refused(SessionRefused::ForeignConnection))
+        );
+    }
+
+    #[test]
+    fn given_its_own_connection_when_a_station_starts_a_new_session_there_then_its_old_one_is_replaced(
+    ) {
+        let old = hosted_by("baby-a", "s1", "ka", 100);
+        let new = hosted_by("baby-a", "s2", "ka", 500);
+        let events = decide_start(
+            &station("baby-a"),
+            &SessionState::None,
+            Some("baby-a"),
+            Some(&old),
+            &new,
+        )
+        .unwrap();
+        assert_eq!(events.len(), 2);
+        assert!(matches!(
+            &events[0],
+            SessionEvent::Ended { session, reason: EndReason::Replaced, .. } if session.session_id == "s1"
+        ));
+        assert_eq!(events[1], SessionEvent::Started(new));
+    }
+
+    #[test]
+    fn given_a_squatters_session_on_a_stations_own_connection_when_the_station_starts_there_then_the_squatter_is_replaced(
+    ) {
+        let squat = hosted_by("baby-b", "sb", "ka", 100);
+        let real = hosted_by("baby-a", "sa", "ka", 500);
+        let events = decide_start(
+            &station("baby-a"),
+            &SessionState::None,
+            Some("baby-a"),
+            Some(&squat),
+            &real,
+        )
+        .unwrap();
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0].session().session_id, "sb");
+        assert_eq!(events[1], SessionEvent::Started(real));
+    }
+
+    #[test]
+    fn given_a_connection_nobody_reported_yet_when_a_station_starts_on_it_then_it_starts() {
+        let mine = hosted_by("baby-b", "sb", "kb", 500);
+        assert_eq!(
+            decide_start(&station("baby-b"), &SessionState::None, None, None, &mine),
+            Ok(vec![SessionEvent::Started(mine)])
+        );
+    }
+
+    #[test]
+    fn given_a_start_naming_another_station_as_host_when_a_station_sends_it_then_it_is_refused() {
+        let theirs = hosted_by("baby-a", "s1", "ka", 500);
+        assert_eq!(
+            decide_start(&station("baby-b"), &SessionState::None, None, None, &theirs),
+            Err(Rejected::Refused(SessionRefused::OtherStation))
+        );
+    }
+
+    #[test]
+    fn given_an_active_session_when_another_station_repeats_its_start_then_it_is_only_a_duplicate()
+    {
+        let theirs = hosted_by("baby-a", "sa", "ka", 100);
+        let echo = hosted_by("baby-b", "sa", "ka", 100);
+        assert_eq!(
+            decide_start(
+                &station("baby-b"),
+                &SessionState::Active(theirs.clone()),
+                Some("baby-a"),
+                None,
+                &echo
+            ),
+            Err(Rejected::Ignored(SessionIgnored::DuplicateStart))
+        );
+    }
+
+    #[test]
+    fn given_the_account_when_it_starts_on_a_connection_of_another_station_then_it_is_not_checked()
+    {
+        let theirs = hosted_by("baby-a", "sa", "ka", 100);
+        let new = hosted_by("baby-b", "sb", "ka", 500);
+        let events = decide_start(
+            &Actor::Account,
+            &SessionState::None,
+            Some("baby-a"),
+            Some(&theirs),
+            &new,
+        )
+        .unwrap();
+        assert_eq!(events.len(), 2);
+    }
+
+    #[test]
+    fn given_another_stations_session_when_a_station_ends_it_then_it_is_refused() {
+        let theirs = SessionState::Active(hosted_by("baby-a", "sa", "ka", 100));
+        assert_eq!(
+            decide_end(&station("baby-b"), &theirs, 900, EndReason::Explicit),
+            Err(Rejected::Refused(SessionRefused::ForeignSession))
+        );
+    }
+
+    #[test]
+    fn given_its_own_session_when_a_station_ends_it_then_it_ends() {
+        let mine = SessionState::Active(hosted_by("baby-a", "sa", "ka", 100));
+        let e = decide_end(&station("baby-a"), &mine, 900, EndReason::Explicit).unwrap();
+        assert_eq!(e.event_type(), "session.ended");
+    }
+
+    #[test]
+    fn given_the_account_when_it_ends_any_stations_session_then_it_ends() {
+        let theirs = SessionState::Active(hosted_by("baby-a", "sa", "ka", 100));
+        assert!(decide_end(&Actor::Account, &theirs, 900, EndReason::Explicit).is_ok());
+    }
+
+    #[test]
+    fn given_an_unknown_session_when_a_station_ends_it_then_it_is_unknown_not_refused() {
+        assert_eq!(
+            decide_end(
+                &station("baby-b"),
+                &SessionState::None,
+                900,
+                EndReason::Explicit
+            ),
+            Err(Rejected::Ignored(SessionIgnored::UnknownSession))
         );
     }
 }

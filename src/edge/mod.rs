@@ -14,6 +14,7 @@
 
 pub mod acl;
 pub mod codec;
+pub mod inbox;
 pub mod lifecycle;
 pub mod publisher;
 pub mod registry;

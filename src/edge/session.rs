@@ -916,6 +916,32 @@ impl Conn {
         if topic.ends_with("/status") {
             lifecycle::observe_status(&mut self.reported, &self.client_id, topic, v.payload);
         }
+        // Inbox messages carry `from` = the authenticated sender, whatever the sender wrote.
+        if let Some(stamped) =
+            super::inbox::stamp_publish(&frame, h, proto, topic, v.payload, &self.client_id)
+        {
+            let refused = match stamped {
+                Ok(out) => {
+                    to_up.extend_from_slice(&out);
+                    return Ok(());
+                }
+                Err(drop) => drop,
+            };
+            self.shared.metrics.inbox_drop(refused);
+            tracing::warn!(topic, reason = refused.as_str(), "inbox message dropped");
+            let code = super::inbox::PAYLOAD_FORMAT_INVALID;
+            match qos {
+                1 => codec::put_ack(to_dev, kind::PUBACK, pkid, proto, code),
+                2 => {
+                    codec::put_ack(to_dev, kind::PUBREC, pkid, proto, code);
+                    if proto == Proto::V4 {
+                        self.local_qos2.push(pkid);
+                    }
+                }
+                _ => {}
+            }
+            return Ok(());
+        }
         if v.alias.is_none() {
             to_up.extend_from_slice(&frame);
             return Ok(());

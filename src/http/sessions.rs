@@ -115,6 +115,8 @@ async fn start(
         StartOutcome::AlreadyActive => (StatusCode::OK, "already_started"),
         StartOutcome::Pending => (StatusCode::ACCEPTED, "pending"),
         StartOutcome::AlreadyEnded => return Err(ApiError::SessionEnded(session_id)),
+        // The account's own starts are never refused (only a station's are).
+        StartOutcome::Refused(r) => return Err(ApiError::Forbidden(r.as_str().into())),
     };
     Ok((
         status,
@@ -141,6 +143,7 @@ async fn end(
         EndOutcome::AlreadyEnded => "already_ended",
         EndOutcome::PendingRemoved => "pending_removed",
         EndOutcome::Unknown => return Err(ApiError::SessionNotFound(session_id)),
+        EndOutcome::Refused(r) => return Err(ApiError::Forbidden(r.as_str().into())),
     };
     Ok(Json(
         serde_json::json!({"session_id": session_id, "account_id": account_id, "status": word}),

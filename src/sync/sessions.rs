@@ -23,8 +23,8 @@ use tokio::sync::mpsc;
 
 use crate::domain::connection::ConnectionEvent;
 use crate::domain::session::{
-    decide, decide_start, ActiveSession, EndReason, SessionCommand, SessionEvent, SessionIgnored,
-    SessionState,
+    decide_end, decide_start, ActiveSession, Actor, EndReason, Rejected, SessionEvent,
+    SessionIgnored, SessionRefused, SessionState,
 };
 use crate::metrics::Metrics;
 use crate::store::{clients, parent_stations, sessions, NewEvent, Store, StoreError};
@@ -61,6 +61,8 @@ pub enum StartOutcome {
     Pending,
     /// The session already ended; the start was dropped.
     AlreadyEnded,
+    /// A station's start named what is not its own: nothing recorded.
+    Refused(SessionRefused),
 }
 
 /// What an end did.
@@ -74,6 +76,8 @@ pub enum EndOutcome {
     PendingRemoved,
     /// No such session.
     Unknown,
+    /// A station's end named another station's session: nothing recorded.
+    Refused(SessionRefused),
 }
 
 /// A start as asked (HTTP or MQTT), validated.
@@ -242,9 +246,20 @@ impl Sessions {
         }
     }
 
-    /// Starts a session (resolving its client from the connection when not given).
+    /// Starts a session for the account (resolving its client from the connection when not
+    /// given).
     pub async fn start(
         &self,
+        account_id: &str,
+        req: StartRequest,
+    ) -> Result<StartOutcome, StoreError> {
+        self.start_as(&Actor::Account, account_id, req).await
+    }
+
+    /// Starts a session asked by `by` (a station may start only on its own connections).
+    pub async fn start_as(
+        &self,
+        by: &Actor,
         account_id: &str,
         req: StartRequest,
     ) -> Result<StartOutcome, StoreError> {
@@ -266,7 +281,7 @@ impl Sessions {
             started_at_millis: req.started_at_millis,
         };
         for attempt in 0..3 {
-            match self.try_start(account_id, &start).await {
+            match self.try_start(by, account_id, &start).await {
                 // Another writer got there first (or holds SQLite's write lock): wait a
                 // little, as it may still be committing, then decide again.
                 Err(e) if e.is_retryable() => {
@@ -275,11 +290,12 @@ impl Sessions {
                 other => return other,
             }
         }
-        self.try_start(account_id, &start).await
+        self.try_start(by, account_id, &start).await
     }
 
     async fn try_start(
         &self,
+        by: &Actor,
         account_id: &str,
         start: &ActiveSession,
     ) -> Result<StartOutcome, StoreError> {
@@ -294,13 +310,27 @@ impl Sessions {
             .filter(sessions::Column::SessionId.ne(&start.session_id))
             .one(&txn)
             .await?;
+        // Whose connection it is matters only to a station's start.
+        let owner = match by {
+            Actor::Account => None,
+            Actor::Station(_) => clients::Entity::find()
+                .filter(clients::Column::AccountId.eq(account_id))
+                .filter(clients::Column::ConnectionId.eq(&start.connection_id))
+                .order_by_desc(clients::Column::UpdatedAtMillis)
+                .one(&txn)
+                .await?
+                .map(|c| c.client_id),
+        };
         let events = match decide_start(
+            by,
             &state_of(row.as_ref()),
+            owner.as_deref(),
             on_connection.as_ref().map(active_of).as_ref(),
             start,
         ) {
             Ok(events) => events,
-            Err(ignored) => {
+            Err(Rejected::Refused(refused)) => return Ok(StartOutcome::Refused(refused)),
+            Err(Rejected::Ignored(ignored)) => {
                 self.count_ignored(ignored);
                 return Ok(match ignored {
                     SessionIgnored::StartAfterEnd => StartOutcome::AlreadyEnded,
@@ -314,9 +344,23 @@ impl Sessions {
         Ok(StartOutcome::Started)
     }
 
-    /// Ends a session; a pending one is removed instead.
+    /// Ends a session for the account; a pending one is removed instead.
     pub async fn end(
         &self,
+        account_id: &str,
+        session_id: &str,
+        at_millis: i64,
+        reason: EndReason,
+    ) -> Result<EndOutcome, StoreError> {
+        self.end_as(&Actor::Account, account_id, session_id, at_millis, reason)
+            .await
+    }
+
+    /// Ends a session asked by `by`: a station may end only its own sessions, and does not
+    /// remove pending starts (they belong to no station until their connection appears).
+    pub async fn end_as(
+        &self,
+        by: &Actor,
         account_id: &str,
         session_id: &str,
         at_millis: i64,
@@ -329,18 +373,20 @@ impl Sessions {
                     .one(&txn)
                     .await?;
             let state = state_of(row.as_ref());
-            let event = match decide(&state, &SessionCommand::End { at_millis, reason }) {
+            let event = match decide_end(by, &state, at_millis, reason) {
                 Ok(e) => e,
-                Err(SessionIgnored::UnknownSession) => {
+                Err(Rejected::Refused(refused)) => return Ok(EndOutcome::Refused(refused)),
+                Err(Rejected::Ignored(SessionIgnored::UnknownSession)) => {
                     drop(txn);
-                    return Ok(if self.unpark(account_id, session_id) {
+                    let account = *by == Actor::Account;
+                    return Ok(if account && self.unpark(account_id, session_id) {
                         EndOutcome::PendingRemoved
                     } else {
                         self.count_ignored(SessionIgnored::UnknownSession);
                         EndOutcome::Unknown
                     });
                 }
-                Err(ignored) => {
+                Err(Rejected::Ignored(ignored)) => {
                     self.count_ignored(ignored);
                     return Ok(EndOutcome::AlreadyEnded);
                 }
@@ -465,20 +511,6 @@ impl Sessions {
             .await?
             .as_ref()
             .map(active_of))
-    }
-
-    /// The baby station hosting `session_id`, if the session is known.
-    pub async fn station_of(
-        &self,
-        account_id: &str,
-        session_id: &str,
-    ) -> Result<Option<String>, StoreError> {
-        Ok(
-            sessions::Entity::find_by_id((account_id.to_string(), session_id.to_string()))
-                .one(self.store.db())
-                .await?
-                .map(|r| r.client_id),
-        )
     }
 
     /// The client whose current (or last) connection is `connection_id`.

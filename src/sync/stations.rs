@@ -10,10 +10,10 @@ use rumqttc::Publish;
 use tokio::sync::mpsc;
 
 use crate::bus::Acker;
-use crate::domain::session::EndReason;
+use crate::domain::session::{Actor, EndReason, SessionRefused};
 use crate::metrics::{Metrics, StationDrop};
 use crate::sync::session_input::{parse_announcement, Announcement};
-use crate::sync::sessions::{Sessions, StartRequest};
+use crate::sync::sessions::{EndOutcome, Sessions, StartOutcome, StartRequest};
 use crate::topics::is_valid_id;
 
 /// Filter of baby-station announcements.
@@ -116,17 +116,9 @@ async fn handle(
                     );
                 }
             }
-            // A station may end only its own sessions.
-            if let Announcement::End { session_id, .. } = &announcement {
-                if let Ok(Some(owner)) = sessions.station_of(&account_id, session_id).await {
-                    if owner != client_id {
-                        return drop(
-                            StationDrop::ClientMismatch,
-                            "the session belongs to another station",
-                        );
-                    }
-                }
-            }
+            // The station acts only for itself: the decider refuses a start on another
+            // client's connection and an end of another station's session.
+            let by = Actor::Station(client_id.clone());
             let mut pause = Duration::from_millis(50);
             // A store failure is retried until it succeeds: the message is acknowledged only
             // once its effect is durable (as on the status path).
@@ -142,25 +134,36 @@ async fn handle(
                             started_at_millis: p.started_at_millis,
                         };
                         sessions
-                            .start(&account_id, req)
+                            .start_as(&by, &account_id, req)
                             .await
-                            .map(|o| format!("{o:?}"))
+                            .map(|o| match o {
+                                StartOutcome::Refused(r) => Err(r),
+                                o => Ok(format!("{o:?}")),
+                            })
                     }
                     Announcement::End {
                         session_id,
                         ended_at_millis,
                     } => sessions
-                        .end(
+                        .end_as(
+                            &by,
                             &account_id,
                             session_id,
                             *ended_at_millis,
                             EndReason::Explicit,
                         )
                         .await
-                        .map(|o| format!("{o:?}")),
+                        .map(|o| match o {
+                            EndOutcome::Refused(r) => Err(r),
+                            o => Ok(format!("{o:?}")),
+                        }),
                 };
                 match result {
-                    Ok(outcome) => {
+                    Ok(Err(refused)) => {
+                        let (reason, detail) = refusal(refused);
+                        return drop(reason, detail);
+                    }
+                    Ok(Ok(outcome)) => {
                         tracing::debug!(%account_id, %client_id, outcome, "baby-station announcement");
                         return;
                     }
@@ -195,6 +198,24 @@ async fn handle(
                 pause = (pause * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+/// The drop reason and log detail of a station's refused start or end.
+fn refusal(refused: SessionRefused) -> (StationDrop, &'static str) {
+    match refused {
+        SessionRefused::OtherStation => (
+            StationDrop::ClientMismatch,
+            "the start names another station as its host",
+        ),
+        SessionRefused::ForeignSession => (
+            StationDrop::ClientMismatch,
+            "the session belongs to another station",
+        ),
+        SessionRefused::ForeignConnection => (
+            StationDrop::ForeignConnection,
+            "connection_id is another client's connection",
+        ),
     }
 }
 

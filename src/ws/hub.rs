@@ -45,6 +45,16 @@ struct State {
     ended: bool,
 }
 
+/// Who may resume a session: a socket authenticated with the bearer token's credential that
+/// opened it, or one that gives the session's resume secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumeKey {
+    /// The credential id of the token that opened the session (`None` in open mode).
+    pub credential_id: Option<String>,
+    /// The per-session secret, handed out in this session's `hello` only.
+    pub secret: String,
+}
+
 /// One WebSocket session (one `connection_id`), across resumes.
 pub struct WsSession {
     /// Its account.
@@ -53,11 +63,29 @@ pub struct WsSession {
     pub client_id: String,
     /// Its connection id.
     pub connection_id: String,
+    key: ResumeKey,
     replay_max: usize,
     state: Mutex<State>,
 }
 
 impl WsSession {
+    /// Whether a resume may take this session: asked with the token credential that opened
+    /// it (`credential_id`), or with its resume secret (compared in constant time). A session
+    /// opened without a token (open mode) needs the secret.
+    pub fn may_resume(&self, credential_id: Option<&str>, secret: Option<&str>) -> bool {
+        let same_token =
+            self.key.credential_id.is_some() && self.key.credential_id.as_deref() == credential_id;
+        same_token
+            || secret.is_some_and(|s| {
+                crate::auth::constant_time_eq(s.as_bytes(), self.key.secret.as_bytes())
+            })
+    }
+
+    /// The resume secret (for this session's own `hello` only).
+    pub fn resume_secret(&self) -> &str {
+        &self.key.secret
+    }
+
     /// Numbers `frame`, keeps it for replay and queues it for the socket (if attached).
     pub fn send(&self, frame: &ServerFrame) -> Delivery {
         let mut st = self.state.lock().expect("not poisoned");
@@ -175,6 +203,7 @@ impl Hub {
         account_id: &str,
         client_id: &str,
         connection_id: &str,
+        key: ResumeKey,
         replay_max: usize,
         tx: mpsc::Sender<Outgoing>,
     ) -> Attached {
@@ -182,6 +211,7 @@ impl Hub {
             account_id: account_id.to_string(),
             client_id: client_id.to_string(),
             connection_id: connection_id.to_string(),
+            key,
             replay_max: replay_max.max(1),
             state: Mutex::new(State {
                 seq: 0,
@@ -322,6 +352,13 @@ impl Hub {
 mod tests {
     use super::*;
 
+    fn key(credential_id: Option<&str>) -> ResumeKey {
+        ResumeKey {
+            credential_id: credential_id.map(str::to_string),
+            secret: "s3cret".into(),
+        }
+    }
+
     fn channel() -> (mpsc::Sender<Outgoing>, mpsc::Receiver<Outgoing>) {
         mpsc::channel(8)
     }
@@ -338,7 +375,7 @@ mod tests {
     fn given_a_dropped_socket_when_resumed_then_exactly_the_missed_frames_replay_in_order() {
         let hub = Hub::default();
         let (tx, mut rx) = channel();
-        let a = hub.open("acc", "pwa", "c1", 10, tx);
+        let a = hub.open("acc", "pwa", "c1", key(None), 10, tx);
         a.session.send(&ServerFrame::Ping); // seq 1, seen
         assert_eq!(texts(&mut rx).len(), 1);
         assert!(a.session.detach(a.generation, None));
@@ -362,7 +399,7 @@ mod tests {
     fn given_a_session_that_expired_after_the_check_when_the_socket_attaches_then_it_is_refused() {
         let hub = Hub::default();
         let (tx, _rx) = channel();
-        let a = hub.open("acc", "pwa", "c1", 10, tx);
+        let a = hub.open("acc", "pwa", "c1", key(None), 10, tx);
         a.session.detach(a.generation, None);
         // the resume check passed (the session existed)…
         assert!(hub.get("c1").is_some());
@@ -380,7 +417,7 @@ mod tests {
     fn given_a_resume_older_than_the_buffer_then_it_is_too_old() {
         let hub = Hub::default();
         let (tx, _rx) = channel();
-        let a = hub.open("acc", "pwa", "c1", 2, tx);
+        let a = hub.open("acc", "pwa", "c1", key(None), 2, tx);
         for _ in 0..5 {
             a.session.send(&ServerFrame::Ping);
         }
@@ -405,7 +442,7 @@ mod tests {
     fn a_full_queue_is_a_slow_consumer() {
         let hub = Hub::default();
         let (tx, _rx) = mpsc::channel(1);
-        let a = hub.open("acc", "pwa", "c1", 10, tx);
+        let a = hub.open("acc", "pwa", "c1", key(None), 10, tx);
         assert_eq!(a.session.send(&ServerFrame::Ping), Delivery::Queued);
         assert_eq!(a.session.send(&ServerFrame::Ping), Delivery::SlowConsumer);
     }
@@ -414,12 +451,43 @@ mod tests {
     fn fan_out_is_per_account() {
         let hub = Hub::default();
         let (tx, _rx) = channel();
-        hub.open("a", "x", "c1", 10, tx.clone());
-        hub.open("b", "y", "c2", 10, tx);
+        hub.open("a", "x", "c1", key(None), 10, tx.clone());
+        hub.open("b", "y", "c2", key(None), 10, tx);
         assert_eq!(hub.of_account("a").len(), 1);
         assert_eq!(hub.of_account("a")[0].client_id, "x");
         assert!(hub.of_account("z").is_empty());
         hub.close("c1", 1000);
         assert!(hub.of_account("a").is_empty());
+    }
+
+    #[test]
+    fn given_a_session_opened_with_a_token_when_the_same_token_resumes_then_no_secret_is_needed() {
+        let hub = Hub::default();
+        let (tx, _rx) = channel();
+        let a = hub.open("acc", "pwa", "c1", key(Some("tok-a")), 10, tx);
+        assert!(a.session.may_resume(Some("tok-a"), None));
+    }
+
+    #[test]
+    fn given_a_session_opened_with_a_token_when_another_token_resumes_without_the_secret_then_it_is_refused(
+    ) {
+        let hub = Hub::default();
+        let (tx, _rx) = channel();
+        let a = hub.open("acc", "pwa", "c1", key(Some("tok-a")), 10, tx);
+        assert!(!a.session.may_resume(Some("tok-b"), None));
+        assert!(!a.session.may_resume(Some("tok-b"), Some("wrong")));
+        assert!(!a.session.may_resume(Some("tok-b"), Some("")));
+        assert!(a.session.may_resume(Some("tok-b"), Some("s3cret")));
+    }
+
+    #[test]
+    fn given_a_session_opened_in_open_mode_when_resumed_then_only_the_secret_opens_it() {
+        let hub = Hub::default();
+        let (tx, _rx) = channel();
+        let a = hub.open("acc", "pwa", "c1", key(None), 10, tx);
+        assert!(!a.session.may_resume(None, None));
+        assert!(!a.session.may_resume(None, Some("s3cre")));
+        assert!(a.session.may_resume(None, Some("s3cret")));
+        assert_eq!(a.session.resume_secret(), "s3cret");
     }
 }

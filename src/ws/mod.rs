@@ -46,7 +46,7 @@ use crate::rate::TokenBucket;
 use crate::sync::sessions::Sessions;
 use crate::sync::status::{now_millis, ConnectionChange};
 use crate::topics::{is_valid_id, status_topic, StatusPayload};
-use hub::{Delivery, Hub, Outgoing, ResumeError, WsSession};
+use hub::{Delivery, Hub, Outgoing, ResumeError, ResumeKey, WsSession};
 use protocol::{close, parse_client_frame, ClientFrame, ServerFrame};
 
 /// Settings of the bridge (config `[websocket]`).
@@ -83,8 +83,9 @@ pub struct WsMetrics {
     pub closed: [AtomicU64; 6],
     /// Upgrades refused for missing or bad credentials.
     pub auth_failures: AtomicU64,
-    /// Resume attempts by outcome: resumed, gone (410), expired (4100), too old (4101).
-    pub resumes: [AtomicU64; 4],
+    /// Resume attempts by outcome: resumed, gone (410), expired (4100), too old (4101),
+    /// refused (410: neither the opening token nor the resume secret).
+    pub resumes: [AtomicU64; 5],
     /// Frames replayed to resumed sockets.
     pub replayed: AtomicU64,
     /// Signal frames refused by the rate limit.
@@ -108,7 +109,7 @@ pub const CLOSE_REASONS: [DisconnectReason; 6] = [
 ];
 
 /// Resume outcomes counted in [`WsMetrics::resumes`].
-pub const RESUME_OUTCOMES: [&str; 4] = ["resumed", "gone", "expired", "too_old"];
+pub const RESUME_OUTCOMES: [&str; 5] = ["resumed", "gone", "expired", "too_old", "refused"];
 
 /// Per client id: the connection id last pushed and whether it was connected.
 type PresenceByClient = HashMap<String, (String, bool)>;
@@ -138,6 +139,41 @@ fn new_connection_id() -> String {
     OsRng.fill_bytes(&mut b);
     let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
     format!("ws-{hex}")
+}
+
+/// A session's resume secret: 128 random bits, hex.
+fn new_resume_secret() -> String {
+    let mut b = [0u8; 16];
+    OsRng.fill_bytes(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Whether a resume of `connection_id` may proceed: the session exists for this account and
+/// client, and the caller opened it (same token credential) or gives its resume secret.
+/// Anything else is answered like an unknown session (410 `session_gone`) by the caller and
+/// counted here (`gone`, or `refused`, also logged).
+fn may_resume(
+    bridge: &Bridge,
+    connection_id: &str,
+    account_id: &str,
+    client_id: &str,
+    credential_id: Option<&str>,
+    secret: Option<&str>,
+) -> bool {
+    let known = bridge
+        .hub
+        .get(connection_id)
+        .filter(|s| s.account_id == account_id && s.client_id == client_id);
+    let outcome = match known {
+        None => 1,
+        Some(s) if !s.may_resume(credential_id, secret) => {
+            tracing::warn!(%account_id, %client_id, connection_id, "WebSocket resume refused: neither the opening token nor the session's resume secret");
+            4
+        }
+        Some(_) => return true,
+    };
+    bridge.metrics.resumes[outcome].fetch_add(1, Relaxed);
+    false
 }
 
 impl Bridge {
@@ -491,6 +527,9 @@ pub struct WsQuery {
     pub resume_from: Option<u64>,
     /// Resume without a known `seq` (replays the whole buffer).
     pub resume: Option<bool>,
+    /// Resume: the session's resume secret (from its `hello`); not needed with the token
+    /// that opened the session.
+    pub resume_secret: Option<String>,
 }
 
 /// The `/ws` route.
@@ -513,16 +552,17 @@ fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
     r
 }
 
-/// Finds the account of the caller: ONE bearer token, the first present of the
-/// `Authorization: Bearer` header, the `token` query parameter, and the first
-/// `Sec-WebSocket-Protocol` value that looks like a token (contains a `.`), checked through the
-/// verified-token cache (at most one argon2 run per upgrade); or open mode with `account`.
+/// Finds the account of the caller and the credential id of its token: ONE bearer token, the
+/// first present of the `Authorization: Bearer` header, the `token` query parameter, and the
+/// first `Sec-WebSocket-Protocol` value that looks like a token (contains a `.`), checked
+/// through the verified-token cache (at most one argon2 run per upgrade); or open mode with
+/// `account` (no credential).
 async fn authenticate(
     state: &AppState,
     headers: &HeaderMap,
     q: &WsQuery,
     source: Option<std::net::IpAddr>,
-) -> Option<String> {
+) -> Option<(String, Option<String>)> {
     let header = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -542,12 +582,17 @@ async fn authenticate(
             .await
         {
             if c.kind == CredentialKind::Token {
-                return c.account_id;
+                let credential_id = token.split_once('.').map(|(id, _)| id.to_string());
+                return c.account_id.map(|a| (a, credential_id));
             }
         }
     }
     if state.auth.anonymous_allowed(state.http_loopback).await {
-        return q.account.clone().filter(|a| is_valid_id(a));
+        return q
+            .account
+            .clone()
+            .filter(|a| is_valid_id(a))
+            .map(|a| (a, None));
     }
     None
 }
@@ -560,7 +605,7 @@ async fn upgrade(
     ws: WebSocketUpgrade,
 ) -> Response {
     let bridge = state.bridge.clone();
-    let Some(account_id) = authenticate(&state, &headers, &q, source).await else {
+    let Some((account_id, credential_id)) = authenticate(&state, &headers, &q, source).await else {
         bridge.metrics.auth_failures.fetch_add(1, Relaxed);
         tracing::warn!("WebSocket upgrade refused: no valid token");
         return refuse(
@@ -601,12 +646,8 @@ async fn upgrade(
         _ => None,
     };
     if let Some((id, _)) = &resume {
-        let known = bridge
-            .hub
-            .get(id)
-            .filter(|s| s.account_id == account_id && s.client_id == client_id);
-        if known.is_none() {
-            bridge.metrics.resumes[1].fetch_add(1, Relaxed);
+        let (credential, secret) = (credential_id.as_deref(), q.resume_secret.as_deref());
+        if !may_resume(&bridge, id, &account_id, &client_id, credential, secret) {
             return refuse(
                 StatusCode::GONE,
                 "session_gone",
@@ -628,7 +669,11 @@ async fn upgrade(
     if offered_protocol {
         ws = ws.protocols(["cradle"]);
     }
-    ws.on_upgrade(move |socket| run_socket(socket, bridge, account_id, client_id, resume))
+    let key = ResumeKey {
+        credential_id,
+        secret: new_resume_secret(),
+    };
+    ws.on_upgrade(move |socket| run_socket(socket, bridge, account_id, client_id, key, resume))
 }
 
 /// How a socket's read loop ended.
@@ -654,6 +699,7 @@ async fn run_socket(
     bridge: Arc<Bridge>,
     account_id: String,
     client_id: String,
+    key: ResumeKey,
     resume: Option<(String, Option<u64>)>,
 ) {
     let settings = bridge.settings.clone();
@@ -708,6 +754,7 @@ async fn run_socket(
                 &account_id,
                 &client_id,
                 &connection_id,
+                key,
                 settings.replay_frames,
                 tx.clone(),
             );
@@ -916,6 +963,7 @@ fn hello(session: &WsSession, resumed: bool, settings: &WsSettings) -> ServerFra
         resumed,
         heartbeat_secs: settings.heartbeat.as_secs(),
         resume_window_secs: settings.resume_window.as_secs(),
+        resume_secret: session.resume_secret().to_string(),
     }
 }
 

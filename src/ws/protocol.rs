@@ -104,6 +104,10 @@ pub enum ServerFrame {
         heartbeat_secs: u64,
         /// Seconds a dropped session waits for a resume.
         resume_window_secs: u64,
+        /// This session's resume secret: give it back with `resume_secret` to resume from a
+        /// socket without the token that opened the session. Sent in this session's `hello`
+        /// only, never to other sessions.
+        resume_secret: String,
     },
     /// Signalling from another client of the account.
     Signal {
