@@ -1360,3 +1360,33 @@ async fn an_unknown_credential_id_costs_a_verification_like_a_known_one() {
         .await;
     assert_eq!(after - before, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_will_on_an_inbox_carries_its_clients_from_and_may_not_be_retained() {
+    let s = setup(&[]).await;
+    let port = s.cradle.mqtt_port;
+    let forged = r#"{"from":"d2","data":{"kind":"bye"}}"#;
+    // Retained: the inbox is never retained, so the CONNECT is refused.
+    let retained = LastWill::new(inbox("a", "d2"), forged, QoS::AtLeastOnce, true);
+    let refused = connect(port, "d1", Some(("a", &s.a_d1)), Some(retained)).await;
+    assert!(matches!(refused, Err(ConnectReturnCode::NotAuthorized)));
+    // Not retained: accepted, and when it fires its `from` is the client's own id.
+    let mut sub = device(&s, "a", "d2", &s.a_d2).await;
+    sub.client
+        .subscribe(inbox("a", "d2"), QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    sub.suback().await;
+    let will = LastWill::new(inbox("a", "d2"), forged, QoS::AtLeastOnce, false);
+    let d1 = connect(port, "d1", Some(("a", &s.a_d1)), Some(will))
+        .await
+        .expect("accepted");
+    d1.drop_socket();
+    let got = sub
+        .publish_received(Duration::from_secs(10))
+        .await
+        .expect("the Will");
+    let payload: serde_json::Value = serde_json::from_slice(&got.payload).unwrap();
+    assert_eq!(payload["from"], "d1");
+    assert_eq!(payload["data"]["kind"], "bye");
+}

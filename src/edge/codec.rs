@@ -288,6 +288,10 @@ pub mod connack {
     pub const V5_SERVER_BUSY: u8 = 0x89;
     /// MQTT 5: packet too large.
     pub const V5_PACKET_TOO_LARGE: u8 = 0x95;
+    /// MQTT 5: retain not supported (a retained Will on a topic that is never retained).
+    pub const V5_RETAIN_NOT_SUPPORTED: u8 = 0x9A;
+    /// MQTT 5: payload format invalid (an inbox Will that is not a JSON object).
+    pub const V5_PAYLOAD_FORMAT_INVALID: u8 = 0x99;
     /// 5: malformed packet.
     pub const V5_MALFORMED: u8 = 0x81;
 }

@@ -76,7 +76,11 @@ impl Publisher {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let _ = self.client.disconnect().await;
-        let task = self.task.lock().expect("not poisoned").take();
+        let task = self
+            .task
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
         if let Some(task) = task {
             let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
         }

@@ -45,14 +45,18 @@ impl Registry {
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let (end_tx, end_rx) = watch::channel(None);
         let (done_tx, done_rx) = watch::channel(false);
-        let previous = self.live.lock().expect("not poisoned").insert(
-            client_id.to_string(),
-            Entry {
-                seq,
-                end: end_tx,
-                done: done_rx,
-            },
-        );
+        let previous = self
+            .live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(
+                client_id.to_string(),
+                Entry {
+                    seq,
+                    end: end_tx,
+                    done: done_rx,
+                },
+            );
         if let Some(mut old) = previous {
             let _ = old.end.send(Some(DisconnectReason::Takeover));
             let _ = tokio::time::timeout(wait, old.done.wait_for(|d| *d)).await;
@@ -66,7 +70,10 @@ impl Registry {
 
     /// Removes the connection `seq` of `client_id`, unless a newer one took its place.
     pub fn release(&self, client_id: &str, seq: u64) {
-        let mut live = self.live.lock().expect("not poisoned");
+        let mut live = self
+            .live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if live.get(client_id).is_some_and(|e| e.seq == seq) {
             live.remove(client_id);
         }
@@ -74,7 +81,10 @@ impl Registry {
 
     /// Tells every live connection to end with `reason`; returns how many were told.
     pub fn end_all(&self, reason: DisconnectReason) -> usize {
-        let live = self.live.lock().expect("not poisoned");
+        let live = self
+            .live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for e in live.values() {
             let _ = e.end.send(Some(reason));
         }
@@ -86,7 +96,7 @@ impl Registry {
         let pending: Vec<watch::Receiver<bool>> = self
             .live
             .lock()
-            .expect("not poisoned")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .values()
             .map(|e| e.done.clone())
             .collect();
@@ -100,7 +110,10 @@ impl Registry {
 
     /// Live connections.
     pub fn len(&self) -> usize {
-        self.live.lock().expect("not poisoned").len()
+        self.live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
     }
 
     /// Whether no connection is live.

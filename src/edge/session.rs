@@ -164,6 +164,23 @@ impl Connect {
         }
     }
 
+    /// Replaces the Will's payload (the edge stamps `from` on an inbox Will), so that the
+    /// Will forwarded to an external broker is the one the edge checked.
+    fn set_will_payload(&mut self, payload: Bytes) {
+        match self {
+            Connect::V4(c) => {
+                if let Some(w) = c.last_will.as_mut() {
+                    w.message = payload;
+                }
+            }
+            Connect::V5(b) => {
+                if let Some(w) = b.1.as_mut() {
+                    w.message = payload;
+                }
+            }
+        }
+    }
+
     fn will(&self) -> Option<Will> {
         match self {
             Connect::V4(c) => c.last_will.as_ref().map(|w| Will {
@@ -258,6 +275,43 @@ async fn refuse_large_connect<W: AsyncWrite + Unpin>(
     }
     tracing::warn!(%peer, max = shared.settings.max_connect_bytes, "CONNECT refused: larger than mqtt.max_connect_bytes");
     shared.metrics.edge_connect(EdgeConnect::ConnectTooLarge);
+}
+
+/// The rules a Will meets beyond its topic's ACL (checked at CONNECT, since the Will is
+/// published later by the edge, not through the PUBLISH path): a retained Will only on a
+/// topic that may be retained, and within the account's retained quota (reserved now); a Will
+/// on an inbox gets `from` = its client, like any inbox message. Refusals are CONNACK codes.
+fn admit_will(
+    will: &mut Will,
+    principal: &Principal,
+    client_id: &str,
+    shared: &EdgeShared,
+) -> Result<(), (u8, u8)> {
+    if will.retain && !may_retain(&will.topic) {
+        return Err((connack::V4_NOT_AUTHORIZED, connack::V5_RETAIN_NOT_SUPPORTED));
+    }
+    if super::inbox::is_inbox_topic(&will.topic) {
+        will.payload = super::inbox::stamp_from(client_id, &will.payload).map_err(|_| {
+            (
+                connack::V4_NOT_AUTHORIZED,
+                connack::V5_PAYLOAD_FORMAT_INVALID,
+            )
+        })?;
+    }
+    if will.retain {
+        let account = match principal {
+            Principal::Device { account_id, .. } => account_id.as_str(),
+            Principal::Operator | Principal::Open => super::retained::topic_account(&will.topic),
+        };
+        shared
+            .retained
+            .admit(account, &will.topic, will.payload.len(), &shared.metrics)
+            .map_err(|_| {
+                shared.metrics.edge_retained_refused(true);
+                (connack::V4_SERVER_UNAVAILABLE, connack::V5_QUOTA_EXCEEDED)
+            })?;
+    }
+    Ok(())
 }
 
 /// Reads one whole frame from `rd` into the front of `buf`.
@@ -362,7 +416,7 @@ pub async fn serve<R, W>(
             _ => None,
         },
     };
-    let Some(connect) = connect else {
+    let Some(mut connect) = connect else {
         // 3.1.1 has no "malformed" return code; the closest is "identifier rejected".
         codec::put_connack(
             &mut out,
@@ -409,7 +463,7 @@ pub async fn serve<R, W>(
             return shared.metrics.edge_refused(refusal);
         }
     };
-    let will = connect.will();
+    let mut will = connect.will();
     if let Some(w) = &will {
         if !may_publish(&principal, &w.topic) {
             let _ = send(
@@ -451,6 +505,14 @@ pub async fn serve<R, W>(
     } else {
         connect.client_id().to_string()
     };
+    if let Some(w) = will.as_mut() {
+        if let Err((code4, code5)) = admit_will(w, &principal, &client_id, &shared) {
+            let _ = send(&mut wr, &refuse(code4, code5)).await;
+            tracing::warn!(%peer, client = %client_id, will_topic = %w.topic, "MQTT connection refused: Will not accepted");
+            return shared.metrics.edge_connect(EdgeConnect::WillRefused);
+        }
+        connect.set_will_payload(w.payload.clone());
+    }
     let upstream_id = upstream_client_id(&principal, &client_id);
     let account = match &principal {
         Principal::Device { account_id, .. } => account_id.clone(),

@@ -227,11 +227,19 @@ impl Sessions {
     /// Registers a follower of baby-station list changes: it gets `(account, new list)`
     /// after every committed start or end.
     pub fn follow_baby_stations(&self, tx: mpsc::UnboundedSender<(String, serde_json::Value)>) {
-        self.listeners.lock().expect("not poisoned").push(tx);
+        self.listeners
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(tx);
     }
 
     async fn notify_baby_stations(&self, account_id: &str) {
-        if self.listeners.lock().expect("not poisoned").is_empty() {
+        if self
+            .listeners
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_empty()
+        {
             return;
         }
         match self.baby_stations(account_id).await {
@@ -239,7 +247,7 @@ impl Sessions {
                 let value = serde_json::to_value(list).expect("list serialises");
                 self.listeners
                     .lock()
-                    .expect("not poisoned")
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .retain(|tx| tx.send((account_id.to_string(), value.clone())).is_ok());
             }
             Err(error) => tracing::warn!(%error, account_id, "baby-station list not pushed"),
@@ -541,7 +549,10 @@ impl Sessions {
         }
         let cap = NonZeroUsize::new(self.settings.pending_per_account.max(1)).expect("not zero");
         let evicted = {
-            let mut pending = self.pending.lock().expect("not poisoned");
+            let mut pending = self
+                .pending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let lru = pending
                 .entry(account_id.to_string())
                 .or_insert_with(|| LruCache::new(cap));
@@ -568,7 +579,10 @@ impl Sessions {
     }
 
     fn unpark(&self, account_id: &str, session_id: &str) -> bool {
-        let mut pending = self.pending.lock().expect("not poisoned");
+        let mut pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         pending
             .get_mut(account_id)
             .and_then(|lru| lru.pop(session_id))
@@ -578,7 +592,10 @@ impl Sessions {
     /// Applies the pending starts waiting for `connection_id` of `client_id`.
     pub async fn on_connected(&self, account_id: &str, client_id: &str, connection_id: &str) {
         let ready: Vec<(String, Pending)> = {
-            let mut pending = self.pending.lock().expect("not poisoned");
+            let mut pending = self
+                .pending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let Some(lru) = pending.get_mut(account_id) else {
                 return;
             };
@@ -620,7 +637,10 @@ impl Sessions {
     /// only carries this replica's commits): looks their connection ids up in the store.
     pub async fn apply_pending_from_store(&self) -> Result<(), StoreError> {
         let wanted: Vec<(String, String)> = {
-            let pending = self.pending.lock().expect("not poisoned");
+            let pending = self
+                .pending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             pending
                 .iter()
                 .flat_map(|(account, lru)| {
@@ -888,6 +908,12 @@ pub struct Usage {
     pub total_millis: i64,
 }
 
+/// `sum + (b - a)`, saturating: a window up to `i64::MAX` (any caller's `to`) must not
+/// overflow.
+fn add_millis(sum: i64, b: i64, a: i64) -> i64 {
+    sum.saturating_add(b.saturating_sub(a))
+}
+
 /// Computes usage in `[from, to)`: each session is clipped to the window (a running one
 /// counts up to `to`); a station's total is the union of its sessions' intervals, so
 /// overlapping sessions of one station are not counted twice.
@@ -912,7 +938,7 @@ pub fn usage(rows: &[sessions::Model], from: i64, to: i64) -> Usage {
             started_at_millis: r.started_at_millis,
             ended_at_millis: if r.active { None } else { r.ended_at_millis },
             open: r.active,
-            duration_millis: b - a,
+            duration_millis: b.saturating_sub(a),
         });
         intervals
             .entry(r.client_id.clone())
@@ -930,16 +956,16 @@ pub fn usage(rows: &[sessions::Model], from: i64, to: i64) -> Usage {
             current = match current {
                 Some((ca, cb)) if a <= cb => Some((ca, cb.max(b))),
                 Some((ca, cb)) => {
-                    sum += cb - ca;
+                    sum = add_millis(sum, cb, ca);
                     Some((a, b))
                 }
                 None => Some((a, b)),
             };
         }
         if let Some((ca, cb)) = current {
-            sum += cb - ca;
+            sum = add_millis(sum, cb, ca);
         }
-        total += sum;
+        total = i64::saturating_add(total, sum);
         clients.push(UsageClient {
             client_id,
             sessions: count,
@@ -972,6 +998,16 @@ mod tests {
             end_reason: end.map(|_| "explicit".into()),
             recorded_at_millis: start,
         }
+    }
+
+    #[test]
+    fn a_window_up_to_the_largest_time_saturates_instead_of_overflowing() {
+        let u = usage(
+            &[row("s1", "b1", 1, None), row("s2", "b2", 1, None)],
+            0,
+            i64::MAX,
+        );
+        assert_eq!(u.total_millis, i64::MAX);
     }
 
     #[test]

@@ -88,7 +88,10 @@ impl WsSession {
 
     /// Numbers `frame`, keeps it for replay and queues it for the socket (if attached).
     pub fn send(&self, frame: &ServerFrame) -> Delivery {
-        let mut st = self.state.lock().expect("not poisoned");
+        let mut st = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if st.ended {
             return Delivery::Closed;
         }
@@ -111,19 +114,28 @@ impl WsSession {
 
     /// Queues a control message (ping, close) for the attached socket, if any.
     pub fn control(&self, out: Outgoing) -> bool {
-        let st = self.state.lock().expect("not poisoned");
+        let st = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         st.tx.as_ref().is_some_and(|tx| tx.try_send(out).is_ok())
     }
 
     /// The last `seq` sent.
     pub fn seq(&self) -> u64 {
-        self.state.lock().expect("not poisoned").seq
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .seq
     }
 
     /// Detaches the socket of `generation` (a newer socket keeps its place), asking its
     /// writer to close with `close` first. Returns whether it was detached.
     pub fn detach(&self, generation: u64, close: Option<u16>) -> bool {
-        let mut st = self.state.lock().expect("not poisoned");
+        let mut st = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if st.generation != generation || st.ended {
             return false;
         }
@@ -136,21 +148,30 @@ impl WsSession {
 
     /// Whether a socket is attached now.
     pub fn attached(&self) -> bool {
-        let st = self.state.lock().expect("not poisoned");
+        let st = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         st.tx.is_some() && !st.ended
     }
 
     /// Whether the socket of `generation` is still the detached, current one (the resume
     /// window passed without a resume).
     pub fn still_detached(&self, generation: u64) -> bool {
-        let st = self.state.lock().expect("not poisoned");
+        let st = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         st.generation == generation && st.tx.is_none() && !st.ended
     }
 
     /// Marks the session ended, asking an attached writer to close with `close` first;
     /// returns false when it already was.
     fn end(&self, close: u16) -> bool {
-        let mut st = self.state.lock().expect("not poisoned");
+        let mut st = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let first = !st.ended;
         if let Some(tx) = &st.tx {
             let _ = tx.try_send(Outgoing::Close(close, "closing"));
@@ -221,7 +242,10 @@ impl Hub {
                 ended: false,
             }),
         });
-        let mut index = self.index.lock().expect("not poisoned");
+        let mut index = self
+            .index
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         index
             .sessions
             .insert(connection_id.to_string(), session.clone());
@@ -242,7 +266,7 @@ impl Hub {
     pub fn get(&self, connection_id: &str) -> Option<Arc<WsSession>> {
         self.index
             .lock()
-            .expect("not poisoned")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .sessions
             .get(connection_id)
             .cloned()
@@ -260,7 +284,10 @@ impl Hub {
         tx: mpsc::Sender<Outgoing>,
     ) -> Result<Attached, ResumeError> {
         let session = self.get(connection_id).ok_or(ResumeError::Expired)?;
-        let mut st = session.state.lock().expect("not poisoned");
+        let mut st = session
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if st.ended {
             return Err(ResumeError::Expired);
         }
@@ -299,7 +326,10 @@ impl Hub {
     /// returns it when this call ended it.
     pub fn close(&self, connection_id: &str, close_code: u16) -> Option<Arc<WsSession>> {
         let session = {
-            let mut index = self.index.lock().expect("not poisoned");
+            let mut index = self
+                .index
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let session = index.sessions.remove(connection_id)?;
             if let Some(set) = index.by_account.get_mut(&session.account_id) {
                 set.remove(connection_id);
@@ -314,7 +344,10 @@ impl Hub {
 
     /// The sessions of `account_id`.
     pub fn of_account(&self, account_id: &str) -> Vec<Arc<WsSession>> {
-        let index = self.index.lock().expect("not poisoned");
+        let index = self
+            .index
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         index
             .by_account
             .get(account_id)
@@ -330,7 +363,7 @@ impl Hub {
     pub fn all(&self) -> Vec<Arc<WsSession>> {
         self.index
             .lock()
-            .expect("not poisoned")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .sessions
             .values()
             .cloned()
@@ -339,7 +372,11 @@ impl Hub {
 
     /// Live sessions.
     pub fn len(&self) -> usize {
-        self.index.lock().expect("not poisoned").sessions.len()
+        self.index
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .sessions
+            .len()
     }
 
     /// Whether no session is live.

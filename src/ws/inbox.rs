@@ -74,7 +74,10 @@ impl InboxSubscriptions {
                 match event {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => this.resubscribe(),
                     Ok(Event::Outgoing(Outgoing::Subscribe(pkid))) => {
-                        let mut w = this.waiters.lock().expect("not poisoned");
+                        let mut w = this
+                            .waiters
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
                         let waiter = w.queued.pop_front().flatten();
                         w.sent.insert(pkid, waiter);
                     }
@@ -82,7 +85,7 @@ impl InboxSubscriptions {
                         let waiter = this
                             .waiters
                             .lock()
-                            .expect("not poisoned")
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
                             .sent
                             .remove(&ack.pkid)
                             .flatten();
@@ -100,7 +103,11 @@ impl InboxSubscriptions {
                     Err(error) => {
                         tracing::warn!(%error, "inbox subscriber: broker connection failed; retrying");
                         // Subscriptions in flight are sent again after the reconnect.
-                        this.waiters.lock().expect("not poisoned").sent.clear();
+                        this.waiters
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .sent
+                            .clear();
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                 }
@@ -112,7 +119,10 @@ impl InboxSubscriptions {
     /// Queues a SUBSCRIBE of `filter`; the receiver fires on its SUBACK.
     fn subscribe(&self, filter: &str, notify: bool) -> Option<oneshot::Receiver<()>> {
         let (tx, rx) = oneshot::channel();
-        let mut w = self.waiters.lock().expect("not poisoned");
+        let mut w = self
+            .waiters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         match self.client.try_subscribe(filter, QoS::AtLeastOnce) {
             Ok(()) => {
                 w.queued.push_back(notify.then_some(tx));
@@ -126,8 +136,14 @@ impl InboxSubscriptions {
     }
 
     fn resubscribe(&self) {
-        let refs = self.refs.lock().expect("not poisoned");
-        let mut w = self.waiters.lock().expect("not poisoned");
+        let refs = self
+            .refs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut w = self
+            .waiters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         // Whatever was queued before the connection dropped is already in the client's
         // queue or was lost with it; every live filter is subscribed again below.
         w.sent.clear();
@@ -141,7 +157,10 @@ impl InboxSubscriptions {
     /// the broker acknowledged every new subscription (at most a few seconds).
     pub async fn add(&self, account_id: &str, client_id: &str) {
         let waits: Vec<oneshot::Receiver<()>> = {
-            let mut refs = self.refs.lock().expect("not poisoned");
+            let mut refs = self
+                .refs
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             session_filters(account_id, client_id)
                 .into_iter()
                 .filter_map(|filter| {
@@ -171,7 +190,10 @@ impl InboxSubscriptions {
 
     /// Drops one session's needs; the last user of a filter unsubscribes it.
     pub fn remove(&self, account_id: &str, client_id: &str) {
-        let mut refs = self.refs.lock().expect("not poisoned");
+        let mut refs = self
+            .refs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for filter in session_filters(account_id, client_id) {
             if let Some(n) = refs.get_mut(&filter) {
                 *n -= 1;

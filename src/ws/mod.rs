@@ -236,7 +236,10 @@ impl Bridge {
             } => (connection_id, false, Some(reason.as_str().to_string())),
         };
         {
-            let mut presence = self.presence.lock().expect("not poisoned");
+            let mut presence = self
+                .presence
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let clients = presence.entry(key.account_id.clone()).or_default();
             match clients.get(&key.client_id) {
                 Some((c, was)) if c == connection_id && *was == connected => return,
@@ -275,7 +278,10 @@ impl Bridge {
             }
         };
         {
-            let mut last = self.last_lists.lock().expect("not poisoned");
+            let mut last = self
+                .last_lists
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if last.get(&account_id) == Some(&list) {
                 return;
             }
@@ -319,11 +325,11 @@ impl Bridge {
                 if self.hub.of_account(&session.account_id).is_empty() {
                     self.presence
                         .lock()
-                        .expect("not poisoned")
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .remove(&session.account_id);
                     self.last_lists
                         .lock()
-                        .expect("not poisoned")
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .remove(&session.account_id);
                 }
             }
