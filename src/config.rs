@@ -139,6 +139,9 @@ pub struct WebSocketConfig {
     pub signal_burst: u32,
     /// Refused frames (invalid, rate-limited) before the socket is closed with code 4008.
     pub max_errors: u32,
+    /// Bridge sessions held at once (connected or waiting for a resume); a new session beyond
+    /// it is refused with 503 before the upgrade.
+    pub max_sessions: usize,
 }
 
 impl Default for WebSocketConfig {
@@ -154,6 +157,7 @@ impl Default for WebSocketConfig {
             signal_rate: 50,
             signal_burst: 100,
             max_errors: 20,
+            max_sessions: 10_000,
         }
     }
 }
@@ -785,6 +789,9 @@ impl Config {
         }
         if self.bus.client_id.is_empty() {
             return invalid("bus.client_id", "must not be empty");
+        }
+        if self.websocket.max_sessions == 0 {
+            return invalid("websocket.max_sessions", "must be at least 1");
         }
         if self.auth.max_verifications == 0 {
             return invalid("auth.max_verifications", "must be at least 1");

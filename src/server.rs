@@ -281,6 +281,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             signal_rate: w.signal_rate,
             signal_burst: w.signal_burst,
             max_errors: w.max_errors,
+            max_sessions: w.max_sessions,
         },
     );
     let (lists_tx, lists_rx) = mpsc::unbounded_channel();

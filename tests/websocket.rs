@@ -525,3 +525,41 @@ async fn a_token_in_the_subprotocol_header_authenticates_and_baby_stations_are_p
     assert_eq!(f["baby_stations"][0]["session_id"], "s1");
     assert_eq!(f["baby_stations"][0]["client_id"], "baby");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_beyond_websocket_max_sessions_are_refused_before_the_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = start(dir.path(), "max_sessions = 2\n").await;
+    let (_a, _) = connect(&c, "account=fam&client_id=pwa-a").await;
+    let (_b, hello_b) = connect(&c, "account=fam&client_id=pwa-b").await;
+    let err = tokio_tungstenite::connect_async(ws_url(&c, "account=fam&client_id=pwa-c"))
+        .await
+        .unwrap_err();
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(r) => {
+            assert_eq!(r.status().as_u16(), 503);
+            let body: serde_json::Value =
+                serde_json::from_slice(r.body().as_deref().unwrap_or_default()).unwrap();
+            assert_eq!(body["error"]["code"], "too_many_sessions");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        c.metric("cradle_ws_refused_total{reason=\"session_limit\"}")
+            .await,
+        1
+    );
+    // No session, no status was left by the refused upgrade: pwa-c is unknown.
+    assert!(c.client("fam", "pwa-c").await.is_none());
+    // A held session still resumes at the limit.
+    let id = hello_b["connection_id"].as_str().unwrap();
+    let secret = hello_b["resume_secret"].as_str().unwrap();
+    let (_b2, hello) = connect(
+        &c,
+        &format!(
+            "account=fam&client_id=pwa-b&connection_id={id}&resume_from=0&resume_secret={secret}"
+        ),
+    )
+    .await;
+    assert_eq!(hello["connection_id"], id);
+}

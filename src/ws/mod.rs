@@ -72,6 +72,8 @@ pub struct WsSettings {
     pub signal_burst: u32,
     /// Refused frames (invalid, rate-limited) before the socket is closed with 4008.
     pub max_errors: u32,
+    /// Sessions held at once (connected or resumable).
+    pub max_sessions: usize,
 }
 
 /// Counters of the bridge.
@@ -83,6 +85,8 @@ pub struct WsMetrics {
     pub closed: [AtomicU64; 6],
     /// Upgrades refused for missing or bad credentials.
     pub auth_failures: AtomicU64,
+    /// New sessions refused at `websocket.max_sessions`.
+    pub session_limit: AtomicU64,
     /// Resume attempts by outcome: resumed, gone (410), expired (4100), too old (4101),
     /// refused (410: neither the opening token nor the resume secret).
     pub resumes: [AtomicU64; 5],
@@ -515,6 +519,11 @@ impl Bridge {
                 v.load(Relaxed)
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP cradle_ws_refused_total Upgrades refused before the 101 for a limit, by reason (session_limit: websocket.max_sessions).\n# TYPE cradle_ws_refused_total counter\ncradle_ws_refused_total{{reason=\"session_limit\"}} {}",
+            m.session_limit.load(Relaxed)
+        );
     }
 }
 
@@ -662,6 +671,23 @@ async fn upgrade(
         }
     }
     let settings = bridge.settings.clone();
+    if resume.is_none() && bridge.hub.len() >= settings.max_sessions {
+        bridge.metrics.session_limit.fetch_add(1, Relaxed);
+        tracing::warn!(
+            limit = settings.max_sessions,
+            "WebSocket upgrade refused: websocket.max_sessions reached"
+        );
+        let mut r = refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_sessions",
+            "websocket.max_sessions reached: retry later",
+        );
+        r.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static("5"),
+        );
+        return r;
+    }
     let offered_protocol = headers
         .get(axum::http::header::SEC_WEBSOCKET_PROTOCOL)
         .and_then(|v| v.to_str().ok())
