@@ -20,13 +20,16 @@
 //!
 //! ## Layout
 //!
-//! - [`accounts`]: accounts and credentials (argon2id hashes), for the MQTT edge and HTTP auth.
+//! - [`accounts`]: accounts and credentials (argon2id hashes), for the MQTT edge and HTTP auth;
+//!   [`accounts::gate`] bounds every argon2 verification (at once, per source address, a growing
+//!   delay after failures).
 //! - [`config`]: one typed config (defaults, TOML file, `CRADLE_*` environment, flags).
 //! - [`topics`]: the topic contract: topic names, ids, status payload parsing, drop reasons.
 //! - [`auth`]: who may connect: device, operator and anonymous (open mode) CONNECTs.
 //! - [`edge`]: the MQTT edge devices reach (TCP, WebSocket, TLS): authenticates, relays to
-//!   the broker, checks every packet ([`edge::acl`]), reports every connection's end
-//!   ([`edge::lifecycle`]).
+//!   the broker, checks every packet ([`edge::acl`]), counts retained messages per account
+//!   ([`edge::retained`]), stamps `from` on inbox messages ([`edge::inbox`]), reports every
+//!   connection's end ([`edge::lifecycle`]).
 //! - [`broker`]: the embedded rumqttd broker, on loopback listeners behind the edge.
 //! - [`endpoint`]: where the broker is (embedded loopback, or an external `mqtt://` /
 //!   `mqtts://` cluster with credentials) for every Cradle client and relayed link.
@@ -42,7 +45,8 @@
 //!   transaction, keeping every key, and verifies each table's row count and checksum.
 //! - [`ws`]: the legacy WebSocket bridge (`GET /ws`): ConnectionHub, seq and replay, resume;
 //!   [`ws::inbox`] subscribes each session's inbox, presence and lists on an external broker.
-//! - [`http`]: axum API: `PUT`/`DELETE /sessions/{id}`,
+//! - [`http`]: axum API served by hyper with header, body and write timeouts and a connection
+//!   cap ([`http::serve`]): `PUT`/`DELETE /sessions/{id}`,
 //!   `/v1/accounts/{id}/clients|events|baby-stations|parent-stations|usage`, `/healthz`,
 //!   `/readyz`, `/metrics`.
 //! - [`rate`]: the token bucket behind the edge's and the bridge's rate limits.
