@@ -110,14 +110,18 @@ async fn still_serving(cradle: &Cradle, id: &str, login: Option<(&str, &str)>, t
         .expect("GET /readyz");
     assert_eq!(ready.status().as_u16(), 200, "/readyz");
     let (c, mut rx) = client(cradle.mqtt_port, id, login, &[topic]).await;
-    c.publish(topic, QoS::AtLeastOnce, false, "round-trip")
+    // An inbox payload is a JSON object; the edge stamps `from` with the sender's id.
+    c.publish(topic, QoS::AtLeastOnce, false, r#"{"data":"round-trip"}"#)
         .await
         .unwrap();
     let p = next(&mut rx).await;
-    assert_eq!(
-        (p.topic.as_str(), &p.payload[..]),
-        (topic, &b"round-trip"[..])
-    );
+    assert_eq!(p.topic.as_str(), topic);
+    let got: serde_json::Value = serde_json::from_slice(&p.payload).expect("JSON");
+    let expected = match topic.ends_with("/webrtc_inbox") {
+        true => serde_json::json!({"data": "round-trip", "from": id}),
+        false => serde_json::json!({"data": "round-trip"}),
+    };
+    assert_eq!(got, expected);
     let log = cradle.log();
     assert!(!log.contains("panicked"), "{log}");
     for place in ["connection", "router"] {
@@ -248,7 +252,10 @@ async fn every_mqtt5_publish_property_reaches_an_mqtt311_subscriber_without_harm
         // no place for it), on a connection that survived it.
         let p = next(&mut rx).await;
         assert_eq!(p.topic, inbox, "{kind}");
-        assert_eq!(&p.payload[..], payload.as_bytes(), "{kind}");
+        // The same JSON object (the edge re-serialises it when it stamps `from`).
+        let got: serde_json::Value = serde_json::from_slice(&p.payload).expect("JSON");
+        let sent: serde_json::Value = serde_json::from_str(&payload).unwrap();
+        assert_eq!(got, sent, "{kind}");
     }
     still_serving(
         &s.cradle,
