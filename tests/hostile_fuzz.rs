@@ -1360,16 +1360,25 @@ async fn round_trip(
                 None => return Err(step("SUBACK")),
             }
         }
-        let body = format!("round-trip {nonce}");
+        // A JSON object: inbox payloads must be one (the edge stamps `from` into it).
+        let nonce = format!("round-trip {nonce}");
+        let body = serde_json::json!({ "data": nonce }).to_string();
         client
-            .publish(topic, QoS::AtLeastOnce, false, body.clone())
+            .publish(topic, QoS::AtLeastOnce, false, body)
             .await
             .map_err(|e| e.to_string())?;
+        // One deadline for the delivery: keep-alive traffic must not extend the wait.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let ours = |payload: &[u8]| {
+            serde_json::from_slice::<serde_json::Value>(payload)
+                .is_ok_and(|v| v["data"] == nonce.as_str())
+        };
         loop {
-            match recv10(&mut rx).await {
-                Some(Ok(Event::Incoming(Packet::Publish(p)))) if p.payload == body.as_bytes() => {
-                    return Ok(())
-                }
+            let next = tokio::time::timeout_at(deadline, recv10(&mut rx))
+                .await
+                .unwrap_or(None);
+            match next {
+                Some(Ok(Event::Incoming(Packet::Publish(p)))) if ours(&p.payload) => return Ok(()),
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Err(format!("connection failed: {e}")),
                 None => return Err(step("delivery of its own publish")),
