@@ -148,26 +148,10 @@ pub fn publish_view<'a>(
         let mut props = body.get(..props_len).ok_or(FrameError::Malformed)?;
         body = &body[props_len..];
         while !props.is_empty() {
-            let id = props[0];
-            props = &props[1..];
-            match id {
-                0x01 => skip(&mut props, 1)?,
-                0x02 => skip(&mut props, 4)?,
-                0x23 => alias = Some(take_u16(&mut props)?),
-                0x03 | 0x08 | 0x09 => {
-                    let n = take_u16(&mut props)? as usize;
-                    skip(&mut props, n)?
-                }
-                0x0B => {
-                    take_varint(&mut props)?;
-                }
-                0x26 => {
-                    for _ in 0..2 {
-                        let n = take_u16(&mut props)? as usize;
-                        skip(&mut props, n)?
-                    }
-                }
-                _ => return Err(FrameError::Malformed),
+            let (id, property) = take_publish_property(&mut props)?;
+            if id == 0x23 {
+                let mut value = &property[1..];
+                alias = Some(take_u16(&mut value)?);
             }
         }
     }
@@ -178,6 +162,34 @@ pub fn publish_view<'a>(
         alias,
         payload: body,
     })
+}
+
+/// Reads one MQTT 5 PUBLISH property from the front of `props`: its identifier and its whole
+/// bytes (identifier included). An identifier a PUBLISH may not carry is malformed.
+pub fn take_publish_property<'a>(props: &mut &'a [u8]) -> Result<(u8, &'a [u8]), FrameError> {
+    let start = *props;
+    let (&id, rest) = start.split_first().ok_or(FrameError::Malformed)?;
+    *props = rest;
+    match id {
+        0x01 => skip(props, 1)?,
+        0x02 => skip(props, 4)?,
+        0x23 => skip(props, 2)?,
+        0x03 | 0x08 | 0x09 => {
+            let n = take_u16(props)? as usize;
+            skip(props, n)?
+        }
+        0x0B => {
+            take_varint(props)?;
+        }
+        0x26 => {
+            for _ in 0..2 {
+                let n = take_u16(props)? as usize;
+                skip(props, n)?
+            }
+        }
+        _ => return Err(FrameError::Malformed),
+    }
+    Ok((id, &start[..start.len() - props.len()]))
 }
 
 /// The packet id at the start of a PUBACK/PUBREC/PUBREL/PUBCOMP/SUBACK/UNSUBSCRIBE body.
@@ -191,7 +203,8 @@ pub fn disconnect_reason(frame: &[u8], h: &Header) -> u8 {
     frame.get(h.header_len).copied().unwrap_or(0)
 }
 
-fn take_u16(b: &mut &[u8]) -> Result<u16, FrameError> {
+/// Reads a big-endian u16 from the front of `b`.
+pub(crate) fn take_u16(b: &mut &[u8]) -> Result<u16, FrameError> {
     if b.len() < 2 {
         return Err(FrameError::Malformed);
     }
@@ -200,7 +213,8 @@ fn take_u16(b: &mut &[u8]) -> Result<u16, FrameError> {
     Ok(v)
 }
 
-fn skip(b: &mut &[u8], n: usize) -> Result<(), FrameError> {
+/// Skips `n` bytes at the front of `b`.
+pub(crate) fn skip(b: &mut &[u8], n: usize) -> Result<(), FrameError> {
     if b.len() < n {
         return Err(FrameError::Malformed);
     }
@@ -208,7 +222,8 @@ fn skip(b: &mut &[u8], n: usize) -> Result<(), FrameError> {
     Ok(())
 }
 
-fn take_varint(b: &mut &[u8]) -> Result<usize, FrameError> {
+/// Reads an MQTT variable byte integer from the front of `b`.
+pub(crate) fn take_varint(b: &mut &[u8]) -> Result<usize, FrameError> {
     let mut value = 0usize;
     for i in 0..4 {
         let byte = *b.get(i).ok_or(FrameError::Malformed)?;

@@ -14,7 +14,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::Value;
 
-use super::codec::{FrameError, Header, Proto};
+use super::codec::{skip, take_publish_property, take_u16, take_varint, FrameError, Header, Proto};
 use crate::topics::is_valid_id;
 
 /// MQTT 5 reason code of the PUBACK (PUBREC) of a dropped inbox message: payload format
@@ -104,30 +104,10 @@ pub fn rebuild_publish(
     if proto == Proto::V5 {
         let len = take_varint(&mut body)?;
         let mut all = body.get(..len).ok_or(FrameError::Malformed)?;
-        while let Some(&id) = all.first() {
-            let start = all;
-            all = &all[1..];
-            match id {
-                0x01 => skip(&mut all, 1)?,
-                0x02 => skip(&mut all, 4)?,
-                0x23 => skip(&mut all, 2)?,
-                0x03 | 0x08 | 0x09 => {
-                    let n = take_u16(&mut all)? as usize;
-                    skip(&mut all, n)?
-                }
-                0x0B => {
-                    take_varint(&mut all)?;
-                }
-                0x26 => {
-                    for _ in 0..2 {
-                        let n = take_u16(&mut all)? as usize;
-                        skip(&mut all, n)?
-                    }
-                }
-                _ => return Err(FrameError::Malformed),
-            }
+        while !all.is_empty() {
+            let (id, property) = take_publish_property(&mut all)?;
             if id != 0x23 {
-                props.put_slice(&start[..start.len() - all.len()]);
+                props.put_slice(property);
             }
         }
     }
@@ -149,30 +129,6 @@ pub fn rebuild_publish(
     put_varint(&mut out, rest.len())?;
     out.put_slice(&rest);
     Ok(out)
-}
-
-fn take_u16(b: &mut &[u8]) -> Result<u16, FrameError> {
-    let (&[hi, lo], rest) = b.split_first_chunk::<2>().ok_or(FrameError::Malformed)?;
-    *b = rest;
-    Ok(u16::from_be_bytes([hi, lo]))
-}
-
-fn skip(b: &mut &[u8], n: usize) -> Result<(), FrameError> {
-    *b = b.get(n..).ok_or(FrameError::Malformed)?;
-    Ok(())
-}
-
-fn take_varint(b: &mut &[u8]) -> Result<usize, FrameError> {
-    let mut value = 0usize;
-    for i in 0..4 {
-        let byte = *b.get(i).ok_or(FrameError::Malformed)?;
-        value += ((byte & 0x7f) as usize) << (7 * i);
-        if byte & 0x80 == 0 {
-            *b = &b[i + 1..];
-            return Ok(value);
-        }
-    }
-    Err(FrameError::Malformed)
 }
 
 fn put_varint(out: &mut BytesMut, mut n: usize) -> Result<(), FrameError> {
