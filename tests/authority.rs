@@ -499,3 +499,41 @@ async fn a_device_cannot_forge_from_on_a_pwa_inbox_message() {
     assert_eq!(v["from"], "pwa");
     assert_eq!(v["from_connection"], pwa_conn.as_str());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_station_cannot_claim_another_stations_connection_by_reporting_its_id() {
+    let s = setup().await;
+    let c = &s.c;
+    let a = station(c, "baby-a", &s.baby_a, "ka").await;
+    a.publish(
+        &format!("accounts/{ACCOUNT}/baby_stations/baby-a"),
+        start("sa", "ka", 10_000),
+    )
+    .await;
+    wait_for(Duration::from_secs(10), "baby-a's session", || async {
+        (active_sessions(c).await == vec![("sa".to_string(), "baby-a".to_string())]).then_some(())
+    })
+    .await;
+    // baby-b reports baby-a's connection id as its own, then starts a session on it.
+    let b = station(c, "baby-b", &s.baby_b, "ka").await;
+    b.publish(
+        &format!("accounts/{ACCOUNT}/baby_stations/baby-b"),
+        start("sb", "ka", 20_000),
+    )
+    .await;
+    wait_metric(
+        c,
+        "cradle_mqtt_messages_dropped_total{family=\"stations\",reason=\"foreign_connection\"}",
+        1,
+    )
+    .await;
+    // baby-a's session runs on, never `replaced`.
+    assert_eq!(
+        session_events(c).await,
+        vec![("session.started".into(), "sa".into(), "".into())]
+    );
+    assert_eq!(
+        active_sessions(c).await,
+        vec![("sa".to_string(), "baby-a".to_string())]
+    );
+}

@@ -138,9 +138,16 @@ impl Permit<'_> {
 }
 
 impl Drop for Permit<'_> {
+    /// Not reported as failed: the secret verified, and the source's failures are forgotten
+    /// (a device behind an address that others failed from is not delayed after it succeeds).
     fn drop(&mut self) {
         if !self.reported {
             self.gate.stats.ok.fetch_add(1, Relaxed);
+            if let Some(ip) = self.source {
+                if let Some(s) = self.gate.lock().get_mut(&ip) {
+                    s.failures = 0;
+                }
+            }
         }
     }
 }

@@ -208,29 +208,35 @@ fn dummy_hash() -> &'static str {
     })
 }
 
-async fn verify(secret: String, phc: String) -> bool {
+/// Verifies `secret` against each of `hashes` on the blocking pool (none: one run against a
+/// hash nobody knows the secret of, so a miss costs what a check costs) and reports a failure
+/// to the gate. The gate's `permit` moves into the blocking task: a caller that goes away
+/// mid-verification (a client hanging up) cannot free its slot while argon2 still runs.
+async fn verify_gated(permit: gate::Permit<'static>, secret: String, hashes: Vec<String>) -> bool {
     tokio::task::spawn_blocking(move || {
-        PasswordHash::new(&phc)
-            .map(|parsed| {
-                Argon2::default()
-                    .verify_password(secret.as_bytes(), &parsed)
-                    .is_ok()
-            })
-            .unwrap_or(false)
+        let check = |phc: &str| {
+            PasswordHash::new(phc)
+                .map(|parsed| {
+                    Argon2::default()
+                        .verify_password(secret.as_bytes(), &parsed)
+                        .is_ok()
+                })
+                .unwrap_or(false)
+        };
+        let ok = match hashes.is_empty() {
+            true => {
+                check(dummy_hash());
+                false
+            }
+            false => hashes.iter().any(|h| check(h)),
+        };
+        if !ok {
+            permit.failed();
+        }
+        ok
     })
     .await
     .unwrap_or(false)
-}
-
-/// Spends one argon2 verification against a hash nobody knows the secret of (made once, on
-/// the blocking pool like every argon2 run), so that a miss costs what a check costs.
-async fn verify_dummy(secret: String) {
-    let _ = tokio::task::spawn_blocking(move || {
-        if let Ok(parsed) = PasswordHash::new(dummy_hash()) {
-            let _ = Argon2::default().verify_password(secret.as_bytes(), &parsed);
-        }
-    })
-    .await;
 }
 
 /// Issues a credential. A device needs `account` and `client`; a token needs `account`; an
@@ -372,20 +378,8 @@ pub async fn verify_device_from(
         .all(store.db())
         .await?;
     let permit = gate::gate().enter(source).await?;
-    if candidates.is_empty() {
-        // Spend the same argon2 time as a real check, so the answer's timing does not tell
-        // an unknown client id from a wrong secret.
-        verify_dummy(password.to_string()).await;
-        permit.failed();
-        return Ok(false);
-    }
-    for c in candidates {
-        if verify(password.to_string(), c.secret_hash).await {
-            return Ok(true);
-        }
-    }
-    permit.failed();
-    Ok(false)
+    let hashes = candidates.into_iter().map(|c| c.secret_hash).collect();
+    Ok(verify_gated(permit, password.to_string(), hashes).await)
 }
 
 /// The live credential a bearer or operator secret belongs to, if any.
@@ -417,15 +411,9 @@ pub async fn verify_secret_from(
         None
     };
     let permit = gate::gate().enter(source).await?;
-    let Some(c) = found else {
-        verify_dummy(secret.to_string()).await;
-        permit.failed();
-        return Ok(None);
-    };
-    if verify(secret.to_string(), c.secret_hash.clone()).await {
-        Ok(Some(c))
-    } else {
-        permit.failed();
-        Ok(None)
-    }
+    let hashes = found.iter().map(|c| c.secret_hash.clone()).collect();
+    Ok(verify_gated(permit, secret.to_string(), hashes)
+        .await
+        .then_some(found)
+        .flatten())
 }

@@ -7,8 +7,8 @@
 //! topic's old one (its size counts once), an empty one deletes it. The ledger is itself
 //! bounded by the quotas it enforces. Retained messages Cradle publishes itself (end statuses,
 //! announcements) do not pass the edge and are not counted: they are bounded by the clients
-//! and sessions in the store. Open-mode clients are counted under the topic's account
-//! (`accounts/{a}/...`), other topics under one shared key.
+//! and sessions in the store. Open-mode clients share one quota (their topics are
+//! theirs to choose, so a key from the topic would let them pick a fresh quota).
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
@@ -37,14 +37,9 @@ pub struct RetainedLedger {
     accounts: Mutex<HashMap<String, Account>>,
 }
 
-/// The ledger key of a topic published by an open-mode client.
-pub fn topic_account(topic: &str) -> &str {
-    let mut levels = topic.split('/');
-    match (levels.next(), levels.next()) {
-        (Some("accounts"), Some(a)) => a,
-        _ => "",
-    }
-}
+/// The ledger key of every open-mode (and operator) client: one quota for all of them, since
+/// the topics they publish to are theirs to choose.
+pub const SHARED: &str = "";
 
 impl RetainedLedger {
     /// A ledger with these quotas per account.
@@ -137,12 +132,5 @@ mod tests {
         let (ledger, m) = (RetainedLedger::new(0, 0), Metrics::default());
         assert_eq!(ledger.admit("a", "t", 0, &m), Ok(()));
         assert_eq!(ledger.admit("a", "t", 1, &m), Err(RetainRefused::Quota));
-    }
-
-    #[test]
-    fn open_mode_topics_count_under_their_account_level() {
-        assert_eq!(topic_account("accounts/fam/clients/c/status"), "fam");
-        assert_eq!(topic_account("é/x"), "");
-        assert_eq!(topic_account("accounts"), "");
     }
 }

@@ -7,7 +7,7 @@
 //! the edge connects with the namespaced client id, no Will and its own keep-alive, and
 //! answers the client's PINGREQs itself.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,6 +58,11 @@ async fn send<W: AsyncWrite + Unpin>(wr: &mut W, bytes: &[u8]) -> std::io::Resul
     wr.write_all(bytes).await?;
     wr.flush().await
 }
+
+/// Topic aliases one MQTT 5 connection may set.
+const MAX_ALIASES: usize = 1024;
+/// Bytes of topic those aliases may hold in all.
+const MAX_ALIAS_BYTES: usize = 64 * 1024;
 
 /// Keep-alive of the edge's upstream connections, in seconds; the edge pings well within it.
 const UPSTREAM_KEEP_ALIVE: u16 = 60;
@@ -301,7 +306,7 @@ fn admit_will(
     if will.retain {
         let account = match principal {
             Principal::Device { account_id, .. } => account_id.as_str(),
-            Principal::Operator | Principal::Open => super::retained::topic_account(&will.topic),
+            Principal::Operator | Principal::Open => super::retained::SHARED,
         };
         shared
             .retained
@@ -534,8 +539,9 @@ pub async fn serve<R, W>(
             violations: 0,
             publishes: 0,
             pending_subs: HashMap::new(),
-            local_qos2: Vec::new(),
+            local_qos2: HashSet::new(),
             aliases: HashMap::new(),
+            alias_bytes: 0,
             retain_refused: false,
             bucket: TokenBucket::new(shared.settings.publish_rate, shared.settings.publish_burst),
             shared: shared.clone(),
@@ -563,9 +569,11 @@ struct Conn {
     /// SUBSCRIBEs forwarded with some filters removed: packet id → which filters were kept.
     pending_subs: HashMap<u16, Vec<bool>>,
     /// MQTT 3.1.1 QoS 2 publishes the edge refused and answered itself (PUBREL → PUBCOMP).
-    local_qos2: Vec<u16>,
+    local_qos2: HashSet<u16>,
     /// MQTT 5 topic aliases as the client set them (the edge resolves them itself).
     aliases: HashMap<u16, String>,
+    /// Bytes of the topics in `aliases`.
+    alias_bytes: usize,
     /// The PUBLISH being processed was a refused retained one (answered, not forwarded).
     retain_refused: bool,
     bucket: TokenBucket,
@@ -886,8 +894,7 @@ impl Conn {
                 }
                 kind::PUBREL => {
                     let pkid = codec::packet_id(&frame, &h).map_err(End::from_frame_error)?;
-                    if let Some(i) = self.local_qos2.iter().position(|p| *p == pkid) {
-                        self.local_qos2.swap_remove(i);
+                    if self.local_qos2.remove(&pkid) {
                         codec::put_ack(to_dev, kind::PUBCOMP, pkid, self.proto, 0);
                     } else {
                         to_up.extend_from_slice(&frame);
@@ -919,6 +926,11 @@ impl Conn {
         let proto = self.proto;
         let v = codec::publish_view(&frame, h, proto).map_err(End::from_frame_error)?;
         let (qos, pkid) = (v.qos, v.pkid);
+        if qos == 2 {
+            // A new QoS 2 flow with this packet id: any earlier refused one with it is over,
+            // and this one's PUBREL belongs to whoever handles this PUBLISH.
+            self.local_qos2.remove(&pkid);
+        }
         let alias_topic;
         let topic: &str = match v.alias {
             None if v.topic.is_empty() => {
@@ -944,28 +956,17 @@ impl Conn {
                 }
             },
             Some(alias) => {
-                if self.aliases.len() >= 1024 && !self.aliases.contains_key(&alias) {
-                    return Err(End::Kicked {
-                        v5_reason: reason::TOPIC_ALIAS_INVALID,
-                    });
-                }
-                self.aliases.insert(alias, v.topic.to_string());
+                // Set even when the PUBLISH is refused below: the client now means that topic
+                // by this alias, and its later uses must be refused too, not delivered to the
+                // alias's previous topic. Bounded in count and bytes.
+                self.set_alias(alias, v.topic)?;
                 v.topic
             }
         };
         if !may_publish(&self.principal, topic) {
             self.shared.metrics.edge_acl_drop(super::AclDrop::Publish);
             tracing::warn!(topic, "PUBLISH refused: not allowed for this client");
-            match qos {
-                1 => codec::put_ack(to_dev, kind::PUBACK, pkid, proto, reason::NOT_AUTHORIZED),
-                2 => {
-                    codec::put_ack(to_dev, kind::PUBREC, pkid, proto, reason::NOT_AUTHORIZED);
-                    if proto == Proto::V4 {
-                        self.local_qos2.push(pkid);
-                    }
-                }
-                _ => {}
-            }
+            self.answer_refused(qos, pkid, reason::NOT_AUTHORIZED, to_dev);
             return self.violation();
         }
         if h.byte1 & 0x01 != 0 {
@@ -992,16 +993,7 @@ impl Conn {
             self.shared.metrics.inbox_drop(refused);
             tracing::warn!(topic, reason = refused.as_str(), "inbox message dropped");
             let code = super::inbox::PAYLOAD_FORMAT_INVALID;
-            match qos {
-                1 => codec::put_ack(to_dev, kind::PUBACK, pkid, proto, code),
-                2 => {
-                    codec::put_ack(to_dev, kind::PUBREC, pkid, proto, code);
-                    if proto == Proto::V4 {
-                        self.local_qos2.push(pkid);
-                    }
-                }
-                _ => {}
-            }
+            self.answer_refused(qos, pkid, code, to_dev);
             return Ok(());
         }
         if v.alias.is_none() {
@@ -1026,6 +1018,37 @@ impl Conn {
         Ok(())
     }
 
+    /// Records an MQTT 5 topic alias the client set: at most [`MAX_ALIASES`] aliases and
+    /// [`MAX_ALIAS_BYTES`] bytes of their topics per connection; beyond either the connection
+    /// is closed (DISCONNECT 0x94 topic alias invalid).
+    fn set_alias(&mut self, alias: u16, topic: &str) -> Result<(), End> {
+        let old = self.aliases.get(&alias).map_or(0, String::len);
+        let bytes = self.alias_bytes - old + topic.len();
+        if (old == 0 && self.aliases.len() >= MAX_ALIASES) || bytes > MAX_ALIAS_BYTES {
+            return Err(End::Kicked {
+                v5_reason: reason::TOPIC_ALIAS_INVALID,
+            });
+        }
+        self.aliases.insert(alias, topic.to_string());
+        self.alias_bytes = bytes;
+        Ok(())
+    }
+
+    /// Answers a PUBLISH the edge refused or dropped: PUBACK for QoS 1, PUBREC for QoS 2 (MQTT
+    /// 5 with `code`), and for QoS 2 remembers the packet id so that the edge completes the
+    /// client's PUBREL itself (on either protocol; MQTT 5 ends the flow on a PUBREC with an
+    /// error code, but a client may still send PUBREL, which the broker never saw).
+    fn answer_refused(&mut self, qos: u8, pkid: u16, code: u8, to_dev: &mut BytesMut) {
+        match qos {
+            1 => codec::put_ack(to_dev, kind::PUBACK, pkid, self.proto, code),
+            2 => {
+                codec::put_ack(to_dev, kind::PUBREC, pkid, self.proto, code);
+                self.local_qos2.insert(pkid);
+            }
+            _ => {}
+        }
+    }
+
     /// Checks a retained PUBLISH against the topic contract and the account's retained quota.
     /// A refusal is answered (MQTT 5: reason 0x83 for a topic that is never retained, 0x97
     /// over the quota; 3.1.1 acknowledges) and sets `retain_refused`; a retained PUBLISH on a
@@ -1040,7 +1063,7 @@ impl Conn {
     ) -> Result<(), End> {
         let account = match &self.principal {
             Principal::Device { account_id, .. } => account_id.as_str(),
-            Principal::Operator | Principal::Open => super::retained::topic_account(topic),
+            Principal::Operator | Principal::Open => super::retained::SHARED,
         };
         let (code, violation) = if !may_retain(topic) {
             tracing::warn!(
@@ -1066,19 +1089,7 @@ impl Conn {
         };
         self.shared.metrics.edge_retained_refused(!violation);
         self.retain_refused = true;
-        match qos {
-            1 => codec::put_ack(to_dev, kind::PUBACK, pkid, self.proto, code),
-            2 => {
-                codec::put_ack(to_dev, kind::PUBREC, pkid, self.proto, code);
-                // The client completes with PUBREL, which the edge answers itself: as for a
-                // refused QoS 2 publish, on either protocol (MQTT 5 ends the flow on a
-                // PUBREC with an error code; a client may still send PUBREL).
-                if self.proto == Proto::V4 {
-                    self.local_qos2.push(pkid);
-                }
-            }
-            _ => {}
-        }
+        self.answer_refused(qos, pkid, code, to_dev);
         if violation {
             self.violation()?;
         }

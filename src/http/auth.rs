@@ -42,9 +42,11 @@ struct CachedToken {
 pub struct TokenCache {
     ttl: Duration,
     verified: Mutex<HashMap<String, CachedToken>>,
-    /// One verification at a time per credential id: concurrent requests with the same
-    /// token wait for the first one's answer instead of each running argon2.
-    inflight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// One verification at a time per secret (by digest): concurrent requests with the same
+    /// token wait for the first one's answer instead of each running argon2. Keyed by the
+    /// whole secret, so wrong secrets for a credential id never queue in front of its right
+    /// one; an entry lives only while a request for it is in flight (removed by [`Turn`]).
+    inflight: Mutex<HashMap<[u8; 64], Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// Verified tokens remembered at most (expired ones are dropped first, then all).
@@ -102,7 +104,10 @@ impl TokenCache {
         secret: &str,
         source: Option<IpAddr>,
     ) -> Result<Option<VerifiedToken>, AccountsError> {
-        let Some((id, _)) = secret.split_once('.') else {
+        let Some((id, _)) = secret
+            .split_once('.')
+            .filter(|(id, _)| crate::topics::is_valid_id(id))
+        else {
             metrics.token_check(TokenCheck::Refused);
             return Ok(None);
         };
@@ -111,29 +116,15 @@ impl TokenCache {
             metrics.token_check(TokenCheck::Cached);
             return Ok(Some(t));
         }
-        let gate = {
-            let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
-            inflight.entry(id.to_string()).or_default().clone()
-        };
-        let result = {
-            let _turn = gate.lock().await;
-            // Whoever held the turn before may have verified this very secret.
-            if let Some(t) = self.cached(id, &digest) {
-                metrics.token_check(TokenCheck::Cached);
-                Ok(Some(t))
-            } else {
-                self.verify_in_store(store, metrics, id, digest, secret, source)
-                    .await
-            }
-        };
-        {
-            let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
-            // The map's own reference and ours: nobody else waits on this gate.
-            if Arc::strong_count(&gate) <= 2 {
-                inflight.remove(id);
-            }
+        let turn = Turn::take(&self.inflight, digest);
+        let _turn = turn.gate.lock().await;
+        // Whoever held the turn before may have verified this very secret.
+        if let Some(t) = self.cached(id, &digest) {
+            metrics.token_check(TokenCheck::Cached);
+            return Ok(Some(t));
         }
-        result
+        self.verify_in_store(store, metrics, id, digest, secret, source)
+            .await
     }
 
     async fn verify_in_store(
@@ -164,6 +155,36 @@ impl TokenCache {
         metrics.token_check(TokenCheck::Verified);
         self.remember(id, digest, token.clone());
         Ok(Some(token))
+    }
+}
+
+/// A request's place in the queue of one secret's verification; the map entry goes when the
+/// last request holding it ends, whether it finished or was cancelled (a client hanging up).
+struct Turn<'a> {
+    map: &'a Mutex<HashMap<[u8; 64], Arc<tokio::sync::Mutex<()>>>>,
+    key: [u8; 64],
+    gate: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl<'a> Turn<'a> {
+    fn take(map: &'a Mutex<HashMap<[u8; 64], Arc<tokio::sync::Mutex<()>>>>, key: [u8; 64]) -> Self {
+        let gate = map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key)
+            .or_default()
+            .clone();
+        Turn { map, key, gate }
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        // The map's own reference and ours: nobody else waits on this secret.
+        if Arc::strong_count(&self.gate) <= 2 {
+            map.remove(&self.key);
+        }
     }
 }
 

@@ -318,16 +318,27 @@ impl Sessions {
             .filter(sessions::Column::SessionId.ne(&start.session_id))
             .one(&txn)
             .await?;
-        // Whose connection it is matters only to a station's start.
+        // Whose connection it is matters only to a station's start. Connection ids are the
+        // devices' own words, so two clients may claim one: the connection counts as another
+        // client's when ANY other client has it as its current or last connection (a station
+        // cannot make a connection its own by reporting another's id on its status topic).
         let owner = match by {
             Actor::Account => None,
-            Actor::Station(_) => clients::Entity::find()
-                .filter(clients::Column::AccountId.eq(account_id))
-                .filter(clients::Column::ConnectionId.eq(&start.connection_id))
-                .order_by_desc(clients::Column::UpdatedAtMillis)
-                .one(&txn)
-                .await?
-                .map(|c| c.client_id),
+            Actor::Station(station) => {
+                let owners: Vec<String> = clients::Entity::find()
+                    .filter(clients::Column::AccountId.eq(account_id))
+                    .filter(clients::Column::ConnectionId.eq(&start.connection_id))
+                    .all(&txn)
+                    .await?
+                    .into_iter()
+                    .map(|c| c.client_id)
+                    .collect();
+                owners
+                    .iter()
+                    .find(|o| *o != station)
+                    .or(owners.first())
+                    .cloned()
+            }
         };
         let events = match decide_start(
             by,

@@ -577,7 +577,7 @@ async fn authenticate(
     headers: &HeaderMap,
     q: &WsQuery,
     source: Option<std::net::IpAddr>,
-) -> Option<(String, Option<String>)> {
+) -> Result<Option<(String, Option<String>)>, crate::accounts::AccountsError> {
     let header = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -591,25 +591,27 @@ async fn authenticate(
     };
     let candidate = header.or(q.token.as_deref()).or_else(protocol);
     if let Some(token) = candidate {
-        if let Ok(Some(c)) = state
+        // Busy (the verification gate) and store errors are the caller's answer (503), not
+        // a bad token.
+        if let Some(c) = state
             .tokens
             .verify(&state.store, &state.metrics, token, source)
-            .await
+            .await?
         {
             if c.kind == CredentialKind::Token {
                 let credential_id = token.split_once('.').map(|(id, _)| id.to_string());
-                return c.account_id.map(|a| (a, credential_id));
+                return Ok(c.account_id.map(|a| (a, credential_id)));
             }
         }
     }
     if state.auth.anonymous_allowed(state.http_loopback).await {
-        return q
+        return Ok(q
             .account
             .clone()
             .filter(|a| is_valid_id(a))
-            .map(|a| (a, None));
+            .map(|a| (a, None)));
     }
-    None
+    Ok(None)
 }
 
 async fn upgrade(
@@ -620,7 +622,11 @@ async fn upgrade(
     ws: WebSocketUpgrade,
 ) -> Response {
     let bridge = state.bridge.clone();
-    let Some((account_id, credential_id)) = authenticate(&state, &headers, &q, source).await else {
+    let authenticated = match authenticate(&state, &headers, &q, source).await {
+        Ok(a) => a,
+        Err(error) => return crate::http::ApiError::Accounts(error).into_response(),
+    };
+    let Some((account_id, credential_id)) = authenticated else {
         bridge.metrics.auth_failures.fetch_add(1, Relaxed);
         tracing::warn!("WebSocket upgrade refused: no valid token");
         return refuse(
