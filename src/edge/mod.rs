@@ -339,29 +339,27 @@ async fn accept_loop(
         let guard = shared.clone();
         let shared = shared.clone();
         let tls = tls.clone();
-        // Each transport's connection future is boxed: inline, every connection's task would
-        // be as large as the largest of them (TLS and WebSocket state included).
+        // Each transport's connection future, and each handshake, is boxed: inline, every
+        // connection's task would be as large as the largest of them for its whole life (the
+        // TLS and WebSocket handshakes' state made every idle TCP device's task ~29 KiB; a
+        // heaptrack profile of 10k idle devices found it, BENCHMARKS.md "Where an idle
+        // device's memory goes"). Boxed, a handshake's state is freed once it is done.
         let task = async move {
             let timeout = shared.settings.connect_timeout;
             match (tls, transport) {
                 (None, Transport::Tcp) => {
                     let (rd, wr) = stream.into_split();
-                    let serve = session::serve(rd, wr, peer, info, shared);
-                    static LOGGED: std::sync::Once = std::sync::Once::new();
-                    LOGGED.call_once(|| {
-                        let bytes = std::mem::size_of_val(&serve);
-                        tracing::debug!(bytes, "size of one TCP client connection's task");
-                    });
-                    Box::pin(serve).await
+                    Box::pin(session::serve(rd, wr, peer, info, shared)).await
                 }
                 (None, Transport::WebSocket) => {
-                    if let Some(ws) = websocket(stream, timeout, &shared).await {
+                    if let Some(ws) = Box::pin(websocket(stream, timeout, &shared)).await {
                         let (rd, wr) = tokio::io::split(ws);
                         Box::pin(session::serve(rd, wr, peer, info, shared)).await
                     }
                 }
                 (Some(tls), transport) => {
-                    let Ok(Ok(stream)) = tokio::time::timeout(timeout, tls.accept(stream)).await
+                    let Ok(Ok(stream)) =
+                        Box::pin(tokio::time::timeout(timeout, tls.accept(stream))).await
                     else {
                         shared
                             .metrics
@@ -374,7 +372,7 @@ async fn accept_loop(
                             Box::pin(session::serve(rd, wr, peer, info, shared)).await
                         }
                         Transport::WebSocket => {
-                            if let Some(ws) = websocket(stream, timeout, &shared).await {
+                            if let Some(ws) = Box::pin(websocket(stream, timeout, &shared)).await {
                                 let (rd, wr) = tokio::io::split(ws);
                                 Box::pin(session::serve(rd, wr, peer, info, shared)).await
                             }
@@ -383,7 +381,13 @@ async fn accept_loop(
                 }
             }
         };
-        tokio::spawn(contain_panic(task, peer, guard));
+        let task = contain_panic(task, peer, guard);
+        static LOGGED: std::sync::Once = std::sync::Once::new();
+        LOGGED.call_once(|| {
+            let bytes = std::mem::size_of_val(&task);
+            tracing::debug!(bytes, "size of one client connection's spawned task");
+        });
+        tokio::spawn(task);
     }
 }
 
