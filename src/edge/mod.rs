@@ -337,50 +337,8 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let guard = shared.clone();
-        let shared = shared.clone();
-        let tls = tls.clone();
-        // Each transport's connection future, and each handshake, is boxed: inline, every
-        // connection's task would be as large as the largest of them for its whole life (the
-        // TLS and WebSocket handshakes' state made every idle TCP device's task ~29 KiB; a
-        // heaptrack profile of 10k idle devices found it, BENCHMARKS.md "Where an idle
-        // device's memory goes"). Boxed, a handshake's state is freed once it is done.
-        let task = async move {
-            let timeout = shared.settings.connect_timeout;
-            match (tls, transport) {
-                (None, Transport::Tcp) => {
-                    let (rd, wr) = stream.into_split();
-                    Box::pin(session::serve(rd, wr, peer, info, shared)).await
-                }
-                (None, Transport::WebSocket) => {
-                    if let Some(ws) = Box::pin(websocket(stream, timeout, &shared)).await {
-                        let (rd, wr) = tokio::io::split(ws);
-                        Box::pin(session::serve(rd, wr, peer, info, shared)).await
-                    }
-                }
-                (Some(tls), transport) => {
-                    let Ok(Ok(stream)) =
-                        Box::pin(tokio::time::timeout(timeout, tls.accept(stream))).await
-                    else {
-                        shared
-                            .metrics
-                            .edge_connect(crate::metrics::EdgeConnect::Tls);
-                        return;
-                    };
-                    match transport {
-                        Transport::Tcp => {
-                            let (rd, wr) = tokio::io::split(stream);
-                            Box::pin(session::serve(rd, wr, peer, info, shared)).await
-                        }
-                        Transport::WebSocket => {
-                            if let Some(ws) = Box::pin(websocket(stream, timeout, &shared)).await {
-                                let (rd, wr) = tokio::io::split(ws);
-                                Box::pin(session::serve(rd, wr, peer, info, shared)).await
-                            }
-                        }
-                    }
-                }
-            }
-        };
+        let (shared, tls) = (shared.clone(), tls.clone());
+        let task = connection(stream, peer, info, transport, tls, shared);
         let task = contain_panic(task, peer, guard);
         static LOGGED: std::sync::Once = std::sync::Once::new();
         LOGGED.call_once(|| {
@@ -388,6 +346,55 @@ async fn accept_loop(
             tracing::debug!(bytes, "size of one client connection's spawned task");
         });
         tokio::spawn(task);
+    }
+}
+
+/// One accepted connection's whole life, as a future boxed per transport. The spawned task
+/// holds only the box: were the transports one `async` block, every connection's task would be
+/// as large as the largest of them for its whole life (a heaptrack profile of 10k idle devices
+/// found each plain TCP device's task holding room for a TLS and a WebSocket handshake and a
+/// TLS stream: 29 KiB; BENCHMARKS.md "Where an idle device's memory goes").
+fn connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    info: ListenerInfo,
+    transport: Transport,
+    tls: Option<TlsAcceptor>,
+    shared: Arc<EdgeShared>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    let timeout = shared.settings.connect_timeout;
+    match (tls, transport) {
+        (None, Transport::Tcp) => {
+            let (rd, wr) = stream.into_split();
+            Box::pin(session::serve(rd, wr, peer, info, shared))
+        }
+        (None, Transport::WebSocket) => Box::pin(async move {
+            if let Some(ws) = Box::pin(websocket(stream, timeout, &shared)).await {
+                let (rd, wr) = tokio::io::split(ws);
+                Box::pin(session::serve(rd, wr, peer, info, shared)).await
+            }
+        }),
+        (Some(tls), transport) => Box::pin(async move {
+            let Ok(Ok(stream)) = Box::pin(tokio::time::timeout(timeout, tls.accept(stream))).await
+            else {
+                shared
+                    .metrics
+                    .edge_connect(crate::metrics::EdgeConnect::Tls);
+                return;
+            };
+            match transport {
+                Transport::Tcp => {
+                    let (rd, wr) = tokio::io::split(stream);
+                    Box::pin(session::serve(rd, wr, peer, info, shared)).await
+                }
+                Transport::WebSocket => {
+                    if let Some(ws) = Box::pin(websocket(stream, timeout, &shared)).await {
+                        let (rd, wr) = tokio::io::split(ws);
+                        Box::pin(session::serve(rd, wr, peer, info, shared)).await
+                    }
+                }
+            }
+        }),
     }
 }
 
