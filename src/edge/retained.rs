@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Mutex;
 
+use super::acl::Principal;
 use crate::metrics::Metrics;
 
 /// Why a retained message was refused.
@@ -39,7 +40,15 @@ pub struct RetainedLedger {
 
 /// The ledger key of every open-mode (and operator) client: one quota for all of them, since
 /// the topics they publish to are theirs to choose.
-pub const SHARED: &str = "";
+const SHARED: &str = "";
+
+/// The key a client's retained messages count under: its account, or [`SHARED`].
+pub fn ledger_key(principal: &Principal) -> &str {
+    match principal {
+        Principal::Device { account_id, .. } => account_id,
+        Principal::Operator | Principal::Open => SHARED,
+    }
+}
 
 impl RetainedLedger {
     /// A ledger with these quotas per account.

@@ -304,10 +304,7 @@ fn admit_will(
         })?;
     }
     if will.retain {
-        let account = match principal {
-            Principal::Device { account_id, .. } => account_id.as_str(),
-            Principal::Operator | Principal::Open => super::retained::SHARED,
-        };
+        let account = super::retained::ledger_key(principal);
         shared
             .retained
             .admit(account, &will.topic, will.payload.len(), &shared.metrics)
@@ -1061,10 +1058,7 @@ impl Conn {
         pkid: u16,
         to_dev: &mut BytesMut,
     ) -> Result<(), End> {
-        let account = match &self.principal {
-            Principal::Device { account_id, .. } => account_id.as_str(),
-            Principal::Operator | Principal::Open => super::retained::SHARED,
-        };
+        let account = super::retained::ledger_key(&self.principal);
         let (code, violation) = if !may_retain(topic) {
             tracing::warn!(
                 topic,
