@@ -10,10 +10,9 @@
 
 use std::net::SocketAddr;
 
+use rumqttd::local::RouterLinks;
 use rumqttd::protocol::{v4::V4, v5::V5};
-use rumqttd::{
-    ConnectionSettings, LinkAcceptor, LinkType, Router, RouterConfig, Server, ServerSettings,
-};
+use rumqttd::{ConnectionSettings, LinkType, Router, RouterConfig, Server, ServerSettings};
 use tokio::net::TcpListener;
 
 use crate::config::MqttConfig;
@@ -37,10 +36,8 @@ pub struct EmbeddedBroker {
     pub v4: SocketAddr,
     /// MQTT 5 over TCP.
     pub v5: SocketAddr,
-    /// MQTT 3.1.1 connections handed over without a socket (the edge's relayed clients).
-    pub v4_links: LinkAcceptor<V4>,
-    /// MQTT 5 connections handed over without a socket.
-    pub v5_links: LinkAcceptor<V5>,
+    /// Links straight to the router, for the edge's device connections (no socket).
+    pub links: RouterLinks,
 }
 
 /// Binds one of the broker's loopback listeners (port 0 picks a free port).
@@ -81,6 +78,10 @@ pub async fn start(config: &MqttConfig) -> Result<EmbeddedBroker, BrokerError> {
         },
     );
     let router_tx = router.spawn();
+    // Publishing to a topic nobody subscribed to yet must still store it (retained status
+    // for later subscribers).
+    let dynamic_filters = true;
+    let links = RouterLinks::new(router_tx.clone(), dynamic_filters);
 
     let settings = |name: &str, listen: SocketAddr| ServerSettings {
         name: name.to_string(),
@@ -94,15 +95,12 @@ pub async fn start(config: &MqttConfig) -> Result<EmbeddedBroker, BrokerError> {
             max_inflight_count: config.max_inflight,
             auth: None,
             external_auth: None,
-            // Publishing to a topic nobody subscribed to yet must still store it (retained
-            // status for later subscribers).
-            dynamic_filters: true,
+            dynamic_filters,
         },
     };
 
     let mut v4 = Server::new(settings("mqtt-v4", v4_addr), router_tx.clone(), V4);
     let mut v5 = Server::new(settings("mqtt-v5", v5_addr), router_tx, V5);
-    let (v4_links, v5_links) = (v4.link_acceptor(), v5.link_acceptor());
     tokio::spawn(async move {
         if let Err(error) = v4.serve(v4_listener, LinkType::Remote).await {
             tracing::error!(%error, key = "mqtt.broker_listen", "broker MQTT 3.1.1 listener stopped");
@@ -116,7 +114,6 @@ pub async fn start(config: &MqttConfig) -> Result<EmbeddedBroker, BrokerError> {
     Ok(EmbeddedBroker {
         v4: v4_addr,
         v5: v5_addr,
-        v4_links,
-        v5_links,
+        links,
     })
 }

@@ -145,10 +145,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             tracing::info!(v4 = %broker.v4, v5 = %broker.v5, "embedded MQTT broker listening on loopback");
             (
                 Endpoint::embedded(broker.v4),
-                edge::Upstream::Embedded {
-                    v4: broker.v4_links.clone(),
-                    v5: broker.v5_links.clone(),
-                },
+                edge::Upstream::Embedded(broker.links.clone()),
             )
         }
         BrokerMode::External => {

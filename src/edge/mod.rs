@@ -20,6 +20,7 @@ pub mod publisher;
 pub mod registry;
 pub mod retained;
 pub mod session;
+pub mod uplink;
 
 use std::io;
 use std::net::SocketAddr;
@@ -31,8 +32,7 @@ use async_tungstenite::tungstenite::handshake::server::{
     Callback, ErrorResponse, Request, Response,
 };
 use async_tungstenite::tungstenite::http::HeaderValue;
-use rumqttd::protocol::{v4::V4, v5::V5};
-use rumqttd::LinkAcceptor;
+use rumqttd::local::RouterLinks;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
@@ -45,7 +45,6 @@ use crate::config::MqttConfig;
 use crate::domain::connection::DisconnectReason;
 use crate::endpoint::Endpoint;
 use crate::metrics::Metrics;
-use codec::Proto;
 use publisher::Publisher;
 use registry::Registry;
 
@@ -138,20 +137,12 @@ pub type UpRead = Box<dyn AsyncRead + Send + Unpin>;
 /// The writing half of a relayed connection's link to the broker.
 pub type UpWrite = Box<dyn AsyncWrite + Send + Unpin>;
 
-/// Bytes in flight per direction of an in-process link before the writer waits.
-const LINK_BUFFER: usize = 64 * 1024;
-
 /// How the edge reaches the broker.
 #[derive(Clone)]
 pub enum Upstream {
-    /// The embedded rumqttd: each connection over an in-process pipe handed to its router
-    /// (no socket, no descriptor, no ephemeral port).
-    Embedded {
-        /// MQTT 3.1.1 links.
-        v4: LinkAcceptor<V4>,
-        /// MQTT 5 links.
-        v5: LinkAcceptor<V5>,
-    },
+    /// The embedded rumqttd: each connection's packets go straight to its router from the
+    /// connection's own task (`uplink`; no socket, no pipe, no second task).
+    Embedded(RouterLinks),
     /// An external broker (one listener for MQTT 3.1.1 and 5, as EMQX, VerneMQ, HiveMQ and
     /// Mosquitto have), over TCP or TLS, with Cradle's credentials for it.
     External(Endpoint),
@@ -160,29 +151,13 @@ pub enum Upstream {
 impl std::fmt::Display for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Upstream::Embedded { .. } => write!(f, "embedded broker"),
+            Upstream::Embedded(_) => write!(f, "embedded broker"),
             Upstream::External(endpoint) => write!(f, "{endpoint}"),
         }
     }
 }
 
 impl Upstream {
-    /// Opens a link for one relayed connection speaking `proto`.
-    pub async fn open(&self, proto: Proto) -> io::Result<(UpRead, UpWrite)> {
-        match self {
-            Upstream::Embedded { v4, v5 } => {
-                let (ours, theirs) = tokio::io::duplex(LINK_BUFFER);
-                match proto {
-                    Proto::V4 => v4.accept(theirs),
-                    Proto::V5 => v5.accept(theirs),
-                }
-                let (rd, wr) = tokio::io::split(ours);
-                Ok((Box::new(rd), Box::new(wr)))
-            }
-            Upstream::External(endpoint) => endpoint.open().await,
-        }
-    }
-
     /// Whether the broker is an external one (not the embedded rumqttd).
     pub fn is_external(&self) -> bool {
         matches!(self, Upstream::External(_))
@@ -192,7 +167,7 @@ impl Upstream {
     /// device's: the edge has already authenticated the device).
     pub fn login(&self) -> Option<&(String, String)> {
         match self {
-            Upstream::Embedded { .. } => None,
+            Upstream::Embedded(_) => None,
             Upstream::External(endpoint) => endpoint.login.as_ref(),
         }
     }

@@ -23,34 +23,12 @@ use tracing::Instrument;
 use super::acl::{may_publish, may_retain, may_subscribe, Principal};
 use super::codec::{self, connack, kind, reason, FrameError, Header, Proto};
 use super::lifecycle::{self, Reported, Will};
-use super::{EdgeShared, ListenerInfo};
+use super::uplink::{read_some, UpLink, MIN_READ};
+use super::{EdgeShared, ListenerInfo, Upstream};
 use crate::auth::Refusal;
 use crate::domain::connection::DisconnectReason;
 use crate::metrics::EdgeConnect;
 use crate::rate::TokenBucket;
-
-/// Spare room ensured before every read. `BytesMut` alone would offer a full buffer only
-/// 64 bytes, which turns a flood into a syscall per few packets; a read that fills the room
-/// doubles it for the next read (up to `MAX_READ`), so idle connections stay small.
-const MIN_READ: usize = 512;
-/// See `MIN_READ`.
-const MAX_READ: usize = 64 * 1024;
-
-/// Reads into `buf` with at least `*room` bytes of spare capacity, adapting `*room`.
-async fn read_some<R: AsyncRead + Unpin>(
-    rd: &mut R,
-    buf: &mut BytesMut,
-    room: &mut usize,
-) -> std::io::Result<usize> {
-    buf.reserve(*room);
-    let n = rd.read_buf(buf).await?;
-    if n >= *room {
-        *room = (*room * 2).min(MAX_READ);
-    } else if n < *room / 4 {
-        *room = (*room / 2).max(MIN_READ);
-    }
-    Ok(n)
-}
 
 /// Writes `bytes` to the client and flushes (TLS and WebSocket writers buffer; for TCP the
 /// flush is free).
@@ -153,6 +131,19 @@ impl Connect {
         match self {
             Connect::V4(c) => c.clean_session,
             Connect::V5(b) => b.0.clean_start,
+        }
+    }
+
+    /// The MQTT 5 Topic Alias Maximum the client accepts from the server (0: none).
+    fn topic_alias_max(&self) -> u16 {
+        match self {
+            Connect::V4(_) => 0,
+            Connect::V5(b) => {
+                b.0.properties
+                    .as_ref()
+                    .and_then(|p| p.topic_alias_max)
+                    .unwrap_or(0)
+            }
         }
     }
 
@@ -595,20 +586,31 @@ impl Conn {
         let shared = self.shared.clone();
         let proto = self.proto;
         let mut out = BytesMut::with_capacity(64);
-        let upstream = async {
-            let (mut up_rd, mut up_wr) = Box::pin(shared.upstream.open(proto)).await.ok()?;
-            let login = shared.upstream.login();
-            let external = shared.upstream.is_external();
-            up_wr
-                .write_all(&connect.upstream(upstream_id, login, external))
-                .await
-                .ok()?;
-            let mut ubuf = BytesMut::with_capacity(64);
-            let (h, frame) = read_frame(&mut up_rd, &mut ubuf, 1 << 16).await.ok()?;
-            (h.kind() == kind::CONNACK).then_some((up_rd, up_wr, h, frame, ubuf))
+        let opened = async {
+            match &shared.upstream {
+                Upstream::Embedded(links) => {
+                    let clean = connect.clean();
+                    let alias_max = connect.topic_alias_max();
+                    let max = shared.settings.max_packet_bytes;
+                    UpLink::router(links, proto, upstream_id, clean, alias_max, max).await
+                }
+                Upstream::External(endpoint) => {
+                    let frame = connect.upstream(upstream_id, endpoint.login.as_ref(), true);
+                    UpLink::socket(endpoint, &frame).await
+                }
+            }
         };
-        let Ok(Some((mut up_rd, mut up_wr, h, connack_frame, mut ubuf))) =
-            tokio::time::timeout(shared.settings.connect_timeout, upstream).await
+        let opened = tokio::time::timeout(shared.settings.connect_timeout, Box::pin(opened))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .filter(|o| o.header.kind() == kind::CONNACK);
+        let Some(super::uplink::Opened {
+            link: mut up,
+            connack: connack_frame,
+            header: h,
+            rest: mut ubuf,
+        }) = opened
         else {
             codec::put_connack(
                 &mut out,
@@ -669,7 +671,7 @@ impl Conn {
         let timer = tokio::time::sleep_until(next_check(last_dev, last_up_write));
         tokio::pin!(timer);
         let mut throttled_until: Option<Instant> = None;
-        let (mut dev_room, mut up_room) = (MIN_READ, MIN_READ);
+        let mut dev_room = MIN_READ;
         let mut end_open = true;
 
         // Frames from the client are processed at the top of the loop: after each read, and
@@ -685,10 +687,9 @@ impl Conn {
                     to_dev.clear();
                 }
                 if !to_up.is_empty() {
-                    if up_wr.write_all(&to_up).await.is_err() {
+                    if up.send(&mut to_up).await.is_err() {
                         break End::UpstreamClosed;
                     }
-                    to_up.clear();
                     last_up_write = Instant::now();
                 }
                 match step {
@@ -710,7 +711,7 @@ impl Conn {
                     last_dev = Instant::now();
                     unread = true;
                 }
-                r = read_some(&mut up_rd, &mut ubuf, &mut up_room) => {
+                r = up.recv(&mut ubuf) => {
                     match r {
                         Ok(0) | Err(_) => break End::UpstreamClosed,
                         Ok(_) => {}
@@ -732,9 +733,10 @@ impl Conn {
                         break End::KeepaliveTimeout;
                     }
                     if now.duration_since(last_up_write) >= UPSTREAM_PING {
-                        codec::put_pingreq(&mut to_up);
-                        if up_wr.write_all(&to_up).await.is_err() { break End::UpstreamClosed; }
-                        to_up.clear();
+                        if up.wants_ping() {
+                            codec::put_pingreq(&mut to_up);
+                            if up.send(&mut to_up).await.is_err() { break End::UpstreamClosed; }
+                        }
                         last_up_write = now;
                     }
                     let mut next = next_check(last_dev, last_up_write);
@@ -765,31 +767,9 @@ impl Conn {
             }
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), wr.shutdown()).await;
-        // The embedded broker's link just closes, without an MQTT DISCONNECT: it holds no Will
-        // to discard, and rumqttd 0.20 removes a connection twice after a DISCONNECT (once
-        // for the packet, once when the link ends); with connection ids reused at once, the
-        // second removal can hit the next connection of a reconnecting client. An external
-        // broker holds the client's Will (for a replica that dies): a DISCONNECT discards it,
-        // since the edge publishes the end it observed below.
-        if shared.upstream.is_external() && !matches!(end, End::UpstreamClosed) {
-            to_dev.clear();
-            codec::put_disconnect(&mut to_dev, proto, 0);
-            let _ = tokio::time::timeout(Duration::from_secs(1), up_wr.write_all(&to_dev)).await;
-        }
-        let _ = up_wr.shutdown().await;
-        // Wait until the broker has closed its side. rumqttd queues the old link's disconnect
-        // for its router before it closes the socket, and it reuses connection ids: a new
-        // connection of the same client id that reached the router first would be the one
-        // disconnected.
-        let mut sink = [0u8; 256];
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            while let Ok(n) = up_rd.read(&mut sink).await {
-                if n == 0 {
-                    break;
-                }
-            }
-        })
-        .await;
+        // The link ends before the claim is released: the broker processes this connection's
+        // end before a newer connection of the same client id (see `UpLink::close`).
+        up.close(proto, matches!(end, End::UpstreamClosed)).await;
 
         let reason = end.reason();
         let publications = lifecycle::end_publications(

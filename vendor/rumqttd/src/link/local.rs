@@ -99,6 +99,33 @@ impl<'a> LinkBuilder<'a> {
     }
 
     pub fn build(self) -> Result<(LinkTx, LinkRx, Notification), LinkError> {
+        let (router_tx, event, link_rx, incoming, outgoing) = self.prepare();
+        router_tx.send((0, event))?;
+        link_rx.recv()?;
+        finish(router_tx, link_rx, incoming, outgoing)
+    }
+
+    /// CRADLE PATCH 13: [`LinkBuilder::build`] without blocking the calling thread: the
+    /// router's channel and its answer are awaited, so a Tokio worker serving thousands of
+    /// connections never parks on one of them.
+    pub async fn build_async(self) -> Result<(LinkTx, LinkRx, Notification), LinkError> {
+        let (router_tx, event, link_rx, incoming, outgoing) = self.prepare();
+        router_tx.send_async((0, event)).await?;
+        link_rx.recv_async().await?;
+        finish(router_tx, link_rx, incoming, outgoing)
+    }
+
+    /// The router's `Connect` event for this link, and the link's ends of its buffers.
+    #[allow(clippy::type_complexity)]
+    fn prepare(
+        self,
+    ) -> (
+        Sender<(ConnectionId, Event)>,
+        Event,
+        Receiver<()>,
+        Arc<Mutex<VecDeque<Packet>>>,
+        Arc<Mutex<VecDeque<Notification>>>,
+    ) {
         // Connect to router
         // Local connections to the router shall have access to all subscriptions
         let mut connection = Connection::new(
@@ -121,27 +148,78 @@ impl<'a> LinkBuilder<'a> {
             incoming,
             outgoing,
         };
+        (
+            self.router_tx,
+            event,
+            link_rx,
+            incoming_data_buffer,
+            outgoing_data_buffer,
+        )
+    }
+}
 
-        self.router_tx.send((0, event))?;
+/// The router's first notification to a new link is its CONNACK, which names the
+/// connection id the router assigned.
+fn finish(
+    router_tx: Sender<(ConnectionId, Event)>,
+    link_rx: Receiver<()>,
+    incoming_data_buffer: Arc<Mutex<VecDeque<Packet>>>,
+    outgoing_data_buffer: Arc<Mutex<VecDeque<Notification>>>,
+) -> Result<(LinkTx, LinkRx, Notification), LinkError> {
+    // CRADLE PATCH 12: the router's first notification is the CONNACK; an empty buffer
+    // is an error for this connection, not a panic.
+    let notification = outgoing_data_buffer
+        .lock()
+        .pop_front()
+        .ok_or(LinkError::NotConnectionAck)?;
 
-        link_rx.recv()?;
-        // CRADLE PATCH 12: the router's first notification is the CONNACK; an empty buffer
-        // is an error for this connection, not a panic.
-        let notification = outgoing_data_buffer
-            .lock()
-            .pop_front()
-            .ok_or(LinkError::NotConnectionAck)?;
+    // Right now link identifies failure with dropped rx in router,
+    // which is probably ok. We need this here to get id assigned by router
+    let id = match notification {
+        Notification::DeviceAck(Ack::ConnAck(id, ..)) => id,
+        _message => return Err(LinkError::NotConnectionAck),
+    };
 
-        // Right now link identifies failure with dropped rx in router,
-        // which is probably ok. We need this here to get id assigned by router
-        let id = match notification {
-            Notification::DeviceAck(Ack::ConnAck(id, ..)) => id,
-            _message => return Err(LinkError::NotConnectionAck),
-        };
+    let tx = LinkTx::new(id, router_tx.clone(), incoming_data_buffer);
+    let rx = LinkRx::new(id, router_tx, link_rx, outgoing_data_buffer);
+    Ok((tx, rx, notification))
+}
 
-        let tx = LinkTx::new(id, self.router_tx.clone(), incoming_data_buffer);
-        let rx = LinkRx::new(id, self.router_tx, link_rx, outgoing_data_buffer);
-        Ok((tx, rx, notification))
+/// CRADLE PATCH 13: opens links to the router for an embedder that does the network side
+/// itself. Cradle's MQTT edge frames, authenticates and checks each device connection in
+/// its own task and hands the packets straight to the router through a [`LinkTx`] and
+/// [`LinkRx`]: one task per device, no second framing, no pipe and no second link task (the
+/// relay over an in-process pipe of patch 6 cost about 8 KiB per idle device).
+#[derive(Clone)]
+pub struct RouterLinks {
+    router_tx: Sender<(ConnectionId, Event)>,
+    dynamic_filters: bool,
+}
+
+impl RouterLinks {
+    /// Links to the router behind `router_tx` (from [`crate::Router::spawn`]);
+    /// `dynamic_filters` as in [`crate::ConnectionSettings`].
+    pub fn new(router_tx: Sender<(ConnectionId, Event)>, dynamic_filters: bool) -> Self {
+        RouterLinks {
+            router_tx,
+            dynamic_filters,
+        }
+    }
+
+    /// Registers a connection with the router, as a CONNECT without a Will would; returns
+    /// its two ends and the router's CONNACK.
+    pub async fn connect(
+        &self,
+        client_id: &str,
+        clean_session: bool,
+        topic_alias_max: u16,
+    ) -> Result<(LinkTx, LinkRx, Notification), LinkError> {
+        LinkBuilder::new(client_id, self.router_tx.clone())
+            .clean_session(clean_session)
+            .dynamic_filters(self.dynamic_filters)
+            .topic_alias_max(topic_alias_max)
+            .build_async()
+            .await
     }
 }
 
@@ -208,7 +286,8 @@ impl LinkTx {
         Ok(len)
     }
 
-    pub(crate) async fn notify(&mut self) -> Result<(), LinkError> {
+    /// CRADLE PATCH 13: public, for links driven by an embedder ([`RouterLinks`]).
+    pub async fn notify(&mut self) -> Result<(), LinkError> {
         self.router_tx
             .send_async((self.connection_id, Event::DeviceData))
             .await?;
@@ -399,12 +478,32 @@ impl LinkRx {
         }
     }
 
-    pub(crate) async fn exchange(
+    /// CRADLE PATCH 13: public, for links driven by an embedder ([`RouterLinks`]). Waits for
+    /// the router's wake-up, then swaps its buffered notifications into `notifications`
+    /// (cancel-safe: nothing is taken before the wake-up has arrived).
+    pub async fn exchange(
         &mut self,
         notifications: &mut VecDeque<Notification>,
     ) -> Result<(), LinkError> {
         self.router_rx.recv_async().await?;
         mem::swap(&mut *self.send_buffer.lock(), notifications);
+        Ok(())
+    }
+
+    /// CRADLE PATCH 13: whether the router has let go of this link (it disconnected it).
+    pub fn is_closed(&self) -> bool {
+        self.router_rx.is_disconnected()
+    }
+
+    /// CRADLE PATCH 13: tells the router this connection is gone (what the network link
+    /// does when its socket closes), unless the router already let go of it: its
+    /// connection id may then belong to a newer connection.
+    pub async fn disconnect(&self) -> Result<(), LinkError> {
+        if !self.is_closed() {
+            self.router_tx
+                .send_async((self.connection_id, Event::Disconnect))
+                .await?;
+        }
         Ok(())
     }
 

@@ -396,54 +396,7 @@ pub struct Server<P> {
     awaiting_will_handler: Arc<WillHandlers>,
 }
 
-/// CRADLE PATCH 6: hands connections to the router without a socket. The embedder (Cradle's
-/// MQTT edge) passes any byte stream, for example one end of an in-process pipe, and the
-/// link runs exactly as for an accepted TCP connection. No descriptor, no ephemeral port, no
-/// TIME_WAIT per relayed connection.
-#[derive(Clone)]
-pub struct LinkAcceptor<P> {
-    config: Arc<crate::ConnectionSettings>,
-    router_tx: Sender<(ConnectionId, Event)>,
-    protocol: P,
-    awaiting_will_handler: Arc<WillHandlers>,
-}
-
-impl<P: Protocol + Clone + Send + 'static> LinkAcceptor<P> {
-    /// Serves one MQTT connection arriving on `stream`.
-    pub fn accept<S>(&self, stream: S)
-    where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-    {
-        task::spawn(
-            remote(
-                self.config.clone(),
-                None,
-                self.router_tx.clone(),
-                Box::new(stream),
-                self.protocol.clone(),
-                self.awaiting_will_handler.clone(),
-            )
-            .instrument(tracing::error_span!(
-                "local_link",
-                client_id = field::Empty,
-                connection_id = field::Empty,
-            )),
-        );
-    }
-}
-
 impl<P: Protocol + Clone + Send + 'static> Server<P> {
-    /// CRADLE PATCH 6: an acceptor for connections that arrive without a socket (see
-    /// [`LinkAcceptor`]); it shares this server's settings, protocol and Will handling.
-    pub fn link_acceptor(&self) -> LinkAcceptor<P> {
-        LinkAcceptor {
-            config: Arc::new(self.config.connections.clone()),
-            router_tx: self.router_tx.clone(),
-            protocol: self.protocol.clone(),
-            awaiting_will_handler: self.awaiting_will_handler.clone(),
-        }
-    }
-
     pub fn new(
         config: ServerSettings,
         router_tx: Sender<(ConnectionId, Event)>,
