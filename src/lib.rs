@@ -20,14 +20,14 @@
 //!
 //! ## Layout
 //!
-//! - [`accounts`]: accounts and credentials (argon2id hashes), for the MQTT edge and HTTP auth;
-//!   [`accounts::gate`] bounds every argon2 verification (at once, per source address, a growing
-//!   delay after failures).
+//! - [`accounts`]: accounts and credentials (salted BLAKE2b digests, [`accounts::hashing`]; argon2id
+//!   for secrets issued before), for the MQTT edge and HTTP auth; [`accounts::gate`] bounds every
+//!   verification (at once, per source address, a growing delay after failures).
 //! - [`config`]: one typed config (defaults, TOML file, `CRADLE_*` environment, flags).
 //! - [`topics`]: the topic contract: topic names, ids, status payload parsing, drop reasons.
 //! - [`auth`]: who may connect: device, operator and anonymous (open mode) CONNECTs.
-//! - [`edge`]: the MQTT edge devices reach (TCP, WebSocket, TLS): authenticates, relays to
-//!   the broker, checks every packet ([`edge::acl`]), counts retained messages per account
+//! - [`edge`]: the MQTT edge devices reach (TCP, WebSocket, TLS): authenticates, hands each
+//!   device's packets to the broker from its own task ([`edge::uplink`]), checks every packet ([`edge::acl`]), counts retained messages per account
 //!   ([`edge::retained`]), stamps `from` on inbox messages ([`edge::inbox`]), reports every
 //!   connection's end ([`edge::lifecycle`]).
 //! - [`broker`]: the embedded rumqttd broker, on loopback listeners behind the edge.

@@ -74,9 +74,13 @@ async fn issued_secrets_are_shown_once_stored_hashed_verified_and_revocable() {
     let stored = accounts::list_credentials(&store, Some("fam"))
         .await
         .unwrap();
+    // Stored as salted BLAKE2b-512 digests (256-bit random secrets need no slow hash), never
+    // the secret itself.
     assert!(stored
         .iter()
-        .all(|c| c.secret_hash.starts_with("$argon2id$")));
+        .all(|c| c.secret_hash.starts_with("$cradle-b2$")
+            && !c.secret_hash.contains(&device_secret)
+            && !c.secret_hash.contains(&token)));
     assert!(
         accounts::verify_device(&store, "fam", "baby-1", &device_secret)
             .await

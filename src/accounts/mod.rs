@@ -1,20 +1,21 @@
 //! Accounts and their credentials: device secrets (MQTT), bearer tokens (HTTP, WebSocket)
 //! and operator secrets (watching every account's status).
 //!
-//! Secrets are 256 random bits, shown once when issued and stored only as argon2id hashes;
-//! verification runs on the blocking pool and compares in constant time (argon2's verifier).
+//! Secrets are 256 random bits, shown once when issued and stored only as salted BLAKE2b-512
+//! digests ([`hashing`]: a slow hash adds nothing against 2^256 candidates); argon2id hashes
+//! stored by earlier versions still verify, on the blocking pool. Comparisons run in constant
+//! time.
 //! A bearer or operator secret reads `{credential_id}.{random}` so that it is looked up by id
 //! and verified once; a device secret is the password of an MQTT CONNECT whose username is
 //! the account id and whose client id is the credential's client id.
 //!
 //! Every verification passes the process-wide [`gate`] first (bounded concurrency, per-source
-//! limits, a growing delay after failures), and an unknown credential costs the same argon2
-//! run as a known one, so timing does not tell which ids exist.
+//! limits, a growing delay after failures), and an unknown credential costs the same check
+//! as a known one, so timing does not tell which ids exist.
 
 pub mod gate;
+pub mod hashing;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
 use rand_core::{OsRng, RngCore};
 use sea_orm::{ActiveValue, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, TransactionTrait};
 
@@ -184,59 +185,30 @@ async fn revoke_where(
     Ok(result.rows_affected)
 }
 
-async fn hash(secret: String) -> Result<String, AccountsError> {
-    tokio::task::spawn_blocking(move || {
-        let salt = SaltString::generate(&mut OsRng);
-        Argon2::default()
-            .hash_password(secret.as_bytes(), &salt)
-            .map(|h| h.to_string())
-            .map_err(|e| AccountsError::Hash(e.to_string()))
-    })
-    .await
-    .map_err(|e| AccountsError::Hash(e.to_string()))?
-}
-
-/// An argon2id hash of a random secret nobody knows, made once (for timing only).
-fn dummy_hash() -> &'static str {
-    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    DUMMY.get_or_init(|| {
-        let salt = SaltString::generate(&mut OsRng);
-        Argon2::default()
-            .hash_password(random_hex(32).as_bytes(), &salt)
-            .map(|h| h.to_string())
-            .unwrap_or_default()
-    })
-}
-
-/// Verifies `secret` against each of `hashes` on the blocking pool (none: one run against a
-/// hash nobody knows the secret of, so a miss costs what a check costs) and reports a failure
-/// to the gate. The gate's `permit` moves into the blocking task: a caller that goes away
+/// Verifies `secret` against each of `hashes` (none: one check against a hash nobody knows
+/// the secret of, so a miss costs what a check costs) and reports a failure to the gate.
+/// Fast digests are checked in place; an argon2 hash of an earlier version runs on the
+/// blocking pool, and the gate's `permit` moves into that task: a caller that goes away
 /// mid-verification (a client hanging up) cannot free its slot while argon2 still runs.
 async fn verify_gated(permit: gate::Permit<'static>, secret: String, hashes: Vec<String>) -> bool {
-    tokio::task::spawn_blocking(move || {
-        let check = |phc: &str| {
-            PasswordHash::new(phc)
-                .map(|parsed| {
-                    Argon2::default()
-                        .verify_password(secret.as_bytes(), &parsed)
-                        .is_ok()
-                })
-                .unwrap_or(false)
-        };
+    let slow = hashes.iter().any(|h| hashing::is_slow(h));
+    let check = move || {
         let ok = match hashes.is_empty() {
             true => {
-                check(dummy_hash());
+                hashing::verify(&secret, hashing::dummy());
                 false
             }
-            false => hashes.iter().any(|h| check(h)),
+            false => hashes.iter().any(|h| hashing::verify(&secret, h)),
         };
         if !ok {
             permit.failed();
         }
         ok
-    })
-    .await
-    .unwrap_or(false)
+    };
+    if !slow {
+        return check();
+    }
+    tokio::task::spawn_blocking(check).await.unwrap_or(false)
 }
 
 /// Issues a credential. A device needs `account` and `client`; a token needs `account`; an
@@ -279,36 +251,75 @@ pub async fn issue(
             return Err(AccountsError::NoAccount(a.to_string()));
         }
     }
+    let issued = new_credential(kind, account, client);
+    credentials::Entity::insert(active(&issued.credential))
+        .exec(store.db())
+        .await?;
+    Ok(issued)
+}
+
+/// A new credential and its secret (not stored yet).
+fn new_credential(kind: CredentialKind, account: Option<&str>, client: Option<&str>) -> Issued {
     let credential_id = format!("cr_{}", random_hex(8));
     let random = random_hex(32);
     let secret = match kind {
         CredentialKind::Device => random,
         CredentialKind::Token | CredentialKind::Operator => format!("{credential_id}.{random}"),
     };
-    let model = credentials::Model {
-        credential_id: credential_id.clone(),
+    let credential = credentials::Model {
+        credential_id,
         kind: kind.as_str().to_string(),
         account_id: account.map(str::to_string),
         client_id: client.map(str::to_string),
-        secret_hash: hash(secret.clone()).await?,
+        secret_hash: hashing::hash(&secret),
         created_at_millis: now_millis(),
         revoked_at_millis: None,
     };
-    credentials::Entity::insert(credentials::ActiveModel {
-        credential_id: ActiveValue::Set(model.credential_id.clone()),
-        kind: ActiveValue::Set(model.kind.clone()),
-        account_id: ActiveValue::Set(model.account_id.clone()),
-        client_id: ActiveValue::Set(model.client_id.clone()),
-        secret_hash: ActiveValue::Set(model.secret_hash.clone()),
-        created_at_millis: ActiveValue::Set(model.created_at_millis),
+    Issued { credential, secret }
+}
+
+fn active(m: &credentials::Model) -> credentials::ActiveModel {
+    credentials::ActiveModel {
+        credential_id: ActiveValue::Set(m.credential_id.clone()),
+        kind: ActiveValue::Set(m.kind.clone()),
+        account_id: ActiveValue::Set(m.account_id.clone()),
+        client_id: ActiveValue::Set(m.client_id.clone()),
+        secret_hash: ActiveValue::Set(m.secret_hash.clone()),
+        created_at_millis: ActiveValue::Set(m.created_at_millis),
         revoked_at_millis: ActiveValue::Set(None),
-    })
-    .exec(store.db())
-    .await?;
-    Ok(Issued {
-        credential: model,
-        secret,
-    })
+    }
+}
+
+/// Issues one device credential per client id of `clients` in `account`, in one
+/// transaction (provisioning a fleet; each secret is returned once).
+pub async fn issue_devices(
+    store: &Store,
+    account: &str,
+    clients: &[String],
+) -> Result<Vec<Issued>, AccountsError> {
+    check_id("account", account)?;
+    for c in clients {
+        check_id("client", c)?;
+    }
+    let txn = store.db().begin().await?;
+    if accounts::Entity::find_by_id(account)
+        .one(&txn)
+        .await?
+        .is_none()
+    {
+        return Err(AccountsError::NoAccount(account.to_string()));
+    }
+    let issued: Vec<Issued> = clients
+        .iter()
+        .map(|c| new_credential(CredentialKind::Device, Some(account), Some(c)))
+        .collect();
+    for chunk in issued.chunks(500) {
+        credentials::Entity::insert_many(chunk.iter().map(|i| active(&i.credential)))
+            .exec(&txn)
+            .await?;
+    }
+    txn.commit().await?;
+    Ok(issued)
 }
 
 /// Credentials, of one account or all, newest first (hashes included; never secrets).

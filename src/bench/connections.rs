@@ -15,6 +15,66 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::{broker_addr, metric, proc_stats, run_id, BenchError, BenchResult};
+use crate::config::StoreConfig;
+use crate::store::Store;
+
+/// A device the bench connects as, with authentication on: MQTT username = account,
+/// client id, password = the device secret.
+#[derive(Clone)]
+pub struct Device {
+    /// Account id (the username).
+    pub account: String,
+    /// MQTT client id (the credential's client).
+    pub client: String,
+    /// Device secret (the password).
+    pub secret: String,
+}
+
+/// Creates account `account` in Cradle's store at `database_url` and issues a device
+/// credential for each of `clients` (one transaction), as an operator provisioning a fleet.
+pub async fn seed_devices(
+    database_url: &str,
+    account: &str,
+    clients: Vec<String>,
+) -> Result<Vec<Device>, BenchError> {
+    let target = |e: crate::accounts::AccountsError| BenchError::Target(e.to_string());
+    let store = Store::connect(&StoreConfig {
+        database_url: database_url.to_string(),
+        ..StoreConfig::default()
+    })
+    .await
+    .map_err(|e| BenchError::Target(e.to_string()))?;
+    crate::accounts::create_account(&store, account, "cradle-bench")
+        .await
+        .map_err(target)?;
+    let issued = crate::accounts::issue_devices(&store, account, &clients)
+        .await
+        .map_err(target)?;
+    Ok(issued
+        .into_iter()
+        .zip(clients)
+        .map(|(i, client)| Device {
+            account: account.to_string(),
+            client,
+            secret: i.secret,
+        })
+        .collect())
+}
+
+/// The CONNECT of client `i`: as device `i` when `devices` are given, else anonymous as
+/// `{prefix}{i}`.
+fn connect_as(devices: Option<&[Device]>, prefix: &str, i: usize, keep_alive: u16) -> Connect {
+    let mut c = match devices.and_then(|d| d.get(i)) {
+        Some(d) => {
+            let mut c = Connect::new(d.client.clone());
+            c.set_login(d.account.clone(), d.secret.clone());
+            c
+        }
+        None => Connect::new(format!("{prefix}{i}")),
+    };
+    c.keep_alive = keep_alive;
+    c
+}
 
 async fn open(host: &str, port: u16, connect: &Connect) -> Result<TcpStream, BenchError> {
     let mut stream = TcpStream::connect((host, port)).await?;
@@ -40,8 +100,12 @@ pub async fn idle(
     label: &str,
     pid: Option<u32>,
     count: usize,
+    devices: Option<Arc<Vec<Device>>>,
 ) -> Result<BenchResult, BenchError> {
     let (host, port) = broker_addr(broker)?;
+    if devices.as_ref().is_some_and(|d| d.len() < count) {
+        return Err(BenchError::Usage("fewer devices than connections".into()));
+    }
     if pid.is_none() {
         return Err(BenchError::Usage(
             "idle memory needs --pid of the broker".into(),
@@ -59,8 +123,12 @@ pub async fn idle(
         let mut batch = Vec::with_capacity(n);
         for i in next..next + n {
             let host = host.clone();
-            let mut c = Connect::new(format!("idle-{run}-{i}"));
-            c.keep_alive = 600;
+            let c = connect_as(
+                devices.as_deref().map(|d| &d[..]),
+                &format!("idle-{run}-"),
+                i,
+                600,
+            );
             batch.push(tokio::spawn(async move { open(&host, port, &c).await }));
         }
         for b in batch {
@@ -74,7 +142,10 @@ pub async fn idle(
     let mut r = BenchResult::new(
         &super::count_name("idle-memory", count),
         label,
-        format!("{count} idle MQTT 3.1.1 connections"),
+        match devices {
+            Some(_) => format!("{count} idle MQTT 3.1.1 devices, authenticated"),
+            None => format!("{count} idle MQTT 3.1.1 connections"),
+        },
         "KiB/conn",
     );
     r.memory_per_connection(
@@ -91,6 +162,7 @@ pub async fn idle(
 
 /// Connects, reports `connected`, reports `disconnected` (clean) and disconnects, `count`
 /// times over `parallel` client ids, and waits until Cradle recorded every event.
+#[allow(clippy::too_many_arguments)]
 pub async fn churn(
     broker: &str,
     http: &str,
@@ -99,10 +171,22 @@ pub async fn churn(
     count: u64,
     parallel: u64,
     max_secs: u64,
+    devices: Option<Arc<Vec<Device>>>,
 ) -> Result<BenchResult, BenchError> {
     let (host, port) = broker_addr(broker)?;
+    if devices
+        .as_ref()
+        .is_some_and(|d| (d.len() as u64) < parallel)
+    {
+        return Err(BenchError::Usage(
+            "fewer devices than parallel clients".into(),
+        ));
+    }
     let run = run_id();
-    let account = format!("churn-{run}");
+    let account = match &devices {
+        Some(d) => d[0].account.clone(),
+        None => format!("churn-{run}"),
+    };
     let connected_series = "cradle_events_appended_total{type=\"connection.connected\"}";
     let disconnected_series = "cradle_events_appended_total{type=\"connection.disconnected\"}";
     let base = metric(http, connected_series).await? + metric(http, disconnected_series).await?;
@@ -112,16 +196,16 @@ pub async fn churn(
     let mut workers = Vec::new();
     for w in 0..parallel {
         let (host, account, next, run) = (host.clone(), account.clone(), next.clone(), run.clone());
+        let devices = devices.clone();
         workers.push(tokio::spawn(async move {
-            let topic = format!("accounts/{account}/clients/w{w}/status");
+            let mut c = connect_as(devices.as_deref().map(|d| &d[..]), &format!("churn-{run}-w"), w as usize, 60);
+            let topic = format!("accounts/{account}/clients/{}/status", c.client_id);
             loop {
                 let n = next.fetch_add(1, Relaxed);
                 if n >= count {
                     return Ok::<(), BenchError>(());
                 }
                 let at = crate::sync::status::now_millis();
-                let mut c = Connect::new(format!("churn-{run}-w{w}"));
-                c.keep_alive = 60;
                 c.last_will = Some(LastWill::new(
                     topic.clone(),
                     format!(r#"{{"type":"disconnected","connection_id":"k{n}","reason":"lost","at_millis":{at}}}"#),
@@ -176,7 +260,14 @@ pub async fn churn(
     let mut r = BenchResult::new(
         "churn",
         label,
-        format!("{count} connect/report/disconnect cycles over {parallel} clients"),
+        format!(
+            "{count} connect/report/disconnect cycles over {parallel} {}",
+            if devices.is_some() {
+                "authenticated devices"
+            } else {
+                "clients"
+            }
+        ),
         "cycles/s",
     );
     r.counted(recorded / 2, count, seconds);

@@ -31,6 +31,32 @@ struct Target {
     pid: Option<u32>,
 }
 
+/// Authentication on: devices with their own credentials.
+#[derive(clap::Args, Clone)]
+struct Auth {
+    /// Cradle's store: the bench creates an account there and a device credential per
+    /// client, and connects each client with its credential (authentication on).
+    #[arg(long)]
+    database_url: Option<String>,
+}
+
+impl Auth {
+    /// The devices to connect as, when authentication is on.
+    async fn devices(
+        &self,
+        prefix: &str,
+        count: usize,
+    ) -> Result<Option<std::sync::Arc<Vec<connections::Device>>>, bench::BenchError> {
+        let Some(url) = &self.database_url else {
+            return Ok(None);
+        };
+        let account = format!("bench-{prefix}-{}", bench::run_id());
+        let clients = (0..count).map(|i| format!("{prefix}{i}")).collect();
+        let devices = connections::seed_devices(url, &account, clients).await?;
+        Ok(Some(std::sync::Arc::new(devices)))
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// P publishers → S subscribers on one topic.
@@ -84,6 +110,8 @@ enum Command {
         target: Target,
         #[arg(long, default_value_t = 1000)]
         count: usize,
+        #[command(flatten)]
+        auth: Auth,
     },
     /// Connect/report/disconnect cycles until every event is recorded.
     Churn {
@@ -97,6 +125,8 @@ enum Command {
         parallel: u64,
         #[arg(long, default_value_t = 120)]
         max_secs: u64,
+        #[command(flatten)]
+        auth: Auth,
     },
     /// Round trip between two clients through their inbox topics at a fixed load.
     Signalling {
@@ -206,27 +236,40 @@ fn main() -> ExitCode {
                 })
                 .await
             }
-            Command::Idle { target, count } => {
-                connections::idle(&target.broker, &target.label, target.pid, count).await
-            }
+            Command::Idle {
+                target,
+                count,
+                auth,
+            } => match auth.devices("idle", count).await {
+                Ok(devices) => {
+                    connections::idle(&target.broker, &target.label, target.pid, count, devices)
+                        .await
+                }
+                Err(e) => Err(e),
+            },
             Command::Churn {
                 target,
                 http,
                 count,
                 parallel,
                 max_secs,
-            } => {
-                connections::churn(
-                    &target.broker,
-                    &http,
-                    &target.label,
-                    target.pid,
-                    count,
-                    parallel,
-                    max_secs,
-                )
-                .await
-            }
+                auth,
+            } => match auth.devices("churn", parallel as usize).await {
+                Ok(devices) => {
+                    connections::churn(
+                        &target.broker,
+                        &http,
+                        &target.label,
+                        target.pid,
+                        count,
+                        parallel,
+                        max_secs,
+                        devices,
+                    )
+                    .await
+                }
+                Err(e) => Err(e),
+            },
             Command::Signalling {
                 target,
                 messages,

@@ -1,16 +1,19 @@
 //! The MQTT edge: what devices connect to.
 //!
 //! rumqttd has no topic-ACL hook and forgets the username after CONNECT, so devices never
-//! reach it: it listens on loopback, and the edge accepts every client connection (MQTT
-//! 3.1.1 and 5 on each TCP port, MQTT over WebSocket, and both over TLS), authenticates the
-//! CONNECT (`crate::auth`), relays the connection to the broker with the client id
-//! namespaced per account, checks every PUBLISH, SUBSCRIBE and Will against the account
-//! (`acl`), and observes every connection's end, publishing the client's end status with
-//! the reason it saw (`lifecycle`).
+//! reach its listeners: the edge accepts every client connection (MQTT 3.1.1 and 5 on each
+//! TCP port, MQTT over WebSocket, and both over TLS), authenticates the CONNECT
+//! (`crate::auth`), links the connection to the broker with the client id namespaced per
+//! account, checks every PUBLISH, SUBSCRIBE and Will against the account (`acl`), and
+//! observes every connection's end, publishing the client's end status with the reason it
+//! saw (`lifecycle`). One task per device: on the embedded broker the task hands its checked
+//! packets straight to rumqttd's router (`uplink`, CRADLE PATCH 13), with no pipe and no task
+//! of the broker's own; on an external broker it relays frames over one socket.
 //!
 //! Map: `codec` (frame-level MQTT), `acl` (rules), `lifecycle` (end → messages),
 //! `registry` (live connections, takeover, shutdown), `session` (one connection),
-//! `publisher` (the edge's own MQTT client for end statuses and Wills), this file (listeners).
+//! `uplink` (a connection's link to the broker), `publisher` (the edge's own MQTT client for
+//! end statuses and Wills), `retained`, `inbox`, this file (listeners).
 
 pub mod acl;
 pub mod codec;

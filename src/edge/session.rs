@@ -1,9 +1,11 @@
 //! One client connection through the edge: CONNECT and authentication, the relay loop with
 //! its per-packet checks, and the end.
 //!
-//! The relay is one task per connection that reads from both sides. Frames pass through
-//! as raw bytes; only the packets the edge must check, answer or change are decoded (see
-//! `codec`). The broker never sees the client's credentials, Will or keep-alive: upstream
+//! One task per connection reads from the client and from the broker's link (`uplink`).
+//! Frames from the client are measured and only the packets the edge must check, answer or
+//! change are decoded (see `codec`); the link hands them to the broker. `admit` (CONNECT to
+//! CONNACK) and `Live::finish` run boxed, so only the relay loop's state stays with an idle
+//! connection. The broker never sees the client's credentials, Will or keep-alive: upstream
 //! the edge connects with the namespaced client id, no Will and its own keep-alive, and
 //! answers the client's PINGREQs itself.
 
@@ -359,16 +361,62 @@ fn random_id() -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// Serves one client connection until it ends.
 /// Serves one client connection until it ends. A TCP stream's halves come from
 /// `into_split` (no lock between them); TLS and WebSocket streams from `tokio::io::split`.
 pub async fn serve<R, W>(
+    rd: R,
+    wr: W,
+    peer: SocketAddr,
+    listener: ListenerInfo,
+    shared: Arc<EdgeShared>,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    // Boxed, as is the end: reading and checking the CONNECT, authentication and the broker's
+    // CONNACK need several times the room of the relay loop, and inline that room would be
+    // part of every connection's task for its whole life (BENCHMARKS.md, issue 13).
+    let Some(mut live) = Box::pin(admit(rd, wr, peer, listener, shared)).await else {
+        return;
+    };
+    let span = live.span.clone();
+    async move {
+        let end = live.relay().await;
+        Box::pin(live.finish(end)).await;
+    }
+    .instrument(span)
+    .await
+}
+
+/// A connection the edge admitted: authenticated, claimed in the registry, linked to the
+/// broker, CONNACK sent.
+struct Live<R, W> {
+    conn: Conn,
+    rd: R,
+    wr: W,
+    /// Bytes from the client not processed yet.
+    dbuf: BytesMut,
+    up: UpLink,
+    /// Frames from the broker not processed yet.
+    ubuf: BytesMut,
+    claim: super::registry::Claim,
+    /// 1.5 × the client's keep-alive (zero: none).
+    keep_alive: Duration,
+    upstream_id: String,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    span: tracing::Span,
+}
+
+/// Reads and checks the CONNECT, authenticates it, claims the client id and links the
+/// connection to the broker; answers and counts every refusal (`None`).
+async fn admit<R, W>(
     mut rd: R,
     mut wr: W,
     peer: SocketAddr,
     listener: ListenerInfo,
     shared: Arc<EdgeShared>,
-) where
+) -> Option<Live<R, W>>
+where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
@@ -385,19 +433,32 @@ pub async fn serve<R, W>(
     let (h, mut frame) = match first {
         Ok(Ok(f)) => f,
         Ok(Err(Some(FrameError::TooLarge))) => {
-            return refuse_large_connect(&mut wr, &dbuf, peer, &shared).await
+            refuse_large_connect(&mut wr, &dbuf, peer, &shared).await;
+            return None;
         }
-        Ok(Err(_)) => return shared.metrics.edge_connect(EdgeConnect::Malformed),
-        Err(_) => return shared.metrics.edge_connect(EdgeConnect::Timeout),
+        Ok(Err(_)) => {
+            shared.metrics.edge_connect(EdgeConnect::Malformed);
+            return None;
+        }
+        Err(_) => {
+            shared.metrics.edge_connect(EdgeConnect::Timeout);
+            return None;
+        }
     };
     if h.kind() != kind::CONNECT {
-        return shared.metrics.edge_connect(EdgeConnect::Malformed);
+        {
+            shared.metrics.edge_connect(EdgeConnect::Malformed);
+            return None;
+        }
     }
     let mut out = BytesMut::with_capacity(64);
     let Some(proto) = codec::connect_proto(&frame, &h) else {
         codec::put_connack(&mut out, Proto::V4, connack::V4_BAD_PROTOCOL);
         let _ = send(&mut wr, &out).await;
-        return shared.metrics.edge_connect(EdgeConnect::Malformed);
+        {
+            shared.metrics.edge_connect(EdgeConnect::Malformed);
+            return None;
+        }
     };
     let connect = match proto {
         Proto::V4 => match v4::Packet::read(&mut frame, max) {
@@ -421,7 +482,10 @@ pub async fn serve<R, W>(
             ),
         );
         let _ = send(&mut wr, &out).await;
-        return shared.metrics.edge_connect(EdgeConnect::Malformed);
+        {
+            shared.metrics.edge_connect(EdgeConnect::Malformed);
+            return None;
+        }
     };
     let refuse = |code4: u8, code5: u8| {
         let mut out = BytesMut::with_capacity(8);
@@ -453,7 +517,10 @@ pub async fn serve<R, W>(
                 client = connect.client_id(), reason = refusal.as_str(),
                 "MQTT connection refused: not authorized"
             );
-            return shared.metrics.edge_refused(refusal);
+            {
+                shared.metrics.edge_refused(refusal);
+                return None;
+            }
         }
     };
     let mut will = connect.will();
@@ -465,7 +532,10 @@ pub async fn serve<R, W>(
             )
             .await;
             tracing::warn!(%peer, client = connect.client_id(), will_topic = %w.topic, "MQTT connection refused: Will topic not allowed");
-            return shared.metrics.edge_connect(EdgeConnect::WillRefused);
+            {
+                shared.metrics.edge_connect(EdgeConnect::WillRefused);
+                return None;
+            }
         }
     }
     // The connection slot is taken only now: clients that have not authenticated cannot
@@ -477,7 +547,10 @@ pub async fn serve<R, W>(
         )
         .await;
         tracing::warn!(%peer, "connection refused: mqtt.max_connections reached");
-        return shared.metrics.edge_connect(EdgeConnect::Limit);
+        {
+            shared.metrics.edge_connect(EdgeConnect::Limit);
+            return None;
+        }
     };
     let mut assigned = None;
     let client_id = if connect.client_id().is_empty() {
@@ -490,7 +563,10 @@ pub async fn serve<R, W>(
                 ),
             )
             .await;
-            return shared.metrics.edge_connect(EdgeConnect::Malformed);
+            {
+                shared.metrics.edge_connect(EdgeConnect::Malformed);
+                return None;
+            }
         }
         let id = format!("auto-{}", random_id());
         assigned = Some(id.clone());
@@ -502,22 +578,25 @@ pub async fn serve<R, W>(
         if let Err((code4, code5)) = admit_will(w, &principal, &client_id, &shared) {
             let _ = send(&mut wr, &refuse(code4, code5)).await;
             tracing::warn!(%peer, client = %client_id, will_topic = %w.topic, "MQTT connection refused: Will not accepted");
-            return shared.metrics.edge_connect(EdgeConnect::WillRefused);
+            {
+                shared.metrics.edge_connect(EdgeConnect::WillRefused);
+                return None;
+            }
         }
         connect.set_will_payload(w.payload.clone());
     }
+    drop(out);
     let upstream_id = upstream_client_id(&principal, &client_id);
     let account = match &principal {
         Principal::Device { account_id, .. } => account_id.clone(),
         Principal::Operator | Principal::Open => String::new(),
     };
     let span = tracing::info_span!("mqtt", account = %account, client = %client_id, %peer, listener = listener.name);
-    async move {
-        let claim = shared
+    let opened = async {
+        let mut claim = shared
             .registry
             .claim(&upstream_id, Duration::from_secs(5))
             .await;
-        let seq = claim.seq;
         let conn = Conn {
             proto,
             principal,
@@ -534,13 +613,31 @@ pub async fn serve<R, W>(
             bucket: TokenBucket::new(shared.settings.publish_rate, shared.settings.publish_burst),
             shared: shared.clone(),
         };
-        conn.run(rd, wr, dbuf, &connect, &upstream_id, assigned, claim)
+        let linked = conn
+            .open(&mut wr, &connect, &upstream_id, assigned, &mut claim)
             .await;
-        shared.registry.release(&upstream_id, seq);
-        drop(permit);
+        (conn, claim, linked)
     }
-    .instrument(span)
-    .await
+    .instrument(span.clone())
+    .await;
+    let (conn, claim, linked) = opened;
+    let Some((up, ubuf)) = linked else {
+        shared.registry.release(&upstream_id, claim.seq);
+        return None;
+    };
+    Some(Live {
+        conn,
+        rd,
+        wr,
+        dbuf,
+        up,
+        ubuf,
+        claim,
+        keep_alive: Duration::from_millis(connect.keep_alive() as u64 * 1500),
+        upstream_id,
+        _permit: permit,
+        span,
+    })
 }
 
 /// The state of one relayed connection.
@@ -569,20 +666,17 @@ struct Conn {
 }
 
 impl Conn {
-    #[allow(clippy::too_many_arguments)]
-    async fn run<R, W>(
-        mut self,
-        mut rd: R,
-        mut wr: W,
-        mut dbuf: BytesMut,
+    /// Links the connection to the broker under `upstream_id` and answers the client with
+    /// the broker's CONNACK (with the client id the edge assigned, for MQTT 5). `None` when
+    /// the broker is unavailable or refused (the client got its CONNACK; the claim is done).
+    async fn open<W: AsyncWrite + Unpin>(
+        &self,
+        wr: &mut W,
         connect: &Connect,
         upstream_id: &str,
         assigned: Option<String>,
-        mut claim: super::registry::Claim,
-    ) where
-        R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
-    {
+        claim: &mut super::registry::Claim,
+    ) -> Option<(UpLink, BytesMut)> {
         let shared = self.shared.clone();
         let proto = self.proto;
         let mut out = BytesMut::with_capacity(64);
@@ -606,10 +700,10 @@ impl Conn {
             .and_then(Result::ok)
             .filter(|o| o.header.kind() == kind::CONNACK);
         let Some(super::uplink::Opened {
-            link: mut up,
+            link: up,
             connack: connack_frame,
             header: h,
-            rest: mut ubuf,
+            rest: ubuf,
         }) = opened
         else {
             codec::put_connack(
@@ -621,11 +715,11 @@ impl Conn {
                     connack::V5_SERVER_UNAVAILABLE,
                 ),
             );
-            let _ = send(&mut wr, &out).await;
+            let _ = send(wr, &out).await;
             tracing::error!(broker = %shared.upstream, "broker did not accept the relayed connection");
             shared.metrics.edge_connect(EdgeConnect::BrokerUnavailable);
             let _ = claim.done.send(true);
-            return;
+            return None;
         };
         let code = connack_frame.get(h.header_len + 1).copied().unwrap_or(0xff);
         match (proto, assigned) {
@@ -643,21 +737,34 @@ impl Conn {
             }
             _ => out.extend_from_slice(&connack_frame),
         }
-        if send(&mut wr, &out).await.is_err() || code != 0 {
+        if send(wr, &out).await.is_err() || code != 0 {
             if code != 0 {
                 tracing::warn!(code, "broker refused the relayed connection");
                 shared.metrics.edge_connect(EdgeConnect::BrokerRefused);
             }
             let _ = claim.done.send(true);
-            return;
+            return None;
         }
+        drop((out, connack_frame));
         shared.metrics.edge_connect(EdgeConnect::Accepted);
         shared.metrics.edge_live(1);
         tracing::debug!("connected");
 
-        let keep_alive = Duration::from_millis(connect.keep_alive() as u64 * 1500);
-        let mut to_up = BytesMut::with_capacity(256);
-        let mut to_dev = BytesMut::with_capacity(256);
+        Some((up, ubuf))
+    }
+}
+
+impl<R, W> Live<R, W>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    /// Relays until the connection ends: the client's frames are checked and forwarded,
+    /// the broker's delivered, keep-alive and the client's publish rate enforced.
+    async fn relay(&mut self) -> End {
+        let keep_alive = self.keep_alive;
+        let mut to_up = BytesMut::new();
+        let mut to_dev = BytesMut::new();
         let mut last_dev = Instant::now();
         let mut last_up_write = Instant::now();
         let next_check = |last_dev: Instant, last_up_write: Instant| {
@@ -676,18 +783,20 @@ impl Conn {
 
         // Frames from the client are processed at the top of the loop: after each read, and
         // once before the first read for packets sent right behind the CONNECT.
-        let mut unread = !dbuf.is_empty();
-        let end = loop {
+        let mut unread = !self.dbuf.is_empty();
+        loop {
             if std::mem::take(&mut unread) {
-                let step = self.device_frames(&mut dbuf, &mut to_up, &mut to_dev);
+                let step = self
+                    .conn
+                    .device_frames(&mut self.dbuf, &mut to_up, &mut to_dev);
                 if !to_dev.is_empty() {
-                    if send(&mut wr, &to_dev).await.is_err() {
+                    if send(&mut self.wr, &to_dev).await.is_err() {
                         break End::Lost;
                     }
                     to_dev.clear();
                 }
                 if !to_up.is_empty() {
-                    if up.send(&mut to_up).await.is_err() {
+                    if self.up.send(&mut to_up).await.is_err() {
                         break End::UpstreamClosed;
                     }
                     last_up_write = Instant::now();
@@ -696,14 +805,14 @@ impl Conn {
                     Ok(Some(end)) | Err(end) => break end,
                     Ok(None) => {}
                 }
-                if let Some(wait) = self.take_publish_tokens() {
+                if let Some(wait) = self.conn.take_publish_tokens() {
                     throttled_until = Some(Instant::now() + wait);
-                    shared.metrics.edge_throttled();
+                    self.conn.shared.metrics.edge_throttled();
                     timer.as_mut().reset(Instant::now() + wait);
                 }
             }
             tokio::select! {
-                r = read_some(&mut rd, &mut dbuf, &mut dev_room), if throttled_until.is_none() => {
+                r = read_some(&mut self.rd, &mut self.dbuf, &mut dev_room), if throttled_until.is_none() => {
                     match r {
                         Ok(0) | Err(_) => break End::Lost,
                         Ok(_) => {}
@@ -711,16 +820,16 @@ impl Conn {
                     last_dev = Instant::now();
                     unread = true;
                 }
-                r = up.recv(&mut ubuf) => {
+                r = self.up.recv(&mut self.ubuf) => {
                     match r {
                         Ok(0) | Err(_) => break End::UpstreamClosed,
                         Ok(_) => {}
                     }
-                    if let Err(end) = self.broker_frames(&mut ubuf, &mut to_dev) {
+                    if let Err(end) = self.conn.broker_frames(&mut self.ubuf, &mut to_dev) {
                         break end;
                     }
                     if !to_dev.is_empty() {
-                        if send(&mut wr, &to_dev).await.is_err() { break End::Lost; }
+                        if send(&mut self.wr, &to_dev).await.is_err() { break End::Lost; }
                         to_dev.clear();
                     }
                 }
@@ -733,9 +842,9 @@ impl Conn {
                         break End::KeepaliveTimeout;
                     }
                     if now.duration_since(last_up_write) >= UPSTREAM_PING {
-                        if up.wants_ping() {
+                        if self.up.wants_ping() {
                             codec::put_pingreq(&mut to_up);
-                            if up.send(&mut to_up).await.is_err() { break End::UpstreamClosed; }
+                            if self.up.send(&mut to_up).await.is_err() { break End::UpstreamClosed; }
                         }
                         last_up_write = now;
                     }
@@ -745,8 +854,8 @@ impl Conn {
                     }
                     timer.as_mut().reset(next);
                 }
-                r = claim.end.changed(), if end_open => {
-                    let asked = *claim.end.borrow_and_update();
+                r = self.claim.end.changed(), if end_open => {
+                    let asked = *self.claim.end.borrow_and_update();
                     match (asked, r) {
                         (Some(DisconnectReason::Takeover), _) => break End::Takeover,
                         (Some(DisconnectReason::ServerShutdown), _) => break End::ServerShutdown,
@@ -756,26 +865,36 @@ impl Conn {
                     }
                 }
             }
-        };
+        }
+    }
 
+    /// Ends the connection: tells the client why (MQTT 5), closes the link to the broker,
+    /// publishes the end it observed (and the Will), and releases the client id.
+    async fn finish(mut self, end: End) {
+        let shared = self.conn.shared.clone();
+        let proto = self.conn.proto;
+        let mut to_dev = BytesMut::new();
+        let wr = &mut self.wr;
         // Tell the client why, when the edge ends it (MQTT 5 only; 3.1.1 servers just close).
         if proto == Proto::V5 {
             if let Some(code) = end.v5_reason() {
                 to_dev.clear();
                 codec::put_disconnect(&mut to_dev, Proto::V5, code);
-                let _ = tokio::time::timeout(Duration::from_secs(1), send(&mut wr, &to_dev)).await;
+                let _ = tokio::time::timeout(Duration::from_secs(1), send(wr, &to_dev)).await;
             }
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), wr.shutdown()).await;
         // The link ends before the claim is released: the broker processes this connection's
         // end before a newer connection of the same client id (see `UpLink::close`).
-        up.close(proto, matches!(end, End::UpstreamClosed)).await;
+        self.up
+            .close(proto, matches!(end, End::UpstreamClosed))
+            .await;
 
         let reason = end.reason();
         let publications = lifecycle::end_publications(
-            self.will.as_ref(),
+            self.conn.will.as_ref(),
             end.will_fires(),
-            self.reported.as_ref(),
+            self.conn.reported.as_ref(),
             reason,
             crate::sync::status::now_millis(),
         );
@@ -785,9 +904,12 @@ impl Conn {
         shared.metrics.edge_live(-1);
         shared.metrics.edge_disconnect(reason);
         tracing::debug!(reason = reason.as_str(), "disconnected");
-        let _ = claim.done.send(true);
+        let _ = self.claim.done.send(true);
+        shared.registry.release(&self.upstream_id, self.claim.seq);
     }
+}
 
+impl Conn {
     /// Counts the publishes of the last batch against the bucket.
     fn take_publish_tokens(&mut self) -> Option<Duration> {
         let n = std::mem::take(&mut self.publishes);

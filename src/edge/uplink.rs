@@ -21,8 +21,9 @@ use super::{UpRead, UpWrite};
 use crate::endpoint::Endpoint;
 
 /// Spare room ensured before a socket read; doubled after a read that fills it (up to
-/// `MAX_READ`), halved after small ones, so idle links stay small.
-pub const MIN_READ: usize = 512;
+/// `MAX_READ`), halved after small ones, so idle connections stay small (an idle device's
+/// read waits with this much room) and a flood reads up to 64 KiB per syscall.
+pub const MIN_READ: usize = 256;
 /// See `MIN_READ`.
 pub const MAX_READ: usize = 64 * 1024;
 
@@ -202,7 +203,7 @@ impl UpLink {
     pub async fn close(self, proto: Proto, broker_closed: bool) {
         match self {
             UpLink::Router(r) => {
-                let _ = r.rx.disconnect().await;
+                let _ = Box::pin(r.rx.disconnect()).await;
             }
             UpLink::Socket(mut s) => {
                 if !broker_closed {
@@ -263,8 +264,10 @@ impl RouterLink {
                 packets += 1;
             }
         }
-        if packets > 0 {
-            self.tx.notify().await.map_err(broken)?;
+        // The send future holds a router event; boxed, it is not part of every
+        // connection's future (it is needed only when the router's channel is full).
+        if packets > 0 && !self.tx.try_notify().map_err(broken)? {
+            Box::pin(self.tx.notify()).await.map_err(broken)?;
         }
         Ok(())
     }
@@ -274,7 +277,7 @@ impl RouterLink {
         loop {
             if self.wake {
                 // Cancel-safe: the flag stays set until `Ready` is in the router's channel.
-                self.rx.wake().await.map_err(broken)?;
+                Box::pin(self.rx.wake()).await.map_err(broken)?;
                 self.wake = false;
             }
             if self.rx.exchange(&mut self.notifications).await.is_err() {

@@ -1,8 +1,7 @@
 //! Who is calling: the one place the HTTP API authenticates. The account a caller may read
 //! comes from its token, never from a path or body it controls.
 //!
-//! argon2 verification costs tens of milliseconds and ~19 MiB by design, so a verified bearer
-//! token is remembered in a [`TokenCache`] for `auth.cache_secs` (as the MQTT edge remembers
+//! A verified bearer token is remembered in a [`TokenCache`] for `auth.cache_secs` (as the MQTT edge remembers
 //! device secrets): by its credential id, with the BLAKE2b digest of the whole secret (never
 //! the secret in the clear), the credential's kind and account. A revoked token stops working
 //! at most `auth.cache_secs` after the revocation.

@@ -286,6 +286,20 @@ impl LinkTx {
         Ok(len)
     }
 
+    /// CRADLE PATCH 13: tells the router new packets are buffered without waiting: `false`
+    /// when its channel is full (then [`LinkTx::notify`] waits). An embedder's connection
+    /// future then holds no room for a pending send on its idle path.
+    pub fn try_notify(&mut self) -> Result<bool, LinkError> {
+        match self
+            .router_tx
+            .try_send((self.connection_id, Event::DeviceData))
+        {
+            Ok(()) => Ok(true),
+            Err(TrySendError::Full(_)) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// CRADLE PATCH 13: public, for links driven by an embedder ([`RouterLinks`]).
     pub async fn notify(&mut self) -> Result<(), LinkError> {
         self.router_tx
