@@ -718,7 +718,7 @@ impl Conn {
             let _ = send(wr, &out).await;
             tracing::error!(broker = %shared.upstream, "broker did not accept the relayed connection");
             shared.metrics.edge_connect(EdgeConnect::BrokerUnavailable);
-            let _ = claim.done.send(true);
+            claim.finished();
             return None;
         };
         let code = connack_frame.get(h.header_len + 1).copied().unwrap_or(0xff);
@@ -742,7 +742,7 @@ impl Conn {
                 tracing::warn!(code, "broker refused the relayed connection");
                 shared.metrics.edge_connect(EdgeConnect::BrokerRefused);
             }
-            let _ = claim.done.send(true);
+            claim.finished();
             return None;
         }
         drop((out, connack_frame));
@@ -779,7 +779,6 @@ where
         tokio::pin!(timer);
         let mut throttled_until: Option<Instant> = None;
         let mut dev_room = MIN_READ;
-        let mut end_open = true;
 
         // Frames from the client are processed at the top of the loop: after each read, and
         // once before the first read for packets sent right behind the CONNECT.
@@ -854,14 +853,11 @@ where
                     }
                     timer.as_mut().reset(next);
                 }
-                r = self.claim.end.changed(), if end_open => {
-                    let asked = *self.claim.end.borrow_and_update();
-                    match (asked, r) {
-                        (Some(DisconnectReason::Takeover), _) => break End::Takeover,
-                        (Some(DisconnectReason::ServerShutdown), _) => break End::ServerShutdown,
-                        (Some(_), _) => break End::Kicked { v5_reason: reason::ADMINISTRATIVE_ACTION },
-                        (None, Err(_)) => end_open = false,
-                        (None, Ok(())) => {}
+                asked = self.claim.ended() => {
+                    match asked {
+                        DisconnectReason::Takeover => break End::Takeover,
+                        DisconnectReason::ServerShutdown => break End::ServerShutdown,
+                        _ => break End::Kicked { v5_reason: reason::ADMINISTRATIVE_ACTION },
                     }
                 }
             }
@@ -904,7 +900,7 @@ where
         shared.metrics.edge_live(-1);
         shared.metrics.edge_disconnect(reason);
         tracing::debug!(reason = reason.as_str(), "disconnected");
-        let _ = self.claim.done.send(true);
+        self.claim.finished();
         shared.registry.release(&self.upstream_id, self.claim.seq);
     }
 }

@@ -168,10 +168,16 @@ fn finish(
 ) -> Result<(LinkTx, LinkRx, Notification), LinkError> {
     // CRADLE PATCH 12: the router's first notification is the CONNACK; an empty buffer
     // is an error for this connection, not a panic.
-    let notification = outgoing_data_buffer
-        .lock()
-        .pop_front()
-        .ok_or(LinkError::NotConnectionAck)?;
+    let notification = {
+        let mut buffer = outgoing_data_buffer.lock();
+        let first = buffer.pop_front();
+        // CRADLE PATCH 14: no notification slots kept for an idle connection (the CONNACK
+        // left four of ~250 B each).
+        if buffer.is_empty() {
+            *buffer = VecDeque::new();
+        }
+        first.ok_or(LinkError::NotConnectionAck)?
+    };
 
     // Right now link identifies failure with dropped rx in router,
     // which is probably ok. We need this here to get id assigned by router

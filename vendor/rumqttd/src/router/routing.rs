@@ -709,7 +709,11 @@ impl Router {
         // Instead of exchanging, we should just append new incoming packets inside cache
         // CRADLE PATCH 11: the cache is put back at the end of this function; after a caught
         // panic it is missing, and `unwrap()` would have panicked for every later packet.
-        let mut packets = incoming.exchange(self.cache.take().unwrap_or_default());
+        // CRADLE PATCH 14: the link gets an empty buffer back, not the router's spare one: a
+        // device that published once would otherwise keep a buffer of up to 200 packet slots
+        // (~300 B each) for as long as it stays connected and idle.
+        let _ = self.cache.take();
+        let mut packets = incoming.exchange(VecDeque::new());
 
         let mut force_ack = false;
         let mut new_data = false;
@@ -1561,6 +1565,12 @@ fn ack_device_data(ackslog: &mut AckLog, outgoing: &mut Outgoing) -> bool {
         let message = Notification::DeviceAck(ack);
         buffer.push_back(message);
         count += 1;
+    }
+    // CRADLE PATCH 14: an idle connection keeps no ack slots (an `Ack` is ~250 B; the CONNACK
+    // alone left four behind for the connection's whole life). A busy one keeps its larger
+    // buffer between batches.
+    if acks.capacity() <= 16 {
+        *acks = VecDeque::new();
     }
 
     debug!(acks_count = count, "Acks sent to device");
