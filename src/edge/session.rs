@@ -376,16 +376,9 @@ pub async fn serve<R, W>(
     // Boxed, as is the end: reading and checking the CONNECT, authentication and the broker's
     // CONNACK need several times the room of the relay loop, and inline that room would be
     // part of every connection's task for its whole life (BENCHMARKS.md, issue 13).
-    let Some(mut live) = Box::pin(admit(rd, wr, peer, listener, shared)).await else {
-        return;
-    };
-    let span = live.span.clone();
-    async move {
-        let end = live.relay().await;
-        Box::pin(live.finish(end)).await;
+    if let Some(live) = Box::pin(admit(rd, wr, peer, listener, shared)).await {
+        live.run().await;
     }
-    .instrument(span)
-    .await
 }
 
 /// A connection the edge admitted: authenticated, claimed in the registry, linked to the
@@ -605,10 +598,7 @@ where
             client_id: client_id.clone(),
             violations: 0,
             publishes: 0,
-            pending_subs: HashMap::new(),
-            local_qos2: HashSet::new(),
-            aliases: HashMap::new(),
-            alias_bytes: 0,
+            rare: None,
             retain_refused: false,
             bucket: TokenBucket::new(shared.settings.publish_rate, shared.settings.publish_burst),
             shared: shared.clone(),
@@ -640,6 +630,19 @@ where
     })
 }
 
+/// Per-connection state most devices never need.
+#[derive(Default)]
+struct Rare {
+    /// SUBSCRIBEs forwarded with some filters removed: packet id → which filters were kept.
+    pending_subs: HashMap<u16, Vec<bool>>,
+    /// MQTT 3.1.1 QoS 2 publishes the edge refused and answered itself (PUBREL → PUBCOMP).
+    local_qos2: HashSet<u16>,
+    /// MQTT 5 topic aliases as the client set them (the edge resolves them itself).
+    aliases: HashMap<u16, String>,
+    /// Bytes of the topics in `aliases`.
+    alias_bytes: usize,
+}
+
 /// The state of one relayed connection.
 struct Conn {
     proto: Proto,
@@ -651,14 +654,9 @@ struct Conn {
     violations: u32,
     /// PUBLISH packets in the batch being processed (for the token bucket).
     publishes: u32,
-    /// SUBSCRIBEs forwarded with some filters removed: packet id → which filters were kept.
-    pending_subs: HashMap<u16, Vec<bool>>,
-    /// MQTT 3.1.1 QoS 2 publishes the edge refused and answered itself (PUBREL → PUBCOMP).
-    local_qos2: HashSet<u16>,
-    /// MQTT 5 topic aliases as the client set them (the edge resolves them itself).
-    aliases: HashMap<u16, String>,
-    /// Bytes of the topics in `aliases`.
-    alias_bytes: usize,
+    /// What few connections need, boxed on first use (inline it would take 150 bytes of
+    /// every idle connection's task).
+    rare: Option<Box<Rare>>,
     /// The PUBLISH being processed was a refused retained one (answered, not forwarded).
     retain_refused: bool,
     bucket: TokenBucket,
@@ -759,6 +757,14 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    /// Relays, then ends the connection, in its span. `self` is stored once, in this future
+    /// (moved into an inner `async` block it would be stored twice).
+    async fn run(mut self) {
+        let span = self.span.clone();
+        let end = self.relay().instrument(span.clone()).await;
+        Box::pin(self.finish(end)).instrument(span).await;
+    }
+
     /// Relays until the connection ends: the client's frames are checked and forwarded,
     /// the broker's delivered, keep-alive and the client's publish rate enforced.
     async fn relay(&mut self) -> End {
@@ -989,7 +995,11 @@ impl Conn {
                 }
                 kind::PUBREL => {
                     let pkid = codec::packet_id(&frame, &h).map_err(End::from_frame_error)?;
-                    if self.local_qos2.remove(&pkid) {
+                    if self
+                        .rare
+                        .as_mut()
+                        .is_some_and(|r| r.local_qos2.remove(&pkid))
+                    {
                         codec::put_ack(to_dev, kind::PUBCOMP, pkid, self.proto, 0);
                     } else {
                         to_up.extend_from_slice(&frame);
@@ -1024,7 +1034,9 @@ impl Conn {
         if qos == 2 {
             // A new QoS 2 flow with this packet id: any earlier refused one with it is over,
             // and this one's PUBREL belongs to whoever handles this PUBLISH.
-            self.local_qos2.remove(&pkid);
+            if let Some(r) = self.rare.as_mut() {
+                r.local_qos2.remove(&pkid);
+            }
         }
         let alias_topic;
         let topic: &str = match v.alias {
@@ -1039,17 +1051,19 @@ impl Conn {
                     v5_reason: reason::TOPIC_ALIAS_INVALID,
                 })
             }
-            Some(alias) if v.topic.is_empty() => match self.aliases.get(&alias) {
-                Some(t) => {
-                    alias_topic = t.clone();
-                    &alias_topic
+            Some(alias) if v.topic.is_empty() => {
+                match self.rare.as_ref().and_then(|r| r.aliases.get(&alias)) {
+                    Some(t) => {
+                        alias_topic = t.clone();
+                        &alias_topic
+                    }
+                    None => {
+                        return Err(End::Kicked {
+                            v5_reason: reason::TOPIC_ALIAS_INVALID,
+                        })
+                    }
                 }
-                None => {
-                    return Err(End::Kicked {
-                        v5_reason: reason::TOPIC_ALIAS_INVALID,
-                    })
-                }
-            },
+            }
             Some(alias) => {
                 // Set even when the PUBLISH is refused below: the client now means that topic
                 // by this alias, and its later uses must be refused too, not delivered to the
@@ -1117,15 +1131,16 @@ impl Conn {
     /// [`MAX_ALIAS_BYTES`] bytes of their topics per connection; beyond either the connection
     /// is closed (DISCONNECT 0x94 topic alias invalid).
     fn set_alias(&mut self, alias: u16, topic: &str) -> Result<(), End> {
-        let old = self.aliases.get(&alias).map_or(0, String::len);
-        let bytes = self.alias_bytes - old + topic.len();
-        if (old == 0 && self.aliases.len() >= MAX_ALIASES) || bytes > MAX_ALIAS_BYTES {
+        let rare = self.rare.get_or_insert_with(Default::default);
+        let old = rare.aliases.get(&alias).map_or(0, String::len);
+        let bytes = rare.alias_bytes - old + topic.len();
+        if (old == 0 && rare.aliases.len() >= MAX_ALIASES) || bytes > MAX_ALIAS_BYTES {
             return Err(End::Kicked {
                 v5_reason: reason::TOPIC_ALIAS_INVALID,
             });
         }
-        self.aliases.insert(alias, topic.to_string());
-        self.alias_bytes = bytes;
+        rare.aliases.insert(alias, topic.to_string());
+        rare.alias_bytes = bytes;
         Ok(())
     }
 
@@ -1138,7 +1153,10 @@ impl Conn {
             1 => codec::put_ack(to_dev, kind::PUBACK, pkid, self.proto, code),
             2 => {
                 codec::put_ack(to_dev, kind::PUBREC, pkid, self.proto, code);
-                self.local_qos2.insert(pkid);
+                self.rare
+                    .get_or_insert_with(Default::default)
+                    .local_qos2
+                    .insert(pkid);
             }
             _ => {}
         }
@@ -1214,7 +1232,10 @@ impl Conn {
                     let mut keep = mask.iter();
                     s.filters.retain(|_| *keep.next().unwrap_or(&false));
                     let _ = s.write(to_up);
-                    self.pending_subs.insert(s.pkid, mask.clone());
+                    self.rare
+                        .get_or_insert_with(Default::default)
+                        .pending_subs
+                        .insert(s.pkid, mask.clone());
                 }
                 mask
             }
@@ -1236,7 +1257,10 @@ impl Conn {
                     let mut keep = mask.iter();
                     s.filters.retain(|_| *keep.next().unwrap_or(&false));
                     let _ = s.write(to_up);
-                    self.pending_subs.insert(s.pkid, mask.clone());
+                    self.rare
+                        .get_or_insert_with(Default::default)
+                        .pending_subs
+                        .insert(s.pkid, mask.clone());
                 }
                 mask
             }
@@ -1280,9 +1304,18 @@ impl Conn {
             let frame = buf.split_to(h.frame_len);
             match h.kind() {
                 kind::PINGRESP => {}
-                kind::SUBACK if !self.pending_subs.is_empty() => {
+                kind::SUBACK
+                    if self
+                        .rare
+                        .as_ref()
+                        .is_some_and(|r| !r.pending_subs.is_empty()) =>
+                {
                     let pkid = codec::packet_id(&frame, &h).map_err(|_| End::UpstreamClosed)?;
-                    match self.pending_subs.remove(&pkid) {
+                    match self
+                        .rare
+                        .as_mut()
+                        .and_then(|r| r.pending_subs.remove(&pkid))
+                    {
                         Some(mask) => self.complete_suback(frame, &h, &mask, to_dev)?,
                         None => to_dev.extend_from_slice(&frame),
                     }

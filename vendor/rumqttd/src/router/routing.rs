@@ -67,15 +67,17 @@ pub struct Router {
     /// List of AlertsLink's senders with their respective subscription Filter
     alerts: Slab<Sender<Vec<Alert>>>,
     /// List of connections
-    connections: Slab<Connection>,
+    // CRADLE PATCH 14: boxed: the slab is allocated for `max_connections` at start, and a
+    // `Connection` is ~530 B; a slot now costs a pointer until a connection takes it.
+    connections: Slab<Box<Connection>>,
     /// Connection map from device id to connection id
     connection_map: HashMap<String, ConnectionId>,
     /// Subscription map to interested connection ids
     subscription_map: HashMap<Filter, HashSet<ConnectionId>>,
     /// Incoming data grouped by connection
-    ibufs: Slab<Incoming>,
+    ibufs: Slab<Box<Incoming>>,
     /// Outgoing data grouped by connection
-    obufs: Slab<Outgoing>,
+    obufs: Slab<Box<Outgoing>>,
     /// Data log of all the subscriptions
     datalog: DataLog,
     /// Data log of all the alert subscriptions
@@ -481,9 +483,9 @@ impl Router {
             );
             return;
         }
-        self.connections.insert(connection);
-        self.ibufs.insert(incoming);
-        self.obufs.insert(outgoing);
+        self.connections.insert(Box::new(connection));
+        self.ibufs.insert(Box::new(incoming));
+        self.obufs.insert(Box::new(outgoing));
 
         self.connection_map.insert(client_id.clone(), connection_id);
         info!(connection_id, "Client connection registered");
@@ -1368,7 +1370,7 @@ fn append_to_commitlog(
     mut properties: Option<PublishProperties>,
     datalog: &mut DataLog,
     notifications: &mut VecDeque<(ConnectionId, DataRequest)>,
-    connections: &mut Slab<Connection>,
+    connections: &mut Slab<Box<Connection>>,
 ) -> Result<Offset, RouterError> {
     let connection = connections.get_mut(id).unwrap();
 

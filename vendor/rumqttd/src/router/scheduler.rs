@@ -151,7 +151,8 @@ pub enum PauseReason {
 
 impl Tracker {
     pub fn new(client_id: String) -> Tracker {
-        let requests = VecDeque::with_capacity(2);
+        // CRADLE PATCH 14: grows on demand (an idle connection has no data request).
+        let requests = VecDeque::new();
         Tracker {
             id: client_id,
             data_requests: requests,
