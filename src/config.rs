@@ -281,6 +281,12 @@ pub struct MqttConfig {
     /// Largest CONNECT packet accepted before authentication, in bytes; a larger one is
     /// refused before it is read.
     pub max_connect_bytes: usize,
+    /// Connections accepted but not yet admitted (TLS or WebSocket handshake, CONNECT,
+    /// authentication) at once; more are closed as they are accepted.
+    pub max_pending: usize,
+    /// How long the edge waits for a client to take bytes it writes (deliveries, acks), in
+    /// milliseconds; a client that reads nothing for this long is disconnected (`kicked`).
+    pub write_timeout_ms: u64,
     /// Retained messages the devices of one account may keep in the broker.
     pub max_retained_per_account: usize,
     /// Bytes (topic + payload) of retained messages the devices of one account may keep in
@@ -317,6 +323,8 @@ impl Default for MqttConfig {
             publish_burst: 400,
             max_violations: 10,
             max_connect_bytes: 65_536,
+            max_pending: 1024,
+            write_timeout_ms: 30_000,
             max_retained_per_account: 10_000,
             max_retained_bytes_per_account: 16 * 1024 * 1024,
             broker_listen: loopback(0),
@@ -801,6 +809,12 @@ impl Config {
         }
         if self.mqtt.max_connect_bytes < 64 {
             return invalid("mqtt.max_connect_bytes", "must be at least 64");
+        }
+        if self.mqtt.max_pending == 0 {
+            return invalid("mqtt.max_pending", "must be at least 1");
+        }
+        if self.mqtt.write_timeout_ms == 0 {
+            return invalid("mqtt.write_timeout_ms", "must be at least 1");
         }
         if matches!(&self.http.admin_token, Some(t) if t.len() < 16) {
             return invalid("http.admin_token", "must be at least 16 characters");

@@ -35,10 +35,12 @@ pub enum EdgeConnect {
     BrokerRefused,
     /// A CONNECT larger than mqtt.max_connect_bytes, refused before it was read.
     ConnectTooLarge,
+    /// mqtt.max_pending connections were being admitted: closed as accepted.
+    PendingLimit,
 }
 
 impl EdgeConnect {
-    const ALL: [EdgeConnect; 9] = [
+    const ALL: [EdgeConnect; 10] = [
         Self::Accepted,
         Self::Timeout,
         Self::Malformed,
@@ -48,6 +50,7 @@ impl EdgeConnect {
         Self::BrokerUnavailable,
         Self::BrokerRefused,
         Self::ConnectTooLarge,
+        Self::PendingLimit,
     ];
 
     fn as_str(self) -> &'static str {
@@ -61,6 +64,7 @@ impl EdgeConnect {
             Self::BrokerUnavailable => "broker_unavailable",
             Self::BrokerRefused => "broker_refused",
             Self::ConnectTooLarge => "connect_too_large",
+            Self::PendingLimit => "pending_limit",
         }
     }
 }
@@ -239,6 +243,11 @@ pub struct Metrics {
     pub edge_malformed: AtomicU64,
     /// Times a connection was paused by the publish rate limit.
     pub edge_throttled: AtomicU64,
+    /// Connections accepted and not yet admitted (handshake, CONNECT, authentication).
+    pub edge_pending: std::sync::atomic::AtomicI64,
+    /// Connections cut because the client took nothing the edge wrote for
+    /// mqtt.write_timeout_ms.
+    pub edge_write_timeouts: AtomicU64,
     /// `session.started` events appended.
     pub sessions_started: AtomicU64,
     /// `session.ended` events appended.
@@ -472,6 +481,29 @@ impl Metrics {
         );
     }
 
+    /// One connection more (`1`) or less (`-1`) being admitted.
+    pub fn edge_pending(&self, delta: i64) {
+        self.edge_pending.fetch_add(delta, Relaxed);
+    }
+
+    /// Counts one connection cut for not reading (mqtt.write_timeout_ms).
+    pub fn edge_write_timeout(&self) {
+        self.edge_write_timeouts.fetch_add(1, Relaxed);
+    }
+
+    fn render_edge_bounds(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "# HELP cradle_edge_pending MQTT connections accepted and not yet admitted (handshake, CONNECT, authentication; at most mqtt.max_pending).\n# TYPE cradle_edge_pending gauge\ncradle_edge_pending {}",
+            self.edge_pending.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP cradle_edge_write_timeouts_total MQTT connections cut because the client took nothing written to it for mqtt.write_timeout_ms.\n# TYPE cradle_edge_write_timeouts_total counter\ncradle_edge_write_timeouts_total {}",
+            self.edge_write_timeouts.load(Relaxed)
+        );
+    }
+
     /// Counts one pause by the publish rate limit.
     pub fn edge_throttled(&self) {
         self.edge_throttled.fetch_add(1, Relaxed);
@@ -588,6 +620,7 @@ impl Metrics {
 
     fn render_edge(&self, out: &mut String) {
         self.render_limits(out);
+        self.render_edge_bounds(out);
         let c = |out: &mut String, name: &str, help: &str, kind: &str| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         };

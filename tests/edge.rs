@@ -1390,3 +1390,114 @@ async fn a_will_on_an_inbox_carries_its_clients_from_and_may_not_be_retained() {
     assert_eq!(payload["from"], "d1");
     assert_eq!(payload["data"]["kind"], "bye");
 }
+
+/// Whether the server closed `stream` (EOF or reset) within `wait`, reading and discarding
+/// whatever arrives.
+async fn closed_by_server(stream: &mut tokio::net::TcpStream, wait: Duration) -> bool {
+    let mut sink = vec![0u8; 64 * 1024];
+    tokio::time::timeout(wait, async {
+        loop {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_that_never_send_connect_are_bounded_cut_and_counted() {
+    let (s, _file) =
+        setup_with_config("[mqtt]\nmax_pending = 20\nconnect_timeout_ms = 2000\n").await;
+    let port = s.cradle.mqtt_port;
+    let mut silent = Vec::new();
+    for _ in 0..20 {
+        silent.push(
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap(),
+        );
+    }
+    common::wait_for(Duration::from_secs(10), "20 pending", || async {
+        (s.cradle.metric("cradle_edge_pending").await == 20).then_some(())
+    })
+    .await;
+    // Beyond mqtt.max_pending a socket is closed as soon as it is accepted.
+    for _ in 0..30 {
+        let mut extra = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        assert!(closed_by_server(&mut extra, Duration::from_secs(1)).await);
+    }
+    assert!(
+        s.cradle
+            .metric("cradle_edge_connects_total{outcome=\"pending_limit\"}")
+            .await
+            >= 30
+    );
+    // Each silent socket is cut at mqtt.connect_timeout_ms and counted.
+    for mut sock in silent {
+        assert!(closed_by_server(&mut sock, Duration::from_secs(10)).await);
+    }
+    assert!(
+        s.cradle
+            .metric("cradle_edge_connects_total{outcome=\"timeout\"}")
+            .await
+            >= 20
+    );
+    assert_eq!(s.cradle.metric("cradle_edge_pending").await, 0);
+    // The slots are free again: a device connects.
+    let _d1 = device(&s, "a", "d1", &s.a_d1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_never_reads_is_cut_after_the_write_timeout() {
+    let (s, _file) = setup_with_config("[mqtt]\nwrite_timeout_ms = 1000\npublish_rate = 0\n").await;
+    let port = s.cradle.mqtt_port;
+    // d2 subscribes to its inbox over a raw socket with a small receive buffer, then never
+    // reads again.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stuck = socket.connect(([127, 0, 0, 1], port).into()).await.unwrap();
+    let mut out = BytesMut::new();
+    let mut connect = v4::Connect::new("d2");
+    connect.set_login("a", s.a_d2.as_str());
+    v4::Packet::Connect(connect)
+        .write(&mut out, 1 << 20)
+        .unwrap();
+    let sub = v4::Subscribe::new(inbox("a", "d2"), QoS::AtMostOnce);
+    v4::Packet::Subscribe(sub).write(&mut out, 1 << 20).unwrap();
+    stuck.write_all(&out).await.unwrap();
+    let mut acks = [0u8; 9]; // CONNACK (4) + SUBACK (5)
+    tokio::time::timeout(Duration::from_secs(10), stuck.read_exact(&mut acks))
+        .await
+        .expect("CONNACK and SUBACK")
+        .unwrap();
+    assert_eq!((acks[0], acks[3], acks[4], acks[8]), (0x20, 0, 0x90, 0));
+    // d1 floods d2's inbox: 4,000 messages of 8 KiB (32 MiB), far beyond socket buffers.
+    let mut d1 = device(&s, "a", "d1", &s.a_d1).await;
+    let payload = format!(r#"{{"kind":"flood","data":"{}"}}"#, "x".repeat(8 * 1024));
+    for _ in 0..4000 {
+        d1.client
+            .publish(inbox("a", "d2"), QoS::AtMostOnce, false, payload.clone())
+            .await
+            .unwrap();
+    }
+    common::wait_for(Duration::from_secs(30), "the write timeout", || async {
+        (s.cradle.metric("cradle_edge_write_timeouts_total").await >= 1).then_some(())
+    })
+    .await;
+    // Cut with reason kicked; its socket sees the end once the buffered bytes are read.
+    assert!(
+        s.cradle
+            .metric("cradle_edge_disconnects_total{reason=\"kicked\"}")
+            .await
+            >= 1
+    );
+    assert!(closed_by_server(&mut stuck, Duration::from_secs(10)).await);
+    // Only the subscriber that did not read was cut; the flooding device is still connected.
+    assert_eq!(s.cradle.metric("cradle_edge_write_timeouts_total").await, 1);
+    assert!(!d1.closed_within(Duration::from_millis(500)).await);
+}

@@ -90,6 +90,8 @@ pub struct Settings {
     pub max_violations: u32,
     /// Largest CONNECT read before authentication.
     pub max_connect_bytes: usize,
+    /// Time a client may leave written bytes untaken before it is disconnected.
+    pub write_timeout: Duration,
 }
 
 impl Settings {
@@ -102,6 +104,7 @@ impl Settings {
             publish_burst: c.publish_burst,
             max_violations: c.max_violations,
             max_connect_bytes: c.max_connect_bytes,
+            write_timeout: Duration::from_millis(c.write_timeout_ms),
         }
     }
 }
@@ -131,6 +134,8 @@ pub struct EdgeShared {
     pub upstream: Upstream,
     /// One permit per connection (mqtt.max_connections).
     pub connections: Arc<Semaphore>,
+    /// One permit per connection being admitted (mqtt.max_pending).
+    pub pending: Arc<Semaphore>,
     /// Retained messages per account (mqtt.max_retained_*).
     pub retained: retained::RetainedLedger,
 }
@@ -238,6 +243,7 @@ pub async fn start(
         metrics,
         upstream,
         connections: Arc::new(Semaphore::new(config.max_connections)),
+        pending: Arc::new(Semaphore::new(config.max_pending)),
         retained: retained::RetainedLedger::new(
             config.max_retained_per_account,
             config.max_retained_bytes_per_account,
@@ -313,10 +319,19 @@ async fn accept_loop(
             },
             _ = stop.changed() => return,
         };
+        // Connections being admitted are bounded: one more is closed at once (its socket and
+        // descriptor released now, not after mqtt.connect_timeout_ms).
+        let Some(pending) = Pending::take(&shared) else {
+            shared
+                .metrics
+                .edge_connect(crate::metrics::EdgeConnect::PendingLimit);
+            tracing::warn!(%peer, listener = info.name, "connection closed: mqtt.max_pending connections are being admitted");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let guard = shared.clone();
         let (shared, tls) = (shared.clone(), tls.clone());
-        let task = connection(stream, peer, info, transport, tls, shared);
+        let task = connection(stream, peer, info, transport, tls, shared, pending);
         let task = contain_panic(task, peer, guard);
         static LOGGED: std::sync::Once = std::sync::Once::new();
         LOGGED.call_once(|| {
@@ -339,17 +354,18 @@ fn connection(
     transport: Transport,
     tls: Option<TlsAcceptor>,
     shared: Arc<EdgeShared>,
+    pending: Pending,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
     let timeout = shared.settings.connect_timeout;
     match (tls, transport) {
         (None, Transport::Tcp) => {
             let (rd, wr) = stream.into_split();
-            Box::pin(session::serve(rd, wr, peer, info, shared))
+            Box::pin(session::serve(rd, wr, peer, info, shared, pending))
         }
         (None, Transport::WebSocket) => Box::pin(async move {
             if let Some(ws) = Box::pin(websocket(stream, timeout, &shared)).await {
                 let (rd, wr) = tokio::io::split(ws);
-                Box::pin(session::serve(rd, wr, peer, info, shared)).await
+                Box::pin(session::serve(rd, wr, peer, info, shared, pending)).await
             }
         }),
         (Some(tls), transport) => Box::pin(async move {
@@ -363,16 +379,41 @@ fn connection(
             match transport {
                 Transport::Tcp => {
                     let (rd, wr) = tokio::io::split(stream);
-                    Box::pin(session::serve(rd, wr, peer, info, shared)).await
+                    Box::pin(session::serve(rd, wr, peer, info, shared, pending)).await
                 }
                 Transport::WebSocket => {
                     if let Some(ws) = Box::pin(websocket(stream, timeout, &shared)).await {
                         let (rd, wr) = tokio::io::split(ws);
-                        Box::pin(session::serve(rd, wr, peer, info, shared)).await
+                        Box::pin(session::serve(rd, wr, peer, info, shared, pending)).await
                     }
                 }
             }
         }),
+    }
+}
+
+/// A connection being admitted (handshake, CONNECT, authentication): holds one of
+/// `mqtt.max_pending` permits and counts in `cradle_edge_pending` until dropped.
+pub struct Pending {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    metrics: Arc<Metrics>,
+}
+
+impl Pending {
+    /// A permit, if fewer than `mqtt.max_pending` connections are being admitted.
+    fn take(shared: &EdgeShared) -> Option<Pending> {
+        let permit = shared.pending.clone().try_acquire_owned().ok()?;
+        shared.metrics.edge_pending(1);
+        Some(Pending {
+            _permit: permit,
+            metrics: shared.metrics.clone(),
+        })
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.metrics.edge_pending(-1);
     }
 }
 

@@ -66,6 +66,8 @@ enum End {
     Kicked { v5_reason: u8 },
     /// The broker closed the upstream connection.
     UpstreamClosed,
+    /// The client took nothing the edge wrote for mqtt.write_timeout_ms.
+    WriteTimeout,
 }
 
 impl End {
@@ -76,7 +78,7 @@ impl End {
             End::KeepaliveTimeout => DisconnectReason::KeepaliveTimeout,
             End::Takeover => DisconnectReason::Takeover,
             End::ServerShutdown => DisconnectReason::ServerShutdown,
-            End::Kicked { .. } => DisconnectReason::Kicked,
+            End::Kicked { .. } | End::WriteTimeout => DisconnectReason::Kicked,
         }
     }
 
@@ -92,7 +94,7 @@ impl End {
             End::ServerShutdown => Some(reason::SERVER_SHUTTING_DOWN),
             End::Kicked { v5_reason } => Some(v5_reason),
             End::UpstreamClosed => Some(0x80),
-            End::Disconnect { .. } | End::Lost => None,
+            End::Disconnect { .. } | End::Lost | End::WriteTimeout => None,
         }
     }
 
@@ -369,6 +371,7 @@ pub async fn serve<R, W>(
     peer: SocketAddr,
     listener: ListenerInfo,
     shared: Arc<EdgeShared>,
+    pending: super::Pending,
 ) where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -376,9 +379,11 @@ pub async fn serve<R, W>(
     // Boxed, as is the end: reading and checking the CONNECT, authentication and the broker's
     // CONNACK need several times the room of the relay loop, and inline that room would be
     // part of every connection's task for its whole life (BENCHMARKS.md, issue 13).
-    if let Some(live) = Box::pin(admit(rd, wr, peer, listener, shared)).await {
-        live.run().await;
-    }
+    let admitted = Box::pin(admit(rd, wr, peer, listener, shared, pending)).await;
+    let Some(live) = admitted else {
+        return;
+    };
+    live.run().await;
 }
 
 /// A connection the edge admitted: authenticated, claimed in the registry, linked to the
@@ -408,6 +413,7 @@ async fn admit<R, W>(
     peer: SocketAddr,
     listener: ListenerInfo,
     shared: Arc<EdgeShared>,
+    pending: super::Pending,
 ) -> Option<Live<R, W>>
 where
     R: AsyncRead + Unpin + Send + 'static,
@@ -611,6 +617,8 @@ where
     .instrument(span.clone())
     .await;
     let (conn, claim, linked) = opened;
+    // Admitted (or refused): the connection leaves the mqtt.max_pending count.
+    drop(pending);
     let Some((up, ubuf)) = linked else {
         shared.registry.release(&upstream_id, claim.seq);
         return None;
@@ -765,6 +773,25 @@ where
         Box::pin(self.finish(end)).instrument(span).await;
     }
 
+    /// Writes to the client within mqtt.write_timeout_ms: a client that takes nothing for
+    /// that long (a subscriber that never reads while its topic is flooded) is cut, and what
+    /// waits for it stays bounded by the broker's per-connection queue.
+    async fn write_client(&mut self, bytes: &[u8]) -> Result<(), End> {
+        let limit = self.conn.shared.settings.write_timeout;
+        match tokio::time::timeout(limit, send(&mut self.wr, bytes)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::Lost),
+            Err(_) => {
+                self.conn.shared.metrics.edge_write_timeout();
+                tracing::warn!(
+                    waiting = bytes.len(),
+                    "disconnecting: the client took nothing written to it within mqtt.write_timeout_ms"
+                );
+                Err(End::WriteTimeout)
+            }
+        }
+    }
+
     /// Relays until the connection ends: the client's frames are checked and forwarded,
     /// the broker's delivered, keep-alive and the client's publish rate enforced.
     async fn relay(&mut self) -> End {
@@ -795,8 +822,8 @@ where
                     .conn
                     .device_frames(&mut self.dbuf, &mut to_up, &mut to_dev);
                 if !to_dev.is_empty() {
-                    if send(&mut self.wr, &to_dev).await.is_err() {
-                        break End::Lost;
+                    if let Err(end) = self.write_client(&to_dev).await {
+                        break end;
                     }
                     to_dev.clear();
                 }
@@ -834,7 +861,7 @@ where
                         break end;
                     }
                     if !to_dev.is_empty() {
-                        if send(&mut self.wr, &to_dev).await.is_err() { break End::Lost; }
+                        if let Err(end) = self.write_client(&to_dev).await { break end; }
                         to_dev.clear();
                     }
                 }
