@@ -414,7 +414,7 @@ async fn admit<R, W>(
     listener: ListenerInfo,
     shared: Arc<EdgeShared>,
     pending: super::Pending,
-) -> Option<Live<R, W>>
+) -> Option<Box<Live<R, W>>>
 where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -623,7 +623,7 @@ where
         shared.registry.release(&upstream_id, claim.seq);
         return None;
     };
-    Some(Live {
+    Some(Box::new(Live {
         conn,
         rd,
         wr,
@@ -635,7 +635,7 @@ where
         upstream_id,
         _permit: permit,
         span,
-    })
+    }))
 }
 
 /// Per-connection state most devices never need.
@@ -765,9 +765,10 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    /// Relays, then ends the connection, in its span. `self` is stored once, in this future
-    /// (moved into an inner `async` block it would be stored twice).
-    async fn run(mut self) {
+    /// Relays, then ends the connection, in its span. Boxed: an `async fn` keeps its
+    /// arguments in their own slots for its whole life (and a `mut self` twice), so the
+    /// connection's 600 bytes would be stored two or three times in every idle device's task.
+    async fn run(mut self: Box<Self>) {
         let span = self.span.clone();
         let end = self.relay().instrument(span.clone()).await;
         Box::pin(self.finish(end)).instrument(span).await;
@@ -899,7 +900,7 @@ where
 
     /// Ends the connection: tells the client why (MQTT 5), closes the link to the broker,
     /// publishes the end it observed (and the Will), and releases the client id.
-    async fn finish(mut self, end: End) {
+    async fn finish(mut self: Box<Self>, end: End) {
         let shared = self.conn.shared.clone();
         let proto = self.conn.proto;
         let mut to_dev = BytesMut::new();
