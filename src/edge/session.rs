@@ -405,6 +405,123 @@ struct Live<R, W> {
     span: tracing::Span,
 }
 
+/// Reads the client's first frame within mqtt.connect_timeout_ms and decodes it as a CONNECT
+/// of MQTT 3.1.1 or 5 (at most mqtt.max_connect_bytes, judged on the fixed header); answers
+/// and counts a refusal (`None`). Returns the bytes the client sent behind the CONNECT too.
+async fn read_connect<R, W>(
+    rd: &mut R,
+    wr: &mut W,
+    peer: SocketAddr,
+    shared: &EdgeShared,
+) -> Option<(Proto, Connect, BytesMut)>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut dbuf = BytesMut::with_capacity(MIN_READ);
+    let max = shared.settings.max_packet_bytes;
+    // Before authentication a client may make the edge buffer at most a CONNECT of
+    // mqtt.max_connect_bytes: a larger one is refused on its fixed header.
+    let max_connect = shared.settings.max_connect_bytes.min(max);
+    let first = tokio::time::timeout(
+        shared.settings.connect_timeout,
+        read_frame(rd, &mut dbuf, max_connect),
+    )
+    .await;
+    let (h, mut frame) = match first {
+        Ok(Ok(f)) => f,
+        Ok(Err(Some(FrameError::TooLarge))) => {
+            refuse_large_connect(wr, &dbuf, peer, shared).await;
+            return None;
+        }
+        Ok(Err(_)) => {
+            shared.metrics.edge_connect(EdgeConnect::Malformed);
+            return None;
+        }
+        Err(_) => {
+            shared.metrics.edge_connect(EdgeConnect::Timeout);
+            return None;
+        }
+    };
+    if h.kind() != kind::CONNECT {
+        shared.metrics.edge_connect(EdgeConnect::Malformed);
+        return None;
+    }
+    let mut out = BytesMut::with_capacity(64);
+    let Some(proto) = codec::connect_proto(&frame, &h) else {
+        codec::put_connack(&mut out, Proto::V4, connack::V4_BAD_PROTOCOL);
+        let _ = send(wr, &out).await;
+        shared.metrics.edge_connect(EdgeConnect::Malformed);
+        return None;
+    };
+    let connect = match proto {
+        Proto::V4 => match v4::Packet::read(&mut frame, max) {
+            Ok(v4::Packet::Connect(c)) => Some(Connect::V4(c)),
+            _ => None,
+        },
+        Proto::V5 => match v5::Packet::read(&mut frame, Some(max as u32)) {
+            Ok(v5::Packet::Connect(c, w, l)) => Some(Connect::V5(Box::new((c, w, l)))),
+            _ => None,
+        },
+    };
+    let Some(connect) = connect else {
+        // 3.1.1 has no "malformed" return code; the closest is "identifier rejected".
+        codec::put_connack(
+            &mut out,
+            proto,
+            proto_code(
+                proto,
+                connack::V4_IDENTIFIER_REJECTED,
+                connack::V5_MALFORMED,
+            ),
+        );
+        let _ = send(wr, &out).await;
+        shared.metrics.edge_connect(EdgeConnect::Malformed);
+        return None;
+    };
+    Some((proto, connect, dbuf))
+}
+
+/// Authenticates the CONNECT's credentials to a principal (the store query boxed: inline it
+/// would size the admission future); answers and counts a refusal (`None`).
+async fn authenticate<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    connect: &Connect,
+    proto: Proto,
+    peer: SocketAddr,
+    listener: ListenerInfo,
+    shared: &EdgeShared,
+) -> Option<Principal> {
+    let (username, password) = connect.login();
+    match Box::pin(shared.auth.connect(
+        username,
+        password,
+        connect.client_id(),
+        listener.loopback,
+        Some(peer.ip()),
+    ))
+    .await
+    {
+        Ok(p) => Some(p),
+        Err(refusal) => {
+            let (v4_code, v5_code) = match refusal {
+                Refusal::Busy => (connack::V4_SERVER_UNAVAILABLE, connack::V5_SERVER_BUSY),
+                _ => (connack::V4_NOT_AUTHORIZED, connack::V5_NOT_AUTHORIZED),
+            };
+            let mut out = BytesMut::with_capacity(8);
+            codec::put_connack(&mut out, proto, proto_code(proto, v4_code, v5_code));
+            let _ = send(wr, &out).await;
+            tracing::warn!(
+                %peer, listener = listener.name, username = username.unwrap_or(""),
+                client = connect.client_id(), reason = refusal.as_str(),
+                "MQTT connection refused: not authorized"
+            );
+            shared.metrics.edge_refused(refusal);
+            None
+        }
+    }
+}
+
 /// Reads and checks the CONNECT, authenticates it, claims the client id and links the
 /// connection to the broker; answers and counts every refusal (`None`).
 async fn admit<R, W>(
@@ -419,109 +536,14 @@ where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let mut dbuf = BytesMut::with_capacity(MIN_READ);
-    let max = shared.settings.max_packet_bytes;
-    // Before authentication a client may make the edge buffer at most a CONNECT of
-    // mqtt.max_connect_bytes: a larger one is refused on its fixed header.
-    let max_connect = shared.settings.max_connect_bytes.min(max);
-    let first = tokio::time::timeout(
-        shared.settings.connect_timeout,
-        read_frame(&mut rd, &mut dbuf, max_connect),
-    )
-    .await;
-    let (h, mut frame) = match first {
-        Ok(Ok(f)) => f,
-        Ok(Err(Some(FrameError::TooLarge))) => {
-            refuse_large_connect(&mut wr, &dbuf, peer, &shared).await;
-            return None;
-        }
-        Ok(Err(_)) => {
-            shared.metrics.edge_connect(EdgeConnect::Malformed);
-            return None;
-        }
-        Err(_) => {
-            shared.metrics.edge_connect(EdgeConnect::Timeout);
-            return None;
-        }
-    };
-    if h.kind() != kind::CONNECT {
-        {
-            shared.metrics.edge_connect(EdgeConnect::Malformed);
-            return None;
-        }
-    }
-    let mut out = BytesMut::with_capacity(64);
-    let Some(proto) = codec::connect_proto(&frame, &h) else {
-        codec::put_connack(&mut out, Proto::V4, connack::V4_BAD_PROTOCOL);
-        let _ = send(&mut wr, &out).await;
-        {
-            shared.metrics.edge_connect(EdgeConnect::Malformed);
-            return None;
-        }
-    };
-    let connect = match proto {
-        Proto::V4 => match v4::Packet::read(&mut frame, max) {
-            Ok(v4::Packet::Connect(c)) => Some(Connect::V4(c)),
-            _ => None,
-        },
-        Proto::V5 => match v5::Packet::read(&mut frame, Some(max as u32)) {
-            Ok(v5::Packet::Connect(c, w, l)) => Some(Connect::V5(Box::new((c, w, l)))),
-            _ => None,
-        },
-    };
-    let Some(mut connect) = connect else {
-        // 3.1.1 has no "malformed" return code; the closest is "identifier rejected".
-        codec::put_connack(
-            &mut out,
-            proto,
-            proto_code(
-                proto,
-                connack::V4_IDENTIFIER_REJECTED,
-                connack::V5_MALFORMED,
-            ),
-        );
-        let _ = send(&mut wr, &out).await;
-        {
-            shared.metrics.edge_connect(EdgeConnect::Malformed);
-            return None;
-        }
-    };
+    let (proto, mut connect, dbuf) = read_connect(&mut rd, &mut wr, peer, &shared).await?;
     let refuse = |code4: u8, code5: u8| {
         let mut out = BytesMut::with_capacity(8);
         codec::put_connack(&mut out, proto, proto_code(proto, code4, code5));
         out
     };
 
-    let (username, password) = connect.login();
-    // Boxed: the store query's future is large, and kept inline it would size every
-    // connection's task for the whole life of the connection.
-    let principal = match Box::pin(shared.auth.connect(
-        username,
-        password,
-        connect.client_id(),
-        listener.loopback,
-        Some(peer.ip()),
-    ))
-    .await
-    {
-        Ok(p) => p,
-        Err(refusal) => {
-            let (v4_code, v5_code) = match refusal {
-                Refusal::Busy => (connack::V4_SERVER_UNAVAILABLE, connack::V5_SERVER_BUSY),
-                _ => (connack::V4_NOT_AUTHORIZED, connack::V5_NOT_AUTHORIZED),
-            };
-            let _ = send(&mut wr, &refuse(v4_code, v5_code)).await;
-            tracing::warn!(
-                %peer, listener = listener.name, username = username.unwrap_or(""),
-                client = connect.client_id(), reason = refusal.as_str(),
-                "MQTT connection refused: not authorized"
-            );
-            {
-                shared.metrics.edge_refused(refusal);
-                return None;
-            }
-        }
-    };
+    let principal = authenticate(&mut wr, &connect, proto, peer, listener, &shared).await?;
     let mut will = connect.will();
     if let Some(w) = &will {
         if !may_publish(&principal, &w.topic) {
@@ -531,10 +553,8 @@ where
             )
             .await;
             tracing::warn!(%peer, client = connect.client_id(), will_topic = %w.topic, "MQTT connection refused: Will topic not allowed");
-            {
-                shared.metrics.edge_connect(EdgeConnect::WillRefused);
-                return None;
-            }
+            shared.metrics.edge_connect(EdgeConnect::WillRefused);
+            return None;
         }
     }
     // The connection slot is taken only now: clients that have not authenticated cannot
@@ -546,10 +566,8 @@ where
         )
         .await;
         tracing::warn!(%peer, "connection refused: mqtt.max_connections reached");
-        {
-            shared.metrics.edge_connect(EdgeConnect::Limit);
-            return None;
-        }
+        shared.metrics.edge_connect(EdgeConnect::Limit);
+        return None;
     };
     let mut assigned = None;
     let client_id = if connect.client_id().is_empty() {
@@ -562,10 +580,8 @@ where
                 ),
             )
             .await;
-            {
-                shared.metrics.edge_connect(EdgeConnect::Malformed);
-                return None;
-            }
+            shared.metrics.edge_connect(EdgeConnect::Malformed);
+            return None;
         }
         let id = format!("auto-{}", random_id());
         assigned = Some(id.clone());
@@ -577,14 +593,11 @@ where
         if let Err((code4, code5)) = admit_will(w, &principal, &client_id, &shared) {
             let _ = send(&mut wr, &refuse(code4, code5)).await;
             tracing::warn!(%peer, client = %client_id, will_topic = %w.topic, "MQTT connection refused: Will not accepted");
-            {
-                shared.metrics.edge_connect(EdgeConnect::WillRefused);
-                return None;
-            }
+            shared.metrics.edge_connect(EdgeConnect::WillRefused);
+            return None;
         }
         connect.set_will_payload(w.payload.clone());
     }
-    drop(out);
     let upstream_id = upstream_client_id(&principal, &client_id);
     let account = match &principal {
         Principal::Device { account_id, .. } => account_id.clone(),
@@ -596,19 +609,7 @@ where
             .registry
             .claim(&upstream_id, Duration::from_secs(5))
             .await;
-        let conn = Conn {
-            proto,
-            principal,
-            will,
-            reported: None,
-            client_id: client_id.clone(),
-            violations: 0,
-            publishes: 0,
-            rare: None,
-            retain_refused: false,
-            bucket: TokenBucket::new(shared.settings.publish_rate, shared.settings.publish_burst),
-            shared: shared.clone(),
-        };
+        let conn = Conn::new(proto, principal, will, client_id.clone(), shared.clone());
         let linked = conn
             .open(&mut wr, &connect, &upstream_id, assigned, &mut claim)
             .await;
@@ -672,6 +673,28 @@ struct Conn {
 }
 
 impl Conn {
+    fn new(
+        proto: Proto,
+        principal: Principal,
+        will: Option<Will>,
+        client_id: String,
+        shared: Arc<EdgeShared>,
+    ) -> Conn {
+        Conn {
+            proto,
+            principal,
+            will,
+            reported: None,
+            client_id,
+            violations: 0,
+            publishes: 0,
+            rare: None,
+            retain_refused: false,
+            bucket: TokenBucket::new(shared.settings.publish_rate, shared.settings.publish_burst),
+            shared,
+        }
+    }
+
     /// Links the connection to the broker under `upstream_id` and answers the client with
     /// the broker's CONNACK (with the client id the edge assigned, for MQTT 5). `None` when
     /// the broker is unavailable or refused (the client got its CONNACK; the claim is done).
