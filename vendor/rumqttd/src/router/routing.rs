@@ -713,9 +713,11 @@ impl Router {
         // panic it is missing, and `unwrap()` would have panicked for every later packet.
         // CRADLE PATCH 14: the link gets an empty buffer back, not the router's spare one: a
         // device that published once would otherwise keep a buffer of up to 200 packet slots
-        // (~300 B each) for as long as it stays connected and idle.
+        // (~390 B each) for as long as it stays connected and idle. A busy link gets its own
+        // buffer back once drained (below), so a flood does not regrow it from empty per batch.
         let _ = self.cache.take();
         let mut packets = incoming.exchange(VecDeque::new());
+        let batch = packets.len();
 
         let mut force_ack = false;
         let mut new_data = false;
@@ -1051,6 +1053,15 @@ impl Router {
             }
         }
 
+        // CRADLE PATCH 14: see above; 16 packets or fewer is not a flood.
+        if batch > 16 && packets.is_empty() {
+            if let Some(incoming) = self.ibufs.get_mut(id) {
+                let mut buffer = incoming.buffer.lock();
+                if buffer.is_empty() && buffer.capacity() < packets.capacity() {
+                    std::mem::swap(&mut *buffer, &mut packets);
+                }
+            }
+        }
         self.cache = Some(packets);
 
         // Prepare AcksRequest in tracker if router is operating in a
