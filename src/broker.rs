@@ -1,6 +1,7 @@
 //! The embedded MQTT broker: rumqttd's router and its v4 and v5 listeners on loopback, run
 //! on Cradle's own runtime. Devices never reach it directly: the MQTT edge (`crate::edge`)
-//! authenticates them, checks every packet and relays to these listeners.
+//! authenticates them, checks every packet and hands it to the router through [`RouterLinks`]
+//! from the connection's own task; the loopback listeners serve Cradle's own clients.
 //!
 //! rumqttd 0.20's `Broker::start()` blocks forever and reports neither bind failures nor
 //! the bound port, so Cradle wires `Router::spawn` and `Server::serve` (vendored patch 5)

@@ -77,8 +77,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Runs Cradle until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
     let metrics = Arc::new(Metrics::default());
-    // Each client connection holds one descriptor (its socket at the edge; the link to the
-    // embedded broker is an in-process pipe), and so does each HTTP connection.
+    // Each client connection holds one descriptor (its socket at the edge; its link to the
+    // embedded broker's router takes none), and so does each HTTP connection.
     let wanted = config.mqtt.max_connections as u64 + config.http.max_connections as u64 + 1024;
     let limit = raise_open_files_limit(wanted);
     if limit < wanted {
