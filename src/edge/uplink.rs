@@ -257,7 +257,18 @@ impl RouterLink {
     async fn send(&mut self, frames: &mut BytesMut) -> io::Result<()> {
         let mut packets = 0;
         {
+            // One reservation for the batch: the frames are whole (the edge measured each).
+            let mut count = 0;
+            let mut at = 0;
+            while let Ok(Some(h)) = codec::header(&frames[at..], usize::MAX) {
+                count += 1;
+                at += h.frame_len;
+                if at >= frames.len() {
+                    break;
+                }
+            }
             let mut buffer = self.tx.buffer();
+            buffer.reserve(count);
             while !frames.is_empty() {
                 let packet = self.codec.read(frames, self.max).map_err(broken)?;
                 buffer.push_back(packet);

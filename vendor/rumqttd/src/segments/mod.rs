@@ -156,8 +156,10 @@ where
 
             // Pushing a new segment into segments and updating the tail automatically changes
             // the active segment to a new empty one.
+            // CRADLE PATCH 15: the new segment starts with the room the full one needed.
+            let capacity = self.active_segment().len() as usize;
             self.segments
-                .push_back(Segment::with_offset(absolute_offset));
+                .push_back(Segment::with_offset(absolute_offset, capacity));
             self.tail += 1;
         }
     }
