@@ -673,6 +673,13 @@ struct Conn {
 }
 
 impl Conn {
+    /// Whether a SUBACK from the broker must be completed with the filters the edge refused.
+    fn awaits_suback(&self) -> bool {
+        self.rare
+            .as_ref()
+            .is_some_and(|r| !r.pending_subs.is_empty())
+    }
+
     fn new(
         proto: Proto,
         principal: Principal,
@@ -867,6 +874,10 @@ where
                     timer.as_mut().reset(Instant::now() + wait);
                 }
             }
+            // The router's frames go to the client as they are encoded, unless a SUBACK of a
+            // trimmed SUBSCRIBE is due (completed by `broker_frames`); an external broker's
+            // stream is always parsed (partial frames, the edge's own PINGRESPs).
+            let direct = self.up.is_router() && !self.conn.awaits_suback();
             tokio::select! {
                 r = read_some(&mut self.rd, &mut self.dbuf, &mut dev_room), if throttled_until.is_none() => {
                     match r {
@@ -876,13 +887,15 @@ where
                     last_dev = Instant::now();
                     unread = true;
                 }
-                r = self.up.recv(&mut self.ubuf) => {
+                r = self.up.recv(if direct { &mut to_dev } else { &mut self.ubuf }) => {
                     match r {
                         Ok(0) | Err(_) => break End::UpstreamClosed,
                         Ok(_) => {}
                     }
-                    if let Err(end) = self.conn.broker_frames(&mut self.ubuf, &mut to_dev) {
-                        break end;
+                    if !direct {
+                        if let Err(end) = self.conn.broker_frames(&mut self.ubuf, &mut to_dev) {
+                            break end;
+                        }
                     }
                     if !to_dev.is_empty() {
                         if let Err(end) = self.write_client(&to_dev).await { break end; }

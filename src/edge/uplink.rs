@@ -168,6 +168,12 @@ impl UpLink {
         })
     }
 
+    /// Whether this is the embedded router's link: what it appends are whole frames the
+    /// router encoded, never a PINGRESP of the edge's own.
+    pub fn is_router(&self) -> bool {
+        matches!(self, UpLink::Router(_))
+    }
+
     /// Whether the link needs the edge's keep-alive pings (a socket to a broker that
     /// enforces the keep-alive of the relayed CONNECT; the router has no timer of its own).
     pub fn wants_ping(&self) -> bool {
