@@ -165,22 +165,6 @@ impl std::fmt::Display for Upstream {
     }
 }
 
-impl Upstream {
-    /// Whether the broker is an external one (not the embedded rumqttd).
-    pub fn is_external(&self) -> bool {
-        matches!(self, Upstream::External(_))
-    }
-
-    /// The credentials a relayed connection presents to the broker (Cradle's, not the
-    /// device's: the edge has already authenticated the device).
-    pub fn login(&self) -> Option<&(String, String)> {
-        match self {
-            Upstream::Embedded(_) => None,
-            Upstream::External(endpoint) => endpoint.login.as_ref(),
-        }
-    }
-}
-
 /// How a listener's connections arrive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Transport {

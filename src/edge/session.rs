@@ -201,15 +201,10 @@ impl Connect {
     /// The CONNECT the broker gets: namespaced client id, Cradle's own credentials for the
     /// broker (`login`; none for the embedded one), the edge's keep-alive, MQTT 5
     /// properties kept (minus enhanced authentication). The client's Will (already checked
-    /// by the ACL) goes along only with `forward_will`: an external broker then fires it if
-    /// this replica dies; the edge ends every link it closes itself with a DISCONNECT, which
-    /// discards it, and publishes the end it observed.
-    fn upstream(
-        &self,
-        client_id: &str,
-        login: Option<&(String, String)>,
-        forward_will: bool,
-    ) -> BytesMut {
+    /// by the ACL) goes along: the external broker fires it if this replica dies; the edge
+    /// ends every link it closes itself with a DISCONNECT, which discards it, and publishes
+    /// the end it observed. (The embedded router gets no CONNECT frame: `UpLink::router`.)
+    fn upstream(&self, client_id: &str, login: Option<&(String, String)>) -> BytesMut {
         let mut out = BytesMut::with_capacity(64);
         match self {
             Connect::V4(c) => {
@@ -218,7 +213,7 @@ impl Connect {
                     keep_alive: UPSTREAM_KEEP_ALIVE,
                     client_id: client_id.to_string(),
                     clean_session: c.clean_session,
-                    last_will: c.last_will.clone().filter(|_| forward_will),
+                    last_will: c.last_will.clone(),
                     login: login.map(|(u, p)| v4::Login::new(u, p)),
                 };
                 let _ = v4::Packet::Connect(up).write(&mut out, usize::MAX);
@@ -237,7 +232,7 @@ impl Connect {
                     properties,
                 };
                 let login = login.map(|(u, p)| v5::Login::new(u, p));
-                let will = b.1.clone().filter(|_| forward_will);
+                let will = b.1.clone();
                 let _ = v5::Packet::Connect(up, will, login).write(&mut out, None);
             }
         }
@@ -252,6 +247,14 @@ fn proto_code(proto: Proto, v4_code: u8, v5_code: u8) -> u8 {
     }
 }
 
+/// Answers a refused CONNECT with a CONNACK of the client's protocol: `v4_code` for 3.1.1,
+/// `v5_code` for MQTT 5. The connection closes after it.
+async fn refuse_connect<W: AsyncWrite + Unpin>(wr: &mut W, proto: Proto, v4_code: u8, v5_code: u8) {
+    let mut out = BytesMut::with_capacity(8);
+    codec::put_connack(&mut out, proto, proto_code(proto, v4_code, v5_code));
+    let _ = send(wr, &out).await;
+}
+
 /// Answers a CONNECT over `mqtt.max_connect_bytes`, judged on its fixed header and first
 /// bytes (never buffered whole): MQTT 5 gets CONNACK 0x95 "packet too large", 3.1.1 (which has
 /// no such code) "identifier rejected"; then the connection closes.
@@ -263,14 +266,12 @@ async fn refuse_large_connect<W: AsyncWrite + Unpin>(
 ) {
     if let Ok(Some(h)) = codec::header(start, usize::MAX) {
         if h.kind() == kind::CONNECT {
-            let mut out = BytesMut::with_capacity(8);
-            match codec::connect_proto(start, &h) {
-                Some(Proto::V5) => {
-                    codec::put_connack(&mut out, Proto::V5, connack::V5_PACKET_TOO_LARGE)
-                }
-                _ => codec::put_connack(&mut out, Proto::V4, connack::V4_IDENTIFIER_REJECTED),
-            }
-            let _ = send(wr, &out).await;
+            let proto = codec::connect_proto(start, &h).unwrap_or(Proto::V4);
+            let (v4_code, v5_code) = (
+                connack::V4_IDENTIFIER_REJECTED,
+                connack::V5_PACKET_TOO_LARGE,
+            );
+            refuse_connect(wr, proto, v4_code, v5_code).await;
         }
     }
     tracing::warn!(%peer, max = shared.settings.max_connect_bytes, "CONNECT refused: larger than mqtt.max_connect_bytes");
@@ -447,10 +448,10 @@ where
         shared.metrics.edge_connect(EdgeConnect::Malformed);
         return None;
     }
-    let mut out = BytesMut::with_capacity(64);
     let Some(proto) = codec::connect_proto(&frame, &h) else {
-        codec::put_connack(&mut out, Proto::V4, connack::V4_BAD_PROTOCOL);
-        let _ = send(wr, &out).await;
+        // An unknown protocol level: answered as 3.1.1 does.
+        let code = connack::V4_BAD_PROTOCOL;
+        refuse_connect(wr, Proto::V4, code, code).await;
         shared.metrics.edge_connect(EdgeConnect::Malformed);
         return None;
     };
@@ -466,16 +467,8 @@ where
     };
     let Some(connect) = connect else {
         // 3.1.1 has no "malformed" return code; the closest is "identifier rejected".
-        codec::put_connack(
-            &mut out,
-            proto,
-            proto_code(
-                proto,
-                connack::V4_IDENTIFIER_REJECTED,
-                connack::V5_MALFORMED,
-            ),
-        );
-        let _ = send(wr, &out).await;
+        let (v4_code, v5_code) = (connack::V4_IDENTIFIER_REJECTED, connack::V5_MALFORMED);
+        refuse_connect(wr, proto, v4_code, v5_code).await;
         shared.metrics.edge_connect(EdgeConnect::Malformed);
         return None;
     };
@@ -508,9 +501,7 @@ async fn authenticate<W: AsyncWrite + Unpin>(
                 Refusal::Busy => (connack::V4_SERVER_UNAVAILABLE, connack::V5_SERVER_BUSY),
                 _ => (connack::V4_NOT_AUTHORIZED, connack::V5_NOT_AUTHORIZED),
             };
-            let mut out = BytesMut::with_capacity(8);
-            codec::put_connack(&mut out, proto, proto_code(proto, v4_code, v5_code));
-            let _ = send(wr, &out).await;
+            refuse_connect(wr, proto, v4_code, v5_code).await;
             tracing::warn!(
                 %peer, listener = listener.name, username = username.unwrap_or(""),
                 client = connect.client_id(), reason = refusal.as_str(),
@@ -537,21 +528,12 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let (proto, mut connect, dbuf) = read_connect(&mut rd, &mut wr, peer, &shared).await?;
-    let refuse = |code4: u8, code5: u8| {
-        let mut out = BytesMut::with_capacity(8);
-        codec::put_connack(&mut out, proto, proto_code(proto, code4, code5));
-        out
-    };
-
     let principal = authenticate(&mut wr, &connect, proto, peer, listener, &shared).await?;
     let mut will = connect.will();
     if let Some(w) = &will {
         if !may_publish(&principal, &w.topic) {
-            let _ = send(
-                &mut wr,
-                &refuse(connack::V4_NOT_AUTHORIZED, connack::V5_NOT_AUTHORIZED),
-            )
-            .await;
+            let (v4_code, v5_code) = (connack::V4_NOT_AUTHORIZED, connack::V5_NOT_AUTHORIZED);
+            refuse_connect(&mut wr, proto, v4_code, v5_code).await;
             tracing::warn!(%peer, client = connect.client_id(), will_topic = %w.topic, "MQTT connection refused: Will topic not allowed");
             shared.metrics.edge_connect(EdgeConnect::WillRefused);
             return None;
@@ -560,11 +542,8 @@ where
     // The connection slot is taken only now: clients that have not authenticated cannot
     // take the slots of devices that can.
     let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
-        let _ = send(
-            &mut wr,
-            &refuse(connack::V4_SERVER_UNAVAILABLE, connack::V5_QUOTA_EXCEEDED),
-        )
-        .await;
+        let (v4_code, v5_code) = (connack::V4_SERVER_UNAVAILABLE, connack::V5_QUOTA_EXCEEDED);
+        refuse_connect(&mut wr, proto, v4_code, v5_code).await;
         tracing::warn!(%peer, "connection refused: mqtt.max_connections reached");
         shared.metrics.edge_connect(EdgeConnect::Limit);
         return None;
@@ -572,14 +551,11 @@ where
     let mut assigned = None;
     let client_id = if connect.client_id().is_empty() {
         if proto == Proto::V4 && !connect.clean() {
-            let _ = send(
-                &mut wr,
-                &refuse(
-                    connack::V4_IDENTIFIER_REJECTED,
-                    connack::V5_CLIENT_ID_NOT_VALID,
-                ),
-            )
-            .await;
+            let (v4_code, v5_code) = (
+                connack::V4_IDENTIFIER_REJECTED,
+                connack::V5_CLIENT_ID_NOT_VALID,
+            );
+            refuse_connect(&mut wr, proto, v4_code, v5_code).await;
             shared.metrics.edge_connect(EdgeConnect::Malformed);
             return None;
         }
@@ -591,7 +567,7 @@ where
     };
     if let Some(w) = will.as_mut() {
         if let Err((code4, code5)) = admit_will(w, &principal, &client_id, &shared) {
-            let _ = send(&mut wr, &refuse(code4, code5)).await;
+            refuse_connect(&mut wr, proto, code4, code5).await;
             tracing::warn!(%peer, client = %client_id, will_topic = %w.topic, "MQTT connection refused: Will not accepted");
             shared.metrics.edge_connect(EdgeConnect::WillRefused);
             return None;
@@ -725,7 +701,7 @@ impl Conn {
                     UpLink::router(links, proto, upstream_id, clean, alias_max, max).await
                 }
                 Upstream::External(endpoint) => {
-                    let frame = connect.upstream(upstream_id, endpoint.login.as_ref(), true);
+                    let frame = connect.upstream(upstream_id, endpoint.login.as_ref());
                     UpLink::socket(endpoint, &frame).await
                 }
             }
@@ -742,16 +718,11 @@ impl Conn {
             rest: ubuf,
         }) = opened
         else {
-            codec::put_connack(
-                &mut out,
-                proto,
-                proto_code(
-                    proto,
-                    connack::V4_SERVER_UNAVAILABLE,
-                    connack::V5_SERVER_UNAVAILABLE,
-                ),
+            let (v4_code, v5_code) = (
+                connack::V4_SERVER_UNAVAILABLE,
+                connack::V5_SERVER_UNAVAILABLE,
             );
-            let _ = send(wr, &out).await;
+            refuse_connect(wr, proto, v4_code, v5_code).await;
             tracing::error!(broker = %shared.upstream, "broker did not accept the relayed connection");
             shared.metrics.edge_connect(EdgeConnect::BrokerUnavailable);
             claim.finished();
@@ -781,7 +752,6 @@ impl Conn {
             claim.finished();
             return None;
         }
-        drop((out, connack_frame));
         shared.metrics.edge_connect(EdgeConnect::Accepted);
         shared.metrics.edge_live(1);
         tracing::debug!("connected");
@@ -849,6 +819,10 @@ where
         let mut unread = !self.dbuf.is_empty();
         loop {
             if std::mem::take(&mut unread) {
+                // One reservation of the batch's size: on the embedded broker the previous
+                // batch's buffer is still shared with the packets it became, and growing from
+                // empty by doubling reallocated and copied it at every step.
+                to_up.reserve(self.dbuf.len());
                 let step = self
                     .conn
                     .device_frames(&mut self.dbuf, &mut to_up, &mut to_dev);
@@ -944,7 +918,6 @@ where
         // Tell the client why, when the edge ends it (MQTT 5 only; 3.1.1 servers just close).
         if proto == Proto::V5 {
             if let Some(code) = end.v5_reason() {
-                to_dev.clear();
                 codec::put_disconnect(&mut to_dev, Proto::V5, code);
                 let _ = tokio::time::timeout(Duration::from_secs(1), send(wr, &to_dev)).await;
             }

@@ -261,10 +261,10 @@ impl RouterLink {
     /// Decodes the frames (the edge has checked each) and hands them to the router in one
     /// batch, as rumqttd's own network link does.
     async fn send(&mut self, frames: &mut BytesMut) -> io::Result<()> {
-        let mut packets = 0;
+        let any = !frames.is_empty();
         {
-            // One reservation for the batch: the frames are whole (the edge measured each).
             let mut count = 0;
+            // One reservation for the batch: the frames are whole (the edge measured each).
             let mut at = 0;
             while let Ok(Some(h)) = codec::header(&frames[at..], usize::MAX) {
                 count += 1;
@@ -278,12 +278,11 @@ impl RouterLink {
             while !frames.is_empty() {
                 let packet = self.codec.read(frames, self.max).map_err(broken)?;
                 buffer.push_back(packet);
-                packets += 1;
             }
         }
         // The send future holds a router event; boxed, it is not part of every
         // connection's future (it is needed only when the router's channel is full).
-        if packets > 0 && !self.tx.try_notify().map_err(broken)? {
+        if any && !self.tx.try_notify().map_err(broken)? {
             Box::pin(self.tx.notify()).await.map_err(broken)?;
         }
         Ok(())
@@ -300,6 +299,9 @@ impl RouterLink {
             if self.rx.exchange(&mut self.notifications).await.is_err() {
                 return Ok(0);
             }
+            // One reservation for the batch instead of doubling from empty.
+            let room: usize = self.notifications.iter().map(encoded_room).sum();
+            buf.reserve(room);
             for notification in self.notifications.drain(..) {
                 let packet: Option<Packet> = notification.into();
                 match packet {
@@ -318,5 +320,14 @@ impl RouterLink {
                 return Ok(buf.len() - start);
             }
         }
+    }
+}
+
+/// Room a notification takes once encoded: a delivery's topic and payload plus its header,
+/// packet id and properties' usual size; an ack a few bytes.
+fn encoded_room(n: &Notification) -> usize {
+    match n {
+        Notification::Forward(f) => f.publish.topic.len() + f.publish.payload.len() + 16,
+        _ => 16,
     }
 }
