@@ -98,8 +98,6 @@ pub struct Router {
     router_tx: Sender<(ConnectionId, Event)>,
     /// Router metrics
     router_meters: RouterMeter,
-    /// Buffer for cache exchange of incoming packets
-    cache: Option<VecDeque<Packet>>,
     /// Shared subscriptions map <group-name, group>
     shared_subscriptions: HashMap<String, SharedGroup>,
     /// Will messages per client_id
@@ -142,7 +140,6 @@ impl Router {
             router_rx,
             router_tx,
             router_meters: router_metrics,
-            cache: Some(VecDeque::with_capacity(MAX_CHANNEL_CAPACITY)),
             shared_subscriptions: HashMap::new(),
             last_wills: HashMap::new(),
         }
@@ -288,9 +285,6 @@ impl Router {
             .unwrap_or_default();
         crate::ROUTER_PANICS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         error!(connection_id = ?blame, during, %message, "router caught a panic; ending that connection");
-        if self.cache.is_none() {
-            self.cache = Some(VecDeque::new());
-        }
         if let Some(id) = blame {
             if self.obufs.contains(id) {
                 let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -708,14 +702,12 @@ impl Router {
         let span = tracing::error_span!("incoming_payload", client_id);
         let _guard = span.enter();
 
-        // Instead of exchanging, we should just append new incoming packets inside cache
-        // CRADLE PATCH 11: the cache is put back at the end of this function; after a caught
-        // panic it is missing, and `unwrap()` would have panicked for every later packet.
-        // CRADLE PATCH 14: the link gets an empty buffer back, not the router's spare one: a
-        // device that published once would otherwise keep a buffer of up to 200 packet slots
-        // (~390 B each) for as long as it stays connected and idle. A busy link gets its own
-        // buffer back once drained (below), so a flood does not regrow it from empty per batch.
-        let _ = self.cache.take();
+        // CRADLE PATCH 14: the link gets an empty buffer back, not a spare one the router kept
+        // (upstream swapped in its `cache`, which patch 11 had to guard against a caught
+        // panic): a device that published once would otherwise keep a buffer of up to 200
+        // packet slots (~390 B each) for as long as it stays connected and idle. A busy link
+        // gets its own buffer back once drained (below), so a flood does not regrow it from
+        // empty per batch.
         let mut packets = incoming.exchange(VecDeque::new());
         let batch = packets.len();
 
@@ -1062,7 +1054,6 @@ impl Router {
                 }
             }
         }
-        self.cache = Some(packets);
 
         // Prepare AcksRequest in tracker if router is operating in a
         // single node mode or force ack request for subscriptions
