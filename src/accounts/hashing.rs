@@ -19,7 +19,8 @@ const FAST: &str = "$cradle-b2$";
 /// Salt bytes of the fast format.
 const SALT: usize = 16;
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex of `bytes`.
+pub(super) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -80,11 +81,7 @@ pub fn verify(secret: &str, stored: &str) -> bool {
 /// credential costs what a check against one costs.
 pub fn dummy() -> &'static str {
     static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    DUMMY.get_or_init(|| {
-        let mut secret = [0u8; 32];
-        OsRng.fill_bytes(&mut secret);
-        hash(&hex(&secret))
-    })
+    DUMMY.get_or_init(|| hash(&super::random_hex(32)))
 }
 
 #[cfg(test)]

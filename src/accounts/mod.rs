@@ -97,7 +97,7 @@ fn now_millis() -> i64 {
 fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     OsRng.fill_bytes(&mut buf);
-    buf.iter().map(|b| format!("{b:02x}")).collect()
+    hashing::hex(&buf)
 }
 
 fn check_id(field: &'static str, value: &str) -> Result<(), AccountsError> {
