@@ -156,9 +156,8 @@ async fn wait_metric(c: &Cradle, series: &str, at_least: u64) {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_station_cannot_end_another_stations_session_by_naming_its_connection() {
-    let s = setup().await;
+/// baby-a connected as `ka`, with session `sa` started and active.
+async fn baby_a_in_session_sa(s: &Setup) -> Device {
     let c = &s.c;
     let a = station(c, "baby-a", &s.baby_a, "ka").await;
     a.publish(
@@ -170,9 +169,14 @@ async fn a_station_cannot_end_another_stations_session_by_naming_its_connection(
         (active_sessions(c).await == vec![("sa".to_string(), "baby-a".to_string())]).then_some(())
     })
     .await;
+    a
+}
 
-    // baby-b announces a start on its own topic naming baby-a's connection…
-    let b = station(c, "baby-b", &s.baby_b, "kb").await;
+/// baby-b connected as `connection`, announcing session `sb` on baby-a's connection `ka`:
+/// returns once the start was dropped as a foreign connection.
+async fn baby_b_starts_sb_on_ka(s: &Setup, connection: &str) -> Device {
+    let c = &s.c;
+    let b = station(c, "baby-b", &s.baby_b, connection).await;
     b.publish(
         &format!("accounts/{ACCOUNT}/baby_stations/baby-b"),
         start("sb", "ka", 20_000),
@@ -184,6 +188,17 @@ async fn a_station_cannot_end_another_stations_session_by_naming_its_connection(
         1,
     )
     .await;
+    b
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_station_cannot_end_another_stations_session_by_naming_its_connection() {
+    let s = setup().await;
+    let c = &s.c;
+    let _a = baby_a_in_session_sa(&s).await;
+
+    // baby-b announces a start on its own topic naming baby-a's connection…
+    let b = baby_b_starts_sb_on_ka(&s, "kb").await;
     // …and an end of baby-a's session.
     b.publish(
         &format!("accounts/{ACCOUNT}/baby_stations/baby-b"),
@@ -504,29 +519,9 @@ async fn a_device_cannot_forge_from_on_a_pwa_inbox_message() {
 async fn a_station_cannot_claim_another_stations_connection_by_reporting_its_id() {
     let s = setup().await;
     let c = &s.c;
-    let a = station(c, "baby-a", &s.baby_a, "ka").await;
-    a.publish(
-        &format!("accounts/{ACCOUNT}/baby_stations/baby-a"),
-        start("sa", "ka", 10_000),
-    )
-    .await;
-    wait_for(Duration::from_secs(10), "baby-a's session", || async {
-        (active_sessions(c).await == vec![("sa".to_string(), "baby-a".to_string())]).then_some(())
-    })
-    .await;
+    let _a = baby_a_in_session_sa(&s).await;
     // baby-b reports baby-a's connection id as its own, then starts a session on it.
-    let b = station(c, "baby-b", &s.baby_b, "ka").await;
-    b.publish(
-        &format!("accounts/{ACCOUNT}/baby_stations/baby-b"),
-        start("sb", "ka", 20_000),
-    )
-    .await;
-    wait_metric(
-        c,
-        "cradle_mqtt_messages_dropped_total{family=\"stations\",reason=\"foreign_connection\"}",
-        1,
-    )
-    .await;
+    let _b = baby_b_starts_sb_on_ka(&s, "ka").await;
     // baby-a's session runs on, never `replaced`.
     assert_eq!(
         session_events(c).await,
