@@ -76,7 +76,12 @@ fn connect_as(devices: Option<&[Device]>, prefix: &str, i: usize, keep_alive: u1
     c
 }
 
-async fn open(host: &str, port: u16, connect: &Connect) -> Result<TcpStream, BenchError> {
+/// Connects with `connect` and waits for an accepting CONNACK.
+pub(super) async fn open(
+    host: &str,
+    port: u16,
+    connect: &Connect,
+) -> Result<TcpStream, BenchError> {
     let mut stream = TcpStream::connect((host, port)).await?;
     stream.set_nodelay(true)?;
     let mut buf = BytesMut::new();

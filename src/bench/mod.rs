@@ -12,6 +12,7 @@ pub mod report;
 pub mod signalling;
 pub mod throughput;
 pub mod websocket;
+pub mod wire;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -46,30 +46,55 @@ pub fn markdown(results: &[BenchResult], header: &str) -> String {
                 r.note
             );
         }
-        // Side-by-side ratio where the same parameters ran on Cradle and on Mosquitto.
-        let mut ratios = Vec::new();
-        for c in rows.iter().filter(|r| r.target == "cradle") {
-            if let Some(m) = rows
-                .iter()
-                .find(|r| r.target == "mosquitto" && r.params == c.params)
-            {
-                if m.rate > 0.0 {
-                    ratios.push(format!(
-                        "- {}: Cradle {:.0} vs Mosquitto {:.0} {} = **{:.2}×**",
-                        c.params,
-                        c.rate,
-                        m.rate,
-                        c.unit,
-                        c.rate / m.rate
-                    ));
-                }
-            }
-        }
-        if !ratios.is_empty() {
-            let _ = writeln!(out, "\n{}", ratios.join("\n"));
-        }
+        ratios(&mut out, &rows);
     }
     out
+}
+
+/// Side-by-side ratios where the same parameters ran on Cradle and on Mosquitto: the k-th
+/// Cradle row against the k-th Mosquitto row (rounds alternate between the two), and the
+/// median of the rounds when there are several.
+fn ratios(out: &mut String, rows: &[&BenchResult]) {
+    let mut params: Vec<&str> = Vec::new();
+    for r in rows.iter().filter(|r| r.target == "cradle") {
+        if !params.contains(&r.params.as_str()) {
+            params.push(&r.params);
+        }
+    }
+    let mut lines = Vec::new();
+    for p in params {
+        let of = |target: &str| -> Vec<&BenchResult> {
+            rows.iter()
+                .copied()
+                .filter(|r| r.target == target && r.params == p)
+                .collect()
+        };
+        let (cradle, mosquitto) = (of("cradle"), of("mosquitto"));
+        let mut each: Vec<f64> = Vec::new();
+        for (c, m) in cradle.iter().zip(&mosquitto).filter(|(_, m)| m.rate > 0.0) {
+            each.push(c.rate / m.rate);
+            lines.push(format!(
+                "- {p}: Cradle {:.0} vs Mosquitto {:.0} {} = **{:.2}×**",
+                c.rate,
+                m.rate,
+                c.unit,
+                c.rate / m.rate
+            ));
+        }
+        if each.len() > 1 {
+            let rounds: Vec<String> = each.iter().map(|r| format!("{r:.2}×")).collect();
+            each.sort_by(f64::total_cmp);
+            lines.push(format!(
+                "- {p}: median of {} rounds **{:.2}×** ({})",
+                each.len(),
+                each[each.len() / 2],
+                rounds.join(", ")
+            ));
+        }
+    }
+    if !lines.is_empty() {
+        let _ = writeln!(out, "\n{}", lines.join("\n"));
+    }
 }
 
 #[cfg(test)]
@@ -85,5 +110,31 @@ mod tests {
         let md = markdown(&[c, m], "# Benchmarks");
         assert!(md.contains("### broker-qos0"));
         assert!(md.contains("**3.00×**"), "{md}");
+    }
+
+    #[test]
+    fn alternating_rounds_pair_in_order_and_report_their_median() {
+        let row = |target: &str, rate: f64| {
+            let mut r = BenchResult::new("broker-qos1", target, "10 → 1".into(), "msg/s");
+            r.rate = rate;
+            r
+        };
+        let rows = [
+            row("cradle", 400.0),
+            row("mosquitto", 100.0),
+            row("cradle", 300.0),
+            row("mosquitto", 200.0),
+            row("cradle", 500.0),
+            row("mosquitto", 100.0),
+        ];
+        let md = markdown(&rows, "# Benchmarks");
+        assert!(
+            md.contains("= **4.00×**") && md.contains("= **1.50×**"),
+            "{md}"
+        );
+        assert!(
+            md.contains("median of 3 rounds **4.00×** (4.00×, 1.50×, 5.00×)"),
+            "{md}"
+        );
     }
 }

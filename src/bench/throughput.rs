@@ -1,14 +1,22 @@
 //! Broker path: P publishers → S subscribers on one topic, `payload` bytes, QoS 0 or 1.
 //! `10 → 1` measures ingest; `1 → 100` measures fan-out. Throughput counts deliveries.
+//!
+//! The clients are raw MQTT 3.1.1 sockets framed by [`wire`]: publishers write pre-encoded
+//! PUBLISH frames in batches, subscribers answer QoS 1 with PUBACKs in one write per read,
+//! so on a shared machine the load generator leaves the cores to the broker under test.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use bytes::BytesMut;
+use rumqttc::mqttbytes::v4::Connect;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
 
 use super::{
-    age_micros, broker_addr, proc_stats, run_id, stamped_payload, BenchError, BenchResult,
+    age_micros, broker_addr, proc_stats, run_id, stamped_payload, wire, BenchError, BenchResult,
 };
 
 /// Parameters of a throughput run.
@@ -34,74 +42,162 @@ pub struct Throughput {
     pub max_secs: u64,
 }
 
-fn options(id: String, host: &str, port: u16) -> MqttOptions {
-    let mut o = MqttOptions::new(id, host, port);
-    o.set_keep_alive(Duration::from_secs(30))
-        .set_max_packet_size(1 << 20, 1 << 20)
-        .set_inflight(1000);
-    o
+/// QoS 1 messages a publisher keeps unacknowledged, as rumqttc's `inflight` did before.
+const INFLIGHT: usize = 1000;
+/// PUBLISH frames a publisher writes per `write_all`.
+const BATCH: usize = 64;
+
+/// Counters the subscribers share.
+#[derive(Default)]
+struct Tally {
+    ready: AtomicU64,
+    received: AtomicU64,
+    last_nanos: AtomicU64,
+}
+
+/// Connects as `id` (anonymous, clean session, keep-alive 30 s).
+async fn open(host: &str, port: u16, id: String) -> Result<TcpStream, BenchError> {
+    let mut c = Connect::new(id);
+    c.keep_alive = 30;
+    super::connections::open(host, port, &c).await
+}
+
+/// Subscribes to `topic` and counts deliveries until `stop`, answering QoS 1 with PUBACKs
+/// in one write per read; returns the latency samples.
+async fn subscriber(
+    mut stream: TcpStream,
+    topic: String,
+    qos: u8,
+    tally: Arc<Tally>,
+    stop: Arc<AtomicBool>,
+) -> Result<Vec<u64>, BenchError> {
+    let mut out = BytesMut::new();
+    wire::put_subscribe(&mut out, 1, &topic, qos);
+    stream.write_all(&out).await?;
+    out.clear();
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut samples = Vec::new();
+    while !stop.load(Relaxed) {
+        buf.reserve(16 * 1024);
+        match tokio::time::timeout(Duration::from_millis(200), stream.read_buf(&mut buf)).await {
+            Err(_) => continue,
+            Ok(Ok(0)) => return Err(BenchError::Target("subscriber disconnected".into())),
+            Ok(r) => r?,
+        };
+        let mut n = 0;
+        while let Some(frame) = wire::next_frame(&mut buf)? {
+            match frame.kind() {
+                wire::PUBLISH => {
+                    let (pkid, payload) = frame.publish()?;
+                    if let Some(age) = age_micros(payload) {
+                        samples.push(age);
+                    }
+                    if pkid != 0 {
+                        wire::put_puback(&mut out, pkid);
+                    }
+                    n += 1;
+                }
+                wire::SUBACK => {
+                    tally.ready.fetch_add(1, Relaxed);
+                }
+                _ => {}
+            }
+        }
+        if n > 0 {
+            tally.received.fetch_add(n, Relaxed);
+            tally.last_nanos.store(super::now_nanos(), Relaxed);
+        }
+        if !out.is_empty() {
+            stream.write_all(&out).await?;
+            out.clear();
+        }
+    }
+    let _ = stream.write_all(&[0xe0, 0]).await;
+    Ok(samples)
+}
+
+/// Publishes `count` stamped messages on `topic`, `BATCH` frames per write, with at most
+/// `INFLIGHT` unacknowledged at QoS 1; stops early on `stop`.
+async fn publisher(
+    stream: TcpStream,
+    topic: String,
+    qos: u8,
+    count: u64,
+    size: usize,
+    stop: Arc<AtomicBool>,
+) -> Result<(), BenchError> {
+    let (mut rd, mut wr) = stream.into_split();
+    let window = Arc::new(Semaphore::new(INFLIGHT));
+    let acks = tokio::spawn({
+        let window = window.clone();
+        async move {
+            let mut buf = BytesMut::with_capacity(16 * 1024);
+            while let Ok(n) = rd.read_buf(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                let mut acked = 0;
+                while let Ok(Some(frame)) = wire::next_frame(&mut buf) {
+                    acked += usize::from(frame.kind() == wire::PUBACK);
+                }
+                window.add_permits(acked);
+                buf.reserve(4 * 1024);
+            }
+        }
+    });
+    let mut out = BytesMut::with_capacity(BATCH * (topic.len() + size + 8));
+    let (mut sent, mut pkid) = (0u64, 0u16);
+    let mut payload = stamped_payload(size);
+    while sent < count && !stop.load(Relaxed) {
+        let n = (BATCH as u64).min(count - sent);
+        if qos > 0 {
+            let permits = window
+                .acquire_many(n as u32)
+                .await
+                .map_err(|e| BenchError::Target(e.to_string()))?;
+            permits.forget();
+        }
+        for _ in 0..n {
+            pkid = pkid % u16::MAX + 1;
+            payload[..8].copy_from_slice(&super::now_nanos().to_be_bytes());
+            wire::put_publish(&mut out, &topic, qos, pkid, &payload);
+        }
+        wr.write_all(&out).await?;
+        out.clear();
+        sent += n;
+    }
+    while !stop.load(Relaxed) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = wr.write_all(&[0xe0, 0]).await;
+    acks.abort();
+    Ok(())
 }
 
 /// Runs the scenario.
 pub async fn run(t: Throughput) -> Result<BenchResult, BenchError> {
     let (host, port) = broker_addr(&t.broker)?;
-    let qos = match t.qos {
-        0 => QoS::AtMostOnce,
-        1 => QoS::AtLeastOnce,
-        q => return Err(BenchError::Usage(format!("--qos {q}: 0 or 1"))),
-    };
+    if t.qos > 1 {
+        return Err(BenchError::Usage(format!("--qos {}: 0 or 1", t.qos)));
+    }
     let run = run_id();
     let topic = format!("bench/{run}/t");
     let stop = Arc::new(AtomicBool::new(false));
-    let received = Arc::new(AtomicU64::new(0));
-    let last_nanos = Arc::new(AtomicU64::new(0));
-    let ready = Arc::new(AtomicU64::new(0));
+    let tally = Arc::new(Tally::default());
 
     let mut subs = Vec::new();
     for i in 0..t.subscribers {
-        let (client, mut eventloop) =
-            AsyncClient::new(options(format!("bench-{run}-s{i}"), &host, port), 100);
-        crate::bus::nodelay(&mut eventloop);
-        let (stop, received, last_nanos, ready, topic) = (
-            stop.clone(),
-            received.clone(),
-            last_nanos.clone(),
-            ready.clone(),
+        let stream = open(&host, port, format!("bench-{run}-s{i}")).await?;
+        subs.push(tokio::spawn(subscriber(
+            stream,
             topic.clone(),
-        );
-        subs.push(tokio::spawn(async move {
-            let mut samples = Vec::new();
-            while !stop.load(Relaxed) {
-                let event = match tokio::time::timeout(Duration::from_millis(200), eventloop.poll())
-                    .await
-                {
-                    Ok(e) => e,
-                    Err(_) => continue,
-                };
-                match event {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        let _ = client.subscribe(topic.as_str(), qos).await;
-                    }
-                    Ok(Event::Incoming(Packet::SubAck(_))) => {
-                        ready.fetch_add(1, Relaxed);
-                    }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        if let Some(age) = age_micros(&p.payload) {
-                            samples.push(age);
-                        }
-                        received.fetch_add(1, Relaxed);
-                        last_nanos.store(super::now_nanos(), Relaxed);
-                    }
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-                }
-            }
-            let _ = client.disconnect().await;
-            samples
-        }));
+            t.qos,
+            tally.clone(),
+            stop.clone(),
+        )));
     }
     let subscribed = super::wait_until(Duration::from_secs(20), || {
-        ready.load(Relaxed) as usize == t.subscribers
+        tally.ready.load(Relaxed) as usize == t.subscribers
     })
     .await;
     if !subscribed {
@@ -109,42 +205,31 @@ pub async fn run(t: Throughput) -> Result<BenchResult, BenchError> {
         return Err(BenchError::Target(format!(
             "{}: only {} of {} subscribers ready",
             t.broker,
-            ready.load(Relaxed),
+            tally.ready.load(Relaxed),
             t.subscribers
         )));
+    }
+    let mut streams = Vec::new();
+    for i in 0..t.publishers {
+        streams.push(open(&host, port, format!("bench-{run}-p{i}")).await?);
     }
 
     let before = proc_stats(t.pid);
     let started = Instant::now();
     let start_nanos = super::now_nanos();
     let per = t.messages / t.publishers as u64;
-    let mut pubs = Vec::new();
-    for i in 0..t.publishers {
-        let (client, eventloop) =
-            AsyncClient::new(options(format!("bench-{run}-p{i}"), &host, port), 1000);
-        let pump = super::pump(eventloop, stop.clone());
-        let topic = topic.clone();
-        let size = t.payload;
-        pubs.push(tokio::spawn(async move {
-            for _ in 0..per {
-                if client
-                    .publish(topic.as_str(), qos, false, stamped_payload(size))
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-            }
-            (client, pump)
-        }));
-    }
+    let pubs: Vec<_> = streams
+        .into_iter()
+        .map(|s| {
+            let p = publisher(s, topic.clone(), t.qos, per, t.payload, stop.clone());
+            tokio::spawn(p)
+        })
+        .collect();
     let expected = per * t.publishers as u64 * t.subscribers as u64;
-    super::wait_until(Duration::from_secs(t.max_secs), || {
-        received.load(Relaxed) >= expected
-    })
-    .await;
+    let received = || tally.received.load(Relaxed);
+    super::wait_until(Duration::from_secs(t.max_secs), || received() >= expected).await;
     // Let stragglers of a lossy run arrive before counting.
-    if received.load(Relaxed) < expected {
+    if received() < expected {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let after = proc_stats(t.pid);
@@ -152,17 +237,16 @@ pub async fn run(t: Throughput) -> Result<BenchResult, BenchError> {
     stop.store(true, Relaxed);
     let mut samples = Vec::new();
     for s in subs {
-        samples.extend(s.await.unwrap_or_default());
-    }
-    for p in pubs {
-        if let Ok((client, pump)) = p.await {
-            let _ = client.disconnect().await;
-            let _ = pump.await;
+        if let Ok(Ok(s)) = s.await {
+            samples.extend(s);
         }
     }
+    for p in pubs {
+        let _ = p.await;
+    }
 
-    let count = received.load(Relaxed);
-    let last = last_nanos.load(Relaxed);
+    let count = received();
+    let last = tally.last_nanos.load(Relaxed);
     let seconds = if last > start_nanos {
         (last - start_nanos) as f64 / 1e9
     } else {
