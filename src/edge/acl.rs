@@ -52,7 +52,17 @@ pub fn may_retain(topic: &str) -> bool {
 
 /// Whether `principal` may subscribe to `filter`: only filters that cannot match a topic
 /// outside `accounts/{its account}/` (for an operator: only the status wildcard family).
+/// A shared subscription, `$share/{group}/{filter}`, is judged by its filter; the group
+/// name is one non-empty level without wildcards. The broker keys the group by name and
+/// filter (CRADLE PATCH 16), so a group name common to two accounts shares nothing.
 pub fn may_subscribe(principal: &Principal, filter: &str) -> bool {
+    let filter = match filter.strip_prefix("$share/") {
+        Some(rest) => match rest.split_once('/') {
+            Some((group, inner)) if is_valid_share_name(group) => inner,
+            _ => return false,
+        },
+        None => filter,
+    };
     if !is_valid_filter(filter) {
         return false;
     }
@@ -72,6 +82,10 @@ pub fn may_subscribe(principal: &Principal, filter: &str) -> bool {
                 && levels.next().is_some()
         }
     }
+}
+
+fn is_valid_share_name(group: &str) -> bool {
+    !group.is_empty() && !group.contains(['+', '#', '/'])
 }
 
 /// MQTT filter syntax: `#` only as the whole last level, `+` only as a whole level, no
@@ -137,6 +151,27 @@ mod tests {
     }
 
     #[test]
+    fn a_shared_subscription_is_judged_by_its_filter() {
+        let d = device("a", "c");
+        assert!(may_subscribe(&d, "$share/g/accounts/a/#"));
+        assert!(may_subscribe(
+            &d,
+            "$share/workers/accounts/a/clients/+/status"
+        ));
+        assert!(!may_subscribe(&d, "$share/g/accounts/b/#"));
+        assert!(may_subscribe(
+            &Principal::Operator,
+            "$share/g/accounts/+/clients/+/status"
+        ));
+        assert!(!may_subscribe(
+            &Principal::Operator,
+            "$share/g/accounts/a/#"
+        ));
+        assert!(may_subscribe(&Principal::Open, "$share/g/x/y"));
+        assert!(!may_subscribe(&Principal::Open, "$share/g/$SYS/#"));
+    }
+
+    #[test]
     fn a_device_subscribes_inside_its_account_only() {
         let d = device("a", "c");
         assert!(may_subscribe(&d, "accounts/a/clients/+/status"));
@@ -150,7 +185,11 @@ mod tests {
             "accounts/#",
             "accounts/a",
             "$SYS/#",
-            "$share/g/accounts/a/#",
+            "$share/g/accounts/b/#",
+            "$share/g/#",
+            "$share//accounts/a/#",
+            "$share/g+/accounts/a/#",
+            "$share/g",
             "accounts/a/x#",
             "accounts/a/#/x",
             "",

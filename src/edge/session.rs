@@ -151,6 +151,19 @@ impl Connect {
         }
     }
 
+    /// The MQTT 5 Maximum Packet Size the client accepts (`usize::MAX`: no limit).
+    fn client_max_packet(&self) -> usize {
+        match self {
+            Connect::V4(_) => usize::MAX,
+            Connect::V5(b) => {
+                b.0.properties
+                    .as_ref()
+                    .and_then(|p| p.max_packet_size)
+                    .map_or(usize::MAX, |m| m as usize)
+            }
+        }
+    }
+
     fn login(&self) -> (Option<&str>, Option<&str>) {
         match self {
             Connect::V4(c) => match &c.login {
@@ -697,7 +710,10 @@ impl Conn {
                 Upstream::Embedded(links) => {
                     let clean = connect.clean();
                     let alias_max = connect.topic_alias_max();
-                    let max = shared.settings.max_packet_bytes;
+                    let max = (
+                        shared.settings.max_packet_bytes,
+                        connect.client_max_packet(),
+                    );
                     UpLink::router(links, proto, upstream_id, clean, alias_max, max).await
                 }
                 Upstream::External(endpoint) => {
@@ -729,20 +745,21 @@ impl Conn {
             return None;
         };
         let code = connack_frame.get(h.header_len + 1).copied().unwrap_or(0xff);
-        match (proto, assigned) {
-            (Proto::V5, Some(id)) if code == 0 => {
-                let mut f = connack_frame.clone();
-                match v5::Packet::read(&mut f, None) {
-                    Ok(v5::Packet::ConnAck(mut ack)) => {
-                        ack.properties
-                            .get_or_insert_with(empty_connack_properties)
-                            .assigned_client_identifier = Some(id);
-                        let _ = v5::Packet::ConnAck(ack).write(&mut out, None);
-                    }
-                    _ => out.extend_from_slice(&connack_frame),
+        // An MQTT 5 client learns the edge's own rules from the CONNACK: the Maximum Packet
+        // Size the edge enforces, and the client id it assigned.
+        if proto == Proto::V5 && code == 0 {
+            let mut f = connack_frame.clone();
+            match v5::Packet::read(&mut f, None) {
+                Ok(v5::Packet::ConnAck(mut ack)) => {
+                    let p = ack.properties.get_or_insert_with(empty_connack_properties);
+                    p.max_packet_size = u32::try_from(shared.settings.max_packet_bytes).ok();
+                    p.assigned_client_identifier = assigned;
+                    let _ = v5::Packet::ConnAck(ack).write(&mut out, None);
                 }
+                _ => out.extend_from_slice(&connack_frame),
             }
-            _ => out.extend_from_slice(&connack_frame),
+        } else {
+            out.extend_from_slice(&connack_frame);
         }
         if send(wr, &out).await.is_err() || code != 0 {
             if code != 0 {

@@ -44,6 +44,10 @@ pub struct RouterLink {
     max: usize,
     /// Where the router's notifications are swapped in (kept empty between batches).
     notifications: std::collections::VecDeque<Notification>,
+    /// The client's MQTT 5 Maximum Packet Size (`usize::MAX` when it set none): a delivery
+    /// larger than that is discarded as if sent (MQTT 5 §3.1.2.25), and at QoS 1 the router
+    /// gets the PUBACK the client would have sent.
+    client_max: usize,
     /// The router paused this connection's deliveries (its outgoing window was full): it
     /// resumes them on `Ready`, sent before the next wait for notifications.
     wake: bool,
@@ -104,7 +108,7 @@ impl UpLink {
         client_id: &str,
         clean: bool,
         topic_alias_max: u16,
-        max: usize,
+        (max, client_max): (usize, usize),
     ) -> io::Result<Opened> {
         let (tx, rx, ack) = links
             .connect(client_id, clean, topic_alias_max)
@@ -127,6 +131,7 @@ impl UpLink {
             rx,
             codec,
             max,
+            client_max,
             notifications: std::collections::VecDeque::new(),
             wake: false,
         });
@@ -302,14 +307,23 @@ impl RouterLink {
             // One reservation for the batch instead of doubling from empty.
             let room: usize = self.notifications.iter().map(encoded_room).sum();
             buf.reserve(room);
+            let mut discarded = Vec::new();
             for notification in self.notifications.drain(..) {
                 let packet: Option<Packet> = notification.into();
                 match packet {
                     Some(packet) => {
+                        let at = buf.len();
                         self.codec.write(packet, buf).map_err(broken)?;
+                        if buf.len() - at > self.client_max {
+                            discarded.extend(qos1_pkid(&buf[at..]));
+                            buf.truncate(at);
+                        }
                     }
                     None => self.wake = true,
                 }
+            }
+            if !discarded.is_empty() {
+                self.ack_discarded(discarded).await?;
             }
             // An idle connection keeps no notification slots (the router refills the
             // buffer it gets in exchange from empty).
@@ -320,6 +334,41 @@ impl RouterLink {
                 return Ok(buf.len() - start);
             }
         }
+    }
+}
+
+/// The packet id of an encoded QoS 1 PUBLISH frame (`None` for anything else).
+fn qos1_pkid(frame: &[u8]) -> Option<u16> {
+    let h = codec::header(frame, usize::MAX).ok().flatten()?;
+    if h.kind() != codec::kind::PUBLISH || (h.byte1 >> 1) & 3 != 1 {
+        return None;
+    }
+    let topic = usize::from(u16::from_be_bytes([
+        *frame.get(h.header_len)?,
+        *frame.get(h.header_len + 1)?,
+    ]));
+    let at = h.header_len + 2 + topic;
+    Some(u16::from_be_bytes([*frame.get(at)?, *frame.get(at + 1)?]))
+}
+
+impl RouterLink {
+    /// Completes, towards the router, QoS 1 deliveries discarded for the client's Maximum
+    /// Packet Size, with the PUBACK the client would have sent.
+    async fn ack_discarded(&mut self, pkids: Vec<u16>) -> io::Result<()> {
+        {
+            let mut buffer = self.tx.buffer();
+            for pkid in pkids {
+                let ack = rumqttd::protocol::PubAck {
+                    pkid,
+                    reason: rumqttd::protocol::PubAckReason::Success,
+                };
+                buffer.push_back(Packet::PubAck(ack, None));
+            }
+        }
+        if !self.tx.try_notify().map_err(broken)? {
+            Box::pin(self.tx.notify()).await.map_err(broken)?;
+        }
+        Ok(())
     }
 }
 

@@ -1750,7 +1750,13 @@ fn forward_device_data(
         .into_iter()
         .map(|((mut publish, mut properties), offset)| {
             // CRADLE PATCH 11: the request's QoS is a filter's (0..=2), but no `unwrap()`.
-            publish.qos = protocol::qos(qos).unwrap_or(QoS::AtMostOnce);
+            // CRADLE PATCH 17: delivered at the lower of the published and the granted QoS
+            // (MQTT 3.1.1 and 5 §3.8.4), retained messages included; `push_forwards` gives a
+            // message lowered to QoS 0 no packet id and no inflight slot.
+            let granted = protocol::qos(qos).unwrap_or(QoS::AtMostOnce);
+            if (granted as u8) < (publish.qos as u8) {
+                publish.qos = granted;
+            }
 
             // if there is some topic alias to use, set it in publish properties
             if topic_alias.is_some() {
@@ -1939,10 +1945,14 @@ fn validate_clientid(client_id: &str) -> Result<(), RouterError> {
     Ok(())
 }
 
+/// CRADLE PATCH 16: a shared subscription is its Share Name together with its Topic Filter
+/// (MQTT 5.0 §4.8.2), so the group's key is `{group}/{filter}`: keyed by the name alone,
+/// `$share/g/a` and `$share/g/b` were one group with one cursor, and each subscriber got the
+/// other filter's messages.
 fn extract_group(filter: &str) -> Option<(String, String)> {
     filter.strip_prefix("$share/").and_then(|s| {
         s.split_once('/')
-            .map(|(group, path)| (group.to_string(), path.to_string()))
+            .map(|(group, path)| (format!("{group}/{path}"), path.to_string()))
     })
 }
 // #[cfg(test)]

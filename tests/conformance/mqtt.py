@@ -1,0 +1,403 @@
+#!/usr/bin/env python3
+"""MQTT 3.1.1 and 5 conformance checks against a broker, with Eclipse paho-mqtt 2.x.
+
+    python3 tests/conformance/mqtt.py HOST PORT CHECK [CHECK...]
+
+Each check prints `ok CHECK` or `FAIL CHECK: why` and the exit status is the number of failed
+checks. Topics live under accounts/conf/ so that they pass Cradle's open-mode edge.
+"""
+import sys
+import threading
+import time
+import uuid
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+HOST, PORT = sys.argv[1], int(sys.argv[2])
+V5, V311 = mqtt.MQTTv5, mqtt.MQTTv311
+
+
+class Fail(Exception):
+    pass
+
+
+def topic(name):
+    return f"accounts/conf/clients/{name}-{uuid.uuid4().hex[:8]}/data"
+
+
+class Client:
+    """A paho client with its deliveries, SUBACK codes and CONNACK flags collected."""
+
+    def __init__(self, client_id=None, proto=V5, clean=True, props=None, will=None):
+        self.id = client_id or "c" + uuid.uuid4().hex[:10]
+        self.proto = proto
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.id, protocol=proto,
+                             **({} if proto == V5 else {"clean_session": clean}))
+        self.clean, self.props = clean, props
+        self.messages, self.subacks, self.connack = [], [], None
+        self.cv = threading.Condition()
+        self.c.on_message = self._msg
+        self.c.on_subscribe = self._sub
+        self.c.on_connect = self._conn
+        self.c.on_disconnect = lambda *a: None
+        if will:
+            self.c.will_set(**will)
+
+    def _msg(self, c, u, m):
+        with self.cv:
+            self.messages.append(m)
+            self.cv.notify_all()
+
+    def _sub(self, c, u, mid, codes, props):
+        with self.cv:
+            self.subacks.append([int(x.value) if hasattr(x, "value") else int(x) for x in codes])
+            self.cv.notify_all()
+
+    def _conn(self, c, u, flags, rc, props):
+        with self.cv:
+            self.connack = (flags, rc, props)
+            self.cv.notify_all()
+
+    def connect(self, keepalive=30):
+        kw = {}
+        if self.proto == V5:
+            kw["clean_start"] = self.clean
+            if self.props is not None:
+                kw["properties"] = self.props
+        self.c.connect(HOST, PORT, keepalive, **kw)
+        self.c.loop_start()
+        self.wait(lambda: self.connack is not None, "CONNACK")
+        if self.connack[1] != 0:
+            raise Fail(f"{self.id} refused: {self.connack[1]}")
+        return self
+
+    def wait(self, cond, what, timeout=5.0):
+        with self.cv:
+            if not self.cv.wait_for(cond, timeout):
+                raise Fail(f"{self.id}: no {what} within {timeout} s")
+
+    def subscribe(self, filt, qos=1, options=None, props=None):
+        n = len(self.subacks)
+        if self.proto == V5:
+            self.c.subscribe(filt, options=options or SubscribeOptions(qos=qos), properties=props)
+        else:
+            self.c.subscribe(filt, qos)
+        self.wait(lambda: len(self.subacks) > n, "SUBACK")
+        return self.subacks[-1]
+
+    def publish(self, t, payload, qos=1, retain=False, props=None):
+        info = self.c.publish(t, payload, qos=qos, retain=retain, properties=props)
+        if qos > 0:
+            info.wait_for_publish(5)
+        return info
+
+    def got(self, n=1, timeout=5.0):
+        self.wait(lambda: len(self.messages) >= n, f"{n} message(s)", timeout)
+        return self.messages
+
+    def quiet(self, secs=0.7):
+        time.sleep(secs)
+        return self.messages
+
+    def disconnect(self, props=None):
+        self.c.disconnect(properties=props)
+        self.c.loop_stop()
+
+    def drop(self):
+        """Closes the socket without DISCONNECT (as a lost device)."""
+        self.c.loop_stop()
+        self.c.socket().close()
+
+
+def check(cond, why):
+    if not cond:
+        raise Fail(why)
+
+
+CHECKS = {}
+
+
+def conformance(fn):
+    CHECKS[fn.__name__] = fn
+    return fn
+
+
+def main():
+    failed = 0
+    for name in sys.argv[3:]:
+        try:
+            CHECKS[name]()
+            print(f"ok {name}", flush=True)
+        except Exception as e:  # noqa: BLE001 - every failure is reported by name
+            failed += 1
+            print(f"FAIL {name}: {type(e).__name__}: {e}", flush=True)
+    sys.exit(failed)
+
+
+def props(kind=PacketTypes.PUBLISH, **kw):
+    p = Properties(kind)
+    for k, v in kw.items():
+        setattr(p, k, v)
+    return p
+
+
+@conformance
+def persistent_session_v311():
+    """clean_session=0: subscription kept, QoS 1 queued while offline, session present."""
+    t, cid = topic("persist"), "p" + uuid.uuid4().hex[:10]
+    s = Client(cid, V311, clean=False).connect()
+    s.subscribe(t, 1)
+    s.disconnect()
+    p = Client(proto=V311).connect()
+    for i in range(3):
+        p.publish(t, f"m{i}", qos=1)
+    p.disconnect()
+    s = Client(cid, V311, clean=False).connect()
+    check(s.connack[0].session_present, "session present = 0 for a kept session")
+    got = [m.payload for m in s.got(3)]
+    check(got == [b"m0", b"m1", b"m2"], f"queued messages: {got}")
+    s.disconnect()
+    s = Client(cid, V311, clean=True).connect()
+    check(not s.connack[0].session_present, "clean session reported a present session")
+    s.disconnect()
+
+
+@conformance
+def session_expiry_v5():
+    """Session Expiry Interval: kept within it, gone after it."""
+    t, cid = topic("expiry"), "e" + uuid.uuid4().hex[:10]
+    s = Client(cid, V5, clean=True, props=props(PacketTypes.CONNECT, SessionExpiryInterval=60)).connect()
+    s.subscribe(t, 1)
+    s.disconnect()
+    p = Client().connect()
+    p.publish(t, b"while-away", qos=1)
+    s = Client(cid, V5, clean=False, props=props(PacketTypes.CONNECT, SessionExpiryInterval=60)).connect()
+    check(s.connack[0].session_present, "session present = 0 within the expiry")
+    check([m.payload for m in s.got(1)] == [b"while-away"], "queued message not delivered")
+    s.disconnect(props(PacketTypes.DISCONNECT, SessionExpiryInterval=0))
+    s = Client(cid, V5, clean=False).connect()
+    check(not s.connack[0].session_present, "session kept after expiry 0 at DISCONNECT")
+    s.disconnect()
+
+
+@conformance
+def retained_qos_is_min_of_publish_and_grant():
+    t = topic("retqos")
+    p = Client().connect()
+    p.publish(t, b"r0", qos=0, retain=True)
+    time.sleep(0.3)
+    s = Client().connect()
+    s.subscribe(t, 1)
+    m = s.got(1)[0]
+    check(m.retain and m.qos == 0, f"retained QoS {m.qos}, retain {m.retain}: want 0, True")
+    s2 = Client(proto=V311).connect()
+    p.publish(t, b"r1", qos=1, retain=True)
+    time.sleep(0.3)
+    s2.subscribe(t, 0)
+    m = s2.got(1)[0]
+    check(m.qos == 0 and m.payload == b"r1", f"granted 0, got QoS {m.qos}")
+    p.publish(t, b"", qos=1, retain=True)
+
+
+@conformance
+def publish_properties_pass_through():
+    t = topic("props")
+    s = Client().connect()
+    s.subscribe(t, 1)
+    p = Client().connect()
+    pp = props(PayloadFormatIndicator=1, ContentType="application/json",
+               ResponseTopic=t + "/reply", CorrelationData=b"\x01\x02",
+               UserProperty=[("k", "v"), ("k", "w")])
+    p.publish(t, b'{"a":1}', qos=1, props=pp)
+    m = s.got(1)[0]
+    got = m.properties
+    check(getattr(got, "PayloadFormatIndicator", None) == 1, f"payload format: {got}")
+    check(getattr(got, "ContentType", None) == "application/json", f"content type: {got}")
+    check(getattr(got, "ResponseTopic", None) == t + "/reply", f"response topic: {got}")
+    check(getattr(got, "CorrelationData", None) == b"\x01\x02", f"correlation data: {got}")
+    check(getattr(got, "UserProperty", None) == [("k", "v"), ("k", "w")], f"user properties: {got}")
+
+
+@conformance
+def will_keeps_its_v5_properties():
+    t = topic("will")
+    s = Client().connect()
+    s.subscribe(t, 1)
+    wp = props(PacketTypes.WILLMESSAGE, ContentType="text/plain", PayloadFormatIndicator=1,
+               UserProperty=[("why", "test")])
+    d = Client(will={"topic": t, "payload": b"gone", "qos": 1, "properties": wp}).connect()
+    time.sleep(0.2)
+    d.drop()
+    m = s.got(1)[0]
+    check(m.payload == b"gone", f"will payload {m.payload}")
+    got = m.properties
+    check(getattr(got, "ContentType", None) == "text/plain", f"will content type: {got}")
+    check(getattr(got, "UserProperty", None) == [("why", "test")], f"will user props: {got}")
+    check(getattr(got, "PayloadFormatIndicator", None) == 1, f"will payload format: {got}")
+
+
+@conformance
+def will_delay_interval():
+    t = topic("willdelay")
+    s = Client().connect()
+    s.subscribe(t, 1)
+    cid = "w" + uuid.uuid4().hex[:10]
+    wp = props(PacketTypes.WILLMESSAGE, WillDelayInterval=2)
+    cp = props(PacketTypes.CONNECT, SessionExpiryInterval=10)
+    d = Client(cid, props=cp, will={"topic": t, "payload": b"late", "qos": 1, "properties": wp}).connect()
+    time.sleep(0.2)
+    d.drop()
+    check(s.quiet(1.0) == [], "will published before its delay")
+    d = Client(cid, clean=False, props=cp).connect()  # reconnect within the delay cancels it
+    check(s.quiet(2.0) == [], "will published although the client reconnected")
+    d.disconnect()
+    d = Client(cid, props=cp, will={"topic": t, "payload": b"late", "qos": 1, "properties": wp}).connect()
+    time.sleep(0.2)
+    d.drop()
+    check([m.payload for m in s.got(1, timeout=5)] == [b"late"], "will not published after delay")
+
+
+@conformance
+def no_local():
+    t = topic("nolocal")
+    c = Client().connect()
+    c.subscribe(t, options=SubscribeOptions(qos=1, noLocal=True))
+    c.publish(t, b"mine", qos=1)
+    check(c.quiet() == [], "No Local: own message delivered")
+
+
+@conformance
+def retain_as_published_and_handling():
+    t = topic("rap")
+    p = Client().connect()
+    p.publish(t, b"old", qos=1, retain=True)
+    time.sleep(0.3)
+    a = Client().connect()
+    a.subscribe(t, options=SubscribeOptions(qos=1, retainAsPublished=True))
+    check(a.got(1)[0].retain, "retained on subscribe without retain flag")
+    p.publish(t, b"live", qos=1, retain=True)
+    m = a.got(2)[1]
+    check(m.retain, "Retain As Published: live retained message lost its flag")
+    b = Client().connect()
+    b.subscribe(t, options=SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND))
+    check(b.quiet() == [], "Retain Handling 2: retained message sent")
+    c = Client().connect()
+    c.subscribe(t, options=SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB))
+    c.got(1)
+    c.subscribe(t, options=SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB))
+    check(len(c.quiet()) == 1, "Retain Handling 1: retained message resent on an existing subscription")
+    p.publish(t, b"", qos=1, retain=True)
+
+
+@conformance
+def message_expiry():
+    t, cid = topic("msgexp"), "x" + uuid.uuid4().hex[:10]
+    cp = props(PacketTypes.CONNECT, SessionExpiryInterval=60)
+    s = Client(cid, props=cp).connect()
+    s.subscribe(t, 1)
+    s.disconnect()
+    p = Client().connect()
+    p.publish(t, b"short", qos=1, props=props(MessageExpiryInterval=1))
+    p.publish(t, b"long", qos=1, props=props(MessageExpiryInterval=60))
+    time.sleep(2.2)
+    s = Client(cid, clean=False, props=cp).connect()
+    got = s.got(1)
+    time.sleep(0.5)
+    check([m.payload for m in got] == [b"long"], f"expired message delivered: {[m.payload for m in got]}")
+    left = getattr(got[0].properties, "MessageExpiryInterval", None)
+    check(left is not None and left <= 58, f"expiry not lowered by the time waited: {left}")
+
+
+@conformance
+def subscription_identifiers():
+    t = topic("subid")
+    s = Client().connect()
+    s.subscribe(t, 1, props=props(PacketTypes.SUBSCRIBE, SubscriptionIdentifier=42))
+    Client().connect().publish(t, b"x", qos=1)
+    got = getattr(s.got(1)[0].properties, "SubscriptionIdentifier", None)
+    check(got == [42], f"subscription identifier {got}")
+
+
+@conformance
+def client_topic_alias():
+    t = topic("alias")
+    s = Client().connect()
+    s.subscribe(t, 1)
+    p = Client().connect()
+    p.publish(t, b"first", qos=1, props=props(TopicAlias=1))
+    p.publish("", b"second", qos=1, props=props(TopicAlias=1))
+    got = s.got(2)
+    check([(m.topic, m.payload) for m in got] == [(t, b"first"), (t, b"second")], f"aliased: {got}")
+
+
+@conformance
+def server_keep_alive_and_receive_maximum():
+    c = Client().connect(keepalive=0)
+    p = c.connack[2]
+    check(c.connack[1] == 0, "keep-alive 0 refused")
+    rm = getattr(p, "ReceiveMaximum", 65535)
+    check(1 <= rm <= 65535, f"receive maximum {rm}")
+    c.disconnect()
+
+
+@conformance
+def receive_maximum_2_loses_nothing():
+    """A client that accepts 2 QoS 1 messages in flight still gets all 10, in order."""
+    t = topic("recvmax")
+    s = Client(props=props(PacketTypes.CONNECT, ReceiveMaximum=2)).connect()
+    s.subscribe(t, 1)
+    p = Client().connect()
+    for i in range(10):
+        p.publish(t, f"{i}".encode(), qos=1)
+    got = [m.payload for m in s.got(10)]
+    check(got == [f"{i}".encode() for i in range(10)], f"got {got}")
+
+
+@conformance
+def maximum_packet_size_to_client():
+    t = topic("maxpkt")
+    s = Client(props=props(PacketTypes.CONNECT, MaximumPacketSize=256)).connect()
+    s.subscribe(t, 1)
+    p = Client().connect()
+    p.publish(t, b"x" * 1024, qos=1)
+    p.publish(t, b"small", qos=1)
+    got = s.got(1)
+    time.sleep(0.3)
+    check([m.payload for m in got] == [b"small"], "packet over the client's Maximum Packet Size sent")
+
+
+@conformance
+def maximum_packet_size_from_server():
+    c = Client().connect()
+    mps = getattr(c.connack[2], "MaximumPacketSize", None)
+    check(mps is not None and mps > 0, f"CONNACK Maximum Packet Size {mps}")
+
+
+@conformance
+def shared_subscription_v5():
+    t = topic("share")
+    a, b = Client().connect(), Client().connect()
+    ca = a.subscribe(f"$share/g/{t}", 1)
+    cb = b.subscribe(f"$share/g/{t}", 1)
+    check(ca[0] <= 2 and cb[0] <= 2, f"SUBACK {ca} {cb}")
+    p = Client().connect()
+    for i in range(10):
+        p.publish(t, f"{i}".encode(), qos=1)
+    time.sleep(1.0)
+    n = len(a.messages) + len(b.messages)
+    check(n == 10, f"shared group got {n} of 10")
+
+
+@conformance
+def shared_subscription_suback_v311():
+    t = topic("share311")
+    a = Client(proto=V311).connect()
+    code = a.subscribe(f"$share/g/{t}", 1)
+    check(code[0] in (0, 1, 2, 0x80), f"SUBACK code {code} is not a 3.1.1 code")
+
+
+if __name__ == "__main__":
+    main()
