@@ -55,72 +55,69 @@ async fn cradle() -> (tempfile::TempDir, Cradle) {
     (dir, cradle)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_311_persistent_session_keeps_subscriptions_and_queues_qos1_while_away() {
+/// Runs paho `checks` against a fresh Cradle in open mode, on the listener `port` picks.
+async fn holds(port: fn(&Cradle) -> u16, checks: &[&str]) {
     if !paho_available() {
         return;
     }
     let (_dir, cradle) = cradle().await;
+    paho(port(&cradle), checks);
+}
+
+fn tcp(c: &Cradle) -> u16 {
+    c.mqtt_port
+}
+
+fn tcp_v5(c: &Cradle) -> u16 {
+    c.v5_port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_311_persistent_session_keeps_subscriptions_and_queues_qos1_while_away() {
     // Both edge listeners serve both protocols.
-    paho(cradle.mqtt_port, &["persistent_session_v311"]);
-    paho(cradle.v5_port, &["persistent_session_v311"]);
+    holds(tcp, &["persistent_session_v311"]).await;
+    holds(tcp_v5, &["persistent_session_v311"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retained_messages_arrive_at_the_lower_of_published_and_granted_qos() {
-    if !paho_available() {
-        return;
-    }
-    let (_dir, cradle) = cradle().await;
-    paho(
-        cradle.mqtt_port,
-        &["retained_qos_is_min_of_publish_and_grant"],
-    );
+    holds(tcp, &["retained_qos_is_min_of_publish_and_grant"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt5_publish_properties_subscription_ids_and_client_topic_aliases_hold() {
-    if !paho_available() {
-        return;
-    }
-    let (_dir, cradle) = cradle().await;
-    paho(
-        cradle.v5_port,
+    holds(
+        tcp_v5,
         &[
             "publish_properties_pass_through",
             "subscription_identifiers",
             "client_topic_alias",
         ],
-    );
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt5_maximum_packet_size_holds_both_ways_and_keep_alive_0_is_accepted() {
-    if !paho_available() {
-        return;
-    }
-    let (_dir, cradle) = cradle().await;
-    paho(
-        cradle.mqtt_port,
+    holds(
+        tcp,
         &[
             "maximum_packet_size_from_server",
             "maximum_packet_size_to_client",
-            "server_keep_alive_and_receive_maximum",
+            "keep_alive_0_is_accepted",
             "receive_maximum_2_loses_nothing",
         ],
-    );
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_subscriptions_split_a_stream_and_a_311_client_gets_a_311_suback() {
-    if !paho_available() {
-        return;
-    }
-    let (_dir, cradle) = cradle().await;
-    paho(
-        cradle.mqtt_port,
+    holds(
+        tcp,
         &["shared_subscription_v5", "shared_subscription_suback_v311"],
-    );
+    )
+    .await;
 }
 
 /// `mosquitto_sub -c` (clean session off) is away while `mosquitto_pub` publishes at QoS 1;

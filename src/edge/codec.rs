@@ -330,6 +330,25 @@ pub mod reason {
     pub const DISCONNECT_WITH_WILL: u8 = 0x04;
 }
 
+/// Appends an MQTT variable byte integer (a remaining length); over 268,435,455 is
+/// `TooLarge`.
+pub fn put_varint(out: &mut BytesMut, mut n: usize) -> Result<(), FrameError> {
+    if n > 268_435_455 {
+        return Err(FrameError::TooLarge);
+    }
+    loop {
+        let mut byte = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
+            byte |= 0x80;
+        }
+        out.put_u8(byte);
+        if n == 0 {
+            return Ok(());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

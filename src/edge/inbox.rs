@@ -120,32 +120,15 @@ pub fn rebuild_publish(
         rest.put_u16(pkid);
     }
     if proto == Proto::V5 {
-        put_varint(&mut rest, props.len())?;
+        super::codec::put_varint(&mut rest, props.len())?;
         rest.put_slice(&props);
     }
     rest.put_slice(payload);
     let mut out = BytesMut::with_capacity(rest.len() + 5);
     out.put_u8(h.byte1);
-    put_varint(&mut out, rest.len())?;
+    super::codec::put_varint(&mut out, rest.len())?;
     out.put_slice(&rest);
     Ok(out)
-}
-
-fn put_varint(out: &mut BytesMut, mut n: usize) -> Result<(), FrameError> {
-    if n > 268_435_455 {
-        return Err(FrameError::TooLarge);
-    }
-    loop {
-        let mut byte = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            byte |= 0x80;
-        }
-        out.put_u8(byte);
-        if n == 0 {
-            return Ok(());
-        }
-    }
 }
 
 #[cfg(test)]

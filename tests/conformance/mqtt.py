@@ -334,7 +334,7 @@ def client_topic_alias():
 
 
 @conformance
-def server_keep_alive_and_receive_maximum():
+def keep_alive_0_is_accepted():
     c = Client().connect(keepalive=0)
     p = c.connack[2]
     check(c.connack[1] == 0, "keep-alive 0 refused")
