@@ -52,8 +52,12 @@ const UPSTREAM_PING: Duration = Duration::from_secs(20);
 /// How a connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
-    /// DISCONNECT from the client; MQTT 5 reason 0x04 asks for the Will anyway.
-    Disconnect { will_fires: bool },
+    /// DISCONNECT from the client; MQTT 5 reason 0x04 asks for the Will anyway, and an MQTT 5
+    /// Session Expiry Interval replaces the CONNECT's.
+    Disconnect {
+        will_fires: bool,
+        session_expiry: Option<u32>,
+    },
     /// The socket closed or failed without a DISCONNECT.
     Lost,
     /// Nothing from the client within 1.5 × its keep-alive.
@@ -83,7 +87,13 @@ impl End {
     }
 
     fn will_fires(self) -> bool {
-        !matches!(self, End::Disconnect { will_fires: false })
+        !matches!(
+            self,
+            End::Disconnect {
+                will_fires: false,
+                ..
+            }
+        )
     }
 
     /// The MQTT 5 DISCONNECT reason the edge sends the client, if it closes the connection.
@@ -148,6 +158,20 @@ impl Connect {
                     .and_then(|p| p.topic_alias_max)
                     .unwrap_or(0)
             }
+        }
+    }
+
+    /// The MQTT 5 Session Expiry Interval (absent: 0); `None` for MQTT 3.1.1, whose session
+    /// outlives the connection when clean session is off.
+    fn session_expiry(&self) -> Option<u32> {
+        match self {
+            Connect::V4(_) => None,
+            Connect::V5(b) => Some(
+                b.0.properties
+                    .as_ref()
+                    .and_then(|p| p.session_expiry_interval)
+                    .unwrap_or(0),
+            ),
         }
     }
 
@@ -708,7 +732,7 @@ impl Conn {
         let opened = async {
             match &shared.upstream {
                 Upstream::Embedded(links) => {
-                    let clean = connect.clean();
+                    let clean = (connect.clean(), connect.session_expiry());
                     let alias_max = connect.topic_alias_max();
                     let max = (
                         shared.settings.max_packet_bytes,
@@ -942,8 +966,12 @@ where
         let _ = tokio::time::timeout(Duration::from_secs(1), wr.shutdown()).await;
         // The link ends before the claim is released: the broker processes this connection's
         // end before a newer connection of the same client id (see `UpLink::close`).
+        let session_expiry = match end {
+            End::Disconnect { session_expiry, .. } => session_expiry,
+            _ => None,
+        };
         self.up
-            .close(proto, matches!(end, End::UpstreamClosed))
+            .close(proto, matches!(end, End::UpstreamClosed), session_expiry)
             .await;
 
         let reason = end.reason();
@@ -970,6 +998,15 @@ impl Conn {
     fn take_publish_tokens(&mut self) -> Option<Duration> {
         let n = std::mem::take(&mut self.publishes);
         self.bucket.take(n)
+    }
+}
+
+/// The Session Expiry Interval an MQTT 5 DISCONNECT carries, if any.
+fn disconnect_session_expiry(frame: BytesMut) -> Option<u32> {
+    let mut frame = frame;
+    match v5::Packet::read(&mut frame, None) {
+        Ok(v5::Packet::Disconnect(d)) => d.properties.and_then(|p| p.session_expiry_interval),
+        _ => None,
     }
 }
 
@@ -1045,7 +1082,14 @@ impl Conn {
                 kind::DISCONNECT => {
                     let will_fires = self.proto == Proto::V5
                         && codec::disconnect_reason(&frame, &h) == reason::DISCONNECT_WITH_WILL;
-                    return Ok(Some(End::Disconnect { will_fires }));
+                    let session_expiry = match self.proto {
+                        Proto::V5 => disconnect_session_expiry(frame),
+                        Proto::V4 => None,
+                    };
+                    return Ok(Some(End::Disconnect {
+                        will_fires,
+                        session_expiry,
+                    }));
                 }
                 kind::PUBREL => {
                     let pkid = codec::packet_id(&frame, &h).map_err(End::from_frame_error)?;

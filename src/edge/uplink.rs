@@ -106,12 +106,12 @@ impl UpLink {
         links: &RouterLinks,
         proto: Proto,
         client_id: &str,
-        clean: bool,
+        (clean, session_expiry): (bool, Option<u32>),
         topic_alias_max: u16,
         (max, client_max): (usize, usize),
     ) -> io::Result<Opened> {
         let (tx, rx, ack) = links
-            .connect(client_id, clean, topic_alias_max)
+            .connect(client_id, clean, session_expiry, topic_alias_max)
             .await
             .map_err(broken)?;
         let codec = match proto {
@@ -210,11 +210,12 @@ impl UpLink {
     /// itself (it holds the client's Will, which the edge publishes itself), and the edge
     /// waits until it closed its side; the router is told the connection is gone, which
     /// it processes before any later connection of the same client id (one channel, in
-    /// order).
-    pub async fn close(self, proto: Proto, broker_closed: bool) {
+    /// order). `session_expiry` is what the client's MQTT 5 DISCONNECT set (an external
+    /// broker got the client's CONNECT and keeps its interval).
+    pub async fn close(self, proto: Proto, broker_closed: bool, session_expiry: Option<u32>) {
         match self {
             UpLink::Router(r) => {
-                let _ = Box::pin(r.rx.disconnect()).await;
+                let _ = Box::pin(r.rx.disconnect_with_expiry(session_expiry)).await;
             }
             UpLink::Socket(mut s) => {
                 if !broker_closed {

@@ -49,6 +49,8 @@ pub struct LinkBuilder<'a> {
     dynamic_filters: bool,
     // default to 0, indicating to not use topic alias
     topic_alias_max: u16,
+    // CRADLE PATCH 18: MQTT 5 Session Expiry Interval (`None`: MQTT 3.1.1 semantics)
+    session_expiry: Option<u32>,
 }
 
 impl<'a> LinkBuilder<'a> {
@@ -62,6 +64,7 @@ impl<'a> LinkBuilder<'a> {
             last_will_properties: None,
             dynamic_filters: false,
             topic_alias_max: 0,
+            session_expiry: None,
         }
     }
 
@@ -85,6 +88,13 @@ impl<'a> LinkBuilder<'a> {
 
     pub fn topic_alias_max(mut self, max: u16) -> Self {
         self.topic_alias_max = max;
+        self
+    }
+
+    /// CRADLE PATCH 18: the MQTT 5 Session Expiry Interval of the CONNECT (`None` for an
+    /// MQTT 3.1.1 connection: its session persists when clean session is off).
+    pub fn session_expiry(mut self, secs: Option<u32>) -> Self {
+        self.session_expiry = secs;
         self
     }
 
@@ -135,6 +145,7 @@ impl<'a> LinkBuilder<'a> {
             self.dynamic_filters,
         );
 
+        connection.session_expiry = self.session_expiry;
         connection
             .last_will(self.last_will, self.last_will_properties)
             .topic_alias_max(self.topic_alias_max);
@@ -214,14 +225,17 @@ impl RouterLinks {
 
     /// Registers a connection with the router, as a CONNECT without a Will would; returns
     /// its two ends and the router's CONNACK.
+    /// `session_expiry` is the MQTT 5 Session Expiry Interval (`None`: MQTT 3.1.1).
     pub async fn connect(
         &self,
         client_id: &str,
         clean_session: bool,
+        session_expiry: Option<u32>,
         topic_alias_max: u16,
     ) -> Result<(LinkTx, LinkRx, Notification), LinkError> {
         LinkBuilder::new(client_id, self.router_tx.clone())
             .clean_session(clean_session)
+            .session_expiry(session_expiry)
             .dynamic_filters(self.dynamic_filters)
             .topic_alias_max(topic_alias_max)
             .build_async()
@@ -518,6 +532,17 @@ impl LinkRx {
     /// CRADLE PATCH 13: tells the router this connection is gone (what the network link
     /// does when its socket closes), unless the router already let go of it: its
     /// connection id may then belong to a newer connection.
+    /// CRADLE PATCH 18: [`LinkRx::disconnect`] after the client's MQTT 5 DISCONNECT set a
+    /// new Session Expiry Interval (the router takes both in order, for this connection).
+    pub async fn disconnect_with_expiry(&self, secs: Option<u32>) -> Result<(), LinkError> {
+        if let (Some(secs), false) = (secs, self.is_closed()) {
+            self.router_tx
+                .send_async((self.connection_id, Event::SessionExpiry(secs)))
+                .await?;
+        }
+        self.disconnect().await
+    }
+
     pub async fn disconnect(&self) -> Result<(), LinkError> {
         if !self.is_closed() {
             self.router_tx

@@ -19,6 +19,10 @@ pub struct Connection {
     pub dynamic_filters: bool,
     /// Clean session
     pub clean: bool,
+    /// CRADLE PATCH 18: the MQTT 5 Session Expiry Interval in seconds (`None`: an MQTT 3.1.1
+    /// connection, whose session outlives it when `clean` is false). The last one the client
+    /// gave, at CONNECT or at DISCONNECT.
+    pub session_expiry: Option<u32>,
     /// Subscriptions
     pub subscriptions: HashSet<Filter>,
     /// Last will of this connection
@@ -59,6 +63,7 @@ impl Connection {
             tenant_prefix,
             dynamic_filters,
             clean,
+            session_expiry: None,
             subscriptions: HashSet::default(),
             last_will: None,
             last_will_properties: None,
@@ -75,6 +80,26 @@ impl Connection {
             self.broker_topic_aliases = Some(BrokerAliases::new(max));
         }
         self
+    }
+
+    /// CRADLE PATCH 18: whether the session outlives the connection (MQTT 3.1.1: clean
+    /// session off; MQTT 5: a Session Expiry Interval above 0).
+    pub fn persists(&self) -> bool {
+        match self.session_expiry {
+            None => !self.clean,
+            Some(secs) => secs > 0,
+        }
+    }
+
+    /// CRADLE PATCH 18: when a session saved now expires (`None`: never; MQTT 5's
+    /// 0xFFFFFFFF, and MQTT 3.1.1 sessions).
+    pub fn session_deadline(&self) -> Option<std::time::Instant> {
+        match self.session_expiry {
+            Some(secs) if secs != u32::MAX => {
+                Some(std::time::Instant::now() + std::time::Duration::from_secs(u64::from(secs)))
+            }
+            _ => None,
+        }
     }
 
     pub fn last_will(

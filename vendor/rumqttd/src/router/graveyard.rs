@@ -1,4 +1,5 @@
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::Instant;
 
 use super::{
     scheduler::{PauseReason, Tracker},
@@ -7,19 +8,39 @@ use super::{
 
 pub struct Graveyard {
     connections: HashMap<String, SavedState>,
+    /// CRADLE PATCH 18: saves since expired sessions were last swept out.
+    saves: usize,
 }
 
 impl Graveyard {
     pub fn new() -> Graveyard {
         Graveyard {
             connections: HashMap::new(),
+            saves: 0,
         }
     }
 
     /// Add a new connection.
     /// Return tracker of previous connection if connection id already exists
+    /// CRADLE PATCH 18: an expired session is not handed back (its metrics are).
     pub fn retrieve(&mut self, id: &str) -> Option<SavedState> {
-        self.connections.remove(id)
+        let mut saved = self.connections.remove(id)?;
+        if saved.expired(Instant::now()) {
+            saved.session_state = None;
+        }
+        Some(saved)
+    }
+
+    /// CRADLE PATCH 18: drops expired sessions every 1,024 saves, so that sessions nobody
+    /// comes back for do not pile up.
+    fn sweep(&mut self) {
+        self.saves += 1;
+        if self.saves < 1024 {
+            return;
+        }
+        self.saves = 0;
+        let now = Instant::now();
+        self.connections.retain(|_, s| !s.expired(now));
     }
 
     /// Save connection tracker
@@ -29,7 +50,9 @@ impl Graveyard {
         subscriptions: HashSet<String>,
         metrics: ConnectionEvents,
         unacked_pubrels: VecDeque<u16>,
+        expires: Option<Instant>,
     ) {
+        self.sweep();
         tracker.pause(PauseReason::Busy);
         let id = tracker.id.clone();
 
@@ -44,17 +67,20 @@ impl Graveyard {
             SavedState {
                 session_state: Some(session_state),
                 metrics,
+                expires,
             },
         );
     }
 
     /// Save only metrics for connection
     pub fn save_metrics(&mut self, id: String, metrics: ConnectionEvents) {
+        self.sweep();
         self.connections.insert(
             id,
             SavedState {
                 session_state: None,
                 metrics,
+                expires: None,
             },
         );
     }
@@ -64,6 +90,14 @@ impl Graveyard {
 pub struct SavedState {
     pub session_state: Option<SessionState>,
     pub metrics: ConnectionEvents,
+    /// CRADLE PATCH 18: when the session expires (`None`: never).
+    pub expires: Option<Instant>,
+}
+
+impl SavedState {
+    fn expired(&self, now: Instant) -> bool {
+        self.expires.is_some_and(|at| at <= now)
+    }
 }
 
 #[derive(Debug)]

@@ -55,6 +55,9 @@ pub enum Event {
     DeviceData,
     /// Disconnection request
     Disconnect,
+    /// CRADLE PATCH 18: the Session Expiry Interval a client's MQTT 5 DISCONNECT set, sent
+    /// right before its `Disconnect`.
+    SessionExpiry(u32),
     /// Shadow
     Shadow(ShadowRequest),
     /// Collect and send alerts to all alerts links

@@ -350,6 +350,15 @@ impl Router {
             Event::NewAlert(tx) => self.handle_new_alert(tx),
             Event::DeviceData => self.handle_device_payload(id),
             Event::Disconnect => self.handle_disconnection(id, None),
+            // CRADLE PATCH 18: a DISCONNECT may lower the interval, or raise it from a
+            // non-zero one (MQTT 5 §3.14.2.2.2: not from 0).
+            Event::SessionExpiry(secs) => {
+                if let Some(c) = self.connections.get_mut(id) {
+                    if c.session_expiry.is_some_and(|s| s > 0) {
+                        c.session_expiry = Some(secs);
+                    }
+                }
+            }
             Event::Ready => self.scheduler.reschedule(id, ScheduleReason::Ready),
             // CRADLE PATCH 11: `self.obufs[id]` panicked for a connection that is gone.
             Event::Shadow(request) => {
@@ -638,7 +647,9 @@ impl Router {
         }
 
         // Save state for persistent sessions
-        if !connection.clean {
+        // CRADLE PATCH 18: MQTT 5 sessions persist by their Session Expiry Interval.
+        let deadline = connection.session_deadline();
+        if connection.persists() {
             // Add inflight data requests back to tracker
             inflight_data_requests
                 .into_iter()
@@ -666,6 +677,7 @@ impl Router {
                 connection.subscriptions,
                 connection.events,
                 outgoing.unacked_pubrels,
+                deadline,
             );
         } else {
             tracker.pause(PauseReason::Busy);
