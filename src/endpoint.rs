@@ -173,6 +173,20 @@ impl Endpoint {
         options
     }
 
+    /// [`Endpoint::options`] for an MQTT 5 client.
+    pub fn options_v5(&self, client_id: &str) -> rumqttc::v5::MqttOptions {
+        let mut options = rumqttc::v5::MqttOptions::new(client_id, self.host.clone(), self.port);
+        if let Some((user, password)) = &self.login {
+            options.set_credentials(user.clone(), password.clone());
+        }
+        if let Some(tls) = &self.tls {
+            options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                tls.clone(),
+            )));
+        }
+        options
+    }
+
     /// Opens one byte stream to the broker (TCP, or TLS over TCP) for a relayed connection.
     pub async fn open(&self) -> std::io::Result<(UpRead, UpWrite)> {
         let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port)).await?;

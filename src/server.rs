@@ -128,7 +128,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
 
     let embedded = config.broker.mode == BrokerMode::Embedded;
-    let (endpoint, upstream) = match config.broker.mode {
+    // The edge's publisher speaks MQTT 5 (a Will keeps its properties): the embedded
+    // broker's MQTT 5 listener, or the external broker's one listener.
+    let (endpoint, v5_endpoint, upstream) = match config.broker.mode {
         BrokerMode::Embedded => {
             // The embedded broker starts empty: whoever the store still shows connected lost
             // that connection when the previous process ended (a crash, or a shutdown that
@@ -145,6 +147,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             tracing::info!(v4 = %broker.v4, v5 = %broker.v5, "embedded MQTT broker listening on loopback");
             (
                 Endpoint::embedded(broker.v4),
+                Endpoint::embedded(broker.v5),
                 edge::Upstream::Embedded(broker.links.clone()),
             )
         }
@@ -153,7 +156,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             let url = config.broker.url.as_deref().unwrap_or_default();
             let endpoint = Endpoint::external(url, config.broker.ca_file.as_deref())?;
             tracing::info!(broker = %endpoint, share_group = %config.broker.share_group, "using the external MQTT broker");
-            (endpoint.clone(), edge::Upstream::External(endpoint))
+            (
+                endpoint.clone(),
+                endpoint.clone(),
+                edge::Upstream::External(endpoint),
+            )
         }
     };
     let mut bus_config = config.bus.clone();
@@ -216,7 +223,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     tracing::info!(broker = %endpoint, "bus subscribed");
 
     let publisher = Publisher::start(
-        &endpoint,
+        &v5_endpoint,
         &format!("{}-edge", bus_config.client_id),
         config.mqtt.max_packet_bytes,
     );

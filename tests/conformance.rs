@@ -214,3 +214,8 @@ async fn mosquitto_sub_gets_a_retained_qos0_message_at_qos0() {
 async fn mqtt5_session_expiry_keeps_a_session_within_it_and_message_expiry_drops_stale_ones() {
     holds(tcp_v5, &["session_expiry_v5", "message_expiry"]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtt5_will_keeps_its_properties() {
+    holds(tcp_v5, &["will_keeps_its_v5_properties"]).await;
+}

@@ -15,6 +15,7 @@
 //! can never record a second end; this module makes sure there is always a first one.
 
 use bytes::Bytes;
+use rumqttc::v5::mqttbytes::v5::PublishProperties;
 
 use crate::domain::connection::DisconnectReason;
 use crate::topics::{parse_status_topic, StatusPayload};
@@ -30,6 +31,8 @@ pub struct Publication {
     pub qos: u8,
     /// Retain flag.
     pub retain: bool,
+    /// MQTT 5 properties (a Will's), passed on untouched.
+    pub properties: Option<Box<PublishProperties>>,
 }
 
 /// A Will as the client gave it at CONNECT.
@@ -43,6 +46,10 @@ pub struct Will {
     pub qos: u8,
     /// Retain flag.
     pub retain: bool,
+    /// Its MQTT 5 properties as a PUBLISH carries them (the Will Delay Interval aside).
+    pub properties: Option<Box<PublishProperties>>,
+    /// MQTT 5 Will Delay Interval, seconds (0: at once).
+    pub delay_secs: u32,
 }
 
 /// The last connection the client reported on a status topic during this MQTT connection.
@@ -111,6 +118,7 @@ pub fn end_publications(
                     payload,
                     qos: will.qos,
                     retain: will.retain,
+                    properties: will.properties.clone(),
                 });
             }
             None => out.push(Publication {
@@ -118,6 +126,7 @@ pub fn end_publications(
                 payload: will.payload.clone(),
                 qos: will.qos,
                 retain: will.retain,
+                properties: will.properties.clone(),
             }),
         }
     }
@@ -134,6 +143,7 @@ pub fn end_publications(
                 payload: Bytes::from(serde_json::to_vec(&status).expect("status serialises")),
                 qos: 1,
                 retain: true,
+                properties: None,
             });
         }
     }
@@ -173,6 +183,8 @@ mod tests {
             )),
             qos: 1,
             retain: true,
+            properties: None,
+            delay_secs: 0,
         }
     }
 
@@ -286,10 +298,17 @@ mod tests {
             payload: Bytes::from_static(b""),
             qos: 0,
             retain: true,
+            properties: Some(Box::new(PublishProperties {
+                content_type: Some("text/plain".into()),
+                user_properties: vec![("k".into(), "v".into())],
+                ..PublishProperties::default()
+            })),
+            delay_secs: 0,
         };
         let out = end_publications(Some(&will), true, None, DisconnectReason::Kicked, 7);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].payload, Bytes::from_static(b""));
+        assert_eq!(out[0].properties, will.properties, "MQTT 5 properties kept");
     }
 
     #[test]

@@ -1,12 +1,16 @@
 //! The edge's own MQTT client: publishes what a connection's end calls for (its Will, its
 //! `disconnected` status) into the broker, where every subscriber and the status pipeline
-//! see it like any other message.
+//! see it like any other message. It speaks MQTT 5, so that an MQTT 5 Will keeps its
+//! properties (user properties, content type, payload format, expiry, response topic,
+//! correlation data).
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, Outgoing, Packet, QoS};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, Incoming};
+use rumqttc::Outgoing;
 use tokio::task::JoinHandle;
 
 use super::lifecycle::Publication;
@@ -22,17 +26,26 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// Connects to the broker at `endpoint` as `client_id` (reconnecting on its own).
+    /// Connects to the broker's MQTT 5 listener at `endpoint` as `client_id` (reconnecting
+    /// on its own).
     pub fn start(endpoint: &Endpoint, client_id: &str, max_packet: usize) -> Self {
-        let options = crate::bus::publisher_options(endpoint, client_id, max_packet);
+        let mut options = endpoint.options_v5(client_id);
+        let max = u32::try_from(max_packet + 1024).unwrap_or(u32::MAX);
+        options
+            .set_keep_alive(Duration::from_secs(30))
+            .set_clean_start(true)
+            .set_max_packet_size(Some(max))
+            .set_outgoing_inflight_upper_limit(1000);
+        let mut network = rumqttc::NetworkOptions::new();
+        network.set_tcp_nodelay(true);
+        options.set_network_options(network);
         let (client, mut eventloop) = AsyncClient::new(options, 10_000);
-        crate::bus::nodelay(&mut eventloop);
         let pending = Arc::new(AtomicI64::new(0));
         let counter = pending.clone();
         let task = tokio::spawn(async move {
             loop {
                 match eventloop.poll().await {
-                    Ok(Event::Incoming(Packet::PubAck(_) | Packet::PubComp(_))) => {
+                    Ok(Event::Incoming(Incoming::PubAck(_) | Incoming::PubComp(_))) => {
                         counter.fetch_sub(1, Ordering::Relaxed);
                     }
                     Ok(Event::Outgoing(Outgoing::Publish(0))) => {
@@ -62,7 +75,15 @@ impl Publisher {
             _ => QoS::ExactlyOnce,
         };
         self.pending.fetch_add(1, Ordering::Relaxed);
-        if let Err(error) = self.client.publish(p.topic, qos, p.retain, p.payload).await {
+        let sent = match p.properties {
+            Some(props) => {
+                let c = &self.client;
+                c.publish_with_properties(p.topic, qos, p.retain, p.payload, *props)
+                    .await
+            }
+            None => self.client.publish(p.topic, qos, p.retain, p.payload).await,
+        };
+        if let Err(error) = sent {
             self.pending.fetch_sub(1, Ordering::Relaxed);
             tracing::error!(%error, "edge publisher: publication not queued");
         }

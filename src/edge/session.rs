@@ -225,12 +225,19 @@ impl Connect {
                 payload: w.message.clone(),
                 qos: w.qos as u8,
                 retain: w.retain,
+                properties: None,
+                delay_secs: 0,
             }),
-            Connect::V5(b) => b.1.as_ref().map(|w| Will {
-                topic: String::from_utf8_lossy(&w.topic).into_owned(),
-                payload: w.message.clone(),
-                qos: w.qos as u8,
-                retain: w.retain,
+            Connect::V5(b) => b.1.as_ref().map(|w| {
+                let p = w.properties.as_ref();
+                Will {
+                    topic: String::from_utf8_lossy(&w.topic).into_owned(),
+                    payload: w.message.clone(),
+                    qos: w.qos as u8,
+                    retain: w.retain,
+                    properties: p.map(|p| Box::new(will_publish_properties(p))),
+                    delay_secs: p.and_then(|p| p.delay_interval).unwrap_or(0),
+                }
             }),
         }
     }
@@ -998,6 +1005,21 @@ impl Conn {
     fn take_publish_tokens(&mut self) -> Option<Duration> {
         let n = std::mem::take(&mut self.publishes);
         self.bucket.take(n)
+    }
+}
+
+/// A Will's MQTT 5 properties as its PUBLISH carries them (MQTT 5 §3.1.3.2: all but the
+/// Will Delay Interval).
+fn will_publish_properties(p: &v5::LastWillProperties) -> v5::PublishProperties {
+    v5::PublishProperties {
+        payload_format_indicator: p.payload_format_indicator,
+        message_expiry_interval: p.message_expiry_interval,
+        topic_alias: None,
+        response_topic: p.response_topic.clone(),
+        correlation_data: p.correlation_data.clone(),
+        user_properties: p.user_properties.clone(),
+        subscription_identifiers: Vec::new(),
+        content_type: p.content_type.clone(),
     }
 }
 
