@@ -29,7 +29,8 @@
 //! - [`edge`]: the MQTT edge devices reach (TCP, WebSocket, TLS): authenticates, hands each
 //!   device's packets to the broker from its own task ([`edge::uplink`]), checks every packet ([`edge::acl`]), counts retained messages per account
 //!   ([`edge::retained`]), stamps `from` on inbox messages ([`edge::inbox`]), reports every
-//!   connection's end ([`edge::lifecycle`]).
+//!   connection's end ([`edge::lifecycle`]) and holds MQTT 5 Wills for their delay
+//!   ([`edge::wills`]); its publisher of ends and Wills speaks MQTT 5 ([`edge::publisher`]).
 //! - [`broker`]: the embedded rumqttd broker, on loopback listeners behind the edge.
 //! - [`endpoint`]: where the broker is (embedded loopback, or an external `mqtt://` /
 //!   `mqtts://` cluster with credentials) for every Cradle client and relayed link.

@@ -219,3 +219,9 @@ async fn mqtt5_session_expiry_keeps_a_session_within_it_and_message_expiry_drops
 async fn an_mqtt5_will_keeps_its_properties() {
     holds(tcp_v5, &["will_keeps_its_v5_properties"]).await;
 }
+
+/// A Will with a Will Delay Interval waits for it, and a reconnect within it cancels it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtt5_will_waits_for_its_delay_and_a_reconnect_within_it_cancels_it() {
+    holds(tcp_v5, &["will_delay_interval"]).await;
+}

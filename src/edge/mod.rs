@@ -24,6 +24,7 @@ pub mod registry;
 pub mod retained;
 pub mod session;
 pub mod uplink;
+pub mod wills;
 
 use std::io;
 use std::net::SocketAddr;
@@ -138,6 +139,8 @@ pub struct EdgeShared {
     pub pending: Arc<Semaphore>,
     /// Retained messages per account (mqtt.max_retained_*).
     pub retained: retained::RetainedLedger,
+    /// MQTT 5 Wills waiting for their Will Delay Interval.
+    pub wills: wills::DelayedWills,
 }
 
 /// The reading half of a relayed connection's link to the broker.
@@ -232,6 +235,7 @@ pub async fn start(
             config.max_retained_per_account,
             config.max_retained_bytes_per_account,
         ),
+        wills: wills::DelayedWills::new(config.max_connections),
     });
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
@@ -273,6 +277,10 @@ impl Edge {
             tracing::info!(connections = n, "ending MQTT connections: server_shutdown");
         }
         self.shared.registry.wait_all_done(wait).await;
+        // The sessions end with the process: a Will still waiting for its delay is due now.
+        for will in self.shared.wills.drain() {
+            self.shared.publisher.publish(will).await;
+        }
         self.shared.publisher.flush(Duration::from_secs(5)).await;
     }
 

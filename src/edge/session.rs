@@ -236,7 +236,11 @@ impl Connect {
                     qos: w.qos as u8,
                     retain: w.retain,
                     properties: p.map(|p| Box::new(will_publish_properties(p))),
-                    delay_secs: p.and_then(|p| p.delay_interval).unwrap_or(0),
+                    // Held back at most as long as the session outlives the connection.
+                    delay_secs: p
+                        .and_then(|p| p.delay_interval)
+                        .unwrap_or(0)
+                        .min(self.session_expiry().unwrap_or(0)),
                 }
             }),
         }
@@ -644,6 +648,11 @@ where
         shared.registry.release(&upstream_id, claim.seq);
         return None;
     };
+    // A connection with the same client id within an earlier one's Will Delay Interval:
+    // that Will is not published (MQTT 5 §3.1.3.2.2).
+    if shared.wills.cancel(&upstream_id) {
+        tracing::debug!(client = %client_id, "delayed Will cancelled by the new connection");
+    }
     Some(Box::new(Live {
         conn,
         rd,
@@ -982,13 +991,31 @@ where
             .await;
 
         let reason = end.reason();
-        let publications = lifecycle::end_publications(
+        let mut publications = lifecycle::end_publications(
             self.conn.will.as_ref(),
             end.will_fires(),
             self.conn.reported.as_ref(),
             reason,
             crate::sync::status::now_millis(),
         );
+        // A Will with a delay (the first publication, when it fires) waits for it, at most
+        // as long as a DISCONNECT's new Session Expiry Interval says.
+        let delay = match (&self.conn.will, end.will_fires()) {
+            (Some(w), true) => w.delay_secs.min(session_expiry.unwrap_or(u32::MAX)),
+            _ => 0,
+        };
+        if delay > 0 && !publications.is_empty() {
+            let will = publications.remove(0);
+            let delay = Duration::from_secs(u64::from(delay));
+            if let Some(now) =
+                super::wills::DelayedWills::hold(&shared, &self.upstream_id, will, delay)
+            {
+                tracing::warn!(
+                    "delayed Wills at their bound (mqtt.max_connections): published at once"
+                );
+                publications.insert(0, now);
+            }
+        }
         for p in publications {
             Box::pin(shared.publisher.publish(p)).await;
         }
