@@ -225,3 +225,17 @@ async fn an_mqtt5_will_keeps_its_properties() {
 async fn an_mqtt5_will_waits_for_its_delay_and_a_reconnect_within_it_cancels_it() {
     holds(tcp_v5, &["will_delay_interval"]).await;
 }
+
+/// Retain As Published keeps the flag on live deliveries, Retain Handling 2 sends no retained
+/// message, 1 sends them on a new subscription only; only a retained empty PUBLISH deletes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_retain_as_published_and_retain_handling_hold() {
+    holds(
+        tcp_v5,
+        &[
+            "retain_as_published_and_handling",
+            "only_a_retained_empty_publish_deletes",
+        ],
+    )
+    .await;
+}

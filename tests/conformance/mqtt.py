@@ -293,6 +293,23 @@ def retain_as_published_and_handling():
 
 
 @conformance
+def only_a_retained_empty_publish_deletes():
+    t = topic("retdel")
+    p = Client().connect()
+    p.publish(t, b"kept", qos=1, retain=True)
+    p.publish(t, b"", qos=1, retain=False)
+    time.sleep(0.3)
+    s = Client().connect()
+    s.subscribe(t, 1)
+    check([m.payload for m in s.got(1)] == [b"kept"], "a plain empty PUBLISH deleted the retained one")
+    p.publish(t, b"", qos=1, retain=True)
+    time.sleep(0.3)
+    s2 = Client().connect()
+    s2.subscribe(t, 1)
+    check(s2.quiet() == [], "a retained empty PUBLISH did not delete")
+
+
+@conformance
 def message_expiry():
     t, cid = topic("msgexp"), "x" + uuid.uuid4().hex[:10]
     cp = props(PacketTypes.CONNECT, SessionExpiryInterval=60)

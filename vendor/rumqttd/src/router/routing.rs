@@ -1144,8 +1144,10 @@ impl Router {
 
         // check is group is None because retained messages aren't sent
         // for shared subscriptions
-        // TODO: use retain forward rules
-        let forward_retained = group.is_none();
+        // CRADLE PATCH 19: Retain Handling 2 sends none. Handling 0 on an existing
+        // subscription would send them again; that is not done (see below).
+        let forward_retained =
+            group.is_none() && filter.retain_forward_rule != protocol::RetainForwardRule::Never;
 
         // call to `insert(_)` returns `true` if it didn't contain the filter_path already
         // i.e. its a new subscription
@@ -1160,6 +1162,7 @@ impl Router {
                 // set true for new subscriptions
                 forward_retained,
                 group,
+                preserve_retain: filter.preserve_retain,
             };
 
             self.scheduler.track(id, request);
@@ -1421,15 +1424,16 @@ fn append_to_commitlog(
         }
     }
 
-    if publish.payload.is_empty() {
-        datalog.remove_from_retained_publishes(topic.to_owned());
-    } else if publish.retain {
-        datalog.insert_to_retained_publishes(publish.clone(), properties.clone(), topic.to_owned());
+    // CRADLE PATCH 19: only a retained message replaces or (empty) deletes the retained one;
+    // a plain empty PUBLISH used to delete it too. The flag stays on the logged copy:
+    // `forward_device_data` clears it for subscriptions without Retain As Published.
+    if publish.retain {
+        if publish.payload.is_empty() {
+            datalog.remove_from_retained_publishes(topic.to_owned());
+        } else {
+            datalog.insert_to_retained_publishes(publish.clone(), properties.clone(), topic.to_owned());
+        }
     }
-
-    // after recording retained message, we also send that message to existing subscribers
-    // as normal publish message. Therefore we are setting retain to false
-    publish.retain = false;
     let pkid = publish.pkid;
 
     let filter_idxs = datalog.matches(topic);
@@ -1492,15 +1496,16 @@ fn append_will_message(
         }
     }
 
-    if publish.payload.is_empty() {
-        datalog.remove_from_retained_publishes(topic.to_owned());
-    } else if publish.retain {
-        datalog.insert_to_retained_publishes(publish.clone(), properties.clone(), topic.to_owned());
+    // CRADLE PATCH 19: only a retained message replaces or (empty) deletes the retained one;
+    // a plain empty PUBLISH used to delete it too. The flag stays on the logged copy:
+    // `forward_device_data` clears it for subscriptions without Retain As Published.
+    if publish.retain {
+        if publish.payload.is_empty() {
+            datalog.remove_from_retained_publishes(topic.to_owned());
+        } else {
+            datalog.insert_to_retained_publishes(publish.clone(), properties.clone(), topic.to_owned());
+        }
     }
-
-    // after recording retained message, we also send that message to existing subscribers
-    // as normal publish message. Therefore we are setting retain to false
-    publish.retain = false;
     let pkid = publish.pkid;
 
     let filter_idxs = datalog.matches(topic);
@@ -1733,6 +1738,7 @@ fn forward_device_data(
 
     let qos = request.qos;
     let filter_idx = request.filter_idx;
+    let preserve_retain = request.preserve_retain;
     request.read_count += publishes.len();
     request.cursor = next;
     // println!("{:?} {:?} {}", start, next, request.read_count);
@@ -1761,6 +1767,12 @@ fn forward_device_data(
     let forwards = publishes
         .into_iter()
         .map(|((mut publish, mut properties), offset)| {
+            // CRADLE PATCH 19: a live delivery (from the log, with an offset) keeps the
+            // retain flag only under Retain As Published; one sent because of the
+            // subscription (retained store, no offset) always carries it.
+            if offset.is_some() && !preserve_retain {
+                publish.retain = false;
+            }
             // CRADLE PATCH 11: the request's QoS is a filter's (0..=2), but no `unwrap()`.
             // CRADLE PATCH 17: delivered at the lower of the published and the granted QoS
             // (MQTT 3.1.1 and 5 §3.8.4), retained messages included; `push_forwards` gives a
