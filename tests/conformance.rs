@@ -98,7 +98,7 @@ async fn mqtt5_publish_properties_subscription_ids_and_client_topic_aliases_hold
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mqtt5_maximum_packet_size_holds_both_ways_and_keep_alive_0_is_accepted() {
+async fn mqtt5_maximum_packet_size_and_receive_maximum_hold_and_keep_alive_0_is_accepted() {
     holds(
         tcp,
         &[
@@ -106,6 +106,7 @@ async fn mqtt5_maximum_packet_size_holds_both_ways_and_keep_alive_0_is_accepted(
             "maximum_packet_size_to_client",
             "keep_alive_0_is_accepted",
             "receive_maximum_2_loses_nothing",
+            "receive_maximum_bounds_unacknowledged_deliveries",
         ],
     )
     .await;

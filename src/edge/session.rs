@@ -175,6 +175,21 @@ impl Connect {
         }
     }
 
+    /// What the router's session for this connection follows: clean session / Clean Start,
+    /// Session Expiry Interval, Topic Alias Maximum, Receive Maximum.
+    fn session_options(&self) -> rumqttd::local::SessionOptions {
+        let receive_max = match self {
+            Connect::V4(_) => None,
+            Connect::V5(b) => b.0.properties.as_ref().and_then(|p| p.receive_maximum),
+        };
+        rumqttd::local::SessionOptions {
+            clean_session: self.clean(),
+            session_expiry: self.session_expiry(),
+            topic_alias_max: self.topic_alias_max(),
+            receive_max,
+        }
+    }
+
     /// The MQTT 5 Maximum Packet Size the client accepts (`usize::MAX`: no limit).
     fn client_max_packet(&self) -> usize {
         match self {
@@ -748,13 +763,12 @@ impl Conn {
         let opened = async {
             match &shared.upstream {
                 Upstream::Embedded(links) => {
-                    let clean = (connect.clean(), connect.session_expiry());
-                    let alias_max = connect.topic_alias_max();
+                    let session = connect.session_options();
                     let max = (
                         shared.settings.max_packet_bytes,
                         connect.client_max_packet(),
                     );
-                    UpLink::router(links, proto, upstream_id, clean, alias_max, max).await
+                    UpLink::router(links, proto, upstream_id, session, max).await
                 }
                 Upstream::External(endpoint) => {
                     let frame = connect.upstream(upstream_id, endpoint.login.as_ref());

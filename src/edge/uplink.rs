@@ -11,7 +11,7 @@
 use std::io;
 
 use bytes::BytesMut;
-use rumqttd::local::{LinkRx, LinkTx, RouterLinks};
+use rumqttd::local::{LinkRx, LinkTx, RouterLinks, SessionOptions};
 use rumqttd::protocol::{v4::V4, v5::V5, Packet, Protocol};
 use rumqttd::Notification;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -106,14 +106,10 @@ impl UpLink {
         links: &RouterLinks,
         proto: Proto,
         client_id: &str,
-        (clean, session_expiry): (bool, Option<u32>),
-        topic_alias_max: u16,
+        session: SessionOptions,
         (max, client_max): (usize, usize),
     ) -> io::Result<Opened> {
-        let (tx, rx, ack) = links
-            .connect(client_id, clean, session_expiry, topic_alias_max)
-            .await
-            .map_err(broken)?;
+        let (tx, rx, ack) = links.connect(client_id, session).await.map_err(broken)?;
         let codec = match proto {
             Proto::V4 => Codec::V4,
             Proto::V5 => Codec::V5,

@@ -374,6 +374,28 @@ def receive_maximum_2_loses_nothing():
 
 
 @conformance
+def receive_maximum_bounds_unacknowledged_deliveries():
+    """Receive Maximum 2 with manual acks: two in flight until they are acknowledged."""
+    t = topic("recvmax2")
+    s = Client(props=props(PacketTypes.CONNECT, ReceiveMaximum=2))
+    s.c.manual_ack_set(True)
+    s.connect()
+    s.subscribe(t, 1)
+    p = Client().connect()
+    for i in range(6):
+        p.publish(t, f"{i}".encode(), qos=1)
+    check(len(s.quiet(0.8)) == 2, f"in flight beyond Receive Maximum 2: {len(s.messages)}")
+    for m in list(s.messages):
+        s.c.ack(m.mid, m.qos)
+    s.got(4)
+    check(len(s.quiet(0.8)) == 4, f"after two acks: {len(s.messages)}")
+    for m in s.messages[2:]:
+        s.c.ack(m.mid, m.qos)
+    got = [m.payload for m in s.got(6)]
+    check(got == [f"{i}".encode() for i in range(6)], f"order: {got}")
+
+
+@conformance
 def maximum_packet_size_to_client():
     t = topic("maxpkt")
     s = Client(props=props(PacketTypes.CONNECT, MaximumPacketSize=256)).connect()

@@ -51,6 +51,22 @@ pub struct LinkBuilder<'a> {
     topic_alias_max: u16,
     // CRADLE PATCH 18: MQTT 5 Session Expiry Interval (`None`: MQTT 3.1.1 semantics)
     session_expiry: Option<u32>,
+    // CRADLE PATCH 20: the client's MQTT 5 Receive Maximum (`None`: the router's window)
+    receive_max: Option<u16>,
+}
+
+/// CRADLE PATCH 18/20: what a connection registered through [`RouterLinks`] asks of its
+/// session, from its CONNECT.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SessionOptions {
+    /// MQTT 3.1.1 clean session, MQTT 5 Clean Start.
+    pub clean_session: bool,
+    /// MQTT 5 Session Expiry Interval (`None`: an MQTT 3.1.1 connection).
+    pub session_expiry: Option<u32>,
+    /// MQTT 5 Topic Alias Maximum the client accepts (0: none).
+    pub topic_alias_max: u16,
+    /// MQTT 5 Receive Maximum (`None`: the router's window of 1,024).
+    pub receive_max: Option<u16>,
 }
 
 impl<'a> LinkBuilder<'a> {
@@ -65,6 +81,7 @@ impl<'a> LinkBuilder<'a> {
             dynamic_filters: false,
             topic_alias_max: 0,
             session_expiry: None,
+            receive_max: None,
         }
     }
 
@@ -95,6 +112,12 @@ impl<'a> LinkBuilder<'a> {
     /// MQTT 3.1.1 connection: its session persists when clean session is off).
     pub fn session_expiry(mut self, secs: Option<u32>) -> Self {
         self.session_expiry = secs;
+        self
+    }
+
+    /// CRADLE PATCH 20: the client's MQTT 5 Receive Maximum.
+    pub fn receive_max(mut self, max: Option<u16>) -> Self {
+        self.receive_max = max;
         self
     }
 
@@ -150,7 +173,10 @@ impl<'a> LinkBuilder<'a> {
             .last_will(self.last_will, self.last_will_properties)
             .topic_alias_max(self.topic_alias_max);
         let incoming = Incoming::new(connection.client_id.to_owned());
-        let (outgoing, link_rx) = Outgoing::new(connection.client_id.to_owned());
+        let (mut outgoing, link_rx) = Outgoing::new(connection.client_id.to_owned());
+        if let Some(max) = self.receive_max {
+            outgoing.limit_inflight(max);
+        }
         let outgoing_data_buffer = outgoing.buffer();
         let incoming_data_buffer = incoming.buffer();
 
@@ -225,19 +251,17 @@ impl RouterLinks {
 
     /// Registers a connection with the router, as a CONNECT without a Will would; returns
     /// its two ends and the router's CONNACK.
-    /// `session_expiry` is the MQTT 5 Session Expiry Interval (`None`: MQTT 3.1.1).
     pub async fn connect(
         &self,
         client_id: &str,
-        clean_session: bool,
-        session_expiry: Option<u32>,
-        topic_alias_max: u16,
+        session: SessionOptions,
     ) -> Result<(LinkTx, LinkRx, Notification), LinkError> {
         LinkBuilder::new(client_id, self.router_tx.clone())
-            .clean_session(clean_session)
-            .session_expiry(session_expiry)
+            .clean_session(session.clean_session)
+            .session_expiry(session.session_expiry)
+            .receive_max(session.receive_max)
             .dynamic_filters(self.dynamic_filters)
-            .topic_alias_max(topic_alias_max)
+            .topic_alias_max(session.topic_alias_max)
             .build_async()
             .await
     }

@@ -68,6 +68,9 @@ pub struct Outgoing {
     last_pkid: u16,
     /// Metrics of outgoing messages of this connection
     pub(crate) meter: OutgoingMeter,
+    /// CRADLE PATCH 20: QoS 1/2 deliveries in flight at most: the client's MQTT 5 Receive
+    /// Maximum, or `MAX_INFLIGHT`.
+    max_inflight: usize,
 }
 
 impl Outgoing {
@@ -86,6 +89,7 @@ impl Outgoing {
             handle,
             last_pkid: 0,
             meter: Default::default(),
+            max_inflight: MAX_INFLIGHT,
         };
 
         (outgoing, rx)
@@ -99,7 +103,14 @@ impl Outgoing {
     pub fn free_slots(&self) -> usize {
         // CRADLE PATCH 12: `push_forwards` warns when the window is exceeded; the subtraction
         // must not then overflow (a panic in a debug build).
-        MAX_INFLIGHT.saturating_sub(self.inflight_buffer.len())
+        self.max_inflight
+            .saturating_sub(self.inflight_buffer.len())
+    }
+
+    /// CRADLE PATCH 20: keeps at most `receive_max` QoS 1/2 deliveries in flight (the
+    /// client's MQTT 5 Receive Maximum; never more than `MAX_INFLIGHT`).
+    pub(crate) fn limit_inflight(&mut self, receive_max: u16) {
+        self.max_inflight = usize::from(receive_max).clamp(1, MAX_INFLIGHT);
     }
 
     pub fn push_notification(&mut self, notification: Notification) -> usize {
