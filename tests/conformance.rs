@@ -31,8 +31,14 @@ fn paho_available() -> bool {
 
 /// Runs paho checks against `port` and asserts each printed `ok`.
 fn paho(port: u16, checks: &[&str]) {
+    paho_over(port, &[], checks);
+}
+
+/// [`paho`] with environment for the script (`CONF_TRANSPORT`, `CONF_CA`).
+fn paho_over(port: u16, env: &[(&str, String)], checks: &[&str]) {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/conformance/mqtt.py");
     let out = Command::new("python3")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .arg(script)
         .args(["127.0.0.1", &port.to_string()])
         .args(checks)
@@ -239,4 +245,45 @@ async fn mqtt5_retain_as_published_and_retain_handling_hold() {
         ],
     )
     .await;
+}
+
+/// The same semantics on every device listener: MQTT over WebSocket, TLS and WebSocket over
+/// TLS, with paho's own transports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_listener_keeps_sessions_properties_and_retained_qos() {
+    if !paho_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, ca) = common::tls_files(dir.path());
+    let [tls_port, wss_port] = common::free_ports::<2>();
+    let config = dir.path().join("tls.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[mqtt]\ntls_listen = \"127.0.0.1:{tls_port}\"\nwss_listen = \"127.0.0.1:{wss_port}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let db = format!("sqlite://{}", dir.path().join("t.db").display());
+    let cradle = Cradle::spawn_ready(
+        dir.path(),
+        &db,
+        &[("CRADLE_CONFIG", config.display().to_string())],
+    )
+    .await;
+    let checks = [
+        "persistent_session_v311",
+        "session_expiry_v5",
+        "retained_qos_is_min_of_publish_and_grant",
+        "publish_properties_pass_through",
+        "receive_maximum_bounds_unacknowledged_deliveries",
+    ];
+    let ws = ("CONF_TRANSPORT", "websockets".to_string());
+    let ca = ("CONF_CA", ca.display().to_string());
+    paho_over(cradle.ws_port, std::slice::from_ref(&ws), &checks);
+    paho_over(tls_port, std::slice::from_ref(&ca), &checks);
+    paho_over(wss_port, &[ws, ca], &checks);
 }

@@ -3,9 +3,13 @@
 
     python3 tests/conformance/mqtt.py HOST PORT CHECK [CHECK...]
 
+CONF_TRANSPORT=websockets speaks MQTT over WebSocket (path /mqtt, subprotocol mqtt);
+CONF_CA=file turns TLS on, verifying the server against that CA.
+
 Each check prints `ok CHECK` or `FAIL CHECK: why` and the exit status is the number of failed
 checks. Topics live under accounts/conf/ so that they pass Cradle's open-mode edge.
 """
+import os
 import sys
 import threading
 import time
@@ -17,6 +21,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 HOST, PORT = sys.argv[1], int(sys.argv[2])
+TRANSPORT = os.environ.get("CONF_TRANSPORT", "tcp")
+CA = os.environ.get("CONF_CA")
 V5, V311 = mqtt.MQTTv5, mqtt.MQTTv311
 
 
@@ -35,7 +41,12 @@ class Client:
         self.id = client_id or "c" + uuid.uuid4().hex[:10]
         self.proto = proto
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.id, protocol=proto,
+                             transport=TRANSPORT,
                              **({} if proto == V5 else {"clean_session": clean}))
+        if TRANSPORT == "websockets":
+            self.c.ws_set_options(path="/mqtt")
+        if CA:
+            self.c.tls_set(ca_certs=CA)
         self.clean, self.props = clean, props
         self.messages, self.subacks, self.connack = [], [], None
         self.cv = threading.Condition()
