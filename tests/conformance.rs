@@ -287,3 +287,101 @@ async fn every_listener_keeps_sessions_properties_and_retained_qos() {
     paho_over(tls_port, std::slice::from_ref(&ca), &checks);
     paho_over(wss_port, &[ws, ca], &checks);
 }
+
+/// With accounts: a device's persistent session queues what another device of its account
+/// published while it was away, and a shared subscription with a group name another account
+/// also uses gets its own account's messages only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_accounts_sessions_persist_and_shared_groups_stay_inside_their_account() {
+    if !common::mosquitto_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("acc.db").display());
+    common::cli(&db, &["accounts", "create", "a"]);
+    common::cli(&db, &["accounts", "create", "b"]);
+    let issue = |account: &str, client: &str| {
+        let args = [
+            "credentials",
+            "issue",
+            "--account",
+            account,
+            "--client",
+            client,
+        ];
+        common::cli(&db, &args)
+    };
+    let (a1, a2, b1, b2) = (
+        issue("a", "d1"),
+        issue("a", "d2"),
+        issue("b", "d1"),
+        issue("b", "d2"),
+    );
+    let cradle = Cradle::spawn_ready(dir.path(), &db, &[]).await;
+    let port = cradle.mqtt_port.to_string();
+    let sub = |account: &str, client: &str, secret: &str, filter: &str, extra: &[&str]| {
+        Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &port, "-q", "1", "-V", "mqttv5"])
+            .args(["-u", account, "-P", secret, "-i", client, "-t", filter])
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("mosquitto_sub")
+    };
+    let publish = |m: &str| {
+        let ok = Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port, "-q", "1"])
+            .args(["-u", "a", "-P", &a2, "-i", "d2"])
+            .args(["-t", "accounts/a/parent_stations/d2", "-m", m])
+            .status()
+            .expect("mosquitto_pub")
+            .success();
+        assert!(ok, "mosquitto_pub as a/d2 failed");
+    };
+
+    // a/d1 subscribes with a session that outlives the connection, and leaves.
+    let keep = ["-c", "-x", "300", "-E"];
+    let first = sub("a", "d1", &a1, "accounts/a/parent_stations/+", &keep);
+    assert!(first.wait_with_output().unwrap().status.success());
+    publish("while-away");
+    let back = sub(
+        "a",
+        "d1",
+        &a1,
+        "accounts/a/parent_stations/+",
+        &["-c", "-x", "300", "-C", "1", "-W", "5"],
+    );
+    let got = back.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "while-away");
+
+    // The same group name in two accounts: b's member gets nothing of a's messages.
+    let b_share = sub(
+        "b",
+        "d1",
+        &b1,
+        "$share/g/accounts/b/parent_stations/+",
+        &["-C", "1", "-W", "5"],
+    );
+    let a_share = sub(
+        "a",
+        "d1",
+        &a1,
+        "$share/g/accounts/a/parent_stations/+",
+        &["-C", "1", "-W", "5"],
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    publish("shared");
+    let a_got = a_share.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&a_got.stdout).trim(), "shared");
+    // b's member is subscribed (it gets b's own message), and its first message is b's.
+    let ok = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port, "-q", "1"])
+        .args(["-u", "b", "-P", &b2, "-i", "d2"])
+        .args(["-t", "accounts/b/parent_stations/d2", "-m", "b-own"])
+        .status()
+        .expect("mosquitto_pub")
+        .success();
+    assert!(ok, "mosquitto_pub as b failed");
+    let b_got = b_share.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&b_got.stdout).trim(), "b-own");
+}

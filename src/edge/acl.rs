@@ -54,7 +54,7 @@ pub fn may_retain(topic: &str) -> bool {
 /// outside `accounts/{its account}/` (for an operator: only the status wildcard family).
 /// A shared subscription, `$share/{group}/{filter}`, is judged by its filter; the group
 /// name is one non-empty level without wildcards. The broker keys the group by name and
-/// filter (CRADLE PATCH 16), so a group name common to two accounts shares nothing.
+/// filter (CRADLE PATCH 16), so a group name common to two accounts shares no cursor or turn.
 pub fn may_subscribe(principal: &Principal, filter: &str) -> bool {
     let filter = match filter.strip_prefix("$share/") {
         Some(rest) => match rest.split_once('/') {

@@ -1971,8 +1971,8 @@ fn validate_clientid(client_id: &str) -> Result<(), RouterError> {
 
 /// CRADLE PATCH 16: a shared subscription is its Share Name together with its Topic Filter
 /// (MQTT 5.0 §4.8.2), so the group's key is `{group}/{filter}`: keyed by the name alone,
-/// `$share/g/a` and `$share/g/b` were one group with one cursor, and each subscriber got the
-/// other filter's messages.
+/// `$share/g/a` and `$share/g/b` were one group with one cursor and one round-robin turn,
+/// and each filter's members skipped messages or read from the other log's offset.
 fn extract_group(filter: &str) -> Option<(String, String)> {
     filter.strip_prefix("$share/").and_then(|s| {
         s.split_once('/')
