@@ -385,3 +385,8 @@ async fn with_accounts_sessions_persist_and_shared_groups_stay_inside_their_acco
     let b_got = b_share.wait_with_output().unwrap();
     assert_eq!(String::from_utf8_lossy(&b_got.stdout).trim(), "b-own");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_no_local_skips_a_clients_own_messages_only() {
+    holds(tcp_v5, &["no_local"]).await;
+}

@@ -273,11 +273,18 @@ def will_delay_interval():
 
 @conformance
 def no_local():
+    """No Local: a client's own messages skip its No Local subscription, not another's."""
     t = topic("nolocal")
     c = Client().connect()
     c.subscribe(t, options=SubscribeOptions(qos=1, noLocal=True))
-    c.publish(t, b"mine", qos=1)
-    check(c.quiet() == [], "No Local: own message delivered")
+    other = Client().connect()
+    other.subscribe(t, 1)
+    for i in range(3):
+        c.publish(t, f"mine{i}".encode(), qos=1)
+    Client().connect().publish(t, b"theirs", qos=1)
+    check([m.payload for m in c.got(1)] == [b"theirs"], f"No Local got {[m.payload for m in c.messages]}")
+    check(len(other.got(4)) == 4, "a subscriber without No Local missed messages")
+    check(len(c.quiet(0.5)) == 1, "own message delivered later")
 
 
 @conformance

@@ -37,6 +37,9 @@ pub struct Connection {
     pub(crate) broker_topic_aliases: Option<BrokerAliases>,
     /// subscription IDs for a connection
     pub(crate) subscription_ids: HashMap<Filter, usize>,
+    /// CRADLE PATCH 21: a hash of the client id, stamped on what this client publishes so
+    /// that a No Local subscription of the same client id skips it.
+    pub(crate) client_hash: u64,
 }
 
 impl Connection {
@@ -58,7 +61,14 @@ impl Connection {
             None => (client_id, None),
         };
 
+        let client_hash = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            client_id.hash(&mut h);
+            h.finish().max(1)
+        };
         Connection {
+            client_hash,
             client_id,
             tenant_prefix,
             dynamic_filters,

@@ -22,6 +22,9 @@ pub struct PublishData {
     pub publish: Publish,
     pub properties: Option<PublishProperties>,
     pub timestamp: Instant,
+    /// CRADLE PATCH 21: the publishing client (`Connection::client_hash`; 0: unknown), for
+    /// MQTT 5 No Local.
+    pub origin: u64,
 }
 
 impl From<PubWithProp> for PublishData {
@@ -30,6 +33,7 @@ impl From<PubWithProp> for PublishData {
             publish,
             properties,
             timestamp: Instant::now(),
+            origin: 0,
         }
     }
 }
@@ -177,7 +181,7 @@ impl DataLog {
         filter_idx: FilterIdx,
         offset: Offset,
         len: u64,
-    ) -> io::Result<(Position, Vec<(PubWithProp, Offset)>)> {
+    ) -> io::Result<(Position, Vec<(PubWithProp, Offset, u64)>)> {
         // unwrap to get index of `self.native` is fine here, because when a new subscribe packet
         // arrives in `Router::handle_device_payload`, it first calls the function
         // `next_native_offset` which creates a new commitlog if one doesn't exist. So any new
@@ -219,7 +223,10 @@ impl DataLog {
         // no need to include timestamp when returning
         let o = o
             .into_iter()
-            .map(|(pubdata, offset)| ((pubdata.publish, pubdata.properties), offset))
+            .map(|(pubdata, offset)| {
+                let origin = pubdata.origin;
+                ((pubdata.publish, pubdata.properties), offset, origin)
+            })
             .collect();
 
         Ok((next, o))

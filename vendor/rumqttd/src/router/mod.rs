@@ -201,6 +201,8 @@ pub struct DataRequest {
     pub(crate) group: Option<String>,
     /// CRADLE PATCH 19: MQTT 5 Retain As Published.
     pub(crate) preserve_retain: bool,
+    /// CRADLE PATCH 21: MQTT 5 No Local.
+    pub(crate) nolocal: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1163,6 +1163,7 @@ impl Router {
                 forward_retained,
                 group,
                 preserve_retain: filter.preserve_retain,
+                nolocal: filter.nolocal,
             };
 
             self.scheduler.track(id, request);
@@ -1448,11 +1449,15 @@ fn append_to_commitlog(
         None => return Err(RouterError::NoMatchingFilters(topic.to_owned())),
     };
 
+    let origin = connection.client_hash;
     let mut o = (0, 0);
     for filter_idx in filter_idxs {
         let datalog = datalog.native.get_mut(filter_idx).unwrap();
         let publish_data = (publish.clone(), properties.clone());
-        let (offset, filter) = datalog.append(publish_data.into(), notifications);
+        // CRADLE PATCH 21: who published it, for No Local.
+        let mut data: super::logs::PublishData = publish_data.into();
+        data.origin = origin;
+        let (offset, filter) = datalog.append(data, notifications);
         debug!(
             pkid,
             "Appended to commitlog: {}[{}, {})", filter, offset.0, offset.1,
@@ -1689,10 +1694,14 @@ fn forward_device_data(
             }
         };
 
+    // CRADLE PATCH 21: a No Local subscription skips what its own client id published.
+    let own = request.nolocal.then_some(connection.client_hash);
+    let read_any = !publishes_from_datalog.is_empty();
     publishes.extend(
         publishes_from_datalog
             .into_iter()
-            .map(|(p, offset)| (p, Some(offset))),
+            .filter(|(_, _, origin)| Some(*origin) != own)
+            .map(|(p, offset, _)| (p, Some(offset))),
     );
 
     let (start, next, caughtup) = match next {
@@ -1744,6 +1753,10 @@ fn forward_device_data(
     // println!("{:?} {:?} {}", start, next, request.read_count);
 
     if publishes.is_empty() {
+        // CRADLE PATCH 21: everything read was skipped (No Local) but the log has more.
+        if read_any && !caughtup {
+            return ConsumeStatus::PartialRead;
+        }
         return ConsumeStatus::FilterCaughtup;
     }
 
