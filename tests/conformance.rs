@@ -255,25 +255,7 @@ async fn every_listener_keeps_sessions_properties_and_retained_qos() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key, ca) = common::tls_files(dir.path());
-    let [tls_port, wss_port] = common::free_ports::<2>();
-    let config = dir.path().join("tls.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[mqtt]\ntls_listen = \"127.0.0.1:{tls_port}\"\nwss_listen = \"127.0.0.1:{wss_port}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
-            cert.display(),
-            key.display()
-        ),
-    )
-    .unwrap();
-    let db = format!("sqlite://{}", dir.path().join("t.db").display());
-    let cradle = Cradle::spawn_ready(
-        dir.path(),
-        &db,
-        &[("CRADLE_CONFIG", config.display().to_string())],
-    )
-    .await;
+    let (cradle, tls_port, wss_port, ca) = common::cradle_with_tls(dir.path()).await;
     let checks = [
         "persistent_session_v311",
         "session_expiry_v5",

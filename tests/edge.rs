@@ -849,27 +849,7 @@ async fn tls_and_wss_listeners_serve_clients_with_the_configured_certificate() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    // A throwaway CA and a certificate for 127.0.0.1 signed by it (webpki refuses a CA
-    // certificate used as the server's own).
-    let (cert, key, ca) = common::tls_files(dir.path());
-    let [tls_port, wss_port] = common::free_ports::<2>();
-    let config = dir.path().join("tls.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[mqtt]\ntls_listen = \"127.0.0.1:{tls_port}\"\nwss_listen = \"127.0.0.1:{wss_port}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
-            cert.display(),
-            key.display()
-        ),
-    )
-    .unwrap();
-    let db = format!("sqlite://{}", dir.path().join("t.db").display());
-    let cradle = Cradle::spawn_ready(
-        dir.path(),
-        &db,
-        &[("CRADLE_CONFIG", config.display().to_string())],
-    )
-    .await;
+    let (cradle, tls_port, wss_port, ca) = common::cradle_with_tls(dir.path()).await;
     let out = Command::new("mosquitto_pub")
         .args(["-h", "127.0.0.1", "-p", &tls_port.to_string(), "--cafile"])
         .arg(&ca)

@@ -578,6 +578,28 @@ impl Drop for Mosquitto {
     }
 }
 
+/// Cradle (SQLite in `dir`) with its MQTT TLS and WebSocket-over-TLS listeners on, serving a
+/// certificate for 127.0.0.1 signed by a throwaway CA (webpki refuses a CA certificate used
+/// as the server's own). Returns it with the TLS port, the WSS port and the CA file.
+pub async fn cradle_with_tls(dir: &Path) -> (Cradle, u16, u16, PathBuf) {
+    let (cert, key, ca) = tls_files(dir);
+    let [tls_port, wss_port] = free_ports::<2>();
+    let config = dir.join("tls.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[mqtt]\ntls_listen = \"127.0.0.1:{tls_port}\"\nwss_listen = \"127.0.0.1:{wss_port}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let db = format!("sqlite://{}", dir.join("t.db").display());
+    let env = [("CRADLE_CONFIG", config.display().to_string())];
+    let cradle = Cradle::spawn_ready(dir, &db, &env).await;
+    (cradle, tls_port, wss_port, ca)
+}
+
 /// A throwaway CA and a certificate for `127.0.0.1` signed by it (openssl, P-256, one day):
 /// returns (certificate, key, CA certificate) in `dir`.
 pub fn tls_files(
