@@ -110,6 +110,7 @@ async fn mqtt5_maximum_packet_size_and_receive_maximum_hold_and_keep_alive_0_is_
         &[
             "maximum_packet_size_from_server",
             "maximum_packet_size_to_client",
+            "maximum_packet_size_qos2_discard_completes",
             "keep_alive_0_is_accepted",
             "receive_maximum_2_loses_nothing",
             "receive_maximum_bounds_unacknowledged_deliveries",

@@ -45,8 +45,9 @@ pub struct RouterLink {
     /// Where the router's notifications are swapped in (kept empty between batches).
     notifications: std::collections::VecDeque<Notification>,
     /// The client's MQTT 5 Maximum Packet Size (`usize::MAX` when it set none): a delivery
-    /// larger than that is discarded as if sent (MQTT 5 §3.1.2.25), and at QoS 1 the router
-    /// gets the PUBACK the client would have sent.
+    /// larger than that is discarded as if sent (MQTT 5 §3.1.2.25): at QoS 1 the router gets
+    /// the PUBACK the client would have sent, at QoS 2 its PUBREC (the client answers the
+    /// PUBREL that follows with PUBCOMP 0x92, which completes the flow).
     client_max: usize,
     /// The router paused this connection's deliveries (its outgoing window was full): it
     /// resumes them on `Ready`, sent before the next wait for notifications.
@@ -312,7 +313,7 @@ impl RouterLink {
                         let at = buf.len();
                         self.codec.write(packet, buf).map_err(broken)?;
                         if buf.len() - at > self.client_max {
-                            discarded.extend(qos1_pkid(&buf[at..]));
+                            discarded.extend(acked_pkid(&buf[at..]));
                             buf.truncate(at);
                         }
                     }
@@ -334,10 +335,11 @@ impl RouterLink {
     }
 }
 
-/// The packet id of an encoded QoS 1 PUBLISH frame (`None` for anything else).
-fn qos1_pkid(frame: &[u8]) -> Option<u16> {
+/// The QoS and packet id of an encoded QoS 1 or 2 PUBLISH frame (`None` for anything else).
+fn acked_pkid(frame: &[u8]) -> Option<(u8, u16)> {
     let h = codec::header(frame, usize::MAX).ok().flatten()?;
-    if h.kind() != codec::kind::PUBLISH || (h.byte1 >> 1) & 3 != 1 {
+    let qos = (h.byte1 >> 1) & 3;
+    if h.kind() != codec::kind::PUBLISH || qos == 0 {
         return None;
     }
     let topic = usize::from(u16::from_be_bytes([
@@ -345,21 +347,36 @@ fn qos1_pkid(frame: &[u8]) -> Option<u16> {
         *frame.get(h.header_len + 1)?,
     ]));
     let at = h.header_len + 2 + topic;
-    Some(u16::from_be_bytes([*frame.get(at)?, *frame.get(at + 1)?]))
+    Some((
+        qos,
+        u16::from_be_bytes([*frame.get(at)?, *frame.get(at + 1)?]),
+    ))
 }
 
 impl RouterLink {
-    /// Completes, towards the router, QoS 1 deliveries discarded for the client's Maximum
-    /// Packet Size, with the PUBACK the client would have sent.
-    async fn ack_discarded(&mut self, pkids: Vec<u16>) -> io::Result<()> {
+    /// Completes, towards the router, QoS 1 and 2 deliveries discarded for the client's
+    /// Maximum Packet Size, with the PUBACK or PUBREC the client would have sent.
+    async fn ack_discarded(&mut self, pkids: Vec<(u8, u16)>) -> io::Result<()> {
         {
             let mut buffer = self.tx.buffer();
-            for pkid in pkids {
-                let ack = rumqttd::protocol::PubAck {
-                    pkid,
-                    reason: rumqttd::protocol::PubAckReason::Success,
-                };
-                buffer.push_back(Packet::PubAck(ack, None));
+            for (qos, pkid) in pkids {
+                use rumqttd::protocol::{PubAck, PubAckReason, PubRec, PubRecReason};
+                buffer.push_back(match qos {
+                    1 => Packet::PubAck(
+                        PubAck {
+                            pkid,
+                            reason: PubAckReason::Success,
+                        },
+                        None,
+                    ),
+                    _ => Packet::PubRec(
+                        PubRec {
+                            pkid,
+                            reason: PubRecReason::Success,
+                        },
+                        None,
+                    ),
+                });
             }
         }
         if !self.tx.try_notify().map_err(broken)? {

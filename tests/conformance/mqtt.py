@@ -427,6 +427,21 @@ def maximum_packet_size_to_client():
 
 
 @conformance
+def maximum_packet_size_qos2_discard_completes():
+    """A QoS 2 delivery over the client's Maximum Packet Size is discarded as if sent: with a
+    Receive Maximum of 1, the next message still arrives."""
+    t = topic("maxpkt2")
+    s = Client(props=props(PacketTypes.CONNECT, MaximumPacketSize=256, ReceiveMaximum=1)).connect()
+    s.subscribe(t, 2)
+    p = Client().connect()
+    p.publish(t, b"x" * 1024, qos=2)
+    p.publish(t, b"next", qos=2)
+    p.publish(t, b"last", qos=1)
+    got = [m.payload for m in s.got(2)]
+    check(got == [b"next", b"last"], f"got {got}")
+
+
+@conformance
 def maximum_packet_size_from_server():
     c = Client().connect()
     mps = getattr(c.connack[2], "MaximumPacketSize", None)
