@@ -81,7 +81,11 @@ fn tcp_v5(c: &Cradle) -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_311_persistent_session_keeps_subscriptions_and_queues_qos1_while_away() {
     // Both edge listeners serve both protocols.
-    holds(tcp, &["persistent_session_v311"]).await;
+    holds(
+        tcp,
+        &["persistent_session_v311", "inflight_redelivered_v311"],
+    )
+    .await;
     holds(tcp_v5, &["persistent_session_v311"]).await;
 }
 

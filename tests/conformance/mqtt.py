@@ -177,6 +177,26 @@ def persistent_session_v311():
 
 
 @conformance
+def inflight_redelivered_v311():
+    """A QoS 1 message delivered but not acknowledged when the connection drops is delivered
+    again to the resumed session (rumqttd re-reads it from its log: a new packet id and DUP 0,
+    a known deviation listed in topics.md)."""
+    t, cid = topic("inflight"), "i" + uuid.uuid4().hex[:10]
+    s = Client(cid, V311, clean=False)
+    s.c.manual_ack_set(True)
+    s.connect()
+    s.subscribe(t, 1)
+    Client(proto=V311).connect().publish(t, b"unacked", qos=1)
+    s.got(1)
+    s.drop()
+    time.sleep(0.3)
+    back = Client(cid, V311, clean=False).connect()
+    check(back.connack[0].session_present, "session not present")
+    m = back.got(1)[0]
+    check(m.payload == b"unacked", f"redelivered {m.payload}")
+
+
+@conformance
 def session_expiry_v5():
     """Session Expiry Interval: kept within it, gone after it."""
     t, cid = topic("expiry"), "e" + uuid.uuid4().hex[:10]
