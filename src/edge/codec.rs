@@ -271,6 +271,14 @@ pub fn put_disconnect(out: &mut BytesMut, proto: Proto, reason: u8) {
     }
 }
 
+/// Appends an MQTT 5 DISCONNECT (normal, 0x00) carrying a Session Expiry Interval: the one
+/// the client's own DISCONNECT set, relayed to an external broker.
+pub fn put_disconnect_session_expiry(out: &mut BytesMut, secs: u32) {
+    // reason, property length 5, Session Expiry Interval (0x11) and its four bytes
+    out.put_slice(&[kind::DISCONNECT << 4, 7, 0, 5, 0x11]);
+    out.put_u32(secs);
+}
+
 /// Appends a CONNACK refusing or accepting the connection with `code` (a 3.1.1 return code
 /// or an MQTT 5 reason code, already chosen for `proto`).
 pub fn put_connack(out: &mut BytesMut, proto: Proto, code: u8) {
@@ -351,6 +359,21 @@ pub fn put_varint(out: &mut BytesMut, mut n: usize) -> Result<(), FrameError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_disconnect_with_a_session_expiry_reads_back_as_one() {
+        let mut out = BytesMut::new();
+        super::put_disconnect_session_expiry(&mut out, 300);
+        match rumqttc::v5::mqttbytes::v5::Packet::read(&mut out, None) {
+            Ok(rumqttc::v5::mqttbytes::v5::Packet::Disconnect(d)) => {
+                assert_eq!(
+                    d.properties.and_then(|p| p.session_expiry_interval),
+                    Some(300)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
     use super::*;
     use bytes::Bytes;
     use rumqttc::mqttbytes::v4;

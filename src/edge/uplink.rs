@@ -207,8 +207,9 @@ impl UpLink {
     /// itself (it holds the client's Will, which the edge publishes itself), and the edge
     /// waits until it closed its side; the router is told the connection is gone, which
     /// it processes before any later connection of the same client id (one channel, in
-    /// order). `session_expiry` is what the client's MQTT 5 DISCONNECT set (an external
-    /// broker got the client's CONNECT and keeps its interval).
+    /// order). `session_expiry` is what the client's MQTT 5 DISCONNECT set: the router
+    /// takes it before the end, an external broker gets it in the edge's DISCONNECT (it
+    /// got the client's CONNECT, with the interval it set first).
     pub async fn close(self, proto: Proto, broker_closed: bool, session_expiry: Option<u32>) {
         match self {
             UpLink::Router(r) => {
@@ -216,8 +217,13 @@ impl UpLink {
             }
             UpLink::Socket(mut s) => {
                 if !broker_closed {
-                    let mut out = BytesMut::with_capacity(4);
-                    codec::put_disconnect(&mut out, proto, 0);
+                    let mut out = BytesMut::with_capacity(9);
+                    match (proto, session_expiry) {
+                        (Proto::V5, Some(secs)) => {
+                            codec::put_disconnect_session_expiry(&mut out, secs)
+                        }
+                        _ => codec::put_disconnect(&mut out, proto, 0),
+                    }
                     let write = s.wr.write_all(&out);
                     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), write).await;
                 }
