@@ -14,6 +14,7 @@ use rumqttc::mqttbytes::v4::Connect;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
 
 use super::{
     age_micros, broker_addr, proc_stats, run_id, stamped_payload, wire, BenchError, BenchResult,
@@ -174,27 +175,20 @@ async fn publisher(
     Ok(())
 }
 
-/// Runs the scenario.
-pub async fn run(t: Throughput) -> Result<BenchResult, BenchError> {
-    let (host, port) = broker_addr(&t.broker)?;
-    if t.qos > 1 {
-        return Err(BenchError::Usage(format!("--qos {}: 0 or 1", t.qos)));
-    }
-    let run = run_id();
-    let topic = format!("bench/{run}/t");
-    let stop = Arc::new(AtomicBool::new(false));
-    let tally = Arc::new(Tally::default());
-
+/// Connects and subscribes `t.subscribers` clients and waits until every SUBACK arrived.
+async fn subscribe_all(
+    t: &Throughput,
+    (host, port): (&str, u16),
+    run: &str,
+    topic: &str,
+    tally: &Arc<Tally>,
+    stop: &Arc<AtomicBool>,
+) -> Result<Vec<JoinHandle<Result<Vec<u64>, BenchError>>>, BenchError> {
     let mut subs = Vec::new();
     for i in 0..t.subscribers {
-        let stream = open(&host, port, format!("bench-{run}-s{i}")).await?;
-        subs.push(tokio::spawn(subscriber(
-            stream,
-            topic.clone(),
-            t.qos,
-            tally.clone(),
-            stop.clone(),
-        )));
+        let stream = open(host, port, format!("bench-{run}-s{i}")).await?;
+        let (topic, tally, stop) = (topic.to_string(), tally.clone(), stop.clone());
+        subs.push(tokio::spawn(subscriber(stream, topic, t.qos, tally, stop)));
     }
     let subscribed = super::wait_until(Duration::from_secs(20), || {
         tally.ready.load(Relaxed) as usize == t.subscribers
@@ -209,6 +203,21 @@ pub async fn run(t: Throughput) -> Result<BenchResult, BenchError> {
             t.subscribers
         )));
     }
+    Ok(subs)
+}
+
+/// Runs the scenario.
+pub async fn run(t: Throughput) -> Result<BenchResult, BenchError> {
+    let (host, port) = broker_addr(&t.broker)?;
+    if t.qos > 1 {
+        return Err(BenchError::Usage(format!("--qos {}: 0 or 1", t.qos)));
+    }
+    let run = run_id();
+    let topic = format!("bench/{run}/t");
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+
+    let subs = subscribe_all(&t, (&host, port), &run, &topic, &tally, &stop).await?;
     let mut streams = Vec::new();
     for i in 0..t.publishers {
         streams.push(open(&host, port, format!("bench-{run}-p{i}")).await?);
