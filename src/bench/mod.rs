@@ -167,8 +167,14 @@ pub fn now_nanos() -> u64 {
 /// A payload of `size` bytes (at least 8) starting with the send time.
 pub fn stamped_payload(size: usize) -> Vec<u8> {
     let mut p = vec![b'x'; size.max(8)];
-    p[..8].copy_from_slice(&now_nanos().to_be_bytes());
+    stamp(&mut p);
     p
+}
+
+/// Writes the current time over the first 8 bytes of a payload from [`stamped_payload`]
+/// (a payload reused for message after message).
+pub fn stamp(payload: &mut [u8]) {
+    payload[..8].copy_from_slice(&now_nanos().to_be_bytes());
 }
 
 /// `{prefix}-{count}` with thousands as `k` (`idle-memory-10k`).

@@ -113,7 +113,7 @@ async fn subscriber(
             out.clear();
         }
     }
-    let _ = stream.write_all(&[0xe0, 0]).await;
+    let _ = stream.write_all(&wire::DISCONNECT).await;
     Ok(samples)
 }
 
@@ -160,7 +160,7 @@ async fn publisher(
         }
         for _ in 0..n {
             pkid = pkid % u16::MAX + 1;
-            payload[..8].copy_from_slice(&super::now_nanos().to_be_bytes());
+            super::stamp(&mut payload);
             wire::put_publish(&mut out, &topic, qos, pkid, &payload);
         }
         wr.write_all(&out).await?;
@@ -170,7 +170,7 @@ async fn publisher(
     while !stop.load(Relaxed) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let _ = wr.write_all(&[0xe0, 0]).await;
+    let _ = wr.write_all(&wire::DISCONNECT).await;
     acks.abort();
     Ok(())
 }

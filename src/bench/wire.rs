@@ -1,61 +1,47 @@
 //! The bench's own MQTT 3.1.1 framing for the broker-path scenarios: PUBLISH and PUBACK
-//! encoded by hand into one buffer, and frames split off a read buffer without decoding
-//! more than the fixed header, the topic length and the packet id.
+//! encoded by hand into one buffer, and frames split off a read buffer and read with the
+//! edge's own codec (`edge::codec`: fixed header, PUBLISH view, packet id).
 //!
 //! rumqttc's event loop moves every packet through a channel and a state machine; on two
 //! shared cores it took more CPU than either broker under test, so the broker-path figures
 //! were the client's. These few functions cost a copy per message and nothing else.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use super::BenchError;
+use crate::edge::codec::{self, Header, Proto};
 
-/// Packet type of a PUBLISH (upper nibble of the first byte).
-pub const PUBLISH: u8 = 3;
-/// Packet type of a PUBACK.
-pub const PUBACK: u8 = 4;
-/// Packet type of a SUBACK.
-pub const SUBACK: u8 = 9;
+pub use codec::kind::{PUBACK, PUBLISH, SUBACK};
 
-/// One frame split off the read buffer.
+/// An MQTT 3.1.1 DISCONNECT.
+pub const DISCONNECT: [u8; 2] = [codec::kind::DISCONNECT << 4, 0];
+
+/// One whole frame split off the read buffer.
 #[derive(Debug)]
 pub struct Frame {
-    /// First byte: type in the upper nibble, flags in the lower.
-    pub byte1: u8,
-    /// Variable header and payload.
-    pub body: Bytes,
+    header: Header,
+    frame: Bytes,
+}
+
+fn malformed(e: codec::FrameError) -> BenchError {
+    BenchError::Target(format!("from the broker: {e}"))
 }
 
 impl Frame {
     /// The packet type.
     pub fn kind(&self) -> u8 {
-        self.byte1 >> 4
+        self.header.kind()
     }
 
     /// A PUBLISH's packet id (0 at QoS 0) and payload.
     pub fn publish(&self) -> Result<(u16, &[u8]), BenchError> {
-        let bad = || BenchError::Target("malformed PUBLISH from the broker".into());
-        let b = &self.body[..];
-        let topic = usize::from(u16::from_be_bytes([
-            *b.first().ok_or_else(bad)?,
-            *b.get(1).ok_or_else(bad)?,
-        ]));
-        let mut at = 2 + topic;
-        let mut pkid = 0;
-        if (self.byte1 >> 1) & 3 > 0 {
-            pkid =
-                u16::from_be_bytes([*b.get(at).ok_or_else(bad)?, *b.get(at + 1).ok_or_else(bad)?]);
-            at += 2;
-        }
-        Ok((pkid, b.get(at..).ok_or_else(bad)?))
+        let view = codec::publish_view(&self.frame, &self.header, Proto::V4).map_err(malformed)?;
+        Ok((view.pkid, view.payload))
     }
 
-    /// A PUBACK's or SUBACK's packet id.
+    /// A PUBACK's or SUBACK's packet id (0 when it has none).
     pub fn pkid(&self) -> u16 {
-        match &self.body[..] {
-            [a, b, ..] => u16::from_be_bytes([*a, *b]),
-            _ => 0,
-        }
+        codec::packet_id(&self.frame, &self.header).unwrap_or(0)
     }
 }
 
@@ -79,8 +65,7 @@ pub fn put_publish(buf: &mut BytesMut, topic: &str, qos: u8, pkid: u16, payload:
 
 /// Appends a PUBACK.
 pub fn put_puback(buf: &mut BytesMut, pkid: u16) {
-    buf.put_slice(&[PUBACK << 4, 2]);
-    buf.put_u16(pkid);
+    codec::put_ack(buf, PUBACK, pkid, Proto::V4, 0);
 }
 
 /// Appends a SUBSCRIBE of one filter.
@@ -95,30 +80,13 @@ pub fn put_subscribe(buf: &mut BytesMut, pkid: u16, filter: &str, qos: u8) {
 
 /// Splits the next whole frame off `buf`, or `None` until more bytes arrive.
 pub fn next_frame(buf: &mut BytesMut) -> Result<Option<Frame>, BenchError> {
-    let mut len = 0usize;
-    let mut header = 1;
-    loop {
-        let Some(&byte) = buf.get(header) else {
-            return Ok(None);
-        };
-        len |= usize::from(byte & 0x7f) << (7 * (header - 1));
-        header += 1;
-        if byte & 0x80 == 0 {
-            break;
-        }
-        if header > 4 {
-            return Err(BenchError::Target("malformed remaining length".into()));
-        }
+    match codec::header(buf, usize::MAX).map_err(malformed)? {
+        Some(header) if buf.len() >= header.frame_len => Ok(Some(Frame {
+            header,
+            frame: buf.split_to(header.frame_len).freeze(),
+        })),
+        _ => Ok(None),
     }
-    if buf.len() < header + len {
-        return Ok(None);
-    }
-    let byte1 = buf[0];
-    buf.advance(header);
-    Ok(Some(Frame {
-        byte1,
-        body: buf.split_to(len).freeze(),
-    }))
 }
 
 #[cfg(test)]
