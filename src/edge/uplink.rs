@@ -69,6 +69,13 @@ enum Codec {
 }
 
 impl Codec {
+    fn proto(self) -> Proto {
+        match self {
+            Codec::V4 => Proto::V4,
+            Codec::V5 => Proto::V5,
+        }
+    }
+
     fn read(self, buf: &mut BytesMut, max: usize) -> Result<Packet, rumqttd::protocol::Error> {
         match self {
             Codec::V4 => V4.read_mut(buf, max),
@@ -289,9 +296,17 @@ impl RouterLink {
                 buffer.push_back(packet);
             }
         }
-        // The send future holds a router event; boxed, it is not part of every
-        // connection's future (it is needed only when the router's channel is full).
-        if any && !self.tx.try_notify().map_err(broken)? {
+        if any {
+            self.notify_router().await?;
+        }
+        Ok(())
+    }
+
+    /// Tells the router this connection's incoming buffer has packets. The send future holds
+    /// a router event; boxed, it is not part of every connection's future (it is needed only
+    /// when the router's channel is full).
+    async fn notify_router(&mut self) -> io::Result<()> {
+        if !self.tx.try_notify().map_err(broken)? {
             Box::pin(self.tx.notify()).await.map_err(broken)?;
         }
         Ok(())
@@ -319,7 +334,7 @@ impl RouterLink {
                         let at = buf.len();
                         self.codec.write(packet, buf).map_err(broken)?;
                         if buf.len() - at > self.client_max {
-                            discarded.extend(acked_pkid(&buf[at..]));
+                            discarded.extend(acked_pkid(&buf[at..], self.codec.proto()));
                             buf.truncate(at);
                         }
                     }
@@ -342,21 +357,13 @@ impl RouterLink {
 }
 
 /// The QoS and packet id of an encoded QoS 1 or 2 PUBLISH frame (`None` for anything else).
-fn acked_pkid(frame: &[u8]) -> Option<(u8, u16)> {
+fn acked_pkid(frame: &[u8], proto: Proto) -> Option<(u8, u16)> {
     let h = codec::header(frame, usize::MAX).ok().flatten()?;
-    let qos = (h.byte1 >> 1) & 3;
-    if h.kind() != codec::kind::PUBLISH || qos == 0 {
+    if h.kind() != codec::kind::PUBLISH {
         return None;
     }
-    let topic = usize::from(u16::from_be_bytes([
-        *frame.get(h.header_len)?,
-        *frame.get(h.header_len + 1)?,
-    ]));
-    let at = h.header_len + 2 + topic;
-    Some((
-        qos,
-        u16::from_be_bytes([*frame.get(at)?, *frame.get(at + 1)?]),
-    ))
+    let view = codec::publish_view(frame, &h, proto).ok()?;
+    (view.qos > 0).then_some((view.qos, view.pkid))
 }
 
 impl RouterLink {
@@ -385,10 +392,7 @@ impl RouterLink {
                 });
             }
         }
-        if !self.tx.try_notify().map_err(broken)? {
-            Box::pin(self.tx.notify()).await.map_err(broken)?;
-        }
-        Ok(())
+        self.notify_router().await
     }
 }
 
