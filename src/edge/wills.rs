@@ -81,14 +81,4 @@ impl DelayedWills {
     pub fn drain(&self) -> Vec<Publication> {
         self.lock().wills.drain().map(|(_, (_, p))| p).collect()
     }
-
-    /// How many Wills are held.
-    pub fn len(&self) -> usize {
-        self.lock().wills.len()
-    }
-
-    /// Whether none is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
