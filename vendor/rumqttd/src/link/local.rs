@@ -553,9 +553,6 @@ impl LinkRx {
         self.router_rx.is_disconnected()
     }
 
-    /// CRADLE PATCH 13: tells the router this connection is gone (what the network link
-    /// does when its socket closes), unless the router already let go of it: its
-    /// connection id may then belong to a newer connection.
     /// CRADLE PATCH 18: [`LinkRx::disconnect`] after the client's MQTT 5 DISCONNECT set a
     /// new Session Expiry Interval (the router takes both in order, for this connection).
     pub async fn disconnect_with_expiry(&self, secs: Option<u32>) -> Result<(), LinkError> {
@@ -567,6 +564,9 @@ impl LinkRx {
         self.disconnect().await
     }
 
+    /// CRADLE PATCH 13: tells the router this connection is gone (what the network link
+    /// does when its socket closes), unless the router already let go of it: its
+    /// connection id may then belong to a newer connection.
     pub async fn disconnect(&self) -> Result<(), LinkError> {
         if !self.is_closed() {
             self.router_tx

@@ -1425,16 +1425,7 @@ fn append_to_commitlog(
         }
     }
 
-    // CRADLE PATCH 19: only a retained message replaces or (empty) deletes the retained one;
-    // a plain empty PUBLISH used to delete it too. The flag stays on the logged copy:
-    // `forward_device_data` clears it for subscriptions without Retain As Published.
-    if publish.retain {
-        if publish.payload.is_empty() {
-            datalog.remove_from_retained_publishes(topic.to_owned());
-        } else {
-            datalog.insert_to_retained_publishes(publish.clone(), properties.clone(), topic.to_owned());
-        }
-    }
+    update_retained(datalog, &publish, &properties, topic);
     let pkid = publish.pkid;
 
     let filter_idxs = datalog.matches(topic);
@@ -1501,16 +1492,7 @@ fn append_will_message(
         }
     }
 
-    // CRADLE PATCH 19: only a retained message replaces or (empty) deletes the retained one;
-    // a plain empty PUBLISH used to delete it too. The flag stays on the logged copy:
-    // `forward_device_data` clears it for subscriptions without Retain As Published.
-    if publish.retain {
-        if publish.payload.is_empty() {
-            datalog.remove_from_retained_publishes(topic.to_owned());
-        } else {
-            datalog.insert_to_retained_publishes(publish.clone(), properties.clone(), topic.to_owned());
-        }
-    }
+    update_retained(datalog, &publish, &properties, topic);
     let pkid = publish.pkid;
 
     let filter_idxs = datalog.matches(topic);
@@ -1534,6 +1516,24 @@ fn append_will_message(
     }
 
     Ok(o)
+}
+
+/// CRADLE PATCH 19: only a retained message replaces or (empty) deletes the topic's retained
+/// one; a plain empty PUBLISH used to delete it too. The flag stays on the logged copy:
+/// `forward_device_data` clears it for subscriptions without Retain As Published.
+fn update_retained(
+    datalog: &mut DataLog,
+    publish: &Publish,
+    properties: &Option<PublishProperties>,
+    topic: &str,
+) {
+    if publish.retain {
+        if publish.payload.is_empty() {
+            datalog.remove_from_retained_publishes(topic.to_owned());
+        } else {
+            datalog.insert_to_retained_publishes(publish.clone(), properties.clone(), topic.to_owned());
+        }
+    }
 }
 
 fn validate_and_set_topic_alias(
