@@ -165,10 +165,8 @@ impl Endpoint {
         if let Some((user, password)) = &self.login {
             options.set_credentials(user.clone(), password.clone());
         }
-        if let Some(tls) = &self.tls {
-            options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-                tls.clone(),
-            )));
+        if let Some(transport) = self.tls_transport() {
+            options.set_transport(transport);
         }
         options
     }
@@ -179,12 +177,18 @@ impl Endpoint {
         if let Some((user, password)) = &self.login {
             options.set_credentials(user.clone(), password.clone());
         }
-        if let Some(tls) = &self.tls {
-            options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-                tls.clone(),
-            )));
+        if let Some(transport) = self.tls_transport() {
+            options.set_transport(transport);
         }
         options
+    }
+
+    /// The TLS transport of a Cradle client (`mqtts://`), for either protocol's options.
+    fn tls_transport(&self) -> Option<Transport> {
+        let tls = self.tls.as_ref()?;
+        Some(Transport::tls_with_config(TlsConfiguration::Rustls(
+            tls.clone(),
+        )))
     }
 
     /// Opens one byte stream to the broker (TCP, or TLS over TCP) for a relayed connection.

@@ -148,17 +148,19 @@ impl Connect {
         }
     }
 
+    /// The CONNECT's MQTT 5 properties (none for MQTT 3.1.1).
+    fn v5_properties(&self) -> Option<&v5::ConnectProperties> {
+        match self {
+            Connect::V4(_) => None,
+            Connect::V5(b) => b.0.properties.as_ref(),
+        }
+    }
+
     /// The MQTT 5 Topic Alias Maximum the client accepts from the server (0: none).
     fn topic_alias_max(&self) -> u16 {
-        match self {
-            Connect::V4(_) => 0,
-            Connect::V5(b) => {
-                b.0.properties
-                    .as_ref()
-                    .and_then(|p| p.topic_alias_max)
-                    .unwrap_or(0)
-            }
-        }
+        self.v5_properties()
+            .and_then(|p| p.topic_alias_max)
+            .unwrap_or(0)
     }
 
     /// The MQTT 5 Session Expiry Interval (absent: 0); `None` for MQTT 3.1.1, whose session
@@ -166,9 +168,8 @@ impl Connect {
     fn session_expiry(&self) -> Option<u32> {
         match self {
             Connect::V4(_) => None,
-            Connect::V5(b) => Some(
-                b.0.properties
-                    .as_ref()
+            Connect::V5(_) => Some(
+                self.v5_properties()
                     .and_then(|p| p.session_expiry_interval)
                     .unwrap_or(0),
             ),
@@ -178,29 +179,19 @@ impl Connect {
     /// What the router's session for this connection follows: clean session / Clean Start,
     /// Session Expiry Interval, Topic Alias Maximum, Receive Maximum.
     fn session_options(&self) -> rumqttd::local::SessionOptions {
-        let receive_max = match self {
-            Connect::V4(_) => None,
-            Connect::V5(b) => b.0.properties.as_ref().and_then(|p| p.receive_maximum),
-        };
         rumqttd::local::SessionOptions {
             clean_session: self.clean(),
             session_expiry: self.session_expiry(),
             topic_alias_max: self.topic_alias_max(),
-            receive_max,
+            receive_max: self.v5_properties().and_then(|p| p.receive_maximum),
         }
     }
 
     /// The MQTT 5 Maximum Packet Size the client accepts (`usize::MAX`: no limit).
     fn client_max_packet(&self) -> usize {
-        match self {
-            Connect::V4(_) => usize::MAX,
-            Connect::V5(b) => {
-                b.0.properties
-                    .as_ref()
-                    .and_then(|p| p.max_packet_size)
-                    .map_or(usize::MAX, |m| m as usize)
-            }
-        }
+        self.v5_properties()
+            .and_then(|p| p.max_packet_size)
+            .map_or(usize::MAX, |m| m as usize)
     }
 
     fn login(&self) -> (Option<&str>, Option<&str>) {
