@@ -55,6 +55,16 @@ fn paho_over(port: u16, env: &[(&str, String)], checks: &[&str]) {
     assert!(out.status.success(), "{text}\n{errors}");
 }
 
+/// Runs `mosquitto_pub` against 127.0.0.1:`port` with `args` and asserts it succeeded.
+fn mosquitto_pub(port: &str, args: &[&str]) {
+    let out = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", port])
+        .args(args)
+        .output()
+        .expect("mosquitto_pub");
+    assert!(out.status.success(), "mosquitto_pub {args:?}: {out:?}");
+}
+
 async fn cradle() -> (tempfile::TempDir, Cradle) {
     let dir = tempfile::tempdir().unwrap();
     let cradle = Cradle::start(dir.path(), None).await;
@@ -154,23 +164,7 @@ async fn mosquitto_sub_with_a_persistent_session_gets_what_was_published_while_a
     let first = sub(&["-E"]);
     assert!(first.status.success(), "{first:?}");
     for m in ["one", "two"] {
-        let ok = Command::new("mosquitto_pub")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-q",
-                "1",
-                "-t",
-                topic,
-                "-m",
-                m,
-            ])
-            .status()
-            .expect("mosquitto_pub")
-            .success();
-        assert!(ok, "mosquitto_pub failed");
+        mosquitto_pub(&port, &["-q", "1", "-t", topic, "-m", m]);
     }
     let back = sub(&["-C", "2"]);
     let got = String::from_utf8_lossy(&back.stdout);
@@ -187,24 +181,7 @@ async fn mosquitto_sub_gets_a_retained_qos0_message_at_qos0() {
     let (_dir, cradle) = cradle().await;
     let port = cradle.mqtt_port.to_string();
     let topic = "accounts/conf/clients/m-retained/data";
-    let ok = Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-q",
-            "0",
-            "-r",
-            "-t",
-            topic,
-            "-m",
-            "r0",
-        ])
-        .status()
-        .expect("mosquitto_pub")
-        .success();
-    assert!(ok);
+    mosquitto_pub(&port, &["-q", "0", "-r", "-t", topic, "-m", "r0"]);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let out = Command::new("mosquitto_sub")
         .args(["-h", "127.0.0.1", "-p", &port, "-q", "1", "-t", topic])
@@ -316,14 +293,13 @@ async fn with_accounts_sessions_persist_and_shared_groups_stay_inside_their_acco
             .expect("mosquitto_sub")
     };
     let publish = |m: &str| {
-        let ok = Command::new("mosquitto_pub")
-            .args(["-h", "127.0.0.1", "-p", &port, "-q", "1"])
-            .args(["-u", "a", "-P", &a2, "-i", "d2"])
-            .args(["-t", "accounts/a/parent_stations/d2", "-m", m])
-            .status()
-            .expect("mosquitto_pub")
-            .success();
-        assert!(ok, "mosquitto_pub as a/d2 failed");
+        let topic = "accounts/a/parent_stations/d2";
+        mosquitto_pub(
+            &port,
+            &[
+                "-q", "1", "-u", "a", "-P", &a2, "-i", "d2", "-t", topic, "-m", m,
+            ],
+        );
     };
 
     // a/d1 subscribes with a session that outlives the connection, and leaves.
@@ -361,14 +337,13 @@ async fn with_accounts_sessions_persist_and_shared_groups_stay_inside_their_acco
     let a_got = a_share.wait_with_output().unwrap();
     assert_eq!(String::from_utf8_lossy(&a_got.stdout).trim(), "shared");
     // b's member is subscribed (it gets b's own message), and its first message is b's.
-    let ok = Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &port, "-q", "1"])
-        .args(["-u", "b", "-P", &b2, "-i", "d2"])
-        .args(["-t", "accounts/b/parent_stations/d2", "-m", "b-own"])
-        .status()
-        .expect("mosquitto_pub")
-        .success();
-    assert!(ok, "mosquitto_pub as b failed");
+    let topic = "accounts/b/parent_stations/d2";
+    mosquitto_pub(
+        &port,
+        &[
+            "-q", "1", "-u", "b", "-P", &b2, "-i", "d2", "-t", topic, "-m", "b-own",
+        ],
+    );
     let b_got = b_share.wait_with_output().unwrap();
     assert_eq!(String::from_utf8_lossy(&b_got.stdout).trim(), "b-own");
 }
