@@ -216,7 +216,8 @@ async fn an_mqtt5_will_waits_for_its_delay_and_a_reconnect_within_it_cancels_it(
 }
 
 /// Retain As Published keeps the flag on live deliveries, Retain Handling 2 sends no retained
-/// message, 1 sends them on a new subscription only; only a retained empty PUBLISH deletes.
+/// message, 1 sends them on a new subscription only, 0 on a re-subscription too (which
+/// replaces the subscription's QoS); only a retained empty PUBLISH deletes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt5_retain_as_published_and_retain_handling_hold() {
     holds(
@@ -224,9 +225,11 @@ async fn mqtt5_retain_as_published_and_retain_handling_hold() {
         &[
             "retain_as_published_and_handling",
             "only_a_retained_empty_publish_deletes",
+            "resubscription_replaces_the_subscription_v5",
         ],
     )
     .await;
+    holds(tcp, &["resubscription_resends_retained_v311"]).await;
 }
 
 /// The same semantics on every device listener: MQTT over WebSocket, TLS and WebSocket over

@@ -331,6 +331,46 @@ def retain_as_published_and_handling():
 
 
 @conformance
+def resubscription_replaces_the_subscription_v5():
+    """A SUBSCRIBE to a filter already held replaces it: new QoS, retained resent (handling 0)."""
+    t = topic("resub")
+    p = Client().connect()
+    p.publish(t, b"ret", qos=1, retain=True)
+    time.sleep(0.3)
+    s = Client().connect()
+    s.subscribe(t, 0)
+    check([(m.payload, m.qos) for m in s.got(1)] == [(b"ret", 0)], "retained at granted QoS 0")
+    check(s.subscribe(t, 1) == [1], f"re-subscription granted {s.subacks[-1]}")
+    m = s.got(2)[1]
+    check((m.payload, m.qos, m.retain) == (b"ret", 1, True),
+          f"Retain Handling 0 on a re-subscription: got {(m.payload, m.qos, m.retain)}")
+    p.publish(t, b"live", qos=1)
+    m = s.got(3)[2]
+    check((m.payload, m.qos) == (b"live", 1), f"live message after re-subscription: {(m.payload, m.qos)}")
+    check(len(s.quiet(0.5)) == 3, "a message arrived twice after the re-subscription")
+    p.publish(t, b"", qos=1, retain=True)
+
+
+@conformance
+def resubscription_resends_retained_v311():
+    """MQTT 3.1.1 §3.8.4: retained messages are re-sent on a replacing SUBSCRIBE; QoS follows it."""
+    t = topic("resub311")
+    p = Client(proto=V311).connect()
+    p.publish(t, b"ret", qos=1, retain=True)
+    time.sleep(0.3)
+    s = Client(proto=V311).connect()
+    s.subscribe(t, 1)
+    s.got(1)
+    s.subscribe(t, 0)
+    m = s.got(2)[1]
+    check((m.payload, m.qos) == (b"ret", 0), f"re-subscription at QoS 0 got {(m.payload, m.qos)}")
+    p.publish(t, b"live", qos=1)
+    m = s.got(3)[2]
+    check((m.payload, m.qos) == (b"live", 0), f"live message not at the new QoS 0: {m.qos}")
+    p.publish(t, b"", qos=1, retain=True)
+
+
+@conformance
 def only_a_retained_empty_publish_deletes():
     t = topic("retdel")
     p = Client().connect()

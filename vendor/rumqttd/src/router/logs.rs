@@ -105,6 +105,21 @@ impl DataLog {
             .map(|data| &data.waiters)
     }
 
+    /// CRADLE PATCH 22: takes the connection's parked request on `filter` (which may be
+    /// `$share/{group}/...` on the same log as the plain filter) out of the log's waiters.
+    pub fn take_waiter(
+        &mut self,
+        id: ConnectionId,
+        filter_idx: FilterIdx,
+        filter: &Filter,
+    ) -> Option<DataRequest> {
+        let waiters = self.native.get_mut(filter_idx)?.waiters.get_mut();
+        let index = waiters
+            .iter()
+            .position(|(conn_id, request)| *conn_id == id && &request.filter == filter)?;
+        waiters.swap_remove_back(index).map(|(_, request)| request)
+    }
+
     pub fn remove_waiters_for_id(
         &mut self,
         id: ConnectionId,

@@ -1144,39 +1144,48 @@ impl Router {
 
         // check is group is None because retained messages aren't sent
         // for shared subscriptions
-        // CRADLE PATCH 19: Retain Handling 2 sends none. Handling 0 on an existing
-        // subscription would send them again; that is not done (see below).
-        let forward_retained =
+        // CRADLE PATCH 19: Retain Handling 2 sends none.
+        let mut forward_retained =
             group.is_none() && filter.retain_forward_rule != protocol::RetainForwardRule::Never;
 
         // call to `insert(_)` returns `true` if it didn't contain the filter_path already
         // i.e. its a new subscription
-        if connection.subscriptions.insert(filter_path.clone()) {
-            let request = DataRequest {
-                filter: filter_path.clone(),
-                filter_idx,
-                qos: filter.qos as u8,
-                cursor,
-                read_count: 0,
-                max_count: 100,
-                // set true for new subscriptions
-                forward_retained,
-                group,
-                preserve_retain: filter.preserve_retain,
-                nolocal: filter.nolocal,
-            };
-
-            self.scheduler.track(id, request);
-            self.scheduler.reschedule(id, ScheduleReason::NewFilter);
-            // CRADLE PATCH 11: logged, not a `debug_assert!` that stops the router.
-            if let Some(duplicate) = self.scheduler.check_tracker_duplicates(id) {
-                warn!(id, ?duplicate, "duplicate data requests");
+        // CRADLE PATCH 22: a SUBSCRIBE to a filter the connection already has replaces that
+        // subscription (MQTT 3.1.1 §3.8.4, MQTT 5 §3.8.4): the new QoS and options hold from
+        // now on, the read position is kept (nothing is lost or sent twice), and the retained
+        // messages are sent again unless Retain Handling is 1 or 2. rumqttd left the old
+        // request untouched ("figure out how we can update existing DataRequest").
+        let mut cursor = cursor;
+        if !connection.subscriptions.insert(filter_path.clone()) {
+            forward_retained &=
+                filter.retain_forward_rule == protocol::RetainForwardRule::OnEverySubscribe;
+            let old = self
+                .datalog
+                .take_waiter(id, filter_idx, filter_path)
+                .or_else(|| self.scheduler.take_request(id, filter_path));
+            if let Some(old) = old {
+                cursor = old.cursor;
             }
         }
+        let request = DataRequest {
+            filter: filter_path.clone(),
+            filter_idx,
+            qos: filter.qos as u8,
+            cursor,
+            read_count: 0,
+            max_count: 100,
+            forward_retained,
+            group,
+            preserve_retain: filter.preserve_retain,
+            nolocal: filter.nolocal,
+        };
 
-        // TODO: figure out how we can update existing DataRequest
-        // helpful in re-subscriptions and forwarding retained messages on
-        // every subscribe
+        self.scheduler.track(id, request);
+        self.scheduler.reschedule(id, ScheduleReason::NewFilter);
+        // CRADLE PATCH 11: logged, not a `debug_assert!` that stops the router.
+        if let Some(duplicate) = self.scheduler.check_tracker_duplicates(id) {
+            warn!(id, ?duplicate, "duplicate data requests");
+        }
 
         let meter = &mut self.ibufs.get_mut(id).unwrap().meter;
         meter.register_subscription(filter_path.clone());

@@ -66,6 +66,14 @@ impl Scheduler {
         tracker.unregister_data_request(filter.clone());
     }
 
+    /// CRADLE PATCH 22: takes the connection's request on `filter` out of its tracker, to be
+    /// replaced by a re-subscription.
+    pub fn take_request(&mut self, id: ConnectionId, filter: &Filter) -> Option<DataRequest> {
+        let requests = &mut self.trackers.get_mut(id)?.data_requests;
+        let index = requests.iter().position(|r| &r.filter == filter)?;
+        requests.remove(index)
+    }
+
     pub fn trackv(&mut self, id: ConnectionId, requests: VecDeque<DataRequest>) {
         let Some(tracker) = self.trackers.get_mut(id) else {
             warn!(id, "trackv: connection is gone");
