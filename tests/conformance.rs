@@ -93,7 +93,11 @@ async fn a_311_persistent_session_keeps_subscriptions_and_queues_qos1_while_away
     // Both edge listeners serve both protocols.
     holds(
         tcp,
-        &["persistent_session_v311", "inflight_redelivered_v311"],
+        &[
+            "persistent_session_v311",
+            "inflight_redelivered_v311",
+            "inflight_redelivered_v5",
+        ],
     )
     .await;
     holds(tcp_v5, &["persistent_session_v311"]).await;
@@ -105,13 +109,14 @@ async fn retained_messages_arrive_at_the_lower_of_published_and_granted_qos() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mqtt5_publish_properties_subscription_ids_and_client_topic_aliases_hold() {
+async fn mqtt5_publish_properties_subscription_ids_and_topic_aliases_both_ways_hold() {
     holds(
         tcp_v5,
         &[
             "publish_properties_pass_through",
             "subscription_identifiers",
             "client_topic_alias",
+            "server_topic_aliases_are_per_topic",
         ],
     )
     .await;

@@ -179,21 +179,44 @@ def persistent_session_v311():
 @conformance
 def inflight_redelivered_v311():
     """A QoS 1 message delivered but not acknowledged when the connection drops is delivered
-    again to the resumed session (rumqttd re-reads it from its log: a new packet id and DUP 0,
-    a known deviation listed in topics.md)."""
+    again to the resumed session, with its packet id and DUP set (MQTT 3.1.1 §4.4), then the
+    session goes on with new messages."""
+    inflight_redelivered(V311)
+
+
+@conformance
+def inflight_redelivered_v5():
+    """The same for MQTT 5 (§4.4), the session kept by its Session Expiry Interval; a retained
+    message sent on subscribe is redelivered too."""
+    inflight_redelivered(V5)
+
+
+def inflight_redelivered(proto):
     t, cid = topic("inflight"), "i" + uuid.uuid4().hex[:10]
-    s = Client(cid, V311, clean=False)
+    keep = props(PacketTypes.CONNECT, SessionExpiryInterval=60) if proto == V5 else None
+    pub = Client(proto=proto).connect()
+    pub.publish(t, b"retained", qos=1, retain=True)
+    time.sleep(0.3)
+    s = Client(cid, proto, clean=False, props=keep)
     s.c.manual_ack_set(True)
     s.connect()
     s.subscribe(t, 1)
-    Client(proto=V311).connect().publish(t, b"unacked", qos=1)
-    s.got(1)
+    pub.publish(t, b"unacked", qos=1)
+    first = s.got(2)
+    check([(m.payload, m.dup) for m in first] == [(b"retained", False), (b"unacked", False)],
+          f"first deliveries {[(m.payload, m.dup) for m in first]}")
     s.drop()
     time.sleep(0.3)
-    back = Client(cid, V311, clean=False).connect()
+    back = Client(cid, proto, clean=False, props=keep).connect()
     check(back.connack[0].session_present, "session not present")
-    m = back.got(1)[0]
-    check(m.payload == b"unacked", f"redelivered {m.payload}")
+    again = back.got(2)
+    check([(m.payload, m.mid, m.dup) for m in again] == [(m.payload, m.mid, True) for m in first],
+          f"redelivered {[(m.payload, m.mid, m.dup) for m in again]}, "
+          f"first {[(m.payload, m.mid) for m in first]}")
+    pub.publish(t, b"next", qos=1)
+    check(back.got(3)[2].payload == b"next", "the session did not go on")
+    check(len(back.quiet(0.5)) == 3, "a message arrived twice")
+    pub.publish(t, b"", qos=1, retain=True)
 
 
 @conformance
@@ -426,6 +449,65 @@ def client_topic_alias():
     p.publish("", b"second", qos=1, props=props(TopicAlias=1))
     got = s.got(2)
     check([(m.topic, m.payload) for m in got] == [(t, b"first"), (t, b"second")], f"aliased: {got}")
+
+
+@conformance
+def server_topic_aliases_are_per_topic():
+    """A subscriber that allows topic aliases (Topic Alias Maximum 10) under a wildcard gets
+    each topic with its own alias, then the alias alone (MQTT 5 §3.3.2.3.4). Neither paho
+    (Python) nor libmosquitto 2.0 decodes aliases the server sends, so this subscriber reads
+    the PUBLISH packets off a plain socket; paho publishes."""
+    import socket
+    import struct
+
+    def frame(kind, body):
+        n, rl = len(body), b""
+        while True:
+            n, b = n // 128, n % 128
+            rl += bytes([b | (0x80 if n else 0)])
+            if not n:
+                return bytes([kind]) + rl + body
+
+    def s16(b):
+        return struct.pack(">H", len(b)) + b
+
+    base = topic("salias").rsplit("/", 2)[0]
+    sock = socket.create_connection((HOST, PORT), timeout=5)
+    alias_max = bytes([0x22]) + struct.pack(">H", 10)
+    sock.sendall(frame(0x10, s16(b"MQTT") + bytes([5, 2]) + struct.pack(">H", 30)
+                       + bytes([len(alias_max)]) + alias_max + s16(b"sa" + uuid.uuid4().hex[:8].encode())))
+    sock.sendall(frame(0x82, struct.pack(">H", 1) + b"\x00" + s16(f"{base}/+/x".encode()) + b"\x00"))
+    buf = b""
+
+    def packet():
+        nonlocal buf
+        while True:
+            if len(buf) >= 2:
+                n, mult, i = 0, 1, 1
+                while buf[i] & 0x80:
+                    n, mult, i = n + (buf[i] & 0x7F) * mult, mult * 128, i + 1
+                n += (buf[i] & 0x7F) * mult
+                if len(buf) >= i + 1 + n:
+                    p, buf = buf[: i + 1 + n], buf[i + 1 + n:]
+                    return p[0], p[i + 1:]
+            buf += sock.recv(4096)
+
+    check(packet()[0] == 0x20, "no CONNACK")
+    check(packet()[0] == 0x90, "no SUBACK")
+    pub = Client().connect()
+    got = []
+    for name in ["a", "b", "a", "b"]:
+        pub.publish(f"{base}/{name}/x", name.encode(), qos=0)
+        kind, body = packet()
+        check(kind == 0x30, f"not a QoS 0 PUBLISH: {kind:#x}")
+        tlen = struct.unpack(">H", body[:2])[0]
+        t, rest = body[2: 2 + tlen].decode(), body[2 + tlen:]
+        plen, props_ = rest[0], rest[1: 1 + rest[0]]
+        alias = struct.unpack(">H", props_[1:3])[0] if props_[:1] == b"\x23" else None
+        got.append((t.rsplit("/", 2)[-2] if t else "", alias, rest[1 + plen:].decode()))
+        time.sleep(0.1)
+    sock.close()
+    check(got == [("a", 1, "a"), ("b", 2, "b"), ("", 1, "a"), ("", 2, "b")], f"aliases: {got}")
 
 
 @conformance

@@ -205,15 +205,16 @@ fn finish(
 ) -> Result<(LinkTx, LinkRx, Notification), LinkError> {
     // CRADLE PATCH 12: the router's first notification is the CONNACK; an empty buffer
     // is an error for this connection, not a panic.
-    let notification = {
+    // CRADLE PATCH 23: what came with the CONNACK in the same wake-up (a resumed session's
+    // PUBRELs and unacknowledged deliveries) is taken with it, for the link's first read:
+    // left in the buffer it waited for a wake-up that had already been spent.
+    let (notification, rest) = {
         let mut buffer = outgoing_data_buffer.lock();
         let first = buffer.pop_front();
         // CRADLE PATCH 14: no notification slots kept for an idle connection (the CONNACK
         // left four of ~250 B each).
-        if buffer.is_empty() {
-            *buffer = VecDeque::new();
-        }
-        first.ok_or(LinkError::NotConnectionAck)?
+        let rest = mem::take(&mut *buffer);
+        (first.ok_or(LinkError::NotConnectionAck)?, rest)
     };
 
     // Right now link identifies failure with dropped rx in router,
@@ -224,7 +225,8 @@ fn finish(
     };
 
     let tx = LinkTx::new(id, router_tx.clone(), incoming_data_buffer);
-    let rx = LinkRx::new(id, router_tx, link_rx, outgoing_data_buffer);
+    let mut rx = LinkRx::new(id, router_tx, link_rx, outgoing_data_buffer);
+    rx.cache = rest;
     Ok((tx, rx, notification))
 }
 
@@ -543,6 +545,11 @@ impl LinkRx {
         &mut self,
         notifications: &mut VecDeque<Notification>,
     ) -> Result<(), LinkError> {
+        // CRADLE PATCH 23: first what came with the CONNACK.
+        if !self.cache.is_empty() {
+            *notifications = mem::take(&mut self.cache);
+            return Ok(());
+        }
         self.router_rx.recv_async().await?;
         mem::swap(&mut *self.send_buffer.lock(), notifications);
         Ok(())

@@ -86,8 +86,11 @@ impl Connection {
 
     pub fn topic_alias_max(&mut self, max: u16) -> &mut Connection {
         // if topic_alias_max is 0, that means client doesn't want to use / support topic alias
+        // CRADLE PATCH 24: the broker uses at most `SERVER_TOPIC_ALIASES` of them, so a
+        // connection's alias table stays small whatever maximum the client allows.
         if max > 0 {
-            self.broker_topic_aliases = Some(BrokerAliases::new(max));
+            self.broker_topic_aliases =
+                Some(BrokerAliases::new(max.min(SERVER_TOPIC_ALIASES)));
         }
         self
     }
@@ -123,6 +126,9 @@ impl Connection {
     }
 }
 
+/// CRADLE PATCH 24: server topic aliases per connection at most.
+const SERVER_TOPIC_ALIASES: u16 = 64;
+
 #[derive(Debug)]
 pub(crate) struct BrokerAliases {
     pub(crate) broker_topic_aliases: HashMap<Filter, u16>,
@@ -131,7 +137,7 @@ pub(crate) struct BrokerAliases {
 }
 
 impl BrokerAliases {
-    fn new(topic_alias_max: u16) -> BrokerAliases {
+    pub(crate) fn new(topic_alias_max: u16) -> BrokerAliases {
         let mut used_aliases = Slab::new();
         // occupy 0th index as 0 is invalid topic alias
         assert_eq!(0, used_aliases.insert(()));
@@ -173,5 +179,27 @@ impl BrokerAliases {
         self.broker_topic_aliases
             .insert(topic.to_owned(), alias_to_use);
         Some(alias_to_use)
+    }
+
+    /// CRADLE PATCH 24: gives `forward` the alias of its topic: an alias already sent goes out
+    /// with an empty topic, a new one (while any is free) with the topic that defines it.
+    pub(crate) fn apply(&mut self, forward: &mut super::Forward) {
+        let Ok(topic) = std::str::from_utf8(&forward.publish.topic) else {
+            return;
+        };
+        let alias = match self.get_alias(topic) {
+            Some(alias) => {
+                forward.publish.topic.clear();
+                alias
+            }
+            None => match self.set_new_alias(topic) {
+                Some(alias) => alias,
+                None => return,
+            },
+        };
+        forward
+            .properties
+            .get_or_insert_with(Default::default)
+            .topic_alias = Some(alias);
     }
 }

@@ -2,6 +2,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Instant;
 
 use super::{
+    Forward,
     scheduler::{PauseReason, Tracker},
     ConnectionEvents,
 };
@@ -50,6 +51,7 @@ impl Graveyard {
         subscriptions: HashSet<String>,
         metrics: ConnectionEvents,
         unacked_pubrels: VecDeque<u16>,
+        inflight: VecDeque<(u16, Box<Forward>)>,
         expires: Option<Instant>,
     ) {
         self.sweep();
@@ -60,6 +62,7 @@ impl Graveyard {
             tracker,
             subscriptions,
             unacked_pubrels,
+            inflight,
         };
 
         self.connections.insert(
@@ -106,4 +109,6 @@ pub struct SessionState {
     pub subscriptions: HashSet<String>,
     // used for pubrel in qos2
     pub unacked_pubrels: VecDeque<u16>,
+    /// CRADLE PATCH 23: QoS 1/2 deliveries not yet acknowledged, re-sent on resumption.
+    pub inflight: VecDeque<(u16, Box<Forward>)>,
 }

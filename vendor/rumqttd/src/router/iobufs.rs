@@ -1,5 +1,5 @@
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     sync::Arc,
 };
 
@@ -13,7 +13,7 @@ use crate::{
     Cursor, Notification,
 };
 
-use super::{Forward, IncomingMeter, OutgoingMeter};
+use super::{connection::BrokerAliases, Forward, IncomingMeter, OutgoingMeter};
 
 // CRADLE PATCH 4: a QoS 1 window of 100 made a consumer that acknowledges after a durable
 // commit wait for each batch of 100; 1024 lets it pipeline. Buffers start small and grow.
@@ -61,7 +61,12 @@ pub struct Outgoing {
     /// Handle which is given to router to allow router to communicate with this connection
     pub(crate) handle: Sender<()>,
     /// The buffer to keep track of inflight packets.
-    inflight_buffer: VecDeque<(u16, FilterIdx, Option<Cursor>)>,
+    /// CRADLE PATCH 23: each with the delivery as it went out (before any topic alias), so
+    /// that a resumed session re-sends it with its packet id and DUP set.
+    inflight_buffer: VecDeque<(u16, Box<Forward>)>,
+    /// CRADLE PATCH 23: the inflight deliveries restored from a saved session are still to be
+    /// re-sent (after the CONNACK).
+    resend: bool,
     /// PubRels waiting for PubComp
     pub(crate) unacked_pubrels: VecDeque<u16>,
     /// Last packet id
@@ -85,6 +90,7 @@ impl Outgoing {
             client_id,
             data_buffer: Arc::new(Mutex::new(data_buffer)),
             inflight_buffer,
+            resend: false,
             unacked_pubrels,
             handle,
             last_pkid: 0,
@@ -120,51 +126,34 @@ impl Outgoing {
     }
 
     /// Push packets to the outgoing buffer.
+    /// CRADLE PATCH 23: a QoS 1/2 delivery is kept in flight as it went out; CRADLE PATCH 24:
+    /// server topic aliases are applied per topic here, after that copy, by `aliases` (the
+    /// connection's, when the client allows them).
     pub fn push_forwards(
         &mut self,
         publishes: impl Iterator<Item = Forward>,
-        qos: u8,
-        filter_idx: usize,
+        mut aliases: Option<&mut BrokerAliases>,
     ) -> (usize, usize) {
         let mut buffer = self.data_buffer.lock();
-        let publishes = publishes;
-
-        if qos == 0 {
-            for p in publishes {
-                self.meter.publish_count += 1;
-                buffer.push_back(Notification::Forward(p));
-                // self.meter.total_size += p.len();
-            }
-
-            // self.meter.update_data_rate(total_size);
-            let buffer_count = buffer.len();
-            let inflight_count = self.inflight_buffer.len();
-            return (buffer_count, inflight_count);
-        }
 
         for mut p in publishes {
-            // CRADLE PATCH 17: a message published at QoS 0 goes out at QoS 0 on a QoS 1 or 2
-            // subscription: no packet id, nothing to wait for.
-            if p.publish.qos == QoS::AtMostOnce {
-                p.publish.pkid = 0;
-                self.meter.publish_count += 1;
-                buffer.push_back(Notification::Forward(p));
-                continue;
-            }
-            // Index and pkid of current outgoing packet
-            self.last_pkid += 1;
-            p.publish.pkid = self.last_pkid;
-
-            self.inflight_buffer
-                .push_back((self.last_pkid, filter_idx, p.cursor));
-
-            // Place max pkid packet at index 0
-            if self.last_pkid == MAX_PKID {
-                self.last_pkid = 0;
-            }
-
             self.meter.publish_count += 1;
-            self.meter.total_size += p.publish.topic.len() + p.publish.payload.len();
+            if p.publish.qos == QoS::AtMostOnce {
+                // CRADLE PATCH 17: also a message lowered to QoS 0 by its subscription.
+                p.publish.pkid = 0;
+            } else {
+                self.last_pkid += 1;
+                p.publish.pkid = self.last_pkid;
+                if self.last_pkid == MAX_PKID {
+                    self.last_pkid = 0;
+                }
+                self.meter.total_size += p.publish.topic.len() + p.publish.payload.len();
+                self.inflight_buffer
+                    .push_back((p.publish.pkid, Box::new(p.clone())));
+            }
+            if let Some(aliases) = aliases.as_deref_mut() {
+                aliases.apply(&mut p);
+            }
             buffer.push_back(Notification::Forward(p));
         }
 
@@ -181,10 +170,37 @@ impl Outgoing {
         (buffer_count, inflight_count)
     }
 
-    // Returns (unsolicited, outoforder) flags
-    // Return: Out of order or unsolicited acks
+    /// CRADLE PATCH 23: the unacknowledged deliveries, for a persistent session to keep.
+    pub(crate) fn take_inflight(&mut self) -> VecDeque<(u16, Box<Forward>)> {
+        std::mem::take(&mut self.inflight_buffer)
+    }
+
+    /// CRADLE PATCH 23: restores a saved session's unacknowledged deliveries; they are re-sent
+    /// by `resend_inflight` once the CONNACK is queued, and new packet ids follow theirs.
+    pub(crate) fn restore_inflight(&mut self, inflight: VecDeque<(u16, Box<Forward>)>) {
+        if let Some(&(last, _)) = inflight.back() {
+            self.last_pkid = last % MAX_PKID;
+        }
+        self.resend = !inflight.is_empty();
+        self.inflight_buffer = inflight;
+    }
+
+    /// CRADLE PATCH 23: re-sends the restored deliveries with their packet ids and DUP set
+    /// (MQTT 3.1.1 §4.4, MQTT 5 §4.4), once.
+    pub(crate) fn resend_inflight(&mut self) {
+        if !std::mem::take(&mut self.resend) {
+            return;
+        }
+        let mut buffer = self.data_buffer.lock();
+        for (_, forward) in self.inflight_buffer.iter() {
+            let mut forward = Forward::clone(forward);
+            forward.publish.dup = true;
+            buffer.push_back(Notification::Forward(forward));
+        }
+    }
+
     pub fn register_ack(&mut self, pkid: u16) -> Option<()> {
-        let (head, _filter_idx, _cursor) = self.inflight_buffer.pop_front()?;
+        let (head, _) = self.inflight_buffer.pop_front()?;
 
         // We don't support out of order acks
         if pkid != head {
@@ -219,49 +235,96 @@ impl Outgoing {
 
     // Here we are assuming that the first unique filter_idx we find while iterating will have the
     // least corresponding cursor because of the way we insert into the inflight_buffer
-    pub fn retransmission_map(&self) -> HashMap<FilterIdx, Cursor> {
-        let mut o = HashMap::new();
-        for (_, filter_idx, cursor) in self.inflight_buffer.iter() {
-            // if cursor in None, it means it was a retained publish
-            if !o.contains_key(filter_idx) && cursor.is_some() {
-                o.insert(*filter_idx, cursor.unwrap());
-            }
-        }
-
-        o
-    }
 }
 
 #[cfg(test)]
 mod test {
     use super::*;
 
+    use crate::protocol::{Publish, PublishProperties};
+
+    fn forward(topic: &str, qos: QoS) -> Forward {
+        Forward {
+            cursor: Some((0, 0)),
+            size: 0,
+            publish: Publish {
+                dup: false,
+                qos,
+                retain: false,
+                topic: topic.to_owned().into(),
+                pkid: 0,
+                payload: vec![1, 2, 3].into(),
+            },
+            properties: None,
+        }
+    }
+
+    fn sent(outgoing: &Outgoing) -> Vec<(u16, bool, String, Option<u16>)> {
+        let buffer = outgoing.data_buffer.lock();
+        buffer
+            .iter()
+            .map(|n| match n {
+                Notification::Forward(f) => (
+                    f.publish.pkid,
+                    f.publish.dup,
+                    String::from_utf8_lossy(&f.publish.topic).into_owned(),
+                    f.properties.as_ref().and_then(|p| p.topic_alias),
+                ),
+                other => panic!("not a delivery: {other:?}"),
+            })
+            .collect()
+    }
+
+    /// CRADLE PATCH 23: given deliveries in flight, when the session is saved and restored,
+    /// then they go out again with their packet ids and DUP set, and new ones follow their ids.
     #[test]
-    fn retransmission_map_is_calculated_accurately() {
-        let (mut outgoing, _) = Outgoing::new("retransmission-test".to_string());
-        let mut result = HashMap::new();
-
-        result.insert(0, (0, 8));
-        result.insert(1, (0, 1));
-        result.insert(2, (1, 1));
-        result.insert(3, (1, 0));
-
-        let buf = vec![
-            (1, 0, Some((0, 8))),
-            (1, 0, Some((0, 10))),
-            (1, 1, Some((0, 1))),
-            (3, 1, Some((0, 4))),
-            (2, 2, Some((1, 1))),
-            (1, 2, Some((2, 6))),
-            (1, 2, Some((2, 1))),
-            (1, 3, Some((1, 0))),
-            (1, 3, Some((1, 1))),
-            (1, 3, Some((1, 3))),
-            (1, 3, Some((1, 3))),
+    fn a_restored_session_resends_its_inflight_deliveries_with_their_ids_and_dup() {
+        let (mut before, _rx) = Outgoing::new("c".to_owned());
+        let publishes = [
+            forward("a", QoS::AtLeastOnce),
+            forward("b", QoS::AtMostOnce),
+            forward("c", QoS::ExactlyOnce),
         ];
+        before.push_forwards(publishes.into_iter(), None);
+        assert_eq!(before.register_ack(1), Some(()));
+        let inflight = before.take_inflight();
 
-        outgoing.inflight_buffer.extend(buf);
-        assert_eq!(outgoing.retransmission_map(), result);
+        let (mut after, _rx) = Outgoing::new("c".to_owned());
+        after.restore_inflight(inflight);
+        after.resend_inflight();
+        after.resend_inflight();
+        assert_eq!(sent(&after), [(2, true, "c".into(), None)]);
+        after.push_forwards([forward("d", QoS::AtLeastOnce)].into_iter(), None);
+        assert_eq!(sent(&after)[1].0, 3);
+        assert_eq!(after.register_ack(2), Some(()));
+        assert_eq!(after.register_ack(3), Some(()));
+        assert_eq!(after.free_slots(), MAX_INFLIGHT);
+    }
+
+    /// CRADLE PATCH 24: aliases are per topic: a second topic under the same filter gets its
+    /// own alias, a known topic goes out empty with its alias, and the kept copy has the topic.
+    #[test]
+    fn server_topic_aliases_are_per_topic() {
+        let (mut outgoing, _rx) = Outgoing::new("c".to_owned());
+        let mut aliases = BrokerAliases::new(1);
+        let publishes = [
+            forward("a/1", QoS::AtLeastOnce),
+            forward("a/2", QoS::AtMostOnce),
+            forward("a/1", QoS::AtLeastOnce),
+        ];
+        outgoing.push_forwards(publishes.into_iter(), Some(&mut aliases));
+        assert_eq!(
+            sent(&outgoing),
+            [
+                (1, false, "a/1".into(), Some(1)),
+                (0, false, "a/2".into(), None),
+                (2, false, "".into(), Some(1)),
+            ]
+        );
+        let kept = outgoing.take_inflight();
+        assert_eq!(kept[1].1.publish.topic, "a/1");
+        let no_props: Option<PublishProperties> = None;
+        assert_eq!(kept[1].1.properties, no_props);
     }
 
     // use super::{Outgoing, MAX_INFLIGHT};

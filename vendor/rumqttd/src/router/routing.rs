@@ -441,6 +441,7 @@ impl Router {
                     // for using in acklog
                     pending_acks.clone_from(&session_state.unacked_pubrels);
                     outgoing.unacked_pubrels = session_state.unacked_pubrels;
+                    outgoing.restore_inflight(session_state.inflight);
                     session_state.tracker
                 },
             )
@@ -602,7 +603,7 @@ impl Router {
         let tracker = self.scheduler.remove(id);
         self.connection_map.remove(&client_id);
         self.ackslog.try_remove(id);
-        let (Some(mut connection), Some(outgoing), Some(mut tracker)) =
+        let (Some(mut connection), Some(mut outgoing), Some(mut tracker)) =
             (connection, outgoing, tracker)
         else {
             error!(id, "connection state was incomplete at disconnection");
@@ -616,7 +617,6 @@ impl Router {
         // self.readyqueue.remove(id);
 
         let inflight_data_requests = self.datalog.clean(id);
-        let retransmissions = outgoing.retransmission_map();
 
         // Remove connections from all groups and
         // discard empty group ( group with no client )
@@ -655,28 +655,17 @@ impl Router {
                 .into_iter()
                 .for_each(|r| tracker.register_data_request(r));
 
-            for request in tracker.data_requests.iter_mut() {
-                if let Some(cursor) = retransmissions.get(&request.filter_idx) {
-                    request.cursor = *cursor;
-                    // reset the group cursor
-                    if let Some(group_name) = &request.group {
-                        // TODO: Test this more
-                        // CRADLE PATCH 11: the group was dropped above when this client was
-                        // its last member, so `expect("group must exists")` panicked the
-                        // router when a persistent session with a shared subscription and
-                        // unacknowledged messages disconnected.
-                        if let Some(group) = self.shared_subscriptions.get_mut(group_name) {
-                            group.cursor = *cursor;
-                        }
-                    }
-                }
-            }
-
+            // CRADLE PATCH 23: the unacknowledged deliveries are kept with the session and
+            // re-sent as they were (packet id, DUP set) when it resumes. rumqttd rewound each
+            // filter's cursor (and a shared group's) to its first unacknowledged message, so
+            // they came back with new packet ids and DUP 0, a retained one not at all, and a
+            // rewound shared group delivered again what its other members had acknowledged.
             self.graveyard.save_state(
                 tracker,
                 connection.subscriptions,
                 connection.events,
-                outgoing.unacked_pubrels,
+                std::mem::take(&mut outgoing.unacked_pubrels),
+                outgoing.take_inflight(),
                 deadline,
             );
         } else {
@@ -915,9 +904,8 @@ impl Router {
                                 !group.is_empty()
                             });
 
-                            if let Some(broker_aliases) = connection.broker_topic_aliases.as_mut() {
-                                broker_aliases.remove_alias(filter);
-                            }
+                            // CRADLE PATCH 24: server topic aliases are per topic and
+                            // outlive the subscription (the alias table is bounded).
 
                             // remove the subscription id
                             connection.subscription_ids.remove(filter);
@@ -1609,6 +1597,9 @@ fn ack_device_data(ackslog: &mut AckLog, outgoing: &mut Outgoing) -> bool {
     }
 
     debug!(acks_count = count, "Acks sent to device");
+    drop(buffer);
+    // CRADLE PATCH 23: a resumed session's unacknowledged deliveries follow its CONNACK.
+    outgoing.resend_inflight();
     outgoing.handle.try_send(()).ok();
     true
 }
@@ -1769,20 +1760,6 @@ fn forward_device_data(
         return ConsumeStatus::FilterCaughtup;
     }
 
-    let broker_topic_aliases = &mut connection.broker_topic_aliases;
-    let mut topic_alias = broker_topic_aliases
-        .as_ref()
-        .and_then(|aliases| aliases.get_alias(&request.filter));
-
-    let topic_alias_already_exists = topic_alias.is_some();
-
-    // if topic alias doesn't exists, try creating new one!
-    if !topic_alias_already_exists {
-        topic_alias = broker_topic_aliases
-            .as_mut()
-            .and_then(|broker_aliases| broker_aliases.set_new_alias(&request.filter))
-    }
-
     let subscription_id = connection.subscription_ids.get(&request.filter);
 
     // Fill and notify device data
@@ -1804,18 +1781,6 @@ fn forward_device_data(
                 publish.qos = granted;
             }
 
-            // if there is some topic alias to use, set it in publish properties
-            if topic_alias.is_some() {
-                let mut props = properties.unwrap_or_default();
-                props.topic_alias = topic_alias;
-                properties = Some(props);
-            }
-
-            // We want to clear topic if we are using an existing alias
-            if topic_alias_already_exists {
-                publish.topic.clear()
-            }
-
             if let Some(&subscription_id) = subscription_id {
                 // create new props if not already exists
                 let mut props = properties.unwrap_or_default();
@@ -1831,7 +1796,11 @@ fn forward_device_data(
             }
         });
 
-    let (len, inflight) = outgoing.push_forwards(forwards, qos, filter_idx);
+    // CRADLE PATCH 24: server topic aliases are applied per topic by `push_forwards`; they
+    // were keyed by the subscription's filter, so under a wildcard every topic after the
+    // first went out as the first one's alias.
+    let (len, inflight) =
+        outgoing.push_forwards(forwards, connection.broker_topic_aliases.as_mut());
 
     debug!(
         inflight_count = inflight,
