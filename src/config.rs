@@ -278,6 +278,10 @@ pub struct MqttConfig {
     /// Refused PUBLISH/SUBSCRIBE filters one connection may send before it is disconnected
     /// (reason `kicked`).
     pub max_violations: u32,
+    /// Longest keep-alive a client may use, in seconds (0: no maximum). An MQTT 5 client
+    /// asking for more, or for none, is told this one (Server Keep Alive); an MQTT 3.1.1
+    /// client, which cannot be told, is refused (identifier rejected).
+    pub max_keep_alive_secs: u16,
     /// Largest CONNECT packet accepted before authentication, in bytes; a larger one is
     /// refused before it is read.
     pub max_connect_bytes: usize,
@@ -322,6 +326,7 @@ impl Default for MqttConfig {
             publish_rate: 200,
             publish_burst: 400,
             max_violations: 10,
+            max_keep_alive_secs: 0,
             max_connect_bytes: 65_536,
             max_pending: 1024,
             write_timeout_ms: 30_000,
@@ -548,6 +553,9 @@ pub struct Overrides {
     /// mqtt.publish_rate: PUBLISH packets per second per client connection, 0 = unlimited.
     #[arg(long, env = "CRADLE_MQTT_PUBLISH_RATE", value_name = "N")]
     pub mqtt_publish_rate: Option<String>,
+    /// mqtt.max_keep_alive_secs: longest keep-alive a client may use, 0 = no maximum.
+    #[arg(long, env = "CRADLE_MQTT_MAX_KEEP_ALIVE_SECS", value_name = "SECS")]
+    pub mqtt_max_keep_alive_secs: Option<String>,
     /// websocket.signal_rate: signal frames per second per WebSocket session, 0 = unlimited.
     #[arg(long, env = "CRADLE_WEBSOCKET_SIGNAL_RATE", value_name = "N")]
     pub websocket_signal_rate: Option<String>,
@@ -735,6 +743,14 @@ impl Config {
                 flag: "mqtt-publish-rate",
                 env: "CRADLE_MQTT_PUBLISH_RATE",
                 message: format!("`{v}` is not a whole number"),
+            })?;
+        }
+        if let Some(v) = &o.mqtt_max_keep_alive_secs {
+            self.mqtt.max_keep_alive_secs = v.parse().map_err(|_| ConfigError::Override {
+                key: "mqtt.max_keep_alive_secs",
+                flag: "mqtt-max-keep-alive-secs",
+                env: "CRADLE_MQTT_MAX_KEEP_ALIVE_SECS",
+                message: format!("`{v}` is not a whole number of seconds up to 65535"),
             })?;
         }
         if let Some(v) = &o.http_header_timeout_ms {

@@ -37,10 +37,12 @@ pub enum EdgeConnect {
     ConnectTooLarge,
     /// mqtt.max_pending connections were being admitted: closed as accepted.
     PendingLimit,
+    /// An MQTT 3.1.1 keep-alive over mqtt.max_keep_alive_secs (or 0 while it is set).
+    KeepAliveTooLong,
 }
 
 impl EdgeConnect {
-    const ALL: [EdgeConnect; 10] = [
+    const ALL: [EdgeConnect; 11] = [
         Self::Accepted,
         Self::Timeout,
         Self::Malformed,
@@ -51,6 +53,7 @@ impl EdgeConnect {
         Self::BrokerRefused,
         Self::ConnectTooLarge,
         Self::PendingLimit,
+        Self::KeepAliveTooLong,
     ];
 
     fn as_str(self) -> &'static str {
@@ -65,6 +68,7 @@ impl EdgeConnect {
             Self::BrokerRefused => "broker_refused",
             Self::ConnectTooLarge => "connect_too_large",
             Self::PendingLimit => "pending_limit",
+            Self::KeepAliveTooLong => "keep_alive_too_long",
         }
     }
 }

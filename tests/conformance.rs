@@ -138,6 +138,38 @@ async fn mqtt5_maximum_packet_size_and_receive_maximum_hold_and_keep_alive_0_is_
     .await;
 }
 
+/// MQTT 5 refusals carry Reason Strings (CONNACK, SUBACK, PUBACK, DISCONNECT), and none on
+/// the acknowledgements of a client that set Request Problem Information to 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_refusals_carry_reason_strings_unless_the_client_asked_for_none() {
+    holds(
+        tcp,
+        &[
+            "reason_strings_on_refusals",
+            "request_problem_information_0_keeps_acks_bare",
+        ],
+    )
+    .await;
+}
+
+/// With `mqtt.max_keep_alive_secs` set, an MQTT 5 client asking for none or more is told the
+/// maximum (Server Keep Alive) and held to it; MQTT 3.1.1 over it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_keep_alive_holds_clients_to_the_configured_maximum() {
+    if !paho_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("cradle.db").display());
+    let env = [("CRADLE_MQTT_MAX_KEEP_ALIVE_SECS", "2".to_string())];
+    let cradle = Cradle::spawn_ready(dir.path(), &db, &env).await;
+    paho(cradle.mqtt_port, &["server_keep_alive"]);
+    let refused = cradle
+        .metric("cradle_edge_connects_total{outcome=\"keep_alive_too_long\"}")
+        .await;
+    assert_eq!(refused, 1, "the refused 3.1.1 CONNECT is counted");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_subscriptions_split_a_stream_and_a_311_client_gets_a_311_suback() {
     holds(

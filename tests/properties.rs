@@ -282,7 +282,7 @@ proptest! {
     fn codec_written_acks_decode(pkid in 1u16.., reason in any::<u8>(), which in 0usize..3) {
         let k = [kind::PUBACK, kind::PUBREC, kind::PUBCOMP][which];
         let mut out = BytesMut::new();
-        put_ack(&mut out, k, pkid, Proto::V4, reason);
+        put_ack(&mut out, k, pkid, Proto::V4, reason, Some("why"));
         let h = header(&out, 100).unwrap().unwrap();
         prop_assert_eq!(packet_id(&out, &h), Ok(pkid));
         let p = v4::Packet::read(&mut out, 100).unwrap();
@@ -294,7 +294,7 @@ proptest! {
         };
         prop_assert_eq!(got, pkid);
         let mut out = BytesMut::new();
-        put_ack(&mut out, k, pkid, Proto::V5, reason);
+        put_ack(&mut out, k, pkid, Proto::V5, reason, Some("why"));
         let h = header(&out, 100).unwrap().unwrap();
         prop_assert_eq!(packet_id(&out, &h), Ok(pkid));
     }
@@ -302,15 +302,15 @@ proptest! {
     #[test]
     fn codec_written_connack_and_disconnect_decode(code in any::<u8>(), reason in any::<u8>()) {
         let mut out = BytesMut::new();
-        put_connack(&mut out, Proto::V4, code);
+        put_connack(&mut out, Proto::V4, code, Some("why"));
         let h = header(&out, 100).unwrap().unwrap();
         prop_assert_eq!((h.kind(), h.frame_len), (kind::CONNACK, out.len()));
         let mut out = BytesMut::new();
-        put_connack(&mut out, Proto::V5, code);
+        put_connack(&mut out, Proto::V5, code, Some("why"));
         let h = header(&out, 100).unwrap().unwrap();
         prop_assert_eq!((h.kind(), h.frame_len), (kind::CONNACK, out.len()));
         let mut out = BytesMut::new();
-        put_disconnect(&mut out, Proto::V5, reason);
+        put_disconnect(&mut out, Proto::V5, reason, Some("why"));
         let h = header(&out, 100).unwrap().unwrap();
         prop_assert_eq!(h.frame_len, out.len());
         prop_assert_eq!(disconnect_reason(&out, &h), reason);

@@ -65,7 +65,7 @@ pub fn put_publish(buf: &mut BytesMut, topic: &str, qos: u8, pkid: u16, payload:
 
 /// Appends a PUBACK.
 pub fn put_puback(buf: &mut BytesMut, pkid: u16) {
-    codec::put_ack(buf, PUBACK, pkid, Proto::V4, 0);
+    codec::put_ack(buf, PUBACK, pkid, Proto::V4, 0, None);
 }
 
 /// Appends a SUBSCRIBE of one filter.

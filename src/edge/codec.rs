@@ -237,17 +237,103 @@ pub(crate) fn take_varint(b: &mut &[u8]) -> Result<usize, FrameError> {
 }
 
 /// Appends a packet with a packet id and (MQTT 5) an optional reason code: PUBACK, PUBREC,
-/// PUBCOMP.
-pub fn put_ack(out: &mut BytesMut, kind: u8, pkid: u16, proto: Proto, reason: u8) {
+/// PUBCOMP; with a reason code, MQTT 5 may carry `why` as its Reason String.
+pub fn put_ack(
+    out: &mut BytesMut,
+    kind: u8,
+    pkid: u16,
+    proto: Proto,
+    reason: u8,
+    why: Option<&str>,
+) {
     out.put_u8(kind << 4);
     if proto == Proto::V5 && reason != 0 {
-        out.put_u8(3);
+        let props = reason_string_len(why);
+        out.put_u8((3 + props.map_or(0, |n| 1 + n)) as u8);
         out.put_u16(pkid);
         out.put_u8(reason);
+        put_reason_string(out, why);
     } else {
         out.put_u8(2);
         out.put_u16(pkid);
     }
+}
+
+/// The longest Reason String the edge sends: a whole property section stays under 128 bytes
+/// (one-byte lengths).
+const MAX_REASON_STRING: usize = 100;
+
+/// Bytes of the property section holding `why` as a Reason String (0x1F), if it is sent.
+fn reason_string_len(why: Option<&str>) -> Option<usize> {
+    why.map(|w| 3 + w.len().min(MAX_REASON_STRING))
+}
+
+/// Appends a property section: `why` as a Reason String, or nothing when `why` is `None`.
+fn put_reason_string(out: &mut BytesMut, why: Option<&str>) {
+    if let Some(why) = why {
+        let mut end = why.len().min(MAX_REASON_STRING);
+        while !why.is_char_boundary(end) {
+            end -= 1;
+        }
+        out.put_u8(3 + end as u8);
+        out.put_u8(0x1F);
+        out.put_u16(end as u16);
+        out.put_slice(&why.as_bytes()[..end]);
+    }
+}
+
+/// What a refusal or an end the edge sends means at Cradle's edge, for the MQTT 5 Reason
+/// String of the packet `kind` carrying reason `code` (`None` for codes the edge never sends).
+pub fn reason_text(kind: u8, code: u8) -> Option<&'static str> {
+    Some(match (kind, code) {
+        (kind::CONNACK, connack::V5_MALFORMED) => "malformed CONNECT",
+        (kind::CONNACK, connack::V5_CLIENT_ID_NOT_VALID) => "client id not valid",
+        (kind::CONNACK, connack::V5_NOT_AUTHORIZED) => {
+            "not authorized: unknown login or secret, or a client id or Will topic it may not use"
+        }
+        (kind::CONNACK, connack::V5_SERVER_UNAVAILABLE) => "the broker is unavailable; retry later",
+        (kind::CONNACK, connack::V5_SERVER_BUSY) => "server busy; retry later",
+        (kind::CONNACK, connack::V5_PACKET_TOO_LARGE) => {
+            "CONNECT larger than mqtt.max_connect_bytes"
+        }
+        (kind::CONNACK, connack::V5_QUOTA_EXCEEDED) => {
+            "too many connections (mqtt.max_connections)"
+        }
+        (kind::CONNACK, connack::V5_PAYLOAD_FORMAT_INVALID) => {
+            "a Will on an inbox topic must be a JSON object"
+        }
+        (kind::CONNACK, connack::V5_RETAIN_NOT_SUPPORTED) => {
+            "this Will may not be retained: the topic is never retained or the quota is full"
+        }
+        (kind::PUBACK | kind::PUBREC, reason::NOT_AUTHORIZED) => {
+            "not authorized: the topic is outside what this client may publish"
+        }
+        (kind::PUBACK | kind::PUBREC, reason::IMPLEMENTATION_SPECIFIC) => {
+            "messages on this topic are never retained"
+        }
+        (kind::PUBACK | kind::PUBREC, reason::QUOTA_EXCEEDED) => {
+            "the account's retained message quota is full"
+        }
+        (kind::SUBACK, reason::NOT_AUTHORIZED) => {
+            "not authorized: the filter is outside what this client may read"
+        }
+        (kind::DISCONNECT, reason::NOT_AUTHORIZED) => {
+            "too many refused packets (mqtt.max_violations)"
+        }
+        (kind::DISCONNECT, reason::PROTOCOL_ERROR) => "protocol error",
+        (kind::DISCONNECT, reason::SERVER_SHUTTING_DOWN) => "server shutting down",
+        (kind::DISCONNECT, reason::KEEP_ALIVE_TIMEOUT) => "nothing received within 1.5 keep-alives",
+        (kind::DISCONNECT, reason::SESSION_TAKEN_OVER) => {
+            "another connection with this client id took over"
+        }
+        (kind::DISCONNECT, reason::TOPIC_ALIAS_INVALID) => {
+            "topic alias unknown or over the edge's alias limits"
+        }
+        (kind::DISCONNECT, reason::PACKET_TOO_LARGE) => "packet larger than mqtt.max_packet_bytes",
+        (kind::DISCONNECT, reason::ADMINISTRATIVE_ACTION) => "disconnected by an operator",
+        (kind::DISCONNECT, reason::UNSPECIFIED) => "the connection to the broker ended",
+        _ => return None,
+    })
 }
 
 /// Appends PINGRESP.
@@ -260,12 +346,19 @@ pub fn put_pingreq(out: &mut BytesMut) {
     out.put_slice(&[kind::PINGREQ << 4, 0]);
 }
 
-/// Appends DISCONNECT; MQTT 5 carries `reason` (MQTT 3.1.1 servers send no DISCONNECT, so
-/// for V4 this is only used upstream, towards the broker).
-pub fn put_disconnect(out: &mut BytesMut, proto: Proto, reason: u8) {
+/// Appends DISCONNECT; MQTT 5 carries `reason` and `why` as its Reason String (MQTT 3.1.1
+/// servers send no DISCONNECT, so for V4 this is only used upstream, towards the broker).
+pub fn put_disconnect(out: &mut BytesMut, proto: Proto, reason: u8, why: Option<&str>) {
     if proto == Proto::V5 && reason != 0 {
-        // reason code and an empty property length (some decoders insist on the latter)
-        out.put_slice(&[kind::DISCONNECT << 4, 2, reason, 0]);
+        // reason code and a property section, empty without `why` (some decoders insist on
+        // the empty one)
+        let props = reason_string_len(why).unwrap_or(0);
+        out.put_slice(&[kind::DISCONNECT << 4, (2 + props) as u8, reason]);
+        if why.is_some() {
+            put_reason_string(out, why);
+        } else {
+            out.put_u8(0);
+        }
     } else {
         out.put_slice(&[kind::DISCONNECT << 4, 0]);
     }
@@ -280,12 +373,19 @@ pub fn put_disconnect_session_expiry(out: &mut BytesMut, secs: u32) {
 }
 
 /// Appends a CONNACK refusing or accepting the connection with `code` (a 3.1.1 return code
-/// or an MQTT 5 reason code, already chosen for `proto`).
-pub fn put_connack(out: &mut BytesMut, proto: Proto, code: u8) {
+/// or an MQTT 5 reason code, already chosen for `proto`); MQTT 5 carries `why` as its Reason
+/// String.
+pub fn put_connack(out: &mut BytesMut, proto: Proto, code: u8, why: Option<&str>) {
     match proto {
         Proto::V4 => out.put_slice(&[kind::CONNACK << 4, 2, 0, code]),
-        // session present 0, reason, empty properties
-        Proto::V5 => out.put_slice(&[kind::CONNACK << 4, 3, 0, code, 0]),
+        // session present 0, reason, properties (empty without `why`)
+        Proto::V5 => match reason_string_len(why) {
+            None => out.put_slice(&[kind::CONNACK << 4, 3, 0, code, 0]),
+            Some(props) => {
+                out.put_slice(&[kind::CONNACK << 4, (3 + props) as u8, 0, code]);
+                put_reason_string(out, why);
+            }
+        },
     }
 }
 
@@ -328,6 +428,8 @@ pub mod reason {
     /// PUBACK/PUBREC: quota exceeded (the account's retained quota).
     pub const QUOTA_EXCEEDED: u8 = 0x97;
     pub const PROTOCOL_ERROR: u8 = 0x82;
+    /// DISCONNECT: unspecified error (the link to the broker ended).
+    pub const UNSPECIFIED: u8 = 0x80;
     pub const SERVER_SHUTTING_DOWN: u8 = 0x8B;
     pub const KEEP_ALIVE_TIMEOUT: u8 = 0x8D;
     pub const SESSION_TAKEN_OVER: u8 = 0x8E;
@@ -479,15 +581,72 @@ mod tests {
     #[test]
     fn acks_match_the_codec() {
         let mut out = BytesMut::new();
-        put_ack(&mut out, kind::PUBACK, 9, Proto::V4, reason::NOT_AUTHORIZED);
+        put_ack(
+            &mut out,
+            kind::PUBACK,
+            9,
+            Proto::V4,
+            reason::NOT_AUTHORIZED,
+            Some("x"),
+        );
         let p = v4::Packet::read(&mut out, 100).unwrap();
         assert_eq!(p, v4::Packet::PubAck(v4::PubAck::new(9)));
         let mut out = BytesMut::new();
-        put_ack(&mut out, kind::PUBACK, 9, Proto::V5, reason::NOT_AUTHORIZED);
+        put_ack(
+            &mut out,
+            kind::PUBACK,
+            9,
+            Proto::V5,
+            reason::NOT_AUTHORIZED,
+            None,
+        );
         match v5::Packet::read(&mut out, None).unwrap() {
             v5::Packet::PubAck(a) => {
                 assert_eq!(a.pkid, 9);
                 assert_eq!(a.reason, v5::PubAckReason::NotAuthorized);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    /// Given a refusal with a Reason String, when rumqttc reads the packet, then it has the
+    /// code and the string, on CONNACK, PUBACK, PUBREC and DISCONNECT alike.
+    #[test]
+    fn reason_strings_decode_with_rumqttc() {
+        let why = reason_text(kind::PUBACK, reason::QUOTA_EXCEEDED);
+        let mut out = BytesMut::new();
+        put_ack(
+            &mut out,
+            kind::PUBREC,
+            7,
+            Proto::V5,
+            reason::QUOTA_EXCEEDED,
+            why,
+        );
+        match v5::Packet::read(&mut out, None).unwrap() {
+            v5::Packet::PubRec(a) => {
+                assert_eq!(a.reason, v5::PubRecReason::QuotaExceeded);
+                assert_eq!(a.properties.unwrap().reason_string.as_deref(), why);
+            }
+            other => panic!("{other:?}"),
+        }
+        let why = reason_text(kind::CONNACK, connack::V5_NOT_AUTHORIZED);
+        let mut out = BytesMut::new();
+        put_connack(&mut out, Proto::V5, connack::V5_NOT_AUTHORIZED, why);
+        match v5::Packet::read(&mut out, None).unwrap() {
+            v5::Packet::ConnAck(a) => {
+                assert_eq!(a.code, v5::ConnectReturnCode::NotAuthorized);
+                assert_eq!(a.properties.unwrap().reason_string.as_deref(), why);
+            }
+            other => panic!("{other:?}"),
+        }
+        let long = "é".repeat(80);
+        let mut out = BytesMut::new();
+        put_disconnect(&mut out, Proto::V5, reason::PROTOCOL_ERROR, Some(&long));
+        match v5::Packet::read(&mut out, None).unwrap() {
+            v5::Packet::Disconnect(d) => {
+                assert_eq!(d.reason_code, v5::DisconnectReasonCode::ProtocolError);
+                let got = d.properties.unwrap().reason_string.unwrap();
+                assert_eq!(got, "é".repeat(50), "cut at a character boundary");
             }
             other => panic!("{other:?}"),
         }

@@ -89,6 +89,8 @@ pub struct Settings {
     pub publish_burst: u32,
     /// Refused packets before a connection is kicked.
     pub max_violations: u32,
+    /// Longest keep-alive a client may use, in seconds (0: no maximum).
+    pub max_keep_alive: u16,
     /// Largest CONNECT read before authentication.
     pub max_connect_bytes: usize,
     /// Time a client may leave written bytes untaken before it is disconnected.
@@ -104,6 +106,7 @@ impl Settings {
             publish_rate: c.publish_rate,
             publish_burst: c.publish_burst,
             max_violations: c.max_violations,
+            max_keep_alive: c.max_keep_alive_secs,
             max_connect_bytes: c.max_connect_bytes,
             write_timeout: Duration::from_millis(c.write_timeout_ms),
         }

@@ -103,7 +103,7 @@ impl End {
             End::Takeover => Some(reason::SESSION_TAKEN_OVER),
             End::ServerShutdown => Some(reason::SERVER_SHUTTING_DOWN),
             End::Kicked { v5_reason } => Some(v5_reason),
-            End::UpstreamClosed => Some(0x80),
+            End::UpstreamClosed => Some(reason::UNSPECIFIED),
             End::Disconnect { .. } | End::Lost | End::WriteTimeout => None,
         }
     }
@@ -188,6 +188,31 @@ impl Connect {
     }
 
     /// The MQTT 5 Maximum Packet Size the client accepts (`usize::MAX`: no limit).
+    /// The keep-alive this client is held to under `mqtt.max_keep_alive_secs` (`max`):
+    /// see [`keep_alive_rule`].
+    fn held_keep_alive(&self, max: u16) -> Result<KeepAlive, KeepAliveTooLong> {
+        let proto = match self {
+            Connect::V4(_) => Proto::V4,
+            Connect::V5(_) => Proto::V5,
+        };
+        keep_alive_rule(proto, self.keep_alive(), max)
+    }
+
+    /// Which refusals carry Reason Strings (MQTT 5 §3.1.2.11.7): a DISCONNECT when the
+    /// client's Maximum Packet Size has room; a PUBACK, PUBREC or SUBACK only if the client
+    /// did not set Request Problem Information to 0 as well.
+    fn explain(&self) -> Explain {
+        let ends = has_room(self.client_max_packet());
+        let asked = self
+            .v5_properties()
+            .and_then(|p| p.request_problem_info)
+            .unwrap_or(1);
+        Explain {
+            ends,
+            acks: ends && asked != 0,
+        }
+    }
+
     fn client_max_packet(&self) -> usize {
         self.v5_properties()
             .and_then(|p| p.max_packet_size)
@@ -302,11 +327,26 @@ fn proto_code(proto: Proto, v4_code: u8, v5_code: u8) -> u8 {
 }
 
 /// Answers a refused CONNECT with a CONNACK of the client's protocol: `v4_code` for 3.1.1,
-/// `v5_code` for MQTT 5. The connection closes after it.
-async fn refuse_connect<W: AsyncWrite + Unpin>(wr: &mut W, proto: Proto, v4_code: u8, v5_code: u8) {
+/// `v5_code` for MQTT 5 with its Reason String when the client's Maximum Packet Size
+/// (`client_max`; 0 when the CONNECT was not read) has room for one. The connection closes
+/// after it.
+async fn refuse_connect<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    proto: Proto,
+    (v4_code, v5_code): (u8, u8),
+    client_max: usize,
+) {
     let mut out = BytesMut::with_capacity(8);
-    codec::put_connack(&mut out, proto, proto_code(proto, v4_code, v5_code));
+    let why = codec::reason_text(kind::CONNACK, v5_code).filter(|_| has_room(client_max));
+    codec::put_connack(&mut out, proto, proto_code(proto, v4_code, v5_code), why);
     let _ = send(wr, &out).await;
+}
+
+/// Whether a client that accepts packets up to `client_max` bytes gets Reason Strings: MQTT
+/// 5 forbids any property that would take a packet past the client's Maximum Packet Size,
+/// and a refusal with its string stays under this.
+fn has_room(client_max: usize) -> bool {
+    client_max >= 256
 }
 
 /// Answers a CONNECT over `mqtt.max_connect_bytes`, judged on its fixed header and first
@@ -325,7 +365,7 @@ async fn refuse_large_connect<W: AsyncWrite + Unpin>(
                 connack::V4_IDENTIFIER_REJECTED,
                 connack::V5_PACKET_TOO_LARGE,
             );
-            refuse_connect(wr, proto, v4_code, v5_code).await;
+            refuse_connect(wr, proto, (v4_code, v5_code), 0).await;
         }
     }
     tracing::warn!(%peer, max = shared.settings.max_connect_bytes, "CONNECT refused: larger than mqtt.max_connect_bytes");
@@ -505,7 +545,7 @@ where
     let Some(proto) = codec::connect_proto(&frame, &h) else {
         // An unknown protocol level: answered as 3.1.1 does.
         let code = connack::V4_BAD_PROTOCOL;
-        refuse_connect(wr, Proto::V4, code, code).await;
+        refuse_connect(wr, Proto::V4, (code, code), 0).await;
         shared.metrics.edge_connect(EdgeConnect::Malformed);
         return None;
     };
@@ -522,7 +562,7 @@ where
     let Some(connect) = connect else {
         // 3.1.1 has no "malformed" return code; the closest is "identifier rejected".
         let (v4_code, v5_code) = (connack::V4_IDENTIFIER_REJECTED, connack::V5_MALFORMED);
-        refuse_connect(wr, proto, v4_code, v5_code).await;
+        refuse_connect(wr, proto, (v4_code, v5_code), 0).await;
         shared.metrics.edge_connect(EdgeConnect::Malformed);
         return None;
     };
@@ -555,7 +595,7 @@ async fn authenticate<W: AsyncWrite + Unpin>(
                 Refusal::Busy => (connack::V4_SERVER_UNAVAILABLE, connack::V5_SERVER_BUSY),
                 _ => (connack::V4_NOT_AUTHORIZED, connack::V5_NOT_AUTHORIZED),
             };
-            refuse_connect(wr, proto, v4_code, v5_code).await;
+            refuse_connect(wr, proto, (v4_code, v5_code), connect.client_max_packet()).await;
             tracing::warn!(
                 %peer, listener = listener.name, username = username.unwrap_or(""),
                 client = connect.client_id(), reason = refusal.as_str(),
@@ -582,12 +622,25 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let (proto, mut connect, dbuf) = read_connect(&mut rd, &mut wr, peer, &shared).await?;
+    let Ok(keep_alive) = connect.held_keep_alive(shared.settings.max_keep_alive) else {
+        let code = connack::V4_IDENTIFIER_REJECTED;
+        refuse_connect(&mut wr, proto, (code, code), 0).await;
+        tracing::warn!(%peer, client = connect.client_id(), keep_alive = connect.keep_alive(), "MQTT connection refused: keep-alive over mqtt.max_keep_alive_secs");
+        shared.metrics.edge_connect(EdgeConnect::KeepAliveTooLong);
+        return None;
+    };
     let principal = authenticate(&mut wr, &connect, proto, peer, listener, &shared).await?;
     let mut will = connect.will();
     if let Some(w) = &will {
         if !may_publish(&principal, &w.topic) {
             let (v4_code, v5_code) = (connack::V4_NOT_AUTHORIZED, connack::V5_NOT_AUTHORIZED);
-            refuse_connect(&mut wr, proto, v4_code, v5_code).await;
+            refuse_connect(
+                &mut wr,
+                proto,
+                (v4_code, v5_code),
+                connect.client_max_packet(),
+            )
+            .await;
             tracing::warn!(%peer, client = connect.client_id(), will_topic = %w.topic, "MQTT connection refused: Will topic not allowed");
             shared.metrics.edge_connect(EdgeConnect::WillRefused);
             return None;
@@ -597,7 +650,13 @@ where
     // take the slots of devices that can.
     let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
         let (v4_code, v5_code) = (connack::V4_SERVER_UNAVAILABLE, connack::V5_QUOTA_EXCEEDED);
-        refuse_connect(&mut wr, proto, v4_code, v5_code).await;
+        refuse_connect(
+            &mut wr,
+            proto,
+            (v4_code, v5_code),
+            connect.client_max_packet(),
+        )
+        .await;
         tracing::warn!(%peer, "connection refused: mqtt.max_connections reached");
         shared.metrics.edge_connect(EdgeConnect::Limit);
         return None;
@@ -609,7 +668,13 @@ where
                 connack::V4_IDENTIFIER_REJECTED,
                 connack::V5_CLIENT_ID_NOT_VALID,
             );
-            refuse_connect(&mut wr, proto, v4_code, v5_code).await;
+            refuse_connect(
+                &mut wr,
+                proto,
+                (v4_code, v5_code),
+                connect.client_max_packet(),
+            )
+            .await;
             shared.metrics.edge_connect(EdgeConnect::Malformed);
             return None;
         }
@@ -621,7 +686,7 @@ where
     };
     if let Some(w) = will.as_mut() {
         if let Err((code4, code5)) = admit_will(w, &principal, &client_id, &shared) {
-            refuse_connect(&mut wr, proto, code4, code5).await;
+            refuse_connect(&mut wr, proto, (code4, code5), connect.client_max_packet()).await;
             tracing::warn!(%peer, client = %client_id, will_topic = %w.topic, "MQTT connection refused: Will not accepted");
             shared.metrics.edge_connect(EdgeConnect::WillRefused);
             return None;
@@ -639,7 +704,13 @@ where
             .registry
             .claim(&upstream_id, Duration::from_secs(5))
             .await;
-        let conn = Conn::new(proto, principal, will, client_id.clone(), shared.clone());
+        let conn = Conn::new(
+            (proto, connect.explain()),
+            principal,
+            will,
+            client_id.clone(),
+            shared.clone(),
+        );
         let linked = conn
             .open(&mut wr, &connect, &upstream_id, assigned, &mut claim)
             .await;
@@ -667,7 +738,7 @@ where
         up,
         ubuf,
         claim,
-        keep_alive: Duration::from_millis(connect.keep_alive() as u64 * 1500),
+        keep_alive: Duration::from_millis(keep_alive.secs as u64 * 1500),
         upstream_id,
         _permit: permit,
         span,
@@ -687,9 +758,50 @@ struct Rare {
     alias_bytes: usize,
 }
 
+/// The keep-alive a connection is held to, in seconds (0: none), and whether the CONNACK
+/// tells the client so (MQTT 5 Server Keep Alive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct KeepAlive {
+    secs: u16,
+    server: bool,
+}
+
+/// An MQTT 3.1.1 client asked for a longer keep-alive than `mqtt.max_keep_alive_secs`.
+#[derive(Debug, PartialEq, Eq)]
+struct KeepAliveTooLong;
+
+/// The keep-alive rule (MQTT 5 §3.2.2.3.14): with a maximum `max` (0: none), a client asking
+/// for no keep-alive (0) or a longer one is held to `max`; MQTT 5 is told in the CONNACK, an
+/// MQTT 3.1.1 client cannot be and is refused (as Mosquitto's `max_keepalive` does).
+fn keep_alive_rule(proto: Proto, asked: u16, max: u16) -> Result<KeepAlive, KeepAliveTooLong> {
+    if max == 0 || (asked != 0 && asked <= max) {
+        return Ok(KeepAlive {
+            secs: asked,
+            server: false,
+        });
+    }
+    match proto {
+        Proto::V5 => Ok(KeepAlive {
+            secs: max,
+            server: true,
+        }),
+        Proto::V4 => Err(KeepAliveTooLong),
+    }
+}
+
+/// Which of the edge's MQTT 5 refusals carry a Reason String ([`Connect::explain`]).
+#[derive(Clone, Copy)]
+struct Explain {
+    /// PUBACK, PUBREC and SUBACK refusals.
+    acks: bool,
+    /// DISCONNECT.
+    ends: bool,
+}
+
 /// The state of one relayed connection.
 struct Conn {
     proto: Proto,
+    explain: Explain,
     principal: Principal,
     will: Option<Will>,
     reported: Option<Reported>,
@@ -716,7 +828,7 @@ impl Conn {
     }
 
     fn new(
-        proto: Proto,
+        (proto, explain): (Proto, Explain),
         principal: Principal,
         will: Option<Will>,
         client_id: String,
@@ -724,6 +836,7 @@ impl Conn {
     ) -> Conn {
         Conn {
             proto,
+            explain,
             principal,
             will,
             reported: None,
@@ -783,7 +896,7 @@ impl Conn {
                 connack::V4_SERVER_UNAVAILABLE,
                 connack::V5_SERVER_UNAVAILABLE,
             );
-            refuse_connect(wr, proto, v4_code, v5_code).await;
+            refuse_connect(wr, proto, (v4_code, v5_code), connect.client_max_packet()).await;
             tracing::error!(broker = %shared.upstream, "broker did not accept the relayed connection");
             shared.metrics.edge_connect(EdgeConnect::BrokerUnavailable);
             claim.finished();
@@ -799,6 +912,11 @@ impl Conn {
                     let p = ack.properties.get_or_insert_with(empty_connack_properties);
                     p.max_packet_size = u32::try_from(shared.settings.max_packet_bytes).ok();
                     p.assigned_client_identifier = assigned;
+                    p.server_keep_alive = connect
+                        .held_keep_alive(shared.settings.max_keep_alive)
+                        .ok()
+                        .filter(|k| k.server)
+                        .map(|k| k.secs);
                     let _ = v5::Packet::ConnAck(ack).write(&mut out, None);
                 }
                 _ => out.extend_from_slice(&connack_frame),
@@ -980,7 +1098,9 @@ where
         // Tell the client why, when the edge ends it (MQTT 5 only; 3.1.1 servers just close).
         if proto == Proto::V5 {
             if let Some(code) = end.v5_reason() {
-                codec::put_disconnect(&mut to_dev, Proto::V5, code);
+                let why =
+                    codec::reason_text(kind::DISCONNECT, code).filter(|_| self.conn.explain.ends);
+                codec::put_disconnect(&mut to_dev, Proto::V5, code, why);
                 let _ = tokio::time::timeout(Duration::from_secs(1), send(wr, &to_dev)).await;
             }
         }
@@ -1152,7 +1272,7 @@ impl Conn {
                         .as_mut()
                         .is_some_and(|r| r.local_qos2.remove(&pkid))
                     {
-                        codec::put_ack(to_dev, kind::PUBCOMP, pkid, self.proto, 0);
+                        codec::put_ack(to_dev, kind::PUBCOMP, pkid, self.proto, 0, None);
                     } else {
                         to_up.extend_from_slice(&frame);
                     }
@@ -1301,10 +1421,11 @@ impl Conn {
     /// client's PUBREL itself (on either protocol; MQTT 5 ends the flow on a PUBREC with an
     /// error code, but a client may still send PUBREL, which the broker never saw).
     fn answer_refused(&mut self, qos: u8, pkid: u16, code: u8, to_dev: &mut BytesMut) {
+        let why = codec::reason_text(kind::PUBACK, code).filter(|_| self.explain.acks);
         match qos {
-            1 => codec::put_ack(to_dev, kind::PUBACK, pkid, self.proto, code),
+            1 => codec::put_ack(to_dev, kind::PUBACK, pkid, self.proto, code, why),
             2 => {
-                codec::put_ack(to_dev, kind::PUBREC, pkid, self.proto, code);
+                codec::put_ack(to_dev, kind::PUBREC, pkid, self.proto, code, why);
                 self.rare
                     .get_or_insert_with(Default::default)
                     .local_qos2
@@ -1402,7 +1523,7 @@ impl Conn {
                     let ack = v5::SubAck {
                         pkid: s.pkid,
                         return_codes: vec![v5::SubscribeReasonCode::NotAuthorized; mask.len()],
-                        properties: None,
+                        properties: self.explain_suback(None),
                     };
                     let _ = ack.write(to_dev);
                 } else {
@@ -1477,6 +1598,24 @@ impl Conn {
         }
     }
 
+    /// The properties of a SUBACK that refuses a filter: the broker's, with the refusal's
+    /// Reason String when the client asked for them.
+    fn explain_suback(
+        &self,
+        properties: Option<v5::SubAckProperties>,
+    ) -> Option<v5::SubAckProperties> {
+        if !self.explain.acks {
+            return properties;
+        }
+        let mut properties = properties.unwrap_or(v5::SubAckProperties {
+            reason_string: None,
+            user_properties: Vec::new(),
+        });
+        properties.reason_string =
+            codec::reason_text(kind::SUBACK, reason::NOT_AUTHORIZED).map(String::from);
+        Some(properties)
+    }
+
     fn complete_suback(
         &self,
         frame: BytesMut,
@@ -1513,7 +1652,7 @@ impl Conn {
                 let _ = v5::SubAck {
                     pkid: ack.pkid,
                     return_codes: codes,
-                    properties: ack.properties,
+                    properties: self.explain_suback(ack.properties),
                 }
                 .write(to_dev);
             }
@@ -1525,6 +1664,28 @@ impl Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Given `mqtt.max_keep_alive_secs`, when a client asks for a keep-alive, then it keeps
+    /// its own within the maximum; MQTT 5 is held to (and told) the maximum beyond it or for
+    /// none; MQTT 3.1.1 is refused; without a maximum every client keeps its own.
+    #[test]
+    fn the_keep_alive_rule() {
+        let own = |secs| {
+            Ok(KeepAlive {
+                secs,
+                server: false,
+            })
+        };
+        let server = |secs| Ok(KeepAlive { secs, server: true });
+        assert_eq!(keep_alive_rule(Proto::V5, 30, 60), own(30));
+        assert_eq!(keep_alive_rule(Proto::V4, 60, 60), own(60));
+        assert_eq!(keep_alive_rule(Proto::V5, 600, 60), server(60));
+        assert_eq!(keep_alive_rule(Proto::V5, 0, 60), server(60));
+        assert_eq!(keep_alive_rule(Proto::V4, 600, 60), Err(KeepAliveTooLong));
+        assert_eq!(keep_alive_rule(Proto::V4, 0, 60), Err(KeepAliveTooLong));
+        assert_eq!(keep_alive_rule(Proto::V4, 0, 0), own(0));
+        assert_eq!(keep_alive_rule(Proto::V5, 65535, 0), own(65535));
+    }
 
     #[test]
     fn upstream_ids_of_two_accounts_and_open_mode_never_collide() {

@@ -229,7 +229,7 @@ impl UpLink {
                         (Proto::V5, Some(secs)) => {
                             codec::put_disconnect_session_expiry(&mut out, secs)
                         }
-                        _ => codec::put_disconnect(&mut out, proto, 0),
+                        _ => codec::put_disconnect(&mut out, proto, 0, None),
                     }
                     let write = s.wr.write_all(&out);
                     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), write).await;

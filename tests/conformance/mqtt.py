@@ -510,6 +510,99 @@ def server_topic_aliases_are_per_topic():
     check(got == [("a", 1, "a"), ("b", 2, "b"), ("", 1, "a"), ("", 2, "b")], f"aliases: {got}")
 
 
+def refusal_reasons(request_problem_info):
+    """A SUBSCRIBE refused in open mode ($SYS through a shared subscription) and a retained
+    PUBLISH on a topic that is never retained: (SUBACK codes, SUBACK Reason String, PUBACK
+    code, PUBACK Reason String)."""
+    kw = {} if request_problem_info else {"RequestProblemInformation": 0}
+    c = Client(props=props(PacketTypes.CONNECT, **kw)).connect()
+    subprops = {}
+    c.c.on_subscribe = lambda cl, u, mid, codes, p: (
+        subprops.update(codes=[int(x.value) for x in codes], why=getattr(p, "ReasonString", None)),
+        c._sub(cl, u, mid, codes, p))
+    c.subscribe("$share/g/$SYS/#", 1)
+    acks = {}
+    done = threading.Event()
+    c.c.on_publish = lambda cl, u, mid, rc, p: (
+        acks.update(rc=int(rc.value), why=getattr(p, "ReasonString", None)), done.set())
+    c.c.publish(topic("inbox").replace("/data", "/webrtc_inbox"), b"{}", qos=1, retain=True)
+    check(done.wait(5), "no PUBACK")
+    c.disconnect()
+    return subprops["codes"], subprops["why"], acks["rc"], acks["why"]
+
+
+@conformance
+def reason_strings_on_refusals():
+    """MQTT 5 refusals carry a Reason String: CONNACK, SUBACK, PUBACK and DISCONNECT."""
+    codes, sub_why, rc, pub_why = refusal_reasons(True)
+    check(codes == [0x87] and sub_why and "filter" in sub_why, f"SUBACK {codes} {sub_why!r}")
+    check(rc == 0x83 and pub_why and "retained" in pub_why, f"PUBACK {rc:#x} {pub_why!r}")
+    inbox = topic("will").replace("/data", "/webrtc_inbox")
+    w = Client(will={"topic": inbox, "payload": b"{}", "retain": True})
+    w.c.connect(HOST, PORT, 30, clean_start=True)
+    w.c.loop_start()
+    w.wait(lambda: w.connack is not None, "CONNACK")
+    w.c.loop_stop()
+    why = getattr(w.connack[2], "ReasonString", None)
+    check(int(w.connack[1].value) == 0x9A and why and "Will" in why, f"CONNACK {w.connack[1]} {why!r}")
+    ends = []
+    k = Client()
+    k.c.on_disconnect = lambda cl, u, flags, rc, p: ends.append((int(rc.value), getattr(p, "ReasonString", None)))
+    k.connect()
+    k.c.publish("", b"x", qos=0, properties=props(TopicAlias=7))
+    k.wait(lambda: ends, "DISCONNECT")
+    check(ends[0][0] >= 0x80 and ends[0][1], f"DISCONNECT {ends}")
+
+
+@conformance
+def request_problem_information_0_keeps_acks_bare():
+    """Request Problem Information 0: the SUBACK and PUBACK refusals carry no Reason String."""
+    codes, sub_why, rc, pub_why = refusal_reasons(False)
+    check((codes, sub_why, rc, pub_why) == ([0x87], None, 0x83, None),
+          f"got {(codes, sub_why, rc, pub_why)}")
+
+
+@conformance
+def server_keep_alive():
+    """Against a Cradle with mqtt.max_keep_alive_secs = 2: an MQTT 5 client asking for none or
+    for more is told 2 (Server Keep Alive) and held to it; one within it keeps its own; an
+    MQTT 3.1.1 client asking for more is refused."""
+    def server_ka(keepalive):
+        c = Client().connect(keepalive=keepalive)
+        return c, getattr(c.connack[2], "ServerKeepAlive", None)
+
+    for asked in (0, 60):
+        c, ska = server_ka(asked)
+        check(ska == 2, f"keep-alive {asked}: Server Keep Alive {ska}")
+        c.disconnect()
+    c, ska = server_ka(1)
+    check(ska is None, f"keep-alive 1 within the maximum: Server Keep Alive {ska}")
+    c.disconnect()
+    silent, _ = server_ka(0)
+    silent.c.loop_stop()
+    sock = silent.c.socket()
+    sock.setblocking(True)
+    sock.settimeout(6)
+    start, got = time.time(), b""
+    try:
+        while True:
+            d = sock.recv(64)
+            if not d:
+                break
+            got += d
+    except OSError:
+        pass
+    waited = time.time() - start
+    check(got[:1] == b"\xe0" and got[2:3] == b"\x8d" and 1.0 < waited < 5.5,
+          f"a silent client held to 2 s got {got!r} after {waited:.1f} s")
+    old = Client(proto=V311)
+    old.c.connect(HOST, PORT, 60)
+    old.c.loop_start()
+    old.wait(lambda: old.connack is not None, "CONNACK")
+    old.c.loop_stop()
+    check(old.connack[1].is_failure, f"3.1.1 keep-alive 60 over the maximum: {old.connack[1]}")
+
+
 @conformance
 def keep_alive_0_is_accepted():
     c = Client().connect(keepalive=0)
