@@ -292,6 +292,57 @@ async fn every_listener_keeps_sessions_properties_and_retained_qos() {
     paho_over(wss_port, &[ws, ca], &checks);
 }
 
+/// Through the edge onto an external broker (Debian's Mosquitto, as replicas run): every
+/// check Mosquitto itself passes holds through Cradle too. Left out, as Mosquitto's own
+/// choices (topics.md, "Conformance"): server topic aliases (Mosquitto sends none), its
+/// Receive Maximum accounting, and its answer to a QoS 2 delivery over the client's
+/// Maximum Packet Size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_the_edge_an_external_broker_keeps_its_mqtt_semantics() {
+    if !paho_available() || !common::mosquitto_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::Mosquitto::start(&dir.path().join("broker"))
+        .await
+        .expect("mosquitto");
+    let db = format!("sqlite://{}", dir.path().join("cradle.db").display());
+    let env = [
+        ("CRADLE_BROKER_MODE", "external".to_string()),
+        ("CRADLE_BROKER_URL", broker.url()),
+    ];
+    let cradle = Cradle::spawn_ready(dir.path(), &db, &env).await;
+    paho(
+        cradle.mqtt_port,
+        &[
+            "persistent_session_v311",
+            "inflight_redelivered_v311",
+            "inflight_redelivered_v5",
+            "session_expiry_v5",
+            "retained_qos_is_min_of_publish_and_grant",
+            "publish_properties_pass_through",
+            "will_keeps_its_v5_properties",
+            "will_delay_interval",
+            "no_local",
+            "retain_as_published_and_handling",
+            "resubscription_replaces_the_subscription_v5",
+            "resubscription_resends_retained_v311",
+            "only_a_retained_empty_publish_deletes",
+            "message_expiry",
+            "subscription_identifiers",
+            "client_topic_alias",
+            "reason_strings_on_refusals",
+            "request_problem_information_0_keeps_acks_bare",
+            "keep_alive_0_is_accepted",
+            "receive_maximum_2_loses_nothing",
+            "maximum_packet_size_to_client",
+            "maximum_packet_size_from_server",
+            "shared_subscription_v5",
+            "shared_subscription_suback_v311",
+        ],
+    );
+}
+
 /// With accounts: a device's persistent session queues what another device of its account
 /// published while it was away, and a shared subscription with a group name another account
 /// also uses gets its own account's messages only.

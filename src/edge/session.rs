@@ -973,6 +973,21 @@ where
         }
     }
 
+    /// Delivers what an external broker sent in the same read as its CONNACK (a resumed
+    /// session's queued and unacknowledged messages): it waited for the broker's next bytes,
+    /// which may never come.
+    async fn broker_frames_behind_connack(&mut self, to_dev: &mut BytesMut) -> Result<(), End> {
+        if self.ubuf.is_empty() {
+            return Ok(());
+        }
+        self.conn.broker_frames(&mut self.ubuf, to_dev)?;
+        if !to_dev.is_empty() {
+            self.write_client(to_dev).await?;
+            to_dev.clear();
+        }
+        Ok(())
+    }
+
     /// Relays until the connection ends: the client's frames are checked and forwarded,
     /// the broker's delivered, keep-alive and the client's publish rate enforced.
     async fn relay(&mut self) -> End {
@@ -994,6 +1009,9 @@ where
         let mut throttled_until: Option<Instant> = None;
         let mut dev_room = MIN_READ;
 
+        if let Err(end) = self.broker_frames_behind_connack(&mut to_dev).await {
+            return end;
+        }
         // Frames from the client are processed at the top of the loop: after each read, and
         // once before the first read for packets sent right behind the CONNECT.
         let mut unread = !self.dbuf.is_empty();
