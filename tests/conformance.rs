@@ -34,7 +34,8 @@ fn paho(port: u16, checks: &[&str]) {
     paho_over(port, &[], checks);
 }
 
-/// [`paho`] with environment for the script (`CONF_TRANSPORT`, `CONF_CA`).
+/// [`paho`] with environment for the script (`CONF_TRANSPORT`, `CONF_CA`, and for accounts
+/// mode `CONF_ACCOUNT` and `CONF_DEVICES`).
 fn paho_over(port: u16, env: &[(&str, String)], checks: &[&str]) {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/conformance/mqtt.py");
     let out = Command::new("python3")
@@ -437,6 +438,14 @@ async fn with_accounts_sessions_persist_and_shared_groups_stay_inside_their_acco
     );
     let b_got = b_share.wait_with_output().unwrap();
     assert_eq!(String::from_utf8_lossy(&b_got.stdout).trim(), "b-own");
+
+    // MQTT 5 with paho: session, redelivery and properties inside the account; refusals.
+    if paho_available() {
+        let devices = ("CONF_DEVICES", format!("d1:{a1},d2:{a2}"));
+        let account = ("CONF_ACCOUNT", "a".to_string());
+        let checks = ["accounts_v5_session_properties_and_refusals"];
+        paho_over(cradle.mqtt_port, &[account, devices], &checks);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

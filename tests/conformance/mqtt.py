@@ -5,6 +5,8 @@
 
 CONF_TRANSPORT=websockets speaks MQTT over WebSocket (path /mqtt, subprotocol mqtt);
 CONF_CA=file turns TLS on, verifying the server against that CA.
+CONF_ACCOUNT=a and CONF_DEVICES=client:secret,client:secret give the accounts-mode check
+its devices.
 
 Each check prints `ok CHECK` or `FAIL CHECK: why` and the exit status is the number of failed
 checks. Topics live under accounts/conf/ so that they pass Cradle's open-mode edge.
@@ -37,7 +39,7 @@ def topic(name):
 class Client:
     """A paho client with its deliveries, SUBACK codes and CONNACK flags collected."""
 
-    def __init__(self, client_id=None, proto=V5, clean=True, props=None, will=None):
+    def __init__(self, client_id=None, proto=V5, clean=True, props=None, will=None, login=None):
         self.id = client_id or "c" + uuid.uuid4().hex[:10]
         self.proto = proto
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.id, protocol=proto,
@@ -56,6 +58,8 @@ class Client:
         self.c.on_disconnect = lambda *a: None
         if will:
             self.c.will_set(**will)
+        if login:
+            self.c.username_pw_set(*login)
 
     def _msg(self, c, u, m):
         with self.cv:
@@ -601,6 +605,40 @@ def server_keep_alive():
     old.wait(lambda: old.connack is not None, "CONNACK")
     old.c.loop_stop()
     check(old.connack[1].is_failure, f"3.1.1 keep-alive 60 over the maximum: {old.connack[1]}")
+
+
+@conformance
+def accounts_v5_session_properties_and_refusals():
+    """With accounts (CONF_ACCOUNT, CONF_DEVICES = "client:secret,client:secret"): a device's
+    MQTT 5 session keeps what another device of its account published while it was away and
+    redelivers an unacknowledged message with its packet id and DUP, properties intact; a
+    filter and a topic outside what the device may use are refused with reason strings."""
+    account = os.environ["CONF_ACCOUNT"]
+    (d1, s1), (d2, s2) = [d.split(":", 1) for d in os.environ["CONF_DEVICES"].split(",")][:2]
+    keep = props(PacketTypes.CONNECT, SessionExpiryInterval=60)
+    filt = f"accounts/{account}/parent_stations/+"
+    mine = f"accounts/{account}/parent_stations/{d2}"
+    s = Client(d1, props=keep, login=(account, s1))
+    s.c.manual_ack_set(True)
+    s.connect()
+    check(s.subscribe(filt, 1) == [1], f"SUBACK {s.subacks}")
+    check(s.subscribe(f"accounts/other-{account}/#", 1) == [0x87], "a foreign filter granted")
+    p = Client(d2, login=(account, s2)).connect()
+    p.publish(mine, b"unacked", qos=1, props=props(UserProperty=[("k", "v")]))
+    first = s.got(1)[0]
+    s.drop()
+    time.sleep(0.3)
+    p.publish(mine, b"while-away", qos=1)
+    info = p.c.publish(f"accounts/{account}/parent_stations/{d1}", b"forged", qos=1)
+    info.wait_for_publish(5)
+    back = Client(d1, clean=False, props=keep, login=(account, s1)).connect()
+    check(back.connack[0].session_present, "session not present")
+    got = back.got(2)
+    check([(m.payload, m.mid, m.dup) for m in got][0] == (b"unacked", first.mid, True),
+          f"redelivered {[(m.payload, m.mid, m.dup) for m in got]}")
+    check(got[0].properties.UserProperty == [("k", "v")], "user property lost")
+    check(got[1].payload == b"while-away", f"queued: {got[1].payload}")
+    check(len(back.quiet(0.5)) == 2, "a foreign publish reached the subscriber")
 
 
 @conformance
