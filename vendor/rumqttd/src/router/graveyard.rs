@@ -51,7 +51,7 @@ impl Graveyard {
         subscriptions: HashSet<String>,
         metrics: ConnectionEvents,
         unacked_pubrels: VecDeque<u16>,
-        inflight: VecDeque<(u16, Box<Forward>)>,
+        inflight: VecDeque<(u16, Forward)>,
         expires: Option<Instant>,
     ) {
         self.sweep();
@@ -110,5 +110,5 @@ pub struct SessionState {
     // used for pubrel in qos2
     pub unacked_pubrels: VecDeque<u16>,
     /// CRADLE PATCH 23: QoS 1/2 deliveries not yet acknowledged, re-sent on resumption.
-    pub inflight: VecDeque<(u16, Box<Forward>)>,
+    pub inflight: VecDeque<(u16, Forward)>,
 }
