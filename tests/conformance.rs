@@ -171,11 +171,17 @@ async fn server_keep_alive_holds_clients_to_the_configured_maximum() {
     assert_eq!(refused, 1, "the refused 3.1.1 CONNECT is counted");
 }
 
+/// A shared group splits a stream; a 3.1.1 client gets a 3.1.1 SUBACK; an UNSUBSCRIBE ends
+/// only the subscription it names (another group's, or the plain filter's, go on).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_subscriptions_split_a_stream_and_a_311_client_gets_a_311_suback() {
     holds(
         tcp,
-        &["shared_subscription_v5", "shared_subscription_suback_v311"],
+        &[
+            "shared_subscription_v5",
+            "shared_subscription_suback_v311",
+            "unsubscribe_ends_only_that_subscription",
+        ],
     )
     .await;
 }
@@ -340,6 +346,7 @@ async fn through_the_edge_an_external_broker_keeps_its_mqtt_semantics() {
             "maximum_packet_size_from_server",
             "shared_subscription_v5",
             "shared_subscription_suback_v311",
+            "unsubscribe_ends_only_that_subscription",
         ],
     );
 }

@@ -737,6 +737,27 @@ def shared_subscription_v5():
 
 
 @conformance
+def unsubscribe_ends_only_that_subscription():
+    """UNSUBSCRIBE of one shared subscription (or of the plain filter) leaves the client's
+    other subscriptions on the same topic delivering, and the unsubscribed one silent."""
+    t = topic("unsub")
+    s = Client().connect()
+    for f in (f"$share/g1/{t}", f"$share/g2/{t}", t):
+        s.subscribe(f, 1)
+    p = Client().connect()
+    p.publish(t, b"three", qos=1)
+    s.got(3)
+    check(len(s.quiet(0.5)) == 3, f"three subscriptions gave {len(s.messages)} copies")
+    for f, left in ((f"$share/g1/{t}", 2), (t, 1)):
+        n = len(s.messages)
+        s.c.unsubscribe(f)
+        time.sleep(0.3)
+        p.publish(t, f"after {f}".encode(), qos=1)
+        time.sleep(0.7)
+        check(len(s.messages) - n == left, f"after unsubscribing {f}: {len(s.messages) - n} copies, not {left}")
+
+
+@conformance
 def shared_subscription_suback_v311():
     t = topic("share311")
     a = Client(proto=V311).connect()

@@ -120,25 +120,22 @@ impl DataLog {
         waiters.swap_remove_back(index).map(|(_, request)| request)
     }
 
+    /// CRADLE PATCH 25: a `$share/{group}/{filter}` request waits on its filter's log, and
+    /// only the request on `filter` is taken. rumqttd looked the log up by the whole
+    /// `$share/...` name (none found: an unsubscribed shared subscription kept its parked
+    /// request and went on receiving) and took the connection's first waiter on the log,
+    /// whichever filter it was for.
     pub fn remove_waiters_for_id(
         &mut self,
         id: ConnectionId,
         filter: &Filter,
     ) -> Option<DataRequest> {
-        let data = self
-            .native
-            .get_mut(*self.filter_indexes.get(filter)?)
-            .unwrap();
-        let waiters = data.waiters.get_mut();
-
-        waiters
-            .iter()
-            .position(|&(conn_id, _)| conn_id == id)
-            .and_then(|index| {
-                waiters
-                    .swap_remove_back(index)
-                    .map(|(_, data_req)| data_req)
-            })
+        let path = filter
+            .strip_prefix("$share/")
+            .and_then(|s| s.split_once('/'))
+            .map_or(filter.as_str(), |(_, path)| path);
+        let filter_idx = *self.filter_indexes.get(path)?;
+        self.take_waiter(id, filter_idx, filter)
     }
 
     // TODO: Currently returning a Option<Vec> instead of Option<&Vec> due to Rust borrow checker

@@ -898,11 +898,17 @@ impl Router {
 
                             // Remove connections from all groups
                             // discard empty group ( group with no client )
-                            // note: can we do this in better way?
-                            self.shared_subscriptions.retain(|_, group| {
-                                group.remove_client(&client_id);
-                                !group.is_empty()
-                            });
+                            // CRADLE PATCH 25: only the group of the filter unsubscribed;
+                            // rumqttd took the client out of every group it was in, so its
+                            // other shared subscriptions stopped getting messages.
+                            if let Some((key, _)) = extract_group(filter) {
+                                if let Some(group) = self.shared_subscriptions.get_mut(&key) {
+                                    group.remove_client(&client_id);
+                                    if group.is_empty() {
+                                        self.shared_subscriptions.remove(&key);
+                                    }
+                                }
+                            }
 
                             // CRADLE PATCH 24: server topic aliases are per topic and
                             // outlive the subscription (the alias table is bounded).
