@@ -188,14 +188,23 @@ impl Connect {
     }
 
     /// The MQTT 5 Maximum Packet Size the client accepts (`usize::MAX`: no limit).
+    fn proto(&self) -> Proto {
+        match self {
+            Connect::V4(_) => Proto::V4,
+            Connect::V5(_) => Proto::V5,
+        }
+    }
+
     /// The keep-alive this client is held to under `mqtt.max_keep_alive_secs` (`max`):
     /// see [`keep_alive_rule`].
     fn held_keep_alive(&self, max: u16) -> Result<KeepAlive, KeepAliveTooLong> {
-        let proto = match self {
-            Connect::V4(_) => Proto::V4,
-            Connect::V5(_) => Proto::V5,
-        };
-        keep_alive_rule(proto, self.keep_alive(), max)
+        keep_alive_rule(self.proto(), self.keep_alive(), max)
+    }
+
+    /// Refuses this CONNECT ([`refuse_connect`]) with `codes` (3.1.1, MQTT 5), the Reason
+    /// String only if the client's Maximum Packet Size has room for it.
+    async fn refuse<W: AsyncWrite + Unpin>(&self, wr: &mut W, codes: (u8, u8)) {
+        refuse_connect(wr, self.proto(), codes, self.client_max_packet()).await;
     }
 
     /// Which refusals carry Reason Strings (MQTT 5 §3.1.2.11.7): a DISCONNECT when the
@@ -508,7 +517,7 @@ async fn read_connect<R, W>(
     wr: &mut W,
     peer: SocketAddr,
     shared: &EdgeShared,
-) -> Option<(Proto, Connect, BytesMut)>
+) -> Option<(Proto, Connect, BytesMut, KeepAlive)>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -566,7 +575,14 @@ where
         shared.metrics.edge_connect(EdgeConnect::Malformed);
         return None;
     };
-    Some((proto, connect, dbuf))
+    let Ok(keep_alive) = connect.held_keep_alive(shared.settings.max_keep_alive) else {
+        let code = connack::V4_IDENTIFIER_REJECTED;
+        connect.refuse(wr, (code, code)).await;
+        tracing::warn!(%peer, client = connect.client_id(), keep_alive = connect.keep_alive(), "MQTT connection refused: keep-alive over mqtt.max_keep_alive_secs");
+        shared.metrics.edge_connect(EdgeConnect::KeepAliveTooLong);
+        return None;
+    };
+    Some((proto, connect, dbuf, keep_alive))
 }
 
 /// Authenticates the CONNECT's credentials to a principal (the store query boxed: inline it
@@ -574,7 +590,6 @@ where
 async fn authenticate<W: AsyncWrite + Unpin>(
     wr: &mut W,
     connect: &Connect,
-    proto: Proto,
     peer: SocketAddr,
     listener: ListenerInfo,
     shared: &EdgeShared,
@@ -595,7 +610,7 @@ async fn authenticate<W: AsyncWrite + Unpin>(
                 Refusal::Busy => (connack::V4_SERVER_UNAVAILABLE, connack::V5_SERVER_BUSY),
                 _ => (connack::V4_NOT_AUTHORIZED, connack::V5_NOT_AUTHORIZED),
             };
-            refuse_connect(wr, proto, (v4_code, v5_code), connect.client_max_packet()).await;
+            connect.refuse(wr, (v4_code, v5_code)).await;
             tracing::warn!(
                 %peer, listener = listener.name, username = username.unwrap_or(""),
                 client = connect.client_id(), reason = refusal.as_str(),
@@ -621,26 +636,14 @@ where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let (proto, mut connect, dbuf) = read_connect(&mut rd, &mut wr, peer, &shared).await?;
-    let Ok(keep_alive) = connect.held_keep_alive(shared.settings.max_keep_alive) else {
-        let code = connack::V4_IDENTIFIER_REJECTED;
-        refuse_connect(&mut wr, proto, (code, code), 0).await;
-        tracing::warn!(%peer, client = connect.client_id(), keep_alive = connect.keep_alive(), "MQTT connection refused: keep-alive over mqtt.max_keep_alive_secs");
-        shared.metrics.edge_connect(EdgeConnect::KeepAliveTooLong);
-        return None;
-    };
-    let principal = authenticate(&mut wr, &connect, proto, peer, listener, &shared).await?;
+    let (proto, mut connect, dbuf, keep_alive) =
+        read_connect(&mut rd, &mut wr, peer, &shared).await?;
+    let principal = authenticate(&mut wr, &connect, peer, listener, &shared).await?;
     let mut will = connect.will();
     if let Some(w) = &will {
         if !may_publish(&principal, &w.topic) {
             let (v4_code, v5_code) = (connack::V4_NOT_AUTHORIZED, connack::V5_NOT_AUTHORIZED);
-            refuse_connect(
-                &mut wr,
-                proto,
-                (v4_code, v5_code),
-                connect.client_max_packet(),
-            )
-            .await;
+            connect.refuse(&mut wr, (v4_code, v5_code)).await;
             tracing::warn!(%peer, client = connect.client_id(), will_topic = %w.topic, "MQTT connection refused: Will topic not allowed");
             shared.metrics.edge_connect(EdgeConnect::WillRefused);
             return None;
@@ -650,13 +653,7 @@ where
     // take the slots of devices that can.
     let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
         let (v4_code, v5_code) = (connack::V4_SERVER_UNAVAILABLE, connack::V5_QUOTA_EXCEEDED);
-        refuse_connect(
-            &mut wr,
-            proto,
-            (v4_code, v5_code),
-            connect.client_max_packet(),
-        )
-        .await;
+        connect.refuse(&mut wr, (v4_code, v5_code)).await;
         tracing::warn!(%peer, "connection refused: mqtt.max_connections reached");
         shared.metrics.edge_connect(EdgeConnect::Limit);
         return None;
@@ -668,13 +665,7 @@ where
                 connack::V4_IDENTIFIER_REJECTED,
                 connack::V5_CLIENT_ID_NOT_VALID,
             );
-            refuse_connect(
-                &mut wr,
-                proto,
-                (v4_code, v5_code),
-                connect.client_max_packet(),
-            )
-            .await;
+            connect.refuse(&mut wr, (v4_code, v5_code)).await;
             shared.metrics.edge_connect(EdgeConnect::Malformed);
             return None;
         }
@@ -686,7 +677,7 @@ where
     };
     if let Some(w) = will.as_mut() {
         if let Err((code4, code5)) = admit_will(w, &principal, &client_id, &shared) {
-            refuse_connect(&mut wr, proto, (code4, code5), connect.client_max_packet()).await;
+            connect.refuse(&mut wr, (code4, code5)).await;
             tracing::warn!(%peer, client = %client_id, will_topic = %w.topic, "MQTT connection refused: Will not accepted");
             shared.metrics.edge_connect(EdgeConnect::WillRefused);
             return None;
@@ -896,7 +887,7 @@ impl Conn {
                 connack::V4_SERVER_UNAVAILABLE,
                 connack::V5_SERVER_UNAVAILABLE,
             );
-            refuse_connect(wr, proto, (v4_code, v5_code), connect.client_max_packet()).await;
+            connect.refuse(wr, (v4_code, v5_code)).await;
             tracing::error!(broker = %shared.upstream, "broker did not accept the relayed connection");
             shared.metrics.edge_connect(EdgeConnect::BrokerUnavailable);
             claim.finished();
