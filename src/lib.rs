@@ -38,7 +38,8 @@
 //! - [`sync`]: one handler per topic family: [`sync::status`] (batching commits),
 //!   [`sync::stations`] (baby- and parent-station announcements), and [`sync::sessions`]
 //!   (session starts and ends from HTTP and MQTT, pending starts, clean-disconnect and
-//!   grace-period ends, the session read models); [`sync::session_input`] validates starts.
+//!   grace-period ends, the session read models); [`sync::session_input`] validates starts;
+//!   [`sync::retained`] rebuilds the embedded broker's retained state from the store at start.
 //! - [`domain`]: pure deciders ([`domain::connection`], [`domain::session`]) with
 //!   given/when/then tests.
 //! - [`store`]: sea-orm event log and read models on SQLite or PostgreSQL, with migrations.

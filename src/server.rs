@@ -74,6 +74,28 @@ fn client_listeners(config: &Config) -> Vec<(&'static str, SocketAddr)> {
 /// How long each shutdown stage may take before Cradle moves on.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Rebuilds the embedded broker's retained state from the store (`sync::retained`) before
+/// any device is accepted: the broker starts empty, the store knows every client's last
+/// status, every active session and every parent station's announcement.
+async fn restore_retained(
+    store: &Store,
+    broker: &broker::EmbeddedBroker,
+) -> Result<(), ServeError> {
+    let (messages, counts) = crate::sync::retained::snapshot(store).await?;
+    let messages = messages.into_iter().map(|r| (r.topic, r.payload)).collect();
+    match broker::restore_retained(&broker.links, messages).await {
+        Ok(n) => tracing::info!(
+            messages = n,
+            statuses = counts.statuses,
+            baby_stations = counts.baby_stations,
+            parent_stations = counts.parent_stations,
+            "retained state rebuilt from the store"
+        ),
+        Err(error) => tracing::error!(%error, "retained state not rebuilt from the store"),
+    }
+    Ok(())
+}
+
 /// Runs Cradle until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
     let metrics = Arc::new(Metrics::default());
@@ -145,6 +167,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             }
             let broker = broker::start(&config.mqtt).await?;
             tracing::info!(v4 = %broker.v4, v5 = %broker.v5, "embedded MQTT broker listening on loopback");
+            restore_retained(&store, &broker).await?;
             (
                 Endpoint::embedded(broker.v4),
                 Endpoint::embedded(broker.v5),

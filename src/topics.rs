@@ -27,6 +27,11 @@ pub fn status_topic(account_id: &str, client_id: &str) -> String {
     format!("accounts/{account_id}/clients/{client_id}/status")
 }
 
+/// Topic of a parent station's (retained) announcement.
+pub fn parent_station_topic(account_id: &str, client_id: &str) -> String {
+    format!("accounts/{account_id}/parent_stations/{client_id}")
+}
+
 /// Why an incoming message was dropped. Each reason is a `/metrics` label value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DropReason {

@@ -187,3 +187,79 @@ async fn the_sqlite_file_and_its_folder_are_created_on_start() {
     let _cradle = Cradle::start(dir.path(), Some(format!("sqlite://{}", db.display()))).await;
     assert!(db.exists());
 }
+
+/// Issue 15: the embedded broker starts empty, so a restart rebuilds its retained state from
+/// the store before any device is accepted. A parent station subscribing late after the
+/// restart (`mosquitto_sub --retained-only`, as any MQTT client) finds the active session's
+/// announcement, every client's last status (the shutdown's `disconnected`/`server_shutdown`
+/// for the station that was connected) and the parent station's announcement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_rebuilds_the_brokers_retained_state_from_the_store() {
+    if !common::mosquitto_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = Cradle::start(dir.path(), None).await;
+    let station = Device::connect(first.mqtt_port, "b", None).await;
+    station
+        .publish(
+            "accounts/fam/clients/b/status",
+            status("connected", "kb", 10, None),
+        )
+        .await;
+    station
+        .publish("accounts/fam/parent_stations/p", r#"{"name":"Mum"}"#)
+        .await;
+    first.wait_events("fam", 1).await;
+    let started = reqwest::Client::new()
+        .put(format!("{}/sessions/s1", first.http))
+        .header("X-Cradle-Account", "fam")
+        .body(r#"{"session_id":"s1","client_id":"b","connection_id":"kb","name":"Nursery","started_at_millis":20}"#)
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(started.status().as_u16(), 201);
+    common::wait_for(
+        Duration::from_secs(10),
+        "parent station recorded",
+        || async {
+            let list = first
+                .get_json("/v1/accounts/fam/parent-stations", 200)
+                .await;
+            (list["parent_stations"].as_array().map_or(0, Vec::len) == 1).then_some(())
+        },
+    )
+    .await;
+    drop(station);
+    assert!(first.terminate().success(), "{}", first.log());
+
+    let second = Cradle::start(dir.path(), Some(first.database_url.clone())).await;
+    assert!(
+        second
+            .log()
+            .contains("retained state rebuilt from the store"),
+        "{}",
+        second.log()
+    );
+    let out = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &second.mqtt_port.to_string()])
+        .args(["-t", "accounts/fam/#", "--retained-only", "-v", "-W", "2"])
+        .output()
+        .expect("mosquitto_sub");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let retained: std::collections::HashMap<&str, serde_json::Value> = text
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(topic, payload)| (topic, serde_json::from_str(payload).unwrap()))
+        .collect();
+    assert_eq!(retained.len(), 3, "{text}");
+    let announced = &retained["accounts/fam/baby_stations/b"];
+    assert_eq!(announced["session_id"], "s1", "{text}");
+    assert_eq!(announced["connection_id"], "kb");
+    let last = &retained["accounts/fam/clients/b/status"];
+    assert_eq!(last["type"], "disconnected", "{text}");
+    assert_eq!(last["connection_id"], "kb");
+    assert_eq!(last["reason"], "server_shutdown");
+    assert_eq!(retained["accounts/fam/parent_stations/p"]["name"], "Mum");
+}

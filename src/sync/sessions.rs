@@ -139,7 +139,7 @@ fn state_of(row: Option<&sessions::Model>) -> SessionState {
     }
 }
 
-fn active_of(r: &sessions::Model) -> ActiveSession {
+pub(crate) fn active_of(r: &sessions::Model) -> ActiveSession {
     ActiveSession {
         session_id: r.session_id.clone(),
         client_id: r.client_id.clone(),

@@ -178,6 +178,26 @@ pub struct Publish {
 }
 
 impl Publish {
+    /// CRADLE PATCH 26: a PUBLISH at `qos` with packet id `pkid`, for an embedder that
+    /// acknowledges its local link's QoS 1 publishes itself (Cradle rebuilding retained
+    /// messages from its store before devices are accepted).
+    pub fn with_qos<T: Into<Bytes>>(
+        topic: T,
+        payload: T,
+        qos: QoS,
+        pkid: u16,
+        retain: bool,
+    ) -> Publish {
+        Publish {
+            dup: false,
+            qos,
+            pkid,
+            retain,
+            topic: topic.into(),
+            payload: payload.into(),
+        }
+    }
+
     // Constructor for publish. Used in local links as local links shouldn't
     // send qos 1 or 2 packets
     pub fn new<T: Into<Bytes>>(topic: T, payload: T, retain: bool) -> Publish {
