@@ -39,7 +39,8 @@
 //!   [`sync::stations`] (baby- and parent-station announcements), and [`sync::sessions`]
 //!   (session starts and ends from HTTP and MQTT, pending starts, clean-disconnect and
 //!   grace-period ends, the session read models); [`sync::session_input`] validates starts;
-//!   [`sync::retained`] rebuilds the embedded broker's retained state from the store at start.
+//!   [`sync::retained`] rebuilds the embedded broker's retained state from the store at start;
+//!   [`sync::pending`] keeps pending session starts in the store for every replica.
 //! - [`domain`]: pure deciders ([`domain::connection`], [`domain::session`]) with
 //!   given/when/then tests.
 //! - [`store`]: sea-orm event log and read models on SQLite or PostgreSQL, with migrations.

@@ -732,3 +732,68 @@ async fn a_broker_over_tls_is_verified_against_the_configured_ca() {
     assert!(log.contains("broker.ca_file"), "{log}");
     assert!(!log.contains(BROKER_PASSWORD), "{log}");
 }
+
+/// Issue 15: pending session starts live in the shared store. A start parked on replica A
+/// is visible to a `DELETE` on replica B, and one parked on A is applied when its station's
+/// connection is recorded through B: once, whichever replica records it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_starts_are_shared_by_the_replicas() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((db, broker)) = infrastructure(dir.path()).await else {
+        return;
+    };
+    let a = replica(dir.path(), "a", &db, &broker, "cradle").await;
+    let b = replica(dir.path(), "b", &db, &broker, "cradle").await;
+    let http = reqwest::Client::new();
+    let put = |r: &Cradle, id: &str, connection: &str| {
+        http.put(format!("{}/sessions/{id}", r.http))
+            .header("X-Cradle-Account", "home")
+            .header("content-type", "application/json")
+            .body(format!(
+                r#"{{"session_id":"{id}","connection_id":"{connection}","name":"Nursery","started_at_millis":5}}"#
+            ))
+            .send()
+    };
+    assert_eq!(
+        put(&a, "gone", "never").await.unwrap().status().as_u16(),
+        202
+    );
+    let removed = http
+        .delete(format!("{}/sessions/gone", b.http))
+        .header("X-Cradle-Account", "home")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(removed.status().as_u16(), 200);
+    let body: serde_json::Value = removed.json().await.unwrap();
+    assert_eq!(body["status"], "pending_removed", "{body}");
+
+    assert_eq!(put(&a, "s1", "late").await.unwrap().status().as_u16(), 202);
+    let station = Device::connect(b.mqtt_port, "crib", None).await;
+    station
+        .publish(
+            "accounts/home/clients/crib/status",
+            status("connected", "late", 1_700_000_000_000, None),
+        )
+        .await;
+    let list = wait_for(Duration::from_secs(20), "session applied", || async {
+        let list = a.get_json("/v1/accounts/home/baby-stations", 200).await;
+        let stations = list["baby_stations"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        (!stations.is_empty()).then_some(stations)
+    })
+    .await;
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["session_id"], "s1");
+    assert_eq!(list[0]["client_id"], "crib");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let started: Vec<_> = a
+        .events("home")
+        .await
+        .into_iter()
+        .filter(|e| e["type"] == "session.started")
+        .collect();
+    assert_eq!(started.len(), 1, "{started:?}");
+}

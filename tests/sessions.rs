@@ -360,6 +360,49 @@ async fn parent_stations_are_listed_from_their_announcements(c: &Cradle) {
     .await;
 }
 
+/// Issue 15: pending starts live in the store. One parked before a restart (SIGTERM, start
+/// again on the same database) is applied when its connection appears afterwards; the
+/// bound per account still holds across the restart.
+async fn a_pending_start_survives_a_restart(dir: &std::path::Path, postgres: bool) {
+    let Some(mut first) = start_cradle(dir, postgres).await else {
+        return;
+    };
+    let (code, _) = put(
+        &first,
+        "kept",
+        &start_body("kept", None, "after-restart", 5),
+    )
+    .await;
+    assert_eq!(code, 202);
+    assert!(first.terminate().success(), "{}", first.log());
+    let config = dir.join("sessions.toml");
+    let env = [("CRADLE_CONFIG", config.display().to_string())];
+    let second = Cradle::spawn_ready(dir, &first.database_url, &env).await;
+    let _d = station(&second, "baby9", "after-restart").await;
+    let events = wait_session_events(&second, 1).await;
+    assert_eq!(events, vec![started("kept")]);
+    assert_eq!(baby_stations(&second).await[0]["client_id"], "baby9");
+    // Applied once: the parked start is gone (a DELETE now ends the session itself).
+    let (code, body) = delete(&second, "kept").await;
+    assert_eq!(
+        (code, body["status"].as_str()),
+        (200, Some("ended")),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_start_survives_a_restart_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    a_pending_start_survives_a_restart(dir.path(), false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_start_survives_a_restart_postgres() {
+    let dir = tempfile::tempdir().unwrap();
+    a_pending_start_survives_a_restart(dir.path(), true).await;
+}
+
 macro_rules! on_both {
     ($name:ident) => {
         mod $name {

@@ -13,6 +13,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000002_create_clients::Migration),
             Box::new(m20261122_000003_create_accounts_and_credentials::Migration),
             Box::new(m20261122_000004_create_sessions_and_parent_stations::Migration),
+            Box::new(m20261130_000005_create_pending_starts::Migration),
         ]
     }
 }
@@ -45,6 +46,18 @@ enum Sessions {
     EndedAtMillis,
     EndReason,
     RecordedAtMillis,
+}
+
+#[derive(DeriveIden)]
+enum PendingStarts {
+    Table,
+    AccountId,
+    SessionId,
+    ConnectionId,
+    Name,
+    StartedAtMillis,
+    ParkedSeq,
+    ParkedAtMillis,
 }
 
 #[derive(DeriveIden)]
@@ -417,6 +430,63 @@ mod m20261122_000004_create_sessions_and_parent_stations {
                 .await?;
             manager
                 .drop_table(Table::drop().table(Sessions::Table).to_owned())
+                .await
+        }
+    }
+}
+
+mod m20261130_000005_create_pending_starts {
+    use super::*;
+
+    pub struct Migration;
+
+    impl MigrationName for Migration {
+        fn name(&self) -> &str {
+            "m20261130_000005_create_pending_starts"
+        }
+    }
+
+    #[sea_orm_migration::async_trait::async_trait]
+    impl MigrationTrait for Migration {
+        async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            let text = |c: PendingStarts| ColumnDef::new(c).string().not_null().to_owned();
+            let big = |c: PendingStarts| ColumnDef::new(c).big_integer().not_null().to_owned();
+            manager
+                .create_table(
+                    Table::create()
+                        .table(PendingStarts::Table)
+                        .if_not_exists()
+                        .col(text(PendingStarts::AccountId))
+                        .col(text(PendingStarts::SessionId))
+                        .col(text(PendingStarts::ConnectionId))
+                        .col(text(PendingStarts::Name))
+                        .col(big(PendingStarts::StartedAtMillis))
+                        .col(big(PendingStarts::ParkedSeq))
+                        .col(big(PendingStarts::ParkedAtMillis))
+                        .primary_key(
+                            Index::create()
+                                .col(PendingStarts::AccountId)
+                                .col(PendingStarts::SessionId),
+                        )
+                        .to_owned(),
+                )
+                .await?;
+            manager
+                .create_index(
+                    Index::create()
+                        .name("ix_pending_starts_account_connection")
+                        .if_not_exists()
+                        .table(PendingStarts::Table)
+                        .col(PendingStarts::AccountId)
+                        .col(PendingStarts::ConnectionId)
+                        .to_owned(),
+                )
+                .await
+        }
+
+        async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            manager
+                .drop_table(Table::drop().table(PendingStarts::Table).to_owned())
                 .await
         }
     }

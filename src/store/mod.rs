@@ -11,6 +11,7 @@ pub mod credentials;
 pub mod events;
 pub mod migration;
 pub mod parent_stations;
+pub mod pending_starts;
 pub mod sessions;
 
 use std::collections::{HashMap, HashSet};

@@ -2,6 +2,7 @@
 //! message on every path (a poison message is logged, counted and acknowledged, never
 //! redelivered forever).
 
+pub mod pending;
 pub mod retained;
 pub mod session_input;
 pub mod sessions;

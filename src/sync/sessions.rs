@@ -8,12 +8,10 @@
 //! after the commit.
 
 use std::collections::HashMap;
-use std::num::NonZeroUsize;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lru::LruCache;
 use rumqttc::{AsyncClient, QoS};
 use sea_orm::{
     ActiveValue, ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, TransactionTrait,
@@ -28,6 +26,7 @@ use crate::domain::session::{
 };
 use crate::metrics::Metrics;
 use crate::store::{clients, parent_stations, sessions, NewEvent, Store, StoreError};
+use crate::sync::pending::{PendingStart, PendingStarts};
 use crate::sync::status::{now_millis, ConnectionChange};
 
 /// Version of the session events' payload shape.
@@ -38,16 +37,8 @@ pub const EVENT_VERSION: i32 = 1;
 pub struct SessionSettings {
     /// How long a lost baby station may stay away before its session ends.
     pub grace: Duration,
-    /// Pending starts kept per account (least recently used evicted).
+    /// Pending starts kept per account (the least recently parked evicted).
     pub pending_per_account: usize,
-}
-
-/// A start waiting for its connection to appear.
-#[derive(Debug, Clone)]
-struct Pending {
-    connection_id: String,
-    name: String,
-    started_at_millis: i64,
 }
 
 /// What a start did.
@@ -118,7 +109,7 @@ pub struct Sessions {
     metrics: Arc<Metrics>,
     mqtt: AsyncClient,
     settings: SessionSettings,
-    pending: Mutex<HashMap<String, LruCache<String, Pending>>>,
+    pending: PendingStarts,
     listeners: Mutex<Vec<mpsc::UnboundedSender<(String, serde_json::Value)>>>,
 }
 
@@ -214,12 +205,14 @@ impl Sessions {
         mqtt: AsyncClient,
         settings: SessionSettings,
     ) -> Self {
+        let pending =
+            PendingStarts::new(store.clone(), metrics.clone(), settings.pending_per_account);
         Self {
             store,
             metrics,
             mqtt,
             settings,
-            pending: Mutex::new(HashMap::new()),
+            pending,
             listeners: Mutex::new(Vec::new()),
         }
     }
@@ -398,12 +391,14 @@ impl Sessions {
                 Err(Rejected::Ignored(SessionIgnored::UnknownSession)) => {
                     drop(txn);
                     let account = *by == Actor::Account;
-                    return Ok(if account && self.unpark(account_id, session_id) {
-                        EndOutcome::PendingRemoved
-                    } else {
-                        self.count_ignored(SessionIgnored::UnknownSession);
-                        EndOutcome::Unknown
-                    });
+                    return Ok(
+                        if account && self.pending.remove(account_id, session_id).await? {
+                            EndOutcome::PendingRemoved
+                        } else {
+                            self.count_ignored(SessionIgnored::UnknownSession);
+                            EndOutcome::Unknown
+                        },
+                    );
                 }
                 Err(Rejected::Ignored(ignored)) => {
                     self.count_ignored(ignored);
@@ -558,129 +553,66 @@ impl Sessions {
             SessionState::Ended => return Ok(StartOutcome::AlreadyEnded),
             SessionState::None => {}
         }
-        let cap = NonZeroUsize::new(self.settings.pending_per_account.max(1)).expect("not zero");
-        let evicted = {
-            let mut pending = self
-                .pending
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let lru = pending
-                .entry(account_id.to_string())
-                .or_insert_with(|| LruCache::new(cap));
-            lru.push(
-                req.session_id.clone(),
-                Pending {
-                    connection_id: req.connection_id.clone(),
-                    name: req.name.clone(),
-                    started_at_millis: req.started_at_millis,
-                },
-            )
-            .filter(|(id, _)| *id != req.session_id)
-        };
-        self.metrics.sessions_pending.fetch_add(1, Relaxed);
-        if let Some((evicted, p)) = evicted {
-            self.metrics.sessions_pending_evicted.fetch_add(1, Relaxed);
-            tracing::warn!(
-                account_id, session_id = %evicted, connection_id = %p.connection_id,
-                "pending session start evicted (sessions.pending_per_account reached)"
-            );
-        }
+        self.pending
+            .park(PendingStart {
+                account_id: account_id.to_string(),
+                session_id: req.session_id.clone(),
+                connection_id: req.connection_id.clone(),
+                name: req.name.clone(),
+                started_at_millis: req.started_at_millis,
+                parked_seq: 0,
+                parked_at_millis: 0,
+            })
+            .await?;
         tracing::info!(account_id, session_id = %req.session_id, connection_id = %req.connection_id, "session start pending until its connection appears");
         Ok(StartOutcome::Pending)
     }
 
-    fn unpark(&self, account_id: &str, session_id: &str) -> bool {
-        let mut pending = self
-            .pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        pending
-            .get_mut(account_id)
-            .and_then(|lru| lru.pop(session_id))
-            .is_some()
-    }
-
     /// Applies the pending starts waiting for `connection_id` of `client_id`.
     pub async fn on_connected(&self, account_id: &str, client_id: &str, connection_id: &str) {
-        let ready: Vec<(String, Pending)> = {
-            let mut pending = self
-                .pending
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let Some(lru) = pending.get_mut(account_id) else {
-                return;
-            };
-            let ids: Vec<String> = lru
-                .iter()
-                .filter(|(_, p)| p.connection_id == connection_id)
-                .map(|(id, _)| id.clone())
-                .collect();
-            ids.into_iter()
-                .filter_map(|id| lru.pop(&id).map(|p| (id, p)))
-                .collect()
-        };
-        for (session_id, p) in ready {
-            let req = StartRequest {
-                session_id: session_id.clone(),
-                client_id: Some(client_id.to_string()),
-                connection_id: p.connection_id,
-                name: p.name,
-                started_at_millis: p.started_at_millis,
-            };
-            match self.start(account_id, req).await {
-                Ok(outcome) => {
-                    tracing::info!(
-                        account_id,
-                        client_id,
-                        session_id,
-                        ?outcome,
-                        "pending session start applied"
-                    )
+        match self.pending.waiting_for(account_id, connection_id).await {
+            Ok(ready) => {
+                for p in ready {
+                    self.apply_pending(client_id, p).await;
                 }
-                Err(error) => {
-                    tracing::error!(%error, account_id, session_id, "pending session start failed")
-                }
+            }
+            Err(error) => {
+                tracing::error!(%error, account_id, connection_id, "pending session starts not read")
             }
         }
     }
 
-    /// Applies pending starts whose connection another replica recorded (the change feed
-    /// only carries this replica's commits): looks their connection ids up in the store.
-    pub async fn apply_pending_from_store(&self) -> Result<(), StoreError> {
-        let wanted: Vec<(String, String)> = {
-            let pending = self
-                .pending
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            pending
-                .iter()
-                .flat_map(|(account, lru)| {
-                    lru.iter()
-                        .map(move |(_, p)| (account.clone(), p.connection_id.clone()))
-                })
-                .collect()
+    /// Starts a parked session on its station, then removes it from the store: a crash in
+    /// between applies it again, which the decider records nothing for (a duplicate start).
+    async fn apply_pending(&self, client_id: &str, p: PendingStart) {
+        let (account_id, session_id) = (p.account_id.clone(), p.session_id.clone());
+        let req = StartRequest {
+            session_id: p.session_id,
+            client_id: Some(client_id.to_string()),
+            connection_id: p.connection_id,
+            name: p.name,
+            started_at_millis: p.started_at_millis,
         };
-        for chunk in wanted.chunks(200) {
-            let rows = clients::Entity::find()
-                .filter(
-                    Condition::all()
-                        .add(
-                            clients::Column::ConnectionId
-                                .is_in(chunk.iter().map(|(_, c)| c.as_str())),
-                        )
-                        .add(clients::Column::Connected.eq(true)),
-                )
-                .all(self.store.db())
-                .await?;
-            for row in rows {
-                if chunk
-                    .iter()
-                    .any(|(a, c)| *a == row.account_id && *c == row.connection_id)
-                {
-                    self.on_connected(&row.account_id, &row.client_id, &row.connection_id)
-                        .await;
-                }
+        let applied = match self.start(&account_id, req).await {
+            Ok(outcome) => {
+                tracing::info!(%account_id, client_id, %session_id, ?outcome, "pending session start applied");
+                self.pending
+                    .remove(&account_id, &session_id)
+                    .await
+                    .map(|_| ())
             }
+            Err(error) => Err(error),
+        };
+        if let Err(error) = applied {
+            tracing::error!(%error, %account_id, %session_id, "pending session start failed");
+        }
+    }
+
+    /// Applies pending starts whose connection any replica recorded (the change feed only
+    /// carries this replica's commits, and a start may have been parked elsewhere).
+    pub async fn apply_pending_from_store(&self) -> Result<(), StoreError> {
+        for (client_id, p) in self.pending.ready().await? {
+            self.apply_pending(&client_id, p).await;
         }
         Ok(())
     }
