@@ -10,6 +10,7 @@ pub mod connections;
 pub mod pipeline;
 pub mod report;
 pub mod signalling;
+pub mod storm;
 pub mod throughput;
 pub mod websocket;
 pub mod wire;

@@ -139,6 +139,19 @@ enum Command {
         #[arg(long, default_value_t = 200)]
         payload: usize,
     },
+    /// Devices reconnecting all at once after a restart of Cradle (the bench runs Cradle).
+    RestartStorm {
+        /// The `cradle` binary to run.
+        #[arg(long, default_value = "target/release/cradle")]
+        cradle_bin: std::path::PathBuf,
+        /// Cradle's store; the devices are provisioned in it.
+        #[arg(long)]
+        database_url: String,
+        #[arg(long, default_value_t = 10_000)]
+        count: usize,
+        #[arg(long, default_value_t = 180)]
+        max_secs: u64,
+    },
     /// Cradle's memory per idle WebSocket session (open mode).
     WsIdle {
         #[command(flatten)]
@@ -283,6 +296,20 @@ fn main() -> ExitCode {
                     messages,
                     rate,
                     payload,
+                })
+                .await
+            }
+            Command::RestartStorm {
+                cradle_bin,
+                database_url,
+                count,
+                max_secs,
+            } => {
+                bench::storm::restart_storm(bench::storm::StormOptions {
+                    cradle_bin,
+                    database_url,
+                    count,
+                    max_secs,
                 })
                 .await
             }

@@ -1,0 +1,350 @@
+//! Reconnect storm (issue 15): `count` authenticated devices connected, each with its status
+//! reported, Cradle restarted (SIGTERM, started again on the same store), and every device
+//! reconnecting at once with jittered exponential backoff and reporting a new connection.
+//! Reports the time from the restart until every device is recorded connected again, the
+//! events lost and duplicated (each device must have exactly `connected k1`, `disconnected
+//! k1` and `connected k2`), and the restarted Cradle's peak memory.
+//!
+//! The bench runs Cradle itself (`--cradle-bin`), on free loopback ports and its embedded
+//! broker, so that it can restart it.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use rumqttc::mqttbytes::v4::{LastWill, Publish};
+use rumqttc::mqttbytes::QoS;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::connections::{open, seed_devices, Device};
+use super::{metric, proc_stats, run_id, BenchError, BenchResult};
+use crate::config::StoreConfig;
+use crate::store::{events, Store};
+
+/// What the storm runs against.
+pub struct StormOptions {
+    /// The `cradle` binary to start and restart.
+    pub cradle_bin: PathBuf,
+    /// Cradle's store (devices are provisioned in it).
+    pub database_url: String,
+    /// Devices.
+    pub count: usize,
+    /// Longest wait for the storm to settle, seconds.
+    pub max_secs: u64,
+}
+
+/// A Cradle process the bench started.
+struct Cradle {
+    child: Child,
+    mqtt: u16,
+    http: String,
+}
+
+fn free_port() -> Result<u16, BenchError> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl Cradle {
+    /// Starts Cradle on free ports (the same MQTT port when `mqtt` is given) and waits until
+    /// `/readyz` answers.
+    async fn start(
+        opts: &StormOptions,
+        dir: &std::path::Path,
+        mqtt: Option<u16>,
+    ) -> Result<Cradle, BenchError> {
+        let mqtt = match mqtt {
+            Some(p) => p,
+            None => free_port()?,
+        };
+        let (v5, ws, http) = (free_port()?, free_port()?, free_port()?);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("cradle.log"))?;
+        // Canonical: a relative program path would be taken relative to `dir`.
+        let bin = std::fs::canonicalize(&opts.cradle_bin)?;
+        let child = Command::new(bin)
+            .arg("serve")
+            .current_dir(dir)
+            .env("CRADLE_DATABASE_URL", &opts.database_url)
+            .env("CRADLE_MQTT_LISTEN", format!("127.0.0.1:{mqtt}"))
+            .env("CRADLE_MQTT_V5_LISTEN", format!("127.0.0.1:{v5}"))
+            .env("CRADLE_MQTT_WS_LISTEN", format!("127.0.0.1:{ws}"))
+            .env("CRADLE_HTTP_LISTEN", format!("127.0.0.1:{http}"))
+            .env("CRADLE_MQTT_PUBLISH_RATE", "0")
+            .env("CRADLE_LOG", "warn,rumqttd=off")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        let http = format!("http://127.0.0.1:{http}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let ready = reqwest::get(format!("{http}/readyz")).await;
+            if ready.is_ok_and(|r| r.status().is_success()) {
+                return Ok(Cradle { child, mqtt, http });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(BenchError::Target("cradle not ready within 60 s".into()))
+    }
+
+    /// SIGTERM, and waits for the exit.
+    fn terminate(&mut self) -> Result<(), BenchError> {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+/// A deterministic jitter in `0..max_ms` for device `i`'s `attempt`-th retry.
+fn jitter(i: usize, attempt: u32, max_ms: u64) -> u64 {
+    let mut x = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(attempt);
+    x ^= x >> 31;
+    x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x ^= x >> 29;
+    x % max_ms.max(1)
+}
+
+/// One device's life: connect, report `k1`, wait for the server to close the connection (the
+/// restart), then reconnect with jittered exponential backoff and report `k2`; holds the
+/// connection until `stop`.
+async fn device(
+    i: usize,
+    d: Device,
+    port: u16,
+    connected: Arc<AtomicU64>,
+    stop: Arc<tokio::sync::Notify>,
+    last_reconnect: Arc<AtomicU64>,
+) -> Result<(), BenchError> {
+    let topic = format!("accounts/{}/clients/{}/status", d.account, d.client);
+    let mut c = rumqttc::mqttbytes::v4::Connect::new(d.client.clone());
+    c.set_login(d.account.clone(), d.secret.clone());
+    c.keep_alive = 600;
+    for (round, k) in ["k1", "k2"].into_iter().enumerate() {
+        let at = crate::sync::status::now_millis();
+        c.last_will = Some(LastWill::new(
+            topic.clone(),
+            format!(
+                r#"{{"type":"disconnected","connection_id":"{k}","reason":"lost","at_millis":{at}}}"#
+            ),
+            QoS::AtLeastOnce,
+            true,
+        ));
+        let mut attempt = 0;
+        let mut stream = loop {
+            match open("127.0.0.1", port, &c).await {
+                Ok(s) => break s,
+                Err(_) => {
+                    attempt += 1;
+                    let cap = (100u64 << attempt.min(6)).min(5_000);
+                    tokio::time::sleep(Duration::from_millis(jitter(i, attempt, cap))).await;
+                }
+            }
+        };
+        let mut up = Publish::new(
+            topic.clone(),
+            QoS::AtMostOnce,
+            format!(r#"{{"type":"connected","connection_id":"{k}","at_millis":{at}}}"#),
+        );
+        up.retain = true;
+        let mut buf = BytesMut::new();
+        up.write(&mut buf)
+            .map_err(|e| BenchError::Target(format!("encode: {e:?}")))?;
+        stream.write_all(&buf).await?;
+        connected.fetch_add(1, Relaxed);
+        if round == 1 {
+            last_reconnect.fetch_max(crate::sync::status::now_millis() as u64, Relaxed);
+        }
+        let mut sink = [0u8; 256];
+        if round == 0 {
+            // Until the server goes away.
+            while !matches!(stream.read(&mut sink).await, Ok(0) | Err(_)) {}
+        } else {
+            stop.notified().await;
+        }
+    }
+    Ok(())
+}
+
+/// Each device's recorded `(type, connection_id)` sequence, by client.
+async fn recorded(
+    store: &Store,
+    account: &str,
+) -> Result<HashMap<String, Vec<(String, String)>>, BenchError> {
+    let rows = events::Entity::find()
+        .filter(events::Column::AccountId.eq(account))
+        .order_by_asc(events::Column::Position)
+        .all(store.db())
+        .await
+        .map_err(|e| BenchError::Target(e.to_string()))?;
+    let mut by_client: HashMap<String, Vec<(String, String)>> = HashMap::new();
+    for e in rows {
+        let data: serde_json::Value = serde_json::from_str(&e.data).unwrap_or_default();
+        let client = data["client_id"].as_str().unwrap_or_default().to_string();
+        let connection = data["connection_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        by_client
+            .entry(client)
+            .or_default()
+            .push((e.event_type, connection));
+    }
+    Ok(by_client)
+}
+
+/// Missing and extra events against the expected three per device.
+fn lost_and_duplicated(
+    devices: &[Device],
+    by_client: &HashMap<String, Vec<(String, String)>>,
+) -> (u64, u64) {
+    let expected = [
+        ("connection.connected", "k1"),
+        ("connection.disconnected", "k1"),
+        ("connection.connected", "k2"),
+    ];
+    let (mut lost, mut extra) = (0, 0);
+    for d in devices {
+        let got = by_client
+            .get(&d.client)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        for (t, k) in expected {
+            match got.iter().filter(|(gt, gk)| gt == t && gk == k).count() {
+                0 => lost += 1,
+                n => extra += n as u64 - 1,
+            }
+        }
+        extra += got.len().saturating_sub(expected.len()) as u64;
+    }
+    (lost, extra)
+}
+
+/// Runs the storm and reports it.
+pub async fn restart_storm(opts: StormOptions) -> Result<BenchResult, BenchError> {
+    let run = run_id();
+    let account = format!("storm-{run}");
+    let clients: Vec<String> = (0..opts.count).map(|i| format!("dev-{i}")).collect();
+    let devices = seed_devices(&opts.database_url, &account, clients).await?;
+    let dir = std::env::temp_dir().join(format!("cradle-storm-{run}"));
+    std::fs::create_dir_all(&dir)?;
+    let mut first = Cradle::start(&opts, &dir, None).await?;
+    let port = first.mqtt;
+    let connected = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let last_reconnect = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::with_capacity(devices.len());
+    for (i, d) in devices.iter().cloned().enumerate() {
+        let (connected, stop, last) = (connected.clone(), stop.clone(), last_reconnect.clone());
+        tasks.push(tokio::spawn(device(i, d, port, connected, stop, last)));
+        if i % 100 == 99 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let n = opts.count as u64;
+    let series = "cradle_events_appended_total{type=\"connection.connected\"}";
+    let limit = Duration::from_secs(opts.max_secs);
+    let settled = Instant::now() + limit;
+    while metric(&first.http, series).await? < n && Instant::now() < settled {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    first.terminate()?;
+    let restarted = Instant::now();
+    let restarted_millis = crate::sync::status::now_millis() as u64;
+    let second = Cradle::start(&opts, &dir, Some(port)).await?;
+    let ready_secs = restarted.elapsed().as_secs_f64();
+    let pid = Some(second.child.id());
+    let before = proc_stats(pid);
+    let deadline = restarted + limit;
+    let mut all_connected = None;
+    while Instant::now() < deadline {
+        if metric(&second.http, series).await? >= n {
+            all_connected = Some(restarted.elapsed().as_secs_f64());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = proc_stats(pid);
+    let store = Store::connect(&StoreConfig {
+        database_url: opts.database_url.clone(),
+        ..StoreConfig::default()
+    })
+    .await
+    .map_err(|e| BenchError::Target(e.to_string()))?;
+    let (lost, duplicated) = lost_and_duplicated(&devices, &recorded(&store, &account).await?);
+    stop.notify_waiters();
+    let mut second = second;
+    second.terminate()?;
+    for t in tasks {
+        t.abort();
+    }
+    let seconds = all_connected.unwrap_or(limit.as_secs_f64());
+    let mut r = BenchResult::new(
+        "restart-storm",
+        "cradle",
+        format!("{n} authenticated devices, SIGTERM + restart on the same store, all reconnecting with jittered backoff (100 ms doubling to 5 s)"),
+        "devices/s",
+    );
+    r.counted(n * 3 - lost, n * 3, seconds);
+    r.rate = n as f64 / seconds.max(1e-9);
+    r.process(before, after);
+    let last_secs = last_reconnect
+        .load(Relaxed)
+        .saturating_sub(restarted_millis) as f64
+        / 1000.0;
+    r.note = format!(
+        "{} until every device was recorded connected again (the last device reconnected at {last_secs:.2} s, its backoff); events lost {lost}, duplicated {duplicated}; restart {ready_secs:.2} s to ready",
+        match all_connected {
+            Some(s) => format!("{s:.2} s"),
+            None => "not settled".to_string(),
+        },
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Given the three expected events per device, when one is missing and one repeated,
+    /// then each is counted once.
+    #[test]
+    fn lost_and_duplicated_events_are_counted_per_device() {
+        let d = |c: &str| Device {
+            account: "a".into(),
+            client: c.into(),
+            secret: String::new(),
+        };
+        let e = |t: &str, k: &str| (format!("connection.{t}"), k.to_string());
+        let mut by_client = HashMap::new();
+        by_client.insert(
+            "x".to_string(),
+            vec![
+                e("connected", "k1"),
+                e("disconnected", "k1"),
+                e("connected", "k2"),
+            ],
+        );
+        by_client.insert(
+            "y".to_string(),
+            vec![
+                e("connected", "k1"),
+                e("connected", "k1"),
+                e("connected", "k2"),
+            ],
+        );
+        assert_eq!(lost_and_duplicated(&[d("x"), d("y")], &by_client), (1, 1));
+        assert!(jitter(3, 2, 400) < 400);
+    }
+}
