@@ -51,8 +51,8 @@ use sea_orm::{
 use crate::config::StoreConfig;
 use crate::server::redact;
 use crate::store::{
-    accounts, clients, credentials, events, parent_stations, pending_starts, sessions, Backend,
-    Store,
+    accounts, clients, credentials, events, parent_stations, pending_starts, sessions, ws_handover,
+    Backend, Store,
 };
 
 /// Rows read per page (ordered by primary key).
@@ -646,13 +646,14 @@ trait TableOps: Sync {
 struct Table<E>(&'static str, PhantomData<fn() -> E>);
 
 /// Every copied table (there are no foreign keys between them; accounts come first anyway).
-static TABLES: [&dyn TableOps; 7] = [
+static TABLES: [&dyn TableOps; 8] = [
     &Table::<accounts::Entity>("accounts", PhantomData),
     &Table::<credentials::Entity>("credentials", PhantomData),
     &Table::<clients::Entity>("clients", PhantomData),
     &Table::<sessions::Entity>("sessions", PhantomData),
     &Table::<parent_stations::Entity>("parent_stations", PhantomData),
     &Table::<pending_starts::Entity>("pending_starts", PhantomData),
+    &Table::<ws_handover::Entity>("ws_handover", PhantomData),
     &Table::<events::Entity>("events", PhantomData),
 ];
 

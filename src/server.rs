@@ -150,6 +150,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
 
     let embedded = config.broker.mode == BrokerMode::Embedded;
+    let mut handed_over = Vec::new();
     // The edge's publisher speaks MQTT 5 (a Will keeps its properties): the embedded
     // broker's MQTT 5 listener, or the external broker's one listener.
     let (endpoint, v5_endpoint, upstream) = match config.broker.mode {
@@ -157,8 +158,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             // The embedded broker starts empty: whoever the store still shows connected lost
             // that connection when the previous process ended (a crash, or a shutdown that
             // could not finish). Record it before new statuses arrive.
+            // WebSocket sessions the previous process handed over stay open: they are taken
+            // back below and resumed, or ended when their window passes.
+            let handed = crate::ws::handover::take(&store).await?;
+            let keep = handed
+                .iter()
+                .map(|(h, _)| h.connection_id.clone())
+                .collect();
+            handed_over = handed;
             let closed =
-                status::close_open_connections(&store, DisconnectReason::ServerShutdown).await?;
+                status::close_open_connections(&store, DisconnectReason::ServerShutdown, &keep)
+                    .await?;
             if closed > 0 {
                 tracing::warn!(
                     clients = closed,
@@ -319,6 +329,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         None => sessions.follow_baby_stations(lists_tx),
     }
     let bridge = Arc::new(bridge);
+    bridge.take_back(std::mem::take(&mut handed_over));
     let bridge_task = tokio::spawn(crate::ws::run(
         bridge.clone(),
         inbox_rx,
@@ -365,7 +376,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
     shutdown.await;
     tracing::info!("shutting down: ending WebSocket sessions and MQTT connections");
-    bridge.shutdown().await;
+    // Replicas end their WebSocket sessions (a resume elsewhere is 410); with the embedded
+    // broker they are handed over to the next start once the devices' ends reached them.
+    if !embedded {
+        bridge.shutdown().await;
+    }
     edge.shutdown(Duration::from_secs(5)).await;
     // The ends just published reach the bus through the broker; give them a moment.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -393,12 +408,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // The status handler has ended, so the change feed is closed and the session handler
     // finishes what it was given.
     let _ = tokio::time::timeout(Duration::from_secs(5), sessions_task).await;
+    // The devices' ends committed above reach the WebSocket sessions as presence frames
+    // (kept in their replay buffers), then the sessions are handed over through the store.
+    let kept = if embedded {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        bridge.hand_over(&store).await
+    } else {
+        Default::default()
+    };
     bridge_task.abort();
     bus.close(Duration::from_secs(5)).await;
     // The embedded broker ends with this process, and every device's connection with it.
     // (An external broker keeps its directly connected clients and other replicas' ones.)
     if embedded {
-        match status::close_open_connections(&store, DisconnectReason::ServerShutdown).await {
+        match status::close_open_connections(&store, DisconnectReason::ServerShutdown, &kept).await
+        {
             Ok(n) => tracing::info!(
                 clients = n,
                 "open connections recorded as ended by server_shutdown"

@@ -237,9 +237,13 @@ async fn data_survives_a_reconnect_and_open_connections_can_be_closed(url: &str)
     assert!(store.clients("t5").await.unwrap()[0].connected);
     let before = store.connected_count().await.unwrap();
     assert!(before >= 1);
-    let closed = close_open_connections(&store, DisconnectReason::ServerShutdown)
-        .await
-        .unwrap();
+    let closed = close_open_connections(
+        &store,
+        DisconnectReason::ServerShutdown,
+        &Default::default(),
+    )
+    .await
+    .unwrap();
     assert_eq!(closed as u64, before);
     assert_eq!(store.connected_count().await.unwrap(), 0);
     let events = store.events("t5", 0, 10).await.unwrap();

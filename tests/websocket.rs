@@ -563,3 +563,101 @@ async fn sessions_beyond_websocket_max_sessions_are_refused_before_the_upgrade()
     .await;
     assert_eq!(hello["connection_id"], id);
 }
+
+/// Issue 15: a graceful restart (SIGTERM, start again on the same store) hands the WebSocket
+/// sessions over through the store. The socket is closed with 1012; the PWA resumes on the
+/// new process with its connection id, `resume_from` and resume secret, gets what it missed
+/// in order (its peer's end at the shutdown), then new frames, and a new resume secret. Its
+/// status was never recorded as disconnected: the restart does not end a handed-over
+/// connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_restart_hands_websocket_sessions_over_and_they_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ws.toml");
+    std::fs::write(
+        &config,
+        "[websocket]\nheartbeat_secs = 1\nheartbeat_timeout_secs = 5\nresume_window_secs = 30\n",
+    )
+    .unwrap();
+    let env = [("CRADLE_CONFIG", config.display().to_string())];
+    let db = format!("sqlite://{}", dir.path().join("w.db").display());
+    let mut first = Cradle::spawn_ready(dir.path(), &db, &env).await;
+    let (mut ws, hello) = connect(&first, "account=fam&client_id=pwa").await;
+    let conn = hello["connection_id"].as_str().unwrap().to_string();
+    let secret = hello["resume_secret"].as_str().unwrap().to_string();
+    let (baby, _) = subscriber(first.mqtt_port, "baby", &[]).await;
+    baby.publish(
+        "accounts/fam/clients/baby/status",
+        QoS::AtLeastOnce,
+        true,
+        common::status("connected", "kb1", 10, None),
+    )
+    .await
+    .unwrap();
+    let seen = loop {
+        let f = next_of(&mut ws, "presence").await;
+        if f["client_id"] == "baby" {
+            break f;
+        }
+    };
+    assert_eq!(seen["connected"], true, "{seen}");
+    let seen = seen["seq"].as_u64().unwrap();
+
+    assert!(first.terminate().success(), "{}", first.log());
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => break frame.map(|f| u16::from(f.code)),
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("no close frame: {other:?}"),
+        }
+    };
+    assert_eq!(closed, Some(1012));
+
+    let second = Cradle::spawn_ready(dir.path(), &db, &env).await;
+    let (mut ws, resumed) = resume_connect(
+        &second,
+        &format!(
+            "account=fam&client_id=pwa&connection_id={conn}&resume_from={seen}&resume_secret={secret}"
+        ),
+    )
+    .await;
+    assert_eq!(resumed.hello["resumed"], true);
+    assert_eq!(resumed.hello["connection_id"], conn.as_str());
+    assert_ne!(
+        resumed.hello["resume_secret"],
+        secret.as_str(),
+        "a new secret"
+    );
+    assert!(resumed.all_seqs.windows(2).all(|w| w[1] == w[0] + 1));
+    assert_eq!(resumed.all_seqs[0], seen + 1);
+    let ended = resumed
+        .replayed
+        .iter()
+        .find(|f| f["type"] == "presence" && f["client_id"] == "baby")
+        .unwrap_or_else(|| panic!("the peer's end replayed: {:?}", resumed.replayed));
+    assert_eq!(ended["connected"], false, "{:?}", resumed.replayed);
+    assert_eq!(ended["reason"], "server_shutdown");
+
+    // New frames flow to the resumed session.
+    let (baby, _) = subscriber(second.mqtt_port, "baby", &[]).await;
+    baby.publish(
+        "accounts/fam/clients/baby/status",
+        QoS::AtLeastOnce,
+        true,
+        common::status("connected", "kb2", 20, None),
+    )
+    .await
+    .unwrap();
+    let again = loop {
+        let f = next_of(&mut ws, "presence").await;
+        if f["client_id"] == "baby" {
+            break f;
+        }
+    };
+    assert_eq!(again["connection_id"], "kb2", "{again}");
+    // The PWA's own connection was never recorded as ended.
+    let pwa = second.client("fam", "pwa").await.unwrap();
+    assert_eq!(pwa["connected"], true, "{pwa}");
+    assert_eq!(pwa["connection_id"], conn.as_str());
+    let _ = ws.close(None).await;
+}

@@ -14,6 +14,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000003_create_accounts_and_credentials::Migration),
             Box::new(m20261122_000004_create_sessions_and_parent_stations::Migration),
             Box::new(m20261130_000005_create_pending_starts::Migration),
+            Box::new(m20261130_000006_create_ws_handover::Migration),
         ]
     }
 }
@@ -46,6 +47,19 @@ enum Sessions {
     EndedAtMillis,
     EndReason,
     RecordedAtMillis,
+}
+
+#[derive(DeriveIden)]
+enum WsHandover {
+    Table,
+    ConnectionId,
+    AccountId,
+    ClientId,
+    CredentialId,
+    SecretDigest,
+    Seq,
+    Replay,
+    DeadlineMillis,
 }
 
 #[derive(DeriveIden)]
@@ -487,6 +501,51 @@ mod m20261130_000005_create_pending_starts {
         async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
             manager
                 .drop_table(Table::drop().table(PendingStarts::Table).to_owned())
+                .await
+        }
+    }
+}
+
+mod m20261130_000006_create_ws_handover {
+    use super::*;
+
+    pub struct Migration;
+
+    impl MigrationName for Migration {
+        fn name(&self) -> &str {
+            "m20261130_000006_create_ws_handover"
+        }
+    }
+
+    #[sea_orm_migration::async_trait::async_trait]
+    impl MigrationTrait for Migration {
+        async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            let text = |c: WsHandover| ColumnDef::new(c).string().not_null().to_owned();
+            manager
+                .create_table(
+                    Table::create()
+                        .table(WsHandover::Table)
+                        .if_not_exists()
+                        .col(text(WsHandover::ConnectionId).primary_key().to_owned())
+                        .col(text(WsHandover::AccountId))
+                        .col(text(WsHandover::ClientId))
+                        .col(ColumnDef::new(WsHandover::CredentialId).string())
+                        .col(text(WsHandover::SecretDigest))
+                        .col(ColumnDef::new(WsHandover::Seq).big_integer().not_null())
+                        .col(ColumnDef::new(WsHandover::Replay).text().not_null())
+                        .col(
+                            ColumnDef::new(WsHandover::DeadlineMillis)
+                                .big_integer()
+                                .not_null(),
+                        )
+                        .to_owned(),
+                )
+                .await
+        }
+
+        async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            manager
+                .drop_table(Table::drop().table(WsHandover::Table).to_owned())
                 .await
         }
     }

@@ -13,6 +13,7 @@ pub mod migration;
 pub mod parent_stations;
 pub mod pending_starts;
 pub mod sessions;
+pub mod ws_handover;
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;

@@ -494,13 +494,16 @@ pub fn now_millis() -> i64 {
         .unwrap_or(0)
 }
 
-/// Records `reason` as the end of every connection the store still shows open; returns how
-/// many. Used when the embedded broker, and with it every device's connection, went away.
+/// Records `reason` as the end of every connection the store still shows open, but those in
+/// `keep` (WebSocket sessions handed over to the next start); returns how many. Used when the
+/// embedded broker, and with it every device's connection, went away.
 pub async fn close_open_connections(
     store: &Store,
     reason: DisconnectReason,
+    keep: &std::collections::HashSet<String>,
 ) -> Result<usize, StoreError> {
-    let open = store.connected_clients().await?;
+    let mut open = store.connected_clients().await?;
+    open.retain(|(_, connection_id)| !keep.contains(connection_id));
     let now = now_millis();
     let reports: Vec<Report> = open
         .into_iter()

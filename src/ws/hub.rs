@@ -53,6 +53,31 @@ pub struct ResumeKey {
     pub credential_id: Option<String>,
     /// The per-session secret, handed out in this session's `hello` only.
     pub secret: String,
+    /// After a hand-over through the store (a restart): the digest of the secret the client
+    /// holds ([`secret_digest`]), accepted as well; the new `secret` goes out in the resumed
+    /// `hello`.
+    pub handed_over: Option<String>,
+}
+
+/// BLAKE2b-512 of a resume secret, hex: what a hand-over keeps of it.
+pub fn secret_digest(secret: &str) -> String {
+    use blake2::{Blake2b512, Digest};
+    Blake2b512::digest(secret.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A session as a graceful shutdown hands it over: its key, last `seq` and replay buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandedOver {
+    pub account_id: String,
+    pub client_id: String,
+    pub connection_id: String,
+    pub credential_id: Option<String>,
+    pub secret_digest: String,
+    pub seq: u64,
+    pub replay: Vec<(u64, String)>,
 }
 
 /// One WebSocket session (one `connection_id`), across resumes.
@@ -75,9 +100,15 @@ impl WsSession {
     pub fn may_resume(&self, credential_id: Option<&str>, secret: Option<&str>) -> bool {
         let same_token =
             self.key.credential_id.is_some() && self.key.credential_id.as_deref() == credential_id;
+        let handed_over = |s: &str| {
+            self.key.handed_over.as_ref().is_some_and(|d| {
+                crate::auth::constant_time_eq(secret_digest(s).as_bytes(), d.as_bytes())
+            })
+        };
         same_token
             || secret.is_some_and(|s| {
                 crate::auth::constant_time_eq(s.as_bytes(), self.key.secret.as_bytes())
+                    || handed_over(s)
             })
     }
 
@@ -165,6 +196,33 @@ impl WsSession {
         st.generation == generation && st.tx.is_none() && !st.ended
     }
 
+    /// Ends the session for a hand-over: an attached socket is closed with `close` (the
+    /// client resumes after the restart); returns what the next start needs, or `None` when
+    /// it had already ended.
+    pub fn hand_over(&self, close: u16) -> Option<HandedOver> {
+        let mut st = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if st.ended {
+            return None;
+        }
+        if let Some(tx) = &st.tx {
+            let _ = tx.try_send(Outgoing::Close(close, "restarting: resume"));
+        }
+        st.ended = true;
+        st.tx = None;
+        Some(HandedOver {
+            account_id: self.account_id.clone(),
+            client_id: self.client_id.clone(),
+            connection_id: self.connection_id.clone(),
+            credential_id: self.key.credential_id.clone(),
+            secret_digest: secret_digest(&self.key.secret),
+            seq: st.seq,
+            replay: st.replay.iter().map(|(q, t)| (*q, t.to_string())).collect(),
+        })
+    }
+
     /// Marks the session ended, asking an attached writer to close with `close` first;
     /// returns false when it already was.
     fn end(&self, close: u16) -> bool {
@@ -242,24 +300,53 @@ impl Hub {
                 ended: false,
             }),
         });
-        let mut index = self
-            .index
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        index
-            .sessions
-            .insert(connection_id.to_string(), session.clone());
-        index
-            .by_account
-            .entry(account_id.to_string())
-            .or_default()
-            .insert(connection_id.to_string());
+        self.insert(session.clone());
         Attached {
             session,
             generation: 1,
             replay: Vec::new(),
             replaced: None,
         }
+    }
+
+    /// Takes back a session a graceful shutdown handed over: detached (generation 1), with
+    /// its `seq` and replay buffer, resumable with the secret its client holds.
+    pub fn restore(&self, h: HandedOver, secret: String, replay_max: usize) -> Arc<WsSession> {
+        let session = Arc::new(WsSession {
+            account_id: h.account_id,
+            client_id: h.client_id,
+            connection_id: h.connection_id,
+            key: ResumeKey {
+                credential_id: h.credential_id,
+                secret,
+                handed_over: Some(h.secret_digest),
+            },
+            replay_max: replay_max.max(1),
+            state: Mutex::new(State {
+                seq: h.seq,
+                replay: h.replay.into_iter().map(|(q, t)| (q, t.into())).collect(),
+                tx: None,
+                generation: 1,
+                ended: false,
+            }),
+        });
+        self.insert(session.clone());
+        session
+    }
+
+    fn insert(&self, session: Arc<WsSession>) {
+        let mut index = self
+            .index
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        index
+            .by_account
+            .entry(session.account_id.clone())
+            .or_default()
+            .insert(session.connection_id.clone());
+        index
+            .sessions
+            .insert(session.connection_id.clone(), session);
     }
 
     /// The live session of `connection_id`, if any.
@@ -393,6 +480,7 @@ mod tests {
         ResumeKey {
             credential_id: credential_id.map(str::to_string),
             secret: "s3cret".into(),
+            handed_over: None,
         }
     }
 
@@ -406,6 +494,35 @@ mod tests {
             out.push(t.to_string());
         }
         out
+    }
+
+    /// Given a session handed over at a shutdown, when the next start takes it back, then it
+    /// is detached with its seq and replay, resumable with the secret the client holds (or
+    /// the new one), not with another, and resumes where the client left off.
+    #[test]
+    fn a_handed_over_session_resumes_with_its_old_secret_and_replay() {
+        let old = Hub::default();
+        let (tx, mut rx) = channel();
+        let a = old.open("acc", "pwa", "c1", key(None), 10, tx);
+        a.session.send(&ServerFrame::Ping); // 1, seen
+        a.session.send(&ServerFrame::Pong); // 2, missed
+        let h = a.session.hand_over(1012).expect("live");
+        assert_eq!(a.session.send(&ServerFrame::Ping), Delivery::Closed);
+        assert_eq!(h.seq, 2);
+        let _ = texts(&mut rx);
+
+        let new = Hub::default();
+        let restored = new.restore(h, "fresh".into(), 10);
+        assert!(!restored.attached());
+        assert!(restored.may_resume(None, Some("s3cret")));
+        assert!(restored.may_resume(None, Some("fresh")));
+        assert!(!restored.may_resume(None, Some("other")));
+        assert_eq!(restored.resume_secret(), "fresh");
+        let (tx, mut rx) = channel();
+        let b = new.resume("c1", Some(1), tx).expect("resumed");
+        assert_eq!(b.replay.len(), 1);
+        assert_eq!(texts(&mut rx).len(), 1);
+        assert_eq!(b.session.seq(), 2);
     }
 
     #[test]

@@ -16,11 +16,12 @@
 //! Map: `protocol` (frames, close codes), `hub` (sessions, replay, resume), this file (the
 //! route, the socket tasks, the MQTT side).
 
+pub mod handover;
 pub mod hub;
 pub mod inbox;
 pub mod protocol;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -43,10 +44,11 @@ use crate::accounts::{self, CredentialKind};
 use crate::domain::connection::{ConnectionCommand, ConnectionEvent, DisconnectReason};
 use crate::http::{AppState, SourceIp};
 use crate::rate::TokenBucket;
+use crate::store::Store;
 use crate::sync::sessions::Sessions;
 use crate::sync::status::{now_millis, ConnectionChange};
 use crate::topics::{is_valid_id, status_topic, StatusPayload};
-use hub::{Delivery, Hub, Outgoing, ResumeError, ResumeKey, WsSession};
+use hub::{Delivery, HandedOver, Hub, Outgoing, ResumeError, ResumeKey, WsSession};
 use protocol::{close, parse_client_frame, ClientFrame, ServerFrame};
 
 /// Settings of the bridge (config `[websocket]`).
@@ -451,6 +453,66 @@ impl Bridge {
         }
     }
 
+    /// Hands every session over through the store for the next start (a graceful shutdown
+    /// with the embedded broker): each socket is closed with 1012, and no end is published.
+    /// Returns the connection ids handed over; when the store cannot take them they are
+    /// ended (`server_shutdown`) instead.
+    pub async fn hand_over(&self, store: &Store) -> HashSet<String> {
+        let mut handed = Vec::new();
+        let mut sessions = Vec::new();
+        for s in self.hub.all() {
+            if let Some(h) = s.hand_over(close::SERVICE_RESTART) {
+                self.hub.close(&s.connection_id, close::SERVICE_RESTART);
+                self.metrics.live.fetch_sub(1, Relaxed);
+                handed.push(h);
+                sessions.push(s);
+            }
+        }
+        let n = handed.len();
+        match handover::save(store, handed, self.settings.resume_window).await {
+            Ok(ids) => {
+                tracing::info!(
+                    sessions = n,
+                    "WebSocket sessions handed over through the store"
+                );
+                ids
+            }
+            Err(error) => {
+                tracing::error!(%error, "WebSocket sessions not handed over: ended instead");
+                for s in sessions {
+                    self.publish_status(&s, Some(DisconnectReason::ServerShutdown))
+                        .await;
+                }
+                HashSet::new()
+            }
+        }
+    }
+
+    /// Takes back the sessions the previous process handed over: detached, each resumable
+    /// for what is left of its window, then ended (`lost`) as any dropped session.
+    pub fn take_back(self: &Arc<Self>, handed: Vec<(HandedOver, Duration)>) {
+        for (h, left) in handed {
+            let session = self
+                .hub
+                .restore(h, new_resume_secret(), self.settings.replay_frames);
+            self.metrics.live.fetch_add(1, Relaxed);
+            tracing::info!(account_id = %session.account_id, client_id = %session.client_id, connection_id = %session.connection_id, "WebSocket session taken back after a restart");
+            let bridge = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(left).await;
+                if session.still_detached(1) {
+                    bridge
+                        .end(
+                            &session.connection_id,
+                            DisconnectReason::Lost,
+                            close::NORMAL,
+                        )
+                        .await;
+                }
+            });
+        }
+    }
+
     /// Ends every session (`server_shutdown`).
     pub async fn shutdown(&self) {
         for s in self.hub.all() {
@@ -710,6 +772,7 @@ async fn upgrade(
     let key = ResumeKey {
         credential_id,
         secret: new_resume_secret(),
+        handed_over: None,
     };
     ws.on_upgrade(move |socket| run_socket(socket, bridge, account_id, client_id, key, resume))
 }

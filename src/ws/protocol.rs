@@ -24,6 +24,10 @@ pub mod close {
     pub const HEARTBEAT_TIMEOUT: u16 = 4103;
     /// A newer socket resumed this session.
     pub const REPLACED: u16 = 4104;
+    /// Cradle is restarting (graceful shutdown with the embedded broker) and handed the
+    /// session over through the store: resume it (same `connection_id`, `resume_from`) once
+    /// Cradle is back, within the resume window.
+    pub const SERVICE_RESTART: u16 = 1012;
 }
 
 /// A frame from the client.

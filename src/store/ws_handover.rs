@@ -1,0 +1,34 @@
+//! WebSocket sessions handed over through the store at a graceful shutdown of Cradle with its
+//! embedded broker: the next start takes them back, so a PWA resumes across the restart with
+//! every frame it missed. Rows live for at most the resume window; the resume secret is kept
+//! only as its BLAKE2b digest.
+
+use sea_orm::entity::prelude::*;
+
+/// One handed-over session.
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "ws_handover")]
+pub struct Model {
+    /// The session's connection id.
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub connection_id: String,
+    /// Its account.
+    pub account_id: String,
+    /// Its client.
+    pub client_id: String,
+    /// The credential id of the token that opened it (`None` in open mode).
+    pub credential_id: Option<String>,
+    /// BLAKE2b-512 of its resume secret, hex.
+    pub secret_digest: String,
+    /// The last `seq` it sent.
+    pub seq: i64,
+    /// Its replay buffer: a JSON array of `[seq, frame text]`.
+    pub replay: String,
+    /// When its resume window ends (Unix milliseconds).
+    pub deadline_millis: i64,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}
