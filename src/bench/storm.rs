@@ -229,6 +229,19 @@ fn lost_and_duplicated(
     (lost, extra)
 }
 
+/// Waits until Cradle at `http` recorded `n` connections since it started (or `deadline`);
+/// whether it did.
+async fn until_connected(http: &str, n: u64, deadline: Instant) -> Result<bool, BenchError> {
+    let series = "cradle_events_appended_total{type=\"connection.connected\"}";
+    while Instant::now() < deadline {
+        if metric(http, series).await? >= n {
+            return Ok(true);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(false)
+}
+
 /// Runs the storm and reports it.
 pub async fn restart_storm(opts: StormOptions) -> Result<BenchResult, BenchError> {
     let run = run_id();
@@ -251,12 +264,8 @@ pub async fn restart_storm(opts: StormOptions) -> Result<BenchResult, BenchError
         }
     }
     let n = opts.count as u64;
-    let series = "cradle_events_appended_total{type=\"connection.connected\"}";
     let limit = Duration::from_secs(opts.max_secs);
-    let settled = Instant::now() + limit;
-    while metric(&first.http, series).await? < n && Instant::now() < settled {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_connected(&first.http, n, Instant::now() + limit).await?;
     first.terminate()?;
     let restarted = Instant::now();
     let restarted_millis = crate::sync::status::now_millis() as u64;
@@ -264,15 +273,9 @@ pub async fn restart_storm(opts: StormOptions) -> Result<BenchResult, BenchError
     let ready_secs = restarted.elapsed().as_secs_f64();
     let pid = Some(second.child.id());
     let before = proc_stats(pid);
-    let deadline = restarted + limit;
-    let mut all_connected = None;
-    while Instant::now() < deadline {
-        if metric(&second.http, series).await? >= n {
-            all_connected = Some(restarted.elapsed().as_secs_f64());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let all_connected = until_connected(&second.http, n, restarted + limit)
+        .await?
+        .then(|| restarted.elapsed().as_secs_f64());
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = proc_stats(pid);
     let store = Store::connect(&StoreConfig {

@@ -497,19 +497,7 @@ impl Bridge {
                 .restore(h, new_resume_secret(), self.settings.replay_frames);
             self.metrics.live.fetch_add(1, Relaxed);
             tracing::info!(account_id = %session.account_id, client_id = %session.client_id, connection_id = %session.connection_id, "WebSocket session taken back after a restart");
-            let bridge = self.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(left).await;
-                if session.still_detached(1) {
-                    bridge
-                        .end(
-                            &session.connection_id,
-                            DisconnectReason::Lost,
-                            close::NORMAL,
-                        )
-                        .await;
-                }
-            });
+            end_unless_resumed(self.clone(), session, 1, left);
         }
     }
 
@@ -1042,6 +1030,17 @@ async fn detach_and_wait(
         return;
     }
     let window = bridge.settings.resume_window;
+    end_unless_resumed(bridge, session, generation, window);
+}
+
+/// Ends `session` (`lost`) when `window` passes with the socket of `generation` still the
+/// detached, current one.
+fn end_unless_resumed(
+    bridge: Arc<Bridge>,
+    session: Arc<WsSession>,
+    generation: u64,
+    window: Duration,
+) {
     tokio::spawn(async move {
         tokio::time::sleep(window).await;
         if session.still_detached(generation) {
