@@ -11,6 +11,7 @@ pub mod pipeline;
 pub mod report;
 pub mod signalling;
 pub mod storm;
+pub mod storm_pwa;
 pub mod throughput;
 pub mod websocket;
 pub mod wire;

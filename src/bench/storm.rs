@@ -21,7 +21,8 @@ use rumqttc::mqttbytes::QoS;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::connections::{open, seed_devices, Device};
+use super::connections::{open, Device};
+use super::storm_pwa::{self, PwaStats};
 use super::{metric, proc_stats, run_id, BenchError, BenchResult};
 use crate::config::StoreConfig;
 use crate::store::{events, Store};
@@ -43,6 +44,7 @@ struct Cradle {
     child: Child,
     mqtt: u16,
     http: String,
+    http_port: u16,
 }
 
 fn free_port() -> Result<u16, BenchError> {
@@ -57,13 +59,13 @@ impl Cradle {
     async fn start(
         opts: &StormOptions,
         dir: &std::path::Path,
-        mqtt: Option<u16>,
+        ports: Option<(u16, u16)>,
     ) -> Result<Cradle, BenchError> {
-        let mqtt = match mqtt {
+        let (mqtt, http) = match ports {
             Some(p) => p,
-            None => free_port()?,
+            None => (free_port()?, free_port()?),
         };
-        let (v5, ws, http) = (free_port()?, free_port()?, free_port()?);
+        let (v5, ws) = (free_port()?, free_port()?);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -83,12 +85,18 @@ impl Cradle {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()?;
+        let http_port = http;
         let http = format!("http://127.0.0.1:{http}");
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             let ready = reqwest::get(format!("{http}/readyz")).await;
             if ready.is_ok_and(|r| r.status().is_success()) {
-                return Ok(Cradle { child, mqtt, http });
+                return Ok(Cradle {
+                    child,
+                    mqtt,
+                    http,
+                    http_port,
+                });
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -106,7 +114,7 @@ impl Cradle {
 }
 
 /// A deterministic jitter in `0..max_ms` for device `i`'s `attempt`-th retry.
-fn jitter(i: usize, attempt: u32, max_ms: u64) -> u64 {
+pub(super) fn jitter(i: usize, attempt: u32, max_ms: u64) -> u64 {
     let mut x = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(attempt);
     x ^= x >> 31;
     x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -175,38 +183,90 @@ async fn device(
     Ok(())
 }
 
-/// Each device's recorded `(type, connection_id)` sequence, by client.
-async fn recorded(
-    store: &Store,
-    account: &str,
-) -> Result<HashMap<String, Vec<(String, String)>>, BenchError> {
+/// Recorded `(type, connection_id)` sequences by `(account, client)`, in the run's accounts.
+type ByClient = HashMap<(String, String), Vec<(String, String)>>;
+
+async fn recorded(store: &Store, run: &str) -> Result<ByClient, BenchError> {
     let rows = events::Entity::find()
-        .filter(events::Column::AccountId.eq(account))
+        .filter(events::Column::AccountId.starts_with(format!("storm-{run}-")))
         .order_by_asc(events::Column::Position)
         .all(store.db())
         .await
         .map_err(|e| BenchError::Target(e.to_string()))?;
-    let mut by_client: HashMap<String, Vec<(String, String)>> = HashMap::new();
+    let mut by_client = ByClient::new();
     for e in rows {
         let data: serde_json::Value = serde_json::from_str(&e.data).unwrap_or_default();
-        let client = data["client_id"].as_str().unwrap_or_default().to_string();
-        let connection = data["connection_id"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
+        let field = |k: &str| data[k].as_str().unwrap_or_default().to_string();
         by_client
-            .entry(client)
+            .entry((e.account_id, field("client_id")))
             .or_default()
-            .push((e.event_type, connection));
+            .push((e.event_type, field("connection_id")));
     }
     Ok(by_client)
 }
 
+/// Creates the run's accounts (families of `FAMILY` devices and one PWA), a device
+/// credential per device and a bearer token per account; returns the devices and the
+/// `(account, token)` pairs.
+async fn seed(
+    database_url: &str,
+    run: &str,
+    count: usize,
+) -> Result<(Vec<Device>, Vec<(String, String)>), BenchError> {
+    let target = |e: crate::accounts::AccountsError| BenchError::Target(e.to_string());
+    let store = Store::connect(&StoreConfig {
+        database_url: database_url.to_string(),
+        ..StoreConfig::default()
+    })
+    .await
+    .map_err(|e| BenchError::Target(e.to_string()))?;
+    let (mut devices, mut tokens) = (Vec::with_capacity(count), Vec::new());
+    for (a, first) in (0..count).step_by(FAMILY).enumerate() {
+        let account = format!("storm-{run}-{a}");
+        crate::accounts::create_account(&store, &account, "cradle-bench")
+            .await
+            .map_err(target)?;
+        let clients: Vec<String> = (first..(first + FAMILY).min(count))
+            .map(|i| format!("dev-{i}"))
+            .collect();
+        let issued = crate::accounts::issue_devices(&store, &account, &clients)
+            .await
+            .map_err(target)?;
+        devices.extend(issued.into_iter().zip(clients).map(|(i, client)| Device {
+            account: account.clone(),
+            client,
+            secret: i.secret,
+        }));
+        let kind = crate::accounts::CredentialKind::Token;
+        let token = crate::accounts::issue(&store, kind, Some(&account), None)
+            .await
+            .map_err(target)?;
+        tokens.push((account, token.secret));
+    }
+    Ok((devices, tokens))
+}
+
+/// Devices per account, with one PWA each (a family).
+const FAMILY: usize = 10;
+
+/// PWA connections recorded other than exactly one `connected` each (a handed-over session
+/// is never ended by the restart, nor connected again).
+fn pwa_anomalies(by_client: &ByClient) -> u64 {
+    by_client
+        .iter()
+        .filter(|((_, client), _)| client.starts_with("pwa-"))
+        .map(|(_, got)| {
+            let connected = got
+                .iter()
+                .filter(|(t, _)| t == "connection.connected")
+                .count();
+            (got.len() - connected) as u64 + (connected as u64).abs_diff(1)
+        })
+        .sum()
+}
+
 /// Missing and extra events against the expected three per device.
-fn lost_and_duplicated(
-    devices: &[Device],
-    by_client: &HashMap<String, Vec<(String, String)>>,
-) -> (u64, u64) {
+fn lost_and_duplicated(devices: &[Device], by_client: &ByClient) -> (u64, u64) {
     let expected = [
         ("connection.connected", "k1"),
         ("connection.disconnected", "k1"),
@@ -215,7 +275,7 @@ fn lost_and_duplicated(
     let (mut lost, mut extra) = (0, 0);
     for d in devices {
         let got = by_client
-            .get(&d.client)
+            .get(&(d.account.clone(), d.client.clone()))
             .map(Vec::as_slice)
             .unwrap_or_default();
         for (t, k) in expected {
@@ -245,13 +305,11 @@ async fn until_connected(http: &str, n: u64, deadline: Instant) -> Result<bool, 
 /// Runs the storm and reports it.
 pub async fn restart_storm(opts: StormOptions) -> Result<BenchResult, BenchError> {
     let run = run_id();
-    let account = format!("storm-{run}");
-    let clients: Vec<String> = (0..opts.count).map(|i| format!("dev-{i}")).collect();
-    let devices = seed_devices(&opts.database_url, &account, clients).await?;
+    let (devices, tokens) = seed(&opts.database_url, &run, opts.count).await?;
     let dir = std::env::temp_dir().join(format!("cradle-storm-{run}"));
     std::fs::create_dir_all(&dir)?;
     let mut first = Cradle::start(&opts, &dir, None).await?;
-    let port = first.mqtt;
+    let (port, http_port) = (first.mqtt, first.http_port);
     let connected = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(tokio::sync::Notify::new());
     let last_reconnect = Arc::new(AtomicU64::new(0));
@@ -266,16 +324,39 @@ pub async fn restart_storm(opts: StormOptions) -> Result<BenchResult, BenchError
     let n = opts.count as u64;
     let limit = Duration::from_secs(opts.max_secs);
     until_connected(&first.http, n, Instant::now() + limit).await?;
+    // One PWA per account, opened once its devices are connected.
+    let pwas = Arc::new(PwaStats::default());
+    for (i, (account, token)) in tokens.iter().enumerate() {
+        let (http, account, token) = (first.http.clone(), account.clone(), token.clone());
+        tasks.push(tokio::spawn(storm_pwa::pwa(
+            i,
+            http,
+            account,
+            token,
+            pwas.clone(),
+        )));
+    }
+    let m = tokens.len() as u64;
+    let opened = Instant::now() + Duration::from_secs(30);
+    while pwas.opened.load(Relaxed) < m && Instant::now() < opened {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    until_connected(&first.http, n + m, Instant::now() + limit).await?;
     first.terminate()?;
     let restarted = Instant::now();
     let restarted_millis = crate::sync::status::now_millis() as u64;
-    let second = Cradle::start(&opts, &dir, Some(port)).await?;
+    let second = Cradle::start(&opts, &dir, Some((port, http_port))).await?;
     let ready_secs = restarted.elapsed().as_secs_f64();
     let pid = Some(second.child.id());
     let before = proc_stats(pid);
     let all_connected = until_connected(&second.http, n, restarted + limit)
         .await?
         .then(|| restarted.elapsed().as_secs_f64());
+    while pwas.resumed.load(Relaxed) + pwas.gone.load(Relaxed) < m
+        && Instant::now() < restarted + limit
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = proc_stats(pid);
     let store = Store::connect(&StoreConfig {
@@ -284,7 +365,9 @@ pub async fn restart_storm(opts: StormOptions) -> Result<BenchResult, BenchError
     })
     .await
     .map_err(|e| BenchError::Target(e.to_string()))?;
-    let (lost, duplicated) = lost_and_duplicated(&devices, &recorded(&store, &account).await?);
+    let by_client = recorded(&store, &run).await?;
+    let (lost, duplicated) = lost_and_duplicated(&devices, &by_client);
+    let pwa_events = pwa_anomalies(&by_client);
     stop.notify_waiters();
     let mut second = second;
     second.terminate()?;
@@ -295,7 +378,7 @@ pub async fn restart_storm(opts: StormOptions) -> Result<BenchResult, BenchError
     let mut r = BenchResult::new(
         "restart-storm",
         "cradle",
-        format!("{n} authenticated devices, SIGTERM + restart on the same store, all reconnecting with jittered backoff (100 ms doubling to 5 s)"),
+        format!("{n} authenticated devices and {m} PWAs ({FAMILY} devices + 1 PWA per account), SIGTERM + restart on the same store, all reconnecting with jittered backoff (100 ms doubling to 5 s)"),
         "devices/s",
     );
     r.counted(n * 3 - lost, n * 3, seconds);
@@ -305,12 +388,21 @@ pub async fn restart_storm(opts: StormOptions) -> Result<BenchResult, BenchError
         .load(Relaxed)
         .saturating_sub(restarted_millis) as f64
         / 1000.0;
+    let pwa_secs = pwas
+        .last_resume
+        .load(Relaxed)
+        .saturating_sub(restarted_millis) as f64
+        / 1000.0;
     r.note = format!(
-        "{} until every device was recorded connected again (the last device reconnected at {last_secs:.2} s, its backoff); events lost {lost}, duplicated {duplicated}; restart {ready_secs:.2} s to ready",
+        "{} until every device was recorded connected again (the last device reconnected at {last_secs:.2} s, its backoff); events lost {lost}, duplicated {duplicated}; PWAs: {} of {m} resumed, the last at {pwa_secs:.2} s, {} gone (410), frames lost {}, repeated {}, PWA connections ended or reconnected {pwa_events}; restart {ready_secs:.2} s to ready",
         match all_connected {
             Some(s) => format!("{s:.2} s"),
             None => "not settled".to_string(),
         },
+        pwas.resumed.load(Relaxed),
+        pwas.gone.load(Relaxed),
+        pwas.lost.load(Relaxed),
+        pwas.repeated.load(Relaxed),
     );
     let _ = std::fs::remove_dir_all(&dir);
     Ok(r)
@@ -332,7 +424,7 @@ mod tests {
         let e = |t: &str, k: &str| (format!("connection.{t}"), k.to_string());
         let mut by_client = HashMap::new();
         by_client.insert(
-            "x".to_string(),
+            ("a".to_string(), "x".to_string()),
             vec![
                 e("connected", "k1"),
                 e("disconnected", "k1"),
@@ -340,7 +432,7 @@ mod tests {
             ],
         );
         by_client.insert(
-            "y".to_string(),
+            ("a".to_string(), "y".to_string()),
             vec![
                 e("connected", "k1"),
                 e("connected", "k1"),

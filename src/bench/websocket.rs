@@ -12,11 +12,11 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 use super::{broker_addr, now_nanos, proc_stats, run_id, BenchError, BenchResult};
 
-type Ws = async_tungstenite::WebSocketStream<
+pub(super) type Ws = async_tungstenite::WebSocketStream<
     async_tungstenite::tokio::TokioAdapter<tokio::net::TcpStream>,
 >;
 
-async fn open(http: &str, query: &str) -> Result<Ws, BenchError> {
+pub(super) async fn open(http: &str, query: &str) -> Result<Ws, BenchError> {
     let url = url::Url::parse(http).map_err(|e| BenchError::Usage(e.to_string()))?;
     let host = url.host_str().unwrap_or("127.0.0.1").to_string();
     let port = url.port().unwrap_or(80);

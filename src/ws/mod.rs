@@ -138,6 +138,8 @@ pub struct Bridge {
     /// seen on the broker, and the last list pushed per account.
     lists: Option<Arc<Sessions>>,
     last_lists: std::sync::Mutex<HashMap<String, serde_json::Value>>,
+    /// Set at shutdown: upgrades are refused with 503 from then on.
+    closing: std::sync::atomic::AtomicBool,
 }
 
 fn new_connection_id() -> String {
@@ -194,6 +196,7 @@ impl Bridge {
             presence: std::sync::Mutex::new(HashMap::new()),
             lists: None,
             last_lists: std::sync::Mutex::new(HashMap::new()),
+            closing: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -458,6 +461,7 @@ impl Bridge {
     /// Returns the connection ids handed over; when the store cannot take them they are
     /// ended (`server_shutdown`) instead.
     pub async fn hand_over(&self, store: &Store) -> HashSet<String> {
+        self.closing.store(true, Relaxed);
         let mut handed = Vec::new();
         let mut sessions = Vec::new();
         for s in self.hub.all() {
@@ -503,6 +507,7 @@ impl Bridge {
 
     /// Ends every session (`server_shutdown`).
     pub async fn shutdown(&self) {
+        self.closing.store(true, Relaxed);
         for s in self.hub.all() {
             self.end(
                 &s.connection_id,
@@ -672,6 +677,19 @@ async fn upgrade(
     ws: WebSocketUpgrade,
 ) -> Response {
     let bridge = state.bridge.clone();
+    if bridge.closing.load(Relaxed) {
+        // Sessions are being ended or handed over: a resume here would find nothing.
+        let mut r = refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "Cradle is shutting down: retry (a session handed over resumes on the next start)",
+        );
+        r.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static("1"),
+        );
+        return r;
+    }
     let authenticated = match authenticate(&state, &headers, &q, source).await {
         Ok(a) => a,
         Err(error) => return crate::http::ApiError::Accounts(error).into_response(),
