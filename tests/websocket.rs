@@ -661,3 +661,38 @@ async fn a_graceful_restart_hands_websocket_sessions_over_and_they_resume() {
     assert_eq!(pwa["connection_id"], conn.as_str());
     let _ = ws.close(None).await;
 }
+
+/// Issue 15: a session handed over at a restart and never resumed ends `lost` when its window
+/// (counted from the shutdown) passes on the new process, as a dropped session does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handed_over_session_not_resumed_ends_lost_when_its_window_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ws.toml");
+    std::fs::write(
+        &config,
+        "[websocket]\nheartbeat_secs = 1\nheartbeat_timeout_secs = 5\nresume_window_secs = 3\n",
+    )
+    .unwrap();
+    let env = [("CRADLE_CONFIG", config.display().to_string())];
+    let db = format!("sqlite://{}", dir.path().join("w.db").display());
+    let mut first = Cradle::spawn_ready(dir.path(), &db, &env).await;
+    let (_ws, hello) = connect(&first, "account=fam&client_id=pwa").await;
+    let conn = hello["connection_id"].as_str().unwrap().to_string();
+    wait_for(Duration::from_secs(5), "pwa connected", || async {
+        let c = first.client("fam", "pwa").await?;
+        (c["connected"] == true).then_some(())
+    })
+    .await;
+    assert!(first.terminate().success(), "{}", first.log());
+    let second = Cradle::spawn_ready(dir.path(), &db, &env).await;
+    // Taken back: still connected on the new process.
+    let pwa = second.client("fam", "pwa").await.unwrap();
+    assert_eq!(pwa["connected"], true, "{pwa}");
+    let ended = wait_for(Duration::from_secs(10), "ended lost", || async {
+        let c = second.client("fam", "pwa").await?;
+        (c["connected"] == false).then_some(c)
+    })
+    .await;
+    assert_eq!(ended["connection_id"], conn.as_str());
+    assert_eq!(ended["last_disconnect_reason"], "lost", "{ended}");
+}
