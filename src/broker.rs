@@ -11,7 +11,7 @@
 
 use std::net::SocketAddr;
 
-use rumqttd::local::{LinkError, RouterLinks, SessionOptions};
+use rumqttd::local::{LinkError, LinkRx, LinkTx, RouterLinks, SessionOptions};
 use rumqttd::protocol::{v4::V4, v5::V5};
 use rumqttd::protocol::{Packet, Publish, QoS};
 use rumqttd::{ConnectionSettings, LinkType, Router, RouterConfig, Server, ServerSettings};
@@ -123,43 +123,70 @@ pub async fn start(config: &MqttConfig) -> Result<EmbeddedBroker, BrokerError> {
 /// Retained messages published at once (QoS 1) before their acknowledgements are awaited.
 const RESTORE_WINDOW: usize = 512;
 
-/// Publishes `messages` (topic, payload) retained at QoS 1 straight into the router and
-/// returns once every one is acknowledged, so a device accepted afterwards finds them.
-/// Used at start to rebuild the retained state from the store (`sync::retained`).
-pub async fn restore_retained(
-    links: &RouterLinks,
-    messages: Vec<(String, Vec<u8>)>,
-) -> Result<usize, LinkError> {
-    let session = SessionOptions {
-        clean_session: true,
-        session_expiry: None,
-        topic_alias_max: 0,
-        receive_max: None,
-    };
-    let (mut tx, mut rx, _connack) = links.connect("cradle-restore", session).await?;
-    let total = messages.len();
-    let mut pkid: u16 = 0;
-    let mut messages = messages.into_iter().peekable();
-    while messages.peek().is_some() {
-        let mut sent = 0;
-        {
-            let mut buffer = tx.buffer();
-            for (topic, payload) in messages.by_ref().take(RESTORE_WINDOW) {
-                pkid = pkid % u16::MAX + 1;
-                let publish =
-                    Publish::with_qos(topic.into_bytes(), payload, QoS::AtLeastOnce, pkid, true);
-                buffer.push_back(Packet::Publish(publish, None));
-                sent += 1;
-            }
-        }
-        tx.notify().await?;
-        while sent > 0 {
-            let packet: Option<Packet> = rx.next().await?.and_then(Into::into);
-            if let Some(Packet::PubAck(..)) = packet {
-                sent -= 1;
-            }
-        }
+/// A link straight into the router that publishes retained messages at QoS 1 and waits for
+/// every PUBACK, so that a device accepted afterwards finds them. Used at start to rebuild the
+/// retained state from the store (`sync::retained`), page by page.
+pub struct RetainedWriter {
+    tx: LinkTx,
+    rx: LinkRx,
+    pkid: u16,
+    written: usize,
+}
+
+impl RetainedWriter {
+    /// Opens the link (client id `cradle-restore`, clean session).
+    pub async fn open(links: &RouterLinks) -> Result<Self, LinkError> {
+        let session = SessionOptions {
+            clean_session: true,
+            session_expiry: None,
+            topic_alias_max: 0,
+            receive_max: None,
+        };
+        let (tx, rx, _connack) = links.connect("cradle-restore", session).await?;
+        Ok(Self {
+            tx,
+            rx,
+            pkid: 0,
+            written: 0,
+        })
     }
-    rx.disconnect().await?;
-    Ok(total)
+
+    /// Publishes `messages` (topic, payload) retained, `RESTORE_WINDOW` at a time, each
+    /// window acknowledged before the next.
+    pub async fn write(&mut self, messages: Vec<(String, Vec<u8>)>) -> Result<(), LinkError> {
+        let mut messages = messages.into_iter().peekable();
+        while messages.peek().is_some() {
+            let mut sent = 0;
+            {
+                let mut buffer = self.tx.buffer();
+                for (topic, payload) in messages.by_ref().take(RESTORE_WINDOW) {
+                    self.pkid = self.pkid % u16::MAX + 1;
+                    let publish = Publish::with_qos(
+                        topic.into_bytes(),
+                        payload,
+                        QoS::AtLeastOnce,
+                        self.pkid,
+                        true,
+                    );
+                    buffer.push_back(Packet::Publish(publish, None));
+                    sent += 1;
+                }
+            }
+            self.tx.notify().await?;
+            self.written += sent;
+            while sent > 0 {
+                let packet: Option<Packet> = self.rx.next().await?.and_then(Into::into);
+                if let Some(Packet::PubAck(..)) = packet {
+                    sent -= 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes the link; returns how many messages were written.
+    pub async fn close(self) -> Result<usize, LinkError> {
+        self.rx.disconnect().await?;
+        Ok(self.written)
+    }
 }

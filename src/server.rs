@@ -81,12 +81,39 @@ async fn restore_retained(
     store: &Store,
     broker: &broker::EmbeddedBroker,
 ) -> Result<(), ServeError> {
-    let (messages, counts) = crate::sync::retained::snapshot(store).await?;
-    let messages = messages.into_iter().map(|r| (r.topic, r.payload)).collect();
-    match broker::restore_retained(&broker.links, messages).await {
-        Ok(n) => tracing::info!(
-            messages = n,
-            statuses = counts.statuses,
+    use crate::sync::retained;
+    let pairs = |r: Vec<retained::Retained>| r.into_iter().map(|r| (r.topic, r.payload)).collect();
+    let mut writer = match broker::RetainedWriter::open(&broker.links).await {
+        Ok(w) => w,
+        Err(error) => {
+            tracing::error!(%error, "retained state not rebuilt from the store");
+            return Ok(());
+        }
+    };
+    // Statuses page by page (one per client: the largest part), then the announcements. A
+    // store error fails the start; a broker link error is logged (the state is then partial).
+    let (mut statuses, mut after) = (0, None);
+    loop {
+        let (page, last) = retained::statuses_page(store, after.as_ref()).await?;
+        if page.is_empty() {
+            break;
+        }
+        statuses += page.len();
+        if let Err(error) = writer.write(pairs(page)).await {
+            tracing::error!(%error, "retained state not rebuilt from the store");
+            return Ok(());
+        }
+        after = last;
+    }
+    let (announced, counts) = retained::announcements(store).await?;
+    let written = match writer.write(pairs(announced)).await {
+        Ok(()) => writer.close().await,
+        Err(error) => Err(error),
+    };
+    match written {
+        Ok(messages) => tracing::info!(
+            messages,
+            statuses,
             baby_stations = counts.baby_stations,
             parent_stations = counts.parent_stations,
             "retained state rebuilt from the store"

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
 use crate::store::{clients, parent_stations, sessions, Store, StoreError};
 use crate::sync::sessions::{active_of, announcement, announcement_topic};
@@ -28,17 +28,46 @@ pub struct Counts {
     pub parent_stations: usize,
 }
 
-/// Everything the broker should retain, read from the store.
-pub async fn snapshot(store: &Store) -> Result<(Vec<Retained>, Counts), StoreError> {
+/// Clients read per page when their statuses are rebuilt.
+pub const PAGE: u64 = 1000;
+
+/// One page of clients' last statuses, after the client `after` (account, client) in key
+/// order; with the key of its last client, to read the next page from.
+pub async fn statuses_page(
+    store: &Store,
+    after: Option<&(String, String)>,
+) -> Result<(Vec<Retained>, Option<(String, String)>), StoreError> {
+    let mut find = clients::Entity::find()
+        .order_by_asc(clients::Column::AccountId)
+        .order_by_asc(clients::Column::ClientId);
+    if let Some((a, c)) = after {
+        find = find.filter(
+            Condition::any()
+                .add(clients::Column::AccountId.gt(a.as_str()))
+                .add(
+                    Condition::all()
+                        .add(clients::Column::AccountId.eq(a.as_str()))
+                        .add(clients::Column::ClientId.gt(c.as_str())),
+                ),
+        );
+    }
+    let rows = find.limit(PAGE).all(store.db()).await?;
+    let last = rows
+        .last()
+        .map(|r| (r.account_id.clone(), r.client_id.clone()));
+    Ok((retained_state(&rows, &[], &[]).0, last))
+}
+
+/// The announcements the broker should retain: active sessions' and parent stations'.
+pub async fn announcements(store: &Store) -> Result<(Vec<Retained>, Counts), StoreError> {
     let db = store.db();
-    let clients = clients::Entity::find().all(db).await?;
     let active = sessions::Entity::find()
         .filter(sessions::Column::Active.eq(true))
         .order_by_asc(sessions::Column::StartedAtMillis)
         .all(db)
         .await?;
     let parents = parent_stations::Entity::find().all(db).await?;
-    Ok(retained_state(&clients, &active, &parents))
+    Ok(retained_state(&[], &active, &parents))
 }
 
 /// The retained messages of a store's read models: pure, so what is rebuilt is tested
