@@ -15,8 +15,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::{broker_addr, metric, proc_stats, run_id, BenchError, BenchResult};
-use crate::config::StoreConfig;
-use crate::store::Store;
 
 /// A device the bench connects as, with authentication on: MQTT username = account,
 /// client id, password = the device secret.
@@ -38,12 +36,7 @@ pub async fn seed_devices(
     clients: Vec<String>,
 ) -> Result<Vec<Device>, BenchError> {
     let target = |e: crate::accounts::AccountsError| BenchError::Target(e.to_string());
-    let store = Store::connect(&StoreConfig {
-        database_url: database_url.to_string(),
-        ..StoreConfig::default()
-    })
-    .await
-    .map_err(|e| BenchError::Target(e.to_string()))?;
+    let store = super::open_store(database_url).await?;
     crate::accounts::create_account(&store, account, "cradle-bench")
         .await
         .map_err(target)?;

@@ -257,6 +257,17 @@ pub fn run_id() -> String {
     format!("{:x}", now_nanos() & 0xff_ffff_ffff)
 }
 
+/// Cradle's store at `database_url`, opened by the bench (to provision devices or check the
+/// event log).
+pub async fn open_store(database_url: &str) -> Result<crate::store::Store, BenchError> {
+    crate::store::Store::connect(&crate::config::StoreConfig {
+        database_url: database_url.to_string(),
+        ..crate::config::StoreConfig::default()
+    })
+    .await
+    .map_err(|e| BenchError::Target(e.to_string()))
+}
+
 /// The value of one series of Cradle's `/metrics` (0 when absent).
 pub async fn metric(http: &str, series: &str) -> Result<u64, BenchError> {
     let text = reqwest::get(format!("{http}/metrics"))

@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 
 use super::{broker_addr, proc_stats, run_id, BenchError, BenchResult};
-use crate::config::StoreConfig;
-use crate::store::{NewEvent, Store};
+use crate::store::NewEvent;
 
 /// Parameters of a pipeline run.
 #[derive(Debug, Clone)]
@@ -184,12 +183,7 @@ pub struct RawInsert {
 
 /// Appends `events` events through the store, `batch` per transaction.
 pub async fn raw_insert(p: RawInsert) -> Result<BenchResult, BenchError> {
-    let store = Store::connect(&StoreConfig {
-        database_url: p.database_url.clone(),
-        ..StoreConfig::default()
-    })
-    .await
-    .map_err(|e| BenchError::Target(e.to_string()))?;
+    let store = super::open_store(&p.database_url).await?;
     let run = run_id();
     let started = Instant::now();
     let mut done = 0u64;

@@ -24,7 +24,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::connections::{open, Device};
 use super::storm_pwa::{self, PwaStats};
 use super::{metric, proc_stats, run_id, BenchError, BenchResult};
-use crate::config::StoreConfig;
 use crate::store::{events, Store};
 
 /// What the storm runs against.
@@ -214,12 +213,7 @@ async fn seed(
     count: usize,
 ) -> Result<(Vec<Device>, Vec<(String, String)>), BenchError> {
     let target = |e: crate::accounts::AccountsError| BenchError::Target(e.to_string());
-    let store = Store::connect(&StoreConfig {
-        database_url: database_url.to_string(),
-        ..StoreConfig::default()
-    })
-    .await
-    .map_err(|e| BenchError::Target(e.to_string()))?;
+    let store = super::open_store(database_url).await?;
     let (mut devices, mut tokens) = (Vec::with_capacity(count), Vec::new());
     for (a, first) in (0..count).step_by(FAMILY).enumerate() {
         let account = format!("storm-{run}-{a}");
@@ -359,12 +353,7 @@ pub async fn restart_storm(opts: StormOptions) -> Result<BenchResult, BenchError
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = proc_stats(pid);
-    let store = Store::connect(&StoreConfig {
-        database_url: opts.database_url.clone(),
-        ..StoreConfig::default()
-    })
-    .await
-    .map_err(|e| BenchError::Target(e.to_string()))?;
+    let store = super::open_store(&opts.database_url).await?;
     let by_client = recorded(&store, &run).await?;
     let (lost, duplicated) = lost_and_duplicated(&devices, &by_client);
     let pwa_events = pwa_anomalies(&by_client);
