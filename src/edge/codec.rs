@@ -248,11 +248,14 @@ pub fn put_ack(
 ) {
     out.put_u8(kind << 4);
     if proto == Proto::V5 && reason != 0 {
-        let props = reason_string_len(why);
-        out.put_u8((3 + props.map_or(0, |n| 1 + n)) as u8);
+        // Without a Reason String the property section is left out (MQTT 5 §3.4.2.2.1).
+        let why = reason_string(why);
+        out.put_u8((3 + why.map_or(0, |w| reason_section_len(Some(w)))) as u8);
         out.put_u16(pkid);
         out.put_u8(reason);
-        put_reason_string(out, why);
+        if why.is_some() {
+            put_reason_section(out, why);
+        }
     } else {
         out.put_u8(2);
         out.put_u16(pkid);
@@ -263,22 +266,33 @@ pub fn put_ack(
 /// (one-byte lengths).
 const MAX_REASON_STRING: usize = 100;
 
-/// Bytes of the property section holding `why` as a Reason String (0x1F), if it is sent.
-fn reason_string_len(why: Option<&str>) -> Option<usize> {
-    why.map(|w| 3 + w.len().min(MAX_REASON_STRING))
-}
-
-/// Appends a property section: `why` as a Reason String, or nothing when `why` is `None`.
-fn put_reason_string(out: &mut BytesMut, why: Option<&str>) {
-    if let Some(why) = why {
-        let mut end = why.len().min(MAX_REASON_STRING);
-        while !why.is_char_boundary(end) {
+/// `why` as it is sent: cut to at most [`MAX_REASON_STRING`] bytes on a character boundary.
+/// Every length written for it comes from this one cut.
+fn reason_string(why: Option<&str>) -> Option<&str> {
+    why.map(|w| {
+        let mut end = w.len().min(MAX_REASON_STRING);
+        while !w.is_char_boundary(end) {
             end -= 1;
         }
-        out.put_u8(3 + end as u8);
-        out.put_u8(0x1F);
-        out.put_u16(end as u16);
-        out.put_slice(&why.as_bytes()[..end]);
+        &w[..end]
+    })
+}
+
+/// Bytes of the property section holding a (cut) Reason String, property length included.
+fn reason_section_len(why: Option<&str>) -> usize {
+    why.map_or(1, |w| 4 + w.len())
+}
+
+/// Appends a property section: its length, then the (cut) Reason String (0x1F) if any.
+fn put_reason_section(out: &mut BytesMut, why: Option<&str>) {
+    match why {
+        None => out.put_u8(0),
+        Some(w) => {
+            out.put_u8(3 + w.len() as u8);
+            out.put_u8(0x1F);
+            out.put_u16(w.len() as u16);
+            out.put_slice(w.as_bytes());
+        }
     }
 }
 
@@ -352,13 +366,13 @@ pub fn put_disconnect(out: &mut BytesMut, proto: Proto, reason: u8, why: Option<
     if proto == Proto::V5 && reason != 0 {
         // reason code and a property section, empty without `why` (some decoders insist on
         // the empty one)
-        let props = reason_string_len(why).unwrap_or(0);
-        out.put_slice(&[kind::DISCONNECT << 4, (2 + props) as u8, reason]);
-        if why.is_some() {
-            put_reason_string(out, why);
-        } else {
-            out.put_u8(0);
-        }
+        let why = reason_string(why);
+        out.put_slice(&[
+            kind::DISCONNECT << 4,
+            (1 + reason_section_len(why)) as u8,
+            reason,
+        ]);
+        put_reason_section(out, why);
     } else {
         out.put_slice(&[kind::DISCONNECT << 4, 0]);
     }
@@ -379,13 +393,16 @@ pub fn put_connack(out: &mut BytesMut, proto: Proto, code: u8, why: Option<&str>
     match proto {
         Proto::V4 => out.put_slice(&[kind::CONNACK << 4, 2, 0, code]),
         // session present 0, reason, properties (empty without `why`)
-        Proto::V5 => match reason_string_len(why) {
-            None => out.put_slice(&[kind::CONNACK << 4, 3, 0, code, 0]),
-            Some(props) => {
-                out.put_slice(&[kind::CONNACK << 4, (3 + props) as u8, 0, code]);
-                put_reason_string(out, why);
-            }
-        },
+        Proto::V5 => {
+            let why = reason_string(why);
+            out.put_slice(&[
+                kind::CONNACK << 4,
+                (2 + reason_section_len(why)) as u8,
+                0,
+                code,
+            ]);
+            put_reason_section(out, why);
+        }
     }
 }
 
@@ -649,6 +666,23 @@ mod tests {
                 assert_eq!(got, "é".repeat(50), "cut at a character boundary");
             }
             other => panic!("{other:?}"),
+        }
+        // A character across the cut: the lengths written are those of the cut string.
+        let across = format!("ab{}", "€".repeat(40));
+        for proto_packet in 0..3 {
+            let mut out = BytesMut::new();
+            match proto_packet {
+                0 => put_disconnect(&mut out, Proto::V5, reason::PROTOCOL_ERROR, Some(&across)),
+                1 => put_connack(&mut out, Proto::V5, connack::V5_MALFORMED, Some(&across)),
+                _ => put_ack(&mut out, kind::PUBACK, 3, Proto::V5, 0x87, Some(&across)),
+            }
+            let h = header(&out, 1 << 10).unwrap().unwrap();
+            assert_eq!(
+                h.frame_len,
+                out.len(),
+                "remaining length matches what was written"
+            );
+            v5::Packet::read(&mut out, None).expect("decodes");
         }
     }
 }
