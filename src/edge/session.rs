@@ -187,7 +187,6 @@ impl Connect {
         }
     }
 
-    /// The MQTT 5 Maximum Packet Size the client accepts (`usize::MAX`: no limit).
     fn proto(&self) -> Proto {
         match self {
             Connect::V4(_) => Proto::V4,
@@ -222,6 +221,7 @@ impl Connect {
         }
     }
 
+    /// The MQTT 5 Maximum Packet Size the client accepts (`usize::MAX`: no limit).
     fn client_max_packet(&self) -> usize {
         self.v5_properties()
             .and_then(|p| p.max_packet_size)
@@ -511,13 +511,14 @@ struct Live<R, W> {
 
 /// Reads the client's first frame within mqtt.connect_timeout_ms and decodes it as a CONNECT
 /// of MQTT 3.1.1 or 5 (at most mqtt.max_connect_bytes, judged on the fixed header); answers
-/// and counts a refusal (`None`). Returns the bytes the client sent behind the CONNECT too.
+/// and counts a refusal (`None`), a keep-alive over `mqtt.max_keep_alive_secs` included.
+/// Returns the bytes the client sent behind the CONNECT too, and the keep-alive it is held to.
 async fn read_connect<R, W>(
     rd: &mut R,
     wr: &mut W,
     peer: SocketAddr,
     shared: &EdgeShared,
-) -> Option<(Proto, Connect, BytesMut, KeepAlive)>
+) -> Option<(Connect, BytesMut, KeepAlive)>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -582,7 +583,7 @@ where
         shared.metrics.edge_connect(EdgeConnect::KeepAliveTooLong);
         return None;
     };
-    Some((proto, connect, dbuf, keep_alive))
+    Some((connect, dbuf, keep_alive))
 }
 
 /// Authenticates the CONNECT's credentials to a principal (the store query boxed: inline it
@@ -636,8 +637,8 @@ where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let (proto, mut connect, dbuf, keep_alive) =
-        read_connect(&mut rd, &mut wr, peer, &shared).await?;
+    let (mut connect, dbuf, keep_alive) = read_connect(&mut rd, &mut wr, peer, &shared).await?;
+    let proto = connect.proto();
     let principal = authenticate(&mut wr, &connect, peer, listener, &shared).await?;
     let mut will = connect.will();
     if let Some(w) = &will {
@@ -695,13 +696,7 @@ where
             .registry
             .claim(&upstream_id, Duration::from_secs(5))
             .await;
-        let conn = Conn::new(
-            (proto, connect.explain()),
-            principal,
-            will,
-            client_id.clone(),
-            shared.clone(),
-        );
+        let conn = Conn::new(&connect, principal, will, client_id.clone(), shared.clone());
         let linked = conn
             .open(&mut wr, &connect, &upstream_id, assigned, &mut claim)
             .await;
@@ -819,15 +814,15 @@ impl Conn {
     }
 
     fn new(
-        (proto, explain): (Proto, Explain),
+        connect: &Connect,
         principal: Principal,
         will: Option<Will>,
         client_id: String,
         shared: Arc<EdgeShared>,
     ) -> Conn {
         Conn {
-            proto,
-            explain,
+            proto: connect.proto(),
+            explain: connect.explain(),
             principal,
             will,
             reported: None,
