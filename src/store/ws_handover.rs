@@ -1,7 +1,7 @@
 //! WebSocket sessions handed over through the store at a graceful shutdown of Cradle with its
 //! embedded broker: the next start takes them back, so a PWA resumes across the restart with
 //! every frame it missed. Rows live for at most the resume window; the resume secret is kept
-//! only as its BLAKE2b digest.
+//! only as its stored hash (`accounts::hashing`, salted BLAKE2b, as every stored secret).
 
 use sea_orm::entity::prelude::*;
 
@@ -18,7 +18,8 @@ pub struct Model {
     pub client_id: String,
     /// The credential id of the token that opened it (`None` in open mode).
     pub credential_id: Option<String>,
-    /// BLAKE2b-512 of its resume secret, hex.
+    /// Its resume secret's stored hash (`accounts::hashing::hash`; the column keeps the name
+    /// migration 6 gave it).
     pub secret_digest: String,
     /// The last `seq` it sent.
     pub seq: i64,

@@ -28,7 +28,7 @@ pub async fn save(
             account_id: ActiveValue::Set(s.account_id.clone()),
             client_id: ActiveValue::Set(s.client_id.clone()),
             credential_id: ActiveValue::Set(s.credential_id.clone()),
-            secret_digest: ActiveValue::Set(s.secret_digest.clone()),
+            secret_digest: ActiveValue::Set(s.secret_hash.clone()),
             seq: ActiveValue::Set(s.seq as i64),
             replay: ActiveValue::Set(serde_json::to_string(&s.replay).unwrap_or_default()),
             deadline_millis: ActiveValue::Set(deadline),
@@ -59,7 +59,7 @@ pub async fn take(store: &Store) -> Result<Vec<(HandedOver, Duration)>, StoreErr
                 client_id: r.client_id,
                 connection_id: r.connection_id,
                 credential_id: r.credential_id,
-                secret_digest: r.secret_digest,
+                secret_hash: r.secret_digest,
                 seq: r.seq.max(0) as u64,
                 replay,
             };

@@ -53,19 +53,10 @@ pub struct ResumeKey {
     pub credential_id: Option<String>,
     /// The per-session secret, handed out in this session's `hello` only.
     pub secret: String,
-    /// After a hand-over through the store (a restart): the digest of the secret the client
-    /// holds ([`secret_digest`]), accepted as well; the new `secret` goes out in the resumed
-    /// `hello`.
+    /// After a hand-over through the store (a restart): the stored hash of the secret the
+    /// client holds (`accounts::hashing`, as every stored secret), accepted as well; the new
+    /// `secret` goes out in the resumed `hello`.
     pub handed_over: Option<String>,
-}
-
-/// BLAKE2b-512 of a resume secret, hex: what a hand-over keeps of it.
-pub fn secret_digest(secret: &str) -> String {
-    use blake2::{Blake2b512, Digest};
-    Blake2b512::digest(secret.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// A session as a graceful shutdown hands it over: its key, last `seq` and replay buffer.
@@ -75,7 +66,8 @@ pub struct HandedOver {
     pub client_id: String,
     pub connection_id: String,
     pub credential_id: Option<String>,
-    pub secret_digest: String,
+    /// The resume secret's stored hash (`accounts::hashing::hash`).
+    pub secret_hash: String,
     pub seq: u64,
     pub replay: Vec<(u64, String)>,
 }
@@ -101,9 +93,10 @@ impl WsSession {
         let same_token =
             self.key.credential_id.is_some() && self.key.credential_id.as_deref() == credential_id;
         let handed_over = |s: &str| {
-            self.key.handed_over.as_ref().is_some_and(|d| {
-                crate::auth::constant_time_eq(secret_digest(s).as_bytes(), d.as_bytes())
-            })
+            self.key
+                .handed_over
+                .as_ref()
+                .is_some_and(|stored| crate::accounts::hashing::verify(s, stored))
         };
         same_token
             || secret.is_some_and(|s| {
@@ -217,7 +210,7 @@ impl WsSession {
             client_id: self.client_id.clone(),
             connection_id: self.connection_id.clone(),
             credential_id: self.key.credential_id.clone(),
-            secret_digest: secret_digest(&self.key.secret),
+            secret_hash: crate::accounts::hashing::hash(&self.key.secret),
             seq: st.seq,
             replay: st.replay.iter().map(|(q, t)| (*q, t.to_string())).collect(),
         })
@@ -319,7 +312,7 @@ impl Hub {
             key: ResumeKey {
                 credential_id: h.credential_id,
                 secret,
-                handed_over: Some(h.secret_digest),
+                handed_over: Some(h.secret_hash),
             },
             replay_max: replay_max.max(1),
             state: Mutex::new(State {
