@@ -131,7 +131,8 @@ const SERVER_TOPIC_ALIASES: u16 = 64;
 
 #[derive(Debug)]
 pub(crate) struct BrokerAliases {
-    pub(crate) broker_topic_aliases: HashMap<Filter, u16>,
+    /// CRADLE PATCH 24: keyed by topic.
+    pub(crate) broker_topic_aliases: HashMap<String, u16>,
     pub(crate) used_aliases: Slab<()>,
     pub(crate) topic_alias_max: u16,
 }
@@ -148,13 +149,6 @@ impl BrokerAliases {
             broker_topic_aliases,
             used_aliases,
             topic_alias_max,
-        }
-    }
-
-    // unset / remove the alias for topic
-    pub fn remove_alias(&mut self, topic: &str) {
-        if let Some(alias) = self.broker_topic_aliases.remove(topic) {
-            self.used_aliases.remove(alias as usize);
         }
     }
 
