@@ -544,14 +544,42 @@ async fn replay_retained(
     );
 }
 
+/// Keep-alive of Cradle's publishing clients.
+const PUBLISHER_KEEP_ALIVE: Duration = Duration::from_secs(30);
+/// QoS 1 publications a publishing client keeps in flight.
+const PUBLISHER_INFLIGHT: u16 = 1000;
+/// Room above the edge's largest packet for a publication's own header and properties.
+const PUBLISHER_PACKET_ROOM: usize = 1024;
+
 /// Options of a client that only publishes Cradle's own messages (clean session, a wide
 /// QoS 1 window, packets as large as the edge accepts).
 pub fn publisher_options(endpoint: &Endpoint, client_id: &str, max_packet: usize) -> MqttOptions {
     let mut options = endpoint.options(client_id);
-    options.set_keep_alive(Duration::from_secs(30));
+    let max = max_packet + PUBLISHER_PACKET_ROOM;
+    options.set_keep_alive(PUBLISHER_KEEP_ALIVE);
     options.set_clean_session(true);
-    options.set_max_packet_size(max_packet + 1024, max_packet + 1024);
-    options.set_inflight(1000);
+    options.set_max_packet_size(max, max);
+    options.set_inflight(PUBLISHER_INFLIGHT);
+    options
+}
+
+/// [`publisher_options`] for an MQTT 5 client (the edge's publisher of Wills and ends),
+/// with `TCP_NODELAY`.
+pub fn publisher_options_v5(
+    endpoint: &Endpoint,
+    client_id: &str,
+    max_packet: usize,
+) -> rumqttc::v5::MqttOptions {
+    let mut options = endpoint.options_v5(client_id);
+    let max = u32::try_from(max_packet + PUBLISHER_PACKET_ROOM).unwrap_or(u32::MAX);
+    options
+        .set_keep_alive(PUBLISHER_KEEP_ALIVE)
+        .set_clean_start(true)
+        .set_max_packet_size(Some(max))
+        .set_outgoing_inflight_upper_limit(PUBLISHER_INFLIGHT);
+    let mut network = rumqttc::NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    options.set_network_options(network);
     options
 }
 

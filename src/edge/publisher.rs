@@ -29,16 +29,7 @@ impl Publisher {
     /// Connects to the broker's MQTT 5 listener at `endpoint` as `client_id` (reconnecting
     /// on its own).
     pub fn start(endpoint: &Endpoint, client_id: &str, max_packet: usize) -> Self {
-        let mut options = endpoint.options_v5(client_id);
-        let max = u32::try_from(max_packet + 1024).unwrap_or(u32::MAX);
-        options
-            .set_keep_alive(Duration::from_secs(30))
-            .set_clean_start(true)
-            .set_max_packet_size(Some(max))
-            .set_outgoing_inflight_upper_limit(1000);
-        let mut network = rumqttc::NetworkOptions::new();
-        network.set_tcp_nodelay(true);
-        options.set_network_options(network);
+        let options = crate::bus::publisher_options_v5(endpoint, client_id, max_packet);
         let (client, mut eventloop) = AsyncClient::new(options, 10_000);
         let pending = Arc::new(AtomicI64::new(0));
         let counter = pending.clone();
