@@ -564,6 +564,29 @@ async fn sessions_beyond_websocket_max_sessions_are_refused_before_the_upgrade()
     assert_eq!(hello["connection_id"], id);
 }
 
+/// Starts Cradle with a resume window of `window_secs` (heartbeat timeout 5 s) on the store in
+/// `dir`: called again on the same `dir`, it restarts on the same store.
+async fn start_with_window(dir: &std::path::Path, window_secs: u64) -> Cradle {
+    let config = dir.join("ws.toml");
+    std::fs::write(
+        &config,
+        format!("[websocket]\nheartbeat_secs = 1\nheartbeat_timeout_secs = 5\nresume_window_secs = {window_secs}\n"),
+    )
+    .unwrap();
+    let db = format!("sqlite://{}", dir.join("w.db").display());
+    Cradle::spawn_ready(dir, &db, &[("CRADLE_CONFIG", config.display().to_string())]).await
+}
+
+/// The next `presence` frame about `client`.
+async fn next_presence_of(ws: &mut Ws, client: &str) -> serde_json::Value {
+    loop {
+        let f = next_of(ws, "presence").await;
+        if f["client_id"] == client {
+            return f;
+        }
+    }
+}
+
 /// Issue 15: a graceful restart (SIGTERM, start again on the same store) hands the WebSocket
 /// sessions over through the store. The socket is closed with 1012; the PWA resumes on the
 /// new process with its connection id, `resume_from` and resume secret, gets what it missed
@@ -573,15 +596,7 @@ async fn sessions_beyond_websocket_max_sessions_are_refused_before_the_upgrade()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_restart_hands_websocket_sessions_over_and_they_resume() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("ws.toml");
-    std::fs::write(
-        &config,
-        "[websocket]\nheartbeat_secs = 1\nheartbeat_timeout_secs = 5\nresume_window_secs = 30\n",
-    )
-    .unwrap();
-    let env = [("CRADLE_CONFIG", config.display().to_string())];
-    let db = format!("sqlite://{}", dir.path().join("w.db").display());
-    let mut first = Cradle::spawn_ready(dir.path(), &db, &env).await;
+    let mut first = start_with_window(dir.path(), 30).await;
     let (mut ws, hello) = connect(&first, "account=fam&client_id=pwa").await;
     let conn = hello["connection_id"].as_str().unwrap().to_string();
     let secret = hello["resume_secret"].as_str().unwrap().to_string();
@@ -594,12 +609,7 @@ async fn a_graceful_restart_hands_websocket_sessions_over_and_they_resume() {
     )
     .await
     .unwrap();
-    let seen = loop {
-        let f = next_of(&mut ws, "presence").await;
-        if f["client_id"] == "baby" {
-            break f;
-        }
-    };
+    let seen = next_presence_of(&mut ws, "baby").await;
     assert_eq!(seen["connected"], true, "{seen}");
     let seen = seen["seq"].as_u64().unwrap();
 
@@ -613,7 +623,7 @@ async fn a_graceful_restart_hands_websocket_sessions_over_and_they_resume() {
     };
     assert_eq!(closed, Some(1012));
 
-    let second = Cradle::spawn_ready(dir.path(), &db, &env).await;
+    let second = start_with_window(dir.path(), 30).await;
     let (mut ws, resumed) = resume_connect(
         &second,
         &format!(
@@ -648,12 +658,7 @@ async fn a_graceful_restart_hands_websocket_sessions_over_and_they_resume() {
     )
     .await
     .unwrap();
-    let again = loop {
-        let f = next_of(&mut ws, "presence").await;
-        if f["client_id"] == "baby" {
-            break f;
-        }
-    };
+    let again = next_presence_of(&mut ws, "baby").await;
     assert_eq!(again["connection_id"], "kb2", "{again}");
     // The PWA's own connection was never recorded as ended.
     let pwa = second.client("fam", "pwa").await.unwrap();
@@ -667,15 +672,7 @@ async fn a_graceful_restart_hands_websocket_sessions_over_and_they_resume() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handed_over_session_not_resumed_ends_lost_when_its_window_passes() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("ws.toml");
-    std::fs::write(
-        &config,
-        "[websocket]\nheartbeat_secs = 1\nheartbeat_timeout_secs = 5\nresume_window_secs = 3\n",
-    )
-    .unwrap();
-    let env = [("CRADLE_CONFIG", config.display().to_string())];
-    let db = format!("sqlite://{}", dir.path().join("w.db").display());
-    let mut first = Cradle::spawn_ready(dir.path(), &db, &env).await;
+    let mut first = start_with_window(dir.path(), 3).await;
     let (_ws, hello) = connect(&first, "account=fam&client_id=pwa").await;
     let conn = hello["connection_id"].as_str().unwrap().to_string();
     wait_for(Duration::from_secs(5), "pwa connected", || async {
@@ -684,7 +681,7 @@ async fn a_handed_over_session_not_resumed_ends_lost_when_its_window_passes() {
     })
     .await;
     assert!(first.terminate().success(), "{}", first.log());
-    let second = Cradle::spawn_ready(dir.path(), &db, &env).await;
+    let second = start_with_window(dir.path(), 3).await;
     // Taken back: still connected on the new process.
     let pwa = second.client("fam", "pwa").await.unwrap();
     assert_eq!(pwa["connected"], true, "{pwa}");
