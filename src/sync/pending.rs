@@ -40,7 +40,8 @@ impl PendingStarts {
     }
 
     /// Parks `start` (a start parked again moves to the back), then evicts the account's
-    /// least recently parked beyond the bound. One transaction.
+    /// least recently parked beyond the bound. One transaction. `start.parked_seq` and
+    /// `start.parked_at_millis` are ignored: they are assigned here.
     pub async fn park(&self, start: PendingStart) -> Result<(), StoreError> {
         let account_id = start.account_id.clone();
         let txn = self.store.db().begin().await?;

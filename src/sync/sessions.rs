@@ -560,6 +560,7 @@ impl Sessions {
                 connection_id: req.connection_id.clone(),
                 name: req.name.clone(),
                 started_at_millis: req.started_at_millis,
+                // assigned by `park`
                 parked_seq: 0,
                 parked_at_millis: 0,
             })
