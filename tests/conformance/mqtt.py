@@ -55,7 +55,8 @@ class Client:
         self.c.on_message = self._msg
         self.c.on_subscribe = self._sub
         self.c.on_connect = self._conn
-        self.c.on_disconnect = lambda *a: None
+        self.gone = threading.Event()
+        self.c.on_disconnect = lambda *a: self.gone.set()
         if will:
             self.c.will_set(**will)
         if login:
@@ -118,7 +119,9 @@ class Client:
         return self.messages
 
     def disconnect(self, props=None):
+        """Sends DISCONNECT and waits until paho has written it and closed the socket."""
         self.c.disconnect(properties=props)
+        self.gone.wait(5)
         self.c.loop_stop()
 
     def drop(self):
@@ -236,6 +239,9 @@ def session_expiry_v5():
     check(s.connack[0].session_present, "session present = 0 within the expiry")
     check([m.payload for m in s.got(1)] == [b"while-away"], "queued message not delivered")
     s.disconnect(props(PacketTypes.DISCONNECT, SessionExpiryInterval=0))
+    # An external broker ends the session after it closed the socket: the next CONNECT of
+    # the client id a moment later, as a device's reconnect comes.
+    time.sleep(0.3)
     s = Client(cid, V5, clean=False).connect()
     check(not s.connack[0].session_present, "session kept after expiry 0 at DISCONNECT")
     s.disconnect()
