@@ -14,7 +14,9 @@ use std::net::SocketAddr;
 use rumqttd::local::{LinkError, LinkRx, LinkTx, RouterLinks, SessionOptions};
 use rumqttd::protocol::{v4::V4, v5::V5};
 use rumqttd::protocol::{Packet, Publish, QoS};
-use rumqttd::{ConnectionSettings, LinkType, Router, RouterConfig, Server, ServerSettings};
+use rumqttd::{
+    ConnectionSettings, DurableConsumer, LinkType, Router, RouterConfig, Server, ServerSettings,
+};
 use tokio::net::TcpListener;
 
 use crate::config::MqttConfig;
@@ -51,7 +53,12 @@ async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, Broker
 
 /// Starts the router (its own thread) and the v4 and v5 listeners (tasks on the current
 /// Tokio runtime) on loopback, and returns their bound addresses once they accept.
-pub async fn start(config: &MqttConfig) -> Result<EmbeddedBroker, BrokerError> {
+/// `bus_client_id` is the durable consumer: a publisher's PUBACK for a message on one of
+/// [`crate::sync::DURABLE_FILTERS`] waits for the bus's own acknowledgement of it.
+pub async fn start(
+    config: &MqttConfig,
+    bus_client_id: &str,
+) -> Result<EmbeddedBroker, BrokerError> {
     let v4_listener = bind("mqtt.broker_listen", config.broker_listen).await?;
     let v5_listener = bind("mqtt.broker_v5_listen", config.broker_v5_listen).await?;
     let local = |key, l: &TcpListener, addr| {
@@ -77,6 +84,10 @@ pub async fn start(config: &MqttConfig) -> Result<EmbeddedBroker, BrokerError> {
             custom_segment: None,
             initialized_filters: None,
             shared_subscriptions_strategy: Default::default(),
+            durable: Some(DurableConsumer {
+                client_id: bus_client_id.to_string(),
+                filters: crate::sync::DURABLE_FILTERS.map(String::from).to_vec(),
+            }),
         },
     );
     let router_tx = router.spawn();

@@ -725,6 +725,19 @@ impl Metrics {
         );
     }
 
+    /// PUBACKs (PUBCOMPs) the embedded broker holds until the bus has committed the message
+    /// (vendored rumqttd, CRADLE PATCH 27). Each device holds at most its in-flight window;
+    /// a figure that keeps growing means the status or station handler is behind.
+    fn render_held_acks(out: &mut String) {
+        let held = rumqttd::held_acks();
+        let _ = writeln!(
+            out,
+            "# HELP cradle_broker_acks_held Device acknowledgements the embedded broker holds until their messages are committed.\n\
+             # TYPE cradle_broker_acks_held gauge\n\
+             cradle_broker_acks_held {held}"
+        );
+    }
+
     /// Renders every metric; `connected_clients` comes from the store at scrape time so that
     /// every replica reports the same figure.
     pub fn render(&self, connected_clients: Option<u64>) -> String {
@@ -887,6 +900,7 @@ impl Metrics {
         );
         self.render_edge(&mut out);
         Self::render_broker_panics(&mut out);
+        Self::render_held_acks(&mut out);
         self.render_sessions(&mut out);
         self.render_http(&mut out);
         if let Some(n) = connected_clients {

@@ -202,7 +202,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                     "connections left open by the previous run recorded as ended"
                 );
             }
-            let broker = broker::start(&config.mqtt).await?;
+            let broker = broker::start(&config.mqtt, &config.bus.client_id).await?;
             tracing::info!(v4 = %broker.v4, v5 = %broker.v5, "embedded MQTT broker listening on loopback");
             restore_retained(&store, &broker).await?;
             (

@@ -263,3 +263,131 @@ async fn a_restart_rebuilds_the_brokers_retained_state_from_the_store() {
     assert_eq!(last["reason"], "server_shutdown");
     assert_eq!(retained["accounts/fam/parent_stations/p"]["name"], "Mum");
 }
+
+/// Every status of account `a`'s log, as `(type, connection_id)`, paging through the API.
+async fn all_connection_events(cradle: &Cradle, account: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut after = 0i64;
+    loop {
+        let page = cradle
+            .get_json(
+                &format!("/v1/accounts/{account}/events?after={after}&limit=1000"),
+                200,
+            )
+            .await;
+        let events = page["events"].as_array().cloned().unwrap_or_default();
+        if events.is_empty() {
+            return out;
+        }
+        for e in &events {
+            out.push((
+                e["type"].as_str().unwrap_or_default().to_string(),
+                e["data"]["connection_id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            ));
+        }
+        after = page["next_after"].as_i64().expect("next_after");
+    }
+}
+
+/// One device publishing QoS 1 statuses as fast as its in-flight window lets it, each a new
+/// connection id (`k{device}-{n}`), until its connection breaks. Returns the ids whose
+/// PUBACK it received.
+async fn publish_until_broken(port: u16, device: usize) -> Vec<String> {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+    use std::collections::{HashMap, VecDeque};
+    let mut options = MqttOptions::new(format!("dev{device}"), "127.0.0.1", port);
+    options
+        .set_keep_alive(Duration::from_secs(5))
+        .set_inflight(10);
+    let (client, mut eventloop) = AsyncClient::new(options, 10);
+    let topic = format!("accounts/a/clients/dev{device}/status");
+    let sent = std::sync::Arc::new(std::sync::Mutex::new(VecDeque::new()));
+    let publisher = {
+        let sent = sent.clone();
+        tokio::spawn(async move {
+            let start = 1_000_000i64 * (device as i64 + 1);
+            for n in 0i64.. {
+                let id = format!("k{device}-{n}");
+                sent.lock().unwrap().push_back(id.clone());
+                let payload = status("connected", &id, start + n, None);
+                if client
+                    .publish(&topic, QoS::AtLeastOnce, false, payload)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        })
+    };
+    let mut by_pkid = HashMap::new();
+    let mut acked = Vec::new();
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                if let Some(id) = sent.lock().unwrap().pop_front() {
+                    by_pkid.insert(pkid, id);
+                }
+            }
+            Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                acked.extend(by_pkid.remove(&ack.pkid));
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    publisher.abort();
+    acked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_status_whose_puback_a_device_got_survives_a_sigkill_exactly_once() {
+    const DEVICES: usize = 40;
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = Cradle::start(dir.path(), None).await;
+    let port = first.mqtt_port;
+    let devices: Vec<_> = (0..DEVICES)
+        .map(|d| tokio::spawn(publish_until_broken(port, d)))
+        .collect();
+    // Mid-stream: every device has a window of statuses in flight when the process dies.
+    first.wait_events("a", 500).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    signal(first.child.id(), "KILL");
+    let _ = first.child.wait();
+    let mut acked = Vec::new();
+    for d in devices {
+        acked.extend(
+            tokio::time::timeout(Duration::from_secs(20), d)
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    assert!(acked.len() >= 500, "only {} PUBACKs", acked.len());
+    eprintln!("{} statuses acknowledged before the kill", acked.len());
+
+    let second = Cradle::start(dir.path(), Some(first.database_url.clone())).await;
+    let events = all_connection_events(&second, "a").await;
+    let mut connected = std::collections::HashMap::<&str, usize>::new();
+    for (kind, id) in &events {
+        if kind == "connection.connected" {
+            *connected.entry(id.as_str()).or_default() += 1;
+        }
+    }
+    let missing: Vec<_> = acked
+        .iter()
+        .filter(|id| !connected.contains_key(id.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged statuses are not in the log, e.g. {:?}",
+        missing.len(),
+        acked.len(),
+        &missing[..missing.len().min(5)]
+    );
+    let twice: Vec<_> = connected.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "recorded more than once: {twice:?}");
+}

@@ -23,6 +23,7 @@ use tracing_subscriber::{
 pub use link::alerts;
 pub use link::local;
 pub use link::meters;
+pub use router::durable::DurableConsumer;
 pub use router::{Alert, Forward, IncomingMeter, Meter, Notification, OutgoingMeter, Router};
 use segments::Storage;
 pub use server::{Broker, LinkType, Server};
@@ -43,6 +44,14 @@ pub(crate) static ROUTER_PANICS: std::sync::atomic::AtomicU64 =
 
 /// CRADLE PATCH 8 and 11: panics caught since the process started, as (in connection tasks,
 /// in the router). Each ended the one connection it happened for; both should stay 0.
+/// CRADLE PATCH 27: publishers' acknowledgements the router holds for the durable consumer.
+pub(crate) static HELD_ACKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// CRADLE PATCH 27: PUBACKs (PUBCOMPs) held now until the durable consumer has the message.
+pub fn held_acks() -> u64 {
+    HELD_ACKS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 pub fn caught_panics() -> (u64, u64) {
     use std::sync::atomic::Ordering::Relaxed;
     (LINK_PANICS.load(Relaxed), ROUTER_PANICS.load(Relaxed))
@@ -217,6 +226,10 @@ pub struct RouterConfig {
     // defaults to Round Robin
     #[serde(default)]
     pub shared_subscriptions_strategy: Strategy,
+    /// CRADLE PATCH 27: the client whose acknowledgement of a message on its filters
+    /// releases the publisher's PUBACK (PUBCOMP); `None` acknowledges on append.
+    #[serde(default)]
+    pub durable: Option<DurableConsumer>,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]

@@ -200,8 +200,9 @@ impl Outgoing {
         }
     }
 
-    pub fn register_ack(&mut self, pkid: u16) -> Option<()> {
-        let (head, _) = self.inflight_buffer.pop_front()?;
+    /// CRADLE PATCH 27: returns the acknowledged delivery's log and offset.
+    pub fn register_ack(&mut self, pkid: u16) -> Option<(usize, Option<(u64, u64)>)> {
+        let (head, forward) = self.inflight_buffer.pop_front()?;
         // CRADLE PATCH 23: the entries hold whole deliveries; a connection with none in flight
         // keeps no room for them (as PATCH 14 does for acks).
         if self.inflight_buffer.is_empty() && self.inflight_buffer.capacity() <= 16 {
@@ -214,7 +215,7 @@ impl Outgoing {
             return None;
         }
 
-        Some(())
+        Some((forward.filter_idx, forward.cursor))
     }
 
     pub fn register_pubrec(&mut self, pkid: u16) {
@@ -252,6 +253,7 @@ mod test {
     fn forward(topic: &str, qos: QoS) -> Forward {
         Forward {
             cursor: Some((0, 0)),
+            filter_idx: 0,
             size: 0,
             publish: Publish {
                 dup: false,
@@ -292,7 +294,7 @@ mod test {
             forward("c", QoS::ExactlyOnce),
         ];
         before.push_forwards(publishes.into_iter(), None);
-        assert_eq!(before.register_ack(1), Some(()));
+        assert_eq!(before.register_ack(1).map(|_| ()), Some(()));
         let inflight = before.take_inflight();
 
         let (mut after, _rx) = Outgoing::new("c".to_owned());
@@ -302,8 +304,8 @@ mod test {
         assert_eq!(sent(&after), [(2, true, "c".into(), None)]);
         after.push_forwards([forward("d", QoS::AtLeastOnce)].into_iter(), None);
         assert_eq!(sent(&after)[1].0, 3);
-        assert_eq!(after.register_ack(2), Some(()));
-        assert_eq!(after.register_ack(3), Some(()));
+        assert_eq!(after.register_ack(2).map(|_| ()), Some(()));
+        assert_eq!(after.register_ack(3).map(|_| ()), Some(()));
         assert_eq!(after.free_slots(), MAX_INFLIGHT);
     }
 

@@ -431,10 +431,15 @@ impl AckLog {
         self.committed.push_back(ack);
     }
 
-    pub fn pubcomp(&mut self, ack: PubComp) -> Option<(Publish, Option<PublishProperties>)> {
-        let ack = Ack::PubComp(ack);
-        self.committed.push_back(ack);
+    /// CRADLE PATCH 27: the QoS 2 publish a PUBREL completes; its PUBCOMP goes through
+    /// `push` once the router decides it may leave.
+    pub fn take_recorded(&mut self) -> Option<(Publish, Option<PublishProperties>)> {
         self.recorded.pop_front()
+    }
+
+    /// CRADLE PATCH 27: an acknowledgement the router held (PUBACK, PUBCOMP).
+    pub fn push(&mut self, ack: Ack) {
+        self.committed.push_back(ack);
     }
 
     pub fn pingresp(&mut self, ack: PingResp) {
@@ -468,6 +473,7 @@ mod test {
             custom_segment: None,
             initialized_filters: None,
             shared_subscriptions_strategy: Strategy::RoundRobin,
+            durable: None,
         };
         let mut data = DataLog::new(config).unwrap();
         data.next_native_offset("topic/a");
@@ -488,6 +494,7 @@ mod test {
             custom_segment: None,
             initialized_filters: None,
             shared_subscriptions_strategy: Strategy::RoundRobin,
+            durable: None,
         };
         let mut data = DataLog::new(config).unwrap();
         data.next_native_offset("+/+");

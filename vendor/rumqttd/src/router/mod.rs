@@ -17,6 +17,7 @@ use crate::{
 
 mod alertlog;
 mod connection;
+pub mod durable;
 mod graveyard;
 pub mod iobufs;
 mod logs;
@@ -116,6 +117,9 @@ impl From<Notification> for MaybePacket {
 #[derive(Debug, Clone)]
 pub struct Forward {
     pub cursor: Option<(u64, u64)>,
+    /// CRADLE PATCH 27: the log it was read from (its cursor's), so that the reader's
+    /// acknowledgement can release its publisher's.
+    pub filter_idx: usize,
     pub size: usize,
     pub publish: Publish,
     pub properties: Option<PublishProperties>,

@@ -13,19 +13,21 @@ use flume::{bounded, Receiver, RecvError, Sender, TryRecvError};
 use slab::Slab;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::str::Utf8Error;
+use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::SystemTime;
 use thiserror::Error;
 use tracing::{debug, error, info, trace, warn};
 
 use super::alertlog::{Alert, AlertLog};
+use super::durable::Durable;
 use super::graveyard::Graveyard;
 use super::iobufs::{Incoming, Outgoing};
 use super::logs::{AckLog, DataLog};
 use super::scheduler::{ScheduleReason, Scheduler};
 use super::shared_subs::SharedGroup;
 use super::{
-    packetid, Connection, DataRequest, Event, FilterIdx, Meter, Notification, Print, RouterMeter,
+    packetid, Ack, Connection, DataRequest, Event, FilterIdx, Meter, Notification, Print, RouterMeter,
     ShadowRequest, MAX_CHANNEL_CAPACITY, MAX_SCHEDULE_ITERATIONS,
 };
 
@@ -102,6 +104,10 @@ pub struct Router {
     shared_subscriptions: HashMap<String, SharedGroup>,
     /// Will messages per client_id
     last_wills: HashMap<String, (LastWill, Option<LastWillProperties>)>,
+    /// CRADLE PATCH 27: publishers' acknowledgements held for the durable consumer.
+    durable: Durable,
+    /// CRADLE PATCH 27: the logs and offsets the publish being handled was appended at.
+    appended: Vec<(FilterIdx, Offset)>,
 }
 
 impl Router {
@@ -132,6 +138,8 @@ impl Router {
             subscription_map: Default::default(),
             ibufs,
             obufs,
+            durable: Durable::new(config.durable.clone()),
+            appended: Vec::new(),
             datalog: DataLog::new(config.clone()).unwrap(),
             alertlog: AlertLog::new(config),
             ackslog,
@@ -331,6 +339,7 @@ impl Router {
             self.ibufs.try_remove(id);
             self.obufs.try_remove(id);
             self.ackslog.try_remove(id);
+            self.durable.disconnected(id);
             self.scheduler.remove(id);
             self.datalog.clean(id);
         }
@@ -493,6 +502,7 @@ impl Router {
 
         self.connection_map.insert(client_id.clone(), connection_id);
         info!(connection_id, "Client connection registered");
+        self.durable.connected(connection_id, &client_id);
 
         self.ackslog.insert(ackslog);
         self.scheduler.add(tracker);
@@ -603,6 +613,9 @@ impl Router {
         let tracker = self.scheduler.remove(id);
         self.connection_map.remove(&client_id);
         self.ackslog.try_remove(id);
+        // CRADLE PATCH 27: its held acknowledgements go with it (it re-sends those PUBLISHes).
+        self.durable.disconnected(id);
+        crate::HELD_ACKS.store(self.durable.held_count() as u64, Ordering::Relaxed);
         let (Some(mut connection), Some(mut outgoing), Some(mut tracker)) =
             (connection, outgoing, tracker)
         else {
@@ -742,17 +755,10 @@ impl Router {
                     // Currently as we don't have replication, we just use a single offset, even when appending to
                     // multiple commit logs.
 
+                    // CRADLE PATCH 27: a QoS 1 PUBACK is decided once the publish is
+                    // appended (below): on a durable log it waits for the consumer.
                     match qos {
-                        QoS::AtLeastOnce => {
-                            let puback = PubAck {
-                                pkid,
-                                reason: PubAckReason::Success,
-                            };
-
-                            let ackslog = self.ackslog.get_mut(id).unwrap();
-                            ackslog.puback(puback);
-                            force_ack = true;
-                        }
+                        QoS::AtLeastOnce => {}
                         QoS::ExactlyOnce => {
                             let pubrec = PubRec {
                                 pkid,
@@ -779,12 +785,21 @@ impl Router {
                         &mut self.datalog,
                         &mut self.notifications,
                         &mut self.connections,
+                        &mut self.appended,
                     ) {
                         Ok(_offset) => {
                             // Even if one of the data in the batch is appended to commitlog,
                             // set new data. This triggers notifications to wake waiters.
                             // Don't overwrite this flag to false if it is already true.
                             new_data = true;
+                            if qos == QoS::AtLeastOnce {
+                                let puback = Ack::PubAck(PubAck {
+                                    pkid,
+                                    reason: PubAckReason::Success,
+                                });
+                                self.acknowledge(id, puback);
+                                force_ack = true;
+                            }
                         }
                         Err(e) => {
                             // Disconnect on bad publishes
@@ -847,12 +862,18 @@ impl Router {
                         }
 
                         let (idx, cursor) = self.datalog.next_native_offset(&filter);
+                        // CRADLE PATCH 27: a subscription the connection did not hold.
+                        let fresh = !connection.subscriptions.contains(&f.path);
 
                         // in case of shared sub original_filter will be $share/group/topic
                         // this is because we do want to treat is as diffrent subscription
                         // and create DataRequest, while using the same datalog of "topic"
                         // NOTE: topic & $share/group/topic will have same filteridx!
                         self.prepare_filter(id, cursor, idx, f, group, subscription_id);
+                        let mut released = Vec::new();
+                        self.durable
+                            .subscribed(id, &f.path, idx, (fresh, cursor), &mut released);
+                        self.release(released);
 
                         let code = match f.qos {
                             QoS::AtMostOnce => SubscribeReasonCode::QoS0,
@@ -935,13 +956,18 @@ impl Router {
 
                     let outgoing = self.obufs.get_mut(id).unwrap();
                     let pkid = puback.pkid;
-                    if outgoing.register_ack(pkid).is_none() {
+                    let Some((idx, cursor)) = outgoing.register_ack(pkid) else {
                         error!(pkid, "Unsolicited/ooo ack received for pkid {}", pkid);
                         disconnect = true;
                         break;
-                    }
+                    };
 
                     self.scheduler.reschedule(id, ScheduleReason::IncomingAck);
+                    // CRADLE PATCH 27: the durable consumer has it: its publisher's PUBACK
+                    // may leave.
+                    let mut released = Vec::new();
+                    self.durable.acked(id, idx, cursor, &mut released);
+                    self.release(released);
                 }
                 Packet::PubRec(pubrec, _) => {
                     let span = tracing::info_span!("pubrec", pkid = pubrec.pkid);
@@ -949,12 +975,17 @@ impl Router {
 
                     let outgoing = self.obufs.get_mut(id).unwrap();
                     let pkid = pubrec.pkid;
-                    if outgoing.register_ack(pkid).is_none() {
+                    let Some((idx, cursor)) = outgoing.register_ack(pkid) else {
                         error!(pkid, "Unsolicited/ooo ack received for pkid {}", pkid);
                         disconnect = true;
                         break;
-                    }
+                    };
+                    // CRADLE PATCH 27: as for a PUBACK (a consumer at QoS 2).
+                    let mut released = Vec::new();
+                    self.durable.acked(id, idx, cursor, &mut released);
+                    self.release(released);
 
+                    let outgoing = self.obufs.get_mut(id).unwrap();
                     let ackslog = self.ackslog.get_mut(id).unwrap();
                     let pubrel = PubRel {
                         pkid: pubrec.pkid,
@@ -981,7 +1012,8 @@ impl Router {
                     // on reconnection ( with clean session false )
                     // we try to retrive publish assuming broker saved the previous state
                     // successfully in graveyard.
-                    let (publish, props) = match ackslog.pubcomp(pubcomp) {
+                    // CRADLE PATCH 27: its PUBCOMP is decided once the publish is appended.
+                    let (publish, props) = match ackslog.take_recorded() {
                         Some(v) => v,
                         None => {
                             disconnect = true;
@@ -997,12 +1029,14 @@ impl Router {
                         &mut self.datalog,
                         &mut self.notifications,
                         &mut self.connections,
+                        &mut self.appended,
                     ) {
                         Ok(_offset) => {
                             // Even if one of the data in the batch is appended to commitlog,
                             // set new data. This triggers notifications to wake waiters.
                             // Don't overwrite this flag to false if it is already true.
                             new_data = true;
+                            self.acknowledge(id, Ack::PubComp(pubcomp));
                         }
                         Err(e) => {
                             // Disconnect on bad publishes
@@ -1084,6 +1118,30 @@ impl Router {
         if disconnect {
             self.handle_disconnection(id, disconnect_reason);
         }
+    }
+
+    /// CRADLE PATCH 27: publisher `id`'s PUBACK (PUBCOMP) for the publish just appended
+    /// (`self.appended`): sent now, or held until the durable consumer has it.
+    fn acknowledge(&mut self, id: ConnectionId, ack: Ack) {
+        let now = self.durable.hold(id, ack, &self.appended);
+        if let (Some(ack), Some(ackslog)) = (now, self.ackslog.get_mut(id)) {
+            ackslog.push(ack);
+        }
+        crate::HELD_ACKS.store(self.durable.held_count() as u64, Ordering::Relaxed);
+    }
+
+    /// CRADLE PATCH 27: sends held acknowledgements the durable consumer released.
+    fn release(&mut self, released: Vec<(ConnectionId, Ack)>) {
+        if released.is_empty() {
+            return;
+        }
+        for (id, ack) in released {
+            if let Some(ackslog) = self.ackslog.get_mut(id) {
+                ackslog.push(ack);
+                self.scheduler.reschedule(id, ScheduleReason::FreshData);
+            }
+        }
+        crate::HELD_ACKS.store(self.durable.held_count() as u64, Ordering::Relaxed);
     }
 
     /// Apply filter and prepare this connection to receive subscription data
@@ -1392,7 +1450,9 @@ fn append_to_commitlog(
     datalog: &mut DataLog,
     notifications: &mut VecDeque<(ConnectionId, DataRequest)>,
     connections: &mut Slab<Box<Connection>>,
+    appended: &mut Vec<(FilterIdx, Offset)>,
 ) -> Result<Offset, RouterError> {
+    appended.clear();
     let connection = connections.get_mut(id).unwrap();
 
     let topic_alias = properties.as_mut().and_then(|p| {
@@ -1456,6 +1516,9 @@ fn append_to_commitlog(
             pkid,
             "Appended to commitlog: {}[{}, {})", filter, offset.0, offset.1,
         );
+        // CRADLE PATCH 27: the message's own offset (`append` returns the next one), as a
+        // reader's `Forward::cursor` has it.
+        appended.push((filter_idx, (offset.0, offset.1.saturating_sub(1))));
 
         o = offset;
     }
@@ -1796,6 +1859,7 @@ fn forward_device_data(
 
             Forward {
                 cursor: offset,
+                filter_idx,
                 size: 0,
                 publish,
                 properties,
