@@ -53,8 +53,9 @@ async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, Broker
 
 /// Starts the router (its own thread) and the v4 and v5 listeners (tasks on the current
 /// Tokio runtime) on loopback, and returns their bound addresses once they accept.
-/// `bus_client_id` is the durable consumer: a publisher's PUBACK for a message on one of
-/// [`crate::sync::DURABLE_FILTERS`] waits for the bus's own acknowledgement of it.
+/// Under `mqtt.puback_after_commit`, `bus_client_id` is the durable consumer: a publisher's
+/// PUBACK for a message on one of [`crate::sync::DURABLE_FILTERS`] waits for the bus's own
+/// acknowledgement of it.
 pub async fn start(
     config: &MqttConfig,
     bus_client_id: &str,
@@ -84,7 +85,7 @@ pub async fn start(
             custom_segment: None,
             initialized_filters: None,
             shared_subscriptions_strategy: Default::default(),
-            durable: Some(DurableConsumer {
+            durable: config.puback_after_commit.then(|| DurableConsumer {
                 client_id: bus_client_id.to_string(),
                 filters: crate::sync::DURABLE_FILTERS.map(String::from).to_vec(),
             }),

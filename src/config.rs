@@ -282,6 +282,12 @@ pub struct MqttConfig {
     /// asking for more, or for none, is told this one (Server Keep Alive); an MQTT 3.1.1
     /// client, which cannot be told, is refused (identifier rejected).
     pub max_keep_alive_secs: u16,
+    /// Embedded broker: a QoS 1 PUBLISH on a status or station topic gets its PUBACK (QoS 2:
+    /// PUBCOMP) only once its events are committed, so an acknowledged status survives a crash.
+    /// `false` acknowledges once the broker has it in memory (lower publish latency; a crash
+    /// loses what was acknowledged and not yet committed). An external broker acknowledges as
+    /// it does.
+    pub puback_after_commit: bool,
     /// Largest CONNECT packet accepted before authentication, in bytes; a larger one is
     /// refused before it is read.
     pub max_connect_bytes: usize,
@@ -327,6 +333,7 @@ impl Default for MqttConfig {
             publish_burst: 400,
             max_violations: 10,
             max_keep_alive_secs: 0,
+            puback_after_commit: true,
             max_connect_bytes: 65_536,
             max_pending: 1024,
             write_timeout_ms: 30_000,
@@ -556,6 +563,9 @@ pub struct Overrides {
     /// mqtt.max_keep_alive_secs: longest keep-alive a client may use, 0 = no maximum.
     #[arg(long, env = "CRADLE_MQTT_MAX_KEEP_ALIVE_SECS", value_name = "SECS")]
     pub mqtt_max_keep_alive_secs: Option<String>,
+    /// mqtt.puback_after_commit: `true` or `false`.
+    #[arg(long, env = "CRADLE_MQTT_PUBACK_AFTER_COMMIT", value_name = "BOOL")]
+    pub mqtt_puback_after_commit: Option<String>,
     /// websocket.signal_rate: signal frames per second per WebSocket session, 0 = unlimited.
     #[arg(long, env = "CRADLE_WEBSOCKET_SIGNAL_RATE", value_name = "N")]
     pub websocket_signal_rate: Option<String>,
@@ -751,6 +761,14 @@ impl Config {
                 flag: "mqtt-max-keep-alive-secs",
                 env: "CRADLE_MQTT_MAX_KEEP_ALIVE_SECS",
                 message: format!("`{v}` is not a whole number of seconds up to 65535"),
+            })?;
+        }
+        if let Some(v) = &o.mqtt_puback_after_commit {
+            self.mqtt.puback_after_commit = v.parse().map_err(|_| ConfigError::Override {
+                key: "mqtt.puback_after_commit",
+                flag: "mqtt-puback-after-commit",
+                env: "CRADLE_MQTT_PUBACK_AFTER_COMMIT",
+                message: format!("`{v}` is not `true` or `false`"),
             })?;
         }
         if let Some(v) = &o.http_header_timeout_ms {

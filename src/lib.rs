@@ -31,7 +31,8 @@
 //!   ([`edge::retained`]), stamps `from` on inbox messages ([`edge::inbox`]), reports every
 //!   connection's end ([`edge::lifecycle`]) and holds MQTT 5 Wills for their delay
 //!   ([`edge::wills`]); its publisher of ends and Wills speaks MQTT 5 ([`edge::publisher`]).
-//! - [`broker`]: the embedded rumqttd broker, on loopback listeners behind the edge.
+//! - [`broker`]: the embedded rumqttd broker, on loopback listeners behind the edge; a device's
+//!   PUBACK for a status or station message waits until the bus has committed it.
 //! - [`endpoint`]: where the broker is (embedded loopback, or an external `mqtt://` /
 //!   `mqtts://` cluster with credentials) for every Cradle client and relayed link.
 //! - [`bus`]: Cradle's own MQTT client; routes each topic family to its handler, reconnects.

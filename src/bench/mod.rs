@@ -8,6 +8,7 @@
 
 pub mod connections;
 pub mod pipeline;
+pub mod puback;
 pub mod report;
 pub mod signalling;
 pub mod storm;

@@ -5,7 +5,9 @@ use std::io::BufRead;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use cradle::bench::{self, connections, pipeline, signalling, throughput, websocket, BenchResult};
+use cradle::bench::{
+    self, connections, pipeline, puback, signalling, throughput, websocket, BenchResult,
+};
 
 #[derive(Parser)]
 #[command(
@@ -92,6 +94,23 @@ enum Command {
         /// Offered statuses per second (0: as fast as the pipeline accepts).
         #[arg(long, default_value_t = 0)]
         rate: u64,
+    },
+    /// QoS 1 statuses from many devices: publish-to-PUBACK latency and PUBACK rate.
+    Puback {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 100)]
+        devices: usize,
+        /// Unacknowledged statuses per device at most.
+        #[arg(long, default_value_t = 10)]
+        window: usize,
+        #[arg(long, default_value_t = 50_000)]
+        messages: u64,
+        /// Offered statuses per second over all devices (0: as fast as acknowledged).
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+        #[arg(long, default_value_t = 120)]
+        max_secs: u64,
     },
     /// Raw batched inserts into the store's event log.
     RawInsert {
@@ -232,6 +251,26 @@ fn main() -> ExitCode {
                     publishers,
                     max_secs,
                     rate,
+                })
+                .await
+            }
+            Command::Puback {
+                target,
+                devices,
+                window,
+                messages,
+                rate,
+                max_secs,
+            } => {
+                puback::run(puback::Puback {
+                    broker: target.broker,
+                    label: target.label,
+                    pid: target.pid,
+                    devices,
+                    window,
+                    messages,
+                    rate,
+                    max_secs,
                 })
                 .await
             }
