@@ -357,6 +357,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     let bridge = Arc::new(bridge);
     bridge.take_back(std::mem::take(&mut handed_over));
+    // Several replicas: sessions a replica handed over at its shutdown and nobody resumed
+    // are ended by whichever replica claims them first once their window has passed.
+    let expiry_task = (!embedded).then(|| {
+        let (bridge, store) = (bridge.clone(), store.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                bridge.end_expired_handovers(&store).await;
+            }
+        })
+    });
     let bridge_task = tokio::spawn(crate::ws::run(
         bridge.clone(),
         inbox_rx,
@@ -403,10 +415,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
     shutdown.await;
     tracing::info!("shutting down: ending WebSocket sessions and MQTT connections");
-    // Replicas end their WebSocket sessions (a resume elsewhere is 410); with the embedded
-    // broker they are handed over to the next start once the devices' ends reached them.
+    // Replicas hand their WebSocket sessions over through the store at once: the PWAs
+    // reconnect to the other replicas, which claim them on resume. With the embedded broker
+    // they are handed over to the next start once the devices' ends reached them (below).
+    if let Some(task) = expiry_task {
+        task.abort();
+    }
     if !embedded {
-        bridge.shutdown().await;
+        bridge.hand_over(&store).await;
     }
     edge.shutdown(Duration::from_secs(5)).await;
     // The ends just published reach the bus through the broker; give them a moment.

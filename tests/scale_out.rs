@@ -32,19 +32,28 @@ async fn replica(
     broker: &Mosquitto,
     group: &str,
 ) -> Cradle {
+    replica_with(dir, name, database_url, broker, group, &[]).await
+}
+
+/// [`replica`] with more settings.
+async fn replica_with(
+    dir: &Path,
+    name: &str,
+    database_url: &str,
+    broker: &Mosquitto,
+    group: &str,
+    extra: &[(&str, String)],
+) -> Cradle {
     let dir = dir.join(name);
     std::fs::create_dir_all(&dir).unwrap();
-    Cradle::spawn_ready(
-        &dir,
-        database_url,
-        &[
-            ("CRADLE_BROKER_MODE", "external".to_string()),
-            ("CRADLE_BROKER_URL", broker.url()),
-            ("CRADLE_BROKER_SHARE_GROUP", group.to_string()),
-            ("CRADLE_BUS_CLIENT_ID", format!("cradle-{name}")),
-        ],
-    )
-    .await
+    let mut env = vec![
+        ("CRADLE_BROKER_MODE", "external".to_string()),
+        ("CRADLE_BROKER_URL", broker.url()),
+        ("CRADLE_BROKER_SHARE_GROUP", group.to_string()),
+        ("CRADLE_BUS_CLIENT_ID", format!("cradle-{name}")),
+    ];
+    env.extend(extra.iter().cloned());
+    Cradle::spawn_ready(&dir, database_url, &env).await
 }
 
 /// PostgreSQL and Mosquitto, or `None` to skip (a failure under scripts/test).
@@ -796,4 +805,136 @@ async fn pending_starts_are_shared_by_the_replicas() {
         .filter(|e| e["type"] == "session.started")
         .collect();
     assert_eq!(started.len(), 1, "{started:?}");
+}
+
+/// Issue 15, rolling deploy: a replica stopped with SIGTERM hands its WebSocket sessions over
+/// through the store (close 1012) instead of ending them. The PWA resumes on another replica
+/// with its connection id, `resume_from` and resume secret, gets what its session had after
+/// `resume_from`, then new frames; its connection is never recorded as ended. A session no
+/// PWA resumes is ended (`lost`) by a remaining replica once its window has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_shut_down_hands_its_websocket_sessions_to_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((db, broker)) = infrastructure(dir.path()).await else {
+        return;
+    };
+    let config = dir.path().join("ws.toml");
+    std::fs::write(
+        &config,
+        "[websocket]\nheartbeat_secs = 1\nheartbeat_timeout_secs = 5\nresume_window_secs = 6\n",
+    )
+    .unwrap();
+    let env = [("CRADLE_CONFIG", config.display().to_string())];
+    let mut a = replica_with(dir.path(), "a", &db, &broker, "cradle", &env).await;
+    let b = replica_with(dir.path(), "b", &db, &broker, "cradle", &env).await;
+    let ws_url =
+        |r: &Cradle, query: &str| format!("{}/ws?{query}", r.http.replace("http://", "ws://"));
+
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url(&a, "account=home&client_id=pwa"))
+        .await
+        .unwrap();
+    let hello = next_of(&mut ws, "hello").await;
+    let conn = hello["connection_id"].as_str().unwrap().to_string();
+    let secret = hello["resume_secret"].as_str().unwrap().to_string();
+    let (_orphan, _) =
+        tokio_tungstenite::connect_async(ws_url(&a, "account=home&client_id=orphan"))
+            .await
+            .unwrap();
+    until_connected(&b, "pwa").await;
+    until_connected(&b, "orphan").await;
+
+    // A station on replica B's edge: its presence reaches the socket on A.
+    let baby = Device::connect(b.mqtt_port, "baby", None).await;
+    let topic = "accounts/home/clients/baby/status";
+    let t = 1_700_000_000_000i64;
+    baby.publish(topic, status("connected", "b1", t, None))
+        .await;
+    let seen = loop {
+        let f = next_of(&mut ws, "presence").await;
+        if f["client_id"] == "baby" {
+            break f;
+        }
+    };
+    assert_eq!(seen["connected"], true, "{seen}");
+    let seq = seen["seq"].as_u64().unwrap();
+
+    assert!(a.terminate().success(), "{}", a.log());
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => break frame.map(|f| u16::from(f.code)),
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("no close frame: {other:?}"),
+        }
+    };
+    assert_eq!(closed, Some(1012), "closed for a service restart");
+
+    // The PWA reconnects through the load balancer, which sends it to replica B.
+    let from = seq - 1;
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url(
+        &b,
+        &format!(
+            "account=home&client_id=pwa&connection_id={conn}&resume_from={from}&resume_secret={secret}"
+        ),
+    ))
+    .await
+    .expect("resumed on replica B");
+    let mut frames = Vec::new();
+    let hello = loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("frame in time")
+            .expect("socket open")
+            .expect("frame");
+        if let Message::Text(text) = msg {
+            let f: serde_json::Value = serde_json::from_str(&text).unwrap();
+            if f["type"] == "hello" {
+                break f;
+            }
+            frames.push(f);
+        }
+    };
+    assert_eq!(hello["resumed"], true, "{hello}");
+    assert_eq!(hello["connection_id"], conn.as_str());
+    assert_ne!(hello["resume_secret"], secret.as_str(), "a new secret");
+    // Every frame after `resume_from`, in order, once: the station's presence first.
+    let seqs: Vec<u64> = frames.iter().filter_map(|f| f["seq"].as_u64()).collect();
+    assert_eq!(seqs.len(), frames.len(), "{frames:?}");
+    assert!(
+        seqs.iter().enumerate().all(|(i, s)| *s == seq + i as u64),
+        "{frames:?}"
+    );
+    assert_eq!(frames[0]["client_id"], "baby", "{frames:?}");
+    let last = *seqs.last().expect("the replay");
+
+    // New frames reach the session on B.
+    baby.publish(topic, status("disconnected", "b1", t + 1, Some("clean")))
+        .await;
+    let next = loop {
+        let f = next_of(&mut ws, "presence").await;
+        if f["client_id"] == "baby" {
+            break f;
+        }
+    };
+    assert_eq!(next["connected"], false, "{next}");
+    assert!(next["seq"].as_u64() > Some(last), "seq continues: {next}");
+
+    // Its connection was never recorded as ended; the one nobody resumed ends `lost` when
+    // its window passes, ended by replica B.
+    let pwa = b.client("home", "pwa").await.unwrap();
+    assert_eq!(pwa["connected"], true, "{pwa}");
+    assert_eq!(pwa["connection_id"], conn.as_str());
+    let orphan = until_ended(&b, "orphan").await;
+    assert_eq!(orphan["last_disconnect_reason"], "lost", "{orphan}");
+    let pwa_events: Vec<_> = b
+        .events("home")
+        .await
+        .into_iter()
+        .filter(|e| e["data"]["client_id"] == "pwa")
+        .collect();
+    assert_eq!(
+        pwa_events.len(),
+        1,
+        "only the PWA's connect: {pwa_events:?}"
+    );
+    let _ = ws.close(None).await;
 }

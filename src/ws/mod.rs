@@ -456,8 +456,9 @@ impl Bridge {
         }
     }
 
-    /// Hands every session over through the store for the next start (a graceful shutdown
-    /// with the embedded broker): each socket is closed with 1012, and no end is published.
+    /// Hands every session over through the store (a graceful shutdown): to the next start
+    /// with the embedded broker, to whichever replica each PWA resumes on with several. Each
+    /// socket is closed with 1012, and no end is published.
     /// Returns the connection ids handed over; when the store cannot take them they are
     /// ended (`server_shutdown`) instead.
     pub async fn hand_over(&self, store: &Store) -> HashSet<String> {
@@ -502,6 +503,57 @@ impl Bridge {
             self.metrics.live.fetch_add(1, Relaxed);
             tracing::info!(account_id = %session.account_id, client_id = %session.client_id, connection_id = %session.connection_id, "WebSocket session taken back after a restart");
             end_unless_resumed(self.clone(), session, 1, left);
+        }
+    }
+
+    /// Several replicas: claims the session `connection_id` another replica handed over at
+    /// its shutdown, so that its PWA resumes here (detached, with its `seq`, replay buffer and
+    /// what is left of its window), and subscribes what it needs. Whether it was claimed.
+    pub async fn adopt(self: &Arc<Self>, store: &Store, connection_id: &str) -> bool {
+        let Some(inbox) = &self.inbox else {
+            return false;
+        };
+        match handover::claim(store, connection_id).await {
+            Ok(Some((h, left))) => {
+                // Subscribed before the session can take a socket: what is published to it
+                // from now on reaches it.
+                inbox.add(&h.account_id, &h.client_id).await;
+                let session = self
+                    .hub
+                    .restore(h, new_resume_secret(), self.settings.replay_frames);
+                self.metrics.live.fetch_add(1, Relaxed);
+                tracing::info!(account_id = %session.account_id, client_id = %session.client_id, connection_id = %session.connection_id, "WebSocket session taken over from a replica that shut down");
+                end_unless_resumed(self.clone(), session, 1, left);
+                true
+            }
+            Ok(None) => false,
+            Err(error) => {
+                tracing::warn!(%error, connection_id, "handed-over WebSocket session not claimed");
+                false
+            }
+        }
+    }
+
+    /// Several replicas: ends (`lost`) the sessions replicas handed over at their shutdown
+    /// that no PWA resumed within the window, publishing their end as for any session.
+    pub async fn end_expired_handovers(self: &Arc<Self>, store: &Store) {
+        match handover::claim_expired(store).await {
+            Ok(expired) => {
+                for h in expired {
+                    let session =
+                        self.hub
+                            .restore(h, new_resume_secret(), self.settings.replay_frames);
+                    self.metrics.live.fetch_add(1, Relaxed);
+                    tracing::info!(account_id = %session.account_id, client_id = %session.client_id, connection_id = %session.connection_id, "handed-over WebSocket session not resumed in its window: ended");
+                    self.end(
+                        &session.connection_id,
+                        DisconnectReason::Lost,
+                        close::NORMAL,
+                    )
+                    .await;
+                }
+            }
+            Err(error) => tracing::warn!(%error, "expired WebSocket hand-overs not checked"),
         }
     }
 
@@ -682,7 +734,7 @@ async fn upgrade(
         let mut r = refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting_down",
-            "Cradle is shutting down: retry (a session handed over resumes on the next start)",
+            "Cradle is shutting down: retry (a session handed over resumes on the next start or on another replica)",
         );
         r.headers_mut().insert(
             axum::http::header::RETRY_AFTER,
@@ -735,6 +787,10 @@ async fn upgrade(
         _ => None,
     };
     if let Some((id, _)) = &resume {
+        if bridge.hub.get(id).is_none() {
+            // Several replicas: the session may have been handed over by one that shut down.
+            bridge.adopt(&state.store, id).await;
+        }
         let (credential, secret) = (credential_id.as_deref(), q.resume_secret.as_deref());
         if !may_resume(&bridge, id, &account_id, &client_id, credential, secret) {
             return refuse(
