@@ -497,13 +497,19 @@ impl Bridge {
     /// for what is left of its window, then ended (`lost`) as any dropped session.
     pub fn take_back(self: &Arc<Self>, handed: Vec<(HandedOver, Duration)>) {
         for (h, left) in handed {
-            let session = self
-                .hub
-                .restore(h, new_resume_secret(), self.settings.replay_frames);
-            self.metrics.live.fetch_add(1, Relaxed);
+            let session = self.restore(h);
             tracing::info!(account_id = %session.account_id, client_id = %session.client_id, connection_id = %session.connection_id, "WebSocket session taken back after a restart");
             end_unless_resumed(self.clone(), session, 1, left);
         }
+    }
+
+    /// A handed-over session, detached in the hub with a new resume secret.
+    fn restore(&self, h: HandedOver) -> Arc<WsSession> {
+        let session = self
+            .hub
+            .restore(h, new_resume_secret(), self.settings.replay_frames);
+        self.metrics.live.fetch_add(1, Relaxed);
+        session
     }
 
     /// Several replicas: claims the session `connection_id` another replica handed over at
@@ -518,10 +524,7 @@ impl Bridge {
                 // Subscribed before the session can take a socket: what is published to it
                 // from now on reaches it.
                 inbox.add(&h.account_id, &h.client_id).await;
-                let session = self
-                    .hub
-                    .restore(h, new_resume_secret(), self.settings.replay_frames);
-                self.metrics.live.fetch_add(1, Relaxed);
+                let session = self.restore(h);
                 tracing::info!(account_id = %session.account_id, client_id = %session.client_id, connection_id = %session.connection_id, "WebSocket session taken over from a replica that shut down");
                 end_unless_resumed(self.clone(), session, 1, left);
                 true
@@ -540,10 +543,7 @@ impl Bridge {
         match handover::claim_expired(store).await {
             Ok(expired) => {
                 for h in expired {
-                    let session =
-                        self.hub
-                            .restore(h, new_resume_secret(), self.settings.replay_frames);
-                    self.metrics.live.fetch_add(1, Relaxed);
+                    let session = self.restore(h);
                     tracing::info!(account_id = %session.account_id, client_id = %session.client_id, connection_id = %session.connection_id, "handed-over WebSocket session not resumed in its window: ended");
                     self.end(
                         &session.connection_id,

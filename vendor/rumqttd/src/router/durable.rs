@@ -18,6 +18,10 @@ use serde::{Deserialize, Serialize};
 use super::{Ack, FilterIdx};
 use crate::{ConnectionId, Offset};
 
+/// Acknowledgements held for one publisher at most: as many as it has packet ids. One more
+/// means it reused a packet id still unacknowledged (MQTT §2.2.1), and it is disconnected.
+pub const MAX_HELD_PER_CONNECTION: usize = u16::MAX as usize;
+
 /// The client whose acknowledgement of a message releases its publisher's.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct DurableConsumer {
@@ -106,20 +110,25 @@ impl Durable {
     }
 
     /// Publisher `id`'s acknowledgement `ack` for a message appended at `appended`: sent now
-    /// (returned) unless the message is on a durable log or an earlier one of `id` is held.
+    /// (`Ok(Some)`) unless the message is on a durable log or an earlier one of `id` is held
+    /// (`Ok(None)`); `Err(())` when `id` already has [`MAX_HELD_PER_CONNECTION`] held.
+    #[allow(clippy::result_unit_err)]
     pub fn hold(
         &mut self,
         id: ConnectionId,
         ack: Ack,
         appended: &[(FilterIdx, Offset)],
-    ) -> Option<Ack> {
+    ) -> Result<Option<Ack>, ()> {
         let durable = appended
             .iter()
             .filter(|(idx, _)| self.logs.contains(idx))
             .count();
-        let queue_empty = self.held.get(&id).is_none_or(VecDeque::is_empty);
-        if durable == 0 && queue_empty {
-            return Some(ack);
+        let held = self.held.get(&id).map_or(0, VecDeque::len);
+        if durable == 0 && held == 0 {
+            return Ok(Some(ack));
+        }
+        if held >= MAX_HELD_PER_CONNECTION {
+            return Err(());
         }
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -134,7 +143,7 @@ impl Durable {
             ack,
             needs: durable.min(u8::MAX as usize) as u8,
         });
-        None
+        Ok(None)
     }
 
     /// Connection `id` acknowledged the delivery of log `idx` at `cursor`. When that is the
@@ -231,7 +240,7 @@ mod test {
     #[test]
     fn an_ack_on_a_durable_log_waits_for_the_consumer() {
         let mut d = given();
-        assert!(d.hold(3, puback(1), &[(1, (0, 0))]).is_none());
+        assert!(matches!(d.hold(3, puback(1), &[(1, (0, 0))]), Ok(None)));
         let mut r = Vec::new();
         d.acked(4, 1, Some((0, 0)), &mut r);
         assert!(r.is_empty(), "only the consumer's ack releases");
@@ -243,10 +252,10 @@ mod test {
     #[test]
     fn other_logs_are_acknowledged_at_once_unless_an_earlier_ack_is_held() {
         let mut d = given();
-        assert!(d.hold(3, puback(1), &[(2, (0, 0))]).is_some());
-        assert!(d.hold(3, puback(2), &[(1, (0, 5))]).is_none());
-        assert!(d.hold(3, puback(3), &[(2, (0, 1))]).is_none(), "order kept");
-        assert!(d.hold(4, puback(1), &[(2, (0, 2))]).is_some());
+        assert!(matches!(d.hold(3, puback(1), &[(2, (0, 0))]), Ok(Some(_))));
+        assert!(matches!(d.hold(3, puback(2), &[(1, (0, 5))]), Ok(None)));
+        assert!(matches!(d.hold(3, puback(3), &[(2, (0, 1))]), Ok(None)), "order kept");
+        assert!(matches!(d.hold(4, puback(1), &[(2, (0, 2))]), Ok(Some(_))));
         let mut r = Vec::new();
         d.acked(9, 1, Some((0, 5)), &mut r);
         assert_eq!(pkids(&r), vec![(3, 2), (3, 3)]);
@@ -255,9 +264,9 @@ mod test {
     #[test]
     fn one_consumer_ack_releases_every_offset_up_to_it_in_each_publishers_order() {
         let mut d = given();
-        d.hold(3, puback(1), &[(1, (0, 1))]);
-        d.hold(4, puback(7), &[(1, (0, 2))]);
-        d.hold(3, puback(2), &[(1, (0, 3))]);
+        let _ = d.hold(3, puback(1), &[(1, (0, 1))]);
+        let _ = d.hold(4, puback(7), &[(1, (0, 2))]);
+        let _ = d.hold(3, puback(2), &[(1, (0, 3))]);
         let mut r = Vec::new();
         d.acked(9, 1, Some((0, 2)), &mut r);
         r.sort_by_key(|(id, _)| *id);
@@ -272,7 +281,7 @@ mod test {
         let mut d = given();
         let mut r = Vec::new();
         d.subscribed(9, "s/+", 5, (true, (0, 0)), &mut r);
-        d.hold(3, puback(1), &[(1, (0, 0)), (5, (0, 0))]);
+        let _ = d.hold(3, puback(1), &[(1, (0, 0)), (5, (0, 0))]);
         d.acked(9, 1, Some((0, 0)), &mut r);
         assert!(r.is_empty());
         d.acked(9, 5, Some((0, 0)), &mut r);
@@ -282,9 +291,9 @@ mod test {
     #[test]
     fn a_gone_publisher_is_forgotten_and_its_id_reused_safely() {
         let mut d = given();
-        d.hold(3, puback(1), &[(1, (0, 0))]);
+        let _ = d.hold(3, puback(1), &[(1, (0, 0))]);
         d.disconnected(3);
-        d.hold(3, puback(1), &[(1, (0, 1))]);
+        let _ = d.hold(3, puback(1), &[(1, (0, 1))]);
         let mut r = Vec::new();
         d.acked(9, 1, Some((0, 0)), &mut r);
         assert!(r.is_empty(), "the old connection's entry does not release the new one");
@@ -295,8 +304,8 @@ mod test {
     #[test]
     fn a_consumer_that_lost_its_session_releases_what_it_will_never_read() {
         let mut d = given();
-        d.hold(3, puback(1), &[(1, (0, 4))]);
-        d.hold(3, puback(2), &[(1, (0, 9))]);
+        let _ = d.hold(3, puback(1), &[(1, (0, 4))]);
+        let _ = d.hold(3, puback(2), &[(1, (0, 9))]);
         d.disconnected(9);
         let mut r = Vec::new();
         d.connected(10, "bus");
@@ -307,11 +316,21 @@ mod test {
     }
 
     #[test]
+    fn a_publisher_with_every_packet_id_held_is_refused_one_more() {
+        let mut d = given();
+        for n in 0..MAX_HELD_PER_CONNECTION as u64 {
+            assert!(matches!(d.hold(3, puback(1), &[(1, (0, n))]), Ok(None)));
+        }
+        assert!(d.hold(3, puback(1), &[(1, (1, 0))]).is_err());
+        assert!(d.hold(4, puback(1), &[(1, (1, 1))]).is_ok(), "others are not affected");
+    }
+
+    #[test]
     fn without_a_consumer_nothing_is_held() {
         let mut d = Durable::new(None);
         d.connected(1, "");
         let mut r = Vec::new();
         d.subscribed(1, "s/+", 1, (true, (0, 0)), &mut r);
-        assert!(d.hold(3, puback(1), &[(1, (0, 0))]).is_some());
+        assert!(matches!(d.hold(3, puback(1), &[(1, (0, 0))]), Ok(Some(_))));
     }
 }

@@ -797,8 +797,13 @@ impl Router {
                                     pkid,
                                     reason: PubAckReason::Success,
                                 });
-                                self.acknowledge(id, puback);
                                 force_ack = true;
+                                if !self.acknowledge(id, puback) {
+                                    disconnect = true;
+                                    disconnect_reason =
+                                        Some(DisconnectReasonCode::ReceiveMaximumExceeded);
+                                    break;
+                                }
                             }
                         }
                         Err(e) => {
@@ -1036,7 +1041,12 @@ impl Router {
                             // set new data. This triggers notifications to wake waiters.
                             // Don't overwrite this flag to false if it is already true.
                             new_data = true;
-                            self.acknowledge(id, Ack::PubComp(pubcomp));
+                            if !self.acknowledge(id, Ack::PubComp(pubcomp)) {
+                                disconnect = true;
+                                disconnect_reason =
+                                    Some(DisconnectReasonCode::ReceiveMaximumExceeded);
+                                break;
+                            }
                         }
                         Err(e) => {
                             // Disconnect on bad publishes
@@ -1121,13 +1131,25 @@ impl Router {
     }
 
     /// CRADLE PATCH 27: publisher `id`'s PUBACK (PUBCOMP) for the publish just appended
-    /// (`self.appended`): sent now, or held until the durable consumer has it.
-    fn acknowledge(&mut self, id: ConnectionId, ack: Ack) {
-        let now = self.durable.hold(id, ack, &self.appended);
-        if let (Some(ack), Some(ackslog)) = (now, self.ackslog.get_mut(id)) {
-            ackslog.push(ack);
-        }
+    /// (`self.appended`): sent now, or held until the durable consumer has it. `false` when
+    /// the publisher has more unacknowledged than packet ids: it is to be disconnected.
+    #[must_use]
+    fn acknowledge(&mut self, id: ConnectionId, ack: Ack) -> bool {
+        let ok = match self.durable.hold(id, ack, &self.appended) {
+            Ok(Some(ack)) => {
+                if let Some(ackslog) = self.ackslog.get_mut(id) {
+                    ackslog.push(ack);
+                }
+                true
+            }
+            Ok(None) => true,
+            Err(()) => {
+                error!(id, "more QoS 1/2 publishes unacknowledged than packet ids");
+                false
+            }
+        };
         crate::HELD_ACKS.store(self.durable.held_count() as u64, Ordering::Relaxed);
+        ok
     }
 
     /// CRADLE PATCH 27: sends held acknowledgements the durable consumer released.
@@ -1138,7 +1160,9 @@ impl Router {
         for (id, ack) in released {
             if let Some(ackslog) = self.ackslog.get_mut(id) {
                 ackslog.push(ack);
-                self.scheduler.reschedule(id, ScheduleReason::FreshData);
+                // As an incoming ack does: readies the connection unless its link is full
+                // (then its `Ready` does), also one paused with its outgoing window full.
+                self.scheduler.reschedule(id, ScheduleReason::IncomingAck);
             }
         }
         crate::HELD_ACKS.store(self.durable.held_count() as u64, Ordering::Relaxed);
