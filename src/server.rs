@@ -352,7 +352,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     match inbox_subscriptions {
         // With several replicas, lists are pushed when the broker delivers an announcement
         // (whichever replica recorded the session).
-        Some(inbox) => bridge = bridge.with_replica_subscriptions(inbox, sessions.clone()),
+        Some(inbox) => {
+            bridge = bridge.with_replica_subscriptions(inbox, sessions.clone(), store.clone())
+        }
         None => sessions.follow_baby_stations(lists_tx),
     }
     let bridge = Arc::new(bridge);

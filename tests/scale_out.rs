@@ -383,8 +383,9 @@ async fn signalling_crosses_replicas_and_a_resume_elsewhere_is_410() {
     assert_eq!(v["from"], "pwa");
     assert_eq!(v["data"]["sdp"], "offer");
 
-    // A resume that lands on replica B, which does not hold the session: 410, cold
-    // catch-up, never a wrong replay. Replica A still holds it.
+    // A resume without the session's proof (no token, no resume secret) that lands on
+    // replica B, which does not hold the session: 410, never a wrong replay. Replica A still
+    // holds it (with the proof it would move to B: the next test).
     let resume = format!(
         "{}/ws?account=home&client_id=pwa&connection_id={connection}&resume_from=1",
         b.http
@@ -937,4 +938,140 @@ async fn a_replica_shut_down_hands_its_websocket_sessions_to_the_others() {
         "only the PWA's connect: {pwa_events:?}"
     );
     let _ = ws.close(None).await;
+}
+
+/// Reads frames until `hello`; returns it and the frames before it (the replay).
+async fn hello_after_replay(ws: &mut Ws) -> (serde_json::Value, Vec<serde_json::Value>) {
+    let mut frames = Vec::new();
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("frame in time")
+            .expect("socket open")
+            .expect("frame");
+        if let Message::Text(text) = msg {
+            let f: serde_json::Value = serde_json::from_str(&text).unwrap();
+            if f["type"] == "hello" {
+                return (f, frames);
+            }
+            frames.push(f);
+        }
+    }
+}
+
+/// Issue 15: sticky load balancing is an optimisation. A resume (with the session's resume
+/// secret) that reaches a replica other than the one holding the live session moves the
+/// session there: the holder hands it over through the store and closes its socket with 4104,
+/// the new replica replays every frame after `resume_from` once, in order, and new frames
+/// follow on it. And back again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_that_reaches_another_replica_moves_the_live_session_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((db, broker)) = infrastructure(dir.path()).await else {
+        return;
+    };
+    let a = replica(dir.path(), "a", &db, &broker, "cradle").await;
+    let b = replica(dir.path(), "b", &db, &broker, "cradle").await;
+    let ws_url =
+        |r: &Cradle, query: &str| format!("{}/ws?{query}", r.http.replace("http://", "ws://"));
+    let (mut on_a, _) = tokio_tungstenite::connect_async(ws_url(&a, "account=home&client_id=pwa"))
+        .await
+        .unwrap();
+    let hello = next_of(&mut on_a, "hello").await;
+    let conn = hello["connection_id"].as_str().unwrap().to_string();
+    let secret = hello["resume_secret"].as_str().unwrap().to_string();
+    until_connected(&b, "pwa").await;
+
+    // A station on replica B's edge signals the PWA (socket on A).
+    let baby = Device::connect(b.mqtt_port, "baby", None).await;
+    let signal = |n: u32| {
+        let baby = baby.client.clone();
+        async move {
+            baby.publish(
+                "accounts/home/clients/pwa/webrtc_inbox",
+                QoS::AtLeastOnce,
+                false,
+                format!(r#"{{"from":"baby","data":{{"n":{n}}}}}"#),
+            )
+            .await
+            .unwrap();
+        }
+    };
+    signal(1).await;
+    let first = next_of(&mut on_a, "signal").await;
+    assert_eq!(first["data"]["n"], 1);
+    let seen = first["seq"].as_u64().unwrap();
+    signal(2).await;
+    let missed = next_of(&mut on_a, "signal").await;
+    assert_eq!(missed["data"]["n"], 2);
+
+    // The load balancer sends the PWA's next socket to replica B; it resumes from `seen`.
+    let (mut on_b, _) = tokio_tungstenite::connect_async(ws_url(
+        &b,
+        &format!(
+            "account=home&client_id=pwa&connection_id={conn}&resume_from={seen}&resume_secret={secret}"
+        ),
+    ))
+    .await
+    .expect("upgraded on replica B");
+    let (hello, replay) = hello_after_replay(&mut on_b).await;
+    assert_eq!(hello["resumed"], true, "{hello}");
+    assert_eq!(hello["connection_id"], conn.as_str());
+    let seqs: Vec<u64> = replay.iter().filter_map(|f| f["seq"].as_u64()).collect();
+    assert_eq!(seqs.first(), Some(&(seen + 1)), "{replay:?}");
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{replay:?}");
+    let signals: Vec<_> = replay.iter().filter(|f| f["type"] == "signal").collect();
+    assert_eq!(signals.len(), 1, "the missed signal once: {replay:?}");
+    assert_eq!(signals[0]["data"]["n"], 2);
+    // The socket on A was replaced.
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(5), on_a.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => break frame.map(|f| u16::from(f.code)),
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("no close frame on A: {other:?}"),
+        }
+    };
+    assert_eq!(closed, Some(4104));
+
+    // New frames follow on B, numbered on after its `hello`.
+    let last = *seqs.last().unwrap();
+    assert_eq!(hello["seq"].as_u64(), Some(last + 1), "{hello}");
+    signal(3).await;
+    let next = next_of(&mut on_b, "signal").await;
+    assert_eq!(next["data"]["n"], 3);
+    let third = next["seq"].as_u64().unwrap();
+    assert_eq!(third, last + 2, "{next}");
+
+    // And back to A with the new secret.
+    let secret = hello["resume_secret"].as_str().unwrap().to_string();
+    let (mut back, _) = tokio_tungstenite::connect_async(ws_url(
+        &a,
+        &format!(
+            "account=home&client_id=pwa&connection_id={conn}&resume_from={third}&resume_secret={secret}"
+        ),
+    ))
+    .await
+    .expect("upgraded on replica A");
+    let (hello, replay) = hello_after_replay(&mut back).await;
+    assert_eq!(hello["resumed"], true, "{hello}");
+    assert!(replay.is_empty(), "nothing missed: {replay:?}");
+    signal(4).await;
+    let again = next_of(&mut back, "signal").await;
+    assert_eq!(again["data"]["n"], 4);
+    assert_eq!(
+        again["seq"].as_u64(),
+        Some(third + 2),
+        "after the hello: {again}"
+    );
+
+    // One connection all along: never recorded as ended.
+    let pwa = a.client("home", "pwa").await.unwrap();
+    assert_eq!(pwa["connected"], true, "{pwa}");
+    let pwa_events: Vec<_> = a
+        .events("home")
+        .await
+        .into_iter()
+        .filter(|e| e["data"]["client_id"] == "pwa")
+        .collect();
+    assert_eq!(pwa_events.len(), 1, "{pwa_events:?}");
 }

@@ -37,6 +37,11 @@ pub enum Delivery {
 }
 
 struct State {
+    /// Who may resume it (replaced when a transfer completes, [`WsSession::take_over`]).
+    key: ResumeKey,
+    /// Several replicas: a session being transferred from another replica, collecting the
+    /// frames for it meanwhile; no resume takes it and it has no status of its own yet.
+    placeholder: bool,
     seq: u64,
     replay: VecDeque<(u64, Arc<str>)>,
     tx: Option<mpsc::Sender<Outgoing>>,
@@ -80,7 +85,6 @@ pub struct WsSession {
     pub client_id: String,
     /// Its connection id.
     pub connection_id: String,
-    key: ResumeKey,
     replay_max: usize,
     state: Mutex<State>,
 }
@@ -90,24 +94,63 @@ impl WsSession {
     /// it (`credential_id`), or with its resume secret (compared in constant time). A session
     /// opened without a token (open mode) needs the secret.
     pub fn may_resume(&self, credential_id: Option<&str>, secret: Option<&str>) -> bool {
+        let (key, placeholder) = {
+            let st = self.lock();
+            (st.key.clone(), st.placeholder)
+        };
+        if placeholder {
+            return false;
+        }
         let same_token =
-            self.key.credential_id.is_some() && self.key.credential_id.as_deref() == credential_id;
+            key.credential_id.is_some() && key.credential_id.as_deref() == credential_id;
         let handed_over = |s: &str| {
-            self.key
-                .handed_over
+            key.handed_over
                 .as_ref()
                 .is_some_and(|stored| crate::accounts::hashing::verify(s, stored))
         };
         same_token
             || secret.is_some_and(|s| {
-                crate::auth::constant_time_eq(s.as_bytes(), self.key.secret.as_bytes())
-                    || handed_over(s)
+                crate::auth::constant_time_eq(s.as_bytes(), key.secret.as_bytes()) || handed_over(s)
             })
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// The resume secret (for this session's own `hello` only).
-    pub fn resume_secret(&self) -> &str {
-        &self.key.secret
+    pub fn resume_secret(&self) -> String {
+        self.lock().key.secret.clone()
+    }
+
+    /// Whether it is a transfer's placeholder ([`Hub::placeholder`]).
+    pub fn is_placeholder(&self) -> bool {
+        self.lock().placeholder
+    }
+
+    /// Completes a transfer: the placeholder becomes the handed-over session `h` (its key,
+    /// `seq` and replay buffer), followed by the frames it collected that `h` does not
+    /// already hold ([`merge_replay`]), with `secret` as its new resume secret. Done under
+    /// the session's lock, so a frame sent meanwhile is numbered after them. `false` when it
+    /// is no placeholder (any more).
+    pub fn take_over(&self, h: HandedOver, secret: String) -> bool {
+        let mut st = self.lock();
+        if !st.placeholder || st.ended {
+            return false;
+        }
+        let collected: Vec<Arc<str>> = st.replay.drain(..).map(|(_, t)| t).collect();
+        let (seq, replay) = merge_replay(h.seq, h.replay, collected, self.replay_max);
+        st.seq = seq;
+        st.replay = replay;
+        st.key = ResumeKey {
+            credential_id: h.credential_id,
+            secret,
+            handed_over: Some(h.secret_hash),
+        };
+        st.placeholder = false;
+        true
     }
 
     /// Numbers `frame`, keeps it for replay and queues it for the socket (if attached).
@@ -192,16 +235,13 @@ impl WsSession {
     /// Ends the session for a hand-over: an attached socket is closed with `close` (the
     /// client resumes after the restart); returns what the next start needs, or `None` when
     /// it had already ended.
-    pub fn hand_over(&self, close: u16) -> Option<HandedOver> {
-        let mut st = self
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if st.ended {
+    pub fn hand_over(&self, close: u16, why: &'static str) -> Option<HandedOver> {
+        let mut st = self.lock();
+        if st.ended || st.placeholder {
             return None;
         }
         if let Some(tx) = &st.tx {
-            let _ = tx.try_send(Outgoing::Close(close, "restarting: resume"));
+            let _ = tx.try_send(Outgoing::Close(close, why));
         }
         st.ended = true;
         st.tx = None;
@@ -209,8 +249,8 @@ impl WsSession {
             account_id: self.account_id.clone(),
             client_id: self.client_id.clone(),
             connection_id: self.connection_id.clone(),
-            credential_id: self.key.credential_id.clone(),
-            secret_hash: crate::accounts::hashing::hash(&self.key.secret),
+            credential_id: st.key.credential_id.clone(),
+            secret_hash: crate::accounts::hashing::hash(&st.key.secret),
             seq: st.seq,
             replay: st.replay.iter().map(|(q, t)| (*q, t.to_string())).collect(),
         })
@@ -283,9 +323,10 @@ impl Hub {
             account_id: account_id.to_string(),
             client_id: client_id.to_string(),
             connection_id: connection_id.to_string(),
-            key,
             replay_max: replay_max.max(1),
             state: Mutex::new(State {
+                key,
+                placeholder: false,
                 seq: 0,
                 replay: VecDeque::new(),
                 tx: Some(tx),
@@ -309,13 +350,14 @@ impl Hub {
             account_id: h.account_id,
             client_id: h.client_id,
             connection_id: h.connection_id,
-            key: ResumeKey {
-                credential_id: h.credential_id,
-                secret,
-                handed_over: Some(h.secret_hash),
-            },
             replay_max: replay_max.max(1),
             state: Mutex::new(State {
+                key: ResumeKey {
+                    credential_id: h.credential_id,
+                    secret,
+                    handed_over: Some(h.secret_hash),
+                },
+                placeholder: false,
                 seq: h.seq,
                 replay: h.replay.into_iter().map(|(q, t)| (q, t.into())).collect(),
                 tx: None,
@@ -368,7 +410,7 @@ impl Hub {
             .state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if st.ended {
+        if st.ended || st.placeholder {
             return Err(ResumeError::Expired);
         }
         let oldest = st.replay.front().map(|(s, _)| *s).unwrap_or(st.seq + 1);
@@ -439,6 +481,77 @@ impl Hub {
             .unwrap_or_default()
     }
 
+    /// Several replicas: a detached placeholder for `connection_id` of `client_id` of
+    /// `account_id`, held by another replica, that collects the frames for it while the
+    /// transfer runs; `None` when this hub has a session of that id already.
+    pub fn placeholder(
+        &self,
+        account_id: &str,
+        client_id: &str,
+        connection_id: &str,
+        replay_max: usize,
+    ) -> Option<Arc<WsSession>> {
+        let session = Arc::new(WsSession {
+            account_id: account_id.to_string(),
+            client_id: client_id.to_string(),
+            connection_id: connection_id.to_string(),
+            replay_max: replay_max.max(1),
+            state: Mutex::new(State {
+                key: ResumeKey {
+                    credential_id: None,
+                    secret: String::new(),
+                    handed_over: None,
+                },
+                placeholder: true,
+                seq: 0,
+                replay: VecDeque::new(),
+                tx: None,
+                generation: 1,
+                ended: false,
+            }),
+        });
+        let mut index = self
+            .index
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if index.sessions.contains_key(connection_id) {
+            return None;
+        }
+        index
+            .by_account
+            .entry(session.account_id.clone())
+            .or_default()
+            .insert(session.connection_id.clone());
+        index
+            .sessions
+            .insert(session.connection_id.clone(), session.clone());
+        Some(session)
+    }
+
+    /// Removes the placeholder of a transfer that did not complete (nothing is published:
+    /// it never was a session here).
+    pub fn discard(&self, placeholder: &Arc<WsSession>) {
+        let mut index = self
+            .index
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !index
+            .sessions
+            .get(&placeholder.connection_id)
+            .is_some_and(|s| Arc::ptr_eq(s, placeholder) && s.is_placeholder())
+        {
+            return;
+        }
+        index.sessions.remove(&placeholder.connection_id);
+        if let Some(set) = index.by_account.get_mut(&placeholder.account_id) {
+            set.remove(&placeholder.connection_id);
+            if set.is_empty() {
+                index.by_account.remove(&placeholder.account_id);
+            }
+        }
+        placeholder.lock().ended = true;
+    }
+
     /// Every live session.
     pub fn all(&self) -> Vec<Arc<WsSession>> {
         self.index
@@ -463,6 +576,49 @@ impl Hub {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// A frame's text without its `seq`: two replicas number the same frame differently.
+fn unnumbered(text: &str) -> Option<serde_json::Value> {
+    let mut v: serde_json::Value = serde_json::from_str(text).ok()?;
+    v.as_object_mut()?.remove("seq");
+    Some(v)
+}
+
+/// The replay of a transferred session: what the replica that held it had (`handed`, the
+/// last numbered `seq`), then each frame the placeholder `collected` meanwhile that is not
+/// one of those (both replicas received what was published between the placeholder's
+/// subscriptions and the hand-over), numbered on. Returns the last `seq` and the buffer,
+/// trimmed to `max`.
+pub fn merge_replay(
+    seq: u64,
+    handed: Vec<(u64, String)>,
+    collected: Vec<Arc<str>>,
+    max: usize,
+) -> (u64, VecDeque<(u64, Arc<str>)>) {
+    let mut unmatched: Vec<serde_json::Value> =
+        handed.iter().filter_map(|(_, t)| unnumbered(t)).collect();
+    let mut replay: VecDeque<(u64, Arc<str>)> =
+        handed.into_iter().map(|(q, t)| (q, t.into())).collect();
+    let mut seq = seq;
+    for text in collected {
+        let Some(mut frame) = unnumbered(&text) else {
+            continue;
+        };
+        if let Some(i) = unmatched.iter().position(|f| *f == frame) {
+            unmatched.remove(i);
+            continue;
+        }
+        seq += 1;
+        if let Some(o) = frame.as_object_mut() {
+            o.insert("seq".into(), seq.into());
+        }
+        replay.push_back((seq, frame.to_string().into()));
+    }
+    while replay.len() > max.max(1) {
+        replay.pop_front();
+    }
+    (seq, replay)
 }
 
 #[cfg(test)]
@@ -499,7 +655,10 @@ mod tests {
         let a = old.open("acc", "pwa", "c1", key(None), 10, tx);
         a.session.send(&ServerFrame::Ping); // 1, seen
         a.session.send(&ServerFrame::Pong); // 2, missed
-        let h = a.session.hand_over(1012).expect("live");
+        let h = a
+            .session
+            .hand_over(1012, "restarting: resume")
+            .expect("live");
         assert_eq!(a.session.send(&ServerFrame::Ping), Delivery::Closed);
         assert_eq!(h.seq, 2);
         let _ = texts(&mut rx);
@@ -636,5 +795,83 @@ mod tests {
         assert!(!a.session.may_resume(None, Some("s3cre")));
         assert!(a.session.may_resume(None, Some("s3cret")));
         assert_eq!(a.session.resume_secret(), "s3cret");
+    }
+
+    fn presence(client: &str, seq: u64) -> String {
+        stamp(
+            seq,
+            &ServerFrame::Presence {
+                client_id: client.into(),
+                connection_id: "k".into(),
+                connected: true,
+                reason: None,
+            },
+        )
+    }
+
+    #[test]
+    fn given_frames_both_replicas_received_when_merged_then_each_is_kept_once_in_order() {
+        let handed = vec![(4, presence("a", 4)), (5, presence("b", 5))];
+        let collected: Vec<Arc<str>> = vec![presence("b", 1).into(), presence("c", 2).into()];
+        let (seq, replay) = merge_replay(5, handed, collected, 10);
+        assert_eq!(seq, 6);
+        let texts: Vec<(u64, String)> = replay.iter().map(|(q, t)| (*q, t.to_string())).collect();
+        assert_eq!(
+            texts,
+            vec![
+                (4, presence("a", 4)),
+                (5, presence("b", 5)),
+                (6, presence("c", 6))
+            ]
+        );
+    }
+
+    #[test]
+    fn given_a_frame_collected_twice_and_held_once_when_merged_then_the_second_is_new() {
+        let handed = vec![(1, presence("b", 1))];
+        let collected: Vec<Arc<str>> = vec![presence("b", 1).into(), presence("b", 2).into()];
+        let (seq, replay) = merge_replay(1, handed, collected, 1);
+        assert_eq!(seq, 2);
+        assert_eq!(replay.len(), 1, "trimmed to the buffer's size");
+        assert_eq!(replay[0].0, 2);
+    }
+
+    #[test]
+    fn given_a_placeholder_when_the_session_arrives_then_it_takes_its_key_and_frames() {
+        let hub = Hub::default();
+        let p = hub.placeholder("acc", "pwa", "c1", 10).unwrap();
+        assert!(
+            hub.placeholder("acc", "pwa", "c1", 10).is_none(),
+            "one per id"
+        );
+        assert_eq!(p.send(&ServerFrame::Ping), Delivery::Buffered);
+        assert!(
+            !p.may_resume(None, Some("")),
+            "a placeholder is never resumed"
+        );
+        let h = HandedOver {
+            account_id: "acc".into(),
+            client_id: "pwa".into(),
+            connection_id: "c1".into(),
+            credential_id: None,
+            secret_hash: crate::accounts::hashing::hash("old"),
+            seq: 7,
+            replay: vec![(7, presence("a", 7))],
+        };
+        assert!(p.take_over(h.clone(), "new".into()));
+        assert!(!p.take_over(h, "again".into()), "once");
+        assert!(p.may_resume(None, Some("old")) && p.may_resume(None, Some("new")));
+        assert_eq!(p.seq(), 8, "the ping collected meanwhile follows");
+        let (tx, _rx) = channel();
+        let a = hub.resume("c1", Some(6), tx).unwrap();
+        assert_eq!(a.replay.len(), 2);
+    }
+
+    #[test]
+    fn given_a_placeholder_when_discarded_then_it_is_gone_without_a_trace() {
+        let hub = Hub::default();
+        let p = hub.placeholder("acc", "pwa", "c1", 10).unwrap();
+        hub.discard(&p);
+        assert!(hub.get("c1").is_none() && hub.of_account("acc").is_empty());
     }
 }

@@ -61,9 +61,12 @@ impl InboxSubscriptions {
         let options = crate::bus::publisher_options(endpoint, client_id, max_packet);
         let (client, mut eventloop) = AsyncClient::new(options, 10_000);
         crate::bus::nodelay(&mut eventloop);
+        // Requests to move a session between replicas, for as long as the replica runs
+        // (subscribed, as every live filter, at each connect).
+        let refs = HashMap::from([(format!("{}+", super::TRANSFER_PREFIX), 1)]);
         let this = Arc::new(Self {
             client,
-            refs: Mutex::new(HashMap::new()),
+            refs: Mutex::new(refs),
             waiters: Arc::new(Mutex::new(Waiters::default())),
         });
         let weak = Arc::downgrade(&this);

@@ -131,6 +131,10 @@ pub struct Bridge {
     /// Per-connection inbox subscriptions (several replicas on an external broker); `None`
     /// when the bus's wildcard subscription delivers every inbox to this one replica.
     inbox: Option<Arc<inbox::InboxSubscriptions>>,
+    /// With several replicas: the store, through which sessions move between replicas.
+    store: Option<Store>,
+    /// This bridge's name in its transfer requests (it hears its own requests too).
+    instance: String,
     /// With several replicas: the last presence pushed per account and client (connection
     /// id, connected), so that reports seen on the broker are pushed once and in order.
     presence: std::sync::Mutex<HashMap<String, PresenceByClient>>,
@@ -150,6 +154,26 @@ fn new_connection_id() -> String {
 }
 
 /// A session's resume secret: 128 random bits, hex.
+/// Topic prefix of the requests replicas send each other to move a WebSocket session:
+/// `cradle/ws/transfer/{connection_id}`.
+pub const TRANSFER_PREFIX: &str = "cradle/ws/transfer/";
+
+/// How long a replica waits for the replica holding a session to hand it over.
+const TRANSFER_WAIT: Duration = Duration::from_millis(1500);
+
+/// A request to move a session here, with the resume's proof (the holder checks it).
+#[derive(serde::Serialize, Deserialize)]
+struct TransferRequest {
+    /// The requesting bridge (it ignores its own request).
+    from: String,
+    /// When it was sent (Cradle's clock): a request older than `TRANSFER_WAIT` is stale.
+    at_millis: i64,
+    account_id: String,
+    client_id: String,
+    credential_id: Option<String>,
+    secret: Option<String>,
+}
+
 fn new_resume_secret() -> String {
     let mut b = [0u8; 16];
     OsRng.fill_bytes(&mut b);
@@ -193,6 +217,8 @@ impl Bridge {
             settings,
             metrics: WsMetrics::default(),
             inbox: None,
+            store: None,
+            instance: new_resume_secret(),
             presence: std::sync::Mutex::new(HashMap::new()),
             lists: None,
             last_lists: std::sync::Mutex::new(HashMap::new()),
@@ -208,15 +234,19 @@ impl Bridge {
         mut self,
         inbox: Arc<inbox::InboxSubscriptions>,
         sessions: Arc<Sessions>,
+        store: Store,
     ) -> Self {
         self.inbox = Some(inbox);
         self.lists = Some(sessions);
+        self.store = Some(store);
         self
     }
 
     /// Routes one message of the replica subscriptions (or the bus's inbox wildcard).
     pub async fn on_message(&self, publish: &Publish) {
-        if publish.topic.ends_with("/webrtc_inbox") {
+        if publish.topic.starts_with(TRANSFER_PREFIX) {
+            self.on_transfer_request(publish).await;
+        } else if publish.topic.ends_with("/webrtc_inbox") {
             self.on_inbox(publish).await;
         } else if publish.retain {
             // Retained messages sent on subscribe are history, not changes.
@@ -466,7 +496,7 @@ impl Bridge {
         let mut handed = Vec::new();
         let mut sessions = Vec::new();
         for s in self.hub.all() {
-            if let Some(h) = s.hand_over(close::SERVICE_RESTART) {
+            if let Some(h) = s.hand_over(close::SERVICE_RESTART, "restarting: resume") {
                 self.hub.close(&s.connection_id, close::SERVICE_RESTART);
                 self.metrics.live.fetch_sub(1, Relaxed);
                 handed.push(h);
@@ -554,6 +584,135 @@ impl Bridge {
                 }
             }
             Err(error) => tracing::warn!(%error, "expired WebSocket hand-overs not checked"),
+        }
+    }
+
+    /// Several replicas: moves the session `connection_id`, held by another replica, here,
+    /// for a resume that reached this replica. A placeholder collects the frames for it from
+    /// the moment this replica's subscriptions for it are acknowledged; the request (with the
+    /// resume's proof, which the holder checks) goes to every replica on
+    /// `cradle/ws/transfer/{connection_id}`; the holder hands the session over through the
+    /// store; this replica claims it and the placeholder becomes it, followed by what it
+    /// collected that the holder had not sent ([`hub::merge_replay`]). Whether it arrived
+    /// within `TRANSFER_WAIT`.
+    pub async fn transfer(
+        self: &Arc<Self>,
+        store: &Store,
+        connection_id: &str,
+        account_id: &str,
+        client_id: &str,
+        proof: (Option<&str>, Option<&str>),
+    ) -> bool {
+        let Some(inbox) = &self.inbox else {
+            return false;
+        };
+        let (credential_id, secret) = proof;
+        if credential_id.is_none() && secret.is_none() {
+            return false;
+        }
+        let Some(placeholder) = self.hub.placeholder(
+            account_id,
+            client_id,
+            connection_id,
+            self.settings.replay_frames,
+        ) else {
+            return false;
+        };
+        inbox.add(account_id, client_id).await;
+        let request = TransferRequest {
+            from: self.instance.clone(),
+            at_millis: crate::sync::status::now_millis(),
+            account_id: account_id.to_string(),
+            client_id: client_id.to_string(),
+            credential_id: credential_id.map(str::to_string),
+            secret: secret.map(str::to_string),
+        };
+        let topic = format!("{TRANSFER_PREFIX}{connection_id}");
+        let body = serde_json::to_string(&request).unwrap_or_default();
+        if let Err(error) = self
+            .mqtt
+            .publish(topic, QoS::AtLeastOnce, false, body)
+            .await
+        {
+            tracing::warn!(%error, connection_id, "WebSocket transfer request not queued");
+        }
+        let deadline = Instant::now() + TRANSFER_WAIT;
+        while Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let (h, left) = match handover::claim(store, connection_id).await {
+                Ok(Some(found)) => found,
+                Ok(None) => continue,
+                Err(error) => {
+                    tracing::warn!(%error, connection_id, "WebSocket transfer not claimed");
+                    break;
+                }
+            };
+            if placeholder.take_over(h, new_resume_secret()) {
+                self.metrics.live.fetch_add(1, Relaxed);
+                tracing::info!(%account_id, %client_id, connection_id, "WebSocket session moved here from another replica");
+                end_unless_resumed(self.clone(), placeholder, 1, left);
+                return true;
+            }
+            break;
+        }
+        self.hub.discard(&placeholder);
+        inbox.remove(account_id, client_id);
+        false
+    }
+
+    /// Several replicas: another replica asks for the session it names (a resume reached
+    /// it). Held here and the proof holds: the session is handed over through the store,
+    /// its socket (if any) closed with 4104, and nothing is published: it lives on there.
+    async fn on_transfer_request(&self, publish: &Publish) {
+        let Some(connection_id) = publish.topic.strip_prefix(TRANSFER_PREFIX) else {
+            return;
+        };
+        let (Some(store), Some(inbox)) = (&self.store, &self.inbox) else {
+            return;
+        };
+        let Some(session) = self.hub.get(connection_id) else {
+            return;
+        };
+        if session.is_placeholder() {
+            return;
+        }
+        let Ok(request) = serde_json::from_slice::<TransferRequest>(&publish.payload) else {
+            tracing::warn!(
+                connection_id,
+                "malformed WebSocket transfer request ignored"
+            );
+            return;
+        };
+        let age = crate::sync::status::now_millis() - request.at_millis;
+        if request.from == self.instance || age > TRANSFER_WAIT.as_millis() as i64 {
+            // Its own, or one whose requester has given up (it answered 410).
+            return;
+        }
+        let proven = session.account_id == request.account_id
+            && session.client_id == request.client_id
+            && session.may_resume(request.credential_id.as_deref(), request.secret.as_deref());
+        if !proven {
+            tracing::warn!(
+                connection_id,
+                "WebSocket transfer request without the session's proof ignored"
+            );
+            return;
+        }
+        let Some(handed) = session.hand_over(close::REPLACED, "resumed elsewhere") else {
+            return;
+        };
+        self.hub.close(connection_id, close::REPLACED);
+        inbox.remove(&session.account_id, &session.client_id);
+        self.metrics.live.fetch_sub(1, Relaxed);
+        match handover::save(store, vec![handed], self.settings.resume_window).await {
+            Ok(_) => {
+                tracing::info!(account_id = %session.account_id, client_id = %session.client_id, connection_id, "WebSocket session handed to the replica its resume reached");
+            }
+            Err(error) => {
+                tracing::error!(%error, connection_id, "WebSocket session not handed over: ended");
+                self.publish_status(&session, Some(DisconnectReason::Lost))
+                    .await;
+            }
         }
     }
 
@@ -787,11 +946,15 @@ async fn upgrade(
         _ => None,
     };
     if let Some((id, _)) = &resume {
-        if bridge.hub.get(id).is_none() {
-            // Several replicas: the session may have been handed over by one that shut down.
-            bridge.adopt(&state.store, id).await;
-        }
         let (credential, secret) = (credential_id.as_deref(), q.resume_secret.as_deref());
+        // Several replicas: the session may have been handed over by one that shut down, or
+        // be held by another that runs.
+        if bridge.hub.get(id).is_none() && !bridge.adopt(&state.store, id).await {
+            let proof = (credential, secret);
+            bridge
+                .transfer(&state.store, id, &account_id, &client_id, proof)
+                .await;
+        }
         if !may_resume(&bridge, id, &account_id, &client_id, credential, secret) {
             return refuse(
                 StatusCode::GONE,
