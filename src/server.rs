@@ -268,6 +268,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             &endpoint,
             &format!("{}-inbox", bus_config.client_id),
             config.mqtt.max_packet_bytes,
+            Some(&config.broker.share_group),
             inbox_tx,
         ))
     };
@@ -424,6 +425,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         task.abort();
     }
     if !embedded {
+        bridge.offer_all().await;
         bridge.hand_over(&store).await;
     }
     edge.shutdown(Duration::from_secs(5)).await;

@@ -869,6 +869,21 @@ async fn a_replica_shut_down_hands_its_websocket_sessions_to_the_others() {
     };
     assert_eq!(closed, Some(1012), "closed for a service restart");
 
+    // While the PWA reconnects, the station ends its connection: replica B, which took the
+    // session over at A's shutdown, keeps that frame for it.
+    baby.publish(topic, status("disconnected", "b1", t + 1, Some("clean")))
+        .await;
+    wait_for(
+        Duration::from_secs(10),
+        "the station's end recorded",
+        || async {
+            let c = b.client("home", "baby").await?;
+            (c["connected"] == false).then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
     // The PWA reconnects through the load balancer, which sends it to replica B.
     let from = seq - 1;
     let (mut ws, _) = tokio_tungstenite::connect_async(ws_url(
@@ -905,10 +920,19 @@ async fn a_replica_shut_down_hands_its_websocket_sessions_to_the_others() {
         "{frames:?}"
     );
     assert_eq!(frames[0]["client_id"], "baby", "{frames:?}");
+    let ends: Vec<_> = frames
+        .iter()
+        .filter(|f| f["type"] == "presence" && f["client_id"] == "baby" && f["connected"] == false)
+        .collect();
+    assert_eq!(
+        ends.len(),
+        1,
+        "the end published after A's shutdown, once: {frames:?}"
+    );
     let last = *seqs.last().expect("the replay");
 
     // New frames reach the session on B.
-    baby.publish(topic, status("disconnected", "b1", t + 1, Some("clean")))
+    baby.publish(topic, status("connected", "b2", t + 2, None))
         .await;
     let next = loop {
         let f = next_of(&mut ws, "presence").await;
@@ -916,7 +940,7 @@ async fn a_replica_shut_down_hands_its_websocket_sessions_to_the_others() {
             break f;
         }
     };
-    assert_eq!(next["connected"], false, "{next}");
+    assert_eq!(next["connection_id"], "b2", "{next}");
     assert!(next["seq"].as_u64() > Some(last), "seq continues: {next}");
 
     // Its connection was never recorded as ended; the one nobody resumed ends `lost` when
@@ -1074,4 +1098,61 @@ async fn a_resume_that_reaches_another_replica_moves_the_live_session_there() {
         .filter(|e| e["data"]["client_id"] == "pwa")
         .collect();
     assert_eq!(pwa_events.len(), 1, "{pwa_events:?}");
+}
+
+/// Issue 15: a replica stopped while no other replica runs (nobody takes its offers within
+/// 3 s) hands its sessions over through the store. A replica started later claims one when
+/// its PWA resumes there, and ends (`lost`) one nobody resumes once its window has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_replica_stopped_leaves_its_sessions_in_the_store_for_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((db, broker)) = infrastructure(dir.path()).await else {
+        return;
+    };
+    let config = dir.path().join("ws.toml");
+    std::fs::write(
+        &config,
+        "[websocket]\nheartbeat_secs = 1\nheartbeat_timeout_secs = 5\nresume_window_secs = 8\n",
+    )
+    .unwrap();
+    let env = [("CRADLE_CONFIG", config.display().to_string())];
+    let mut a = replica_with(dir.path(), "a", &db, &broker, "cradle", &env).await;
+    let ws_url =
+        |r: &Cradle, query: &str| format!("{}/ws?{query}", r.http.replace("http://", "ws://"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url(&a, "account=home&client_id=pwa"))
+        .await
+        .unwrap();
+    let hello = next_of(&mut ws, "hello").await;
+    let conn = hello["connection_id"].as_str().unwrap().to_string();
+    let secret = hello["resume_secret"].as_str().unwrap().to_string();
+    let seq = hello["seq"].as_u64().unwrap();
+    let (_orphan, _) =
+        tokio_tungstenite::connect_async(ws_url(&a, "account=home&client_id=orphan"))
+            .await
+            .unwrap();
+    until_connected(&a, "orphan").await;
+    assert!(a.terminate().success(), "{}", a.log());
+    assert!(
+        a.log()
+            .contains("WebSocket sessions handed over through the store"),
+        "{}",
+        a.log()
+    );
+
+    let b = replica_with(dir.path(), "b", &db, &broker, "cradle", &env).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url(
+        &b,
+        &format!(
+            "account=home&client_id=pwa&connection_id={conn}&resume_from={seq}&resume_secret={secret}"
+        ),
+    ))
+    .await
+    .expect("resumed on replica B");
+    let (hello, _) = hello_after_replay(&mut ws).await;
+    assert_eq!(hello["resumed"], true, "{hello}");
+    assert_eq!(hello["connection_id"], conn.as_str());
+    let orphan = until_ended(&b, "orphan").await;
+    assert_eq!(orphan["last_disconnect_reason"], "lost", "{orphan}");
+    let pwa = b.client("home", "pwa").await.unwrap();
+    assert_eq!(pwa["connected"], true, "{pwa}");
 }

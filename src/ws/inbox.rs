@@ -35,6 +35,8 @@ pub struct InboxSubscriptions {
     /// await; subscribe requests are queued under it so they keep the refcount's order.
     refs: Mutex<HashMap<String, usize>>,
     waiters: Arc<Mutex<Waiters>>,
+    /// The shared subscription to other replicas' session offers, left at shutdown.
+    offers: Option<String>,
 }
 
 /// How long a session's `hello` waits for its inbox subscription.
@@ -51,11 +53,14 @@ fn session_filters(account_id: &str, client_id: &str) -> [String; 3] {
 }
 
 impl InboxSubscriptions {
-    /// Connects a client `client_id` to `endpoint`; every inbox message goes to `tx`.
+    /// Connects a client `client_id` to `endpoint`; every inbox message goes to `tx`. With
+    /// `share_group`, it also takes its share of the session offers of replicas that shut
+    /// down (`$share/{group}/cradle/ws/offer/+`).
     pub fn start(
         endpoint: &Endpoint,
         client_id: &str,
         max_packet: usize,
+        share_group: Option<&str>,
         tx: mpsc::Sender<Publish>,
     ) -> Arc<Self> {
         let options = crate::bus::publisher_options(endpoint, client_id, max_packet);
@@ -63,9 +68,14 @@ impl InboxSubscriptions {
         crate::bus::nodelay(&mut eventloop);
         // Requests to move a session between replicas, for as long as the replica runs
         // (subscribed, as every live filter, at each connect).
-        let refs = HashMap::from([(format!("{}+", super::TRANSFER_PREFIX), 1)]);
+        let mut refs = HashMap::from([(format!("{}+", super::TRANSFER_PREFIX), 1)]);
+        let offers = share_group.map(|g| format!("$share/{g}/{}+", super::OFFER_PREFIX));
+        if let Some(filter) = &offers {
+            refs.insert(filter.clone(), 1);
+        }
         let this = Arc::new(Self {
             client,
+            offers,
             refs: Mutex::new(refs),
             waiters: Arc::new(Mutex::new(Waiters::default())),
         });
@@ -189,6 +199,23 @@ impl InboxSubscriptions {
                 );
             }
         }
+    }
+
+    /// Leaves the shared subscription to session offers (this replica is shutting down and
+    /// offers its own), and gives the broker a moment to process it (its UNSUBACK is not
+    /// tracked).
+    pub async fn leave_offers(&self) {
+        let Some(filter) = &self.offers else {
+            return;
+        };
+        self.refs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(filter);
+        if let Err(error) = self.client.unsubscribe(filter.as_str()).await {
+            tracing::warn!(%error, filter, "unsubscribe not queued");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
     /// Drops one session's needs; the last user of a filter unsubscribes it.

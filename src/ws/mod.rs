@@ -135,6 +135,9 @@ pub struct Bridge {
     store: Option<Store>,
     /// This bridge's name in its transfer requests (it hears its own requests too).
     instance: String,
+    /// At a replica's shutdown: the token its offers carry, which a transfer request for an
+    /// offered session gives back instead of the PWA's proof.
+    offer_token: std::sync::Mutex<Option<String>>,
     /// With several replicas: the last presence pushed per account and client (connection
     /// id, connected), so that reports seen on the broker are pushed once and in order.
     presence: std::sync::Mutex<HashMap<String, PresenceByClient>>,
@@ -161,6 +164,30 @@ pub const TRANSFER_PREFIX: &str = "cradle/ws/transfer/";
 /// How long a replica waits for the replica holding a session to hand it over.
 const TRANSFER_WAIT: Duration = Duration::from_millis(1500);
 
+/// Topic prefix of a shutting-down replica's offers of its sessions to the others:
+/// `cradle/ws/offer/{connection_id}`, subscribed through a shared subscription.
+pub const OFFER_PREFIX: &str = "cradle/ws/offer/";
+
+/// How long a shutting-down replica waits for the others to take its sessions.
+const OFFER_WAIT: Duration = Duration::from_secs(3);
+
+/// What entitles a replica to move a session: the resume's token credential or resume
+/// secret, or the token of the holder's offer.
+pub struct Proof<'a> {
+    pub credential_id: Option<&'a str>,
+    pub secret: Option<&'a str>,
+    pub offer: Option<&'a str>,
+}
+
+/// A shutting-down replica's offer of one session.
+#[derive(serde::Serialize, Deserialize)]
+struct Offer {
+    from: String,
+    token: String,
+    account_id: String,
+    client_id: String,
+}
+
 /// A request to move a session here, with the resume's proof (the holder checks it).
 #[derive(serde::Serialize, Deserialize)]
 struct TransferRequest {
@@ -172,6 +199,9 @@ struct TransferRequest {
     client_id: String,
     credential_id: Option<String>,
     secret: Option<String>,
+    /// The offer's token, when the session was offered at its holder's shutdown.
+    #[serde(default)]
+    offer: Option<String>,
 }
 
 fn new_resume_secret() -> String {
@@ -219,6 +249,7 @@ impl Bridge {
             inbox: None,
             store: None,
             instance: new_resume_secret(),
+            offer_token: std::sync::Mutex::new(None),
             presence: std::sync::Mutex::new(HashMap::new()),
             lists: None,
             last_lists: std::sync::Mutex::new(HashMap::new()),
@@ -243,9 +274,11 @@ impl Bridge {
     }
 
     /// Routes one message of the replica subscriptions (or the bus's inbox wildcard).
-    pub async fn on_message(&self, publish: &Publish) {
+    pub async fn on_message(self: &Arc<Self>, publish: &Publish) {
         if publish.topic.starts_with(TRANSFER_PREFIX) {
             self.on_transfer_request(publish).await;
+        } else if publish.topic.starts_with(OFFER_PREFIX) {
+            self.on_offer(publish);
         } else if publish.topic.ends_with("/webrtc_inbox") {
             self.on_inbox(publish).await;
         } else if publish.retain {
@@ -601,13 +634,12 @@ impl Bridge {
         connection_id: &str,
         account_id: &str,
         client_id: &str,
-        proof: (Option<&str>, Option<&str>),
+        proof: Proof<'_>,
     ) -> bool {
         let Some(inbox) = &self.inbox else {
             return false;
         };
-        let (credential_id, secret) = proof;
-        if credential_id.is_none() && secret.is_none() {
+        if proof.credential_id.is_none() && proof.secret.is_none() && proof.offer.is_none() {
             return false;
         }
         let Some(placeholder) = self.hub.placeholder(
@@ -624,8 +656,9 @@ impl Bridge {
             at_millis: crate::sync::status::now_millis(),
             account_id: account_id.to_string(),
             client_id: client_id.to_string(),
-            credential_id: credential_id.map(str::to_string),
-            secret: secret.map(str::to_string),
+            credential_id: proof.credential_id.map(str::to_string),
+            secret: proof.secret.map(str::to_string),
+            offer: proof.offer.map(str::to_string),
         };
         let topic = format!("{TRANSFER_PREFIX}{connection_id}");
         let body = serde_json::to_string(&request).unwrap_or_default();
@@ -688,9 +721,16 @@ impl Bridge {
             // Its own, or one whose requester has given up (it answered 410).
             return;
         }
+        let offered = request.offer.is_some()
+            && *self
+                .offer_token
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                == request.offer;
         let proven = session.account_id == request.account_id
             && session.client_id == request.client_id
-            && session.may_resume(request.credential_id.as_deref(), request.secret.as_deref());
+            && (offered
+                || session.may_resume(request.credential_id.as_deref(), request.secret.as_deref()));
         if !proven {
             tracing::warn!(
                 connection_id,
@@ -698,10 +738,17 @@ impl Bridge {
             );
             return;
         }
-        let Some(handed) = session.hand_over(close::REPLACED, "resumed elsewhere") else {
+        // Offered at this replica's shutdown: the PWA resumes wherever it lands (1012); asked
+        // for by a resume: that resume took the session (4104).
+        let (code, why) = if offered {
+            (close::SERVICE_RESTART, "restarting: resume")
+        } else {
+            (close::REPLACED, "resumed elsewhere")
+        };
+        let Some(handed) = session.hand_over(code, why) else {
             return;
         };
-        self.hub.close(connection_id, close::REPLACED);
+        self.hub.close(connection_id, code);
         inbox.remove(&session.account_id, &session.client_id);
         self.metrics.live.fetch_sub(1, Relaxed);
         match handover::save(store, vec![handed], self.settings.resume_window).await {
@@ -714,6 +761,97 @@ impl Bridge {
                     .await;
             }
         }
+    }
+
+    /// Several replicas, at this replica's shutdown: offers every session to the others, on
+    /// `cradle/ws/offer/{connection_id}` through a shared subscription this replica has just
+    /// left, so that each goes to one other replica. That replica moves it as for a resume
+    /// ([`Bridge::transfer`], with the offer's token as proof): it subscribes first, so no
+    /// frame is lost in between. Waits until every session has moved or `OFFER_WAIT` has
+    /// passed; the caller hands what is left over through the store.
+    pub async fn offer_all(&self) {
+        let Some(inbox) = &self.inbox else {
+            return;
+        };
+        self.closing.store(true, Relaxed);
+        let held = |hub: &Hub| {
+            hub.all()
+                .into_iter()
+                .filter(|s| !s.is_placeholder())
+                .count()
+        };
+        if held(&self.hub) == 0 {
+            return;
+        }
+        inbox.leave_offers().await;
+        let token = new_resume_secret();
+        *self
+            .offer_token
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(token.clone());
+        let offered: Vec<_> = self
+            .hub
+            .all()
+            .into_iter()
+            .filter(|s| !s.is_placeholder())
+            .collect();
+        for s in &offered {
+            let offer = Offer {
+                from: self.instance.clone(),
+                token: token.clone(),
+                account_id: s.account_id.clone(),
+                client_id: s.client_id.clone(),
+            };
+            let topic = format!("{OFFER_PREFIX}{}", s.connection_id);
+            let body = serde_json::to_string(&offer).unwrap_or_default();
+            if let Err(error) = self
+                .mqtt
+                .publish(topic, QoS::AtLeastOnce, false, body)
+                .await
+            {
+                tracing::warn!(%error, connection_id = %s.connection_id, "WebSocket session offer not queued");
+            }
+        }
+        let deadline = Instant::now() + OFFER_WAIT;
+        while Instant::now() < deadline && held(&self.hub) > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = held(&self.hub);
+        tracing::info!(
+            moved = offered.len().saturating_sub(left),
+            left,
+            "WebSocket sessions offered to the other replicas"
+        );
+    }
+
+    /// Several replicas: another replica, shutting down, offers a session: moved here
+    /// (in its own task: the move waits for the store).
+    fn on_offer(self: &Arc<Self>, publish: &Publish) {
+        let (Some(store), Some(_)) = (&self.store, &self.inbox) else {
+            return;
+        };
+        let Some(connection_id) = publish.topic.strip_prefix(OFFER_PREFIX) else {
+            return;
+        };
+        let Ok(offer) = serde_json::from_slice::<Offer>(&publish.payload) else {
+            tracing::warn!(connection_id, "malformed WebSocket session offer ignored");
+            return;
+        };
+        if offer.from == self.instance || self.closing.load(Relaxed) {
+            return;
+        }
+        let (bridge, store, id) = (self.clone(), store.clone(), connection_id.to_string());
+        tokio::spawn(async move {
+            let proof = Proof {
+                credential_id: None,
+                secret: None,
+                offer: Some(&offer.token),
+            };
+            let (account, client) = (&offer.account_id, &offer.client_id);
+            if !bridge.transfer(&store, &id, account, client, proof).await {
+                tracing::warn!(connection_id = %id, "offered WebSocket session did not arrive");
+            }
+        });
     }
 
     /// Ends every session (`server_shutdown`).
@@ -950,7 +1088,11 @@ async fn upgrade(
         // Several replicas: the session may have been handed over by one that shut down, or
         // be held by another that runs.
         if bridge.hub.get(id).is_none() && !bridge.adopt(&state.store, id).await {
-            let proof = (credential, secret);
+            let proof = Proof {
+                credential_id: credential,
+                secret,
+                offer: None,
+            };
             bridge
                 .transfer(&state.store, id, &account_id, &client_id, proof)
                 .await;
