@@ -49,9 +49,9 @@
 //!   transaction, keeping every key, and verifies each table's row count and checksum.
 //! - [`ws`]: the legacy WebSocket bridge (`GET /ws`): ConnectionHub, seq and replay, resume;
 //!   [`ws::inbox`] subscribes each session's inbox, presence and lists on an external broker;
-//!   [`ws::handover`] carries the sessions through the store across a graceful restart, to
-//!   the other replicas at a replica's shutdown, and to the replica a resume reaches
-//!   (`cradle/ws/transfer/{connection_id}`).
+//!   [`ws::handover`] carries the sessions through the store across a graceful restart;
+//!   [`ws::transfer`] moves them between replicas, to the replica a resume reaches and away
+//!   from a replica that shuts down.
 //! - [`http`]: axum API served by hyper with header, body and write timeouts and a connection
 //!   cap ([`http::serve`]): `PUT`/`DELETE /sessions/{id}`,
 //!   `/v1/accounts/{id}/clients|events|baby-stations|parent-stations|usage`, `/healthz`,
