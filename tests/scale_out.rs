@@ -272,6 +272,31 @@ async fn next_of(ws: &mut Ws, kind: &str) -> serde_json::Value {
     }
 }
 
+/// The settings of replicas whose WebSocket sessions stay resumable `window_secs` (a config
+/// file in `dir`).
+fn ws_window(dir: &Path, window_secs: u64) -> [(&'static str, String); 1] {
+    let config = dir.join("ws.toml");
+    std::fs::write(
+        &config,
+        format!("[websocket]\nheartbeat_secs = 1\nheartbeat_timeout_secs = 5\nresume_window_secs = {window_secs}\n"),
+    )
+    .unwrap();
+    [("CRADLE_CONFIG", config.display().to_string())]
+}
+
+/// The `/ws` URL of replica `r` with `query`.
+fn ws_url(r: &Cradle, query: &str) -> String {
+    format!("{}/ws?{query}", r.http.replace("http://", "ws://"))
+}
+
+/// A new WebSocket session of `client` of account `home` on `r`, and its `hello`.
+async fn open_session(r: &Cradle, client: &str) -> (Ws, serde_json::Value) {
+    let url = ws_url(r, &format!("account=home&client_id={client}"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let hello = next_of(&mut ws, "hello").await;
+    (ws, hello)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signalling_crosses_replicas_and_a_resume_elsewhere_is_410() {
     let dir = tempfile::tempdir().unwrap();
@@ -819,28 +844,14 @@ async fn a_replica_shut_down_hands_its_websocket_sessions_to_the_others() {
     let Some((db, broker)) = infrastructure(dir.path()).await else {
         return;
     };
-    let config = dir.path().join("ws.toml");
-    std::fs::write(
-        &config,
-        "[websocket]\nheartbeat_secs = 1\nheartbeat_timeout_secs = 5\nresume_window_secs = 6\n",
-    )
-    .unwrap();
-    let env = [("CRADLE_CONFIG", config.display().to_string())];
+    let env = ws_window(dir.path(), 6);
     let mut a = replica_with(dir.path(), "a", &db, &broker, "cradle", &env).await;
     let b = replica_with(dir.path(), "b", &db, &broker, "cradle", &env).await;
-    let ws_url =
-        |r: &Cradle, query: &str| format!("{}/ws?{query}", r.http.replace("http://", "ws://"));
 
-    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url(&a, "account=home&client_id=pwa"))
-        .await
-        .unwrap();
-    let hello = next_of(&mut ws, "hello").await;
+    let (mut ws, hello) = open_session(&a, "pwa").await;
     let conn = hello["connection_id"].as_str().unwrap().to_string();
     let secret = hello["resume_secret"].as_str().unwrap().to_string();
-    let (_orphan, _) =
-        tokio_tungstenite::connect_async(ws_url(&a, "account=home&client_id=orphan"))
-            .await
-            .unwrap();
+    let (_orphan, _) = open_session(&a, "orphan").await;
     until_connected(&b, "pwa").await;
     until_connected(&b, "orphan").await;
 
@@ -996,12 +1007,7 @@ async fn a_resume_that_reaches_another_replica_moves_the_live_session_there() {
     };
     let a = replica(dir.path(), "a", &db, &broker, "cradle").await;
     let b = replica(dir.path(), "b", &db, &broker, "cradle").await;
-    let ws_url =
-        |r: &Cradle, query: &str| format!("{}/ws?{query}", r.http.replace("http://", "ws://"));
-    let (mut on_a, _) = tokio_tungstenite::connect_async(ws_url(&a, "account=home&client_id=pwa"))
-        .await
-        .unwrap();
-    let hello = next_of(&mut on_a, "hello").await;
+    let (mut on_a, hello) = open_session(&a, "pwa").await;
     let conn = hello["connection_id"].as_str().unwrap().to_string();
     let secret = hello["resume_secret"].as_str().unwrap().to_string();
     until_connected(&b, "pwa").await;
@@ -1109,27 +1115,13 @@ async fn a_lone_replica_stopped_leaves_its_sessions_in_the_store_for_the_next() 
     let Some((db, broker)) = infrastructure(dir.path()).await else {
         return;
     };
-    let config = dir.path().join("ws.toml");
-    std::fs::write(
-        &config,
-        "[websocket]\nheartbeat_secs = 1\nheartbeat_timeout_secs = 5\nresume_window_secs = 8\n",
-    )
-    .unwrap();
-    let env = [("CRADLE_CONFIG", config.display().to_string())];
+    let env = ws_window(dir.path(), 8);
     let mut a = replica_with(dir.path(), "a", &db, &broker, "cradle", &env).await;
-    let ws_url =
-        |r: &Cradle, query: &str| format!("{}/ws?{query}", r.http.replace("http://", "ws://"));
-    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url(&a, "account=home&client_id=pwa"))
-        .await
-        .unwrap();
-    let hello = next_of(&mut ws, "hello").await;
+    let (_first, hello) = open_session(&a, "pwa").await;
     let conn = hello["connection_id"].as_str().unwrap().to_string();
     let secret = hello["resume_secret"].as_str().unwrap().to_string();
     let seq = hello["seq"].as_u64().unwrap();
-    let (_orphan, _) =
-        tokio_tungstenite::connect_async(ws_url(&a, "account=home&client_id=orphan"))
-            .await
-            .unwrap();
+    let (_orphan, _) = open_session(&a, "orphan").await;
     until_connected(&a, "orphan").await;
     assert!(a.terminate().success(), "{}", a.log());
     assert!(

@@ -50,6 +50,26 @@ struct State {
     ended: bool,
 }
 
+impl State {
+    /// A live session's state at attach generation 1 (a placeholder is marked after).
+    fn new(
+        key: ResumeKey,
+        seq: u64,
+        replay: VecDeque<(u64, Arc<str>)>,
+        tx: Option<mpsc::Sender<Outgoing>>,
+    ) -> State {
+        State {
+            key,
+            placeholder: false,
+            seq,
+            replay,
+            tx,
+            generation: 1,
+            ended: false,
+        }
+    }
+}
+
 /// Who may resume a session: a socket authenticated with the bearer token's credential that
 /// opened it, or one that gives the session's resume secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,6 +110,18 @@ pub struct WsSession {
 }
 
 impl WsSession {
+    /// A session of (account, client, connection id) `ids`.
+    fn new(ids: (String, String, String), replay_max: usize, state: State) -> Arc<WsSession> {
+        let (account_id, client_id, connection_id) = ids;
+        Arc::new(WsSession {
+            account_id,
+            client_id,
+            connection_id,
+            replay_max: replay_max.max(1),
+            state: Mutex::new(state),
+        })
+    }
+
     /// Whether a resume may take this session: asked with the token credential that opened
     /// it (`credential_id`), or with its resume secret (compared in constant time). A session
     /// opened without a token (open mode) needs the secret.
@@ -319,22 +351,10 @@ impl Hub {
         replay_max: usize,
         tx: mpsc::Sender<Outgoing>,
     ) -> Attached {
-        let session = Arc::new(WsSession {
-            account_id: account_id.to_string(),
-            client_id: client_id.to_string(),
-            connection_id: connection_id.to_string(),
-            replay_max: replay_max.max(1),
-            state: Mutex::new(State {
-                key,
-                placeholder: false,
-                seq: 0,
-                replay: VecDeque::new(),
-                tx: Some(tx),
-                generation: 1,
-                ended: false,
-            }),
-        });
-        self.insert(session.clone());
+        let ids = (account_id.into(), client_id.into(), connection_id.into());
+        let state = State::new(key, 0, VecDeque::new(), Some(tx));
+        let session = WsSession::new(ids, replay_max, state);
+        self.insert(session.clone(), false);
         Attached {
             session,
             generation: 1,
@@ -346,34 +366,28 @@ impl Hub {
     /// Takes back a session a graceful shutdown handed over: detached (generation 1), with
     /// its `seq` and replay buffer, resumable with the secret its client holds.
     pub fn restore(&self, h: HandedOver, secret: String, replay_max: usize) -> Arc<WsSession> {
-        let session = Arc::new(WsSession {
-            account_id: h.account_id,
-            client_id: h.client_id,
-            connection_id: h.connection_id,
-            replay_max: replay_max.max(1),
-            state: Mutex::new(State {
-                key: ResumeKey {
-                    credential_id: h.credential_id,
-                    secret,
-                    handed_over: Some(h.secret_hash),
-                },
-                placeholder: false,
-                seq: h.seq,
-                replay: h.replay.into_iter().map(|(q, t)| (q, t.into())).collect(),
-                tx: None,
-                generation: 1,
-                ended: false,
-            }),
-        });
-        self.insert(session.clone());
+        let key = ResumeKey {
+            credential_id: h.credential_id,
+            secret,
+            handed_over: Some(h.secret_hash),
+        };
+        let replay = h.replay.into_iter().map(|(q, t)| (q, t.into())).collect();
+        let state = State::new(key, h.seq, replay, None);
+        let ids = (h.account_id, h.client_id, h.connection_id);
+        let session = WsSession::new(ids, replay_max, state);
+        self.insert(session.clone(), false);
         session
     }
 
-    fn insert(&self, session: Arc<WsSession>) {
+    /// Indexes `session`; with `if_absent`, only when no session has its id (whether it did).
+    fn insert(&self, session: Arc<WsSession>, if_absent: bool) -> bool {
         let mut index = self
             .index
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if if_absent && index.sessions.contains_key(&session.connection_id) {
+            return false;
+        }
         index
             .by_account
             .entry(session.account_id.clone())
@@ -382,6 +396,7 @@ impl Hub {
         index
             .sessions
             .insert(session.connection_id.clone(), session);
+        true
     }
 
     /// The live session of `connection_id`, if any.
@@ -491,41 +506,16 @@ impl Hub {
         connection_id: &str,
         replay_max: usize,
     ) -> Option<Arc<WsSession>> {
-        let session = Arc::new(WsSession {
-            account_id: account_id.to_string(),
-            client_id: client_id.to_string(),
-            connection_id: connection_id.to_string(),
-            replay_max: replay_max.max(1),
-            state: Mutex::new(State {
-                key: ResumeKey {
-                    credential_id: None,
-                    secret: String::new(),
-                    handed_over: None,
-                },
-                placeholder: true,
-                seq: 0,
-                replay: VecDeque::new(),
-                tx: None,
-                generation: 1,
-                ended: false,
-            }),
-        });
-        let mut index = self
-            .index
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if index.sessions.contains_key(connection_id) {
-            return None;
-        }
-        index
-            .by_account
-            .entry(session.account_id.clone())
-            .or_default()
-            .insert(session.connection_id.clone());
-        index
-            .sessions
-            .insert(session.connection_id.clone(), session.clone());
-        Some(session)
+        let key = ResumeKey {
+            credential_id: None,
+            secret: String::new(),
+            handed_over: None,
+        };
+        let mut state = State::new(key, 0, VecDeque::new(), None);
+        state.placeholder = true;
+        let ids = (account_id.into(), client_id.into(), connection_id.into());
+        let session = WsSession::new(ids, replay_max, state);
+        self.insert(session.clone(), true).then_some(session)
     }
 
     /// Removes the placeholder of a transfer that did not complete (nothing is published:
