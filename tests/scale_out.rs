@@ -833,11 +833,12 @@ async fn pending_starts_are_shared_by_the_replicas() {
     assert_eq!(started.len(), 1, "{started:?}");
 }
 
-/// Issue 15, rolling deploy: a replica stopped with SIGTERM hands its WebSocket sessions over
-/// through the store (close 1012) instead of ending them. The PWA resumes on another replica
-/// with its connection id, `resume_from` and resume secret, gets what its session had after
-/// `resume_from`, then new frames; its connection is never recorded as ended. A session no
-/// PWA resumes is ended (`lost`) by a remaining replica once its window has passed.
+/// Issue 15, rolling deploy: a replica stopped with SIGTERM moves its WebSocket sessions to the
+/// other replica before it exits (offers, close 1012) instead of ending them. The PWA resumes
+/// on the other replica with its connection id, `resume_from` and resume secret, and gets every
+/// frame after `resume_from`, including one published while it was reconnecting, then new
+/// frames; its connection is never recorded as ended. A session no PWA resumes is ended
+/// (`lost`) by the remaining replica once its window has passed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_shut_down_hands_its_websocket_sessions_to_the_others() {
     let dir = tempfile::tempdir().unwrap();
