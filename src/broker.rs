@@ -88,6 +88,12 @@ pub async fn start(
             durable: config.puback_after_commit.then(|| DurableConsumer {
                 client_id: bus_client_id.to_string(),
                 filters: crate::sync::DURABLE_FILTERS.map(String::from).to_vec(),
+                // Cradle's own publishers (WebSocket clients' statuses and signals, the edge's
+                // ends and Wills) must not wait on the bus, which may be waiting on them; what
+                // they publish is rebuilt from the store at the next start.
+                exempt: ["out", "edge"]
+                    .map(|suffix| format!("{bus_client_id}-{suffix}"))
+                    .to_vec(),
             }),
         },
     );

@@ -73,13 +73,15 @@ fn handed_over(r: ws_handover::Model) -> HandedOver {
     }
 }
 
-/// Claims one handed-over session for this replica (several replicas: whichever replica its
-/// PWA resumes on). Deleting the row is the claim: of two replicas racing for it, one
+/// Claims one handed-over session of `client_id` of `account_id` for this replica (several
+/// replicas: whichever replica its PWA resumes on). Deleting the row is the claim: of two replicas racing for it, one
 /// deletes it and the other finds nothing. `None` when no replica handed it over, another
 /// claimed it first, or its window has passed (then it is left for [`claim_expired`]).
 pub async fn claim(
     store: &Store,
     connection_id: &str,
+    account_id: &str,
+    client_id: &str,
 ) -> Result<Option<(HandedOver, Duration)>, StoreError> {
     use sea_orm::{ColumnTrait, QueryFilter};
     let Some(row) = ws_handover::Entity::find_by_id(connection_id.to_string())
@@ -88,6 +90,11 @@ pub async fn claim(
     else {
         return Ok(None);
     };
+    // Only the session's own account and client id may pull it (the resume's proof is
+    // checked once it is here).
+    if row.account_id != account_id || row.client_id != client_id {
+        return Ok(None);
+    }
     let now = now_millis();
     if row.deadline_millis <= now {
         return Ok(None);

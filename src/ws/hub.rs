@@ -78,11 +78,17 @@ pub struct ResumeKey {
     pub credential_id: Option<String>,
     /// The per-session secret, handed out in this session's `hello` only.
     pub secret: String,
-    /// After a hand-over through the store (a restart): the stored hash of the secret the
-    /// client holds (`accounts::hashing`, as every stored secret), accepted as well; the new
-    /// `secret` goes out in the resumed `hello`.
+    /// After a hand-over through the store (a restart, a move between replicas): the stored
+    /// hashes of the secrets the client may hold (`accounts::hashing`, as every stored secret;
+    /// one per line, newest first, at most [`KEPT_SECRETS`]), accepted as well; the new
+    /// `secret` goes out in the resumed `hello`. A session moved twice before its client
+    /// resumed still takes the secret the client has.
     pub handed_over: Option<String>,
 }
+
+/// Digests of earlier resume secrets a handed-over session keeps (it may move several times
+/// before its client resumes and learns the newest).
+pub const KEPT_SECRETS: usize = 4;
 
 /// A session as a graceful shutdown hands it over: its key, last `seq` and replay buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,7 +97,8 @@ pub struct HandedOver {
     pub client_id: String,
     pub connection_id: String,
     pub credential_id: Option<String>,
-    /// The resume secret's stored hash (`accounts::hashing::hash`).
+    /// The stored hashes of the resume secrets it accepts (`accounts::hashing::hash`), one
+    /// per line, newest first.
     pub secret_hash: String,
     pub seq: u64,
     pub replay: Vec<(u64, String)>,
@@ -136,9 +143,11 @@ impl WsSession {
         let same_token =
             key.credential_id.is_some() && key.credential_id.as_deref() == credential_id;
         let handed_over = |s: &str| {
-            key.handed_over
-                .as_ref()
-                .is_some_and(|stored| crate::accounts::hashing::verify(s, stored))
+            key.handed_over.as_ref().is_some_and(|stored| {
+                stored
+                    .lines()
+                    .any(|digest| crate::accounts::hashing::verify(s, digest))
+            })
         };
         same_token
             || secret.is_some_and(|s| {
@@ -282,7 +291,16 @@ impl WsSession {
             client_id: self.client_id.clone(),
             connection_id: self.connection_id.clone(),
             credential_id: st.key.credential_id.clone(),
-            secret_hash: crate::accounts::hashing::hash(&st.key.secret),
+            secret_hash: std::iter::once(crate::accounts::hashing::hash(&st.key.secret))
+                .chain(
+                    st.key
+                        .handed_over
+                        .iter()
+                        .flat_map(|d| d.lines().map(str::to_string)),
+                )
+                .take(KEPT_SECRETS)
+                .collect::<Vec<_>>()
+                .join("\n"),
             seq: st.seq,
             replay: st.replay.iter().map(|(q, t)| (*q, t.to_string())).collect(),
         })
@@ -586,8 +604,14 @@ pub fn merge_replay(
     collected: Vec<Arc<str>>,
     max: usize,
 ) -> (u64, VecDeque<(u64, Arc<str>)>) {
-    let mut unmatched: Vec<serde_json::Value> =
-        handed.iter().filter_map(|(_, t)| unnumbered(t)).collect();
+    // Only the holder's last frames can be ones the placeholder also collected (it began
+    // collecting shortly before the holder let go): an older frame of the same content is a
+    // frame of its own.
+    let overlap = handed.len().saturating_sub(collected.len());
+    let mut unmatched: Vec<serde_json::Value> = handed[overlap..]
+        .iter()
+        .filter_map(|(_, t)| unnumbered(t))
+        .collect();
     let mut replay: VecDeque<(u64, Arc<str>)> =
         handed.into_iter().map(|(q, t)| (q, t.into())).collect();
     let mut seq = seq;
@@ -665,6 +689,29 @@ mod tests {
         assert_eq!(b.replay.len(), 1);
         assert_eq!(texts(&mut rx).len(), 1);
         assert_eq!(b.session.seq(), 2);
+    }
+
+    #[test]
+    fn given_a_session_moved_twice_before_its_client_resumed_then_its_first_secret_still_opens_it()
+    {
+        let a = Hub::default();
+        let (tx, _rx) = channel();
+        let opened = a.open("acc", "pwa", "c1", key(None), 10, tx);
+        let first = opened
+            .session
+            .hand_over(1012, "restarting: resume")
+            .unwrap();
+        let b = Hub::default();
+        let moved = b.restore(first, "never-sent".into(), 10);
+        let second = moved.hand_over(1012, "restarting: resume").unwrap();
+        let c = Hub::default();
+        let again = c.restore(second, "newest".into(), 10);
+        assert!(
+            again.may_resume(None, Some("s3cret")),
+            "the secret the client holds"
+        );
+        assert!(again.may_resume(None, Some("never-sent")));
+        assert!(!again.may_resume(None, Some("other")));
     }
 
     #[test]
@@ -814,6 +861,16 @@ mod tests {
                 (6, presence("c", 6))
             ]
         );
+    }
+
+    #[test]
+    fn given_a_frame_repeating_an_older_one_when_merged_then_it_is_kept() {
+        // The holder sent b, then a; the placeholder collected only a new b.
+        let handed = vec![(1, presence("b", 1)), (2, presence("a", 2))];
+        let collected: Vec<Arc<str>> = vec![presence("b", 1).into()];
+        let (seq, replay) = merge_replay(2, handed, collected, 10);
+        assert_eq!(seq, 3, "b again is a new frame");
+        assert_eq!(replay.len(), 3);
     }
 
     #[test]

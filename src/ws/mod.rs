@@ -138,6 +138,8 @@ pub struct Bridge {
     store: Option<Store>,
     /// This bridge's name in its transfer requests (it hears its own requests too).
     instance: String,
+    /// Transfers running now (`transfer::MAX_TRANSFERS` at most).
+    transfers: std::sync::atomic::AtomicUsize,
     /// At a replica's shutdown: the token its offers carry, which a transfer request for an
     /// offered session gives back instead of the PWA's proof.
     offer_token: std::sync::Mutex<Option<String>>,
@@ -207,6 +209,7 @@ impl Bridge {
             inbox: None,
             store: None,
             instance: new_resume_secret(),
+            transfers: std::sync::atomic::AtomicUsize::new(0),
             offer_token: std::sync::Mutex::new(None),
             presence: std::sync::Mutex::new(HashMap::new()),
             lists: None,
@@ -766,7 +769,13 @@ async fn upgrade(
         let (credential, secret) = (credential_id.as_deref(), q.resume_secret.as_deref());
         // Several replicas: the session may have been handed over by one that shut down, or
         // be held by another that runs.
-        if bridge.hub.get(id).is_none() && !bridge.adopt(&state.store, id).await {
+        // (Only an id of ours: it becomes part of a topic.)
+        let ours = is_valid_id(id) && bridge.hub.get(id).is_none();
+        if ours
+            && !bridge
+                .adopt(&state.store, id, &account_id, &client_id)
+                .await
+        {
             let proof = Proof {
                 credential_id: credential,
                 secret,

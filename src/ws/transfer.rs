@@ -29,6 +29,13 @@ pub const TRANSFER_PREFIX: &str = "cradle/ws/transfer/";
 /// How long a replica waits for the replica holding a session to hand it over.
 const TRANSFER_WAIT: Duration = Duration::from_millis(1500);
 
+/// A transfer request older than this (by the holder's clock) is not answered: its requester
+/// gave up long ago. Generous, as replicas' clocks differ.
+const STALE_REQUEST: Duration = Duration::from_secs(10);
+
+/// Transfers one replica runs at once at most; a resume beyond that is answered `410`.
+const MAX_TRANSFERS: usize = 256;
+
 /// Topic prefix of a shutting-down replica's offers of its sessions to the others:
 /// `cradle/ws/offer/{connection_id}`, subscribed through a shared subscription.
 pub const OFFER_PREFIX: &str = "cradle/ws/offer/";
@@ -58,7 +65,7 @@ struct Offer {
 struct TransferRequest {
     /// The requesting bridge (it ignores its own request).
     from: String,
-    /// When it was sent (Cradle's clock): a request older than `TRANSFER_WAIT` is stale.
+    /// When it was sent (Cradle's clock): a request older than `STALE_REQUEST` is stale.
     at_millis: i64,
     account_id: String,
     client_id: String,
@@ -73,11 +80,17 @@ impl Bridge {
     /// Several replicas: claims the session `connection_id` another replica handed over at
     /// its shutdown, so that its PWA resumes here (detached, with its `seq`, replay buffer and
     /// what is left of its window), and subscribes what it needs. Whether it was claimed.
-    pub async fn adopt(self: &Arc<Self>, store: &Store, connection_id: &str) -> bool {
+    pub async fn adopt(
+        self: &Arc<Self>,
+        store: &Store,
+        connection_id: &str,
+        account_id: &str,
+        client_id: &str,
+    ) -> bool {
         let Some(inbox) = &self.inbox else {
             return false;
         };
-        match handover::claim(store, connection_id).await {
+        match handover::claim(store, connection_id, account_id, client_id).await {
             Ok(Some((h, left))) => {
                 // Subscribed before the session can take a socket: what is published to it
                 // from now on reaches it.
@@ -100,7 +113,12 @@ impl Bridge {
     pub async fn end_expired_handovers(self: &Arc<Self>, store: &Store) {
         match handover::claim_expired(store).await {
             Ok(expired) => {
+                let Some(inbox) = &self.inbox else {
+                    return;
+                };
                 for h in expired {
+                    // Ending it releases what a session here holds; it was never subscribed.
+                    inbox.add(&h.account_id, &h.client_id).await;
                     let session = self.restore(h);
                     tracing::info!(account_id = %session.account_id, client_id = %session.client_id, connection_id = %session.connection_id, "handed-over WebSocket session not resumed in its window: ended");
                     self.end(
@@ -137,6 +155,30 @@ impl Bridge {
         if proof.credential_id.is_none() && proof.secret.is_none() && proof.offer.is_none() {
             return false;
         }
+        if self.transfers.fetch_add(1, Relaxed) >= MAX_TRANSFERS {
+            self.transfers.fetch_sub(1, Relaxed);
+            tracing::warn!(
+                connection_id,
+                "too many WebSocket transfers at once: refused"
+            );
+            return false;
+        }
+        let moved = self
+            .move_here(inbox, store, connection_id, (account_id, client_id), proof)
+            .await;
+        self.transfers.fetch_sub(1, Relaxed);
+        moved
+    }
+
+    /// [`Bridge::transfer`]'s work, one of at most `MAX_TRANSFERS`.
+    async fn move_here(
+        self: &Arc<Self>,
+        inbox: &super::inbox::InboxSubscriptions,
+        store: &Store,
+        connection_id: &str,
+        (account_id, client_id): (&str, &str),
+        proof: Proof<'_>,
+    ) -> bool {
         let Some(placeholder) = self.hub.placeholder(
             account_id,
             client_id,
@@ -167,7 +209,8 @@ impl Bridge {
         let deadline = Instant::now() + TRANSFER_WAIT;
         while Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
-            let (h, left) = match handover::claim(store, connection_id).await {
+            let claimed = handover::claim(store, connection_id, account_id, client_id).await;
+            let (h, left) = match claimed {
                 Ok(Some(found)) => found,
                 Ok(None) => continue,
                 Err(error) => {
@@ -175,13 +218,18 @@ impl Bridge {
                     break;
                 }
             };
-            if placeholder.take_over(h, new_resume_secret()) {
+            if placeholder.take_over(h.clone(), new_resume_secret()) {
                 self.metrics.live.fetch_add(1, Relaxed);
                 tracing::info!(%account_id, %client_id, connection_id, "WebSocket session moved here from another replica");
                 end_unless_resumed(self.clone(), placeholder, 1, left);
                 return true;
             }
-            break;
+            // The placeholder went (this replica is shutting down): the session, out of the
+            // store now, is kept here as any taken-back one, so it is not lost.
+            self.hub.discard(&placeholder);
+            let session = self.restore(h);
+            end_unless_resumed(self.clone(), session, 1, left);
+            return false;
         }
         self.hub.discard(&placeholder);
         inbox.remove(account_id, client_id);
@@ -212,7 +260,7 @@ impl Bridge {
             return;
         };
         let age = crate::sync::status::now_millis() - request.at_millis;
-        if request.from == self.instance || age > TRANSFER_WAIT.as_millis() as i64 {
+        if request.from == self.instance || age > STALE_REQUEST.as_millis() as i64 {
             // Its own, or one whose requester has given up (it answered 410).
             return;
         }

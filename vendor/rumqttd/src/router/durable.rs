@@ -29,6 +29,10 @@ pub struct DurableConsumer {
     pub client_id: String,
     /// The filters (exactly as it subscribes them) whose messages it makes durable.
     pub filters: Vec<String>,
+    /// Clients whose acknowledgements are never held: the consumer's own publishers, which
+    /// must not wait on the consumer (it may be waiting on them).
+    #[serde(default)]
+    pub exempt: Vec<String>,
 }
 
 /// One publisher's acknowledgement, held until the consumer has its message.
@@ -41,6 +45,8 @@ struct Held {
     /// Deliveries to the consumer still to be acknowledged (one per durable filter the
     /// message was appended to).
     needs: u8,
+    /// Where it waits in `Durable::waiting` (removed with a gone publisher).
+    keys: Vec<(FilterIdx, Offset)>,
 }
 
 /// Held acknowledgements and what releases them.
@@ -49,6 +55,8 @@ pub struct Durable {
     consumer: DurableConsumer,
     /// The consumer's live connection.
     consumer_id: Option<ConnectionId>,
+    /// Live connections of exempt clients.
+    exempt_ids: HashSet<ConnectionId>,
     /// Logs of the durable filters the consumer has subscribed.
     logs: HashSet<FilterIdx>,
     /// Per durable log: the offsets whose delivery to the consumer releases an entry.
@@ -75,12 +83,27 @@ impl Durable {
         if self.enabled() && client_id == self.consumer.client_id {
             self.consumer_id = Some(id);
         }
+        if self.consumer.exempt.iter().any(|c| c == client_id) {
+            self.exempt_ids.insert(id);
+        }
     }
 
     /// Connection `id` is gone: its held acknowledgements can no longer be sent (it re-sends
     /// those PUBLISHes, with DUP, when it comes back).
     pub fn disconnected(&mut self, id: ConnectionId) {
-        self.held.remove(&id);
+        self.exempt_ids.remove(&id);
+        for h in self.held.remove(&id).unwrap_or_default() {
+            for (idx, offset) in h.keys {
+                if let Some(waiting) = self.waiting.get_mut(&idx) {
+                    if waiting.get(&offset) == Some(&(id, h.seq)) {
+                        waiting.remove(&offset);
+                    }
+                    if waiting.is_empty() {
+                        self.waiting.remove(&idx);
+                    }
+                }
+            }
+        }
         if self.consumer_id == Some(id) {
             self.consumer_id = None;
         }
@@ -119,6 +142,9 @@ impl Durable {
         ack: Ack,
         appended: &[(FilterIdx, Offset)],
     ) -> Result<Option<Ack>, ()> {
+        if self.exempt_ids.contains(&id) {
+            return Ok(Some(ack));
+        }
         let durable = appended
             .iter()
             .filter(|(idx, _)| self.logs.contains(idx))
@@ -132,7 +158,12 @@ impl Durable {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        for (idx, offset) in appended.iter().filter(|(idx, _)| self.logs.contains(idx)) {
+        let keys: Vec<(FilterIdx, Offset)> = appended
+            .iter()
+            .filter(|(idx, _)| self.logs.contains(idx))
+            .copied()
+            .collect();
+        for (idx, offset) in &keys {
             self.waiting
                 .entry(*idx)
                 .or_default()
@@ -142,6 +173,7 @@ impl Durable {
             seq,
             ack,
             needs: durable.min(u8::MAX as usize) as u8,
+            keys,
         });
         Ok(None)
     }
@@ -223,11 +255,12 @@ mod test {
             .collect()
     }
 
-    /// Consumer 9 subscribed "s/+" as log 1; log 2 is not durable.
+    /// Consumer 9 subscribed "s/+" as log 1; log 2 is not durable; "bus-out" is exempt.
     fn given() -> Durable {
         let mut d = Durable::new(Some(DurableConsumer {
             client_id: "bus".into(),
             filters: vec!["s/+".into()],
+            exempt: vec!["bus-out".into()],
         }));
         d.connected(9, "bus");
         let mut r = Vec::new();
@@ -323,6 +356,16 @@ mod test {
         }
         assert!(d.hold(3, puback(1), &[(1, (1, 0))]).is_err());
         assert!(d.hold(4, puback(1), &[(1, (1, 1))]).is_ok(), "others are not affected");
+    }
+
+    #[test]
+    fn an_exempt_publisher_is_acknowledged_at_once_and_a_gone_one_leaves_nothing_waiting() {
+        let mut d = given();
+        d.connected(5, "bus-out");
+        assert!(matches!(d.hold(5, puback(1), &[(1, (0, 0))]), Ok(Some(_))));
+        let _ = d.hold(3, puback(1), &[(1, (0, 1))]);
+        d.disconnected(3);
+        assert!(d.waiting.is_empty() && d.held_count() == 0);
     }
 
     #[test]
