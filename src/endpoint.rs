@@ -14,7 +14,10 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 use tokio_rustls::rustls;
 
-use crate::edge::{UpRead, UpWrite};
+/// The reading half of a link to the broker (a relayed connection's, from the edge).
+pub type UpRead = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
+/// The writing half of a link to the broker.
+pub type UpWrite = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
 
 /// Errors turning `broker.url` and `broker.ca_file` into an endpoint.
 #[derive(Debug, thiserror::Error)]

@@ -36,6 +36,8 @@
 //! - [`endpoint`]: where the broker is (embedded loopback, or an external `mqtt://` /
 //!   `mqtts://` cluster with credentials) for every Cradle client and relayed link.
 //! - [`bus`]: Cradle's own MQTT client; routes each topic family to its handler, reconnects.
+//! - [`clock`] and [`mqtt_client`]: plumbing at the bottom (the recording clock; the options
+//!   and event-loop set-up of Cradle's publishing MQTT clients).
 //! - [`sync`]: one handler per topic family: [`sync::status`] (batching commits),
 //!   [`sync::stations`] (baby- and parent-station announcements), and [`sync::sessions`]
 //!   (session starts and ends from HTTP and MQTT, pending starts, clean-disconnect and
@@ -68,6 +70,7 @@ pub mod auth;
 pub mod bench;
 pub mod broker;
 pub mod bus;
+pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod edge;
@@ -76,6 +79,7 @@ pub mod http;
 pub mod metrics;
 pub mod migrate;
 pub mod monitor;
+pub mod mqtt_client;
 pub mod rate;
 pub mod server;
 pub mod store;

@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use crate::auth::Refusal;
 use crate::domain::connection::DisconnectReason;
 use crate::domain::session::SessionIgnored;
+use crate::edge::acl::AclDrop;
 use crate::edge::codec::FrameError;
 use crate::edge::inbox::InboxDrop;
-use crate::edge::AclDrop;
 use crate::topics::DropReason;
 
 /// Outcomes of a client's CONNECT at the edge (other than a refused authentication).

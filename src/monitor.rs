@@ -274,7 +274,7 @@ pub async fn run(
         mqtt.set_credentials(u.clone(), p.clone());
     }
     let (client, mut eventloop) = AsyncClient::new(mqtt, 64);
-    crate::bus::nodelay(&mut eventloop);
+    crate::mqtt_client::nodelay(&mut eventloop);
     let filter = status_filter(&account);
     if !options.json {
         writeln!(out, "{HEADER}")?;

@@ -317,7 +317,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             },
         },
     ));
-    let out = crate::bus::publisher(
+    let out = crate::mqtt_client::publisher(
         &endpoint,
         &format!("{}-out", bus_config.client_id),
         config.mqtt.max_packet_bytes,

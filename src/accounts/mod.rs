@@ -90,9 +90,7 @@ pub struct Issued {
     pub secret: String,
 }
 
-fn now_millis() -> i64 {
-    crate::sync::status::now_millis()
-}
+use crate::clock::now_millis;
 
 fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];

@@ -203,7 +203,7 @@ pub async fn churn(
                 if n >= count {
                     return Ok::<(), BenchError>(());
                 }
-                let at = crate::sync::status::now_millis();
+                let at = crate::clock::now_millis();
                 c.last_will = Some(LastWill::new(
                     topic.clone(),
                     format!(r#"{{"type":"disconnected","connection_id":"k{n}","reason":"lost","at_millis":{at}}}"#),

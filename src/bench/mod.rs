@@ -289,7 +289,7 @@ pub fn pump(
     mut eventloop: rumqttc::EventLoop,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> tokio::task::JoinHandle<()> {
-    crate::bus::nodelay(&mut eventloop);
+    crate::mqtt_client::nodelay(&mut eventloop);
     tokio::spawn(async move {
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
             match tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await {

@@ -77,7 +77,7 @@ pub async fn run(p: Pipeline) -> Result<BenchResult, BenchError> {
                 let topic = format!("accounts/{account}/clients/p{i}c{n}/status");
                 let payload = format!(
                     r#"{{"type":"connected","connection_id":"k1","at_millis":{}}}"#,
-                    crate::sync::status::now_millis()
+                    crate::clock::now_millis()
                 );
                 if client
                     .publish(topic, QoS::AtLeastOnce, false, payload)

@@ -81,7 +81,7 @@ async fn device(
                 let topic = format!("accounts/bench-ack/clients/{name}c{n}/status");
                 let payload = format!(
                     r#"{{"type":"connected","connection_id":"k1","at_millis":{}}}"#,
-                    crate::sync::status::now_millis()
+                    crate::clock::now_millis()
                 );
                 out.clear();
                 wire::put_publish(&mut out, &topic, 1, pkid, payload.as_bytes());

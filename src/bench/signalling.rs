@@ -31,7 +31,7 @@ fn client(id: String, host: &str, port: u16) -> (AsyncClient, rumqttc::EventLoop
     let mut o = MqttOptions::new(id, host, port);
     o.set_keep_alive(Duration::from_secs(30)).set_inflight(1000);
     let (client, mut eventloop) = AsyncClient::new(o, 10_000);
-    crate::bus::nodelay(&mut eventloop);
+    crate::mqtt_client::nodelay(&mut eventloop);
     (client, eventloop)
 }
 

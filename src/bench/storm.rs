@@ -137,7 +137,7 @@ async fn device(
     c.set_login(d.account.clone(), d.secret.clone());
     c.keep_alive = 600;
     for (round, k) in ["k1", "k2"].into_iter().enumerate() {
-        let at = crate::sync::status::now_millis();
+        let at = crate::clock::now_millis();
         c.last_will = Some(LastWill::new(
             topic.clone(),
             format!(
@@ -169,7 +169,7 @@ async fn device(
         stream.write_all(&buf).await?;
         connected.fetch_add(1, Relaxed);
         if round == 1 {
-            last_reconnect.fetch_max(crate::sync::status::now_millis() as u64, Relaxed);
+            last_reconnect.fetch_max(crate::clock::now_millis() as u64, Relaxed);
         }
         let mut sink = [0u8; 256];
         if round == 0 {
@@ -338,7 +338,7 @@ pub async fn restart_storm(opts: StormOptions) -> Result<BenchResult, BenchError
     until_connected(&first.http, n + m, Instant::now() + limit).await?;
     first.terminate()?;
     let restarted = Instant::now();
-    let restarted_millis = crate::sync::status::now_millis() as u64;
+    let restarted_millis = crate::clock::now_millis() as u64;
     let second = Cradle::start(&opts, &dir, Some((port, http_port))).await?;
     let ready_secs = restarted.elapsed().as_secs_f64();
     let pid = Some(second.child.id());

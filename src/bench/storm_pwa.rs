@@ -95,7 +95,7 @@ pub async fn pwa(
                 stats.resumed.fetch_add(1, Relaxed);
                 stats
                     .last_resume
-                    .fetch_max(crate::sync::status::now_millis() as u64, Relaxed);
+                    .fetch_max(crate::clock::now_millis() as u64, Relaxed);
                 follow(&mut ws, &mut known, &stats).await;
                 return Ok(());
             }

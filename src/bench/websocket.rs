@@ -118,7 +118,7 @@ pub async fn signalling(s: WsSignalling) -> Result<BenchResult, BenchError> {
     let mut o = MqttOptions::new(format!("wssig-{run}-b"), host, port);
     o.set_keep_alive(Duration::from_secs(30)).set_inflight(1000);
     let (b, mut b_loop) = AsyncClient::new(o, 10_000);
-    crate::bus::nodelay(&mut b_loop);
+    crate::mqtt_client::nodelay(&mut b_loop);
     let b_inbox = format!("accounts/{account}/clients/b/webrtc_inbox");
     let a_inbox = format!("accounts/{account}/clients/a/webrtc_inbox");
     let (b_stop, b_ready, b_sub) = (stop.clone(), ready.clone(), b_inbox.clone());

@@ -3,6 +3,15 @@
 
 use crate::topics::is_valid_id;
 
+/// What kind of refused packet (metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AclDrop {
+    /// A PUBLISH to a topic the client may not publish to.
+    Publish,
+    /// One SUBSCRIBE filter the client may not use.
+    Subscribe,
+}
+
 /// Who is on the other end of an MQTT connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {

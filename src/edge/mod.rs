@@ -37,7 +37,6 @@ use async_tungstenite::tungstenite::handshake::server::{
 };
 use async_tungstenite::tungstenite::http::HeaderValue;
 use rumqttd::local::RouterLinks;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
@@ -67,14 +66,7 @@ pub enum EdgeError {
     Tls { key: &'static str, message: String },
 }
 
-/// What kind of refused packet (metric label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AclDrop {
-    /// A PUBLISH to a topic the client may not publish to.
-    Publish,
-    /// One SUBSCRIBE filter the client may not use.
-    Subscribe,
-}
+pub use acl::AclDrop;
 
 /// Limits of every edge connection.
 #[derive(Debug, Clone)]
@@ -146,10 +138,7 @@ pub struct EdgeShared {
     pub wills: wills::DelayedWills,
 }
 
-/// The reading half of a relayed connection's link to the broker.
-pub type UpRead = Box<dyn AsyncRead + Send + Unpin>;
-/// The writing half of a relayed connection's link to the broker.
-pub type UpWrite = Box<dyn AsyncWrite + Send + Unpin>;
+pub use crate::endpoint::{UpRead, UpWrite};
 
 /// How the edge reaches the broker.
 #[derive(Clone)]

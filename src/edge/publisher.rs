@@ -29,7 +29,7 @@ impl Publisher {
     /// Connects to the broker's MQTT 5 listener at `endpoint` as `client_id` (reconnecting
     /// on its own).
     pub fn start(endpoint: &Endpoint, client_id: &str, max_packet: usize) -> Self {
-        let options = crate::bus::publisher_options_v5(endpoint, client_id, max_packet);
+        let options = crate::mqtt_client::publisher_options_v5(endpoint, client_id, max_packet);
         let (client, mut eventloop) = AsyncClient::new(options, 10_000);
         let pending = Arc::new(AtomicI64::new(0));
         let counter = pending.clone();

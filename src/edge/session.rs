@@ -1125,7 +1125,7 @@ where
             end.will_fires(),
             self.conn.reported.as_ref(),
             reason,
-            crate::sync::status::now_millis(),
+            crate::clock::now_millis(),
         );
         // A Will with a delay (the first publication, when it fires) waits for it, at most
         // as long as a DISCONNECT's new Session Expiry Interval says.

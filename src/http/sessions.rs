@@ -16,10 +16,10 @@ use serde::Deserialize;
 use super::api::{account, id_param};
 use super::auth::Caller;
 use super::{ApiError, AppState};
+use crate::clock::now_millis;
 use crate::domain::session::EndReason;
 use crate::sync::session_input::{parse_start, MAX_NAME_CHARS};
 use crate::sync::sessions::{usage, EndOutcome, StartOutcome, StartRequest};
-use crate::sync::status::now_millis;
 use crate::topics::is_valid_id;
 
 /// Header naming the account when the caller's token does not (open mode, admin token).

@@ -12,9 +12,9 @@ use sea_orm::{
     QueryOrder, TransactionTrait,
 };
 
+use crate::clock::now_millis;
 use crate::metrics::Metrics;
 use crate::store::{clients, pending_starts, Store, StoreError};
-use crate::sync::status::now_millis;
 
 /// A start that waits for its connection, as parked.
 pub type PendingStart = pending_starts::Model;

@@ -19,6 +19,7 @@ use sea_orm::{
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+use crate::clock::now_millis;
 use crate::domain::connection::ConnectionEvent;
 use crate::domain::session::{
     decide_end, decide_start, ActiveSession, Actor, EndReason, Rejected, SessionEvent,
@@ -27,7 +28,7 @@ use crate::domain::session::{
 use crate::metrics::Metrics;
 use crate::store::{clients, parent_stations, sessions, NewEvent, Store, StoreError};
 use crate::sync::pending::{PendingStart, PendingStarts};
-use crate::sync::status::{now_millis, ConnectionChange};
+use crate::sync::status::ConnectionChange;
 
 /// Version of the session events' payload shape.
 pub const EVENT_VERSION: i32 = 1;

@@ -16,6 +16,7 @@ use rumqttc::Publish;
 use tokio::sync::mpsc;
 
 use crate::bus::Acker;
+use crate::clock::now_millis;
 use crate::domain::connection::{
     decide, evolve, ClientConnection, ConnectionCommand, ConnectionEvent, DisconnectReason,
     Ignored, EVENT_VERSION,
@@ -484,14 +485,6 @@ fn event_data(key: &ClientKey, event: &ConnectionEvent) -> serde_json::Value {
             "at_millis": at_millis,
         }),
     }
-}
-
-/// Unix milliseconds now: the recording time, never a decider input.
-pub fn now_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// Records `reason` as the end of every connection the store still shows open, but those in

@@ -13,8 +13,8 @@ use std::time::Duration;
 use sea_orm::{ActiveValue, EntityTrait, TransactionTrait};
 
 use super::hub::HandedOver;
+use crate::clock::now_millis;
 use crate::store::{ws_handover, Store, StoreError};
-use crate::sync::status::now_millis;
 
 /// Saves `sessions`, each resumable until `window` from now; returns their connection ids.
 pub async fn save(

@@ -63,9 +63,9 @@ impl InboxSubscriptions {
         share_group: Option<&str>,
         tx: mpsc::Sender<Publish>,
     ) -> Arc<Self> {
-        let options = crate::bus::publisher_options(endpoint, client_id, max_packet);
+        let options = crate::mqtt_client::publisher_options(endpoint, client_id, max_packet);
         let (client, mut eventloop) = AsyncClient::new(options, 10_000);
-        crate::bus::nodelay(&mut eventloop);
+        crate::mqtt_client::nodelay(&mut eventloop);
         // Requests to move a session between replicas, for as long as the replica runs
         // (subscribed, as every live filter, at each connect).
         let mut refs = HashMap::from([(format!("{}+", super::TRANSFER_PREFIX), 1)]);

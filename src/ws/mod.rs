@@ -44,12 +44,13 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::accounts::{self, CredentialKind};
+use crate::clock::now_millis;
 use crate::domain::connection::{ConnectionCommand, ConnectionEvent, DisconnectReason};
 use crate::http::{AppState, SourceIp};
 use crate::rate::TokenBucket;
 use crate::store::Store;
 use crate::sync::sessions::Sessions;
-use crate::sync::status::{now_millis, ConnectionChange};
+use crate::sync::status::ConnectionChange;
 use crate::topics::{is_valid_id, status_topic, StatusPayload};
 use hub::{Delivery, HandedOver, Hub, Outgoing, ResumeError, ResumeKey, WsSession};
 use protocol::{close, parse_client_frame, ClientFrame, ServerFrame};

@@ -190,7 +190,7 @@ impl Bridge {
         inbox.add(account_id, client_id).await;
         let request = TransferRequest {
             from: self.instance.clone(),
-            at_millis: crate::sync::status::now_millis(),
+            at_millis: crate::clock::now_millis(),
             account_id: account_id.to_string(),
             client_id: client_id.to_string(),
             credential_id: proof.credential_id.map(str::to_string),
@@ -259,7 +259,7 @@ impl Bridge {
             );
             return;
         };
-        let age = crate::sync::status::now_millis() - request.at_millis;
+        let age = crate::clock::now_millis() - request.at_millis;
         if request.from == self.instance || age > STALE_REQUEST.as_millis() as i64 {
             // Its own, or one whose requester has given up (it answered 410).
             return;
