@@ -63,6 +63,8 @@ pub struct Durable {
     waiting: HashMap<FilterIdx, BTreeMap<Offset, (ConnectionId, u64)>>,
     /// Per publisher: its acknowledgements not yet sent, in order.
     held: HashMap<ConnectionId, VecDeque<Held>>,
+    /// Entries in `held`, kept as they change (read after every publish for the gauge).
+    total: usize,
     next_seq: u64,
 }
 
@@ -92,7 +94,9 @@ impl Durable {
     /// those PUBLISHes, with DUP, when it comes back).
     pub fn disconnected(&mut self, id: ConnectionId) {
         self.exempt_ids.remove(&id);
-        for h in self.held.remove(&id).unwrap_or_default() {
+        let gone = self.held.remove(&id).unwrap_or_default();
+        self.total -= gone.len();
+        for h in gone {
             for (idx, offset) in h.keys {
                 if let Some(waiting) = self.waiting.get_mut(&idx) {
                     if waiting.get(&offset) == Some(&(id, h.seq)) {
@@ -169,6 +173,7 @@ impl Durable {
                 .or_default()
                 .insert(*offset, (id, seq));
         }
+        self.total += 1;
         self.held.entry(id).or_default().push_back(Held {
             seq,
             ack,
@@ -221,6 +226,7 @@ impl Durable {
             }
             while queue.front().is_some_and(|h| h.needs == 0) {
                 if let Some(h) = queue.pop_front() {
+                    self.total -= 1;
                     released.push((id, h.ack));
                 }
             }
@@ -232,7 +238,7 @@ impl Durable {
 
     /// Acknowledgements held now (all publishers).
     pub fn held_count(&self) -> usize {
-        self.held.values().map(VecDeque::len).sum()
+        self.total
     }
 }
 
@@ -300,10 +306,12 @@ mod test {
         let _ = d.hold(3, puback(1), &[(1, (0, 1))]);
         let _ = d.hold(4, puback(7), &[(1, (0, 2))]);
         let _ = d.hold(3, puback(2), &[(1, (0, 3))]);
+        assert_eq!(d.held_count(), 3);
         let mut r = Vec::new();
         d.acked(9, 1, Some((0, 2)), &mut r);
         r.sort_by_key(|(id, _)| *id);
         assert_eq!(pkids(&r), vec![(3, 1), (4, 7)]);
+        assert_eq!(d.held_count(), 1);
         r.clear();
         d.acked(9, 1, Some((1, 0)), &mut r);
         assert_eq!(pkids(&r), vec![(3, 2)]);
