@@ -537,19 +537,6 @@ impl Bridge {
         session
     }
 
-    /// Ends every session (`server_shutdown`).
-    pub async fn shutdown(&self) {
-        self.closing.store(true, Relaxed);
-        for s in self.hub.all() {
-            self.end(
-                &s.connection_id,
-                DisconnectReason::ServerShutdown,
-                close::NORMAL,
-            )
-            .await;
-        }
-    }
-
     /// Prometheus text of the bridge's counters.
     pub fn render_metrics(&self, out: &mut String) {
         use std::fmt::Write;
@@ -639,6 +626,16 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/ws", get(upgrade))
 }
 
+/// `503` with `code` and `message`, and `Retry-After: {retry_after_secs}`.
+fn unavailable(code: &str, message: &str, retry_after_secs: &'static str) -> Response {
+    let mut r = refuse(StatusCode::SERVICE_UNAVAILABLE, code, message);
+    r.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from_static(retry_after_secs),
+    );
+    r
+}
+
 fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
     let mut r = (
         status,
@@ -711,16 +708,11 @@ async fn upgrade(
     let bridge = state.bridge.clone();
     if bridge.closing.load(Relaxed) {
         // Sessions are being ended or handed over: a resume here would find nothing.
-        let mut r = refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
+        return unavailable(
             "shutting_down",
             "Cradle is shutting down: retry (a session handed over resumes on the next start or on another replica)",
+            "1",
         );
-        r.headers_mut().insert(
-            axum::http::header::RETRY_AFTER,
-            axum::http::HeaderValue::from_static("1"),
-        );
-        return r;
     }
     let authenticated = match authenticate(&state, &headers, &q, source).await {
         Ok(a) => a,
@@ -801,16 +793,11 @@ async fn upgrade(
             limit = settings.max_sessions,
             "WebSocket upgrade refused: websocket.max_sessions reached"
         );
-        let mut r = refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
+        return unavailable(
             "too_many_sessions",
             "websocket.max_sessions reached: retry later",
+            "5",
         );
-        r.headers_mut().insert(
-            axum::http::header::RETRY_AFTER,
-            axum::http::HeaderValue::from_static("5"),
-        );
-        return r;
     }
     let offered_protocol = headers
         .get(axum::http::header::SEC_WEBSOCKET_PROTOCOL)
