@@ -41,6 +41,9 @@ pub struct Puback {
     pub max_secs: u64,
 }
 
+/// When each packet id in flight was written.
+type Sent = Arc<Mutex<HashMap<u16, Instant>>>;
+
 /// One device: publishes `per` statuses, returns the publish-to-PUBACK samples (µs).
 async fn device(
     p: Arc<Puback>,
@@ -54,49 +57,16 @@ async fn device(
     let mut c = Connect::new(name.clone());
     c.keep_alive = 30;
     let stream = super::connections::open(&host, port, &c).await?;
-    let (mut rd, mut wr) = stream.into_split();
+    let (mut rd, wr) = stream.into_split();
     let window = Arc::new(Semaphore::new(p.window.max(1)));
-    let sent: Arc<Mutex<HashMap<u16, Instant>>> = Arc::default();
-    let each_rate = p.rate as f64 / p.devices as f64;
-    let writer = {
-        let (window, sent, stop) = (window.clone(), sent.clone(), stop.clone());
-        tokio::spawn(async move {
-            let began = Instant::now();
-            let mut out = BytesMut::new();
-            for n in 0..per {
-                if each_rate > 0.0 {
-                    let due = Duration::from_secs_f64(n as f64 / each_rate);
-                    if let Some(wait) = due.checked_sub(began.elapsed()) {
-                        tokio::time::sleep(wait).await;
-                    }
-                }
-                let Ok(permit) = window.acquire().await else {
-                    break;
-                };
-                permit.forget();
-                if stop.load(Relaxed) {
-                    break;
-                }
-                let pkid = (n % 65_535) as u16 + 1;
-                let topic = format!("accounts/bench-ack/clients/{name}c{n}/status");
-                let payload = format!(
-                    r#"{{"type":"connected","connection_id":"k1","at_millis":{}}}"#,
-                    crate::clock::now_millis()
-                );
-                out.clear();
-                wire::put_publish(&mut out, &topic, 1, pkid, payload.as_bytes());
-                sent.lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .insert(pkid, Instant::now());
-                if wr.write_all(&out).await.is_err() {
-                    break;
-                }
-            }
-            // Kept open until the last PUBACK is read: dropping it would close the socket
-            // for writing, and a broker ends the connection on that.
-            wr
-        })
-    };
+    let sent: Sent = Arc::default();
+    let writer = tokio::spawn(write_statuses(
+        wr,
+        (window.clone(), sent.clone(), stop.clone()),
+        p.rate as f64 / p.devices as f64,
+        name,
+        per,
+    ));
     let mut buf = BytesMut::with_capacity(4096);
     let mut samples = Vec::with_capacity(per as usize);
     let mut got = 0u64;
@@ -125,6 +95,51 @@ async fn device(
     window.close();
     drop(writer.await);
     Ok(samples)
+}
+
+/// The device's writer: `per` statuses at `each_rate` per second (0: as fast as the window
+/// lets it), each recorded in `sent` by packet id as it goes out. Returns the socket's write
+/// half, kept open until the last PUBACK is read (dropping it would close the socket for
+/// writing, and a broker ends the connection on that).
+async fn write_statuses(
+    mut wr: tokio::net::tcp::OwnedWriteHalf,
+    (window, sent, stop): (Arc<Semaphore>, Sent, Arc<AtomicBool>),
+    each_rate: f64,
+    name: String,
+    per: u64,
+) -> tokio::net::tcp::OwnedWriteHalf {
+    let began = Instant::now();
+    let mut out = BytesMut::new();
+    for n in 0..per {
+        if each_rate > 0.0 {
+            let due = Duration::from_secs_f64(n as f64 / each_rate);
+            if let Some(wait) = due.checked_sub(began.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        let Ok(permit) = window.acquire().await else {
+            break;
+        };
+        permit.forget();
+        if stop.load(Relaxed) {
+            break;
+        }
+        let pkid = (n % 65_535) as u16 + 1;
+        let topic = format!("accounts/bench-ack/clients/{name}c{n}/status");
+        let payload = format!(
+            r#"{{"type":"connected","connection_id":"k1","at_millis":{}}}"#,
+            crate::clock::now_millis()
+        );
+        out.clear();
+        wire::put_publish(&mut out, &topic, 1, pkid, payload.as_bytes());
+        sent.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(pkid, Instant::now());
+        if wr.write_all(&out).await.is_err() {
+            break;
+        }
+    }
+    wr
 }
 
 /// Runs the scenario.
