@@ -9,9 +9,11 @@ mod error;
 mod ops;
 pub mod serve;
 mod sessions;
+mod ws;
 
 pub use auth::{SourceIp, TokenCache, VerifiedToken};
 pub use sessions::ACCOUNT_HEADER;
+pub use ws::WsQuery;
 
 use std::sync::Arc;
 
@@ -57,7 +59,7 @@ pub fn app(state: AppState, max_body_bytes: usize) -> Router {
         .merge(ops::router())
         .merge(api::router())
         .merge(sessions::router())
-        .merge(crate::ws::router())
+        .merge(ws::router())
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))

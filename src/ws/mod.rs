@@ -30,23 +30,15 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use rand_core::{OsRng, RngCore};
 use rumqttc::{AsyncClient, Publish, QoS};
-use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::accounts::{self, CredentialKind};
 use crate::clock::now_millis;
 use crate::domain::connection::{ConnectionCommand, ConnectionEvent, DisconnectReason};
-use crate::http::{AppState, SourceIp};
 use crate::rate::TokenBucket;
 use crate::store::Store;
 use crate::sync::sessions::Sessions;
@@ -601,223 +593,94 @@ impl Bridge {
     }
 }
 
-/// Query parameters of `GET /ws`.
-#[derive(Debug, Default, Deserialize)]
-pub struct WsQuery {
-    /// Bearer token (browsers cannot set headers on a WebSocket).
-    pub token: Option<String>,
-    /// The client id (required with an account token; the token names only the account).
-    pub client_id: Option<String>,
-    /// Open mode only: the account.
-    pub account: Option<String>,
-    /// Resume: the session's connection id.
-    pub connection_id: Option<String>,
-    /// Resume: the last `seq` the client saw.
-    pub resume_from: Option<u64>,
-    /// Resume without a known `seq` (replays the whole buffer).
-    pub resume: Option<bool>,
-    /// Resume: the session's resume secret (from its `hello`); not needed with the token
-    /// that opened the session.
-    pub resume_secret: Option<String>,
+/// A resume asked for at the upgrade: the session's connection id, and the last `seq` the
+/// client saw (`None`: replay the whole buffer).
+pub type Resume = (String, Option<u64>);
+
+/// The bridge's answer to an upgrade, before the `101`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Go ahead: a new session fits, or the resumed session is here and the caller may
+    /// take it.
+    Open,
+    /// The resumed session is not here (nor could it be moved here), or the caller may not
+    /// take it: `410`.
+    SessionGone,
+    /// `websocket.max_sessions` sessions are held: `503`.
+    Full,
 }
 
-/// The `/ws` route.
-pub fn router() -> Router<AppState> {
-    Router::new().route("/ws", get(upgrade))
-}
-
-/// `503` with `code` and `message`, and `Retry-After: {retry_after_secs}`.
-fn unavailable(code: &str, message: &str, retry_after_secs: &'static str) -> Response {
-    let mut r = refuse(StatusCode::SERVICE_UNAVAILABLE, code, message);
-    r.headers_mut().insert(
-        axum::http::header::RETRY_AFTER,
-        axum::http::HeaderValue::from_static(retry_after_secs),
-    );
-    r
-}
-
-fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
-    let mut r = (
-        status,
-        Json(serde_json::json!({"error": {"code": code, "message": message}})),
-    )
-        .into_response();
-    if status == StatusCode::UNAUTHORIZED {
-        r.headers_mut().insert(
-            axum::http::header::WWW_AUTHENTICATE,
-            axum::http::HeaderValue::from_static("Bearer"),
-        );
+impl Bridge {
+    /// Whether the bridge is shutting down (upgrades are refused with 503 from then on).
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Relaxed)
     }
-    r
-}
 
-/// Finds the account of the caller and the credential id of its token: ONE bearer token, the
-/// first present of the `Authorization: Bearer` header, the `token` query parameter, and the
-/// first `Sec-WebSocket-Protocol` value that looks like a token (contains a `.`), checked
-/// through the verified-token cache (at most one argon2 run per upgrade); or open mode with
-/// `account` (no credential).
-async fn authenticate(
-    state: &AppState,
-    headers: &HeaderMap,
-    q: &WsQuery,
-    source: Option<std::net::IpAddr>,
-) -> Result<Option<(String, Option<String>)>, crate::accounts::AccountsError> {
-    let header = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .map(str::trim);
-    let protocol = || {
-        headers
-            .get(axum::http::header::SEC_WEBSOCKET_PROTOCOL)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|p| p.split(',').map(str::trim).find(|t| t.contains('.')))
-    };
-    let candidate = header.or(q.token.as_deref()).or_else(protocol);
-    if let Some(token) = candidate {
-        // Busy (the verification gate) and store errors are the caller's answer (503), not
-        // a bad token.
-        if let Some(c) = state
-            .tokens
-            .verify(&state.store, &state.metrics, token, source)
-            .await?
-        {
-            if c.kind == CredentialKind::Token {
-                let credential_id = token.split_once('.').map(|(id, _)| id.to_string());
-                return Ok(c.account_id.map(|a| (a, credential_id)));
+    /// Counts an upgrade refused for missing or bad credentials.
+    pub fn auth_failed(&self) {
+        self.metrics.auth_failures.fetch_add(1, Relaxed);
+    }
+
+    /// Largest frame accepted from a client (`websocket.max_frame_bytes`).
+    pub fn max_frame_bytes(&self) -> usize {
+        self.settings.max_frame_bytes
+    }
+
+    /// Decides an upgrade of `account_id`'s `client_id`. A resume of `connection_id` first
+    /// brings the session here when the store (`adopt`) or another replica (`transfer`)
+    /// holds it, then needs `proof` (the opening token's credential id or the session's
+    /// resume secret); a new session needs room under `websocket.max_sessions`.
+    pub async fn admit(
+        self: &Arc<Self>,
+        store: &Store,
+        account_id: &str,
+        client_id: &str,
+        connection_id: Option<&str>,
+        proof: Proof<'_>,
+    ) -> Admission {
+        let Some(id) = connection_id else {
+            if self.hub.len() >= self.settings.max_sessions {
+                self.metrics.session_limit.fetch_add(1, Relaxed);
+                tracing::warn!(
+                    limit = self.settings.max_sessions,
+                    "WebSocket upgrade refused: websocket.max_sessions reached"
+                );
+                return Admission::Full;
             }
-        }
-    }
-    if state.auth.anonymous_allowed(state.http_loopback).await {
-        return Ok(q
-            .account
-            .clone()
-            .filter(|a| is_valid_id(a))
-            .map(|a| (a, None)));
-    }
-    Ok(None)
-}
-
-async fn upgrade(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Query(q): Query<WsQuery>,
-    SourceIp(source): SourceIp,
-    ws: WebSocketUpgrade,
-) -> Response {
-    let bridge = state.bridge.clone();
-    if bridge.closing.load(Relaxed) {
-        // Sessions are being ended or handed over: a resume here would find nothing.
-        return unavailable(
-            "shutting_down",
-            "Cradle is shutting down: retry (a session handed over resumes on the next start or on another replica)",
-            "1",
-        );
-    }
-    let authenticated = match authenticate(&state, &headers, &q, source).await {
-        Ok(a) => a,
-        Err(error) => return crate::http::ApiError::Accounts(error).into_response(),
-    };
-    let Some((account_id, credential_id)) = authenticated else {
-        bridge.metrics.auth_failures.fetch_add(1, Relaxed);
-        tracing::warn!("WebSocket upgrade refused: no valid token");
-        return refuse(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "a valid bearer token is required (Authorization header, `token` query parameter or Sec-WebSocket-Protocol)",
-        );
-    };
-    let Some(client_id) = q.client_id.clone().filter(|c| is_valid_id(c)) else {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            "invalid_parameter",
-            "client_id: 1-128 characters of A-Z a-z 0-9 - _ . : @ is required",
-        );
-    };
-    // A WebSocket client may not pose as one of its account's MQTT devices: their status
-    // would be overwritten on their behalf.
-    if accounts::is_device_client(&state.store, &account_id, &client_id)
-        .await
-        .unwrap_or(true)
-    {
-        return refuse(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "client_id belongs to an MQTT device of this account",
-        );
-    }
-    let resume = match (&q.connection_id, q.resume_from, q.resume) {
-        (Some(id), Some(from), _) => Some((id.clone(), Some(from))),
-        (Some(id), None, Some(true)) => Some((id.clone(), None)),
-        (None, Some(_), _) | (None, None, Some(true)) => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                "invalid_parameter",
-                "connection_id: required to resume",
-            )
-        }
-        _ => None,
-    };
-    if let Some((id, _)) = &resume {
-        let (credential, secret) = (credential_id.as_deref(), q.resume_secret.as_deref());
+            return Admission::Open;
+        };
+        let (credential, secret) = (proof.credential_id, proof.secret);
         // Several replicas: the session may have been handed over by one that shut down, or
         // be held by another that runs.
         // (Only an id of ours: it becomes part of a topic.)
-        let ours = is_valid_id(id) && bridge.hub.get(id).is_none();
-        if ours
-            && !bridge
-                .adopt(&state.store, id, &account_id, &client_id)
-                .await
-        {
-            let proof = Proof {
-                credential_id: credential,
-                secret,
-                offer: None,
-            };
-            bridge
-                .transfer(&state.store, id, &account_id, &client_id, proof)
-                .await;
+        let ours = is_valid_id(id) && self.hub.get(id).is_none();
+        if ours && !self.adopt(store, id, account_id, client_id).await {
+            self.transfer(store, id, account_id, client_id, proof).await;
         }
-        if !may_resume(&bridge, id, &account_id, &client_id, credential, secret) {
-            return refuse(
-                StatusCode::GONE,
-                "session_gone",
-                "no session to resume: connect again without resume parameters",
-            );
+        if may_resume(self, id, account_id, client_id, credential, secret) {
+            Admission::Open
+        } else {
+            Admission::SessionGone
         }
     }
-    let settings = bridge.settings.clone();
-    if resume.is_none() && bridge.hub.len() >= settings.max_sessions {
-        bridge.metrics.session_limit.fetch_add(1, Relaxed);
-        tracing::warn!(
-            limit = settings.max_sessions,
-            "WebSocket upgrade refused: websocket.max_sessions reached"
-        );
-        return unavailable(
-            "too_many_sessions",
-            "websocket.max_sessions reached: retry later",
-            "5",
-        );
+
+    /// Runs an upgraded socket: a new session (with a fresh resume secret), or the resumed
+    /// one, until the socket and the session are done.
+    pub async fn serve(
+        self: Arc<Self>,
+        socket: WebSocket,
+        account_id: String,
+        client_id: String,
+        credential_id: Option<String>,
+        resume: Option<Resume>,
+    ) {
+        let key = ResumeKey {
+            credential_id,
+            secret: new_resume_secret(),
+            handed_over: None,
+        };
+        run_socket(socket, self, account_id, client_id, key, resume).await
     }
-    let offered_protocol = headers
-        .get(axum::http::header::SEC_WEBSOCKET_PROTOCOL)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|p| p.split(',').any(|x| x.trim() == "cradle"));
-    let mut ws = ws
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(4 * 1024)
-        .max_write_buffer_size(settings.max_frame_bytes * 4 + 64 * 1024)
-        .max_message_size(settings.max_frame_bytes)
-        .max_frame_size(settings.max_frame_bytes);
-    if offered_protocol {
-        ws = ws.protocols(["cradle"]);
-    }
-    let key = ResumeKey {
-        credential_id,
-        secret: new_resume_secret(),
-        handed_over: None,
-    };
-    ws.on_upgrade(move |socket| run_socket(socket, bridge, account_id, client_id, key, resume))
 }
 
 /// How a socket's read loop ended.

@@ -1,0 +1,305 @@
+//! `GET /ws`: everything the HTTP side decides before a socket reaches the WebSocket bridge.
+//!
+//! The credential (one bearer token from the `Authorization` header, the `token` query
+//! parameter or a `Sec-WebSocket-Protocol` value; or open mode), the client id, the resume
+//! parameters and the bridge's admission (shutting down, `websocket.max_sessions`) are all
+//! checked here, before the `101`; a refusal is a status with a JSON body. The upgraded
+//! socket is then handed to [`Bridge::serve`], which owns it from there.
+
+use std::net::IpAddr;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use super::{ApiError, AppState, SourceIp};
+use crate::accounts::{self, AccountsError, CredentialKind};
+use crate::topics::is_valid_id;
+use crate::ws::{Admission, Bridge, Proof, Resume};
+
+/// Query parameters of `GET /ws`.
+#[derive(Debug, Default, Deserialize)]
+pub struct WsQuery {
+    /// Bearer token (browsers cannot set headers on a WebSocket).
+    pub token: Option<String>,
+    /// The client id (required with an account token; the token names only the account).
+    pub client_id: Option<String>,
+    /// Open mode only: the account.
+    pub account: Option<String>,
+    /// Resume: the session's connection id.
+    pub connection_id: Option<String>,
+    /// Resume: the last `seq` the client saw.
+    pub resume_from: Option<u64>,
+    /// Resume without a known `seq` (replays the whole buffer).
+    pub resume: Option<bool>,
+    /// Resume: the session's resume secret (from its `hello`); not needed with the token
+    /// that opened the session.
+    pub resume_secret: Option<String>,
+}
+
+/// The `/ws` route.
+pub(super) fn router() -> Router<AppState> {
+    Router::new().route("/ws", get(upgrade))
+}
+
+/// The caller of an upgrade: its account and the credential id of its token (none in open
+/// mode).
+struct Caller {
+    account_id: String,
+    credential_id: Option<String>,
+}
+
+async fn upgrade(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<WsQuery>,
+    SourceIp(source): SourceIp,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let bridge = state.bridge.clone();
+    if bridge.is_closing() {
+        // Sessions are being ended or handed over: a resume here would find nothing.
+        return unavailable(
+            "shutting_down",
+            "Cradle is shutting down: retry (a session handed over resumes on the next start or on another replica)",
+            "1",
+        )
+        .into_response();
+    }
+    let caller = match authenticate(&state, &headers, &q, source).await {
+        Ok(Some(caller)) => caller,
+        Ok(None) => {
+            bridge.auth_failed();
+            tracing::warn!("WebSocket upgrade refused: no valid token");
+            return refuse(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid bearer token is required (Authorization header, `token` query parameter or Sec-WebSocket-Protocol)",
+            )
+            .into_response();
+        }
+        Err(error) => return ApiError::Accounts(error).into_response(),
+    };
+    let client_id = match client_id(&state, &caller, &q).await {
+        Ok(c) => c,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let resume = match resume_request(&q) {
+        Ok(r) => r,
+        Err(refusal) => return refusal.into_response(),
+    };
+    if let Err(refusal) = admit(&state, &bridge, &caller, &client_id, &q, resume.as_ref()).await {
+        return refusal.into_response();
+    }
+    let ws = configure(ws, &bridge, &headers);
+    let Caller {
+        account_id,
+        credential_id,
+    } = caller;
+    ws.on_upgrade(move |socket| bridge.serve(socket, account_id, client_id, credential_id, resume))
+}
+
+/// Finds the account of the caller and the credential id of its token: ONE bearer token, the
+/// first present of the `Authorization: Bearer` header, the `token` query parameter, and the
+/// first `Sec-WebSocket-Protocol` value that looks like a token (contains a `.`), checked
+/// through the verified-token cache (at most one argon2 run per upgrade); or open mode with
+/// `account` (no credential).
+async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    q: &WsQuery,
+    source: Option<IpAddr>,
+) -> Result<Option<Caller>, AccountsError> {
+    let header = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim);
+    let protocol = || {
+        headers
+            .get(header::SEC_WEBSOCKET_PROTOCOL)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|p| p.split(',').map(str::trim).find(|t| t.contains('.')))
+    };
+    let candidate = header.or(q.token.as_deref()).or_else(protocol);
+    if let Some(token) = candidate {
+        // Busy (the verification gate) and store errors are the caller's answer (503), not
+        // a bad token.
+        if let Some(c) = state
+            .tokens
+            .verify(&state.store, &state.metrics, token, source)
+            .await?
+        {
+            if c.kind == CredentialKind::Token {
+                let credential_id = token.split_once('.').map(|(id, _)| id.to_string());
+                return Ok(c.account_id.map(|account_id| Caller {
+                    account_id,
+                    credential_id,
+                }));
+            }
+        }
+    }
+    if state.auth.anonymous_allowed(state.http_loopback).await {
+        return Ok(q
+            .account
+            .clone()
+            .filter(|a| is_valid_id(a))
+            .map(|account_id| Caller {
+                account_id,
+                credential_id: None,
+            }));
+    }
+    Ok(None)
+}
+
+/// The client id the socket speaks for: valid, and not one of the account's MQTT devices (a
+/// WebSocket client may not pose as one: their status would be overwritten on their behalf).
+async fn client_id(state: &AppState, caller: &Caller, q: &WsQuery) -> Result<String, Refusal> {
+    let Some(client_id) = q.client_id.clone().filter(|c| is_valid_id(c)) else {
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "invalid_parameter",
+            "client_id: 1-128 characters of A-Z a-z 0-9 - _ . : @ is required",
+        ));
+    };
+    if accounts::is_device_client(&state.store, &caller.account_id, &client_id)
+        .await
+        .unwrap_or(true)
+    {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "client_id belongs to an MQTT device of this account",
+        ));
+    }
+    Ok(client_id)
+}
+
+/// The resume the query asks for: `connection_id` with `resume_from`, or with `resume=true`
+/// (the whole buffer); a resume parameter without `connection_id` is a `400`.
+fn resume_request(q: &WsQuery) -> Result<Option<Resume>, Refusal> {
+    match (&q.connection_id, q.resume_from, q.resume) {
+        (Some(id), Some(from), _) => Ok(Some((id.clone(), Some(from)))),
+        (Some(id), None, Some(true)) => Ok(Some((id.clone(), None))),
+        (None, Some(_), _) | (None, None, Some(true)) => Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "invalid_parameter",
+            "connection_id: required to resume",
+        )),
+        _ => Ok(None),
+    }
+}
+
+/// The bridge's answer before the upgrade: a resume finds its session (moved here first when
+/// another replica or the store holds it) or gets `410`; a new session fits under
+/// `websocket.max_sessions` or gets `503`.
+async fn admit(
+    state: &AppState,
+    bridge: &std::sync::Arc<Bridge>,
+    caller: &Caller,
+    client_id: &str,
+    q: &WsQuery,
+    resume: Option<&Resume>,
+) -> Result<(), Refusal> {
+    let proof = Proof {
+        credential_id: caller.credential_id.as_deref(),
+        secret: q.resume_secret.as_deref(),
+        offer: None,
+    };
+    let connection_id = resume.map(|(id, _)| id.as_str());
+    let admission = bridge
+        .admit(
+            &state.store,
+            &caller.account_id,
+            client_id,
+            connection_id,
+            proof,
+        )
+        .await;
+    match admission {
+        Admission::Open => Ok(()),
+        Admission::SessionGone => Err(refuse(
+            StatusCode::GONE,
+            "session_gone",
+            "no session to resume: connect again without resume parameters",
+        )),
+        Admission::Full => Err(unavailable(
+            "too_many_sessions",
+            "websocket.max_sessions reached: retry later",
+            "5",
+        )),
+    }
+}
+
+/// The upgrade's buffers and frame limits (`websocket.max_frame_bytes`), and the `cradle`
+/// subprotocol when the client offered it.
+fn configure(ws: WebSocketUpgrade, bridge: &Bridge, headers: &HeaderMap) -> WebSocketUpgrade {
+    let max_frame_bytes = bridge.max_frame_bytes();
+    let offered_protocol = headers
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|p| p.split(',').any(|x| x.trim() == "cradle"));
+    let ws = ws
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(4 * 1024)
+        .max_write_buffer_size(max_frame_bytes * 4 + 64 * 1024)
+        .max_message_size(max_frame_bytes)
+        .max_frame_size(max_frame_bytes);
+    if offered_protocol {
+        ws.protocols(["cradle"])
+    } else {
+        ws
+    }
+}
+
+/// Why an upgrade is refused: a status with the API's JSON error body
+/// (`WWW-Authenticate: Bearer` with a `401`; `Retry-After` with a `503`).
+#[derive(Debug, Clone, Copy)]
+struct Refusal {
+    status: StatusCode,
+    code: &'static str,
+    message: &'static str,
+    retry_after_secs: Option<&'static str>,
+}
+
+/// `status` with `code` and `message`.
+fn refuse(status: StatusCode, code: &'static str, message: &'static str) -> Refusal {
+    Refusal {
+        status,
+        code,
+        message,
+        retry_after_secs: None,
+    }
+}
+
+/// `503` with `code` and `message`, and `Retry-After: {retry_after_secs}`.
+fn unavailable(
+    code: &'static str,
+    message: &'static str,
+    retry_after_secs: &'static str,
+) -> Refusal {
+    Refusal {
+        retry_after_secs: Some(retry_after_secs),
+        ..refuse(StatusCode::SERVICE_UNAVAILABLE, code, message)
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        let mut r = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(secs) = self.retry_after_secs {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static(secs));
+        }
+        r
+    }
+}
