@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 
 use blake2::{Blake2b512, Digest};
 
+use crate::accounts::hashing::constant_time_eq;
 use crate::accounts::{self, CredentialKind};
 use crate::config::AuthMode;
-use crate::edge::acl::Principal;
 use crate::store::Store;
 use crate::topics::is_valid_id;
 
@@ -205,19 +205,18 @@ fn principal((account_id, client_id): (String, String)) -> Principal {
     }
 }
 
-/// Compares without an early exit on the first differing byte.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn digests_compare_whole() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"abcd"));
-    }
+/// Who is on the other end of an MQTT connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// A device (baby or parent station) of one account.
+    Device {
+        /// Its account.
+        account_id: String,
+        /// Its client id inside the account.
+        client_id: String,
+    },
+    /// An operator: may watch every account's status, may publish nothing.
+    Operator,
+    /// Open mode (no accounts configured, loopback only): no checks, as before accounts.
+    Open,
 }

@@ -54,7 +54,7 @@ async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, Broker
 /// Starts the router (its own thread) and the v4 and v5 listeners (tasks on the current
 /// Tokio runtime) on loopback, and returns their bound addresses once they accept.
 /// Under `mqtt.puback_after_commit`, `bus_client_id` is the durable consumer: a publisher's
-/// PUBACK for a message on one of [`crate::sync::DURABLE_FILTERS`] waits for the bus's own
+/// PUBACK for a message on one of [`crate::topics::DURABLE_FILTERS`] waits for the bus's own
 /// acknowledgement of it.
 pub async fn start(
     config: &MqttConfig,
@@ -87,7 +87,7 @@ pub async fn start(
             shared_subscriptions_strategy: Default::default(),
             durable: config.puback_after_commit.then(|| DurableConsumer {
                 client_id: bus_client_id.to_string(),
-                filters: crate::sync::DURABLE_FILTERS.map(String::from).to_vec(),
+                filters: crate::topics::DURABLE_FILTERS.map(String::from).to_vec(),
                 // Cradle's own publishers (WebSocket clients' statuses and signals, the edge's
                 // ends and Wills) must not wait on the bus, which may be waiting on them; what
                 // they publish is rebuilt from the store at the next start.

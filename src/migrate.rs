@@ -49,7 +49,7 @@ use sea_orm::{
 };
 
 use crate::config::StoreConfig;
-use crate::server::redact;
+use crate::store::redact;
 use crate::store::{
     accounts, clients, credentials, events, parent_stations, pending_starts, sessions, ws_handover,
     Backend, Store,

@@ -10,8 +10,9 @@ use std::time::Duration;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde::Serialize;
 
+use crate::domain::connection::parse_status_payload;
 use crate::domain::connection::ConnectionCommand;
-use crate::topics::{is_valid_id, parse_status_payload, parse_status_topic, status_filter};
+use crate::topics::{is_valid_id, parse_status_topic, status_filter};
 
 /// Errors of the monitor.
 #[derive(Debug, thiserror::Error)]

@@ -147,7 +147,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             error,
         })?;
     let store = Store::connect(&config.store).await?;
-    tracing::info!(backend = ?store.backend(), url = %redact(&config.store.database_url), "store ready");
+    tracing::info!(backend = ?store.backend(), url = %crate::store::redact(&config.store.database_url), "store ready");
 
     crate::accounts::gate::configure(crate::accounts::gate::GateSettings {
         max_running: config.auth.max_verifications,
@@ -568,17 +568,6 @@ pub fn host_name() -> String {
     "replica".to_string()
 }
 
-/// A database URL with its password hidden, for logs.
-pub fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_string(),
-    }
-}
-
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = async {
@@ -610,15 +599,6 @@ pub async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(
-            redact("postgres://u:secret@h:5432/db"),
-            "postgres://u:***@h:5432/db"
-        );
-        assert_eq!(redact("sqlite://data/cradle.db"), "sqlite://data/cradle.db");
-    }
 
     #[test]
     fn unspecified_listeners_are_dialled_on_loopback() {

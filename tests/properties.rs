@@ -6,15 +6,14 @@
 //! `PROPTEST_CASES=10000 cargo test --release --test properties` runs a longer search.
 
 use bytes::{Bytes, BytesMut};
-use cradle::domain::connection::{ConnectionCommand, DisconnectReason};
+use cradle::domain::connection::{parse_status_payload, ConnectionCommand, DisconnectReason};
 use cradle::edge::acl::{is_valid_filter, may_publish, may_subscribe, Principal};
 use cradle::edge::codec::{
     connect_proto, disconnect_reason, header, kind, packet_id, publish_view, put_ack, put_connack,
     put_disconnect, FrameError, Header, Proto,
 };
 use cradle::topics::{
-    is_valid_id, parse_status_payload, parse_status_topic, status_topic, ClientKey, DropReason,
-    MAX_ID_LEN,
+    is_valid_id, parse_status_topic, status_topic, ClientKey, DropReason, MAX_ID_LEN,
 };
 use cradle::ws::protocol::{parse_client_frame, stamp, ClientFrame, ServerFrame};
 use proptest::prelude::*;

@@ -61,9 +61,7 @@ pub fn verify(secret: &str, stored: &str) -> bool {
                 return false;
             };
             match (unhex(salt), unhex(want)) {
-                (Some(salt), Some(want)) => {
-                    crate::auth::constant_time_eq(&digest(&salt, secret), &want)
-                }
+                (Some(salt), Some(want)) => constant_time_eq(&digest(&salt, secret), &want),
                 _ => false,
             }
         }
@@ -82,6 +80,11 @@ pub fn verify(secret: &str, stored: &str) -> bool {
 pub fn dummy() -> &'static str {
     static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     DUMMY.get_or_init(|| hash(&super::random_hex(32)))
+}
+
+/// Compares without an early exit on the first differing byte.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]
@@ -124,5 +127,12 @@ mod tests {
         ] {
             assert!(!verify("", stored), "{stored}");
         }
+    }
+
+    #[test]
+    fn digests_compare_whole() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
     }
 }

@@ -7,6 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::topics::{is_valid_id, DropReason};
+
 /// Why a connection ended. The wire names are part of the topic contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -370,6 +372,56 @@ pub fn evolve(_state: ClientConnection, event: &ConnectionEvent) -> ClientConnec
     }
 }
 
+/// Parses a status payload into a connection command, or says why it must be dropped.
+/// The checks run from cheapest to dearest; the first failing one decides the reason.
+pub fn parse_status_payload(
+    payload: &[u8],
+    max_bytes: usize,
+) -> Result<ConnectionCommand, DropReason> {
+    if payload.len() > max_bytes {
+        return Err(DropReason::Oversize);
+    }
+    let value: serde_json::Value =
+        serde_json::from_slice(payload).map_err(|_| DropReason::MalformedJson)?;
+    let obj = value.as_object().ok_or(DropReason::MalformedJson)?;
+    let kind = obj
+        .get("type")
+        .and_then(|v| v.as_str())
+        .ok_or(DropReason::UnknownType)?;
+    if kind != "connected" && kind != "disconnected" {
+        return Err(DropReason::UnknownType);
+    }
+    let at_millis = obj
+        .get("at_millis")
+        .and_then(|v| v.as_i64())
+        .filter(|v| *v > 0)
+        .ok_or(DropReason::InvalidAtMillis)?;
+    let connection_id = obj
+        .get("connection_id")
+        .and_then(|v| v.as_str())
+        .filter(|v| is_valid_id(v))
+        .ok_or(DropReason::InvalidConnectionId)?
+        .to_string();
+    if kind == "connected" {
+        return Ok(ConnectionCommand::Connect {
+            connection_id,
+            at_millis,
+        });
+    }
+    let reason = match obj.get("reason") {
+        None | Some(serde_json::Value::Null) => DisconnectReason::Lost,
+        Some(v) => v
+            .as_str()
+            .and_then(DisconnectReason::parse)
+            .ok_or(DropReason::InvalidReason)?,
+    };
+    Ok(ConnectionCommand::Disconnect {
+        connection_id,
+        reason,
+        at_millis,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -623,5 +675,104 @@ mod tests {
             assert_eq!(DisconnectReason::parse(r.as_str()), Some(r));
         }
         assert_eq!(DisconnectReason::parse("other"), None);
+    }
+
+    // The status payload (topics.md) parsed into a command.
+
+    const MAX: usize = 4096;
+
+    #[test]
+    fn connected_payload_parses() {
+        let cmd = parse_status_payload(
+            br#"{"type":"connected","connection_id":"k1","at_millis":5}"#,
+            MAX,
+        )
+        .unwrap();
+        assert_eq!(
+            cmd,
+            ConnectionCommand::Connect {
+                connection_id: "k1".into(),
+                at_millis: 5
+            }
+        );
+    }
+
+    #[test]
+    fn disconnected_payload_parses_with_and_without_reason() {
+        let cmd = parse_status_payload(
+            br#"{"type":"disconnected","connection_id":"k1","reason":"clean","at_millis":7}"#,
+            MAX,
+        )
+        .unwrap();
+        assert_eq!(
+            cmd,
+            ConnectionCommand::Disconnect {
+                connection_id: "k1".into(),
+                reason: DisconnectReason::Clean,
+                at_millis: 7
+            }
+        );
+        let cmd = parse_status_payload(
+            br#"{"type":"disconnected","connection_id":"k1","at_millis":7}"#,
+            MAX,
+        )
+        .unwrap();
+        assert!(matches!(
+            cmd,
+            ConnectionCommand::Disconnect {
+                reason: DisconnectReason::Lost,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn each_bad_payload_has_its_reason() {
+        let cases: [(&[u8], DropReason); 9] = [
+            (b"not json", DropReason::MalformedJson),
+            (b"[1,2]", DropReason::MalformedJson),
+            (
+                br#"{"type":"hello","connection_id":"k","at_millis":1}"#,
+                DropReason::UnknownType,
+            ),
+            (
+                br#"{"connection_id":"k","at_millis":1}"#,
+                DropReason::UnknownType,
+            ),
+            (
+                br#"{"type":"connected","connection_id":"k"}"#,
+                DropReason::InvalidAtMillis,
+            ),
+            (
+                br#"{"type":"connected","connection_id":"k","at_millis":0}"#,
+                DropReason::InvalidAtMillis,
+            ),
+            (
+                br#"{"type":"connected","connection_id":"k","at_millis":-4}"#,
+                DropReason::InvalidAtMillis,
+            ),
+            (
+                br#"{"type":"connected","connection_id":"a/b","at_millis":1}"#,
+                DropReason::InvalidConnectionId,
+            ),
+            (
+                br#"{"type":"disconnected","connection_id":"k","at_millis":1,"reason":"bored"}"#,
+                DropReason::InvalidReason,
+            ),
+        ];
+        for (payload, reason) in cases {
+            assert_eq!(
+                parse_status_payload(payload, MAX),
+                Err(reason),
+                "{}",
+                String::from_utf8_lossy(payload)
+            );
+        }
+    }
+
+    #[test]
+    fn an_oversize_payload_is_dropped_before_parsing() {
+        let big = vec![b' '; MAX + 1];
+        assert_eq!(parse_status_payload(&big, MAX), Err(DropReason::Oversize));
     }
 }

@@ -12,21 +12,7 @@ pub enum AclDrop {
     Subscribe,
 }
 
-/// Who is on the other end of an MQTT connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Principal {
-    /// A device (baby or parent station) of one account.
-    Device {
-        /// Its account.
-        account_id: String,
-        /// Its client id inside the account.
-        client_id: String,
-    },
-    /// An operator: may watch every account's status, may publish nothing.
-    Operator,
-    /// Open mode (no accounts configured, loopback only): no checks, as before accounts.
-    Open,
-}
+pub use crate::auth::Principal;
 
 /// Whether `principal` may publish to `topic` (also checked for a Will's topic).
 pub fn may_publish(principal: &Principal, topic: &str) -> bool {

@@ -16,8 +16,8 @@ use axum::http::request::Parts;
 use blake2::{Blake2b512, Digest};
 
 use super::{ApiError, AppState};
+use crate::accounts::hashing::constant_time_eq;
 use crate::accounts::{self, AccountsError, CredentialKind};
-use crate::auth::constant_time_eq;
 use crate::metrics::{Metrics, TokenCheck};
 use crate::store::Store;
 

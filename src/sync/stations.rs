@@ -16,10 +16,7 @@ use crate::sync::session_input::{parse_announcement, Announcement};
 use crate::sync::sessions::{EndOutcome, Sessions, StartOutcome, StartRequest};
 use crate::topics::is_valid_id;
 
-/// Filter of baby-station announcements.
-pub const BABY_STATIONS_FILTER: &str = "accounts/+/baby_stations/+";
-/// Filter of parent-station announcements.
-pub const PARENT_STATIONS_FILTER: &str = "accounts/+/parent_stations/+";
+pub use crate::topics::{BABY_STATIONS_FILTER, PARENT_STATIONS_FILTER};
 
 /// Which family a station topic belongs to, and its account and client.
 #[derive(Debug, Clone, PartialEq, Eq)]

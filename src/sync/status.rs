@@ -17,13 +17,14 @@ use tokio::sync::mpsc;
 
 use crate::bus::Acker;
 use crate::clock::now_millis;
+use crate::domain::connection::parse_status_payload;
 use crate::domain::connection::{
     decide, evolve, ClientConnection, ConnectionCommand, ConnectionEvent, DisconnectReason,
     Ignored, EVENT_VERSION,
 };
 use crate::metrics::Metrics;
 use crate::store::{clients, NewEvent, Store, StoreError};
-use crate::topics::{parse_status_payload, parse_status_topic, ClientKey};
+use crate::topics::{parse_status_topic, ClientKey};
 
 /// Settings of the status handler.
 #[derive(Debug, Clone)]

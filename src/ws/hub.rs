@@ -151,7 +151,8 @@ impl WsSession {
         };
         same_token
             || secret.is_some_and(|s| {
-                crate::auth::constant_time_eq(s.as_bytes(), key.secret.as_bytes()) || handed_over(s)
+                crate::accounts::hashing::constant_time_eq(s.as_bytes(), key.secret.as_bytes())
+                    || handed_over(s)
             })
     }
 

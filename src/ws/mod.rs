@@ -250,7 +250,9 @@ impl Bridge {
         let Ok(key) = crate::topics::parse_status_topic(&publish.topic) else {
             return;
         };
-        let Ok(command) = crate::topics::parse_status_payload(&publish.payload, 64 * 1024) else {
+        let Ok(command) =
+            crate::domain::connection::parse_status_payload(&publish.payload, 64 * 1024)
+        else {
             return;
         };
         let (connection_id, connected, reason) = match &command {
