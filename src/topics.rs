@@ -144,6 +144,64 @@ pub fn parse_status_topic(topic: &str) -> Result<ClientKey, DropReason> {
     }
 }
 
+/// The families of per-client topics in the contract (topics.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// `accounts/{account}/clients/{client}/status`
+    Status,
+    /// `accounts/{account}/clients/{client}/webrtc_inbox`
+    Inbox,
+    /// `accounts/{account}/baby_stations/{client}`
+    BabyStation,
+    /// `accounts/{account}/parent_stations/{client}`
+    ParentStation,
+}
+
+/// A per-client topic of the contract, parsed: its family, account and client (both valid
+/// ids, borrowed from the topic).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parsed<'a> {
+    /// Which family.
+    pub family: Family,
+    /// The account.
+    pub account_id: &'a str,
+    /// The client the topic is of (for an inbox: its recipient).
+    pub client_id: &'a str,
+}
+
+/// Parses any per-client topic of the contract; `None` for any other shape or an invalid id.
+/// The one parser of topic shapes: the ACL, the inbox checks and the bridge's routing ask it.
+pub fn parse_topic(topic: &str) -> Option<Parsed<'_>> {
+    let mut levels = topic.split('/');
+    let (Some("accounts"), Some(account_id), Some(second), Some(third)) =
+        (levels.next(), levels.next(), levels.next(), levels.next())
+    else {
+        return None;
+    };
+    let (family, client_id) = match (second, levels.next(), levels.next()) {
+        ("clients", Some("status"), None) => (Family::Status, third),
+        ("clients", Some("webrtc_inbox"), None) => (Family::Inbox, third),
+        ("baby_stations", None, None) => (Family::BabyStation, third),
+        ("parent_stations", None, None) => (Family::ParentStation, third),
+        _ => return None,
+    };
+    (is_valid_id(account_id) && is_valid_id(client_id)).then_some(Parsed {
+        family,
+        account_id,
+        client_id,
+    })
+}
+
+/// Signalling inbox topic of one client.
+pub fn inbox_topic(account_id: &str, client_id: &str) -> String {
+    format!("accounts/{account_id}/clients/{client_id}/webrtc_inbox")
+}
+
+/// Baby-station announcement filter of one account.
+pub fn baby_stations_filter(account_id: &str) -> String {
+    format!("accounts/{account_id}/baby_stations/+")
+}
+
 /// The status payload as it travels on the wire.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusPayload {
@@ -216,5 +274,35 @@ mod tests {
             parse_status_topic("accounts//clients/c/status"),
             Err(DropReason::InvalidId)
         );
+    }
+
+    #[test]
+    fn every_family_parses_and_every_other_shape_is_none() {
+        let parsed = |t: &str| {
+            parse_topic(t).map(|p| (p.family, p.account_id.to_string(), p.client_id.to_string()))
+        };
+        let ac = |f| Some((f, "a".to_string(), "c".to_string()));
+        assert_eq!(parsed("accounts/a/clients/c/status"), ac(Family::Status));
+        assert_eq!(parsed(&inbox_topic("a", "c")), ac(Family::Inbox));
+        assert_eq!(
+            parsed("accounts/a/baby_stations/c"),
+            ac(Family::BabyStation)
+        );
+        assert_eq!(
+            parsed(&parent_station_topic("a", "c")),
+            ac(Family::ParentStation)
+        );
+        for other in [
+            "accounts/a/clients/c",
+            "accounts/a/clients/c/status/x",
+            "accounts/a/baby_stations/c/x",
+            "accounts/a/clients/+/status",
+            "accounts/a b/clients/c/status",
+            "accounts/a/other/c",
+            "cradle/ws/offer/x",
+            "",
+        ] {
+            assert_eq!(parse_topic(other), None, "{other}");
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! Topic access control for authenticated MQTT clients: pure functions of the client's
 //! identity and the topic or filter, so every rule has a plain test beside it.
 
-use crate::topics::is_valid_id;
+use crate::topics::{is_valid_id, parse_topic, Family};
 
 /// What kind of refused packet (metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,16 +24,12 @@ pub fn may_publish(principal: &Principal, topic: &str) -> bool {
             client_id,
         } => (account_id, client_id),
     };
-    let levels: Vec<&str> = topic.split('/').collect();
-    match levels.as_slice() {
-        ["accounts", a, "clients", c, "status"] => a == account_id && c == client_id,
-        ["accounts", a, "baby_stations", c] | ["accounts", a, "parent_stations", c] => {
-            a == account_id && c == client_id
-        }
-        ["accounts", a, "clients", target, "webrtc_inbox"] => {
-            a == account_id && is_valid_id(target)
-        }
-        _ => false,
+    match parse_topic(topic) {
+        // Anywhere in its account, an inbox: signalling goes to any client of the account.
+        Some(t) if t.family == Family::Inbox => t.account_id == account_id,
+        // Its own status and announcements only.
+        Some(t) => t.account_id == account_id && t.client_id == client_id,
+        None => false,
     }
 }
 

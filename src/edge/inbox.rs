@@ -15,7 +15,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::Value;
 
 use super::codec::{skip, take_publish_property, take_u16, take_varint, FrameError, Header, Proto};
-use crate::topics::is_valid_id;
+use crate::topics::{parse_topic, Family};
 
 /// MQTT 5 reason code of the PUBACK (PUBREC) of a dropped inbox message: payload format
 /// invalid. MQTT 3.1.1 gets a plain PUBACK.
@@ -45,11 +45,7 @@ impl InboxDrop {
 
 /// Whether `topic` is an inbox, `accounts/{a}/clients/{c}/webrtc_inbox`.
 pub fn is_inbox_topic(topic: &str) -> bool {
-    let levels: Vec<&str> = topic.split('/').collect();
-    matches!(
-        levels.as_slice(),
-        ["accounts", a, "clients", c, "webrtc_inbox"] if is_valid_id(a) && is_valid_id(c)
-    )
+    parse_topic(topic).is_some_and(|t| t.family == Family::Inbox)
 }
 
 /// The payload with `from` set to `sender_client_id` (overwriting the sender's); other

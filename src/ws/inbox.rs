@@ -20,6 +20,7 @@ use rumqttc::{AsyncClient, Event, Outgoing, Packet, Publish, QoS};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::endpoint::Endpoint;
+use crate::topics;
 
 /// Waiters of SUBSCRIBEs queued, then sent (by packet id), until their SUBACK.
 #[derive(Default)]
@@ -46,9 +47,9 @@ const SUBSCRIBE_WAIT: Duration = Duration::from_secs(5);
 /// account's baby-station announcements.
 fn session_filters(account_id: &str, client_id: &str) -> [String; 3] {
     [
-        format!("accounts/{account_id}/clients/{client_id}/webrtc_inbox"),
-        crate::topics::status_filter(account_id),
-        format!("accounts/{account_id}/baby_stations/+"),
+        topics::inbox_topic(account_id, client_id),
+        topics::status_filter(account_id),
+        topics::baby_stations_filter(account_id),
     ]
 }
 

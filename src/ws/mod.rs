@@ -43,7 +43,7 @@ use crate::rate::TokenBucket;
 use crate::store::Store;
 use crate::sync::sessions::Sessions;
 use crate::sync::status::ConnectionChange;
-use crate::topics::{is_valid_id, status_topic, StatusPayload};
+use crate::topics::{inbox_topic, is_valid_id, parse_topic, status_topic, Family, StatusPayload};
 use hub::{Delivery, HandedOver, Hub, Outgoing, ResumeError, ResumeKey, WsSession};
 use protocol::{close, parse_client_frame, ClientFrame, ServerFrame};
 
@@ -233,14 +233,15 @@ impl Bridge {
             self.on_transfer_request(publish).await;
         } else if publish.topic.starts_with(OFFER_PREFIX) {
             self.on_offer(publish);
-        } else if publish.topic.ends_with("/webrtc_inbox") {
-            self.on_inbox(publish).await;
-        } else if publish.retain {
-            // Retained messages sent on subscribe are history, not changes.
-        } else if publish.topic.ends_with("/status") {
-            self.on_status_report(publish).await;
-        } else if publish.topic.contains("/baby_stations/") {
-            self.on_announcement(publish).await;
+        } else {
+            match parse_topic(&publish.topic).map(|t| t.family) {
+                Some(Family::Inbox) => self.on_inbox(publish).await,
+                // Retained messages sent on subscribe are history, not changes.
+                _ if publish.retain => {}
+                Some(Family::Status) => self.on_status_report(publish).await,
+                Some(Family::BabyStation) => self.on_announcement(publish).await,
+                Some(Family::ParentStation) | None => {}
+            }
         }
     }
 
@@ -385,11 +386,8 @@ impl Bridge {
 
     /// Routes one `webrtc_inbox` message to the WebSocket sessions of its topic's client.
     pub async fn on_inbox(&self, publish: &Publish) {
-        let levels: Vec<&str> = publish.topic.split('/').collect();
-        let (account_id, client_id) = match levels.as_slice() {
-            ["accounts", a, "clients", c, "webrtc_inbox"] if is_valid_id(a) && is_valid_id(c) => {
-                (*a, *c)
-            }
+        let (account_id, client_id) = match parse_topic(&publish.topic) {
+            Some(t) if t.family == Family::Inbox => (t.account_id, t.client_id),
             _ => return,
         };
         let targets: Vec<Arc<WsSession>> = self
@@ -865,7 +863,7 @@ async fn run_socket(
                             "to_connection": to_connection,
                             "data": data,
                         });
-                        let topic = format!("accounts/{account_id}/clients/{to}/webrtc_inbox");
+                        let topic = inbox_topic(&account_id, &to);
                         if let Err(error) = bridge.mqtt.publish(topic, QoS::AtLeastOnce, false, payload.to_string()).await {
                             tracing::error!(%error, "signal not queued");
                         }
