@@ -6,6 +6,7 @@
 
 mod common;
 
+use futures_util::{SinkExt, StreamExt};
 use std::process::Command;
 use std::time::Duration;
 
@@ -877,8 +878,7 @@ async fn tls_and_wss_listeners_serve_clients_with_the_configured_certificate() {
 
     // MQTT over WebSocket over TLS: a rustls client trusting the certificate, the `mqtt`
     // subprotocol, then MQTT 3.1.1 bytes.
-    let ws = wss_connect(wss_port, &ca).await;
-    let mut ws = ws_stream_tungstenite::WsStream::new(ws);
+    let mut ws = wss_connect(wss_port, &ca).await;
     let mut out = BytesMut::new();
     v4::Packet::Connect(v4::Connect::new("w1"))
         .write(&mut out, 1 << 20)
@@ -890,8 +890,12 @@ async fn tls_and_wss_listeners_serve_clients_with_the_configured_certificate() {
     );
     p.pkid = 1;
     v4::Packet::Publish(p).write(&mut out, 1 << 20).unwrap();
-    ws.write_all(&out).await.unwrap();
-    ws.flush().await.unwrap();
+    // MQTT over WebSocket: MQTT bytes in binary messages.
+    ws.send(tokio_tungstenite::tungstenite::Message::binary(
+        out.to_vec(),
+    ))
+    .await
+    .unwrap();
     let mut buf = BytesMut::new();
     let mut packets = Vec::new();
     while packets.len() < 2 {
@@ -899,11 +903,12 @@ async fn tls_and_wss_listeners_serve_clients_with_the_configured_certificate() {
             packets.push(p);
             continue;
         }
-        let n = tokio::time::timeout(Duration::from_secs(5), ws.read_buf(&mut buf))
+        let message = tokio::time::timeout(Duration::from_secs(5), ws.next())
             .await
             .unwrap_or_else(|_| panic!("no answer over wss; log:\n{}", cradle.log()))
+            .expect("closed")
             .unwrap();
-        assert!(n > 0, "closed");
+        buf.extend_from_slice(&message.into_data());
     }
     assert!(matches!(&packets[0], v4::Packet::ConnAck(a) if a.code == ConnectReturnCode::Success));
     assert!(matches!(&packets[1], v4::Packet::PubAck(_)));
@@ -911,15 +916,13 @@ async fn tls_and_wss_listeners_serve_clients_with_the_configured_certificate() {
     assert_eq!(events[2]["data"]["connection_id"], "wss-1");
 }
 
-type Wss = async_tungstenite::WebSocketStream<
-    async_tungstenite::tokio::TokioAdapter<tokio_rustls::client::TlsStream<TcpStream>>,
->;
+type Wss = tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
 
 async fn wss_connect(port: u16, cert: &std::path::Path) -> Wss {
-    use async_tungstenite::tungstenite::client::IntoClientRequest;
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, ServerName};
     use tokio_rustls::rustls;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_file_iter(cert).unwrap() {
         roots.add(c.unwrap()).unwrap();
@@ -942,7 +945,7 @@ async fn wss_connect(port: u16, cert: &std::path::Path) -> Wss {
     request
         .headers_mut()
         .insert("sec-websocket-protocol", "mqtt".parse().unwrap());
-    let (ws, response) = async_tungstenite::tokio::client_async(request, tls)
+    let (ws, response) = tokio_tungstenite::client_async(request, tls)
         .await
         .expect("WebSocket handshake");
     assert_eq!(

@@ -6,15 +6,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_tungstenite::tungstenite::Message;
 use futures_util::{SinkExt, StreamExt};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio_tungstenite::tungstenite::Message;
 
 use super::{broker_addr, now_nanos, proc_stats, run_id, BenchError, BenchResult};
 
-pub(super) type Ws = async_tungstenite::WebSocketStream<
-    async_tungstenite::tokio::TokioAdapter<tokio::net::TcpStream>,
->;
+pub(super) type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
 pub(super) async fn open(http: &str, query: &str) -> Result<Ws, BenchError> {
     let url = url::Url::parse(http).map_err(|e| BenchError::Usage(e.to_string()))?;
@@ -24,12 +22,10 @@ pub(super) async fn open(http: &str, query: &str) -> Result<Ws, BenchError> {
         .await
         .map_err(|e| BenchError::Target(format!("{http}: {e}")))?;
     let _ = tcp.set_nodelay(true);
-    let (ws, _) = async_tungstenite::tokio::client_async(
-        format!("ws://{host}:{port}/ws?{query}").as_str(),
-        tcp,
-    )
-    .await
-    .map_err(|e| BenchError::Target(format!("WebSocket upgrade: {e}")))?;
+    let (ws, _) =
+        tokio_tungstenite::client_async(format!("ws://{host}:{port}/ws?{query}").as_str(), tcp)
+            .await
+            .map_err(|e| BenchError::Target(format!("WebSocket upgrade: {e}")))?;
     Ok(ws)
 }
 
@@ -194,7 +190,7 @@ pub async fn signalling(s: WsSignalling) -> Result<BenchResult, BenchError> {
             let frame = serde_json::json!({
                 "type": "signal", "to": "b", "data": {"t": now_nanos(), "pad": pad}
             });
-            tx.send(Message::Text(frame.to_string()))
+            tx.send(Message::text(frame.to_string()))
                 .await
                 .map_err(|e| BenchError::Target(e.to_string()))?;
             sent += 1;

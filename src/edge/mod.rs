@@ -25,6 +25,7 @@ pub mod retained;
 pub mod session;
 pub mod uplink;
 pub mod wills;
+mod ws_bytes;
 
 use std::io;
 use std::net::SocketAddr;
@@ -32,16 +33,16 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_tungstenite::tungstenite::handshake::server::{
-    Callback, ErrorResponse, Request, Response,
-};
-use async_tungstenite::tungstenite::http::HeaderValue;
 use rumqttd::local::RouterLinks;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio_rustls::rustls;
 use tokio_rustls::TlsAcceptor;
+use tokio_tungstenite::tungstenite::handshake::server::{
+    Callback, ErrorResponse, Request, Response,
+};
+use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 use crate::auth::Authenticator;
 use crate::config::MqttConfig;
@@ -427,17 +428,17 @@ async fn websocket<S>(
     stream: S,
     timeout: Duration,
     shared: &EdgeShared,
-) -> Option<ws_stream_tungstenite::WsStream<async_tungstenite::tokio::TokioAdapter<S>>>
+) -> Option<ws_bytes::WsBytes<S>>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     match tokio::time::timeout(
         timeout,
-        async_tungstenite::tokio::accept_hdr_async(stream, MqttSubprotocol),
+        tokio_tungstenite::accept_hdr_async(stream, MqttSubprotocol),
     )
     .await
     {
-        Ok(Ok(ws)) => Some(ws_stream_tungstenite::WsStream::new(ws)),
+        Ok(Ok(ws)) => Some(ws_bytes::WsBytes::new(ws)),
         _ => {
             shared
                 .metrics
