@@ -2,11 +2,13 @@
 //! shutdown future resolves, then drains in order so that nothing acknowledged is lost.
 
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rumqttc::Publish;
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 
 use crate::auth::Authenticator;
 use crate::broker::{self, BrokerError};
@@ -123,22 +125,118 @@ async fn restore_retained(
     Ok(())
 }
 
-/// Runs Cradle until `shutdown` resolves.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
-    let metrics = Arc::new(Metrics::default());
-    // Each client connection holds one descriptor (its socket at the edge; its link to the
-    // embedded broker's router takes none), and so does each HTTP connection.
-    let wanted = config.mqtt.max_connections as u64 + config.http.max_connections as u64 + 1024;
-    let limit = raise_open_files_limit(wanted);
-    if limit < wanted {
-        tracing::warn!(
-            limit,
-            wanted,
-            max_connections = config.mqtt.max_connections,
-            "open-file limit too low for mqtt.max_connections (one per connection): raise it (ulimit -n, LimitNOFILE) or lower mqtt.max_connections"
-        );
+/// Which sync handler a bus subscription feeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handler {
+    /// `sync::status`: connection statuses into events and read models.
+    Status,
+    /// `sync::stations`: baby- and parent-station announcements into sessions.
+    Stations,
+    /// `ws`: inbox messages for WebSocket clients.
+    Bridge,
+}
+
+/// One row of the route table: a topic filter, the handler its messages feed, and whether
+/// replicas share it (`$share/{broker.share_group}/...`: each message to one replica).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteRow {
+    /// The MQTT filter the bus subscribes with QoS 1.
+    pub filter: &'static str,
+    /// The handler.
+    pub handler: Handler,
+    /// Shared among replicas.
+    pub shared: bool,
+}
+
+/// The route table from topic filters to handlers. With the embedded broker the bus also
+/// takes every inbox (one replica holds every WebSocket session); with an external broker
+/// each replica subscribes its own sessions' inboxes (`ws::inbox`) instead.
+pub fn route_table(embedded: bool) -> Vec<RouteRow> {
+    use crate::topics::{BABY_STATIONS_FILTER, INBOX_FILTER, PARENT_STATIONS_FILTER};
+    let row = |filter, handler, shared| RouteRow {
+        filter,
+        handler,
+        shared,
+    };
+    let mut table = vec![
+        row(STATUS_FILTER, Handler::Status, true),
+        row(BABY_STATIONS_FILTER, Handler::Stations, true),
+        row(PARENT_STATIONS_FILTER, Handler::Stations, true),
+    ];
+    if embedded {
+        table.push(row(INBOX_FILTER, Handler::Bridge, false));
+    }
+    table
+}
+
+/// The queues from the bus to the handlers, and their receiving ends.
+struct Queues {
+    status: (mpsc::Sender<Publish>, mpsc::Receiver<Publish>),
+    stations: (mpsc::Sender<Publish>, mpsc::Receiver<Publish>),
+    inbox: (mpsc::Sender<Publish>, mpsc::Receiver<Publish>),
+}
+
+impl Queues {
+    fn new(capacity: usize) -> Self {
+        Self {
+            status: mpsc::channel(capacity),
+            stations: mpsc::channel(capacity),
+            inbox: mpsc::channel(capacity),
+        }
     }
 
+    /// The bus's routes: each row of `table` with its handler's queue.
+    fn routes(&self, table: &[RouteRow]) -> Vec<Route> {
+        table
+            .iter()
+            .map(|row| Route {
+                filter: row.filter.to_string(),
+                tx: match row.handler {
+                    Handler::Status => self.status.0.clone(),
+                    Handler::Stations => self.stations.0.clone(),
+                    Handler::Bridge => self.inbox.0.clone(),
+                },
+                shared: row.shared,
+            })
+            .collect()
+    }
+}
+
+/// Runs Cradle until `shutdown` resolves, then drains it.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+    let cradle = build(config).await?;
+    tracing::info!(http = %cradle.config.http.listen, "Cradle ready");
+    shutdown.await;
+    cradle.drain().await
+}
+
+/// Where the bus, the edge's publisher and the edge reach the broker, and what the previous
+/// run of an embedded broker handed over.
+struct BrokerSide {
+    endpoint: Endpoint,
+    v5_endpoint: Endpoint,
+    upstream: edge::Upstream,
+    handed_over: Vec<(crate::ws::hub::HandedOver, Duration)>,
+}
+
+/// A started Cradle: every part running, each task to drain at shutdown.
+struct Running {
+    config: Config,
+    store: Store,
+    bus: Bus,
+    edge: edge::Edge,
+    handlers: Handlers,
+    http_task: JoinHandle<()>,
+    http_stop: watch::Sender<bool>,
+}
+
+/// Builds Cradle from `config`, in the order that keeps every promise: listeners checked,
+/// store open, open mode judged, broker (embedded, with its retained state rebuilt from the
+/// store) or external broker reached, bus subscribed, and only then the edge and HTTP
+/// accept clients.
+async fn build(config: Config) -> Result<Running, ServeError> {
+    let metrics = Arc::new(Metrics::default());
+    check_open_files(&config);
     // Every listener is checked before anything is created or migrated.
     let http_listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
@@ -148,178 +246,196 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         })?;
     let store = Store::connect(&config.store).await?;
     tracing::info!(backend = ?store.backend(), url = %crate::store::redact(&config.store.database_url), "store ready");
-
-    crate::accounts::gate::configure(crate::accounts::gate::GateSettings {
-        max_running: config.auth.max_verifications,
-        max_per_source: config.auth.max_verifications_per_source,
-        wait: Duration::from_millis(config.auth.verify_wait_ms),
-        failure_delay_max: Duration::from_millis(config.auth.failure_delay_max_ms),
-    });
-    let auth = Arc::new(Authenticator::new(
-        store.clone(),
-        config.auth.mode,
-        config.auth.cache_secs,
-    ));
-    match config.auth.mode {
-        AuthMode::Open => tracing::warn!(
-            "auth.mode = \"open\": ANY client may connect anonymously on EVERY listener and read or write ANY account. Development only."
-        ),
-        AuthMode::Auto if !auth.any_account().await => {
-            if let Some((key, addr)) = client_listeners(&config)
-                .into_iter()
-                .find(|(_, a)| !a.ip().is_loopback())
-            {
-                return Err(ServeError::OpenNonLoopback { key, addr });
-            }
-            tracing::info!("no account exists: open mode, anonymous clients on loopback only");
-        }
-        _ => {}
-    }
-
+    let auth = authenticator(&config, &store).await?;
     let embedded = config.broker.mode == BrokerMode::Embedded;
-    let mut handed_over = Vec::new();
-    // The edge's publisher speaks MQTT 5 (a Will keeps its properties): the embedded
-    // broker's MQTT 5 listener, or the external broker's one listener.
-    let (endpoint, v5_endpoint, upstream) = match config.broker.mode {
-        BrokerMode::Embedded => {
-            // The embedded broker starts empty: whoever the store still shows connected lost
-            // that connection when the previous process ended (a crash, or a shutdown that
-            // could not finish). Record it before new statuses arrive.
-            // WebSocket sessions the previous process handed over stay open: they are taken
-            // back below and resumed, or ended when their window passes.
-            let handed = crate::ws::handover::take(&store).await?;
-            let keep = handed
-                .iter()
-                .map(|(h, _)| h.connection_id.clone())
-                .collect();
-            handed_over = handed;
-            let closed =
-                status::close_open_connections(&store, DisconnectReason::ServerShutdown, &keep)
-                    .await?;
-            if closed > 0 {
-                tracing::warn!(
-                    clients = closed,
-                    "connections left open by the previous run recorded as ended"
-                );
-            }
-            let broker = broker::start(&config.mqtt, &config.bus.client_id).await?;
-            tracing::info!(v4 = %broker.v4, v5 = %broker.v5, "embedded MQTT broker listening on loopback");
-            restore_retained(&store, &broker).await?;
-            (
-                Endpoint::embedded(broker.v4),
-                Endpoint::embedded(broker.v5),
-                edge::Upstream::Embedded(broker.links.clone()),
-            )
-        }
-        BrokerMode::External => {
-            // Other replicas' devices are still connected: nothing is closed here.
-            let url = config.broker.url.as_deref().unwrap_or_default();
-            let endpoint = Endpoint::external(url, config.broker.ca_file.as_deref())?;
-            tracing::info!(broker = %endpoint, share_group = %config.broker.share_group, "using the external MQTT broker");
-            (
-                endpoint.clone(),
-                endpoint.clone(),
-                edge::Upstream::External(endpoint),
-            )
-        }
-    };
-    let mut bus_config = config.bus.clone();
-    if !embedded && bus_config.client_id == BusConfig::default().client_id {
-        // Replicas must not share a client id (each would take the other's session over),
-        // and a replica's persistent session holds its share of unacknowledged messages,
-        // so the id should survive restarts: the host name is both.
-        bus_config.client_id = format!("cradle-{}", host_name());
-        tracing::info!(client_id = %bus_config.client_id, "bus.client_id derived from the host name; set CRADLE_BUS_CLIENT_ID to a stable unique id per replica");
-    }
+    let broker = broker_side(&config, &store).await?;
+    let bus_config = bus_config(&config);
 
     // The bus connects before any listener accepts a client: a broker that is unreachable or
     // refuses Cradle's credentials fails the start here.
-    let (status_tx, status_rx) = mpsc::channel(config.sync.queue);
-    let (stations_tx, stations_rx) = mpsc::channel(config.sync.queue);
-    let (changes_tx, changes_rx) = mpsc::unbounded_channel();
-    let (presence_tx, presence_rx) = mpsc::unbounded_channel();
-    let (inbox_tx, inbox_rx) = mpsc::channel(config.sync.queue);
-    let mut routes = vec![
-        Route {
-            filter: STATUS_FILTER.to_string(),
-            tx: status_tx,
-            shared: true,
-        },
-        Route {
-            filter: stations::BABY_STATIONS_FILTER.to_string(),
-            tx: stations_tx.clone(),
-            shared: true,
-        },
-        Route {
-            filter: stations::PARENT_STATIONS_FILTER.to_string(),
-            tx: stations_tx,
-            shared: true,
-        },
-    ];
-    let inbox_subscriptions = if embedded {
-        routes.push(Route {
-            filter: crate::topics::INBOX_FILTER.to_string(),
-            tx: inbox_tx,
-            shared: false,
-        });
-        None
-    } else {
-        Some(InboxSubscriptions::start(
-            &endpoint,
+    let queues = Queues::new(config.sync.queue);
+    let inbox_subscriptions = (!embedded).then(|| {
+        InboxSubscriptions::start(
+            &broker.endpoint,
             &format!("{}-inbox", bus_config.client_id),
             config.mqtt.max_packet_bytes,
             Some(&config.broker.share_group),
-            inbox_tx,
-        ))
-    };
-    let bus = Bus::start(
+            queues.inbox.0.clone(),
+        )
+    });
+    let bus = start_bus(
+        &config,
         &bus_config,
-        &endpoint,
-        config.mqtt.max_payload_bytes,
-        routes,
-        (!embedded).then(|| config.broker.share_group.clone()),
+        &broker.endpoint,
+        &queues,
         metrics.clone(),
+    )
+    .await?;
+
+    let edge = start_edge(
+        &config,
+        auth.clone(),
+        broker.upstream,
+        &broker.v5_endpoint,
+        &bus_config.client_id,
+        metrics.clone(),
+    )
+    .await?;
+
+    let base = Base {
+        config: &config,
+        store: &store,
+        metrics: &metrics,
+        bus: &bus,
+        endpoint: &broker.endpoint,
+        client_id: &bus_config.client_id,
+    };
+    let handlers = start_handlers(base, queues, inbox_subscriptions, broker.handed_over);
+    let state = AppState {
+        store: store.clone(),
+        metrics: metrics.clone(),
+        bus: bus.state(),
+        max_page_size: config.http.max_page_size,
+        admin_token: config.http.admin_token.clone(),
+        auth,
+        http_loopback: config.http.listen.ip().is_loopback(),
+        sessions: handlers.sessions.clone(),
+        max_body_bytes: config.http.max_body_bytes,
+        bridge: handlers.bridge.clone(),
+        tokens: Arc::new(http::TokenCache::new(config.auth.cache_secs)),
+    };
+    let (http_task, http_stop) = start_http(&config, http_listener, state, metrics);
+    Ok(Running {
+        config,
+        store,
+        bus,
+        edge,
+        handlers,
+        http_task,
+        http_stop,
+    })
+}
+
+/// Connects the bus and subscribes the route table (shared among replicas with an external
+/// broker).
+async fn start_bus(
+    config: &Config,
+    bus_config: &BusConfig,
+    endpoint: &Endpoint,
+    queues: &Queues,
+    metrics: Arc<Metrics>,
+) -> Result<Bus, ServeError> {
+    let embedded = config.broker.mode == BrokerMode::Embedded;
+    let bus = Bus::start(
+        bus_config,
+        endpoint,
+        config.mqtt.max_payload_bytes,
+        queues.routes(&route_table(embedded)),
+        (!embedded).then(|| config.broker.share_group.clone()),
+        metrics,
     )
     .await?;
     tracing::info!(broker = %endpoint, "bus subscribed");
+    Ok(bus)
+}
 
+/// Starts the MQTT edge's listeners, its publisher (MQTT 5, so a Will keeps its properties)
+/// named `{client_id}-edge`.
+async fn start_edge(
+    config: &Config,
+    auth: Arc<Authenticator>,
+    upstream: edge::Upstream,
+    v5_endpoint: &Endpoint,
+    client_id: &str,
+    metrics: Arc<Metrics>,
+) -> Result<edge::Edge, ServeError> {
     let publisher = Publisher::start(
-        &v5_endpoint,
-        &format!("{}-edge", bus_config.client_id),
+        v5_endpoint,
+        &format!("{client_id}-edge"),
         config.mqtt.max_packet_bytes,
     );
-    let edge = edge::start(
-        &config.mqtt,
-        auth.clone(),
-        upstream,
-        publisher,
-        metrics.clone(),
-    )
-    .await?;
+    let edge = edge::start(&config.mqtt, auth, upstream, publisher, metrics).await?;
     for (key, addr) in &edge.listening {
         tracing::info!(listener = key, %addr, "MQTT edge listening");
     }
+    Ok(edge)
+}
 
-    let status_task = tokio::spawn(status::run(
-        status_rx,
-        store.clone(),
-        bus.acker(),
-        metrics.clone(),
-        StatusSettings {
-            max_status_bytes: config.sync.max_status_bytes,
-            batch_max: config.sync.batch_max,
-            // With several replicas, presence comes from the broker (any replica's reports),
-            // not from this replica's commits.
-            changes: if embedded {
-                vec![changes_tx, presence_tx]
-            } else {
-                vec![changes_tx]
-            },
+/// Serves the HTTP API (and `/ws`) on `listener` until the returned sender says stop.
+fn start_http(
+    config: &Config,
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    metrics: Arc<Metrics>,
+) -> (JoinHandle<()>, watch::Sender<bool>) {
+    let (stop, mut stop_rx) = watch::channel(false);
+    let app = http::app(state, config.http.max_body_bytes);
+    let task = tokio::spawn(http::serve::serve(
+        listener,
+        app,
+        http::serve::Limits::from(&config.http),
+        metrics,
+        async move {
+            let _ = stop_rx.wait_for(|stop| *stop).await;
         },
     ));
+    (task, stop)
+}
+
+/// What the handlers are started with.
+#[derive(Clone, Copy)]
+struct Base<'a> {
+    config: &'a Config,
+    store: &'a Store,
+    metrics: &'a Arc<Metrics>,
+    bus: &'a Bus,
+    /// Where Cradle's own publisher (`{client_id}-out`) connects.
+    endpoint: &'a Endpoint,
+    /// The bus's client id, which Cradle's other clients are named after.
+    client_id: &'a str,
+}
+
+/// The running handlers: status, sessions, stations and the WebSocket bridge.
+struct Handlers {
+    sessions: Arc<Sessions>,
+    bridge: Arc<Bridge>,
+    status_task: JoinHandle<()>,
+    stations_task: JoinHandle<()>,
+    sessions_task: JoinHandle<()>,
+    bridge_task: JoinHandle<()>,
+    expiry_task: Option<JoinHandle<()>>,
+}
+
+/// Starts the handlers on the bus's queues: the status handler feeds the session handler
+/// (and, with the embedded broker, the bridge's presence); the bridge takes back the
+/// sessions the previous run handed over.
+fn start_handlers(
+    base: Base<'_>,
+    queues: Queues,
+    inbox_subscriptions: Option<Arc<InboxSubscriptions>>,
+    handed_over: Vec<(crate::ws::hub::HandedOver, Duration)>,
+) -> Handlers {
+    let Base {
+        config,
+        store,
+        metrics,
+        bus,
+        endpoint,
+        client_id,
+    } = base;
+    let Queues {
+        status: (_, status_rx),
+        stations: (_, stations_rx),
+        inbox: (_, inbox_rx),
+    } = queues;
+    let embedded = config.broker.mode == BrokerMode::Embedded;
+    let (changes_tx, changes_rx) = mpsc::unbounded_channel();
+    let (presence_tx, presence_rx) = mpsc::unbounded_channel();
+    let changes = [Some(changes_tx), embedded.then_some(presence_tx)];
+    let status_task = spawn_status(base, status_rx, changes.into_iter().flatten().collect());
     let out = crate::mqtt_client::publisher(
-        &endpoint,
-        &format!("{}-out", bus_config.client_id),
+        endpoint,
+        &format!("{client_id}-out"),
         config.mqtt.max_packet_bytes,
     );
     let sessions = Arc::new(Sessions::new(
@@ -332,46 +448,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         },
     ));
     let sessions_task = tokio::spawn(sessions.clone().run(changes_rx));
-    let w = &config.websocket;
-    let mut bridge = Bridge::new(
-        out.clone(),
-        WsSettings {
-            heartbeat: Duration::from_secs(w.heartbeat_secs),
-            heartbeat_timeout: Duration::from_secs(w.heartbeat_timeout_secs),
-            resume_window: Duration::from_secs(w.resume_window_secs),
-            replay_frames: w.replay_frames,
-            send_queue: w.send_queue,
-            write_timeout: Duration::from_millis(w.write_timeout_ms),
-            max_frame_bytes: w.max_frame_bytes,
-            signal_rate: w.signal_rate,
-            signal_burst: w.signal_burst,
-            max_errors: w.max_errors,
-            max_sessions: w.max_sessions,
-        },
-    );
-    let (lists_tx, lists_rx) = mpsc::unbounded_channel();
-    match inbox_subscriptions {
-        // With several replicas, lists are pushed when the broker delivers an announcement
-        // (whichever replica recorded the session).
-        Some(inbox) => {
-            bridge = bridge.with_replica_subscriptions(inbox, sessions.clone(), store.clone())
-        }
-        None => sessions.follow_baby_stations(lists_tx),
-    }
-    let bridge = Arc::new(bridge);
-    bridge.take_back(std::mem::take(&mut handed_over));
+    let (bridge, lists_rx) = bridge(config, store, out, &sessions, inbox_subscriptions);
+    bridge.take_back(handed_over);
     // Several replicas: sessions a replica handed over at its shutdown and nobody resumed
     // are ended by whichever replica claims them first once their window has passed.
-    let expiry_task = (!embedded).then(|| {
-        let (bridge, store) = (bridge.clone(), store.clone());
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tick.tick().await;
-                bridge.end_expired_handovers(&store).await;
-            }
-        })
-    });
+    let expiry_task =
+        (!embedded).then(|| tokio::spawn(end_expired_handovers(bridge.clone(), store.clone())));
     let bridge_task = tokio::spawn(crate::ws::run(
         bridge.clone(),
         inbox_rx,
@@ -390,52 +472,258 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         },
     ));
 
-    let state = AppState {
-        store: store.clone(),
-        metrics: metrics.clone(),
-        bus: bus.state(),
-        max_page_size: config.http.max_page_size,
-        admin_token: config.http.admin_token.clone(),
-        auth: auth.clone(),
-        http_loopback: config.http.listen.ip().is_loopback(),
-        sessions: sessions.clone(),
-        max_body_bytes: config.http.max_body_bytes,
-        bridge: bridge.clone(),
-        tokens: Arc::new(http::TokenCache::new(config.auth.cache_secs)),
-    };
-    let (http_stop_tx, mut http_stop_rx) = watch::channel(false);
-    let app = http::app(state, config.http.max_body_bytes);
-    let http_task = tokio::spawn(http::serve::serve(
-        http_listener,
-        app,
-        http::serve::Limits::from(&config.http),
-        metrics.clone(),
-        async move {
-            let _ = http_stop_rx.wait_for(|stop| *stop).await;
-        },
-    ));
-    tracing::info!(http = %config.http.listen, "Cradle ready");
+    Handlers {
+        sessions,
+        bridge,
+        status_task,
+        stations_task,
+        sessions_task,
+        bridge_task,
+        expiry_task,
+    }
+}
 
-    shutdown.await;
-    tracing::info!("shutting down: ending WebSocket sessions and MQTT connections");
-    // Replicas hand their WebSocket sessions over through the store at once: the PWAs
-    // reconnect to the other replicas, which claim them on resume. With the embedded broker
-    // they are handed over to the next start once the devices' ends reached them (below).
-    if let Some(task) = expiry_task {
-        task.abort();
+/// Starts the status handler; it tells `changes` of every committed change. (With several
+/// replicas, presence comes from the broker, any replica's reports, not from this replica's
+/// commits: the bridge is then not among `changes`.)
+fn spawn_status(
+    base: Base<'_>,
+    rx: mpsc::Receiver<Publish>,
+    changes: Vec<mpsc::UnboundedSender<status::ConnectionChange>>,
+) -> JoinHandle<()> {
+    let config = base.config;
+    tokio::spawn(status::run(
+        rx,
+        base.store.clone(),
+        base.bus.acker(),
+        base.metrics.clone(),
+        StatusSettings {
+            max_status_bytes: config.sync.max_status_bytes,
+            batch_max: config.sync.batch_max,
+            changes,
+        },
+    ))
+}
+
+/// The WebSocket bridge, publishing with `out`. With several replicas (`inbox` given) it
+/// subscribes its sessions' topics itself, and pushes baby-station lists when the broker
+/// delivers an announcement (whichever replica recorded the session); with the embedded
+/// broker the session handler sends it the lists (the returned receiver).
+fn bridge(
+    config: &Config,
+    store: &Store,
+    out: rumqttc::AsyncClient,
+    sessions: &Arc<Sessions>,
+    inbox: Option<Arc<InboxSubscriptions>>,
+) -> (
+    Arc<Bridge>,
+    mpsc::UnboundedReceiver<(String, serde_json::Value)>,
+) {
+    let bridge = Bridge::new(out, WsSettings::from(&config.websocket));
+    let (lists_tx, lists_rx) = mpsc::unbounded_channel();
+    let bridge = match inbox {
+        Some(inbox) => bridge.with_replica_subscriptions(inbox, sessions.clone(), store.clone()),
+        None => {
+            sessions.follow_baby_stations(lists_tx);
+            bridge
+        }
+    };
+    (Arc::new(bridge), lists_rx)
+}
+
+/// Warns when the open-file limit cannot hold `mqtt.max_connections` and
+/// `http.max_connections`: each client connection holds one descriptor (its socket at the
+/// edge; its link to the embedded broker's router takes none), and so does each HTTP
+/// connection.
+fn check_open_files(config: &Config) {
+    let wanted = config.mqtt.max_connections as u64 + config.http.max_connections as u64 + 1024;
+    let limit = raise_open_files_limit(wanted);
+    if limit < wanted {
+        tracing::warn!(
+            limit,
+            wanted,
+            max_connections = config.mqtt.max_connections,
+            "open-file limit too low for mqtt.max_connections (one per connection): raise it (ulimit -n, LimitNOFILE) or lower mqtt.max_connections"
+        );
     }
-    if !embedded {
-        bridge.offer_all().await;
-        bridge.hand_over(&store).await;
+}
+
+/// The verification gate's limits, and the authenticator of the edge and the HTTP API. Open
+/// mode chosen by default (no account) refuses to start with a non-loopback listener.
+async fn authenticator(config: &Config, store: &Store) -> Result<Arc<Authenticator>, ServeError> {
+    crate::accounts::gate::configure(crate::accounts::gate::GateSettings {
+        max_running: config.auth.max_verifications,
+        max_per_source: config.auth.max_verifications_per_source,
+        wait: Duration::from_millis(config.auth.verify_wait_ms),
+        failure_delay_max: Duration::from_millis(config.auth.failure_delay_max_ms),
+    });
+    let auth = Arc::new(Authenticator::new(
+        store.clone(),
+        config.auth.mode,
+        config.auth.cache_secs,
+    ));
+    match config.auth.mode {
+        AuthMode::Open => tracing::warn!(
+            "auth.mode = \"open\": ANY client may connect anonymously on EVERY listener and read or write ANY account. Development only."
+        ),
+        AuthMode::Auto if !auth.any_account().await => {
+            if let Some((key, addr)) = client_listeners(config)
+                .into_iter()
+                .find(|(_, a)| !a.ip().is_loopback())
+            {
+                return Err(ServeError::OpenNonLoopback { key, addr });
+            }
+            tracing::info!("no account exists: open mode, anonymous clients on loopback only");
+        }
+        _ => {}
     }
-    edge.shutdown(Duration::from_secs(5)).await;
-    // The ends just published reach the bus through the broker; give them a moment.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    if !embedded && config.broker.leave_on_shutdown {
-        // Scaling down or restarting must not leave a member of the group that the broker
-        // keeps dealing messages to while nobody reads them.
-        bus.leave_group(Duration::from_secs(5)).await;
+    Ok(auth)
+}
+
+/// Starts the embedded broker (after recording what the previous run left connected, and
+/// then rebuilding its retained state from the store), or names the external broker.
+async fn broker_side(config: &Config, store: &Store) -> Result<BrokerSide, ServeError> {
+    // The edge's publisher speaks MQTT 5 (a Will keeps its properties): the embedded
+    // broker's MQTT 5 listener, or the external broker's one listener.
+    if config.broker.mode == BrokerMode::External {
+        // Other replicas' devices are still connected: nothing is closed here.
+        let url = config.broker.url.as_deref().unwrap_or_default();
+        let endpoint = Endpoint::external(url, config.broker.ca_file.as_deref())?;
+        tracing::info!(broker = %endpoint, share_group = %config.broker.share_group, "using the external MQTT broker");
+        return Ok(BrokerSide {
+            v5_endpoint: endpoint.clone(),
+            upstream: edge::Upstream::External(endpoint.clone()),
+            endpoint,
+            handed_over: Vec::new(),
+        });
     }
+    // The embedded broker starts empty: whoever the store still shows connected lost that
+    // connection when the previous process ended (a crash, or a shutdown that could not
+    // finish). Record it before new statuses arrive.
+    // WebSocket sessions the previous process handed over stay open: they are taken back
+    // and resumed, or ended when their window passes.
+    let handed_over = crate::ws::handover::take(store).await?;
+    let keep = handed_over
+        .iter()
+        .map(|(h, _)| h.connection_id.clone())
+        .collect();
+    let closed =
+        status::close_open_connections(store, DisconnectReason::ServerShutdown, &keep).await?;
+    if closed > 0 {
+        tracing::warn!(
+            clients = closed,
+            "connections left open by the previous run recorded as ended"
+        );
+    }
+    let broker = broker::start(&config.mqtt, &config.bus.client_id).await?;
+    tracing::info!(v4 = %broker.v4, v5 = %broker.v5, "embedded MQTT broker listening on loopback");
+    restore_retained(store, &broker).await?;
+    Ok(BrokerSide {
+        endpoint: Endpoint::embedded(broker.v4),
+        v5_endpoint: Endpoint::embedded(broker.v5),
+        upstream: edge::Upstream::Embedded(broker.links.clone()),
+        handed_over,
+    })
+}
+
+/// The bus's settings; with an external broker and the default client id, the id is derived
+/// from the host name.
+fn bus_config(config: &Config) -> BusConfig {
+    let mut bus_config = config.bus.clone();
+    if config.broker.mode == BrokerMode::External
+        && bus_config.client_id == BusConfig::default().client_id
+    {
+        // Replicas must not share a client id (each would take the other's session over),
+        // and a replica's persistent session holds its share of unacknowledged messages,
+        // so the id should survive restarts: the host name is both.
+        bus_config.client_id = format!("cradle-{}", host_name());
+        tracing::info!(client_id = %bus_config.client_id, "bus.client_id derived from the host name; set CRADLE_BUS_CLIENT_ID to a stable unique id per replica");
+    }
+    bus_config
+}
+
+/// Several replicas: once a second, ends the sessions handed over through the store whose
+/// resume window has passed (whichever replica claims them first).
+async fn end_expired_handovers(bridge: Arc<Bridge>, store: Store) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        bridge.end_expired_handovers(&store).await;
+    }
+}
+
+impl Running {
+    /// Drains in order, so that nothing acknowledged is lost: WebSocket sessions offered or
+    /// handed over, the edge's connections ended, the handlers drained, the sessions handed
+    /// to the next start, the bus closed, the open connections recorded as ended, HTTP
+    /// stopped, the store closed.
+    async fn drain(self) -> Result<(), ServeError> {
+        let embedded = self.config.broker.mode == BrokerMode::Embedded;
+        tracing::info!("shutting down: ending WebSocket sessions and MQTT connections");
+        // Replicas hand their WebSocket sessions over through the store at once: the PWAs
+        // reconnect to the other replicas, which claim them on resume. With the embedded
+        // broker they are handed over to the next start once the devices' ends reached them
+        // (below).
+        if let Some(task) = &self.handlers.expiry_task {
+            task.abort();
+        }
+        if !embedded {
+            self.handlers.bridge.offer_all().await;
+            self.handlers.bridge.hand_over(&self.store).await;
+        }
+        self.edge.shutdown(Duration::from_secs(5)).await;
+        // The ends just published reach the bus through the broker; give them a moment.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if !embedded && self.config.broker.leave_on_shutdown {
+            // Scaling down or restarting must not leave a member of the group that the
+            // broker keeps dealing messages to while nobody reads them.
+            self.bus.leave_group(Duration::from_secs(5)).await;
+        }
+        drain_handlers(
+            &self.bus,
+            self.handlers.status_task,
+            self.handlers.stations_task,
+            self.handlers.sessions_task,
+        )
+        .await;
+        // The devices' ends committed above reach the WebSocket sessions as presence frames
+        // (kept in their replay buffers), then the sessions are handed over through the
+        // store.
+        let kept = if embedded {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            self.handlers.bridge.hand_over(&self.store).await
+        } else {
+            Default::default()
+        };
+        self.handlers.bridge_task.abort();
+        self.bus.close(Duration::from_secs(5)).await;
+        // The embedded broker ends with this process, and every device's connection with
+        // it. (An external broker keeps its directly connected clients and other replicas'
+        // ones.)
+        if embedded {
+            record_ends(&self.store, &kept).await;
+        }
+        let _ = self.http_stop.send(true);
+        if tokio::time::timeout(Duration::from_secs(5), self.http_task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("HTTP server did not stop in time");
+        }
+        self.store.close().await?;
+        tracing::info!("store closed; bye");
+        Ok(())
+    }
+}
+
+/// Stops the bus's forwarding and lets the status and station handlers finish what they
+/// were given; then the session handler, whose change feed the status handler closes.
+async fn drain_handlers(
+    bus: &Bus,
+    status_task: JoinHandle<()>,
+    stations_task: JoinHandle<()>,
+    sessions_task: JoinHandle<()>,
+) {
     tracing::info!("draining status handler");
     bus.stop_forwarding();
     if tokio::time::timeout(DRAIN_TIMEOUT, status_task)
@@ -455,40 +743,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // The status handler has ended, so the change feed is closed and the session handler
     // finishes what it was given.
     let _ = tokio::time::timeout(Duration::from_secs(5), sessions_task).await;
-    // The devices' ends committed above reach the WebSocket sessions as presence frames
-    // (kept in their replay buffers), then the sessions are handed over through the store.
-    let kept = if embedded {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        bridge.hand_over(&store).await
-    } else {
-        Default::default()
-    };
-    bridge_task.abort();
-    bus.close(Duration::from_secs(5)).await;
-    // The embedded broker ends with this process, and every device's connection with it.
-    // (An external broker keeps its directly connected clients and other replicas' ones.)
-    if embedded {
-        match status::close_open_connections(&store, DisconnectReason::ServerShutdown, &kept).await
-        {
-            Ok(n) => tracing::info!(
-                clients = n,
-                "open connections recorded as ended by server_shutdown"
-            ),
-            Err(error) => {
-                tracing::error!(%error, "open connections not recorded as ended; the next start will")
-            }
+}
+
+/// Records every connection still open as ended by `server_shutdown`, except the WebSocket
+/// sessions handed to the next start (`kept`).
+async fn record_ends(store: &Store, kept: &std::collections::HashSet<String>) {
+    match status::close_open_connections(store, DisconnectReason::ServerShutdown, kept).await {
+        Ok(n) => tracing::info!(
+            clients = n,
+            "open connections recorded as ended by server_shutdown"
+        ),
+        Err(error) => {
+            tracing::error!(%error, "open connections not recorded as ended; the next start will")
         }
     }
-    let _ = http_stop_tx.send(true);
-    if tokio::time::timeout(Duration::from_secs(5), http_task)
-        .await
-        .is_err()
-    {
-        tracing::warn!("HTTP server did not stop in time");
-    }
-    store.close().await?;
-    tracing::info!("store closed; bye");
-    Ok(())
 }
 
 /// Raises the soft open-file limit towards `wanted` (up to the hard limit, or beyond it when
@@ -531,19 +799,6 @@ pub fn raise_open_files_limit(wanted: u64) -> u64 {
     #[cfg(not(unix))]
     {
         wanted
-    }
-}
-
-/// The address Cradle's own client dials for a listener bound to `addr`.
-pub fn connectable(addr: SocketAddr) -> SocketAddr {
-    match addr.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => {
-            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), addr.port())
-        }
-        IpAddr::V6(ip) if ip.is_unspecified() => {
-            SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), addr.port())
-        }
-        _ => addr,
     }
 }
 
@@ -601,8 +856,51 @@ mod tests {
     use super::*;
 
     #[test]
-    fn unspecified_listeners_are_dialled_on_loopback() {
-        let a: SocketAddr = "0.0.0.0:1883".parse().unwrap();
-        assert_eq!(connectable(a).to_string(), "127.0.0.1:1883");
+    fn given_the_embedded_broker_when_routing_then_every_family_has_its_handler_and_inboxes_go_to_the_bridge(
+    ) {
+        let table = route_table(true);
+        let handler = |filter: &str| {
+            table
+                .iter()
+                .find(|r| r.filter == filter)
+                .map(|r| (r.handler, r.shared))
+        };
+        assert_eq!(handler(STATUS_FILTER), Some((Handler::Status, true)));
+        assert_eq!(
+            handler(crate::topics::BABY_STATIONS_FILTER),
+            Some((Handler::Stations, true))
+        );
+        assert_eq!(
+            handler(crate::topics::PARENT_STATIONS_FILTER),
+            Some((Handler::Stations, true))
+        );
+        // One replica holds every WebSocket session: its inboxes are not shared.
+        assert_eq!(
+            handler(crate::topics::INBOX_FILTER),
+            Some((Handler::Bridge, false))
+        );
+        assert_eq!(table.len(), 4);
+    }
+
+    #[test]
+    fn given_an_external_broker_when_routing_then_inboxes_are_not_the_bus_s_and_the_rest_is_shared()
+    {
+        let table = route_table(false);
+        assert!(table.iter().all(|r| r.shared));
+        assert!(table.iter().all(|r| r.handler != Handler::Bridge));
+        assert_eq!(table.len(), 3);
+    }
+
+    #[test]
+    fn every_durable_filter_is_routed_so_its_pubacks_are_released() {
+        for embedded in [true, false] {
+            let table = route_table(embedded);
+            for filter in crate::topics::DURABLE_FILTERS {
+                assert!(
+                    table.iter().any(|r| r.filter == filter),
+                    "{filter} (embedded: {embedded})"
+                );
+            }
+        }
     }
 }

@@ -22,6 +22,7 @@ pub mod handover;
 pub mod hub;
 pub mod inbox;
 pub mod protocol;
+mod socket;
 pub mod transfer;
 
 use std::collections::{HashMap, HashSet};
@@ -30,22 +31,19 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use futures_util::{SinkExt, StreamExt};
+use axum::extract::ws::WebSocket;
 use rand_core::{OsRng, RngCore};
 use rumqttc::{AsyncClient, Publish, QoS};
-use tokio::sync::{mpsc, watch};
-use tokio::time::Instant;
+use tokio::sync::mpsc;
 
 use crate::clock::now_millis;
 use crate::domain::connection::{ConnectionCommand, ConnectionEvent, DisconnectReason};
-use crate::rate::TokenBucket;
 use crate::store::Store;
 use crate::sync::sessions::Sessions;
 use crate::sync::status::ConnectionChange;
-use crate::topics::{inbox_topic, is_valid_id, parse_topic, status_topic, Family, StatusPayload};
-use hub::{Delivery, HandedOver, Hub, Outgoing, ResumeError, ResumeKey, WsSession};
-use protocol::{close, parse_client_frame, ClientFrame, ServerFrame};
+use crate::topics::{is_valid_id, parse_topic, status_topic, Family, StatusPayload};
+use hub::{Delivery, HandedOver, Hub, ResumeKey, WsSession};
+use protocol::{close, ServerFrame};
 
 /// Settings of the bridge (config `[websocket]`).
 #[derive(Debug, Clone)]
@@ -72,6 +70,24 @@ pub struct WsSettings {
     pub max_errors: u32,
     /// Sessions held at once (connected or resumable).
     pub max_sessions: usize,
+}
+
+impl From<&crate::config::WebSocketConfig> for WsSettings {
+    fn from(w: &crate::config::WebSocketConfig) -> Self {
+        Self {
+            heartbeat: Duration::from_secs(w.heartbeat_secs),
+            heartbeat_timeout: Duration::from_secs(w.heartbeat_timeout_secs),
+            resume_window: Duration::from_secs(w.resume_window_secs),
+            replay_frames: w.replay_frames,
+            send_queue: w.send_queue,
+            write_timeout: Duration::from_millis(w.write_timeout_ms),
+            max_frame_bytes: w.max_frame_bytes,
+            signal_rate: w.signal_rate,
+            signal_burst: w.signal_burst,
+            max_errors: w.max_errors,
+            max_sessions: w.max_sessions,
+        }
+    }
 }
 
 /// Counters of the bridge.
@@ -679,262 +695,8 @@ impl Bridge {
             secret: new_resume_secret(),
             handed_over: None,
         };
-        run_socket(socket, self, account_id, client_id, key, resume).await
+        socket::run(socket, self, account_id, client_id, key, resume).await
     }
-}
-
-/// How a socket's read loop ended.
-enum SocketEnd {
-    /// Close frame from the client.
-    Clean,
-    /// Dropped: resumable.
-    Lost,
-    /// Silent past the heartbeat timeout: closed with 4103, resumable.
-    HeartbeatTimeout,
-    /// The socket failed under the writer: resumable, like a drop.
-    WriterGone,
-    /// A write timed out: the client does not read (slow consumer).
-    SlowWriter,
-    /// Too many refused frames.
-    Abuse,
-    /// The session ended elsewhere (resumed by another socket, shut down, slow consumer).
-    Ended,
-}
-
-async fn run_socket(
-    socket: WebSocket,
-    bridge: Arc<Bridge>,
-    account_id: String,
-    client_id: String,
-    key: ResumeKey,
-    resume: Option<(String, Option<u64>)>,
-) {
-    let settings = bridge.settings.clone();
-    let (mut sink, mut stream) = socket.split();
-    // A resumed socket's queue also holds the replay, queued before anything newer.
-    let capacity = settings.send_queue.max(1)
-        + if resume.is_some() {
-            settings.replay_frames
-        } else {
-            0
-        };
-    let (tx, mut rx) = mpsc::channel::<Outgoing>(capacity);
-    // 0 = writing, 1 = the socket failed or closed, 2 = a write timed out (slow consumer).
-    let (writer_done_tx, mut writer_done) = watch::channel(0u8);
-    let write_timeout = settings.write_timeout;
-    let writer = tokio::spawn(async move {
-        while let Some(out) = rx.recv().await {
-            let msg = match out {
-                Outgoing::Text(t) => Message::Text(t.as_ref().into()),
-                Outgoing::Ping => Message::Ping(Default::default()),
-                Outgoing::Close(code, reason) => {
-                    let _ = tokio::time::timeout(
-                        write_timeout,
-                        sink.send(Message::Close(Some(CloseFrame {
-                            code,
-                            reason: reason.into(),
-                        }))),
-                    )
-                    .await;
-                    break;
-                }
-            };
-            match tokio::time::timeout(write_timeout, sink.send(msg)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => {
-                    let _ = writer_done_tx.send(1);
-                    return;
-                }
-                Err(_) => {
-                    let _ = writer_done_tx.send(2);
-                    return;
-                }
-            }
-        }
-        let _ = writer_done_tx.send(1);
-    });
-
-    let (session, generation) = match &resume {
-        None => {
-            let connection_id = new_connection_id();
-            let a = bridge.hub.open(
-                &account_id,
-                &client_id,
-                &connection_id,
-                key,
-                settings.replay_frames,
-                tx.clone(),
-            );
-            bridge.metrics.opened.fetch_add(1, Relaxed);
-            bridge.metrics.live.fetch_add(1, Relaxed);
-            if let Some(inbox) = &bridge.inbox {
-                // Before `hello`: what is published to the inbox after it reaches the client.
-                inbox.add(&account_id, &client_id).await;
-            }
-            bridge.publish_status(&a.session, None).await;
-            tracing::info!(%account_id, %client_id, %connection_id, "WebSocket session opened");
-            bridge
-                .deliver(&a.session, &hello(&a.session, false, &settings))
-                .await;
-            (a.session, a.generation)
-        }
-        Some((connection_id, from)) => match bridge.hub.resume(connection_id, *from, tx.clone()) {
-            Ok(a) => {
-                bridge.metrics.resumes[0].fetch_add(1, Relaxed);
-                if let Some(old) = a.replaced {
-                    let _ = old.try_send(Outgoing::Close(close::REPLACED, "resumed elsewhere"));
-                }
-                // The hub queued the replay ahead of anything newer.
-                bridge
-                    .metrics
-                    .replayed
-                    .fetch_add(a.replay.len() as u64, Relaxed);
-                tracing::info!(%account_id, %client_id, %connection_id, replayed = a.replay.len(), "WebSocket session resumed");
-                bridge
-                    .deliver(&a.session, &hello(&a.session, true, &settings))
-                    .await;
-                (a.session, a.generation)
-            }
-            Err(e) => {
-                let (code, i, why) = match e {
-                    ResumeError::Expired => (close::SESSION_EXPIRED, 2, "session expired"),
-                    ResumeError::TooOld | ResumeError::Ahead => (
-                        close::RESUME_TOO_OLD,
-                        3,
-                        "resume_from outside the replay buffer: catch up over the HTTP API",
-                    ),
-                };
-                bridge.metrics.resumes[i].fetch_add(1, Relaxed);
-                let _ = tx.try_send(Outgoing::Close(code, why));
-                drop(tx);
-                let _ = writer.await;
-                // The client cannot continue this session: end it now, unless another socket
-                // still holds it.
-                let orphaned = bridge.hub.get(connection_id).is_some_and(|s| !s.attached());
-                if matches!(e, ResumeError::TooOld | ResumeError::Ahead) && orphaned {
-                    bridge
-                        .end(connection_id, DisconnectReason::Lost, code)
-                        .await;
-                }
-                return;
-            }
-        },
-    };
-    drop(tx);
-
-    let connection_id = session.connection_id.clone();
-    let mut bucket = TokenBucket::new(settings.signal_rate, settings.signal_burst);
-    let mut errors = 0u32;
-    let mut last_seen = Instant::now();
-    let mut heartbeat = tokio::time::interval(settings.heartbeat);
-    heartbeat.tick().await;
-    let end = loop {
-        tokio::select! {
-            msg = stream.next() => {
-                let text = match msg {
-                    None | Some(Err(_)) => break SocketEnd::Lost,
-                    Some(Ok(Message::Close(_))) => break SocketEnd::Clean,
-                    Some(Ok(Message::Text(t))) => t,
-                    Some(Ok(Message::Binary(_))) => {
-                        last_seen = Instant::now();
-                        errors += 1;
-                        bridge.metrics.invalid_frames.fetch_add(1, Relaxed);
-                        bridge.deliver(&session, &ServerFrame::Error { code: "binary_not_supported".into(), message: "frames are JSON text".into() }).await;
-                        if errors > settings.max_errors { break SocketEnd::Abuse; }
-                        continue;
-                    }
-                    Some(Ok(_)) => { last_seen = Instant::now(); continue; }
-                };
-                last_seen = Instant::now();
-                match parse_client_frame(text.as_str()) {
-                    Ok(ClientFrame::Ping) => bridge.deliver(&session, &ServerFrame::Pong).await,
-                    Ok(ClientFrame::Pong) => {}
-                    Ok(ClientFrame::Signal { to, to_connection, data }) => {
-                        if !bucket.allow() {
-                            errors += 1;
-                            bridge.metrics.rate_limited.fetch_add(1, Relaxed);
-                            bridge.deliver(&session, &ServerFrame::Error { code: "rate_limited".into(), message: format!("at most {} signal frames per second", settings.signal_rate) }).await;
-                            if errors > settings.max_errors { break SocketEnd::Abuse; }
-                            continue;
-                        }
-                        let payload = serde_json::json!({
-                            "from": client_id,
-                            "from_connection": connection_id,
-                            "to_connection": to_connection,
-                            "data": data,
-                        });
-                        let topic = inbox_topic(&account_id, &to);
-                        if let Err(error) = bridge.mqtt.publish(topic, QoS::AtLeastOnce, false, payload.to_string()).await {
-                            tracing::error!(%error, "signal not queued");
-                        }
-                    }
-                    Err(e) => {
-                        errors += 1;
-                        bridge.metrics.invalid_frames.fetch_add(1, Relaxed);
-                        bridge.deliver(&session, &ServerFrame::Error { code: e.code.into(), message: e.message }).await;
-                        if errors > settings.max_errors { break SocketEnd::Abuse; }
-                    }
-                }
-            }
-            _ = heartbeat.tick() => {
-                if last_seen.elapsed() >= settings.heartbeat_timeout {
-                    tracing::info!(%account_id, %client_id, %connection_id, "WebSocket heartbeat timeout");
-                    break SocketEnd::HeartbeatTimeout;
-                }
-                bridge.deliver(&session, &ServerFrame::Ping).await;
-                session.control(Outgoing::Ping);
-            }
-            _ = writer_done.changed() => {
-                let timed_out = *writer_done.borrow() == 2;
-                break if bridge.hub.get(&connection_id).is_none() {
-                    SocketEnd::Ended
-                } else if timed_out {
-                    SocketEnd::SlowWriter
-                } else {
-                    SocketEnd::WriterGone
-                };
-            }
-        }
-    };
-    match end {
-        SocketEnd::Clean => {
-            bridge
-                .end(&connection_id, DisconnectReason::Clean, close::NORMAL)
-                .await
-        }
-        SocketEnd::Abuse => {
-            bridge
-                .end(&connection_id, DisconnectReason::Kicked, close::POLICY)
-                .await
-        }
-        SocketEnd::WriterGone => {
-            detach_and_wait(bridge.clone(), session, generation, close::NORMAL).await
-        }
-        SocketEnd::SlowWriter => {
-            tracing::warn!(%connection_id, "WebSocket write timed out: disconnecting a slow consumer");
-            bridge
-                .end(
-                    &connection_id,
-                    DisconnectReason::SlowConsumer,
-                    close::SLOW_CONSUMER,
-                )
-                .await
-        }
-        SocketEnd::Lost => {
-            detach_and_wait(bridge.clone(), session, generation, close::NORMAL).await
-        }
-        SocketEnd::HeartbeatTimeout => {
-            detach_and_wait(
-                bridge.clone(),
-                session,
-                generation,
-                close::HEARTBEAT_TIMEOUT,
-            )
-            .await
-        }
-        SocketEnd::Ended => {}
-    }
-    let _ = writer.await;
 }
 
 /// Detaches the socket; the session ends (`lost`) unless resumed within the window.
@@ -971,18 +733,6 @@ fn end_unless_resumed(
                 .await;
         }
     });
-}
-
-fn hello(session: &WsSession, resumed: bool, settings: &WsSettings) -> ServerFrame {
-    ServerFrame::Hello {
-        account_id: session.account_id.clone(),
-        client_id: session.client_id.clone(),
-        connection_id: session.connection_id.clone(),
-        resumed,
-        heartbeat_secs: settings.heartbeat.as_secs(),
-        resume_window_secs: settings.resume_window.as_secs(),
-        resume_secret: session.resume_secret().to_string(),
-    }
 }
 
 /// Runs the bridge's MQTT side: inbox messages (acknowledged once routed), committed
