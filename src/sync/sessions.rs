@@ -336,10 +336,10 @@ impl Sessions {
         };
         let events = match decide_start(
             by,
+            start,
             &state_of(row.as_ref()),
             owner.as_deref(),
             on_connection.as_ref().map(active_of).as_ref(),
-            start,
         ) {
             Ok(events) => events,
             Err(Rejected::Refused(refused)) => return Ok(StartOutcome::Refused(refused)),
@@ -386,7 +386,7 @@ impl Sessions {
                     .one(&txn)
                     .await?;
             let state = state_of(row.as_ref());
-            let event = match decide_end(by, &state, at_millis, reason) {
+            let event = match decide_end(by, at_millis, reason, &state) {
                 Ok(e) => e,
                 Err(Rejected::Refused(refused)) => return Ok(EndOutcome::Refused(refused)),
                 Err(Rejected::Ignored(SessionIgnored::UnknownSession)) => {
