@@ -292,6 +292,58 @@ pub fn decide_end(
     Ok(decide(&SessionCommand::End { at_millis, reason }, state)?)
 }
 
+/// An active session whose baby station is not connected, as the station's last recorded
+/// status left it: what decides whether the station's absence ends the session
+/// ([`end_when_away`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwaySession {
+    /// The account.
+    pub account_id: String,
+    /// The session.
+    pub session_id: String,
+    /// Its baby station.
+    pub client_id: String,
+    /// When the session started (the starter's clock).
+    pub started_at_millis: i64,
+    /// When Cradle recorded the start (Cradle's clock).
+    pub recorded_at_millis: i64,
+    /// When the station's last connection ended, when known.
+    pub disconnected_at_millis: Option<i64>,
+    /// Whether that connection ended with a goodbye (reason `clean`).
+    pub clean_disconnect: bool,
+    /// When Cradle recorded the station's last status change (Cradle's clock).
+    pub station_updated_at_millis: i64,
+}
+
+/// Whether a session ends because its baby station is away, why, and when.
+///
+/// A clean disconnect recorded at or after the session's start ends it
+/// (`clean_disconnect`); anything else (a lost connection, or a clean disconnect recorded
+/// before the start) ends it once `grace_millis` have passed since the later of the two
+/// records (`grace_expired`). `None` while within the grace period. The end is at the
+/// station's disconnect (at `now_millis` when unknown), never before the session started.
+/// Both records are on Cradle's clock, so `now_millis` must be too.
+pub fn end_when_away(
+    away: &AwaySession,
+    now_millis: i64,
+    grace_millis: i64,
+) -> Option<(EndReason, i64)> {
+    let since = away.station_updated_at_millis.max(away.recorded_at_millis);
+    let reason =
+        if away.clean_disconnect && away.station_updated_at_millis >= away.recorded_at_millis {
+            EndReason::CleanDisconnect
+        } else if now_millis - since >= grace_millis {
+            EndReason::GraceExpired
+        } else {
+            return None;
+        };
+    let at = away
+        .disconnected_at_millis
+        .unwrap_or(now_millis)
+        .max(away.started_at_millis);
+    Some((reason, at))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -654,6 +706,99 @@ mod tests {
         assert_eq!(
             decide_end(&station("baby-b"), 900, EndReason::Explicit, &given(&[])),
             Err(Rejected::Ignored(SessionIgnored::UnknownSession))
+        );
+    }
+
+    /// A session started at 1,000 and recorded at 1,010, its station away since 2,000
+    /// (recorded at 2,005), lost unless changed.
+    fn away() -> AwaySession {
+        AwaySession {
+            account_id: "a".into(),
+            session_id: "s1".into(),
+            client_id: "baby".into(),
+            started_at_millis: 1_000,
+            recorded_at_millis: 1_010,
+            disconnected_at_millis: Some(2_000),
+            clean_disconnect: false,
+            station_updated_at_millis: 2_005,
+        }
+    }
+
+    const GRACE: i64 = 30_000;
+
+    #[test]
+    fn given_a_clean_disconnect_after_the_start_when_swept_then_it_ends_at_the_disconnect() {
+        let a = AwaySession {
+            clean_disconnect: true,
+            ..away()
+        };
+        assert_eq!(
+            end_when_away(&a, 2_010, GRACE),
+            Some((EndReason::CleanDisconnect, 2_000))
+        );
+    }
+
+    #[test]
+    fn given_a_clean_disconnect_recorded_before_the_start_when_swept_then_it_waits_for_grace() {
+        let a = AwaySession {
+            clean_disconnect: true,
+            station_updated_at_millis: 900,
+            disconnected_at_millis: Some(890),
+            ..away()
+        };
+        assert_eq!(end_when_away(&a, 1_010 + GRACE - 1, GRACE), None);
+        assert_eq!(
+            end_when_away(&a, 1_010 + GRACE, GRACE),
+            Some((EndReason::GraceExpired, 1_000))
+        );
+    }
+
+    #[test]
+    fn given_a_lost_connection_when_swept_within_grace_then_the_session_stays() {
+        assert_eq!(end_when_away(&away(), 2_005 + GRACE - 1, GRACE), None);
+    }
+
+    #[test]
+    fn given_a_lost_connection_when_the_grace_period_passed_then_it_ends_at_the_disconnect() {
+        assert_eq!(
+            end_when_away(&away(), 2_005 + GRACE, GRACE),
+            Some((EndReason::GraceExpired, 2_000))
+        );
+    }
+
+    #[test]
+    fn given_a_station_away_since_before_the_start_when_swept_then_grace_counts_from_the_start() {
+        let a = AwaySession {
+            station_updated_at_millis: 500,
+            ..away()
+        };
+        assert_eq!(end_when_away(&a, 1_010 + GRACE - 1, GRACE), None);
+        assert!(end_when_away(&a, 1_010 + GRACE, GRACE).is_some());
+    }
+
+    #[test]
+    fn given_no_disconnect_time_when_the_session_ends_then_it_ends_now() {
+        let a = AwaySession {
+            disconnected_at_millis: None,
+            ..away()
+        };
+        let now = 2_005 + GRACE + 7;
+        assert_eq!(
+            end_when_away(&a, now, GRACE),
+            Some((EndReason::GraceExpired, now))
+        );
+    }
+
+    #[test]
+    fn given_a_disconnect_stamped_before_the_start_when_it_ends_then_it_ends_at_the_start() {
+        let a = AwaySession {
+            clean_disconnect: true,
+            disconnected_at_millis: Some(400),
+            ..away()
+        };
+        assert_eq!(
+            end_when_away(&a, 2_010, GRACE),
+            Some((EndReason::CleanDisconnect, 1_000))
         );
     }
 }

@@ -4,6 +4,8 @@
 
 use sea_orm::entity::prelude::*;
 
+use crate::domain::usage::SessionSpan;
+
 /// One session.
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "sessions")]
@@ -36,3 +38,16 @@ pub struct Model {
 pub enum Relation {}
 
 impl ActiveModelBehavior for ActiveModel {}
+
+impl From<&Model> for SessionSpan {
+    fn from(r: &Model) -> Self {
+        SessionSpan {
+            session_id: r.session_id.clone(),
+            client_id: r.client_id.clone(),
+            name: r.name.clone(),
+            started_at_millis: r.started_at_millis,
+            active: r.active,
+            ended_at_millis: r.ended_at_millis,
+        }
+    }
+}

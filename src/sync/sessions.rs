@@ -22,9 +22,11 @@ use tokio::sync::mpsc;
 use crate::clock::now_millis;
 use crate::domain::connection::ConnectionEvent;
 use crate::domain::session::{
-    decide_end, decide_start, ActiveSession, Actor, EndReason, Rejected, SessionEvent,
-    SessionIgnored, SessionRefused, SessionState,
+    decide_end, decide_start, end_when_away, ActiveSession, Actor, AwaySession, EndReason,
+    Rejected, SessionEvent, SessionIgnored, SessionRefused, SessionState,
 };
+use crate::domain::usage::SessionSpan;
+pub use crate::domain::usage::{Usage, UsageClient, UsageSession};
 use crate::metrics::Metrics;
 use crate::store::{clients, parent_stations, sessions, NewEvent, Store, StoreError};
 use crate::sync::pending::{PendingStart, PendingStarts};
@@ -654,17 +656,20 @@ impl Sessions {
                 let Some(c) = by_key.get(&(s.account_id.as_str(), s.client_id.as_str())) else {
                     continue;
                 };
-                let at = c.disconnected_at_millis.unwrap_or(now);
-                let clean = c.last_disconnect_reason.as_deref() == Some("clean");
-                let since = c.updated_at_millis.max(s.recorded_at_millis);
-                let reason = if clean && c.updated_at_millis >= s.recorded_at_millis {
-                    EndReason::CleanDisconnect
-                } else if now - since >= self.settings.grace.as_millis() as i64 {
-                    EndReason::GraceExpired
-                } else {
+                let away = AwaySession {
+                    account_id: s.account_id.clone(),
+                    session_id: s.session_id.clone(),
+                    client_id: s.client_id.clone(),
+                    started_at_millis: s.started_at_millis,
+                    recorded_at_millis: s.recorded_at_millis,
+                    disconnected_at_millis: c.disconnected_at_millis,
+                    clean_disconnect: c.last_disconnect_reason.as_deref() == Some("clean"),
+                    station_updated_at_millis: c.updated_at_millis,
+                };
+                let grace = self.settings.grace.as_millis() as i64;
+                let Some((reason, at)) = end_when_away(&away, now, grace) else {
                     continue;
                 };
-                let at = at.max(s.started_at_millis);
                 if self.end(&s.account_id, &s.session_id, at, reason).await? == EndOutcome::Ended {
                     tracing::info!(account_id = %s.account_id, client_id = %s.client_id, session_id = %s.session_id, reason = reason.as_str(), "session ended by its station's connection");
                     ended += 1;
@@ -808,200 +813,8 @@ impl Sessions {
     }
 }
 
-/// One session's share of a usage window.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct UsageSession {
-    /// The session.
-    pub session_id: String,
-    /// Its baby station.
-    pub client_id: String,
-    /// Display name.
-    pub name: String,
-    /// When it started.
-    pub started_at_millis: i64,
-    /// When it ended; `null` while it runs.
-    pub ended_at_millis: Option<i64>,
-    /// Whether it is still running (counted up to `to`).
-    pub open: bool,
-    /// Time inside the window.
-    pub duration_millis: i64,
-}
-
-/// Usage totals of one baby station.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct UsageClient {
-    /// The baby station.
-    pub client_id: String,
-    /// Sessions overlapping the window.
-    pub sessions: usize,
-    /// Time covered by at least one of its sessions (overlaps counted once).
-    pub total_millis: i64,
-}
-
-/// Usage of an account in `[from, to)`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Usage {
-    /// Window start (inclusive), Unix milliseconds.
-    pub from: i64,
-    /// Window end (exclusive).
-    pub to: i64,
-    /// Every session overlapping the window, by start.
-    pub sessions: Vec<UsageSession>,
-    /// Per baby station.
-    pub clients: Vec<UsageClient>,
-    /// Sum of the clients' totals.
-    pub total_millis: i64,
-}
-
-/// `sum + (b - a)`, saturating: a window up to `i64::MAX` (any caller's `to`) must not
-/// overflow.
-fn add_millis(sum: i64, b: i64, a: i64) -> i64 {
-    sum.saturating_add(b.saturating_sub(a))
-}
-
-/// Computes usage in `[from, to)`: each session is clipped to the window (a running one
-/// counts up to `to`); a station's total is the union of its sessions' intervals, so
-/// overlapping sessions of one station are not counted twice.
+/// Computes usage in `[from, to)` from the `sessions` rows (see [`crate::domain::usage`]).
 pub fn usage(rows: &[sessions::Model], from: i64, to: i64) -> Usage {
-    let mut sessions_out = Vec::new();
-    let mut intervals: std::collections::BTreeMap<String, Vec<(i64, i64)>> = Default::default();
-    for r in rows {
-        let end = if r.active {
-            to
-        } else {
-            r.ended_at_millis.unwrap_or(to)
-        };
-        let (a, b) = (r.started_at_millis.max(from), end.min(to));
-        if r.started_at_millis >= to || end < from {
-            continue;
-        }
-        let b = b.max(a);
-        sessions_out.push(UsageSession {
-            session_id: r.session_id.clone(),
-            client_id: r.client_id.clone(),
-            name: r.name.clone(),
-            started_at_millis: r.started_at_millis,
-            ended_at_millis: if r.active { None } else { r.ended_at_millis },
-            open: r.active,
-            duration_millis: b.saturating_sub(a),
-        });
-        intervals
-            .entry(r.client_id.clone())
-            .or_default()
-            .push((a, b));
-    }
-    let mut clients = Vec::new();
-    let mut total = 0;
-    for (client_id, mut iv) in intervals {
-        iv.sort_unstable();
-        let count = iv.len();
-        let mut sum = 0;
-        let mut current: Option<(i64, i64)> = None;
-        for (a, b) in iv {
-            current = match current {
-                Some((ca, cb)) if a <= cb => Some((ca, cb.max(b))),
-                Some((ca, cb)) => {
-                    sum = add_millis(sum, cb, ca);
-                    Some((a, b))
-                }
-                None => Some((a, b)),
-            };
-        }
-        if let Some((ca, cb)) = current {
-            sum = add_millis(sum, cb, ca);
-        }
-        total = i64::saturating_add(total, sum);
-        clients.push(UsageClient {
-            client_id,
-            sessions: count,
-            total_millis: sum,
-        });
-    }
-    Usage {
-        from,
-        to,
-        sessions: sessions_out,
-        clients,
-        total_millis: total,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn row(id: &str, client: &str, start: i64, end: Option<i64>) -> sessions::Model {
-        sessions::Model {
-            account_id: "a".into(),
-            session_id: id.into(),
-            client_id: client.into(),
-            connection_id: "k".into(),
-            name: "n".into(),
-            started_at_millis: start,
-            active: end.is_none(),
-            ended_at_millis: end,
-            end_reason: end.map(|_| "explicit".into()),
-            recorded_at_millis: start,
-        }
-    }
-
-    #[test]
-    fn a_window_up_to_the_largest_time_saturates_instead_of_overflowing() {
-        let u = usage(
-            &[row("s1", "b1", 1, None), row("s2", "b2", 1, None)],
-            0,
-            i64::MAX,
-        );
-        assert_eq!(u.total_millis, i64::MAX);
-    }
-
-    #[test]
-    fn sessions_are_clipped_to_the_window_and_open_ones_count_up_to_its_end() {
-        let u = usage(
-            &[row("s1", "b1", 0, Some(150)), row("s2", "b2", 180, None)],
-            100,
-            200,
-        );
-        assert_eq!(u.sessions[0].duration_millis, 50);
-        assert!(u.sessions[1].open);
-        assert_eq!(u.sessions[1].duration_millis, 20);
-        assert_eq!(u.total_millis, 70);
-    }
-
-    #[test]
-    fn overlapping_sessions_of_one_station_are_counted_once() {
-        let u = usage(
-            &[
-                row("s1", "b1", 100, Some(300)),
-                row("s2", "b1", 200, Some(400)),
-            ],
-            0,
-            1_000,
-        );
-        assert_eq!(u.clients.len(), 1);
-        assert_eq!(u.clients[0].sessions, 2);
-        assert_eq!(u.clients[0].total_millis, 300);
-        assert_eq!(u.total_millis, 300);
-        // each session still shows its own duration
-        assert_eq!(
-            u.sessions[0].duration_millis + u.sessions[1].duration_millis,
-            400
-        );
-    }
-
-    #[test]
-    fn stations_are_totalled_separately() {
-        let u = usage(
-            &[row("s1", "b1", 0, Some(10)), row("s2", "b2", 0, Some(30))],
-            0,
-            100,
-        );
-        let totals: Vec<(String, i64)> = u
-            .clients
-            .iter()
-            .map(|c| (c.client_id.clone(), c.total_millis))
-            .collect();
-        assert_eq!(totals, vec![("b1".into(), 10), ("b2".into(), 30)]);
-        assert_eq!(u.total_millis, 40);
-    }
+    let spans: Vec<SessionSpan> = rows.iter().map(SessionSpan::from).collect();
+    crate::domain::usage::usage(&spans, from, to)
 }
