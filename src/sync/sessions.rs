@@ -7,28 +7,24 @@
 //! the `sessions` read-model rows. The baby-station announcement (retained) is published
 //! after the commit.
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, QoS};
-use sea_orm::{
-    ActiveValue, ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, TransactionTrait,
-};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::clock::now_millis;
 use crate::domain::connection::ConnectionEvent;
 use crate::domain::session::{
-    decide_end, decide_start, end_when_away, ActiveSession, Actor, AwaySession, EndReason,
-    Rejected, SessionEvent, SessionIgnored, SessionRefused, SessionState,
+    decide_end, decide_start, end_when_away, ActiveSession, Actor, EndReason, Rejected,
+    SessionEvent, SessionIgnored, SessionRefused, SessionState,
 };
 use crate::domain::usage::SessionSpan;
 pub use crate::domain::usage::{Usage, UsageClient, UsageSession};
 use crate::metrics::Metrics;
-use crate::store::{clients, parent_stations, sessions, NewEvent, Store, StoreError};
+use crate::store::{parent_stations, sessions, NewEvent, Store, StoreError, StoreTx};
 use crate::sync::pending::{PendingStart, PendingStarts};
 use crate::sync::status::ConnectionChange;
 
@@ -125,22 +121,9 @@ pub fn announcement_topic(account_id: &str, client_id: &str) -> String {
     format!("accounts/{account_id}/baby_stations/{client_id}")
 }
 
-fn state_of(row: Option<&sessions::Model>) -> SessionState {
-    match row {
-        None => SessionState::None,
-        Some(r) if r.active => SessionState::Active(active_of(r)),
-        Some(_) => SessionState::Ended,
-    }
-}
-
+/// The active session a `sessions` row holds (its announcement's content).
 pub(crate) fn active_of(r: &sessions::Model) -> ActiveSession {
-    ActiveSession {
-        session_id: r.session_id.clone(),
-        client_id: r.client_id.clone(),
-        connection_id: r.connection_id.clone(),
-        name: r.name.clone(),
-        started_at_millis: r.started_at_millis,
-    }
+    ActiveSession::from(r)
 }
 
 fn new_event(account_id: &str, event: &SessionEvent) -> NewEvent {
@@ -270,6 +253,7 @@ impl Sessions {
         let client_id = match &req.client_id {
             Some(c) => c.clone(),
             None => match self
+                .store
                 .client_of_connection(account_id, &req.connection_id)
                 .await?
             {
@@ -303,16 +287,10 @@ impl Sessions {
         account_id: &str,
         start: &ActiveSession,
     ) -> Result<StartOutcome, StoreError> {
-        let txn = self.store.db().begin().await?;
-        let row = sessions::Entity::find_by_id((account_id.to_string(), start.session_id.clone()))
-            .one(&txn)
-            .await?;
-        let on_connection = sessions::Entity::find()
-            .filter(sessions::Column::AccountId.eq(account_id))
-            .filter(sessions::Column::ConnectionId.eq(&start.connection_id))
-            .filter(sessions::Column::Active.eq(true))
-            .filter(sessions::Column::SessionId.ne(&start.session_id))
-            .one(&txn)
+        let txn = self.store.begin().await?;
+        let state = txn.session_state(account_id, &start.session_id).await?;
+        let on_connection = txn
+            .active_on_connection(account_id, &start.connection_id, &start.session_id)
             .await?;
         // Whose connection it is matters only to a station's start. Connection ids are the
         // devices' own words, so two clients may claim one: the connection counts as another
@@ -321,14 +299,9 @@ impl Sessions {
         let owner = match by {
             Actor::Account => None,
             Actor::Station(station) => {
-                let owners: Vec<String> = clients::Entity::find()
-                    .filter(clients::Column::AccountId.eq(account_id))
-                    .filter(clients::Column::ConnectionId.eq(&start.connection_id))
-                    .all(&txn)
-                    .await?
-                    .into_iter()
-                    .map(|c| c.client_id)
-                    .collect();
+                let owners = txn
+                    .clients_of_connection(account_id, &start.connection_id)
+                    .await?;
                 owners
                     .iter()
                     .find(|o| *o != station)
@@ -336,13 +309,8 @@ impl Sessions {
                     .cloned()
             }
         };
-        let events = match decide_start(
-            by,
-            start,
-            &state_of(row.as_ref()),
-            owner.as_deref(),
-            on_connection.as_ref().map(active_of).as_ref(),
-        ) {
+        let events = match decide_start(by, start, &state, owner.as_deref(), on_connection.as_ref())
+        {
             Ok(events) => events,
             Err(Rejected::Refused(refused)) => return Ok(StartOutcome::Refused(refused)),
             Err(Rejected::Ignored(ignored)) => {
@@ -382,12 +350,8 @@ impl Sessions {
         reason: EndReason,
     ) -> Result<EndOutcome, StoreError> {
         for attempt in 0..4 {
-            let txn = self.store.db().begin().await?;
-            let row =
-                sessions::Entity::find_by_id((account_id.to_string(), session_id.to_string()))
-                    .one(&txn)
-                    .await?;
-            let state = state_of(row.as_ref());
+            let txn = self.store.begin().await?;
+            let state = txn.session_state(account_id, session_id).await?;
             let event = match decide_end(by, at_millis, reason, &state) {
                 Ok(e) => e,
                 Err(Rejected::Refused(refused)) => return Ok(EndOutcome::Refused(refused)),
@@ -416,7 +380,6 @@ impl Sessions {
                 return Err(e);
             }
             if let Err(e) = txn.commit().await {
-                let e = StoreError::from(e);
                 if matches!(e, StoreError::Conflict(_)) && attempt < 3 {
                     continue;
                 }
@@ -431,30 +394,17 @@ impl Sessions {
     /// Appends `events` and updates the read model, inside `txn`.
     async fn write(
         &self,
-        txn: &sea_orm::DatabaseTransaction,
+        txn: &StoreTx,
         account_id: &str,
         events: &[SessionEvent],
     ) -> Result<(), StoreError> {
         let now = now_millis();
         let new: Vec<NewEvent> = events.iter().map(|e| new_event(account_id, e)).collect();
-        crate::store::append_in(txn, &new, now).await?;
+        txn.append(&new, now).await?;
         for event in events {
             match event {
                 SessionEvent::Started(s) => {
-                    sessions::Entity::insert(sessions::ActiveModel {
-                        account_id: ActiveValue::Set(account_id.to_string()),
-                        session_id: ActiveValue::Set(s.session_id.clone()),
-                        client_id: ActiveValue::Set(s.client_id.clone()),
-                        connection_id: ActiveValue::Set(s.connection_id.clone()),
-                        name: ActiveValue::Set(s.name.clone()),
-                        started_at_millis: ActiveValue::Set(s.started_at_millis),
-                        active: ActiveValue::Set(true),
-                        ended_at_millis: ActiveValue::Set(None),
-                        end_reason: ActiveValue::Set(None),
-                        recorded_at_millis: ActiveValue::Set(now),
-                    })
-                    .exec(txn)
-                    .await?;
+                    txn.insert_session(account_id, s, now).await?;
                     self.metrics.sessions_started.fetch_add(1, Relaxed);
                 }
                 SessionEvent::Ended {
@@ -463,13 +413,7 @@ impl Sessions {
                     reason,
                     ..
                 } => {
-                    sessions::Entity::update_many()
-                        .col_expr(sessions::Column::Active, false.into())
-                        .col_expr(sessions::Column::EndedAtMillis, (*ended_at_millis).into())
-                        .col_expr(sessions::Column::EndReason, reason.as_str().into())
-                        .filter(sessions::Column::AccountId.eq(account_id))
-                        .filter(sessions::Column::SessionId.eq(&session.session_id))
-                        .exec(txn)
+                    txn.end_session(account_id, &session.session_id, *ended_at_millis, *reason)
                         .await?;
                     self.metrics.sessions_ended.fetch_add(1, Relaxed);
                 }
@@ -498,7 +442,11 @@ impl Sessions {
                     ) {
                         continue;
                     }
-                    match self.active_of_client(account_id, &s.client_id).await {
+                    match self
+                        .store
+                        .active_session_of_client(account_id, &s.client_id)
+                        .await
+                    {
                         Ok(Some(other)) => announcement(&other),
                         _ => Vec::new(),
                     }
@@ -514,44 +462,14 @@ impl Sessions {
         }
     }
 
-    async fn active_of_client(
-        &self,
-        account_id: &str,
-        client_id: &str,
-    ) -> Result<Option<ActiveSession>, StoreError> {
-        Ok(sessions::Entity::find()
-            .filter(sessions::Column::AccountId.eq(account_id))
-            .filter(sessions::Column::ClientId.eq(client_id))
-            .filter(sessions::Column::Active.eq(true))
-            .order_by_desc(sessions::Column::StartedAtMillis)
-            .one(self.store.db())
-            .await?
-            .as_ref()
-            .map(active_of))
-    }
-
-    /// The client whose current (or last) connection is `connection_id`.
-    async fn client_of_connection(
-        &self,
-        account_id: &str,
-        connection_id: &str,
-    ) -> Result<Option<String>, StoreError> {
-        Ok(clients::Entity::find()
-            .filter(clients::Column::AccountId.eq(account_id))
-            .filter(clients::Column::ConnectionId.eq(connection_id))
-            .order_by_desc(clients::Column::UpdatedAtMillis)
-            .one(self.store.db())
-            .await?
-            .map(|c| c.client_id))
-    }
-
     /// Parks a start whose connection is unknown. Checks the log first: a session that
     /// already started (or ended) is answered as such, not parked.
     async fn park(&self, account_id: &str, req: StartRequest) -> Result<StartOutcome, StoreError> {
-        let row = sessions::Entity::find_by_id((account_id.to_string(), req.session_id.clone()))
-            .one(self.store.db())
-            .await?;
-        match state_of(row.as_ref()) {
+        match self
+            .store
+            .session_state(account_id, &req.session_id)
+            .await?
+        {
             SessionState::Active(_) => return Ok(StartOutcome::AlreadyActive),
             SessionState::Ended => return Ok(StartOutcome::AlreadyEnded),
             SessionState::None => {}
@@ -624,50 +542,15 @@ impl Sessions {
     /// Ends the sessions whose baby station disconnected cleanly after the start, or has
     /// been away longer than the grace period. Returns how many ended.
     pub async fn sweep(&self, now: i64) -> Result<usize, StoreError> {
-        let active = sessions::Entity::find()
-            .filter(sessions::Column::Active.eq(true))
-            .all(self.store.db())
-            .await?;
+        let active = self.store.active_sessions().await?;
         if active.is_empty() {
             return Ok(0);
         }
+        let grace = self.settings.grace.as_millis() as i64;
         let mut ended = 0;
         for chunk in active.chunks(200) {
-            let mut accounts: Vec<&str> = chunk.iter().map(|s| s.account_id.as_str()).collect();
-            accounts.sort_unstable();
-            accounts.dedup();
-            let rows = clients::Entity::find()
-                .filter(
-                    Condition::all()
-                        .add(clients::Column::AccountId.is_in(accounts))
-                        .add(
-                            clients::Column::ClientId
-                                .is_in(chunk.iter().map(|s| s.client_id.as_str())),
-                        )
-                        .add(clients::Column::Connected.eq(false)),
-                )
-                .all(self.store.db())
-                .await?;
-            let by_key: HashMap<(&str, &str), &clients::Model> = rows
-                .iter()
-                .map(|c| ((c.account_id.as_str(), c.client_id.as_str()), c))
-                .collect();
-            for s in chunk {
-                let Some(c) = by_key.get(&(s.account_id.as_str(), s.client_id.as_str())) else {
-                    continue;
-                };
-                let away = AwaySession {
-                    account_id: s.account_id.clone(),
-                    session_id: s.session_id.clone(),
-                    client_id: s.client_id.clone(),
-                    started_at_millis: s.started_at_millis,
-                    recorded_at_millis: s.recorded_at_millis,
-                    disconnected_at_millis: c.disconnected_at_millis,
-                    clean_disconnect: c.last_disconnect_reason.as_deref() == Some("clean"),
-                    station_updated_at_millis: c.updated_at_millis,
-                };
-                let grace = self.settings.grace.as_millis() as i64;
-                let Some((reason, at)) = end_when_away(&away, now, grace) else {
+            for s in self.store.away_sessions(chunk).await? {
+                let Some((reason, at)) = end_when_away(&s, now, grace) else {
                     continue;
                 };
                 if self.end(&s.account_id, &s.session_id, at, reason).await? == EndOutcome::Ended {
@@ -718,20 +601,11 @@ impl Sessions {
 
     /// The account's active baby stations.
     pub async fn baby_stations(&self, account_id: &str) -> Result<Vec<BabyStation>, StoreError> {
-        let active = sessions::Entity::find()
-            .filter(sessions::Column::AccountId.eq(account_id))
-            .filter(sessions::Column::Active.eq(true))
-            .order_by_asc(sessions::Column::StartedAtMillis)
-            .all(self.store.db())
+        let active = self.store.active_sessions_of_account(account_id).await?;
+        let connected = self
+            .store
+            .connected_by_client(account_id, active.iter().map(|s| s.client_id.as_str()))
             .await?;
-        let connected: HashMap<String, bool> = clients::Entity::find()
-            .filter(clients::Column::AccountId.eq(account_id))
-            .filter(clients::Column::ClientId.is_in(active.iter().map(|s| s.client_id.as_str())))
-            .all(self.store.db())
-            .await?
-            .into_iter()
-            .map(|c| (c.client_id, c.connected))
-            .collect();
         Ok(active
             .into_iter()
             .map(|s| BabyStation {
@@ -752,17 +626,7 @@ impl Sessions {
         from: i64,
         to: i64,
     ) -> Result<Vec<sessions::Model>, StoreError> {
-        Ok(sessions::Entity::find()
-            .filter(sessions::Column::AccountId.eq(account_id))
-            .filter(sessions::Column::StartedAtMillis.lt(to))
-            .filter(
-                Condition::any()
-                    .add(sessions::Column::EndedAtMillis.is_null())
-                    .add(sessions::Column::EndedAtMillis.gt(from)),
-            )
-            .order_by_asc(sessions::Column::StartedAtMillis)
-            .all(self.store.db())
-            .await?)
+        self.store.sessions_between(account_id, from, to).await
     }
 
     /// Records a parent station's announcement (an empty one removes it).
@@ -772,32 +636,18 @@ impl Sessions {
         client_id: &str,
         announcement: Option<&serde_json::Value>,
     ) -> Result<(), StoreError> {
-        use parent_stations::Column as C;
         match announcement {
             None => {
-                parent_stations::Entity::delete_many()
-                    .filter(C::AccountId.eq(account_id))
-                    .filter(C::ClientId.eq(client_id))
-                    .exec(self.store.db())
-                    .await?;
+                self.store
+                    .remove_parent_station(account_id, client_id)
+                    .await
             }
             Some(value) => {
-                parent_stations::Entity::insert(parent_stations::ActiveModel {
-                    account_id: ActiveValue::Set(account_id.to_string()),
-                    client_id: ActiveValue::Set(client_id.to_string()),
-                    announcement: ActiveValue::Set(value.to_string()),
-                    updated_at_millis: ActiveValue::Set(now_millis()),
-                })
-                .on_conflict(
-                    sea_orm::sea_query::OnConflict::columns([C::AccountId, C::ClientId])
-                        .update_columns([C::Announcement, C::UpdatedAtMillis])
-                        .to_owned(),
-                )
-                .exec(self.store.db())
-                .await?;
+                self.store
+                    .record_parent_station(account_id, client_id, value, now_millis())
+                    .await
             }
         }
-        Ok(())
     }
 
     /// The account's parent stations.
@@ -805,11 +655,7 @@ impl Sessions {
         &self,
         account_id: &str,
     ) -> Result<Vec<parent_stations::Model>, StoreError> {
-        Ok(parent_stations::Entity::find()
-            .filter(parent_stations::Column::AccountId.eq(account_id))
-            .order_by_asc(parent_stations::Column::ClientId)
-            .all(self.store.db())
-            .await?)
+        self.store.parent_stations(account_id).await
     }
 }
 
