@@ -77,3 +77,47 @@ impl Store {
             .await?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::StoreConfig;
+
+    #[tokio::test]
+    async fn a_parent_station_is_recorded_replaced_listed_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("cradle.db").display());
+        let store = Store::connect(&StoreConfig {
+            database_url: url,
+            ..StoreConfig::default()
+        })
+        .await
+        .unwrap();
+        let first = serde_json::json!({"name": "Kitchen"});
+        let second = serde_json::json!({"name": "Bedroom"});
+        store
+            .record_parent_station("a", "p2", &first, 10)
+            .await
+            .unwrap();
+        store
+            .record_parent_station("a", "p1", &first, 11)
+            .await
+            .unwrap();
+        store
+            .record_parent_station("a", "p1", &second, 12)
+            .await
+            .unwrap();
+        store
+            .record_parent_station("b", "p9", &first, 13)
+            .await
+            .unwrap();
+        let listed = store.parent_stations("a").await.unwrap();
+        let ids: Vec<&str> = listed.iter().map(|p| p.client_id.as_str()).collect();
+        assert_eq!(ids, vec!["p1", "p2"]);
+        assert_eq!(listed[0].announcement, second.to_string());
+        assert_eq!(listed[0].updated_at_millis, 12);
+        store.remove_parent_station("a", "p1").await.unwrap();
+        store.remove_parent_station("a", "nobody").await.unwrap();
+        assert_eq!(store.parent_stations("a").await.unwrap().len(), 1);
+    }
+}

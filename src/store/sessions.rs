@@ -324,3 +324,154 @@ impl StoreTx {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::StoreConfig;
+
+    async fn store(dir: &tempfile::TempDir) -> Store {
+        let url = format!("sqlite://{}", dir.path().join("cradle.db").display());
+        Store::connect(&StoreConfig {
+            database_url: url,
+            ..StoreConfig::default()
+        })
+        .await
+        .unwrap()
+    }
+
+    fn session(id: &str, client: &str, connection: &str, at: i64) -> ActiveSession {
+        ActiveSession {
+            session_id: id.into(),
+            client_id: client.into(),
+            connection_id: connection.into(),
+            name: "Nursery".into(),
+            started_at_millis: at,
+        }
+    }
+
+    fn client(id: &str, connection: &str, connected: bool, reason: Option<&str>) -> clients::Model {
+        clients::Model {
+            account_id: "a".into(),
+            client_id: id.into(),
+            connected,
+            connection_id: connection.into(),
+            connected_at_millis: 100,
+            disconnected_at_millis: (!connected).then_some(900),
+            last_disconnect_reason: reason.map(str::to_string),
+            stream_version: 1,
+            updated_at_millis: 950,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_session_reads_back_as_none_then_active_then_ended() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir).await;
+        let s = session("s1", "baby", "k1", 100);
+        assert_eq!(
+            store.session_state("a", "s1").await.unwrap(),
+            SessionState::None
+        );
+        let tx = store.begin().await.unwrap();
+        tx.insert_session("a", &s, 110).await.unwrap();
+        assert_eq!(
+            tx.session_state("a", "s1").await.unwrap(),
+            SessionState::Active(s.clone())
+        );
+        assert_eq!(
+            tx.active_on_connection("a", "k1", "s1").await.unwrap(),
+            None
+        );
+        assert_eq!(
+            tx.active_on_connection("a", "k1", "s2").await.unwrap(),
+            Some(s.clone())
+        );
+        tx.commit().await.unwrap();
+        assert_eq!(
+            store.active_session_of_client("a", "baby").await.unwrap(),
+            Some(s.clone())
+        );
+        let tx = store.begin().await.unwrap();
+        tx.end_session("a", "s1", 500, EndReason::Explicit)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(
+            store.session_state("a", "s1").await.unwrap(),
+            SessionState::Ended
+        );
+        assert_eq!(
+            store.active_session_of_client("a", "baby").await.unwrap(),
+            None
+        );
+        let rows = store.sessions_between("a", 400, 600).await.unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].end_reason.as_deref(), Some("explicit"));
+        assert!(store
+            .sessions_between("a", 500, 600)
+            .await
+            .unwrap()
+            .is_empty());
+    }
+
+    #[tokio::test]
+    async fn away_sessions_are_those_whose_station_is_recorded_and_not_connected() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir).await;
+        let tx = store.begin().await.unwrap();
+        tx.upsert_clients(&[
+            client("away", "k1", false, Some("clean")),
+            client("here", "k2", true, None),
+        ])
+        .await
+        .unwrap();
+        tx.insert_session("a", &session("s1", "away", "k1", 100), 110)
+            .await
+            .unwrap();
+        tx.insert_session("a", &session("s2", "here", "k2", 100), 110)
+            .await
+            .unwrap();
+        tx.insert_session("a", &session("s3", "unseen", "k3", 100), 110)
+            .await
+            .unwrap();
+        assert_eq!(
+            tx.clients_of_connection("a", "k1").await.unwrap(),
+            vec!["away".to_string()]
+        );
+        tx.commit().await.unwrap();
+        assert_eq!(
+            store
+                .client_of_connection("a", "k2")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("here")
+        );
+        let active = store.active_sessions().await.unwrap();
+        assert_eq!(active.len(), 3);
+        let away = store.away_sessions(&active).await.unwrap();
+        assert_eq!(
+            away,
+            vec![AwaySession {
+                account_id: "a".into(),
+                session_id: "s1".into(),
+                client_id: "away".into(),
+                started_at_millis: 100,
+                recorded_at_millis: 110,
+                disconnected_at_millis: Some(900),
+                clean_disconnect: true,
+                station_updated_at_millis: 950,
+            }]
+        );
+        let connected = store
+            .connected_by_client("a", ["away", "here", "unseen"])
+            .await
+            .unwrap();
+        assert_eq!(connected.get("here"), Some(&true));
+        assert_eq!(connected.get("away"), Some(&false));
+        assert_eq!(connected.get("unseen"), None);
+        let listed = store.active_sessions_of_account("a").await.unwrap();
+        assert_eq!(listed.len(), 3);
+    }
+}
