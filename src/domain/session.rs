@@ -1,4 +1,5 @@
-//! The session start decider: one stream per (account, session), pure (no I/O, no clock).
+//! The session decider: one stream per (account, session), pure (no I/O, no clock).
+//! [`decide`] takes a command and the state, [`evolve`] folds a recorded event into the state.
 //!
 //! A baby station starts a monitoring session; the session ends explicitly, by a clean
 //! disconnect of its baby station, when its connection is reused by a new session, or when a
@@ -200,16 +201,16 @@ impl From<SessionIgnored> for Rejected {
 
 /// Decides one command against one session's state.
 pub fn decide(
-    state: &SessionState,
     command: &SessionCommand,
+    state: &SessionState,
 ) -> Result<SessionEvent, SessionIgnored> {
-    match (state, command) {
-        (SessionState::None, SessionCommand::Start(s)) => Ok(SessionEvent::Started(s.clone())),
-        (SessionState::Active(_), SessionCommand::Start(_)) => Err(SessionIgnored::DuplicateStart),
-        (SessionState::Ended, SessionCommand::Start(_)) => Err(SessionIgnored::StartAfterEnd),
-        (SessionState::None, SessionCommand::End { .. }) => Err(SessionIgnored::UnknownSession),
-        (SessionState::Ended, SessionCommand::End { .. }) => Err(SessionIgnored::DuplicateEnd),
-        (SessionState::Active(s), SessionCommand::End { at_millis, reason }) => {
+    match (command, state) {
+        (SessionCommand::Start(s), SessionState::None) => Ok(SessionEvent::Started(s.clone())),
+        (SessionCommand::Start(_), SessionState::Active(_)) => Err(SessionIgnored::DuplicateStart),
+        (SessionCommand::Start(_), SessionState::Ended) => Err(SessionIgnored::StartAfterEnd),
+        (SessionCommand::End { .. }, SessionState::None) => Err(SessionIgnored::UnknownSession),
+        (SessionCommand::End { .. }, SessionState::Ended) => Err(SessionIgnored::DuplicateEnd),
+        (SessionCommand::End { at_millis, reason }, SessionState::Active(s)) => {
             Ok(SessionEvent::Ended {
                 session: s.clone(),
                 ended_at_millis: *at_millis,
@@ -218,6 +219,14 @@ pub fn decide(
                 reason: *reason,
             })
         }
+    }
+}
+
+/// Applies one recorded event to its session's state.
+pub fn evolve(_state: SessionState, event: &SessionEvent) -> SessionState {
+    match event {
+        SessionEvent::Started(s) => SessionState::Active(s.clone()),
+        SessionEvent::Ended { .. } => SessionState::Ended,
     }
 }
 
@@ -233,12 +242,12 @@ pub fn decide(
 /// connection id a station will use). The account's starts are not checked.
 pub fn decide_start(
     by: &Actor,
+    start: &ActiveSession,
     state: &SessionState,
     connection_owner: Option<&str>,
     on_same_connection: Option<&ActiveSession>,
-    start: &ActiveSession,
 ) -> Result<Vec<SessionEvent>, Rejected> {
-    let started = decide(state, &SessionCommand::Start(start.clone()))?;
+    let started = decide(&SessionCommand::Start(start.clone()), state)?;
     let on_same_connection = on_same_connection.filter(|old| old.session_id != start.session_id);
     if let Actor::Station(station) = by {
         if start.client_id != *station {
@@ -261,7 +270,7 @@ pub fn decide_start(
             at_millis: start.started_at_millis.max(old.started_at_millis),
             reason: EndReason::Replaced,
         };
-        events.push(decide(&SessionState::Active(old.clone()), &end)?);
+        events.push(decide(&end, &SessionState::Active(old.clone()))?);
     }
     events.push(started);
     Ok(events)
@@ -271,21 +280,78 @@ pub fn decide_start(
 /// session is decided by its state, as for the account).
 pub fn decide_end(
     by: &Actor,
-    state: &SessionState,
     at_millis: i64,
     reason: EndReason,
+    state: &SessionState,
 ) -> Result<SessionEvent, Rejected> {
     if let (Actor::Station(station), SessionState::Active(s)) = (by, state) {
         if s.client_id != *station {
             return Err(Rejected::Refused(SessionRefused::ForeignSession));
         }
     }
-    Ok(decide(state, &SessionCommand::End { at_millis, reason })?)
+    Ok(decide(&SessionCommand::End { at_millis, reason }, state)?)
+}
+
+/// An active session whose baby station is not connected, as the station's last recorded
+/// status left it: what decides whether the station's absence ends the session
+/// ([`end_when_away`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwaySession {
+    /// The account.
+    pub account_id: String,
+    /// The session.
+    pub session_id: String,
+    /// Its baby station.
+    pub client_id: String,
+    /// When the session started (the starter's clock).
+    pub started_at_millis: i64,
+    /// When Cradle recorded the start (Cradle's clock).
+    pub recorded_at_millis: i64,
+    /// When the station's last connection ended, when known.
+    pub disconnected_at_millis: Option<i64>,
+    /// Whether that connection ended with a goodbye (reason `clean`).
+    pub clean_disconnect: bool,
+    /// When Cradle recorded the station's last status change (Cradle's clock).
+    pub station_updated_at_millis: i64,
+}
+
+/// Whether a session ends because its baby station is away, why, and when.
+///
+/// A clean disconnect recorded at or after the session's start ends it
+/// (`clean_disconnect`); anything else (a lost connection, or a clean disconnect recorded
+/// before the start) ends it once `grace_millis` have passed since the later of the two
+/// records (`grace_expired`). `None` while within the grace period. The end is at the
+/// station's disconnect (at `now_millis` when unknown), never before the session started.
+/// Both records are on Cradle's clock, so `now_millis` must be too.
+pub fn end_when_away(
+    away: &AwaySession,
+    now_millis: i64,
+    grace_millis: i64,
+) -> Option<(EndReason, i64)> {
+    let since = away.station_updated_at_millis.max(away.recorded_at_millis);
+    let reason =
+        if away.clean_disconnect && away.station_updated_at_millis >= away.recorded_at_millis {
+            EndReason::CleanDisconnect
+        } else if now_millis - since >= grace_millis {
+            EndReason::GraceExpired
+        } else {
+            return None;
+        };
+    let at = away
+        .disconnected_at_millis
+        .unwrap_or(now_millis)
+        .max(away.started_at_millis);
+    Some((reason, at))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The state the given events leave.
+    fn given(events: &[SessionEvent]) -> SessionState {
+        events.iter().fold(SessionState::None, evolve)
+    }
 
     fn session(id: &str, connection: &str, at: i64) -> ActiveSession {
         ActiveSession {
@@ -295,6 +361,23 @@ mod tests {
             name: "Nursery".into(),
             started_at_millis: at,
         }
+    }
+
+    fn started(s: &ActiveSession) -> SessionEvent {
+        SessionEvent::Started(s.clone())
+    }
+
+    fn ended(s: &ActiveSession, at: i64, reason: EndReason) -> SessionEvent {
+        SessionEvent::Ended {
+            session: s.clone(),
+            ended_at_millis: at,
+            duration_millis: (at - s.started_at_millis).max(0),
+            reason,
+        }
+    }
+
+    fn start(s: &ActiveSession) -> SessionCommand {
+        SessionCommand::Start(s.clone())
     }
 
     fn end(at: i64, reason: EndReason) -> SessionCommand {
@@ -307,56 +390,53 @@ mod tests {
     #[test]
     fn given_no_session_when_started_then_it_starts() {
         let s = session("s1", "k1", 100);
-        let e = decide(&SessionState::None, &SessionCommand::Start(s.clone())).unwrap();
-        assert_eq!(e, SessionEvent::Started(s));
+        let e = decide(&start(&s), &given(&[])).unwrap();
+        assert_eq!(e, started(&s));
         assert_eq!(e.event_type(), "session.started");
     }
 
     #[test]
     fn given_an_active_session_when_started_again_then_it_is_a_duplicate() {
         let s = session("s1", "k1", 100);
-        let state = SessionState::Active(s.clone());
         assert_eq!(
-            decide(&state, &SessionCommand::Start(s)),
+            decide(&start(&s), &given(&[started(&s)])),
             Err(SessionIgnored::DuplicateStart)
         );
     }
 
     #[test]
     fn given_an_ended_session_when_a_late_start_arrives_then_it_is_dropped() {
+        let s = session("s1", "k1", 100);
+        let state = given(&[started(&s), ended(&s, 900, EndReason::Explicit)]);
         assert_eq!(
-            decide(
-                &SessionState::Ended,
-                &SessionCommand::Start(session("s1", "k1", 100))
-            ),
+            decide(&start(&s), &state),
             Err(SessionIgnored::StartAfterEnd)
         );
     }
 
     #[test]
     fn given_an_active_session_when_ended_then_it_ends_with_its_duration() {
-        let state = SessionState::Active(session("s1", "k1", 100));
-        let e = decide(&state, &end(1_100, EndReason::Explicit)).unwrap();
+        let s = session("s1", "k1", 100);
+        let e = decide(&end(1_100, EndReason::Explicit), &given(&[started(&s)])).unwrap();
         assert_eq!(e.event_type(), "session.ended");
+        assert_eq!(e, ended(&s, 1_100, EndReason::Explicit));
         match e {
             SessionEvent::Ended {
-                duration_millis,
-                ended_at_millis,
-                reason,
-                ..
-            } => {
-                assert_eq!(duration_millis, 1_000);
-                assert_eq!(ended_at_millis, 1_100);
-                assert_eq!(reason, EndReason::Explicit);
-            }
+                duration_millis, ..
+            } => assert_eq!(duration_millis, 1_000),
             other => panic!("{other:?}"),
         }
     }
 
     #[test]
     fn given_clocks_that_disagree_when_ended_before_it_started_then_the_duration_is_zero() {
-        let state = SessionState::Active(session("s1", "k1", 5_000));
-        match decide(&state, &end(4_000, EndReason::CleanDisconnect)).unwrap() {
+        let s = session("s1", "k1", 5_000);
+        match decide(
+            &end(4_000, EndReason::CleanDisconnect),
+            &given(&[started(&s)]),
+        )
+        .unwrap()
+        {
             SessionEvent::Ended {
                 duration_millis, ..
             } => assert_eq!(duration_millis, 0),
@@ -366,8 +446,10 @@ mod tests {
 
     #[test]
     fn given_an_ended_session_when_ended_again_then_it_is_a_duplicate() {
+        let s = session("s1", "k1", 100);
+        let state = given(&[started(&s), ended(&s, 900, EndReason::Explicit)]);
         assert_eq!(
-            decide(&SessionState::Ended, &end(1, EndReason::Explicit)),
+            decide(&end(1_000, EndReason::Explicit), &state),
             Err(SessionIgnored::DuplicateEnd)
         );
     }
@@ -375,46 +457,87 @@ mod tests {
     #[test]
     fn given_no_session_when_ended_then_it_is_unknown() {
         assert_eq!(
-            decide(&SessionState::None, &end(1, EndReason::Explicit)),
+            decide(&end(1, EndReason::Explicit), &given(&[])),
             Err(SessionIgnored::UnknownSession)
         );
+    }
+
+    #[test]
+    fn given_no_event_then_there_is_no_session() {
+        assert_eq!(given(&[]), SessionState::None);
+    }
+
+    #[test]
+    fn given_a_start_then_the_session_is_active_as_started() {
+        let s = session("s1", "k1", 100);
+        assert_eq!(given(&[started(&s)]), SessionState::Active(s));
+    }
+
+    #[test]
+    fn given_a_start_and_an_end_then_the_session_is_ended() {
+        let s = session("s1", "k1", 100);
+        let state = given(&[started(&s), ended(&s, 900, EndReason::GraceExpired)]);
+        assert_eq!(state, SessionState::Ended);
+    }
+
+    #[test]
+    fn given_the_events_a_start_decided_when_it_is_repeated_then_it_is_a_duplicate() {
+        let s = session("s1", "k1", 100);
+        let first = decide(&start(&s), &given(&[])).unwrap();
+        assert_eq!(
+            decide(&start(&s), &given(&[first])),
+            Err(SessionIgnored::DuplicateStart)
+        );
+    }
+
+    #[test]
+    fn given_the_events_an_end_decided_when_it_is_repeated_then_it_is_a_duplicate() {
+        let s = session("s1", "k1", 100);
+        let state = given(&[started(&s)]);
+        let first = decide(&end(900, EndReason::Explicit), &state).unwrap();
+        let state = evolve(state, &first);
+        assert_eq!(
+            decide(&end(900, EndReason::Explicit), &state),
+            Err(SessionIgnored::DuplicateEnd)
+        );
+    }
+
+    #[test]
+    fn the_decider_needs_no_clock_the_same_inputs_give_the_same_outputs() {
+        let s = session("s1", "k1", 100);
+        let state = given(&[started(&s)]);
+        let command = end(700, EndReason::CleanDisconnect);
+        assert_eq!(decide(&command, &state), decide(&command, &state));
     }
 
     #[test]
     fn given_a_session_on_the_connection_when_a_new_one_starts_there_then_the_old_ends_first() {
         let old = session("s1", "k1", 100);
         let new = session("s2", "k1", 500);
-        let events =
-            decide_start(&Actor::Account, &SessionState::None, None, Some(&old), &new).unwrap();
-        assert_eq!(events.len(), 2);
+        let events = decide_start(&Actor::Account, &new, &given(&[]), None, Some(&old)).unwrap();
+        assert_eq!(
+            events,
+            vec![ended(&old, 500, EndReason::Replaced), started(&new)]
+        );
         match &events[0] {
             SessionEvent::Ended {
-                session,
-                reason,
-                ended_at_millis,
-                duration_millis,
-            } => {
-                assert_eq!(session.session_id, "s1");
-                assert_eq!(*reason, EndReason::Replaced);
-                assert_eq!(*ended_at_millis, 500);
-                assert_eq!(*duration_millis, 400);
-            }
+                duration_millis, ..
+            } => assert_eq!(*duration_millis, 400),
             other => panic!("{other:?}"),
         }
-        assert_eq!(events[1], SessionEvent::Started(new));
+        // Folded onto their own streams, the old session is ended and the new one active.
+        assert_eq!(
+            given(&[started(&old), events[0].clone()]),
+            SessionState::Ended
+        );
+        assert_eq!(given(&events[1..]), SessionState::Active(new));
     }
 
     #[test]
     fn given_the_same_session_on_the_connection_when_started_again_then_nothing_ends() {
         let s = session("s1", "k1", 100);
         assert_eq!(
-            decide_start(
-                &Actor::Account,
-                &SessionState::Active(s.clone()),
-                None,
-                Some(&s),
-                &s
-            ),
+            decide_start(&Actor::Account, &s, &given(&[started(&s)]), None, Some(&s)),
             Err(Rejected::Ignored(SessionIgnored::DuplicateStart))
         );
     }
@@ -422,17 +545,14 @@ mod tests {
     #[test]
     fn given_an_ended_session_when_a_late_start_reuses_a_busy_connection_then_nothing_changes() {
         let other = session("s9", "k1", 100);
+        let late = session("s1", "k1", 50);
+        let state = given(&[started(&late), ended(&late, 80, EndReason::Explicit)]);
         assert_eq!(
-            decide_start(
-                &Actor::Account,
-                &SessionState::Ended,
-                None,
-                Some(&other),
-                &session("s1", "k1", 50)
-            ),
+            decide_start(&Actor::Account, &late, &state, None, Some(&other)),
             Err(Rejected::Ignored(SessionIgnored::StartAfterEnd))
         );
     }
+
     fn hosted_by(client: &str, id: &str, connection: &str, at: i64) -> ActiveSession {
         ActiveSession {
             client_id: client.into(),
@@ -450,13 +570,7 @@ mod tests {
         let theirs = hosted_by("baby-a", "sa", "ka", 100);
         let mine = hosted_by("baby-b", "sb", "ka", 500);
         assert_eq!(
-            decide_start(
-                &station("baby-b"),
-                &SessionState::None,
-                None,
-                Some(&theirs),
-                &mine
-            ),
+            decide_start(&station("baby-b"), &mine, &given(&[]), None, Some(&theirs)),
             Err(Rejected::Refused(SessionRefused::ForeignConnection))
         );
     }
@@ -465,13 +579,7 @@ mod tests {
     fn given_another_clients_current_connection_when_a_station_starts_on_it_then_it_is_refused() {
         let mine = hosted_by("baby-b", "sb", "ka", 500);
         assert_eq!(
-            decide_start(
-                &station("baby-b"),
-                &SessionState::None,
-                Some("baby-a"),
-                None,
-                &mine
-            ),
+            decide_start(&station("baby-b"), &mine, &given(&[]), Some("baby-a"), None),
             Err(Rejected::Refused(SessionRefused::ForeignConnection))
         );
     }
@@ -483,18 +591,16 @@ mod tests {
         let new = hosted_by("baby-a", "s2", "ka", 500);
         let events = decide_start(
             &station("baby-a"),
-            &SessionState::None,
+            &new,
+            &given(&[]),
             Some("baby-a"),
             Some(&old),
-            &new,
         )
         .unwrap();
-        assert_eq!(events.len(), 2);
-        assert!(matches!(
-            &events[0],
-            SessionEvent::Ended { session, reason: EndReason::Replaced, .. } if session.session_id == "s1"
-        ));
-        assert_eq!(events[1], SessionEvent::Started(new));
+        assert_eq!(
+            events,
+            vec![ended(&old, 500, EndReason::Replaced), started(&new)]
+        );
     }
 
     #[test]
@@ -504,23 +610,24 @@ mod tests {
         let real = hosted_by("baby-a", "sa", "ka", 500);
         let events = decide_start(
             &station("baby-a"),
-            &SessionState::None,
+            &real,
+            &given(&[]),
             Some("baby-a"),
             Some(&squat),
-            &real,
         )
         .unwrap();
-        assert_eq!(events.len(), 2);
-        assert_eq!(events[0].session().session_id, "sb");
-        assert_eq!(events[1], SessionEvent::Started(real));
+        assert_eq!(
+            events,
+            vec![ended(&squat, 500, EndReason::Replaced), started(&real)]
+        );
     }
 
     #[test]
     fn given_a_connection_nobody_reported_yet_when_a_station_starts_on_it_then_it_starts() {
         let mine = hosted_by("baby-b", "sb", "kb", 500);
         assert_eq!(
-            decide_start(&station("baby-b"), &SessionState::None, None, None, &mine),
-            Ok(vec![SessionEvent::Started(mine)])
+            decide_start(&station("baby-b"), &mine, &given(&[]), None, None),
+            Ok(vec![started(&mine)])
         );
     }
 
@@ -528,7 +635,7 @@ mod tests {
     fn given_a_start_naming_another_station_as_host_when_a_station_sends_it_then_it_is_refused() {
         let theirs = hosted_by("baby-a", "s1", "ka", 500);
         assert_eq!(
-            decide_start(&station("baby-b"), &SessionState::None, None, None, &theirs),
+            decide_start(&station("baby-b"), &theirs, &given(&[]), None, None),
             Err(Rejected::Refused(SessionRefused::OtherStation))
         );
     }
@@ -541,10 +648,10 @@ mod tests {
         assert_eq!(
             decide_start(
                 &station("baby-b"),
-                &SessionState::Active(theirs.clone()),
+                &echo,
+                &given(&[started(&theirs)]),
                 Some("baby-a"),
                 None,
-                &echo
             ),
             Err(Rejected::Ignored(SessionIgnored::DuplicateStart))
         );
@@ -557,10 +664,10 @@ mod tests {
         let new = hosted_by("baby-b", "sb", "ka", 500);
         let events = decide_start(
             &Actor::Account,
-            &SessionState::None,
+            &new,
+            &given(&[]),
             Some("baby-a"),
             Some(&theirs),
-            &new,
         )
         .unwrap();
         assert_eq!(events.len(), 2);
@@ -568,36 +675,130 @@ mod tests {
 
     #[test]
     fn given_another_stations_session_when_a_station_ends_it_then_it_is_refused() {
-        let theirs = SessionState::Active(hosted_by("baby-a", "sa", "ka", 100));
+        let theirs = given(&[started(&hosted_by("baby-a", "sa", "ka", 100))]);
         assert_eq!(
-            decide_end(&station("baby-b"), &theirs, 900, EndReason::Explicit),
+            decide_end(&station("baby-b"), 900, EndReason::Explicit, &theirs),
             Err(Rejected::Refused(SessionRefused::ForeignSession))
         );
     }
 
     #[test]
     fn given_its_own_session_when_a_station_ends_it_then_it_ends() {
-        let mine = SessionState::Active(hosted_by("baby-a", "sa", "ka", 100));
-        let e = decide_end(&station("baby-a"), &mine, 900, EndReason::Explicit).unwrap();
-        assert_eq!(e.event_type(), "session.ended");
+        let s = hosted_by("baby-a", "sa", "ka", 100);
+        let e = decide_end(
+            &station("baby-a"),
+            900,
+            EndReason::Explicit,
+            &given(&[started(&s)]),
+        )
+        .unwrap();
+        assert_eq!(e, ended(&s, 900, EndReason::Explicit));
     }
 
     #[test]
     fn given_the_account_when_it_ends_any_stations_session_then_it_ends() {
-        let theirs = SessionState::Active(hosted_by("baby-a", "sa", "ka", 100));
-        assert!(decide_end(&Actor::Account, &theirs, 900, EndReason::Explicit).is_ok());
+        let theirs = given(&[started(&hosted_by("baby-a", "sa", "ka", 100))]);
+        assert!(decide_end(&Actor::Account, 900, EndReason::Explicit, &theirs).is_ok());
     }
 
     #[test]
     fn given_an_unknown_session_when_a_station_ends_it_then_it_is_unknown_not_refused() {
         assert_eq!(
-            decide_end(
-                &station("baby-b"),
-                &SessionState::None,
-                900,
-                EndReason::Explicit
-            ),
+            decide_end(&station("baby-b"), 900, EndReason::Explicit, &given(&[])),
             Err(Rejected::Ignored(SessionIgnored::UnknownSession))
+        );
+    }
+
+    /// A session started at 1,000 and recorded at 1,010, its station away since 2,000
+    /// (recorded at 2,005), lost unless changed.
+    fn away() -> AwaySession {
+        AwaySession {
+            account_id: "a".into(),
+            session_id: "s1".into(),
+            client_id: "baby".into(),
+            started_at_millis: 1_000,
+            recorded_at_millis: 1_010,
+            disconnected_at_millis: Some(2_000),
+            clean_disconnect: false,
+            station_updated_at_millis: 2_005,
+        }
+    }
+
+    const GRACE: i64 = 30_000;
+
+    #[test]
+    fn given_a_clean_disconnect_after_the_start_when_swept_then_it_ends_at_the_disconnect() {
+        let a = AwaySession {
+            clean_disconnect: true,
+            ..away()
+        };
+        assert_eq!(
+            end_when_away(&a, 2_010, GRACE),
+            Some((EndReason::CleanDisconnect, 2_000))
+        );
+    }
+
+    #[test]
+    fn given_a_clean_disconnect_recorded_before_the_start_when_swept_then_it_waits_for_grace() {
+        let a = AwaySession {
+            clean_disconnect: true,
+            station_updated_at_millis: 900,
+            disconnected_at_millis: Some(890),
+            ..away()
+        };
+        assert_eq!(end_when_away(&a, 1_010 + GRACE - 1, GRACE), None);
+        assert_eq!(
+            end_when_away(&a, 1_010 + GRACE, GRACE),
+            Some((EndReason::GraceExpired, 1_000))
+        );
+    }
+
+    #[test]
+    fn given_a_lost_connection_when_swept_within_grace_then_the_session_stays() {
+        assert_eq!(end_when_away(&away(), 2_005 + GRACE - 1, GRACE), None);
+    }
+
+    #[test]
+    fn given_a_lost_connection_when_the_grace_period_passed_then_it_ends_at_the_disconnect() {
+        assert_eq!(
+            end_when_away(&away(), 2_005 + GRACE, GRACE),
+            Some((EndReason::GraceExpired, 2_000))
+        );
+    }
+
+    #[test]
+    fn given_a_station_away_since_before_the_start_when_swept_then_grace_counts_from_the_start() {
+        let a = AwaySession {
+            station_updated_at_millis: 500,
+            ..away()
+        };
+        assert_eq!(end_when_away(&a, 1_010 + GRACE - 1, GRACE), None);
+        assert!(end_when_away(&a, 1_010 + GRACE, GRACE).is_some());
+    }
+
+    #[test]
+    fn given_no_disconnect_time_when_the_session_ends_then_it_ends_now() {
+        let a = AwaySession {
+            disconnected_at_millis: None,
+            ..away()
+        };
+        let now = 2_005 + GRACE + 7;
+        assert_eq!(
+            end_when_away(&a, now, GRACE),
+            Some((EndReason::GraceExpired, now))
+        );
+    }
+
+    #[test]
+    fn given_a_disconnect_stamped_before_the_start_when_it_ends_then_it_ends_at_the_start() {
+        let a = AwaySession {
+            clean_disconnect: true,
+            disconnected_at_millis: Some(400),
+            ..away()
+        };
+        assert_eq!(
+            end_when_away(&a, 2_010, GRACE),
+            Some((EndReason::CleanDisconnect, 1_000))
         );
     }
 }
