@@ -613,7 +613,7 @@ struct Matched {
 type Blake2b256 = Blake2b<U32>;
 
 fn hex(digest: &[u8]) -> String {
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    crate::ids::hex(digest)
 }
 
 type BoxFut<'a, T> = Pin<Box<dyn Future<Output = Result<T, MigrateError>> + Send + 'a>>;

@@ -1,12 +1,103 @@
 //! Cradle's own MQTT clients' plumbing: the options of a client that only publishes, a
-//! publisher with its event loop, and `TCP_NODELAY` on an event loop. Used by the bus, the
-//! edge's publisher, the bridge's inbox client, the monitor and the bench.
+//! publisher with its event loop, `TCP_NODELAY` on an event loop, and [`drive`], the one
+//! event-loop task (poll, hand each event over, wait out a broken connection with
+//! [`Backoff`], reconnect). Used by the bus, the edge's publisher, the bridge's inbox client,
+//! the monitor and the bench.
 
+use std::ops::ControlFlow;
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, EventLoop, MqttOptions};
 
 use crate::endpoint::Endpoint;
+use crate::retry::Backoff;
+
+/// An MQTT client's event loop, 3.1.1 or 5, as [`drive`] polls it.
+pub trait EventSource {
+    /// What a poll yields.
+    type Event;
+    /// Why a poll failed (the connection broke, or could not be made).
+    type Error: std::fmt::Display;
+    /// The next event; polling again after an error reconnects.
+    fn next(
+        &mut self,
+    ) -> impl std::future::Future<Output = Result<Self::Event, Self::Error>> + Send;
+    /// Whether `event` is the broker's CONNACK (a connection made).
+    fn connected(event: &Self::Event) -> bool;
+}
+
+impl EventSource for EventLoop {
+    type Event = rumqttc::Event;
+    type Error = rumqttc::ConnectionError;
+    fn next(
+        &mut self,
+    ) -> impl std::future::Future<Output = Result<Self::Event, Self::Error>> + Send {
+        self.poll()
+    }
+    fn connected(event: &Self::Event) -> bool {
+        matches!(event, rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_)))
+    }
+}
+
+impl EventSource for rumqttc::v5::EventLoop {
+    type Event = rumqttc::v5::Event;
+    type Error = rumqttc::v5::ConnectionError;
+    fn next(
+        &mut self,
+    ) -> impl std::future::Future<Output = Result<Self::Event, Self::Error>> + Send {
+        self.poll()
+    }
+    fn connected(event: &Self::Event) -> bool {
+        matches!(
+            event,
+            rumqttc::v5::Event::Incoming(rumqttc::v5::Incoming::ConnAck(_))
+        )
+    }
+}
+
+/// What [`drive`] hands its handler: an event, or a failed poll (the connection broke or
+/// could not be made; `drive` waits out a backoff after it, then polls again, which
+/// reconnects).
+pub enum Polled<S: EventSource> {
+    /// An event of the connection.
+    Event(S::Event),
+    /// The poll failed (already logged).
+    Failed(S::Error),
+}
+
+/// The one event-loop task of Cradle's MQTT clients: polls `source` and hands every event
+/// to `on`, until `on` breaks (with its value). A failed poll is logged as `name`'s, handed
+/// to `on` too, then waited out with a broker [`Backoff`] (reset by each CONNACK).
+///
+/// `on` returns a future that owns what it uses (clone an `Arc` into it), so that the task
+/// stays `Send`.
+pub async fn drive<S, B, F, Fut>(source: &mut S, name: &str, mut on: F) -> B
+where
+    S: EventSource,
+    F: FnMut(Polled<S>) -> Fut,
+    Fut: std::future::Future<Output = ControlFlow<B>>,
+{
+    let mut backoff = Backoff::broker();
+    loop {
+        match source.next().await {
+            Ok(event) => {
+                if S::connected(&event) {
+                    backoff.reset();
+                }
+                if let ControlFlow::Break(b) = on(Polled::Event(event)).await {
+                    return b;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, client = name, retry_in_ms = backoff.pause().as_millis() as u64, "MQTT client: broker connection failed");
+                if let ControlFlow::Break(b) = on(Polled::Failed(error)).await {
+                    return b;
+                }
+                backoff.wait().await;
+            }
+        }
+    }
+}
 
 /// Keep-alive of Cradle's publishing clients.
 const PUBLISHER_KEEP_ALIVE: Duration = Duration::from_secs(30);
@@ -55,13 +146,12 @@ pub fn publisher(endpoint: &Endpoint, client_id: &str, max_packet: usize) -> Asy
     let options = publisher_options(endpoint, client_id, max_packet);
     let (client, mut eventloop) = AsyncClient::new(options, 10_000);
     nodelay(&mut eventloop);
+    let name = format!("{client_id} (publisher)");
     tokio::spawn(async move {
-        loop {
-            if let Err(error) = eventloop.poll().await {
-                tracing::warn!(%error, "publisher: broker connection failed; retrying");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
+        drive(&mut eventloop, &name, |_| async {
+            ControlFlow::<()>::Continue(())
+        })
+        .await
     });
     client
 }

@@ -14,15 +14,12 @@ use argon2::Argon2;
 use blake2::{Blake2b512, Digest};
 use rand_core::{OsRng, RngCore};
 
+use crate::ids::{hex, random_hex};
+
 /// Prefix of the salted BLAKE2b-512 format.
 const FAST: &str = "$cradle-b2$";
 /// Salt bytes of the fast format.
 const SALT: usize = 16;
-
-/// Lower-case hex of `bytes`.
-pub(super) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 fn digest(salt: &[u8], secret: &str) -> [u8; 64] {
     let mut h = Blake2b512::new();
@@ -79,7 +76,7 @@ pub fn verify(secret: &str, stored: &str) -> bool {
 /// credential costs what a check against one costs.
 pub fn dummy() -> &'static str {
     static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    DUMMY.get_or_init(|| hash(&super::random_hex(32)))
+    DUMMY.get_or_init(|| hash(&random_hex(32)))
 }
 
 /// Compares without an early exit on the first differing byte.

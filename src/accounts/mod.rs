@@ -16,7 +16,6 @@
 pub mod gate;
 pub mod hashing;
 
-use rand_core::{OsRng, RngCore};
 use sea_orm::{ActiveValue, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, TransactionTrait};
 
 use std::net::IpAddr;
@@ -92,11 +91,7 @@ pub struct Issued {
 
 use crate::clock::now_millis;
 
-fn random_hex(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    OsRng.fill_bytes(&mut buf);
-    hashing::hex(&buf)
-}
+use crate::ids::random_hex;
 
 fn check_id(field: &'static str, value: &str) -> Result<(), AccountsError> {
     if is_valid_id(value) {

@@ -99,8 +99,7 @@ impl ConnectionCommand {
 pub const CONNECTED: &str = "connection.connected";
 /// Stored type name of [`ConnectionEvent::Disconnected`].
 pub const DISCONNECTED: &str = "connection.disconnected";
-/// Version of both event payload shapes.
-pub const EVENT_VERSION: i32 = 1;
+pub use super::EVENT_VERSION;
 
 /// What happened to a client's connection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,6 +4,7 @@
 //! properties (user properties, content type, payload format, expiry, response topic,
 //! correlation data).
 
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +16,7 @@ use tokio::task::JoinHandle;
 
 use super::lifecycle::Publication;
 use crate::endpoint::Endpoint;
+use crate::mqtt_client::{drive, Polled};
 
 /// A client of the broker used only by the edge.
 pub struct Publisher {
@@ -33,23 +35,20 @@ impl Publisher {
         let (client, mut eventloop) = AsyncClient::new(options, 10_000);
         let pending = Arc::new(AtomicI64::new(0));
         let counter = pending.clone();
+        let name = format!("{client_id} (edge publisher)");
         let task = tokio::spawn(async move {
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Incoming(Incoming::PubAck(_) | Incoming::PubComp(_))) => {
+            drive(&mut eventloop, &name, |polled| {
+                std::future::ready(match polled {
+                    Polled::Event(Event::Incoming(Incoming::PubAck(_) | Incoming::PubComp(_)))
+                    | Polled::Event(Event::Outgoing(Outgoing::Publish(0))) => {
                         counter.fetch_sub(1, Ordering::Relaxed);
+                        ControlFlow::Continue(())
                     }
-                    Ok(Event::Outgoing(Outgoing::Publish(0))) => {
-                        counter.fetch_sub(1, Ordering::Relaxed);
-                    }
-                    Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
-                    Ok(_) => {}
-                    Err(error) => {
-                        tracing::warn!(%error, "edge publisher: broker connection failed; retrying");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                }
-            }
+                    Polled::Event(Event::Outgoing(Outgoing::Disconnect)) => ControlFlow::Break(()),
+                    _ => ControlFlow::Continue(()),
+                })
+            })
+            .await
         });
         Self {
             client,

@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use rand_core::{OsRng, RngCore};
 use rumqttc::mqttbytes::v4;
 use rumqttc::v5::mqttbytes::v5;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -462,9 +461,7 @@ fn escape_client_id(id: &str) -> String {
 }
 
 fn random_id() -> String {
-    let mut b = [0u8; 8];
-    OsRng.fill_bytes(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    crate::ids::random_hex(8)
 }
 
 /// Serves one client connection until it ends. A TCP stream's halves come from

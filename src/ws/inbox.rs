@@ -13,13 +13,17 @@
 //! After a reconnect the client subscribes every live filter again.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::ready;
+use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::future::Either;
 use rumqttc::{AsyncClient, Event, Outgoing, Packet, Publish, QoS};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::endpoint::Endpoint;
+use crate::mqtt_client::{drive, Polled};
 use crate::topics;
 
 /// Waiters of SUBSCRIBEs queued, then sent (by packet id), until their SUBACK.
@@ -81,53 +85,63 @@ impl InboxSubscriptions {
             waiters: Arc::new(Mutex::new(Waiters::default())),
         });
         let weak = Arc::downgrade(&this);
+        let name = format!("{client_id} (inbox subscriber)");
         tokio::spawn(async move {
-            loop {
-                let event = eventloop.poll().await;
-                let Some(this) = weak.upgrade() else { return };
-                match event {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => this.resubscribe(),
-                    Ok(Event::Outgoing(Outgoing::Subscribe(pkid))) => {
-                        let mut w = this
-                            .waiters
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner);
-                        let waiter = w.queued.pop_front().flatten();
-                        w.sent.insert(pkid, waiter);
-                    }
-                    Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                        let waiter = this
-                            .waiters
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .sent
-                            .remove(&ack.pkid)
-                            .flatten();
-                        if let Some(w) = waiter {
-                            let _ = w.send(());
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        if tx.send(p).await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
-                    Ok(_) => {}
-                    Err(error) => {
-                        tracing::warn!(%error, "inbox subscriber: broker connection failed; retrying");
-                        // Subscriptions in flight are sent again after the reconnect.
-                        this.waiters
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .sent
-                            .clear();
-                        tokio::time::sleep(Duration::from_millis(200)).await;
+            drive(&mut eventloop, &name, |polled| {
+                let this = weak.upgrade();
+                let forward = match (&this, polled) {
+                    (None, _) => return Either::Left(ready(ControlFlow::Break(()))),
+                    (Some(this), polled) => this.on_polled(polled),
+                };
+                match forward {
+                    Ok(flow) => Either::Left(ready(flow)),
+                    Err(publish) => {
+                        let tx = tx.clone();
+                        Either::Right(async move {
+                            match tx.send(publish).await {
+                                Ok(()) => ControlFlow::Continue(()),
+                                Err(_) => ControlFlow::Break(()),
+                            }
+                        })
                     }
                 }
-            }
+            })
+            .await
         });
         this
+    }
+
+    /// Handles one event of the client's connection: re-subscribes after a CONNACK, tracks
+    /// SUBSCRIBEs until their SUBACK, forgets those in flight when the connection breaks
+    /// (they are sent again after the reconnect). A message is handed back (`Err`) to be
+    /// forwarded.
+    fn on_polled(&self, polled: Polled<rumqttc::EventLoop>) -> Result<ControlFlow<()>, Publish> {
+        let waiters = || {
+            self.waiters
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        match polled {
+            Polled::Event(Event::Incoming(Packet::ConnAck(_))) => self.resubscribe(),
+            Polled::Event(Event::Outgoing(Outgoing::Subscribe(pkid))) => {
+                let mut w = waiters();
+                let waiter = w.queued.pop_front().flatten();
+                w.sent.insert(pkid, waiter);
+            }
+            Polled::Event(Event::Incoming(Packet::SubAck(ack))) => {
+                let waiter = waiters().sent.remove(&ack.pkid).flatten();
+                if let Some(w) = waiter {
+                    let _ = w.send(());
+                }
+            }
+            Polled::Event(Event::Incoming(Packet::Publish(p))) => return Err(p),
+            Polled::Event(Event::Outgoing(Outgoing::Disconnect)) => {
+                return Ok(ControlFlow::Break(()))
+            }
+            Polled::Event(_) => {}
+            Polled::Failed(_) => waiters().sent.clear(),
+        }
+        Ok(ControlFlow::Continue(()))
     }
 
     /// Queues a SUBSCRIBE of `filter`; the receiver fires on its SUBACK.

@@ -32,7 +32,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::WebSocket;
-use rand_core::{OsRng, RngCore};
 use rumqttc::{AsyncClient, Publish, QoS};
 use tokio::sync::mpsc;
 
@@ -164,19 +163,14 @@ pub struct Bridge {
 }
 
 fn new_connection_id() -> String {
-    let mut b = [0u8; 9];
-    OsRng.fill_bytes(&mut b);
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("ws-{hex}")
+    format!("ws-{}", crate::ids::random_hex(9))
 }
 
 /// A session's resume secret: 128 random bits, hex.
 pub use transfer::{Proof, OFFER_PREFIX, TRANSFER_PREFIX};
 
 fn new_resume_secret() -> String {
-    let mut b = [0u8; 16];
-    OsRng.fill_bytes(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    crate::ids::random_hex(16)
 }
 
 /// Whether a resume of `connection_id` may proceed: the session exists for this account and

@@ -11,8 +11,7 @@ use crate::domain::session::{
 };
 use crate::store::{NewEvent, StoreError, StoreTx};
 
-/// Version of the session events' payload shape.
-pub const EVENT_VERSION: i32 = 1;
+pub use crate::domain::EVENT_VERSION;
 
 fn stream_id(account_id: &str, session_id: &str) -> String {
     format!("session/{account_id}/{session_id}")
