@@ -94,15 +94,14 @@ impl From<&crate::config::WebSocketConfig> for WsSettings {
 pub struct WsMetrics {
     /// Sessions opened.
     pub opened: AtomicU64,
-    /// Sessions closed, by [`CLOSE_REASONS`] index.
-    pub closed: [AtomicU64; 6],
+    /// Sessions closed, by reason ([`CLOSE_REASONS`]; see [`WsMetrics::closed`]).
+    closed: [AtomicU64; 6],
     /// Upgrades refused for missing or bad credentials.
     pub auth_failures: AtomicU64,
     /// New sessions refused at `websocket.max_sessions`.
     pub session_limit: AtomicU64,
-    /// Resume attempts by outcome: resumed, gone (410), expired (4100), too old (4101),
-    /// refused (410: neither the opening token nor the resume secret).
-    pub resumes: [AtomicU64; 5],
+    /// Resume attempts by [`ResumeOutcome`].
+    resumes: [AtomicU64; 5],
     /// Frames replayed to resumed sockets.
     pub replayed: AtomicU64,
     /// Signal frames refused by the rate limit.
@@ -125,8 +124,69 @@ pub const CLOSE_REASONS: [DisconnectReason; 6] = [
     DisconnectReason::Takeover,
 ];
 
-/// Resume outcomes counted in [`WsMetrics::resumes`].
-pub const RESUME_OUTCOMES: [&str; 5] = ["resumed", "gone", "expired", "too_old", "refused"];
+/// How a resume attempt ended, as counted (`cradle_ws_resumes_total{outcome}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResumeOutcome {
+    /// Attached to its session.
+    Resumed,
+    /// No such session here (410).
+    Gone,
+    /// The session expired (4100).
+    Expired,
+    /// `resume_from` outside the replay buffer (4101).
+    TooOld,
+    /// Neither the opening token nor the resume secret (410).
+    Refused,
+}
+
+impl ResumeOutcome {
+    /// Every outcome, in exposition order.
+    pub const ALL: [ResumeOutcome; 5] = [
+        Self::Resumed,
+        Self::Gone,
+        Self::Expired,
+        Self::TooOld,
+        Self::Refused,
+    ];
+
+    /// The `outcome` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Resumed => "resumed",
+            Self::Gone => "gone",
+            Self::Expired => "expired",
+            Self::TooOld => "too_old",
+            Self::Refused => "refused",
+        }
+    }
+}
+
+impl WsMetrics {
+    /// Counts a resume attempt.
+    pub fn resumed(&self, outcome: ResumeOutcome) {
+        self.resumes[outcome as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Resume attempts that ended so.
+    pub fn resumes(&self, outcome: ResumeOutcome) -> u64 {
+        self.resumes[outcome as usize].load(Relaxed)
+    }
+
+    /// Counts a session ended for `reason`.
+    fn closed(&self, reason: DisconnectReason) {
+        let i = match reason {
+            DisconnectReason::Clean => 0,
+            DisconnectReason::Lost => 1,
+            DisconnectReason::SlowConsumer => 2,
+            DisconnectReason::Kicked => 3,
+            DisconnectReason::ServerShutdown => 4,
+            DisconnectReason::Takeover => 5,
+            // Not a way a WebSocket session ends.
+            _ => return,
+        };
+        self.closed[i].fetch_add(1, Relaxed);
+    }
+}
 
 /// Per client id: the connection id last pushed and whether it was connected.
 type PresenceByClient = HashMap<String, (String, bool)>;
@@ -190,14 +250,14 @@ fn may_resume(
         .get(connection_id)
         .filter(|s| s.account_id == account_id && s.client_id == client_id);
     let outcome = match known {
-        None => 1,
+        None => ResumeOutcome::Gone,
         Some(s) if !s.may_resume(credential_id, secret) => {
             tracing::warn!(%account_id, %client_id, connection_id, "WebSocket resume refused: neither the opening token nor the session's resume secret");
-            4
+            ResumeOutcome::Refused
         }
         Some(_) => return true,
     };
-    bridge.metrics.resumes[outcome].fetch_add(1, Relaxed);
+    bridge.metrics.resumed(outcome);
     false
 }
 
@@ -373,9 +433,7 @@ impl Bridge {
                 }
             }
             self.metrics.live.fetch_sub(1, Relaxed);
-            if let Some(i) = CLOSE_REASONS.iter().position(|r| *r == reason) {
-                self.metrics.closed[i].fetch_add(1, Relaxed);
-            }
+            self.metrics.closed(reason);
             self.publish_status(&session, Some(reason)).await;
             tracing::info!(account_id = %session.account_id, client_id = %session.client_id, connection_id, reason = reason.as_str(), "WebSocket session ended");
         }
@@ -555,11 +613,12 @@ impl Bridge {
             );
         }
         let _ = writeln!(out, "# HELP cradle_ws_resumes_total Resume attempts, by outcome.\n# TYPE cradle_ws_resumes_total counter");
-        for (i, o) in RESUME_OUTCOMES.iter().enumerate() {
+        for o in ResumeOutcome::ALL {
             let _ = writeln!(
                 out,
-                "cradle_ws_resumes_total{{outcome=\"{o}\"}} {}",
-                m.resumes[i].load(Relaxed)
+                "cradle_ws_resumes_total{{outcome=\"{}\"}} {}",
+                o.as_str(),
+                m.resumes(o)
             );
         }
         for (name, help, v) in [
@@ -756,5 +815,44 @@ pub async fn run(
                 None => stations_open = false,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_close_reason_is_counted_under_its_own_label() {
+        for (i, reason) in CLOSE_REASONS.into_iter().enumerate() {
+            let m = WsMetrics::default();
+            m.closed(reason);
+            let counts: Vec<u64> = m.closed.iter().map(|c| c.load(Relaxed)).collect();
+            let mut want = vec![0; CLOSE_REASONS.len()];
+            want[i] = 1;
+            assert_eq!(counts, want, "{}", reason.as_str());
+        }
+    }
+
+    #[test]
+    fn each_resume_outcome_is_counted_under_its_own_label() {
+        let m = WsMetrics::default();
+        m.resumed(ResumeOutcome::TooOld);
+        m.resumed(ResumeOutcome::TooOld);
+        m.resumed(ResumeOutcome::Gone);
+        let counts: Vec<(&str, u64)> = ResumeOutcome::ALL
+            .into_iter()
+            .map(|o| (o.as_str(), m.resumes(o)))
+            .collect();
+        assert_eq!(
+            counts,
+            [
+                ("resumed", 0),
+                ("gone", 1),
+                ("expired", 0),
+                ("too_old", 2),
+                ("refused", 0)
+            ]
+        );
     }
 }

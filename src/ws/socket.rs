@@ -16,7 +16,7 @@ use tokio::time::{Duration, Instant};
 
 use super::hub::{Outgoing, ResumeError, ResumeKey, WsSession};
 use super::protocol::{close, parse_client_frame, ClientFrame, ServerFrame};
-use super::{detach_and_wait, new_connection_id, Bridge, Resume, WsSettings};
+use super::{detach_and_wait, new_connection_id, Bridge, Resume, ResumeOutcome, WsSettings};
 use crate::domain::connection::DisconnectReason;
 use crate::rate::TokenBucket;
 use crate::topics::inbox_topic;
@@ -175,7 +175,7 @@ async fn resume_session(
 ) -> Result<(Arc<WsSession>, u64), ResumeError> {
     match bridge.hub.resume(connection_id, from, tx.clone()) {
         Ok(a) => {
-            bridge.metrics.resumes[0].fetch_add(1, Relaxed);
+            bridge.metrics.resumed(ResumeOutcome::Resumed);
             if let Some(old) = a.replaced {
                 let _ = old.try_send(Outgoing::Close(close::REPLACED, "resumed elsewhere"));
             }
@@ -192,15 +192,19 @@ async fn resume_session(
             Ok((a.session, a.generation))
         }
         Err(e) => {
-            let (code, i, why) = match e {
-                ResumeError::Expired => (close::SESSION_EXPIRED, 2, "session expired"),
+            let (code, outcome, why) = match e {
+                ResumeError::Expired => (
+                    close::SESSION_EXPIRED,
+                    ResumeOutcome::Expired,
+                    "session expired",
+                ),
                 ResumeError::TooOld | ResumeError::Ahead => (
                     close::RESUME_TOO_OLD,
-                    3,
+                    ResumeOutcome::TooOld,
                     "resume_from outside the replay buffer: catch up over the HTTP API",
                 ),
             };
-            bridge.metrics.resumes[i].fetch_add(1, Relaxed);
+            bridge.metrics.resumed(outcome);
             let _ = tx.try_send(Outgoing::Close(code, why));
             Err(e)
         }
