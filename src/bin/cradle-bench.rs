@@ -367,16 +367,16 @@ async fn run_idle(a: IdleArgs) -> Result<BenchResult, bench::BenchError> {
 /// `churn`: connect/report/disconnect cycles (seeding devices first with authentication on).
 async fn run_churn(a: ChurnArgs) -> Result<BenchResult, bench::BenchError> {
     let devices = a.auth.devices("churn", a.parallel as usize).await?;
-    connections::churn(
-        &a.target.broker,
-        &a.http,
-        &a.target.label,
-        a.target.pid,
-        a.count,
-        a.parallel,
-        a.max_secs,
+    connections::churn(connections::Churn {
+        broker: a.target.broker,
+        http: a.http,
+        label: a.target.label,
+        pid: a.target.pid,
+        count: a.count,
+        parallel: a.parallel,
+        max_secs: a.max_secs,
         devices,
-    )
+    })
     .await
 }
 
