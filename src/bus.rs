@@ -352,7 +352,7 @@ struct BusLoop {
     /// The handlers' routes; `None` once stopping (dropping the senders lets each handler
     /// drain and finish).
     routes: Option<Vec<Route>>,
-    /// The share group and what replaying retained messages needs, with a share group.
+    /// With a share group: the group, and what replaying retained messages needs.
     shared: Option<Shared>,
     state: watch::Sender<BusState>,
     stop: watch::Receiver<bool>,
