@@ -73,54 +73,23 @@ pub async fn start(
         config.broker_v5_listen,
     )?;
 
-    let router = Router::new(
-        0,
-        RouterConfig {
-            // The edge enforces mqtt.max_connections; the broker leaves room for Cradle's
-            // own clients (bus, edge publisher, monitor).
-            max_connections: config.max_connections + 64,
-            max_outgoing_packet_count: 200,
-            max_segment_size: config.segment_bytes,
-            max_segment_count: config.segment_count,
-            custom_segment: None,
-            initialized_filters: None,
-            shared_subscriptions_strategy: Default::default(),
-            durable: config.puback_after_commit.then(|| DurableConsumer {
-                client_id: bus_client_id.to_string(),
-                filters: crate::topics::DURABLE_FILTERS.map(String::from).to_vec(),
-                // Cradle's own publishers (WebSocket clients' statuses and signals, the edge's
-                // ends and Wills) must not wait on the bus, which may be waiting on them; what
-                // they publish is rebuilt from the store at the next start.
-                exempt: ["out", "edge"]
-                    .map(|suffix| format!("{bus_client_id}-{suffix}"))
-                    .to_vec(),
-            }),
-        },
-    );
+    let router = Router::new(0, router_config(config, bus_client_id));
     let router_tx = router.spawn();
     // Publishing to a topic nobody subscribed to yet must still store it (retained status
     // for later subscribers).
     let dynamic_filters = true;
     let links = RouterLinks::new(router_tx.clone(), dynamic_filters);
 
-    let settings = |name: &str, listen: SocketAddr| ServerSettings {
-        name: name.to_string(),
-        listen,
-        tls: None,
-        // rumqttd's default of 1 ms between accepts caps new connections near 470/s.
-        next_connection_delay_ms: 0,
-        connections: ConnectionSettings {
-            connection_timeout_ms: config.connect_timeout_ms,
-            max_payload_size: config.max_payload_bytes,
-            max_inflight_count: config.max_inflight,
-            auth: None,
-            external_auth: None,
-            dynamic_filters,
-        },
-    };
-
-    let mut v4 = Server::new(settings("mqtt-v4", v4_addr), router_tx.clone(), V4);
-    let mut v5 = Server::new(settings("mqtt-v5", v5_addr), router_tx, V5);
+    let mut v4 = Server::new(
+        server_settings(config, "mqtt-v4", v4_addr, dynamic_filters),
+        router_tx.clone(),
+        V4,
+    );
+    let mut v5 = Server::new(
+        server_settings(config, "mqtt-v5", v5_addr, dynamic_filters),
+        router_tx,
+        V5,
+    );
     tokio::spawn(async move {
         if let Err(error) = v4.serve(v4_listener, LinkType::Remote).await {
             tracing::error!(%error, key = "mqtt.broker_listen", "broker MQTT 3.1.1 listener stopped");
@@ -136,6 +105,56 @@ pub async fn start(
         v5: v5_addr,
         links,
     })
+}
+
+/// The router's settings: room for the edge's connections and Cradle's own clients, the
+/// segment sizes, and under `mqtt.puback_after_commit` the bus as durable consumer.
+fn router_config(config: &MqttConfig, bus_client_id: &str) -> RouterConfig {
+    RouterConfig {
+        // The edge enforces mqtt.max_connections; the broker leaves room for Cradle's
+        // own clients (bus, edge publisher, monitor).
+        max_connections: config.max_connections + 64,
+        max_outgoing_packet_count: 200,
+        max_segment_size: config.segment_bytes,
+        max_segment_count: config.segment_count,
+        custom_segment: None,
+        initialized_filters: None,
+        shared_subscriptions_strategy: Default::default(),
+        durable: config.puback_after_commit.then(|| DurableConsumer {
+            client_id: bus_client_id.to_string(),
+            filters: crate::topics::DURABLE_FILTERS.map(String::from).to_vec(),
+            // Cradle's own publishers (WebSocket clients' statuses and signals, the edge's
+            // ends and Wills) must not wait on the bus, which may be waiting on them; what
+            // they publish is rebuilt from the store at the next start.
+            exempt: ["out", "edge"]
+                .map(|suffix| format!("{bus_client_id}-{suffix}"))
+                .to_vec(),
+        }),
+    }
+}
+
+/// The settings of the loopback listener `name` on `listen`.
+fn server_settings(
+    config: &MqttConfig,
+    name: &str,
+    listen: SocketAddr,
+    dynamic_filters: bool,
+) -> ServerSettings {
+    ServerSettings {
+        name: name.to_string(),
+        listen,
+        tls: None,
+        // rumqttd's default of 1 ms between accepts caps new connections near 470/s.
+        next_connection_delay_ms: 0,
+        connections: ConnectionSettings {
+            connection_timeout_ms: config.connect_timeout_ms,
+            max_payload_size: config.max_payload_bytes,
+            max_inflight_count: config.max_inflight,
+            auth: None,
+            external_auth: None,
+            dynamic_filters,
+        },
+    }
 }
 
 /// Retained messages published at once (QoS 1) before their acknowledgements are awaited.

@@ -7,6 +7,7 @@
 //! Handlers acknowledge through [`Acker`] only after their work is durable.
 
 use std::collections::VecDeque;
+use std::ops::ControlFlow;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -173,19 +174,7 @@ impl Bus {
         share_group: Option<String>,
         metrics: Arc<Metrics>,
     ) -> Result<Bus, BusError> {
-        let mut options = endpoint.options(&config.client_id);
-        options
-            .set_keep_alive(Duration::from_secs(config.keep_alive_secs.max(5)))
-            // A persistent session: what the broker delivered but Cradle had not yet
-            // acknowledged is delivered again after a reconnect.
-            .set_clean_session(false)
-            .set_manual_acks(true)
-            .set_max_packet_size(max_packet_bytes + 1024, max_packet_bytes + 1024);
-        // Acks travel through the request channel; it must hold more than the broker's
-        // in-flight window so that a handler never waits on it while the loop waits on the
-        // handler.
-        let (client, mut eventloop) = AsyncClient::new(options, 65_536);
-        nodelay(&mut eventloop);
+        let (client, eventloop) = client(config, endpoint, max_packet_bytes);
         let (state_tx, state) = watch::channel(BusState::Connecting(None));
         let (stop, stop_rx) = watch::channel(false);
         let (unsubacks_tx, unsubacks) = watch::channel(0usize);
@@ -202,22 +191,24 @@ impl Bus {
             client: client.clone(),
             order: order.clone(),
         };
-        let task = tokio::spawn(run(
-            client.clone(),
+        let bus_loop = BusLoop {
+            client: client.clone(),
             acker,
-            eventloop,
-            routes,
-            share_group.map(|group| Shared {
+            routes: Some(routes),
+            shared: share_group.map(|group| Shared {
                 group,
                 endpoint: endpoint.clone(),
                 client_id: config.client_id.clone(),
                 max_packet: max_packet_bytes,
             }),
-            state_tx,
-            stop_rx,
-            unsubacks_tx,
+            state: state_tx,
+            stop: stop_rx,
+            unsubacks: unsubacks_tx,
             metrics,
-        ));
+            backoff: Duration::from_millis(100),
+            pending_subacks: 0,
+        };
+        let task = tokio::spawn(bus_loop.run(eventloop));
         let bus = Bus {
             client,
             order,
@@ -227,32 +218,37 @@ impl Bus {
             shared_filters,
             unsubacks,
         };
-        let waited_ms = config.connect_timeout_ms;
-        let mut state = bus.state.clone();
+        bus.until_ready(endpoint, config.connect_timeout_ms).await
+    }
+
+    /// Waits up to `waited_ms` for the bus to be ready; on a refusal or the timeout, stops
+    /// its task and says why.
+    async fn until_ready(self, endpoint: &Endpoint, waited_ms: u64) -> Result<Bus, BusError> {
+        let mut state = self.state.clone();
         let ready = tokio::time::timeout(
             Duration::from_millis(waited_ms),
             state.wait_for(|s| matches!(s, BusState::Ready | BusState::Refused(_))),
         )
         .await;
-        let refused = match &*bus.state.borrow() {
+        let refused = match &*self.state.borrow() {
             BusState::Refused(reason) => Some(reason.clone()),
             _ => None,
         };
         match ready {
             _ if refused.is_some() => {
-                bus.task.abort();
+                self.task.abort();
                 Err(BusError::Refused {
                     addr: endpoint.to_string(),
                     reason: refused.unwrap_or_default(),
                 })
             }
-            Ok(Ok(_)) => Ok(bus),
+            Ok(Ok(_)) => Ok(self),
             _ => {
-                let last_error = match &*bus.state.borrow() {
+                let last_error = match &*self.state.borrow() {
                     BusState::Connecting(Some(e)) | BusState::Reconnecting(e) => e.clone(),
                     other => format!("{other:?}"),
                 };
-                bus.task.abort();
+                self.task.abort();
                 Err(BusError::NotReady {
                     addr: endpoint.to_string(),
                     waited_ms,
@@ -326,137 +322,186 @@ impl Bus {
     }
 }
 
-#[allow(clippy::too_many_arguments)] // the loop's whole state, passed once
-async fn run(
+/// The bus's client and event loop: a persistent session with manual acks, and a request
+/// channel large enough for the acks.
+fn client(
+    config: &BusConfig,
+    endpoint: &Endpoint,
+    max_packet_bytes: usize,
+) -> (AsyncClient, EventLoop) {
+    let mut options = endpoint.options(&config.client_id);
+    options
+        .set_keep_alive(Duration::from_secs(config.keep_alive_secs.max(5)))
+        // A persistent session: what the broker delivered but Cradle had not yet
+        // acknowledged is delivered again after a reconnect.
+        .set_clean_session(false)
+        .set_manual_acks(true)
+        .set_max_packet_size(max_packet_bytes + 1024, max_packet_bytes + 1024);
+    // Acks travel through the request channel; it must hold more than the broker's
+    // in-flight window so that a handler never waits on it while the loop waits on the
+    // handler.
+    let (client, mut eventloop) = AsyncClient::new(options, 65_536);
+    nodelay(&mut eventloop);
+    (client, eventloop)
+}
+
+/// The bus loop's whole state: the task that owns the event loop.
+struct BusLoop {
     client: AsyncClient,
     acker: Acker,
-    mut eventloop: EventLoop,
-    routes: Vec<Route>,
+    /// The handlers' routes; `None` once stopping (dropping the senders lets each handler
+    /// drain and finish).
+    routes: Option<Vec<Route>>,
+    /// With a share group: the group, and what replaying retained messages needs.
     shared: Option<Shared>,
     state: watch::Sender<BusState>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     unsubacks: watch::Sender<usize>,
     metrics: Arc<Metrics>,
-) {
-    let share_group = shared.as_ref().map(|s| s.group.clone());
-    let mut routes = Some(routes);
-    let mut backoff = Duration::from_millis(100);
-    let mut pending_subacks = 0usize;
-    loop {
-        let event = tokio::select! {
-            biased;
-            changed = stop.changed(), if routes.is_some() => {
-                if changed.is_err() || *stop.borrow() {
-                    // Dropping the senders lets each handler drain and finish.
-                    routes = None;
-                }
-                continue;
-            }
-            event = eventloop.poll() => event,
-        };
-        match event {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                // Whatever the last session left unacknowledged, the broker redelivers.
-                lock_order(&acker.order).queue.clear();
-                backoff = Duration::from_millis(100);
-                metrics.bus_connects.fetch_add(1, Relaxed);
-                let filters: Vec<String> = routes
-                    .iter()
-                    .flatten()
-                    .map(|r| r.subscription(share_group.as_deref()))
-                    .collect();
-                pending_subacks = filters.len();
-                for filter in filters {
-                    if let Err(error) = client.try_subscribe(filter.as_str(), QoS::AtLeastOnce) {
-                        tracing::error!(%error, %filter, "bus: subscribe not queued");
+    /// The wait before the next reconnect.
+    backoff: Duration,
+    /// SUBACKs still awaited since the last CONNACK.
+    pending_subacks: usize,
+}
+
+impl BusLoop {
+    /// Polls the event loop until it disconnects, the stop leaves nothing to do, or the
+    /// broker refuses the first CONNECT.
+    async fn run(mut self, mut eventloop: EventLoop) {
+        loop {
+            let event = tokio::select! {
+                biased;
+                changed = self.stop.changed(), if self.routes.is_some() => {
+                    if changed.is_err() || *self.stop.borrow() {
+                        // Dropping the senders lets each handler drain and finish.
+                        self.routes = None;
                     }
-                }
-                if pending_subacks == 0 {
-                    let _ = state.send(BusState::Ready);
-                }
-                tracing::info!("bus connected to broker");
-                if let (Some(shared), Some(routes)) = (&shared, &routes) {
-                    let targets = routes
-                        .iter()
-                        .filter(|r| r.shared)
-                        .map(|r| (r.filter.clone(), r.tx.clone()))
-                        .collect();
-                    tokio::spawn(replay_retained(
-                        shared.clone(),
-                        targets,
-                        stop.clone(),
-                        metrics.clone(),
-                    ));
-                }
-            }
-            Ok(Event::Incoming(Packet::UnsubAck(_))) => {
-                unsubacks.send_modify(|n| *n += 1);
-            }
-            Ok(Event::Incoming(Packet::SubAck(_))) => {
-                pending_subacks = pending_subacks.saturating_sub(1);
-                if pending_subacks == 0 {
-                    metrics.bus_connected.store(1, Relaxed);
-                    let _ = state.send(BusState::Ready);
-                }
-            }
-            Ok(Event::Incoming(Packet::Publish(publish))) => {
-                let Some(routes) = routes.as_ref() else {
-                    // Shutting down: not acknowledged, so the broker still owns it.
                     continue;
-                };
-                lock_order(&acker.order).delivered(&publish);
-                match routes
-                    .iter()
-                    .find(|r| filter_matches(&r.filter, &publish.topic))
-                {
-                    Some(route) => {
-                        if route.tx.send(publish).await.is_err() {
-                            tracing::warn!("bus: handler queue closed");
-                        }
-                    }
-                    None => {
-                        // Not ours (a broker delivering beyond our filters): ack so it is
-                        // not redelivered forever.
-                        acker.ack(&publish).await;
+                }
+                event = eventloop.poll() => event,
+            };
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => self.connected(),
+                Ok(Event::Incoming(Packet::UnsubAck(_))) => {
+                    self.unsubacks.send_modify(|n| *n += 1);
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    self.pending_subacks = self.pending_subacks.saturating_sub(1);
+                    if self.pending_subacks == 0 {
+                        self.metrics.bus_connected.store(1, Relaxed);
+                        let _ = self.state.send(BusState::Ready);
                     }
                 }
-            }
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
-                metrics.bus_connected.store(0, Relaxed);
-                let _ = state.send(BusState::Closed);
-                return;
-            }
-            Ok(_) => {}
-            Err(error) => {
-                metrics.bus_connected.store(0, Relaxed);
-                if *stop.borrow() {
-                    let _ = state.send(BusState::Closed);
+                Ok(Event::Incoming(Packet::Publish(publish))) => self.forward(publish).await,
+                Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                    self.metrics.bus_connected.store(0, Relaxed);
+                    let _ = self.state.send(BusState::Closed);
                     return;
                 }
-                let message = error.to_string();
-                let first = matches!(&*state.borrow(), BusState::Connecting(_));
-                if first
-                    && matches!(
-                        error,
-                        rumqttc::ConnectionError::ConnectionRefused(_)
-                            | rumqttc::ConnectionError::Tls(_)
-                    )
-                {
-                    // Wrong credentials or an untrusted certificate do not fix themselves:
-                    // fail the start-up now.
-                    let _ = state.send(BusState::Refused(message));
-                    return;
+                Ok(_) => {}
+                Err(error) => {
+                    if self.failed(error).await.is_break() {
+                        return;
+                    }
                 }
-                let next = match &*state.borrow() {
-                    BusState::Connecting(_) => BusState::Connecting(Some(message.clone())),
-                    _ => BusState::Reconnecting(message.clone()),
-                };
-                let _ = state.send(next);
-                tracing::warn!(error = %message, retry_in_ms = backoff.as_millis() as u64, "bus: broker connection failed");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
+    }
+
+    /// A CONNACK: forgets what the last session left unacknowledged (the broker redelivers
+    /// it), subscribes every route, and replays retained messages to the shared routes.
+    fn connected(&mut self) {
+        // Whatever the last session left unacknowledged, the broker redelivers.
+        lock_order(&self.acker.order).queue.clear();
+        self.backoff = Duration::from_millis(100);
+        self.metrics.bus_connects.fetch_add(1, Relaxed);
+        let group = self.shared.as_ref().map(|s| s.group.as_str());
+        let filters: Vec<String> = self
+            .routes
+            .iter()
+            .flatten()
+            .map(|r| r.subscription(group))
+            .collect();
+        self.pending_subacks = filters.len();
+        for filter in filters {
+            if let Err(error) = self.client.try_subscribe(filter.as_str(), QoS::AtLeastOnce) {
+                tracing::error!(%error, %filter, "bus: subscribe not queued");
+            }
+        }
+        if self.pending_subacks == 0 {
+            let _ = self.state.send(BusState::Ready);
+        }
+        tracing::info!("bus connected to broker");
+        if let (Some(shared), Some(routes)) = (&self.shared, &self.routes) {
+            let targets = routes
+                .iter()
+                .filter(|r| r.shared)
+                .map(|r| (r.filter.clone(), r.tx.clone()))
+                .collect();
+            tokio::spawn(replay_retained(
+                shared.clone(),
+                targets,
+                self.stop.clone(),
+                self.metrics.clone(),
+            ));
+        }
+    }
+
+    /// A PUBLISH: goes to the first route whose filter matches (one that matches none is
+    /// acknowledged); while stopping, it is left unacknowledged.
+    async fn forward(&self, publish: Publish) {
+        let Some(routes) = self.routes.as_ref() else {
+            // Shutting down: not acknowledged, so the broker still owns it.
+            return;
+        };
+        lock_order(&self.acker.order).delivered(&publish);
+        match routes
+            .iter()
+            .find(|r| filter_matches(&r.filter, &publish.topic))
+        {
+            Some(route) => {
+                if route.tx.send(publish).await.is_err() {
+                    tracing::warn!("bus: handler queue closed");
+                }
+            }
+            None => {
+                // Not ours (a broker delivering beyond our filters): ack so it is
+                // not redelivered forever.
+                self.acker.ack(&publish).await;
+            }
+        }
+    }
+
+    /// A connection error: ends the loop when stopping or when the first CONNECT is refused
+    /// for good; otherwise records it, waits the backoff and doubles it.
+    async fn failed(&mut self, error: rumqttc::ConnectionError) -> ControlFlow<()> {
+        self.metrics.bus_connected.store(0, Relaxed);
+        if *self.stop.borrow() {
+            let _ = self.state.send(BusState::Closed);
+            return ControlFlow::Break(());
+        }
+        let message = error.to_string();
+        let first = matches!(&*self.state.borrow(), BusState::Connecting(_));
+        if first
+            && matches!(
+                error,
+                rumqttc::ConnectionError::ConnectionRefused(_) | rumqttc::ConnectionError::Tls(_)
+            )
+        {
+            // Wrong credentials or an untrusted certificate do not fix themselves:
+            // fail the start-up now.
+            let _ = self.state.send(BusState::Refused(message));
+            return ControlFlow::Break(());
+        }
+        let next = match &*self.state.borrow() {
+            BusState::Connecting(_) => BusState::Connecting(Some(message.clone())),
+            _ => BusState::Reconnecting(message.clone()),
+        };
+        let _ = self.state.send(next);
+        tracing::warn!(error = %message, retry_in_ms = self.backoff.as_millis() as u64, "bus: broker connection failed");
+        tokio::time::sleep(self.backoff).await;
+        self.backoff = (self.backoff * 2).min(Duration::from_secs(5));
+        ControlFlow::Continue(())
     }
 }
 

@@ -647,7 +647,17 @@ impl Config {
         })
     }
 
+    /// Applies command-line and environment overrides over the file's values, in a fixed order:
+    /// the first value that does not parse is the error reported.
     fn apply(&mut self, o: &Overrides) -> Result<(), ConfigError> {
+        self.apply_listeners(o)?;
+        self.apply_settings(o)?;
+        self.apply_broker(o)?;
+        self.apply_limits(o)
+    }
+
+    /// Applies the overrides of the four plain listeners (MQTT 3.1.1, MQTT 5, MQTT over WebSocket, HTTP).
+    fn apply_listeners(&mut self, o: &Overrides) -> Result<(), ConfigError> {
         if let Some(v) = &o.mqtt_listen {
             self.mqtt.listen = parse_addr(v, "mqtt.listen", "mqtt-listen", "CRADLE_MQTT_LISTEN")?;
         }
@@ -670,6 +680,12 @@ impl Config {
         if let Some(v) = &o.http_listen {
             self.http.listen = parse_addr(v, "http.listen", "http-listen", "CRADLE_HTTP_LISTEN")?;
         }
+        Ok(())
+    }
+
+    /// Applies the overrides of the database URL, logging, admin token, bus client id,
+    /// authentication mode and WebSocket signal rate.
+    fn apply_settings(&mut self, o: &Overrides) -> Result<(), ConfigError> {
         if let Some(v) = &o.database_url {
             self.store.database_url = v.clone();
         }
@@ -712,13 +728,19 @@ impl Config {
             };
         }
         if let Some(v) = &o.websocket_signal_rate {
-            self.websocket.signal_rate = v.parse().map_err(|_| ConfigError::Override {
-                key: "websocket.signal_rate",
-                flag: "websocket-signal-rate",
-                env: "CRADLE_WEBSOCKET_SIGNAL_RATE",
-                message: format!("`{v}` is not a whole number"),
-            })?;
+            self.websocket.signal_rate = parse_override(
+                v,
+                "websocket.signal_rate",
+                "websocket-signal-rate",
+                "CRADLE_WEBSOCKET_SIGNAL_RATE",
+                "is not a whole number",
+            )?;
         }
+        Ok(())
+    }
+
+    /// Applies the overrides of the broker's mode, URL and share group.
+    fn apply_broker(&mut self, o: &Overrides) -> Result<(), ConfigError> {
         if let Some(v) = &o.broker_mode {
             self.broker.mode = match v.as_str() {
                 "embedded" => BrokerMode::Embedded,
@@ -739,81 +761,106 @@ impl Config {
         if let Some(v) = &o.broker_share_group {
             self.broker.share_group = v.clone();
         }
+        Ok(())
+    }
+
+    /// Applies the numeric and boolean overrides: pool size, MQTT rate and keep-alive,
+    /// PUBACK-after-commit, and the HTTP timeouts and connection limit.
+    fn apply_limits(&mut self, o: &Overrides) -> Result<(), ConfigError> {
         if let Some(v) = &o.database_max_connections {
-            self.store.max_connections = v.parse().map_err(|_| ConfigError::Override {
-                key: "store.max_connections",
-                flag: "database-max-connections",
-                env: "CRADLE_DATABASE_MAX_CONNECTIONS",
-                message: format!("`{v}` is not a whole number"),
-            })?;
+            self.store.max_connections = parse_override(
+                v,
+                "store.max_connections",
+                "database-max-connections",
+                "CRADLE_DATABASE_MAX_CONNECTIONS",
+                "is not a whole number",
+            )?;
         }
         if let Some(v) = &o.mqtt_publish_rate {
-            self.mqtt.publish_rate = v.parse().map_err(|_| ConfigError::Override {
-                key: "mqtt.publish_rate",
-                flag: "mqtt-publish-rate",
-                env: "CRADLE_MQTT_PUBLISH_RATE",
-                message: format!("`{v}` is not a whole number"),
-            })?;
+            self.mqtt.publish_rate = parse_override(
+                v,
+                "mqtt.publish_rate",
+                "mqtt-publish-rate",
+                "CRADLE_MQTT_PUBLISH_RATE",
+                "is not a whole number",
+            )?;
         }
         if let Some(v) = &o.mqtt_max_keep_alive_secs {
-            self.mqtt.max_keep_alive_secs = v.parse().map_err(|_| ConfigError::Override {
-                key: "mqtt.max_keep_alive_secs",
-                flag: "mqtt-max-keep-alive-secs",
-                env: "CRADLE_MQTT_MAX_KEEP_ALIVE_SECS",
-                message: format!("`{v}` is not a whole number of seconds up to 65535"),
-            })?;
+            self.mqtt.max_keep_alive_secs = parse_override(
+                v,
+                "mqtt.max_keep_alive_secs",
+                "mqtt-max-keep-alive-secs",
+                "CRADLE_MQTT_MAX_KEEP_ALIVE_SECS",
+                "is not a whole number of seconds up to 65535",
+            )?;
         }
         if let Some(v) = &o.mqtt_puback_after_commit {
-            self.mqtt.puback_after_commit = v.parse().map_err(|_| ConfigError::Override {
-                key: "mqtt.puback_after_commit",
-                flag: "mqtt-puback-after-commit",
-                env: "CRADLE_MQTT_PUBACK_AFTER_COMMIT",
-                message: format!("`{v}` is not `true` or `false`"),
-            })?;
+            self.mqtt.puback_after_commit = parse_override(
+                v,
+                "mqtt.puback_after_commit",
+                "mqtt-puback-after-commit",
+                "CRADLE_MQTT_PUBACK_AFTER_COMMIT",
+                "is not `true` or `false`",
+            )?;
         }
         if let Some(v) = &o.http_header_timeout_ms {
-            self.http.header_timeout_ms = v.parse().map_err(|_| ConfigError::Override {
-                key: "http.header_timeout_ms",
-                flag: "http-header-timeout-ms",
-                env: "CRADLE_HTTP_HEADER_TIMEOUT_MS",
-                message: format!("`{v}` is not a whole number"),
-            })?;
+            self.http.header_timeout_ms = parse_override(
+                v,
+                "http.header_timeout_ms",
+                "http-header-timeout-ms",
+                "CRADLE_HTTP_HEADER_TIMEOUT_MS",
+                "is not a whole number",
+            )?;
         }
         if let Some(v) = &o.http_body_timeout_ms {
-            self.http.body_timeout_ms = v.parse().map_err(|_| ConfigError::Override {
-                key: "http.body_timeout_ms",
-                flag: "http-body-timeout-ms",
-                env: "CRADLE_HTTP_BODY_TIMEOUT_MS",
-                message: format!("`{v}` is not a whole number"),
-            })?;
+            self.http.body_timeout_ms = parse_override(
+                v,
+                "http.body_timeout_ms",
+                "http-body-timeout-ms",
+                "CRADLE_HTTP_BODY_TIMEOUT_MS",
+                "is not a whole number",
+            )?;
         }
         if let Some(v) = &o.http_max_connections {
-            self.http.max_connections = v.parse().map_err(|_| ConfigError::Override {
-                key: "http.max_connections",
-                flag: "http-max-connections",
-                env: "CRADLE_HTTP_MAX_CONNECTIONS",
-                message: format!("`{v}` is not a whole number"),
-            })?;
+            self.http.max_connections = parse_override(
+                v,
+                "http.max_connections",
+                "http-max-connections",
+                "CRADLE_HTTP_MAX_CONNECTIONS",
+                "is not a whole number",
+            )?;
         }
         if let Some(v) = &o.http_write_timeout_ms {
-            self.http.write_timeout_ms = v.parse().map_err(|_| ConfigError::Override {
-                key: "http.write_timeout_ms",
-                flag: "http-write-timeout-ms",
-                env: "CRADLE_HTTP_WRITE_TIMEOUT_MS",
-                message: format!("`{v}` is not a whole number"),
-            })?;
+            self.http.write_timeout_ms = parse_override(
+                v,
+                "http.write_timeout_ms",
+                "http-write-timeout-ms",
+                "CRADLE_HTTP_WRITE_TIMEOUT_MS",
+                "is not a whole number",
+            )?;
         }
         Ok(())
     }
 
-    /// Checks values that parse but cannot work.
+    /// Checks values that parse but cannot work. The checks run in a fixed order, section by
+    /// section, and the first failure is the error reported.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key: &'static str, message: &str| {
-            Err(ConfigError::Invalid {
-                key,
-                message: message.to_string(),
-            })
-        };
+        self.validate_basics()?;
+        self.validate_mqtt_buffers()?;
+        self.validate_http()?;
+        self.validate_sync_bus_log()?;
+        self.validate_store_pool()?;
+        self.validate_broker()?;
+        self.validate_websocket()?;
+        self.validate_sessions()?;
+        self.validate_mqtt_limits()?;
+        self.validate_tls()?;
+        self.validate_listeners()
+    }
+
+    /// Checks the database URL's scheme and the sizes that must be at least one
+    /// (sync batch and queue, WebSocket sessions, verifications) and the bus client id.
+    fn validate_basics(&self) -> Result<(), ConfigError> {
         if !(self.store.database_url.starts_with("sqlite:")
             || self.store.database_url.starts_with("postgres://")
             || self.store.database_url.starts_with("postgresql://"))
@@ -841,6 +888,11 @@ impl Config {
         if self.auth.max_verifications_per_source == 0 {
             return invalid("auth.max_verifications_per_source", "must be at least 1");
         }
+        Ok(())
+    }
+
+    /// Checks the edge's CONNECT size, pending queue and write timeout.
+    fn validate_mqtt_buffers(&self) -> Result<(), ConfigError> {
         if self.mqtt.max_connect_bytes < 64 {
             return invalid("mqtt.max_connect_bytes", "must be at least 64");
         }
@@ -850,6 +902,11 @@ impl Config {
         if self.mqtt.write_timeout_ms == 0 {
             return invalid("mqtt.write_timeout_ms", "must be at least 1");
         }
+        Ok(())
+    }
+
+    /// Checks the `[http]` section: admin token length, page size, timeouts, connection limit.
+    fn validate_http(&self) -> Result<(), ConfigError> {
         if matches!(&self.http.admin_token, Some(t) if t.len() < 16) {
             return invalid("http.admin_token", "must be at least 16 characters");
         }
@@ -868,6 +925,11 @@ impl Config {
         if self.http.write_timeout_ms < 100 {
             return invalid("http.write_timeout_ms", "must be at least 100");
         }
+        Ok(())
+    }
+
+    /// Checks the status size limit, the bus keep-alive and that the log filter parses.
+    fn validate_sync_bus_log(&self) -> Result<(), ConfigError> {
         if self.sync.max_status_bytes < 64 {
             return invalid("sync.max_status_bytes", "must be at least 64");
         }
@@ -880,6 +942,11 @@ impl Config {
                 message: one_line(&e.to_string()),
             });
         }
+        Ok(())
+    }
+
+    /// Checks the database pool's bounds and acquire timeout.
+    fn validate_store_pool(&self) -> Result<(), ConfigError> {
         if self.store.max_connections == 0 {
             return invalid("store.max_connections", "must be at least 1");
         }
@@ -892,6 +959,11 @@ impl Config {
         if self.store.acquire_timeout_ms == 0 {
             return invalid("store.acquire_timeout_ms", "must be at least 1");
         }
+        Ok(())
+    }
+
+    /// Checks that the broker's URL goes with its mode, and the share group's name.
+    fn validate_broker(&self) -> Result<(), ConfigError> {
         let b = &self.broker;
         match (b.mode, &b.url) {
             (BrokerMode::External, None) => {
@@ -922,6 +994,11 @@ impl Config {
                 "must be a non-empty name without '/', '+' or '#'",
             );
         }
+        Ok(())
+    }
+
+    /// Checks the `[websocket]` heartbeat, replay, send queue, write timeout and frame size.
+    fn validate_websocket(&self) -> Result<(), ConfigError> {
         let w = &self.websocket;
         if w.heartbeat_secs == 0 {
             return invalid("websocket.heartbeat_secs", "must be at least 1");
@@ -944,9 +1021,20 @@ impl Config {
         if w.max_frame_bytes < 256 {
             return invalid("websocket.max_frame_bytes", "must be at least 256");
         }
+        Ok(())
+    }
+
+    /// Checks the `[sessions]` section.
+    fn validate_sessions(&self) -> Result<(), ConfigError> {
         if self.sessions.pending_per_account == 0 {
             return invalid("sessions.pending_per_account", "must be at least 1");
         }
+        Ok(())
+    }
+
+    /// Checks the edge's packet size, connection limit, publish burst, and that the
+    /// broker's listeners are on loopback.
+    fn validate_mqtt_limits(&self) -> Result<(), ConfigError> {
         if self.mqtt.max_packet_bytes < 64 {
             return invalid("mqtt.max_packet_bytes", "must be at least 64");
         }
@@ -970,6 +1058,11 @@ impl Config {
                 );
             }
         }
+        Ok(())
+    }
+
+    /// Checks that a TLS or WSS listener comes with both a certificate and a key.
+    fn validate_tls(&self) -> Result<(), ConfigError> {
         let tls_wanted = self.mqtt.tls_listen.is_some() || self.mqtt.wss_listen.is_some();
         if tls_wanted && (self.mqtt.tls_cert.is_none() || self.mqtt.tls_key.is_none()) {
             return invalid(
@@ -977,6 +1070,11 @@ impl Config {
                 "tls_listen/wss_listen need both mqtt.tls_cert and mqtt.tls_key",
             );
         }
+        Ok(())
+    }
+
+    /// Checks that every public listener names a port and no two share an address.
+    fn validate_listeners(&self) -> Result<(), ConfigError> {
         let mut listeners = vec![
             ("mqtt.listen", self.mqtt.listen),
             ("mqtt.v5_listen", self.mqtt.v5_listen),
@@ -1002,6 +1100,30 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The error for a value that parses but cannot work.
+fn invalid(key: &'static str, message: &str) -> Result<(), ConfigError> {
+    Err(ConfigError::Invalid {
+        key,
+        message: message.to_string(),
+    })
+}
+
+/// Parses one override value, or names its key, flag and variable and says what `value` is not.
+fn parse_override<T: std::str::FromStr>(
+    value: &str,
+    key: &'static str,
+    flag: &'static str,
+    env: &'static str,
+    problem: &str,
+) -> Result<T, ConfigError> {
+    value.parse().map_err(|_| ConfigError::Override {
+        key,
+        flag,
+        env,
+        message: format!("`{value}` {problem}"),
+    })
 }
 
 fn parse_addr(

@@ -367,11 +367,9 @@ impl Metrics {
         }
     }
 
+    /// The HTTP server's families: connections, refusals, idle closes, token checks.
     fn render_http(&self, out: &mut String) {
-        let c = |out: &mut String, name: &str, help: &str, kind: &str| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        };
-        c(
+        header(
             out,
             "cradle_http_connections",
             "Open HTTP connections (not counting upgraded WebSockets).",
@@ -382,7 +380,7 @@ impl Metrics {
             "cradle_http_connections {}",
             self.http_open.load(Relaxed)
         );
-        c(
+        header(
             out,
             "cradle_http_connections_total",
             "HTTP connections accepted (within http.max_connections).",
@@ -393,7 +391,7 @@ impl Metrics {
             "cradle_http_connections_total {}",
             self.http_accepted.load(Relaxed)
         );
-        c(
+        header(
             out,
             "cradle_http_refused_total",
             "HTTP connections and requests refused or cut, by reason.",
@@ -407,7 +405,7 @@ impl Metrics {
                 self.http_refused[i].load(Relaxed)
             );
         }
-        c(
+        header(
             out,
             "cradle_http_idle_closed_total",
             "Keep-alive HTTP connections closed for sending no new request within http.header_timeout_ms.",
@@ -418,7 +416,7 @@ impl Metrics {
             "cradle_http_idle_closed_total {}",
             self.http_idle_closed.load(Relaxed)
         );
-        c(
+        header(
             out,
             "cradle_http_token_checks_total",
             "Bearer token checks (HTTP API and /ws), by outcome: cached (no argon2), verified, refused.",
@@ -441,11 +439,9 @@ impl Metrics {
         }
     }
 
+    /// Session events, ignored commands and parked session starts.
     fn render_sessions(&self, out: &mut String) {
-        let c = |out: &mut String, name: &str, help: &str, kind: &str| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        };
-        c(
+        header(
             out,
             "cradle_sessions_total",
             "Session events appended, by type.",
@@ -457,7 +453,7 @@ impl Metrics {
             self.sessions_started.load(Relaxed),
             self.sessions_ended.load(Relaxed)
         );
-        c(
+        header(
             out,
             "cradle_session_commands_ignored_total",
             "Session commands that changed nothing, by reason.",
@@ -471,7 +467,7 @@ impl Metrics {
                 self.sessions_ignored[i].load(Relaxed)
             );
         }
-        c(
+        header(
             out,
             "cradle_session_pending_total",
             "Session starts parked until their connection appears, and those evicted.",
@@ -495,6 +491,7 @@ impl Metrics {
         self.edge_write_timeouts.fetch_add(1, Relaxed);
     }
 
+    /// Connections waiting to be admitted, and connections cut by the write timeout.
     fn render_edge_bounds(&self, out: &mut String) {
         let _ = writeln!(
             out,
@@ -527,11 +524,16 @@ impl Metrics {
         self.task_panics.fetch_add(1, Relaxed);
     }
 
+    /// Retained-message limits, task panics and the verification gate.
     fn render_limits(&self, out: &mut String) {
-        let c = |out: &mut String, name: &str, help: &str, kind: &str| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        };
-        c(
+        self.render_retained(out);
+        self.render_task_panics(out);
+        Self::render_auth_gate(out);
+    }
+
+    /// Retained PUBLISH packets refused, and the retained messages and bytes devices keep.
+    fn render_retained(&self, out: &mut String) {
+        header(
             out,
             "cradle_edge_retained_refused_total",
             "Retained PUBLISH packets refused at the edge, by reason.",
@@ -543,7 +545,7 @@ impl Metrics {
             self.edge_retained_not_retained.load(Relaxed),
             self.edge_retained_quota.load(Relaxed)
         );
-        c(
+        header(
             out,
             "cradle_edge_retained_messages",
             "Retained messages devices keep in the broker, as the edge counts them (all accounts).",
@@ -554,7 +556,7 @@ impl Metrics {
             "cradle_edge_retained_messages {}",
             self.edge_retained_messages.load(Relaxed)
         );
-        c(
+        header(
             out,
             "cradle_edge_retained_bytes",
             "Bytes (topic + payload) of those retained messages.",
@@ -565,7 +567,11 @@ impl Metrics {
             "cradle_edge_retained_bytes {}",
             self.edge_retained_bytes.load(Relaxed)
         );
-        c(
+    }
+
+    /// Connection tasks that ended by a panic.
+    fn render_task_panics(&self, out: &mut String) {
+        header(
             out,
             "cradle_task_panics_total",
             "Connection tasks that ended by a panic (that connection alone ended; logged).",
@@ -576,9 +582,13 @@ impl Metrics {
             "cradle_task_panics_total {}",
             self.task_panics.load(Relaxed)
         );
+    }
+
+    /// The argon2 verification gate: outcomes, delays, waiters, tracked sources.
+    fn render_auth_gate(out: &mut String) {
         let gate = crate::accounts::gate::gate();
         let st = &gate.stats;
-        c(
+        header(
             out,
             "cradle_auth_verifications_total",
             "argon2 secret verifications (MQTT passwords, bearer tokens), by outcome; busy: refused after auth.verify_wait_ms without a slot.",
@@ -591,7 +601,7 @@ impl Metrics {
             st.failed.load(Relaxed),
             st.busy.load(Relaxed)
         );
-        c(
+        header(
             out,
             "cradle_auth_verifications_delayed_total",
             "Verifications delayed because their source address failed repeatedly.",
@@ -602,7 +612,7 @@ impl Metrics {
             "cradle_auth_verifications_delayed_total {}",
             st.delayed.load(Relaxed)
         );
-        c(
+        header(
             out,
             "cradle_auth_verifications_waiting",
             "Callers waiting for a verification slot now.",
@@ -613,7 +623,7 @@ impl Metrics {
             "cradle_auth_verifications_waiting {}",
             st.waiting.load(Relaxed)
         );
-        c(
+        header(
             out,
             "cradle_auth_sources",
             "Source addresses the verification gate tracks (bounded).",
@@ -622,13 +632,17 @@ impl Metrics {
         let _ = writeln!(out, "cradle_auth_sources {}", gate.sources());
     }
 
+    /// The edge's families: limits, bounds, connections and refusals.
     fn render_edge(&self, out: &mut String) {
         self.render_limits(out);
         self.render_edge_bounds(out);
-        let c = |out: &mut String, name: &str, help: &str, kind: &str| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        };
-        c(
+        self.render_edge_connections(out);
+        self.render_edge_refusals(out);
+    }
+
+    /// MQTT CONNECTs by outcome, live connections, and disconnects by reason.
+    fn render_edge_connections(&self, out: &mut String) {
+        header(
             out,
             "cradle_edge_connects_total",
             "MQTT CONNECTs at the edge, by outcome (refused ones by reason).",
@@ -650,7 +664,7 @@ impl Metrics {
                 self.edge_refusals[i].load(Relaxed)
             );
         }
-        c(
+        header(
             out,
             "cradle_edge_connections",
             "Live MQTT client connections at the edge.",
@@ -661,7 +675,7 @@ impl Metrics {
             "cradle_edge_connections {}",
             self.edge_live.load(Relaxed)
         );
-        c(
+        header(
             out,
             "cradle_edge_disconnects_total",
             "Ended MQTT client connections, by the reason the edge observed.",
@@ -675,7 +689,11 @@ impl Metrics {
                 self.edge_ends[i].load(Relaxed)
             );
         }
-        c(
+    }
+
+    /// What the edge refused or slowed: ACL refusals, bad packets, throttling.
+    fn render_edge_refusals(&self, out: &mut String) {
+        header(
             out,
             "cradle_edge_acl_refused_total",
             "PUBLISH packets and SUBSCRIBE filters refused by the account rules.",
@@ -687,7 +705,7 @@ impl Metrics {
             self.edge_acl_publish.load(Relaxed),
             self.edge_acl_subscribe.load(Relaxed)
         );
-        c(
+        header(
             out,
             "cradle_edge_bad_packets_total",
             "Connections closed for a bad packet, by kind.",
@@ -699,7 +717,7 @@ impl Metrics {
             self.edge_too_large.load(Relaxed),
             self.edge_malformed.load(Relaxed)
         );
-        c(
+        header(
             out,
             "cradle_edge_throttled_total",
             "Times a client connection was paused by mqtt.publish_rate.",
@@ -738,15 +756,10 @@ impl Metrics {
         );
     }
 
-    /// Renders every metric; `connected_clients` comes from the store at scrape time so that
-    /// every replica reports the same figure.
-    pub fn render(&self, connected_clients: Option<u64>) -> String {
-        let mut out = String::with_capacity(4096);
-        let c = |out: &mut String, name: &str, help: &str, kind: &str| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        };
-        c(
-            &mut out,
+    /// Messages received by the handlers and dropped without effect, by family.
+    fn render_messages(&self, out: &mut String) {
+        header(
+            out,
             "cradle_mqtt_messages_received_total",
             "MQTT messages received by Cradle's handlers, by topic family.",
             "counter",
@@ -762,8 +775,8 @@ impl Metrics {
             self.baby_station_messages.load(Relaxed),
             self.parent_station_messages.load(Relaxed)
         );
-        c(
-            &mut out,
+        header(
+            out,
             "cradle_mqtt_messages_dropped_total",
             "MQTT messages acknowledged and dropped without effect, by family and reason.",
             "counter",
@@ -792,8 +805,12 @@ impl Metrics {
                 self.inbox_drops[i].load(Relaxed)
             );
         }
-        c(
-            &mut out,
+    }
+
+    /// Events appended to the log and the connection decider's outcomes.
+    fn render_decisions(&self, out: &mut String) {
+        header(
+            out,
             "cradle_events_appended_total",
             "Events appended to the event log, by type.",
             "counter",
@@ -808,8 +825,8 @@ impl Metrics {
             "cradle_events_appended_total{{type=\"connection.disconnected\"}} {}",
             self.events_disconnected.load(Relaxed)
         );
-        c(
-            &mut out,
+        header(
+            out,
             "cradle_decider_outcomes_total",
             "Decisions taken, by decider and outcome.",
             "counter",
@@ -821,8 +838,12 @@ impl Metrics {
                 self.connection_outcomes[i].load(Relaxed)
             );
         }
-        c(
-            &mut out,
+    }
+
+    /// Write transactions: commits, time spent, conflicts and errors.
+    fn render_store(&self, out: &mut String) {
+        header(
+            out,
             "cradle_store_commits_total",
             "Write transactions committed.",
             "counter",
@@ -832,8 +853,8 @@ impl Metrics {
             "cradle_store_commits_total {}",
             self.store_commits.load(Relaxed)
         );
-        c(
-            &mut out,
+        header(
+            out,
             "cradle_store_commit_seconds_total",
             "Time spent in write transactions.",
             "counter",
@@ -843,8 +864,8 @@ impl Metrics {
             "cradle_store_commit_seconds_total {:.6}",
             self.store_commit_micros.load(Relaxed) as f64 / 1e6
         );
-        c(
-            &mut out,
+        header(
+            out,
             "cradle_store_conflicts_total",
             "Write batches retried after a conflict with another writer.",
             "counter",
@@ -854,8 +875,8 @@ impl Metrics {
             "cradle_store_conflicts_total {}",
             self.store_conflicts.load(Relaxed)
         );
-        c(
-            &mut out,
+        header(
+            out,
             "cradle_store_errors_total",
             "Write batches that failed on a database error and were retried.",
             "counter",
@@ -865,8 +886,12 @@ impl Metrics {
             "cradle_store_errors_total {}",
             self.store_errors.load(Relaxed)
         );
-        c(
-            &mut out,
+    }
+
+    /// Cradle's own MQTT client: connected, connects, replayed retained messages.
+    fn render_bus(&self, out: &mut String) {
+        header(
+            out,
             "cradle_bus_connected",
             "1 while Cradle's own MQTT client is connected to the broker.",
             "gauge",
@@ -876,8 +901,8 @@ impl Metrics {
             "cradle_bus_connected {}",
             self.bus_connected.load(Relaxed)
         );
-        c(
-            &mut out,
+        header(
+            out,
             "cradle_bus_connects_total",
             "Times Cradle's own MQTT client (re)connected.",
             "counter",
@@ -887,8 +912,8 @@ impl Metrics {
             "cradle_bus_connects_total {}",
             self.bus_connects.load(Relaxed)
         );
-        c(
-            &mut out,
+        header(
+            out,
             "cradle_bus_replayed_total",
             "Retained messages refed to the handlers after the bus connected (external broker).",
             "counter",
@@ -898,13 +923,23 @@ impl Metrics {
             "cradle_bus_replayed_total {}",
             self.bus_replayed.load(Relaxed)
         );
+    }
+
+    /// Renders every metric; `connected_clients` comes from the store at scrape time so that
+    /// every replica reports the same figure.
+    pub fn render(&self, connected_clients: Option<u64>) -> String {
+        let mut out = String::with_capacity(4096);
+        self.render_messages(&mut out);
+        self.render_decisions(&mut out);
+        self.render_store(&mut out);
+        self.render_bus(&mut out);
         self.render_edge(&mut out);
         Self::render_broker_panics(&mut out);
         Self::render_held_acks(&mut out);
         self.render_sessions(&mut out);
         self.render_http(&mut out);
         if let Some(n) = connected_clients {
-            c(
+            header(
                 &mut out,
                 "cradle_connected_clients",
                 "Clients whose current connection is connected, over every account.",
@@ -914,6 +949,11 @@ impl Metrics {
         }
         out
     }
+}
+
+/// Writes a family's `# HELP` and `# TYPE` lines.
+fn header(out: &mut String, name: &str, help: &str, kind: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
 #[cfg(test)]

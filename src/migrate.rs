@@ -455,6 +455,8 @@ impl Run {
         }
     }
 
+    /// Surveys both sides, recognises or refuses a non-empty target, copies every table,
+    /// verifies it and moves the PostgreSQL position sequence.
     async fn body(
         &self,
         src: &DatabaseTransaction,
@@ -462,32 +464,11 @@ impl Run {
         target_backend: Backend,
     ) -> Result<MigrationReport, MigrateError> {
         let page = self.page_rows;
-        let mut source_sums = Vec::with_capacity(TABLES.len());
-        let mut non_empty = Vec::new();
-        for t in TABLES {
-            source_sums.push(t.summary(src, "source", page).await?);
-            let n = t.count(dst, "target").await?;
-            if n > 0 {
-                non_empty.push(format!("{}: {n} rows", t.name()));
-            }
-        }
-        let report = |outcome, tables| MigrationReport {
-            from: self.from.clone(),
-            to: self.to.clone(),
-            outcome,
-            tables,
-        };
+        let (source_sums, non_empty) = self.survey(src, dst).await?;
 
         let merge = !non_empty.is_empty();
         if merge {
-            let mut same = true;
-            for (t, s) in TABLES.iter().zip(&source_sums) {
-                if t.summary(dst, "target", page).await? != *s {
-                    same = false;
-                    break;
-                }
-            }
-            if same {
+            if self.target_matches(dst, &source_sums).await? {
                 let tables = TABLES
                     .iter()
                     .zip(source_sums)
@@ -499,7 +480,7 @@ impl Run {
                         extra_in_target: 0,
                     })
                     .collect();
-                return Ok(report(Outcome::AlreadyPresent, tables));
+                return Ok(self.report(Outcome::AlreadyPresent, tables));
             }
             if !self.allow_non_empty {
                 return Err(MigrateError::NonEmptyTarget {
@@ -517,29 +498,9 @@ impl Run {
         let mut tables = Vec::with_capacity(TABLES.len());
         for ((t, s), copied) in TABLES.iter().zip(source_sums).zip(copied) {
             let extra_in_target = if merge {
-                let m = t.matched(src, dst, page).await?;
-                if m.missing > 0 || m.differing > 0 || m.source != s {
-                    return Err(MigrateError::NotContained {
-                        table: t.name(),
-                        source_rows: s.rows,
-                        missing: m.missing,
-                        differing: m.differing,
-                        source_checksum: s.checksum,
-                        target_checksum: m.target_checksum,
-                    });
-                }
-                t.count(dst, "target").await?.saturating_sub(s.rows)
+                self.verify_contained(*t, &s, src, dst).await?
             } else {
-                let d = t.summary(dst, "target", page).await?;
-                if d != s {
-                    return Err(MigrateError::Mismatch {
-                        table: t.name(),
-                        source_rows: s.rows,
-                        source_checksum: s.checksum,
-                        target_rows: d.rows,
-                        target_checksum: d.checksum,
-                    });
-                }
+                self.verify_equal(*t, &s, dst).await?;
                 0
             };
             tables.push(TableReport {
@@ -554,7 +515,7 @@ impl Run {
         if target_backend == Backend::Postgres {
             self.reset_position_sequence(dst).await?;
         }
-        Ok(report(
+        Ok(self.report(
             if merge {
                 Outcome::Merged
             } else {
@@ -562,6 +523,93 @@ impl Run {
             },
             tables,
         ))
+    }
+
+    /// The report of this run's two URLs with `outcome` and `tables`.
+    fn report(&self, outcome: Outcome, tables: Vec<TableReport>) -> MigrationReport {
+        MigrationReport {
+            from: self.from.clone(),
+            to: self.to.clone(),
+            outcome,
+            tables,
+        }
+    }
+
+    /// Every table's source summary, and the target's non-empty tables as `name: n rows`
+    /// (read table by table, source first).
+    async fn survey(
+        &self,
+        src: &DatabaseTransaction,
+        dst: &DatabaseTransaction,
+    ) -> Result<(Vec<Summary>, Vec<String>), MigrateError> {
+        let mut source_sums = Vec::with_capacity(TABLES.len());
+        let mut non_empty = Vec::new();
+        for t in TABLES {
+            source_sums.push(t.summary(src, "source", self.page_rows).await?);
+            let n = t.count(dst, "target").await?;
+            if n > 0 {
+                non_empty.push(format!("{}: {n} rows", t.name()));
+            }
+        }
+        Ok((source_sums, non_empty))
+    }
+
+    /// Whether every target table's summary equals the source's (stops at the first that differs).
+    async fn target_matches(
+        &self,
+        dst: &DatabaseTransaction,
+        source_sums: &[Summary],
+    ) -> Result<bool, MigrateError> {
+        for (t, s) in TABLES.iter().zip(source_sums) {
+            if t.summary(dst, "target", self.page_rows).await? != *s {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// After a merge: checks every source row of `t` is in the target unchanged; returns the
+    /// target's extra rows.
+    async fn verify_contained(
+        &self,
+        t: &dyn TableOps,
+        s: &Summary,
+        src: &DatabaseTransaction,
+        dst: &DatabaseTransaction,
+    ) -> Result<u64, MigrateError> {
+        let m = t.matched(src, dst, self.page_rows).await?;
+        if m.missing > 0 || m.differing > 0 || m.source != *s {
+            return Err(MigrateError::NotContained {
+                table: t.name(),
+                source_rows: s.rows,
+                missing: m.missing,
+                differing: m.differing,
+                source_checksum: s.checksum.clone(),
+                target_checksum: m.target_checksum,
+            });
+        }
+        Ok(t.count(dst, "target").await?.saturating_sub(s.rows))
+    }
+
+    /// After a copy into an empty target: checks the target's table `t` has the source's
+    /// count and checksum.
+    async fn verify_equal(
+        &self,
+        t: &dyn TableOps,
+        s: &Summary,
+        dst: &DatabaseTransaction,
+    ) -> Result<(), MigrateError> {
+        let d = t.summary(dst, "target", self.page_rows).await?;
+        if d != *s {
+            return Err(MigrateError::Mismatch {
+                table: t.name(),
+                source_rows: s.rows,
+                source_checksum: s.checksum.clone(),
+                target_rows: d.rows,
+                target_checksum: d.checksum,
+            });
+        }
+        Ok(())
     }
 
     /// Moves the sequence behind `events.position` past the largest position, so the next

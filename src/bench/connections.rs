@@ -158,20 +158,45 @@ pub async fn idle(
     Ok(r)
 }
 
+/// Parameters of a churn run.
+#[derive(Clone)]
+pub struct Churn {
+    /// Broker URL.
+    pub broker: String,
+    /// Cradle's HTTP base URL (its `/metrics` count the recorded events).
+    pub http: String,
+    /// Name in the report.
+    pub label: String,
+    /// The broker's pid.
+    pub pid: Option<u32>,
+    /// Cycles in all.
+    pub count: u64,
+    /// Client ids cycling at once.
+    pub parallel: u64,
+    /// Time limit for the events to be recorded.
+    pub max_secs: u64,
+    /// The devices to connect as, when authentication is on.
+    pub devices: Option<Arc<Vec<Device>>>,
+}
+
+/// The two series whose sum counts the churn's recorded events.
+const CONNECTED_SERIES: &str = "cradle_events_appended_total{type=\"connection.connected\"}";
+const DISCONNECTED_SERIES: &str = "cradle_events_appended_total{type=\"connection.disconnected\"}";
+
 /// Connects, reports `connected`, reports `disconnected` (clean) and disconnects, `count`
 /// times over `parallel` client ids, and waits until Cradle recorded every event.
-#[allow(clippy::too_many_arguments)]
-pub async fn churn(
-    broker: &str,
-    http: &str,
-    label: &str,
-    pid: Option<u32>,
-    count: u64,
-    parallel: u64,
-    max_secs: u64,
-    devices: Option<Arc<Vec<Device>>>,
-) -> Result<BenchResult, BenchError> {
-    let (host, port) = broker_addr(broker)?;
+pub async fn churn(p: Churn) -> Result<BenchResult, BenchError> {
+    let Churn {
+        broker,
+        http,
+        label,
+        pid,
+        count,
+        parallel,
+        max_secs,
+        devices,
+    } = p;
+    let (host, port) = broker_addr(&broker)?;
     if devices
         .as_ref()
         .is_some_and(|d| (d.len() as u64) < parallel)
@@ -185,9 +210,7 @@ pub async fn churn(
         Some(d) => d[0].account.clone(),
         None => format!("churn-{run}"),
     };
-    let connected_series = "cradle_events_appended_total{type=\"connection.connected\"}";
-    let disconnected_series = "cradle_events_appended_total{type=\"connection.disconnected\"}";
-    let base = metric(http, connected_series).await? + metric(http, disconnected_series).await?;
+    let base = recorded_events(&http).await?;
     let before = proc_stats(pid);
     let started = Instant::now();
     let next = Arc::new(AtomicU64::new(0));
@@ -196,44 +219,15 @@ pub async fn churn(
         let (host, account, next, run) = (host.clone(), account.clone(), next.clone(), run.clone());
         let devices = devices.clone();
         workers.push(tokio::spawn(async move {
-            let mut c = connect_as(devices.as_deref().map(|d| &d[..]), &format!("churn-{run}-w"), w as usize, 60);
+            let prefix = format!("churn-{run}-w");
+            let mut c = connect_as(devices.as_deref().map(|d| &d[..]), &prefix, w as usize, 60);
             let topic = format!("accounts/{account}/clients/{}/status", c.client_id);
             loop {
                 let n = next.fetch_add(1, Relaxed);
                 if n >= count {
                     return Ok::<(), BenchError>(());
                 }
-                let at = crate::clock::now_millis();
-                c.last_will = Some(LastWill::new(
-                    topic.clone(),
-                    format!(r#"{{"type":"disconnected","connection_id":"k{n}","reason":"lost","at_millis":{at}}}"#),
-                    QoS::AtLeastOnce,
-                    true,
-                ));
-                let mut stream = open(&host, port, &c).await?;
-                let mut buf = BytesMut::new();
-                let mut up = Publish::new(
-                    topic.clone(),
-                    QoS::AtMostOnce,
-                    format!(r#"{{"type":"connected","connection_id":"k{n}","at_millis":{at}}}"#),
-                );
-                up.retain = true;
-                let mut down = Publish::new(
-                    topic.clone(),
-                    QoS::AtMostOnce,
-                    format!(r#"{{"type":"disconnected","connection_id":"k{n}","reason":"clean","at_millis":{}}}"#, at + 1),
-                );
-                down.retain = true;
-                let encode = |e| BenchError::Target(format!("encode: {e:?}"));
-                up.write(&mut buf).map_err(encode)?;
-                down.write(&mut buf).map_err(encode)?;
-                Disconnect.write(&mut buf).map_err(encode)?;
-                stream.write_all(&buf).await?;
-                stream.flush().await?;
-                // Wait for the broker to close after DISCONNECT, so the next connect of this
-                // client id is not a takeover.
-                let mut sink = [0u8; 64];
-                let _ = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut sink)).await;
+                churn_cycle(&host, port, &mut c, &topic, n).await?;
             }
         }));
     }
@@ -242,22 +236,12 @@ pub async fn churn(
     }
     let cycle_secs = started.elapsed().as_secs_f64();
     let expected = count * 2;
-    let deadline = Instant::now() + Duration::from_secs(max_secs);
-    let mut recorded = 0;
-    while Instant::now() < deadline {
-        recorded = (metric(http, connected_series).await?
-            + metric(http, disconnected_series).await?)
-            .saturating_sub(base);
-        if recorded >= expected {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let recorded = wait_recorded(&http, base, expected, max_secs).await?;
     let seconds = started.elapsed().as_secs_f64();
     let after = proc_stats(pid);
     let mut r = BenchResult::new(
         "churn",
-        label,
+        &label,
         format!(
             "{count} connect/report/disconnect cycles over {parallel} {}",
             if devices.is_some() {
@@ -273,4 +257,77 @@ pub async fn churn(
     r.note =
         format!("{recorded} of {expected} events recorded; cycles alone took {cycle_secs:.2} s");
     Ok(r)
+}
+
+/// One cycle `n` of a churn client: connects (its will a `lost` disconnect), writes a retained
+/// `connected`, a retained clean `disconnected` and DISCONNECT, and waits for the broker to close.
+async fn churn_cycle(
+    host: &str,
+    port: u16,
+    c: &mut Connect,
+    topic: &str,
+    n: u64,
+) -> Result<(), BenchError> {
+    let at = crate::clock::now_millis();
+    c.last_will = Some(LastWill::new(
+        topic,
+        format!(
+            r#"{{"type":"disconnected","connection_id":"k{n}","reason":"lost","at_millis":{at}}}"#
+        ),
+        QoS::AtLeastOnce,
+        true,
+    ));
+    let mut stream = open(host, port, c).await?;
+    let mut buf = BytesMut::new();
+    let mut up = Publish::new(
+        topic,
+        QoS::AtMostOnce,
+        format!(r#"{{"type":"connected","connection_id":"k{n}","at_millis":{at}}}"#),
+    );
+    up.retain = true;
+    let mut down = Publish::new(
+        topic,
+        QoS::AtMostOnce,
+        format!(
+            r#"{{"type":"disconnected","connection_id":"k{n}","reason":"clean","at_millis":{}}}"#,
+            at + 1
+        ),
+    );
+    down.retain = true;
+    let encode = |e| BenchError::Target(format!("encode: {e:?}"));
+    up.write(&mut buf).map_err(encode)?;
+    down.write(&mut buf).map_err(encode)?;
+    Disconnect.write(&mut buf).map_err(encode)?;
+    stream.write_all(&buf).await?;
+    stream.flush().await?;
+    // Wait for the broker to close after DISCONNECT, so the next connect of this
+    // client id is not a takeover.
+    let mut sink = [0u8; 64];
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut sink)).await;
+    Ok(())
+}
+
+/// Connection events Cradle has appended so far (connected + disconnected), from `/metrics`.
+async fn recorded_events(http: &str) -> Result<u64, BenchError> {
+    Ok(metric(http, CONNECTED_SERIES).await? + metric(http, DISCONNECTED_SERIES).await?)
+}
+
+/// Polls `/metrics` until `expected` events were recorded since `base`, or `max_secs`
+/// passed; returns how many were.
+async fn wait_recorded(
+    http: &str,
+    base: u64,
+    expected: u64,
+    max_secs: u64,
+) -> Result<u64, BenchError> {
+    let deadline = Instant::now() + Duration::from_secs(max_secs);
+    let mut recorded = 0;
+    while Instant::now() < deadline {
+        recorded = recorded_events(http).await?.saturating_sub(base);
+        if recorded >= expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(recorded)
 }

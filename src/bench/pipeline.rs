@@ -65,41 +65,12 @@ pub async fn run(p: Pipeline) -> Result<BenchResult, BenchError> {
         let account = account.clone();
         let each_rate = p.rate as f64 / p.publishers as f64;
         tasks.push(tokio::spawn(async move {
-            let began = Instant::now();
-            for n in 0..per {
-                if each_rate > 0.0 {
-                    // Paced: wait until this message is due.
-                    let due = Duration::from_secs_f64(n as f64 / each_rate);
-                    if let Some(wait) = due.checked_sub(began.elapsed()) {
-                        tokio::time::sleep(wait).await;
-                    }
-                }
-                let topic = format!("accounts/{account}/clients/p{i}c{n}/status");
-                let payload = format!(
-                    r#"{{"type":"connected","connection_id":"k1","at_millis":{}}}"#,
-                    crate::clock::now_millis()
-                );
-                if client
-                    .publish(topic, QoS::AtLeastOnce, false, payload)
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-            }
+            publish_statuses(&client, &account, i, per, each_rate).await;
             (client, pump)
         }));
     }
     let expected = per * p.publishers as u64;
-    let deadline = Instant::now() + Duration::from_secs(p.max_secs);
-    let mut count = 0;
-    while Instant::now() < deadline {
-        count = appended(&p.http).await?.saturating_sub(base);
-        if count >= expected {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let count = wait_committed(&p.http, base, expected, p.max_secs).await?;
     let seconds = started.elapsed().as_secs_f64();
     let after = proc_stats(p.pid);
     stop.store(true, Relaxed);
@@ -110,30 +81,8 @@ pub async fn run(p: Pipeline) -> Result<BenchResult, BenchError> {
         }
     }
 
-    let mut samples = Vec::with_capacity(count as usize);
-    let mut after_pos = 0i64;
-    loop {
-        let url = format!(
-            "{}/v1/accounts/{account}/events?after={after_pos}&limit=1000",
-            p.http.split(',').next().unwrap_or_default()
-        );
-        let body: serde_json::Value = reqwest::get(&url)
-            .await
-            .map_err(|e| BenchError::Target(e.to_string()))?
-            .json()
-            .await
-            .map_err(|e| BenchError::Target(e.to_string()))?;
-        let events = body["events"].as_array().cloned().unwrap_or_default();
-        if events.is_empty() {
-            break;
-        }
-        for e in &events {
-            let lag = e["recorded_at_millis"].as_i64().unwrap_or(0)
-                - e["at_millis"].as_i64().unwrap_or(0);
-            samples.push(lag.max(0) as u64 * 1000);
-        }
-        after_pos = body["next_after"].as_i64().unwrap_or(after_pos);
-    }
+    let first = p.http.split(',').next().unwrap_or_default();
+    let samples = commit_lags(first, &account, count).await?;
 
     let mut r = BenchResult::new(
         if p.rate > 0 {
@@ -166,6 +115,80 @@ pub async fn run(p: Pipeline) -> Result<BenchResult, BenchError> {
         );
     }
     Ok(r)
+}
+
+/// Publisher `i`: one `connected` status for each of its `per` clients, paced at `each_rate`
+/// a second (0: as fast as accepted); stops at the first publish that fails.
+async fn publish_statuses(client: &AsyncClient, account: &str, i: usize, per: u64, each_rate: f64) {
+    let began = Instant::now();
+    for n in 0..per {
+        if each_rate > 0.0 {
+            // Paced: wait until this message is due.
+            let due = Duration::from_secs_f64(n as f64 / each_rate);
+            if let Some(wait) = due.checked_sub(began.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        let topic = format!("accounts/{account}/clients/p{i}c{n}/status");
+        let payload = format!(
+            r#"{{"type":"connected","connection_id":"k1","at_millis":{}}}"#,
+            crate::clock::now_millis()
+        );
+        if client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+}
+
+/// Polls the replicas' `/metrics` until `expected` events were appended since `base`, or
+/// `max_secs` passed; returns how many were.
+async fn wait_committed(
+    http: &str,
+    base: u64,
+    expected: u64,
+    max_secs: u64,
+) -> Result<u64, BenchError> {
+    let deadline = Instant::now() + Duration::from_secs(max_secs);
+    let mut count = 0;
+    while Instant::now() < deadline {
+        count = appended(http).await?.saturating_sub(base);
+        if count >= expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(count)
+}
+
+/// Reads the account's events from Cradle's HTTP API at `http`, page by page; returns each
+/// one's publish-to-commit lag in microseconds (`count`: the capacity to reserve).
+async fn commit_lags(http: &str, account: &str, count: u64) -> Result<Vec<u64>, BenchError> {
+    let mut samples = Vec::with_capacity(count as usize);
+    let mut after_pos = 0i64;
+    loop {
+        let url = format!("{http}/v1/accounts/{account}/events?after={after_pos}&limit=1000");
+        let body: serde_json::Value = reqwest::get(&url)
+            .await
+            .map_err(|e| BenchError::Target(e.to_string()))?
+            .json()
+            .await
+            .map_err(|e| BenchError::Target(e.to_string()))?;
+        let events = body["events"].as_array().cloned().unwrap_or_default();
+        if events.is_empty() {
+            break;
+        }
+        for e in &events {
+            let lag = e["recorded_at_millis"].as_i64().unwrap_or(0)
+                - e["at_millis"].as_i64().unwrap_or(0);
+            samples.push(lag.max(0) as u64 * 1000);
+        }
+        after_pos = body["next_after"].as_i64().unwrap_or(after_pos);
+    }
+    Ok(samples)
 }
 
 /// Parameters of the raw insert run.

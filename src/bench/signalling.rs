@@ -51,6 +51,13 @@ fn signal_age_micros(payload: &[u8]) -> Option<u64> {
     Some(now_nanos().saturating_sub(sent) / 1000)
 }
 
+/// What both peers share with the run: the stop flag and the count of subscriptions ready.
+#[derive(Clone)]
+struct Flags {
+    stop: Arc<AtomicBool>,
+    ready: Arc<AtomicU64>,
+}
+
 /// Runs the scenario.
 pub async fn run(s: Signalling) -> Result<BenchResult, BenchError> {
     let (host, port) = broker_addr(&s.broker)?;
@@ -58,76 +65,19 @@ pub async fn run(s: Signalling) -> Result<BenchResult, BenchError> {
     let account = format!("sig-{run}");
     let inbox = |c: &str| format!("accounts/{account}/clients/{c}/webrtc_inbox");
     let (a_inbox, b_inbox) = (inbox("a"), inbox("b"));
-    let stop = Arc::new(AtomicBool::new(false));
-    let ready = Arc::new(AtomicU64::new(0));
+    let flags = Flags {
+        stop: Arc::new(AtomicBool::new(false)),
+        ready: Arc::new(AtomicU64::new(0)),
+    };
+    let (stop, ready) = (flags.stop.clone(), flags.ready.clone());
     let received = Arc::new(AtomicU64::new(0));
 
     // B: echo everything from its inbox to A's.
-    let (b, mut b_loop) = client(format!("sig-{run}-b"), &host, port);
-    let (b_stop, b_ready, b_sub, a_target) = (
-        stop.clone(),
-        ready.clone(),
-        b_inbox.clone(),
-        a_inbox.clone(),
-    );
-    let b_task = tokio::spawn(async move {
-        while !b_stop.load(Relaxed) {
-            let Ok(event) = tokio::time::timeout(Duration::from_millis(200), b_loop.poll()).await
-            else {
-                continue;
-            };
-            match event {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    let _ = b.subscribe(b_sub.as_str(), QoS::AtLeastOnce).await;
-                }
-                Ok(Event::Incoming(Packet::SubAck(_))) => {
-                    b_ready.fetch_add(1, Relaxed);
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let _ = b.try_publish(a_target.as_str(), QoS::AtLeastOnce, false, p.payload);
-                }
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
-    });
+    let (b, b_loop) = client(format!("sig-{run}-b"), &host, port);
+    let b_task = spawn_echo(b, b_loop, flags.clone(), b_inbox.clone(), a_inbox.clone());
     // A: collect round trips.
-    let (a, mut a_loop) = client(format!("sig-{run}-a"), &host, port);
-    let (a_stop, a_ready, a_sub, a_received) = (
-        stop.clone(),
-        ready.clone(),
-        a_inbox.clone(),
-        received.clone(),
-    );
-    let a_sub_client = a.clone();
-    let a_task = tokio::spawn(async move {
-        let mut samples = Vec::new();
-        while !a_stop.load(Relaxed) {
-            let Ok(event) = tokio::time::timeout(Duration::from_millis(200), a_loop.poll()).await
-            else {
-                continue;
-            };
-            match event {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    let _ = a_sub_client
-                        .subscribe(a_sub.as_str(), QoS::AtLeastOnce)
-                        .await;
-                }
-                Ok(Event::Incoming(Packet::SubAck(_))) => {
-                    a_ready.fetch_add(1, Relaxed);
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    if let Some(age) = signal_age_micros(&p.payload) {
-                        samples.push(age);
-                    }
-                    a_received.fetch_add(1, Relaxed);
-                }
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
-        samples
-    });
+    let (a, a_loop) = client(format!("sig-{run}-a"), &host, port);
+    let a_task = spawn_collector(a.clone(), a_loop, flags, a_inbox.clone(), received.clone());
     if !super::wait_until(Duration::from_secs(20), || ready.load(Relaxed) == 2).await {
         stop.store(true, Relaxed);
         return Err(BenchError::Target(format!(
@@ -137,27 +87,7 @@ pub async fn run(s: Signalling) -> Result<BenchResult, BenchError> {
     }
 
     let before = proc_stats(s.pid);
-    let started = Instant::now();
-    // Pace in 1 ms ticks: rate/1000 messages a tick, the remainder spread by a running total.
-    let mut tick = tokio::time::interval(Duration::from_millis(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut sent = 0u64;
-    while sent < s.messages {
-        tick.tick().await;
-        let due = (started.elapsed().as_secs_f64() * s.rate as f64) as u64;
-        while sent < due.min(s.messages) {
-            a.publish(
-                b_inbox.as_str(),
-                QoS::AtLeastOnce,
-                false,
-                signal_payload(s.payload),
-            )
-            .await
-            .map_err(|e| BenchError::Target(e.to_string()))?;
-            sent += 1;
-        }
-    }
-    let send_secs = started.elapsed().as_secs_f64();
+    let (sent, send_secs) = send_paced(&a, &b_inbox, &s).await?;
     super::wait_until(Duration::from_secs(10), || {
         received.load(Relaxed) >= s.messages
     })
@@ -187,6 +117,100 @@ pub async fn run(s: Signalling) -> Result<BenchResult, BenchError> {
         "rate = achieved offered load; latency = A → B → A round trip",
     );
     Ok(r)
+}
+
+/// B: subscribes to `inbox` on every CONNACK and echoes each message it receives to
+/// `reply_to`, until the stop flag is set.
+fn spawn_echo(
+    b: AsyncClient,
+    mut b_loop: rumqttc::EventLoop,
+    flags: Flags,
+    inbox: String,
+    reply_to: String,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while !flags.stop.load(Relaxed) {
+            let Ok(event) = tokio::time::timeout(Duration::from_millis(200), b_loop.poll()).await
+            else {
+                continue;
+            };
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    let _ = b.subscribe(inbox.as_str(), QoS::AtLeastOnce).await;
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    flags.ready.fetch_add(1, Relaxed);
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let _ = b.try_publish(reply_to.as_str(), QoS::AtLeastOnce, false, p.payload);
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    })
+}
+
+/// A: subscribes to `inbox` on every CONNACK and counts each echo in `received`, until the
+/// stop flag is set; returns the round trips measured (microseconds).
+fn spawn_collector(
+    a: AsyncClient,
+    mut a_loop: rumqttc::EventLoop,
+    flags: Flags,
+    inbox: String,
+    received: Arc<AtomicU64>,
+) -> tokio::task::JoinHandle<Vec<u64>> {
+    tokio::spawn(async move {
+        let mut samples = Vec::new();
+        while !flags.stop.load(Relaxed) {
+            let Ok(event) = tokio::time::timeout(Duration::from_millis(200), a_loop.poll()).await
+            else {
+                continue;
+            };
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    let _ = a.subscribe(inbox.as_str(), QoS::AtLeastOnce).await;
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    flags.ready.fetch_add(1, Relaxed);
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if let Some(age) = signal_age_micros(&p.payload) {
+                        samples.push(age);
+                    }
+                    received.fetch_add(1, Relaxed);
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        samples
+    })
+}
+
+/// Sends `s.messages` signals from A to `b_inbox` at `s.rate` a second; returns how many
+/// were sent and the seconds it took.
+async fn send_paced(
+    a: &AsyncClient,
+    b_inbox: &str,
+    s: &Signalling,
+) -> Result<(u64, f64), BenchError> {
+    let started = Instant::now();
+    // Pace in 1 ms ticks: rate/1000 messages a tick, the remainder spread by a running total.
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut sent = 0u64;
+    while sent < s.messages {
+        tick.tick().await;
+        let due = (started.elapsed().as_secs_f64() * s.rate as f64) as u64;
+        while sent < due.min(s.messages) {
+            a.publish(b_inbox, QoS::AtLeastOnce, false, signal_payload(s.payload))
+                .await
+                .map_err(|e| BenchError::Target(e.to_string()))?;
+            sent += 1;
+        }
+    }
+    Ok((sent, started.elapsed().as_secs_f64()))
 }
 
 #[cfg(test)]

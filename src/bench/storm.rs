@@ -23,7 +23,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::connections::{open, Device};
 use super::storm_pwa::{self, PwaStats};
-use super::{metric, proc_stats, run_id, BenchError, BenchResult};
+use super::{metric, proc_stats, run_id, BenchError, BenchResult, ProcStats};
 use crate::store::{events, Store};
 
 /// What the storm runs against.
@@ -304,37 +304,16 @@ pub async fn restart_storm(opts: StormOptions) -> Result<BenchResult, BenchError
     std::fs::create_dir_all(&dir)?;
     let mut first = Cradle::start(&opts, &dir, None).await?;
     let (port, http_port) = (first.mqtt, first.http_port);
-    let connected = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(tokio::sync::Notify::new());
     let last_reconnect = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::with_capacity(devices.len());
-    for (i, d) in devices.iter().cloned().enumerate() {
-        let (connected, stop, last) = (connected.clone(), stop.clone(), last_reconnect.clone());
-        tasks.push(tokio::spawn(device(i, d, port, connected, stop, last)));
-        if i % 100 == 99 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
+    let mut tasks = spawn_devices(&devices, port, &stop, &last_reconnect).await;
     let n = opts.count as u64;
     let limit = Duration::from_secs(opts.max_secs);
     until_connected(&first.http, n, Instant::now() + limit).await?;
     // One PWA per account, opened once its devices are connected.
     let pwas = Arc::new(PwaStats::default());
-    for (i, (account, token)) in tokens.iter().enumerate() {
-        let (http, account, token) = (first.http.clone(), account.clone(), token.clone());
-        tasks.push(tokio::spawn(storm_pwa::pwa(
-            i,
-            http,
-            account,
-            token,
-            pwas.clone(),
-        )));
-    }
+    tasks.extend(open_pwas(&first.http, &tokens, &pwas).await);
     let m = tokens.len() as u64;
-    let opened = Instant::now() + Duration::from_secs(30);
-    while pwas.opened.load(Relaxed) < m && Instant::now() < opened {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     until_connected(&first.http, n + m, Instant::now() + limit).await?;
     first.terminate()?;
     let restarted = Instant::now();
@@ -363,7 +342,101 @@ pub async fn restart_storm(opts: StormOptions) -> Result<BenchResult, BenchError
     for t in tasks {
         t.abort();
     }
-    let seconds = all_connected.unwrap_or(limit.as_secs_f64());
+    let measured = Measured {
+        devices: n,
+        pwas: m,
+        all_connected,
+        limit,
+        ready_secs,
+        restarted_millis,
+        lost,
+        duplicated,
+        pwa_events,
+        before,
+        after,
+    };
+    let r = storm_result(&measured, &last_reconnect, &pwas);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(r)
+}
+
+/// Starts every device's task against the MQTT `port`, pausing 5 ms after each hundred.
+async fn spawn_devices(
+    devices: &[Device],
+    port: u16,
+    stop: &Arc<tokio::sync::Notify>,
+    last_reconnect: &Arc<AtomicU64>,
+) -> Vec<tokio::task::JoinHandle<Result<(), BenchError>>> {
+    let connected = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::with_capacity(devices.len());
+    for (i, d) in devices.iter().cloned().enumerate() {
+        let (connected, stop, last) = (connected.clone(), stop.clone(), last_reconnect.clone());
+        tasks.push(tokio::spawn(device(i, d, port, connected, stop, last)));
+        if i % 100 == 99 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    tasks
+}
+
+/// Starts one PWA per `(account, token)` against Cradle at `http` and waits up to 30 s for
+/// them all to open; returns their tasks.
+async fn open_pwas(
+    http: &str,
+    tokens: &[(String, String)],
+    pwas: &Arc<PwaStats>,
+) -> Vec<tokio::task::JoinHandle<Result<(), BenchError>>> {
+    let mut tasks = Vec::with_capacity(tokens.len());
+    for (i, (account, token)) in tokens.iter().enumerate() {
+        let (http, account, token) = (http.to_string(), account.clone(), token.clone());
+        tasks.push(tokio::spawn(storm_pwa::pwa(
+            i,
+            http,
+            account,
+            token,
+            pwas.clone(),
+        )));
+    }
+    let m = tokens.len() as u64;
+    let opened = Instant::now() + Duration::from_secs(30);
+    while pwas.opened.load(Relaxed) < m && Instant::now() < opened {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tasks
+}
+
+/// What one storm measured, for its report.
+struct Measured {
+    /// Devices in the storm.
+    devices: u64,
+    /// PWAs in the storm (one per account).
+    pwas: u64,
+    /// Seconds after the restart until every device was recorded connected again, if it was.
+    all_connected: Option<f64>,
+    /// The run's time limit.
+    limit: Duration,
+    /// Seconds the second Cradle took to be ready.
+    ready_secs: f64,
+    /// When Cradle was restarted (Unix milliseconds).
+    restarted_millis: u64,
+    /// Device events missing from the store.
+    lost: u64,
+    /// Device events recorded twice.
+    duplicated: u64,
+    /// PWA connections ended or reconnected.
+    pwa_events: u64,
+    /// The second Cradle's process figures after its start and at the end.
+    before: Option<ProcStats>,
+    after: Option<ProcStats>,
+}
+
+/// The storm's result line: devices a second until all were back, and the note on the last
+/// reconnects, lost and duplicated events, PWAs and the restart.
+fn storm_result(s: &Measured, last_reconnect: &AtomicU64, pwas: &PwaStats) -> BenchResult {
+    let (n, m, lost, duplicated, pwa_events) =
+        (s.devices, s.pwas, s.lost, s.duplicated, s.pwa_events);
+    let (restarted_millis, ready_secs) = (s.restarted_millis, s.ready_secs);
+    let seconds = s.all_connected.unwrap_or(s.limit.as_secs_f64());
     let mut r = BenchResult::new(
         "restart-storm",
         "cradle",
@@ -372,7 +445,7 @@ pub async fn restart_storm(opts: StormOptions) -> Result<BenchResult, BenchError
     );
     r.counted(n * 3 - lost, n * 3, seconds);
     r.rate = n as f64 / seconds.max(1e-9);
-    r.process(before, after);
+    r.process(s.before, s.after);
     let last_secs = last_reconnect
         .load(Relaxed)
         .saturating_sub(restarted_millis) as f64
@@ -384,8 +457,8 @@ pub async fn restart_storm(opts: StormOptions) -> Result<BenchResult, BenchError
         / 1000.0;
     r.note = format!(
         "{} until every device was recorded connected again (the last device reconnected at {last_secs:.2} s, its backoff); events lost {lost}, duplicated {duplicated}; PWAs: {} of {m} resumed, the last at {pwa_secs:.2} s, {} gone (410), frames lost {}, repeated {}, PWA connections ended or reconnected {pwa_events}; restart {ready_secs:.2} s to ready",
-        match all_connected {
-            Some(s) => format!("{s:.2} s"),
+        match s.all_connected {
+            Some(secs) => format!("{secs:.2} s"),
             None => "not settled".to_string(),
         },
         pwas.resumed.load(Relaxed),
@@ -393,8 +466,7 @@ pub async fn restart_storm(opts: StormOptions) -> Result<BenchResult, BenchError
         pwas.lost.load(Relaxed),
         pwas.repeated.load(Relaxed),
     );
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(r)
+    r
 }
 
 #[cfg(test)]

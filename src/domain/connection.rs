@@ -199,51 +199,52 @@ impl Ignored {
 /// are already in the log.
 pub const REORDER_WINDOW_MILLIS: i64 = 5_000;
 
-/// Decides which events `command` records given `state`.
+/// Decides which events `command` records given `state`: one table per command.
 pub fn decide(
     command: &ConnectionCommand,
     state: &ClientConnection,
 ) -> Result<Vec<ConnectionEvent>, Ignored> {
+    match command {
+        ConnectionCommand::Connect {
+            connection_id,
+            at_millis,
+        } => decide_connect(connection_id, *at_millis, state),
+        ConnectionCommand::Disconnect {
+            connection_id,
+            reason,
+            at_millis,
+        } => decide_disconnect(connection_id, *reason, *at_millis, state),
+    }
+}
+
+/// Decides a `connected` of `connection_id` stamped `at_millis` given `state`.
+fn decide_connect(
+    connection_id: &str,
+    at_millis: i64,
+    state: &ClientConnection,
+) -> Result<Vec<ConnectionEvent>, Ignored> {
     use ClientConnection as S;
-    use ConnectionCommand as C;
-    match (command, state) {
-        (
-            C::Connect {
-                connection_id,
-                at_millis,
-            },
-            S::Unknown,
-        ) => Ok(vec![ConnectionEvent::Connected {
-            connection_id: connection_id.clone(),
-            at_millis: *at_millis,
+    match state {
+        S::Unknown => Ok(vec![ConnectionEvent::Connected {
+            connection_id: connection_id.to_string(),
+            at_millis,
         }]),
-        (
-            C::Connect { connection_id, .. },
-            S::Connected {
-                connection_id: cur, ..
-            },
-        ) if connection_id == cur => Err(Ignored::Duplicate),
-        (C::Connect { at_millis, .. }, S::Connected { since_millis, .. })
-            if reordered(*at_millis, *since_millis) =>
-        {
+        S::Connected {
+            connection_id: cur, ..
+        } if cur == connection_id => Err(Ignored::Duplicate),
+        S::Connected { since_millis, .. } if reordered(at_millis, *since_millis) => {
             // An older connection's `connected`, processed after the newer one's.
             Err(Ignored::Stale)
         }
-        (
-            C::Connect {
-                connection_id,
-                at_millis,
-            },
-            S::Connected {
-                connection_id: cur,
-                since_millis,
-            },
-        ) => {
+        S::Connected {
+            connection_id: cur,
+            since_millis,
+        } => {
             // A new connection took over without the old one reporting its end. Connection
             // ids, not clocks, tell connections apart: a device whose clock went back after
             // a reboot must still be able to connect. An older connection's late `connected`
             // never gets here: its idempotency key is already in the log.
-            let at = (*at_millis).max(*since_millis);
+            let at = at_millis.max(*since_millis);
             Ok(vec![
                 ConnectionEvent::Disconnected {
                     connection_id: cur.clone(),
@@ -251,78 +252,57 @@ pub fn decide(
                     at_millis: at,
                 },
                 ConnectionEvent::Connected {
-                    connection_id: connection_id.clone(),
+                    connection_id: connection_id.to_string(),
                     at_millis: at,
                 },
             ])
         }
-        (
-            C::Connect { connection_id, .. },
-            S::Disconnected {
-                connection_id: last,
-                ..
-            },
-        ) if connection_id == last => {
+        S::Disconnected {
+            connection_id: last,
+            ..
+        } if last == connection_id => {
             // The connection already ended; its `connected` is a late replay.
             Err(Ignored::Stale)
         }
         // No window after an end: ends are often stamped by the edge's clock, not the
         // device's, and a device whose clock lags the server's must be able to reconnect
         // right after its end.
-        (
-            C::Connect {
-                connection_id,
-                at_millis,
-            },
-            S::Disconnected { .. },
-        ) => Ok(vec![ConnectionEvent::Connected {
-            connection_id: connection_id.clone(),
-            at_millis: *at_millis,
+        S::Disconnected { .. } => Ok(vec![ConnectionEvent::Connected {
+            connection_id: connection_id.to_string(),
+            at_millis,
         }]),
-        (
-            C::Disconnect {
-                connection_id,
-                reason,
-                at_millis,
-            },
-            S::Connected {
-                connection_id: cur,
-                since_millis,
-            },
-        ) if connection_id == cur => Ok(vec![ConnectionEvent::Disconnected {
-            connection_id: connection_id.clone(),
-            reason: *reason,
+    }
+}
+
+/// Decides a `disconnected` of `connection_id` for `reason` stamped `at_millis` given `state`.
+fn decide_disconnect(
+    connection_id: &str,
+    reason: DisconnectReason,
+    at_millis: i64,
+    state: &ClientConnection,
+) -> Result<Vec<ConnectionEvent>, Ignored> {
+    use ClientConnection as S;
+    match state {
+        S::Connected {
+            connection_id: cur,
+            since_millis,
+        } if cur == connection_id => Ok(vec![ConnectionEvent::Disconnected {
+            connection_id: connection_id.to_string(),
+            reason,
             // A disconnect cannot precede its connect, whatever the clocks say.
-            at_millis: (*at_millis).max(*since_millis),
+            at_millis: at_millis.max(*since_millis),
         }]),
-        (
-            C::Disconnect { connection_id, .. },
-            S::Disconnected {
-                connection_id: last,
-                ..
-            },
-        ) if connection_id == last => Err(Ignored::Duplicate),
-        (
-            C::Disconnect {
-                connection_id,
-                reason,
-                at_millis,
-            },
-            S::Unknown,
-        ) => Ok(ended_unseen(connection_id, *reason, *at_millis)),
-        (
-            C::Disconnect {
-                connection_id,
-                reason,
-                at_millis,
-            },
-            S::Disconnected {
-                at_millis: ended, ..
-            },
-        ) if at_millis >= ended => Ok(ended_unseen(connection_id, *reason, *at_millis)),
+        S::Disconnected {
+            connection_id: last,
+            ..
+        } if last == connection_id => Err(Ignored::Duplicate),
+        S::Unknown => Ok(ended_unseen(connection_id, reason, at_millis)),
+        S::Disconnected {
+            at_millis: ended, ..
+        } if at_millis >= *ended => Ok(ended_unseen(connection_id, reason, at_millis)),
         // A disconnect of a connection that is not the current one (a late Will after a
         // reconnect), or older than the last end.
-        (C::Disconnect { .. }, _) => Err(Ignored::Stale),
+        _ => Err(Ignored::Stale),
     }
 }
 

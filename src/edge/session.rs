@@ -620,6 +620,78 @@ async fn authenticate<W: AsyncWrite + Unpin>(
     }
 }
 
+/// What the checks after authentication settled: the Will (its payload as published), the
+/// connection slot, the client id, and the id the edge assigned if it did.
+struct Vetted {
+    will: Option<Will>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    client_id: String,
+    assigned: Option<String>,
+}
+
+/// The checks after authentication: the Will's topic, a free connection slot, the client id
+/// (assigned for an empty one), the Will's other rules; answers and counts a refusal (`None`).
+async fn vet<W: AsyncWrite + Unpin>(
+    connect: &mut Connect,
+    wr: &mut W,
+    peer: SocketAddr,
+    principal: &Principal,
+    shared: &EdgeShared,
+) -> Option<Vetted> {
+    let proto = connect.proto();
+    let mut will = connect.will();
+    if let Some(w) = &will {
+        if !may_publish(principal, &w.topic) {
+            let (v4_code, v5_code) = (connack::V4_NOT_AUTHORIZED, connack::V5_NOT_AUTHORIZED);
+            connect.refuse(wr, (v4_code, v5_code)).await;
+            tracing::warn!(%peer, client = connect.client_id(), will_topic = %w.topic, "MQTT connection refused: Will topic not allowed");
+            shared.metrics.edge_connect(EdgeConnect::WillRefused);
+            return None;
+        }
+    }
+    // The connection slot is taken only now: clients that have not authenticated cannot
+    // take the slots of devices that can.
+    let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
+        let (v4_code, v5_code) = (connack::V4_SERVER_UNAVAILABLE, connack::V5_QUOTA_EXCEEDED);
+        connect.refuse(wr, (v4_code, v5_code)).await;
+        tracing::warn!(%peer, "connection refused: mqtt.max_connections reached");
+        shared.metrics.edge_connect(EdgeConnect::Limit);
+        return None;
+    };
+    let mut assigned = None;
+    let client_id = if connect.client_id().is_empty() {
+        if proto == Proto::V4 && !connect.clean() {
+            let (v4_code, v5_code) = (
+                connack::V4_IDENTIFIER_REJECTED,
+                connack::V5_CLIENT_ID_NOT_VALID,
+            );
+            connect.refuse(wr, (v4_code, v5_code)).await;
+            shared.metrics.edge_connect(EdgeConnect::Malformed);
+            return None;
+        }
+        let id = format!("auto-{}", random_id());
+        assigned = Some(id.clone());
+        id
+    } else {
+        connect.client_id().to_string()
+    };
+    if let Some(w) = will.as_mut() {
+        if let Err((code4, code5)) = admit_will(w, principal, &client_id, shared) {
+            connect.refuse(wr, (code4, code5)).await;
+            tracing::warn!(%peer, client = %client_id, will_topic = %w.topic, "MQTT connection refused: Will not accepted");
+            shared.metrics.edge_connect(EdgeConnect::WillRefused);
+            return None;
+        }
+        connect.set_will_payload(w.payload.clone());
+    }
+    Some(Vetted {
+        will,
+        permit,
+        client_id,
+        assigned,
+    })
+}
+
 /// Reads and checks the CONNECT, authenticates it, claims the client id and links the
 /// connection to the broker; answers and counts every refusal (`None`).
 async fn admit<R, W>(
@@ -635,53 +707,13 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let (mut connect, dbuf, keep_alive) = read_connect(&mut rd, &mut wr, peer, &shared).await?;
-    let proto = connect.proto();
     let principal = authenticate(&mut wr, &connect, peer, listener, &shared).await?;
-    let mut will = connect.will();
-    if let Some(w) = &will {
-        if !may_publish(&principal, &w.topic) {
-            let (v4_code, v5_code) = (connack::V4_NOT_AUTHORIZED, connack::V5_NOT_AUTHORIZED);
-            connect.refuse(&mut wr, (v4_code, v5_code)).await;
-            tracing::warn!(%peer, client = connect.client_id(), will_topic = %w.topic, "MQTT connection refused: Will topic not allowed");
-            shared.metrics.edge_connect(EdgeConnect::WillRefused);
-            return None;
-        }
-    }
-    // The connection slot is taken only now: clients that have not authenticated cannot
-    // take the slots of devices that can.
-    let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
-        let (v4_code, v5_code) = (connack::V4_SERVER_UNAVAILABLE, connack::V5_QUOTA_EXCEEDED);
-        connect.refuse(&mut wr, (v4_code, v5_code)).await;
-        tracing::warn!(%peer, "connection refused: mqtt.max_connections reached");
-        shared.metrics.edge_connect(EdgeConnect::Limit);
-        return None;
-    };
-    let mut assigned = None;
-    let client_id = if connect.client_id().is_empty() {
-        if proto == Proto::V4 && !connect.clean() {
-            let (v4_code, v5_code) = (
-                connack::V4_IDENTIFIER_REJECTED,
-                connack::V5_CLIENT_ID_NOT_VALID,
-            );
-            connect.refuse(&mut wr, (v4_code, v5_code)).await;
-            shared.metrics.edge_connect(EdgeConnect::Malformed);
-            return None;
-        }
-        let id = format!("auto-{}", random_id());
-        assigned = Some(id.clone());
-        id
-    } else {
-        connect.client_id().to_string()
-    };
-    if let Some(w) = will.as_mut() {
-        if let Err((code4, code5)) = admit_will(w, &principal, &client_id, &shared) {
-            connect.refuse(&mut wr, (code4, code5)).await;
-            tracing::warn!(%peer, client = %client_id, will_topic = %w.topic, "MQTT connection refused: Will not accepted");
-            shared.metrics.edge_connect(EdgeConnect::WillRefused);
-            return None;
-        }
-        connect.set_will_payload(w.payload.clone());
-    }
+    let Vetted {
+        will,
+        permit,
+        client_id,
+        assigned,
+    } = vet(&mut connect, &mut wr, peer, &principal, &shared).await?;
     let upstream_id = upstream_client_id(&principal, &client_id);
     let account = match &principal {
         Principal::Device { account_id, .. } => account_id.clone(),
@@ -847,27 +879,7 @@ impl Conn {
         let shared = self.shared.clone();
         let proto = self.proto;
         let mut out = BytesMut::with_capacity(64);
-        let opened = async {
-            match &shared.upstream {
-                Upstream::Embedded(links) => {
-                    let session = connect.session_options();
-                    let max = (
-                        shared.settings.max_packet_bytes,
-                        connect.client_max_packet(),
-                    );
-                    UpLink::router(links, proto, upstream_id, session, max).await
-                }
-                Upstream::External(endpoint) => {
-                    let frame = connect.upstream(upstream_id, endpoint.login.as_ref());
-                    UpLink::socket(endpoint, &frame).await
-                }
-            }
-        };
-        let opened = tokio::time::timeout(shared.settings.connect_timeout, Box::pin(opened))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .filter(|o| o.header.kind() == kind::CONNACK);
+        let opened = self.link(connect, upstream_id).await;
         let Some(super::uplink::Opened {
             link: up,
             connack: connack_frame,
@@ -886,24 +898,8 @@ impl Conn {
             return None;
         };
         let code = connack_frame.get(h.header_len + 1).copied().unwrap_or(0xff);
-        // An MQTT 5 client learns the edge's own rules from the CONNACK: the Maximum Packet
-        // Size the edge enforces, and the client id it assigned.
         if proto == Proto::V5 && code == 0 {
-            let mut f = connack_frame.clone();
-            match v5::Packet::read(&mut f, None) {
-                Ok(v5::Packet::ConnAck(mut ack)) => {
-                    let p = ack.properties.get_or_insert_with(empty_connack_properties);
-                    p.max_packet_size = u32::try_from(shared.settings.max_packet_bytes).ok();
-                    p.assigned_client_identifier = assigned;
-                    p.server_keep_alive = connect
-                        .held_keep_alive(shared.settings.max_keep_alive)
-                        .ok()
-                        .filter(|k| k.server)
-                        .map(|k| k.secs);
-                    let _ = v5::Packet::ConnAck(ack).write(&mut out, None);
-                }
-                _ => out.extend_from_slice(&connack_frame),
-            }
+            self.v5_connack(&connack_frame, connect, assigned, &mut out);
         } else {
             out.extend_from_slice(&connack_frame);
         }
@@ -920,6 +916,85 @@ impl Conn {
         tracing::debug!("connected");
 
         Some((up, ubuf))
+    }
+
+    /// Links to the broker under `upstream_id` (a router link, or a socket that relays the
+    /// CONNECT), within mqtt.connect_timeout_ms; `None` unless the broker's first frame is
+    /// a CONNACK.
+    async fn link(&self, connect: &Connect, upstream_id: &str) -> Option<super::uplink::Opened> {
+        let shared = &self.shared;
+        let proto = self.proto;
+        let opened = async {
+            match &shared.upstream {
+                Upstream::Embedded(links) => {
+                    let session = connect.session_options();
+                    let max = (
+                        shared.settings.max_packet_bytes,
+                        connect.client_max_packet(),
+                    );
+                    UpLink::router(links, proto, upstream_id, session, max).await
+                }
+                Upstream::External(endpoint) => {
+                    let frame = connect.upstream(upstream_id, endpoint.login.as_ref());
+                    UpLink::socket(endpoint, &frame).await
+                }
+            }
+        };
+        tokio::time::timeout(shared.settings.connect_timeout, Box::pin(opened))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .filter(|o| o.header.kind() == kind::CONNACK)
+    }
+
+    /// Writes the broker's accepting CONNACK to an MQTT 5 client into `out`, with the edge's
+    /// own rules: the Maximum Packet Size it enforces, the client id it `assigned`, and the
+    /// Server Keep Alive; a CONNACK that does not decode goes as it came.
+    fn v5_connack(
+        &self,
+        connack_frame: &BytesMut,
+        connect: &Connect,
+        assigned: Option<String>,
+        out: &mut BytesMut,
+    ) {
+        let settings = &self.shared.settings;
+        let mut f = connack_frame.clone();
+        match v5::Packet::read(&mut f, None) {
+            Ok(v5::Packet::ConnAck(mut ack)) => {
+                let p = ack.properties.get_or_insert_with(empty_connack_properties);
+                p.max_packet_size = u32::try_from(settings.max_packet_bytes).ok();
+                p.assigned_client_identifier = assigned;
+                p.server_keep_alive = connect
+                    .held_keep_alive(settings.max_keep_alive)
+                    .ok()
+                    .filter(|k| k.server)
+                    .map(|k| k.secs);
+                let _ = v5::Packet::ConnAck(ack).write(out, None);
+            }
+            _ => out.extend_from_slice(connack_frame),
+        }
+    }
+}
+
+/// The relay's clocks: the client's keep-alive, when the client was last heard and the
+/// broker last written to, and until when the client's reads are paused by the publish rate.
+struct Clocks {
+    keep_alive: Duration,
+    last_dev: Instant,
+    last_up_write: Instant,
+    throttled_until: Option<Instant>,
+}
+
+impl Clocks {
+    /// When the timer must fire next: the broker link's ping, or the client's keep-alive
+    /// deadline if sooner.
+    fn next_check(&self) -> Instant {
+        let ping = self.last_up_write + UPSTREAM_PING;
+        if self.keep_alive.is_zero() {
+            ping
+        } else {
+            ping.min(self.last_dev + self.keep_alive)
+        }
     }
 }
 
@@ -974,22 +1049,16 @@ where
     /// Relays until the connection ends: the client's frames are checked and forwarded,
     /// the broker's delivered, keep-alive and the client's publish rate enforced.
     async fn relay(&mut self) -> End {
-        let keep_alive = self.keep_alive;
         let mut to_up = BytesMut::new();
         let mut to_dev = BytesMut::new();
-        let mut last_dev = Instant::now();
-        let mut last_up_write = Instant::now();
-        let next_check = |last_dev: Instant, last_up_write: Instant| {
-            let ping = last_up_write + UPSTREAM_PING;
-            if keep_alive.is_zero() {
-                ping
-            } else {
-                ping.min(last_dev + keep_alive)
-            }
+        let mut clocks = Clocks {
+            keep_alive: self.keep_alive,
+            last_dev: Instant::now(),
+            last_up_write: Instant::now(),
+            throttled_until: None,
         };
-        let timer = tokio::time::sleep_until(next_check(last_dev, last_up_write));
+        let timer = tokio::time::sleep_until(clocks.next_check());
         tokio::pin!(timer);
-        let mut throttled_until: Option<Instant> = None;
         let mut dev_room = MIN_READ;
 
         if let Err(end) = self.broker_frames_behind_connack(&mut to_dev).await {
@@ -1000,33 +1069,13 @@ where
         let mut unread = !self.dbuf.is_empty();
         loop {
             if std::mem::take(&mut unread) {
-                // One reservation of the batch's size: on the embedded broker the previous
-                // batch's buffer is still shared with the packets it became, and growing from
-                // empty by doubling reallocated and copied it at every step.
-                to_up.reserve(self.dbuf.len());
-                let step = self
-                    .conn
-                    .device_frames(&mut self.dbuf, &mut to_up, &mut to_dev);
-                if !to_dev.is_empty() {
-                    if let Err(end) = self.write_client(&to_dev).await {
-                        break end;
-                    }
-                    to_dev.clear();
-                }
-                if !to_up.is_empty() {
-                    if self.up.send(&mut to_up).await.is_err() {
-                        break End::UpstreamClosed;
-                    }
-                    last_up_write = Instant::now();
-                }
-                match step {
-                    Ok(Some(end)) | Err(end) => break end,
+                match self
+                    .device_batch(&mut to_up, &mut to_dev, &mut clocks)
+                    .await
+                {
                     Ok(None) => {}
-                }
-                if let Some(wait) = self.conn.take_publish_tokens() {
-                    throttled_until = Some(Instant::now() + wait);
-                    self.conn.shared.metrics.edge_throttled();
-                    timer.as_mut().reset(Instant::now() + wait);
+                    Ok(Some(wait)) => timer.as_mut().reset(Instant::now() + wait),
+                    Err(end) => break end,
                 }
             }
             // The router's frames go to the client as they are encoded, unless a SUBACK of a
@@ -1034,49 +1083,24 @@ where
             // stream is always parsed (partial frames, the edge's own PINGRESPs).
             let direct = self.up.is_router() && !self.conn.awaits_suback();
             tokio::select! {
-                r = read_some(&mut self.rd, &mut self.dbuf, &mut dev_room), if throttled_until.is_none() => {
+                r = read_some(&mut self.rd, &mut self.dbuf, &mut dev_room), if clocks.throttled_until.is_none() => {
                     match r {
                         Ok(0) | Err(_) => break End::Lost,
                         Ok(_) => {}
                     }
-                    last_dev = Instant::now();
+                    clocks.last_dev = Instant::now();
                     unread = true;
                 }
                 r = self.up.recv(if direct { &mut to_dev } else { &mut self.ubuf }) => {
-                    match r {
-                        Ok(0) | Err(_) => break End::UpstreamClosed,
-                        Ok(_) => {}
-                    }
-                    if !direct {
-                        if let Err(end) = self.conn.broker_frames(&mut self.ubuf, &mut to_dev) {
-                            break end;
-                        }
-                    }
-                    if !to_dev.is_empty() {
-                        if let Err(end) = self.write_client(&to_dev).await { break end; }
-                        to_dev.clear();
+                    if let Err(end) = self.deliver(r, direct, &mut to_dev).await {
+                        break end;
                     }
                 }
                 _ = &mut timer => {
-                    let now = Instant::now();
-                    if throttled_until.is_some_and(|until| now >= until) {
-                        throttled_until = None;
+                    match self.tick(&mut clocks, &mut to_up).await {
+                        Ok(next) => timer.as_mut().reset(next),
+                        Err(end) => break end,
                     }
-                    if !keep_alive.is_zero() && now.duration_since(last_dev) >= keep_alive {
-                        break End::KeepaliveTimeout;
-                    }
-                    if now.duration_since(last_up_write) >= UPSTREAM_PING {
-                        if self.up.wants_ping() {
-                            codec::put_pingreq(&mut to_up);
-                            if self.up.send(&mut to_up).await.is_err() { break End::UpstreamClosed; }
-                        }
-                        last_up_write = now;
-                    }
-                    let mut next = next_check(last_dev, last_up_write);
-                    if let Some(until) = throttled_until {
-                        next = next.min(until);
-                    }
-                    timer.as_mut().reset(next);
                 }
                 asked = self.claim.ended() => {
                     match asked {
@@ -1087,6 +1111,90 @@ where
                 }
             }
         }
+    }
+
+    /// Processes the client's unread frames: answers go to the client, the rest to the
+    /// broker; then the batch's publishes are counted against the publish rate. `Err` ends
+    /// the connection; `Some(wait)`: the client's reads pause for `wait`.
+    async fn device_batch(
+        &mut self,
+        to_up: &mut BytesMut,
+        to_dev: &mut BytesMut,
+        clocks: &mut Clocks,
+    ) -> Result<Option<Duration>, End> {
+        // One reservation of the batch's size: on the embedded broker the previous
+        // batch's buffer is still shared with the packets it became, and growing from
+        // empty by doubling reallocated and copied it at every step.
+        to_up.reserve(self.dbuf.len());
+        let step = self.conn.device_frames(&mut self.dbuf, to_up, to_dev);
+        if !to_dev.is_empty() {
+            self.write_client(to_dev).await?;
+            to_dev.clear();
+        }
+        if !to_up.is_empty() {
+            if self.up.send(to_up).await.is_err() {
+                return Err(End::UpstreamClosed);
+            }
+            clocks.last_up_write = Instant::now();
+        }
+        if let Some(end) = step? {
+            return Err(end);
+        }
+        let wait = self.conn.take_publish_tokens();
+        if let Some(wait) = wait {
+            clocks.throttled_until = Some(Instant::now() + wait);
+            self.conn.shared.metrics.edge_throttled();
+        }
+        Ok(wait)
+    }
+
+    /// What the broker sent (`read`: what `recv` returned): parsed from `ubuf` unless it
+    /// came `direct`ly into `to_dev`, then written to the client.
+    async fn deliver(
+        &mut self,
+        read: std::io::Result<usize>,
+        direct: bool,
+        to_dev: &mut BytesMut,
+    ) -> Result<(), End> {
+        match read {
+            Ok(0) | Err(_) => return Err(End::UpstreamClosed),
+            Ok(_) => {}
+        }
+        if !direct {
+            self.conn.broker_frames(&mut self.ubuf, to_dev)?;
+        }
+        if !to_dev.is_empty() {
+            self.write_client(to_dev).await?;
+            to_dev.clear();
+        }
+        Ok(())
+    }
+
+    /// The relay's timer fired: lifts an expired pause, ends a client silent past its
+    /// keep-alive, pings a quiet external broker; returns when the timer fires next.
+    async fn tick(&mut self, clocks: &mut Clocks, to_up: &mut BytesMut) -> Result<Instant, End> {
+        let now = Instant::now();
+        if clocks.throttled_until.is_some_and(|until| now >= until) {
+            clocks.throttled_until = None;
+        }
+        if !clocks.keep_alive.is_zero() && now.duration_since(clocks.last_dev) >= clocks.keep_alive
+        {
+            return Err(End::KeepaliveTimeout);
+        }
+        if now.duration_since(clocks.last_up_write) >= UPSTREAM_PING {
+            if self.up.wants_ping() {
+                codec::put_pingreq(to_up);
+                if self.up.send(to_up).await.is_err() {
+                    return Err(End::UpstreamClosed);
+                }
+            }
+            clocks.last_up_write = now;
+        }
+        let mut next = clocks.next_check();
+        if let Some(until) = clocks.throttled_until {
+            next = next.min(until);
+        }
+        Ok(next)
     }
 
     /// Ends the connection: tells the client why (MQTT 5), closes the link to the broker,
@@ -1207,6 +1315,29 @@ fn empty_connack_properties() -> v5::ConnAckProperties {
     }
 }
 
+/// Writes an MQTT 5 PUBLISH to `to_up` with its resolved `topic` and without its Topic
+/// Alias; a PUBLISH that does not decode closes the connection.
+fn forward_unaliased(
+    frame: BytesMut,
+    h: &Header,
+    topic: Bytes,
+    to_up: &mut BytesMut,
+) -> Result<(), End> {
+    let mut p = v5::Publish::read(v5_fixed(h), frame.freeze()).map_err(|_| End::Kicked {
+        v5_reason: reason::PROTOCOL_ERROR,
+    })?;
+    p.topic = topic;
+    if let Some(props) = p.properties.as_mut() {
+        props.topic_alias = None;
+    }
+    v5::Packet::Publish(p)
+        .write(to_up, None)
+        .map_err(|_| End::Kicked {
+            v5_reason: reason::PROTOCOL_ERROR,
+        })?;
+    Ok(())
+}
+
 /// Builds the mqttbytes fixed header of a frame the edge has already measured.
 fn v4_fixed(h: &Header) -> rumqttc::mqttbytes::FixedHeader {
     rumqttc::mqttbytes::FixedHeader::new(h.byte1, h.header_len - 1, h.frame_len - h.header_len)
@@ -1293,6 +1424,8 @@ impl Conn {
         }
     }
 
+    /// One PUBLISH from the client: its topic resolved and checked (ACL, retained rules,
+    /// inbox stamp), then forwarded, or answered and refused.
     fn publish(
         &mut self,
         frame: BytesMut,
@@ -1311,40 +1444,8 @@ impl Conn {
                 r.local_qos2.remove(&pkid);
             }
         }
-        let alias_topic;
-        let topic: &str = match v.alias {
-            None if v.topic.is_empty() => {
-                return Err(End::Kicked {
-                    v5_reason: reason::PROTOCOL_ERROR,
-                })
-            }
-            None => v.topic,
-            Some(0) => {
-                return Err(End::Kicked {
-                    v5_reason: reason::TOPIC_ALIAS_INVALID,
-                })
-            }
-            Some(alias) if v.topic.is_empty() => {
-                match self.rare.as_ref().and_then(|r| r.aliases.get(&alias)) {
-                    Some(t) => {
-                        alias_topic = t.clone();
-                        &alias_topic
-                    }
-                    None => {
-                        return Err(End::Kicked {
-                            v5_reason: reason::TOPIC_ALIAS_INVALID,
-                        })
-                    }
-                }
-            }
-            Some(alias) => {
-                // Set even when the PUBLISH is refused below: the client now means that topic
-                // by this alias, and its later uses must be refused too, not delivered to the
-                // alias's previous topic. Bounded in count and bytes.
-                self.set_alias(alias, v.topic)?;
-                v.topic
-            }
-        };
+        let resolved = self.resolve_topic(v.alias, v.topic)?;
+        let topic: &str = &resolved;
         if !may_publish(&self.principal, topic) {
             self.shared.metrics.edge_acl_drop(super::AclDrop::Publish);
             tracing::warn!(topic, "PUBLISH refused: not allowed for this client");
@@ -1385,19 +1486,48 @@ impl Conn {
         // MQTT 5 alias: forward the resolved topic without the alias, so the broker's alias
         // table can never disagree with what the edge checked.
         let topic = Bytes::copy_from_slice(topic.as_bytes());
-        let mut p = v5::Publish::read(v5_fixed(h), frame.freeze()).map_err(|_| End::Kicked {
-            v5_reason: reason::PROTOCOL_ERROR,
-        })?;
-        p.topic = topic;
-        if let Some(props) = p.properties.as_mut() {
-            props.topic_alias = None;
-        }
-        v5::Packet::Publish(p)
-            .write(to_up, None)
-            .map_err(|_| End::Kicked {
-                v5_reason: reason::PROTOCOL_ERROR,
-            })?;
-        Ok(())
+        drop(resolved); // it may borrow `frame`, which goes on below
+        forward_unaliased(frame, h, topic, to_up)
+    }
+
+    /// The topic a PUBLISH means: its own, or the one its MQTT 5 alias stands for (an alias
+    /// given with a topic is recorded). A missing topic or an unknown or zero alias closes
+    /// the connection.
+    fn resolve_topic<'a>(
+        &mut self,
+        alias: Option<u16>,
+        topic: &'a str,
+    ) -> Result<std::borrow::Cow<'a, str>, End> {
+        Ok(match alias {
+            None if topic.is_empty() => {
+                return Err(End::Kicked {
+                    v5_reason: reason::PROTOCOL_ERROR,
+                })
+            }
+            None => topic.into(),
+            Some(0) => {
+                return Err(End::Kicked {
+                    v5_reason: reason::TOPIC_ALIAS_INVALID,
+                })
+            }
+            Some(alias) if topic.is_empty() => {
+                match self.rare.as_ref().and_then(|r| r.aliases.get(&alias)) {
+                    Some(t) => t.clone().into(),
+                    None => {
+                        return Err(End::Kicked {
+                            v5_reason: reason::TOPIC_ALIAS_INVALID,
+                        })
+                    }
+                }
+            }
+            Some(alias) => {
+                // Set even when the PUBLISH is refused below: the client now means that topic
+                // by this alias, and its later uses must be refused too, not delivered to the
+                // alias's previous topic. Bounded in count and bytes.
+                self.set_alias(alias, topic)?;
+                topic.into()
+            }
+        })
     }
 
     /// Records an MQTT 5 topic alias the client set: at most [`MAX_ALIASES`] aliases and

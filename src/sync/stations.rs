@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use crate::bus::Acker;
 use crate::domain::session::{Actor, EndReason, SessionRefused};
 use crate::metrics::{Metrics, StationDrop};
+use crate::store::StoreError;
 use crate::sync::session_input::{parse_announcement, Announcement};
 use crate::sync::sessions::{EndOutcome, Sessions, StartOutcome, StartRequest};
 use crate::topics::is_valid_id;
@@ -79,121 +80,168 @@ pub async fn run(
     tracing::debug!("station handler drained");
 }
 
+/// Handles one station message: drops it (logged, counted) or records its effect, retrying
+/// store failures until it is durable.
 async fn handle(
     publish: &Publish,
     sessions: &Sessions,
     metrics: &Metrics,
     settings: &StationSettings,
 ) {
-    let drop = |reason: StationDrop, detail: &str| {
-        metrics.station_drop(reason);
-        tracing::warn!(topic = %publish.topic, reason = reason.as_str(), detail, "station message dropped");
+    let message = Message {
+        publish,
+        sessions,
+        metrics,
+        settings,
     };
     let Some(topic) = parse_station_topic(&publish.topic) else {
-        return drop(StationDrop::InvalidTopic, "");
+        return message.drop(StationDrop::InvalidTopic, "");
     };
     if publish.payload.len() > settings.max_payload_bytes {
-        return drop(StationDrop::Oversize, "");
+        return message.drop(StationDrop::Oversize, "");
     }
     match topic {
         StationTopic::Baby {
             account_id,
             client_id,
-        } => {
-            metrics.baby_station_messages.fetch_add(1, Relaxed);
-            let announcement = match parse_announcement(&publish.payload, settings.max_name_chars) {
-                Ok(a) => a,
-                Err(e) => return drop(StationDrop::InvalidPayload, &e.to_string()),
-            };
-            if let Announcement::Start(p) = &announcement {
-                if p.client_id.as_ref().is_some_and(|c| *c != client_id) {
-                    return drop(
-                        StationDrop::ClientMismatch,
-                        "client_id differs from the topic's",
-                    );
-                }
-            }
-            // The station acts only for itself: the decider refuses a start on another
-            // client's connection and an end of another station's session.
-            let by = Actor::Station(client_id.clone());
-            let mut pause = Duration::from_millis(50);
-            // A store failure is retried until it succeeds: the message is acknowledged only
-            // once its effect is durable (as on the status path).
-            loop {
-                let result = match &announcement {
-                    Announcement::Withdrawn => return,
-                    Announcement::Start(p) => {
-                        let req = StartRequest {
-                            session_id: p.session_id.clone(),
-                            client_id: Some(client_id.clone()),
-                            connection_id: p.connection_id.clone(),
-                            name: p.name.clone(),
-                            started_at_millis: p.started_at_millis,
-                        };
-                        sessions
-                            .start_as(&by, &account_id, req)
-                            .await
-                            .map(|o| match o {
-                                StartOutcome::Refused(r) => Err(r),
-                                o => Ok(format!("{o:?}")),
-                            })
-                    }
-                    Announcement::End {
-                        session_id,
-                        ended_at_millis,
-                    } => sessions
-                        .end_as(
-                            &by,
-                            &account_id,
-                            session_id,
-                            *ended_at_millis,
-                            EndReason::Explicit,
-                        )
-                        .await
-                        .map(|o| match o {
-                            EndOutcome::Refused(r) => Err(r),
-                            o => Ok(format!("{o:?}")),
-                        }),
-                };
-                match result {
-                    Ok(Err(refused)) => {
-                        let (reason, detail) = refusal(refused);
-                        return drop(reason, detail);
-                    }
-                    Ok(Ok(outcome)) => {
-                        tracing::debug!(%account_id, %client_id, outcome, "baby-station announcement");
-                        return;
-                    }
-                    Err(error) => {
-                        tracing::error!(%error, %account_id, %client_id, retry_in_ms = pause.as_millis() as u64, "baby-station announcement not recorded");
-                        tokio::time::sleep(pause).await;
-                        pause = (pause * 2).min(Duration::from_secs(5));
-                    }
-                }
-            }
-        }
+        } => message.baby_station(&account_id, &client_id).await,
         StationTopic::Parent {
             account_id,
             client_id,
-        } => {
-            metrics.parent_station_messages.fetch_add(1, Relaxed);
-            let value = if publish.payload.is_empty() {
-                None
-            } else {
-                match serde_json::from_slice::<serde_json::Value>(&publish.payload) {
-                    Ok(v) if v.is_object() => Some(v),
-                    _ => return drop(StationDrop::InvalidPayload, "not a JSON object"),
-                }
+        } => message.parent_station(&account_id, &client_id).await,
+    }
+}
+
+/// One station message being handled, and what handling it needs.
+struct Message<'a> {
+    publish: &'a Publish,
+    sessions: &'a Sessions,
+    metrics: &'a Metrics,
+    settings: &'a StationSettings,
+}
+
+impl Message<'_> {
+    /// Drops the message: counted by `reason` and logged with `detail`.
+    fn drop(&self, reason: StationDrop, detail: &str) {
+        self.metrics.station_drop(reason);
+        tracing::warn!(topic = %self.publish.topic, reason = reason.as_str(), detail, "station message dropped");
+    }
+
+    /// A baby station's announcement: a session started or ended on its own behalf.
+    async fn baby_station(&self, account_id: &str, client_id: &str) {
+        self.metrics.baby_station_messages.fetch_add(1, Relaxed);
+        let announcement =
+            match parse_announcement(&self.publish.payload, self.settings.max_name_chars) {
+                Ok(a) => a,
+                Err(e) => return self.drop(StationDrop::InvalidPayload, &e.to_string()),
             };
-            let mut pause = Duration::from_millis(50);
-            while let Err(error) = sessions
-                .parent_station(&account_id, &client_id, value.as_ref())
-                .await
-            {
-                tracing::error!(%error, %account_id, %client_id, retry_in_ms = pause.as_millis() as u64, "parent station not recorded");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(5));
+        if let Announcement::Start(p) = &announcement {
+            if p.client_id.as_ref().is_some_and(|c| *c != client_id) {
+                return self.drop(
+                    StationDrop::ClientMismatch,
+                    "client_id differs from the topic's",
+                );
             }
+        }
+        // The station acts only for itself: the decider refuses a start on another
+        // client's connection and an end of another station's session.
+        let by = Actor::Station(client_id.to_string());
+        let mut pause = Duration::from_millis(50);
+        // A store failure is retried until it succeeds: the message is acknowledged only
+        // once its effect is durable (as on the status path).
+        loop {
+            let Some(result) = self
+                .announce(&by, account_id, client_id, &announcement)
+                .await
+            else {
+                return;
+            };
+            match result {
+                Ok(Err(refused)) => {
+                    let (reason, detail) = refusal(refused);
+                    return self.drop(reason, detail);
+                }
+                Ok(Ok(outcome)) => {
+                    tracing::debug!(%account_id, %client_id, outcome, "baby-station announcement");
+                    return;
+                }
+                Err(error) => {
+                    tracing::error!(%error, %account_id, %client_id, retry_in_ms = pause.as_millis() as u64, "baby-station announcement not recorded");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// One attempt at recording `announcement` as the station `by`: the outcome (or the
+    /// refusal) once the store answered; `None` for a withdrawn announcement (nothing to do).
+    async fn announce(
+        &self,
+        by: &Actor,
+        account_id: &str,
+        client_id: &str,
+        announcement: &Announcement,
+    ) -> Option<Result<Result<String, SessionRefused>, StoreError>> {
+        Some(match announcement {
+            Announcement::Withdrawn => return None,
+            Announcement::Start(p) => {
+                let req = StartRequest {
+                    session_id: p.session_id.clone(),
+                    client_id: Some(client_id.to_string()),
+                    connection_id: p.connection_id.clone(),
+                    name: p.name.clone(),
+                    started_at_millis: p.started_at_millis,
+                };
+                self.sessions
+                    .start_as(by, account_id, req)
+                    .await
+                    .map(|o| match o {
+                        StartOutcome::Refused(r) => Err(r),
+                        o => Ok(format!("{o:?}")),
+                    })
+            }
+            Announcement::End {
+                session_id,
+                ended_at_millis,
+            } => self
+                .sessions
+                .end_as(
+                    by,
+                    account_id,
+                    session_id,
+                    *ended_at_millis,
+                    EndReason::Explicit,
+                )
+                .await
+                .map(|o| match o {
+                    EndOutcome::Refused(r) => Err(r),
+                    o => Ok(format!("{o:?}")),
+                }),
+        })
+    }
+
+    /// A parent station's retained description (a JSON object; empty: withdrawn), recorded
+    /// with retries until the store takes it.
+    async fn parent_station(&self, account_id: &str, client_id: &str) {
+        self.metrics.parent_station_messages.fetch_add(1, Relaxed);
+        let value = if self.publish.payload.is_empty() {
+            None
+        } else {
+            match serde_json::from_slice::<serde_json::Value>(&self.publish.payload) {
+                Ok(v) if v.is_object() => Some(v),
+                _ => return self.drop(StationDrop::InvalidPayload, "not a JSON object"),
+            }
+        };
+        let mut pause = Duration::from_millis(50);
+        while let Err(error) = self
+            .sessions
+            .parent_station(account_id, client_id, value.as_ref())
+            .await
+        {
+            tracing::error!(%error, %account_id, %client_id, retry_in_ms = pause.as_millis() as u64, "parent station not recorded");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(5));
         }
     }
 }

@@ -23,7 +23,7 @@ use crate::domain::connection::{
     Ignored, EVENT_VERSION,
 };
 use crate::metrics::Metrics;
-use crate::store::{clients, NewEvent, Store, StoreError};
+use crate::store::{clients, NewEvent, Store, StoreError, StoreTx};
 use crate::topics::{parse_status_topic, ClientKey};
 
 /// Settings of the status handler.
@@ -310,6 +310,62 @@ pub async fn apply_batch_cached(
     let t0 = Instant::now();
     let txn = store.begin().await?;
     let t_begin = t0.elapsed();
+    let (rows, loaded) = load_rows(&txn, batch, cache).await?;
+    let t_load = t0.elapsed();
+    let command_keys: Vec<String> = batch
+        .iter()
+        .map(|(key, command)| idempotency_key(key, command.event_type(), command.connection_id()))
+        .collect();
+    let recorded: HashSet<String> = txn.existing_keys(&command_keys).await?;
+    let t_keys = t0.elapsed();
+
+    let mut d = Decisions {
+        rows,
+        recorded,
+        new_events: Vec::new(),
+        dirty: HashSet::new(),
+        outcomes: Vec::with_capacity(batch.len()),
+    };
+    for ((key, command), command_key) in batch.iter().zip(&command_keys) {
+        d.decide_report(key, command, command_key, now);
+    }
+    let t_decide = t0.elapsed();
+    let mut t_append = t_decide;
+    if !d.new_events.is_empty() {
+        txn.append(&d.new_events, now).await?;
+        t_append = t0.elapsed();
+        let changed: Vec<clients::Model> = d
+            .dirty
+            .iter()
+            .filter_map(|k| d.rows.get(k).cloned())
+            .collect();
+        txn.upsert_clients(&changed).await?;
+    }
+    let t_upsert = t0.elapsed();
+    txn.commit().await?;
+    cache.remember(d.dirty.iter().filter_map(|k| d.rows.remove(k)));
+    tracing::trace!(
+        reports = batch.len(),
+        begin_us = t_begin.as_micros() as u64,
+        loaded,
+        load_us = t_load.as_micros() as u64,
+        keys_us = t_keys.as_micros() as u64,
+        decide_us = t_decide.as_micros() as u64,
+        append_us = t_append.as_micros() as u64,
+        upsert_us = t_upsert.as_micros() as u64,
+        commit_us = t0.elapsed().as_micros() as u64,
+        "status batch timings (cumulative)"
+    );
+    Ok(d.outcomes)
+}
+
+/// The rows of the batch's clients: from `cache` when it has them, else loaded in `txn`;
+/// also how many were loaded.
+async fn load_rows(
+    txn: &StoreTx,
+    batch: &[Report],
+    cache: &ClientCache,
+) -> Result<(HashMap<ClientKey, clients::Model>, usize), StoreError> {
     let mut keys: Vec<ClientKey> = batch
         .iter()
         .map(|(key, _)| key)
@@ -324,83 +380,81 @@ pub async fn apply_batch_cached(
             rows.entry(key.clone()).or_insert_with(|| row.clone());
         }
     }
-    let t_load = t0.elapsed();
-    let command_keys: Vec<String> = batch
-        .iter()
-        .map(|(key, command)| idempotency_key(key, command.event_type(), command.connection_id()))
-        .collect();
-    let mut recorded: HashSet<String> = txn.existing_keys(&command_keys).await?;
-    let t_keys = t0.elapsed();
+    Ok((rows, keys.len()))
+}
 
-    let mut new_events = Vec::new();
-    let mut dirty: HashSet<ClientKey> = HashSet::new();
-    let mut outcomes = Vec::with_capacity(batch.len());
-    for ((key, command), command_key) in batch.iter().zip(&command_keys) {
-        if recorded.contains(command_key) {
-            outcomes.push(Outcome::Ignored(Ignored::Duplicate));
-            continue;
+/// A batch's decisions so far: each client's row as the batch leaves it, the idempotency
+/// keys recorded, the events to append, the clients changed, one outcome per report.
+struct Decisions {
+    rows: HashMap<ClientKey, clients::Model>,
+    recorded: HashSet<String>,
+    new_events: Vec<NewEvent>,
+    dirty: HashSet<ClientKey>,
+    outcomes: Vec<Outcome>,
+}
+
+impl Decisions {
+    /// Decides one report against its client's row as the earlier reports left it; a
+    /// command already recorded is a duplicate.
+    fn decide_report(
+        &mut self,
+        key: &ClientKey,
+        command: &ConnectionCommand,
+        command_key: &str,
+        now: i64,
+    ) {
+        if self.recorded.contains(command_key) {
+            self.outcomes.push(Outcome::Ignored(Ignored::Duplicate));
+            return;
         }
-        let row = rows.get(key);
+        let row = self.rows.get(key);
         let state = row.map(state_of).unwrap_or_default();
         match decide(command, &state) {
             Ok(events) => {
-                let mut row = row.cloned();
-                let mut version = row.as_ref().map_or(0, |r| r.stream_version);
-                let mut state = state;
-                for event in &events {
-                    version += 1;
-                    let idem = idempotency_key(key, event.event_type(), event.connection_id());
-                    recorded.insert(idem.clone());
-                    new_events.push(NewEvent {
-                        account_id: key.account_id.clone(),
-                        stream: stream_id(key),
-                        stream_version: version,
-                        event_type: event.event_type(),
-                        event_version: EVENT_VERSION,
-                        data: event_data(key, event),
-                        at_millis: event.at_millis(),
-                        idempotency_key: idem,
-                    });
-                    state = evolve(state, event);
-                    let projected = project(row, key, event, version, now);
-                    // The read model is the decider's state, stored: both folds must agree.
-                    debug_assert_eq!(state_of(&projected), state);
-                    row = Some(projected);
-                }
-                if let Some(row) = row {
-                    rows.insert(key.clone(), row);
-                    dirty.insert(key.clone());
-                }
-                outcomes.push(Outcome::Applied(events));
+                let row = row.cloned();
+                self.record(key, &events, row, state, now);
+                self.outcomes.push(Outcome::Applied(events));
             }
-            Err(why) => outcomes.push(Outcome::Ignored(why)),
+            Err(why) => self.outcomes.push(Outcome::Ignored(why)),
         }
     }
-    let t_decide = t0.elapsed();
-    let mut t_append = t_decide;
-    if !new_events.is_empty() {
-        txn.append(&new_events, now).await?;
-        t_append = t0.elapsed();
-        let changed: Vec<clients::Model> =
-            dirty.iter().filter_map(|k| rows.get(k).cloned()).collect();
-        txn.upsert_clients(&changed).await?;
+
+    /// Queues `events` for appending after the client's stream version, and folds them into
+    /// its `state` and projected `row`.
+    fn record(
+        &mut self,
+        key: &ClientKey,
+        events: &[ConnectionEvent],
+        mut row: Option<clients::Model>,
+        mut state: ClientConnection,
+        now: i64,
+    ) {
+        let mut version = row.as_ref().map_or(0, |r| r.stream_version);
+        for event in events {
+            version += 1;
+            let idem = idempotency_key(key, event.event_type(), event.connection_id());
+            self.recorded.insert(idem.clone());
+            self.new_events.push(NewEvent {
+                account_id: key.account_id.clone(),
+                stream: stream_id(key),
+                stream_version: version,
+                event_type: event.event_type(),
+                event_version: EVENT_VERSION,
+                data: event_data(key, event),
+                at_millis: event.at_millis(),
+                idempotency_key: idem,
+            });
+            state = evolve(state, event);
+            let projected = project(row, key, event, version, now);
+            // The read model is the decider's state, stored: both folds must agree.
+            debug_assert_eq!(state_of(&projected), state);
+            row = Some(projected);
+        }
+        if let Some(row) = row {
+            self.rows.insert(key.clone(), row);
+            self.dirty.insert(key.clone());
+        }
     }
-    let t_upsert = t0.elapsed();
-    txn.commit().await?;
-    cache.remember(dirty.iter().filter_map(|k| rows.remove(k)));
-    tracing::trace!(
-        reports = batch.len(),
-        begin_us = t_begin.as_micros() as u64,
-        loaded = keys.len(),
-        load_us = t_load.as_micros() as u64,
-        keys_us = t_keys.as_micros() as u64,
-        decide_us = t_decide.as_micros() as u64,
-        append_us = t_append.as_micros() as u64,
-        upsert_us = t_upsert.as_micros() as u64,
-        commit_us = t0.elapsed().as_micros() as u64,
-        "status batch timings (cumulative)"
-    );
-    Ok(outcomes)
 }
 
 /// The decider's state as the read model holds it.
