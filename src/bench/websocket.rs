@@ -104,45 +104,11 @@ pub struct WsSignalling {
 
 /// WebSocket client A signals device B over MQTT; B echoes to A's inbox; A measures.
 pub async fn signalling(s: WsSignalling) -> Result<BenchResult, BenchError> {
-    let (host, port) = broker_addr(&s.broker)?;
     let run = run_id();
     let account = format!("wssig-{run}");
     let stop = Arc::new(AtomicBool::new(false));
     let ready = Arc::new(AtomicBool::new(false));
-
-    // B: an MQTT device echoing its inbox to A's.
-    let mut o = MqttOptions::new(format!("wssig-{run}-b"), host, port);
-    o.set_keep_alive(Duration::from_secs(30)).set_inflight(1000);
-    let (b, mut b_loop) = AsyncClient::new(o, 10_000);
-    crate::mqtt_client::nodelay(&mut b_loop);
-    let b_inbox = format!("accounts/{account}/clients/b/webrtc_inbox");
-    let a_inbox = format!("accounts/{account}/clients/a/webrtc_inbox");
-    let (b_stop, b_ready, b_sub) = (stop.clone(), ready.clone(), b_inbox.clone());
-    let b_task = tokio::spawn(async move {
-        while !b_stop.load(Relaxed) {
-            let Ok(event) = tokio::time::timeout(Duration::from_millis(200), b_loop.poll()).await
-            else {
-                continue;
-            };
-            match event {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    let _ = b.subscribe(b_sub.as_str(), QoS::AtLeastOnce).await;
-                }
-                Ok(Event::Incoming(Packet::SubAck(_))) => b_ready.store(true, Relaxed),
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    // The bridge's payload: {"from","from_connection","to_connection","data"}.
-                    let data = serde_json::from_slice::<serde_json::Value>(&p.payload)
-                        .ok()
-                        .and_then(|v| v.get("data").cloned())
-                        .unwrap_or_default();
-                    let echo = serde_json::json!({"from": "b", "data": data}).to_string();
-                    let _ = b.try_publish(a_inbox.as_str(), QoS::AtLeastOnce, false, echo);
-                }
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
-    });
+    let b_task = echo_device(&s.broker, &run, &account, stop.clone(), ready.clone())?;
     if !super::wait_until(Duration::from_secs(20), || ready.load(Relaxed)).await {
         stop.store(true, Relaxed);
         return Err(BenchError::Target(
@@ -150,52 +116,13 @@ pub async fn signalling(s: WsSignalling) -> Result<BenchResult, BenchError> {
         ));
     }
     let ws = open(&s.http, &format!("account={account}&client_id=a")).await?;
-    let (mut tx, mut rx) = ws.split();
+    let (mut tx, rx) = ws.split();
     let received = Arc::new(AtomicU64::new(0));
-    let a_received = received.clone();
-    let a_stop = stop.clone();
-    let reader = tokio::spawn(async move {
-        let mut samples = Vec::new();
-        while !a_stop.load(Relaxed) {
-            let Ok(Some(Ok(msg))) =
-                tokio::time::timeout(Duration::from_millis(200), rx.next()).await
-            else {
-                continue;
-            };
-            if let Message::Text(t) = msg {
-                let Ok(v) = serde_json::from_str::<serde_json::Value>(t.as_str()) else {
-                    continue;
-                };
-                if v["type"] == "signal" {
-                    if let Some(sent) = v["data"]["t"].as_u64() {
-                        samples.push(now_nanos().saturating_sub(sent) / 1000);
-                    }
-                    a_received.fetch_add(1, Relaxed);
-                }
-            }
-        }
-        samples
-    });
+    let reader = tokio::spawn(read_echoes(rx, received.clone(), stop.clone()));
 
     let before = proc_stats(s.pid);
     let started = Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_millis(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut sent = 0u64;
-    let pad = "x".repeat(150);
-    while sent < s.messages {
-        tick.tick().await;
-        let due = (started.elapsed().as_secs_f64() * s.rate as f64) as u64;
-        while sent < due.min(s.messages) {
-            let frame = serde_json::json!({
-                "type": "signal", "to": "b", "data": {"t": now_nanos(), "pad": pad}
-            });
-            tx.send(Message::text(frame.to_string()))
-                .await
-                .map_err(|e| BenchError::Target(e.to_string()))?;
-            sent += 1;
-        }
-    }
+    let sent = send_paced(&mut tx, s.messages, s.rate, started).await?;
     let send_secs = started.elapsed().as_secs_f64();
     super::wait_until(Duration::from_secs(10), || {
         received.load(Relaxed) >= s.messages
@@ -225,4 +152,102 @@ pub async fn signalling(s: WsSignalling) -> Result<BenchResult, BenchError> {
         "rate = achieved offered load; latency = WS → device → WS round trip",
     );
     Ok(r)
+}
+
+/// Device B: an MQTT client of `account` echoing every signal in its inbox to A's inbox;
+/// sets `ready` once subscribed, ends when `stop` is set.
+fn echo_device(
+    broker: &str,
+    run: &str,
+    account: &str,
+    stop: Arc<AtomicBool>,
+    ready: Arc<AtomicBool>,
+) -> Result<tokio::task::JoinHandle<()>, BenchError> {
+    let (host, port) = broker_addr(broker)?;
+    let mut o = MqttOptions::new(format!("wssig-{run}-b"), host, port);
+    o.set_keep_alive(Duration::from_secs(30)).set_inflight(1000);
+    let (b, mut b_loop) = AsyncClient::new(o, 10_000);
+    crate::mqtt_client::nodelay(&mut b_loop);
+    let b_inbox = crate::topics::inbox_topic(account, "b");
+    let a_inbox = crate::topics::inbox_topic(account, "a");
+    Ok(tokio::spawn(async move {
+        while !stop.load(Relaxed) {
+            let Ok(event) = tokio::time::timeout(Duration::from_millis(200), b_loop.poll()).await
+            else {
+                continue;
+            };
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    let _ = b.subscribe(b_inbox.as_str(), QoS::AtLeastOnce).await;
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => ready.store(true, Relaxed),
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    // The bridge's payload: {"from","from_connection","to_connection","data"}.
+                    let data = serde_json::from_slice::<serde_json::Value>(&p.payload)
+                        .ok()
+                        .and_then(|v| v.get("data").cloned())
+                        .unwrap_or_default();
+                    let echo = serde_json::json!({"from": "b", "data": data}).to_string();
+                    let _ = b.try_publish(a_inbox.as_str(), QoS::AtLeastOnce, false, echo);
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }))
+}
+
+/// Client A's reader: counts the echoed signals in `received` and returns their round
+/// trips in microseconds, once `stop` is set.
+async fn read_echoes(
+    mut rx: futures_util::stream::SplitStream<Ws>,
+    received: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+) -> Vec<u64> {
+    let mut samples = Vec::new();
+    while !stop.load(Relaxed) {
+        let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_millis(200), rx.next()).await
+        else {
+            continue;
+        };
+        let Message::Text(t) = msg else { continue };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(t.as_str()) else {
+            continue;
+        };
+        if v["type"] == "signal" {
+            if let Some(sent) = v["data"]["t"].as_u64() {
+                samples.push(now_nanos().saturating_sub(sent) / 1000);
+            }
+            received.fetch_add(1, Relaxed);
+        }
+    }
+    samples
+}
+
+/// Sends `messages` signal frames (~200 B, stamped with the send time) to B at `rate` per
+/// second from `started`; returns how many were sent.
+async fn send_paced(
+    tx: &mut futures_util::stream::SplitSink<Ws, Message>,
+    messages: u64,
+    rate: u64,
+    started: Instant,
+) -> Result<u64, BenchError> {
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut sent = 0u64;
+    let pad = "x".repeat(150);
+    while sent < messages {
+        tick.tick().await;
+        let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
+        while sent < due.min(messages) {
+            let frame = serde_json::json!({
+                "type": "signal", "to": "b", "data": {"t": now_nanos(), "pad": pad}
+            });
+            tx.send(Message::text(frame.to_string()))
+                .await
+                .map_err(|e| BenchError::Target(e.to_string()))?;
+            sent += 1;
+        }
+    }
+    Ok(sent)
 }
