@@ -19,6 +19,7 @@ use crate::config::BusConfig;
 use crate::endpoint::Endpoint;
 use crate::metrics::Metrics;
 use crate::mqtt_client::{nodelay, publisher_options};
+use crate::retry::Backoff;
 
 /// Errors at the bus's edge.
 #[derive(Debug, thiserror::Error)]
@@ -205,7 +206,7 @@ impl Bus {
             stop: stop_rx,
             unsubacks: unsubacks_tx,
             metrics,
-            backoff: Duration::from_millis(100),
+            backoff: Backoff::broker(),
             pending_subacks: 0,
         };
         let task = tokio::spawn(bus_loop.run(eventloop));
@@ -359,7 +360,7 @@ struct BusLoop {
     unsubacks: watch::Sender<usize>,
     metrics: Arc<Metrics>,
     /// The wait before the next reconnect.
-    backoff: Duration,
+    backoff: Backoff,
     /// SUBACKs still awaited since the last CONNACK.
     pending_subacks: usize,
 }
@@ -413,7 +414,7 @@ impl BusLoop {
     fn connected(&mut self) {
         // Whatever the last session left unacknowledged, the broker redelivers.
         lock_order(&self.acker.order).queue.clear();
-        self.backoff = Duration::from_millis(100);
+        self.backoff.reset();
         self.metrics.bus_connects.fetch_add(1, Relaxed);
         let group = self.shared.as_ref().map(|s| s.group.as_str());
         let filters: Vec<String> = self
@@ -498,9 +499,8 @@ impl BusLoop {
             _ => BusState::Reconnecting(message.clone()),
         };
         let _ = self.state.send(next);
-        tracing::warn!(error = %message, retry_in_ms = self.backoff.as_millis() as u64, "bus: broker connection failed");
-        tokio::time::sleep(self.backoff).await;
-        self.backoff = (self.backoff * 2).min(Duration::from_secs(5));
+        tracing::warn!(error = %message, retry_in_ms = self.backoff.pause().as_millis() as u64, "bus: broker connection failed");
+        self.backoff.wait().await;
         ControlFlow::Continue(())
     }
 }

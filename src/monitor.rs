@@ -281,6 +281,7 @@ pub async fn run(
         writeln!(out, "{HEADER}")?;
     }
     let mut took_snapshot = false;
+    let mut backoff = crate::retry::Backoff::broker();
     let mut connected_once = false;
     tokio::pin!(shutdown);
     loop {
@@ -291,6 +292,7 @@ pub async fn run(
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 connected_once = true;
+                backoff.reset();
                 client
                     .subscribe(filter.as_str(), QoS::AtMostOnce)
                     .await
@@ -323,7 +325,7 @@ pub async fn run(
                     )));
                 }
                 tracing::warn!(%error, "broker connection lost; reconnecting");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                backoff.wait().await;
             }
         }
     }

@@ -27,9 +27,9 @@ impl Backoff {
         Self::new(Duration::from_millis(50), Duration::from_secs(5))
     }
 
-    /// Broker connections: 100 ms doubling to 2 s.
+    /// Broker connections: 100 ms doubling to 5 s.
     pub fn broker() -> Self {
-        Self::new(Duration::from_millis(100), Duration::from_secs(2))
+        Self::new(Duration::from_millis(100), Duration::from_secs(5))
     }
 
     /// The pause the next failure waits.

@@ -4,7 +4,6 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Duration;
 
 use rumqttc::Publish;
 use tokio::sync::mpsc;
@@ -12,6 +11,7 @@ use tokio::sync::mpsc;
 use crate::bus::Acker;
 use crate::domain::session::{Actor, EndReason, SessionRefused};
 use crate::metrics::{Metrics, StationDrop};
+use crate::retry::Backoff;
 use crate::store::StoreError;
 use crate::sync::session_input::{parse_announcement, Announcement};
 use crate::sync::sessions::{EndOutcome, Sessions, StartOutcome, StartRequest};
@@ -146,7 +146,7 @@ impl Message<'_> {
         // The station acts only for itself: the decider refuses a start on another
         // client's connection and an end of another station's session.
         let by = Actor::Station(client_id.to_string());
-        let mut pause = Duration::from_millis(50);
+        let mut pause = Backoff::store();
         // A store failure is retried until it succeeds: the message is acknowledged only
         // once its effect is durable (as on the status path).
         loop {
@@ -166,9 +166,8 @@ impl Message<'_> {
                     return;
                 }
                 Err(error) => {
-                    tracing::error!(%error, %account_id, %client_id, retry_in_ms = pause.as_millis() as u64, "baby-station announcement not recorded");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(5));
+                    tracing::error!(%error, %account_id, %client_id, retry_in_ms = pause.pause().as_millis() as u64, "baby-station announcement not recorded");
+                    pause.wait().await;
                 }
             }
         }
@@ -233,15 +232,14 @@ impl Message<'_> {
                 _ => return self.drop(StationDrop::InvalidPayload, "not a JSON object"),
             }
         };
-        let mut pause = Duration::from_millis(50);
+        let mut pause = Backoff::store();
         while let Err(error) = self
             .sessions
             .parent_station(account_id, client_id, value.as_ref())
             .await
         {
-            tracing::error!(%error, %account_id, %client_id, retry_in_ms = pause.as_millis() as u64, "parent station not recorded");
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(5));
+            tracing::error!(%error, %account_id, %client_id, retry_in_ms = pause.pause().as_millis() as u64, "parent station not recorded");
+            pause.wait().await;
         }
     }
 }

@@ -10,7 +10,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rumqttc::Publish;
 use tokio::sync::mpsc;
@@ -23,6 +23,7 @@ use crate::domain::connection::{
     Ignored, EVENT_VERSION,
 };
 use crate::metrics::Metrics;
+use crate::retry::Backoff;
 use crate::store::{clients, NewEvent, Store, StoreError, StoreTx};
 use crate::topics::{parse_status_topic, ClientKey};
 
@@ -163,7 +164,7 @@ async fn commit_until_done(
     cache: &mut ClientCache,
     metrics: &Metrics,
 ) -> Vec<Outcome> {
-    let mut pause = Duration::from_millis(50);
+    let mut pause = Backoff::store();
     loop {
         let started = Instant::now();
         match apply_batch_cached(store, batch, now_millis(), cache).await {
@@ -183,9 +184,8 @@ async fn commit_until_done(
             }
             Err(error) => {
                 metrics.store_errors.fetch_add(1, Relaxed);
-                tracing::error!(%error, retry_in_ms = pause.as_millis() as u64, "status batch not committed");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(5));
+                tracing::error!(%error, retry_in_ms = pause.pause().as_millis() as u64, "status batch not committed");
+                pause.wait().await;
             }
         }
     }
