@@ -3,7 +3,7 @@
 //! holder cannot resume another PWA's WebSocket session, and a device cannot forge `from` on
 //! an inbox message. Account `fam` with real credentials, except where open mode is the point.
 
-mod common;
+use cradle_testkit as common;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! `mosquitto_pub`/`mosquitto_sub`. Each test names the behaviour of the OASIS specification
 //! it holds Cradle to; `topics.md` → "MQTT 3.1.1 and MQTT 5" has the whole table.
 
-mod common;
+use cradle_testkit as common;
 
 use std::process::Command;
 

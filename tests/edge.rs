@@ -4,7 +4,7 @@
 //! Accounts `a` and `b` exist; `a/d1`, `a/d2` and `b/d1` (the same client id in another
 //! account) hold device secrets; an operator secret and an admin token exist too.
 
-mod common;
+use cradle_testkit as common;
 
 use futures_util::{SinkExt, StreamExt};
 use std::process::Command;

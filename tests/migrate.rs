@@ -3,7 +3,7 @@
 //! is copied to PostgreSQL through the real binary, checked row by row and by checksum,
 //! re-run, refused or merged into a non-empty target, and fed bad input.
 
-mod common;
+use cradle_testkit as common;
 
 use std::path::Path;
 use std::process::Command;

@@ -9,7 +9,7 @@
 //! - the broker restarted mid-stream loses no acknowledged message;
 //! - an unreachable broker or refused credentials fail the start with a clear message.
 
-mod common;
+use cradle_testkit as common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;

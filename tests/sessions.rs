@@ -3,7 +3,7 @@
 //! connection reuse, and the read models after each. Every scenario runs on SQLite and on
 //! PostgreSQL (`scripts/test` provides one through `pg_virtualenv`).
 
-mod common;
+use cradle_testkit as common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! The status pipeline end to end: the real `cradle` binary on free ports, real rumqttc
 //! devices, the HTTP API and `/metrics`.
 
-mod common;
+use cradle_testkit as common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! (tokio-tungstenite) and real MQTT clients (rumqttc). Account `fam` in open mode (no
 //! accounts, loopback) unless a test creates accounts to check the token path.
 
-mod common;
+use cradle_testkit as common;
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
-//! Shared helpers for integration tests: free ports, the real `cradle` binary as a child
-//! process, HTTP and MQTT clients, and PostgreSQL discovery.
-#![allow(dead_code)]
+//! Helpers shared by Cradle's integration tests (`tests/*.rs`): free ports, the real
+//! `cradle` binary as a child process, HTTP and MQTT clients, Mosquitto, TLS files and
+//! PostgreSQL discovery. A library, so each test binary links what it uses.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -8,6 +8,23 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, EventLoop, LastWill, MqttOptions, QoS};
+
+/// The `cradle` binary cargo built for the integration tests: `CARGO_BIN_EXE_cradle` when
+/// cargo sets it at run time, else `cradle` in the profile folder above the test binary's
+/// `deps/` (where cargo puts a package's binaries).
+pub fn cradle_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("CARGO_BIN_EXE_cradle") {
+        return path.into();
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let mut dir = exe.parent().expect("the test binary's folder");
+    if dir.ends_with("deps") {
+        dir = dir.parent().expect("the profile folder");
+    }
+    let bin = dir.join(format!("cradle{}", std::env::consts::EXE_SUFFIX));
+    assert!(bin.is_file(), "no cradle binary at {}", bin.display());
+    bin
+}
 
 /// A port free on loopback now.
 pub fn free_port() -> u16 {
@@ -109,7 +126,7 @@ impl Cradle {
         let [mqtt_port, v5_port, ws_port, http_port] = free_ports::<4>();
         let stderr_path = workdir.join(format!("cradle-{http_port}.log"));
         let stderr = std::fs::File::create(&stderr_path).expect("log file");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cradle"));
+        let mut cmd = Command::new(cradle_bin());
         cmd.arg("serve")
             .current_dir(workdir)
             .env_clear()
@@ -416,7 +433,7 @@ pub fn mosquitto_available() -> bool {
 /// Runs the `cradle` command line against `database_url` and returns the last line it
 /// printed (where secrets are shown); fails the test when it fails.
 pub fn cli(database_url: &str, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_cradle"))
+    let out = Command::new(cradle_bin())
         .args(args)
         .env("CRADLE_DATABASE_URL", database_url)
         .current_dir(std::env::temp_dir())
