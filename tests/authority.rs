@@ -7,15 +7,11 @@ use cradle_testkit as common;
 
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use rumqttc::{MqttOptions, QoS};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use common::{cli, status, subscriber, wait_for, Cradle, Device};
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+use common::{cli, next_frame, status, subscriber, wait_for, Cradle, Device, Ws};
 
 const ADMIN: &str = "authority-tests-admin-token";
 const ACCOUNT: &str = "fam";
@@ -241,36 +237,9 @@ async fn a_station_cannot_end_another_stations_session_by_naming_its_connection(
     );
 }
 
-fn ws_url(c: &Cradle, query: &str) -> String {
-    format!("{}/ws?{query}", c.http.replace("http://", "ws://"))
-}
-
-/// The next text frame, answering and skipping the server's heartbeats; None when closed or
-/// after 5 s.
-async fn next_frame(ws: &mut Ws) -> Option<serde_json::Value> {
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
-            .await
-            .ok()??
-            .ok()?;
-        match msg {
-            Message::Text(t) => {
-                let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
-                if v["type"] == "ping" {
-                    let _ = ws.send(Message::text(r#"{"type":"pong"}"#)).await;
-                    continue;
-                }
-                return Some(v);
-            }
-            Message::Close(_) => return None,
-            _ => continue,
-        }
-    }
-}
-
 /// Connects and reads up to the `hello`; returns the frames before it (a resume's replay).
 async fn connect(c: &Cradle, query: &str) -> (Ws, Vec<serde_json::Value>, serde_json::Value) {
-    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url(c, query))
+    let (mut ws, _) = tokio_tungstenite::connect_async(c.ws_url(query))
         .await
         .expect("upgrade");
     let mut before = Vec::new();
@@ -285,7 +254,7 @@ async fn connect(c: &Cradle, query: &str) -> (Ws, Vec<serde_json::Value>, serde_
 
 /// The HTTP status of an upgrade attempt that is refused (or 101).
 async fn upgrade_status(c: &Cradle, query: &str) -> u16 {
-    match tokio_tungstenite::connect_async(ws_url(c, query)).await {
+    match tokio_tungstenite::connect_async(c.ws_url(query)).await {
         Ok(_) => 101,
         Err(tokio_tungstenite::tungstenite::Error::Http(r)) => r.status().as_u16(),
         Err(other) => panic!("{query}: {other:?}"),

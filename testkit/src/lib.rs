@@ -9,6 +9,12 @@ use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, EventLoop, LastWill, MqttOptions, QoS};
 
+mod bridge;
+mod raw;
+
+pub use bridge::{next_frame, Ws};
+pub use raw::{RawV4, RawV5};
+
 /// The `cradle` binary cargo built for the integration tests: `CARGO_BIN_EXE_cradle` when
 /// cargo sets it at run time, else `cradle` in the profile folder above the test binary's
 /// `deps/` (where cargo puts a package's binaries).
@@ -389,26 +395,42 @@ pub fn postgres_server_url() -> Option<String> {
 
 /// Creates a fresh database on the server and returns its URL.
 pub async fn fresh_postgres_database(server_url: &str) -> String {
-    use sea_orm::{ConnectionTrait, Database};
-    let name = format!(
-        "cradle_test_{}_{}",
+    create_database(server_url, &unique_database_name("cradle_test"), "")
+        .await
+        .expect("create test database")
+}
+
+/// A database name no other test (or run) uses: `prefix`, the process id and the time.
+pub fn unique_database_name(prefix: &str) -> String {
+    format!(
+        "{prefix}_{}_{}",
         std::process::id(),
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_nanos()
-    );
+    )
+}
+
+/// Runs `CREATE DATABASE {name}{options}` on the server and returns the new database's URL;
+/// fails the test when the server cannot be reached.
+pub async fn create_database(
+    server_url: &str,
+    name: &str,
+    options: &str,
+) -> Result<String, sea_orm::DbErr> {
+    use sea_orm::{ConnectionTrait, Database};
     let admin = Database::connect(server_url)
         .await
         .expect("connect to PostgreSQL");
-    admin
-        .execute_unprepared(&format!("CREATE DATABASE {name}"))
-        .await
-        .expect("create test database");
+    let created = admin
+        .execute_unprepared(&format!("CREATE DATABASE {name}{options}"))
+        .await;
     let _ = admin.close().await;
+    created?;
     let mut url = url::Url::parse(server_url).expect("postgres URL");
     url.set_path(&format!("/{name}"));
-    url.to_string()
+    Ok(url.to_string())
 }
 
 /// Whether the Debian `mosquitto-clients` are installed; with `CRADLE_REQUIRE_MOSQUITTO=1`
@@ -420,12 +442,20 @@ pub fn mosquitto_available() -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok();
+    available(
+        found,
+        "CRADLE_REQUIRE_MOSQUITTO",
+        "mosquitto-clients missing: run the tests through scripts/test",
+        "mosquitto_pub not installed: skipping",
+    )
+}
+
+/// `found`, for a tool some tests need: when it is missing, a failure with `missing` if the
+/// variable `require` is `1` (as `scripts/test` sets), else `skipping` said on stderr.
+pub fn available(found: bool, require: &str, missing: &str, skipping: &str) -> bool {
     if !found {
-        assert!(
-            std::env::var("CRADLE_REQUIRE_MOSQUITTO").as_deref() != Ok("1"),
-            "mosquitto-clients missing: run the tests through scripts/test"
-        );
-        eprintln!("mosquitto_pub not installed: skipping");
+        assert!(std::env::var(require).as_deref() != Ok("1"), "{missing}");
+        eprintln!("{skipping}");
     }
     found
 }
@@ -478,13 +508,12 @@ impl Mosquitto {
             candidates.extend(std::env::split_paths(&path).map(|p| p.join("mosquitto")));
         }
         let found = candidates.into_iter().find(|p| p.is_file());
-        if found.is_none() {
-            assert!(
-                std::env::var("CRADLE_REQUIRE_MOSQUITTO").as_deref() != Ok("1"),
-                "the mosquitto broker is missing: run the tests through scripts/test"
-            );
-            eprintln!("mosquitto broker not installed: skipping");
-        }
+        available(
+            found.is_some(),
+            "CRADLE_REQUIRE_MOSQUITTO",
+            "the mosquitto broker is missing: run the tests through scripts/test",
+            "mosquitto broker not installed: skipping",
+        );
         found
     }
 
