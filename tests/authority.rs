@@ -114,18 +114,10 @@ fn start(session: &str, connection: &str, at: i64) -> String {
 
 /// The account's session events as (type, session, reason).
 async fn session_events(c: &Cradle) -> Vec<(String, String, String)> {
-    c.events(ACCOUNT)
-        .await
-        .iter()
-        .filter(|e| e["type"].as_str().unwrap_or("").starts_with("session."))
-        .map(|e| {
-            (
-                e["type"].as_str().unwrap().to_string(),
-                e["data"]["session_id"].as_str().unwrap().to_string(),
-                e["data"]["reason"].as_str().unwrap_or("").to_string(),
-            )
-        })
-        .collect()
+    c.session_events(ACCOUNT, |e| {
+        e["type"].as_str().unwrap_or("").starts_with("session.")
+    })
+    .await
 }
 
 async fn active_sessions(c: &Cradle) -> Vec<(String, String)> {

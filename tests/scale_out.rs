@@ -407,15 +407,7 @@ async fn signalling_crosses_replicas_and_a_resume_elsewhere_is_410() {
         "{}/ws?account=home&client_id=pwa&connection_id={connection}&resume_from=1",
         b.http
     );
-    let r = reqwest::Client::new()
-        .get(resume)
-        .header("Connection", "Upgrade")
-        .header("Upgrade", "websocket")
-        .header("Sec-WebSocket-Version", "13")
-        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
-        .send()
-        .await
-        .unwrap();
+    let r = common::upgrade_request(&resume).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 410);
     let pwa = a.client("home", "pwa").await.expect("pwa recorded");
     assert_eq!(

@@ -66,18 +66,10 @@ fn start_body(session: &str, client: Option<&str>, connection: &str, at: i64) ->
 
 /// The session events of the account, as (type, session_id, reason).
 async fn session_events(c: &Cradle) -> Vec<(String, String, String)> {
-    c.events(ACCOUNT)
-        .await
-        .into_iter()
-        .filter(|e| e["stream"].as_str().unwrap_or("").starts_with("session/"))
-        .map(|e| {
-            (
-                e["type"].as_str().unwrap().to_string(),
-                e["data"]["session_id"].as_str().unwrap().to_string(),
-                e["data"]["reason"].as_str().unwrap_or("").to_string(),
-            )
-        })
-        .collect()
+    c.session_events(ACCOUNT, |e| {
+        e["stream"].as_str().unwrap_or("").starts_with("session/")
+    })
+    .await
 }
 
 async fn wait_session_events(c: &Cradle, n: usize) -> Vec<(String, String, String)> {

@@ -293,18 +293,13 @@ async fn a_resume_after_the_window_is_410_and_the_client_was_lost() {
             .filter(|r| r["connected"] == false && r["last_disconnect_reason"] == "lost")
     })
     .await;
-    let r = reqwest::Client::new()
-        .get(format!(
-            "{}/ws?account=fam&client_id=pwa&connection_id={conn}&resume_from=1",
-            c.http
-        ))
-        .header("Connection", "Upgrade")
-        .header("Upgrade", "websocket")
-        .header("Sec-WebSocket-Version", "13")
-        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
-        .send()
-        .await
-        .unwrap();
+    let r = common::upgrade_request(&format!(
+        "{}/ws?account=fam&client_id=pwa&connection_id={conn}&resume_from=1",
+        c.http
+    ))
+    .send()
+    .await
+    .unwrap();
     assert_eq!(r.status().as_u16(), 410);
 }
 

@@ -41,3 +41,14 @@ pub async fn next_frame(ws: &mut Ws) -> Option<serde_json::Value> {
         }
     }
 }
+
+/// A WebSocket upgrade GET of `url` written by hand (a fixed key): for the HTTP status an
+/// upgrade gets, 101 or a refusal, without a WebSocket client.
+pub fn upgrade_request(url: &str) -> reqwest::RequestBuilder {
+    reqwest::Client::new()
+        .get(url)
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "websocket")
+        .header("Sec-WebSocket-Version", "13")
+        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+}

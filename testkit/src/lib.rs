@@ -12,7 +12,7 @@ use rumqttc::{AsyncClient, EventLoop, LastWill, MqttOptions, QoS};
 mod bridge;
 mod raw;
 
-pub use bridge::{next_frame, Ws};
+pub use bridge::{next_frame, upgrade_request, Ws};
 pub use raw::{RawV4, RawV5};
 
 /// The `cradle` binary cargo built for the integration tests: `CARGO_BIN_EXE_cradle` when
@@ -242,6 +242,27 @@ impl Cradle {
             },
         )
         .await
+    }
+
+    /// The events of `account` that `keep` keeps, as (type, session id, reason): a
+    /// session's story.
+    pub async fn session_events(
+        &self,
+        account: &str,
+        keep: impl Fn(&serde_json::Value) -> bool,
+    ) -> Vec<(String, String, String)> {
+        self.events(account)
+            .await
+            .iter()
+            .filter(|e| keep(e))
+            .map(|e| {
+                (
+                    e["type"].as_str().unwrap().to_string(),
+                    e["data"]["session_id"].as_str().unwrap().to_string(),
+                    e["data"]["reason"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect()
     }
 
     /// One client's row from `/v1/accounts/{account}/clients`.
