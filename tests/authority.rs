@@ -11,7 +11,7 @@ use futures_util::SinkExt;
 use rumqttc::{MqttOptions, QoS};
 use tokio_tungstenite::tungstenite::Message;
 
-use common::{cli, next_frame, status, subscriber, wait_for, Cradle, Device, Ws};
+use common::{cli, next_frame, subscriber, wait_for, Cradle, Device, Ws};
 
 const ADMIN: &str = "authority-tests-admin-token";
 const ACCOUNT: &str = "fam";
@@ -92,18 +92,7 @@ async fn device(c: &Cradle, client: &str, secret: &str) -> Device {
 /// A device of `fam` that reported `connected` on `connection`, once recorded.
 async fn station(c: &Cradle, client: &str, secret: &str, connection: &str) -> Device {
     let d = device(c, client, secret).await;
-    d.publish(
-        &format!("accounts/{ACCOUNT}/clients/{client}/status"),
-        status("connected", connection, 1_000, None),
-    )
-    .await;
-    wait_for(Duration::from_secs(10), "station connected", || async {
-        c.client(ACCOUNT, client)
-            .await
-            .filter(|r| r["connected"] == true && r["connection_id"] == connection)
-    })
-    .await;
-    d
+    c.report_connected(d, ACCOUNT, client, connection).await
 }
 
 fn start(session: &str, connection: &str, at: i64) -> String {

@@ -99,18 +99,7 @@ fn ended(s: &str, reason: &str) -> (String, String, String) {
 /// A baby station connected over MQTT with status `connected` on `connection`.
 async fn station(c: &Cradle, client: &str, connection: &str) -> Device {
     let d = Device::connect(c.mqtt_port, client, None).await;
-    d.publish(
-        &format!("accounts/{ACCOUNT}/clients/{client}/status"),
-        status("connected", connection, 1_000, None),
-    )
-    .await;
-    wait_for(Duration::from_secs(10), "station connected", || async {
-        c.client(ACCOUNT, client)
-            .await
-            .filter(|r| r["connected"] == true && r["connection_id"] == connection)
-    })
-    .await;
-    d
+    c.report_connected(d, ACCOUNT, client, connection).await
 }
 
 async fn http_start_then_mqtt_announcement_is_one_start(c: &Cradle) {

@@ -277,6 +277,29 @@ impl Cradle {
             .cloned()
     }
 
+    /// `d`, client `client` of `account`, reports `connected` on `connection`; returns it once
+    /// Cradle recorded the client connected on it.
+    pub async fn report_connected(
+        &self,
+        d: Device,
+        account: &str,
+        client: &str,
+        connection: &str,
+    ) -> Device {
+        d.publish(
+            &format!("accounts/{account}/clients/{client}/status"),
+            status("connected", connection, 1_000, None),
+        )
+        .await;
+        wait_for(Duration::from_secs(10), "station connected", || async {
+            self.client(account, client)
+                .await
+                .filter(|r| r["connected"] == true && r["connection_id"] == connection)
+        })
+        .await;
+        d
+    }
+
     /// Sends SIGTERM and waits for the exit.
     pub fn terminate(&mut self) -> ExitStatus {
         signal(self.child.id(), "TERM");
