@@ -3,19 +3,15 @@
 //! holder cannot resume another PWA's WebSocket session, and a device cannot forge `from` on
 //! an inbox message. Account `fam` with real credentials, except where open mode is the point.
 
-mod common;
+use cradle_testkit as common;
 
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use rumqttc::{MqttOptions, QoS};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use common::{cli, status, subscriber, wait_for, Cradle, Device};
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+use common::{cli, next_frame, subscriber, wait_for, Cradle, Device, Ws};
 
 const ADMIN: &str = "authority-tests-admin-token";
 const ACCOUNT: &str = "fam";
@@ -96,18 +92,7 @@ async fn device(c: &Cradle, client: &str, secret: &str) -> Device {
 /// A device of `fam` that reported `connected` on `connection`, once recorded.
 async fn station(c: &Cradle, client: &str, secret: &str, connection: &str) -> Device {
     let d = device(c, client, secret).await;
-    d.publish(
-        &format!("accounts/{ACCOUNT}/clients/{client}/status"),
-        status("connected", connection, 1_000, None),
-    )
-    .await;
-    wait_for(Duration::from_secs(10), "station connected", || async {
-        c.client(ACCOUNT, client)
-            .await
-            .filter(|r| r["connected"] == true && r["connection_id"] == connection)
-    })
-    .await;
-    d
+    c.report_connected(d, ACCOUNT, client, connection).await
 }
 
 fn start(session: &str, connection: &str, at: i64) -> String {
@@ -118,18 +103,10 @@ fn start(session: &str, connection: &str, at: i64) -> String {
 
 /// The account's session events as (type, session, reason).
 async fn session_events(c: &Cradle) -> Vec<(String, String, String)> {
-    c.events(ACCOUNT)
-        .await
-        .iter()
-        .filter(|e| e["type"].as_str().unwrap_or("").starts_with("session."))
-        .map(|e| {
-            (
-                e["type"].as_str().unwrap().to_string(),
-                e["data"]["session_id"].as_str().unwrap().to_string(),
-                e["data"]["reason"].as_str().unwrap_or("").to_string(),
-            )
-        })
-        .collect()
+    c.session_events(ACCOUNT, |e| {
+        e["type"].as_str().unwrap_or("").starts_with("session.")
+    })
+    .await
 }
 
 async fn active_sessions(c: &Cradle) -> Vec<(String, String)> {
@@ -241,36 +218,9 @@ async fn a_station_cannot_end_another_stations_session_by_naming_its_connection(
     );
 }
 
-fn ws_url(c: &Cradle, query: &str) -> String {
-    format!("{}/ws?{query}", c.http.replace("http://", "ws://"))
-}
-
-/// The next text frame, answering and skipping the server's heartbeats; None when closed or
-/// after 5 s.
-async fn next_frame(ws: &mut Ws) -> Option<serde_json::Value> {
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
-            .await
-            .ok()??
-            .ok()?;
-        match msg {
-            Message::Text(t) => {
-                let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
-                if v["type"] == "ping" {
-                    let _ = ws.send(Message::text(r#"{"type":"pong"}"#)).await;
-                    continue;
-                }
-                return Some(v);
-            }
-            Message::Close(_) => return None,
-            _ => continue,
-        }
-    }
-}
-
 /// Connects and reads up to the `hello`; returns the frames before it (a resume's replay).
 async fn connect(c: &Cradle, query: &str) -> (Ws, Vec<serde_json::Value>, serde_json::Value) {
-    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url(c, query))
+    let (mut ws, _) = tokio_tungstenite::connect_async(c.ws_url(query))
         .await
         .expect("upgrade");
     let mut before = Vec::new();
@@ -285,7 +235,7 @@ async fn connect(c: &Cradle, query: &str) -> (Ws, Vec<serde_json::Value>, serde_
 
 /// The HTTP status of an upgrade attempt that is refused (or 101).
 async fn upgrade_status(c: &Cradle, query: &str) -> u16 {
-    match tokio_tungstenite::connect_async(ws_url(c, query)).await {
+    match tokio_tungstenite::connect_async(c.ws_url(query)).await {
         Ok(_) => 101,
         Err(tokio_tungstenite::tungstenite::Error::Http(r)) => r.status().as_u16(),
         Err(other) => panic!("{query}: {other:?}"),

@@ -3,7 +3,7 @@
 //! `mosquitto_pub`/`mosquitto_sub`. Each test names the behaviour of the OASIS specification
 //! it holds Cradle to; `topics.md` → "MQTT 3.1.1 and MQTT 5" has the whole table.
 
-mod common;
+use cradle_testkit as common;
 
 use std::process::Command;
 
@@ -19,14 +19,12 @@ fn paho_available() -> bool {
         ])
         .status()
         .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var("CRADLE_REQUIRE_PAHO").as_deref() != Ok("1"),
-            "python3 with paho-mqtt 2.x missing: run the tests through scripts/test"
-        );
-        eprintln!("paho-mqtt 2.x not installed: skipping");
-    }
-    found
+    common::available(
+        found,
+        "CRADLE_REQUIRE_PAHO",
+        "python3 with paho-mqtt 2.x missing: run the tests through scripts/test",
+        "paho-mqtt 2.x not installed: skipping",
+    )
 }
 
 /// Runs paho checks against `port` and asserts each printed `ok`.

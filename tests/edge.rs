@@ -4,7 +4,7 @@
 //! Accounts `a` and `b` exist; `a/d1`, `a/d2` and `b/d1` (the same client id in another
 //! account) hold device secrets; an operator secret and an admin token exist too.
 
-mod common;
+use cradle_testkit as common;
 
 use futures_util::{SinkExt, StreamExt};
 use std::process::Command;
@@ -18,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use common::{status, Cradle};
+use common::{status, Cradle, RawV4, RawV5};
 
 const ADMIN: &str = "edge-tests-admin-token";
 
@@ -958,175 +958,12 @@ async fn wss_connect(port: u16, cert: &std::path::Path) -> Wss {
     ws
 }
 
-/// A raw MQTT 3.1.1 client: exact bytes, for keep-alive and size tests.
-struct RawV4 {
-    stream: TcpStream,
-    buf: BytesMut,
-}
-
-impl RawV4 {
-    async fn connect(
-        port: u16,
-        client_id: &str,
-        login: Option<(&str, &str)>,
-        keep_alive: u16,
-    ) -> (RawV4, u8) {
-        let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        let mut c = RawV4 {
-            stream,
-            buf: BytesMut::new(),
-        };
-        let mut connect = v4::Connect::new(client_id);
-        connect.keep_alive = keep_alive;
-        if let Some((u, p)) = login {
-            connect.set_login(u, p);
-        }
-        let mut out = BytesMut::new();
-        v4::Packet::Connect(connect)
-            .write(&mut out, 1 << 20)
-            .unwrap();
-        c.send(&out).await;
-        match c.read().await {
-            Some(v4::Packet::ConnAck(a)) => {
-                let code = a.code as u8;
-                (c, code)
-            }
-            other => panic!("expected CONNACK, got {other:?}"),
-        }
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        let _ = self.stream.write_all(bytes).await;
-    }
-
-    async fn publish(&mut self, topic: &str, payload: &[u8], pkid: u16) {
-        let mut p = v4::Publish::new(topic, QoS::AtLeastOnce, payload.to_vec());
-        p.pkid = pkid;
-        let mut out = BytesMut::new();
-        v4::Packet::Publish(p).write(&mut out, 1 << 20).unwrap();
-        self.send(&out).await;
-    }
-
-    /// The next packet, or `None` once the server closed the connection (or 5 s passed).
-    async fn read(&mut self) -> Option<v4::Packet> {
-        loop {
-            if let Ok(p) = v4::Packet::read(&mut self.buf, 1 << 20) {
-                return Some(p);
-            }
-            match tokio::time::timeout(Duration::from_secs(5), self.stream.read_buf(&mut self.buf))
-                .await
-            {
-                Ok(Ok(n)) if n > 0 => {}
-                _ => return None,
-            }
-        }
-    }
-}
-
-/// A raw MQTT 5 client: topic aliases and reason codes.
-struct RawV5 {
-    stream: TcpStream,
-    buf: BytesMut,
-}
-
-impl RawV5 {
-    async fn connect(
-        port: u16,
-        client_id: &str,
-        login: Option<(&str, &str)>,
-        keep_alive: u16,
-    ) -> (RawV5, v5::ConnectReturnCode) {
-        let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        let mut c = RawV5 {
-            stream,
-            buf: BytesMut::new(),
-        };
-        let connect = v5::Connect {
-            keep_alive,
-            client_id: client_id.into(),
-            clean_start: true,
-            properties: None,
-        };
-        let login = login.map(|(u, p)| v5::Login::new(u, p));
-        let mut out = BytesMut::new();
-        v5::Packet::Connect(connect, None, login)
-            .write(&mut out, None)
-            .unwrap();
-        c.stream.write_all(&out).await.unwrap();
-        match c.read().await {
-            Some(v5::Packet::ConnAck(a)) => (c, a.code),
-            other => panic!("expected CONNACK, got {other:?}"),
-        }
-    }
-
-    async fn publish(&mut self, topic: &str, alias: Option<u16>, payload: &[u8], pkid: u16) {
-        let props = alias.map(|a| v5::PublishProperties {
-            topic_alias: Some(a),
-            ..Default::default()
-        });
-        let mut p = v5::Publish::new(
-            topic,
-            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
-            payload.to_vec(),
-            props,
-        );
-        p.pkid = pkid;
-        let mut out = BytesMut::new();
-        v5::Packet::Publish(p).write(&mut out, None).unwrap();
-        let _ = self.stream.write_all(&out).await;
-    }
-
-    async fn puback(&mut self) -> v5::PubAckReason {
-        match self.read().await {
-            Some(v5::Packet::PubAck(a)) => a.reason,
-            other => panic!("expected PUBACK, got {other:?}"),
-        }
-    }
-
-    async fn read(&mut self) -> Option<v5::Packet> {
-        loop {
-            if let Ok(p) = v5::Packet::read(&mut self.buf, None) {
-                return Some(p);
-            }
-            match tokio::time::timeout(Duration::from_secs(5), self.stream.read_buf(&mut self.buf))
-                .await
-            {
-                Ok(Ok(n)) if n > 0 => {}
-                _ => return None,
-            }
-        }
-    }
-}
-
 /// Cradle with the edge tests' accounts and `toml` as its config file.
 async fn setup_with_config(toml: &str) -> (Setup, std::path::PathBuf) {
     let file = std::env::temp_dir().join(format!("cradle-edge-{}.toml", common::free_port()));
     std::fs::write(&file, toml).unwrap();
     let s = setup(&[("CRADLE_CONFIG", file.display().to_string())]).await;
     (s, file)
-}
-
-impl RawV5 {
-    /// Publishes QoS 1 with the retain flag and returns the PUBACK's reason.
-    async fn publish_retained(
-        &mut self,
-        topic: &str,
-        payload: &[u8],
-        pkid: u16,
-    ) -> v5::PubAckReason {
-        let mut p = v5::Publish::new(
-            topic,
-            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
-            payload.to_vec(),
-            None,
-        );
-        p.pkid = pkid;
-        p.retain = true;
-        let mut out = BytesMut::new();
-        v5::Packet::Publish(p).write(&mut out, None).unwrap();
-        let _ = self.stream.write_all(&out).await;
-        self.puback().await
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,7 @@
 //! Each test then checks the service: `/readyz`, a fresh client's round trip, and a log
 //! without "panicked".
 
-mod common;
+use cradle_testkit as common;
 
 use std::process::{Command, Output};
 use std::time::Duration;

@@ -20,7 +20,7 @@
 //! The long run: `CRADLE_FUZZ_CASES=100000 cargo test --release --test hostile_fuzz --
 //! --nocapture`. A failure prints the seed, the case index and the bytes of the last cases.
 
-mod common;
+use cradle_testkit as common;
 
 use std::collections::VecDeque;
 use std::io::{Read, Seek, SeekFrom};

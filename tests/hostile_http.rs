@@ -2,7 +2,7 @@
 //! headers, trickled bodies, too many connections, a huge declared body, an upgrade offering
 //! many wrong secrets, and the verified-token cache.
 
-mod common;
+use cradle_testkit as common;
 
 use std::time::{Duration, Instant};
 

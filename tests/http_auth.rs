@@ -2,7 +2,7 @@
 //! account's token gets 403, no or a bad token 401; the admin token and an operator secret
 //! read any account. Before any account exists (open mode) no token is needed.
 
-mod common;
+use cradle_testkit as common;
 
 use common::Cradle;
 

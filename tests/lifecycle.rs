@@ -1,6 +1,6 @@
 //! Start-up, shutdown and restart of the real binary.
 
-mod common;
+use cradle_testkit as common;
 
 use std::process::Command;
 use std::time::Duration;

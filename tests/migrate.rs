@@ -3,7 +3,7 @@
 //! is copied to PostgreSQL through the real binary, checked row by row and by checksum,
 //! re-run, refused or merged into a non-empty target, and fed bad input.
 
-mod common;
+use cradle_testkit as common;
 
 use std::path::Path;
 use std::process::Command;
@@ -16,7 +16,7 @@ use cradle::migrate::{migrate, MigrateOptions, Outcome};
 use cradle::store::{
     clients, credentials, events, parent_stations, sessions, NewEvent, Store, StoredEvent,
 };
-use sea_orm::{ActiveValue, ConnectionTrait, EntityTrait};
+use sea_orm::{ActiveValue, EntityTrait};
 
 /// Account ids whose byte order (`A_z`, `a-b`, `a.c`, `aB`, `ab`) is not an English
 /// collation's, so a copy that walked PostgreSQL rows in locale order would not verify.
@@ -383,31 +383,12 @@ fn printed(stdout: &str, table: &str) -> (usize, String, String) {
 /// A new database on the PostgreSQL server, with an ICU English collation when the server
 /// has one (text then sorts `ab` before `aB`, unlike byte order).
 async fn fresh_database(server: &str) -> String {
-    use sea_orm::Database;
-    let name = format!(
-        "cradle_migrate_{}_{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
-    let admin = Database::connect(server)
-        .await
-        .expect("connect to PostgreSQL");
-    let icu = admin
-        .execute_unprepared(&format!(
-            "CREATE DATABASE {name} TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en' \
-             LOCALE 'C.UTF-8'"
-        ))
-        .await;
-    let _ = admin.close().await;
-    if icu.is_err() {
-        return common::fresh_postgres_database(server).await;
+    let name = common::unique_database_name("cradle_migrate");
+    let icu = " TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en' LOCALE 'C.UTF-8'";
+    match common::create_database(server, &name, icu).await {
+        Ok(url) => url,
+        Err(_) => common::fresh_postgres_database(server).await,
     }
-    let mut url = url::Url::parse(server).expect("postgres URL");
-    url.set_path(&format!("/{name}"));
-    url.to_string()
 }
 
 #[tokio::test]

@@ -1,7 +1,7 @@
 //! `cradle-monitor` against a running Cradle: live JSON lines, the table with an HTTP
 //! snapshot, and a clean exit on Ctrl-C (SIGINT).
 
-mod common;
+use cradle_testkit as common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStdout, Command, Stdio};

@@ -2,7 +2,7 @@
 //! `mosquitto_sub`. A device that sets a Last Will and drops its TCP connection without
 //! DISCONNECT must produce `connection.disconnected` with reason `lost`.
 
-mod common;
+use cradle_testkit as common;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;

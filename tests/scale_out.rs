@@ -9,7 +9,7 @@
 //! - the broker restarted mid-stream loses no acknowledged message;
 //! - an unreachable broker or refused credentials fail the start with a clear message.
 
-mod common;
+use cradle_testkit as common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use common::{
     fresh_postgres_database, postgres_server_url, status, subscriber, wait_for, Cradle, Device,
-    Mosquitto, BROKER_PASSWORD, BROKER_USER,
+    Mosquitto, Ws, BROKER_PASSWORD, BROKER_USER,
 };
 
 /// A replica named `name` on `broker` and `database_url`, in share group `group`.
@@ -253,9 +253,6 @@ async fn the_same_messages_delivered_to_two_replicas_append_nothing_twice() {
     assert_eq!(clients_of(&a, "twice").await, clients_of(&b, "twice").await);
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
 async fn next_of(ws: &mut Ws, kind: &str) -> serde_json::Value {
     loop {
         let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
@@ -284,14 +281,9 @@ fn ws_window(dir: &Path, window_secs: u64) -> [(&'static str, String); 1] {
     [("CRADLE_CONFIG", config.display().to_string())]
 }
 
-/// The `/ws` URL of replica `r` with `query`.
-fn ws_url(r: &Cradle, query: &str) -> String {
-    format!("{}/ws?{query}", r.http.replace("http://", "ws://"))
-}
-
 /// A new WebSocket session of `client` of account `home` on `r`, and its `hello`.
 async fn open_session(r: &Cradle, client: &str) -> (Ws, serde_json::Value) {
-    let url = ws_url(r, &format!("account=home&client_id={client}"));
+    let url = r.ws_url(&format!("account=home&client_id={client}"));
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
     let hello = next_of(&mut ws, "hello").await;
     (ws, hello)
@@ -415,15 +407,7 @@ async fn signalling_crosses_replicas_and_a_resume_elsewhere_is_410() {
         "{}/ws?account=home&client_id=pwa&connection_id={connection}&resume_from=1",
         b.http
     );
-    let r = reqwest::Client::new()
-        .get(resume)
-        .header("Connection", "Upgrade")
-        .header("Upgrade", "websocket")
-        .header("Sec-WebSocket-Version", "13")
-        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
-        .send()
-        .await
-        .unwrap();
+    let r = common::upgrade_request(&resume).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 410);
     let pwa = a.client("home", "pwa").await.expect("pwa recorded");
     assert_eq!(
@@ -898,12 +882,9 @@ async fn a_replica_shut_down_hands_its_websocket_sessions_to_the_others() {
 
     // The PWA reconnects through the load balancer, which sends it to replica B.
     let from = seq - 1;
-    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url(
-        &b,
-        &format!(
-            "account=home&client_id=pwa&connection_id={conn}&resume_from={from}&resume_secret={secret}"
-        ),
-    ))
+    let (mut ws, _) = tokio_tungstenite::connect_async(b.ws_url(&format!(
+        "account=home&client_id=pwa&connection_id={conn}&resume_from={from}&resume_secret={secret}"
+    )))
     .await
     .expect("resumed on replica B");
     let mut frames = Vec::new();
@@ -1037,12 +1018,9 @@ async fn a_resume_that_reaches_another_replica_moves_the_live_session_there() {
     assert_eq!(missed["data"]["n"], 2);
 
     // The load balancer sends the PWA's next socket to replica B; it resumes from `seen`.
-    let (mut on_b, _) = tokio_tungstenite::connect_async(ws_url(
-        &b,
-        &format!(
-            "account=home&client_id=pwa&connection_id={conn}&resume_from={seen}&resume_secret={secret}"
-        ),
-    ))
+    let (mut on_b, _) = tokio_tungstenite::connect_async(b.ws_url(&format!(
+        "account=home&client_id=pwa&connection_id={conn}&resume_from={seen}&resume_secret={secret}"
+    )))
     .await
     .expect("upgraded on replica B");
     let (hello, replay) = hello_after_replay(&mut on_b).await;
@@ -1075,9 +1053,7 @@ async fn a_resume_that_reaches_another_replica_moves_the_live_session_there() {
 
     // And back to A with the new secret.
     let secret = hello["resume_secret"].as_str().unwrap().to_string();
-    let (mut back, _) = tokio_tungstenite::connect_async(ws_url(
-        &a,
-        &format!(
+    let (mut back, _) = tokio_tungstenite::connect_async(a.ws_url(&format!(
             "account=home&client_id=pwa&connection_id={conn}&resume_from={third}&resume_secret={secret}"
         ),
     ))
@@ -1133,12 +1109,9 @@ async fn a_lone_replica_stopped_leaves_its_sessions_in_the_store_for_the_next() 
     );
 
     let b = replica_with(dir.path(), "b", &db, &broker, "cradle", &env).await;
-    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url(
-        &b,
-        &format!(
-            "account=home&client_id=pwa&connection_id={conn}&resume_from={seq}&resume_secret={secret}"
-        ),
-    ))
+    let (mut ws, _) = tokio_tungstenite::connect_async(b.ws_url(&format!(
+        "account=home&client_id=pwa&connection_id={conn}&resume_from={seq}&resume_secret={secret}"
+    )))
     .await
     .expect("resumed on replica B");
     let (hello, _) = hello_after_replay(&mut ws).await;

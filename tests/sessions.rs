@@ -3,7 +3,7 @@
 //! connection reuse, and the read models after each. Every scenario runs on SQLite and on
 //! PostgreSQL (`scripts/test` provides one through `pg_virtualenv`).
 
-mod common;
+use cradle_testkit as common;
 
 use std::time::Duration;
 
@@ -66,18 +66,10 @@ fn start_body(session: &str, client: Option<&str>, connection: &str, at: i64) ->
 
 /// The session events of the account, as (type, session_id, reason).
 async fn session_events(c: &Cradle) -> Vec<(String, String, String)> {
-    c.events(ACCOUNT)
-        .await
-        .into_iter()
-        .filter(|e| e["stream"].as_str().unwrap_or("").starts_with("session/"))
-        .map(|e| {
-            (
-                e["type"].as_str().unwrap().to_string(),
-                e["data"]["session_id"].as_str().unwrap().to_string(),
-                e["data"]["reason"].as_str().unwrap_or("").to_string(),
-            )
-        })
-        .collect()
+    c.session_events(ACCOUNT, |e| {
+        e["stream"].as_str().unwrap_or("").starts_with("session/")
+    })
+    .await
 }
 
 async fn wait_session_events(c: &Cradle, n: usize) -> Vec<(String, String, String)> {
@@ -107,18 +99,7 @@ fn ended(s: &str, reason: &str) -> (String, String, String) {
 /// A baby station connected over MQTT with status `connected` on `connection`.
 async fn station(c: &Cradle, client: &str, connection: &str) -> Device {
     let d = Device::connect(c.mqtt_port, client, None).await;
-    d.publish(
-        &format!("accounts/{ACCOUNT}/clients/{client}/status"),
-        status("connected", connection, 1_000, None),
-    )
-    .await;
-    wait_for(Duration::from_secs(10), "station connected", || async {
-        c.client(ACCOUNT, client)
-            .await
-            .filter(|r| r["connected"] == true && r["connection_id"] == connection)
-    })
-    .await;
-    d
+    c.report_connected(d, ACCOUNT, client, connection).await
 }
 
 async fn http_start_then_mqtt_announcement_is_one_start(c: &Cradle) {

@@ -1,7 +1,7 @@
 //! The status pipeline end to end: the real `cradle` binary on free ports, real rumqttc
 //! devices, the HTTP API and `/metrics`.
 
-mod common;
+use cradle_testkit as common;
 
 use std::time::Duration;
 
@@ -335,12 +335,7 @@ async fn the_mqtt_5_and_websocket_listeners_accept_clients() {
     assert_eq!(events[0]["data"]["client_id"], "v5-dev");
     pump.abort();
     // MQTT over WebSocket: the upgrade answers with the `mqtt` subprotocol.
-    let response = reqwest::Client::new()
-        .get(format!("http://127.0.0.1:{}/mqtt", cradle.ws_port))
-        .header("Connection", "Upgrade")
-        .header("Upgrade", "websocket")
-        .header("Sec-WebSocket-Version", "13")
-        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+    let response = common::upgrade_request(&format!("http://127.0.0.1:{}/mqtt", cradle.ws_port))
         .header("Sec-WebSocket-Protocol", "mqtt")
         .send()
         .await

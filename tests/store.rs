@@ -2,7 +2,7 @@
 //! (decide + append + read model in one transaction), idempotency across batches and across
 //! two concurrent writers, account scoping, and durability across reconnects.
 
-mod common;
+use cradle_testkit as common;
 
 use cradle::config::StoreConfig;
 use cradle::domain::connection::{ConnectionCommand, DisconnectReason};

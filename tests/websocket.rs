@@ -2,19 +2,15 @@
 //! (tokio-tungstenite) and real MQTT clients (rumqttc). Account `fam` in open mode (no
 //! accounts, loopback) unless a test creates accounts to check the token path.
 
-mod common;
+use cradle_testkit as common;
 
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use rumqttc::QoS;
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use common::{subscriber, wait_for, Cradle};
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+use common::{next_frame, subscriber, wait_for, Cradle, Ws};
 
 async fn start(dir: &std::path::Path, extra: &str) -> Cradle {
     let config = dir.join("ws.toml");
@@ -27,39 +23,13 @@ async fn start(dir: &std::path::Path, extra: &str) -> Cradle {
     Cradle::spawn_ready(dir, &db, &[("CRADLE_CONFIG", config.display().to_string())]).await
 }
 
-fn ws_url(c: &Cradle, query: &str) -> String {
-    format!("{}/ws?{query}", c.http.replace("http://", "ws://"))
-}
-
 async fn connect(c: &Cradle, query: &str) -> (Ws, serde_json::Value) {
-    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url(c, query))
+    let (mut ws, _) = tokio_tungstenite::connect_async(c.ws_url(query))
         .await
         .expect("upgrade");
     let hello = next_frame(&mut ws).await.expect("hello");
     assert_eq!(hello["type"], "hello", "{hello}");
     (ws, hello)
-}
-
-/// The next text frame (skipping the server's heartbeats), or None when closed / 5 s.
-async fn next_frame(ws: &mut Ws) -> Option<serde_json::Value> {
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
-            .await
-            .ok()??
-            .ok()?;
-        match msg {
-            Message::Text(t) => {
-                let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
-                if v["type"] == "ping" {
-                    let _ = ws.send(Message::text(r#"{"type":"pong"}"#)).await;
-                    continue;
-                }
-                return Some(v);
-            }
-            Message::Close(_) => return None,
-            _ => continue,
-        }
-    }
 }
 
 /// The next frame of `kind`.
@@ -280,7 +250,7 @@ struct Resumed {
 
 /// Connects a resuming socket and reads up to its hello.
 async fn resume_connect(c: &Cradle, query: &str) -> (Ws, Resumed) {
-    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url(c, query))
+    let (mut ws, _) = tokio_tungstenite::connect_async(c.ws_url(query))
         .await
         .expect("upgrade");
     let mut replayed = Vec::new();
@@ -323,18 +293,13 @@ async fn a_resume_after_the_window_is_410_and_the_client_was_lost() {
             .filter(|r| r["connected"] == false && r["last_disconnect_reason"] == "lost")
     })
     .await;
-    let r = reqwest::Client::new()
-        .get(format!(
-            "{}/ws?account=fam&client_id=pwa&connection_id={conn}&resume_from=1",
-            c.http
-        ))
-        .header("Connection", "Upgrade")
-        .header("Upgrade", "websocket")
-        .header("Sec-WebSocket-Version", "13")
-        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
-        .send()
-        .await
-        .unwrap();
+    let r = common::upgrade_request(&format!(
+        "{}/ws?account=fam&client_id=pwa&connection_id={conn}&resume_from=1",
+        c.http
+    ))
+    .send()
+    .await
+    .unwrap();
     assert_eq!(r.status().as_u16(), 410);
 }
 
@@ -433,7 +398,7 @@ async fn without_a_valid_token_the_upgrade_is_401() {
         "client_id=pwa&token=bad.token",
         "client_id=pwa&account=fam",
     ] {
-        let err = tokio_tungstenite::connect_async(ws_url(&c, query))
+        let err = tokio_tungstenite::connect_async(c.ws_url(query))
             .await
             .unwrap_err();
         match err {
@@ -495,7 +460,7 @@ async fn a_token_in_the_subprotocol_header_authenticates_and_baby_stations_are_p
     let token = cli(&["credentials", "issue", "--account", "fam", "--token"]);
     let c = Cradle::spawn_ready(dir.path(), &db, &[]).await;
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut request = ws_url(&c, "client_id=pwa").into_client_request().unwrap();
+    let mut request = c.ws_url("client_id=pwa").into_client_request().unwrap();
     request.headers_mut().insert(
         "sec-websocket-protocol",
         format!("cradle, {token}").parse().unwrap(),
@@ -532,7 +497,7 @@ async fn sessions_beyond_websocket_max_sessions_are_refused_before_the_upgrade()
     let c = start(dir.path(), "max_sessions = 2\n").await;
     let (_a, _) = connect(&c, "account=fam&client_id=pwa-a").await;
     let (_b, hello_b) = connect(&c, "account=fam&client_id=pwa-b").await;
-    let err = tokio_tungstenite::connect_async(ws_url(&c, "account=fam&client_id=pwa-c"))
+    let err = tokio_tungstenite::connect_async(c.ws_url("account=fam&client_id=pwa-c"))
         .await
         .unwrap_err();
     match err {

@@ -1,6 +1,6 @@
-//! Shared helpers for integration tests: free ports, the real `cradle` binary as a child
-//! process, HTTP and MQTT clients, and PostgreSQL discovery.
-#![allow(dead_code)]
+//! Helpers shared by Cradle's integration tests (`tests/*.rs`): free ports, the real
+//! `cradle` binary as a child process, HTTP and MQTT clients, Mosquitto, TLS files and
+//! PostgreSQL discovery. A library, so each test binary links what it uses.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -8,6 +8,29 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, EventLoop, LastWill, MqttOptions, QoS};
+
+mod bridge;
+mod raw;
+
+pub use bridge::{next_frame, upgrade_request, Ws};
+pub use raw::{RawV4, RawV5};
+
+/// The `cradle` binary cargo built for the integration tests: `CARGO_BIN_EXE_cradle` when
+/// cargo sets it at run time, else `cradle` in the profile folder above the test binary's
+/// `deps/` (where cargo puts a package's binaries).
+pub fn cradle_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("CARGO_BIN_EXE_cradle") {
+        return path.into();
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let mut dir = exe.parent().expect("the test binary's folder");
+    if dir.ends_with("deps") {
+        dir = dir.parent().expect("the profile folder");
+    }
+    let bin = dir.join(format!("cradle{}", std::env::consts::EXE_SUFFIX));
+    assert!(bin.is_file(), "no cradle binary at {}", bin.display());
+    bin
+}
 
 /// A port free on loopback now.
 pub fn free_port() -> u16 {
@@ -109,7 +132,7 @@ impl Cradle {
         let [mqtt_port, v5_port, ws_port, http_port] = free_ports::<4>();
         let stderr_path = workdir.join(format!("cradle-{http_port}.log"));
         let stderr = std::fs::File::create(&stderr_path).expect("log file");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cradle"));
+        let mut cmd = Command::new(cradle_bin());
         cmd.arg("serve")
             .current_dir(workdir)
             .env_clear()
@@ -221,6 +244,27 @@ impl Cradle {
         .await
     }
 
+    /// The events of `account` that `keep` keeps, as (type, session id, reason): a
+    /// session's story.
+    pub async fn session_events(
+        &self,
+        account: &str,
+        keep: impl Fn(&serde_json::Value) -> bool,
+    ) -> Vec<(String, String, String)> {
+        self.events(account)
+            .await
+            .iter()
+            .filter(|e| keep(e))
+            .map(|e| {
+                (
+                    e["type"].as_str().unwrap().to_string(),
+                    e["data"]["session_id"].as_str().unwrap().to_string(),
+                    e["data"]["reason"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect()
+    }
+
     /// One client's row from `/v1/accounts/{account}/clients`.
     pub async fn client(&self, account: &str, client: &str) -> Option<serde_json::Value> {
         let body = self
@@ -231,6 +275,29 @@ impl Cradle {
             .iter()
             .find(|c| c["client_id"] == client)
             .cloned()
+    }
+
+    /// `d`, client `client` of `account`, reports `connected` on `connection`; returns it once
+    /// Cradle recorded the client connected on it.
+    pub async fn report_connected(
+        &self,
+        d: Device,
+        account: &str,
+        client: &str,
+        connection: &str,
+    ) -> Device {
+        d.publish(
+            &format!("accounts/{account}/clients/{client}/status"),
+            status("connected", connection, 1_000, None),
+        )
+        .await;
+        wait_for(Duration::from_secs(10), "station connected", || async {
+            self.client(account, client)
+                .await
+                .filter(|r| r["connected"] == true && r["connection_id"] == connection)
+        })
+        .await;
+        d
     }
 
     /// Sends SIGTERM and waits for the exit.
@@ -372,26 +439,42 @@ pub fn postgres_server_url() -> Option<String> {
 
 /// Creates a fresh database on the server and returns its URL.
 pub async fn fresh_postgres_database(server_url: &str) -> String {
-    use sea_orm::{ConnectionTrait, Database};
-    let name = format!(
-        "cradle_test_{}_{}",
+    create_database(server_url, &unique_database_name("cradle_test"), "")
+        .await
+        .expect("create test database")
+}
+
+/// A database name no other test (or run) uses: `prefix`, the process id and the time.
+pub fn unique_database_name(prefix: &str) -> String {
+    format!(
+        "{prefix}_{}_{}",
         std::process::id(),
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_nanos()
-    );
+    )
+}
+
+/// Runs `CREATE DATABASE {name}{options}` on the server and returns the new database's URL;
+/// fails the test when the server cannot be reached.
+pub async fn create_database(
+    server_url: &str,
+    name: &str,
+    options: &str,
+) -> Result<String, sea_orm::DbErr> {
+    use sea_orm::{ConnectionTrait, Database};
     let admin = Database::connect(server_url)
         .await
         .expect("connect to PostgreSQL");
-    admin
-        .execute_unprepared(&format!("CREATE DATABASE {name}"))
-        .await
-        .expect("create test database");
+    let created = admin
+        .execute_unprepared(&format!("CREATE DATABASE {name}{options}"))
+        .await;
     let _ = admin.close().await;
+    created?;
     let mut url = url::Url::parse(server_url).expect("postgres URL");
     url.set_path(&format!("/{name}"));
-    url.to_string()
+    Ok(url.to_string())
 }
 
 /// Whether the Debian `mosquitto-clients` are installed; with `CRADLE_REQUIRE_MOSQUITTO=1`
@@ -403,12 +486,20 @@ pub fn mosquitto_available() -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok();
+    available(
+        found,
+        "CRADLE_REQUIRE_MOSQUITTO",
+        "mosquitto-clients missing: run the tests through scripts/test",
+        "mosquitto_pub not installed: skipping",
+    )
+}
+
+/// `found`, for a tool some tests need: when it is missing, a failure with `missing` if the
+/// variable `require` is `1` (as `scripts/test` sets), else `skipping` said on stderr.
+pub fn available(found: bool, require: &str, missing: &str, skipping: &str) -> bool {
     if !found {
-        assert!(
-            std::env::var("CRADLE_REQUIRE_MOSQUITTO").as_deref() != Ok("1"),
-            "mosquitto-clients missing: run the tests through scripts/test"
-        );
-        eprintln!("mosquitto_pub not installed: skipping");
+        assert!(std::env::var(require).as_deref() != Ok("1"), "{missing}");
+        eprintln!("{skipping}");
     }
     found
 }
@@ -416,7 +507,7 @@ pub fn mosquitto_available() -> bool {
 /// Runs the `cradle` command line against `database_url` and returns the last line it
 /// printed (where secrets are shown); fails the test when it fails.
 pub fn cli(database_url: &str, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_cradle"))
+    let out = Command::new(cradle_bin())
         .args(args)
         .env("CRADLE_DATABASE_URL", database_url)
         .current_dir(std::env::temp_dir())
@@ -461,13 +552,12 @@ impl Mosquitto {
             candidates.extend(std::env::split_paths(&path).map(|p| p.join("mosquitto")));
         }
         let found = candidates.into_iter().find(|p| p.is_file());
-        if found.is_none() {
-            assert!(
-                std::env::var("CRADLE_REQUIRE_MOSQUITTO").as_deref() != Ok("1"),
-                "the mosquitto broker is missing: run the tests through scripts/test"
-            );
-            eprintln!("mosquitto broker not installed: skipping");
-        }
+        available(
+            found.is_some(),
+            "CRADLE_REQUIRE_MOSQUITTO",
+            "the mosquitto broker is missing: run the tests through scripts/test",
+            "mosquitto broker not installed: skipping",
+        );
         found
     }
 
