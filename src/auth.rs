@@ -53,7 +53,7 @@ impl Refusal {
     }
 
     /// Every refusal, for metrics.
-    pub const ALL: [Refusal; 5] = [
+    pub(crate) const ALL: [Refusal; 5] = [
         Self::Anonymous,
         Self::BadCredentials,
         Self::WrongKind,
@@ -105,7 +105,7 @@ impl Authenticator {
 
     /// Whether a caller without credentials is let in on a listener (`loopback`: the
     /// listener's address is a loopback address).
-    pub async fn anonymous_allowed(&self, loopback: bool) -> bool {
+    pub(crate) async fn anonymous_allowed(&self, loopback: bool) -> bool {
         match self.mode {
             AuthMode::Open => true,
             AuthMode::Required => false,

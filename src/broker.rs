@@ -163,7 +163,7 @@ const RESTORE_WINDOW: usize = 512;
 /// A link straight into the router that publishes retained messages at QoS 1 and waits for
 /// every PUBACK, so that a device accepted afterwards finds them. Used at start to rebuild the
 /// retained state from the store (`sync::retained`), page by page.
-pub struct RetainedWriter {
+pub(crate) struct RetainedWriter {
     tx: LinkTx,
     rx: LinkRx,
     pkid: u16,

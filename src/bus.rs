@@ -39,7 +39,7 @@ pub enum BusError {
 
 /// Connection state of the bus, for readiness and logs.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BusState {
+pub(crate) enum BusState {
     /// Not connected yet; the last error, if any.
     Connecting(Option<String>),
     /// Connected and every subscription acknowledged.
@@ -130,7 +130,7 @@ impl Acker {
 }
 
 /// A topic filter and the handler queue its messages go to.
-pub struct Route {
+pub(crate) struct Route {
     /// MQTT filter subscribed with QoS 1.
     pub filter: String,
     /// The handler's queue.
@@ -151,7 +151,7 @@ impl Route {
 }
 
 /// The running bus.
-pub struct Bus {
+pub(crate) struct Bus {
     client: AsyncClient,
     order: Arc<Mutex<AckOrder>>,
     state: watch::Receiver<BusState>,
@@ -260,21 +260,11 @@ impl Bus {
     }
 
     /// A handle for acknowledging messages.
-    pub fn acker(&self) -> Acker {
+    pub(crate) fn acker(&self) -> Acker {
         Acker {
             client: self.client.clone(),
             order: self.order.clone(),
         }
-    }
-
-    /// The client, for publishing on Cradle's behalf.
-    pub fn client(&self) -> &AsyncClient {
-        &self.client
-    }
-
-    /// Whether the bus is connected and subscribed now.
-    pub fn is_ready(&self) -> bool {
-        *self.state.borrow() == BusState::Ready
     }
 
     /// A watch of the bus state.
@@ -287,7 +277,7 @@ impl Bus {
     /// share to the replicas still running instead of queueing it in this replica's
     /// persistent session. Messages already delivered are still handled and acknowledged.
     /// A no-op without a share group.
-    pub async fn leave_group(&self, wait: Duration) {
+    pub(crate) async fn leave_group(&self, wait: Duration) {
         if self.shared_filters.is_empty() {
             return;
         }
@@ -309,7 +299,7 @@ impl Bus {
 
     /// Stops forwarding new messages to the handlers; what they already hold they finish
     /// and acknowledge. Call [`Bus::close`] after the handlers are done.
-    pub fn stop_forwarding(&self) {
+    pub(crate) fn stop_forwarding(&self) {
         let _ = self.stop.send(true);
     }
 
@@ -591,7 +581,7 @@ async fn replay_retained(
 }
 
 /// MQTT topic-filter matching (`+` one level, `#` the rest).
-pub fn filter_matches(filter: &str, topic: &str) -> bool {
+pub(crate) fn filter_matches(filter: &str, topic: &str) -> bool {
     let mut t = topic.split('/');
     for f in filter.split('/') {
         match f {

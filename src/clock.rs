@@ -1,7 +1,7 @@
 //! The wall clock, for recording times (never a decider input). Imports nothing of Cradle's.
 
 /// Unix milliseconds now: the recording time, never a decider input.
-pub fn now_millis() -> i64 {
+pub(crate) fn now_millis() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

@@ -601,7 +601,7 @@ pub struct Overrides {
 }
 
 /// The default config file, read when present and no `--config` is given.
-pub const DEFAULT_CONFIG_PATH: &str = "config/cradle.toml";
+pub(crate) const DEFAULT_CONFIG_PATH: &str = "config/cradle.toml";
 
 impl Config {
     /// Builds the configuration: defaults, then `file` (or the default file when present),
@@ -620,7 +620,7 @@ impl Config {
     }
 
     /// Reads one TOML file over the defaults.
-    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+    pub(crate) fn from_file(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
@@ -633,7 +633,7 @@ impl Config {
     }
 
     /// Parses TOML text; on error returns the dotted key path and a one-line message.
-    pub fn from_toml(text: &str) -> Result<Config, (String, String)> {
+    pub(crate) fn from_toml(text: &str) -> Result<Config, (String, String)> {
         let deserializer = toml::Deserializer::new(text);
         serde_path_to_error::deserialize(deserializer).map_err(|err| {
             let key = err.path().to_string();
@@ -844,7 +844,7 @@ impl Config {
 
     /// Checks values that parse but cannot work. The checks run in a fixed order, section by
     /// section, and the first failure is the error reported.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         self.validate_basics()?;
         self.validate_mqtt_buffers()?;
         self.validate_http()?;

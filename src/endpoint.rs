@@ -15,9 +15,9 @@ use rustls_pki_types::{CertificateDer, ServerName};
 use tokio_rustls::rustls;
 
 /// The reading half of a link to the broker (a relayed connection's, from the edge).
-pub type UpRead = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
+pub(crate) type UpRead = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
 /// The writing half of a link to the broker.
-pub type UpWrite = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
+pub(crate) type UpWrite = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
 
 /// Errors turning `broker.url` and `broker.ca_file` into an endpoint.
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +35,7 @@ pub enum EndpointError {
 
 /// A parsed `broker.url`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BrokerUrl {
+pub(crate) struct BrokerUrl {
     /// `mqtts://`.
     pub tls: bool,
     /// Host name or address.
@@ -175,7 +175,7 @@ impl Endpoint {
     }
 
     /// [`Endpoint::options`] for an MQTT 5 client.
-    pub fn options_v5(&self, client_id: &str) -> rumqttc::v5::MqttOptions {
+    pub(crate) fn options_v5(&self, client_id: &str) -> rumqttc::v5::MqttOptions {
         let mut options = rumqttc::v5::MqttOptions::new(client_id, self.host.clone(), self.port);
         if let Some((user, password)) = &self.login {
             options.set_credentials(user.clone(), password.clone());

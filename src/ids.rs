@@ -4,7 +4,7 @@
 use rand_core::{OsRng, RngCore};
 
 /// `bytes` random bytes as `2 * bytes` lowercase hex characters.
-pub fn random_hex(bytes: usize) -> String {
+pub(crate) fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     OsRng.fill_bytes(&mut buf);
     hex(&buf)

@@ -16,7 +16,7 @@ use crate::topics::DropReason;
 
 /// Outcomes of a client's CONNECT at the edge (other than a refused authentication).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EdgeConnect {
+pub(crate) enum EdgeConnect {
     /// Accepted and relayed to the broker.
     Accepted,
     /// No CONNECT within mqtt.connect_timeout_ms.
@@ -75,7 +75,7 @@ impl EdgeConnect {
 
 /// Why the HTTP server refused or cut a connection or a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HttpRefusal {
+pub(crate) enum HttpRefusal {
     /// `http.max_connections` reached: answered 503 and closed at once.
     ConnectionLimit,
     /// No complete request headers within `http.header_timeout_ms` (first request).
@@ -90,7 +90,7 @@ pub enum HttpRefusal {
 
 impl HttpRefusal {
     /// Every refusal, in the order of `Metrics::http_refused`.
-    pub const ALL: [HttpRefusal; 5] = [
+    pub(crate) const ALL: [HttpRefusal; 5] = [
         Self::ConnectionLimit,
         Self::HeaderTimeout,
         Self::BodyTimeout,
@@ -112,7 +112,7 @@ impl HttpRefusal {
 
 /// How a bearer token (HTTP API, `/ws`) was checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenCheck {
+pub(crate) enum TokenCheck {
     /// Found in the verified-token cache: no argon2 run.
     Cached,
     /// Verified against the store (argon2) and accepted.
@@ -123,7 +123,7 @@ pub enum TokenCheck {
 
 impl TokenCheck {
     /// Every outcome, in the order of `Metrics::http_token_checks`.
-    pub const ALL: [TokenCheck; 3] = [Self::Cached, Self::Verified, Self::Refused];
+    pub(crate) const ALL: [TokenCheck; 3] = [Self::Cached, Self::Verified, Self::Refused];
 
     /// Metric label.
     pub fn as_str(self) -> &'static str {
@@ -137,7 +137,7 @@ impl TokenCheck {
 
 /// Why a station message (baby or parent station topic) was dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StationDrop {
+pub(crate) enum StationDrop {
     /// Not `accounts/{account}/{baby|parent}_stations/{client}` with valid ids.
     InvalidTopic,
     /// Over `sync.max_status_bytes`.
@@ -189,142 +189,142 @@ const END_REASONS: [DisconnectReason; 6] = [
 ];
 
 /// Decider outcomes counted per decider.
-pub const OUTCOMES: [&str; 3] = ["applied", "duplicate", "stale"];
+pub(crate) const OUTCOMES: [&str; 3] = ["applied", "duplicate", "stale"];
 
 /// Every counter and gauge of the process.
 #[derive(Debug, Default)]
 pub struct Metrics {
     /// Status messages received from the bus.
-    pub status_received: AtomicU64,
+    pub(crate) status_received: AtomicU64,
     /// Status messages dropped, by [`DropReason`] (index into `DropReason::ALL`).
-    pub status_dropped: [AtomicU64; DropReason::ALL.len()],
+    pub(crate) status_dropped: [AtomicU64; DropReason::ALL.len()],
     /// Events appended, `connection.connected` / `connection.disconnected`.
-    pub events_connected: AtomicU64,
+    pub(crate) events_connected: AtomicU64,
     /// See `events_connected`.
-    pub events_disconnected: AtomicU64,
+    pub(crate) events_disconnected: AtomicU64,
     /// Connection decider outcomes, by [`OUTCOMES`] index.
-    pub connection_outcomes: [AtomicU64; 3],
+    pub(crate) connection_outcomes: [AtomicU64; 3],
     /// Store transactions committed by the status writer.
-    pub store_commits: AtomicU64,
+    pub(crate) store_commits: AtomicU64,
     /// Sum of commit batch durations, in microseconds.
-    pub store_commit_micros: AtomicU64,
+    pub(crate) store_commit_micros: AtomicU64,
     /// Batches retried after a write conflict (another writer got there first).
-    pub store_conflicts: AtomicU64,
+    pub(crate) store_conflicts: AtomicU64,
     /// Batches that failed on a database error and were retried after a pause.
-    pub store_errors: AtomicU64,
+    pub(crate) store_errors: AtomicU64,
     /// Whether the bus is connected to the broker (0 or 1).
-    pub bus_connected: AtomicU64,
+    pub(crate) bus_connected: AtomicU64,
     /// Times the bus (re)connected.
-    pub bus_connects: AtomicU64,
+    pub(crate) bus_connects: AtomicU64,
     /// Retained messages refed to the handlers after the bus connected (external broker).
-    pub bus_replayed: AtomicU64,
+    pub(crate) bus_replayed: AtomicU64,
     /// Edge CONNECT outcomes, by `EdgeConnect::ALL` index.
-    pub edge_connects: [AtomicU64; EdgeConnect::ALL.len()],
+    pub(crate) edge_connects: [AtomicU64; EdgeConnect::ALL.len()],
     /// Edge CONNECTs refused by authentication, by `Refusal::ALL` index.
-    pub edge_refusals: [AtomicU64; Refusal::ALL.len()],
+    pub(crate) edge_refusals: [AtomicU64; Refusal::ALL.len()],
     /// Retained PUBLISH packets refused: on a topic that is never retained / over the
     /// account's retained quota.
-    pub edge_retained_not_retained: AtomicU64,
+    pub(crate) edge_retained_not_retained: AtomicU64,
     /// See `edge_retained_not_retained`.
-    pub edge_retained_quota: AtomicU64,
+    pub(crate) edge_retained_quota: AtomicU64,
     /// Retained messages and bytes the edge counts for all accounts.
-    pub edge_retained_messages: std::sync::atomic::AtomicI64,
+    pub(crate) edge_retained_messages: std::sync::atomic::AtomicI64,
     /// See `edge_retained_messages`.
-    pub edge_retained_bytes: std::sync::atomic::AtomicI64,
+    pub(crate) edge_retained_bytes: std::sync::atomic::AtomicI64,
     /// Tasks (one client connection each) that ended by a panic; the rest went on.
-    pub task_panics: AtomicU64,
+    pub(crate) task_panics: AtomicU64,
     /// Live edge connections.
-    pub edge_live: std::sync::atomic::AtomicI64,
+    pub(crate) edge_live: std::sync::atomic::AtomicI64,
     /// Ended edge connections, by `END_REASONS` index.
-    pub edge_ends: [AtomicU64; 6],
+    pub(crate) edge_ends: [AtomicU64; 6],
     /// Refused PUBLISH packets and SUBSCRIBE filters.
-    pub edge_acl_publish: AtomicU64,
+    pub(crate) edge_acl_publish: AtomicU64,
     /// See `edge_acl_publish`.
-    pub edge_acl_subscribe: AtomicU64,
+    pub(crate) edge_acl_subscribe: AtomicU64,
     /// Connections closed for a packet over the limit / a malformed packet.
-    pub edge_too_large: AtomicU64,
+    pub(crate) edge_too_large: AtomicU64,
     /// See `edge_too_large`.
-    pub edge_malformed: AtomicU64,
+    pub(crate) edge_malformed: AtomicU64,
     /// Times a connection was paused by the publish rate limit.
-    pub edge_throttled: AtomicU64,
+    pub(crate) edge_throttled: AtomicU64,
     /// Connections accepted and not yet admitted (handshake, CONNECT, authentication).
-    pub edge_pending: std::sync::atomic::AtomicI64,
+    pub(crate) edge_pending: std::sync::atomic::AtomicI64,
     /// Connections cut because the client took nothing the edge wrote for
     /// mqtt.write_timeout_ms.
-    pub edge_write_timeouts: AtomicU64,
+    pub(crate) edge_write_timeouts: AtomicU64,
     /// `session.started` events appended.
-    pub sessions_started: AtomicU64,
+    pub(crate) sessions_started: AtomicU64,
     /// `session.ended` events appended.
-    pub sessions_ended: AtomicU64,
+    pub(crate) sessions_ended: AtomicU64,
     /// Session commands that changed nothing, by `SESSION_IGNORED` index.
-    pub sessions_ignored: [AtomicU64; 4],
+    pub(crate) sessions_ignored: [AtomicU64; 4],
     /// Starts parked until their connection appears.
-    pub sessions_pending: AtomicU64,
+    pub(crate) sessions_pending: AtomicU64,
     /// Pending starts evicted by the per-account bound.
-    pub sessions_pending_evicted: AtomicU64,
+    pub(crate) sessions_pending_evicted: AtomicU64,
     /// Messages received on baby-station topics.
-    pub baby_station_messages: AtomicU64,
+    pub(crate) baby_station_messages: AtomicU64,
     /// Messages received on parent-station topics.
-    pub parent_station_messages: AtomicU64,
+    pub(crate) parent_station_messages: AtomicU64,
     /// Station messages dropped, by `StationDrop::ALL` index.
-    pub station_drops: [AtomicU64; 5],
+    pub(crate) station_drops: [AtomicU64; 5],
     /// Open HTTP connections (upgraded WebSockets leave this count).
-    pub http_open: std::sync::atomic::AtomicI64,
+    pub(crate) http_open: std::sync::atomic::AtomicI64,
     /// HTTP connections accepted.
-    pub http_accepted: AtomicU64,
+    pub(crate) http_accepted: AtomicU64,
     /// HTTP connections or requests refused or cut, by `HttpRefusal::ALL` index.
-    pub http_refused: [AtomicU64; 5],
+    pub(crate) http_refused: [AtomicU64; 5],
     /// Keep-alive connections closed after `http.header_timeout_ms` without a new request.
-    pub http_idle_closed: AtomicU64,
+    pub(crate) http_idle_closed: AtomicU64,
     /// Bearer token checks, by `TokenCheck::ALL` index.
-    pub http_token_checks: [AtomicU64; 3],
+    pub(crate) http_token_checks: [AtomicU64; 3],
     /// Inbox messages the edge dropped (not stamped with `from`), by `InboxDrop::ALL` index.
-    pub inbox_drops: [AtomicU64; 2],
+    pub(crate) inbox_drops: [AtomicU64; 2],
 }
 
 impl Metrics {
     /// Counts one dropped status message.
-    pub fn status_drop(&self, reason: DropReason) {
+    pub(crate) fn status_drop(&self, reason: DropReason) {
         if let Some(i) = DropReason::ALL.iter().position(|r| *r == reason) {
             self.status_dropped[i].fetch_add(1, Relaxed);
         }
     }
 
     /// Counts one decider outcome (`applied`, `duplicate`, `stale`).
-    pub fn connection_outcome(&self, outcome: &str) {
+    pub(crate) fn connection_outcome(&self, outcome: &str) {
         if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
             self.connection_outcomes[i].fetch_add(1, Relaxed);
         }
     }
 
     /// Counts one CONNECT outcome.
-    pub fn edge_connect(&self, outcome: EdgeConnect) {
+    pub(crate) fn edge_connect(&self, outcome: EdgeConnect) {
         if let Some(i) = EdgeConnect::ALL.iter().position(|o| *o == outcome) {
             self.edge_connects[i].fetch_add(1, Relaxed);
         }
     }
 
     /// Counts one CONNECT refused by authentication.
-    pub fn edge_refused(&self, refusal: Refusal) {
+    pub(crate) fn edge_refused(&self, refusal: Refusal) {
         if let Some(i) = Refusal::ALL.iter().position(|r| *r == refusal) {
             self.edge_refusals[i].fetch_add(1, Relaxed);
         }
     }
 
     /// Moves the live connection gauge.
-    pub fn edge_live(&self, delta: i64) {
+    pub(crate) fn edge_live(&self, delta: i64) {
         self.edge_live.fetch_add(delta, Relaxed);
     }
 
     /// Counts one ended connection.
-    pub fn edge_disconnect(&self, reason: DisconnectReason) {
+    pub(crate) fn edge_disconnect(&self, reason: DisconnectReason) {
         if let Some(i) = END_REASONS.iter().position(|r| *r == reason) {
             self.edge_ends[i].fetch_add(1, Relaxed);
         }
     }
 
     /// Counts one refused PUBLISH or SUBSCRIBE filter.
-    pub fn edge_acl_drop(&self, kind: AclDrop) {
+    pub(crate) fn edge_acl_drop(&self, kind: AclDrop) {
         match kind {
             AclDrop::Publish => self.edge_acl_publish.fetch_add(1, Relaxed),
             AclDrop::Subscribe => self.edge_acl_subscribe.fetch_add(1, Relaxed),
@@ -332,7 +332,7 @@ impl Metrics {
     }
 
     /// Counts one connection closed for a bad packet.
-    pub fn edge_protocol_error(&self, e: FrameError) {
+    pub(crate) fn edge_protocol_error(&self, e: FrameError) {
         match e {
             FrameError::TooLarge => self.edge_too_large.fetch_add(1, Relaxed),
             FrameError::Malformed => self.edge_malformed.fetch_add(1, Relaxed),
@@ -340,28 +340,28 @@ impl Metrics {
     }
 
     /// Counts one session command that changed nothing.
-    pub fn session_ignored(&self, ignored: SessionIgnored) {
+    pub(crate) fn session_ignored(&self, ignored: SessionIgnored) {
         if let Some(i) = SESSION_IGNORED.iter().position(|x| *x == ignored) {
             self.sessions_ignored[i].fetch_add(1, Relaxed);
         }
     }
 
     /// Counts one dropped station message.
-    pub fn station_drop(&self, reason: StationDrop) {
+    pub(crate) fn station_drop(&self, reason: StationDrop) {
         if let Some(i) = StationDrop::ALL.iter().position(|x| *x == reason) {
             self.station_drops[i].fetch_add(1, Relaxed);
         }
     }
 
     /// Counts one refused or cut HTTP connection or request.
-    pub fn http_refused(&self, reason: HttpRefusal) {
+    pub(crate) fn http_refused(&self, reason: HttpRefusal) {
         if let Some(i) = HttpRefusal::ALL.iter().position(|r| *r == reason) {
             self.http_refused[i].fetch_add(1, Relaxed);
         }
     }
 
     /// Counts one bearer token check.
-    pub fn token_check(&self, outcome: TokenCheck) {
+    pub(crate) fn token_check(&self, outcome: TokenCheck) {
         if let Some(i) = TokenCheck::ALL.iter().position(|r| *r == outcome) {
             self.http_token_checks[i].fetch_add(1, Relaxed);
         }
@@ -433,7 +433,7 @@ impl Metrics {
     }
 
     /// Counts one inbox message the edge dropped.
-    pub fn inbox_drop(&self, reason: InboxDrop) {
+    pub(crate) fn inbox_drop(&self, reason: InboxDrop) {
         if let Some(i) = InboxDrop::ALL.iter().position(|x| *x == reason) {
             self.inbox_drops[i].fetch_add(1, Relaxed);
         }
@@ -482,12 +482,12 @@ impl Metrics {
     }
 
     /// One connection more (`1`) or less (`-1`) being admitted.
-    pub fn edge_pending(&self, delta: i64) {
+    pub(crate) fn edge_pending(&self, delta: i64) {
         self.edge_pending.fetch_add(delta, Relaxed);
     }
 
     /// Counts one connection cut for not reading (mqtt.write_timeout_ms).
-    pub fn edge_write_timeout(&self) {
+    pub(crate) fn edge_write_timeout(&self) {
         self.edge_write_timeouts.fetch_add(1, Relaxed);
     }
 
@@ -506,13 +506,13 @@ impl Metrics {
     }
 
     /// Counts one pause by the publish rate limit.
-    pub fn edge_throttled(&self) {
+    pub(crate) fn edge_throttled(&self) {
         self.edge_throttled.fetch_add(1, Relaxed);
     }
 
     /// Counts one retained PUBLISH refused (`quota`: over the account's retained quota;
     /// otherwise its topic is never retained).
-    pub fn edge_retained_refused(&self, quota: bool) {
+    pub(crate) fn edge_retained_refused(&self, quota: bool) {
         match quota {
             true => self.edge_retained_quota.fetch_add(1, Relaxed),
             false => self.edge_retained_not_retained.fetch_add(1, Relaxed),
@@ -520,7 +520,7 @@ impl Metrics {
     }
 
     /// Counts one task that panicked.
-    pub fn task_panic(&self) {
+    pub(crate) fn task_panic(&self) {
         self.task_panics.fetch_add(1, Relaxed);
     }
 
@@ -927,7 +927,7 @@ impl Metrics {
 
     /// Renders every metric; `connected_clients` comes from the store at scrape time so that
     /// every replica reports the same figure.
-    pub fn render(&self, connected_clients: Option<u64>) -> String {
+    pub(crate) fn render(&self, connected_clients: Option<u64>) -> String {
         let mut out = String::with_capacity(4096);
         self.render_messages(&mut out);
         self.render_decisions(&mut out);

@@ -56,7 +56,7 @@ use crate::store::{
 };
 
 /// Rows read per page (ordered by primary key).
-pub const DEFAULT_PAGE_ROWS: u64 = 1000;
+pub(crate) const DEFAULT_PAGE_ROWS: u64 = 1000;
 /// Rows per INSERT statement (ten columns each stay far below the parameter limits).
 const INSERT_ROWS: usize = 100;
 /// Keys per target lookup while checking that the source's rows are present.
@@ -107,7 +107,7 @@ pub struct TableReport {
     /// Rows this run inserted into the target.
     pub copied: u64,
     /// Rows the target holds that the source does not (only with `--allow-non-empty`).
-    pub extra_in_target: u64,
+    pub(crate) extra_in_target: u64,
 }
 
 /// What [`migrate`] did, per table; its [`fmt::Display`] is the command's output.

@@ -58,7 +58,7 @@ pub struct MonitorOptions {
 
 /// One line of output.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Row {
+pub(crate) struct Row {
     /// `snapshot` (from the API), `retained` (the broker's last known) or `live`.
     pub source: &'static str,
     /// The account.
@@ -82,7 +82,7 @@ pub struct Row {
 }
 
 /// Parses `mqtt://host[:port]` (or `tcp://`) into host and port.
-pub fn parse_broker_url(url: &str) -> Result<(String, u16), MonitorError> {
+pub(crate) fn parse_broker_url(url: &str) -> Result<(String, u16), MonitorError> {
     let u = url::Url::parse(url).map_err(|e| MonitorError::BrokerUrl(format!("{url}: {e}")))?;
     if !matches!(u.scheme(), "mqtt" | "tcp") {
         return Err(MonitorError::BrokerUrl(format!(
@@ -99,7 +99,7 @@ pub fn parse_broker_url(url: &str) -> Result<(String, u16), MonitorError> {
 }
 
 /// Turns one status message into a row.
-pub fn row_from_message(topic: &str, payload: &[u8], retained: bool) -> Option<Row> {
+pub(crate) fn row_from_message(topic: &str, payload: &[u8], retained: bool) -> Option<Row> {
     let key = parse_status_topic(topic).ok()?;
     let source = if retained { "retained" } else { "live" };
     if payload.is_empty() {
@@ -148,10 +148,10 @@ pub fn row_from_message(topic: &str, payload: &[u8], retained: bool) -> Option<R
 }
 
 /// The table header.
-pub const HEADER: &str = "TIME (UTC)               SOURCE    ACCOUNT          CLIENT           STATE         CONNECTION           REASON";
+pub(crate) const HEADER: &str = "TIME (UTC)               SOURCE    ACCOUNT          CLIENT           STATE         CONNECTION           REASON";
 
 /// Formats a row for the table.
-pub fn table_line(row: &Row) -> String {
+pub(crate) fn table_line(row: &Row) -> String {
     let time = row
         .at_millis
         .map(format_millis)
@@ -173,7 +173,7 @@ pub fn table_line(row: &Row) -> String {
 }
 
 /// Unix milliseconds as `YYYY-MM-DD HH:MM:SS.mmm`.
-pub fn format_millis(ms: i64) -> String {
+pub(crate) fn format_millis(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
     let millis = ms.rem_euclid(1000);
     let days = secs.div_euclid(86_400);

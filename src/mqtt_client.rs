@@ -13,7 +13,7 @@ use crate::endpoint::Endpoint;
 use crate::retry::Backoff;
 
 /// An MQTT client's event loop, 3.1.1 or 5, as [`drive`] polls it.
-pub trait EventSource {
+pub(crate) trait EventSource {
     /// What a poll yields.
     type Event;
     /// Why a poll failed (the connection broke, or could not be made).
@@ -58,7 +58,7 @@ impl EventSource for rumqttc::v5::EventLoop {
 /// What [`drive`] hands its handler: an event, or a failed poll (the connection broke or
 /// could not be made; `drive` waits out a backoff after it, then polls again, which
 /// reconnects).
-pub enum Polled<S: EventSource> {
+pub(crate) enum Polled<S: EventSource> {
     /// An event of the connection.
     Event(S::Event),
     /// The poll failed (already logged).
@@ -108,7 +108,11 @@ const PUBLISHER_PACKET_ROOM: usize = 1024;
 
 /// Options of a client that only publishes Cradle's own messages (clean session, a wide
 /// QoS 1 window, packets as large as the edge accepts).
-pub fn publisher_options(endpoint: &Endpoint, client_id: &str, max_packet: usize) -> MqttOptions {
+pub(crate) fn publisher_options(
+    endpoint: &Endpoint,
+    client_id: &str,
+    max_packet: usize,
+) -> MqttOptions {
     let mut options = endpoint.options(client_id);
     let max = max_packet + PUBLISHER_PACKET_ROOM;
     options.set_keep_alive(PUBLISHER_KEEP_ALIVE);
@@ -120,7 +124,7 @@ pub fn publisher_options(endpoint: &Endpoint, client_id: &str, max_packet: usize
 
 /// [`publisher_options`] for an MQTT 5 client (the edge's publisher of Wills and ends),
 /// with `TCP_NODELAY`.
-pub fn publisher_options_v5(
+pub(crate) fn publisher_options_v5(
     endpoint: &Endpoint,
     client_id: &str,
     max_packet: usize,
@@ -158,7 +162,7 @@ pub fn publisher(endpoint: &Endpoint, client_id: &str, max_packet: usize) -> Asy
 
 /// Turns off Nagle's algorithm on an event loop's socket: MQTT packets are small and an
 /// ack held back 40 ms stalls a QoS 1 window.
-pub fn nodelay(eventloop: &mut EventLoop) {
+pub(crate) fn nodelay(eventloop: &mut EventLoop) {
     let mut options = rumqttc::NetworkOptions::new();
     options.set_tcp_nodelay(true);
     eventloop.set_network_options(options);

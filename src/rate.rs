@@ -7,7 +7,7 @@ use tokio::time::Instant;
 
 /// Tokens refill at `rate` per second up to `burst`; a rate of 0 is unlimited.
 #[derive(Debug)]
-pub struct TokenBucket {
+pub(crate) struct TokenBucket {
     rate: f64,
     burst: f64,
     tokens: f64,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 /// A doubling pause between attempts.
 #[derive(Debug, Clone)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     first: Duration,
     max: Duration,
     next: Duration,

@@ -127,7 +127,7 @@ async fn restore_retained(
 
 /// Which sync handler a bus subscription feeds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Handler {
+pub(crate) enum Handler {
     /// `sync::status`: connection statuses into events and read models.
     Status,
     /// `sync::stations`: baby- and parent-station announcements into sessions.
@@ -139,7 +139,7 @@ pub enum Handler {
 /// One row of the route table: a topic filter, the handler its messages feed, and whether
 /// replicas share it (`$share/{broker.share_group}/...`: each message to one replica).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RouteRow {
+pub(crate) struct RouteRow {
     /// The MQTT filter the bus subscribes with QoS 1.
     pub filter: &'static str,
     /// The handler.
@@ -151,7 +151,7 @@ pub struct RouteRow {
 /// The route table from topic filters to handlers. With the embedded broker the bus also
 /// takes every inbox (one replica holds every WebSocket session); with an external broker
 /// each replica subscribes its own sessions' inboxes (`ws::inbox`) instead.
-pub fn route_table(embedded: bool) -> Vec<RouteRow> {
+pub(crate) fn route_table(embedded: bool) -> Vec<RouteRow> {
     use crate::topics::{BABY_STATIONS_FILTER, INBOX_FILTER, PARENT_STATIONS_FILTER};
     let row = |filter, handler, shared| RouteRow {
         filter,
@@ -762,7 +762,7 @@ async fn record_ends(store: &Store, kept: &std::collections::HashSet<String>) {
 /// Raises the soft open-file limit towards `wanted` (up to the hard limit, or beyond it when
 /// the process may), and returns the limit in force.
 #[allow(clippy::unnecessary_cast)] // rlim_t is u64 on Linux, not everywhere
-pub fn raise_open_files_limit(wanted: u64) -> u64 {
+pub(crate) fn raise_open_files_limit(wanted: u64) -> u64 {
     #[cfg(unix)]
     {
         let mut lim = libc::rlimit {
@@ -803,7 +803,7 @@ pub fn raise_open_files_limit(wanted: u64) -> u64 {
 }
 
 /// This machine's host name (`HOSTNAME`, or gethostname), for ids unique per replica.
-pub fn host_name() -> String {
+pub(crate) fn host_name() -> String {
     if let Ok(h) = std::env::var("HOSTNAME") {
         if !h.is_empty() {
             return h;

@@ -12,25 +12,25 @@ use serde::{Deserialize, Serialize};
 pub const MAX_ID_LEN: usize = 128;
 
 /// Subscription filter of every client's status, in every account.
-pub const STATUS_FILTER: &str = "accounts/+/clients/+/status";
+pub(crate) const STATUS_FILTER: &str = "accounts/+/clients/+/status";
 
 /// Filter of every client's signalling inbox (the WebSocket bridge routes these).
-pub const INBOX_FILTER: &str = "accounts/+/clients/+/webrtc_inbox";
+pub(crate) const INBOX_FILTER: &str = "accounts/+/clients/+/webrtc_inbox";
 
 /// Filter of baby-station announcements.
-pub const BABY_STATIONS_FILTER: &str = "accounts/+/baby_stations/+";
+pub(crate) const BABY_STATIONS_FILTER: &str = "accounts/+/baby_stations/+";
 /// Filter of parent-station announcements.
-pub const PARENT_STATIONS_FILTER: &str = "accounts/+/parent_stations/+";
+pub(crate) const PARENT_STATIONS_FILTER: &str = "accounts/+/parent_stations/+";
 
 /// The families whose messages are durable on arrival: with the embedded broker, a device's
 /// PUBACK for a QoS 1 message on them (PUBCOMP for QoS 2) leaves only once the bus has
 /// acknowledged it, which its handler does once the effect is committed (rumqttd CRADLE
 /// PATCH 27). The bus subscribes them exactly so.
-pub const DURABLE_FILTERS: [&str; 3] =
+pub(crate) const DURABLE_FILTERS: [&str; 3] =
     [STATUS_FILTER, BABY_STATIONS_FILTER, PARENT_STATIONS_FILTER];
 
 /// Status filter of one account (`+` for every account).
-pub fn status_filter(account: &str) -> String {
+pub(crate) fn status_filter(account: &str) -> String {
     format!("accounts/{account}/clients/+/status")
 }
 
@@ -40,7 +40,7 @@ pub fn status_topic(account_id: &str, client_id: &str) -> String {
 }
 
 /// Topic of a parent station's (retained) announcement.
-pub fn parent_station_topic(account_id: &str, client_id: &str) -> String {
+pub(crate) fn parent_station_topic(account_id: &str, client_id: &str) -> String {
     format!("accounts/{account_id}/parent_stations/{client_id}")
 }
 
@@ -67,7 +67,7 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, in the order `/metrics` lists them.
-    pub const ALL: [DropReason; 8] = [
+    pub(crate) const ALL: [DropReason; 8] = [
         DropReason::InvalidTopic,
         DropReason::InvalidId,
         DropReason::Oversize,
@@ -160,7 +160,7 @@ pub enum Family {
 /// A per-client topic of the contract, parsed: its family, account and client (both valid
 /// ids, borrowed from the topic).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Parsed<'a> {
+pub(crate) struct Parsed<'a> {
     /// Which family.
     pub family: Family,
     /// The account.
@@ -171,7 +171,7 @@ pub struct Parsed<'a> {
 
 /// Parses any per-client topic of the contract; `None` for any other shape or an invalid id.
 /// The one parser of topic shapes: the ACL, the inbox checks and the bridge's routing ask it.
-pub fn parse_topic(topic: &str) -> Option<Parsed<'_>> {
+pub(crate) fn parse_topic(topic: &str) -> Option<Parsed<'_>> {
     let mut levels = topic.split('/');
     let (Some("accounts"), Some(account_id), Some(second), Some(third)) =
         (levels.next(), levels.next(), levels.next(), levels.next())
@@ -193,18 +193,18 @@ pub fn parse_topic(topic: &str) -> Option<Parsed<'_>> {
 }
 
 /// Signalling inbox topic of one client.
-pub fn inbox_topic(account_id: &str, client_id: &str) -> String {
+pub(crate) fn inbox_topic(account_id: &str, client_id: &str) -> String {
     format!("accounts/{account_id}/clients/{client_id}/webrtc_inbox")
 }
 
 /// Baby-station announcement filter of one account.
-pub fn baby_stations_filter(account_id: &str) -> String {
+pub(crate) fn baby_stations_filter(account_id: &str) -> String {
     format!("accounts/{account_id}/baby_stations/+")
 }
 
 /// The status payload as it travels on the wire.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StatusPayload {
+pub(crate) struct StatusPayload {
     /// `connected` or `disconnected`.
     #[serde(rename = "type")]
     pub kind: String,

@@ -29,26 +29,26 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 /// Failures a source may have before its verifications are delayed.
-pub const FREE_FAILURES: u32 = 3;
+pub(crate) const FREE_FAILURES: u32 = 3;
 /// How long a source's failures are remembered after its last one.
-pub const FAILURE_MEMORY: Duration = Duration::from_secs(300);
+pub(crate) const FAILURE_MEMORY: Duration = Duration::from_secs(300);
 /// Source addresses tracked at most.
-pub const MAX_SOURCES: usize = 65_536;
+pub(crate) const MAX_SOURCES: usize = 65_536;
 /// The first delay after [`FREE_FAILURES`] failures; it doubles with each further failure.
 const FIRST_DELAY: Duration = Duration::from_millis(250);
 
 /// The gate's limits (`[auth]` keys).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct GateSettings {
+pub(crate) struct GateSettings {
     /// Verifications running at once (`auth.max_verifications`).
-    pub max_running: usize,
+    pub(crate) max_running: usize,
     /// Verifications waiting or running per source address
     /// (`auth.max_verifications_per_source`).
-    pub max_per_source: usize,
+    pub(crate) max_per_source: usize,
     /// Longest wait for a slot (`auth.verify_wait_ms`).
     pub wait: Duration,
     /// Longest delay after failures (`auth.failure_delay_max_ms`).
-    pub failure_delay_max: Duration,
+    pub(crate) failure_delay_max: Duration,
 }
 
 impl Default for GateSettings {
@@ -76,7 +76,7 @@ struct Source {
 
 /// The delay before a verification for a source with `failures` recent failures: none up to
 /// [`FREE_FAILURES`], then 250 ms doubling per failure, at most `max`.
-pub fn failure_delay(failures: u32, max: Duration) -> Duration {
+pub(crate) fn failure_delay(failures: u32, max: Duration) -> Duration {
     if failures <= FREE_FAILURES {
         return Duration::ZERO;
     }
@@ -86,7 +86,7 @@ pub fn failure_delay(failures: u32, max: Duration) -> Duration {
 
 /// Counters of the gate, for `/metrics`.
 #[derive(Debug, Default)]
-pub struct GateStats {
+pub(crate) struct GateStats {
     /// Verifications that passed.
     pub ok: AtomicU64,
     /// Verifications that failed (wrong or unknown secret).
@@ -94,22 +94,22 @@ pub struct GateStats {
     /// Callers refused because no slot came within the wait.
     pub busy: AtomicU64,
     /// Verifications delayed because their source failed recently.
-    pub delayed: AtomicU64,
+    pub(crate) delayed: AtomicU64,
     /// Callers waiting for a slot now.
     pub waiting: AtomicI64,
 }
 
 /// The gate (see the module documentation).
-pub struct Gate {
+pub(crate) struct Gate {
     settings: GateSettings,
     running: Arc<Semaphore>,
     sources: Mutex<HashMap<IpAddr, Source>>,
     /// Counters.
-    pub stats: GateStats,
+    pub(crate) stats: GateStats,
 }
 
 /// A slot to verify in; the caller reports a failure with [`Permit::failed`].
-pub struct Permit<'a> {
+pub(crate) struct Permit<'a> {
     gate: &'a Gate,
     source: Option<IpAddr>,
     _running: OwnedSemaphorePermit,
@@ -220,7 +220,7 @@ impl Gate {
 
     /// Waits for a slot for a verification on behalf of `source` (`None`: no address, e.g.
     /// the command line), or refuses with [`Busy`].
-    pub async fn enter(&self, source: Option<IpAddr>) -> Result<Permit<'_>, Busy> {
+    pub(crate) async fn enter(&self, source: Option<IpAddr>) -> Result<Permit<'_>, Busy> {
         let _waiting = Waiting::new(&self.stats);
         let deadline = Instant::now() + self.settings.wait;
         let busy = || {
@@ -259,7 +259,7 @@ impl Gate {
     }
 
     /// Source addresses tracked now.
-    pub fn sources(&self) -> usize {
+    pub(crate) fn sources(&self) -> usize {
         self.lock().len()
     }
 }
@@ -272,7 +272,7 @@ pub fn configure(settings: GateSettings) {
 }
 
 /// The process's gate (default limits when [`configure`] was not called).
-pub fn gate() -> &'static Gate {
+pub(crate) fn gate() -> &'static Gate {
     GATE.get_or_init(|| Gate::new(GateSettings::default()))
 }
 

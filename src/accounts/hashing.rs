@@ -36,7 +36,7 @@ pub fn hash(secret: &str) -> String {
 }
 
 /// Whether checking against `stored` runs argon2 (a hash stored before the fast format).
-pub fn is_slow(stored: &str) -> bool {
+pub(crate) fn is_slow(stored: &str) -> bool {
     !stored.starts_with(FAST)
 }
 
@@ -74,13 +74,13 @@ pub fn verify(secret: &str, stored: &str) -> bool {
 
 /// A stored hash of a random secret nobody knows, made once: a check against no
 /// credential costs what a check against one costs.
-pub fn dummy() -> &'static str {
+pub(crate) fn dummy() -> &'static str {
     static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     DUMMY.get_or_init(|| hash(&random_hex(32)))
 }
 
 /// Compares without an early exit on the first differing byte.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -13,8 +13,8 @@
 //! limits, a growing delay after failures), and an unknown credential costs the same check
 //! as a known one, so timing does not tell which ids exist.
 
-pub mod gate;
-pub mod hashing;
+pub(crate) mod gate;
+pub(crate) mod hashing;
 
 use sea_orm::{ActiveValue, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, TransactionTrait};
 
@@ -285,7 +285,7 @@ fn active(m: &credentials::Model) -> credentials::ActiveModel {
 
 /// Issues one device credential per client id of `clients` in `account`, in one
 /// transaction (provisioning a fleet; each secret is returned once).
-pub async fn issue_devices(
+pub(crate) async fn issue_devices(
     store: &Store,
     account: &str,
     clients: &[String],
@@ -341,7 +341,7 @@ pub async fn revoke(store: &Store, credential_id: &str) -> Result<(), AccountsEr
 }
 
 /// Whether (`account_id`, `client_id`) holds a live device credential (an MQTT device).
-pub async fn is_device_client(
+pub(crate) async fn is_device_client(
     store: &Store,
     account_id: &str,
     client_id: &str,
@@ -367,7 +367,7 @@ pub async fn verify_device(
 }
 
 /// [`verify_device`] on behalf of a source address (the gate's per-source limits apply).
-pub async fn verify_device_from(
+pub(crate) async fn verify_device_from(
     store: &Store,
     account_id: &str,
     client_id: &str,
@@ -397,7 +397,7 @@ pub async fn verify_secret(
 /// [`verify_secret`] on behalf of a source address (the gate's per-source limits apply).
 /// A secret naming an unknown, revoked or device credential costs the same argon2 run as a
 /// known one.
-pub async fn verify_secret_from(
+pub(crate) async fn verify_secret_from(
     store: &Store,
     secret: &str,
     source: Option<IpAddr>,

@@ -12,10 +12,10 @@ pub mod puback;
 pub mod report;
 pub mod signalling;
 pub mod storm;
-pub mod storm_pwa;
+pub(crate) mod storm_pwa;
 pub mod throughput;
 pub mod websocket;
-pub mod wire;
+pub(crate) mod wire;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -43,7 +43,7 @@ pub struct BenchResult {
     /// What was measured: `cradle`, `mosquitto`, `sqlite`, ...
     pub target: String,
     /// The scenario's parameters, human-readable.
-    pub params: String,
+    pub(crate) params: String,
     /// Units completed (messages, events, connections).
     pub count: u64,
     /// Units expected.
@@ -53,17 +53,17 @@ pub struct BenchResult {
     /// `count / seconds`, or the scenario's main figure.
     pub rate: f64,
     /// Unit of `rate`.
-    pub unit: String,
+    pub(crate) unit: String,
     /// Latency percentiles in milliseconds, when measured.
-    pub p50_ms: Option<f64>,
+    pub(crate) p50_ms: Option<f64>,
     /// See `p50_ms`.
-    pub p99_ms: Option<f64>,
+    pub(crate) p99_ms: Option<f64>,
     /// See `p50_ms`.
-    pub p999_ms: Option<f64>,
+    pub(crate) p999_ms: Option<f64>,
     /// CPU seconds the target process used during the phase.
-    pub cpu_seconds: Option<f64>,
+    pub(crate) cpu_seconds: Option<f64>,
     /// Peak resident memory of the target process, MiB.
-    pub peak_rss_mib: Option<f64>,
+    pub(crate) peak_rss_mib: Option<f64>,
     /// Anything a reader must know about this row.
     pub note: String,
 }
@@ -98,7 +98,7 @@ impl BenchResult {
     }
 
     /// Fills the latency percentiles from samples in microseconds.
-    pub fn latencies(&mut self, mut micros: Vec<u64>) {
+    pub(crate) fn latencies(&mut self, mut micros: Vec<u64>) {
         if micros.is_empty() {
             return;
         }
@@ -125,15 +125,15 @@ impl BenchResult {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ProcStats {
     /// User plus system CPU seconds since start.
-    pub cpu_seconds: f64,
+    pub(crate) cpu_seconds: f64,
     /// Resident memory now, KiB.
-    pub rss_kib: u64,
+    pub(crate) rss_kib: u64,
     /// Peak resident memory, KiB.
     pub peak_rss_kib: u64,
 }
 
 /// Reads `/proc/{pid}/stat` and `/proc/{pid}/status`; `None` without a pid or on error.
-pub fn proc_stats(pid: Option<u32>) -> Option<ProcStats> {
+pub(crate) fn proc_stats(pid: Option<u32>) -> Option<ProcStats> {
     let pid = pid?;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
@@ -160,7 +160,7 @@ pub fn proc_stats(pid: Option<u32>) -> Option<ProcStats> {
 }
 
 /// Wall-clock nanoseconds, the timestamp carried in payloads.
-pub fn now_nanos() -> u64 {
+pub(crate) fn now_nanos() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -168,7 +168,7 @@ pub fn now_nanos() -> u64 {
 }
 
 /// A payload of `size` bytes (at least 8) starting with the send time.
-pub fn stamped_payload(size: usize) -> Vec<u8> {
+pub(crate) fn stamped_payload(size: usize) -> Vec<u8> {
     let mut p = vec![b'x'; size.max(8)];
     stamp(&mut p);
     p
@@ -181,7 +181,7 @@ pub fn stamp(payload: &mut [u8]) {
 }
 
 /// `{prefix}-{count}` with thousands as `k` (`idle-memory-10k`).
-pub fn count_name(prefix: &str, count: usize) -> String {
+pub(crate) fn count_name(prefix: &str, count: usize) -> String {
     if count >= 1000 {
         format!("{prefix}-{}k", count / 1000)
     } else {
@@ -216,7 +216,7 @@ impl BenchResult {
     /// Resident memory per connection: `opened` of `count` connections opened in
     /// `connect_secs`, the target's RSS `before` and `after`; `verb` names a connect in the
     /// note (`connects`, `upgrades`).
-    pub fn memory_per_connection(
+    pub(crate) fn memory_per_connection(
         &mut self,
         count: usize,
         opened: usize,
@@ -243,13 +243,13 @@ impl BenchResult {
 }
 
 /// Microseconds since the time stamped in `payload`.
-pub fn age_micros(payload: &[u8]) -> Option<u64> {
+pub(crate) fn age_micros(payload: &[u8]) -> Option<u64> {
     let sent = u64::from_be_bytes(payload.get(..8)?.try_into().ok()?);
     Some(now_nanos().saturating_sub(sent) / 1000)
 }
 
 /// Host and port of an `mqtt://` URL.
-pub fn broker_addr(url: &str) -> Result<(String, u16), BenchError> {
+pub(crate) fn broker_addr(url: &str) -> Result<(String, u16), BenchError> {
     crate::monitor::parse_broker_url(url).map_err(|e| BenchError::Usage(e.to_string()))
 }
 
@@ -260,7 +260,7 @@ pub fn run_id() -> String {
 
 /// Cradle's store at `database_url`, opened by the bench (to provision devices or check the
 /// event log).
-pub async fn open_store(database_url: &str) -> Result<crate::store::Store, BenchError> {
+pub(crate) async fn open_store(database_url: &str) -> Result<crate::store::Store, BenchError> {
     crate::store::Store::connect(&crate::config::StoreConfig {
         database_url: database_url.to_string(),
         ..crate::config::StoreConfig::default()
@@ -301,7 +301,7 @@ pub fn pump(
 }
 
 /// Waits until `f` is true or `limit` passes; returns whether it became true.
-pub async fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+pub(crate) async fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + limit;
     while tokio::time::Instant::now() < deadline {
         if f() {

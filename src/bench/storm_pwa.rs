@@ -14,7 +14,7 @@ use super::BenchError;
 
 /// What the PWAs saw.
 #[derive(Default)]
-pub struct PwaStats {
+pub(crate) struct PwaStats {
     /// Sessions opened before the restart.
     pub opened: AtomicU64,
     /// Sessions resumed after it.
@@ -24,9 +24,9 @@ pub struct PwaStats {
     /// Frames never received (gaps in `seq`).
     pub lost: AtomicU64,
     /// Frames received twice (a `seq` not above the last).
-    pub repeated: AtomicU64,
+    pub(crate) repeated: AtomicU64,
     /// When the last resume succeeded (Unix milliseconds).
-    pub last_resume: AtomicU64,
+    pub(crate) last_resume: AtomicU64,
 }
 
 /// A session as its PWA knows it.

@@ -51,7 +51,7 @@ fn put_remaining(buf: &mut BytesMut, len: usize) {
 }
 
 /// Appends a PUBLISH of `payload` on `topic` (`pkid` is written only at QoS 1 and 2).
-pub fn put_publish(buf: &mut BytesMut, topic: &str, qos: u8, pkid: u16, payload: &[u8]) {
+pub(crate) fn put_publish(buf: &mut BytesMut, topic: &str, qos: u8, pkid: u16, payload: &[u8]) {
     let id = if qos > 0 { 2 } else { 0 };
     buf.put_u8((PUBLISH << 4) | (qos << 1));
     put_remaining(buf, 2 + topic.len() + id + payload.len());
@@ -64,12 +64,12 @@ pub fn put_publish(buf: &mut BytesMut, topic: &str, qos: u8, pkid: u16, payload:
 }
 
 /// Appends a PUBACK.
-pub fn put_puback(buf: &mut BytesMut, pkid: u16) {
+pub(crate) fn put_puback(buf: &mut BytesMut, pkid: u16) {
     codec::put_ack(buf, PUBACK, pkid, Proto::V4, 0, None);
 }
 
 /// Appends a SUBSCRIBE of one filter.
-pub fn put_subscribe(buf: &mut BytesMut, pkid: u16, filter: &str, qos: u8) {
+pub(crate) fn put_subscribe(buf: &mut BytesMut, pkid: u16, filter: &str, qos: u8) {
     buf.put_u8(0x82);
     put_remaining(buf, 2 + 2 + filter.len() + 1);
     buf.put_u16(pkid);

@@ -96,10 +96,10 @@ impl ConnectionCommand {
 }
 
 /// Stored type name of [`ConnectionEvent::Connected`].
-pub const CONNECTED: &str = "connection.connected";
+pub(crate) const CONNECTED: &str = "connection.connected";
 /// Stored type name of [`ConnectionEvent::Disconnected`].
-pub const DISCONNECTED: &str = "connection.disconnected";
-pub use super::EVENT_VERSION;
+pub(crate) const DISCONNECTED: &str = "connection.disconnected";
+pub(crate) use super::EVENT_VERSION;
 
 /// What happened to a client's connection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -197,7 +197,7 @@ impl Ignored {
 /// beyond it, connection ids alone decide (a device whose clock went back after a reboot
 /// must still be able to connect). Redeliveries never get here: their idempotency keys
 /// are already in the log.
-pub const REORDER_WINDOW_MILLIS: i64 = 5_000;
+pub(crate) const REORDER_WINDOW_MILLIS: i64 = 5_000;
 
 /// Decides which events `command` records given `state`: one table per command.
 pub fn decide(
@@ -330,7 +330,7 @@ fn ended_unseen(connection_id: &str, reason: DisconnectReason, at: i64) -> Vec<C
 }
 
 /// Applies one recorded event to the state.
-pub fn evolve(_state: ClientConnection, event: &ConnectionEvent) -> ClientConnection {
+pub(crate) fn evolve(_state: ClientConnection, event: &ConnectionEvent) -> ClientConnection {
     match event {
         ConnectionEvent::Connected {
             connection_id,

@@ -4,7 +4,7 @@
 
 /// Version of every event payload shape (connection and session events), stored with each
 /// event.
-pub const EVENT_VERSION: i32 = 1;
+pub(crate) const EVENT_VERSION: i32 = 1;
 
 pub mod connection;
 pub mod session;

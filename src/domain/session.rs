@@ -150,7 +150,7 @@ impl SessionIgnored {
 
 /// Who asks for a start or an end.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Actor {
+pub(crate) enum Actor {
     /// The account: an HTTP caller with the account's token (the PWA starts and ends sessions
     /// for its baby stations), or Cradle itself (a connection's end, the grace sweep, a
     /// pending start applied when its connection appears). May act on any session.
@@ -186,7 +186,7 @@ impl SessionRefused {
 
 /// Why a start or an end changed nothing: ignored by the state, or refused to its actor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rejected {
+pub(crate) enum Rejected {
     /// The session's state makes it a no-op (duplicate, late, unknown).
     Ignored(SessionIgnored),
     /// The actor may not do it.
@@ -240,7 +240,7 @@ pub fn evolve(_state: SessionState, event: &SessionEvent) -> SessionState {
 /// another station's active session and is not known as the station's own connection (the
 /// station's own known connection replaces whatever runs on it, so nobody can squat on a
 /// connection id a station will use). The account's starts are not checked.
-pub fn decide_start(
+pub(crate) fn decide_start(
     by: &Actor,
     start: &ActiveSession,
     state: &SessionState,
@@ -278,7 +278,7 @@ pub fn decide_start(
 
 /// Decides an end by `by`: a station may end only its own sessions (an ended or unknown
 /// session is decided by its state, as for the account).
-pub fn decide_end(
+pub(crate) fn decide_end(
     by: &Actor,
     at_millis: i64,
     reason: EndReason,
@@ -296,7 +296,7 @@ pub fn decide_end(
 /// status left it: what decides whether the station's absence ends the session
 /// ([`end_when_away`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AwaySession {
+pub(crate) struct AwaySession {
     /// The account.
     pub account_id: String,
     /// The session.
@@ -312,7 +312,7 @@ pub struct AwaySession {
     /// Whether that connection ended with a goodbye (reason `clean`).
     pub clean_disconnect: bool,
     /// When Cradle recorded the station's last status change (Cradle's clock).
-    pub station_updated_at_millis: i64,
+    pub(crate) station_updated_at_millis: i64,
 }
 
 /// Whether a session ends because its baby station is away, why, and when.
@@ -323,7 +323,7 @@ pub struct AwaySession {
 /// records (`grace_expired`). `None` while within the grace period. The end is at the
 /// station's disconnect (at `now_millis` when unknown), never before the session started.
 /// Both records are on Cradle's clock, so `now_millis` must be too.
-pub fn end_when_away(
+pub(crate) fn end_when_away(
     away: &AwaySession,
     now_millis: i64,
     grace_millis: i64,

@@ -5,7 +5,7 @@ use crate::topics::{is_valid_id, parse_topic, Family};
 
 /// What kind of refused packet (metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AclDrop {
+pub(crate) enum AclDrop {
     /// A PUBLISH to a topic the client may not publish to.
     Publish,
     /// One SUBSCRIBE filter the client may not use.
@@ -37,7 +37,7 @@ pub fn may_publish(principal: &Principal, topic: &str) -> bool {
 /// its messages are never retained (`webrtc_inbox`: signalling is live, and a retained inbox
 /// message per target would let a device fill the broker's memory). Applies to every
 /// principal, open mode included.
-pub fn may_retain(topic: &str) -> bool {
+pub(crate) fn may_retain(topic: &str) -> bool {
     !topic.ends_with("/webrtc_inbox")
 }
 

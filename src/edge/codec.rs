@@ -20,7 +20,7 @@ pub mod kind {
     pub const SUBSCRIBE: u8 = 8;
     pub const SUBACK: u8 = 9;
     pub const UNSUBSCRIBE: u8 = 10;
-    pub const PINGREQ: u8 = 12;
+    pub(crate) const PINGREQ: u8 = 12;
     pub const PINGRESP: u8 = 13;
     pub const DISCONNECT: u8 = 14;
     pub const AUTH: u8 = 15;
@@ -166,7 +166,9 @@ pub fn publish_view<'a>(
 
 /// Reads one MQTT 5 PUBLISH property from the front of `props`: its identifier and its whole
 /// bytes (identifier included). An identifier a PUBLISH may not carry is malformed.
-pub fn take_publish_property<'a>(props: &mut &'a [u8]) -> Result<(u8, &'a [u8]), FrameError> {
+pub(crate) fn take_publish_property<'a>(
+    props: &mut &'a [u8],
+) -> Result<(u8, &'a [u8]), FrameError> {
     let start = *props;
     let (&id, rest) = start.split_first().ok_or(FrameError::Malformed)?;
     *props = rest;
@@ -298,7 +300,7 @@ fn put_reason_section(out: &mut BytesMut, why: Option<&str>) {
 
 /// What a refusal or an end the edge sends means at Cradle's edge, for the MQTT 5 Reason
 /// String of the packet `kind` carrying reason `code` (`None` for codes the edge never sends).
-pub fn reason_text(kind: u8, code: u8) -> Option<&'static str> {
+pub(crate) fn reason_text(kind: u8, code: u8) -> Option<&'static str> {
     Some(match (kind, code) {
         (kind::CONNACK, connack::V5_MALFORMED) => "malformed CONNECT",
         (kind::CONNACK, connack::V5_CLIENT_ID_NOT_VALID) => "client id not valid",
@@ -351,12 +353,12 @@ pub fn reason_text(kind: u8, code: u8) -> Option<&'static str> {
 }
 
 /// Appends PINGRESP.
-pub fn put_pingresp(out: &mut BytesMut) {
+pub(crate) fn put_pingresp(out: &mut BytesMut) {
     out.put_slice(&[kind::PINGRESP << 4, 0]);
 }
 
 /// Appends PINGREQ.
-pub fn put_pingreq(out: &mut BytesMut) {
+pub(crate) fn put_pingreq(out: &mut BytesMut) {
     out.put_slice(&[kind::PINGREQ << 4, 0]);
 }
 
@@ -380,7 +382,7 @@ pub fn put_disconnect(out: &mut BytesMut, proto: Proto, reason: u8, why: Option<
 
 /// Appends an MQTT 5 DISCONNECT (normal, 0x00) carrying a Session Expiry Interval: the one
 /// the client's own DISCONNECT set, relayed to an external broker.
-pub fn put_disconnect_session_expiry(out: &mut BytesMut, secs: u32) {
+pub(crate) fn put_disconnect_session_expiry(out: &mut BytesMut, secs: u32) {
     // reason, property length 5, Session Expiry Interval (0x11) and its four bytes
     out.put_slice(&[kind::DISCONNECT << 4, 7, 0, 5, 0x11]);
     out.put_u32(secs);
@@ -407,59 +409,59 @@ pub fn put_connack(out: &mut BytesMut, proto: Proto, code: u8, why: Option<&str>
 }
 
 /// CONNACK codes the edge sends itself.
-pub mod connack {
+pub(crate) mod connack {
     /// 3.1.1: unacceptable protocol version.
-    pub const V4_BAD_PROTOCOL: u8 = 1;
+    pub(crate) const V4_BAD_PROTOCOL: u8 = 1;
     /// 3.1.1: identifier rejected.
-    pub const V4_IDENTIFIER_REJECTED: u8 = 2;
+    pub(crate) const V4_IDENTIFIER_REJECTED: u8 = 2;
     /// 3.1.1: server unavailable.
-    pub const V4_SERVER_UNAVAILABLE: u8 = 3;
+    pub(crate) const V4_SERVER_UNAVAILABLE: u8 = 3;
     /// 3.1.1: not authorized.
-    pub const V4_NOT_AUTHORIZED: u8 = 5;
+    pub(crate) const V4_NOT_AUTHORIZED: u8 = 5;
     /// 5: client identifier not valid.
-    pub const V5_CLIENT_ID_NOT_VALID: u8 = 0x85;
+    pub(crate) const V5_CLIENT_ID_NOT_VALID: u8 = 0x85;
     /// 5: not authorized.
-    pub const V5_NOT_AUTHORIZED: u8 = 0x87;
+    pub(crate) const V5_NOT_AUTHORIZED: u8 = 0x87;
     /// 5: server unavailable.
-    pub const V5_SERVER_UNAVAILABLE: u8 = 0x88;
+    pub(crate) const V5_SERVER_UNAVAILABLE: u8 = 0x88;
     /// 5: quota exceeded (connection limit).
-    pub const V5_QUOTA_EXCEEDED: u8 = 0x97;
+    pub(crate) const V5_QUOTA_EXCEEDED: u8 = 0x97;
     /// MQTT 5: server busy.
-    pub const V5_SERVER_BUSY: u8 = 0x89;
+    pub(crate) const V5_SERVER_BUSY: u8 = 0x89;
     /// MQTT 5: packet too large.
-    pub const V5_PACKET_TOO_LARGE: u8 = 0x95;
+    pub(crate) const V5_PACKET_TOO_LARGE: u8 = 0x95;
     /// MQTT 5: retain not supported (a retained Will on a topic that is never retained).
-    pub const V5_RETAIN_NOT_SUPPORTED: u8 = 0x9A;
+    pub(crate) const V5_RETAIN_NOT_SUPPORTED: u8 = 0x9A;
     /// MQTT 5: payload format invalid (an inbox Will that is not a JSON object).
-    pub const V5_PAYLOAD_FORMAT_INVALID: u8 = 0x99;
+    pub(crate) const V5_PAYLOAD_FORMAT_INVALID: u8 = 0x99;
     /// 5: malformed packet.
-    pub const V5_MALFORMED: u8 = 0x81;
+    pub(crate) const V5_MALFORMED: u8 = 0x81;
 }
 
 /// MQTT 5 reason codes the edge sends itself in PUBACK/PUBREC/SUBACK/DISCONNECT.
 pub mod reason {
-    pub const NOT_AUTHORIZED: u8 = 0x87;
+    pub(crate) const NOT_AUTHORIZED: u8 = 0x87;
     /// PUBACK/PUBREC: implementation specific error (a retained message on a topic that is
     /// never retained).
-    pub const IMPLEMENTATION_SPECIFIC: u8 = 0x83;
+    pub(crate) const IMPLEMENTATION_SPECIFIC: u8 = 0x83;
     /// PUBACK/PUBREC: quota exceeded (the account's retained quota).
-    pub const QUOTA_EXCEEDED: u8 = 0x97;
-    pub const PROTOCOL_ERROR: u8 = 0x82;
+    pub(crate) const QUOTA_EXCEEDED: u8 = 0x97;
+    pub(crate) const PROTOCOL_ERROR: u8 = 0x82;
     /// DISCONNECT: unspecified error (the link to the broker ended).
-    pub const UNSPECIFIED: u8 = 0x80;
-    pub const SERVER_SHUTTING_DOWN: u8 = 0x8B;
-    pub const KEEP_ALIVE_TIMEOUT: u8 = 0x8D;
-    pub const SESSION_TAKEN_OVER: u8 = 0x8E;
-    pub const TOPIC_ALIAS_INVALID: u8 = 0x94;
-    pub const PACKET_TOO_LARGE: u8 = 0x95;
-    pub const ADMINISTRATIVE_ACTION: u8 = 0x98;
+    pub(crate) const UNSPECIFIED: u8 = 0x80;
+    pub(crate) const SERVER_SHUTTING_DOWN: u8 = 0x8B;
+    pub(crate) const KEEP_ALIVE_TIMEOUT: u8 = 0x8D;
+    pub(crate) const SESSION_TAKEN_OVER: u8 = 0x8E;
+    pub(crate) const TOPIC_ALIAS_INVALID: u8 = 0x94;
+    pub(crate) const PACKET_TOO_LARGE: u8 = 0x95;
+    pub(crate) const ADMINISTRATIVE_ACTION: u8 = 0x98;
     /// DISCONNECT from a client: "disconnect with Will message".
-    pub const DISCONNECT_WITH_WILL: u8 = 0x04;
+    pub(crate) const DISCONNECT_WITH_WILL: u8 = 0x04;
 }
 
 /// Appends an MQTT variable byte integer (a remaining length); over 268,435,455 is
 /// `TooLarge`.
-pub fn put_varint(out: &mut BytesMut, mut n: usize) -> Result<(), FrameError> {
+pub(crate) fn put_varint(out: &mut BytesMut, mut n: usize) -> Result<(), FrameError> {
     if n > 268_435_455 {
         return Err(FrameError::TooLarge);
     }

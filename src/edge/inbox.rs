@@ -19,11 +19,11 @@ use crate::topics::{parse_topic, Family};
 
 /// MQTT 5 reason code of the PUBACK (PUBREC) of a dropped inbox message: payload format
 /// invalid. MQTT 3.1.1 gets a plain PUBACK.
-pub const PAYLOAD_FORMAT_INVALID: u8 = 0x99;
+pub(crate) const PAYLOAD_FORMAT_INVALID: u8 = 0x99;
 
 /// Why an inbox message was dropped at the edge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InboxDrop {
+pub(crate) enum InboxDrop {
     /// The payload is not a JSON object (not JSON, another JSON value, or empty).
     NotJsonObject,
     /// The PUBLISH frame could not be re-encoded (it did not decode).
@@ -32,7 +32,7 @@ pub enum InboxDrop {
 
 impl InboxDrop {
     /// Every reason, in metric order.
-    pub const ALL: [InboxDrop; 2] = [Self::NotJsonObject, Self::Malformed];
+    pub(crate) const ALL: [InboxDrop; 2] = [Self::NotJsonObject, Self::Malformed];
 
     /// Metric label (`cradle_mqtt_messages_dropped_total{family="inbox",reason}`).
     pub fn as_str(self) -> &'static str {
@@ -44,13 +44,13 @@ impl InboxDrop {
 }
 
 /// Whether `topic` is an inbox, `accounts/{a}/clients/{c}/webrtc_inbox`.
-pub fn is_inbox_topic(topic: &str) -> bool {
+pub(crate) fn is_inbox_topic(topic: &str) -> bool {
     parse_topic(topic).is_some_and(|t| t.family == Family::Inbox)
 }
 
 /// The payload with `from` set to `sender_client_id` (overwriting the sender's); other
 /// fields are kept. A payload that is not a JSON object is refused.
-pub fn stamp_from(sender_client_id: &str, payload: &[u8]) -> Result<Bytes, InboxDrop> {
+pub(crate) fn stamp_from(sender_client_id: &str, payload: &[u8]) -> Result<Bytes, InboxDrop> {
     let mut value: Value = serde_json::from_slice(payload).map_err(|_| InboxDrop::NotJsonObject)?;
     let object = value.as_object_mut().ok_or(InboxDrop::NotJsonObject)?;
     object.insert("from".into(), Value::String(sender_client_id.to_string()));
@@ -62,7 +62,7 @@ pub fn stamp_from(sender_client_id: &str, payload: &[u8]) -> Result<Bytes, Inbox
 /// For a PUBLISH to an inbox topic (`topic` resolved from any MQTT 5 alias): the frame to
 /// forward, with `from` stamped as `sender_client_id`, the full topic and no alias.
 /// `None` for any other topic (forward the frame as it is).
-pub fn stamp_publish(
+pub(crate) fn stamp_publish(
     frame: &[u8],
     h: &Header,
     proto: Proto,
@@ -80,7 +80,7 @@ pub fn stamp_publish(
 
 /// Re-encodes a PUBLISH `frame` with `topic` in full, no topic alias, and `payload`; the
 /// flags (DUP, QoS, RETAIN), the packet id and the other MQTT 5 properties are kept.
-pub fn rebuild_publish(
+pub(crate) fn rebuild_publish(
     frame: &[u8],
     h: &Header,
     proto: Proto,

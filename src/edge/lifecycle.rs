@@ -49,12 +49,12 @@ pub struct Will {
     /// Its MQTT 5 properties as a PUBLISH carries them (the Will Delay Interval aside).
     pub properties: Option<Box<PublishProperties>>,
     /// MQTT 5 Will Delay Interval, seconds (0: at once).
-    pub delay_secs: u32,
+    pub(crate) delay_secs: u32,
 }
 
 /// The last connection the client reported on a status topic during this MQTT connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reported {
+pub(crate) struct Reported {
     /// The status topic.
     pub topic: String,
     /// The connection id of its last report.
@@ -66,7 +66,7 @@ pub struct Reported {
 /// Follows one status report the client published (already allowed by the ACL) about
 /// itself: the topic's client id is the MQTT client id. Reports that do not parse are left
 /// to the status pipeline to drop and count.
-pub fn observe_status(
+pub(crate) fn observe_status(
     reported: &mut Option<Reported>,
     client_id: &str,
     topic: &str,
@@ -100,7 +100,7 @@ pub fn observe_status(
 
 /// What to publish when a connection ends. `will_fires` is false after a clean DISCONNECT
 /// (MQTT 3.1.1, or MQTT 5 with reason 0x00), true for every other end.
-pub fn end_publications(
+pub(crate) fn end_publications(
     will: Option<&Will>,
     will_fires: bool,
     reported: Option<&Reported>,

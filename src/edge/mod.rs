@@ -18,13 +18,13 @@
 pub mod acl;
 pub mod codec;
 pub mod inbox;
-pub mod lifecycle;
+pub(crate) mod lifecycle;
 pub mod publisher;
-pub mod registry;
+pub(crate) mod registry;
 pub mod retained;
 pub mod session;
-pub mod uplink;
-pub mod wills;
+pub(crate) mod uplink;
+pub(crate) mod wills;
 mod ws_bytes;
 
 use std::io;
@@ -67,32 +67,32 @@ pub enum EdgeError {
     Tls { key: &'static str, message: String },
 }
 
-pub use acl::AclDrop;
+pub(crate) use acl::AclDrop;
 
 /// Limits of every edge connection.
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// Largest packet accepted from a client.
-    pub max_packet_bytes: usize,
+    pub(crate) max_packet_bytes: usize,
     /// Time allowed until CONNECT (and for the broker's CONNACK).
-    pub connect_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
     /// PUBLISH packets per second per connection (0: unlimited).
-    pub publish_rate: u32,
+    pub(crate) publish_rate: u32,
     /// Token bucket burst.
-    pub publish_burst: u32,
+    pub(crate) publish_burst: u32,
     /// Refused packets before a connection is kicked.
-    pub max_violations: u32,
+    pub(crate) max_violations: u32,
     /// Longest keep-alive a client may use, in seconds (0: no maximum).
-    pub max_keep_alive: u16,
+    pub(crate) max_keep_alive: u16,
     /// Largest CONNECT read before authentication.
-    pub max_connect_bytes: usize,
+    pub(crate) max_connect_bytes: usize,
     /// Time a client may leave written bytes untaken before it is disconnected.
     pub write_timeout: Duration,
 }
 
 impl Settings {
     /// The edge settings of a configuration.
-    pub fn from_config(c: &MqttConfig) -> Self {
+    pub(crate) fn from_config(c: &MqttConfig) -> Self {
         Self {
             max_packet_bytes: c.max_packet_bytes,
             connect_timeout: Duration::from_millis(c.connect_timeout_ms as u64),
@@ -122,13 +122,13 @@ pub struct EdgeShared {
     /// CONNECT authentication.
     pub auth: Arc<Authenticator>,
     /// Live connections.
-    pub registry: Registry,
+    pub(crate) registry: Registry,
     /// The edge's own client, for end statuses and Wills.
     pub publisher: Publisher,
     /// Counters.
     pub metrics: Arc<Metrics>,
     /// How relayed connections reach the broker.
-    pub upstream: Upstream,
+    pub(crate) upstream: Upstream,
     /// One permit per connection (mqtt.max_connections).
     pub connections: Arc<Semaphore>,
     /// One permit per connection being admitted (mqtt.max_pending).
@@ -136,10 +136,10 @@ pub struct EdgeShared {
     /// Retained messages per account (mqtt.max_retained_*).
     pub retained: retained::RetainedLedger,
     /// MQTT 5 Wills waiting for their Will Delay Interval.
-    pub wills: wills::DelayedWills,
+    pub(crate) wills: wills::DelayedWills,
 }
 
-pub use crate::endpoint::{UpRead, UpWrite};
+pub(crate) use crate::endpoint::{UpRead, UpWrite};
 
 /// How the edge reaches the broker.
 #[derive(Clone)]
@@ -174,7 +174,7 @@ pub struct Edge {
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
     /// Bound addresses by config key.
-    pub listening: Vec<(&'static str, SocketAddr)>,
+    pub(crate) listening: Vec<(&'static str, SocketAddr)>,
 }
 
 /// Binds every listener of `config` (a failure names its key), then serves them.

@@ -81,7 +81,7 @@ impl Publisher {
 
     /// Waits until every queued publication is acknowledged (at most `wait`), then
     /// disconnects.
-    pub async fn flush(&self, wait: Duration) {
+    pub(crate) async fn flush(&self, wait: Duration) {
         let deadline = tokio::time::Instant::now() + wait;
         while self.pending.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -61,13 +61,13 @@ struct Entry {
 
 /// Live connections by upstream client id.
 #[derive(Default)]
-pub struct Registry {
+pub(crate) struct Registry {
     next_seq: AtomicU64,
     live: Mutex<HashMap<String, Entry>>,
 }
 
 /// What a connection holds while it is registered.
-pub struct Claim {
+pub(crate) struct Claim {
     /// Its sequence number (a newer claim of the same id has a larger one).
     pub seq: u64,
     signal: Arc<Signal>,
@@ -89,13 +89,14 @@ impl Claim {
     }
 
     /// The end asked of the connection, if any.
-    pub fn asked(&self) -> Option<DisconnectReason> {
+    #[cfg(test)]
+    pub(crate) fn asked(&self) -> Option<DisconnectReason> {
         self.signal.reason()
     }
 
     /// Marks the connection finished (its end published, its link closed): a newer
     /// connection of the same client id or a shutdown waiting for it goes on.
-    pub fn finished(&self) {
+    pub(crate) fn finished(&self) {
         self.signal.done.store(true, Ordering::Release);
         self.signal.finished.notify_waiters();
     }
@@ -105,7 +106,7 @@ impl Registry {
     /// Registers a connection of `client_id`. A connection already registered under that
     /// id is told to end with reason `takeover`, and this waits (at most `wait`) until it has
     /// finished, so its end is published before the new connection reaches the broker.
-    pub async fn claim(&self, client_id: &str, wait: Duration) -> Claim {
+    pub(crate) async fn claim(&self, client_id: &str, wait: Duration) -> Claim {
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let signal = Arc::new(Signal::default());
         let previous = self
@@ -138,7 +139,7 @@ impl Registry {
     }
 
     /// Tells every live connection to end with `reason`; returns how many were told.
-    pub fn end_all(&self, reason: DisconnectReason) -> usize {
+    pub(crate) fn end_all(&self, reason: DisconnectReason) -> usize {
         let live = self
             .live
             .lock()
@@ -150,7 +151,7 @@ impl Registry {
     }
 
     /// Waits until every connection told to end has finished, at most `wait`.
-    pub async fn wait_all_done(&self, wait: Duration) {
+    pub(crate) async fn wait_all_done(&self, wait: Duration) {
         let pending: Vec<Arc<Signal>> = self
             .live
             .lock()
@@ -172,11 +173,6 @@ impl Registry {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .len()
-    }
-
-    /// Whether no connection is live.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -200,7 +196,7 @@ mod tests {
         // the old connection's release did not remove the new one
         assert_eq!(r.len(), 1);
         r.release("a/c", second.seq);
-        assert!(r.is_empty());
+        assert!(r.len() == 0);
     }
 
     #[tokio::test]

@@ -19,7 +19,7 @@ use crate::metrics::Metrics;
 
 /// Why a retained message was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RetainRefused {
+pub(crate) enum RetainRefused {
     /// The account holds `mqtt.max_retained_per_account` messages or would exceed
     /// `mqtt.max_retained_bytes_per_account`.
     Quota,
@@ -43,7 +43,7 @@ pub struct RetainedLedger {
 const SHARED: &str = "";
 
 /// The key a client's retained messages count under: its account, or [`SHARED`].
-pub fn ledger_key(principal: &Principal) -> &str {
+pub(crate) fn ledger_key(principal: &Principal) -> &str {
     match principal {
         Principal::Device { account_id, .. } => account_id,
         Principal::Operator | Principal::Open => SHARED,
@@ -63,7 +63,7 @@ impl RetainedLedger {
     /// Records a retained PUBLISH of `payload_len` bytes to `topic` by a client of `account`,
     /// or refuses it. An empty payload deletes the topic's retained message and is always
     /// accepted.
-    pub fn admit(
+    pub(crate) fn admit(
         &self,
         account: &str,
         topic: &str,

@@ -438,7 +438,7 @@ async fn read_frame<R: AsyncRead + Unpin>(
 /// two accounts (or of an anonymous client) never take each other over, and none can
 /// collide with Cradle's own clients. Device ids cannot contain `|`; other ids have the
 /// characters rumqttd refuses in a client id (`+ $ # /`, and `%` itself) percent-encoded.
-pub fn upstream_client_id(principal: &Principal, client_id: &str) -> String {
+pub(crate) fn upstream_client_id(principal: &Principal, client_id: &str) -> String {
     match principal {
         Principal::Device {
             account_id,

@@ -23,12 +23,12 @@ use crate::endpoint::Endpoint;
 /// Spare room ensured before a socket read; doubled after a read that fills it (up to
 /// `MAX_READ`), halved after small ones, so idle connections stay small (an idle device's
 /// read waits with this much room) and a flood reads up to 64 KiB per syscall.
-pub const MIN_READ: usize = 256;
+pub(crate) const MIN_READ: usize = 256;
 /// See `MIN_READ`.
-pub const MAX_READ: usize = 64 * 1024;
+pub(crate) const MAX_READ: usize = 64 * 1024;
 
 /// A relayed connection's link to the broker.
-pub enum UpLink {
+pub(crate) enum UpLink {
     /// The embedded router, packet by packet.
     Router(RouterLink),
     /// An external broker over a socket.
@@ -36,7 +36,7 @@ pub enum UpLink {
 }
 
 /// The embedded router's two ends of one connection.
-pub struct RouterLink {
+pub(crate) struct RouterLink {
     tx: LinkTx,
     rx: LinkRx,
     codec: Codec,
@@ -55,7 +55,7 @@ pub struct RouterLink {
 }
 
 /// An external broker's connection.
-pub struct SocketLink {
+pub(crate) struct SocketLink {
     rd: UpRead,
     wr: UpWrite,
     room: usize,
@@ -96,11 +96,11 @@ fn broken(e: impl std::fmt::Display) -> io::Error {
 }
 
 /// What the broker answered a relayed CONNECT with.
-pub struct Opened {
+pub(crate) struct Opened {
     /// The link.
     pub link: UpLink,
     /// The CONNACK frame, as the broker wrote it.
-    pub connack: BytesMut,
+    pub(crate) connack: BytesMut,
     /// Its header.
     pub header: Header,
     /// Bytes the broker sent right behind the CONNACK (the next `recv` appends to them).
@@ -179,13 +179,13 @@ impl UpLink {
 
     /// Whether this is the embedded router's link: what it appends are whole frames the
     /// router encoded, never a PINGRESP of the edge's own.
-    pub fn is_router(&self) -> bool {
+    pub(crate) fn is_router(&self) -> bool {
         matches!(self, UpLink::Router(_))
     }
 
     /// Whether the link needs the edge's keep-alive pings (a socket to a broker that
     /// enforces the keep-alive of the relayed CONNECT; the router has no timer of its own).
-    pub fn wants_ping(&self) -> bool {
+    pub(crate) fn wants_ping(&self) -> bool {
         matches!(self, UpLink::Socket(_))
     }
 
@@ -258,7 +258,7 @@ impl SocketLink {
 /// Reads into `buf` with at least `*room` bytes of spare capacity, adapting `*room`.
 /// `BytesMut` alone would offer a full buffer only 64 bytes, which turns a flood into a
 /// syscall per few packets.
-pub async fn read_some<R: AsyncRead + Unpin>(
+pub(crate) async fn read_some<R: AsyncRead + Unpin>(
     rd: &mut R,
     buf: &mut BytesMut,
     room: &mut usize,

@@ -12,7 +12,7 @@ use super::lifecycle::Publication;
 use super::EdgeShared;
 
 /// Wills waiting for their delay, by namespaced client id.
-pub struct DelayedWills {
+pub(crate) struct DelayedWills {
     limit: usize,
     held: Mutex<Held>,
 }
@@ -73,7 +73,7 @@ impl DelayedWills {
     }
 
     /// A connection of `client` was admitted: its held Will, if any, is not published.
-    pub fn cancel(&self, client: &str) -> bool {
+    pub(crate) fn cancel(&self, client: &str) -> bool {
         self.lock().wills.remove(client).is_some()
     }
 

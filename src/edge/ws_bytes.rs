@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
 /// A WebSocket connection read and written as bytes.
-pub struct WsBytes<S> {
+pub(crate) struct WsBytes<S> {
     ws: WebSocketStream<S>,
     /// What is left of the last binary message read.
     pending: Bytes,

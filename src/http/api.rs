@@ -17,7 +17,7 @@ pub(super) fn router() -> Router<AppState> {
 
 /// One client's current state.
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
-pub struct ClientView {
+pub(crate) struct ClientView {
     /// The client id.
     pub client_id: String,
     /// Whether its current connection is connected.

@@ -23,7 +23,7 @@ use crate::store::Store;
 
 /// A verified bearer credential: what it is for, and its account.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VerifiedToken {
+pub(crate) struct VerifiedToken {
     /// `Token` (one account) or `Operator` (every account, read-only); device secrets are
     /// never bearer tokens.
     pub kind: CredentialKind,
@@ -38,7 +38,7 @@ struct CachedToken {
 }
 
 /// Verified bearer tokens, by credential id (bounded; entries older than the TTL are not used).
-pub struct TokenCache {
+pub(crate) struct TokenCache {
     ttl: Duration,
     verified: Mutex<HashMap<String, CachedToken>>,
     /// One verification at a time per secret (by digest): concurrent requests with the same
@@ -188,7 +188,7 @@ impl Drop for Turn<'_> {
 }
 
 /// The caller's address, when the request came through Cradle's HTTP listener.
-pub fn source_ip(parts: &Parts) -> Option<IpAddr> {
+pub(crate) fn source_ip(parts: &Parts) -> Option<IpAddr> {
     parts
         .extensions
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
@@ -196,7 +196,7 @@ pub fn source_ip(parts: &Parts) -> Option<IpAddr> {
 }
 
 /// The caller's address as an extractor (for handlers that verify secrets themselves).
-pub struct SourceIp(pub Option<IpAddr>);
+pub(crate) struct SourceIp(pub Option<IpAddr>);
 
 impl<S: Send + Sync> FromRequestParts<S> for SourceIp {
     type Rejection = std::convert::Infallible;
@@ -208,7 +208,7 @@ impl<S: Send + Sync> FromRequestParts<S> for SourceIp {
 
 /// An authenticated (or, in open mode, anonymous) caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Caller {
+pub(crate) enum Caller {
     /// No account exists yet: the local, loopback quick start. Everything is readable.
     Open,
     /// The configured admin token: every account.
@@ -221,7 +221,7 @@ pub enum Caller {
 
 impl Caller {
     /// Allows the call if this caller may act on `account_id`.
-    pub fn authorize(&self, account_id: &str) -> Result<(), ApiError> {
+    pub(crate) fn authorize(&self, account_id: &str) -> Result<(), ApiError> {
         match self {
             Caller::Open | Caller::Admin | Caller::Operator => Ok(()),
             Caller::Account(own) if own == account_id => Ok(()),

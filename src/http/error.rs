@@ -9,7 +9,7 @@ use crate::store::StoreError;
 
 /// An error answered to an HTTP caller.
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     /// 400: a path or query parameter is invalid; names the parameter.
     #[error("{field}: {message}")]
     InvalidParameter {

@@ -11,16 +11,14 @@ pub mod serve;
 mod sessions;
 mod ws;
 
-pub use auth::{SourceIp, TokenCache, VerifiedToken};
-pub use sessions::ACCOUNT_HEADER;
-pub use ws::WsQuery;
+pub(crate) use auth::{SourceIp, TokenCache};
 
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
 use axum::Router;
 
-pub use error::ApiError;
+pub(crate) use error::ApiError;
 
 use crate::bus::BusState;
 use crate::metrics::Metrics;
@@ -28,7 +26,7 @@ use crate::store::Store;
 
 /// What every handler may use.
 #[derive(Clone)]
-pub struct AppState {
+pub(crate) struct AppState {
     /// Event log and read models.
     pub store: Store,
     /// Process metrics.
@@ -36,13 +34,13 @@ pub struct AppState {
     /// Bus state, for readiness.
     pub bus: tokio::sync::watch::Receiver<BusState>,
     /// Largest `limit` a list route accepts.
-    pub max_page_size: u64,
+    pub(crate) max_page_size: u64,
     /// Bearer token that may read every account.
-    pub admin_token: Option<String>,
+    pub(crate) admin_token: Option<String>,
     /// Open-mode rules and the "any account exists" answer (shared with the MQTT edge).
     pub auth: std::sync::Arc<crate::auth::Authenticator>,
     /// Whether the HTTP listener is on loopback (open mode applies only there).
-    pub http_loopback: bool,
+    pub(crate) http_loopback: bool,
     /// The session handler.
     pub sessions: Arc<crate::sync::sessions::Sessions>,
     /// Largest request body read (`http.max_body_bytes`).
@@ -54,7 +52,7 @@ pub struct AppState {
 }
 
 /// Builds the whole router.
-pub fn app(state: AppState, max_body_bytes: usize) -> Router {
+pub(crate) fn app(state: AppState, max_body_bytes: usize) -> Router {
     Router::new()
         .merge(ops::router())
         .merge(api::router())

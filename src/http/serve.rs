@@ -47,7 +47,7 @@ use crate::config::HttpConfig;
 use crate::metrics::{HttpRefusal, Metrics};
 
 /// Largest request head (request line and headers) hyper buffers; larger ones get 431.
-pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_HEADER_BYTES: usize = 64 * 1024;
 
 /// The bounds of the HTTP server.
 #[derive(Debug, Clone, Copy)]
@@ -57,7 +57,7 @@ pub struct Limits {
     /// See `http.body_timeout_ms`.
     pub body_timeout: Duration,
     /// See `http.max_connections`.
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
     /// See `http.write_timeout_ms`.
     pub write_timeout: Duration,
 }
@@ -353,7 +353,7 @@ async fn body_deadline(
 /// The body did not arrive within `http.body_timeout_ms`.
 #[derive(Debug, thiserror::Error)]
 #[error("request body not received within http.body_timeout_ms")]
-pub struct BodyTimedOut;
+pub(crate) struct BodyTimedOut;
 
 /// A request body that fails with [`BodyTimedOut`] once its deadline has passed while more of
 /// it is awaited.

@@ -23,7 +23,7 @@ use crate::sync::sessions::{usage, EndOutcome, StartOutcome, StartRequest};
 use crate::topics::is_valid_id;
 
 /// Header naming the account when the caller's token does not (open mode, admin token).
-pub const ACCOUNT_HEADER: &str = "x-cradle-account";
+pub(crate) const ACCOUNT_HEADER: &str = "x-cradle-account";
 
 pub(super) fn router() -> Router<AppState> {
     Router::new()

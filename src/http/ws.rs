@@ -23,7 +23,7 @@ use crate::ws::{Admission, Bridge, Proof, Resume};
 
 /// Query parameters of `GET /ws`.
 #[derive(Debug, Default, Deserialize)]
-pub struct WsQuery {
+pub(crate) struct WsQuery {
     /// Bearer token (browsers cannot set headers on a WebSocket).
     pub token: Option<String>,
     /// The client id (required with an account token; the token names only the account).

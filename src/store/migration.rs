@@ -3,7 +3,7 @@
 use sea_orm_migration::prelude::*;
 
 /// Runs every migration in order.
-pub struct Migrator;
+pub(crate) struct Migrator;
 
 #[sea_orm_migration::async_trait::async_trait]
 impl MigratorTrait for Migrator {
@@ -120,7 +120,7 @@ enum Clients {
 mod m20261122_000001_create_events {
     use super::*;
 
-    pub struct Migration;
+    pub(crate) struct Migration;
 
     impl MigrationName for Migration {
         fn name(&self) -> &str {
@@ -207,7 +207,7 @@ mod m20261122_000001_create_events {
 mod m20261122_000002_create_clients {
     use super::*;
 
-    pub struct Migration;
+    pub(crate) struct Migration;
 
     impl MigrationName for Migration {
         fn name(&self) -> &str {
@@ -274,7 +274,7 @@ mod m20261122_000002_create_clients {
 mod m20261122_000003_create_accounts_and_credentials {
     use super::*;
 
-    pub struct Migration;
+    pub(crate) struct Migration;
 
     impl MigrationName for Migration {
         fn name(&self) -> &str {
@@ -355,7 +355,7 @@ mod m20261122_000003_create_accounts_and_credentials {
 mod m20261122_000004_create_sessions_and_parent_stations {
     use super::*;
 
-    pub struct Migration;
+    pub(crate) struct Migration;
 
     impl MigrationName for Migration {
         fn name(&self) -> &str {
@@ -452,7 +452,7 @@ mod m20261122_000004_create_sessions_and_parent_stations {
 mod m20261130_000005_create_pending_starts {
     use super::*;
 
-    pub struct Migration;
+    pub(crate) struct Migration;
 
     impl MigrationName for Migration {
         fn name(&self) -> &str {
@@ -509,7 +509,7 @@ mod m20261130_000005_create_pending_starts {
 mod m20261130_000006_create_ws_handover {
     use super::*;
 
-    pub struct Migration;
+    pub(crate) struct Migration;
 
     impl MigrationName for Migration {
         fn name(&self) -> &str {

@@ -11,9 +11,9 @@ pub mod credentials;
 pub mod events;
 pub mod migration;
 pub mod parent_stations;
-pub mod pending_starts;
+pub(crate) mod pending_starts;
 pub mod sessions;
-pub mod ws_handover;
+pub(crate) mod ws_handover;
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
@@ -68,7 +68,7 @@ impl From<DbErr> for StoreError {
 
 impl StoreError {
     /// Whether retrying the transaction may succeed: a conflict, or SQLite busy.
-    pub fn is_retryable(&self) -> bool {
+    pub(crate) fn is_retryable(&self) -> bool {
         match self {
             StoreError::Conflict(_) => true,
             StoreError::Db(e) => sqlite_busy(e),
@@ -91,7 +91,7 @@ fn sqlite_busy(err: &DbErr) -> bool {
 
 /// Which database is behind the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
+pub(crate) enum Backend {
     /// An embedded SQLite file.
     Sqlite,
     /// A PostgreSQL server.
@@ -227,7 +227,7 @@ impl Store {
     }
 
     /// Which database this is.
-    pub fn backend(&self) -> Backend {
+    pub(crate) fn backend(&self) -> Backend {
         self.backend
     }
 
@@ -266,7 +266,7 @@ impl Store {
     }
 
     /// Every client whose current connection is open, with that connection's id.
-    pub async fn connected_clients(&self) -> Result<Vec<(ClientKey, String)>, StoreError> {
+    pub(crate) async fn connected_clients(&self) -> Result<Vec<(ClientKey, String)>, StoreError> {
         let rows = clients::Entity::find()
             .filter(clients::Column::Connected.eq(true))
             .all(&self.db)
@@ -343,7 +343,7 @@ pub struct StoreTx {
 
 impl StoreTx {
     /// The read-model rows of `keys` that exist.
-    pub async fn load_clients(
+    pub(crate) async fn load_clients(
         &self,
         keys: &[ClientKey],
     ) -> Result<HashMap<ClientKey, clients::Model>, StoreError> {
@@ -371,7 +371,10 @@ impl StoreTx {
     }
 
     /// Which of `keys` are already in the log.
-    pub async fn existing_keys(&self, keys: &[String]) -> Result<HashSet<String>, StoreError> {
+    pub(crate) async fn existing_keys(
+        &self,
+        keys: &[String],
+    ) -> Result<HashSet<String>, StoreError> {
         let mut out = HashSet::new();
         for chunk in keys.chunks(CHUNK) {
             let found: Vec<String> = events::Entity::find()
@@ -438,7 +441,7 @@ impl StoreTx {
 }
 
 /// Appends `new` in order inside `txn` (see [`StoreTx::append`]).
-pub async fn append_in(
+pub(crate) async fn append_in(
     txn: &DatabaseTransaction,
     new: &[NewEvent],
     recorded_at_millis: i64,
@@ -461,7 +464,7 @@ pub async fn append_in(
     Ok(())
 }
 /// A database URL with its password hidden, for logs.
-pub fn redact(url: &str) -> String {
+pub(crate) fn redact(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut u) if u.password().is_some() => {
             let _ = u.set_password(Some("***"));

@@ -31,7 +31,7 @@ impl ActiveModelBehavior for ActiveModel {}
 
 impl Store {
     /// Records (or replaces) the announcement of a parent station.
-    pub async fn record_parent_station(
+    pub(crate) async fn record_parent_station(
         &self,
         account_id: &str,
         client_id: &str,
@@ -55,7 +55,7 @@ impl Store {
     }
 
     /// Removes a parent station (nothing when it is not recorded).
-    pub async fn remove_parent_station(
+    pub(crate) async fn remove_parent_station(
         &self,
         account_id: &str,
         client_id: &str,

@@ -21,9 +21,9 @@ pub struct Model {
     /// When it started (the starter's clock, Unix milliseconds).
     pub started_at_millis: i64,
     /// Order of parking within the account (the least recently parked is evicted first).
-    pub parked_seq: i64,
+    pub(crate) parked_seq: i64,
     /// When it was parked (Cradle's clock, Unix milliseconds).
-    pub parked_at_millis: i64,
+    pub(crate) parked_at_millis: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

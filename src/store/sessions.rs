@@ -93,7 +93,7 @@ async fn session_state_in<C: ConnectionTrait>(
 
 impl Store {
     /// The state of one session, outside any transaction.
-    pub async fn session_state(
+    pub(crate) async fn session_state(
         &self,
         account_id: &str,
         session_id: &str,
@@ -102,7 +102,7 @@ impl Store {
     }
 
     /// The latest started of the active sessions `client_id` hosts.
-    pub async fn active_session_of_client(
+    pub(crate) async fn active_session_of_client(
         &self,
         account_id: &str,
         client_id: &str,
@@ -120,7 +120,7 @@ impl Store {
 
     /// The client whose current (or last) connection is `connection_id` (the most recently
     /// updated, should several claim it).
-    pub async fn client_of_connection(
+    pub(crate) async fn client_of_connection(
         &self,
         account_id: &str,
         connection_id: &str,
@@ -145,7 +145,10 @@ impl Store {
     /// Those of `active` (at most a few hundred: one statement) whose baby station is
     /// recorded and not connected, in the order given, with what its row says of its
     /// absence.
-    pub async fn away_sessions(&self, active: &[Model]) -> Result<Vec<AwaySession>, StoreError> {
+    pub(crate) async fn away_sessions(
+        &self,
+        active: &[Model],
+    ) -> Result<Vec<AwaySession>, StoreError> {
         let mut accounts: Vec<&str> = active.iter().map(|s| s.account_id.as_str()).collect();
         accounts.sort_unstable();
         accounts.dedup();
@@ -184,7 +187,7 @@ impl Store {
     }
 
     /// The account's active sessions, by start.
-    pub async fn active_sessions_of_account(
+    pub(crate) async fn active_sessions_of_account(
         &self,
         account_id: &str,
     ) -> Result<Vec<ActiveSession>, StoreError> {
@@ -201,7 +204,7 @@ impl Store {
 
     /// Whether each recorded client of `client_ids` is connected now (unrecorded ones are
     /// left out).
-    pub async fn connected_by_client<'a>(
+    pub(crate) async fn connected_by_client<'a>(
         &self,
         account_id: &str,
         client_ids: impl IntoIterator<Item = &'a str>,
@@ -217,7 +220,7 @@ impl Store {
     }
 
     /// Every session of the account that overlaps `[from, to)`, by start.
-    pub async fn sessions_between(
+    pub(crate) async fn sessions_between(
         &self,
         account_id: &str,
         from: i64,
@@ -239,7 +242,7 @@ impl Store {
 
 impl StoreTx {
     /// The state of one session, inside the transaction.
-    pub async fn session_state(
+    pub(crate) async fn session_state(
         &self,
         account_id: &str,
         session_id: &str,
@@ -248,7 +251,7 @@ impl StoreTx {
     }
 
     /// An active session on `connection_id` other than `session_id`, if any.
-    pub async fn active_on_connection(
+    pub(crate) async fn active_on_connection(
         &self,
         account_id: &str,
         connection_id: &str,
@@ -266,7 +269,7 @@ impl StoreTx {
     }
 
     /// Every client whose current (or last) connection is `connection_id`.
-    pub async fn clients_of_connection(
+    pub(crate) async fn clients_of_connection(
         &self,
         account_id: &str,
         connection_id: &str,
@@ -282,7 +285,7 @@ impl StoreTx {
     }
 
     /// Records a started session (active), recorded at `recorded_at_millis`.
-    pub async fn insert_session(
+    pub(crate) async fn insert_session(
         &self,
         account_id: &str,
         s: &ActiveSession,
@@ -306,7 +309,7 @@ impl StoreTx {
     }
 
     /// Records that a session ended.
-    pub async fn end_session(
+    pub(crate) async fn end_session(
         &self,
         account_id: &str,
         session_id: &str,

@@ -20,13 +20,13 @@ pub struct Model {
     pub credential_id: Option<String>,
     /// Its resume secret's stored hash (`accounts::hashing::hash`; the column keeps the name
     /// migration 6 gave it).
-    pub secret_digest: String,
+    pub(crate) secret_digest: String,
     /// The last `seq` it sent.
     pub seq: i64,
     /// Its replay buffer: a JSON array of `[seq, frame text]`.
     pub replay: String,
     /// When its resume window ends (Unix milliseconds).
-    pub deadline_millis: i64,
+    pub(crate) deadline_millis: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -17,11 +17,11 @@ use crate::metrics::Metrics;
 use crate::store::{clients, pending_starts, Store, StoreError};
 
 /// A start that waits for its connection, as parked.
-pub type PendingStart = pending_starts::Model;
+pub(crate) type PendingStart = pending_starts::Model;
 
 /// The store's pending starts, with a hint of whether any exist so that the common case (a
 /// connection nobody waits for) costs no query.
-pub struct PendingStarts {
+pub(crate) struct PendingStarts {
     store: Store,
     metrics: Arc<Metrics>,
     per_account: usize,
@@ -42,7 +42,7 @@ impl PendingStarts {
     /// Parks `start` (a start parked again moves to the back), then evicts the account's
     /// least recently parked beyond the bound. One transaction. `start.parked_seq` and
     /// `start.parked_at_millis` are ignored: they are assigned here.
-    pub async fn park(&self, start: PendingStart) -> Result<(), StoreError> {
+    pub(crate) async fn park(&self, start: PendingStart) -> Result<(), StoreError> {
         let account_id = start.account_id.clone();
         let txn = self.store.db().begin().await?;
         let last = pending_starts::Entity::find()
@@ -118,7 +118,7 @@ impl PendingStarts {
     }
 
     /// The starts waiting for `connection_id` in the account.
-    pub async fn waiting_for(
+    pub(crate) async fn waiting_for(
         &self,
         account_id: &str,
         connection_id: &str,

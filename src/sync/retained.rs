@@ -29,11 +29,11 @@ pub struct Counts {
 }
 
 /// Clients read per page when their statuses are rebuilt.
-pub const PAGE: u64 = 1000;
+pub(crate) const PAGE: u64 = 1000;
 
 /// One page of clients' last statuses, after the client `after` (account, client) in key
 /// order; with the key of its last client, to read the next page from.
-pub async fn statuses_page(
+pub(crate) async fn statuses_page(
     store: &Store,
     after: Option<&(String, String)>,
 ) -> Result<(Vec<Retained>, Option<(String, String)>), StoreError> {
@@ -72,7 +72,7 @@ pub async fn announcements(store: &Store) -> Result<(Vec<Retained>, Counts), Sto
 
 /// The retained messages of a store's read models: pure, so what is rebuilt is tested
 /// without a broker.
-pub fn retained_state(
+pub(crate) fn retained_state(
     clients: &[clients::Model],
     active_sessions: &[sessions::Model],
     parents: &[parent_stations::Model],

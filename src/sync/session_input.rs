@@ -10,12 +10,12 @@ use serde_json::{Map, Value};
 use crate::topics::is_valid_id;
 
 /// Longest session name accepted, in characters.
-pub const MAX_NAME_CHARS: usize = 200;
+pub(crate) const MAX_NAME_CHARS: usize = 200;
 
 /// A field that is missing or wrong; HTTP answers 400 naming it, MQTT counts a drop.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]
-pub struct FieldError {
+pub(crate) struct FieldError {
     /// The field (or `body`).
     pub field: &'static str,
     /// What is wrong.
@@ -31,7 +31,7 @@ fn bad(field: &'static str, message: impl Into<String>) -> FieldError {
 
 /// A validated start.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ParsedStart {
+pub(crate) struct ParsedStart {
     /// The session.
     pub session_id: String,
     /// The baby station, when given.
@@ -46,7 +46,7 @@ pub struct ParsedStart {
 
 /// What an MQTT baby-station message says.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Announcement {
+pub(crate) enum Announcement {
     /// A session started.
     Start(ParsedStart),
     /// A session ended: `{"session_id", "ended_at_millis"}`.
@@ -77,7 +77,7 @@ fn required_id(obj: &Map<String, Value>, field: &'static str) -> Result<String, 
 }
 
 /// Parses a session start in either shape. `max_name_chars` bounds the name.
-pub fn parse_start(body: &[u8], max_name_chars: usize) -> Result<ParsedStart, FieldError> {
+pub(crate) fn parse_start(body: &[u8], max_name_chars: usize) -> Result<ParsedStart, FieldError> {
     let value: Value =
         serde_json::from_slice(body).map_err(|e| bad("body", format!("invalid JSON: {e}")))?;
     let obj = value
@@ -148,7 +148,7 @@ fn parse_start_object(
 }
 
 /// Parses a message on `accounts/{account}/baby_stations/{client}`.
-pub fn parse_announcement(
+pub(crate) fn parse_announcement(
     payload: &[u8],
     max_name_chars: usize,
 ) -> Result<Announcement, FieldError> {

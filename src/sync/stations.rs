@@ -17,11 +17,9 @@ use crate::sync::session_input::{parse_announcement, Announcement};
 use crate::sync::sessions::{EndOutcome, Sessions, StartOutcome, StartRequest};
 use crate::topics::is_valid_id;
 
-pub use crate::topics::{BABY_STATIONS_FILTER, PARENT_STATIONS_FILTER};
-
 /// Which family a station topic belongs to, and its account and client.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StationTopic {
+pub(crate) enum StationTopic {
     /// `accounts/{account}/baby_stations/{client}`
     Baby {
         account_id: String,
@@ -35,7 +33,7 @@ pub enum StationTopic {
 }
 
 /// Parses a station topic.
-pub fn parse_station_topic(topic: &str) -> Option<StationTopic> {
+pub(crate) fn parse_station_topic(topic: &str) -> Option<StationTopic> {
     let levels: Vec<&str> = topic.split('/').collect();
     match levels.as_slice() {
         ["accounts", a, family, c] if is_valid_id(a) && is_valid_id(c) => {
@@ -60,9 +58,9 @@ pub fn parse_station_topic(topic: &str) -> Option<StationTopic> {
 #[derive(Debug, Clone)]
 pub struct StationSettings {
     /// Largest payload accepted, in bytes.
-    pub max_payload_bytes: usize,
+    pub(crate) max_payload_bytes: usize,
     /// Longest session name.
-    pub max_name_chars: usize,
+    pub(crate) max_name_chars: usize,
 }
 
 /// Runs until `rx` closes and is drained.

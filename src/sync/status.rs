@@ -31,9 +31,9 @@ use crate::topics::{parse_status_topic, ClientKey};
 #[derive(Debug, Clone)]
 pub struct StatusSettings {
     /// Largest payload accepted.
-    pub max_status_bytes: usize,
+    pub(crate) max_status_bytes: usize,
     /// Most messages per transaction.
-    pub batch_max: usize,
+    pub(crate) batch_max: usize,
     /// Where committed connection changes go (the session handler and the WebSocket
     /// bridge follow them).
     pub changes: Vec<mpsc::UnboundedSender<ConnectionChange>>,
@@ -229,7 +229,7 @@ fn record(batch: &[Report], outcomes: &[Outcome], metrics: &Metrics) {
 }
 
 /// Stream id of a client's connection stream.
-pub fn stream_id(key: &ClientKey) -> String {
+pub(crate) fn stream_id(key: &ClientKey) -> String {
     format!("connection/{}/{}", key.account_id, key.client_id)
 }
 
@@ -248,13 +248,13 @@ pub fn idempotency_key(key: &ClientKey, event_type: &str, connection_id: &str) -
 /// that into a [`StoreError::Conflict`], and the writer forgets the batch's rows and retries.
 /// Idempotency keys are always checked against the database.
 #[derive(Debug, Default)]
-pub struct ClientCache {
+pub(crate) struct ClientCache {
     rows: HashMap<ClientKey, clients::Model>,
     capacity: usize,
 }
 
 /// Rows kept by the status writer (about 200 B each).
-pub const CACHE_CAPACITY: usize = 500_000;
+pub(crate) const CACHE_CAPACITY: usize = 500_000;
 
 impl ClientCache {
     /// A cache of at most `capacity` rows (0 keeps nothing).
@@ -301,7 +301,7 @@ pub async fn apply_batch(
 }
 
 /// [`apply_batch`] reading rows from `cache` first and updating it after the commit.
-pub async fn apply_batch_cached(
+pub(crate) async fn apply_batch_cached(
     store: &Store,
     batch: &[Report],
     now: i64,
@@ -458,7 +458,7 @@ impl Decisions {
 }
 
 /// The decider's state as the read model holds it.
-pub fn state_of(row: &clients::Model) -> ClientConnection {
+pub(crate) fn state_of(row: &clients::Model) -> ClientConnection {
     if row.connected {
         return ClientConnection::Connected {
             connection_id: row.connection_id.clone(),
@@ -479,7 +479,7 @@ pub fn state_of(row: &clients::Model) -> ClientConnection {
 }
 
 /// Projects one event onto a client's read-model row.
-pub fn project(
+pub(crate) fn project(
     row: Option<clients::Model>,
     key: &ClientKey,
     event: &ConnectionEvent,

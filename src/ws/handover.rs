@@ -17,7 +17,7 @@ use crate::clock::now_millis;
 use crate::store::{ws_handover, Store, StoreError};
 
 /// Saves `sessions`, each resumable until `window` from now; returns their connection ids.
-pub async fn save(
+pub(crate) async fn save(
     store: &Store,
     sessions: Vec<HandedOver>,
     window: Duration,
@@ -77,7 +77,7 @@ fn handed_over(r: ws_handover::Model) -> HandedOver {
 /// replicas: whichever replica its PWA resumes on). Deleting the row is the claim: of two replicas racing for it, one
 /// deletes it and the other finds nothing. `None` when no replica handed it over, another
 /// claimed it first, or its window has passed (then it is left for [`claim_expired`]).
-pub async fn claim(
+pub(crate) async fn claim(
     store: &Store,
     connection_id: &str,
     account_id: &str,
@@ -112,7 +112,7 @@ pub async fn claim(
 
 /// Claims up to 100 handed-over sessions whose resume window passed without a resume (the
 /// replica that handed them over is gone; their PWA never came back). The caller ends them.
-pub async fn claim_expired(store: &Store) -> Result<Vec<HandedOver>, StoreError> {
+pub(crate) async fn claim_expired(store: &Store) -> Result<Vec<HandedOver>, StoreError> {
     use sea_orm::{ColumnTrait, QueryFilter, QuerySelect};
     let rows = ws_handover::Entity::find()
         .filter(ws_handover::Column::DeadlineMillis.lte(now_millis()))

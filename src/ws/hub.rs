@@ -25,7 +25,7 @@ pub enum Outgoing {
 
 /// Why a send did not reach a socket now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Delivery {
+pub(crate) enum Delivery {
     /// Queued for the socket's writer.
     Queued,
     /// No socket attached: kept in the replay buffer for a resume.
@@ -73,7 +73,7 @@ impl State {
 /// Who may resume a session: a socket authenticated with the bearer token's credential that
 /// opened it, or one that gives the session's resume secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResumeKey {
+pub(crate) struct ResumeKey {
     /// The credential id of the token that opened the session (`None` in open mode).
     pub credential_id: Option<String>,
     /// The per-session secret, handed out in this session's `hello` only.
@@ -83,16 +83,16 @@ pub struct ResumeKey {
     /// one per line, newest first, at most [`KEPT_SECRETS`]), accepted as well; the new
     /// `secret` goes out in the resumed `hello`. A session moved twice before its client
     /// resumed still takes the secret the client has.
-    pub handed_over: Option<String>,
+    pub(crate) handed_over: Option<String>,
 }
 
 /// Digests of earlier resume secrets a handed-over session keeps (it may move several times
 /// before its client resumes and learns the newest).
-pub const KEPT_SECRETS: usize = 4;
+pub(crate) const KEPT_SECRETS: usize = 4;
 
 /// A session as a graceful shutdown hands it over: its key, last `seq` and replay buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HandedOver {
+pub(crate) struct HandedOver {
     pub account_id: String,
     pub client_id: String,
     pub connection_id: String,
@@ -105,7 +105,7 @@ pub struct HandedOver {
 }
 
 /// One WebSocket session (one `connection_id`), across resumes.
-pub struct WsSession {
+pub(crate) struct WsSession {
     /// Its account.
     pub account_id: String,
     /// Its client.
@@ -132,7 +132,7 @@ impl WsSession {
     /// Whether a resume may take this session: asked with the token credential that opened
     /// it (`credential_id`), or with its resume secret (compared in constant time). A session
     /// opened without a token (open mode) needs the secret.
-    pub fn may_resume(&self, credential_id: Option<&str>, secret: Option<&str>) -> bool {
+    pub(crate) fn may_resume(&self, credential_id: Option<&str>, secret: Option<&str>) -> bool {
         let (key, placeholder) = {
             let st = self.lock();
             (st.key.clone(), st.placeholder)
@@ -168,7 +168,7 @@ impl WsSession {
     }
 
     /// Whether it is a transfer's placeholder ([`Hub::placeholder`]).
-    pub fn is_placeholder(&self) -> bool {
+    pub(crate) fn is_placeholder(&self) -> bool {
         self.lock().placeholder
     }
 
@@ -177,7 +177,7 @@ impl WsSession {
     /// already hold ([`merge_replay`]), with `secret` as its new resume secret. Done under
     /// the session's lock, so a frame sent meanwhile is numbered after them. `false` when it
     /// is no placeholder (any more).
-    pub fn take_over(&self, h: HandedOver, secret: String) -> bool {
+    pub(crate) fn take_over(&self, h: HandedOver, secret: String) -> bool {
         let mut st = self.lock();
         if !st.placeholder || st.ended {
             return false;
@@ -222,7 +222,7 @@ impl WsSession {
     }
 
     /// Queues a control message (ping, close) for the attached socket, if any.
-    pub fn control(&self, out: Outgoing) -> bool {
+    pub(crate) fn control(&self, out: Outgoing) -> bool {
         let st = self
             .state
             .lock()
@@ -231,6 +231,7 @@ impl WsSession {
     }
 
     /// The last `seq` sent.
+    #[cfg(test)]
     pub fn seq(&self) -> u64 {
         self.state
             .lock()
@@ -240,7 +241,7 @@ impl WsSession {
 
     /// Detaches the socket of `generation` (a newer socket keeps its place), asking its
     /// writer to close with `close` first. Returns whether it was detached.
-    pub fn detach(&self, generation: u64, close: Option<u16>) -> bool {
+    pub(crate) fn detach(&self, generation: u64, close: Option<u16>) -> bool {
         let mut st = self
             .state
             .lock()
@@ -256,7 +257,7 @@ impl WsSession {
     }
 
     /// Whether a socket is attached now.
-    pub fn attached(&self) -> bool {
+    pub(crate) fn attached(&self) -> bool {
         let st = self
             .state
             .lock()
@@ -266,7 +267,7 @@ impl WsSession {
 
     /// Whether the socket of `generation` is still the detached, current one (the resume
     /// window passed without a resume).
-    pub fn still_detached(&self, generation: u64) -> bool {
+    pub(crate) fn still_detached(&self, generation: u64) -> bool {
         let st = self
             .state
             .lock()
@@ -277,7 +278,7 @@ impl WsSession {
     /// Ends the session for a hand-over: an attached socket is closed with `close` (the
     /// client resumes after the restart); returns what the next start needs, or `None` when
     /// it had already ended.
-    pub fn hand_over(&self, close: u16, why: &'static str) -> Option<HandedOver> {
+    pub(crate) fn hand_over(&self, close: u16, why: &'static str) -> Option<HandedOver> {
         let mut st = self.lock();
         if st.ended || st.placeholder {
             return None;
@@ -326,7 +327,7 @@ impl WsSession {
 
 /// Why a resume could not attach.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResumeError {
+pub(crate) enum ResumeError {
     /// The session no longer exists (it expired or ended): close 4100 / HTTP 410.
     Expired,
     /// `resume_from` is older than the replay buffer holds: close 4101.
@@ -336,11 +337,11 @@ pub enum ResumeError {
 }
 
 /// A socket attached to a session.
-pub struct Attached {
+pub(crate) struct Attached {
     /// The session.
     pub session: Arc<WsSession>,
     /// The attach generation (give it back to `detach`).
-    pub generation: u64,
+    pub(crate) generation: u64,
     /// Frames to replay, in order.
     pub replay: Vec<Arc<str>>,
     /// The previous socket's sender, when this attach took a live socket's place.
@@ -355,7 +356,7 @@ struct Index {
 
 /// Every WebSocket session of this replica.
 #[derive(Default)]
-pub struct Hub {
+pub(crate) struct Hub {
     index: Mutex<Index>,
 }
 
@@ -384,7 +385,12 @@ impl Hub {
 
     /// Takes back a session a graceful shutdown handed over: detached (generation 1), with
     /// its `seq` and replay buffer, resumable with the secret its client holds.
-    pub fn restore(&self, h: HandedOver, secret: String, replay_max: usize) -> Arc<WsSession> {
+    pub(crate) fn restore(
+        &self,
+        h: HandedOver,
+        secret: String,
+        replay_max: usize,
+    ) -> Arc<WsSession> {
         let key = ResumeKey {
             credential_id: h.credential_id,
             secret,
@@ -499,7 +505,7 @@ impl Hub {
     }
 
     /// The sessions of `account_id`.
-    pub fn of_account(&self, account_id: &str) -> Vec<Arc<WsSession>> {
+    pub(crate) fn of_account(&self, account_id: &str) -> Vec<Arc<WsSession>> {
         let index = self
             .index
             .lock()
@@ -518,7 +524,7 @@ impl Hub {
     /// Several replicas: a detached placeholder for `connection_id` of `client_id` of
     /// `account_id`, held by another replica, that collects the frames for it while the
     /// transfer runs; `None` when this hub has a session of that id already.
-    pub fn placeholder(
+    pub(crate) fn placeholder(
         &self,
         account_id: &str,
         client_id: &str,
@@ -539,7 +545,7 @@ impl Hub {
 
     /// Removes the placeholder of a transfer that did not complete (nothing is published:
     /// it never was a session here).
-    pub fn discard(&self, placeholder: &Arc<WsSession>) {
+    pub(crate) fn discard(&self, placeholder: &Arc<WsSession>) {
         let mut index = self
             .index
             .lock()
@@ -580,11 +586,6 @@ impl Hub {
             .sessions
             .len()
     }
-
-    /// Whether no session is live.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// A frame's text without its `seq`: two replicas number the same frame differently.
@@ -599,7 +600,7 @@ fn unnumbered(text: &str) -> Option<serde_json::Value> {
 /// one of those (both replicas received what was published between the placeholder's
 /// subscriptions and the hand-over), numbered on. Returns the last `seq` and the buffer,
 /// trimmed to `max`.
-pub fn merge_replay(
+pub(crate) fn merge_replay(
     seq: u64,
     handed: Vec<(u64, String)>,
     collected: Vec<Arc<str>>,
@@ -754,7 +755,7 @@ mod tests {
             hub.resume("c1", Some(0), tx2).err(),
             Some(ResumeError::Expired)
         );
-        assert!(hub.is_empty(), "no session was created");
+        assert!(hub.len() == 0, "no session was created");
     }
 
     #[test]

@@ -34,7 +34,7 @@ struct Waiters {
 }
 
 /// The replica's inbox subscriptions.
-pub struct InboxSubscriptions {
+pub(crate) struct InboxSubscriptions {
     client: AsyncClient,
     /// Filter → sessions on this replica that need it. The lock is never held across an
     /// await; subscribe requests are queued under it so they keep the refcount's order.
@@ -219,7 +219,7 @@ impl InboxSubscriptions {
     /// Leaves the shared subscription to session offers (this replica is shutting down and
     /// offers its own), and gives the broker a moment to process it (its UNSUBACK is not
     /// tracked).
-    pub async fn leave_offers(&self) {
+    pub(crate) async fn leave_offers(&self) {
         let Some(filter) = &self.offers else {
             return;
         };

@@ -18,12 +18,12 @@
 //! replicas), `inbox` (a replica's subscriptions), this file (the route, the socket tasks,
 //! the MQTT side).
 
-pub mod handover;
-pub mod hub;
+pub(crate) mod handover;
+pub(crate) mod hub;
 pub mod inbox;
 pub mod protocol;
 mod socket;
-pub mod transfer;
+pub(crate) mod transfer;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicU64;
@@ -50,23 +50,23 @@ pub struct WsSettings {
     /// Interval of the server's heartbeat (`ping` frame and WebSocket ping).
     pub heartbeat: Duration,
     /// A socket silent this long is dropped (then resumable within the window).
-    pub heartbeat_timeout: Duration,
+    pub(crate) heartbeat_timeout: Duration,
     /// How long a dropped session waits for a resume.
-    pub resume_window: Duration,
+    pub(crate) resume_window: Duration,
     /// Frames kept per session for replay.
-    pub replay_frames: usize,
+    pub(crate) replay_frames: usize,
     /// Frames queued per socket before the client counts as a slow consumer.
     pub send_queue: usize,
     /// Longest a single write may take before the client counts as a slow consumer.
     pub write_timeout: Duration,
     /// Largest frame accepted from a client, in bytes.
-    pub max_frame_bytes: usize,
+    pub(crate) max_frame_bytes: usize,
     /// Signal frames per second per connection (token bucket), 0 = unlimited.
     pub signal_rate: u32,
     /// Token bucket burst.
-    pub signal_burst: u32,
+    pub(crate) signal_burst: u32,
     /// Refused frames (invalid, rate-limited) before the socket is closed with 4008.
-    pub max_errors: u32,
+    pub(crate) max_errors: u32,
     /// Sessions held at once (connected or resumable).
     pub max_sessions: usize,
 }
@@ -97,7 +97,7 @@ pub struct WsMetrics {
     /// Sessions closed, by reason ([`CLOSE_REASONS`]; see [`WsMetrics::closed`]).
     closed: [AtomicU64; 6],
     /// Upgrades refused for missing or bad credentials.
-    pub auth_failures: AtomicU64,
+    pub(crate) auth_failures: AtomicU64,
     /// New sessions refused at `websocket.max_sessions`.
     pub session_limit: AtomicU64,
     /// Resume attempts by [`ResumeOutcome`].
@@ -107,15 +107,15 @@ pub struct WsMetrics {
     /// Signal frames refused by the rate limit.
     pub rate_limited: AtomicU64,
     /// Client frames refused as invalid.
-    pub invalid_frames: AtomicU64,
+    pub(crate) invalid_frames: AtomicU64,
     /// Inbox messages for a connection that is not the topic's account and client.
-    pub inbox_dropped: AtomicU64,
+    pub(crate) inbox_dropped: AtomicU64,
     /// Live sessions (attached or waiting for a resume).
     pub live: std::sync::atomic::AtomicI64,
 }
 
 /// Close reasons counted in [`WsMetrics::closed`].
-pub const CLOSE_REASONS: [DisconnectReason; 6] = [
+pub(crate) const CLOSE_REASONS: [DisconnectReason; 6] = [
     DisconnectReason::Clean,
     DisconnectReason::Lost,
     DisconnectReason::SlowConsumer,
@@ -141,7 +141,7 @@ pub enum ResumeOutcome {
 
 impl ResumeOutcome {
     /// Every outcome, in exposition order.
-    pub const ALL: [ResumeOutcome; 5] = [
+    pub(crate) const ALL: [ResumeOutcome; 5] = [
         Self::Resumed,
         Self::Gone,
         Self::Expired,
@@ -194,7 +194,7 @@ type PresenceByClient = HashMap<String, (String, bool)>;
 /// The bridge: the hub, the MQTT client it publishes with, and its settings.
 pub struct Bridge {
     /// Every session of this replica.
-    pub hub: Hub,
+    pub(crate) hub: Hub,
     mqtt: AsyncClient,
     settings: WsSettings,
     /// Counters.
@@ -227,7 +227,7 @@ fn new_connection_id() -> String {
 }
 
 /// A session's resume secret: 128 random bits, hex.
-pub use transfer::{Proof, OFFER_PREFIX, TRANSFER_PREFIX};
+pub(crate) use transfer::{Proof, OFFER_PREFIX, TRANSFER_PREFIX};
 
 fn new_resume_secret() -> String {
     crate::ids::random_hex(16)
@@ -285,7 +285,7 @@ impl Bridge {
     /// announcements, through `inbox` (instead of relying on a wildcard), and pushes
     /// presence and baby-station lists (read from `sessions`) from what the broker delivers,
     /// whichever replica processed it.
-    pub fn with_replica_subscriptions(
+    pub(crate) fn with_replica_subscriptions(
         mut self,
         inbox: Arc<inbox::InboxSubscriptions>,
         sessions: Arc<Sessions>,
@@ -298,7 +298,7 @@ impl Bridge {
     }
 
     /// Routes one message of the replica subscriptions (or the bus's inbox wildcard).
-    pub async fn on_message(self: &Arc<Self>, publish: &Publish) {
+    pub(crate) async fn on_message(self: &Arc<Self>, publish: &Publish) {
         if publish.topic.starts_with(TRANSFER_PREFIX) {
             self.on_transfer_request(publish).await;
         } else if publish.topic.starts_with(OFFER_PREFIX) {
@@ -453,7 +453,7 @@ impl Bridge {
     }
 
     /// Routes one `webrtc_inbox` message to the WebSocket sessions of its topic's client.
-    pub async fn on_inbox(&self, publish: &Publish) {
+    pub(crate) async fn on_inbox(&self, publish: &Publish) {
         let (account_id, client_id) = match parse_topic(&publish.topic) {
             Some(t) if t.family == Family::Inbox => (t.account_id, t.client_id),
             _ => return,
@@ -507,7 +507,7 @@ impl Bridge {
     }
 
     /// Pushes a committed status change to the account's sessions.
-    pub async fn on_presence(&self, change: &ConnectionChange) {
+    pub(crate) async fn on_presence(&self, change: &ConnectionChange) {
         let frame = match &change.event {
             ConnectionEvent::Connected { connection_id, .. } => ServerFrame::Presence {
                 client_id: change.key.client_id.clone(),
@@ -532,7 +532,7 @@ impl Bridge {
     }
 
     /// Pushes an account's new baby-station list to its sessions.
-    pub async fn on_baby_stations(&self, account_id: &str, list: serde_json::Value) {
+    pub(crate) async fn on_baby_stations(&self, account_id: &str, list: serde_json::Value) {
         let frame = ServerFrame::BabyStations {
             baby_stations: list,
         };
@@ -546,7 +546,7 @@ impl Bridge {
     /// socket is closed with 1012, and no end is published.
     /// Returns the connection ids handed over; when the store cannot take them they are
     /// ended (`server_shutdown`) instead.
-    pub async fn hand_over(&self, store: &Store) -> HashSet<String> {
+    pub(crate) async fn hand_over(&self, store: &Store) -> HashSet<String> {
         self.closing.store(true, Relaxed);
         let mut handed = Vec::new();
         let mut sessions = Vec::new();
@@ -580,7 +580,7 @@ impl Bridge {
 
     /// Takes back the sessions the previous process handed over: detached, each resumable
     /// for what is left of its window, then ended (`lost`) as any dropped session.
-    pub fn take_back(self: &Arc<Self>, handed: Vec<(HandedOver, Duration)>) {
+    pub(crate) fn take_back(self: &Arc<Self>, handed: Vec<(HandedOver, Duration)>) {
         for (h, left) in handed {
             let session = self.restore(h);
             tracing::info!(account_id = %session.account_id, client_id = %session.client_id, connection_id = %session.connection_id, "WebSocket session taken back after a restart");
@@ -598,7 +598,7 @@ impl Bridge {
     }
 
     /// Prometheus text of the bridge's counters.
-    pub fn render_metrics(&self, out: &mut String) {
+    pub(crate) fn render_metrics(&self, out: &mut String) {
         use std::fmt::Write;
         let m = &self.metrics;
         let _ = writeln!(out, "# HELP cradle_ws_sessions WebSocket sessions (attached or waiting for a resume).\n# TYPE cradle_ws_sessions gauge\ncradle_ws_sessions {}", m.live.load(Relaxed));
@@ -664,11 +664,11 @@ impl Bridge {
 
 /// A resume asked for at the upgrade: the session's connection id, and the last `seq` the
 /// client saw (`None`: replay the whole buffer).
-pub type Resume = (String, Option<u64>);
+pub(crate) type Resume = (String, Option<u64>);
 
 /// The bridge's answer to an upgrade, before the `101`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admission {
+pub(crate) enum Admission {
     /// Go ahead: a new session fits, or the resumed session is here and the caller may
     /// take it.
     Open,
@@ -681,17 +681,17 @@ pub enum Admission {
 
 impl Bridge {
     /// Whether the bridge is shutting down (upgrades are refused with 503 from then on).
-    pub fn is_closing(&self) -> bool {
+    pub(crate) fn is_closing(&self) -> bool {
         self.closing.load(Relaxed)
     }
 
     /// Counts an upgrade refused for missing or bad credentials.
-    pub fn auth_failed(&self) {
+    pub(crate) fn auth_failed(&self) {
         self.metrics.auth_failures.fetch_add(1, Relaxed);
     }
 
     /// Largest frame accepted from a client (`websocket.max_frame_bytes`).
-    pub fn max_frame_bytes(&self) -> usize {
+    pub(crate) fn max_frame_bytes(&self) -> usize {
         self.settings.max_frame_bytes
     }
 
@@ -699,7 +699,7 @@ impl Bridge {
     /// brings the session here when the store (`adopt`) or another replica (`transfer`)
     /// holds it, then needs `proof` (the opening token's credential id or the session's
     /// resume secret); a new session needs room under `websocket.max_sessions`.
-    pub async fn admit(
+    pub(crate) async fn admit(
         self: &Arc<Self>,
         store: &Store,
         account_id: &str,

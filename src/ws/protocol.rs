@@ -9,25 +9,25 @@ use crate::topics::is_valid_id;
 /// Close codes the server uses.
 pub mod close {
     /// Normal closure (the client said goodbye, or the server is shutting down).
-    pub const NORMAL: u16 = 1000;
+    pub(crate) const NORMAL: u16 = 1000;
     /// Repeated invalid frames or rate-limit abuse.
-    pub const POLICY: u16 = 4008;
+    pub(crate) const POLICY: u16 = 4008;
     /// The session to resume expired between the resume check and the new socket's
     /// registration; no session was created. Reconnect without `resume_from`.
-    pub const SESSION_EXPIRED: u16 = 4100;
+    pub(crate) const SESSION_EXPIRED: u16 = 4100;
     /// `resume_from` is older than the replay buffer holds: do a cold catch-up over the HTTP
     /// API (`/v1/accounts/{account}/clients`, `/baby-stations`) and reconnect without it.
-    pub const RESUME_TOO_OLD: u16 = 4101;
+    pub(crate) const RESUME_TOO_OLD: u16 = 4101;
     /// The client did not read its frames fast enough (`slow_consumer`).
-    pub const SLOW_CONSUMER: u16 = 4102;
+    pub(crate) const SLOW_CONSUMER: u16 = 4102;
     /// No frame or pong within the heartbeat timeout.
-    pub const HEARTBEAT_TIMEOUT: u16 = 4103;
+    pub(crate) const HEARTBEAT_TIMEOUT: u16 = 4103;
     /// A newer socket resumed this session.
-    pub const REPLACED: u16 = 4104;
+    pub(crate) const REPLACED: u16 = 4104;
     /// Cradle is restarting (graceful shutdown with the embedded broker) and handed the
     /// session over through the store: resume it (same `connection_id`, `resume_from`) once
     /// Cradle is back, within the resume window.
-    pub const SERVICE_RESTART: u16 = 1012;
+    pub(crate) const SERVICE_RESTART: u16 = 1012;
 }
 
 /// A frame from the client.

@@ -24,7 +24,7 @@ use crate::store::Store;
 
 /// Topic prefix of the requests replicas send each other to move a WebSocket session:
 /// `cradle/ws/transfer/{connection_id}`.
-pub const TRANSFER_PREFIX: &str = "cradle/ws/transfer/";
+pub(crate) const TRANSFER_PREFIX: &str = "cradle/ws/transfer/";
 
 /// How long a replica waits for the replica holding a session to hand it over.
 const TRANSFER_WAIT: Duration = Duration::from_millis(1500);
@@ -38,14 +38,14 @@ const MAX_TRANSFERS: usize = 256;
 
 /// Topic prefix of a shutting-down replica's offers of its sessions to the others:
 /// `cradle/ws/offer/{connection_id}`, subscribed through a shared subscription.
-pub const OFFER_PREFIX: &str = "cradle/ws/offer/";
+pub(crate) const OFFER_PREFIX: &str = "cradle/ws/offer/";
 
 /// How long a shutting-down replica waits for the others to take its sessions.
 const OFFER_WAIT: Duration = Duration::from_secs(3);
 
 /// What entitles a replica to move a session: the resume's token credential or resume
 /// secret, or the token of the holder's offer.
-pub struct Proof<'a> {
+pub(crate) struct Proof<'a> {
     pub credential_id: Option<&'a str>,
     pub secret: Option<&'a str>,
     pub offer: Option<&'a str>,
@@ -80,7 +80,7 @@ impl Bridge {
     /// Several replicas: claims the session `connection_id` another replica handed over at
     /// its shutdown, so that its PWA resumes here (detached, with its `seq`, replay buffer and
     /// what is left of its window), and subscribes what it needs. Whether it was claimed.
-    pub async fn adopt(
+    pub(crate) async fn adopt(
         self: &Arc<Self>,
         store: &Store,
         connection_id: &str,
@@ -110,7 +110,7 @@ impl Bridge {
 
     /// Several replicas: ends (`lost`) the sessions replicas handed over at their shutdown
     /// that no PWA resumed within the window, publishing their end as for any session.
-    pub async fn end_expired_handovers(self: &Arc<Self>, store: &Store) {
+    pub(crate) async fn end_expired_handovers(self: &Arc<Self>, store: &Store) {
         match handover::claim_expired(store).await {
             Ok(expired) => {
                 let Some(inbox) = &self.inbox else {
@@ -141,7 +141,7 @@ impl Bridge {
     /// store; this replica claims it and the placeholder becomes it, followed by what it
     /// collected that the holder had not sent ([`hub::merge_replay`]). Whether it arrived
     /// within `TRANSFER_WAIT`.
-    pub async fn transfer(
+    pub(crate) async fn transfer(
         self: &Arc<Self>,
         store: &Store,
         connection_id: &str,
@@ -312,7 +312,7 @@ impl Bridge {
     /// ([`Bridge::transfer`], with the offer's token as proof): it subscribes first, so no
     /// frame is lost in between. Waits until every session has moved or `OFFER_WAIT` has
     /// passed; the caller hands what is left over through the store.
-    pub async fn offer_all(&self) {
+    pub(crate) async fn offer_all(&self) {
         let Some(inbox) = &self.inbox else {
             return;
         };

@@ -9,7 +9,7 @@ use crate::domain::session::{ActiveSession, SessionEvent};
 use crate::store::sessions;
 
 /// The retained announcement topic of a baby station.
-pub fn announcement_topic(account_id: &str, client_id: &str) -> String {
+pub(crate) fn announcement_topic(account_id: &str, client_id: &str) -> String {
     format!("accounts/{account_id}/baby_stations/{client_id}")
 }
 
@@ -34,7 +34,10 @@ pub fn announcement(s: &ActiveSession) -> Vec<u8> {
 impl Sessions {
     /// Registers a follower of baby-station list changes: it gets `(account, new list)`
     /// after every committed start or end.
-    pub fn follow_baby_stations(&self, tx: mpsc::UnboundedSender<(String, serde_json::Value)>) {
+    pub(crate) fn follow_baby_stations(
+        &self,
+        tx: mpsc::UnboundedSender<(String, serde_json::Value)>,
+    ) {
         self.listeners
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

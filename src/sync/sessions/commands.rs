@@ -11,7 +11,7 @@ use crate::domain::session::{
 };
 use crate::store::{NewEvent, StoreError, StoreTx};
 
-pub use crate::domain::EVENT_VERSION;
+use crate::domain::EVENT_VERSION;
 
 fn stream_id(account_id: &str, session_id: &str) -> String {
     format!("session/{account_id}/{session_id}")
@@ -74,7 +74,7 @@ impl Sessions {
     }
 
     /// Starts a session asked by `by` (a station may start only on its own connections).
-    pub async fn start_as(
+    pub(crate) async fn start_as(
         &self,
         by: &Actor,
         account_id: &str,
@@ -171,7 +171,7 @@ impl Sessions {
 
     /// Ends a session asked by `by`: a station may end only its own sessions, and does not
     /// remove pending starts (they belong to no station until their connection appears).
-    pub async fn end_as(
+    pub(crate) async fn end_as(
         &self,
         by: &Actor,
         account_id: &str,

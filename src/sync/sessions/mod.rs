@@ -28,15 +28,14 @@ use rumqttc::AsyncClient;
 use tokio::sync::mpsc;
 
 use crate::domain::session::SessionRefused;
-pub use crate::domain::usage::{Usage, UsageClient, UsageSession};
+pub(crate) use crate::domain::usage::Usage;
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::sync::pending::PendingStarts;
 
 pub(crate) use announce::active_of;
-pub use announce::{announcement, announcement_topic};
-pub use commands::EVENT_VERSION;
-pub use queries::{usage, BabyStation};
+pub(crate) use announce::{announcement, announcement_topic};
+pub(crate) use queries::usage;
 
 /// Settings of the session handler.
 #[derive(Debug, Clone)]
@@ -44,7 +43,7 @@ pub struct SessionSettings {
     /// How long a lost baby station may stay away before its session ends.
     pub grace: Duration,
     /// Pending starts kept per account (the least recently parked evicted).
-    pub pending_per_account: usize,
+    pub(crate) pending_per_account: usize,
 }
 
 /// What a start did.

@@ -6,7 +6,7 @@ use crate::store::{parent_stations, StoreError};
 
 impl Sessions {
     /// Records a parent station's announcement (an empty one removes it).
-    pub async fn parent_station(
+    pub(crate) async fn parent_station(
         &self,
         account_id: &str,
         client_id: &str,

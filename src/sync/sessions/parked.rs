@@ -40,7 +40,12 @@ impl Sessions {
     }
 
     /// Applies the pending starts waiting for `connection_id` of `client_id`.
-    pub async fn on_connected(&self, account_id: &str, client_id: &str, connection_id: &str) {
+    pub(crate) async fn on_connected(
+        &self,
+        account_id: &str,
+        client_id: &str,
+        connection_id: &str,
+    ) {
         match self.pending.waiting_for(account_id, connection_id).await {
             Ok(ready) => {
                 for p in ready {
@@ -81,7 +86,7 @@ impl Sessions {
 
     /// Applies pending starts whose connection any replica recorded (the change feed only
     /// carries this replica's commits, and a start may have been parked elsewhere).
-    pub async fn apply_pending_from_store(&self) -> Result<(), StoreError> {
+    pub(crate) async fn apply_pending_from_store(&self) -> Result<(), StoreError> {
         for (client_id, p) in self.pending.ready().await? {
             self.apply_pending(&client_id, p).await;
         }

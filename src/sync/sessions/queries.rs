@@ -45,7 +45,7 @@ impl Sessions {
     }
 
     /// Every session of the account that overlaps `[from, to)`.
-    pub async fn sessions_between(
+    pub(crate) async fn sessions_between(
         &self,
         account_id: &str,
         from: i64,

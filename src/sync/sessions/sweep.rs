@@ -17,7 +17,7 @@ use crate::sync::status::ConnectionChange;
 impl Sessions {
     /// Ends the sessions whose baby station disconnected cleanly after the start, or has
     /// been away longer than the grace period. Returns how many ended.
-    pub async fn sweep(&self, now: i64) -> Result<usize, StoreError> {
+    pub(crate) async fn sweep(&self, now: i64) -> Result<usize, StoreError> {
         let active = self.store.active_sessions().await?;
         if active.is_empty() {
             return Ok(0);
