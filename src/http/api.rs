@@ -1,11 +1,11 @@
 //! Read-model routes under `/v1/accounts/{account_id}/…`.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use super::auth::Caller;
+use super::auth::AccountPath;
 use super::{ApiError, AppState};
 use crate::topics::is_valid_id;
 
@@ -52,11 +52,8 @@ pub(super) fn account(account_id: &str) -> Result<(), ApiError> {
 
 async fn clients(
     State(state): State<AppState>,
-    caller: Caller,
-    Path(account_id): Path<String>,
+    AccountPath(account_id): AccountPath,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    account(&account_id)?;
-    caller.authorize(&account_id)?;
     let rows = state.store.clients(&account_id).await?;
     let clients: Vec<ClientView> = rows
         .into_iter()
@@ -87,12 +84,9 @@ struct EventsQuery {
 
 async fn events(
     State(state): State<AppState>,
-    caller: Caller,
-    Path(account_id): Path<String>,
+    AccountPath(account_id): AccountPath,
     Query(q): Query<EventsQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    account(&account_id)?;
-    caller.authorize(&account_id)?;
     let after = match q.after.as_deref() {
         None => 0,
         Some(s) => s

@@ -230,6 +230,34 @@ impl Caller {
     }
 }
 
+/// The `{account_id}` of a route's path, valid and one the caller may act on: what every
+/// per-account route checks first (the caller's credential, `401`; the id, `400`; the
+/// caller's right to the account, `403`; in that order).
+pub(crate) struct AccountPath(pub(crate) String);
+
+impl FromRequestParts<AppState> for AccountPath {
+    type Rejection = axum::response::Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        use axum::response::IntoResponse;
+        let caller = Caller::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let axum::extract::Path(account_id) =
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(IntoResponse::into_response)?;
+        super::api::account(&account_id).map_err(IntoResponse::into_response)?;
+        caller
+            .authorize(&account_id)
+            .map_err(IntoResponse::into_response)?;
+        Ok(Self(account_id))
+    }
+}
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 

@@ -13,8 +13,8 @@ use axum::routing::{get, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use super::api::{account, id_param};
-use super::auth::Caller;
+use super::api::id_param;
+use super::auth::{AccountPath, Caller};
 use super::{ApiError, AppState};
 use crate::clock::now_millis;
 use crate::domain::session::EndReason;
@@ -152,11 +152,8 @@ async fn end(
 
 async fn baby_stations(
     State(state): State<AppState>,
-    caller: Caller,
-    Path(account_id): Path<String>,
+    AccountPath(account_id): AccountPath,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    account(&account_id)?;
-    caller.authorize(&account_id)?;
     let stations = state.sessions.baby_stations(&account_id).await?;
     Ok(Json(
         serde_json::json!({"account_id": account_id, "baby_stations": stations}),
@@ -165,11 +162,8 @@ async fn baby_stations(
 
 async fn parent_stations(
     State(state): State<AppState>,
-    caller: Caller,
-    Path(account_id): Path<String>,
+    AccountPath(account_id): AccountPath,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    account(&account_id)?;
-    caller.authorize(&account_id)?;
     let rows = state.sessions.parent_stations(&account_id).await?;
     let stations: Vec<serde_json::Value> = rows
         .into_iter()
@@ -209,12 +203,9 @@ fn millis_param(value: Option<&str>, field: &'static str, default: i64) -> Resul
 
 async fn usage_route(
     State(state): State<AppState>,
-    caller: Caller,
-    Path(account_id): Path<String>,
+    AccountPath(account_id): AccountPath,
     Query(q): Query<UsageQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    account(&account_id)?;
-    caller.authorize(&account_id)?;
     let from = millis_param(q.from.as_deref(), "from", 0)?;
     let to = millis_param(q.to.as_deref(), "to", now_millis())?;
     if to <= from {
