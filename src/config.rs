@@ -1073,8 +1073,8 @@ impl Config {
         Ok(())
     }
 
-    /// Checks that every public listener names a port and no two share an address.
-    fn validate_listeners(&self) -> Result<(), ConfigError> {
+    /// Every client-facing listener, by key: the edge's (TLS ones when set) and HTTP.
+    pub(crate) fn client_listeners(&self) -> Vec<(&'static str, SocketAddr)> {
         let mut listeners = vec![
             ("mqtt.listen", self.mqtt.listen),
             ("mqtt.v5_listen", self.mqtt.v5_listen),
@@ -1087,6 +1087,12 @@ impl Config {
         if let Some(a) = self.mqtt.wss_listen {
             listeners.push(("mqtt.wss_listen", a));
         }
+        listeners
+    }
+
+    /// Checks that every public listener names a port and no two share an address.
+    fn validate_listeners(&self) -> Result<(), ConfigError> {
+        let listeners = self.client_listeners();
         for (i, (key, addr)) in listeners.iter().enumerate() {
             if addr.port() == 0 {
                 return invalid(key, "port 0 is not supported: name a port");

@@ -83,19 +83,14 @@ pub(crate) struct Row {
 
 /// Parses `mqtt://host[:port]` (or `tcp://`) into host and port.
 pub(crate) fn parse_broker_url(url: &str) -> Result<(String, u16), MonitorError> {
-    let u = url::Url::parse(url).map_err(|e| MonitorError::BrokerUrl(format!("{url}: {e}")))?;
-    if !matches!(u.scheme(), "mqtt" | "tcp") {
+    let parsed = crate::endpoint::BrokerUrl::parse(url)
+        .map_err(|e| MonitorError::BrokerUrl(format!("{url}: {e}")))?;
+    if parsed.tls {
         return Err(MonitorError::BrokerUrl(format!(
             "{url}: scheme must be mqtt:// or tcp://"
         )));
     }
-    let host = u
-        .host_str()
-        .ok_or_else(|| MonitorError::BrokerUrl(format!("{url}: no host")))?
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    Ok((host, u.port().unwrap_or(1883)))
+    Ok((parsed.host, parsed.port))
 }
 
 /// Turns one status message into a row.

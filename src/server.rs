@@ -56,23 +56,6 @@ pub enum ServeError {
     OpenNonLoopback { key: &'static str, addr: SocketAddr },
 }
 
-/// Every client-facing listener of `config`, by key.
-fn client_listeners(config: &Config) -> Vec<(&'static str, SocketAddr)> {
-    let mut l = vec![
-        ("mqtt.listen", config.mqtt.listen),
-        ("mqtt.v5_listen", config.mqtt.v5_listen),
-        ("mqtt.ws_listen", config.mqtt.ws_listen),
-        ("http.listen", config.http.listen),
-    ];
-    if let Some(a) = config.mqtt.tls_listen {
-        l.push(("mqtt.tls_listen", a));
-    }
-    if let Some(a) = config.mqtt.wss_listen {
-        l.push(("mqtt.wss_listen", a));
-    }
-    l
-}
-
 /// How long each shutdown stage may take before Cradle moves on.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -567,7 +550,7 @@ async fn authenticator(config: &Config, store: &Store) -> Result<Arc<Authenticat
             "auth.mode = \"open\": ANY client may connect anonymously on EVERY listener and read or write ANY account. Development only."
         ),
         AuthMode::Auto if !auth.any_account().await => {
-            if let Some((key, addr)) = client_listeners(config)
+            if let Some((key, addr)) = config.client_listeners()
                 .into_iter()
                 .find(|(_, a)| !a.ip().is_loopback())
             {
