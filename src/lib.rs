@@ -18,52 +18,76 @@
 //! families through shared subscriptions with a retained replay after every connect
 //! ([`bus`]), and each replica subscribes what its WebSocket sessions need ([`ws::inbox`]).
 //!
-//! ## Layout
+//! ## Layers
 //!
-//! - [`accounts`]: accounts and credentials (salted BLAKE2b digests, [`accounts::hashing`]; argon2id
-//!   for secrets issued before), for the MQTT edge and HTTP auth; [`accounts::gate`] bounds every
-//!   verification (at once, per source address, a growing delay after failures).
-//! - [`config`]: one typed config (defaults, TOML file, `CRADLE_*` environment, flags).
-//! - [`topics`]: the topic contract: topic names, ids, status payload parsing, drop reasons.
-//! - [`auth`]: who may connect: device, operator and anonymous (open mode) CONNECTs.
-//! - [`edge`]: the MQTT edge devices reach (TCP, WebSocket, TLS): authenticates, hands each
-//!   device's packets to the broker from its own task ([`edge::uplink`]), checks every packet ([`edge::acl`]), counts retained messages per account
-//!   ([`edge::retained`]), stamps `from` on inbox messages ([`edge::inbox`]), reports every
-//!   connection's end ([`edge::lifecycle`]) and holds MQTT 5 Wills for their delay
-//!   ([`edge::wills`]); its publisher of ends and Wills speaks MQTT 5 ([`edge::publisher`]).
-//! - [`broker`]: the embedded rumqttd broker, on loopback listeners behind the edge; a device's
-//!   PUBACK for a status or station message waits until the bus has committed it.
-//! - [`endpoint`]: where the broker is (embedded loopback, or an external `mqtt://` /
-//!   `mqtts://` cluster with credentials) for every Cradle client and relayed link.
-//! - [`bus`]: Cradle's own MQTT client; routes each topic family to its handler, reconnects.
-//! - [`clock`] and [`mqtt_client`]: plumbing at the bottom (the recording clock; the options
-//!   and event-loop set-up of Cradle's publishing MQTT clients).
-//! - [`sync`]: one handler per topic family: [`sync::status`] (batching commits),
-//!   [`sync::stations`] (baby- and parent-station announcements), and [`sync::sessions`]
-//!   (session starts and ends from HTTP and MQTT, pending starts, clean-disconnect and
-//!   grace-period ends, the session read models); [`sync::session_input`] validates starts;
-//!   [`sync::retained`] rebuilds the embedded broker's retained state from the store at start;
-//!   [`sync::pending`] keeps pending session starts in the store for every replica.
-//! - [`domain`]: pure deciders ([`domain::connection`], [`domain::session`]) with
-//!   given/when/then tests.
-//! - [`store`]: sea-orm event log and read models on SQLite or PostgreSQL, with migrations.
-//! - [`migrate`]: `cradle migrate`: copies a whole store (SQLite to PostgreSQL) in one
-//!   transaction, keeping every key, and verifies each table's row count and checksum.
-//! - [`ws`]: the legacy WebSocket bridge (`GET /ws`): ConnectionHub, seq and replay, resume;
-//!   [`ws::inbox`] subscribes each session's inbox, presence and lists on an external broker;
-//!   [`ws::handover`] carries the sessions through the store across a graceful restart;
-//!   [`ws::transfer`] moves them between replicas, to the replica a resume reaches and away
-//!   from a replica that shuts down.
+//! Imports point one way; nothing imports a module above it (no import circle):
+//!
+//! ```text
+//! bins --> server --> (http, ws) --> sync --> (bus, domain, store)
+//! edge --> auth --> accounts --> store;  broker (the vendored rumqttd, wired by Cradle)
+//! plumbing at the bottom, importing nothing above it: config, topics, clock, ids, retry,
+//!   mqtt_client, endpoint, rate, metrics, telemetry
+//! ```
+//!
+//! ## One status message, function by function
+//!
+//! [`edge`]'s `accept_loop` and `connection` → `edge::session::serve` (`read_connect`,
+//! `authenticate`, `vet`, `admit`, `Conn::open`) → `Conn::relay` → `Conn::device_batch` →
+//! `Conn::publish` (`resolve_topic`, [`edge::acl::may_publish`]) → rumqttd's router (PATCH 13),
+//! which holds the PUBACK (PATCH 27) → [`bus`]'s `BusLoop::forward`, by
+//! `server::route_table` → [`sync::status::run`] (`accept`: [`topics::parse_status_topic`],
+//! [`domain::connection::parse_status_payload`]) → `commit_until_done` → `apply_batch_cached`
+//! (`load_rows`, [`domain::connection::decide`], `domain::connection::evolve`, `project`,
+//! `StoreTx::append`, `StoreTx::upsert_clients`, `StoreTx::commit`) → `Acker::ack` → the
+//! router releases the device's PUBACK → `Conn::deliver`. The README's Design section tells
+//! it step by step.
+//!
+//! ## Who owns what
+//!
+//! - [`server`]: `cradle serve`: builds the parts from one config in the order that keeps every
+//!   promise, the route table from topic filters to handlers (`server::route_table`), runs
+//!   until the shutdown future resolves, then drains in order.
 //! - [`http`]: axum API served by hyper with header, body and write timeouts and a connection
 //!   cap ([`http::serve`]): `PUT`/`DELETE /sessions/{id}`,
 //!   `/v1/accounts/{id}/clients|events|baby-stations|parent-stations|usage`, `/healthz`,
-//!   `/readyz`, `/metrics`.
-//! - [`rate`]: the token bucket behind the edge's and the bridge's rate limits.
-//! - [`metrics`]: lock-free counters rendered as Prometheus text.
-//! - [`monitor`]: the `cradle-monitor` live view.
-//! - [`bench`]: `cradle-bench` scenarios (one module each) and the `BENCHMARKS.md` report.
-//! - [`server`]: start-up and graceful shutdown of `cradle serve`.
-//! - [`telemetry`]: logging set-up.
+//!   `/readyz`, `/metrics`, and `GET /ws`'s handshake (credential, client id, resume, the
+//!   bridge's admission) before the socket goes to the bridge.
+//! - [`ws`]: the legacy WebSocket bridge: sessions, seq and replay (`ws::hub`), one socket
+//!   (`ws::socket`), [`ws::inbox`] (a replica's subscriptions), `ws::handover` (sessions in
+//!   the store across a restart), `ws::transfer` (sessions moving between replicas),
+//!   [`ws::protocol`] (frames, close codes).
+//! - [`sync`]: one handler per topic family: [`sync::status`] (batching commits),
+//!   [`sync::stations`] (baby- and parent-station announcements), [`sync::sessions`] (commands,
+//!   parked starts, the grace sweep, announcements, read queries); `sync::session_input`
+//!   validates starts; [`sync::retained`] rebuilds the embedded broker's retained state from
+//!   the store at start; [`sync::pending`] keeps pending session starts in the store.
+//! - [`bus`]: Cradle's QoS 1 subscriber: routes each topic family to its handler, acks in
+//!   delivery order, reconnects.
+//! - [`domain`]: pure deciders, `decide(command, state)` and `evolve(state, event)`
+//!   ([`domain::connection`], [`domain::session`] with the grace rule), and [`domain::usage`],
+//!   with given/when/then tests.
+//! - [`store`]: sea-orm event log and read models on SQLite or PostgreSQL, with migrations.
+//! - [`edge`]: the MQTT edge devices reach (TCP, WebSocket, TLS): authenticates, hands each
+//!   device's packets to the broker from its own task (`edge::uplink`), checks every packet
+//!   ([`edge::acl`]), counts retained messages per account ([`edge::retained`]), stamps `from`
+//!   on inbox messages ([`edge::inbox`]), reports every connection's end (`edge::lifecycle`)
+//!   and holds MQTT 5 Wills for their delay (`edge::wills`); its publisher of ends and Wills
+//!   speaks MQTT 5 ([`edge::publisher`]).
+//! - [`auth`]: who may connect: device, operator and anonymous (open mode) CONNECTs.
+//! - [`accounts`]: accounts and credentials (salted BLAKE2b digests, `accounts::hashing`;
+//!   argon2id for secrets issued before); `accounts::gate` bounds every verification.
+//! - [`broker`]: the embedded rumqttd broker, on loopback listeners behind the edge; a device's
+//!   PUBACK for a status or station message waits until the bus has committed it.
+//! - [`migrate`]: `cradle migrate`: copies a whole store (SQLite to PostgreSQL) in one
+//!   transaction and verifies each table's row count and checksum.
+//! - [`monitor`]: the `cradle-monitor` live view; [`bench`]: `cradle-bench` scenarios and the
+//!   `BENCHMARKS.md` report.
+//! - Plumbing: [`config`] (one typed config: defaults, TOML, `CRADLE_*`, flags), [`topics`]
+//!   (the topic contract: names, filters, ids, the one parser of topic shapes), `clock`
+//!   (the recording clock), [`ids`] (random ids and secrets), [`retry`] (`Backoff`),
+//!   `mqtt_client` (client options, `EventSource` and `drive`, the one event-loop task),
+//!   [`endpoint`] (where the broker is, for every client and relayed link), [`rate`] (token
+//!   buckets), [`metrics`] (counters rendered as Prometheus text), [`telemetry`] (logging).
 
 pub mod accounts;
 pub mod auth;
