@@ -21,12 +21,12 @@
 pub(crate) mod handover;
 pub(crate) mod hub;
 pub mod inbox;
+mod metrics;
 pub mod protocol;
 mod socket;
 pub(crate) mod transfer;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +42,7 @@ use crate::sync::sessions::Sessions;
 use crate::sync::status::ConnectionChange;
 use crate::topics::{is_valid_id, parse_topic, status_topic, Family, StatusPayload};
 use hub::{Delivery, HandedOver, Hub, ResumeKey, WsSession};
+pub use metrics::{ResumeOutcome, WsMetrics};
 use protocol::{close, ServerFrame};
 
 /// Settings of the bridge (config `[websocket]`).
@@ -89,105 +90,6 @@ impl From<&crate::config::WebSocketConfig> for WsSettings {
     }
 }
 
-/// Counters of the bridge.
-#[derive(Debug, Default)]
-pub struct WsMetrics {
-    /// Sessions opened.
-    pub opened: AtomicU64,
-    /// Sessions closed, by reason ([`CLOSE_REASONS`]; see [`WsMetrics::closed`]).
-    closed: [AtomicU64; 6],
-    /// Upgrades refused for missing or bad credentials.
-    pub(crate) auth_failures: AtomicU64,
-    /// New sessions refused at `websocket.max_sessions`.
-    pub session_limit: AtomicU64,
-    /// Resume attempts by [`ResumeOutcome`].
-    resumes: [AtomicU64; 5],
-    /// Frames replayed to resumed sockets.
-    pub replayed: AtomicU64,
-    /// Signal frames refused by the rate limit.
-    pub rate_limited: AtomicU64,
-    /// Client frames refused as invalid.
-    pub(crate) invalid_frames: AtomicU64,
-    /// Inbox messages for a connection that is not the topic's account and client.
-    pub(crate) inbox_dropped: AtomicU64,
-    /// Live sessions (attached or waiting for a resume).
-    pub live: std::sync::atomic::AtomicI64,
-}
-
-/// Close reasons counted in [`WsMetrics::closed`].
-pub(crate) const CLOSE_REASONS: [DisconnectReason; 6] = [
-    DisconnectReason::Clean,
-    DisconnectReason::Lost,
-    DisconnectReason::SlowConsumer,
-    DisconnectReason::Kicked,
-    DisconnectReason::ServerShutdown,
-    DisconnectReason::Takeover,
-];
-
-/// How a resume attempt ended, as counted (`cradle_ws_resumes_total{outcome}`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResumeOutcome {
-    /// Attached to its session.
-    Resumed,
-    /// No such session here (410).
-    Gone,
-    /// The session expired (4100).
-    Expired,
-    /// `resume_from` outside the replay buffer (4101).
-    TooOld,
-    /// Neither the opening token nor the resume secret (410).
-    Refused,
-}
-
-impl ResumeOutcome {
-    /// Every outcome, in exposition order.
-    pub(crate) const ALL: [ResumeOutcome; 5] = [
-        Self::Resumed,
-        Self::Gone,
-        Self::Expired,
-        Self::TooOld,
-        Self::Refused,
-    ];
-
-    /// The `outcome` label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Resumed => "resumed",
-            Self::Gone => "gone",
-            Self::Expired => "expired",
-            Self::TooOld => "too_old",
-            Self::Refused => "refused",
-        }
-    }
-}
-
-impl WsMetrics {
-    /// Counts a resume attempt.
-    pub fn resumed(&self, outcome: ResumeOutcome) {
-        self.resumes[outcome as usize].fetch_add(1, Relaxed);
-    }
-
-    /// Resume attempts that ended so.
-    pub fn resumes(&self, outcome: ResumeOutcome) -> u64 {
-        self.resumes[outcome as usize].load(Relaxed)
-    }
-
-    /// Counts a session ended for `reason`.
-    fn closed(&self, reason: DisconnectReason) {
-        let i = match reason {
-            DisconnectReason::Clean => 0,
-            DisconnectReason::Lost => 1,
-            DisconnectReason::SlowConsumer => 2,
-            DisconnectReason::Kicked => 3,
-            DisconnectReason::ServerShutdown => 4,
-            DisconnectReason::Takeover => 5,
-            // Not a way a WebSocket session ends.
-            _ => return,
-        };
-        self.closed[i].fetch_add(1, Relaxed);
-    }
-}
-
 /// Per client id: the connection id last pushed and whether it was connected.
 type PresenceByClient = HashMap<String, (String, bool)>;
 
@@ -226,9 +128,9 @@ fn new_connection_id() -> String {
     format!("ws-{}", crate::ids::random_hex(9))
 }
 
-/// A session's resume secret: 128 random bits, hex.
 pub(crate) use transfer::{Proof, OFFER_PREFIX, TRANSFER_PREFIX};
 
+/// A session's resume secret: 128 random bits, hex.
 fn new_resume_secret() -> String {
     crate::ids::random_hex(16)
 }
@@ -599,66 +501,7 @@ impl Bridge {
 
     /// Prometheus text of the bridge's counters.
     pub(crate) fn render_metrics(&self, out: &mut String) {
-        use std::fmt::Write;
-        let m = &self.metrics;
-        let _ = writeln!(out, "# HELP cradle_ws_sessions WebSocket sessions (attached or waiting for a resume).\n# TYPE cradle_ws_sessions gauge\ncradle_ws_sessions {}", m.live.load(Relaxed));
-        let _ = writeln!(out, "# HELP cradle_ws_sessions_opened_total WebSocket sessions opened.\n# TYPE cradle_ws_sessions_opened_total counter\ncradle_ws_sessions_opened_total {}", m.opened.load(Relaxed));
-        let _ = writeln!(out, "# HELP cradle_ws_sessions_closed_total WebSocket sessions ended, by reason.\n# TYPE cradle_ws_sessions_closed_total counter");
-        for (i, r) in CLOSE_REASONS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "cradle_ws_sessions_closed_total{{reason=\"{}\"}} {}",
-                r.as_str(),
-                m.closed[i].load(Relaxed)
-            );
-        }
-        let _ = writeln!(out, "# HELP cradle_ws_resumes_total Resume attempts, by outcome.\n# TYPE cradle_ws_resumes_total counter");
-        for o in ResumeOutcome::ALL {
-            let _ = writeln!(
-                out,
-                "cradle_ws_resumes_total{{outcome=\"{}\"}} {}",
-                o.as_str(),
-                m.resumes(o)
-            );
-        }
-        for (name, help, v) in [
-            (
-                "cradle_ws_replayed_frames_total",
-                "Frames replayed to resumed sockets.",
-                &m.replayed,
-            ),
-            (
-                "cradle_ws_auth_failures_total",
-                "Upgrades refused for missing or bad credentials.",
-                &m.auth_failures,
-            ),
-            (
-                "cradle_ws_rate_limited_frames_total",
-                "Signal frames refused by the rate limit.",
-                &m.rate_limited,
-            ),
-            (
-                "cradle_ws_invalid_frames_total",
-                "Client frames refused as invalid.",
-                &m.invalid_frames,
-            ),
-            (
-                "cradle_ws_inbox_dropped_total",
-                "Inbox messages naming a connection of another client or account.",
-                &m.inbox_dropped,
-            ),
-        ] {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                v.load(Relaxed)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP cradle_ws_refused_total Upgrades refused before the 101 for a limit, by reason (session_limit: websocket.max_sessions).\n# TYPE cradle_ws_refused_total counter\ncradle_ws_refused_total{{reason=\"session_limit\"}} {}",
-            m.session_limit.load(Relaxed)
-        );
+        self.metrics.render(out);
     }
 }
 
@@ -815,44 +658,5 @@ pub async fn run(
                 None => stations_open = false,
             },
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn each_close_reason_is_counted_under_its_own_label() {
-        for (i, reason) in CLOSE_REASONS.into_iter().enumerate() {
-            let m = WsMetrics::default();
-            m.closed(reason);
-            let counts: Vec<u64> = m.closed.iter().map(|c| c.load(Relaxed)).collect();
-            let mut want = vec![0; CLOSE_REASONS.len()];
-            want[i] = 1;
-            assert_eq!(counts, want, "{}", reason.as_str());
-        }
-    }
-
-    #[test]
-    fn each_resume_outcome_is_counted_under_its_own_label() {
-        let m = WsMetrics::default();
-        m.resumed(ResumeOutcome::TooOld);
-        m.resumed(ResumeOutcome::TooOld);
-        m.resumed(ResumeOutcome::Gone);
-        let counts: Vec<(&str, u64)> = ResumeOutcome::ALL
-            .into_iter()
-            .map(|o| (o.as_str(), m.resumes(o)))
-            .collect();
-        assert_eq!(
-            counts,
-            [
-                ("resumed", 0),
-                ("gone", 1),
-                ("expired", 0),
-                ("too_old", 2),
-                ("refused", 0)
-            ]
-        );
     }
 }
