@@ -282,12 +282,46 @@ pub struct Metrics {
     pub(crate) inbox_drops: [AtomicU64; 2],
 }
 
+/// A label of a counter family: every value (`ALL`, the exposition order, declared in the
+/// enum's order) and each value's place in it, found without a search (the discriminant).
+pub(crate) trait Label: Copy + 'static {
+    /// This value's place in its type's `ALL`.
+    fn index(self) -> usize;
+}
+
+/// Implements [`Label`] for fieldless enums whose `ALL` lists the variants in declaration
+/// order (a test checks that every value's index is its place).
+macro_rules! labels {
+    ($($t:ty),* $(,)?) => {$(
+        impl Label for $t {
+            fn index(self) -> usize {
+                self as usize
+            }
+        }
+    )*};
+}
+
+labels!(
+    DropReason,
+    EdgeConnect,
+    Refusal,
+    StationDrop,
+    HttpRefusal,
+    TokenCheck,
+    InboxDrop
+);
+
+/// Adds one to the counter of `label` in `family` (one counter per value of its label).
+fn count<L: Label>(family: &[AtomicU64], label: L) {
+    if let Some(c) = family.get(label.index()) {
+        c.fetch_add(1, Relaxed);
+    }
+}
+
 impl Metrics {
     /// Counts one dropped status message.
     pub(crate) fn status_drop(&self, reason: DropReason) {
-        if let Some(i) = DropReason::ALL.iter().position(|r| *r == reason) {
-            self.status_dropped[i].fetch_add(1, Relaxed);
-        }
+        count(&self.status_dropped, reason);
     }
 
     /// Counts one decider outcome (`applied`, `duplicate`, `stale`).
@@ -299,16 +333,12 @@ impl Metrics {
 
     /// Counts one CONNECT outcome.
     pub(crate) fn edge_connect(&self, outcome: EdgeConnect) {
-        if let Some(i) = EdgeConnect::ALL.iter().position(|o| *o == outcome) {
-            self.edge_connects[i].fetch_add(1, Relaxed);
-        }
+        count(&self.edge_connects, outcome);
     }
 
     /// Counts one CONNECT refused by authentication.
     pub(crate) fn edge_refused(&self, refusal: Refusal) {
-        if let Some(i) = Refusal::ALL.iter().position(|r| *r == refusal) {
-            self.edge_refusals[i].fetch_add(1, Relaxed);
-        }
+        count(&self.edge_refusals, refusal);
     }
 
     /// Moves the live connection gauge.
@@ -348,23 +378,17 @@ impl Metrics {
 
     /// Counts one dropped station message.
     pub(crate) fn station_drop(&self, reason: StationDrop) {
-        if let Some(i) = StationDrop::ALL.iter().position(|x| *x == reason) {
-            self.station_drops[i].fetch_add(1, Relaxed);
-        }
+        count(&self.station_drops, reason);
     }
 
     /// Counts one refused or cut HTTP connection or request.
     pub(crate) fn http_refused(&self, reason: HttpRefusal) {
-        if let Some(i) = HttpRefusal::ALL.iter().position(|r| *r == reason) {
-            self.http_refused[i].fetch_add(1, Relaxed);
-        }
+        count(&self.http_refused, reason);
     }
 
     /// Counts one bearer token check.
     pub(crate) fn token_check(&self, outcome: TokenCheck) {
-        if let Some(i) = TokenCheck::ALL.iter().position(|r| *r == outcome) {
-            self.http_token_checks[i].fetch_add(1, Relaxed);
-        }
+        count(&self.http_token_checks, outcome);
     }
 
     /// The HTTP server's families: connections, refusals, idle closes, token checks.
@@ -434,9 +458,7 @@ impl Metrics {
 
     /// Counts one inbox message the edge dropped.
     pub(crate) fn inbox_drop(&self, reason: InboxDrop) {
-        if let Some(i) = InboxDrop::ALL.iter().position(|x| *x == reason) {
-            self.inbox_drops[i].fetch_add(1, Relaxed);
-        }
+        count(&self.inbox_drops, reason);
     }
 
     /// Session events, ignored commands and parked session starts.
@@ -959,6 +981,23 @@ fn header(out: &mut String, name: &str, help: &str, kind: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn places_match<L: Label + std::fmt::Debug>(all: &[L]) {
+        for (i, l) in all.iter().enumerate() {
+            assert_eq!(l.index(), i, "{l:?} is not at its place in ALL");
+        }
+    }
+
+    #[test]
+    fn every_label_s_index_is_its_place_in_the_exposition_order() {
+        places_match(&DropReason::ALL);
+        places_match(&EdgeConnect::ALL);
+        places_match(&Refusal::ALL);
+        places_match(&StationDrop::ALL);
+        places_match(&HttpRefusal::ALL);
+        places_match(&TokenCheck::ALL);
+        places_match(&InboxDrop::ALL);
+    }
 
     #[test]
     fn drops_are_rendered_by_reason() {
