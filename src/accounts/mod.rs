@@ -16,8 +16,6 @@
 pub(crate) mod gate;
 pub(crate) mod hashing;
 
-use sea_orm::{ActiveValue, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, TransactionTrait};
-
 use std::net::IpAddr;
 
 use crate::store::{accounts, credentials, Store, StoreError};
@@ -52,12 +50,6 @@ pub enum AccountsError {
     Store(#[from] StoreError),
 }
 
-impl From<sea_orm::DbErr> for AccountsError {
-    fn from(e: sea_orm::DbErr) -> Self {
-        AccountsError::Store(StoreError::from(e))
-    }
-}
-
 /// What a credential is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CredentialKind {
@@ -73,7 +65,7 @@ impl CredentialKind {
     /// Stored name.
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::Device => "device",
+            Self::Device => credentials::DEVICE,
             Self::Token => "token",
             Self::Operator => "operator",
         }
@@ -111,11 +103,7 @@ pub async fn create_account(
     name: &str,
 ) -> Result<accounts::Model, AccountsError> {
     check_id("account", account_id)?;
-    if accounts::Entity::find_by_id(account_id)
-        .one(store.db())
-        .await?
-        .is_some()
-    {
+    if store.account_exists(account_id).await? {
         return Err(AccountsError::AccountExists(account_id.to_string()));
     }
     let model = accounts::Model {
@@ -123,59 +111,31 @@ pub async fn create_account(
         name: name.to_string(),
         created_at_millis: now_millis(),
     };
-    accounts::Entity::insert(accounts::ActiveModel {
-        account_id: ActiveValue::Set(model.account_id.clone()),
-        name: ActiveValue::Set(model.name.clone()),
-        created_at_millis: ActiveValue::Set(model.created_at_millis),
-    })
-    .exec(store.db())
-    .await?;
+    store.insert_account(&model).await?;
     Ok(model)
 }
 
 /// Every account, by id.
 pub async fn list_accounts(store: &Store) -> Result<Vec<accounts::Model>, AccountsError> {
-    Ok(accounts::Entity::find()
-        .order_by_asc(accounts::Column::AccountId)
-        .all(store.db())
-        .await?)
+    Ok(store.accounts().await?)
 }
 
 /// Whether any account exists (no account means open mode).
 pub async fn any_account(store: &Store) -> Result<bool, AccountsError> {
-    Ok(accounts::Entity::find().one(store.db()).await?.is_some())
+    Ok(store.any_account().await?)
 }
 
 /// Deletes an account and revokes every credential of it, in one transaction (a token must
 /// never outlive its account). Its events stay in the log.
 pub async fn delete_account(store: &Store, account_id: &str) -> Result<(), AccountsError> {
-    let txn = store.db().begin().await?;
-    let deleted = accounts::Entity::delete_by_id(account_id)
-        .exec(&txn)
-        .await?;
-    if deleted.rows_affected == 0 {
+    let txn = store.begin().await?;
+    if !txn.delete_account(account_id).await? {
         return Err(AccountsError::NoAccount(account_id.to_string()));
     }
-    revoke_where(&txn, credentials::Column::AccountId.eq(account_id)).await?;
+    txn.revoke_credentials_of_account(account_id, now_millis())
+        .await?;
     txn.commit().await?;
     Ok(())
-}
-
-/// Marks every live credential matching `condition` revoked; returns how many.
-async fn revoke_where(
-    conn: &impl sea_orm::ConnectionTrait,
-    condition: sea_orm::sea_query::SimpleExpr,
-) -> Result<u64, AccountsError> {
-    let result = credentials::Entity::update_many()
-        .col_expr(
-            credentials::Column::RevokedAtMillis,
-            sea_orm::sea_query::Expr::value(now_millis()),
-        )
-        .filter(condition)
-        .filter(credentials::Column::RevokedAtMillis.is_null())
-        .exec(conn)
-        .await?;
-    Ok(result.rows_affected)
 }
 
 /// Verifies `secret` against each of `hashes` (none: one check against a hash nobody knows
@@ -236,18 +196,12 @@ pub async fn issue(
         }
     }
     if let Some(a) = account {
-        if accounts::Entity::find_by_id(a)
-            .one(store.db())
-            .await?
-            .is_none()
-        {
+        if !store.account_exists(a).await? {
             return Err(AccountsError::NoAccount(a.to_string()));
         }
     }
     let issued = new_credential(kind, account, client);
-    credentials::Entity::insert(active(&issued.credential))
-        .exec(store.db())
-        .await?;
+    store.insert_credential(&issued.credential).await?;
     Ok(issued)
 }
 
@@ -271,18 +225,6 @@ fn new_credential(kind: CredentialKind, account: Option<&str>, client: Option<&s
     Issued { credential, secret }
 }
 
-fn active(m: &credentials::Model) -> credentials::ActiveModel {
-    credentials::ActiveModel {
-        credential_id: ActiveValue::Set(m.credential_id.clone()),
-        kind: ActiveValue::Set(m.kind.clone()),
-        account_id: ActiveValue::Set(m.account_id.clone()),
-        client_id: ActiveValue::Set(m.client_id.clone()),
-        secret_hash: ActiveValue::Set(m.secret_hash.clone()),
-        created_at_millis: ActiveValue::Set(m.created_at_millis),
-        revoked_at_millis: ActiveValue::Set(None),
-    }
-}
-
 /// Issues one device credential per client id of `clients` in `account`, in one
 /// transaction (provisioning a fleet; each secret is returned once).
 pub(crate) async fn issue_devices(
@@ -294,23 +236,16 @@ pub(crate) async fn issue_devices(
     for c in clients {
         check_id("client", c)?;
     }
-    let txn = store.db().begin().await?;
-    if accounts::Entity::find_by_id(account)
-        .one(&txn)
-        .await?
-        .is_none()
-    {
+    let txn = store.begin().await?;
+    if !txn.account_exists(account).await? {
         return Err(AccountsError::NoAccount(account.to_string()));
     }
     let issued: Vec<Issued> = clients
         .iter()
         .map(|c| new_credential(CredentialKind::Device, Some(account), Some(c)))
         .collect();
-    for chunk in issued.chunks(500) {
-        credentials::Entity::insert_many(chunk.iter().map(|i| active(&i.credential)))
-            .exec(&txn)
-            .await?;
-    }
+    let rows: Vec<credentials::Model> = issued.iter().map(|i| i.credential.clone()).collect();
+    txn.insert_credentials(&rows).await?;
     txn.commit().await?;
     Ok(issued)
 }
@@ -320,21 +255,12 @@ pub async fn list_credentials(
     store: &Store,
     account: Option<&str>,
 ) -> Result<Vec<credentials::Model>, AccountsError> {
-    let mut q = credentials::Entity::find().order_by_desc(credentials::Column::CreatedAtMillis);
-    if let Some(a) = account {
-        q = q.filter(credentials::Column::AccountId.eq(a));
-    }
-    Ok(q.all(store.db()).await?)
+    Ok(store.credentials(account).await?)
 }
 
 /// Revokes one credential.
 pub async fn revoke(store: &Store, credential_id: &str) -> Result<(), AccountsError> {
-    let revoked = revoke_where(
-        store.db(),
-        credentials::Column::CredentialId.eq(credential_id),
-    )
-    .await?;
-    if revoked == 0 {
+    if !store.revoke_credential(credential_id, now_millis()).await? {
         return Err(AccountsError::NoCredential(credential_id.to_string()));
     }
     Ok(())
@@ -346,14 +272,9 @@ pub(crate) async fn is_device_client(
     account_id: &str,
     client_id: &str,
 ) -> Result<bool, AccountsError> {
-    Ok(credentials::Entity::find()
-        .filter(credentials::Column::Kind.eq(CredentialKind::Device.as_str()))
-        .filter(credentials::Column::AccountId.eq(account_id))
-        .filter(credentials::Column::ClientId.eq(client_id))
-        .filter(credentials::Column::RevokedAtMillis.is_null())
-        .one(store.db())
-        .await?
-        .is_some())
+    Ok(store
+        .has_live_device_credential(account_id, client_id)
+        .await?)
 }
 
 /// Whether `password` is a live device secret of (`account_id`, `client_id`).
@@ -374,13 +295,7 @@ pub(crate) async fn verify_device_from(
     password: &str,
     source: Option<IpAddr>,
 ) -> Result<bool, AccountsError> {
-    let candidates = credentials::Entity::find()
-        .filter(credentials::Column::Kind.eq(CredentialKind::Device.as_str()))
-        .filter(credentials::Column::AccountId.eq(account_id))
-        .filter(credentials::Column::ClientId.eq(client_id))
-        .filter(credentials::Column::RevokedAtMillis.is_null())
-        .all(store.db())
-        .await?;
+    let candidates = store.live_device_credentials(account_id, client_id).await?;
     let permit = gate::gate().enter(source).await?;
     let hashes = candidates.into_iter().map(|c| c.secret_hash).collect();
     Ok(verify_gated(permit, password.to_string(), hashes).await)
@@ -406,9 +321,8 @@ pub(crate) async fn verify_secret_from(
         return Ok(None);
     };
     let found = if is_valid_id(credential_id) {
-        credentials::Entity::find_by_id(credential_id)
-            .filter(credentials::Column::RevokedAtMillis.is_null())
-            .one(store.db())
+        store
+            .live_credential(credential_id)
             .await?
             .filter(|c| c.kind != CredentialKind::Device.as_str())
     } else {

@@ -221,7 +221,9 @@ impl Store {
         Ok(store)
     }
 
-    /// The connection, for modules that own their own tables (accounts, credentials).
+    /// The raw connection, below the store's methods: for the store-to-store copy
+    /// (`migrate`), the load generator's check of what it recorded (`bench::storm`) and
+    /// integration tests that seed or dump tables. Every other module calls the methods.
     pub fn db(&self) -> &DatabaseConnection {
         &self.db
     }

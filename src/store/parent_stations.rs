@@ -68,6 +68,11 @@ impl Store {
         Ok(())
     }
 
+    /// Every parent station of every account (in no particular order).
+    pub(crate) async fn all_parent_stations(&self) -> Result<Vec<Model>, StoreError> {
+        Ok(Entity::find().all(&self.db).await?)
+    }
+
     /// The account's parent stations, by client id.
     pub async fn parent_stations(&self, account_id: &str) -> Result<Vec<Model>, StoreError> {
         Ok(Entity::find()

@@ -142,6 +142,15 @@ impl Store {
             .await?)
     }
 
+    /// Every active session of every account, by start.
+    pub(crate) async fn active_sessions_by_start(&self) -> Result<Vec<Model>, StoreError> {
+        Ok(Entity::find()
+            .filter(Column::Active.eq(true))
+            .order_by_asc(Column::StartedAtMillis)
+            .all(&self.db)
+            .await?)
+    }
+
     /// Those of `active` (at most a few hundred: one statement) whose baby station is
     /// recorded and not connected, in the order given, with what its row says of its
     /// absence.

@@ -7,14 +7,9 @@ use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use sea_orm::{
-    sea_query::OnConflict, ActiveValue, ColumnTrait, Condition, EntityTrait, QueryFilter,
-    QueryOrder, TransactionTrait,
-};
-
 use crate::clock::now_millis;
 use crate::metrics::Metrics;
-use crate::store::{clients, pending_starts, Store, StoreError};
+use crate::store::{pending_starts, Store, StoreError};
 
 /// A start that waits for its connection, as parked.
 pub(crate) type PendingStart = pending_starts::Model;
@@ -44,55 +39,24 @@ impl PendingStarts {
     /// `start.parked_at_millis` are ignored: they are assigned here.
     pub(crate) async fn park(&self, start: PendingStart) -> Result<(), StoreError> {
         let account_id = start.account_id.clone();
-        let txn = self.store.db().begin().await?;
-        let last = pending_starts::Entity::find()
-            .filter(pending_starts::Column::AccountId.eq(account_id.as_str()))
-            .order_by_desc(pending_starts::Column::ParkedSeq)
-            .one(&txn)
-            .await?
-            .map_or(0, |p| p.parked_seq);
-        let row = pending_starts::ActiveModel {
-            account_id: ActiveValue::Set(start.account_id),
-            session_id: ActiveValue::Set(start.session_id),
-            connection_id: ActiveValue::Set(start.connection_id),
-            name: ActiveValue::Set(start.name),
-            started_at_millis: ActiveValue::Set(start.started_at_millis),
-            parked_seq: ActiveValue::Set(last + 1),
-            parked_at_millis: ActiveValue::Set(now_millis()),
-        };
-        pending_starts::Entity::insert(row)
-            .on_conflict(
-                OnConflict::columns([
-                    pending_starts::Column::AccountId,
-                    pending_starts::Column::SessionId,
-                ])
-                .update_columns([
-                    pending_starts::Column::ConnectionId,
-                    pending_starts::Column::Name,
-                    pending_starts::Column::StartedAtMillis,
-                    pending_starts::Column::ParkedSeq,
-                    pending_starts::Column::ParkedAtMillis,
-                ])
-                .to_owned(),
-            )
-            .exec(&txn)
-            .await?;
+        let txn = self.store.begin().await?;
+        let last = txn.last_parked_seq(&account_id).await?;
+        txn.upsert_pending_start(PendingStart {
+            parked_seq: last + 1,
+            parked_at_millis: now_millis(),
+            ..start
+        })
+        .await?;
         // (OFFSET without LIMIT is not SQLite: the few beyond the bound are skipped here.)
-        let parked: Vec<PendingStart> = pending_starts::Entity::find()
-            .filter(pending_starts::Column::AccountId.eq(account_id.as_str()))
-            .order_by_desc(pending_starts::Column::ParkedSeq)
-            .all(&txn)
+        let parked: Vec<PendingStart> = txn
+            .pending_starts_of_account(&account_id)
             .await?
             .into_iter()
             .skip(self.per_account)
             .collect();
         for evicted in &parked {
-            pending_starts::Entity::delete_by_id((
-                evicted.account_id.clone(),
-                evicted.session_id.clone(),
-            ))
-            .exec(&txn)
-            .await?;
+            txn.remove_pending_start(&evicted.account_id, &evicted.session_id)
+                .await?;
         }
         txn.commit().await?;
         self.maybe_any.store(true, Relaxed);
@@ -110,11 +74,9 @@ impl PendingStarts {
 
     /// Removes a parked start; whether there was one.
     pub async fn remove(&self, account_id: &str, session_id: &str) -> Result<bool, StoreError> {
-        let done =
-            pending_starts::Entity::delete_by_id((account_id.to_string(), session_id.to_string()))
-                .exec(self.store.db())
-                .await?;
-        Ok(done.rows_affected > 0)
+        self.store
+            .remove_pending_start(account_id, session_id)
+            .await
     }
 
     /// The starts waiting for `connection_id` in the account.
@@ -126,44 +88,16 @@ impl PendingStarts {
         if !self.maybe_any.load(Relaxed) {
             return Ok(Vec::new());
         }
-        Ok(pending_starts::Entity::find()
-            .filter(pending_starts::Column::AccountId.eq(account_id))
-            .filter(pending_starts::Column::ConnectionId.eq(connection_id))
-            .order_by_asc(pending_starts::Column::ParkedSeq)
-            .all(self.store.db())
-            .await?)
+        self.store
+            .pending_starts_for_connection(account_id, connection_id)
+            .await
     }
 
     /// Every parked start whose connection the store shows connected (recorded by any
     /// replica), with that connection's client.
     pub async fn ready(&self) -> Result<Vec<(String, PendingStart)>, StoreError> {
-        let parked = pending_starts::Entity::find()
-            .order_by_asc(pending_starts::Column::ParkedSeq)
-            .all(self.store.db())
-            .await?;
+        let parked = self.store.pending_starts().await?;
         self.maybe_any.store(!parked.is_empty(), Relaxed);
-        let mut ready = Vec::new();
-        for chunk in parked.chunks(200) {
-            let rows = clients::Entity::find()
-                .filter(
-                    Condition::all()
-                        .add(
-                            clients::Column::ConnectionId
-                                .is_in(chunk.iter().map(|p| p.connection_id.as_str())),
-                        )
-                        .add(clients::Column::Connected.eq(true)),
-                )
-                .all(self.store.db())
-                .await?;
-            for p in chunk {
-                if let Some(c) = rows
-                    .iter()
-                    .find(|c| c.account_id == p.account_id && c.connection_id == p.connection_id)
-                {
-                    ready.push((c.client_id.clone(), p.clone()));
-                }
-            }
-        }
-        Ok(ready)
+        self.store.connected_pending_starts(&parked).await
     }
 }

@@ -7,8 +7,6 @@
 
 use std::collections::HashMap;
 
-use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
-
 use crate::store::{clients, parent_stations, sessions, Store, StoreError};
 use crate::sync::sessions::{active_of, announcement, announcement_topic};
 use crate::topics::{parent_station_topic, status_topic, StatusPayload};
@@ -37,21 +35,8 @@ pub(crate) async fn statuses_page(
     store: &Store,
     after: Option<&(String, String)>,
 ) -> Result<(Vec<Retained>, Option<(String, String)>), StoreError> {
-    let mut find = clients::Entity::find()
-        .order_by_asc(clients::Column::AccountId)
-        .order_by_asc(clients::Column::ClientId);
-    if let Some((a, c)) = after {
-        find = find.filter(
-            Condition::any()
-                .add(clients::Column::AccountId.gt(a.as_str()))
-                .add(
-                    Condition::all()
-                        .add(clients::Column::AccountId.eq(a.as_str()))
-                        .add(clients::Column::ClientId.gt(c.as_str())),
-                ),
-        );
-    }
-    let rows = find.limit(PAGE).all(store.db()).await?;
+    let key = after.map(|(a, c)| (a.as_str(), c.as_str()));
+    let rows = store.clients_page(key, PAGE).await?;
     let last = rows
         .last()
         .map(|r| (r.account_id.clone(), r.client_id.clone()));
@@ -60,13 +45,8 @@ pub(crate) async fn statuses_page(
 
 /// The announcements the broker should retain: active sessions' and parent stations'.
 pub async fn announcements(store: &Store) -> Result<(Vec<Retained>, Counts), StoreError> {
-    let db = store.db();
-    let active = sessions::Entity::find()
-        .filter(sessions::Column::Active.eq(true))
-        .order_by_asc(sessions::Column::StartedAtMillis)
-        .all(db)
-        .await?;
-    let parents = parent_stations::Entity::find().all(db).await?;
+    let active = store.active_sessions_by_start().await?;
+    let parents = store.all_parent_stations().await?;
     Ok(retained_state(&[], &active, &parents))
 }
 

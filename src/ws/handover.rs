@@ -10,8 +10,6 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use sea_orm::{ActiveValue, EntityTrait, TransactionTrait};
-
 use super::hub::HandedOver;
 use crate::clock::now_millis;
 use crate::store::{ws_handover, Store, StoreError};
@@ -24,21 +22,20 @@ pub(crate) async fn save(
 ) -> Result<HashSet<String>, StoreError> {
     let deadline = now_millis() + window.as_millis() as i64;
     let ids = sessions.iter().map(|s| s.connection_id.clone()).collect();
-    let txn = store.db().begin().await?;
-    for chunk in sessions.chunks(200) {
-        let rows = chunk.iter().map(|s| ws_handover::ActiveModel {
-            connection_id: ActiveValue::Set(s.connection_id.clone()),
-            account_id: ActiveValue::Set(s.account_id.clone()),
-            client_id: ActiveValue::Set(s.client_id.clone()),
-            credential_id: ActiveValue::Set(s.credential_id.clone()),
-            secret_digest: ActiveValue::Set(s.secret_hash.clone()),
-            seq: ActiveValue::Set(s.seq as i64),
-            replay: ActiveValue::Set(serde_json::to_string(&s.replay).unwrap_or_default()),
-            deadline_millis: ActiveValue::Set(deadline),
-        });
-        ws_handover::Entity::insert_many(rows).exec(&txn).await?;
-    }
-    txn.commit().await?;
+    let rows: Vec<ws_handover::Model> = sessions
+        .into_iter()
+        .map(|s| ws_handover::Model {
+            connection_id: s.connection_id,
+            account_id: s.account_id,
+            client_id: s.client_id,
+            credential_id: s.credential_id,
+            secret_digest: s.secret_hash,
+            seq: s.seq as i64,
+            replay: serde_json::to_string(&s.replay).unwrap_or_default(),
+            deadline_millis: deadline,
+        })
+        .collect();
+    store.save_ws_handovers(&rows).await?;
     Ok(ids)
 }
 
@@ -46,10 +43,7 @@ pub(crate) async fn save(
 /// still open, with how long it has left. (The others were lost: the caller records their
 /// connections as ended with the rest.)
 pub async fn take(store: &Store) -> Result<Vec<(HandedOver, Duration)>, StoreError> {
-    let txn = store.db().begin().await?;
-    let rows = ws_handover::Entity::find().all(&txn).await?;
-    ws_handover::Entity::delete_many().exec(&txn).await?;
-    txn.commit().await?;
+    let rows = store.take_ws_handovers().await?;
     let now = now_millis();
     Ok(rows
         .into_iter()
@@ -83,11 +77,7 @@ pub(crate) async fn claim(
     account_id: &str,
     client_id: &str,
 ) -> Result<Option<(HandedOver, Duration)>, StoreError> {
-    use sea_orm::{ColumnTrait, QueryFilter};
-    let Some(row) = ws_handover::Entity::find_by_id(connection_id.to_string())
-        .one(store.db())
-        .await?
-    else {
+    let Some(row) = store.ws_handover(connection_id).await? else {
         return Ok(None);
     };
     // Only the session's own account and client id may pull it (the resume's proof is
@@ -99,11 +89,7 @@ pub(crate) async fn claim(
     if row.deadline_millis <= now {
         return Ok(None);
     }
-    let deleted = ws_handover::Entity::delete_many()
-        .filter(ws_handover::Column::ConnectionId.eq(connection_id))
-        .exec(store.db())
-        .await?;
-    if deleted.rows_affected != 1 {
+    if !store.delete_ws_handover(connection_id).await? {
         return Ok(None);
     }
     let left = Duration::from_millis((row.deadline_millis - now) as u64);
@@ -113,19 +99,10 @@ pub(crate) async fn claim(
 /// Claims up to 100 handed-over sessions whose resume window passed without a resume (the
 /// replica that handed them over is gone; their PWA never came back). The caller ends them.
 pub(crate) async fn claim_expired(store: &Store) -> Result<Vec<HandedOver>, StoreError> {
-    use sea_orm::{ColumnTrait, QueryFilter, QuerySelect};
-    let rows = ws_handover::Entity::find()
-        .filter(ws_handover::Column::DeadlineMillis.lte(now_millis()))
-        .limit(100)
-        .all(store.db())
-        .await?;
+    let rows = store.expired_ws_handovers(now_millis(), 100).await?;
     let mut claimed = Vec::new();
     for row in rows {
-        let deleted = ws_handover::Entity::delete_many()
-            .filter(ws_handover::Column::ConnectionId.eq(row.connection_id.clone()))
-            .exec(store.db())
-            .await?;
-        if deleted.rows_affected == 1 {
+        if store.delete_ws_handover(&row.connection_id).await? {
             claimed.push(handed_over(row));
         }
     }
