@@ -64,7 +64,6 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::StoreConfig;
 
     fn client(account: &str, id: &str) -> Model {
         Model {
@@ -86,13 +85,7 @@ mod tests {
     #[tokio::test]
     async fn pages_walk_every_client_once_in_key_order() {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("cradle.db").display());
-        let store = Store::connect(&StoreConfig {
-            database_url: url,
-            ..StoreConfig::default()
-        })
-        .await
-        .unwrap();
+        let store = crate::store::temp_store(&dir).await;
         let rows = [
             client("b", "x"),
             client("a", "z"),

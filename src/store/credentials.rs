@@ -166,7 +166,6 @@ impl StoreTx {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::StoreConfig;
     use crate::store::accounts;
 
     fn credential(id: &str, kind: &str, account: &str, client: Option<&str>, at: i64) -> Model {
@@ -188,13 +187,7 @@ mod tests {
     #[tokio::test]
     async fn credentials_are_issued_live_revoked_once_and_revoked_with_their_account() {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("cradle.db").display());
-        let store = Store::connect(&StoreConfig {
-            database_url: url,
-            ..StoreConfig::default()
-        })
-        .await
-        .unwrap();
+        let store = crate::store::temp_store(&dir).await;
         for id in ["a", "b"] {
             let account = accounts::Model {
                 account_id: id.into(),

@@ -476,6 +476,19 @@ pub(crate) fn redact(url: &str) -> String {
     }
 }
 
+/// A fresh SQLite store in `dir`, for the store's unit tests.
+#[cfg(test)]
+pub(crate) async fn temp_store(dir: &tempfile::TempDir) -> Store {
+    let url = format!("sqlite://{}", dir.path().join("cradle.db").display());
+    let config = StoreConfig {
+        database_url: url,
+        ..StoreConfig::default()
+    };
+    Store::connect(&config)
+        .await
+        .expect("a store in a temporary directory")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

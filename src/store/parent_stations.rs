@@ -85,19 +85,11 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::config::StoreConfig;
 
     #[tokio::test]
     async fn a_parent_station_is_recorded_replaced_listed_and_removed() {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("cradle.db").display());
-        let store = Store::connect(&StoreConfig {
-            database_url: url,
-            ..StoreConfig::default()
-        })
-        .await
-        .unwrap();
+        let store = crate::store::temp_store(&dir).await;
         let first = serde_json::json!({"name": "Kitchen"});
         let second = serde_json::json!({"name": "Bedroom"});
         store

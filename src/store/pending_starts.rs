@@ -172,7 +172,6 @@ impl StoreTx {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::StoreConfig;
 
     fn start(account: &str, session: &str, connection: &str, seq: i64) -> Model {
         Model {
@@ -206,13 +205,7 @@ mod tests {
     #[tokio::test]
     async fn parked_starts_are_ordered_replaced_removed_and_found_ready() {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("cradle.db").display());
-        let store = Store::connect(&StoreConfig {
-            database_url: url,
-            ..StoreConfig::default()
-        })
-        .await
-        .unwrap();
+        let store = crate::store::temp_store(&dir).await;
         let tx = store.begin().await.unwrap();
         assert_eq!(tx.last_parked_seq("a").await.unwrap(), 0);
         tx.upsert_pending_start(start("a", "s1", "k1", 1))

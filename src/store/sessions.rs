@@ -340,16 +340,9 @@ impl StoreTx {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::StoreConfig;
 
     async fn store(dir: &tempfile::TempDir) -> Store {
-        let url = format!("sqlite://{}", dir.path().join("cradle.db").display());
-        Store::connect(&StoreConfig {
-            database_url: url,
-            ..StoreConfig::default()
-        })
-        .await
-        .unwrap()
+        crate::store::temp_store(dir).await
     }
 
     fn session(id: &str, client: &str, connection: &str, at: i64) -> ActiveSession {

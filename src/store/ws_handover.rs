@@ -106,7 +106,6 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::StoreConfig;
 
     fn row(id: &str, deadline: i64) -> Model {
         Model {
@@ -127,13 +126,7 @@ mod tests {
     #[tokio::test]
     async fn handed_over_sessions_are_saved_claimed_once_and_taken() {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("cradle.db").display());
-        let store = Store::connect(&StoreConfig {
-            database_url: url,
-            ..StoreConfig::default()
-        })
-        .await
-        .unwrap();
+        let store = crate::store::temp_store(&dir).await;
         store
             .save_ws_handovers(&[row("k1", 100), row("k2", 200), row("k3", 300)])
             .await
