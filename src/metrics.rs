@@ -7,7 +7,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::auth::Refusal;
-use crate::domain::connection::DisconnectReason;
+use crate::domain::connection::{DisconnectReason, Ignored};
 use crate::domain::session::SessionIgnored;
 use crate::edge::acl::AclDrop;
 use crate::edge::codec::FrameError;
@@ -324,11 +324,14 @@ impl Metrics {
         count(&self.status_dropped, reason);
     }
 
-    /// Counts one decider outcome (`applied`, `duplicate`, `stale`).
-    pub(crate) fn connection_outcome(&self, outcome: &str) {
-        if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
-            self.connection_outcomes[i].fetch_add(1, Relaxed);
-        }
+    /// Counts one decider outcome: applied (`None`), or why it was ignored.
+    pub(crate) fn connection_outcome(&self, ignored: Option<Ignored>) {
+        let i = match ignored {
+            None => 0,
+            Some(Ignored::Duplicate) => 1,
+            Some(Ignored::Stale) => 2,
+        };
+        self.connection_outcomes[i].fetch_add(1, Relaxed);
     }
 
     /// Counts one CONNECT outcome.
@@ -1014,10 +1017,13 @@ mod tests {
     #[test]
     fn outcomes_are_rendered_per_decider() {
         let m = Metrics::default();
-        m.connection_outcome("stale");
+        m.connection_outcome(Some(Ignored::Stale));
         let text = m.render(None);
         assert!(text
             .contains("cradle_decider_outcomes_total{decider=\"connection\",outcome=\"stale\"} 1"));
+        assert!(text.contains(
+            "cradle_decider_outcomes_total{decider=\"connection\",outcome=\"applied\"} 0"
+        ));
         assert!(!text.contains("cradle_connected_clients"));
     }
 }

@@ -202,7 +202,7 @@ fn record(batch: &[Report], outcomes: &[Outcome], metrics: &Metrics) {
         let _guard = span.enter();
         match outcome {
             Outcome::Applied(events) => {
-                metrics.connection_outcome("applied");
+                metrics.connection_outcome(None);
                 for event in events {
                     match event {
                         ConnectionEvent::Connected { .. } => {
@@ -221,7 +221,7 @@ fn record(batch: &[Report], outcomes: &[Outcome], metrics: &Metrics) {
                 }
             }
             Outcome::Ignored(why) => {
-                metrics.connection_outcome(why.as_str());
+                metrics.connection_outcome(Some(*why));
                 tracing::debug!(outcome = why.as_str(), "status ignored");
             }
         }
