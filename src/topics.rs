@@ -202,12 +202,22 @@ pub(crate) fn baby_stations_filter(account_id: &str) -> String {
     format!("accounts/{account_id}/baby_stations/+")
 }
 
+/// The `type` of a status payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum StatusKind {
+    /// `connected`
+    Connected,
+    /// `disconnected`
+    Disconnected,
+}
+
 /// The status payload as it travels on the wire.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct StatusPayload {
     /// `connected` or `disconnected`.
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: StatusKind,
     /// Names one connection of the client; a reconnect uses a new one.
     pub connection_id: String,
     /// The observer's clock, Unix milliseconds.

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
 
 use crate::domain::connection::DisconnectReason;
-use crate::topics::{parse_status_topic, StatusPayload};
+use crate::topics::{parse_status_topic, StatusKind, StatusPayload};
 
 /// A message to publish at the end of a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,22 +79,21 @@ pub(crate) fn observe_status(
     let Ok(status) = serde_json::from_slice::<StatusPayload>(payload) else {
         return;
     };
-    match status.kind.as_str() {
-        "connected" => {
+    match status.kind {
+        StatusKind::Connected => {
             *reported = Some(Reported {
                 topic: topic.to_string(),
                 connection_id: status.connection_id,
                 ended: false,
             })
         }
-        "disconnected" => {
+        StatusKind::Disconnected => {
             if let Some(r) = reported {
                 if r.topic == topic && r.connection_id == status.connection_id {
                     r.ended = true;
                 }
             }
         }
-        _ => {}
     }
 }
 
@@ -133,7 +132,7 @@ pub(crate) fn end_publications(
     if let Some(r) = reported {
         if !r.ended && !covered {
             let status = StatusPayload {
-                kind: "disconnected".to_string(),
+                kind: StatusKind::Disconnected,
                 connection_id: r.connection_id.clone(),
                 at_millis: now_millis,
                 reason: Some(reason.as_str().to_string()),

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use crate::store::{clients, parent_stations, sessions, Store, StoreError};
 use crate::sync::sessions::{active_of, announcement, announcement_topic};
-use crate::topics::{parent_station_topic, status_topic, StatusPayload};
+use crate::topics::{parent_station_topic, status_topic, StatusKind, StatusPayload};
 
 /// One retained message to publish (QoS 1, retained).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,13 +94,13 @@ pub(crate) fn retained_state(
 fn last_status(c: &clients::Model) -> StatusPayload {
     match (c.connected, c.disconnected_at_millis) {
         (false, Some(at)) => StatusPayload {
-            kind: "disconnected".to_string(),
+            kind: StatusKind::Disconnected,
             connection_id: c.connection_id.clone(),
             at_millis: at,
             reason: c.last_disconnect_reason.clone(),
         },
         _ => StatusPayload {
-            kind: "connected".to_string(),
+            kind: StatusKind::Connected,
             connection_id: c.connection_id.clone(),
             at_millis: c.connected_at_millis,
             reason: None,

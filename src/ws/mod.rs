@@ -40,7 +40,7 @@ use crate::domain::connection::{ConnectionCommand, ConnectionEvent, DisconnectRe
 use crate::store::Store;
 use crate::sync::sessions::Sessions;
 use crate::sync::status::ConnectionChange;
-use crate::topics::{is_valid_id, parse_topic, status_topic, Family, StatusPayload};
+use crate::topics::{is_valid_id, parse_topic, status_topic, Family, StatusKind, StatusPayload};
 use hub::{Delivery, HandedOver, Hub, ResumeKey, WsSession};
 pub use metrics::{ResumeOutcome, WsMetrics};
 use protocol::{close, ServerFrame};
@@ -294,11 +294,10 @@ impl Bridge {
     async fn publish_status(&self, s: &WsSession, reason: Option<DisconnectReason>) {
         let payload = StatusPayload {
             kind: if reason.is_some() {
-                "disconnected"
+                StatusKind::Disconnected
             } else {
-                "connected"
-            }
-            .to_string(),
+                StatusKind::Connected
+            },
             connection_id: s.connection_id.clone(),
             at_millis: now_millis(),
             reason: reason.map(|r| r.as_str().to_string()),
