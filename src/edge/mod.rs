@@ -277,10 +277,6 @@ impl Edge {
         self.shared.publisher.flush(Duration::from_secs(5)).await;
     }
 
-    /// Live client connections.
-    pub fn live(&self) -> usize {
-        self.shared.registry.len()
-    }
 }
 
 async fn accept_loop(

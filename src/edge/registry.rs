@@ -168,6 +168,7 @@ impl Registry {
     }
 
     /// Live connections.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.live
             .lock()
