@@ -276,7 +276,6 @@ impl Edge {
         }
         self.shared.publisher.flush(Duration::from_secs(5)).await;
     }
-
 }
 
 async fn accept_loop(

@@ -361,9 +361,10 @@ pub(crate) struct Hub {
 }
 
 impl Hub {
-    /// Registers a new session and attaches its first socket.
-    pub fn open(
-        &self,
+    /// A new session with its first socket attached, not yet findable: its first frames
+    /// (`hello`) go out before any other part of the bridge can send it anything. [`Hub::add`]
+    /// registers it.
+    pub fn prepare(
         account_id: &str,
         client_id: &str,
         connection_id: &str,
@@ -373,14 +374,34 @@ impl Hub {
     ) -> Attached {
         let ids = (account_id.into(), client_id.into(), connection_id.into());
         let state = State::new(key, 0, VecDeque::new(), Some(tx));
-        let session = WsSession::new(ids, replay_max, state);
-        self.insert(session.clone(), false);
         Attached {
-            session,
+            session: WsSession::new(ids, replay_max, state),
             generation: 1,
             replay: Vec::new(),
             replaced: None,
         }
+    }
+
+    /// Registers a prepared session: from now on presence, lists and inbox messages reach it.
+    pub fn add(&self, session: &Arc<WsSession>) {
+        self.insert(session.clone(), false);
+    }
+
+    /// Registers a new session and attaches its first socket ([`Hub::prepare`], then
+    /// [`Hub::add`]).
+    #[cfg(test)]
+    pub fn open(
+        &self,
+        account_id: &str,
+        client_id: &str,
+        connection_id: &str,
+        key: ResumeKey,
+        replay_max: usize,
+        tx: mpsc::Sender<Outgoing>,
+    ) -> Attached {
+        let a = Self::prepare(account_id, client_id, connection_id, key, replay_max, tx);
+        self.add(&a.session);
+        a
     }
 
     /// Takes back a session a graceful shutdown handed over: detached (generation 1), with
@@ -691,6 +712,18 @@ mod tests {
         assert_eq!(b.replay.len(), 1);
         assert_eq!(texts(&mut rx).len(), 1);
         assert_eq!(b.session.seq(), 2);
+    }
+
+    #[test]
+    fn given_a_prepared_session_then_nobody_finds_it_until_it_is_added() {
+        let hub = Hub::default();
+        let (tx, _rx) = channel();
+        let a = Hub::prepare("acc", "pwa", "c1", key(None), 10, tx);
+        assert!(hub.get("c1").is_none());
+        assert!(hub.of_account("acc").is_empty());
+        hub.add(&a.session);
+        assert!(hub.get("c1").is_some());
+        assert_eq!(hub.of_account("acc").len(), 1);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Duration, Instant};
 
-use super::hub::{Outgoing, ResumeError, ResumeKey, WsSession};
+use super::hub::{Hub, Outgoing, ResumeError, ResumeKey, WsSession};
 use super::protocol::{close, parse_client_frame, ClientFrame, ServerFrame};
 use super::{detach_and_wait, new_connection_id, Bridge, Resume, ResumeOutcome, WsSettings};
 use crate::domain::connection::DisconnectReason;
@@ -130,8 +130,10 @@ fn spawn_writer(
     })
 }
 
-/// Opens a new session: registered in the hub, its inbox subscribed (with several
-/// replicas), its `connected` status published, then `hello`.
+/// Opens a new session: its inbox subscribed first (with several replicas: what is published
+/// to it after `hello` reaches the client), then `hello` as its first frame, queued before the
+/// session is registered in the hub (so no presence, list or inbox frame can precede it), then
+/// its `connected` status published.
 async fn open(
     bridge: &Arc<Bridge>,
     account_id: &str,
@@ -141,7 +143,10 @@ async fn open(
 ) -> (Arc<WsSession>, u64) {
     let settings = &bridge.settings;
     let connection_id = new_connection_id();
-    let a = bridge.hub.open(
+    if let Some(inbox) = &bridge.inbox {
+        inbox.add(account_id, client_id).await;
+    }
+    let a = Hub::prepare(
         account_id,
         client_id,
         &connection_id,
@@ -149,17 +154,13 @@ async fn open(
         settings.replay_frames,
         tx,
     );
+    // The queue is empty: the first frame always fits.
+    let _ = a.session.send(&hello(&a.session, false, settings));
+    bridge.hub.add(&a.session);
     bridge.metrics.opened.fetch_add(1, Relaxed);
     bridge.metrics.live.fetch_add(1, Relaxed);
-    if let Some(inbox) = &bridge.inbox {
-        // Before `hello`: what is published to the inbox after it reaches the client.
-        inbox.add(account_id, client_id).await;
-    }
     bridge.publish_status(&a.session, None).await;
     tracing::info!(%account_id, %client_id, %connection_id, "WebSocket session opened");
-    bridge
-        .deliver(&a.session, &hello(&a.session, false, settings))
-        .await;
     (a.session, a.generation)
 }
 
