@@ -54,7 +54,7 @@ async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, Broker
 /// Starts the router (its own thread) and the v4 and v5 listeners (tasks on the current
 /// Tokio runtime) on loopback, and returns their bound addresses once they accept.
 /// Under `mqtt.puback_after_commit`, `bus_client_id` is the durable consumer: a publisher's
-/// PUBACK for a message on one of [`crate::topics::DURABLE_FILTERS`] waits for the bus's own
+/// PUBACK for a message on one of `crate::topics::DURABLE_FILTERS` waits for the bus's own
 /// acknowledgement of it.
 pub async fn start(
     config: &MqttConfig,

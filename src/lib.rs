@@ -80,7 +80,7 @@
 //!   PUBACK for a status or station message waits until the bus has committed it.
 //! - [`migrate`]: `cradle migrate`: copies a whole store (SQLite to PostgreSQL) in one
 //!   transaction and verifies each table's row count and checksum.
-//! - [`monitor`]: the `cradle-monitor` live view; [`bench`]: `cradle-bench` scenarios and the
+//! - [`monitor`]: the `cradle-monitor` live view; [`bench`](mod@bench): `cradle-bench` scenarios and the
 //!   `BENCHMARKS.md` report.
 //! - Plumbing: [`config`] (one typed config: defaults, TOML, `CRADLE_*`, flags), [`topics`]
 //!   (the topic contract: names, filters, ids, the one parser of topic shapes), `clock`

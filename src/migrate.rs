@@ -12,7 +12,7 @@
 //!   table is never copied). Every row is then written inside one transaction on the target:
 //!   a run that fails at any point, verification included, leaves the target's rows as they
 //!   were. The source is read inside one transaction too (a snapshot), in pages of
-//!   [`DEFAULT_PAGE_ROWS`] ordered by primary key, so a large log never has to fit in
+//!   `DEFAULT_PAGE_ROWS` ordered by primary key, so a large log never has to fit in
 //!   memory. Stop the service that writes to the source first.
 //! - **Verification.** For every table the row count and a BLAKE2b-256 checksum over a
 //!   canonical serialization of every row (a JSON array of its column values, one line per

@@ -2,14 +2,14 @@
 //! and operator secrets (watching every account's status).
 //!
 //! Secrets are 256 random bits, shown once when issued and stored only as salted BLAKE2b-512
-//! digests ([`hashing`]: a slow hash adds nothing against 2^256 candidates); argon2id hashes
+//! digests (`hashing`: a slow hash adds nothing against 2^256 candidates); argon2id hashes
 //! stored by earlier versions still verify, on the blocking pool. Comparisons run in constant
 //! time.
 //! A bearer or operator secret reads `{credential_id}.{random}` so that it is looked up by id
 //! and verified once; a device secret is the password of an MQTT CONNECT whose username is
 //! the account id and whose client id is the credential's client id.
 //!
-//! Every verification passes the process-wide [`gate`] first (bounded concurrency, per-source
+//! Every verification passes the process-wide `gate` first (bounded concurrency, per-source
 //! limits, a growing delay after failures), and an unknown credential costs the same check
 //! as a known one, so timing does not tell which ids exist.
 
@@ -42,7 +42,7 @@ pub enum AccountsError {
     /// Hashing failed (never expected; the message says why).
     #[error("hashing: {0}")]
     Hash(String),
-    /// Too many verifications at once; the caller may retry (see [`gate`]).
+    /// Too many verifications at once; the caller may retry (see `gate`).
     #[error(transparent)]
     Busy(#[from] gate::Busy),
     /// The store failed.

@@ -174,7 +174,7 @@ pub(crate) fn stamped_payload(size: usize) -> Vec<u8> {
     p
 }
 
-/// Writes the current time over the first 8 bytes of a payload from [`stamped_payload`]
+/// Writes the current time over the first 8 bytes of a payload from `stamped_payload`
 /// (a payload reused for message after message).
 pub fn stamp(payload: &mut [u8]) {
     payload[..8].copy_from_slice(&now_nanos().to_be_bytes());

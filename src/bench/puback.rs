@@ -1,6 +1,6 @@
 //! What a device sees when it publishes statuses at QoS 1: the time from writing a PUBLISH to
 //! reading its PUBACK, and how many PUBACKs per second its connections get. D devices (raw
-//! MQTT 3.1.1 sockets, [`wire`]), each keeping at most `window` statuses unacknowledged
+//! MQTT 3.1.1 sockets, `wire`), each keeping at most `window` statuses unacknowledged
 //! (a device library's in-flight window), publish `connected` statuses of distinct clients,
 //! as fast as they are acknowledged or at an offered rate.
 //!

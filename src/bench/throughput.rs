@@ -1,7 +1,7 @@
 //! Broker path: P publishers → S subscribers on one topic, `payload` bytes, QoS 0 or 1.
 //! `10 → 1` measures ingest; `1 → 100` measures fan-out. Throughput counts deliveries.
 //!
-//! The clients are raw MQTT 3.1.1 sockets framed by [`wire`]: publishers write pre-encoded
+//! The clients are raw MQTT 3.1.1 sockets framed by `wire`: publishers write pre-encoded
 //! PUBLISH frames in batches, subscribers answer QoS 1 with PUBACKs in one write per read,
 //! so on a shared machine the load generator leaves the cores to the broker under test.
 

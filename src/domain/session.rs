@@ -12,10 +12,10 @@
 //! | active | ignored: duplicate start (HTTP start + MQTT announcement) | `session.ended` |
 //! | ended | ignored: start after end (late delivery) | ignored: duplicate end |
 //!
-//! Across streams ([`decide_start`]): a start on a connection that already hosts another
+//! Across streams (`decide_start`): a start on a connection that already hosts another
 //! active session ends that session first (reason `replaced`).
 //!
-//! Who asks ([`Actor`]): the account (an HTTP caller with its token, or Cradle itself) may act
+//! Who asks (`Actor`): the account (an HTTP caller with its token, or Cradle itself) may act
 //! on any session of the account; a baby station, on its own topic, acts only for itself. It
 //! starts sessions only on its own connections and ends only its own sessions
 //! ([`SessionRefused`]); the state is decided first, so a duplicate is never a refusal.

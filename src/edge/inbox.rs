@@ -7,8 +7,8 @@
 //! nowhere to write `from`. The bridge sets `from` the same way for a WebSocket client's
 //! `signal` frame (the session's client id).
 //!
-//! Pure functions: [`stamp_from`] rewrites a payload, [`rebuild_publish`] re-encodes a
-//! PUBLISH frame with its resolved topic and a new payload, [`stamp_publish`] does both for
+//! Pure functions: `stamp_from` rewrites a payload, `rebuild_publish` re-encodes a
+//! PUBLISH frame with its resolved topic and a new payload, `stamp_publish` does both for
 //! an inbox topic.
 
 use bytes::{BufMut, Bytes, BytesMut};

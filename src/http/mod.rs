@@ -1,7 +1,7 @@
 //! The HTTP API: read models under `/v1/`, `/healthz`, `/readyz` and `/metrics`.
 //!
-//! One small router per resource, merged by [`app`]; shared state in [`AppState`]; every
-//! error is an [`ApiError`] that answers with a status and a JSON body and logs internals.
+//! One small router per resource, merged by `app`; shared state in `AppState`; every
+//! error is an `ApiError` that answers with a status and a JSON body and logs internals.
 
 mod api;
 mod auth;

@@ -16,7 +16,7 @@
 //!   time closes the connection (`reason="write_timeout"`), so a client that never reads
 //!   cannot hold a slot for ever. Not applied once the connection is upgraded to a WebSocket
 //!   (the bridge has `websocket.write_timeout_ms`);
-//! - request headers larger than [`MAX_HEADER_BYTES`] are refused with 431 by hyper.
+//! - request headers larger than `MAX_HEADER_BYTES` are refused with 431 by hyper.
 //!
 //! Graceful shutdown as before: when `stop` resolves the listener closes, idle connections
 //! close, requests in flight finish, and the future returns once every connection has ended.

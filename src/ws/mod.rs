@@ -3,7 +3,7 @@
 //!
 //! - `GET /ws` authenticates before the upgrade (bearer token in `Authorization`, a `token`
 //!   query parameter, or a `Sec-WebSocket-Protocol` value), assigns a connection id,
-//!   registers the session in the [`hub::Hub`], publishes the client's `connected` status on
+//!   registers the session in the `hub::Hub`, publishes the client's `connected` status on
 //!   its behalf and sends `hello`.
 //! - Every server frame carries a per-session, strictly increasing `seq` and is kept in a
 //!   bounded replay buffer; a dropped socket leaves the session suspended for the resume
