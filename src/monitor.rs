@@ -4,14 +4,17 @@
 //! a snapshot of the account's clients from the API, because a late MQTT subscriber may see
 //! only part of the retained statuses; after a snapshot, retained replays are skipped.
 
+use std::cell::RefCell;
 use std::io::Write;
+use std::ops::ControlFlow;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use serde::Serialize;
 
 use crate::domain::connection::parse_status_payload;
 use crate::domain::connection::ConnectionCommand;
+use crate::mqtt_client::{drive, Polled};
 use crate::topics::{is_valid_id, parse_status_topic, status_filter};
 
 /// Errors of the monitor.
@@ -248,6 +251,73 @@ async fn snapshot(
         .collect())
 }
 
+/// What the watch has done so far.
+struct Watch<'a, W> {
+    out: &'a mut W,
+    /// The snapshot (`--http`) was printed: retained messages are history from then on.
+    took_snapshot: bool,
+    /// The broker accepted the monitor once: later failures are reconnected, not fatal.
+    connected_once: bool,
+}
+
+/// One event of the monitor's connection: subscribe after each CONNACK, take the snapshot
+/// after the first SUBACK, print each status; a failure before the first connection ends the
+/// watch with an error.
+async fn on_polled<W: Write>(
+    watch: &RefCell<Watch<'_, W>>,
+    client: &AsyncClient,
+    filter: &str,
+    options: &MonitorOptions,
+    polled: Polled<EventLoop>,
+) -> ControlFlow<Result<(), MonitorError>> {
+    let step = async {
+        match polled {
+            Polled::Event(Event::Incoming(Packet::ConnAck(_))) => {
+                watch.borrow_mut().connected_once = true;
+                client
+                    .subscribe(filter, QoS::AtMostOnce)
+                    .await
+                    .map_err(|e| MonitorError::Broker(e.to_string()))?;
+            }
+            Polled::Event(Event::Incoming(Packet::SubAck(_))) => {
+                let took = watch.borrow().took_snapshot;
+                if let (Some(base), Some(account), false) = (&options.http, &options.account, took)
+                {
+                    let rows = snapshot(base, account, options.token.as_deref()).await?;
+                    let mut w = watch.borrow_mut();
+                    for row in rows {
+                        emit(w.out, &row, options.json)?;
+                    }
+                    w.took_snapshot = true;
+                }
+            }
+            Polled::Event(Event::Incoming(Packet::Publish(p))) => {
+                let mut w = watch.borrow_mut();
+                if p.retain && w.took_snapshot {
+                    return Ok(());
+                }
+                if let Some(row) = row_from_message(&p.topic, &p.payload, p.retain) {
+                    emit(w.out, &row, options.json)?;
+                }
+            }
+            Polled::Event(_) => {}
+            Polled::Failed(error) => {
+                if !watch.borrow().connected_once {
+                    return Err(MonitorError::Broker(format!(
+                        "cannot connect to {}: {error}",
+                        options.broker
+                    )));
+                }
+            }
+        }
+        Ok(())
+    };
+    match step.await {
+        Ok(()) => ControlFlow::Continue(()),
+        Err(error) => ControlFlow::Break(Err(error)),
+    }
+}
+
 /// Runs until `shutdown` resolves, printing to `out`.
 pub async fn run(
     options: MonitorOptions,
@@ -275,55 +345,18 @@ pub async fn run(
     if !options.json {
         writeln!(out, "{HEADER}")?;
     }
-    let mut took_snapshot = false;
-    let mut backoff = crate::retry::Backoff::broker();
-    let mut connected_once = false;
-    tokio::pin!(shutdown);
-    loop {
-        let event = tokio::select! {
-            _ = &mut shutdown => break,
-            event = eventloop.poll() => event,
-        };
-        match event {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                connected_once = true;
-                backoff.reset();
-                client
-                    .subscribe(filter.as_str(), QoS::AtMostOnce)
-                    .await
-                    .map_err(|e| MonitorError::Broker(e.to_string()))?;
-            }
-            Ok(Event::Incoming(Packet::SubAck(_))) => {
-                if let (Some(base), Some(account), false) =
-                    (&options.http, &options.account, took_snapshot)
-                {
-                    for row in snapshot(base, account, options.token.as_deref()).await? {
-                        emit(out, &row, options.json)?;
-                    }
-                    took_snapshot = true;
-                }
-            }
-            Ok(Event::Incoming(Packet::Publish(p))) => {
-                if p.retain && took_snapshot {
-                    continue;
-                }
-                if let Some(row) = row_from_message(&p.topic, &p.payload, p.retain) {
-                    emit(out, &row, options.json)?;
-                }
-            }
-            Ok(_) => {}
-            Err(error) => {
-                if !connected_once {
-                    return Err(MonitorError::Broker(format!(
-                        "cannot connect to {}: {error}",
-                        options.broker
-                    )));
-                }
-                tracing::warn!(%error, "broker connection lost; reconnecting");
-                backoff.wait().await;
-            }
-        }
-    }
+    let watch = RefCell::new(Watch {
+        out,
+        took_snapshot: false,
+        connected_once: false,
+    });
+    let ended = tokio::select! {
+        _ = shutdown => Ok(()),
+        ended = drive(&mut eventloop, "cradle-monitor", |polled| {
+            on_polled(&watch, &client, &filter, &options, polled)
+        }) => ended,
+    };
+    ended?;
     let _ = client.disconnect().await;
     // Let the DISCONNECT reach the broker, briefly.
     let _ = tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await;
