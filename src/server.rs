@@ -274,19 +274,7 @@ async fn build(config: Config) -> Result<Running, ServeError> {
         client_id: &bus_config.client_id,
     };
     let handlers = start_handlers(base, queues, inbox_subscriptions, broker.handed_over);
-    let state = AppState {
-        store: store.clone(),
-        metrics: metrics.clone(),
-        bus: bus.state(),
-        max_page_size: config.http.max_page_size,
-        admin_token: config.http.admin_token.clone(),
-        auth,
-        http_loopback: config.http.listen.ip().is_loopback(),
-        sessions: handlers.sessions.clone(),
-        max_body_bytes: config.http.max_body_bytes,
-        bridge: handlers.bridge.clone(),
-        tokens: Arc::new(http::TokenCache::new(config.auth.cache_secs)),
-    };
+    let state = app_state(&config, &store, &metrics, &bus, auth, &handlers);
     let (http_task, http_stop) = start_http(&config, http_listener, state, metrics);
     Ok(Running {
         config,
@@ -512,6 +500,30 @@ fn bridge(
         }
     };
     (Arc::new(bridge), lists_rx)
+}
+
+/// What every HTTP handler (and `/ws`) may use.
+fn app_state(
+    config: &Config,
+    store: &Store,
+    metrics: &Arc<Metrics>,
+    bus: &Bus,
+    auth: Arc<Authenticator>,
+    handlers: &Handlers,
+) -> AppState {
+    AppState {
+        store: store.clone(),
+        metrics: metrics.clone(),
+        bus: bus.state(),
+        max_page_size: config.http.max_page_size,
+        admin_token: config.http.admin_token.clone(),
+        auth,
+        http_loopback: config.http.listen.ip().is_loopback(),
+        sessions: handlers.sessions.clone(),
+        max_body_bytes: config.http.max_body_bytes,
+        bridge: handlers.bridge.clone(),
+        tokens: Arc::new(http::TokenCache::new(config.auth.cache_secs)),
+    }
 }
 
 /// Warns when the open-file limit cannot hold `mqtt.max_connections` and

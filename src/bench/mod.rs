@@ -68,6 +68,16 @@ pub struct BenchResult {
     pub note: String,
 }
 
+/// What a round-trip run did: `received` of `expected` messages came back, `sent` of them
+/// were offered over `send_secs`, with one latency sample (µs) per message received.
+pub(crate) struct RoundTrip {
+    pub(crate) received: u64,
+    pub(crate) expected: u64,
+    pub(crate) sent: u64,
+    pub(crate) send_secs: f64,
+    pub(crate) samples: Vec<u64>,
+}
+
 impl BenchResult {
     /// A result with the common fields set.
     pub fn new(scenario: &str, target: &str, params: String, unit: &str) -> BenchResult {
@@ -190,25 +200,20 @@ pub(crate) fn count_name(prefix: &str, count: usize) -> String {
 }
 
 impl BenchResult {
-    /// A round-trip run: `received` of `expected` messages, `sent` of them offered over
-    /// `send_secs`, latency `samples`, the target's process stats, and a note.
-    #[allow(clippy::too_many_arguments)]
-    pub fn round_trip(
+    /// A round-trip run (`run`: what was sent, received and timed), the target's process
+    /// stats, and a note.
+    pub(crate) fn round_trip(
         &mut self,
-        received: u64,
-        expected: u64,
-        sent: u64,
-        send_secs: f64,
-        samples: Vec<u64>,
+        run: RoundTrip,
         before: Option<ProcStats>,
         after: Option<ProcStats>,
         note: &str,
     ) {
-        self.count = received;
-        self.expected = expected;
-        self.seconds = send_secs;
-        self.rate = sent as f64 / send_secs.max(1e-9);
-        self.latencies(samples);
+        self.count = run.received;
+        self.expected = run.expected;
+        self.seconds = run.send_secs;
+        self.rate = run.sent as f64 / run.send_secs.max(1e-9);
+        self.latencies(run.samples);
         self.process(before, after);
         self.note = note.to_string();
     }

@@ -106,12 +106,15 @@ pub async fn run(s: Signalling) -> Result<BenchResult, BenchError> {
         ),
         "msg/s",
     );
-    r.round_trip(
-        received.load(Relaxed),
-        s.messages,
+    let run = super::RoundTrip {
+        received: received.load(Relaxed),
+        expected: s.messages,
         sent,
         send_secs,
         samples,
+    };
+    r.round_trip(
+        run,
         before,
         after,
         "rate = achieved offered load; latency = A → B → A round trip",

@@ -141,12 +141,15 @@ pub async fn signalling(s: WsSignalling) -> Result<BenchResult, BenchError> {
         ),
         "msg/s",
     );
-    r.round_trip(
-        received.load(Relaxed),
-        s.messages,
+    let run = super::RoundTrip {
+        received: received.load(Relaxed),
+        expected: s.messages,
         sent,
         send_secs,
         samples,
+    };
+    r.round_trip(
+        run,
         before,
         after,
         "rate = achieved offered load; latency = WS → device → WS round trip",
