@@ -236,7 +236,7 @@ pub async fn churn(p: Churn) -> Result<BenchResult, BenchError> {
     }
     let cycle_secs = started.elapsed().as_secs_f64();
     let expected = count * 2;
-    let recorded = wait_recorded(&http, base, expected, max_secs).await?;
+    let recorded = super::wait_count(base, expected, max_secs, || recorded_events(&http)).await?;
     let seconds = started.elapsed().as_secs_f64();
     let after = proc_stats(pid);
     let mut r = BenchResult::new(
@@ -310,24 +310,4 @@ async fn churn_cycle(
 /// Connection events Cradle has appended so far (connected + disconnected), from `/metrics`.
 async fn recorded_events(http: &str) -> Result<u64, BenchError> {
     Ok(metric(http, CONNECTED_SERIES).await? + metric(http, DISCONNECTED_SERIES).await?)
-}
-
-/// Polls `/metrics` until `expected` events were recorded since `base`, or `max_secs`
-/// passed; returns how many were.
-async fn wait_recorded(
-    http: &str,
-    base: u64,
-    expected: u64,
-    max_secs: u64,
-) -> Result<u64, BenchError> {
-    let deadline = Instant::now() + Duration::from_secs(max_secs);
-    let mut recorded = 0;
-    while Instant::now() < deadline {
-        recorded = recorded_events(http).await?.saturating_sub(base);
-        if recorded >= expected {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    Ok(recorded)
 }

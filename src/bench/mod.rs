@@ -305,6 +305,30 @@ pub fn pump(
     })
 }
 
+/// Polls `read` (a count, e.g. from `/metrics`) every 10 ms until it is `expected` past
+/// `base`, or `max_secs` passed; returns how far past `base` it got.
+pub(crate) async fn wait_count<F, Fut>(
+    base: u64,
+    expected: u64,
+    max_secs: u64,
+    mut read: F,
+) -> Result<u64, BenchError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<u64, BenchError>>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(max_secs);
+    let mut count = 0;
+    while std::time::Instant::now() < deadline {
+        count = read().await?.saturating_sub(base);
+        if count >= expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(count)
+}
+
 /// Waits until `f` is true or `limit` passes; returns whether it became true.
 pub(crate) async fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + limit;

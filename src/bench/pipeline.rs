@@ -70,7 +70,7 @@ pub async fn run(p: Pipeline) -> Result<BenchResult, BenchError> {
         }));
     }
     let expected = per * p.publishers as u64;
-    let count = wait_committed(&p.http, base, expected, p.max_secs).await?;
+    let count = super::wait_count(base, expected, p.max_secs, || appended(&p.http)).await?;
     let seconds = started.elapsed().as_secs_f64();
     let after = proc_stats(p.pid);
     stop.store(true, Relaxed);
@@ -142,26 +142,6 @@ async fn publish_statuses(client: &AsyncClient, account: &str, i: usize, per: u6
             break;
         }
     }
-}
-
-/// Polls the replicas' `/metrics` until `expected` events were appended since `base`, or
-/// `max_secs` passed; returns how many were.
-async fn wait_committed(
-    http: &str,
-    base: u64,
-    expected: u64,
-    max_secs: u64,
-) -> Result<u64, BenchError> {
-    let deadline = Instant::now() + Duration::from_secs(max_secs);
-    let mut count = 0;
-    while Instant::now() < deadline {
-        count = appended(http).await?.saturating_sub(base);
-        if count >= expected {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    Ok(count)
 }
 
 /// Reads the account's events from Cradle's HTTP API at `http`, page by page; returns each

@@ -137,6 +137,8 @@ pub(crate) fn end_publications(
                 at_millis: now_millis,
                 reason: Some(reason.as_str().to_string()),
             };
+            // Invariant: a StatusPayload is strings, an i64 and a unit enum (derived
+            // Serialize, no maps), which serde_json always serialises.
             out.push(Publication {
                 topic: r.topic.clone(),
                 payload: Bytes::from(serde_json::to_vec(&status).expect("status serialises")),

@@ -219,6 +219,8 @@ async fn usage_route(
         .sessions_between(&account_id, from, to)
         .await?;
     let u = usage(&rows, from, to);
+    // Invariant: Usage derives Serialize over integers, strings and vectors (no maps with
+    // non-string keys), which serde_json always serialises.
     let mut body = serde_json::to_value(u).expect("usage serialises");
     body["account_id"] = account_id.into();
     Ok(Json(body))

@@ -272,6 +272,8 @@ impl Bridge {
             return;
         }
         let list = match sessions.baby_stations(&account_id).await {
+            // Invariant: a baby-station list derives Serialize over strings, integers and bools,
+            // which serde_json always serialises.
             Ok(list) => serde_json::to_value(list).expect("list serialises"),
             Err(error) => {
                 tracing::warn!(%error, account_id, "baby-station list not pushed");
@@ -302,6 +304,8 @@ impl Bridge {
             at_millis: now_millis(),
             reason: reason.map(|r| r.as_str().to_string()),
         };
+        // Invariant: a StatusPayload is strings, an i64 and a unit enum (derived Serialize),
+        // which serde_json always serialises.
         let body = serde_json::to_vec(&payload).expect("status serialises");
         if let Err(error) = self
             .mqtt

@@ -154,6 +154,8 @@ pub enum ServerFrame {
 
 /// The text of `frame` with its `seq` (fields in name order).
 pub fn stamp(seq: u64, frame: &ServerFrame) -> String {
+    // Invariant: every ServerFrame derives Serialize over strings, numbers, bools and
+    // serde_json values (maps with string keys), which serde_json always serialises.
     let mut value = serde_json::to_value(frame).expect("frames serialise");
     let mut out = serde_json::Map::with_capacity(8);
     out.insert("seq".into(), seq.into());
