@@ -61,22 +61,29 @@ impl Store {
     }
 }
 
+/// A client row for the store's unit tests: `connection_id` current since 1, connected or
+/// not, stream version 1.
+#[cfg(test)]
+pub(crate) fn test_client(account: &str, id: &str, connection: &str, connected: bool) -> Model {
+    Model {
+        account_id: account.into(),
+        client_id: id.into(),
+        connected,
+        connection_id: connection.into(),
+        connected_at_millis: 1,
+        disconnected_at_millis: None,
+        last_disconnect_reason: None,
+        stream_version: 1,
+        updated_at_millis: 1,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn client(account: &str, id: &str) -> Model {
-        Model {
-            account_id: account.into(),
-            client_id: id.into(),
-            connected: true,
-            connection_id: format!("k-{id}"),
-            connected_at_millis: 1,
-            disconnected_at_millis: None,
-            last_disconnect_reason: None,
-            stream_version: 1,
-            updated_at_millis: 1,
-        }
+        test_client(account, id, &format!("k-{id}"), true)
     }
 
     /// Given clients over two accounts, when they are read a page of two at a time, then

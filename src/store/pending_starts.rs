@@ -186,17 +186,7 @@ mod tests {
     }
 
     fn client(account: &str, id: &str, connection: &str, connected: bool) -> clients::Model {
-        clients::Model {
-            account_id: account.into(),
-            client_id: id.into(),
-            connected,
-            connection_id: connection.into(),
-            connected_at_millis: 1,
-            disconnected_at_millis: None,
-            last_disconnect_reason: None,
-            stream_version: 1,
-            updated_at_millis: 1,
-        }
+        clients::test_client(account, id, connection, connected)
     }
 
     /// Given starts parked in two accounts, when one is parked again and one removed, then
