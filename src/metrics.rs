@@ -86,16 +86,20 @@ pub(crate) enum HttpRefusal {
     TooLarge,
     /// The client took no byte of a response within `http.write_timeout_ms`.
     WriteTimeout,
+    /// A browser request from an origin not in `http.allowed_origins`: a CORS preflight or a
+    /// `/ws` upgrade answered 403.
+    Origin,
 }
 
 impl HttpRefusal {
     /// Every refusal, in the order of `Metrics::http_refused`.
-    pub(crate) const ALL: [HttpRefusal; 5] = [
+    pub(crate) const ALL: [HttpRefusal; 6] = [
         Self::ConnectionLimit,
         Self::HeaderTimeout,
         Self::BodyTimeout,
         Self::TooLarge,
         Self::WriteTimeout,
+        Self::Origin,
     ];
 
     /// Metric label.
@@ -106,6 +110,7 @@ impl HttpRefusal {
             Self::BodyTimeout => "body_timeout",
             Self::TooLarge => "too_large",
             Self::WriteTimeout => "write_timeout",
+            Self::Origin => "origin",
         }
     }
 }
@@ -273,7 +278,7 @@ pub struct Metrics {
     /// HTTP connections accepted.
     pub(crate) http_accepted: AtomicU64,
     /// HTTP connections or requests refused or cut, by `HttpRefusal::ALL` index.
-    pub(crate) http_refused: [AtomicU64; 5],
+    pub(crate) http_refused: [AtomicU64; 6],
     /// Keep-alive connections closed after `http.header_timeout_ms` without a new request.
     pub(crate) http_idle_closed: AtomicU64,
     /// Bearer token checks, by `TokenCheck::ALL` index.

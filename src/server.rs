@@ -523,6 +523,9 @@ fn app_state(
         max_body_bytes: config.http.max_body_bytes,
         bridge: handlers.bridge.clone(),
         tokens: Arc::new(http::TokenCache::new(config.auth.cache_secs)),
+        origins: Arc::new(http::Origins::from_config(
+            config.http.allowed_origins.as_deref(),
+        )),
     }
 }
 

@@ -442,6 +442,9 @@ async fn rate_limits_and_abuse_get_error_frames_then_close_4008() {
         }
     };
     assert_eq!(code, 4008);
+    // The close handshake completes: tungstenite answered Cradle's close, and Cradle then
+    // closed the TCP connection (no reset, no frame after the close).
+    assert_clean_end(&mut ws).await;
     wait_for(Duration::from_secs(10), "kicked", || async {
         c.client("fam", "pwa")
             .await
@@ -657,4 +660,254 @@ async fn a_handed_over_session_not_resumed_ends_lost_when_its_window_passes() {
     .await;
     assert_eq!(ended["connection_id"], conn.as_str());
     assert_eq!(ended["last_disconnect_reason"], "lost", "{ended}");
+}
+
+/// After a close frame was received: the socket ends without a reset and nothing follows.
+async fn assert_clean_end(ws: &mut Ws) {
+    match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+        Ok(None) | Ok(Some(Err(tokio_tungstenite::tungstenite::Error::ConnectionClosed))) => {}
+        other => panic!("expected the end of the socket after the close handshake, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_close_frame_is_answered_and_the_session_ends_clean() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    let dir = tempfile::tempdir().unwrap();
+    let c = start(dir.path(), "").await;
+    let (mut ws, _) = connect(&c, "account=fam&client_id=pwa").await;
+    ws.close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "bye".into(),
+    }))
+    .await
+    .unwrap();
+    // RFC 6455 5.5.1: the server answers with a close frame (echoing the code).
+    let answer = loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            Ok(Some(Ok(Message::Close(f)))) => break f,
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("the client's close was not answered: {other:?}"),
+        }
+    };
+    assert_eq!(answer.map(|f| u16::from(f.code)), Some(1000));
+    assert_clean_end(&mut ws).await;
+    wait_for(Duration::from_secs(10), "clean", || async {
+        c.client("fam", "pwa")
+            .await
+            .filter(|r| r["last_disconnect_reason"] == "clean")
+    })
+    .await;
+}
+
+/// The status code, `error.code` and headers of a `/ws` request with `origin` and
+/// `protocols` (`upgrade`: as a WebSocket upgrade; otherwise a plain GET).
+async fn ws_answer(
+    c: &Cradle,
+    query: &str,
+    origin: Option<&str>,
+    protocols: Option<&str>,
+    upgrade: bool,
+) -> (u16, String, reqwest::header::HeaderMap) {
+    let url = format!("{}/ws?{query}", c.http);
+    let mut request = if upgrade {
+        common::upgrade_request(&url)
+    } else {
+        reqwest::Client::new().get(&url)
+    };
+    if let Some(o) = origin {
+        request = request.header("Origin", o);
+    }
+    if let Some(p) = protocols {
+        request = request.header("Sec-WebSocket-Protocol", p);
+    }
+    let r = request.send().await.unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let code = if status == 101 {
+        String::new()
+    } else {
+        let body: serde_json::Value = r.json().await.unwrap_or_default();
+        body["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    (status, code, headers)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_origins_and_subprotocols_are_decided_before_the_upgrade_and_leave_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = start(dir.path(), "").await;
+    // Open mode, `http.allowed_origins` unset: loopback pages only.
+    let q = |client: &str| format!("account=fam&client_id={client}");
+    for (origin, status, code) in [
+        ("https://evil.example", 403, "origin_not_allowed"),
+        ("null", 403, "origin_not_allowed"),
+        ("http://192.168.1.5:8080", 403, "origin_not_allowed"),
+    ] {
+        let (s, e, h) = ws_answer(&c, &q("refused-1"), Some(origin), None, true).await;
+        assert_eq!((s, e.as_str()), (status, code), "{origin}");
+        assert!(h.get("access-control-allow-origin").is_none());
+    }
+    // A page offering only its token as a subprotocol would fail after the 101: refused.
+    let (s, e, _) = ws_answer(
+        &c,
+        &q("refused-2"),
+        Some("http://localhost:5173"),
+        Some("abc.def"),
+        true,
+    )
+    .await;
+    assert_eq!((s, e.as_str()), (400, "subprotocol_not_supported"));
+    // With `cradle` beside it, or from a client that is no browser (no Origin): upgraded.
+    let (s, _, h) = ws_answer(
+        &c,
+        &q("pwa-1"),
+        Some("http://localhost:5173"),
+        Some("cradle, abc.def"),
+        true,
+    )
+    .await;
+    assert_eq!(s, 101);
+    assert_eq!(h["sec-websocket-protocol"], "cradle");
+    let (s, _, _) = ws_answer(&c, &q("pwa-2"), None, Some("abc.def"), true).await;
+    assert_eq!(s, 101);
+    // A plain GET runs the same checks: 426 when the upgrade would pass, the refusal
+    // otherwise (a browser learns why its upgrade failed).
+    let (s, e, h) = ws_answer(&c, &q("probe"), Some("http://127.0.0.1:9"), None, false).await;
+    assert_eq!((s, e.as_str()), (426, "upgrade_required"));
+    assert_eq!(h["access-control-allow-origin"], "http://127.0.0.1:9");
+    let (s, e, _) = ws_answer(
+        &c,
+        &format!("{}&connection_id=ws-nope&resume_from=3", q("probe")),
+        None,
+        None,
+        false,
+    )
+    .await;
+    assert_eq!((s, e.as_str()), (410, "session_gone"));
+    let (s, e, _) = ws_answer(&c, &q("probe"), Some("https://evil.example"), None, false).await;
+    assert_eq!((s, e.as_str()), (403, "origin_not_allowed"));
+    // Nothing was left by a refusal or a probe: no status, no session, no session metric.
+    wait_for(
+        Duration::from_secs(10),
+        "the two upgrades recorded",
+        || async {
+            (c.client("fam", "pwa-1").await.is_some() && c.client("fam", "pwa-2").await.is_some())
+                .then_some(())
+        },
+    )
+    .await;
+    for refused in ["refused-1", "refused-2", "probe"] {
+        assert!(c.client("fam", refused).await.is_none(), "{refused}");
+    }
+    assert_eq!(c.metric("cradle_ws_sessions_opened_total").await, 2);
+    assert_eq!(
+        c.metric("cradle_http_refused_total{reason=\"origin\"}")
+            .await,
+        4
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_answers_allowed_origins_per_fetch_and_nothing_to_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = start(
+        dir.path(),
+        "[http]\nallowed_origins = [\"https://app.example\"]\n",
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let preflight = |origin: &'static str| {
+        http.request(reqwest::Method::OPTIONS, format!("{}/sessions/s-1", c.http))
+            .header("Origin", origin)
+            .header("Access-Control-Request-Method", "PUT")
+            .header(
+                "Access-Control-Request-Headers",
+                "content-type, x-cradle-account",
+            )
+            .send()
+    };
+    let r = preflight("https://app.example").await.unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    let h = r.headers();
+    assert_eq!(h["access-control-allow-origin"], "https://app.example");
+    let methods = h["access-control-allow-methods"].to_str().unwrap();
+    assert!(
+        methods.contains("PUT") && methods.contains("DELETE"),
+        "{methods}"
+    );
+    let headers = h["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_lowercase();
+    for needed in ["authorization", "content-type", "x-cradle-account"] {
+        assert!(headers.contains(needed), "{headers}");
+    }
+    assert_eq!(h["access-control-max-age"], "600");
+    assert!(h
+        .get_all("vary")
+        .iter()
+        .any(|v| v.to_str().unwrap().contains("Origin")));
+    // Another origin (a loopback one too: the list replaces the default) gets no CORS header.
+    for foreign in ["https://evil.example", "http://127.0.0.1:5173"] {
+        let r = preflight(foreign).await.unwrap();
+        assert_eq!(r.status().as_u16(), 403, "{foreign}");
+        assert!(r.headers().get("access-control-allow-origin").is_none());
+    }
+    // The actual request: the allowed origin may read the answer (and its Retry-After);
+    // without Origin (a script) nothing changes.
+    let r = http
+        .put(format!("{}/sessions/s-1", c.http))
+        .header("Origin", "https://app.example")
+        .header("X-Cradle-Account", "fam")
+        .json(&serde_json::json!({"session_id": "s-1", "client_id": "baby", "connection_id": "baby-1", "name": "Nursery", "started_at_millis": 1_700_000_000_000_i64}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert!(r.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .contains("Retry-After"));
+    let r = http
+        .get(format!("{}/v1/accounts/fam/clients", c.http))
+        .header("Origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+    let r = http
+        .get(format!("{}/v1/accounts/fam/clients", c.http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+    // The /ws upgrade from a loopback page is refused too once a list is set.
+    let (s, e, _) = ws_answer(
+        &c,
+        "account=fam&client_id=pwa",
+        Some("http://127.0.0.1:5173"),
+        None,
+        true,
+    )
+    .await;
+    assert_eq!((s, e.as_str()), (403, "origin_not_allowed"));
+    let (s, _, _) = ws_answer(
+        &c,
+        "account=fam&client_id=pwa",
+        Some("https://app.example"),
+        None,
+        true,
+    )
+    .await;
+    assert_eq!(s, 101);
 }

@@ -382,6 +382,11 @@ pub struct HttpConfig {
     /// milliseconds; then the connection is closed. Not applied to upgraded WebSockets
     /// (`websocket.write_timeout_ms` is theirs).
     pub write_timeout_ms: u64,
+    /// Origins of the web pages allowed to call the HTTP API and open `/ws` from a browser
+    /// (`scheme://host[:port]`, as a browser sends them in `Origin`). Unset: loopback origins
+    /// only. Requests without `Origin` (devices, scripts) are not affected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowed_origins: Option<Vec<String>>,
 }
 
 impl Default for HttpConfig {
@@ -395,6 +400,7 @@ impl Default for HttpConfig {
             body_timeout_ms: 10_000,
             max_connections: 1024,
             write_timeout_ms: 10_000,
+            allowed_origins: None,
         }
     }
 }
@@ -519,6 +525,25 @@ impl Default for LogConfig {
             format: LogFormat::Text,
         }
     }
+}
+
+/// The ASCII serialisation of a web origin (`scheme://host[:port]`, lower case, default port
+/// left out), as a browser sends it in `Origin`; an error says what is wrong. Only `http` and
+/// `https` origins, with no user, path (but `/`), query or fragment.
+pub(crate) fn normalize_origin(origin: &str) -> Result<String, &'static str> {
+    let url = url::Url::parse(origin.trim()).map_err(|_| "is not an origin URL")?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err("must be an http:// or https:// origin");
+    }
+    if !url.username().is_empty()
+        || url.password().is_some()
+        || url.path() != "/"
+        || url.query().is_some()
+        || url.fragment().is_some()
+    {
+        return Err("must be scheme://host[:port] with no path, query or user");
+    }
+    Ok(url.origin().ascii_serialization())
 }
 
 fn loopback(port: u16) -> SocketAddr {
@@ -705,6 +730,37 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("CRADLE_HTTP_MAX_CONNECTIONS"), "{err}");
+    }
+
+    #[test]
+    fn allowed_origins_are_checked_and_overridable() {
+        let mut c = Config::default();
+        c.http.allowed_origins = Some(vec!["https://app.example.com/path".into()]);
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.starts_with("http.allowed_origins"), "{err}");
+        assert!(err.contains("https://app.example.com/path"), "{err}");
+        c.http.allowed_origins = Some(vec!["ftp://files.example.com".into()]);
+        assert!(c.validate().is_err());
+        let mut c = Config::default();
+        c.apply(&Overrides {
+            http_allowed_origins: Some("https://a.example, http://127.0.0.1:5173 ,".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(
+            c.http.allowed_origins.as_deref(),
+            Some(
+                &[
+                    "https://a.example".to_string(),
+                    "http://127.0.0.1:5173".to_string()
+                ][..]
+            )
+        );
+        assert_eq!(
+            normalize_origin("HTTPS://App.Example.com:443/").as_deref(),
+            Ok("https://app.example.com")
+        );
     }
 
     #[test]

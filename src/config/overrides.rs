@@ -82,6 +82,10 @@ pub struct Overrides {
     /// http.write_timeout_ms: time a response may wait for the client to take it, in ms.
     #[arg(long, env = "CRADLE_HTTP_WRITE_TIMEOUT_MS", value_name = "MS")]
     pub http_write_timeout_ms: Option<String>,
+    /// http.allowed_origins: comma-separated origins of the pages allowed to use Cradle from
+    /// a browser (empty: none).
+    #[arg(long, env = "CRADLE_HTTP_ALLOWED_ORIGINS", value_name = "ORIGINS")]
+    pub http_allowed_origins: Option<String>,
 }
 
 impl Config {
@@ -276,6 +280,15 @@ impl Config {
                 "CRADLE_HTTP_WRITE_TIMEOUT_MS",
                 "is not a whole number",
             )?;
+        }
+        if let Some(v) = &o.http_allowed_origins {
+            self.http.allowed_origins = Some(
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|o| !o.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+            );
         }
         Ok(())
     }

@@ -87,6 +87,11 @@ impl Config {
         if self.http.write_timeout_ms < 100 {
             return invalid("http.write_timeout_ms", "must be at least 100");
         }
+        for origin in self.http.allowed_origins.iter().flatten() {
+            if let Err(why) = normalize_origin(origin) {
+                return invalid("http.allowed_origins", &format!("`{origin}` {why}"));
+            }
+        }
         Ok(())
     }
 

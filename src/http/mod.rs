@@ -1,4 +1,5 @@
-//! The HTTP API: read models under `/v1/`, `/healthz`, `/readyz` and `/metrics`.
+//! The HTTP API: read models under `/v1/`, `/healthz`, `/readyz` and `/metrics`, the
+//! session routes and `/ws`, with CORS for the browser origins of `http.allowed_origins`.
 //!
 //! One small router per resource, merged by `app`; shared state in `AppState`; every
 //! error is an `ApiError` that answers with a status and a JSON body and logs internals.
@@ -7,11 +8,13 @@ mod api;
 mod auth;
 mod error;
 mod ops;
+mod origins;
 pub mod serve;
 mod sessions;
 mod ws;
 
 pub(crate) use auth::{SourceIp, TokenCache};
+pub(crate) use origins::Origins;
 
 use std::sync::Arc;
 
@@ -49,6 +52,8 @@ pub(crate) struct AppState {
     pub bridge: Arc<crate::ws::Bridge>,
     /// Verified bearer tokens (HTTP API and `/ws`), for `auth.cache_secs`.
     pub tokens: Arc<TokenCache>,
+    /// The browser origins allowed (`http.allowed_origins`): CORS and `/ws`'s `Origin` check.
+    pub(crate) origins: Arc<Origins>,
 }
 
 /// Builds the whole router.
@@ -64,6 +69,12 @@ pub(crate) fn app(state: AppState, max_body_bytes: usize) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             declared_length,
+        ))
+        // Outermost: preflights are answered before any route, and every answer to an
+        // allowed origin (a 404, 405 or 413 included) carries its CORS headers.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            origins::cors,
         ))
         .with_state(state)
 }

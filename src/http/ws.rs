@@ -1,13 +1,17 @@
 //! `GET /ws`: everything the HTTP side decides before a socket reaches the WebSocket bridge.
 //!
-//! The credential (one bearer token from the `Authorization` header, the `token` query
-//! parameter or a `Sec-WebSocket-Protocol` value; or open mode), the client id, the resume
-//! parameters and the bridge's admission (shutting down, `websocket.max_sessions`) are all
-//! checked here, before the `101`; a refusal is a status with a JSON body. The upgraded
-//! socket is then handed to [`Bridge::serve`], which owns it from there.
+//! The page's origin (`http.allowed_origins`), the subprotocols offered, the credential (one
+//! bearer token from the `Authorization` header, the `token` query parameter or a
+//! `Sec-WebSocket-Protocol` value; or open mode), the client id, the resume parameters and the
+//! bridge's admission (shutting down, `websocket.max_sessions`) are all checked here, before
+//! the `101`; a refusal is a status with a JSON body, and leaves no session, status or session
+//! metric behind. A plain `GET /ws` (no upgrade) runs the same checks and answers `426` when
+//! they all pass: a browser, which cannot see why an upgrade failed, learns it this way. The
+//! upgraded socket is then handed to [`Bridge::serve`], which owns it from there.
 
 use std::net::IpAddr;
 
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -58,8 +62,15 @@ async fn upgrade(
     headers: HeaderMap,
     Query(q): Query<WsQuery>,
     SourceIp(source): SourceIp,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    // First: a page of another website learns nothing else (RFC 6455 10.2).
+    if let Some(refused) = state.origins.refusal(&state, &headers) {
+        return refused;
+    }
+    if let Err(refusal) = subprotocols(&headers) {
+        return refusal.into_response();
+    }
     let bridge = state.bridge.clone();
     if bridge.is_closing() {
         // Sessions are being ended or handed over: a resume here would find nothing.
@@ -95,12 +106,57 @@ async fn upgrade(
     if let Err(refusal) = admit(&state, &bridge, &caller, &client_id, &q, resume.as_ref()).await {
         return refusal.into_response();
     }
-    let ws = configure(ws, &bridge, &headers);
+    let ws = match ws {
+        Ok(ws) => configure(ws, &bridge, &headers),
+        Err(rejection) => return not_an_upgrade(&headers, &rejection),
+    };
     let Caller {
         account_id,
         credential_id,
     } = caller;
     ws.on_upgrade(move |socket| bridge.serve(socket, account_id, client_id, credential_id, resume))
+}
+
+/// The subprotocols a browser may offer: none, or a list with `cradle` (the one the server
+/// selects; a token may ride beside it). A browser fails a handshake whose answer selects
+/// none of the protocols it offered, after the `101`, so a page offering only its token is
+/// refused here instead. Clients without `Origin` (not browsers) keep the older rule: any
+/// offer is accepted, `cradle` selected when present.
+fn subprotocols(headers: &HeaderMap) -> Result<(), Refusal> {
+    let Some(offered) = headers.get(header::SEC_WEBSOCKET_PROTOCOL) else {
+        return Ok(());
+    };
+    let with_cradle = offered
+        .to_str()
+        .is_ok_and(|p| p.split(',').any(|x| x.trim() == "cradle"));
+    if with_cradle || !headers.contains_key(header::ORIGIN) {
+        return Ok(());
+    }
+    Err(refuse(
+        StatusCode::BAD_REQUEST,
+        "subprotocol_not_supported",
+        "offer the `cradle` subprotocol (a token may be offered beside it): new WebSocket(url, [\"cradle\", token])",
+    ))
+}
+
+/// The answer to a `GET /ws` that passed every check but is no WebSocket upgrade: `426`
+/// (`upgrade_required`) for a plain request, the diagnostic a browser uses to learn why its
+/// upgrade failed; a malformed upgrade gets the web framework's status with a JSON body.
+fn not_an_upgrade(headers: &HeaderMap, rejection: &WebSocketUpgradeRejection) -> Response {
+    if !headers.contains_key(header::UPGRADE) {
+        let mut r = refuse(
+            StatusCode::UPGRADE_REQUIRED,
+            "upgrade_required",
+            "every check passed: open this URL as a WebSocket",
+        )
+        .into_response();
+        r.headers_mut()
+            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        return r;
+    }
+    let body =
+        serde_json::json!({"error": {"code": "invalid_upgrade", "message": rejection.body_text()}});
+    (rejection.status(), Json(body)).into_response()
 }
 
 /// Finds the account of the caller and the credential id of its token: ONE bearer token, the

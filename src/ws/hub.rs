@@ -19,8 +19,8 @@ pub enum Outgoing {
     Text(Arc<str>),
     /// A WebSocket ping.
     Ping,
-    /// Close with this code and reason, then stop.
-    Close(u16, &'static str),
+    /// Close with this code (and its reason, `close::reason`), then stop.
+    Close(u16),
 }
 
 /// Why a send did not reach a socket now.
@@ -250,7 +250,7 @@ impl WsSession {
             return false;
         }
         if let (Some(code), Some(tx)) = (close, &st.tx) {
-            let _ = tx.try_send(Outgoing::Close(code, "closing"));
+            let _ = tx.try_send(Outgoing::Close(code));
         }
         st.tx = None;
         true
@@ -278,13 +278,13 @@ impl WsSession {
     /// Ends the session for a hand-over: an attached socket is closed with `close` (the
     /// client resumes after the restart); returns what the next start needs, or `None` when
     /// it had already ended.
-    pub(crate) fn hand_over(&self, close: u16, why: &'static str) -> Option<HandedOver> {
+    pub(crate) fn hand_over(&self, close: u16) -> Option<HandedOver> {
         let mut st = self.lock();
         if st.ended || st.placeholder {
             return None;
         }
         if let Some(tx) = &st.tx {
-            let _ = tx.try_send(Outgoing::Close(close, why));
+            let _ = tx.try_send(Outgoing::Close(close));
         }
         st.ended = true;
         st.tx = None;
@@ -317,7 +317,7 @@ impl WsSession {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let first = !st.ended;
         if let Some(tx) = &st.tx {
-            let _ = tx.try_send(Outgoing::Close(close, "closing"));
+            let _ = tx.try_send(Outgoing::Close(close));
         }
         st.ended = true;
         st.tx = None;
@@ -692,10 +692,7 @@ mod tests {
         let a = old.open("acc", "pwa", "c1", key(None), 10, tx);
         a.session.send(&ServerFrame::Ping); // 1, seen
         a.session.send(&ServerFrame::Pong); // 2, missed
-        let h = a
-            .session
-            .hand_over(1012, "restarting: resume")
-            .expect("live");
+        let h = a.session.hand_over(1012).expect("live");
         assert_eq!(a.session.send(&ServerFrame::Ping), Delivery::Closed);
         assert_eq!(h.seq, 2);
         let _ = texts(&mut rx);
@@ -732,13 +729,10 @@ mod tests {
         let a = Hub::default();
         let (tx, _rx) = channel();
         let opened = a.open("acc", "pwa", "c1", key(None), 10, tx);
-        let first = opened
-            .session
-            .hand_over(1012, "restarting: resume")
-            .unwrap();
+        let first = opened.session.hand_over(1012).unwrap();
         let b = Hub::default();
         let moved = b.restore(first, "never-sent".into(), 10);
-        let second = moved.hand_over(1012, "restarting: resume").unwrap();
+        let second = moved.hand_over(1012).unwrap();
         let c = Hub::default();
         let again = c.restore(second, "newest".into(), 10);
         assert!(

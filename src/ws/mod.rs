@@ -456,7 +456,7 @@ impl Bridge {
         let mut handed = Vec::new();
         let mut sessions = Vec::new();
         for s in self.hub.all() {
-            if let Some(h) = s.hand_over(close::SERVICE_RESTART, "restarting: resume") {
+            if let Some(h) = s.hand_over(close::SERVICE_RESTART) {
                 self.hub.close(&s.connection_id, close::SERVICE_RESTART);
                 self.metrics.live.fetch_sub(1, Relaxed);
                 handed.push(h);

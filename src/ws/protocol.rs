@@ -28,6 +28,22 @@ pub mod close {
     /// session over through the store: resume it (same `connection_id`, `resume_from`) once
     /// Cradle is back, within the resume window.
     pub(crate) const SERVICE_RESTART: u16 = 1012;
+
+    /// The reason text sent with `code` (docs/websocket.md, "Close codes"): every close
+    /// Cradle initiates carries its code and this reason.
+    pub(crate) fn reason(code: u16) -> &'static str {
+        match code {
+            NORMAL => "normal closure",
+            POLICY => "too many refused frames",
+            SESSION_EXPIRED => "session expired: connect without resume parameters",
+            RESUME_TOO_OLD => "resume_from outside the replay buffer: catch up over HTTP",
+            SLOW_CONSUMER => "slow consumer",
+            HEARTBEAT_TIMEOUT => "heartbeat timeout: resume",
+            REPLACED => "resumed elsewhere",
+            SERVICE_RESTART => "service restart: resume",
+            _ => "",
+        }
+    }
 }
 
 /// A frame from the client.

@@ -53,7 +53,7 @@ pub(super) async fn run(
     resume: Option<Resume>,
 ) {
     let settings = bridge.settings.clone();
-    let (sink, stream) = socket.split();
+    let (sink, mut stream) = socket.split();
     // A resumed socket's queue also holds the replay, queued before anything newer.
     let replay = if resume.is_some() {
         settings.replay_frames
@@ -71,6 +71,7 @@ pub(super) async fn run(
         Ok(attached) => attached,
         Err(refused) => {
             let _ = writer.await;
+            await_close_reply(&mut stream).await;
             if let (Some((connection_id, _)), ResumeError::TooOld | ResumeError::Ahead) =
                 (&resume, refused)
             {
@@ -87,13 +88,36 @@ pub(super) async fn run(
         errors: 0,
         last_seen: Instant::now(),
     };
-    let end = reader.run(stream, writer_done).await;
+    let end = reader.run(&mut stream, writer_done).await;
     finish(&bridge, end, session, generation).await;
     let _ = writer.await;
+    await_close_reply(&mut stream).await;
+}
+
+/// How long a socket stays open after Cradle's close frame for the client's answer.
+const CLOSE_REPLY_WAIT: Duration = Duration::from_secs(2);
+
+/// After the writer sent Cradle's close frame (or answered the client's): reads until the
+/// client's close frame or the end of the socket, at most [`CLOSE_REPLY_WAIT`], so the close
+/// handshake completes before the TCP connection closes (RFC 6455 7.1.1: the server closes
+/// first) and a browser reports `wasClean` with Cradle's code. Frames read here are dropped:
+/// the session has let go of the socket.
+async fn await_close_reply(stream: &mut SplitStream<WebSocket>) {
+    let _ = tokio::time::timeout(CLOSE_REPLY_WAIT, async {
+        while let Some(Ok(msg)) = stream.next().await {
+            if matches!(msg, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Writes the session's queue into the socket until a close, a failure or a write that
-/// takes longer than `write_timeout`; says which in `done`.
+/// takes longer than `write_timeout`; says which in `done`. A close is `Outgoing::Close`'s
+/// code with its documented reason; after the client's own close frame (which the WebSocket
+/// library already answered by queueing its echo) the send is refused and closing the sink
+/// flushes that echo, so the client's close is answered either way.
 fn spawn_writer(
     mut sink: SplitSink<WebSocket, Message>,
     mut rx: mpsc::Receiver<Outgoing>,
@@ -101,22 +125,32 @@ fn spawn_writer(
     done: watch::Sender<u8>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        while let Some(out) = rx.recv().await {
+        loop {
+            // A queue dropped without a close (the session let go of the socket) closes
+            // normally.
+            let out = rx.recv().await.unwrap_or(Outgoing::Close(close::NORMAL));
             let msg = match out {
                 Outgoing::Text(t) => Message::Text(t.as_ref().into()),
                 Outgoing::Ping => Message::Ping(Default::default()),
-                Outgoing::Close(code, reason) => {
+                Outgoing::Close(code) => {
                     let frame = Message::Close(Some(CloseFrame {
                         code,
-                        reason: reason.into(),
+                        reason: close::reason(code).into(),
                     }));
-                    let _ = tokio::time::timeout(write_timeout, sink.send(frame)).await;
+                    let _ = tokio::time::timeout(write_timeout, async {
+                        let _ = sink.send(frame).await;
+                        sink.close().await
+                    })
+                    .await;
                     break;
                 }
             };
             match tokio::time::timeout(write_timeout, sink.send(msg)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => {
+                    // Refused after the client's close frame (or the socket failed):
+                    // closing flushes the echo of the client's close, if one is queued.
+                    let _ = tokio::time::timeout(write_timeout, sink.close()).await;
                     let _ = done.send(1);
                     return;
                 }
@@ -178,7 +212,7 @@ async fn resume_session(
         Ok(a) => {
             bridge.metrics.resumed(ResumeOutcome::Resumed);
             if let Some(old) = a.replaced {
-                let _ = old.try_send(Outgoing::Close(close::REPLACED, "resumed elsewhere"));
+                let _ = old.try_send(Outgoing::Close(close::REPLACED));
             }
             // The hub queued the replay ahead of anything newer.
             bridge
@@ -193,20 +227,14 @@ async fn resume_session(
             Ok((a.session, a.generation))
         }
         Err(e) => {
-            let (code, outcome, why) = match e {
-                ResumeError::Expired => (
-                    close::SESSION_EXPIRED,
-                    ResumeOutcome::Expired,
-                    "session expired",
-                ),
-                ResumeError::TooOld | ResumeError::Ahead => (
-                    close::RESUME_TOO_OLD,
-                    ResumeOutcome::TooOld,
-                    "resume_from outside the replay buffer: catch up over the HTTP API",
-                ),
+            let (code, outcome) = match e {
+                ResumeError::Expired => (close::SESSION_EXPIRED, ResumeOutcome::Expired),
+                ResumeError::TooOld | ResumeError::Ahead => {
+                    (close::RESUME_TOO_OLD, ResumeOutcome::TooOld)
+                }
             };
             bridge.metrics.resumed(outcome);
-            let _ = tx.try_send(Outgoing::Close(code, why));
+            let _ = tx.try_send(Outgoing::Close(code));
             Err(e)
         }
     }
@@ -239,7 +267,7 @@ impl Reader<'_> {
     /// writer stops or the client has sent too many refused frames.
     async fn run(
         &mut self,
-        mut stream: SplitStream<WebSocket>,
+        stream: &mut SplitStream<WebSocket>,
         mut writer_done: WriterState,
     ) -> SocketEnd {
         let mut heartbeat = tokio::time::interval(self.settings.heartbeat);

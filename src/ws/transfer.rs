@@ -283,12 +283,12 @@ impl Bridge {
         }
         // Offered at this replica's shutdown: the PWA resumes wherever it lands (1012); asked
         // for by a resume: that resume took the session (4104).
-        let (code, why) = if offered {
-            (close::SERVICE_RESTART, "restarting: resume")
+        let code = if offered {
+            close::SERVICE_RESTART
         } else {
-            (close::REPLACED, "resumed elsewhere")
+            close::REPLACED
         };
-        let Some(handed) = session.hand_over(code, why) else {
+        let Some(handed) = session.hand_over(code) else {
             return;
         };
         self.hub.close(connection_id, code);
