@@ -251,6 +251,13 @@ async fn a_page_of_an_allowed_origin_signals_and_starts_sessions_with_a_token() 
     assert_eq!(hello["resumed"], false, "{hello}");
     let connection = hello["connection_id"].as_str().expect("a connection id");
     assert_eq!(js(&page, "h.client.state").await, "open");
+    // The token went as the subprotocol pair; Cradle picked `cradle`.
+    let socket = js(&page, "h.sockets[0]").await;
+    assert_eq!(socket["protocol"], "cradle", "{socket}");
+    assert!(
+        !socket["url"].as_str().unwrap_or("").contains(&token),
+        "{socket}"
+    );
 
     // Device → page: a publish on the browser client's inbox arrives as a signal.
     baby.publish(
@@ -413,11 +420,25 @@ async fn a_dropped_connection_resumes_and_every_signal_arrives_once_in_order() {
         format!("resumed: {snapshot}"),
     );
     assert_eq!(snapshot["freshCount"], 1, "one fresh session: {snapshot}");
+    assert_eq!(
+        snapshot["libFreshCount"], 0,
+        "no new session after the first: {snapshot}"
+    );
+    assert_eq!(
+        snapshot["libResumeCount"], snapshot["resumeCount"],
+        "the library counts the resumes it emitted: {snapshot}"
+    );
     assert_eq!(snapshot["gone"], json!([]), "{snapshot}");
     assert_eq!(snapshot["connectionId"], connection, "{snapshot}");
     assert_eq!(snapshot["state"], "open", "{snapshot}");
+    // Sockets: the first, one resumed after the first cut, at least one refused while the proxy
+    // refused (a failed handshake: the library asked /ws why, and that fetch failed too), and
+    // the one resumed after.
+    let sockets = snapshot["sockets"].as_array().cloned().unwrap_or_default();
+    let refused = sockets.iter().filter(|s| s["opened"] == false).count();
+    assert!(sockets.len() >= 4 && refused >= 1, "sockets: {sockets:?}");
     assert!(
-        proxy.accepted() >= 3,
+        proxy.accepted() >= 4,
         "the library reconnected through the proxy"
     );
     // Cradle never saw the client leave.
@@ -552,8 +573,10 @@ async fn a_page_of_a_foreign_origin_cannot_open_the_socket_or_read_the_api() {
     );
 }
 
-/// The library's `close()` is a WebSocket close handshake: the page's close event has code 1000
-/// and `wasClean`, the state is `closed`, and Cradle records a `clean` disconnect.
+/// The library's `close()` is a WebSocket close handshake: the browser's close event of the
+/// socket has code 1000 and `wasClean` (Cradle answered the close frame before closing the
+/// connection), the library reports 1000 and state `closed`, and Cradle records a `clean`
+/// disconnect.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_librarys_close_is_a_clean_close_1000() {
     let Some(browser) = Browser::launch().await else {
@@ -580,8 +603,14 @@ async fn the_librarys_close_is_a_clean_close_1000() {
 
     js(&page, "h.close()").await;
     wait_js(&page, "h.log.close.length >= 1", 10).await;
-    let close = js(&page, "h.log.close[h.log.close.length - 1]").await;
+    let reported = js(&page, "h.log.close[h.log.close.length - 1]").await;
+    assert_eq!(
+        reported["code"], 1000,
+        "the library's close event: {reported}"
+    );
     assert_eq!(js(&page, "h.client.state").await, "closed");
+    // What the browser itself saw of that socket.
+    let close = wait_js(&page, "h.sockets[h.sockets.length - 1].close", 10).await;
     let row = wait_for(Duration::from_secs(10), "pwa disconnected", || async {
         c.client("fam", "pwa")
             .await
@@ -592,7 +621,7 @@ async fn the_librarys_close_is_a_clean_close_1000() {
     check(
         &page,
         close["code"] == 1000 && close["wasClean"] == true,
-        format!("the library's own close: {close}"),
+        format!("the browser's close event after close(): {close}"),
     );
 }
 

@@ -27,17 +27,41 @@ function failure(e) {
 const EVENTS = ["hello", "resumed", "signal", "presence", "baby_stations", "error", "gone",
   "replaced", "state", "close"];
 
+/**
+ * The browser's WebSocket, recording what each socket the library opens reports: `h.sockets`
+ * holds `{url, protocol, opened, close}` per socket, where `close` is the browser's own close
+ * event (the library may report a close of its own making before it, e.g. for `close()`).
+ */
+class RecordingWebSocket extends WebSocket {
+  constructor(url, protocols) {
+    super(url, protocols);
+    const record = { url: String(url), protocol: null, opened: false, close: null };
+    h.sockets.push(record);
+    this.addEventListener("open", () => {
+      record.opened = true;
+      record.protocol = this.protocol;
+    });
+    this.addEventListener("close", (event) => {
+      record.close = { code: event.code, reason: event.reason, wasClean: event.wasClean };
+    });
+  }
+}
+
 const h = {
   /** The CradleClient under test (one a page). */
   client: null,
+  /** Every socket the client opened, as the browser saw it (see RecordingWebSocket). */
+  sockets: [],
   /** Each event type's payloads, in arrival order; `all` has every event as [type, payload]. */
   log: null,
 
-  /** Creates the client with `opts` (the library's options) and records its events. */
+  /** Creates the client with `opts` (the library's options; its sockets are recorded) and
+   *  records its events. */
   open(opts) {
     h.log = { all: [] };
     for (const type of EVENTS) h.log[type] = [];
-    h.client = new cradle.CradleClient(opts);
+    h.sockets = [];
+    h.client = new cradle.CradleClient({ WebSocket: RecordingWebSocket, ...opts });
     for (const type of EVENTS) {
       h.client.on(type, (payload) => {
         const copy = payload === undefined ? null : JSON.parse(JSON.stringify(payload));
@@ -84,12 +108,17 @@ const h = {
       state: c.state,
       connectionId: c.connectionId,
       lastSeq: c.lastSeq,
+      // Counted here from the events: hellos of new sessions, and resumes.
       freshCount: h.log.hello.filter((f) => f.resumed !== true).length,
       resumeCount: h.log.resumed.length,
+      // The library's own counters (its freshCount counts new sessions after the first).
+      libFreshCount: c.freshCount === undefined ? null : c.freshCount,
+      libResumeCount: c.resumeCount === undefined ? null : c.resumeCount,
       signalData: h.log.signal.map((f) => f.data),
       gone: h.log.gone,
       closes: h.log.close,
       errors: h.log.error,
+      sockets: h.sockets,
     };
   },
 
