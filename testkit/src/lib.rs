@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use rumqttc::{AsyncClient, EventLoop, LastWill, MqttOptions, QoS};
 
 mod bridge;
+pub mod browser;
 mod raw;
 
 pub use bridge::{next_frame, upgrade_request, Ws};
