@@ -304,12 +304,17 @@ export class CradleClient {
     const sock = this._sock;
     this._stop(localError("the client was closed", "closed"));
     if (sock) {
+      // The `close` event is the browser's own, once Cradle answered (or the socket
+      // failed): `wasClean` tells whether the close handshake completed.
+      sock.ws.onclose = (ev) => {
+        sock.ws.onclose = null;
+        this._emit("close", { code: ev.code, reason: ev.reason, wasClean: ev.wasClean });
+      };
       try {
         sock.ws.close(CLOSE.NORMAL, "bye");
       } catch (_) {
         // already closing
       }
-      this._emit("close", { code: CLOSE.NORMAL, reason: "bye", wasClean: true });
     }
   }
 
