@@ -50,8 +50,9 @@
 //! - [`http`]: axum API served by hyper with header, body and write timeouts and a connection
 //!   cap ([`http::serve`]): `PUT`/`DELETE /sessions/{id}`,
 //!   `/v1/accounts/{id}/clients|events|baby-stations|parent-stations|usage`, `/healthz`,
-//!   `/readyz`, `/metrics`, and `GET /ws`'s handshake (credential, client id, resume, the
-//!   bridge's admission) before the socket goes to the bridge.
+//!   `/readyz`, `/metrics`, and `GET /ws`'s handshake (origin, subprotocols, credential, client
+//!   id, resume, the bridge's admission: every refusal before the `101`) before the socket goes
+//!   to the bridge; `http::origins` holds `http.allowed_origins` and the CORS layer.
 //! - [`ws`]: the legacy WebSocket bridge: sessions, seq and replay (`ws::hub`), one socket
 //!   (`ws::socket`), [`ws::inbox`] (a replica's subscriptions), `ws::handover` (sessions in
 //!   the store across a restart), `ws::transfer` (sessions moving between replicas),
