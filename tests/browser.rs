@@ -54,6 +54,16 @@ impl Site {
     }
 }
 
+/// What every test starts from: Chromium (`None`: not installed, the test is skipped), the test
+/// site, and a folder with the SQLite URL of Cradle's store in it.
+async fn setup() -> Option<(Browser, Site, tempfile::TempDir, String)> {
+    let browser = Browser::launch().await?;
+    let site = Site::serve().await;
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let db = format!("sqlite://{}", dir.path().join("b.db").display());
+    Some((browser, site, dir, db))
+}
+
 /// Cradle with a short heartbeat and a long resume window (plus `websocket` lines of
 /// `extra`), on the SQLite file `db`, with `env` added.
 async fn cradle(dir: &Path, db: &str, extra: &str, env: &[(&str, String)]) -> Cradle {
@@ -216,12 +226,9 @@ async fn next_json(rx: &mut UnboundedReceiver<rumqttc::Publish>) -> Value {
 /// ends a session over cross-origin HTTP (CORS) with the answers' statuses and error codes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_of_an_allowed_origin_signals_and_starts_sessions_with_a_token() {
-    let Some(browser) = Browser::launch().await else {
+    let Some((browser, site, dir, db)) = setup().await else {
         return;
     };
-    let site = Site::serve().await;
-    let dir = tempfile::tempdir().expect("a temp dir");
-    let db = format!("sqlite://{}", dir.path().join("b.db").display());
     let (token, baby_secret) = account_fam(&db);
     let mut c = cradle(
         dir.path(),
@@ -348,12 +355,9 @@ async fn a_page_of_an_allowed_origin_signals_and_starts_sessions_with_a_token() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_connection_resumes_and_every_signal_arrives_once_in_order() {
     const N: u64 = 200;
-    let Some(browser) = Browser::launch().await else {
+    let Some((browser, site, dir, db)) = setup().await else {
         return;
     };
-    let site = Site::serve().await;
-    let dir = tempfile::tempdir().expect("a temp dir");
-    let db = format!("sqlite://{}", dir.path().join("b.db").display());
     let c = cradle(dir.path(), &db, "", &[]).await;
     let proxy = Proxy::start(http_port(&c)).await;
 
@@ -456,15 +460,12 @@ async fn a_dropped_connection_resumes_and_every_signal_arrives_once_in_order() {
 /// CORS, and Cradle records nothing for the client it tried to be.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_of_a_foreign_origin_cannot_open_the_socket_or_read_the_api() {
-    let Some(browser) = Browser::launch().await else {
+    let Some((browser, site, dir, db)) = setup().await else {
         return;
     };
-    let site = Site::serve().await;
     // The same files from another port: another origin, not allowed.
     let (foreign_port, _foreign_server) = serve_dir(site.dir.path()).await;
     let foreign = format!("http://127.0.0.1:{foreign_port}");
-    let dir = tempfile::tempdir().expect("a temp dir");
-    let db = format!("sqlite://{}", dir.path().join("b.db").display());
     let (token, _) = account_fam(&db);
     let mut c = cradle(
         dir.path(),
@@ -579,12 +580,9 @@ async fn a_page_of_a_foreign_origin_cannot_open_the_socket_or_read_the_api() {
 /// disconnect.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_librarys_close_is_a_clean_close_1000() {
-    let Some(browser) = Browser::launch().await else {
+    let Some((browser, site, dir, db)) = setup().await else {
         return;
     };
-    let site = Site::serve().await;
-    let dir = tempfile::tempdir().expect("a temp dir");
-    let db = format!("sqlite://{}", dir.path().join("b.db").display());
     let c = cradle(dir.path(), &db, "", &[]).await;
     let page = open_page(&browser, &site.origin()).await;
 
@@ -630,12 +628,9 @@ async fn the_librarys_close_is_a_clean_close_1000() {
 /// Cradle records it `kicked`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kicked_socket_gets_a_clean_close_4008() {
-    let Some(browser) = Browser::launch().await else {
+    let Some((browser, site, dir, db)) = setup().await else {
         return;
     };
-    let site = Site::serve().await;
-    let dir = tempfile::tempdir().expect("a temp dir");
-    let db = format!("sqlite://{}", dir.path().join("b.db").display());
     let c = cradle(dir.path(), &db, "max_errors = 3\n", &[]).await;
     let page = open_page(&browser, &site.origin()).await;
 
@@ -678,12 +673,9 @@ async fn a_kicked_socket_gets_a_clean_close_4008() {
 /// origin (allowed without configuration) and answers heartbeats.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_connects_in_open_mode_from_a_loopback_origin() {
-    let Some(browser) = Browser::launch().await else {
+    let Some((browser, site, dir, db)) = setup().await else {
         return;
     };
-    let site = Site::serve().await;
-    let dir = tempfile::tempdir().expect("a temp dir");
-    let db = format!("sqlite://{}", dir.path().join("b.db").display());
     let c = cradle(dir.path(), &db, "", &[]).await;
     let page = open_page(&browser, &site.origin()).await;
     assert_eq!(js(&page, "location.origin").await, site.origin());
@@ -714,4 +706,56 @@ async fn a_page_connects_in_open_mode_from_a_loopback_origin() {
         .await
         .expect_err("a rejection");
     assert!(err.contains("late boom"), "{err}");
+}
+
+/// A session that is gone when the page comes back (Cradle was killed, so nothing was handed
+/// over): the resume's upgrade is refused `410` before the `101`, which a browser cannot see;
+/// the library learns it from its plain `GET /ws`, tells the app (`gone`, code 410: frames
+/// were lost) and opens a fresh session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_gone_after_a_crash_is_reported_and_a_fresh_one_opened() {
+    let Some((browser, site, dir, db)) = setup().await else {
+        return;
+    };
+    let mut c = cradle(dir.path(), &db, "", &[]).await;
+    let address = c.http.trim_start_matches("http://").to_string();
+
+    let page = open_page(&browser, &site.origin()).await;
+    let options = json!({
+        "url": c.http,
+        "clientId": "pwa",
+        "account": "fam",
+        "backoff": { "initialMs": 100, "maxMs": 1000, "factor": 2, "jitter": 0.5 },
+    });
+    js(&page, &format!("h.open({options})")).await;
+    let connected = js(&page, "h.connect()").await;
+    check(&page, connected["ok"] == true, &connected);
+    let first = connected["hello"]["connection_id"].clone();
+
+    // SIGKILL: no hand-over; the next start on the same store and address has no session.
+    c.child.kill().expect("kill Cradle");
+    let _ = c.child.wait();
+    let config = dir.path().join("browser.toml").display().to_string();
+    let mut again = Cradle::spawn(
+        dir.path(),
+        &db,
+        &[
+            ("CRADLE_CONFIG", config),
+            ("CRADLE_HTTP_LISTEN", address.clone()),
+        ],
+    );
+    again.http = format!("http://{address}");
+    again.wait_ready().await;
+
+    let gone = wait_js(&page, "h.log.gone[0]", 30).await;
+    assert_eq!(gone["reason"], "session_gone", "{gone}");
+    assert_eq!(gone["code"], 410, "{gone}");
+    let hello = wait_js(&page, "h.log.hello.length >= 2 && h.log.hello[1]", 30).await;
+    assert_eq!(hello["resumed"], false, "{hello}");
+    assert_ne!(hello["connection_id"], first, "a new session: {hello}");
+    assert_eq!(js(&page, "h.client.state").await, "open");
+    assert_eq!(
+        js(&page, "h.client.connectionId").await,
+        hello["connection_id"]
+    );
 }
