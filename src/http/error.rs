@@ -52,6 +52,15 @@ pub(crate) enum ApiError {
     /// 503: the credentials store failed.
     #[error("store unavailable")]
     Accounts(#[from] crate::accounts::AccountsError),
+    /// A refusal with its own status, code and message (`GET /ws` before the upgrade, a
+    /// browser origin not allowed), with `Retry-After: {retry_after_secs}` when set.
+    #[error("{message}")]
+    Refused {
+        status: StatusCode,
+        code: &'static str,
+        message: String,
+        retry_after_secs: Option<&'static str>,
+    },
 }
 
 impl ApiError {
@@ -73,6 +82,7 @@ impl ApiError {
             ApiError::Store(_) | ApiError::Accounts(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
             }
+            ApiError::Refused { status, code, .. } => (*status, code),
         }
     }
 }
@@ -96,9 +106,20 @@ impl IntoResponse for ApiError {
             ApiError::NotFound
             | ApiError::MethodNotAllowed
             | ApiError::Unauthorized
-            | ApiError::Forbidden(_) => {}
+            | ApiError::Forbidden(_)
+            | ApiError::Refused { .. } => {}
         }
         let mut response = (status, Json(body)).into_response();
+        if let ApiError::Refused {
+            retry_after_secs: Some(secs),
+            ..
+        } = &self
+        {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static(secs),
+            );
+        }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,

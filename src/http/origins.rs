@@ -17,9 +17,8 @@ use axum::http::header::{self, HeaderMap, HeaderValue};
 use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 
-use super::AppState;
+use super::{ApiError, AppState};
 use crate::metrics::HttpRefusal;
 
 /// Methods a page may use (answered in a preflight).
@@ -103,11 +102,13 @@ fn refuse(state: &AppState, origin: &str) -> Response {
         origin,
         "request refused: its Origin is not in http.allowed_origins"
     );
-    let body = serde_json::json!({"error": {
-        "code": "origin_not_allowed",
-        "message": "this page's origin may not use Cradle: add it to http.allowed_origins",
-    }});
-    (StatusCode::FORBIDDEN, Json(body)).into_response()
+    ApiError::Refused {
+        status: StatusCode::FORBIDDEN,
+        code: "origin_not_allowed",
+        message: "this page's origin may not use Cradle: add it to http.allowed_origins".into(),
+        retry_after_secs: None,
+    }
+    .into_response()
 }
 
 /// The CORS layer: answers preflights (`OPTIONS` with `Origin` and

@@ -17,7 +17,7 @@ use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Router;
 use serde::Deserialize;
 
 use super::{ApiError, AppState, SourceIp};
@@ -154,9 +154,13 @@ fn not_an_upgrade(headers: &HeaderMap, rejection: &WebSocketUpgradeRejection) ->
             .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         return r;
     }
-    let body =
-        serde_json::json!({"error": {"code": "invalid_upgrade", "message": rejection.body_text()}});
-    (rejection.status(), Json(body)).into_response()
+    ApiError::Refused {
+        status: rejection.status(),
+        code: "invalid_upgrade",
+        message: rejection.body_text(),
+        retry_after_secs: None,
+    }
+    .into_response()
 }
 
 /// Finds the account of the caller and the credential id of its token: ONE bearer token, the
@@ -312,22 +316,16 @@ fn configure(ws: WebSocketUpgrade, bridge: &Bridge, headers: &HeaderMap) -> WebS
     }
 }
 
-/// Why an upgrade is refused: a status with the API's JSON error body
-/// (`WWW-Authenticate: Bearer` with a `401`; `Retry-After` with a `503`).
-#[derive(Debug, Clone, Copy)]
-struct Refusal {
-    status: StatusCode,
-    code: &'static str,
-    message: &'static str,
-    retry_after_secs: Option<&'static str>,
-}
+/// A refusal of the upgrade: `status` with the API's JSON error body (`WWW-Authenticate:
+/// Bearer` with a `401`).
+type Refusal = ApiError;
 
 /// `status` with `code` and `message`.
 fn refuse(status: StatusCode, code: &'static str, message: &'static str) -> Refusal {
-    Refusal {
+    ApiError::Refused {
         status,
         code,
-        message,
+        message: message.to_string(),
         retry_after_secs: None,
     }
 }
@@ -338,24 +336,10 @@ fn unavailable(
     message: &'static str,
     retry_after_secs: &'static str,
 ) -> Refusal {
-    Refusal {
+    ApiError::Refused {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        code,
+        message: message.to_string(),
         retry_after_secs: Some(retry_after_secs),
-        ..refuse(StatusCode::SERVICE_UNAVAILABLE, code, message)
-    }
-}
-
-impl IntoResponse for Refusal {
-    fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
-        let mut r = (self.status, Json(body)).into_response();
-        if self.status == StatusCode::UNAUTHORIZED {
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        if let Some(secs) = self.retry_after_secs {
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static(secs));
-        }
-        r
     }
 }
