@@ -15,6 +15,7 @@ use std::time::Instant;
 use rumqttc::Publish;
 use tokio::sync::mpsc;
 
+use super::metrics::SyncMetrics;
 use crate::bus::Acker;
 use crate::clock::now_millis;
 use crate::domain::connection::parse_status_payload;
@@ -22,7 +23,6 @@ use crate::domain::connection::{
     decide, evolve, ClientConnection, ConnectionCommand, ConnectionEvent, DisconnectReason,
     Ignored, EVENT_VERSION,
 };
-use crate::metrics::Metrics;
 use crate::retry::Backoff;
 use crate::store::{clients, NewEvent, Store, StoreError, StoreTx};
 use crate::topics::{parse_status_topic, ClientKey};
@@ -65,7 +65,7 @@ pub async fn run(
     mut rx: mpsc::Receiver<Publish>,
     store: Store,
     acker: Acker,
-    metrics: Arc<Metrics>,
+    metrics: Arc<SyncMetrics>,
     settings: StatusSettings,
 ) {
     let mut batch: Vec<Report> = Vec::with_capacity(settings.batch_max);
@@ -126,7 +126,7 @@ async fn accept(
     batch: &mut Vec<Report>,
     publishes: &mut Vec<Publish>,
     acker: &Acker,
-    metrics: &Metrics,
+    metrics: &SyncMetrics,
     settings: &StatusSettings,
 ) {
     metrics.status_received.fetch_add(1, Relaxed);
@@ -162,7 +162,7 @@ async fn commit_until_done(
     store: &Store,
     batch: &[Report],
     cache: &mut ClientCache,
-    metrics: &Metrics,
+    metrics: &SyncMetrics,
 ) -> Vec<Outcome> {
     let mut pause = Backoff::store();
     loop {
@@ -191,7 +191,7 @@ async fn commit_until_done(
     }
 }
 
-fn record(batch: &[Report], outcomes: &[Outcome], metrics: &Metrics) {
+fn record(batch: &[Report], outcomes: &[Outcome], metrics: &SyncMetrics) {
     for ((key, command), outcome) in batch.iter().zip(outcomes) {
         let span = tracing::info_span!(
             "status",
