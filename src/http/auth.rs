@@ -139,16 +139,12 @@ impl TokenCache {
             metrics.token_check(TokenCheck::Refused);
             return Ok(None);
         };
-        let kind = if c.kind == CredentialKind::Token.as_str() {
-            CredentialKind::Token
-        } else if c.kind == CredentialKind::Operator.as_str() {
-            CredentialKind::Operator
-        } else {
+        if c.kind == CredentialKind::Device {
             metrics.token_check(TokenCheck::Refused);
             return Ok(None);
-        };
+        }
         let token = VerifiedToken {
-            kind,
+            kind: c.kind,
             account_id: c.account_id,
         };
         metrics.token_check(TokenCheck::Verified);
