@@ -153,9 +153,7 @@ impl Authenticator {
         if password.contains('.') {
             // `{credential_id}.{random}`: an operator secret (bearer tokens are not for MQTT).
             return match accounts::verify_secret_from(&self.store, password, source).await {
-                Ok(Some(c)) if c.kind == CredentialKind::Operator.as_str() => {
-                    Ok(Principal::Operator)
-                }
+                Ok(Some(c)) if c.kind == CredentialKind::Operator => Ok(Principal::Operator),
                 Ok(Some(_)) => Err(Refusal::WrongKind),
                 Ok(None) => Err(Refusal::BadCredentials),
                 Err(e) => Err(Refusal::from_error(e)),

@@ -20,6 +20,31 @@ use rumqttd::{
 use tokio::net::TcpListener;
 
 use crate::config::MqttConfig;
+use crate::metrics::{Desc, Exposition, Family};
+
+/// What the embedded broker reports for `/metrics` (vendored rumqttd): the panics it caught
+/// (CRADLE PATCH 8 and 11), each of which ended the one connection it happened for instead
+/// of the whole broker (should stay 0), and the PUBACKs (PUBCOMPs) it holds until the bus
+/// has committed the message (CRADLE PATCH 27): each device holds at most its in-flight
+/// window; a figure that keeps growing means the status or station handler is behind.
+pub(crate) struct BrokerMetrics;
+
+impl Family for BrokerMetrics {
+    fn render(&self, out: &mut Exposition) {
+        let (link, router) = rumqttd::caught_panics();
+        out.family(Desc::counter(
+            "cradle_broker_panics_total",
+            "Panics the embedded broker caught, by where; each ended one connection only.",
+        ))
+        .sample("in=\"connection\"", link)
+        .sample("in=\"router\"", router);
+        out.gauge(
+            "cradle_broker_acks_held",
+            "Device acknowledgements the embedded broker holds until their messages are committed.",
+            rumqttd::held_acks(),
+        );
+    }
+}
 
 /// Errors starting the broker.
 #[derive(Debug, thiserror::Error)]

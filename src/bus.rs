@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 use std::ops::ControlFlow;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::BusConfig;
 use crate::endpoint::Endpoint;
-use crate::metrics::Metrics;
+use crate::metrics::{Exposition, Family};
 use crate::mqtt_client::{nodelay, publisher_options};
 use crate::retry::Backoff;
 
@@ -35,6 +35,37 @@ pub enum BusError {
     /// TLS certificate is not trusted.
     #[error("bus: broker at {addr} refused the connection: {reason} (check the user and password in broker.url / CRADLE_BROKER_URL, broker.ca_file for mqtts://, and the broker's ACL)")]
     Refused { addr: String, reason: String },
+}
+
+/// Counters of the bus.
+#[derive(Debug, Default)]
+pub struct BusMetrics {
+    /// Whether the bus is connected to the broker (0 or 1).
+    connected: AtomicU64,
+    /// Times the bus (re)connected.
+    connects: AtomicU64,
+    /// Retained messages refed to the handlers after the bus connected (external broker).
+    replayed: AtomicU64,
+}
+
+impl Family for BusMetrics {
+    fn render(&self, out: &mut Exposition) {
+        out.gauge(
+            "cradle_bus_connected",
+            "1 while Cradle's own MQTT client is connected to the broker.",
+            self.connected.load(Relaxed),
+        );
+        out.counter(
+            "cradle_bus_connects_total",
+            "Times Cradle's own MQTT client (re)connected.",
+            self.connects.load(Relaxed),
+        );
+        out.counter(
+            "cradle_bus_replayed_total",
+            "Retained messages refed to the handlers after the bus connected (external broker).",
+            self.replayed.load(Relaxed),
+        );
+    }
 }
 
 /// Connection state of the bus, for readiness and logs.
@@ -173,7 +204,7 @@ impl Bus {
         max_packet_bytes: usize,
         routes: Vec<Route>,
         share_group: Option<String>,
-        metrics: Arc<Metrics>,
+        metrics: Arc<BusMetrics>,
     ) -> Result<Bus, BusError> {
         let (client, eventloop) = client(config, endpoint, max_packet_bytes);
         let (state_tx, state) = watch::channel(BusState::Connecting(None));
@@ -348,7 +379,7 @@ struct BusLoop {
     state: watch::Sender<BusState>,
     stop: watch::Receiver<bool>,
     unsubacks: watch::Sender<usize>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<BusMetrics>,
     /// The wait before the next reconnect.
     backoff: Backoff,
     /// SUBACKs still awaited since the last CONNACK.
@@ -379,13 +410,13 @@ impl BusLoop {
                 Ok(Event::Incoming(Packet::SubAck(_))) => {
                     self.pending_subacks = self.pending_subacks.saturating_sub(1);
                     if self.pending_subacks == 0 {
-                        self.metrics.bus_connected.store(1, Relaxed);
+                        self.metrics.connected.store(1, Relaxed);
                         let _ = self.state.send(BusState::Ready);
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => self.forward(publish).await,
                 Ok(Event::Outgoing(Outgoing::Disconnect)) => {
-                    self.metrics.bus_connected.store(0, Relaxed);
+                    self.metrics.connected.store(0, Relaxed);
                     let _ = self.state.send(BusState::Closed);
                     return;
                 }
@@ -405,7 +436,7 @@ impl BusLoop {
         // Whatever the last session left unacknowledged, the broker redelivers.
         lock_order(&self.acker.order).queue.clear();
         self.backoff.reset();
-        self.metrics.bus_connects.fetch_add(1, Relaxed);
+        self.metrics.connects.fetch_add(1, Relaxed);
         let group = self.shared.as_ref().map(|s| s.group.as_str());
         let filters: Vec<String> = self
             .routes
@@ -466,7 +497,7 @@ impl BusLoop {
     /// A connection error: ends the loop when stopping or when the first CONNECT is refused
     /// for good; otherwise records it, waits the backoff and doubles it.
     async fn failed(&mut self, error: rumqttc::ConnectionError) -> ControlFlow<()> {
-        self.metrics.bus_connected.store(0, Relaxed);
+        self.metrics.connected.store(0, Relaxed);
         if *self.stop.borrow() {
             let _ = self.state.send(BusState::Closed);
             return ControlFlow::Break(());
@@ -524,7 +555,7 @@ async fn replay_retained(
     shared: Shared,
     targets: Vec<(String, mpsc::Sender<Publish>)>,
     mut stop: watch::Receiver<bool>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<BusMetrics>,
 ) {
     let mut options = publisher_options(
         &shared.endpoint,
@@ -555,7 +586,7 @@ async fn replay_retained(
             Ok(Event::Incoming(Packet::Publish(p))) if p.retain => {
                 if let Some((_, tx)) = targets.iter().find(|(f, _)| filter_matches(f, &p.topic)) {
                     replayed += 1;
-                    metrics.bus_replayed.fetch_add(1, Relaxed);
+                    metrics.replayed.fetch_add(1, Relaxed);
                     if tx.send(p).await.is_err() {
                         break;
                     }

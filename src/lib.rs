@@ -88,7 +88,9 @@
 //!   (the recording clock), [`ids`] (random ids and secrets), [`retry`] (`Backoff`),
 //!   `mqtt_client` (client options, `EventSource` and `drive`, the one event-loop task),
 //!   [`endpoint`] (where the broker is, for every client and relayed link), [`rate`] (token
-//!   buckets), [`metrics`] (counters rendered as Prometheus text), [`telemetry`] (logging).
+//!   buckets), [`metrics`] (the registry: typed labeled counters, the families each part
+//!   owns and registers, `edge::metrics`, `sync::metrics`, `http::metrics` among them,
+//!   rendered as Prometheus text), [`telemetry`] (logging).
 
 pub mod accounts;
 pub mod auth;

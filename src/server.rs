@@ -10,22 +10,28 @@ use rumqttc::Publish;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::accounts::gate::GateMetrics;
 use crate::auth::Authenticator;
+use crate::broker::BrokerMetrics;
 use crate::broker::{self, BrokerError};
+use crate::bus::BusMetrics;
 use crate::bus::{Bus, BusError, Route};
 use crate::config::{AuthMode, BrokerMode, BusConfig, Config};
 use crate::domain::connection::DisconnectReason;
+use crate::edge::metrics::EdgeMetrics;
 use crate::edge::{self, publisher::Publisher, EdgeError};
 use crate::endpoint::{Endpoint, EndpointError};
+use crate::http::metrics::HttpMetrics;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
+use crate::sync::metrics::SyncMetrics;
 use crate::sync::sessions::{SessionSettings, Sessions};
 use crate::sync::stations::{self, StationSettings};
 use crate::sync::status::{self, StatusSettings};
 use crate::topics::STATUS_FILTER;
 use crate::ws::inbox::InboxSubscriptions;
-use crate::ws::{Bridge, WsSettings};
+use crate::ws::{Bridge, WsMetrics, WsSettings};
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -202,6 +208,32 @@ struct BrokerSide {
     handed_over: Vec<(crate::ws::hub::HandedOver, Duration)>,
 }
 
+/// Every part's counters, each handed to its owner and registered for `/metrics`.
+#[derive(Default)]
+struct Counters {
+    sync: Arc<SyncMetrics>,
+    bus: Arc<BusMetrics>,
+    edge: Arc<EdgeMetrics>,
+    http: Arc<HttpMetrics>,
+}
+
+impl Counters {
+    /// Every metric family, in the order `/metrics` shows them: the handlers, the bus, the
+    /// edge, the verification gate, the embedded broker, HTTP and the bridge.
+    fn registry(&self, bridge: Arc<WsMetrics>) -> Arc<Metrics> {
+        Arc::new(
+            Metrics::default()
+                .with(self.sync.clone())
+                .with(self.bus.clone())
+                .with(self.edge.clone())
+                .with(Arc::new(GateMetrics))
+                .with(Arc::new(BrokerMetrics))
+                .with(self.http.clone())
+                .with(bridge),
+        )
+    }
+}
+
 /// A started Cradle: every part running, each task to drain at shutdown.
 struct Running {
     config: Config,
@@ -218,7 +250,7 @@ struct Running {
 /// store) or external broker reached, bus subscribed, and only then the edge and HTTP
 /// accept clients.
 async fn build(config: Config) -> Result<Running, ServeError> {
-    let metrics = Arc::new(Metrics::default());
+    let counters = Counters::default();
     check_open_files(&config);
     // Every listener is checked before anything is created or migrated.
     let http_listener = tokio::net::TcpListener::bind(config.http.listen)
@@ -251,7 +283,7 @@ async fn build(config: Config) -> Result<Running, ServeError> {
         &bus_config,
         &broker.endpoint,
         &queues,
-        metrics.clone(),
+        counters.bus.clone(),
     )
     .await?;
 
@@ -261,21 +293,21 @@ async fn build(config: Config) -> Result<Running, ServeError> {
         broker.upstream,
         &broker.v5_endpoint,
         &bus_config.client_id,
-        metrics.clone(),
+        counters.edge.clone(),
     )
     .await?;
 
     let base = Base {
         config: &config,
         store: &store,
-        metrics: &metrics,
+        metrics: &counters.sync,
         bus: &bus,
         endpoint: &broker.endpoint,
         client_id: &bus_config.client_id,
     };
     let handlers = start_handlers(base, queues, inbox_subscriptions, broker.handed_over);
-    let state = app_state(&config, &store, &metrics, &bus, auth, &handlers);
-    let (http_task, http_stop) = start_http(&config, http_listener, state, metrics);
+    let state = app_state(&config, &store, &counters, &bus, auth, &handlers);
+    let (http_task, http_stop) = start_http(&config, http_listener, state, counters.http);
     Ok(Running {
         config,
         store,
@@ -294,7 +326,7 @@ async fn start_bus(
     bus_config: &BusConfig,
     endpoint: &Endpoint,
     queues: &Queues,
-    metrics: Arc<Metrics>,
+    metrics: Arc<BusMetrics>,
 ) -> Result<Bus, ServeError> {
     let embedded = config.broker.mode == BrokerMode::Embedded;
     let bus = Bus::start(
@@ -318,7 +350,7 @@ async fn start_edge(
     upstream: edge::Upstream,
     v5_endpoint: &Endpoint,
     client_id: &str,
-    metrics: Arc<Metrics>,
+    metrics: Arc<EdgeMetrics>,
 ) -> Result<edge::Edge, ServeError> {
     let publisher = Publisher::start(
         v5_endpoint,
@@ -337,7 +369,7 @@ fn start_http(
     config: &Config,
     listener: tokio::net::TcpListener,
     state: AppState,
-    metrics: Arc<Metrics>,
+    metrics: Arc<HttpMetrics>,
 ) -> (JoinHandle<()>, watch::Sender<bool>) {
     let (stop, mut stop_rx) = watch::channel(false);
     let app = http::app(state, config.http.max_body_bytes);
@@ -358,7 +390,7 @@ fn start_http(
 struct Base<'a> {
     config: &'a Config,
     store: &'a Store,
-    metrics: &'a Arc<Metrics>,
+    metrics: &'a Arc<SyncMetrics>,
     bus: &'a Bus,
     /// Where Cradle's own publisher (`{client_id}-out`) connects.
     endpoint: &'a Endpoint,
@@ -506,14 +538,15 @@ fn bridge(
 fn app_state(
     config: &Config,
     store: &Store,
-    metrics: &Arc<Metrics>,
+    counters: &Counters,
     bus: &Bus,
     auth: Arc<Authenticator>,
     handlers: &Handlers,
 ) -> AppState {
     AppState {
         store: store.clone(),
-        metrics: metrics.clone(),
+        metrics: counters.http.clone(),
+        registry: counters.registry(handlers.bridge.metrics.clone()),
         bus: bus.state(),
         max_page_size: config.http.max_page_size,
         admin_token: config.http.admin_token.clone(),
@@ -900,5 +933,37 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn every_family_is_written_once_with_its_samples_under_its_header() {
+        let text = Counters::default()
+            .registry(Arc::default())
+            .render(&[&crate::http::metrics::ConnectedClients(1)]);
+        let mut seen = std::collections::HashSet::new();
+        let mut current = "";
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                current = rest.split(' ').next().unwrap_or_default();
+                assert!(seen.insert(current), "{current} written twice");
+            } else if !line.starts_with("# TYPE ") {
+                let name = line.split(['{', ' ']).next().unwrap_or_default();
+                assert_eq!(name, current, "{line} away from its family");
+            }
+        }
+        for family in [
+            "cradle_mqtt_messages_dropped_total",
+            "cradle_edge_connects_total",
+            "cradle_auth_verifications_total",
+            "cradle_broker_acks_held",
+            "cradle_http_refused_total",
+            "cradle_ws_resumes_total",
+            "cradle_connected_clients",
+        ] {
+            assert!(seen.contains(family), "{family} missing");
+        }
+        assert!(text.contains(
+            "cradle_mqtt_messages_dropped_total{family=\"inbox\",reason=\"malformed\"} 0"
+        ));
     }
 }

@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use cradle::accounts;
+use cradle::accounts::{self, CredentialKind};
 use cradle::config::StoreConfig;
 use cradle::store::Store;
 
@@ -103,7 +103,7 @@ async fn issued_secrets_are_shown_once_stored_hashed_verified_and_revocable() {
 
     let device_id = stored
         .iter()
-        .find(|c| c.kind == "device")
+        .find(|c| c.kind == CredentialKind::Device)
         .unwrap()
         .credential_id
         .clone();

@@ -236,7 +236,7 @@ impl Dump {
                 checksum(self.credentials.iter().map(|r| {
                     json!([
                         r.credential_id,
-                        r.kind,
+                        r.kind.as_str(),
                         r.account_id,
                         r.client_id,
                         r.secret_hash,

@@ -75,7 +75,7 @@ async fn accounts_and_credentials_round_trip(url: &str) {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(op.kind, "operator");
+    assert_eq!(op.kind, CredentialKind::Operator);
     assert!(accounts::verify_secret(&store, &device.secret)
         .await
         .unwrap()

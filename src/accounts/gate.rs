@@ -28,6 +28,8 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use crate::metrics::{Desc, Exposition, Family};
+
 /// Failures a source may have before its verifications are delayed.
 pub(crate) const FREE_FAILURES: u32 = 3;
 /// How long a source's failures are remembered after its last one.
@@ -274,6 +276,38 @@ pub fn configure(settings: GateSettings) {
 /// The process's gate (default limits when [`configure`] was not called).
 pub(crate) fn gate() -> &'static Gate {
     GATE.get_or_init(|| Gate::new(GateSettings::default()))
+}
+
+/// The process's gate as metric families: outcomes, delays, waiters, tracked sources.
+pub(crate) struct GateMetrics;
+
+impl Family for GateMetrics {
+    fn render(&self, out: &mut Exposition) {
+        let gate = gate();
+        let st = &gate.stats;
+        out.family(Desc::counter(
+            "cradle_auth_verifications_total",
+            "argon2 secret verifications (MQTT passwords, bearer tokens), by outcome; busy: refused after auth.verify_wait_ms without a slot.",
+        ))
+        .sample("outcome=\"ok\"", st.ok.load(Relaxed))
+        .sample("outcome=\"failed\"", st.failed.load(Relaxed))
+        .sample("outcome=\"busy\"", st.busy.load(Relaxed));
+        out.counter(
+            "cradle_auth_verifications_delayed_total",
+            "Verifications delayed because their source address failed repeatedly.",
+            st.delayed.load(Relaxed),
+        );
+        out.gauge(
+            "cradle_auth_verifications_waiting",
+            "Callers waiting for a verification slot now.",
+            st.waiting.load(Relaxed),
+        );
+        out.gauge(
+            "cradle_auth_sources",
+            "Source addresses the verification gate tracks (bounded).",
+            gate.sources(),
+        );
+    }
 }
 
 #[cfg(test)]

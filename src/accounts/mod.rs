@@ -50,27 +50,7 @@ pub enum AccountsError {
     Store(#[from] StoreError),
 }
 
-/// What a credential is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CredentialKind {
-    /// One MQTT device (client id) of one account.
-    Device,
-    /// A bearer token of one account, for HTTP and the WebSocket.
-    Token,
-    /// An operator: watches every account's status.
-    Operator,
-}
-
-impl CredentialKind {
-    /// Stored name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Device => credentials::DEVICE,
-            Self::Token => "token",
-            Self::Operator => "operator",
-        }
-    }
-}
+pub use crate::store::credentials::CredentialKind;
 
 /// A newly issued credential and its secret, which is never stored.
 #[derive(Debug, Clone)]
@@ -215,7 +195,7 @@ fn new_credential(kind: CredentialKind, account: Option<&str>, client: Option<&s
     };
     let credential = credentials::Model {
         credential_id,
-        kind: kind.as_str().to_string(),
+        kind,
         account_id: account.map(str::to_string),
         client_id: client.map(str::to_string),
         secret_hash: hashing::hash(&secret),
@@ -324,7 +304,7 @@ pub(crate) async fn verify_secret_from(
         store
             .live_credential(credential_id)
             .await?
-            .filter(|c| c.kind != CredentialKind::Device.as_str())
+            .filter(|c| c.kind != CredentialKind::Device)
     } else {
         None
     };

@@ -223,7 +223,7 @@ async fn credentials_cmd(store: &Store, action: CredentialsAction) -> anyhow::Re
             let c = &issued.credential;
             println!(
                 "issued {} credential {} (account {}, client {}); the secret is shown once:",
-                c.kind,
+                c.kind.as_str(),
                 c.credential_id,
                 c.account_id.as_deref().unwrap_or("-"),
                 c.client_id.as_deref().unwrap_or("-"),
@@ -239,7 +239,7 @@ async fn credentials_cmd(store: &Store, action: CredentialsAction) -> anyhow::Re
                 println!(
                     "{:<20} {:<9} {:<24} {:<24} {}",
                     c.credential_id,
-                    c.kind,
+                    c.kind.as_str(),
                     c.account_id.as_deref().unwrap_or("-"),
                     c.client_id.as_deref().unwrap_or("-"),
                     if c.revoked_at_millis.is_some() {

@@ -207,7 +207,7 @@ impl Config {
     }
 
     /// Applies the numeric and boolean overrides: pool size, MQTT rate and keep-alive,
-    /// PUBACK-after-commit, and the HTTP timeouts and connection limit.
+    /// PUBACK-after-commit, then the HTTP ones ([`Config::apply_http_limits`]).
     fn apply_limits(&mut self, o: &Overrides) -> Result<(), ConfigError> {
         if let Some(v) = &o.database_max_connections {
             self.store.max_connections = parse_override(
@@ -245,6 +245,11 @@ impl Config {
                 "is not `true` or `false`",
             )?;
         }
+        self.apply_http_limits(o)
+    }
+
+    /// Applies the HTTP overrides: timeouts, connection limit and allowed origins.
+    fn apply_http_limits(&mut self, o: &Overrides) -> Result<(), ConfigError> {
         if let Some(v) = &o.http_header_timeout_ms {
             self.http.header_timeout_ms = parse_override(
                 v,

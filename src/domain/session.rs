@@ -48,6 +48,16 @@ pub struct ActiveSession {
     pub started_at_millis: i64,
 }
 
+impl ActiveSession {
+    /// The session as JSON: the `session.started` event's data and its baby station's
+    /// announcement. Through `serde_json::Value`, whose map writes keys sorted (not in the
+    /// fields' order above), so the bytes are those stored and announced since the first
+    /// version.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("a session serialises")
+    }
+}
+
 /// Why a session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

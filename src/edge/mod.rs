@@ -19,6 +19,7 @@ pub mod acl;
 pub mod codec;
 pub mod inbox;
 pub(crate) mod lifecycle;
+pub(crate) mod metrics;
 pub mod publisher;
 pub(crate) mod registry;
 pub mod retained;
@@ -48,7 +49,7 @@ use crate::auth::Authenticator;
 use crate::config::MqttConfig;
 use crate::domain::connection::DisconnectReason;
 use crate::endpoint::Endpoint;
-use crate::metrics::Metrics;
+use metrics::EdgeMetrics;
 use publisher::Publisher;
 use registry::Registry;
 
@@ -126,7 +127,7 @@ pub struct EdgeShared {
     /// The edge's own client, for end statuses and Wills.
     pub publisher: Publisher,
     /// Counters.
-    pub metrics: Arc<Metrics>,
+    pub metrics: Arc<EdgeMetrics>,
     /// How relayed connections reach the broker.
     pub(crate) upstream: Upstream,
     /// One permit per connection (mqtt.max_connections).
@@ -183,7 +184,7 @@ pub async fn start(
     auth: Arc<Authenticator>,
     upstream: Upstream,
     publisher: Publisher,
-    metrics: Arc<Metrics>,
+    metrics: Arc<EdgeMetrics>,
 ) -> Result<Edge, EdgeError> {
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) if config.tls_listen.is_some() || config.wss_listen.is_some() => {
@@ -302,9 +303,7 @@ async fn accept_loop(
         // Connections being admitted are bounded: one more is closed at once (its socket and
         // descriptor released now, not after mqtt.connect_timeout_ms).
         let Some(pending) = Pending::take(&shared) else {
-            shared
-                .metrics
-                .edge_connect(crate::metrics::EdgeConnect::PendingLimit);
+            shared.metrics.connect(metrics::EdgeConnect::PendingLimit);
             tracing::warn!(%peer, listener = info.name, "connection closed: mqtt.max_pending connections are being admitted");
             continue;
         };
@@ -351,9 +350,7 @@ fn connection(
         (Some(tls), transport) => Box::pin(async move {
             let Ok(Ok(stream)) = Box::pin(tokio::time::timeout(timeout, tls.accept(stream))).await
             else {
-                shared
-                    .metrics
-                    .edge_connect(crate::metrics::EdgeConnect::Tls);
+                shared.metrics.connect(metrics::EdgeConnect::Tls);
                 return;
             };
             match transport {
@@ -376,14 +373,14 @@ fn connection(
 /// `mqtt.max_pending` permits and counts in `cradle_edge_pending` until dropped.
 pub struct Pending {
     _permit: tokio::sync::OwnedSemaphorePermit,
-    metrics: Arc<Metrics>,
+    metrics: Arc<EdgeMetrics>,
 }
 
 impl Pending {
     /// A permit, if fewer than `mqtt.max_pending` connections are being admitted.
     fn take(shared: &EdgeShared) -> Option<Pending> {
         let permit = shared.pending.clone().try_acquire_owned().ok()?;
-        shared.metrics.edge_pending(1);
+        shared.metrics.pending(1);
         Some(Pending {
             _permit: permit,
             metrics: shared.metrics.clone(),
@@ -393,7 +390,7 @@ impl Pending {
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        self.metrics.edge_pending(-1);
+        self.metrics.pending(-1);
     }
 }
 
@@ -435,9 +432,7 @@ where
     {
         Ok(Ok(ws)) => Some(ws_bytes::WsBytes::new(ws)),
         _ => {
-            shared
-                .metrics
-                .edge_connect(crate::metrics::EdgeConnect::Malformed);
+            shared.metrics.connect(metrics::EdgeConnect::Malformed);
             None
         }
     }

@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Mutex;
 
 use super::acl::Principal;
-use crate::metrics::Metrics;
+use super::metrics::EdgeMetrics;
 
 /// Why a retained message was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +68,7 @@ impl RetainedLedger {
         account: &str,
         topic: &str,
         payload_len: usize,
-        metrics: &Metrics,
+        metrics: &EdgeMetrics,
     ) -> Result<(), RetainRefused> {
         // Each update below is complete before the lock is released; a poisoned lock holds a
         // consistent table.
@@ -78,8 +78,8 @@ impl RetainedLedger {
             if let Some(a) = accounts.get_mut(account) {
                 if let Some(old) = a.topics.remove(topic) {
                     a.bytes -= old;
-                    metrics.edge_retained_messages.fetch_sub(1, Relaxed);
-                    metrics.edge_retained_bytes.fetch_sub(old as i64, Relaxed);
+                    metrics.retained_messages.fetch_sub(1, Relaxed);
+                    metrics.retained_bytes.fetch_sub(old as i64, Relaxed);
                 }
                 if a.topics.is_empty() {
                     accounts.remove(account);
@@ -100,10 +100,10 @@ impl RetainedLedger {
         a.topics.insert(topic.to_string(), size);
         a.bytes = bytes;
         if old.is_none() {
-            metrics.edge_retained_messages.fetch_add(1, Relaxed);
+            metrics.retained_messages.fetch_add(1, Relaxed);
         }
         metrics
-            .edge_retained_bytes
+            .retained_bytes
             .fetch_add(size as i64 - old.unwrap_or(0) as i64, Relaxed);
         Ok(())
     }
@@ -115,30 +115,30 @@ mod tests {
 
     #[test]
     fn an_account_over_its_count_is_refused_and_another_account_is_not() {
-        let (ledger, m) = (RetainedLedger::new(2, 1 << 20), Metrics::default());
+        let (ledger, m) = (RetainedLedger::new(2, 1 << 20), EdgeMetrics::default());
         assert_eq!(ledger.admit("a", "t/1", 5, &m), Ok(()));
         assert_eq!(ledger.admit("a", "t/2", 5, &m), Ok(()));
         assert_eq!(ledger.admit("a", "t/3", 5, &m), Err(RetainRefused::Quota));
         assert_eq!(ledger.admit("b", "t/3", 5, &m), Ok(()));
-        assert_eq!(m.edge_retained_messages.load(Relaxed), 3);
+        assert_eq!(m.retained_messages.load(Relaxed), 3);
     }
 
     #[test]
     fn replacing_a_topic_counts_it_once_and_a_deletion_frees_its_room() {
-        let (ledger, m) = (RetainedLedger::new(1, 100), Metrics::default());
+        let (ledger, m) = (RetainedLedger::new(1, 100), EdgeMetrics::default());
         assert_eq!(ledger.admit("a", "t", 50, &m), Ok(()));
         assert_eq!(ledger.admit("a", "t", 90, &m), Ok(()));
         assert_eq!(ledger.admit("a", "t", 100, &m), Err(RetainRefused::Quota));
         assert_eq!(ledger.admit("a", "u", 1, &m), Err(RetainRefused::Quota));
         assert_eq!(ledger.admit("a", "t", 0, &m), Ok(()));
         assert_eq!(ledger.admit("a", "u", 1, &m), Ok(()));
-        assert_eq!(m.edge_retained_messages.load(Relaxed), 1);
-        assert_eq!(m.edge_retained_bytes.load(Relaxed), 2);
+        assert_eq!(m.retained_messages.load(Relaxed), 1);
+        assert_eq!(m.retained_bytes.load(Relaxed), 2);
     }
 
     #[test]
     fn a_deletion_of_an_unknown_topic_is_accepted() {
-        let (ledger, m) = (RetainedLedger::new(0, 0), Metrics::default());
+        let (ledger, m) = (RetainedLedger::new(0, 0), EdgeMetrics::default());
         assert_eq!(ledger.admit("a", "t", 0, &m), Ok(()));
         assert_eq!(ledger.admit("a", "t", 1, &m), Err(RetainRefused::Quota));
     }

@@ -15,10 +15,10 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use blake2::{Blake2b512, Digest};
 
+use super::metrics::{HttpMetrics, TokenCheck};
 use super::{ApiError, AppState};
 use crate::accounts::hashing::constant_time_eq;
 use crate::accounts::{self, AccountsError, CredentialKind};
-use crate::metrics::{Metrics, TokenCheck};
 use crate::store::Store;
 
 /// A verified bearer credential: what it is for, and its account.
@@ -99,7 +99,7 @@ impl TokenCache {
     pub async fn verify(
         &self,
         store: &Store,
-        metrics: &Metrics,
+        metrics: &HttpMetrics,
         secret: &str,
         source: Option<IpAddr>,
     ) -> Result<Option<VerifiedToken>, AccountsError> {
@@ -129,7 +129,7 @@ impl TokenCache {
     async fn verify_in_store(
         &self,
         store: &Store,
-        metrics: &Metrics,
+        metrics: &HttpMetrics,
         id: &str,
         digest: [u8; 64],
         secret: &str,
@@ -139,16 +139,12 @@ impl TokenCache {
             metrics.token_check(TokenCheck::Refused);
             return Ok(None);
         };
-        let kind = if c.kind == CredentialKind::Token.as_str() {
-            CredentialKind::Token
-        } else if c.kind == CredentialKind::Operator.as_str() {
-            CredentialKind::Operator
-        } else {
+        if c.kind == CredentialKind::Device {
             metrics.token_check(TokenCheck::Refused);
             return Ok(None);
-        };
+        }
         let token = VerifiedToken {
-            kind,
+            kind: c.kind,
             account_id: c.account_id,
         };
         metrics.token_check(TokenCheck::Verified);

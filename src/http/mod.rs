@@ -7,6 +7,7 @@
 mod api;
 mod auth;
 mod error;
+pub(crate) mod metrics;
 mod ops;
 mod origins;
 pub mod serve;
@@ -26,14 +27,17 @@ pub(crate) use error::ApiError;
 use crate::bus::BusState;
 use crate::metrics::Metrics;
 use crate::store::Store;
+use metrics::HttpMetrics;
 
 /// What every handler may use.
 #[derive(Clone)]
 pub(crate) struct AppState {
     /// Event log and read models.
     pub store: Store,
-    /// Process metrics.
-    pub metrics: Arc<Metrics>,
+    /// The HTTP server's counters.
+    pub metrics: Arc<HttpMetrics>,
+    /// Every registered metric family, rendered on `/metrics`.
+    pub(crate) registry: Arc<Metrics>,
     /// Bus state, for readiness.
     pub bus: tokio::sync::watch::Receiver<BusState>,
     /// Largest `limit` a list route accepts.
@@ -96,9 +100,7 @@ async fn declared_length(
         .and_then(|v| v.trim().parse::<u64>().ok());
     match declared {
         Some(n) if n > state.max_body_bytes as u64 => {
-            state
-                .metrics
-                .http_refused(crate::metrics::HttpRefusal::TooLarge);
+            state.metrics.refused(metrics::HttpRefusal::TooLarge);
             tracing::debug!(
                 content_length = n,
                 limit = state.max_body_bytes,

@@ -6,6 +6,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 
+use super::metrics::ConnectedClients;
 use super::AppState;
 use crate::bus::BusState;
 
@@ -68,10 +69,9 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        {
-            let mut text = state.metrics.render(connected);
-            state.bridge.render_metrics(&mut text);
-            text
+        match connected {
+            Some(n) => state.registry.render(&[&ConnectedClients(n)]),
+            None => state.registry.render(&[]),
         },
     )
 }

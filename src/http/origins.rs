@@ -18,8 +18,8 @@ use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use super::metrics::HttpRefusal;
 use super::{ApiError, AppState};
-use crate::metrics::HttpRefusal;
 
 /// Methods a page may use (answered in a preflight).
 const ALLOW_METHODS: &str = "GET, PUT, DELETE";
@@ -97,7 +97,7 @@ fn is_loopback_origin(origin: &str) -> bool {
 
 /// `403 origin_not_allowed`, with no CORS header.
 fn refuse(state: &AppState, origin: &str) -> Response {
-    state.metrics.http_refused(HttpRefusal::Origin);
+    state.metrics.refused(HttpRefusal::Origin);
     tracing::warn!(
         origin,
         "request refused: its Origin is not in http.allowed_origins"

@@ -42,9 +42,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
+use super::metrics::{HttpMetrics, HttpRefusal};
 use super::ApiError;
 use crate::config::HttpConfig;
-use crate::metrics::{HttpRefusal, Metrics};
 
 /// Largest request head (request line and headers) hyper buffers; larger ones get 431.
 pub(crate) const MAX_HEADER_BYTES: usize = 64 * 1024;
@@ -78,7 +78,7 @@ pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: Limits,
-    metrics: Arc<Metrics>,
+    metrics: Arc<HttpMetrics>,
     stop: impl Future<Output = ()>,
 ) {
     let app = app.layer(axum::middleware::from_fn_with_state(
@@ -105,7 +105,7 @@ pub async fn serve(
             },
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            metrics.http_refused(HttpRefusal::ConnectionLimit);
+            metrics.refused(HttpRefusal::ConnectionLimit);
             tracing::debug!(%peer, limit = max, "HTTP connection refused: http.max_connections reached");
             // A fresh socket's send buffer is empty, so this write does not block; if it
             // cannot be written at once, the connection is closed without an answer.
@@ -144,19 +144,19 @@ fn refusal_response() -> String {
 }
 
 /// Moves `cradle_http_connections` for as long as it lives.
-struct OpenConnection(Arc<Metrics>);
+struct OpenConnection(Arc<HttpMetrics>);
 
 impl OpenConnection {
-    fn new(metrics: Arc<Metrics>) -> Self {
-        metrics.http_open.fetch_add(1, Relaxed);
-        metrics.http_accepted.fetch_add(1, Relaxed);
+    fn new(metrics: Arc<HttpMetrics>) -> Self {
+        metrics.open.fetch_add(1, Relaxed);
+        metrics.accepted.fetch_add(1, Relaxed);
         Self(metrics)
     }
 }
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        self.0.http_open.fetch_sub(1, Relaxed);
+        self.0.open.fetch_sub(1, Relaxed);
     }
 }
 
@@ -165,7 +165,7 @@ async fn connection(
     peer: std::net::SocketAddr,
     app: Router,
     limits: Limits,
-    metrics: Arc<Metrics>,
+    metrics: Arc<HttpMetrics>,
     mut close: watch::Receiver<bool>,
     _slot: tokio::sync::OwnedSemaphorePermit,
 ) {
@@ -222,14 +222,14 @@ async fn connection(
     };
     if let Err(error) = result {
         if write_timed_out.load(Relaxed) {
-            metrics.http_refused(HttpRefusal::WriteTimeout);
+            metrics.refused(HttpRefusal::WriteTimeout);
             tracing::debug!("HTTP connection closed: the client took no response byte within http.write_timeout_ms");
         } else if error.is_timeout() {
             if requests.load(Relaxed) == 0 {
-                metrics.http_refused(HttpRefusal::HeaderTimeout);
+                metrics.refused(HttpRefusal::HeaderTimeout);
                 tracing::debug!("HTTP connection closed: no complete request headers within http.header_timeout_ms");
             } else {
-                metrics.http_idle_closed.fetch_add(1, Relaxed);
+                metrics.idle_closed.fetch_add(1, Relaxed);
             }
         } else {
             tracing::trace!(%error, "HTTP connection ended with an error");
@@ -325,7 +325,7 @@ impl AsyncWrite for WriteDeadline {
 /// past it, the body is cut, and a handler that was reading it answers 408 (`Connection:
 /// close`: the rest of the body is never read).
 async fn body_deadline(
-    State((timeout, metrics)): State<(Duration, Arc<Metrics>)>,
+    State((timeout, metrics)): State<(Duration, Arc<HttpMetrics>)>,
     request: Request,
     next: Next,
 ) -> Response {
@@ -341,7 +341,7 @@ async fn body_deadline(
     if !cut.load(Relaxed) {
         return response;
     }
-    metrics.http_refused(HttpRefusal::BodyTimeout);
+    metrics.refused(HttpRefusal::BodyTimeout);
     tracing::debug!("HTTP request body cut: not received within http.body_timeout_ms");
     let mut response = ApiError::BodyTimeout(timeout.as_millis() as u64).into_response();
     response

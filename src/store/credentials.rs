@@ -8,8 +8,39 @@ use sea_orm::{ActiveValue, ConnectionTrait, QueryOrder};
 
 use super::{Store, StoreError, StoreTx};
 
-/// The stored `kind` of a device credential.
-pub(crate) const DEVICE: &str = "device";
+/// What a credential is for; stored as its name (`device`, `token`, `operator`) in the
+/// `kind` column, which sea-orm reads back into this type (any other name is a
+/// [`DbErr::Type`], a [`StoreError`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
+pub enum CredentialKind {
+    /// One MQTT device (client id) of one account.
+    #[sea_orm(string_value = "device")]
+    Device,
+    /// A bearer token of one account, for HTTP and the WebSocket.
+    #[sea_orm(string_value = "token")]
+    Token,
+    /// An operator: watches every account's status.
+    #[sea_orm(string_value = "operator")]
+    Operator,
+}
+
+impl CredentialKind {
+    /// The stored name, as the CLI prints it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Device => "device",
+            Self::Token => "token",
+            Self::Operator => "operator",
+        }
+    }
+}
+
+impl std::fmt::Display for CredentialKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
 
 /// Device credentials issued per insert statement.
 const INSERT_CHUNK: usize = 500;
@@ -21,8 +52,8 @@ pub struct Model {
     /// Public id of the credential (also the prefix of a bearer token).
     #[sea_orm(primary_key, auto_increment = false)]
     pub credential_id: String,
-    /// `device`, `token` or `operator`.
-    pub kind: String,
+    /// What it is for (stored as `device`, `token` or `operator`).
+    pub kind: CredentialKind,
     /// The account it belongs to (none for an operator).
     pub account_id: Option<String>,
     /// The MQTT client id a device credential is bound to.
@@ -44,7 +75,7 @@ impl ActiveModelBehavior for ActiveModel {}
 fn active(m: &Model) -> ActiveModel {
     ActiveModel {
         credential_id: ActiveValue::Set(m.credential_id.clone()),
-        kind: ActiveValue::Set(m.kind.clone()),
+        kind: ActiveValue::Set(m.kind),
         account_id: ActiveValue::Set(m.account_id.clone()),
         client_id: ActiveValue::Set(m.client_id.clone()),
         secret_hash: ActiveValue::Set(m.secret_hash.clone()),
@@ -72,7 +103,7 @@ async fn revoke_where<C: ConnectionTrait>(
 /// The live device credentials of (`account_id`, `client_id`).
 fn live_device(account_id: &str, client_id: &str) -> Select<Entity> {
     Entity::find()
-        .filter(Column::Kind.eq(DEVICE))
+        .filter(Column::Kind.eq(CredentialKind::Device))
         .filter(Column::AccountId.eq(account_id))
         .filter(Column::ClientId.eq(client_id))
         .filter(Column::RevokedAtMillis.is_null())
@@ -168,16 +199,60 @@ mod tests {
     use super::*;
     use crate::store::accounts;
 
-    fn credential(id: &str, kind: &str, account: &str, client: Option<&str>, at: i64) -> Model {
+    fn credential(
+        id: &str,
+        kind: CredentialKind,
+        account: &str,
+        client: Option<&str>,
+        at: i64,
+    ) -> Model {
         Model {
             credential_id: id.into(),
-            kind: kind.into(),
+            kind,
             account_id: Some(account.into()),
             client_id: client.map(str::to_string),
             secret_hash: format!("hash-{id}"),
             created_at_millis: at,
             revoked_at_millis: Some(1),
         }
+    }
+
+    #[test]
+    fn each_kind_is_stored_under_its_name() {
+        use sea_orm::{ActiveEnum, Iterable};
+        let stored: Vec<(String, &str)> = CredentialKind::iter()
+            .map(|k| (k.to_value(), k.as_str()))
+            .collect();
+        assert_eq!(
+            stored,
+            [
+                ("device".to_string(), "device"),
+                ("token".to_string(), "token"),
+                ("operator".to_string(), "operator"),
+            ]
+        );
+        assert_eq!(format!("{:<9}|", CredentialKind::Token), "token    |");
+    }
+
+    /// Given a credential row whose kind is no kind Cradle knows, when it is read, then the
+    /// read fails with a store error instead of taking it for some kind.
+    #[tokio::test]
+    async fn an_unknown_stored_kind_is_an_error() {
+        use sea_orm::ConnectionTrait;
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::temp_store(&dir).await;
+        store
+            .db
+            .execute_unprepared(
+                "INSERT INTO credentials (credential_id, kind, secret_hash, created_at_millis) \
+                 VALUES ('x1', 'admin', 'h', 1)",
+            )
+            .await
+            .unwrap();
+        assert!(matches!(
+            store.live_credential("x1").await,
+            Err(StoreError::Unreadable(m)) if m.contains("admin")
+        ));
     }
 
     /// Given an account with a device credential, a token and a second device of another
@@ -205,13 +280,19 @@ mod tests {
             .await
             .is_err());
         store
-            .insert_credential(&credential("d1", DEVICE, "a", Some("c"), 10))
+            .insert_credential(&credential(
+                "d1",
+                CredentialKind::Device,
+                "a",
+                Some("c"),
+                10,
+            ))
             .await
             .unwrap();
         let tx = store.begin().await.unwrap();
         tx.insert_credentials(&[
-            credential("t1", "token", "a", None, 20),
-            credential("d2", DEVICE, "b", Some("c"), 30),
+            credential("t1", CredentialKind::Token, "a", None, 20),
+            credential("d2", CredentialKind::Device, "b", Some("c"), 30),
         ])
         .await
         .unwrap();

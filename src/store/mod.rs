@@ -52,6 +52,10 @@ pub enum StoreError {
     /// Any other database failure.
     #[error("database: {0}")]
     Db(DbErr),
+    /// A stored value is none of its column's type (a credential kind other than `device`,
+    /// `token` or `operator`): the row was written by something else.
+    #[error("stored value not understood: {0}")]
+    Unreadable(String),
     /// A stored JSON payload does not parse (the log was written by something else).
     #[error("stored data of event {position} is not JSON: {message}")]
     CorruptData { position: i64, message: String },
@@ -59,6 +63,9 @@ pub enum StoreError {
 
 impl From<DbErr> for StoreError {
     fn from(err: DbErr) -> Self {
+        if let DbErr::Type(msg) = err {
+            return StoreError::Unreadable(msg);
+        }
         match err.sql_err() {
             Some(SqlErr::UniqueConstraintViolation(msg)) => StoreError::Conflict(msg),
             _ => StoreError::Db(err),

@@ -2,6 +2,7 @@
 //! message on every path (a poison message is logged, counted and acknowledged, never
 //! redelivered forever).
 
+pub(crate) mod metrics;
 pub mod pending;
 pub mod retained;
 pub(crate) mod session_input;

@@ -7,8 +7,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
+use super::metrics::SyncMetrics;
 use crate::clock::now_millis;
-use crate::metrics::Metrics;
 use crate::store::{pending_starts, Store, StoreError};
 
 /// A start that waits for its connection, as parked.
@@ -18,14 +18,14 @@ pub(crate) type PendingStart = pending_starts::Model;
 /// connection nobody waits for) costs no query.
 pub(crate) struct PendingStarts {
     store: Store,
-    metrics: Arc<Metrics>,
+    metrics: Arc<SyncMetrics>,
     per_account: usize,
     /// Set when this replica parks one, or the last scan found some (another replica's).
     maybe_any: AtomicBool,
 }
 
 impl PendingStarts {
-    pub fn new(store: Store, metrics: Arc<Metrics>, per_account: usize) -> Self {
+    pub fn new(store: Store, metrics: Arc<SyncMetrics>, per_account: usize) -> Self {
         Self {
             store,
             metrics,

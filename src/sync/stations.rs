@@ -8,9 +8,9 @@ use std::sync::Arc;
 use rumqttc::Publish;
 use tokio::sync::mpsc;
 
+use super::metrics::{StationDrop, SyncMetrics};
 use crate::bus::Acker;
 use crate::domain::session::{Actor, EndReason, SessionRefused};
-use crate::metrics::{Metrics, StationDrop};
 use crate::retry::Backoff;
 use crate::store::StoreError;
 use crate::sync::session_input::{parse_announcement, Announcement};
@@ -68,7 +68,7 @@ pub async fn run(
     mut rx: mpsc::Receiver<Publish>,
     sessions: Arc<Sessions>,
     acker: Acker,
-    metrics: Arc<Metrics>,
+    metrics: Arc<SyncMetrics>,
     settings: StationSettings,
 ) {
     while let Some(publish) = rx.recv().await {
@@ -83,7 +83,7 @@ pub async fn run(
 async fn handle(
     publish: &Publish,
     sessions: &Sessions,
-    metrics: &Metrics,
+    metrics: &SyncMetrics,
     settings: &StationSettings,
 ) {
     let message = Message {
@@ -114,7 +114,7 @@ async fn handle(
 struct Message<'a> {
     publish: &'a Publish,
     sessions: &'a Sessions,
-    metrics: &'a Metrics,
+    metrics: &'a SyncMetrics,
     settings: &'a StationSettings,
 }
 

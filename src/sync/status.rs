@@ -15,6 +15,7 @@ use std::time::Instant;
 use rumqttc::Publish;
 use tokio::sync::mpsc;
 
+use super::metrics::SyncMetrics;
 use crate::bus::Acker;
 use crate::clock::now_millis;
 use crate::domain::connection::parse_status_payload;
@@ -22,7 +23,6 @@ use crate::domain::connection::{
     decide, evolve, ClientConnection, ConnectionCommand, ConnectionEvent, DisconnectReason,
     Ignored, EVENT_VERSION,
 };
-use crate::metrics::Metrics;
 use crate::retry::Backoff;
 use crate::store::{clients, NewEvent, Store, StoreError, StoreTx};
 use crate::topics::{parse_status_topic, ClientKey};
@@ -65,7 +65,7 @@ pub async fn run(
     mut rx: mpsc::Receiver<Publish>,
     store: Store,
     acker: Acker,
-    metrics: Arc<Metrics>,
+    metrics: Arc<SyncMetrics>,
     settings: StatusSettings,
 ) {
     let mut batch: Vec<Report> = Vec::with_capacity(settings.batch_max);
@@ -126,7 +126,7 @@ async fn accept(
     batch: &mut Vec<Report>,
     publishes: &mut Vec<Publish>,
     acker: &Acker,
-    metrics: &Metrics,
+    metrics: &SyncMetrics,
     settings: &StatusSettings,
 ) {
     metrics.status_received.fetch_add(1, Relaxed);
@@ -162,7 +162,7 @@ async fn commit_until_done(
     store: &Store,
     batch: &[Report],
     cache: &mut ClientCache,
-    metrics: &Metrics,
+    metrics: &SyncMetrics,
 ) -> Vec<Outcome> {
     let mut pause = Backoff::store();
     loop {
@@ -191,7 +191,7 @@ async fn commit_until_done(
     }
 }
 
-fn record(batch: &[Report], outcomes: &[Outcome], metrics: &Metrics) {
+fn record(batch: &[Report], outcomes: &[Outcome], metrics: &SyncMetrics) {
     for ((key, command), outcome) in batch.iter().zip(outcomes) {
         let span = tracing::info_span!(
             "status",
@@ -519,27 +519,16 @@ pub(crate) fn project(
     row
 }
 
+/// An event's stored data: the event's fields as it serialises them, less its `type` (the
+/// row's `event_type`), with the client's id. Keys come out sorted (serde_json's map), the
+/// bytes stored since the first version.
 fn event_data(key: &ClientKey, event: &ConnectionEvent) -> serde_json::Value {
-    match event {
-        ConnectionEvent::Connected {
-            connection_id,
-            at_millis,
-        } => serde_json::json!({
-            "client_id": key.client_id,
-            "connection_id": connection_id,
-            "at_millis": at_millis,
-        }),
-        ConnectionEvent::Disconnected {
-            connection_id,
-            reason,
-            at_millis,
-        } => serde_json::json!({
-            "client_id": key.client_id,
-            "connection_id": connection_id,
-            "reason": reason.as_str(),
-            "at_millis": at_millis,
-        }),
+    let mut data = serde_json::to_value(event).expect("a connection event serialises");
+    if let Some(fields) = data.as_object_mut() {
+        fields.remove("type");
+        fields.insert("client_id".into(), key.client_id.clone().into());
     }
+    data
 }
 
 /// Records `reason` as the end of every connection the store still shows open, but those in
@@ -570,4 +559,36 @@ pub async fn close_open_connections(
         apply_batch(store, chunk, now).await?;
     }
     Ok(reports.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The stored bytes of both connection events, as written since the first version: the
+    /// event's fields and the client's id, keys sorted, no `type`.
+    #[test]
+    fn event_data_is_stored_as_before() {
+        let key = ClientKey {
+            account_id: "acc".into(),
+            client_id: "baby".into(),
+        };
+        let connected = ConnectionEvent::Connected {
+            connection_id: "k1".into(),
+            at_millis: 10,
+        };
+        let disconnected = ConnectionEvent::Disconnected {
+            connection_id: "k1".into(),
+            reason: DisconnectReason::KeepaliveTimeout,
+            at_millis: 20,
+        };
+        assert_eq!(
+            event_data(&key, &connected).to_string(),
+            r#"{"at_millis":10,"client_id":"baby","connection_id":"k1"}"#
+        );
+        assert_eq!(
+            event_data(&key, &disconnected).to_string(),
+            r#"{"at_millis":20,"client_id":"baby","connection_id":"k1","reason":"keepalive_timeout"}"#
+        );
+    }
 }

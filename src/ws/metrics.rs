@@ -1,11 +1,11 @@
 //! The bridge's counters: sessions opened and closed (by reason), resumes (by outcome),
-//! replays, refusals; rendered as Prometheus text with the process's metrics.
+//! replays, refusals; a [`Family`] of the process's metrics registry.
 
-use std::fmt::Write;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 
 use crate::domain::connection::DisconnectReason;
+use crate::metrics::{labels, Desc, Exposition, Family, Labeled};
 
 /// Counters of the bridge.
 #[derive(Debug, Default)]
@@ -19,7 +19,7 @@ pub struct WsMetrics {
     /// New sessions refused at `websocket.max_sessions`.
     pub session_limit: AtomicU64,
     /// Resume attempts by [`ResumeOutcome`].
-    resumes: [AtomicU64; 5],
+    resumes: Labeled<ResumeOutcome>,
     /// Frames replayed to resumed sockets.
     pub replayed: AtomicU64,
     /// Signal frames refused by the rate limit.
@@ -79,15 +79,17 @@ impl ResumeOutcome {
     }
 }
 
+labels!(ResumeOutcome);
+
 impl WsMetrics {
     /// Counts a resume attempt.
     pub fn resumed(&self, outcome: ResumeOutcome) {
-        self.resumes[outcome as usize].fetch_add(1, Relaxed);
+        self.resumes.inc(outcome);
     }
 
     /// Resume attempts that ended so.
     pub fn resumes(&self, outcome: ResumeOutcome) -> u64 {
-        self.resumes[outcome as usize].load(Relaxed)
+        self.resumes.get(outcome)
     }
 
     /// Counts a session ended for `reason`.
@@ -106,68 +108,67 @@ impl WsMetrics {
     }
 }
 
-impl WsMetrics {
-    /// Prometheus text of the counters.
-    pub(crate) fn render(&self, out: &mut String) {
-        let m = self;
-        let _ = writeln!(out, "# HELP cradle_ws_sessions WebSocket sessions (attached or waiting for a resume).\n# TYPE cradle_ws_sessions gauge\ncradle_ws_sessions {}", m.live.load(Relaxed));
-        let _ = writeln!(out, "# HELP cradle_ws_sessions_opened_total WebSocket sessions opened.\n# TYPE cradle_ws_sessions_opened_total counter\ncradle_ws_sessions_opened_total {}", m.opened.load(Relaxed));
-        let _ = writeln!(out, "# HELP cradle_ws_sessions_closed_total WebSocket sessions ended, by reason.\n# TYPE cradle_ws_sessions_closed_total counter");
+impl Family for WsMetrics {
+    fn render(&self, out: &mut Exposition) {
+        out.gauge(
+            "cradle_ws_sessions",
+            "WebSocket sessions (attached or waiting for a resume).",
+            self.live.load(Relaxed),
+        );
+        out.counter(
+            "cradle_ws_sessions_opened_total",
+            "WebSocket sessions opened.",
+            self.opened.load(Relaxed),
+        );
+        let mut closed = out.family(Desc::counter(
+            "cradle_ws_sessions_closed_total",
+            "WebSocket sessions ended, by reason.",
+        ));
         for (i, r) in CLOSE_REASONS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "cradle_ws_sessions_closed_total{{reason=\"{}\"}} {}",
-                r.as_str(),
-                m.closed[i].load(Relaxed)
+            closed.sample(
+                &format!("reason=\"{}\"", r.as_str()),
+                self.closed[i].load(Relaxed),
             );
         }
-        let _ = writeln!(out, "# HELP cradle_ws_resumes_total Resume attempts, by outcome.\n# TYPE cradle_ws_resumes_total counter");
-        for o in ResumeOutcome::ALL {
-            let _ = writeln!(
-                out,
-                "cradle_ws_resumes_total{{outcome=\"{}\"}} {}",
-                o.as_str(),
-                m.resumes(o)
-            );
-        }
+        out.family(Desc::counter(
+            "cradle_ws_resumes_total",
+            "Resume attempts, by outcome.",
+        ))
+        .labeled("", "outcome", &self.resumes);
         for (name, help, v) in [
             (
                 "cradle_ws_replayed_frames_total",
                 "Frames replayed to resumed sockets.",
-                &m.replayed,
+                &self.replayed,
             ),
             (
                 "cradle_ws_auth_failures_total",
                 "Upgrades refused for missing or bad credentials.",
-                &m.auth_failures,
+                &self.auth_failures,
             ),
             (
                 "cradle_ws_rate_limited_frames_total",
                 "Signal frames refused by the rate limit.",
-                &m.rate_limited,
+                &self.rate_limited,
             ),
             (
                 "cradle_ws_invalid_frames_total",
                 "Client frames refused as invalid.",
-                &m.invalid_frames,
+                &self.invalid_frames,
             ),
             (
                 "cradle_ws_inbox_dropped_total",
                 "Inbox messages naming a connection of another client or account.",
-                &m.inbox_dropped,
+                &self.inbox_dropped,
             ),
         ] {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                v.load(Relaxed)
-            );
+            out.counter(name, help, v.load(Relaxed));
         }
-        let _ = writeln!(
-            out,
-            "# HELP cradle_ws_refused_total Upgrades refused before the 101 for a limit, by reason (session_limit: websocket.max_sessions).\n# TYPE cradle_ws_refused_total counter\ncradle_ws_refused_total{{reason=\"session_limit\"}} {}",
-            m.session_limit.load(Relaxed)
-        );
+        out.family(Desc::counter(
+            "cradle_ws_refused_total",
+            "Upgrades refused before the 101 for a limit, by reason (session_limit: websocket.max_sessions).",
+        ))
+        .sample("reason=\"session_limit\"", self.session_limit.load(Relaxed));
     }
 }
 
@@ -185,6 +186,11 @@ mod tests {
             want[i] = 1;
             assert_eq!(counts, want, "{}", reason.as_str());
         }
+    }
+
+    #[test]
+    fn every_resume_outcome_s_index_is_its_place() {
+        crate::metrics::assert_places::<ResumeOutcome>();
     }
 
     #[test]

@@ -100,7 +100,7 @@ pub struct Bridge {
     mqtt: AsyncClient,
     settings: WsSettings,
     /// Counters.
-    pub metrics: WsMetrics,
+    pub metrics: Arc<WsMetrics>,
     /// Per-connection inbox subscriptions (several replicas on an external broker); `None`
     /// when the bus's wildcard subscription delivers every inbox to this one replica.
     inbox: Option<Arc<inbox::InboxSubscriptions>>,
@@ -170,7 +170,7 @@ impl Bridge {
             hub: Hub::default(),
             mqtt,
             settings,
-            metrics: WsMetrics::default(),
+            metrics: Arc::default(),
             inbox: None,
             store: None,
             instance: new_resume_secret(),
@@ -500,11 +500,6 @@ impl Bridge {
             .restore(h, new_resume_secret(), self.settings.replay_frames);
         self.metrics.live.fetch_add(1, Relaxed);
         session
-    }
-
-    /// Prometheus text of the bridge's counters.
-    pub(crate) fn render_metrics(&self, out: &mut String) {
-        self.metrics.render(out);
     }
 }
 

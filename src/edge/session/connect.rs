@@ -261,7 +261,7 @@ pub(super) async fn refuse_large_connect<W: AsyncWrite + Unpin>(
         }
     }
     tracing::warn!(%peer, max = shared.settings.max_connect_bytes, "CONNECT refused: larger than mqtt.max_connect_bytes");
-    shared.metrics.edge_connect(EdgeConnect::ConnectTooLarge);
+    shared.metrics.connect(EdgeConnect::ConnectTooLarge);
 }
 
 /// The rules a Will meets beyond its topic's ACL (checked at CONNECT, since the Will is
@@ -291,7 +291,7 @@ pub(super) fn admit_will(
             .retained
             .admit(account, &will.topic, will.payload.len(), &shared.metrics)
             .map_err(|_| {
-                shared.metrics.edge_retained_refused(true);
+                shared.metrics.retained_refused(true);
                 (connack::V4_SERVER_UNAVAILABLE, connack::V5_QUOTA_EXCEEDED)
             })?;
     }
@@ -379,23 +379,23 @@ where
             return None;
         }
         Ok(Err(_)) => {
-            shared.metrics.edge_connect(EdgeConnect::Malformed);
+            shared.metrics.connect(EdgeConnect::Malformed);
             return None;
         }
         Err(_) => {
-            shared.metrics.edge_connect(EdgeConnect::Timeout);
+            shared.metrics.connect(EdgeConnect::Timeout);
             return None;
         }
     };
     if h.kind() != kind::CONNECT {
-        shared.metrics.edge_connect(EdgeConnect::Malformed);
+        shared.metrics.connect(EdgeConnect::Malformed);
         return None;
     }
     let Some(proto) = codec::connect_proto(&frame, &h) else {
         // An unknown protocol level: answered as 3.1.1 does.
         let code = connack::V4_BAD_PROTOCOL;
         refuse_connect(wr, Proto::V4, (code, code), 0).await;
-        shared.metrics.edge_connect(EdgeConnect::Malformed);
+        shared.metrics.connect(EdgeConnect::Malformed);
         return None;
     };
     let connect = match proto {
@@ -412,14 +412,14 @@ where
         // 3.1.1 has no "malformed" return code; the closest is "identifier rejected".
         let (v4_code, v5_code) = (connack::V4_IDENTIFIER_REJECTED, connack::V5_MALFORMED);
         refuse_connect(wr, proto, (v4_code, v5_code), 0).await;
-        shared.metrics.edge_connect(EdgeConnect::Malformed);
+        shared.metrics.connect(EdgeConnect::Malformed);
         return None;
     };
     let Ok(keep_alive) = connect.held_keep_alive(shared.settings.max_keep_alive) else {
         let code = connack::V4_IDENTIFIER_REJECTED;
         connect.refuse(wr, (code, code)).await;
         tracing::warn!(%peer, client = connect.client_id(), keep_alive = connect.keep_alive(), "MQTT connection refused: keep-alive over mqtt.max_keep_alive_secs");
-        shared.metrics.edge_connect(EdgeConnect::KeepAliveTooLong);
+        shared.metrics.connect(EdgeConnect::KeepAliveTooLong);
         return None;
     };
     Some((connect, dbuf, keep_alive))
@@ -456,7 +456,7 @@ pub(super) async fn authenticate<W: AsyncWrite + Unpin>(
                 client = connect.client_id(), reason = refusal.as_str(),
                 "MQTT connection refused: not authorized"
             );
-            shared.metrics.edge_refused(refusal);
+            shared.metrics.refused(refusal);
             None
         }
     }
@@ -487,7 +487,7 @@ pub(super) async fn vet<W: AsyncWrite + Unpin>(
             let (v4_code, v5_code) = (connack::V4_NOT_AUTHORIZED, connack::V5_NOT_AUTHORIZED);
             connect.refuse(wr, (v4_code, v5_code)).await;
             tracing::warn!(%peer, client = connect.client_id(), will_topic = %w.topic, "MQTT connection refused: Will topic not allowed");
-            shared.metrics.edge_connect(EdgeConnect::WillRefused);
+            shared.metrics.connect(EdgeConnect::WillRefused);
             return None;
         }
     }
@@ -497,7 +497,7 @@ pub(super) async fn vet<W: AsyncWrite + Unpin>(
         let (v4_code, v5_code) = (connack::V4_SERVER_UNAVAILABLE, connack::V5_QUOTA_EXCEEDED);
         connect.refuse(wr, (v4_code, v5_code)).await;
         tracing::warn!(%peer, "connection refused: mqtt.max_connections reached");
-        shared.metrics.edge_connect(EdgeConnect::Limit);
+        shared.metrics.connect(EdgeConnect::Limit);
         return None;
     };
     let mut assigned = None;
@@ -508,7 +508,7 @@ pub(super) async fn vet<W: AsyncWrite + Unpin>(
                 connack::V5_CLIENT_ID_NOT_VALID,
             );
             connect.refuse(wr, (v4_code, v5_code)).await;
-            shared.metrics.edge_connect(EdgeConnect::Malformed);
+            shared.metrics.connect(EdgeConnect::Malformed);
             return None;
         }
         let id = format!("auto-{}", random_id());
@@ -521,7 +521,7 @@ pub(super) async fn vet<W: AsyncWrite + Unpin>(
         if let Err((code4, code5)) = admit_will(w, principal, &client_id, shared) {
             connect.refuse(wr, (code4, code5)).await;
             tracing::warn!(%peer, client = %client_id, will_topic = %w.topic, "MQTT connection refused: Will not accepted");
-            shared.metrics.edge_connect(EdgeConnect::WillRefused);
+            shared.metrics.connect(EdgeConnect::WillRefused);
             return None;
         }
         connect.set_will_payload(w.payload.clone());

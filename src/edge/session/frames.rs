@@ -118,7 +118,7 @@ impl Conn {
                 Ok(Some(h)) if buf.len() >= h.frame_len => h,
                 Ok(_) => return Ok(None),
                 Err(e) => {
-                    self.shared.metrics.edge_protocol_error(e);
+                    self.shared.metrics.protocol_error(e);
                     return Err(End::from_frame_error(e));
                 }
             };
@@ -155,9 +155,7 @@ impl Conn {
                     to_up.extend_from_slice(&frame)
                 }
                 _ => {
-                    self.shared
-                        .metrics
-                        .edge_protocol_error(FrameError::Malformed);
+                    self.shared.metrics.protocol_error(FrameError::Malformed);
                     return Err(End::Kicked {
                         v5_reason: reason::PROTOCOL_ERROR,
                     });
@@ -189,9 +187,7 @@ impl Conn {
         let resolved = self.resolve_topic(v.alias, v.topic)?;
         let topic: &str = &resolved;
         if !may_publish(&self.principal, topic) {
-            self.shared
-                .metrics
-                .edge_acl_drop(crate::edge::AclDrop::Publish);
+            self.shared.metrics.acl_drop(crate::edge::AclDrop::Publish);
             tracing::warn!(topic, "PUBLISH refused: not allowed for this client");
             self.answer_refused(qos, pkid, reason::NOT_AUTHORIZED, to_dev);
             return self.violation();
@@ -345,7 +341,7 @@ impl Conn {
                 }
             }
         };
-        self.shared.metrics.edge_retained_refused(!violation);
+        self.shared.metrics.retained_refused(!violation);
         self.retain_refused = true;
         self.answer_refused(qos, pkid, code, to_dev);
         if violation {
@@ -433,7 +429,7 @@ impl Conn {
                     refused = true;
                     self.shared
                         .metrics
-                        .edge_acl_drop(crate::edge::AclDrop::Subscribe);
+                        .acl_drop(crate::edge::AclDrop::Subscribe);
                     tracing::warn!(
                         filter,
                         "SUBSCRIBE filter refused: not allowed for this client"

@@ -28,11 +28,11 @@ use tracing::Instrument;
 use super::acl::{may_publish, may_retain, may_subscribe, Principal};
 use super::codec::{self, connack, kind, reason, FrameError, Header, Proto};
 use super::lifecycle::{self, Reported, Will};
+use super::metrics::EdgeConnect;
 use super::uplink::{read_some, UpLink, MIN_READ};
 use super::{EdgeShared, ListenerInfo, Upstream};
 use crate::auth::Refusal;
 use crate::domain::connection::DisconnectReason;
-use crate::metrics::EdgeConnect;
 use crate::rate::TokenBucket;
 
 mod connect;
@@ -265,7 +265,7 @@ impl Conn {
             );
             connect.refuse(wr, (v4_code, v5_code)).await;
             tracing::error!(broker = %shared.upstream, "broker did not accept the relayed connection");
-            shared.metrics.edge_connect(EdgeConnect::BrokerUnavailable);
+            shared.metrics.connect(EdgeConnect::BrokerUnavailable);
             claim.finished();
             return None;
         };
@@ -278,13 +278,13 @@ impl Conn {
         if send(wr, &out).await.is_err() || code != 0 {
             if code != 0 {
                 tracing::warn!(code, "broker refused the relayed connection");
-                shared.metrics.edge_connect(EdgeConnect::BrokerRefused);
+                shared.metrics.connect(EdgeConnect::BrokerRefused);
             }
             claim.finished();
             return None;
         }
-        shared.metrics.edge_connect(EdgeConnect::Accepted);
-        shared.metrics.edge_live(1);
+        shared.metrics.connect(EdgeConnect::Accepted);
+        shared.metrics.live(1);
         tracing::debug!("connected");
 
         Some((up, ubuf))

@@ -48,7 +48,7 @@ where
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(End::Lost),
             Err(_) => {
-                self.conn.shared.metrics.edge_write_timeout();
+                self.conn.shared.metrics.write_timeout();
                 tracing::warn!(
                     waiting = bytes.len(),
                     "disconnecting: the client took nothing written to it within mqtt.write_timeout_ms"
@@ -173,7 +173,7 @@ where
         let wait = self.conn.take_publish_tokens();
         if let Some(wait) = wait {
             clocks.throttled_until = Some(Instant::now() + wait);
-            self.conn.shared.metrics.edge_throttled();
+            self.conn.shared.metrics.throttled();
         }
         Ok(wait)
     }
@@ -287,8 +287,8 @@ where
         for p in publications {
             Box::pin(shared.publisher.publish(p)).await;
         }
-        shared.metrics.edge_live(-1);
-        shared.metrics.edge_disconnect(reason);
+        shared.metrics.live(-1);
+        shared.metrics.disconnect(reason);
         tracing::debug!(reason = reason.as_str(), "disconnected");
         self.claim.finished();
         shared.registry.release(&self.upstream_id, self.claim.seq);

@@ -20,15 +20,7 @@ fn stream_id(account_id: &str, session_id: &str) -> String {
 fn new_event(account_id: &str, event: &SessionEvent) -> NewEvent {
     let s = event.session();
     let (version, data, at) = match event {
-        SessionEvent::Started(s) => (
-            1,
-            serde_json::json!({
-                "session_id": s.session_id, "client_id": s.client_id,
-                "connection_id": s.connection_id, "name": s.name,
-                "started_at_millis": s.started_at_millis,
-            }),
-            s.started_at_millis,
-        ),
+        SessionEvent::Started(s) => (1, s.to_json(), s.started_at_millis),
         SessionEvent::Ended {
             session,
             ended_at_millis,
@@ -254,5 +246,29 @@ impl Sessions {
 
     fn count_ignored(&self, ignored: SessionIgnored) {
         self.metrics.session_ignored(ignored);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The stored bytes of a `session.started`, as written since the first version: the
+    /// session's fields, keys sorted.
+    #[test]
+    fn a_started_session_is_stored_as_before() {
+        let started = SessionEvent::Started(ActiveSession {
+            session_id: "s1".into(),
+            client_id: "baby".into(),
+            connection_id: "k1".into(),
+            name: "Nursery".into(),
+            started_at_millis: 5,
+        });
+        let e = new_event("acc", &started);
+        assert_eq!(
+            e.data.to_string(),
+            r#"{"client_id":"baby","connection_id":"k1","name":"Nursery","session_id":"s1","started_at_millis":5}"#
+        );
+        assert_eq!((e.stream_version, e.at_millis), (1, 5));
     }
 }

@@ -27,9 +27,9 @@ use std::time::Duration;
 use rumqttc::AsyncClient;
 use tokio::sync::mpsc;
 
+use super::metrics::SyncMetrics;
 use crate::domain::session::SessionRefused;
 pub(crate) use crate::domain::usage::Usage;
-use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::sync::pending::PendingStarts;
 
@@ -94,7 +94,7 @@ pub struct StartRequest {
 /// The session handler: shared by the HTTP routes, the MQTT handlers and the sweeper.
 pub struct Sessions {
     store: Store,
-    metrics: Arc<Metrics>,
+    metrics: Arc<SyncMetrics>,
     mqtt: AsyncClient,
     settings: SessionSettings,
     pending: PendingStarts,
@@ -105,7 +105,7 @@ impl Sessions {
     /// A handler over `store`, publishing announcements with `mqtt`.
     pub fn new(
         store: Store,
-        metrics: Arc<Metrics>,
+        metrics: Arc<SyncMetrics>,
         mqtt: AsyncClient,
         settings: SessionSettings,
     ) -> Self {
