@@ -1,9 +1,11 @@
 //! The bus: Cradle's own MQTT client (rumqttc, QoS 1, manual acks) through which every
 //! topic family reaches its handler, whether the broker is embedded or external.
 //!
-//! One task owns the event loop. It forwards each PUBLISH to the handler whose filter
-//! matches over a bounded channel (a full channel stops the loop, which pushes back on the
-//! broker instead of growing memory) and reconnects with backoff, resubscribing each time.
+//! One task owns the event loop: `mqtt_client::drive`, the event-loop task of all of Cradle's MQTT
+//! clients, polls a `BusSource` (the event loop and the stop signal) and hands each event to
+//! the `BusLoop`. It forwards each PUBLISH to the handler whose filter matches over a
+//! bounded channel (a full channel stops the loop, which pushes back on the broker instead
+//! of growing memory) and reconnects with backoff, resubscribing each time.
 //! Handlers acknowledge through [`Acker`] only after their work is durable.
 
 use std::collections::VecDeque;
@@ -18,8 +20,7 @@ use tokio::sync::{mpsc, watch};
 use crate::config::BusConfig;
 use crate::endpoint::Endpoint;
 use crate::metrics::{Exposition, Family};
-use crate::mqtt_client::{nodelay, publisher_options};
-use crate::retry::Backoff;
+use crate::mqtt_client::{drive, nodelay, publisher_options, EventSource, Handler, Polled};
 
 /// Errors at the bus's edge.
 #[derive(Debug, thiserror::Error)]
@@ -237,10 +238,14 @@ impl Bus {
             stop: stop_rx,
             unsubacks: unsubacks_tx,
             metrics,
-            backoff: Backoff::broker(),
             pending_subacks: 0,
         };
-        let task = tokio::spawn(bus_loop.run(eventloop));
+        let mut source = BusSource {
+            eventloop,
+            stop: bus_loop.stop.clone(),
+            stopping: false,
+        };
+        let task = tokio::spawn(async move { drive(&mut source, "bus", bus_loop).await });
         let bus = Bus {
             client,
             order,
@@ -380,62 +385,93 @@ struct BusLoop {
     stop: watch::Receiver<bool>,
     unsubacks: watch::Sender<usize>,
     metrics: Arc<BusMetrics>,
-    /// The wait before the next reconnect.
-    backoff: Backoff,
     /// SUBACKs still awaited since the last CONNACK.
     pending_subacks: usize,
 }
 
-impl BusLoop {
-    /// Polls the event loop until it disconnects, the stop leaves nothing to do, or the
-    /// broker refuses the first CONNECT.
-    async fn run(mut self, mut eventloop: EventLoop) {
+/// The bus's event loop with its stop signal: the stop is an event of its own, so the bus
+/// runs on [`drive`] like every other client of Cradle's.
+struct BusSource {
+    eventloop: EventLoop,
+    stop: watch::Receiver<bool>,
+    /// The stop was seen (it is handed over once).
+    stopping: bool,
+}
+
+/// What the bus's loop polls.
+enum BusEvent {
+    /// An event of the MQTT connection.
+    Mqtt(Event),
+    /// Stop forwarding: the handlers drain and finish.
+    Stop,
+}
+
+impl EventSource for BusSource {
+    type Event = BusEvent;
+    type Error = rumqttc::ConnectionError;
+    async fn next(&mut self) -> Result<BusEvent, rumqttc::ConnectionError> {
         loop {
-            let event = tokio::select! {
+            tokio::select! {
                 biased;
-                changed = self.stop.changed(), if self.routes.is_some() => {
+                changed = self.stop.changed(), if !self.stopping => {
                     if changed.is_err() || *self.stop.borrow() {
-                        // Dropping the senders lets each handler drain and finish.
-                        self.routes = None;
-                    }
-                    continue;
-                }
-                event = eventloop.poll() => event,
-            };
-            match event {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => self.connected(),
-                Ok(Event::Incoming(Packet::UnsubAck(_))) => {
-                    self.unsubacks.send_modify(|n| *n += 1);
-                }
-                Ok(Event::Incoming(Packet::SubAck(_))) => {
-                    self.pending_subacks = self.pending_subacks.saturating_sub(1);
-                    if self.pending_subacks == 0 {
-                        self.metrics.connected.store(1, Relaxed);
-                        let _ = self.state.send(BusState::Ready);
+                        self.stopping = true;
+                        return Ok(BusEvent::Stop);
                     }
                 }
-                Ok(Event::Incoming(Packet::Publish(publish))) => self.forward(publish).await,
-                Ok(Event::Outgoing(Outgoing::Disconnect)) => {
-                    self.metrics.connected.store(0, Relaxed);
-                    let _ = self.state.send(BusState::Closed);
-                    return;
-                }
-                Ok(_) => {}
-                Err(error) => {
-                    if self.failed(error).await.is_break() {
-                        return;
-                    }
-                }
+                event = self.eventloop.poll() => return event.map(BusEvent::Mqtt),
             }
         }
     }
+    fn connected(event: &BusEvent) -> bool {
+        matches!(event, BusEvent::Mqtt(Event::Incoming(Packet::ConnAck(_))))
+    }
+}
 
+impl Handler<BusSource> for BusLoop {
+    type Out = ();
+    /// One event: until the connection is closed (DISCONNECT), the stop leaves nothing to
+    /// do, or the broker refuses the first CONNECT.
+    async fn on(&mut self, polled: Polled<BusSource>) -> ControlFlow<()> {
+        let event = match polled {
+            Polled::Event(BusEvent::Stop) => {
+                // Dropping the senders lets each handler drain and finish.
+                self.routes = None;
+                return ControlFlow::Continue(());
+            }
+            Polled::Event(BusEvent::Mqtt(event)) => event,
+            Polled::Failed(error) => return self.failed(error),
+        };
+        match event {
+            Event::Incoming(Packet::ConnAck(_)) => self.connected(),
+            Event::Incoming(Packet::UnsubAck(_)) => {
+                self.unsubacks.send_modify(|n| *n += 1);
+            }
+            Event::Incoming(Packet::SubAck(_)) => {
+                self.pending_subacks = self.pending_subacks.saturating_sub(1);
+                if self.pending_subacks == 0 {
+                    self.metrics.connected.store(1, Relaxed);
+                    let _ = self.state.send(BusState::Ready);
+                }
+            }
+            Event::Incoming(Packet::Publish(publish)) => self.forward(publish).await,
+            Event::Outgoing(Outgoing::Disconnect) => {
+                self.metrics.connected.store(0, Relaxed);
+                let _ = self.state.send(BusState::Closed);
+                return ControlFlow::Break(());
+            }
+            _ => {}
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+impl BusLoop {
     /// A CONNACK: forgets what the last session left unacknowledged (the broker redelivers
     /// it), subscribes every route, and replays retained messages to the shared routes.
     fn connected(&mut self) {
         // Whatever the last session left unacknowledged, the broker redelivers.
         lock_order(&self.acker.order).queue.clear();
-        self.backoff.reset();
         self.metrics.connects.fetch_add(1, Relaxed);
         let group = self.shared.as_ref().map(|s| s.group.as_str());
         let filters: Vec<String> = self
@@ -494,9 +530,9 @@ impl BusLoop {
         }
     }
 
-    /// A connection error: ends the loop when stopping or when the first CONNECT is refused
-    /// for good; otherwise records it, waits the backoff and doubles it.
-    async fn failed(&mut self, error: rumqttc::ConnectionError) -> ControlFlow<()> {
+    /// A connection error (logged by [`drive`], which then waits out its backoff): ends the
+    /// loop when stopping or when the first CONNECT is refused for good; otherwise records it.
+    fn failed(&mut self, error: rumqttc::ConnectionError) -> ControlFlow<()> {
         self.metrics.connected.store(0, Relaxed);
         if *self.stop.borrow() {
             let _ = self.state.send(BusState::Closed);
@@ -520,8 +556,6 @@ impl BusLoop {
             _ => BusState::Reconnecting(message.clone()),
         };
         let _ = self.state.send(next);
-        tracing::warn!(error = %message, retry_in_ms = self.backoff.pause().as_millis() as u64, "bus: broker connection failed");
-        self.backoff.wait().await;
         ControlFlow::Continue(())
     }
 }

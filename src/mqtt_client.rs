@@ -65,17 +65,39 @@ pub(crate) enum Polled<S: EventSource> {
     Failed(S::Error),
 }
 
-/// The one event-loop task of Cradle's MQTT clients: polls `source` and hands every event
-/// to `on`, until `on` breaks (with its value). A failed poll is logged as `name`'s, handed
-/// to `on` too, then waited out with a broker [`Backoff`] (reset by each CONNACK).
-///
-/// `on` returns a future that owns what it uses (clone an `Arc` into it), so that the task
-/// stays `Send`.
-pub async fn drive<S, B, F, Fut>(source: &mut S, name: &str, mut on: F) -> B
+/// What [`drive`] hands each polled event to: a closure returning a future that owns what
+/// it uses (clone an `Arc` into it), or a type with state of its own, such as the bus's loop,
+/// borrowed for one event at a time.
+pub(crate) trait Handler<S: EventSource> {
+    /// What the handler ends with.
+    type Out;
+    /// Handles one event or failed poll; `Break` ends [`drive`] with its value.
+    fn on(
+        &mut self,
+        polled: Polled<S>,
+    ) -> impl std::future::Future<Output = ControlFlow<Self::Out>>;
+}
+
+impl<S, F, Fut, B> Handler<S> for F
 where
     S: EventSource,
     F: FnMut(Polled<S>) -> Fut,
     Fut: std::future::Future<Output = ControlFlow<B>>,
+{
+    type Out = B;
+    fn on(&mut self, polled: Polled<S>) -> impl std::future::Future<Output = ControlFlow<B>> {
+        self(polled)
+    }
+}
+
+/// The one event-loop task of Cradle's MQTT clients: polls `source` and hands every event
+/// to `handler`, until it breaks (with its value). A failed poll is logged as `name`'s,
+/// handed to `handler` too, then waited out with a broker [`Backoff`] (reset by each
+/// CONNACK).
+pub async fn drive<S, H>(source: &mut S, name: &str, mut handler: H) -> H::Out
+where
+    S: EventSource,
+    H: Handler<S>,
 {
     let mut backoff = Backoff::broker();
     loop {
@@ -84,13 +106,13 @@ where
                 if S::connected(&event) {
                     backoff.reset();
                 }
-                if let ControlFlow::Break(b) = on(Polled::Event(event)).await {
+                if let ControlFlow::Break(b) = handler.on(Polled::Event(event)).await {
                     return b;
                 }
             }
             Err(error) => {
                 tracing::warn!(%error, client = name, retry_in_ms = backoff.pause().as_millis() as u64, "MQTT client: broker connection failed");
-                if let ControlFlow::Break(b) = on(Polled::Failed(error)).await {
+                if let ControlFlow::Break(b) = handler.on(Polled::Failed(error)).await {
                     return b;
                 }
                 backoff.wait().await;
