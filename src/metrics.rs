@@ -1,11 +1,11 @@
 //! The metrics registry: counters their owners keep, rendered in the Prometheus text format on
 //! `/metrics`.
 //!
-//! Each subsystem owns its counters and writes them as a [`Family`]: the edge
+//! Each subsystem owns its counters and writes them as a `Family`: the edge
 //! (`edge::metrics`), the handlers (`sync::metrics`), the bus, the HTTP server
 //! (`http::metrics`), the verification gate (`accounts::gate`), the embedded broker and the
 //! bridge (`ws::metrics`). `server` registers them in one [`Metrics`], rendered in that fixed
-//! order. A counter with a label is a [`Labeled`]: one atomic per value of its [`Label`], found
+//! order. A counter with a label is a `Labeled`: one atomic per value of its `Label`, found
 //! by the value's place (the enum's discriminant), so counting on the hot path is one relaxed
 //! add, no lock and no search.
 //!
