@@ -15,7 +15,7 @@ use crate::auth::Authenticator;
 use crate::broker::BrokerMetrics;
 use crate::broker::{self, BrokerError};
 use crate::bus::BusMetrics;
-use crate::bus::{Bus, BusError, Route};
+use crate::bus::{Bus, BusError};
 use crate::config::{AuthMode, BrokerMode, BusConfig, Config};
 use crate::domain::connection::DisconnectReason;
 use crate::edge::metrics::EdgeMetrics;
@@ -29,9 +29,16 @@ use crate::sync::metrics::SyncMetrics;
 use crate::sync::sessions::{SessionSettings, Sessions};
 use crate::sync::stations::{self, StationSettings};
 use crate::sync::status::{self, StatusSettings};
-use crate::topics::STATUS_FILTER;
 use crate::ws::inbox::InboxSubscriptions;
 use crate::ws::{Bridge, WsMetrics, WsSettings};
+
+mod process;
+mod routes;
+
+pub use process::shutdown_signal;
+use process::{check_open_files, host_name};
+pub(crate) use routes::route_table;
+use routes::Queues;
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -112,83 +119,6 @@ async fn restore_retained(
         Err(error) => tracing::error!(%error, "retained state not rebuilt from the store"),
     }
     Ok(())
-}
-
-/// Which sync handler a bus subscription feeds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Handler {
-    /// `sync::status`: connection statuses into events and read models.
-    Status,
-    /// `sync::stations`: baby- and parent-station announcements into sessions.
-    Stations,
-    /// `ws`: inbox messages for WebSocket clients.
-    Bridge,
-}
-
-/// One row of the route table: a topic filter, the handler its messages feed, and whether
-/// replicas share it (`$share/{broker.share_group}/...`: each message to one replica).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct RouteRow {
-    /// The MQTT filter the bus subscribes with QoS 1.
-    pub filter: &'static str,
-    /// The handler.
-    pub handler: Handler,
-    /// Shared among replicas.
-    pub shared: bool,
-}
-
-/// The route table from topic filters to handlers. With the embedded broker the bus also
-/// takes every inbox (one replica holds every WebSocket session); with an external broker
-/// each replica subscribes its own sessions' inboxes (`ws::inbox`) instead.
-pub(crate) fn route_table(embedded: bool) -> Vec<RouteRow> {
-    use crate::topics::{BABY_STATIONS_FILTER, INBOX_FILTER, PARENT_STATIONS_FILTER};
-    let row = |filter, handler, shared| RouteRow {
-        filter,
-        handler,
-        shared,
-    };
-    let mut table = vec![
-        row(STATUS_FILTER, Handler::Status, true),
-        row(BABY_STATIONS_FILTER, Handler::Stations, true),
-        row(PARENT_STATIONS_FILTER, Handler::Stations, true),
-    ];
-    if embedded {
-        table.push(row(INBOX_FILTER, Handler::Bridge, false));
-    }
-    table
-}
-
-/// The queues from the bus to the handlers, and their receiving ends.
-struct Queues {
-    status: (mpsc::Sender<Publish>, mpsc::Receiver<Publish>),
-    stations: (mpsc::Sender<Publish>, mpsc::Receiver<Publish>),
-    inbox: (mpsc::Sender<Publish>, mpsc::Receiver<Publish>),
-}
-
-impl Queues {
-    fn new(capacity: usize) -> Self {
-        Self {
-            status: mpsc::channel(capacity),
-            stations: mpsc::channel(capacity),
-            inbox: mpsc::channel(capacity),
-        }
-    }
-
-    /// The bus's routes: each row of `table` with its handler's queue.
-    fn routes(&self, table: &[RouteRow]) -> Vec<Route> {
-        table
-            .iter()
-            .map(|row| Route {
-                filter: row.filter.to_string(),
-                tx: match row.handler {
-                    Handler::Status => self.status.0.clone(),
-                    Handler::Stations => self.stations.0.clone(),
-                    Handler::Bridge => self.inbox.0.clone(),
-                },
-                shared: row.shared,
-            })
-            .collect()
-    }
 }
 
 /// Runs Cradle until `shutdown` resolves, then drains it.
@@ -562,23 +492,6 @@ fn app_state(
     }
 }
 
-/// Warns when the open-file limit cannot hold `mqtt.max_connections` and
-/// `http.max_connections`: each client connection holds one descriptor (its socket at the
-/// edge; its link to the embedded broker's router takes none), and so does each HTTP
-/// connection.
-fn check_open_files(config: &Config) {
-    let wanted = config.mqtt.max_connections as u64 + config.http.max_connections as u64 + 1024;
-    let limit = raise_open_files_limit(wanted);
-    if limit < wanted {
-        tracing::warn!(
-            limit,
-            wanted,
-            max_connections = config.mqtt.max_connections,
-            "open-file limit too low for mqtt.max_connections (one per connection): raise it (ulimit -n, LimitNOFILE) or lower mqtt.max_connections"
-        );
-    }
-}
-
 /// The verification gate's limits, and the authenticator of the edge and the HTTP API. Open
 /// mode chosen by default (no account) refuses to start with a non-loopback listener.
 async fn authenticator(config: &Config, store: &Store) -> Result<Arc<Authenticator>, ServeError> {
@@ -790,150 +703,9 @@ async fn record_ends(store: &Store, kept: &std::collections::HashSet<String>) {
     }
 }
 
-/// Raises the soft open-file limit towards `wanted` (up to the hard limit, or beyond it when
-/// the process may), and returns the limit in force.
-#[allow(clippy::unnecessary_cast)] // rlim_t is u64 on Linux, not everywhere
-pub(crate) fn raise_open_files_limit(wanted: u64) -> u64 {
-    #[cfg(unix)]
-    {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
-        unsafe {
-            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-                return 0;
-            }
-            let current = lim.rlim_cur as u64;
-            if current >= wanted {
-                return current;
-            }
-            // Privileged processes may raise the hard limit too; others stop at it.
-            let raised = libc::rlimit {
-                rlim_cur: wanted as libc::rlim_t,
-                rlim_max: (lim.rlim_max as u64).max(wanted) as libc::rlim_t,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                return wanted;
-            }
-            let to_hard = libc::rlimit {
-                rlim_cur: lim.rlim_max,
-                rlim_max: lim.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &to_hard) == 0 {
-                return lim.rlim_max as u64;
-            }
-            current
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        wanted
-    }
-}
-
-/// This machine's host name (`HOSTNAME`, or gethostname), for ids unique per replica.
-pub(crate) fn host_name() -> String {
-    if let Ok(h) = std::env::var("HOSTNAME") {
-        if !h.is_empty() {
-            return h;
-        }
-    }
-    #[cfg(unix)]
-    {
-        let mut buf = [0u8; 256];
-        // SAFETY: gethostname writes at most buf.len() bytes into buf.
-        if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0 {
-            let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-            if end > 0 {
-                return String::from_utf8_lossy(&buf[..end]).into_owned();
-            }
-        }
-    }
-    "replica".to_string()
-}
-
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(error) = tokio::signal::ctrl_c().await {
-            tracing::error!(%error, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn given_the_embedded_broker_when_routing_then_every_family_has_its_handler_and_inboxes_go_to_the_bridge(
-    ) {
-        let table = route_table(true);
-        let handler = |filter: &str| {
-            table
-                .iter()
-                .find(|r| r.filter == filter)
-                .map(|r| (r.handler, r.shared))
-        };
-        assert_eq!(handler(STATUS_FILTER), Some((Handler::Status, true)));
-        assert_eq!(
-            handler(crate::topics::BABY_STATIONS_FILTER),
-            Some((Handler::Stations, true))
-        );
-        assert_eq!(
-            handler(crate::topics::PARENT_STATIONS_FILTER),
-            Some((Handler::Stations, true))
-        );
-        // One replica holds every WebSocket session: its inboxes are not shared.
-        assert_eq!(
-            handler(crate::topics::INBOX_FILTER),
-            Some((Handler::Bridge, false))
-        );
-        assert_eq!(table.len(), 4);
-    }
-
-    #[test]
-    fn given_an_external_broker_when_routing_then_inboxes_are_not_the_bus_s_and_the_rest_is_shared()
-    {
-        let table = route_table(false);
-        assert!(table.iter().all(|r| r.shared));
-        assert!(table.iter().all(|r| r.handler != Handler::Bridge));
-        assert_eq!(table.len(), 3);
-    }
-
-    #[test]
-    fn every_durable_filter_is_routed_so_its_pubacks_are_released() {
-        for embedded in [true, false] {
-            let table = route_table(embedded);
-            for filter in crate::topics::DURABLE_FILTERS {
-                assert!(
-                    table.iter().any(|r| r.filter == filter),
-                    "{filter} (embedded: {embedded})"
-                );
-            }
-        }
-    }
 
     #[test]
     fn every_family_is_written_once_with_its_samples_under_its_header() {

@@ -1,0 +1,139 @@
+//! The route table: which topic filters the bus subscribes, which handler each feeds, and
+//! whether replicas share it; and the queues from the bus to the handlers.
+
+use rumqttc::Publish;
+use tokio::sync::mpsc;
+
+use crate::bus::Route;
+use crate::topics::STATUS_FILTER;
+
+/// Which sync handler a bus subscription feeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Handler {
+    /// `sync::status`: connection statuses into events and read models.
+    Status,
+    /// `sync::stations`: baby- and parent-station announcements into sessions.
+    Stations,
+    /// `ws`: inbox messages for WebSocket clients.
+    Bridge,
+}
+
+/// One row of the route table: a topic filter, the handler its messages feed, and whether
+/// replicas share it (`$share/{broker.share_group}/...`: each message to one replica).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RouteRow {
+    /// The MQTT filter the bus subscribes with QoS 1.
+    pub filter: &'static str,
+    /// The handler.
+    pub handler: Handler,
+    /// Shared among replicas.
+    pub shared: bool,
+}
+
+/// The route table from topic filters to handlers. With the embedded broker the bus also
+/// takes every inbox (one replica holds every WebSocket session); with an external broker
+/// each replica subscribes its own sessions' inboxes (`ws::inbox`) instead.
+pub(crate) fn route_table(embedded: bool) -> Vec<RouteRow> {
+    use crate::topics::{BABY_STATIONS_FILTER, INBOX_FILTER, PARENT_STATIONS_FILTER};
+    let row = |filter, handler, shared| RouteRow {
+        filter,
+        handler,
+        shared,
+    };
+    let mut table = vec![
+        row(STATUS_FILTER, Handler::Status, true),
+        row(BABY_STATIONS_FILTER, Handler::Stations, true),
+        row(PARENT_STATIONS_FILTER, Handler::Stations, true),
+    ];
+    if embedded {
+        table.push(row(INBOX_FILTER, Handler::Bridge, false));
+    }
+    table
+}
+
+/// The queues from the bus to the handlers, and their receiving ends.
+pub(super) struct Queues {
+    pub(super) status: (mpsc::Sender<Publish>, mpsc::Receiver<Publish>),
+    pub(super) stations: (mpsc::Sender<Publish>, mpsc::Receiver<Publish>),
+    pub(super) inbox: (mpsc::Sender<Publish>, mpsc::Receiver<Publish>),
+}
+
+impl Queues {
+    pub(super) fn new(capacity: usize) -> Self {
+        Self {
+            status: mpsc::channel(capacity),
+            stations: mpsc::channel(capacity),
+            inbox: mpsc::channel(capacity),
+        }
+    }
+
+    /// The bus's routes: each row of `table` with its handler's queue.
+    pub(super) fn routes(&self, table: &[RouteRow]) -> Vec<Route> {
+        table
+            .iter()
+            .map(|row| Route {
+                filter: row.filter.to_string(),
+                tx: match row.handler {
+                    Handler::Status => self.status.0.clone(),
+                    Handler::Stations => self.stations.0.clone(),
+                    Handler::Bridge => self.inbox.0.clone(),
+                },
+                shared: row.shared,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn given_the_embedded_broker_when_routing_then_every_family_has_its_handler_and_inboxes_go_to_the_bridge(
+    ) {
+        let table = route_table(true);
+        let handler = |filter: &str| {
+            table
+                .iter()
+                .find(|r| r.filter == filter)
+                .map(|r| (r.handler, r.shared))
+        };
+        assert_eq!(handler(STATUS_FILTER), Some((Handler::Status, true)));
+        assert_eq!(
+            handler(crate::topics::BABY_STATIONS_FILTER),
+            Some((Handler::Stations, true))
+        );
+        assert_eq!(
+            handler(crate::topics::PARENT_STATIONS_FILTER),
+            Some((Handler::Stations, true))
+        );
+        // One replica holds every WebSocket session: its inboxes are not shared.
+        assert_eq!(
+            handler(crate::topics::INBOX_FILTER),
+            Some((Handler::Bridge, false))
+        );
+        assert_eq!(table.len(), 4);
+    }
+
+    #[test]
+    fn given_an_external_broker_when_routing_then_inboxes_are_not_the_bus_s_and_the_rest_is_shared()
+    {
+        let table = route_table(false);
+        assert!(table.iter().all(|r| r.shared));
+        assert!(table.iter().all(|r| r.handler != Handler::Bridge));
+        assert_eq!(table.len(), 3);
+    }
+
+    #[test]
+    fn every_durable_filter_is_routed_so_its_pubacks_are_released() {
+        for embedded in [true, false] {
+            let table = route_table(embedded);
+            for filter in crate::topics::DURABLE_FILTERS {
+                assert!(
+                    table.iter().any(|r| r.filter == filter),
+                    "{filter} (embedded: {embedded})"
+                );
+            }
+        }
+    }
+}
