@@ -108,6 +108,23 @@ fn http_port(c: &Cradle) -> u16 {
         .expect("Cradle's HTTP port")
 }
 
+/// The client row of `fam`'s `client` once its `field` is `value` (waits up to `secs`).
+async fn recorded(
+    c: &Cradle,
+    client: &str,
+    field: &str,
+    value: impl Into<Value>,
+    secs: u64,
+) -> Value {
+    let value = value.into();
+    wait_for(
+        Duration::from_secs(secs),
+        &format!("{client}'s {field} = {value}"),
+        || async { c.client("fam", client).await.filter(|r| r[field] == value) },
+    )
+    .await
+}
+
 /// Opens `{origin}/page.html` and waits for its harness.
 async fn open_page(browser: &Browser, origin: &str) -> Page {
     let page = browser
@@ -446,12 +463,7 @@ async fn a_dropped_connection_resumes_and_every_signal_arrives_once_in_order() {
         "the library reconnected through the proxy"
     );
     // Cradle never saw the client leave.
-    let row = wait_for(Duration::from_secs(5), "pwa connected", || async {
-        c.client("fam", "pwa")
-            .await
-            .filter(|r| r["connected"] == true)
-    })
-    .await;
+    let row = recorded(&c, "pwa", "connected", true, 5).await;
     assert_eq!(row["connection_id"], connection, "{row}");
 }
 
@@ -592,12 +604,7 @@ async fn the_librarys_close_is_a_clean_close_1000() {
     let connected = js(&page, "h.connect()").await;
     check(&page, connected["ok"] == true, &connected);
     assert_eq!(connected["hello"]["account_id"], "fam");
-    wait_for(Duration::from_secs(10), "pwa connected", || async {
-        c.client("fam", "pwa")
-            .await
-            .filter(|r| r["connected"] == true)
-    })
-    .await;
+    recorded(&c, "pwa", "connected", true, 10).await;
 
     js(&page, "h.close()").await;
     wait_js(&page, "h.log.close.length >= 1", 10).await;
@@ -609,12 +616,7 @@ async fn the_librarys_close_is_a_clean_close_1000() {
     assert_eq!(js(&page, "h.client.state").await, "closed");
     // What the browser itself saw of that socket.
     let close = wait_js(&page, "h.sockets[h.sockets.length - 1].close", 10).await;
-    let row = wait_for(Duration::from_secs(10), "pwa disconnected", || async {
-        c.client("fam", "pwa")
-            .await
-            .filter(|r| r["connected"] == false)
-    })
-    .await;
+    let row = recorded(&c, "pwa", "connected", false, 10).await;
     assert_eq!(row["last_disconnect_reason"], "clean", "{row}");
     check(
         &page,
@@ -655,12 +657,7 @@ async fn a_kicked_socket_gets_a_clean_close_4008() {
         })
         .unwrap_or(0);
     assert!(errors >= 3, "the error frames came first: {record}");
-    wait_for(Duration::from_secs(10), "rude kicked", || async {
-        c.client("fam", "rude")
-            .await
-            .filter(|r| r["last_disconnect_reason"] == "kicked")
-    })
-    .await;
+    recorded(&c, "rude", "last_disconnect_reason", "kicked", 10).await;
     check(
         &page,
         closed["code"] == 4008 && closed["wasClean"] == true,
