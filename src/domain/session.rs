@@ -54,6 +54,8 @@ impl ActiveSession {
     /// fields' order above), so the bytes are those stored and announced since the first
     /// version.
     pub fn to_json(&self) -> serde_json::Value {
+        // Invariant: strings and integers through a derived Serialize (no map with non-string
+        // keys, no custom serializer), which `to_value` cannot fail on.
         serde_json::to_value(self).expect("a session serialises")
     }
 }

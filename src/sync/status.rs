@@ -523,6 +523,8 @@ pub(crate) fn project(
 /// row's `event_type`), with the client's id. Keys come out sorted (serde_json's map), the
 /// bytes stored since the first version.
 fn event_data(key: &ClientKey, event: &ConnectionEvent) -> serde_json::Value {
+    // Invariant: a derived Serialize of strings, integers and unit variants (no map with
+    // non-string keys, no custom serializer), which `to_value` cannot fail on.
     let mut data = serde_json::to_value(event).expect("a connection event serialises");
     if let Some(fields) = data.as_object_mut() {
         fields.remove("type");
