@@ -911,3 +911,33 @@ async fn cors_answers_allowed_origins_per_fetch_and_nothing_to_others() {
     .await;
     assert_eq!(s, 101);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_over_max_frame_bytes_is_closed_1009_and_the_session_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = start(dir.path(), "max_frame_bytes = 1024\n").await;
+    let (mut ws, hello) = connect(&c, "account=fam&client_id=pwa").await;
+    let conn = hello["connection_id"].as_str().unwrap().to_string();
+    let secret = hello["resume_secret"].as_str().unwrap().to_string();
+    let _ = ws.send(Message::text("x".repeat(2000))).await;
+    let close = loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            Ok(Some(Ok(Message::Close(f)))) => break f,
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    let close = close.expect("a close code");
+    assert_eq!(u16::from(close.code), 1009);
+    assert!(close.reason.contains("max_frame_bytes"), "{close:?}");
+    // Like a drop: the session waits for its resume.
+    let (_ws, again) = connect(
+        &c,
+        &format!(
+            "account=fam&client_id=pwa&connection_id={conn}&resume_from=1&resume_secret={secret}"
+        ),
+    )
+    .await;
+    assert_eq!(again["resumed"], true, "{again}");
+    assert_eq!(again["connection_id"], conn.as_str());
+}

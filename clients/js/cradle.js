@@ -16,6 +16,7 @@
  */
 export const CLOSE = Object.freeze({
   NORMAL: 1000,
+  TOO_BIG: 1009,
   SERVICE_RESTART: 1012,
   POLICY: 4008,
   SESSION_EXPIRED: 4100,

@@ -28,6 +28,9 @@ pub mod close {
     /// session over through the store: resume it (same `connection_id`, `resume_from`) once
     /// Cradle is back, within the resume window.
     pub(crate) const SERVICE_RESTART: u16 = 1012;
+    /// A frame over `websocket.max_frame_bytes` (RFC 6455's "message too big"): the socket
+    /// is closed and the session waits for a resume, like a drop.
+    pub(crate) const TOO_BIG: u16 = 1009;
 
     /// The reason text sent with `code` (docs/websocket.md, "Close codes"): every close
     /// Cradle initiates carries its code and this reason.
@@ -41,6 +44,7 @@ pub mod close {
             HEARTBEAT_TIMEOUT => "heartbeat timeout: resume",
             REPLACED => "resumed elsewhere",
             SERVICE_RESTART => "service restart: resume",
+            TOO_BIG => "frame over websocket.max_frame_bytes: resume",
             _ => "",
         }
     }

@@ -27,6 +27,8 @@ enum SocketEnd {
     Clean,
     /// Dropped: resumable.
     Lost,
+    /// A frame over `websocket.max_frame_bytes`: closed with 1009, resumable.
+    TooBig,
     /// Silent past the heartbeat timeout: closed with 4103, resumable.
     HeartbeatTimeout,
     /// The socket failed under the writer: resumable, like a drop.
@@ -305,6 +307,10 @@ impl Reader<'_> {
     /// One message from the socket (or its end).
     async fn on_message(&mut self, msg: Option<Result<Message, axum::Error>>) -> Option<SocketEnd> {
         let text = match msg {
+            Some(Err(e)) if too_big(&e) => {
+                self.bridge.metrics.invalid_frames.fetch_add(1, Relaxed);
+                return Some(SocketEnd::TooBig);
+            }
             None | Some(Err(_)) => return Some(SocketEnd::Lost),
             Some(Ok(Message::Close(_))) => return Some(SocketEnd::Clean),
             Some(Ok(Message::Text(t))) => t,
@@ -403,6 +409,9 @@ async fn finish(bridge: &Arc<Bridge>, end: SocketEnd, session: Arc<WsSession>, g
         SocketEnd::WriterGone | SocketEnd::Lost => {
             return detach_and_wait(bridge.clone(), session, generation, close::NORMAL).await
         }
+        SocketEnd::TooBig => {
+            return detach_and_wait(bridge.clone(), session, generation, close::TOO_BIG).await
+        }
         SocketEnd::HeartbeatTimeout => {
             return detach_and_wait(
                 bridge.clone(),
@@ -415,6 +424,14 @@ async fn finish(bridge: &Arc<Bridge>, end: SocketEnd, session: Arc<WsSession>, g
         SocketEnd::Ended => return,
     };
     bridge.end(&connection_id, reason, code).await;
+}
+
+/// Whether a read failed for a frame (or message) over `websocket.max_frame_bytes`: the
+/// WebSocket library's capacity error, which axum wraps.
+fn too_big(e: &axum::Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<tokio_tungstenite::tungstenite::Error>())
+        .is_some_and(|e| matches!(e, tokio_tungstenite::tungstenite::Error::Capacity(_)))
 }
 
 fn hello(session: &WsSession, resumed: bool, settings: &WsSettings) -> ServerFrame {
