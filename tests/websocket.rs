@@ -930,14 +930,14 @@ async fn a_frame_over_max_frame_bytes_is_closed_1009_and_the_session_resumes() {
     let close = close.expect("a close code");
     assert_eq!(u16::from(close.code), 1009);
     assert!(close.reason.contains("max_frame_bytes"), "{close:?}");
-    // Like a drop: the session waits for its resume.
-    let (_ws, again) = connect(
-        &c,
-        &format!(
-            "account=fam&client_id=pwa&connection_id={conn}&resume_from=1&resume_secret={secret}"
-        ),
-    )
-    .await;
+    // Like a drop: the session waits for its resume (the replay of what followed `seq` 1, if
+    // anything did, comes before the resumed `hello`).
+    let (mut ws, _) = tokio_tungstenite::connect_async(c.ws_url(&format!(
+        "account=fam&client_id=pwa&connection_id={conn}&resume_from=1&resume_secret={secret}"
+    )))
+    .await
+    .expect("upgrade");
+    let again = next_of(&mut ws, "hello").await;
     assert_eq!(again["resumed"], true, "{again}");
     assert_eq!(again["connection_id"], conn.as_str());
 }
