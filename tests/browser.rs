@@ -143,6 +143,15 @@ async fn open_page(browser: &Browser, origin: &str) -> Page {
     page
 }
 
+/// Creates the page's client with `options` (the library's) and connects it; fails the test,
+/// with the page's console, unless the first `hello` came. Returns that `hello`.
+async fn connect_client(page: &Page, options: &Value) -> Value {
+    js(page, &format!("h.open({options})")).await;
+    let connected = js(page, "h.connect()").await;
+    check(page, connected["ok"] == true, &connected);
+    connected["hello"].clone()
+}
+
 /// Evaluates `expression` in `page`; a thrown exception fails the test with the console.
 async fn js(page: &Page, expression: &str) -> Value {
     page.evaluate(expression).await.unwrap_or_else(|e| {
@@ -265,10 +274,7 @@ async fn a_page_of_an_allowed_origin_signals_and_starts_sessions_with_a_token() 
 
     let page = open_page(&browser, &site.origin()).await;
     let options = json!({ "url": c.http, "clientId": "pwa", "token": token });
-    js(&page, &format!("h.open({options})")).await;
-    let connected = js(&page, "h.connect()").await;
-    check(&page, connected["ok"] == true, &connected);
-    let hello = &connected["hello"];
+    let hello = &connect_client(&page, &options).await;
     assert_eq!(hello["type"], "hello", "{hello}");
     assert_eq!(hello["account_id"], "fam", "{hello}");
     assert_eq!(hello["client_id"], "pwa", "{hello}");
@@ -385,10 +391,7 @@ async fn a_dropped_connection_resumes_and_every_signal_arrives_once_in_order() {
         "account": "fam",
         "backoff": { "initialMs": 100, "maxMs": 1000, "factor": 2, "jitter": 0.5 },
     });
-    js(&page, &format!("h.open({options})")).await;
-    let connected = js(&page, "h.connect()").await;
-    check(&page, connected["ok"] == true, &connected);
-    let connection = connected["hello"]["connection_id"].clone();
+    let connection = connect_client(&page, &options).await["connection_id"].clone();
 
     let (baby, _) = device(&c, "baby", None, &[]).await;
     let publisher = tokio::spawn(async move {
@@ -600,10 +603,8 @@ async fn the_librarys_close_is_a_clean_close_1000() {
 
     // Open mode, a loopback origin: allowed without configuration.
     let options = json!({ "url": c.http, "clientId": "pwa", "account": "fam" });
-    js(&page, &format!("h.open({options})")).await;
-    let connected = js(&page, "h.connect()").await;
-    check(&page, connected["ok"] == true, &connected);
-    assert_eq!(connected["hello"]["account_id"], "fam");
+    let hello = connect_client(&page, &options).await;
+    assert_eq!(hello["account_id"], "fam");
     recorded(&c, "pwa", "connected", true, 10).await;
 
     js(&page, "h.close()").await;
@@ -677,17 +678,15 @@ async fn a_page_connects_in_open_mode_from_a_loopback_origin() {
     let page = open_page(&browser, &site.origin()).await;
     assert_eq!(js(&page, "location.origin").await, site.origin());
     let options = json!({ "url": c.http, "clientId": "pwa", "account": "fam" });
-    js(&page, &format!("h.open({options})")).await;
-    let connected = js(&page, "h.connect()").await;
-    check(&page, connected["ok"] == true, &connected);
-    assert_eq!(connected["hello"]["client_id"], "pwa");
+    let hello = connect_client(&page, &options).await;
+    assert_eq!(hello["client_id"], "pwa");
     // Heartbeats every 2 s, a timeout of 6 s: still the same session after 7 s.
     tokio::time::sleep(Duration::from_secs(7)).await;
     let snapshot = js(&page, "h.snapshot()").await;
     assert_eq!(snapshot["state"], "open", "{snapshot}");
     assert_eq!(snapshot["freshCount"], 1, "{snapshot}");
     assert_eq!(
-        snapshot["connectionId"], connected["hello"]["connection_id"],
+        snapshot["connectionId"], hello["connection_id"],
         "{snapshot}"
     );
     let row = c.client("fam", "pwa").await.expect("pwa recorded");
@@ -724,10 +723,7 @@ async fn a_session_gone_after_a_crash_is_reported_and_a_fresh_one_opened() {
         "account": "fam",
         "backoff": { "initialMs": 100, "maxMs": 1000, "factor": 2, "jitter": 0.5 },
     });
-    js(&page, &format!("h.open({options})")).await;
-    let connected = js(&page, "h.connect()").await;
-    check(&page, connected["ok"] == true, &connected);
-    let first = connected["hello"]["connection_id"].clone();
+    let first = connect_client(&page, &options).await["connection_id"].clone();
 
     // SIGKILL: no hand-over; the next start on the same store and address has no session.
     c.child.kill().expect("kill Cradle");
