@@ -68,9 +68,10 @@ async fn upgrade(
     if let Some(refused) = state.origins.refusal(&state, &headers) {
         return refused;
     }
-    if let Err(refusal) = subprotocols(&headers) {
-        return refusal.into_response();
-    }
+    let offers_cradle = match subprotocols(&headers) {
+        Ok(offers_cradle) => offers_cradle,
+        Err(refusal) => return refusal.into_response(),
+    };
     let bridge = state.bridge.clone();
     if bridge.is_closing() {
         // Sessions are being ended or handed over: a resume here would find nothing.
@@ -107,7 +108,7 @@ async fn upgrade(
         return refusal.into_response();
     }
     let ws = match ws {
-        Ok(ws) => configure(ws, &bridge, &headers),
+        Ok(ws) => configure(ws, &bridge, offers_cradle),
         Err(rejection) => return not_an_upgrade(&headers, &rejection),
     };
     let Caller {
@@ -121,16 +122,16 @@ async fn upgrade(
 /// selects; a token may ride beside it). A browser fails a handshake whose answer selects
 /// none of the protocols it offered, after the `101`, so a page offering only its token is
 /// refused here instead. Clients without `Origin` (not browsers) keep the older rule: any
-/// offer is accepted, `cradle` selected when present.
-fn subprotocols(headers: &HeaderMap) -> Result<(), Refusal> {
+/// offer is accepted, `cradle` selected when present. Says whether `cradle` was offered.
+fn subprotocols(headers: &HeaderMap) -> Result<bool, Refusal> {
     let Some(offered) = headers.get(header::SEC_WEBSOCKET_PROTOCOL) else {
-        return Ok(());
+        return Ok(false);
     };
     let with_cradle = offered
         .to_str()
         .is_ok_and(|p| p.split(',').any(|x| x.trim() == "cradle"));
     if with_cradle || !headers.contains_key(header::ORIGIN) {
-        return Ok(());
+        return Ok(with_cradle);
     }
     Err(refuse(
         StatusCode::BAD_REQUEST,
@@ -296,20 +297,16 @@ async fn admit(
 }
 
 /// The upgrade's buffers and frame limits (`websocket.max_frame_bytes`), and the `cradle`
-/// subprotocol when the client offered it.
-fn configure(ws: WebSocketUpgrade, bridge: &Bridge, headers: &HeaderMap) -> WebSocketUpgrade {
+/// subprotocol when the client offered it ([`subprotocols`]).
+fn configure(ws: WebSocketUpgrade, bridge: &Bridge, offers_cradle: bool) -> WebSocketUpgrade {
     let max_frame_bytes = bridge.max_frame_bytes();
-    let offered_protocol = headers
-        .get(header::SEC_WEBSOCKET_PROTOCOL)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|p| p.split(',').any(|x| x.trim() == "cradle"));
     let ws = ws
         .read_buffer_size(4 * 1024)
         .write_buffer_size(4 * 1024)
         .max_write_buffer_size(max_frame_bytes * 4 + 64 * 1024)
         .max_message_size(max_frame_bytes)
         .max_frame_size(max_frame_bytes);
-    if offered_protocol {
+    if offers_cradle {
         ws.protocols(["cradle"])
     } else {
         ws
