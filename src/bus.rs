@@ -245,7 +245,9 @@ impl Bus {
             stop: bus_loop.stop.clone(),
             stopping: false,
         };
-        let task = tokio::spawn(async move { drive(&mut source, "bus", bus_loop).await });
+        let task = crate::tasks::spawn_critical(crate::tasks::Task::Bus, async move {
+            drive(&mut source, "bus", bus_loop).await
+        });
         let bus = Bus {
             client,
             order,

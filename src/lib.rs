@@ -26,7 +26,7 @@
 //! bins --> server --> (http, ws) --> sync --> (bus, domain, store)
 //! edge --> auth --> accounts --> store;  broker (the vendored rumqttd, wired by Cradle)
 //! plumbing at the bottom, importing nothing above it: config, topics, clock, ids, retry,
-//!   mqtt_client, endpoint, rate, metrics, telemetry
+//!   mqtt_client, endpoint, rate, metrics, tasks, telemetry
 //! ```
 //!
 //! ## One status message, function by function
@@ -90,7 +90,9 @@
 //!   [`endpoint`] (where the broker is, for every client and relayed link), [`rate`] (token
 //!   buckets), [`metrics`] (the registry: typed labeled counters, the families each part
 //!   owns and registers, `edge::metrics`, `sync::metrics`, `http::metrics` among them,
-//!   rendered as Prometheus text), [`telemetry`] (logging).
+//!   rendered as Prometheus text), [`tasks`] (what a panic costs: a client's task ends alone,
+//!   a critical task's makes Cradle not ready and exit; `cradle_task_panics_total`),
+//!   [`telemetry`] (logging).
 
 pub mod accounts;
 pub mod auth;
@@ -113,6 +115,7 @@ pub mod retry;
 pub mod server;
 pub mod store;
 pub mod sync;
+pub mod tasks;
 pub mod telemetry;
 pub mod topics;
 pub mod ws;

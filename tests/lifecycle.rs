@@ -391,3 +391,112 @@ async fn every_status_whose_puback_a_device_got_survives_a_sigkill_exactly_once(
     let twice: Vec<_> = connected.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "recorded more than once: {twice:?}");
 }
+
+/// Cradle with faults injected (`CRADLE_TEST_PANIC`, debug builds only), in open mode.
+async fn with_faults(dir: &std::path::Path, faults: &str) -> Cradle {
+    let url = format!("sqlite://{}", dir.join("data/cradle.db").display());
+    Cradle::spawn_ready(dir, &url, &[("CRADLE_TEST_PANIC", faults.to_string())]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_a_request_a_device_connection_or_a_websocket_ends_that_alone() {
+    use common::RawV4;
+    use futures_util::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cradle = with_faults(
+        dir.path(),
+        "http:/v1/accounts/boom/clients,mqtt:boom-device,ws:boom-pwa",
+    )
+    .await;
+
+    // A request whose handler panics is answered 500; the next request is served.
+    let r = reqwest::get(format!("{}/v1/accounts/boom/clients", cradle.http))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 500);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "internal", "{body}");
+    cradle.get_json("/v1/accounts/a/clients", 200).await;
+
+    // A device whose connection task panics after its CONNACK is cut alone.
+    let (mut boom, code) = RawV4::connect(cradle.mqtt_port, "boom-device", None, 30).await;
+    assert_eq!(code, 0);
+    assert!(
+        boom.read().await.is_none(),
+        "the panicking connection is closed"
+    );
+    let d = Device::connect(cradle.mqtt_port, "fine", None).await;
+    d.publish(
+        "accounts/a/clients/fine/status",
+        status("connected", "k-fine", 10, None),
+    )
+    .await;
+    cradle.wait_events("a", 1).await;
+
+    // A WebSocket session whose task panics is closed; another one gets its hello.
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(cradle.ws_url("account=a&client_id=boom-pwa"))
+            .await
+            .expect("upgrade");
+    let next = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("the socket ends in time");
+    assert!(
+        !matches!(
+            next,
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Text(_)))
+        ),
+        "no frame from a panicked session: {next:?}"
+    );
+    let (mut ok, _) = tokio_tungstenite::connect_async(cradle.ws_url("account=a&client_id=pwa"))
+        .await
+        .expect("upgrade");
+    let hello = common::next_frame(&mut ok).await.expect("hello");
+    assert_eq!(hello["type"], "hello");
+
+    // Each panic was counted by task; Cradle is still ready and serving.
+    for task in ["http_request", "mqtt_connection", "ws_socket"] {
+        let series = format!("cradle_task_panics_total{{task=\"{task}\"}}");
+        assert_eq!(cradle.metric(&series).await, 1, "{series}");
+    }
+    assert_eq!(
+        cradle
+            .metric("cradle_task_panics_total{task=\"status_writer\"}")
+            .await,
+        0
+    );
+    let ready = cradle.get_json("/readyz", 200).await;
+    assert_eq!(ready["status"], "ready");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_the_status_writer_makes_cradle_not_ready_and_exit_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cradle = with_faults(dir.path(), "status:boom").await;
+    let d = Device::connect(cradle.mqtt_port, "boom", None).await;
+    d.publish(
+        "accounts/a/clients/boom/status",
+        status("connected", "k-boom", 10, None),
+    )
+    .await;
+    // From the panic on, /readyz says why until the process is gone (the drain takes at
+    // least a few hundred milliseconds, so a poll every 10 ms sees it).
+    let url = format!("{}/readyz", cradle.http);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut not_ready = None;
+    while not_ready.is_none() && std::time::Instant::now() < deadline {
+        if let Ok(r) = reqwest::get(&url).await {
+            if r.status() == 503 {
+                not_ready = r.json::<serde_json::Value>().await.ok();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let body = not_ready.unwrap_or_else(|| panic!("/readyz never failed\n{}", cradle.log()));
+    assert_eq!(body["status"], "not_ready", "{body}");
+    assert_eq!(body["failed_task"], "status_writer", "{body}");
+    let exit = wait_exit(&mut cradle.child, Duration::from_secs(40));
+    assert_eq!(exit.code(), Some(1), "exit {exit:?}\n{}", cradle.log());
+    let log = cradle.log();
+    assert!(log.contains("the status_writer task panicked"), "{log}");
+}

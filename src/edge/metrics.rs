@@ -184,8 +184,6 @@ pub struct EdgeMetrics {
     pub(crate) retained_messages: AtomicI64,
     /// Bytes of those retained messages.
     pub(crate) retained_bytes: AtomicI64,
-    /// Tasks (one client connection each) that ended by a panic; the rest went on.
-    task_panics: AtomicU64,
     /// Inbox messages dropped (not stamped with `from`).
     inbox_drops: Labeled<InboxDrop>,
 }
@@ -245,11 +243,6 @@ impl EdgeMetrics {
         });
     }
 
-    /// Counts one task that panicked.
-    pub(crate) fn task_panic(&self) {
-        self.task_panics.fetch_add(1, Relaxed);
-    }
-
     /// Counts one inbox message the edge dropped.
     pub(crate) fn inbox_drop(&self, reason: InboxDrop) {
         self.inbox_drops.inc(reason);
@@ -274,14 +267,8 @@ impl EdgeMetrics {
         );
     }
 
-    /// Connection tasks that ended by a panic, connections waiting to be admitted, and
-    /// connections cut by the write timeout.
+    /// Connections waiting to be admitted, and connections cut by the write timeout.
     fn render_bounds(&self, out: &mut Exposition) {
-        out.counter(
-            "cradle_task_panics_total",
-            "Connection tasks that ended by a panic (that connection alone ended; logged).",
-            self.task_panics.load(Relaxed),
-        );
         out.gauge(
             "cradle_edge_pending",
             "MQTT connections accepted and not yet admitted (handshake, CONNECT, authentication; at most mqtt.max_pending).",

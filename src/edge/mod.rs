@@ -49,6 +49,7 @@ use crate::auth::Authenticator;
 use crate::config::MqttConfig;
 use crate::domain::connection::DisconnectReason;
 use crate::endpoint::Endpoint;
+use crate::tasks::Task;
 use metrics::EdgeMetrics;
 use publisher::Publisher;
 use registry::Registry;
@@ -240,14 +241,17 @@ pub async fn start(
             name: key,
             loopback: addr.ip().is_loopback(),
         };
-        tasks.spawn(accept_loop(
+        let accept = accept_loop(
             listener,
             info,
             transport,
             tls,
             shared.clone(),
             stop_rx.clone(),
-        ));
+        );
+        tasks.spawn(async move {
+            crate::tasks::contain(Task::MqttListener, accept).await;
+        });
     }
     Ok(Edge {
         shared,
@@ -308,10 +312,9 @@ async fn accept_loop(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let guard = shared.clone();
         let (shared, tls) = (shared.clone(), tls.clone());
         let task = connection(stream, peer, info, transport, tls, shared, pending);
-        let task = contain_panic(task, peer, guard);
+        let task = contain_panic(task, peer);
         static LOGGED: std::sync::Once = std::sync::Once::new();
         LOGGED.call_once(|| {
             let bytes = std::mem::size_of_val(&task);
@@ -395,22 +398,17 @@ impl Drop for Pending {
 }
 
 /// Runs one connection's task; should it panic, that connection alone ends: the panic is
-/// logged with the peer and counted (`cradle_task_panics_total`), and the listener and every
-/// other connection go on. (Tokio isolates a panicking task already; this makes it visible.)
+/// logged with the peer and counted (`cradle_task_panics_total{task="mqtt_connection"}`), and
+/// the listener and every other connection go on.
 async fn contain_panic(
     task: impl std::future::Future<Output = ()> + Send + 'static,
     peer: SocketAddr,
-    shared: Arc<EdgeShared>,
 ) {
-    use futures_util::FutureExt;
-    if let Err(panic) = std::panic::AssertUnwindSafe(task).catch_unwind().await {
-        let message = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
-        tracing::error!(%peer, message, "MQTT connection task panicked; that connection ended");
-        shared.metrics.task_panic();
+    if crate::tasks::contain(Task::MqttConnection, task)
+        .await
+        .is_none()
+    {
+        tracing::warn!(%peer, "MQTT connection ended by a panic in its task");
     }
 }
 

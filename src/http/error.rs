@@ -52,6 +52,10 @@ pub(crate) enum ApiError {
     /// 503: the credentials store failed.
     #[error("store unavailable")]
     Accounts(#[from] crate::accounts::AccountsError),
+    /// 500: the request's handler panicked (logged and counted in
+    /// `cradle_task_panics_total{task="http_request"}`); every other request goes on.
+    #[error("internal error")]
+    Internal,
     /// A refusal with its own status, code and message (`GET /ws` before the upgrade, a
     /// browser origin not allowed), with `Retry-After: {retry_after_secs}` when set.
     #[error("{message}")]
@@ -83,6 +87,7 @@ impl ApiError {
                 (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
             }
             ApiError::Refused { status, code, .. } => (*status, code),
+            ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
 }
@@ -107,7 +112,8 @@ impl IntoResponse for ApiError {
             | ApiError::MethodNotAllowed
             | ApiError::Unauthorized
             | ApiError::Forbidden(_)
-            | ApiError::Refused { .. } => {}
+            | ApiError::Refused { .. }
+            | ApiError::Internal => {}
         }
         let mut response = (status, Json(body)).into_response();
         if let ApiError::Refused {

@@ -74,6 +74,7 @@ pub(crate) fn app(state: AppState, max_body_bytes: usize) -> Router {
             state.clone(),
             declared_length,
         ))
+        .layer(axum::middleware::from_fn(contain_panic))
         // Outermost: preflights are answered before any route, and every answer to an
         // allowed origin (a 404, 405 or 413 included) carries its CORS headers.
         .layer(axum::middleware::from_fn_with_state(
@@ -81,6 +82,27 @@ pub(crate) fn app(state: AppState, max_body_bytes: usize) -> Router {
             origins::cors,
         ))
         .with_state(state)
+}
+
+/// Runs one request; should its handler panic, that request alone ends, answered `500`
+/// (`internal`), logged and counted (`cradle_task_panics_total{task="http_request"}`).
+async fn contain_panic(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let path = request.uri().path().to_string();
+    let run = async move {
+        crate::tasks::inject("http", request.uri().path());
+        next.run(request).await
+    };
+    match crate::tasks::contain(crate::tasks::Task::HttpRequest, run).await {
+        Some(response) => response,
+        None => {
+            tracing::warn!(path, "HTTP request ended by a panic in its handler");
+            ApiError::Internal.into_response()
+        }
+    }
 }
 
 /// Refuses a request whose `Content-Length` is over `http.max_body_bytes` with 413 before

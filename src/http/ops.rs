@@ -38,7 +38,9 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         BusState::Closed => ("closed", None),
         BusState::Refused(e) => ("refused", Some(e.clone())),
     };
-    let ready = store == "ok" && broker == "ok";
+    // A task the service depends on panicked: Cradle is draining and exits.
+    let failed = crate::tasks::failed();
+    let ready = store == "ok" && broker == "ok" && failed.is_none();
     let status = if ready {
         StatusCode::OK
     } else {
@@ -51,6 +53,9 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     });
     if let Some(e) = broker_error {
         body["broker_error"] = e.into();
+    }
+    if let Some(task) = failed {
+        body["failed_task"] = task.as_str().into();
     }
     (status, Json(body))
 }

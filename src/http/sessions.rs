@@ -12,6 +12,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, put};
 use axum::{Json, Router};
 use serde::Deserialize;
+use tracing::Instrument;
 
 use super::api::id_param;
 use super::auth::{AccountPath, Caller};
@@ -96,7 +97,6 @@ async fn start(
         });
     }
     let span = tracing::info_span!("session", account_id = %account_id, session_id = %session_id, connection_id = %parsed.connection_id);
-    let _enter = span.enter();
     let outcome = state
         .sessions
         .start(
@@ -109,6 +109,7 @@ async fn start(
                 started_at_millis: parsed.started_at_millis,
             },
         )
+        .instrument(span)
         .await?;
     let (status, word) = match outcome {
         StartOutcome::Started => (StatusCode::CREATED, "started"),

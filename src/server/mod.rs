@@ -29,6 +29,7 @@ use crate::sync::metrics::SyncMetrics;
 use crate::sync::sessions::{SessionSettings, Sessions};
 use crate::sync::stations::{self, StationSettings};
 use crate::sync::status::{self, StatusSettings};
+use crate::tasks::{self, spawn_critical, Task, TaskMetrics};
 use crate::ws::inbox::InboxSubscriptions;
 use crate::ws::{Bridge, WsMetrics, WsSettings};
 
@@ -64,6 +65,10 @@ pub enum ServeError {
     /// `broker.url` or `broker.ca_file`.
     #[error(transparent)]
     Endpoint(#[from] EndpointError),
+    /// A task the service depends on panicked: Cradle drained and exits, so that a
+    /// supervisor restarts it.
+    #[error("the {} task panicked (see the log); Cradle drained and exits so that it can be restarted", .0.as_str())]
+    TaskPanicked(Task),
     /// Open mode would expose a non-loopback listener.
     #[error("{key}: {addr} is not a loopback address and no account exists, so anyone could connect: create an account (`cradle accounts create ...`) or set auth.mode = \"open\" (CRADLE_AUTH_MODE=open) for development")]
     OpenNonLoopback { key: &'static str, addr: SocketAddr },
@@ -121,12 +126,27 @@ async fn restore_retained(
     Ok(())
 }
 
-/// Runs Cradle until `shutdown` resolves, then drains it.
+/// Runs Cradle until `shutdown` resolves, then drains it. Should a task the service depends
+/// on panic, Cradle is not ready from that moment (`/readyz`), drains the same way and
+/// returns [`ServeError::TaskPanicked`], so the process exits non-zero.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
     let cradle = build(config).await?;
     tracing::info!(http = %cradle.config.http.listen, "Cradle ready");
-    shutdown.await;
-    cradle.drain().await
+    let failed = tokio::select! {
+        () = shutdown => None,
+        task = tasks::wait_failed() => Some(task),
+    };
+    if let Some(task) = failed {
+        tracing::error!(
+            task = task.as_str(),
+            "draining after a panic; Cradle exits with an error"
+        );
+    }
+    cradle.drain().await?;
+    match failed {
+        Some(task) => Err(ServeError::TaskPanicked(task)),
+        None => Ok(()),
+    }
 }
 
 /// Where the bus, the edge's publisher and the edge reach the broker, and what the previous
@@ -159,7 +179,8 @@ impl Counters {
                 .with(Arc::new(GateMetrics))
                 .with(Arc::new(BrokerMetrics))
                 .with(self.http.clone())
-                .with(bridge),
+                .with(bridge)
+                .with(Arc::new(TaskMetrics)),
         )
     }
 }
@@ -303,15 +324,18 @@ fn start_http(
 ) -> (JoinHandle<()>, watch::Sender<bool>) {
     let (stop, mut stop_rx) = watch::channel(false);
     let app = http::app(state, config.http.max_body_bytes);
-    let task = tokio::spawn(http::serve::serve(
-        listener,
-        app,
-        http::serve::Limits::from(&config.http),
-        metrics,
-        async move {
-            let _ = stop_rx.wait_for(|stop| *stop).await;
-        },
-    ));
+    let task = spawn_critical(
+        Task::HttpServer,
+        http::serve::serve(
+            listener,
+            app,
+            http::serve::Limits::from(&config.http),
+            metrics,
+            async move {
+                let _ = stop_rx.wait_for(|stop| *stop).await;
+            },
+        ),
+    );
     (task, stop)
 }
 
@@ -380,30 +404,34 @@ fn start_handlers(
             pending_per_account: config.sessions.pending_per_account,
         },
     ));
-    let sessions_task = tokio::spawn(sessions.clone().run(changes_rx));
+    let sessions_task = spawn_critical(Task::SessionHandler, sessions.clone().run(changes_rx));
     let (bridge, lists_rx) = bridge(config, store, out, &sessions, inbox_subscriptions);
     bridge.take_back(handed_over);
     // Several replicas: sessions a replica handed over at its shutdown and nobody resumed
     // are ended by whichever replica claims them first once their window has passed.
-    let expiry_task =
-        (!embedded).then(|| tokio::spawn(end_expired_handovers(bridge.clone(), store.clone())));
-    let bridge_task = tokio::spawn(crate::ws::run(
-        bridge.clone(),
-        inbox_rx,
-        bus.acker(),
-        presence_rx,
-        lists_rx,
-    ));
-    let stations_task = tokio::spawn(stations::run(
-        stations_rx,
-        sessions.clone(),
-        bus.acker(),
-        metrics.clone(),
-        StationSettings {
-            max_payload_bytes: config.sync.max_status_bytes,
-            max_name_chars: crate::sync::session_input::MAX_NAME_CHARS,
-        },
-    ));
+    let expiry_task = (!embedded).then(|| {
+        spawn_critical(
+            Task::HandoverExpiry,
+            end_expired_handovers(bridge.clone(), store.clone()),
+        )
+    });
+    let bridge_task = spawn_critical(
+        Task::Bridge,
+        crate::ws::run(bridge.clone(), inbox_rx, bus.acker(), presence_rx, lists_rx),
+    );
+    let stations_task = spawn_critical(
+        Task::StationHandler,
+        stations::run(
+            stations_rx,
+            sessions.clone(),
+            bus.acker(),
+            metrics.clone(),
+            StationSettings {
+                max_payload_bytes: config.sync.max_status_bytes,
+                max_name_chars: crate::sync::session_input::MAX_NAME_CHARS,
+            },
+        ),
+    );
 
     Handlers {
         sessions,
@@ -425,17 +453,20 @@ fn spawn_status(
     changes: Vec<mpsc::UnboundedSender<status::ConnectionChange>>,
 ) -> JoinHandle<()> {
     let config = base.config;
-    tokio::spawn(status::run(
-        rx,
-        base.store.clone(),
-        base.bus.acker(),
-        base.metrics.clone(),
-        StatusSettings {
-            max_status_bytes: config.sync.max_status_bytes,
-            batch_max: config.sync.batch_max,
-            changes,
-        },
-    ))
+    spawn_critical(
+        Task::StatusWriter,
+        status::run(
+            rx,
+            base.store.clone(),
+            base.bus.acker(),
+            base.metrics.clone(),
+            StatusSettings {
+                max_status_bytes: config.sync.max_status_bytes,
+                batch_max: config.sync.batch_max,
+                changes,
+            },
+        ),
+    )
 }
 
 /// The WebSocket bridge, publishing with `out`. With several replicas (`inbox` given) it

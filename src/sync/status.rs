@@ -140,6 +140,7 @@ async fn accept(
     });
     match parsed {
         Ok(report) => {
+            crate::tasks::inject("status", &report.0.client_id);
             batch.push(report);
             publishes.push(publish);
         }

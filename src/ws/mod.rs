@@ -40,6 +40,7 @@ use crate::domain::connection::{ConnectionCommand, ConnectionEvent, DisconnectRe
 use crate::store::Store;
 use crate::sync::sessions::Sessions;
 use crate::sync::status::ConnectionChange;
+use crate::tasks::Task;
 use crate::topics::{is_valid_id, parse_topic, status_topic, Family, StatusKind, StatusPayload};
 use hub::{Delivery, HandedOver, Hub, ResumeKey, WsSession};
 pub use metrics::{ResumeOutcome, WsMetrics};
@@ -589,7 +590,13 @@ impl Bridge {
             secret: new_resume_secret(),
             handed_over: None,
         };
-        socket::run(socket, self, account_id, client_id, key, resume).await
+        let run = async move {
+            crate::tasks::inject("ws", &client_id);
+            socket::run(socket, self, account_id, client_id, key, resume).await
+        };
+        if crate::tasks::contain(Task::WsSocket, run).await.is_none() {
+            tracing::warn!("WebSocket socket ended by a panic in its task");
+        }
     }
 }
 

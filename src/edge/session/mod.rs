@@ -150,6 +150,7 @@ pub async fn serve<R, W>(
     let Some(live) = admitted else {
         return;
     };
+    crate::tasks::inject("mqtt", &live.conn.client_id);
     live.run().await;
 }
 
