@@ -27,7 +27,36 @@ async fn issued_secrets_are_shown_once_stored_hashed_verified_and_revocable() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("c.db").display());
 
-    let (ok, out, _) = cradle(&db, &["accounts", "create", "fam", "--name", "Family"]);
+    // No store yet: a command that reads or changes one creates nothing and names the path.
+    for args in [
+        &["accounts", "create", "fam"][..],
+        &["accounts", "list"][..],
+        &["credentials", "list"][..],
+    ] {
+        let (ok, out, err) = cradle(&db, args);
+        assert!(!ok, "{args:?}: {out}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.contains("no Cradle store at") && err.contains("c.db"),
+            "{err}"
+        );
+        assert!(
+            !dir.path().join("c.db").exists(),
+            "{args:?} created a store"
+        );
+    }
+    // An explicit flag creates it.
+    let (ok, out, _) = cradle(
+        &db,
+        &[
+            "accounts",
+            "create",
+            "fam",
+            "--name",
+            "Family",
+            "--create-store",
+        ],
+    );
     assert!(ok, "{out}");
     let (ok, _, err) = cradle(&db, &["accounts", "create", "fam"]);
     assert!(!ok && err.contains("exists already"), "{err}");

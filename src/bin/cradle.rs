@@ -34,6 +34,23 @@ struct ConfigArgs {
     overrides: Overrides,
 }
 
+/// Where the store of `cradle accounts` and `cradle credentials` is: only what they need.
+#[derive(clap::Args)]
+struct StoreArgs {
+    /// TOML config file whose store.database_url is used (default: config/cradle.toml when
+    /// present).
+    #[arg(long, env = "CRADLE_CONFIG", value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
+    /// store.database_url: sqlite://PATH or postgres://USER:PASS@HOST:PORT/DB [default:
+    /// sqlite://data/cradle.db, relative to the working directory].
+    #[arg(long, env = "CRADLE_DATABASE_URL", value_name = "URL", global = true)]
+    database_url: Option<String>,
+    /// Create the store when none is there (otherwise a missing store is an error, so that
+    /// a command run from the wrong directory or with a mistyped URL changes nothing).
+    #[arg(long, env = "CRADLE_CREATE_STORE", global = true)]
+    create_store: bool,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the service: broker, status pipeline, HTTP API.
@@ -44,14 +61,14 @@ enum Command {
     /// Manage accounts (tenants).
     Accounts {
         #[command(flatten)]
-        config: ConfigArgs,
+        store: StoreArgs,
         #[command(subcommand)]
         action: AccountsAction,
     },
     /// Manage credentials: device secrets, bearer tokens, operator secrets.
     Credentials {
         #[command(flatten)]
-        config: ConfigArgs,
+        store: StoreArgs,
         #[command(subcommand)]
         action: CredentialsAction,
     },
@@ -121,6 +138,18 @@ enum CredentialsAction {
     Revoke { credential: String },
 }
 
+/// The config of an admin command: the file, then `--database-url` alone.
+fn load_store(args: &StoreArgs) -> Result<Config, ExitCode> {
+    let overrides = Overrides {
+        database_url: args.database_url.clone(),
+        ..Overrides::default()
+    };
+    Config::load(args.config.as_deref(), &overrides).map_err(|error| {
+        eprintln!("cradle: {error}");
+        ExitCode::from(2)
+    })
+}
+
 fn load(args: &ConfigArgs) -> Result<Config, ExitCode> {
     Config::load(args.config.as_deref(), &args.overrides).map_err(|error| {
         eprintln!("cradle: {error}");
@@ -139,12 +168,14 @@ fn main() -> ExitCode {
             cradle::telemetry::init(&config.log);
             serve(config)
         }
-        Command::Accounts { config, action } => match load(&config) {
-            Ok(c) => admin(c, |store| Box::pin(accounts_cmd(store, action))),
+        Command::Accounts { store, action } => match load_store(&store) {
+            Ok(c) => admin(c, store.create_store, |s| Box::pin(accounts_cmd(s, action))),
             Err(code) => return code,
         },
-        Command::Credentials { config, action } => match load(&config) {
-            Ok(c) => admin(c, |store| Box::pin(credentials_cmd(store, action))),
+        Command::Credentials { store, action } => match load_store(&store) {
+            Ok(c) => admin(c, store.create_store, |s| {
+                Box::pin(credentials_cmd(s, action))
+            }),
             Err(code) => return code,
         },
         Command::Migrate(args) => migrate_cmd(args),
@@ -162,9 +193,10 @@ fn main() -> ExitCode {
 type AdminFuture<'a> =
     std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + 'a>>;
 
-/// Runs one admin command against the configured store.
+/// Runs one admin command against the configured store, which must exist unless `create`.
 fn admin(
     config: Config,
+    create: bool,
     command: impl for<'a> FnOnce(&'a Store) -> AdminFuture<'a>,
 ) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -172,7 +204,10 @@ fn admin(
         .build()
         .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
     runtime.block_on(async {
-        let store = Store::connect(&config.store).await?;
+        let store = match create {
+            true => Store::connect(&config.store).await?,
+            false => Store::connect_existing(&config.store).await?,
+        };
         let result = command(&store).await;
         store.close().await?;
         result

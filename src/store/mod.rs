@@ -46,6 +46,10 @@ pub enum StoreError {
         path: String,
         source: std::io::Error,
     },
+    /// A command that reads or changes a store found none there (only `cradle serve` and an
+    /// explicit `--create-store` create one).
+    #[error("no Cradle store at {0}: start `cradle serve` with this store.database_url first, or pass --create-store")]
+    Missing(String),
     /// A unique constraint refused a write: another writer got there first. Retry the batch.
     #[error("conflict: {0}")]
     Conflict(String),
@@ -158,6 +162,17 @@ pub struct Store {
 impl Store {
     /// Connects and runs every pending migration.
     pub async fn connect(config: &StoreConfig) -> Result<Store, StoreError> {
+        Self::open(config, true).await
+    }
+
+    /// Opens the store at `store.database_url` only when one is there: a missing SQLite file,
+    /// or a PostgreSQL database without Cradle's tables, is [`StoreError::Missing`] and
+    /// nothing is created. (An older store is migrated, as `cradle serve` would.)
+    pub async fn connect_existing(config: &StoreConfig) -> Result<Store, StoreError> {
+        Self::open(config, false).await
+    }
+
+    async fn open(config: &StoreConfig, create: bool) -> Result<Store, StoreError> {
         let url = config.database_url.as_str();
         let store = if url.starts_with("sqlite:") {
             let sync = match config.sqlite_synchronous {
@@ -171,7 +186,14 @@ impl Store {
                 .synchronous(sync)
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true);
-            if let Some(dir) = options.get_filename().parent() {
+            let file = options.get_filename();
+            if !create && file != std::path::Path::new(":memory:") && !file.exists() {
+                let shown = std::env::current_dir()
+                    .map(|dir| dir.join(file))
+                    .unwrap_or_else(|_| file.to_path_buf());
+                return Err(StoreError::Missing(shown.display().to_string()));
+            }
+            if let Some(dir) = file.parent() {
                 if !dir.as_os_str().is_empty() && !dir.exists() {
                     std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
                         path: dir.display().to_string(),
@@ -206,10 +228,14 @@ impl Store {
                 .connect_with(options)
                 .await
                 .map_err(|e| StoreError::Db(DbErr::Conn(sea_orm::RuntimeErr::SqlxError(e))))?;
-            Store {
+            let store = Store {
                 db: SqlxPostgresConnector::from_sqlx_postgres_pool(pool),
                 backend: Backend::Postgres,
+            };
+            if !create && !store.has_schema().await? {
+                return Err(StoreError::Missing(redact(url)));
             }
+            store
         };
         match store.backend {
             Backend::Sqlite => migration::Migrator::up(&store.db, None).await?,
@@ -226,6 +252,22 @@ impl Store {
             }
         }
         Ok(store)
+    }
+
+    /// Whether Cradle's migrations ever ran on this PostgreSQL database.
+    async fn has_schema(&self) -> Result<bool, StoreError> {
+        use sea_orm::{ConnectionTrait, Statement};
+        let row = self
+            .db
+            .query_one(Statement::from_string(
+                self.db.get_database_backend(),
+                "SELECT to_regclass('seaql_migrations') IS NOT NULL AS present",
+            ))
+            .await?;
+        Ok(match row {
+            Some(row) => row.try_get::<bool>("", "present")?,
+            None => false,
+        })
     }
 
     /// The raw connection, below the store's methods: for the store-to-store copy

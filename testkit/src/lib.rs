@@ -506,11 +506,14 @@ pub fn available(found: bool, require: &str, missing: &str, skipping: &str) -> b
 }
 
 /// Runs the `cradle` command line against `database_url` and returns the last line it
-/// printed (where secrets are shown); fails the test when it fails.
+/// printed (where secrets are shown); fails the test when it fails. Tests seed their stores
+/// before Cradle first starts on them, so the store is created when missing
+/// (`CRADLE_CREATE_STORE`); `tests/accounts_cli.rs` checks the refusal without it.
 pub fn cli(database_url: &str, args: &[&str]) -> String {
     let out = Command::new(cradle_bin())
         .args(args)
         .env("CRADLE_DATABASE_URL", database_url)
+        .env("CRADLE_CREATE_STORE", "true")
         .current_dir(std::env::temp_dir())
         .output()
         .expect("run cradle");
