@@ -98,6 +98,27 @@ impl Authenticator {
         }
     }
 
+    /// Forgets every verified device secret, so the next CONNECT of each checks the store
+    /// again (after a revocation or an account's deletion).
+    pub(crate) fn forget_verified(&self) {
+        self.verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        *self
+            .accounts_exist
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// An account was just created: open mode ends now, not within a second.
+    pub(crate) fn account_created(&self) {
+        *self
+            .accounts_exist
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some((true, Instant::now()));
+    }
+
     /// The configured mode.
     pub fn mode(&self) -> AuthMode {
         self.mode

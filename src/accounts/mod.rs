@@ -105,17 +105,46 @@ pub async fn any_account(store: &Store) -> Result<bool, AccountsError> {
     Ok(store.any_account().await?)
 }
 
+/// Account `account_id`.
+pub async fn account(store: &Store, account_id: &str) -> Result<accounts::Model, AccountsError> {
+    check_id("account", account_id)?;
+    store
+        .account(account_id)
+        .await?
+        .ok_or_else(|| AccountsError::NoAccount(account_id.to_string()))
+}
+
+/// Creates account `account_id` unless it exists: whether this call created it, and the
+/// account (safe to retry: a repeat finds the account it created).
+pub async fn ensure_account(
+    store: &Store,
+    account_id: &str,
+    name: &str,
+) -> Result<(bool, accounts::Model), AccountsError> {
+    match create_account(store, account_id, name).await {
+        Ok(model) => Ok((true, model)),
+        // A concurrent create of the same id lands here too (a unique-key conflict).
+        Err(AccountsError::AccountExists(_))
+        | Err(AccountsError::Store(StoreError::Conflict(_))) => {
+            Ok((false, account(store, account_id).await?))
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Deletes an account and revokes every credential of it, in one transaction (a token must
-/// never outlive its account). Its events stay in the log.
-pub async fn delete_account(store: &Store, account_id: &str) -> Result<(), AccountsError> {
+/// never outlive its account); returns how many credentials were revoked. Its events stay in
+/// the log.
+pub async fn delete_account(store: &Store, account_id: &str) -> Result<u64, AccountsError> {
     let txn = store.begin().await?;
     if !txn.delete_account(account_id).await? {
         return Err(AccountsError::NoAccount(account_id.to_string()));
     }
-    txn.revoke_credentials_of_account(account_id, now_millis())
+    let revoked = txn
+        .revoke_credentials_of_account(account_id, now_millis())
         .await?;
     txn.commit().await?;
-    Ok(())
+    Ok(revoked)
 }
 
 /// Verifies `secret` against each of `hashes` (none: one check against a hash nobody knows
@@ -207,7 +236,7 @@ fn new_credential(kind: CredentialKind, account: Option<&str>, client: Option<&s
 
 /// Issues one device credential per client id of `clients` in `account`, in one
 /// transaction (provisioning a fleet; each secret is returned once).
-pub(crate) async fn issue_devices(
+pub async fn issue_devices(
     store: &Store,
     account: &str,
     clients: &[String],
@@ -244,6 +273,33 @@ pub async fn revoke(store: &Store, credential_id: &str) -> Result<(), AccountsEr
         return Err(AccountsError::NoCredential(credential_id.to_string()));
     }
     Ok(())
+}
+
+/// Credential `credential_id`, live or revoked (its hash included; never a secret).
+pub async fn credential(
+    store: &Store,
+    credential_id: &str,
+) -> Result<credentials::Model, AccountsError> {
+    store
+        .credential(credential_id)
+        .await?
+        .ok_or_else(|| AccountsError::NoCredential(credential_id.to_string()))
+}
+
+/// Rotates a live credential: a new secret of the same kind for the same account and client,
+/// while the old one keeps working until it is revoked, so a fleet can roll over.
+pub async fn rotate(store: &Store, credential_id: &str) -> Result<Issued, AccountsError> {
+    let old = store
+        .live_credential(credential_id)
+        .await?
+        .ok_or_else(|| AccountsError::NoCredential(credential_id.to_string()))?;
+    issue(
+        store,
+        old.kind,
+        old.account_id.as_deref(),
+        old.client_id.as_deref(),
+    )
+    .await
 }
 
 /// Whether (`account_id`, `client_id`) holds a live device credential (an MQTT device).

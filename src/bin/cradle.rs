@@ -51,6 +51,8 @@ struct StoreArgs {
     create_store: bool,
 }
 
+// Parsed once per process: `serve`'s many overrides make its variant large, which costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the service: broker, status pipeline, HTTP API.

@@ -4,6 +4,7 @@
 //! One small router per resource, merged by `app`; shared state in `AppState`; every
 //! error is an `ApiError` that answers with a status and a JSON body and logs internals.
 
+mod admin;
 mod api;
 mod auth;
 mod error;
@@ -67,6 +68,7 @@ pub(crate) fn app(state: AppState, max_body_bytes: usize) -> Router {
         .merge(api::router())
         .merge(sessions::router())
         .merge(ws::router())
+        .merge(admin::router())
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))

@@ -58,6 +58,11 @@ impl Store {
             .await?)
     }
 
+    /// Account `account_id`, if it exists.
+    pub(crate) async fn account(&self, account_id: &str) -> Result<Option<Model>, StoreError> {
+        Ok(Entity::find_by_id(account_id).one(&self.db).await?)
+    }
+
     /// Whether any account exists.
     pub(crate) async fn any_account(&self) -> Result<bool, StoreError> {
         Ok(Entity::find().one(&self.db).await?.is_some())

@@ -161,6 +161,14 @@ impl Store {
         Ok(live_device(account_id, client_id).all(&self.db).await?)
     }
 
+    /// Credential `credential_id`, live or revoked.
+    pub(crate) async fn credential(
+        &self,
+        credential_id: &str,
+    ) -> Result<Option<Model>, StoreError> {
+        Ok(Entity::find_by_id(credential_id).one(&self.db).await?)
+    }
+
     /// Credential `credential_id` if it is live (of any kind).
     pub(crate) async fn live_credential(
         &self,
