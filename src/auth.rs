@@ -69,8 +69,9 @@ impl Refusal {
     }
 }
 
-/// Verified device secrets: (account, client) → (digest of the secret, when verified).
-type VerifiedCache = HashMap<(String, String), ([u8; 64], Instant)>;
+/// Verified device secrets: (account, client) → (digest of the secret, when verified, the
+/// credential it is the secret of).
+type VerifiedCache = HashMap<(String, String), ([u8; 64], Instant, String)>;
 
 /// Authenticates MQTT CONNECTs and answers whether anonymous callers are allowed.
 pub struct Authenticator {
@@ -155,7 +156,8 @@ impl Authenticator {
     }
 
     /// Authenticates a CONNECT from `source` (its address: the verification gate's
-    /// per-source limits apply).
+    /// per-source limits apply): who it is, and the credential it presented (none in open
+    /// mode), which a revocation matches.
     pub async fn connect(
         &self,
         username: Option<&str>,
@@ -163,10 +165,10 @@ impl Authenticator {
         client_id: &str,
         loopback: bool,
         source: Option<IpAddr>,
-    ) -> Result<Principal, Refusal> {
+    ) -> Result<(Principal, Option<String>), Refusal> {
         let Some(password) = password.filter(|p| !p.is_empty()) else {
             return if self.anonymous_allowed(loopback).await {
-                Ok(Principal::Open)
+                Ok((Principal::Open, None))
             } else {
                 Err(Refusal::Anonymous)
             };
@@ -174,7 +176,9 @@ impl Authenticator {
         if password.contains('.') {
             // `{credential_id}.{random}`: an operator secret (bearer tokens are not for MQTT).
             return match accounts::verify_secret_from(&self.store, password, source).await {
-                Ok(Some(c)) if c.kind == CredentialKind::Operator => Ok(Principal::Operator),
+                Ok(Some(c)) if c.kind == CredentialKind::Operator => {
+                    Ok((Principal::Operator, Some(c.credential_id)))
+                }
                 Ok(Some(_)) => Err(Refusal::WrongKind),
                 Ok(None) => Err(Refusal::BadCredentials),
                 Err(e) => Err(Refusal::from_error(e)),
@@ -188,30 +192,31 @@ impl Authenticator {
         let digest: [u8; 64] = Blake2b512::digest(password.as_bytes()).into();
         if self.cache_ttl > Duration::ZERO {
             let cache = self.verified.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((d, at)) = cache.get(&key) {
+            if let Some((d, at, credential)) = cache.get(&key) {
                 if at.elapsed() < self.cache_ttl && constant_time_eq(d, &digest) {
-                    return Ok(principal(key));
+                    let credential = credential.clone();
+                    return Ok((principal(key), Some(credential)));
                 }
             }
         }
         match accounts::verify_device_from(&self.store, account_id, client_id, password, source)
             .await
         {
-            Ok(true) => {
+            Ok(Some(credential)) => {
                 if self.cache_ttl > Duration::ZERO {
                     let mut cache = self.verified.lock().unwrap_or_else(|e| e.into_inner());
                     if cache.len() >= CACHE_MAX {
                         let ttl = self.cache_ttl;
-                        cache.retain(|_, (_, at)| at.elapsed() < ttl);
+                        cache.retain(|_, (_, at, _)| at.elapsed() < ttl);
                         if cache.len() >= CACHE_MAX {
                             cache.clear();
                         }
                     }
-                    cache.insert(key.clone(), (digest, Instant::now()));
+                    cache.insert(key.clone(), (digest, Instant::now(), credential.clone()));
                 }
-                Ok(principal(key))
+                Ok((principal(key), Some(credential)))
             }
-            Ok(false) => Err(Refusal::BadCredentials),
+            Ok(None) => Err(Refusal::BadCredentials),
             Err(e) => Err(Refusal::from_error(e)),
         }
     }

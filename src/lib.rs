@@ -101,6 +101,7 @@ pub mod broker;
 pub mod bus;
 pub(crate) mod clock;
 pub mod config;
+pub mod control;
 pub mod domain;
 pub mod edge;
 pub mod endpoint;

@@ -45,11 +45,13 @@ pub enum Task {
     Bridge,
     /// Ends handed-over WebSocket sessions whose window passed (several replicas).
     HandoverExpiry,
+    /// Applies decisions from `cradle/control` (revocations, kicks).
+    Control,
 }
 
 impl Task {
     /// Every kind, in exposition order.
-    pub const ALL: [Task; 11] = [
+    pub const ALL: [Task; 12] = [
         Self::MqttConnection,
         Self::HttpRequest,
         Self::WsSocket,
@@ -61,6 +63,7 @@ impl Task {
         Self::Bus,
         Self::Bridge,
         Self::HandoverExpiry,
+        Self::Control,
     ];
 
     /// The label's value.
@@ -77,6 +80,7 @@ impl Task {
             Self::Bus => "bus",
             Self::Bridge => "bridge",
             Self::HandoverExpiry => "handover_expiry",
+            Self::Control => "control",
         }
     }
 

@@ -265,3 +265,214 @@ async fn the_admin_api_provisions_rotates_and_revokes_over_http() {
     let (status, _) = call(&cradle, Method::DELETE, "/v1/admin/accounts/fam", a, None).await;
     assert_eq!(status, 404);
 }
+
+/// An MQTT 5 device on Eclipse Paho (Python, paho-mqtt 2.x): prints `connected {code}` and,
+/// when the server ends the connection, `disconnected {reason code}`, then exits.
+const PAHO_DEVICE: &str = r#"
+import os, sys
+import paho.mqtt.client as mqtt
+port, user, password, cid = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
+c.username_pw_set(user, password)
+c.on_connect = lambda c, u, f, rc, p: print("connected", rc.value, flush=True)
+def gone(c, u, f, rc, p):
+    print("disconnected", rc.value, flush=True)
+    os._exit(0)
+c.on_disconnect = gone
+c.connect("127.0.0.1", int(port), keepalive=30)
+c.loop_forever()
+"#;
+
+/// Starts [`PAHO_DEVICE`]; its stdout lines arrive on the returned channel.
+fn paho_device(
+    port: u16,
+    account: &str,
+    client: &str,
+    secret: &str,
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new("python3")
+        .args([
+            "-c",
+            PAHO_DEVICE,
+            &port.to_string(),
+            account,
+            secret,
+            client,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 with paho-mqtt 2.x (scripts/test installs it)");
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    (child, rx)
+}
+
+fn next_line(rx: &std::sync::mpsc::Receiver<String>, within: std::time::Duration) -> String {
+    rx.recv_timeout(within)
+        .unwrap_or_else(|e| panic!("no line from paho: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_credential_or_disconnecting_a_client_ends_its_live_connections() {
+    use futures_util::StreamExt;
+    use reqwest::Method;
+    use serde_json::json;
+    use std::time::{Duration, Instant};
+    use tokio_tungstenite::tungstenite::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("revoke.db").display());
+    issue(&db, &["accounts", "create", "fam"]);
+    let admin = "an-admin-token-of-some-length".to_string();
+    let owned =
+        Cradle::spawn_ready(dir.path(), &db, &[("CRADLE_ADMIN_TOKEN", admin.clone())]).await;
+    let cradle = &owned;
+    let a = Some(admin.as_str());
+    let new = |body: serde_json::Value| async move {
+        let (status, c) = call(cradle, Method::POST, "/v1/admin/credentials", a, Some(body)).await;
+        assert_eq!(status, 201, "{c}");
+        (
+            c["credential_id"].as_str().unwrap().to_string(),
+            c["secret"].as_str().unwrap().to_string(),
+        )
+    };
+    let revoke = |id: String| async move {
+        let (status, body) = call(
+            cradle,
+            Method::DELETE,
+            &format!("/v1/admin/credentials/{id}"),
+            a,
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        body
+    };
+
+    // MQTT 3.1.1: a device that reported `connected` is cut within a second, and its end is
+    // recorded with reason `revoked`.
+    let (v4_id, v4_secret) =
+        new(json!({"kind": "device", "account_id": "fam", "client_id": "baby-1"})).await;
+    let (mut v4, code) =
+        common::RawV4::connect(cradle.mqtt_port, "baby-1", Some(("fam", &v4_secret)), 30).await;
+    assert_eq!(code, 0);
+    v4.publish(
+        "accounts/fam/clients/baby-1/status",
+        common::status("connected", "k-baby-1", 1_000, None).as_bytes(),
+        1,
+    )
+    .await;
+    common::wait_for(
+        Duration::from_secs(10),
+        "baby-1 recorded connected",
+        || async {
+            let (_, body) = call(cradle, Method::GET, "/v1/accounts/fam/clients", a, None).await;
+            (body["clients"][0]["connected"] == true).then_some(())
+        },
+    )
+    .await;
+    let started = Instant::now();
+    let body = revoke(v4_id).await;
+    assert_eq!(body["ended"]["mqtt_connections"], 1, "{body}");
+    while let Some(p) = v4.read().await {
+        assert!(
+            matches!(p, rumqttc::mqttbytes::v4::Packet::PubAck(_)),
+            "only the status's PUBACK before the end: {p:?}"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    common::wait_for(
+        Duration::from_secs(10),
+        "the end recorded as revoked",
+        || async {
+            let (_, body) = call(cradle, Method::GET, "/v1/accounts/fam/clients", a, None).await;
+            (body["clients"][0]["last_disconnect_reason"] == "revoked").then_some(())
+        },
+    )
+    .await;
+    let (_, code) =
+        common::RawV4::connect(cradle.mqtt_port, "baby-1", Some(("fam", &v4_secret)), 30).await;
+    assert_ne!(code, 0, "the revoked secret is refused at once");
+
+    // MQTT 5 on Eclipse Paho: DISCONNECT with reason code 0x87 (not authorized).
+    let (v5_id, v5_secret) =
+        new(json!({"kind": "device", "account_id": "fam", "client_id": "parent-1"})).await;
+    let (mut paho, lines) = paho_device(cradle.mqtt_port, "fam", "parent-1", &v5_secret);
+    assert_eq!(next_line(&lines, Duration::from_secs(15)), "connected 0");
+    revoke(v5_id).await;
+    assert_eq!(
+        next_line(&lines, Duration::from_secs(5)),
+        "disconnected 135"
+    );
+    let _ = paho.wait();
+
+    // A WebSocket session: closed with 4010, and never resumed, not even with its resume
+    // secret and another valid token of the account.
+    let (token_id, token) = new(json!({"kind": "token", "account_id": "fam"})).await;
+    let (_, other_token) = new(json!({"kind": "token", "account_id": "fam"})).await;
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(cradle.ws_url(&format!("client_id=pwa&token={token}")))
+            .await
+            .expect("upgrade");
+    let hello = common::next_frame(&mut ws).await.expect("hello");
+    revoke(token_id).await;
+    let close = loop {
+        match tokio::time::timeout(Duration::from_secs(2), ws.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => break frame,
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("no close frame: {other:?}"),
+        }
+    };
+    assert_eq!(u16::from(close.expect("a close code").code), 4010);
+    let resume = common::upgrade_request(&format!(
+        "{}/ws?client_id=pwa&token={other_token}&connection_id={}&resume_from=1&resume_secret={}",
+        cradle.http,
+        hello["connection_id"].as_str().unwrap(),
+        hello["resume_secret"].as_str().unwrap(),
+    ))
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resume.status(), 410);
+
+    // A kick: MQTT 5 DISCONNECT 0x98, recorded as admin_disconnect; the client may return.
+    let (_, kick_secret) =
+        new(json!({"kind": "device", "account_id": "fam", "client_id": "baby-2"})).await;
+    let (mut v5, _) =
+        common::RawV5::connect(cradle.mqtt_port, "baby-2", Some(("fam", &kick_secret)), 30).await;
+    let (status, body) = call(
+        cradle,
+        Method::POST,
+        "/v1/accounts/fam/clients/baby-2/disconnect",
+        a,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["ended"]["mqtt_connections"], 1, "{body}");
+    match v5.read().await {
+        Some(rumqttc::v5::mqttbytes::v5::Packet::Disconnect(d)) => {
+            assert_eq!(d.reason_code as u8, 0x98)
+        }
+        other => panic!("expected DISCONNECT 0x98, got {other:?}"),
+    }
+    let (_, code) =
+        common::RawV5::connect(cradle.mqtt_port, "baby-2", Some(("fam", &kick_secret)), 30).await;
+    assert_eq!(code, rumqttc::v5::mqttbytes::v5::ConnectReturnCode::Success);
+    let metrics = cradle.metrics().await;
+    assert!(
+        metrics.contains("cradle_edge_disconnects_total{reason=\"revoked\"} 2"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("cradle_edge_disconnects_total{reason=\"admin_disconnect\"} 1"));
+    assert!(metrics.contains("cradle_ws_sessions_closed_total{reason=\"revoked\"} 1"));
+}

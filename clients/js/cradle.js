@@ -19,6 +19,8 @@ export const CLOSE = Object.freeze({
   TOO_BIG: 1009,
   SERVICE_RESTART: 1012,
   POLICY: 4008,
+  REVOKED: 4010,
+  ADMIN_DISCONNECT: 4011,
   SESSION_EXPIRED: 4100,
   RESUME_TOO_OLD: 4101,
   SLOW_CONSUMER: 4102,
@@ -35,6 +37,8 @@ const GONE_AFTER_CLOSE = Object.freeze({
   [CLOSE.SESSION_EXPIRED]: "session_expired",
   [CLOSE.RESUME_TOO_OLD]: "resume_too_old",
   [CLOSE.SLOW_CONSUMER]: "slow_consumer",
+  [CLOSE.REVOKED]: "revoked",
+  [CLOSE.ADMIN_DISCONNECT]: "admin_disconnect",
 });
 
 /** HTTP statuses of a refused upgrade that retrying cannot fix (with Cradle's JSON error body). */

@@ -152,25 +152,30 @@ pub async fn delete_account(store: &Store, account_id: &str) -> Result<u64, Acco
 /// Fast digests are checked in place; an argon2 hash of an earlier version runs on the
 /// blocking pool, and the gate's `permit` moves into that task: a caller that goes away
 /// mid-verification (a client hanging up) cannot free its slot while argon2 still runs.
-async fn verify_gated(permit: gate::Permit<'static>, secret: String, hashes: Vec<String>) -> bool {
+/// Returns the place in `hashes` of the one `secret` matches.
+async fn verify_gated(
+    permit: gate::Permit<'static>,
+    secret: String,
+    hashes: Vec<String>,
+) -> Option<usize> {
     let slow = hashes.iter().any(|h| hashing::is_slow(h));
     let check = move || {
-        let ok = match hashes.is_empty() {
+        let found = match hashes.is_empty() {
             true => {
                 hashing::verify(&secret, hashing::dummy());
-                false
+                None
             }
-            false => hashes.iter().any(|h| hashing::verify(&secret, h)),
+            false => hashes.iter().position(|h| hashing::verify(&secret, h)),
         };
-        if !ok {
+        if found.is_none() {
             permit.failed();
         }
-        ok
+        found
     };
     if !slow {
         return check();
     }
-    tokio::task::spawn_blocking(check).await.unwrap_or(false)
+    tokio::task::spawn_blocking(check).await.unwrap_or(None)
 }
 
 /// Issues a credential. A device needs `account` and `client`; a token needs `account`; an
@@ -320,21 +325,27 @@ pub async fn verify_device(
     client_id: &str,
     password: &str,
 ) -> Result<bool, AccountsError> {
-    verify_device_from(store, account_id, client_id, password, None).await
+    Ok(
+        verify_device_from(store, account_id, client_id, password, None)
+            .await?
+            .is_some(),
+    )
 }
 
-/// [`verify_device`] on behalf of a source address (the gate's per-source limits apply).
+/// [`verify_device`] on behalf of a source address (the gate's per-source limits apply):
+/// the id of the live device credential `password` is the secret of, if any.
 pub(crate) async fn verify_device_from(
     store: &Store,
     account_id: &str,
     client_id: &str,
     password: &str,
     source: Option<IpAddr>,
-) -> Result<bool, AccountsError> {
+) -> Result<Option<String>, AccountsError> {
     let candidates = store.live_device_credentials(account_id, client_id).await?;
     let permit = gate::gate().enter(source).await?;
-    let hashes = candidates.into_iter().map(|c| c.secret_hash).collect();
-    Ok(verify_gated(permit, password.to_string(), hashes).await)
+    let hashes = candidates.iter().map(|c| c.secret_hash.clone()).collect();
+    let found = verify_gated(permit, password.to_string(), hashes).await;
+    Ok(found.and_then(|i| candidates.into_iter().nth(i).map(|c| c.credential_id)))
 }
 
 /// The live credential a bearer or operator secret belongs to, if any.
@@ -368,6 +379,5 @@ pub(crate) async fn verify_secret_from(
     let hashes = found.iter().map(|c| c.secret_hash.clone()).collect();
     Ok(verify_gated(permit, secret.to_string(), hashes)
         .await
-        .then_some(found)
-        .flatten())
+        .and(found))
 }

@@ -27,6 +27,10 @@ pub enum DisconnectReason {
     Kicked,
     /// The client did not read what it was sent fast enough (WebSocket bridge).
     SlowConsumer,
+    /// The credential it connected with was revoked, or its account deleted.
+    Revoked,
+    /// An administrator disconnected the client (`POST …/disconnect`).
+    AdminDisconnect,
 }
 
 impl DisconnectReason {
@@ -40,6 +44,8 @@ impl DisconnectReason {
             "server_shutdown" => Self::ServerShutdown,
             "kicked" => Self::Kicked,
             "slow_consumer" => Self::SlowConsumer,
+            "revoked" => Self::Revoked,
+            "admin_disconnect" => Self::AdminDisconnect,
             _ => return None,
         })
     }
@@ -54,6 +60,8 @@ impl DisconnectReason {
             Self::ServerShutdown => "server_shutdown",
             Self::Kicked => "kicked",
             Self::SlowConsumer => "slow_consumer",
+            Self::Revoked => "revoked",
+            Self::AdminDisconnect => "admin_disconnect",
         }
     }
 }

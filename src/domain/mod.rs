@@ -7,5 +7,6 @@
 pub(crate) const EVENT_VERSION: i32 = 1;
 
 pub mod connection;
+pub mod control;
 pub mod session;
 pub mod usage;

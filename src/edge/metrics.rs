@@ -106,6 +106,8 @@ impl Label for End {
         End(DisconnectReason::Takeover),
         End(DisconnectReason::ServerShutdown),
         End(DisconnectReason::Kicked),
+        End(DisconnectReason::Revoked),
+        End(DisconnectReason::AdminDisconnect),
     ];
 
     fn index(self) -> usize {
@@ -116,6 +118,8 @@ impl Label for End {
             DisconnectReason::Takeover => 3,
             DisconnectReason::ServerShutdown => 4,
             DisconnectReason::Kicked => 5,
+            DisconnectReason::Revoked => 6,
+            DisconnectReason::AdminDisconnect => 7,
             // Not a way an MQTT connection ends: not counted.
             DisconnectReason::SlowConsumer => usize::MAX,
         }

@@ -261,7 +261,29 @@ pub async fn start(
     })
 }
 
+/// Ends the edge's live connections that a decision names (a revocation, a kick), from
+/// anywhere in Cradle; cheap to clone.
+#[derive(Clone)]
+pub struct Ender(Arc<EdgeShared>);
+
+impl Ender {
+    /// Tells every live connection `target` matches to end with `reason` (its end is
+    /// published as any other); returns how many were told.
+    pub fn end_matching(
+        &self,
+        target: &crate::domain::control::Target,
+        reason: DisconnectReason,
+    ) -> usize {
+        self.0.registry.end_matching(target, reason)
+    }
+}
+
 impl Edge {
+    /// A handle that ends the edge's matching connections.
+    pub fn ender(&self) -> Ender {
+        Ender(self.shared.clone())
+    }
+
     /// Stops accepting, ends every connection with reason `server_shutdown` (publishing
     /// their ends), and flushes the edge's publisher. Waits at most `wait` for connections.
     pub async fn shutdown(mut self, wait: Duration) {

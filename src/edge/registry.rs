@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use crate::domain::connection::DisconnectReason;
+use crate::domain::control::{Owner, Target};
 
 /// What a live connection and the registry share: the end asked of it, and whether it has
 /// finished. About 100 bytes per connection (two `watch` channels were ~800).
@@ -57,6 +58,8 @@ impl Signal {
 struct Entry {
     seq: u64,
     signal: Arc<Signal>,
+    /// Who holds it: what a revocation or a kick matches.
+    owner: Owner,
 }
 
 /// Live connections by upstream client id.
@@ -106,7 +109,7 @@ impl Registry {
     /// Registers a connection of `client_id`. A connection already registered under that
     /// id is told to end with reason `takeover`, and this waits (at most `wait`) until it has
     /// finished, so its end is published before the new connection reaches the broker.
-    pub(crate) async fn claim(&self, client_id: &str, wait: Duration) -> Claim {
+    pub(crate) async fn claim(&self, client_id: &str, owner: Owner, wait: Duration) -> Claim {
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let signal = Arc::new(Signal::default());
         let previous = self
@@ -118,6 +121,7 @@ impl Registry {
                 Entry {
                     seq,
                     signal: signal.clone(),
+                    owner,
                 },
             );
         if let Some(old) = previous {
@@ -148,6 +152,21 @@ impl Registry {
             e.signal.ask(reason);
         }
         live.len()
+    }
+
+    /// Tells every live connection `target` matches to end with `reason`; returns how many
+    /// were told.
+    pub(crate) fn end_matching(&self, target: &Target, reason: DisconnectReason) -> usize {
+        let live = self
+            .live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut told = 0;
+        for e in live.values().filter(|e| target.matches(&e.owner)) {
+            e.signal.ask(reason);
+            told += 1;
+        }
+        told
     }
 
     /// Waits until every connection told to end has finished, at most `wait`.
@@ -184,9 +203,14 @@ mod tests {
     #[tokio::test]
     async fn a_second_claim_tells_the_first_to_end_by_takeover_and_waits_for_it() {
         let r = std::sync::Arc::new(Registry::default());
-        let first = r.claim("a/c", Duration::from_secs(5)).await;
+        let first = r
+            .claim("a/c", Owner::default(), Duration::from_secs(5))
+            .await;
         let r2 = r.clone();
-        let second = tokio::spawn(async move { r2.claim("a/c", Duration::from_secs(5)).await });
+        let second = tokio::spawn(async move {
+            r2.claim("a/c", Owner::default(), Duration::from_secs(5))
+                .await
+        });
         assert_eq!(first.ended().await, DisconnectReason::Takeover);
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!second.is_finished());
@@ -203,10 +227,32 @@ mod tests {
     #[tokio::test]
     async fn end_all_reaches_every_connection() {
         let r = Registry::default();
-        let a = r.claim("a", Duration::from_secs(1)).await;
-        let b = r.claim("b", Duration::from_secs(1)).await;
+        let a = r.claim("a", Owner::default(), Duration::from_secs(1)).await;
+        let b = r.claim("b", Owner::default(), Duration::from_secs(1)).await;
         assert_eq!(r.end_all(DisconnectReason::ServerShutdown), 2);
         assert_eq!(a.asked(), Some(DisconnectReason::ServerShutdown));
         assert_eq!(b.ended().await, DisconnectReason::ServerShutdown);
+    }
+
+    #[tokio::test]
+    async fn a_revocation_ends_only_the_connections_of_its_credential() {
+        let r = Registry::default();
+        let owner = |client: &str, credential: &str| Owner {
+            account_id: Some("acct".into()),
+            client_id: client.into(),
+            credential_id: Some(credential.into()),
+        };
+        let old = r
+            .claim("d|acct|c1", owner("c1", "cr_old"), Duration::from_secs(1))
+            .await;
+        let new = r
+            .claim("d|acct|c2", owner("c2", "cr_new"), Duration::from_secs(1))
+            .await;
+        let target = Target::Credential {
+            credential_id: "cr_old".into(),
+        };
+        assert_eq!(r.end_matching(&target, DisconnectReason::Revoked), 1);
+        assert_eq!(old.ended().await, DisconnectReason::Revoked);
+        assert_eq!(new.asked(), None);
     }
 }

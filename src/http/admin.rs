@@ -20,6 +20,9 @@ use super::api::id_param;
 use super::auth::Caller;
 use super::{ApiError, AppState};
 use crate::accounts::{self, AccountsError, CredentialKind, Issued};
+use crate::control::Ended;
+use crate::domain::connection::DisconnectReason;
+use crate::domain::control::{EndCommand, Target};
 use crate::store::{accounts as account_rows, credentials as credential_rows};
 
 /// Device credentials one bulk request may issue.
@@ -47,6 +50,10 @@ pub(super) fn router() -> Router<AppState> {
         .route(
             "/v1/admin/credentials/{credential_id}/rotate",
             post(rotate_credential),
+        )
+        .route(
+            "/v1/accounts/{account_id}/clients/{client_id}/disconnect",
+            post(disconnect_client),
         )
 }
 
@@ -280,6 +287,9 @@ struct AccountDeleted {
     credentials_revoked: u64,
     /// What stays: the account's events and read models (`kept`).
     events: &'static str,
+    /// Live connections of the account this replica ended (reason `revoked`); every other
+    /// replica ends its own.
+    ended: Ended,
 }
 
 async fn delete_account(
@@ -293,6 +303,15 @@ async fn delete_account(
         .map_err(refusal)?;
     state.tokens.clear();
     state.auth.forget_verified();
+    let ended = state
+        .control
+        .end(EndCommand {
+            target: Target::Account {
+                account_id: account_id.clone(),
+            },
+            reason: DisconnectReason::Revoked,
+        })
+        .await;
     tracing::info!(
         account_id,
         credentials_revoked = revoked,
@@ -303,6 +322,7 @@ async fn delete_account(
         deleted: true,
         credentials_revoked: revoked,
         events: "kept",
+        ended,
     }))
 }
 
@@ -387,24 +407,83 @@ async fn get_credential(
     Ok(Json(row.into()))
 }
 
+/// A revoked credential, and the live connections this replica ended.
+#[derive(Debug, Serialize)]
+struct Revoked {
+    #[serde(flatten)]
+    credential: CredentialView,
+    ended: Ended,
+}
+
 /// Revokes a credential: new connections and requests with it are refused at once (the
-/// verification caches of this replica are emptied).
+/// verification caches are emptied), and every live MQTT connection and WebSocket session
+/// that authenticated with it ends (reason `revoked`), here at once and on every other
+/// replica through `cradle/control`.
 async fn revoke_credential(
     _: Administrator,
     State(state): State<AppState>,
     Path(credential_id): Path<String>,
-) -> Result<Json<CredentialView>, ApiError> {
+) -> Result<Json<Revoked>, ApiError> {
     id_param("credential_id", &credential_id)?;
     accounts::revoke(&state.store, &credential_id)
         .await
         .map_err(refusal)?;
     state.tokens.clear();
     state.auth.forget_verified();
+    let ended = state
+        .control
+        .end(EndCommand {
+            target: Target::Credential {
+                credential_id: credential_id.clone(),
+            },
+            reason: DisconnectReason::Revoked,
+        })
+        .await;
     tracing::info!(credential_id, "credential revoked over HTTP");
     let row = accounts::credential(&state.store, &credential_id)
         .await
         .map_err(refusal)?;
-    Ok(Json(row.into()))
+    Ok(Json(Revoked {
+        credential: row.into(),
+        ended,
+    }))
+}
+
+/// What a disconnect did.
+#[derive(Debug, Serialize)]
+struct Disconnected {
+    account_id: String,
+    client_id: String,
+    /// The live connections this replica ended (reason `admin_disconnect`); every other
+    /// replica ends its own.
+    ended: Ended,
+}
+
+/// Ends every live connection of the client (MQTT 5: DISCONNECT 0x98; WebSocket: close
+/// 4011), recorded with reason `admin_disconnect`. The client may connect again.
+async fn disconnect_client(
+    _: Administrator,
+    State(state): State<AppState>,
+    Path((account_id, client_id)): Path<(String, String)>,
+) -> Result<Json<Disconnected>, ApiError> {
+    id_param("account_id", &account_id)?;
+    id_param("client_id", &client_id)?;
+    let ended = state
+        .control
+        .end(EndCommand {
+            target: Target::Client {
+                account_id: account_id.clone(),
+                client_id: client_id.clone(),
+            },
+            reason: DisconnectReason::AdminDisconnect,
+        })
+        .await;
+    tracing::info!(account_id, client_id, "client disconnected over HTTP");
+    Ok(Json(Disconnected {
+        account_id,
+        client_id,
+        ended,
+    }))
 }
 
 /// A new secret for the same kind, account and client; the old credential keeps working

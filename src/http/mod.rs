@@ -55,6 +55,8 @@ pub(crate) struct AppState {
     pub max_body_bytes: usize,
     /// The WebSocket bridge (`GET /ws`).
     pub bridge: Arc<crate::ws::Bridge>,
+    /// Ends live connections on every replica (revocations, kicks).
+    pub(crate) control: Arc<crate::control::Control>,
     /// Verified bearer tokens (HTTP API and `/ws`), for `auth.cache_secs`.
     pub tokens: Arc<TokenCache>,
     /// The browser origins allowed (`http.allowed_origins`): CORS and `/ws`'s `Origin` check.

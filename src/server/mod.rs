@@ -17,6 +17,7 @@ use crate::broker::{self, BrokerError};
 use crate::bus::BusMetrics;
 use crate::bus::{Bus, BusError};
 use crate::config::{AuthMode, BrokerMode, BusConfig, Config};
+use crate::control::Control;
 use crate::domain::connection::DisconnectReason;
 use crate::edge::metrics::EdgeMetrics;
 use crate::edge::{self, publisher::Publisher, EdgeError};
@@ -256,7 +257,13 @@ async fn build(config: Config) -> Result<Running, ServeError> {
         endpoint: &broker.endpoint,
         client_id: &bus_config.client_id,
     };
-    let handlers = start_handlers(base, queues, inbox_subscriptions, broker.handed_over);
+    let handlers = start_handlers(
+        base,
+        queues,
+        inbox_subscriptions,
+        broker.handed_over,
+        edge.ender(),
+    );
     let state = app_state(&config, &store, &counters, &bus, auth, &handlers);
     let (http_task, http_stop) = start_http(&config, http_listener, state, counters.http);
     Ok(Running {
@@ -352,10 +359,12 @@ struct Base<'a> {
     client_id: &'a str,
 }
 
-/// The running handlers: status, sessions, stations and the WebSocket bridge.
+/// The running handlers: status, sessions, stations, the WebSocket bridge and decisions.
 struct Handlers {
     sessions: Arc<Sessions>,
     bridge: Arc<Bridge>,
+    control: Arc<Control>,
+    control_task: JoinHandle<()>,
     status_task: JoinHandle<()>,
     stations_task: JoinHandle<()>,
     sessions_task: JoinHandle<()>,
@@ -371,6 +380,7 @@ fn start_handlers(
     queues: Queues,
     inbox_subscriptions: Option<Arc<InboxSubscriptions>>,
     handed_over: Vec<(crate::ws::hub::HandedOver, Duration)>,
+    ender: edge::Ender,
 ) -> Handlers {
     let Base {
         config,
@@ -384,6 +394,7 @@ fn start_handlers(
         status: (_, status_rx),
         stations: (_, stations_rx),
         inbox: (_, inbox_rx),
+        control: (_, control_rx),
     } = queues;
     let embedded = config.broker.mode == BrokerMode::Embedded;
     let (changes_tx, changes_rx) = mpsc::unbounded_channel();
@@ -405,7 +416,12 @@ fn start_handlers(
         },
     ));
     let sessions_task = spawn_critical(Task::SessionHandler, sessions.clone().run(changes_rx));
-    let (bridge, lists_rx) = bridge(config, store, out, &sessions, inbox_subscriptions);
+    let (bridge, lists_rx) = bridge(config, store, out.clone(), &sessions, inbox_subscriptions);
+    let control = Arc::new(Control::new(ender, bridge.clone(), out));
+    let control_task = spawn_critical(
+        Task::Control,
+        crate::control::run(control.clone(), control_rx, bus.acker()),
+    );
     bridge.take_back(handed_over);
     // Several replicas: sessions a replica handed over at its shutdown and nobody resumed
     // are ended by whichever replica claims them first once their window has passed.
@@ -436,6 +452,8 @@ fn start_handlers(
     Handlers {
         sessions,
         bridge,
+        control,
+        control_task,
         status_task,
         stations_task,
         sessions_task,
@@ -516,6 +534,7 @@ fn app_state(
         sessions: handlers.sessions.clone(),
         max_body_bytes: config.http.max_body_bytes,
         bridge: handlers.bridge.clone(),
+        control: handlers.control.clone(),
         tokens: Arc::new(http::TokenCache::new(config.auth.cache_secs)),
         origins: Arc::new(http::Origins::from_config(
             config.http.allowed_origins.as_deref(),
@@ -671,6 +690,7 @@ impl Running {
             Default::default()
         };
         self.handlers.bridge_task.abort();
+        self.handlers.control_task.abort();
         self.bus.close(Duration::from_secs(5)).await;
         // The embedded broker ends with this process, and every device's connection with
         // it. (An external broker keeps its directly connected clients and other replicas'

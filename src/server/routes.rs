@@ -5,6 +5,7 @@ use rumqttc::Publish;
 use tokio::sync::mpsc;
 
 use crate::bus::Route;
+use crate::domain::control::CONTROL_TOPIC;
 use crate::topics::STATUS_FILTER;
 
 /// Which sync handler a bus subscription feeds.
@@ -16,6 +17,8 @@ pub(crate) enum Handler {
     Stations,
     /// `ws`: inbox messages for WebSocket clients.
     Bridge,
+    /// `control`: decisions that end live connections on every replica.
+    Control,
 }
 
 /// One row of the route table: a topic filter, the handler its messages feed, and whether
@@ -48,6 +51,8 @@ pub(crate) fn route_table(embedded: bool) -> Vec<RouteRow> {
     if embedded {
         table.push(row(INBOX_FILTER, Handler::Bridge, false));
     }
+    // Every replica applies every decision: never shared.
+    table.push(row(CONTROL_TOPIC, Handler::Control, false));
     table
 }
 
@@ -56,6 +61,7 @@ pub(super) struct Queues {
     pub(super) status: (mpsc::Sender<Publish>, mpsc::Receiver<Publish>),
     pub(super) stations: (mpsc::Sender<Publish>, mpsc::Receiver<Publish>),
     pub(super) inbox: (mpsc::Sender<Publish>, mpsc::Receiver<Publish>),
+    pub(super) control: (mpsc::Sender<Publish>, mpsc::Receiver<Publish>),
 }
 
 impl Queues {
@@ -64,6 +70,7 @@ impl Queues {
             status: mpsc::channel(capacity),
             stations: mpsc::channel(capacity),
             inbox: mpsc::channel(capacity),
+            control: mpsc::channel(capacity),
         }
     }
 
@@ -77,6 +84,7 @@ impl Queues {
                     Handler::Status => self.status.0.clone(),
                     Handler::Stations => self.stations.0.clone(),
                     Handler::Bridge => self.inbox.0.clone(),
+                    Handler::Control => self.control.0.clone(),
                 },
                 shared: row.shared,
             })
@@ -112,16 +120,19 @@ mod tests {
             handler(crate::topics::INBOX_FILTER),
             Some((Handler::Bridge, false))
         );
-        assert_eq!(table.len(), 4);
+        assert_eq!(handler(CONTROL_TOPIC), Some((Handler::Control, false)));
+        assert_eq!(table.len(), 5);
     }
 
     #[test]
-    fn given_an_external_broker_when_routing_then_inboxes_are_not_the_bus_s_and_the_rest_is_shared()
-    {
+    fn given_an_external_broker_when_routing_then_inboxes_are_not_the_bus_s_and_only_decisions_reach_every_replica(
+    ) {
         let table = route_table(false);
-        assert!(table.iter().all(|r| r.shared));
+        assert!(table
+            .iter()
+            .all(|r| r.shared == (r.handler != Handler::Control)));
         assert!(table.iter().all(|r| r.handler != Handler::Bridge));
-        assert_eq!(table.len(), 3);
+        assert_eq!(table.len(), 4);
     }
 
     #[test]

@@ -129,6 +129,15 @@ impl WsSession {
         })
     }
 
+    /// Who holds the session, as a revocation or a kick matches it.
+    pub(crate) fn owner(&self) -> crate::domain::control::Owner {
+        crate::domain::control::Owner {
+            account_id: Some(self.account_id.clone()),
+            client_id: self.client_id.clone(),
+            credential_id: self.lock().key.credential_id.clone(),
+        }
+    }
+
     /// Whether a resume may take this session: asked with the token credential that opened
     /// it (`credential_id`), or with its resume secret (compared in constant time). A session
     /// opened without a token (open mode) needs the secret.

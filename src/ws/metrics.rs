@@ -13,7 +13,7 @@ pub struct WsMetrics {
     /// Sessions opened.
     pub opened: AtomicU64,
     /// Sessions closed, by reason ([`CLOSE_REASONS`]; see [`WsMetrics::closed`]).
-    closed: [AtomicU64; 6],
+    closed: [AtomicU64; CLOSE_REASONS.len()],
     /// Upgrades refused for missing or bad credentials.
     pub(crate) auth_failures: AtomicU64,
     /// New sessions refused at `websocket.max_sessions`.
@@ -33,13 +33,15 @@ pub struct WsMetrics {
 }
 
 /// Close reasons counted in [`WsMetrics::closed`].
-pub(crate) const CLOSE_REASONS: [DisconnectReason; 6] = [
+pub(crate) const CLOSE_REASONS: [DisconnectReason; 8] = [
     DisconnectReason::Clean,
     DisconnectReason::Lost,
     DisconnectReason::SlowConsumer,
     DisconnectReason::Kicked,
     DisconnectReason::ServerShutdown,
     DisconnectReason::Takeover,
+    DisconnectReason::Revoked,
+    DisconnectReason::AdminDisconnect,
 ];
 
 /// How a resume attempt ended, as counted (`cradle_ws_resumes_total{outcome}`).
@@ -101,6 +103,8 @@ impl WsMetrics {
             DisconnectReason::Kicked => 3,
             DisconnectReason::ServerShutdown => 4,
             DisconnectReason::Takeover => 5,
+            DisconnectReason::Revoked => 6,
+            DisconnectReason::AdminDisconnect => 7,
             // Not a way a WebSocket session ends.
             _ => return,
         };

@@ -37,6 +37,7 @@ use tokio::sync::mpsc;
 
 use crate::clock::now_millis;
 use crate::domain::connection::{ConnectionCommand, ConnectionEvent, DisconnectReason};
+use crate::domain::control::Target;
 use crate::store::Store;
 use crate::sync::sessions::Sessions;
 use crate::sync::status::ConnectionChange;
@@ -568,11 +569,58 @@ impl Bridge {
         if ours && !self.adopt(store, id, account_id, client_id).await {
             self.transfer(store, id, account_id, client_id, proof).await;
         }
+        if self.revoked(store, id, account_id, client_id).await {
+            self.metrics.resumed(ResumeOutcome::Gone);
+            return Admission::SessionGone;
+        }
         if may_resume(self, id, account_id, client_id, credential, secret) {
             Admission::Open
         } else {
             Admission::SessionGone
         }
+    }
+
+    /// Whether session `id` of (`account_id`, `client_id`) was opened with a credential the
+    /// store no longer holds live (revoked, or its account deleted); such a session is ended
+    /// here (`revoked`) and never resumed, also when it was parked or handed over between
+    /// replicas before the revocation reached it.
+    async fn revoked(&self, store: &Store, id: &str, account_id: &str, client_id: &str) -> bool {
+        let Some(session) = self
+            .hub
+            .get(id)
+            .filter(|s| s.account_id == account_id && s.client_id == client_id)
+        else {
+            return false;
+        };
+        let Some(credential) = session.owner().credential_id else {
+            return false;
+        };
+        if !matches!(store.live_credential(&credential).await, Ok(None)) {
+            return false;
+        }
+        self.end(id, DisconnectReason::Revoked, close::REVOKED)
+            .await;
+        true
+    }
+
+    /// Ends every session `target` matches (not those being transferred here), with
+    /// `reason` and its close code; returns how many.
+    pub(crate) async fn end_matching(&self, target: &Target, reason: DisconnectReason) -> usize {
+        let code = match reason {
+            DisconnectReason::Revoked => close::REVOKED,
+            _ => close::ADMIN_DISCONNECT,
+        };
+        let matching: Vec<String> = self
+            .hub
+            .all()
+            .into_iter()
+            .filter(|s| !s.is_placeholder() && target.matches(&s.owner()))
+            .map(|s| s.connection_id.clone())
+            .collect();
+        for id in &matching {
+            self.end(id, reason, code).await;
+        }
+        matching.len()
     }
 
     /// Runs an upgraded socket: a new session (with a fresh resume secret), or the resumed

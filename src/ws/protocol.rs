@@ -31,6 +31,12 @@ pub mod close {
     /// A frame over `websocket.max_frame_bytes` (RFC 6455's "message too big"): the socket
     /// is closed and the session waits for a resume, like a drop.
     pub(crate) const TOO_BIG: u16 = 1009;
+    /// The token that opened the session was revoked, or its account deleted: the session
+    /// ended for good; do not reconnect with that token.
+    pub(crate) const REVOKED: u16 = 4010;
+    /// An administrator disconnected the client: the session ended for good (a new one may
+    /// be opened, unless the client is banned).
+    pub(crate) const ADMIN_DISCONNECT: u16 = 4011;
 
     /// The reason text sent with `code` (docs/websocket.md, "Close codes"): every close
     /// Cradle initiates carries its code and this reason.
@@ -45,6 +51,8 @@ pub mod close {
             REPLACED => "resumed elsewhere",
             SERVICE_RESTART => "service restart: resume",
             TOO_BIG => "frame over websocket.max_frame_bytes: resume",
+            REVOKED => "credential revoked",
+            ADMIN_DISCONNECT => "disconnected by an administrator",
             _ => "",
         }
     }

@@ -2,6 +2,7 @@
 //! it (Will, connection slot, client id), the keep-alive rule, and the refusals.
 
 use super::*;
+use crate::domain::control::Owner;
 
 /// The CONNECT, decoded, in the form of its protocol (re-encoded upstream).
 pub(super) enum Connect {
@@ -433,7 +434,7 @@ pub(super) async fn authenticate<W: AsyncWrite + Unpin>(
     peer: SocketAddr,
     listener: ListenerInfo,
     shared: &EdgeShared,
-) -> Option<Principal> {
+) -> Option<(Principal, Option<String>)> {
     let (username, password) = connect.login();
     match Box::pin(shared.auth.connect(
         username,
@@ -549,7 +550,8 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let (mut connect, dbuf, keep_alive) = read_connect(&mut rd, &mut wr, peer, &shared).await?;
-    let principal = authenticate(&mut wr, &connect, peer, listener, &shared).await?;
+    let (principal, credential_id) =
+        authenticate(&mut wr, &connect, peer, listener, &shared).await?;
     let Vetted {
         will,
         permit,
@@ -562,10 +564,15 @@ where
         Principal::Operator | Principal::Open => String::new(),
     };
     let span = tracing::info_span!("mqtt", account = %account, client = %client_id, %peer, listener = listener.name);
+    let owner = Owner {
+        account_id: (!account.is_empty()).then(|| account.clone()),
+        client_id: client_id.clone(),
+        credential_id,
+    };
     let opened = async {
         let mut claim = shared
             .registry
-            .claim(&upstream_id, Duration::from_secs(5))
+            .claim(&upstream_id, owner, Duration::from_secs(5))
             .await;
         let conn = Conn::new(&connect, principal, will, client_id.clone(), shared.clone());
         let linked = conn

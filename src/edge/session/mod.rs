@@ -76,6 +76,10 @@ enum End {
     Takeover,
     /// Cradle is stopping.
     ServerShutdown,
+    /// Its credential was revoked or its account deleted.
+    Revoked,
+    /// An administrator disconnected the client.
+    AdminDisconnect,
     /// The edge closed it: a protocol error, a packet over the limit, too many violations.
     Kicked { v5_reason: u8 },
     /// The broker closed the upstream connection.
@@ -92,6 +96,8 @@ impl End {
             End::KeepaliveTimeout => DisconnectReason::KeepaliveTimeout,
             End::Takeover => DisconnectReason::Takeover,
             End::ServerShutdown => DisconnectReason::ServerShutdown,
+            End::Revoked => DisconnectReason::Revoked,
+            End::AdminDisconnect => DisconnectReason::AdminDisconnect,
             End::Kicked { .. } | End::WriteTimeout => DisconnectReason::Kicked,
         }
     }
@@ -112,6 +118,8 @@ impl End {
             End::KeepaliveTimeout => Some(reason::KEEP_ALIVE_TIMEOUT),
             End::Takeover => Some(reason::SESSION_TAKEN_OVER),
             End::ServerShutdown => Some(reason::SERVER_SHUTTING_DOWN),
+            End::Revoked => Some(reason::NOT_AUTHORIZED),
+            End::AdminDisconnect => Some(reason::ADMINISTRATIVE_ACTION),
             End::Kicked { v5_reason } => Some(v5_reason),
             End::UpstreamClosed => Some(reason::UNSPECIFIED),
             End::Disconnect { .. } | End::Lost | End::WriteTimeout => None,

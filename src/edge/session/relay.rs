@@ -136,6 +136,8 @@ where
                     match asked {
                         DisconnectReason::Takeover => break End::Takeover,
                         DisconnectReason::ServerShutdown => break End::ServerShutdown,
+                        DisconnectReason::Revoked => break End::Revoked,
+                        DisconnectReason::AdminDisconnect => break End::AdminDisconnect,
                         _ => break End::Kicked { v5_reason: reason::ADMINISTRATIVE_ACTION },
                     }
                 }

@@ -1,0 +1,93 @@
+//! How a decision reaches live connections on every replica (see [`crate::domain::control`]
+//! for what a decision names): the replica that takes an administrator's request ends its own
+//! matching MQTT connections and WebSocket sessions at once and publishes the decision on
+//! `cradle/control` (QoS 1); every replica's bus subscribes that topic without sharing it and
+//! ends its own ([`run`]). Several replicas share an external broker, so each one, including
+//! one reconnecting with its persistent session, gets every decision; one replica on the
+//! embedded broker gets its own back, which ends nothing more.
+
+use std::sync::Arc;
+
+use rumqttc::{AsyncClient, Publish, QoS};
+use tokio::sync::mpsc;
+
+use crate::bus::Acker;
+use crate::domain::control::{EndCommand, CONTROL_TOPIC};
+use crate::edge::Ender;
+use crate::ws::Bridge;
+
+/// What ending a target did on this replica.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Ended {
+    /// MQTT connections behind this replica's edge told to end.
+    pub mqtt_connections: usize,
+    /// WebSocket sessions ended on this replica.
+    pub websocket_sessions: usize,
+}
+
+/// Ends live connections here and tells the other replicas.
+pub struct Control {
+    edge: Ender,
+    bridge: Arc<Bridge>,
+    out: AsyncClient,
+}
+
+impl Control {
+    /// Ends with the edge `edge`, the bridge `bridge`, publishing with `out`.
+    pub fn new(edge: Ender, bridge: Arc<Bridge>, out: AsyncClient) -> Self {
+        Self { edge, bridge, out }
+    }
+
+    /// Ends the matching connections of this replica, then publishes the decision for every
+    /// replica (a failure to queue it is logged: the store refuses the credential anyway at
+    /// every new connection).
+    pub async fn end(&self, command: EndCommand) -> Ended {
+        let ended = self.apply(&command).await;
+        if let Err(error) = self
+            .out
+            .publish(CONTROL_TOPIC, QoS::AtLeastOnce, false, command.to_payload())
+            .await
+        {
+            tracing::error!(%error, "decision not published to the other replicas");
+        }
+        ended
+    }
+
+    /// Ends the matching connections of this replica.
+    pub async fn apply(&self, command: &EndCommand) -> Ended {
+        let ended = Ended {
+            mqtt_connections: self.edge.end_matching(&command.target, command.reason),
+            websocket_sessions: self
+                .bridge
+                .end_matching(&command.target, command.reason)
+                .await,
+        };
+        if ended != Ended::default() {
+            tracing::info!(
+                target = ?command.target,
+                reason = command.reason.as_str(),
+                mqtt = ended.mqtt_connections,
+                websocket = ended.websocket_sessions,
+                "live connections ended"
+            );
+        }
+        ended
+    }
+}
+
+/// Applies every decision the bus delivers on `cradle/control`, acknowledging each (a payload
+/// that is not a decision is logged and dropped).
+pub async fn run(control: Arc<Control>, mut rx: mpsc::Receiver<Publish>, acker: Acker) {
+    while let Some(publish) = rx.recv().await {
+        match EndCommand::parse(&publish.payload) {
+            Some(command) => {
+                control.apply(&command).await;
+            }
+            None => tracing::warn!(
+                bytes = publish.payload.len(),
+                "cradle/control message is not a decision; dropped"
+            ),
+        }
+        acker.ack(&publish).await;
+    }
+}
