@@ -23,7 +23,7 @@
 //! Imports point one way; nothing imports a module above it (no import circle):
 //!
 //! ```text
-//! bins --> server --> (http, ws) --> sync --> (bus, domain, store)
+//! bins --> server --> http --> control --> (edge, ws);  (http, ws) --> sync --> (bus, domain, store)
 //! edge --> auth --> accounts --> store;  broker (the vendored rumqttd, wired by Cradle)
 //! plumbing at the bottom, importing nothing above it: config, topics, clock, ids, retry,
 //!   mqtt_client, endpoint, rate, metrics, tasks, telemetry
@@ -62,6 +62,10 @@
 //!   parked starts, the grace sweep, announcements, read queries); `sync::session_input`
 //!   validates starts; [`sync::retained`] rebuilds the embedded broker's retained state from
 //!   the store at start; [`sync::pending`] keeps pending session starts in the store.
+//! - [`control`]: how a decision (a revocation, an account's deletion, a kick) reaches live
+//!   connections on every replica: ended here at once, published on `cradle/control` for the
+//!   others; [`domain::control`] says which connections it names.
+//! - [`tasks`]: what a panic costs (see Plumbing).
 //! - [`bus`]: Cradle's QoS 1 subscriber: routes each topic family to its handler, acks in
 //!   delivery order, reconnects.
 //! - [`domain`]: pure deciders, `decide(command, state)` and `evolve(state, event)`

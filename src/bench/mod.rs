@@ -341,6 +341,15 @@ pub(crate) async fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> 
     f()
 }
 
+/// A deterministic jitter in `0..max_ms` for device `i`'s `attempt`-th retry.
+pub(crate) fn jitter(i: usize, attempt: u32, max_ms: u64) -> u64 {
+    let mut x = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(attempt);
+    x ^= x >> 31;
+    x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x ^= x >> 29;
+    x % max_ms.max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -112,15 +112,6 @@ impl Cradle {
     }
 }
 
-/// A deterministic jitter in `0..max_ms` for device `i`'s `attempt`-th retry.
-pub(super) fn jitter(i: usize, attempt: u32, max_ms: u64) -> u64 {
-    let mut x = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(attempt);
-    x ^= x >> 31;
-    x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x ^= x >> 29;
-    x % max_ms.max(1)
-}
-
 /// One device's life: connect, report `k1`, wait for the server to close the connection (the
 /// restart), then reconnect with jittered exponential backoff and report `k2`; holds the
 /// connection until `stop`.
@@ -153,7 +144,7 @@ async fn device(
                 Err(_) => {
                     attempt += 1;
                     let cap = (100u64 << attempt.min(6)).min(5_000);
-                    tokio::time::sleep(Duration::from_millis(jitter(i, attempt, cap))).await;
+                    tokio::time::sleep(Duration::from_millis(super::jitter(i, attempt, cap))).await;
                 }
             }
         };
@@ -501,6 +492,6 @@ mod tests {
             ],
         );
         assert_eq!(lost_and_duplicated(&[d("x"), d("y")], &by_client), (1, 1));
-        assert!(jitter(3, 2, 400) < 400);
+        assert!(crate::bench::jitter(3, 2, 400) < 400);
     }
 }

@@ -107,7 +107,7 @@ pub async fn pwa(
             Err(_) => {
                 attempt += 1;
                 let cap = (100u64 << attempt.min(6)).min(5_000);
-                let wait = super::storm::jitter(i.wrapping_add(7919), attempt, cap);
+                let wait = super::jitter(i.wrapping_add(7919), attempt, cap);
                 tokio::time::sleep(Duration::from_millis(wait)).await;
             }
         }

@@ -16,8 +16,8 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::api::id_param;
 use super::auth::Caller;
+use super::params::id_param;
 use super::{ApiError, AppState};
 use crate::accounts::{self, AccountsError, CredentialKind, Issued};
 use crate::control::Ended;

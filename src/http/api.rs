@@ -7,7 +7,6 @@ use serde::{Deserialize, Serialize};
 
 use super::auth::AccountPath;
 use super::{ApiError, AppState};
-use crate::topics::is_valid_id;
 
 pub(super) fn router() -> Router<AppState> {
     Router::new()
@@ -32,22 +31,6 @@ pub(crate) struct ClientView {
     pub disconnected_at_millis: Option<i64>,
     /// Why the last connection ended, if one has.
     pub last_disconnect_reason: Option<String>,
-}
-
-/// A path id that can stand in a topic, or 400 naming `field`.
-pub(super) fn id_param(field: &'static str, value: &str) -> Result<(), ApiError> {
-    if is_valid_id(value) {
-        Ok(())
-    } else {
-        Err(ApiError::InvalidParameter {
-            field,
-            message: "1-128 characters of A-Z a-z 0-9 - _ . : @".to_string(),
-        })
-    }
-}
-
-pub(super) fn account(account_id: &str) -> Result<(), ApiError> {
-    id_param("account_id", account_id)
 }
 
 async fn clients(

@@ -254,7 +254,7 @@ impl FromRequestParts<AppState> for AccountPath {
             axum::extract::Path::<String>::from_request_parts(parts, state)
                 .await
                 .map_err(IntoResponse::into_response)?;
-        super::api::account(&account_id).map_err(IntoResponse::into_response)?;
+        super::params::account(&account_id).map_err(IntoResponse::into_response)?;
         caller
             .authorize(&account_id)
             .map_err(IntoResponse::into_response)?;

@@ -11,6 +11,7 @@ mod error;
 pub(crate) mod metrics;
 mod ops;
 mod origins;
+mod params;
 pub mod serve;
 mod sessions;
 mod ws;

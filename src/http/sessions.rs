@@ -14,8 +14,8 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use tracing::Instrument;
 
-use super::api::id_param;
 use super::auth::{AccountPath, Caller};
+use super::params::id_param;
 use super::{ApiError, AppState};
 use crate::clock::now_millis;
 use crate::domain::session::EndReason;

@@ -417,11 +417,7 @@ fn start_handlers(
     ));
     let sessions_task = spawn_critical(Task::SessionHandler, sessions.clone().run(changes_rx));
     let (bridge, lists_rx) = bridge(config, store, out.clone(), &sessions, inbox_subscriptions);
-    let control = Arc::new(Control::new(ender, bridge.clone(), out));
-    let control_task = spawn_critical(
-        Task::Control,
-        crate::control::run(control.clone(), control_rx, bus.acker()),
-    );
+    let (control, control_task) = start_control(ender, &bridge, out, control_rx, bus);
     bridge.take_back(handed_over);
     // Several replicas: sessions a replica handed over at its shutdown and nobody resumed
     // are ended by whichever replica claims them first once their window has passed.
@@ -435,19 +431,7 @@ fn start_handlers(
         Task::Bridge,
         crate::ws::run(bridge.clone(), inbox_rx, bus.acker(), presence_rx, lists_rx),
     );
-    let stations_task = spawn_critical(
-        Task::StationHandler,
-        stations::run(
-            stations_rx,
-            sessions.clone(),
-            bus.acker(),
-            metrics.clone(),
-            StationSettings {
-                max_payload_bytes: config.sync.max_status_bytes,
-                max_name_chars: crate::sync::session_input::MAX_NAME_CHARS,
-            },
-        ),
-    );
+    let stations_task = spawn_stations(base, stations_rx, &sessions);
 
     Handlers {
         sessions,
@@ -460,6 +444,44 @@ fn start_handlers(
         bridge_task,
         expiry_task,
     }
+}
+
+/// Starts the station handler (baby- and parent-station announcements into sessions).
+fn spawn_stations(
+    base: Base<'_>,
+    rx: mpsc::Receiver<Publish>,
+    sessions: &Arc<Sessions>,
+) -> JoinHandle<()> {
+    spawn_critical(
+        Task::StationHandler,
+        stations::run(
+            rx,
+            sessions.clone(),
+            base.bus.acker(),
+            base.metrics.clone(),
+            StationSettings {
+                max_payload_bytes: base.config.sync.max_status_bytes,
+                max_name_chars: crate::sync::session_input::MAX_NAME_CHARS,
+            },
+        ),
+    )
+}
+
+/// Starts applying decisions (revocations, kicks) from `cradle/control` to this replica's
+/// edge and bridge; the returned `Control` also takes them from HTTP.
+fn start_control(
+    ender: edge::Ender,
+    bridge: &Arc<Bridge>,
+    out: rumqttc::AsyncClient,
+    rx: mpsc::Receiver<Publish>,
+    bus: &Bus,
+) -> (Arc<Control>, JoinHandle<()>) {
+    let control = Arc::new(Control::new(ender, bridge.clone(), out));
+    let task = spawn_critical(
+        Task::Control,
+        crate::control::run(control.clone(), rx, bus.acker()),
+    );
+    (control, task)
 }
 
 /// Starts the status handler; it tells `changes` of every committed change. (With several

@@ -175,67 +175,9 @@ impl Store {
     async fn open(config: &StoreConfig, create: bool) -> Result<Store, StoreError> {
         let url = config.database_url.as_str();
         let store = if url.starts_with("sqlite:") {
-            let sync = match config.sqlite_synchronous {
-                SqliteSync::Full => SqliteSynchronous::Full,
-                SqliteSync::Normal => SqliteSynchronous::Normal,
-            };
-            let options = SqliteConnectOptions::from_str(url)
-                .map_err(|e| StoreError::Url(e.to_string()))?
-                .create_if_missing(true)
-                .journal_mode(SqliteJournalMode::Wal)
-                .synchronous(sync)
-                .busy_timeout(Duration::from_secs(10))
-                .foreign_keys(true);
-            let file = options.get_filename();
-            if !create && file != std::path::Path::new(":memory:") && !file.exists() {
-                let shown = std::env::current_dir()
-                    .map(|dir| dir.join(file))
-                    .unwrap_or_else(|_| file.to_path_buf());
-                return Err(StoreError::Missing(shown.display().to_string()));
-            }
-            if let Some(dir) = file.parent() {
-                if !dir.as_os_str().is_empty() && !dir.exists() {
-                    std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
-                        path: dir.display().to_string(),
-                        source,
-                    })?;
-                }
-            }
-            let pool = SqlitePoolOptions::new()
-                .max_connections(config.max_connections)
-                .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms))
-                .connect_with(options)
-                .await
-                .map_err(|e| StoreError::Db(DbErr::Conn(sea_orm::RuntimeErr::SqlxError(e))))?;
-            Store {
-                db: SqlxSqliteConnector::from_sqlx_sqlite_pool(pool),
-                backend: Backend::Sqlite,
-            }
+            Self::open_sqlite(config, create).await?
         } else {
-            // Generic plans of the batch statements (hundreds of IN parameters) fall back to
-            // sequential scans once PostgreSQL switches to them after five executions: 100 ms
-            // per chunk at 10k clients. Custom plans keep every lookup an index probe.
-            let options = PgConnectOptions::from_str(url)
-                .map_err(|e| StoreError::Url(e.to_string()))?
-                .options([("plan_cache_mode", "force_custom_plan")]);
-            let secs = |s: u64| (s > 0).then(|| Duration::from_secs(s));
-            let pool = PgPoolOptions::new()
-                .max_connections(config.max_connections)
-                .min_connections(config.min_connections)
-                .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms))
-                .idle_timeout(secs(config.idle_timeout_secs))
-                .max_lifetime(secs(config.max_lifetime_secs))
-                .connect_with(options)
-                .await
-                .map_err(|e| StoreError::Db(DbErr::Conn(sea_orm::RuntimeErr::SqlxError(e))))?;
-            let store = Store {
-                db: SqlxPostgresConnector::from_sqlx_postgres_pool(pool),
-                backend: Backend::Postgres,
-            };
-            if !create && !store.has_schema().await? {
-                return Err(StoreError::Missing(redact(url)));
-            }
-            store
+            Self::open_postgres(config, create).await?
         };
         match store.backend {
             Backend::Sqlite => migration::Migrator::up(&store.db, None).await?,
@@ -250,6 +192,76 @@ impl Store {
                 migration::Migrator::up(&txn, None).await?;
                 txn.commit().await?;
             }
+        }
+        Ok(store)
+    }
+
+    /// The SQLite pool (the file and its folder created only when `create`).
+    async fn open_sqlite(config: &StoreConfig, create: bool) -> Result<Store, StoreError> {
+        let url = config.database_url.as_str();
+        let sync = match config.sqlite_synchronous {
+            SqliteSync::Full => SqliteSynchronous::Full,
+            SqliteSync::Normal => SqliteSynchronous::Normal,
+        };
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Url(e.to_string()))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(sync)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let file = options.get_filename();
+        if !create && file != std::path::Path::new(":memory:") && !file.exists() {
+            let shown = std::env::current_dir()
+                .map(|dir| dir.join(file))
+                .unwrap_or_else(|_| file.to_path_buf());
+            return Err(StoreError::Missing(shown.display().to_string()));
+        }
+        if let Some(dir) = file.parent() {
+            if !dir.as_os_str().is_empty() && !dir.exists() {
+                std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+                    path: dir.display().to_string(),
+                    source,
+                })?;
+            }
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(config.max_connections)
+            .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms))
+            .connect_with(options)
+            .await
+            .map_err(|e| StoreError::Db(DbErr::Conn(sea_orm::RuntimeErr::SqlxError(e))))?;
+        Ok(Store {
+            db: SqlxSqliteConnector::from_sqlx_sqlite_pool(pool),
+            backend: Backend::Sqlite,
+        })
+    }
+
+    /// The PostgreSQL pool (a database without Cradle's tables refused unless `create`).
+    async fn open_postgres(config: &StoreConfig, create: bool) -> Result<Store, StoreError> {
+        let url = config.database_url.as_str();
+        // Generic plans of the batch statements (hundreds of IN parameters) fall back to
+        // sequential scans once PostgreSQL switches to them after five executions: 100 ms
+        // per chunk at 10k clients. Custom plans keep every lookup an index probe.
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Url(e.to_string()))?
+            .options([("plan_cache_mode", "force_custom_plan")]);
+        let secs = |s: u64| (s > 0).then(|| Duration::from_secs(s));
+        let pool = PgPoolOptions::new()
+            .max_connections(config.max_connections)
+            .min_connections(config.min_connections)
+            .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms))
+            .idle_timeout(secs(config.idle_timeout_secs))
+            .max_lifetime(secs(config.max_lifetime_secs))
+            .connect_with(options)
+            .await
+            .map_err(|e| StoreError::Db(DbErr::Conn(sea_orm::RuntimeErr::SqlxError(e))))?;
+        let store = Store {
+            db: SqlxPostgresConnector::from_sqlx_postgres_pool(pool),
+            backend: Backend::Postgres,
+        };
+        if !create && !store.has_schema().await? {
+            return Err(StoreError::Missing(redact(url)));
         }
         Ok(store)
     }
