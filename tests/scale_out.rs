@@ -1122,3 +1122,127 @@ async fn a_lone_replica_stopped_leaves_its_sessions_in_the_store_for_the_next() 
     let pwa = b.client("home", "pwa").await.unwrap();
     assert_eq!(pwa["connected"], true, "{pwa}");
 }
+
+/// Revoking a credential or disconnecting a client on one replica ends the live connections
+/// another replica holds, within a second: an MQTT 5 device behind replica A's edge gets
+/// DISCONNECT 0x87 (revoked) or 0x98 (disconnected by an administrator), and a WebSocket
+/// session on A is closed with 4010, all on requests to replica B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_or_kick_on_one_replica_ends_connections_held_by_another() {
+    use rumqttc::v5::mqttbytes::v5::Packet as V5;
+    use std::time::Instant;
+    let dir = tempfile::tempdir().unwrap();
+    let Some((db, broker)) = infrastructure(dir.path()).await else {
+        return;
+    };
+    let cli = |args: &[&str]| common::cli(&db, args);
+    cli(&["accounts", "create", "fam"]);
+    let device = |client: &str| {
+        let out = std::process::Command::new(common::cradle_bin())
+            .args([
+                "credentials",
+                "issue",
+                "--account",
+                "fam",
+                "--client",
+                client,
+            ])
+            .env("CRADLE_DATABASE_URL", &db)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let id = text.split_whitespace().nth(3).unwrap().to_string();
+        (id, text.lines().last().unwrap().to_string())
+    };
+    let (baby_id, baby_secret) = device("baby-1");
+    let (_, parent_secret) = device("parent-1");
+    let token = cli(&["credentials", "issue", "--account", "fam", "--token"]);
+    let token_id = token.split('.').next().unwrap().to_string();
+    let admin = "an-admin-token-of-some-length".to_string();
+    let env = [("CRADLE_ADMIN_TOKEN", admin.clone())];
+    let a = replica_with(dir.path(), "a", &db, &broker, "g", &env).await;
+    let b = replica_with(dir.path(), "b", &db, &broker, "g", &env).await;
+    let on_b = |method: reqwest::Method, path: String| {
+        reqwest::Client::new()
+            .request(method, format!("{}{path}", b.http))
+            .bearer_auth(&admin)
+            .send()
+    };
+
+    let (mut baby, _) =
+        common::RawV5::connect(a.mqtt_port, "baby-1", Some(("fam", &baby_secret)), 30).await;
+    let (mut parent, _) =
+        common::RawV5::connect(a.mqtt_port, "parent-1", Some(("fam", &parent_secret)), 30).await;
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(a.ws_url(&format!("client_id=pwa&token={token}")))
+            .await
+            .expect("upgrade");
+    next_of(&mut ws, "hello").await;
+
+    let started = Instant::now();
+    let r = on_b(
+        reqwest::Method::DELETE,
+        format!("/v1/admin/credentials/{baby_id}"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    match baby.read().await {
+        Some(V5::Disconnect(d)) => assert_eq!(d.reason_code as u8, 0x87),
+        other => panic!("expected DISCONNECT 0x87, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let started = Instant::now();
+    let r = on_b(
+        reqwest::Method::POST,
+        "/v1/accounts/fam/clients/parent-1/disconnect".into(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    match parent.read().await {
+        Some(V5::Disconnect(d)) => assert_eq!(d.reason_code as u8, 0x98),
+        other => panic!("expected DISCONNECT 0x98, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let started = Instant::now();
+    let r = on_b(
+        reqwest::Method::DELETE,
+        format!("/v1/admin/credentials/{token_id}"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let code = loop {
+        match tokio::time::timeout(Duration::from_secs(2), ws.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => break frame.map(|f| u16::from(f.code)),
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("no close frame: {other:?}"),
+        }
+    };
+    assert_eq!(code, Some(4010));
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Both ends are recorded once, with their reasons, whichever replica wrote them.
+    let ends = wait_for(Duration::from_secs(15), "both ends recorded", || async {
+        let clients = clients_of(&b, "fam").await;
+        let reason = |c: &str| clients.get(c).map(|r| r["last_disconnect_reason"].clone());
+        (reason("pwa") == Some("revoked".into())).then_some(clients)
+    })
+    .await;
+    assert_eq!(ends["pwa"]["connected"], false);
+}
