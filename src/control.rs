@@ -12,7 +12,9 @@ use rumqttc::{AsyncClient, Publish, QoS};
 use tokio::sync::mpsc;
 
 use crate::bus::Acker;
-use crate::domain::control::{EndCommand, CONTROL_TOPIC};
+use crate::clock::now_millis;
+use crate::domain::connection::DisconnectReason;
+use crate::domain::control::{EndCommand, Target, CONTROL_TOPIC};
 use crate::edge::Ender;
 use crate::ws::Bridge;
 
@@ -30,18 +32,31 @@ pub struct Control {
     edge: Ender,
     bridge: Arc<Bridge>,
     out: AsyncClient,
+    /// This replica's name in the decisions it publishes (its bus client id).
+    origin: String,
 }
 
 impl Control {
-    /// Ends with the edge `edge`, the bridge `bridge`, publishing with `out`.
-    pub fn new(edge: Ender, bridge: Arc<Bridge>, out: AsyncClient) -> Self {
-        Self { edge, bridge, out }
+    /// Ends with the edge `edge`, the bridge `bridge`, publishing with `out` as `origin`.
+    pub fn new(edge: Ender, bridge: Arc<Bridge>, out: AsyncClient, origin: String) -> Self {
+        Self {
+            edge,
+            bridge,
+            out,
+            origin,
+        }
     }
 
-    /// Ends the matching connections of this replica, then publishes the decision for every
-    /// replica (a failure to queue it is logged: the store refuses the credential anyway at
-    /// every new connection).
-    pub async fn end(&self, command: EndCommand) -> Ended {
+    /// Ends the connections of `target` accepted until now on this replica, with `reason`,
+    /// then publishes the decision for every other replica (a failure to queue it is logged:
+    /// the store refuses a revoked credential anyway at every new connection).
+    pub async fn end(&self, target: Target, reason: DisconnectReason) -> Ended {
+        let command = EndCommand {
+            target,
+            reason,
+            at_millis: now_millis(),
+            origin: self.origin.clone(),
+        };
         let ended = self.apply(&command).await;
         if let Err(error) = self
             .out
@@ -56,11 +71,8 @@ impl Control {
     /// Ends the matching connections of this replica.
     pub async fn apply(&self, command: &EndCommand) -> Ended {
         let ended = Ended {
-            mqtt_connections: self.edge.end_matching(&command.target, command.reason),
-            websocket_sessions: self
-                .bridge
-                .end_matching(&command.target, command.reason)
-                .await,
+            mqtt_connections: self.edge.end_matching(command),
+            websocket_sessions: self.bridge.end_matching(command).await,
         };
         if ended != Ended::default() {
             tracing::info!(
@@ -80,6 +92,8 @@ impl Control {
 pub async fn run(control: Arc<Control>, mut rx: mpsc::Receiver<Publish>, acker: Acker) {
     while let Some(publish) = rx.recv().await {
         match EndCommand::parse(&publish.payload) {
+            // This replica took the decision and applied it then.
+            Some(command) if command.origin == control.origin => {}
             Some(command) => {
                 control.apply(&command).await;
             }

@@ -500,3 +500,42 @@ async fn a_panic_in_the_status_writer_makes_cradle_not_ready_and_exit_non_zero()
     let log = cradle.log();
     assert!(log.contains("the status_writer task panicked"), "{log}");
 }
+
+#[test]
+fn a_misspelled_cradle_variable_refuses_the_start_naming_the_nearest_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cradle"))
+        .arg("serve")
+        .env("CRADLE_HTTP_LISTN", "127.0.0.1:1")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("CRADLE_HTTP_LISTN") && err.contains("did you mean CRADLE_HTTP_LISTEN"),
+        "{err}"
+    );
+    assert!(!dir.path().join("data").exists(), "nothing was created");
+}
+
+#[test]
+fn each_subcommand_lists_only_its_own_flags() {
+    let help = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_cradle"))
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let accounts = help(&["accounts", "--help"]);
+    assert!(accounts.contains("--database-url"), "{accounts}");
+    assert!(!accounts.contains("--mqtt-listen"), "{accounts}");
+    let serve = help(&["serve", "--help"]);
+    assert!(
+        serve.contains("MQTT 3.1.1 and 5 over TCP [default: 127.0.0.1:1883]"),
+        "{serve}"
+    );
+    assert!(serve.contains("loopback origins only"), "{serve}");
+}

@@ -28,10 +28,10 @@ struct Cli {
     /// One JSON object per line instead of a table.
     #[arg(long)]
     json: bool,
-    /// MQTT username.
+    /// MQTT username (any, with an operator secret as the password; both or neither).
     #[arg(long, env = "CRADLE_MONITOR_USERNAME")]
     username: Option<String>,
-    /// MQTT password.
+    /// MQTT password: an operator secret (both --username and --password, or neither).
     #[arg(long, env = "CRADLE_MONITOR_PASSWORD", hide_env_values = true)]
     password: Option<String>,
     /// Bearer token for the --http snapshot (an account token, operator secret or admin token).
@@ -41,6 +41,19 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // MQTT sends a password only with a username: one without the other would connect
+    // anonymously and end in "not authorized" without naming the cause.
+    match (&cli.username, &cli.password) {
+        (Some(_), None) => {
+            eprintln!("cradle-monitor: --username (CRADLE_MONITOR_USERNAME) given without --password (CRADLE_MONITOR_PASSWORD): give both, the password being an operator secret");
+            return ExitCode::from(2);
+        }
+        (None, Some(_)) => {
+            eprintln!("cradle-monitor: --password (CRADLE_MONITOR_PASSWORD) given without --username (CRADLE_MONITOR_USERNAME): give both (any username will do)");
+            return ExitCode::from(2);
+        }
+        _ => {}
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CRADLE_LOG")

@@ -142,6 +142,7 @@ enum CredentialsAction {
 
 /// The config of an admin command: the file, then `--database-url` alone.
 fn load_store(args: &StoreArgs) -> Result<Config, ExitCode> {
+    check_environment()?;
     let overrides = Overrides {
         database_url: args.database_url.clone(),
         ..Overrides::default()
@@ -153,7 +154,29 @@ fn load_store(args: &StoreArgs) -> Result<Config, ExitCode> {
 }
 
 fn load(args: &ConfigArgs) -> Result<Config, ExitCode> {
+    check_environment()?;
     Config::load(args.config.as_deref(), &args.overrides).map_err(|error| {
+        eprintln!("cradle: {error}");
+        ExitCode::from(2)
+    })
+}
+
+/// Refuses a `CRADLE_*` variable that is a near miss of a setting's (every subcommand's
+/// flags name theirs).
+fn check_environment() -> Result<(), ExitCode> {
+    use clap::CommandFactory;
+    let command = Cli::command();
+    let known: Vec<String> = command
+        .get_subcommands()
+        .flat_map(|s| s.get_arguments())
+        .filter_map(|a| a.get_env())
+        .map(|e| e.to_string_lossy().into_owned())
+        .collect();
+    let known: Vec<&str> = known.iter().map(String::as_str).collect();
+    let vars: Vec<String> = std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .collect();
+    cradle::config::environment::check(&known, vars.iter().map(String::as_str)).map_err(|error| {
         eprintln!("cradle: {error}");
         ExitCode::from(2)
     })

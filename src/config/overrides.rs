@@ -6,28 +6,31 @@ use super::*;
 /// Overrides from the environment and the command line; clap merges the two (flag wins).
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct Overrides {
-    /// mqtt.listen: MQTT 3.1.1 TCP listener.
+    /// mqtt.listen: MQTT 3.1.1 and 5 over TCP [default: 127.0.0.1:1883].
     #[arg(long, env = "CRADLE_MQTT_LISTEN", value_name = "ADDR")]
     pub mqtt_listen: Option<String>,
-    /// mqtt.v5_listen: MQTT 5 TCP listener.
+    /// mqtt.v5_listen: MQTT 3.1.1 and 5 over TCP, the former MQTT 5 port [default:
+    /// 127.0.0.1:1884].
     #[arg(long, env = "CRADLE_MQTT_V5_LISTEN", value_name = "ADDR")]
     pub mqtt_v5_listen: Option<String>,
-    /// mqtt.ws_listen: MQTT over WebSocket listener.
+    /// mqtt.ws_listen: MQTT 3.1.1 and 5 over WebSocket [default: 127.0.0.1:8083].
     #[arg(long, env = "CRADLE_MQTT_WS_LISTEN", value_name = "ADDR")]
     pub mqtt_ws_listen: Option<String>,
-    /// http.listen: HTTP API listener.
+    /// http.listen: HTTP API, /ws, /healthz, /readyz, /metrics [default: 127.0.0.1:8080].
     #[arg(long, env = "CRADLE_HTTP_LISTEN", value_name = "ADDR")]
     pub http_listen: Option<String>,
-    /// store.database_url: `sqlite://…` or `postgres://…`.
+    /// store.database_url: `sqlite://…` or `postgres://…` [default: sqlite://data/cradle.db].
     #[arg(long, env = "CRADLE_DATABASE_URL", value_name = "URL")]
     pub database_url: Option<String>,
     /// log.filter: tracing filter.
     #[arg(long, env = "CRADLE_LOG", value_name = "FILTER")]
     pub log: Option<String>,
-    /// log.format: `text` or `json`.
+    /// log.format: `text` or `json` [default: text]. Text has colours only on a terminal
+    /// and without NO_COLOR.
     #[arg(long, env = "CRADLE_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
-    /// http.admin_token: bearer token that may read every account.
+    /// http.admin_token: bearer token that may read and administer every account (at least 16
+    /// characters) [default: none].
     #[arg(
         long,
         env = "CRADLE_ADMIN_TOKEN",
@@ -38,10 +41,12 @@ pub struct Overrides {
     /// bus.client_id: MQTT client id of Cradle's own subscriber.
     #[arg(long, env = "CRADLE_BUS_CLIENT_ID", value_name = "ID")]
     pub bus_client_id: Option<String>,
-    /// auth.mode: `auto`, `open` or `required`.
+    /// auth.mode: `auto` (open on loopback until an account exists), `open` or `required`
+    /// [default: auto].
     #[arg(long, env = "CRADLE_AUTH_MODE", value_name = "MODE")]
     pub auth_mode: Option<String>,
-    /// mqtt.publish_rate: PUBLISH packets per second per client connection, 0 = unlimited.
+    /// mqtt.publish_rate: PUBLISH packets per second per client connection, 0 = unlimited
+    /// [default: 200].
     #[arg(long, env = "CRADLE_MQTT_PUBLISH_RATE", value_name = "N")]
     pub mqtt_publish_rate: Option<String>,
     /// mqtt.max_keep_alive_secs: longest keep-alive a client may use, 0 = no maximum.
@@ -53,7 +58,7 @@ pub struct Overrides {
     /// websocket.signal_rate: signal frames per second per WebSocket session, 0 = unlimited.
     #[arg(long, env = "CRADLE_WEBSOCKET_SIGNAL_RATE", value_name = "N")]
     pub websocket_signal_rate: Option<String>,
-    /// broker.mode: `embedded` or `external`.
+    /// broker.mode: `embedded` or `external` [default: embedded].
     #[arg(long, env = "CRADLE_BROKER_MODE", value_name = "MODE")]
     pub broker_mode: Option<String>,
     /// broker.url: the external broker, `mqtt://[user:password@]host:port` or `mqtts://…`.
@@ -83,7 +88,7 @@ pub struct Overrides {
     #[arg(long, env = "CRADLE_HTTP_WRITE_TIMEOUT_MS", value_name = "MS")]
     pub http_write_timeout_ms: Option<String>,
     /// http.allowed_origins: comma-separated origins of the pages allowed to use Cradle from
-    /// a browser (empty: none).
+    /// a browser [default: unset, loopback origins only; an empty value allows none].
     #[arg(long, env = "CRADLE_HTTP_ALLOWED_ORIGINS", value_name = "ORIGINS")]
     pub http_allowed_origins: Option<String>,
 }

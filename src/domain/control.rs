@@ -35,6 +35,8 @@ pub struct Owner {
     pub client_id: String,
     /// The credential it authenticated with (none in open mode).
     pub credential_id: Option<String>,
+    /// When it was accepted (Unix milliseconds).
+    pub since_millis: i64,
 }
 
 impl Target {
@@ -53,16 +55,28 @@ impl Target {
     }
 }
 
-/// End every live connection of `target`, recording `reason`.
+/// End every live connection of `target` accepted by `at_millis`, recording `reason`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndCommand {
     /// Which connections.
     pub target: Target,
     /// Why (`revoked` or `admin_disconnect`).
     pub reason: DisconnectReason,
+    /// When the decision was taken (Unix milliseconds): a connection accepted later (a
+    /// kicked client that reconnected before the decision reached this replica) is not
+    /// ended.
+    pub at_millis: i64,
+    /// The replica that took it (its bus client id), which ended its own connections then
+    /// and skips the decision when the broker brings it back.
+    pub origin: String,
 }
 
 impl EndCommand {
+    /// Whether this decision ends the connection of `owner`.
+    pub fn ends(&self, owner: &Owner) -> bool {
+        owner.since_millis <= self.at_millis && self.target.matches(owner)
+    }
+
     /// The payload published on [`CONTROL_TOPIC`].
     pub fn to_payload(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()
@@ -84,7 +98,24 @@ mod tests {
             account_id: account.map(str::to_string),
             client_id: client.to_string(),
             credential_id: credential.map(str::to_string),
+            since_millis: 100,
         }
+    }
+
+    #[test]
+    fn a_decision_spares_a_connection_accepted_after_it() {
+        let command = |at_millis| EndCommand {
+            target: Target::Client {
+                account_id: "a".into(),
+                client_id: "c".into(),
+            },
+            reason: DisconnectReason::AdminDisconnect,
+            at_millis,
+            origin: "r1".into(),
+        };
+        let before = owner(Some("a"), "c", None);
+        assert!(command(100).ends(&before));
+        assert!(!command(99).ends(&before));
     }
 
     #[test]
@@ -121,11 +152,13 @@ mod tests {
                 client_id: "c".into(),
             },
             reason: DisconnectReason::AdminDisconnect,
+            at_millis: 7,
+            origin: "r1".into(),
         };
         let payload = c.to_payload();
         assert_eq!(
             String::from_utf8_lossy(&payload),
-            r#"{"target":{"by":"client","account_id":"a","client_id":"c"},"reason":"admin_disconnect"}"#
+            r#"{"target":{"by":"client","account_id":"a","client_id":"c"},"reason":"admin_disconnect","at_millis":7,"origin":"r1"}"#
         );
         assert_eq!(EndCommand::parse(&payload), Some(c));
         assert_eq!(EndCommand::parse(b"{}"), None);

@@ -267,14 +267,10 @@ pub async fn start(
 pub struct Ender(Arc<EdgeShared>);
 
 impl Ender {
-    /// Tells every live connection `target` matches to end with `reason` (its end is
+    /// Tells every live connection `command` ends to end with its reason (its end is
     /// published as any other); returns how many were told.
-    pub fn end_matching(
-        &self,
-        target: &crate::domain::control::Target,
-        reason: DisconnectReason,
-    ) -> usize {
-        self.0.registry.end_matching(target, reason)
+    pub fn end_matching(&self, command: &crate::domain::control::EndCommand) -> usize {
+        self.0.registry.end_matching(command)
     }
 }
 

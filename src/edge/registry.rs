@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use crate::domain::connection::DisconnectReason;
-use crate::domain::control::{Owner, Target};
+use crate::domain::control::{EndCommand, Owner};
 
 /// What a live connection and the registry share: the end asked of it, and whether it has
 /// finished. About 100 bytes per connection (two `watch` channels were ~800).
@@ -154,16 +154,16 @@ impl Registry {
         live.len()
     }
 
-    /// Tells every live connection `target` matches to end with `reason`; returns how many
+    /// Tells every live connection `command` ends to end with its reason; returns how many
     /// were told.
-    pub(crate) fn end_matching(&self, target: &Target, reason: DisconnectReason) -> usize {
+    pub(crate) fn end_matching(&self, command: &EndCommand) -> usize {
         let live = self
             .live
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut told = 0;
-        for e in live.values().filter(|e| target.matches(&e.owner)) {
-            e.signal.ask(reason);
+        for e in live.values().filter(|e| command.ends(&e.owner)) {
+            e.signal.ask(command.reason);
             told += 1;
         }
         told
@@ -241,6 +241,7 @@ mod tests {
             account_id: Some("acct".into()),
             client_id: client.into(),
             credential_id: Some(credential.into()),
+            since_millis: 1,
         };
         let old = r
             .claim("d|acct|c1", owner("c1", "cr_old"), Duration::from_secs(1))
@@ -248,10 +249,15 @@ mod tests {
         let new = r
             .claim("d|acct|c2", owner("c2", "cr_new"), Duration::from_secs(1))
             .await;
-        let target = Target::Credential {
-            credential_id: "cr_old".into(),
+        let command = EndCommand {
+            target: crate::domain::control::Target::Credential {
+                credential_id: "cr_old".into(),
+            },
+            reason: DisconnectReason::Revoked,
+            at_millis: 2,
+            origin: "r".into(),
         };
-        assert_eq!(r.end_matching(&target, DisconnectReason::Revoked), 1);
+        assert_eq!(r.end_matching(&command), 1);
         assert_eq!(old.ended().await, DisconnectReason::Revoked);
         assert_eq!(new.asked(), None);
     }

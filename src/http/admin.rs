@@ -22,7 +22,7 @@ use super::{ApiError, AppState};
 use crate::accounts::{self, AccountsError, CredentialKind, Issued};
 use crate::control::Ended;
 use crate::domain::connection::DisconnectReason;
-use crate::domain::control::{EndCommand, Target};
+use crate::domain::control::Target;
 use crate::store::{accounts as account_rows, credentials as credential_rows};
 
 /// Device credentials one bulk request may issue.
@@ -305,12 +305,12 @@ async fn delete_account(
     state.auth.forget_verified();
     let ended = state
         .control
-        .end(EndCommand {
-            target: Target::Account {
+        .end(
+            Target::Account {
                 account_id: account_id.clone(),
             },
-            reason: DisconnectReason::Revoked,
-        })
+            DisconnectReason::Revoked,
+        )
         .await;
     tracing::info!(
         account_id,
@@ -432,12 +432,12 @@ async fn revoke_credential(
     state.auth.forget_verified();
     let ended = state
         .control
-        .end(EndCommand {
-            target: Target::Credential {
+        .end(
+            Target::Credential {
                 credential_id: credential_id.clone(),
             },
-            reason: DisconnectReason::Revoked,
-        })
+            DisconnectReason::Revoked,
+        )
         .await;
     tracing::info!(credential_id, "credential revoked over HTTP");
     let row = accounts::credential(&state.store, &credential_id)
@@ -470,13 +470,13 @@ async fn disconnect_client(
     id_param("client_id", &client_id)?;
     let ended = state
         .control
-        .end(EndCommand {
-            target: Target::Client {
+        .end(
+            Target::Client {
                 account_id: account_id.clone(),
                 client_id: client_id.clone(),
             },
-            reason: DisconnectReason::AdminDisconnect,
-        })
+            DisconnectReason::AdminDisconnect,
+        )
         .await;
     tracing::info!(account_id, client_id, "client disconnected over HTTP");
     Ok(Json(Disconnected {

@@ -258,6 +258,24 @@ impl FromRequestParts<AppState> for AccountPath {
         caller
             .authorize(&account_id)
             .map_err(IntoResponse::into_response)?;
+        // The admin token and operators may name any account: one that does not exist is a
+        // 404, not an empty answer (an account's token names only its own, which exists).
+        if matches!(caller, Caller::Admin | Caller::Operator)
+            && state.auth.any_account().await
+            && !state
+                .store
+                .account_exists(&account_id)
+                .await
+                .map_err(|e| ApiError::Store(e).into_response())?
+        {
+            return Err(ApiError::Refused {
+                status: axum::http::StatusCode::NOT_FOUND,
+                code: "account_not_found",
+                message: format!("no account `{account_id}`"),
+                retry_after_secs: None,
+            }
+            .into_response());
+        }
         Ok(Self(account_id))
     }
 }

@@ -63,7 +63,13 @@ fn session_account(caller: &Caller, headers: &HeaderMap) -> Result<String, ApiEr
             message: "required without an account token (open mode, admin token)".into(),
         }),
         // Operators watch; they do not start or end sessions.
-        Caller::Operator => Err(ApiError::Forbidden(named.unwrap_or_default())),
+        Caller::Operator => Err(ApiError::Refused {
+            status: axum::http::StatusCode::FORBIDDEN,
+            code: "forbidden",
+            message: "an operator secret watches and reads; it does not start or end sessions"
+                .into(),
+            retry_after_secs: None,
+        }),
     }
 }
 

@@ -417,7 +417,13 @@ fn start_handlers(
     ));
     let sessions_task = spawn_critical(Task::SessionHandler, sessions.clone().run(changes_rx));
     let (bridge, lists_rx) = bridge(config, store, out.clone(), &sessions, inbox_subscriptions);
-    let (control, control_task) = start_control(ender, &bridge, out, control_rx, bus);
+    let (control, control_task) = start_control(
+        ender,
+        &bridge,
+        (out, client_id.to_string()),
+        control_rx,
+        bus,
+    );
     bridge.take_back(handed_over);
     // Several replicas: sessions a replica handed over at its shutdown and nobody resumed
     // are ended by whichever replica claims them first once their window has passed.
@@ -472,11 +478,11 @@ fn spawn_stations(
 fn start_control(
     ender: edge::Ender,
     bridge: &Arc<Bridge>,
-    out: rumqttc::AsyncClient,
+    (out, origin): (rumqttc::AsyncClient, String),
     rx: mpsc::Receiver<Publish>,
     bus: &Bus,
 ) -> (Arc<Control>, JoinHandle<()>) {
-    let control = Arc::new(Control::new(ender, bridge.clone(), out));
+    let control = Arc::new(Control::new(ender, bridge.clone(), out, origin));
     let task = spawn_critical(
         Task::Control,
         crate::control::run(control.clone(), rx, bus.acker()),

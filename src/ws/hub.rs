@@ -112,6 +112,8 @@ pub(crate) struct WsSession {
     pub client_id: String,
     /// Its connection id.
     pub connection_id: String,
+    /// When this replica opened or took it (Unix milliseconds).
+    opened_at_millis: i64,
     replay_max: usize,
     state: Mutex<State>,
 }
@@ -124,6 +126,7 @@ impl WsSession {
             account_id,
             client_id,
             connection_id,
+            opened_at_millis: crate::clock::now_millis(),
             replay_max: replay_max.max(1),
             state: Mutex::new(state),
         })
@@ -135,6 +138,7 @@ impl WsSession {
             account_id: Some(self.account_id.clone()),
             client_id: self.client_id.clone(),
             credential_id: self.lock().key.credential_id.clone(),
+            since_millis: self.opened_at_millis,
         }
     }
 

@@ -37,7 +37,7 @@ use tokio::sync::mpsc;
 
 use crate::clock::now_millis;
 use crate::domain::connection::{ConnectionCommand, ConnectionEvent, DisconnectReason};
-use crate::domain::control::Target;
+use crate::domain::control::EndCommand;
 use crate::store::Store;
 use crate::sync::sessions::Sessions;
 use crate::sync::status::ConnectionChange;
@@ -603,9 +603,10 @@ impl Bridge {
         true
     }
 
-    /// Ends every session `target` matches (not those being transferred here), with
-    /// `reason` and its close code; returns how many.
-    pub(crate) async fn end_matching(&self, target: &Target, reason: DisconnectReason) -> usize {
+    /// Ends every session `command` ends (not those being transferred here), with its reason
+    /// and that reason's close code; returns how many.
+    pub(crate) async fn end_matching(&self, command: &EndCommand) -> usize {
+        let reason = command.reason;
         let code = match reason {
             DisconnectReason::Revoked => close::REVOKED,
             _ => close::ADMIN_DISCONNECT,
@@ -614,7 +615,7 @@ impl Bridge {
             .hub
             .all()
             .into_iter()
-            .filter(|s| !s.is_placeholder() && target.matches(&s.owner()))
+            .filter(|s| !s.is_placeholder() && command.ends(&s.owner()))
             .map(|s| s.connection_id.clone())
             .collect();
         for id in &matching {

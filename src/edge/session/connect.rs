@@ -568,6 +568,7 @@ where
         account_id: (!account.is_empty()).then(|| account.clone()),
         client_id: client_id.clone(),
         credential_id,
+        since_millis: crate::clock::now_millis(),
     };
     let opened = async {
         let mut claim = shared
