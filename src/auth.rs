@@ -38,6 +38,8 @@ pub enum Refusal {
     StoreUnavailable,
     /// No verification slot within `auth.verify_wait_ms` (see `accounts::gate`).
     Busy,
+    /// The client is banned for a while (an administrator's disconnect with `ban_secs`).
+    Banned,
 }
 
 impl Refusal {
@@ -49,16 +51,18 @@ impl Refusal {
             Self::WrongKind => "wrong_kind",
             Self::StoreUnavailable => "store_unavailable",
             Self::Busy => "busy",
+            Self::Banned => "banned",
         }
     }
 
     /// Every refusal, for metrics.
-    pub(crate) const ALL: [Refusal; 5] = [
+    pub(crate) const ALL: [Refusal; 6] = [
         Self::Anonymous,
         Self::BadCredentials,
         Self::WrongKind,
         Self::StoreUnavailable,
         Self::Busy,
+        Self::Banned,
     ];
 
     fn from_error(e: accounts::AccountsError) -> Self {
@@ -80,6 +84,9 @@ pub struct Authenticator {
     cache_ttl: Duration,
     verified: Mutex<VerifiedCache>,
     accounts_exist: Mutex<Option<(bool, Instant)>>,
+    /// Bans in force: (account, client) → until (Unix milliseconds); refreshed from the store
+    /// every second ([`Authenticator::refresh_bans`]) and at once by a decision.
+    bans: Mutex<HashMap<(String, String), i64>>,
 }
 
 /// How long the "does any account exist" answer is reused.
@@ -96,6 +103,7 @@ impl Authenticator {
             cache_ttl: Duration::from_secs(cache_secs),
             verified: Mutex::new(HashMap::new()),
             accounts_exist: Mutex::new(None),
+            bans: Mutex::new(HashMap::new()),
         }
     }
 
@@ -110,6 +118,47 @@ impl Authenticator {
             .accounts_exist
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// Until when (Unix milliseconds) client `client_id` of `account_id` is banned, if it is.
+    pub(crate) fn banned_until(&self, account_id: &str, client_id: &str) -> Option<i64> {
+        let key = (account_id.to_string(), client_id.to_string());
+        let until = *self
+            .bans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)?;
+        (until > crate::clock::now_millis()).then_some(until)
+    }
+
+    /// Notes a ban decided here or on another replica, before the store is read again.
+    pub(crate) fn note_ban(&self, account_id: &str, client_id: &str, until_millis: i64) {
+        self.bans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((account_id.into(), client_id.into()), until_millis);
+    }
+
+    /// Forgets a ban lifted here (other replicas forget it at their next refresh).
+    pub(crate) fn forget_ban(&self, account_id: &str, client_id: &str) {
+        self.bans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(account_id.to_string(), client_id.to_string()));
+    }
+
+    /// Reads the bans in force from the store (a failure keeps the last ones, logged).
+    pub(crate) async fn refresh_bans(&self) {
+        match self.store.bans(None, crate::clock::now_millis()).await {
+            Ok(rows) => {
+                let bans = rows
+                    .into_iter()
+                    .map(|b| ((b.account_id, b.client_id), b.until_millis))
+                    .collect();
+                *self.bans.lock().unwrap_or_else(|e| e.into_inner()) = bans;
+            }
+            Err(error) => tracing::warn!(%error, "bans not refreshed from the store"),
+        }
     }
 
     /// An account was just created: open mode ends now, not within a second.
@@ -159,6 +208,33 @@ impl Authenticator {
     /// per-source limits apply): who it is, and the credential it presented (none in open
     /// mode), which a revocation matches.
     pub async fn connect(
+        &self,
+        username: Option<&str>,
+        password: Option<&str>,
+        client_id: &str,
+        loopback: bool,
+        source: Option<IpAddr>,
+    ) -> Result<(Principal, Option<String>), Refusal> {
+        let admitted = self
+            .verify(username, password, client_id, loopback, source)
+            .await?;
+        if let (
+            Principal::Device {
+                account_id,
+                client_id,
+            },
+            _,
+        ) = &admitted
+        {
+            if self.banned_until(account_id, client_id).is_some() {
+                return Err(Refusal::Banned);
+            }
+        }
+        Ok(admitted)
+    }
+
+    /// Who the CONNECT's credentials say it is (bans aside).
+    async fn verify(
         &self,
         username: Option<&str>,
         password: Option<&str>,

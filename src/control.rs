@@ -11,6 +11,7 @@ use std::sync::Arc;
 use rumqttc::{AsyncClient, Publish, QoS};
 use tokio::sync::mpsc;
 
+use crate::auth::Authenticator;
 use crate::bus::Acker;
 use crate::clock::now_millis;
 use crate::domain::connection::DisconnectReason;
@@ -29,6 +30,7 @@ pub struct Ended {
 
 /// Ends live connections here and tells the other replicas.
 pub struct Control {
+    auth: Arc<Authenticator>,
     edge: Ender,
     bridge: Arc<Bridge>,
     out: AsyncClient,
@@ -37,9 +39,16 @@ pub struct Control {
 }
 
 impl Control {
-    /// Ends with the edge `edge`, the bridge `bridge`, publishing with `out` as `origin`.
-    pub fn new(edge: Ender, bridge: Arc<Bridge>, out: AsyncClient, origin: String) -> Self {
+    /// Ends with the edge `edge`, the bridge `bridge`, publishing with `out` as `origin`;
+    /// bans reach `auth`.
+    pub fn new(
+        auth: Arc<Authenticator>,
+        edge: Ender,
+        bridge: Arc<Bridge>,
+        (out, origin): (AsyncClient, String),
+    ) -> Self {
         Self {
+            auth,
             edge,
             bridge,
             out,
@@ -47,15 +56,32 @@ impl Control {
         }
     }
 
+    /// The authenticator whose bans this keeps.
+    pub fn auth(&self) -> &Arc<Authenticator> {
+        &self.auth
+    }
+
     /// Ends the connections of `target` accepted until now on this replica, with `reason`,
     /// then publishes the decision for every other replica (a failure to queue it is logged:
     /// the store refuses a revoked credential anyway at every new connection).
     pub async fn end(&self, target: Target, reason: DisconnectReason) -> Ended {
+        self.end_and_ban(target, reason, None).await
+    }
+
+    /// [`Control::end`], banning a client target until `ban_until_millis` on every replica
+    /// (the caller stored the ban first).
+    pub async fn end_and_ban(
+        &self,
+        target: Target,
+        reason: DisconnectReason,
+        ban_until_millis: Option<i64>,
+    ) -> Ended {
         let command = EndCommand {
             target,
             reason,
             at_millis: now_millis(),
             origin: self.origin.clone(),
+            ban_until_millis,
         };
         let ended = self.apply(&command).await;
         if let Err(error) = self
@@ -68,8 +94,19 @@ impl Control {
         ended
     }
 
-    /// Ends the matching connections of this replica.
+    /// Ends the matching connections of this replica (after noting a ban, so that none of
+    /// them gets back in meanwhile).
     pub async fn apply(&self, command: &EndCommand) -> Ended {
+        if let (
+            Some(until),
+            Target::Client {
+                account_id,
+                client_id,
+            },
+        ) = (command.ban_until_millis, &command.target)
+        {
+            self.auth.note_ban(account_id, client_id, until);
+        }
         let ended = Ended {
             mqtt_connections: self.edge.end_matching(command),
             websocket_sessions: self.bridge.end_matching(command).await,

@@ -502,11 +502,91 @@ async fn revoking_a_credential_or_disconnecting_a_client_ends_its_live_connectio
             .is_err(),
         "the reconnected client stays connected"
     );
+    drop(again);
+
+    // A kick with a ban: reconnects are refused (MQTT 5: CONNACK 0x8A banned; /ws: 403)
+    // until the ban is lifted.
+    let (mut v5, _) =
+        common::RawV5::connect(cradle.mqtt_port, "baby-2", Some(("fam", &kick_secret)), 30).await;
+    let (status, body) = call(
+        cradle,
+        Method::POST,
+        "/v1/accounts/fam/clients/baby-2/disconnect",
+        a,
+        Some(json!({"ban_secs": 600})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["banned_until_millis"].as_i64().unwrap() > 0, "{body}");
+    assert!(matches!(
+        v5.read().await,
+        Some(rumqttc::v5::mqttbytes::v5::Packet::Disconnect(_))
+    ));
+    let (_, code) =
+        common::RawV5::connect(cradle.mqtt_port, "baby-2", Some(("fam", &kick_secret)), 30).await;
+    assert_eq!(code, rumqttc::v5::mqttbytes::v5::ConnectReturnCode::Banned);
+    let (_, other_token) = new(json!({"kind": "token", "account_id": "fam"})).await;
+    let banned_ws = common::upgrade_request(&format!(
+        "{}/ws?client_id=baby-2&token={other_token}",
+        cradle.http
+    ))
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(banned_ws.status(), 403);
+    let (status, bans) = call(cradle, Method::GET, "/v1/admin/bans", a, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(bans["bans"][0]["client_id"], "baby-2", "{bans}");
+    assert_eq!(bans["bans"][0]["by"], "admin_token", "{bans}");
+    let (status, _) = call(cradle, Method::DELETE, "/v1/admin/bans/fam/baby-2", a, None).await;
+    assert_eq!(status, 204);
+    let (_, code) =
+        common::RawV5::connect(cradle.mqtt_port, "baby-2", Some(("fam", &kick_secret)), 30).await;
+    assert_eq!(code, rumqttc::v5::mqttbytes::v5::ConnectReturnCode::Success);
+
+    // Every administrative action is in the account's log: who, what, when.
+    let (_, log) = call(
+        cradle,
+        Method::GET,
+        "/v1/accounts/fam/events?after=0&limit=1000",
+        a,
+        None,
+    )
+    .await;
+    let admin: Vec<(String, String)> = log["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["stream"] == "admin/fam")
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap().into(),
+                e["data"]["by"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    for kind in [
+        "admin.credential_issued",
+        "admin.credential_revoked",
+        "admin.client_disconnected",
+        "admin.client_banned",
+        "admin.ban_lifted",
+    ] {
+        assert!(
+            admin.iter().any(|(t, by)| t == kind && by == "admin_token"),
+            "{kind} missing from {admin:?}"
+        );
+    }
+    assert!(cradle
+        .metrics()
+        .await
+        .contains("cradle_admin_actions_total{action=\"credential_revoked\"} 3"));
+
     // The edge counts an end once the connection has finished, a moment after the DISCONNECT
     // reached the client.
     for series in [
         "cradle_edge_disconnects_total{reason=\"revoked\"} 2",
-        "cradle_edge_disconnects_total{reason=\"admin_disconnect\"} 1",
+        "cradle_edge_disconnects_total{reason=\"admin_disconnect\"} 2",
         "cradle_ws_sessions_closed_total{reason=\"revoked\"} 1",
     ] {
         let deadline = Instant::now() + Duration::from_secs(10);

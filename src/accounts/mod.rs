@@ -83,6 +83,11 @@ pub async fn create_account(
     name: &str,
 ) -> Result<accounts::Model, AccountsError> {
     check_id("account", account_id)?;
+    if account_id == crate::store::audit::CRADLE_ACCOUNT {
+        return Err(AccountsError::Usage(format!(
+            "`{account_id}` is reserved: its log holds Cradle's own administrative actions"
+        )));
+    }
     if store.account_exists(account_id).await? {
         return Err(AccountsError::AccountExists(account_id.to_string()));
     }

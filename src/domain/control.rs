@@ -69,6 +69,10 @@ pub struct EndCommand {
     /// The replica that took it (its bus client id), which ended its own connections then
     /// and skips the decision when the broker brings it back.
     pub origin: String,
+    /// A client target is also banned until then (Unix milliseconds): every replica refuses
+    /// its reconnects at once, before it reads the ban from the store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ban_until_millis: Option<i64>,
 }
 
 impl EndCommand {
@@ -112,6 +116,7 @@ mod tests {
             reason: DisconnectReason::AdminDisconnect,
             at_millis,
             origin: "r1".into(),
+            ban_until_millis: None,
         };
         let before = owner(Some("a"), "c", None);
         assert!(command(100).ends(&before));
@@ -154,6 +159,7 @@ mod tests {
             reason: DisconnectReason::AdminDisconnect,
             at_millis: 7,
             origin: "r1".into(),
+            ban_until_millis: None,
         };
         let payload = c.to_payload();
         assert_eq!(

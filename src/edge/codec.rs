@@ -309,6 +309,7 @@ pub(crate) fn reason_text(kind: u8, code: u8) -> Option<&'static str> {
         }
         (kind::CONNACK, connack::V5_SERVER_UNAVAILABLE) => "the broker is unavailable; retry later",
         (kind::CONNACK, connack::V5_SERVER_BUSY) => "server busy; retry later",
+        (kind::CONNACK, connack::V5_BANNED) => "banned for a while by an administrator",
         (kind::CONNACK, connack::V5_PACKET_TOO_LARGE) => {
             "CONNECT larger than mqtt.max_connect_bytes"
         }
@@ -422,6 +423,8 @@ pub(crate) mod connack {
     pub(crate) const V5_CLIENT_ID_NOT_VALID: u8 = 0x85;
     /// 5: not authorized.
     pub(crate) const V5_NOT_AUTHORIZED: u8 = 0x87;
+    /// 5: banned (an administrator banned the client for a while).
+    pub(crate) const V5_BANNED: u8 = 0x8A;
     /// 5: server unavailable.
     pub(crate) const V5_SERVER_UNAVAILABLE: u8 = 0x88;
     /// 5: quota exceeded (connection limit).

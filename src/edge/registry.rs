@@ -256,6 +256,7 @@ mod tests {
             reason: DisconnectReason::Revoked,
             at_millis: 2,
             origin: "r".into(),
+            ban_until_millis: None,
         };
         assert_eq!(r.end_matching(&command), 1);
         assert_eq!(old.ended().await, DisconnectReason::Revoked);

@@ -17,13 +17,16 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::auth::Caller;
+use super::metrics::AdminAction;
 use super::params::id_param;
 use super::{ApiError, AppState};
 use crate::accounts::{self, AccountsError, CredentialKind, Issued};
 use crate::control::Ended;
 use crate::domain::connection::DisconnectReason;
 use crate::domain::control::Target;
+use crate::store::audit::AdminAction as AdminAction_;
 use crate::store::{accounts as account_rows, credentials as credential_rows};
+use serde_json::json;
 
 /// Device credentials one bulk request may issue.
 pub(crate) const MAX_BULK: usize = 10_000;
@@ -55,10 +58,16 @@ pub(super) fn router() -> Router<AppState> {
             "/v1/accounts/{account_id}/clients/{client_id}/disconnect",
             post(disconnect_client),
         )
+        .route("/v1/admin/bans", get(list_bans))
+        .route(
+            "/v1/admin/bans/{account_id}/{client_id}",
+            axum::routing::delete(lift_ban),
+        )
 }
 
-/// A caller allowed to administer: the admin token, or anyone in open mode.
-pub(crate) struct Administrator;
+/// A caller allowed to administer: the admin token, or anyone in open mode; who it is, as
+/// the record of its actions names it (`admin_token`, `open_mode`).
+pub(crate) struct Administrator(&'static str);
 
 impl axum::extract::FromRequestParts<AppState> for Administrator {
     type Rejection = ApiError;
@@ -68,7 +77,8 @@ impl axum::extract::FromRequestParts<AppState> for Administrator {
         state: &AppState,
     ) -> Result<Self, ApiError> {
         match Caller::from_request_parts(parts, state).await? {
-            Caller::Admin | Caller::Open => Ok(Administrator),
+            Caller::Admin => Ok(Administrator("admin_token")),
+            Caller::Open => Ok(Administrator("open_mode")),
             Caller::Operator => Err(not_admin(
                 "an operator secret watches and reads; administration needs the admin token",
             )),
@@ -119,6 +129,37 @@ fn refusal(error: AccountsError) -> ApiError {
             message,
         },
         other => ApiError::Accounts(other),
+    }
+}
+
+/// Counts, logs and records `action` in the event log (a failure to record is logged: the
+/// action itself is done).
+async fn record(
+    state: &AppState,
+    action: AdminAction,
+    by: &str,
+    account_id: Option<&str>,
+    data: serde_json::Value,
+) {
+    state.metrics.admin_action(action);
+    tracing::info!(
+        action = action.as_str(),
+        by,
+        account_id = account_id.unwrap_or(""),
+        %data,
+        "administrative action"
+    );
+    let recorded = state
+        .store
+        .record_admin(AdminAction_ {
+            account_id,
+            event_type: action.event_type(),
+            by,
+            data,
+        })
+        .await;
+    if let Err(error) = recorded {
+        tracing::error!(%error, action = action.as_str(), "administrative action not recorded in the event log");
     }
 }
 
@@ -250,12 +291,18 @@ const MAX_NAME_CHARS: usize = 256;
 /// Creates the account unless it exists: `201` when this request created it, `200` with the
 /// existing account on a repeat (a sign-up service may retry safely).
 async fn put_account(
-    _: Administrator,
+    Administrator(by): Administrator,
     State(state): State<AppState>,
     Path(account_id): Path<String>,
     body: Body,
 ) -> Result<(StatusCode, Json<AccountView>), ApiError> {
     id_param("account_id", &account_id)?;
+    if account_id == crate::store::audit::CRADLE_ACCOUNT {
+        return Err(ApiError::InvalidParameter {
+            field: "account_id",
+            message: format!("`{account_id}` is reserved for Cradle's own log"),
+        });
+    }
     let put: PutAccount = json_body(&state, body).await?;
     let name = put.name.unwrap_or_else(|| account_id.clone());
     if name.chars().count() > MAX_NAME_CHARS || name.chars().any(char::is_control) {
@@ -269,7 +316,15 @@ async fn put_account(
         .map_err(refusal)?;
     state.auth.account_created();
     if created {
-        tracing::info!(account_id, "account created over HTTP");
+        let data = json!({"account_id": account_id, "name": row.name});
+        record(
+            &state,
+            AdminAction::AccountCreated,
+            by,
+            Some(&account_id),
+            data,
+        )
+        .await;
     }
     let status = match created {
         true => StatusCode::CREATED,
@@ -293,7 +348,7 @@ struct AccountDeleted {
 }
 
 async fn delete_account(
-    _: Administrator,
+    Administrator(by): Administrator,
     State(state): State<AppState>,
     Path(account_id): Path<String>,
 ) -> Result<Json<AccountDeleted>, ApiError> {
@@ -312,11 +367,15 @@ async fn delete_account(
             DisconnectReason::Revoked,
         )
         .await;
-    tracing::info!(
-        account_id,
-        credentials_revoked = revoked,
-        "account deleted over HTTP"
-    );
+    let data = json!({"account_id": account_id, "credentials_revoked": revoked, "ended": ended});
+    record(
+        &state,
+        AdminAction::AccountDeleted,
+        by,
+        Some(&account_id),
+        data,
+    )
+    .await;
     Ok(Json(AccountDeleted {
         account_id,
         deleted: true,
@@ -363,7 +422,7 @@ struct IssueBody {
 }
 
 async fn issue_credential(
-    _: Administrator,
+    Administrator(by): Administrator,
     State(state): State<AppState>,
     body: Body,
 ) -> Result<(StatusCode, Json<IssuedView>), ApiError> {
@@ -387,11 +446,17 @@ async fn issue_credential(
     )
     .await
     .map_err(refusal)?;
-    tracing::info!(
-        credential_id = %issued.credential.credential_id,
-        kind = kind.as_str(),
-        "credential issued over HTTP"
-    );
+    let c = &issued.credential;
+    let data =
+        json!({"credential_id": c.credential_id, "kind": kind.as_str(), "client_id": c.client_id});
+    record(
+        &state,
+        AdminAction::CredentialIssued,
+        by,
+        c.account_id.as_deref(),
+        data,
+    )
+    .await;
     Ok((StatusCode::CREATED, Json(issued.into())))
 }
 
@@ -420,7 +485,7 @@ struct Revoked {
 /// that authenticated with it ends (reason `revoked`), here at once and on every other
 /// replica through `cradle/control`.
 async fn revoke_credential(
-    _: Administrator,
+    Administrator(by): Administrator,
     State(state): State<AppState>,
     Path(credential_id): Path<String>,
 ) -> Result<Json<Revoked>, ApiError> {
@@ -439,10 +504,18 @@ async fn revoke_credential(
             DisconnectReason::Revoked,
         )
         .await;
-    tracing::info!(credential_id, "credential revoked over HTTP");
     let row = accounts::credential(&state.store, &credential_id)
         .await
         .map_err(refusal)?;
+    let data = json!({"credential_id": credential_id, "kind": row.kind.as_str(), "client_id": row.client_id, "ended": ended});
+    record(
+        &state,
+        AdminAction::CredentialRevoked,
+        by,
+        row.account_id.as_deref(),
+        data,
+    )
+    .await;
     Ok(Json(Revoked {
         credential: row.into(),
         ended,
@@ -457,39 +530,163 @@ struct Disconnected {
     /// The live connections this replica ended (reason `admin_disconnect`); every other
     /// replica ends its own.
     ended: Ended,
+    /// Until when its reconnects are refused (Unix milliseconds), when `ban_secs` was given.
+    banned_until_millis: Option<i64>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DisconnectBody {
+    /// Refuse the client's reconnects for this long (1 s to one year).
+    ban_secs: Option<u64>,
+}
+
+/// The longest ban, in seconds (a year).
+const MAX_BAN_SECS: u64 = 366 * 24 * 3600;
+
 /// Ends every live connection of the client (MQTT 5: DISCONNECT 0x98; WebSocket: close
-/// 4011), recorded with reason `admin_disconnect`. The client may connect again.
+/// 4011), recorded with reason `admin_disconnect`. With `ban_secs` its reconnects are refused
+/// until then (MQTT 5: CONNACK 0x8A banned; 3.1.1: not authorized; `/ws`: 403 `banned`), on
+/// every replica; otherwise it may connect again at once.
 async fn disconnect_client(
-    _: Administrator,
+    Administrator(by): Administrator,
     State(state): State<AppState>,
     Path((account_id, client_id)): Path<(String, String)>,
+    body: Body,
 ) -> Result<Json<Disconnected>, ApiError> {
     id_param("account_id", &account_id)?;
     id_param("client_id", &client_id)?;
-    let ended = state
-        .control
-        .end(
-            Target::Client {
+    let b: DisconnectBody = json_body(&state, body).await?;
+    let banned_until_millis = match b.ban_secs {
+        None => None,
+        Some(secs) if (1..=MAX_BAN_SECS).contains(&secs) => {
+            let now = crate::clock::now_millis();
+            let until = now + (secs as i64) * 1000;
+            let ban = crate::store::bans::Model {
                 account_id: account_id.clone(),
                 client_id: client_id.clone(),
-            },
+                until_millis: until,
+                created_at_millis: now,
+                by: by.to_string(),
+            };
+            state.store.put_ban(&ban).await?;
+            Some(until)
+        }
+        Some(_) => {
+            return Err(ApiError::InvalidBody {
+                field: "ban_secs",
+                message: format!("1 to {MAX_BAN_SECS} seconds"),
+            })
+        }
+    };
+    let target = Target::Client {
+        account_id: account_id.clone(),
+        client_id: client_id.clone(),
+    };
+    let ended = state
+        .control
+        .end_and_ban(
+            target,
             DisconnectReason::AdminDisconnect,
+            banned_until_millis,
         )
         .await;
-    tracing::info!(account_id, client_id, "client disconnected over HTTP");
+    let data = json!({"client_id": client_id, "ended": ended});
+    record(
+        &state,
+        AdminAction::ClientDisconnected,
+        by,
+        Some(&account_id),
+        data,
+    )
+    .await;
+    if let Some(until) = banned_until_millis {
+        let data = json!({"client_id": client_id, "until_millis": until});
+        record(
+            &state,
+            AdminAction::ClientBanned,
+            by,
+            Some(&account_id),
+            data,
+        )
+        .await;
+    }
     Ok(Json(Disconnected {
         account_id,
         client_id,
         ended,
+        banned_until_millis,
     }))
+}
+
+/// A ban in force.
+#[derive(Debug, Serialize)]
+struct BanView {
+    account_id: String,
+    client_id: String,
+    until_millis: i64,
+    created_at_millis: i64,
+    by: String,
+}
+
+#[derive(Debug, Serialize)]
+struct BanList {
+    bans: Vec<BanView>,
+}
+
+async fn list_bans(
+    _: Administrator,
+    State(state): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<BanList>, ApiError> {
+    if let Some(a) = &q.account_id {
+        id_param("account_id", a)?;
+    }
+    let rows = state
+        .store
+        .bans(q.account_id.as_deref(), crate::clock::now_millis())
+        .await?;
+    Ok(Json(BanList {
+        bans: rows
+            .into_iter()
+            .map(|b| BanView {
+                account_id: b.account_id,
+                client_id: b.client_id,
+                until_millis: b.until_millis,
+                created_at_millis: b.created_at_millis,
+                by: b.by,
+            })
+            .collect(),
+    }))
+}
+
+/// Lifts a ban: this replica admits the client at once, the others within a second.
+async fn lift_ban(
+    Administrator(by): Administrator,
+    State(state): State<AppState>,
+    Path((account_id, client_id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    id_param("account_id", &account_id)?;
+    id_param("client_id", &client_id)?;
+    let now = crate::clock::now_millis();
+    if !state.store.lift_ban(&account_id, &client_id, now).await? {
+        return Err(ApiError::Refused {
+            status: StatusCode::NOT_FOUND,
+            code: "ban_not_found",
+            message: format!("client `{client_id}` of account `{account_id}` is not banned"),
+            retry_after_secs: None,
+        });
+    }
+    state.auth.forget_ban(&account_id, &client_id);
+    let data = json!({"client_id": client_id});
+    record(&state, AdminAction::BanLifted, by, Some(&account_id), data).await;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// A new secret for the same kind, account and client; the old credential keeps working
 /// until it is revoked.
 async fn rotate_credential(
-    _: Administrator,
+    Administrator(by): Administrator,
     State(state): State<AppState>,
     Path(credential_id): Path<String>,
 ) -> Result<(StatusCode, Json<IssuedView>), ApiError> {
@@ -497,11 +694,16 @@ async fn rotate_credential(
     let issued = accounts::rotate(&state.store, &credential_id)
         .await
         .map_err(refusal)?;
-    tracing::info!(
-        credential_id,
-        new_credential_id = %issued.credential.credential_id,
-        "credential rotated over HTTP"
-    );
+    let c = &issued.credential;
+    let data = json!({"credential_id": credential_id, "new_credential_id": c.credential_id, "client_id": c.client_id});
+    record(
+        &state,
+        AdminAction::CredentialRotated,
+        by,
+        c.account_id.as_deref(),
+        data,
+    )
+    .await;
     Ok((StatusCode::CREATED, Json(issued.into())))
 }
 
@@ -519,7 +721,7 @@ struct BulkIssued {
 
 /// One device credential per client id, in one transaction: all are issued or none.
 async fn provision_devices(
-    _: Administrator,
+    Administrator(by): Administrator,
     State(state): State<AppState>,
     Path(account_id): Path<String>,
     body: Body,
@@ -542,11 +744,15 @@ async fn provision_devices(
     let issued = accounts::issue_devices(&state.store, &account_id, &b.client_ids)
         .await
         .map_err(refusal)?;
-    tracing::info!(
-        account_id,
-        count = issued.len(),
-        "device credentials provisioned over HTTP"
-    );
+    let data = json!({"account_id": account_id, "count": issued.len()});
+    record(
+        &state,
+        AdminAction::DevicesProvisioned,
+        by,
+        Some(&account_id),
+        data,
+    )
+    .await;
     Ok((
         StatusCode::CREATED,
         Json(BulkIssued {

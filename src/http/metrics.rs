@@ -72,7 +72,7 @@ impl TokenCheck {
     }
 }
 
-labels!(HttpRefusal, TokenCheck);
+labels!(HttpRefusal, TokenCheck, AdminAction);
 
 /// Counters of the HTTP server.
 #[derive(Debug, Default)]
@@ -87,12 +87,77 @@ pub struct HttpMetrics {
     pub(crate) idle_closed: AtomicU64,
     /// Bearer token checks.
     token_checks: Labeled<TokenCheck>,
+    /// Administrative actions over HTTP.
+    admin_actions: Labeled<AdminAction>,
+}
+
+/// An administrative action, as `cradle_admin_actions_total` and the event log name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AdminAction {
+    AccountCreated,
+    AccountDeleted,
+    CredentialIssued,
+    CredentialRevoked,
+    CredentialRotated,
+    DevicesProvisioned,
+    ClientDisconnected,
+    ClientBanned,
+    BanLifted,
+}
+
+impl AdminAction {
+    pub(crate) const ALL: [AdminAction; 9] = [
+        Self::AccountCreated,
+        Self::AccountDeleted,
+        Self::CredentialIssued,
+        Self::CredentialRevoked,
+        Self::CredentialRotated,
+        Self::DevicesProvisioned,
+        Self::ClientDisconnected,
+        Self::ClientBanned,
+        Self::BanLifted,
+    ];
+
+    /// The label's value.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::AccountCreated => "account_created",
+            Self::AccountDeleted => "account_deleted",
+            Self::CredentialIssued => "credential_issued",
+            Self::CredentialRevoked => "credential_revoked",
+            Self::CredentialRotated => "credential_rotated",
+            Self::DevicesProvisioned => "devices_provisioned",
+            Self::ClientDisconnected => "client_disconnected",
+            Self::ClientBanned => "client_banned",
+            Self::BanLifted => "ban_lifted",
+        }
+    }
+
+    /// The event type it is recorded as.
+    pub(crate) fn event_type(self) -> &'static str {
+        match self {
+            Self::AccountCreated => "admin.account_created",
+            Self::AccountDeleted => "admin.account_deleted",
+            Self::CredentialIssued => "admin.credential_issued",
+            Self::CredentialRevoked => "admin.credential_revoked",
+            Self::CredentialRotated => "admin.credential_rotated",
+            Self::DevicesProvisioned => "admin.devices_provisioned",
+            Self::ClientDisconnected => "admin.client_disconnected",
+            Self::ClientBanned => "admin.client_banned",
+            Self::BanLifted => "admin.ban_lifted",
+        }
+    }
 }
 
 impl HttpMetrics {
     /// Counts one refused or cut HTTP connection or request.
     pub(crate) fn refused(&self, reason: HttpRefusal) {
         self.refused.inc(reason);
+    }
+
+    /// Counts one administrative action.
+    pub(crate) fn admin_action(&self, action: AdminAction) {
+        self.admin_actions.inc(action);
     }
 
     /// Counts one bearer token check.
@@ -128,6 +193,11 @@ impl Family for HttpMetrics {
             "Bearer token checks (HTTP API and /ws), by outcome: cached (no argon2), verified, refused.",
         ))
         .labeled("", "outcome", &self.token_checks);
+        out.family(Desc::counter(
+            "cradle_admin_actions_total",
+            "Administrative actions over HTTP (each also an admin.* event in the log), by action.",
+        ))
+        .labeled("", "action", &self.admin_actions);
     }
 }
 

@@ -100,6 +100,15 @@ async fn upgrade(
         Ok(c) => c,
         Err(refusal) => return refusal.into_response(),
     };
+    if let Some(until) = state.auth.banned_until(&caller.account_id, &client_id) {
+        return ApiError::Refused {
+            status: StatusCode::FORBIDDEN,
+            code: "banned",
+            message: format!("client `{client_id}` is banned until {until} (Unix milliseconds)"),
+            retry_after_secs: None,
+        }
+        .into_response();
+    }
     let resume = match resume_request(&q) {
         Ok(r) => r,
         Err(refusal) => return refusal.into_response(),

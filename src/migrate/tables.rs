@@ -17,7 +17,8 @@ use sea_orm::{
 };
 
 use crate::store::{
-    accounts, clients, credentials, events, parent_stations, pending_starts, sessions, ws_handover,
+    accounts, bans, clients, credentials, events, parent_stations, pending_starts, sessions,
+    ws_handover,
 };
 
 use super::{one_line, MigrateError, INSERT_ROWS, LOOKUP_ROWS};
@@ -77,7 +78,7 @@ pub(super) trait TableOps: Sync {
 struct Table<E>(&'static str, PhantomData<fn() -> E>);
 
 /// Every copied table (there are no foreign keys between them; accounts come first anyway).
-pub(super) static TABLES: [&dyn TableOps; 8] = [
+pub(super) static TABLES: [&dyn TableOps; 9] = [
     &Table::<accounts::Entity>("accounts", PhantomData),
     &Table::<credentials::Entity>("credentials", PhantomData),
     &Table::<clients::Entity>("clients", PhantomData),
@@ -85,6 +86,7 @@ pub(super) static TABLES: [&dyn TableOps; 8] = [
     &Table::<parent_stations::Entity>("parent_stations", PhantomData),
     &Table::<pending_starts::Entity>("pending_starts", PhantomData),
     &Table::<ws_handover::Entity>("ws_handover", PhantomData),
+    &Table::<bans::Entity>("bans", PhantomData),
     &Table::<events::Entity>("events", PhantomData),
 ];
 

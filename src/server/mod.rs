@@ -262,7 +262,7 @@ async fn build(config: Config) -> Result<Running, ServeError> {
         queues,
         inbox_subscriptions,
         broker.handed_over,
-        edge.ender(),
+        (edge.ender(), auth.clone()),
     );
     let state = app_state(&config, &store, &counters, &bus, auth, &handlers);
     let (http_task, http_stop) = start_http(&config, http_listener, state, counters.http);
@@ -380,7 +380,7 @@ fn start_handlers(
     queues: Queues,
     inbox_subscriptions: Option<Arc<InboxSubscriptions>>,
     handed_over: Vec<(crate::ws::hub::HandedOver, Duration)>,
-    ender: edge::Ender,
+    (ender, auth): (edge::Ender, Arc<Authenticator>),
 ) -> Handlers {
     let Base {
         config,
@@ -417,13 +417,13 @@ fn start_handlers(
     ));
     let sessions_task = spawn_critical(Task::SessionHandler, sessions.clone().run(changes_rx));
     let (bridge, lists_rx) = bridge(config, store, out.clone(), &sessions, inbox_subscriptions);
-    let (control, control_task) = start_control(
+    let control = Arc::new(Control::new(
+        auth,
         ender,
-        &bridge,
+        bridge.clone(),
         (out, client_id.to_string()),
-        control_rx,
-        bus,
-    );
+    ));
+    let control_task = start_control(&control, control_rx, bus);
     bridge.take_back(handed_over);
     // Several replicas: sessions a replica handed over at its shutdown and nobody resumed
     // are ended by whichever replica claims them first once their window has passed.
@@ -473,21 +473,25 @@ fn spawn_stations(
     )
 }
 
-/// Starts applying decisions (revocations, kicks) from `cradle/control` to this replica's
-/// edge and bridge; the returned `Control` also takes them from HTTP.
-fn start_control(
-    ender: edge::Ender,
-    bridge: &Arc<Bridge>,
-    (out, origin): (rumqttc::AsyncClient, String),
-    rx: mpsc::Receiver<Publish>,
-    bus: &Bus,
-) -> (Arc<Control>, JoinHandle<()>) {
-    let control = Arc::new(Control::new(ender, bridge.clone(), out, origin));
-    let task = spawn_critical(
-        Task::Control,
-        crate::control::run(control.clone(), rx, bus.acker()),
-    );
-    (control, task)
+/// Applies decisions from `cradle/control` (revocations, kicks, bans) to this replica, and
+/// reads the bans in force from the store every second (a ban lifted on another replica, a
+/// ban set before this replica started).
+fn start_control(control: &Arc<Control>, rx: mpsc::Receiver<Publish>, bus: &Bus) -> JoinHandle<()> {
+    let (control, acker) = (control.clone(), bus.acker());
+    spawn_critical(Task::Control, async move {
+        let auth = control.auth().clone();
+        let refresh = async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                auth.refresh_bans().await;
+            }
+        };
+        tokio::select! {
+            () = crate::control::run(control, rx, acker) => {}
+            () = refresh => {}
+        }
+    })
 }
 
 /// Starts the status handler; it tells `changes` of every committed change. (With several

@@ -15,6 +15,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000004_create_sessions_and_parent_stations::Migration),
             Box::new(m20261130_000005_create_pending_starts::Migration),
             Box::new(m20261130_000006_create_ws_handover::Migration),
+            Box::new(m20261207_000007_create_bans::Migration),
         ]
     }
 }
@@ -60,6 +61,16 @@ enum WsHandover {
     Seq,
     Replay,
     DeadlineMillis,
+}
+
+#[derive(DeriveIden)]
+enum Bans {
+    Table,
+    AccountId,
+    ClientId,
+    UntilMillis,
+    CreatedAtMillis,
+    By,
 }
 
 #[derive(DeriveIden)]
@@ -546,6 +557,46 @@ mod m20261130_000006_create_ws_handover {
         async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
             manager
                 .drop_table(Table::drop().table(WsHandover::Table).to_owned())
+                .await
+        }
+    }
+}
+
+mod m20261207_000007_create_bans {
+    use super::*;
+
+    pub(crate) struct Migration;
+
+    impl MigrationName for Migration {
+        fn name(&self) -> &str {
+            "m20261207_000007_create_bans"
+        }
+    }
+
+    #[sea_orm_migration::async_trait::async_trait]
+    impl MigrationTrait for Migration {
+        async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            let text = |c: Bans| ColumnDef::new(c).string().not_null().to_owned();
+            let millis = |c: Bans| ColumnDef::new(c).big_integer().not_null().to_owned();
+            manager
+                .create_table(
+                    Table::create()
+                        .table(Bans::Table)
+                        .if_not_exists()
+                        .col(text(Bans::AccountId))
+                        .col(text(Bans::ClientId))
+                        .col(millis(Bans::UntilMillis))
+                        .col(millis(Bans::CreatedAtMillis))
+                        .col(text(Bans::By))
+                        .primary_key(Index::create().col(Bans::AccountId).col(Bans::ClientId))
+                        .to_owned(),
+                )
+                .await
+        }
+
+        async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            manager
+                .drop_table(Table::drop().table(Bans::Table).to_owned())
                 .await
         }
     }

@@ -6,6 +6,8 @@
 //! [`Store`]; every read is scoped by account.
 
 pub mod accounts;
+pub mod audit;
+pub mod bans;
 pub mod clients;
 pub mod credentials;
 pub mod events;

@@ -449,6 +449,7 @@ pub(super) async fn authenticate<W: AsyncWrite + Unpin>(
         Err(refusal) => {
             let (v4_code, v5_code) = match refusal {
                 Refusal::Busy => (connack::V4_SERVER_UNAVAILABLE, connack::V5_SERVER_BUSY),
+                Refusal::Banned => (connack::V4_NOT_AUTHORIZED, connack::V5_BANNED),
                 _ => (connack::V4_NOT_AUTHORIZED, connack::V5_NOT_AUTHORIZED),
             };
             connect.refuse(wr, (v4_code, v5_code)).await;

@@ -1,0 +1,72 @@
+//! The record of administrative actions: who (a credential id, or `admin_token`), what and
+//! when, as events of their own in the event log (`admin.*`, stream `admin/{account_id}`),
+//! in the account's log for an action on an account, in the log of [`CRADLE_ACCOUNT`] for one
+//! on no account (an operator secret).
+
+use sea_orm::entity::prelude::*;
+use sea_orm::{QueryOrder, QuerySelect, TransactionTrait};
+
+use super::{append_in, events, NewEvent, Store, StoreError};
+use crate::clock::now_millis;
+use crate::ids::random_hex;
+
+/// The account whose log holds administrative actions on no account (operator secrets). No
+/// customer account may take this id.
+pub const CRADLE_ACCOUNT: &str = "_cradle";
+
+/// One administrative action to record.
+#[derive(Debug, Clone)]
+pub struct AdminAction<'a> {
+    /// The account acted on (`None`: Cradle's own, [`CRADLE_ACCOUNT`]).
+    pub account_id: Option<&'a str>,
+    /// Its event type: `admin.account_created`, `admin.credential_revoked`, ….
+    pub event_type: &'static str,
+    /// Who: a credential id, `admin_token`, or `open_mode`.
+    pub by: &'a str,
+    /// What: the action's own fields (ids, counts; never a secret).
+    pub data: serde_json::Value,
+}
+
+impl Store {
+    /// Appends `action` to its account's `admin/{account_id}` stream (retried on a race with
+    /// another replica's action on the same account).
+    pub async fn record_admin(&self, action: AdminAction<'_>) -> Result<(), StoreError> {
+        let account_id = action.account_id.unwrap_or(CRADLE_ACCOUNT);
+        let stream = format!("admin/{account_id}");
+        let mut data = action.data;
+        if let Some(map) = data.as_object_mut() {
+            map.insert("by".into(), action.by.into());
+        }
+        let mut attempts = 0;
+        loop {
+            let txn = self.db.begin().await?;
+            let last = events::Entity::find()
+                .filter(events::Column::Stream.eq(&stream))
+                .order_by_desc(events::Column::StreamVersion)
+                .limit(1)
+                .one(&txn)
+                .await?
+                .map_or(0, |e| e.stream_version);
+            let at = now_millis();
+            let event = NewEvent {
+                account_id: account_id.to_string(),
+                stream: stream.clone(),
+                stream_version: last + 1,
+                event_type: action.event_type,
+                event_version: 1,
+                data: data.clone(),
+                at_millis: at,
+                idempotency_key: format!("{}/{}", action.event_type, random_hex(12)),
+            };
+            let appended = append_in(&txn, &[event], at).await;
+            let result = match appended {
+                Ok(()) => txn.commit().await.map_err(StoreError::from),
+                Err(e) => Err(e),
+            };
+            match result {
+                Err(StoreError::Conflict(_)) if attempts < 5 => attempts += 1,
+                other => return other,
+            }
+        }
+    }
+}
