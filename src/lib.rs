@@ -99,6 +99,7 @@
 //!   [`telemetry`] (logging).
 
 pub mod accounts;
+pub mod admin_client;
 pub mod auth;
 pub mod bench;
 pub mod broker;

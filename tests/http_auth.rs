@@ -600,3 +600,80 @@ async fn revoking_a_credential_or_disconnecting_a_client_ends_its_live_connectio
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_administers_a_running_cradle_over_http_without_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("remote.db").display());
+    let admin = "an-admin-token-of-some-length".to_string();
+    let cradle =
+        Cradle::spawn_ready(dir.path(), &db, &[("CRADLE_ADMIN_TOKEN", admin.clone())]).await;
+    // From a directory without any store, and without the database's URL.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(common::cradle_bin())
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("CRADLE_SERVER", &cradle.http)
+            .env("CRADLE_ADMIN_TOKEN", &admin)
+            .current_dir(elsewhere.path())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = run(&["accounts", "create", "fam", "--name", "Family"]);
+    assert!(ok, "{out}{err}");
+    let (ok, _, err) = run(&["accounts", "create", "fam"]);
+    assert!(!ok && err.contains("exists already"), "{err}");
+    let (ok, out, err) = run(&[
+        "credentials",
+        "issue",
+        "--account",
+        "fam",
+        "--client",
+        "baby-1",
+    ]);
+    assert!(ok, "{err}");
+    let secret = out.lines().last().unwrap().to_string();
+    let id = out.split_whitespace().nth(3).unwrap().to_string();
+    let (mut device, code) =
+        common::RawV4::connect(cradle.mqtt_port, "baby-1", Some(("fam", &secret)), 30).await;
+    assert_eq!(code, 0);
+    let (ok, listing, _) = run(&["credentials", "list", "--account", "fam"]);
+    assert!(
+        ok && listing.contains(&id) && !listing.contains(&secret),
+        "{listing}"
+    );
+    let (ok, _, err) = run(&["credentials", "revoke", &id]);
+    assert!(ok, "{err}");
+    assert!(
+        device.read().await.is_none(),
+        "revoked over HTTP: the live connection ended"
+    );
+    let (ok, accounts, _) = run(&["accounts", "list"]);
+    assert!(ok && accounts.contains("Family"), "{accounts}");
+    assert!(!elsewhere.path().join("data").exists(), "no store created");
+    // A wrong token is named as the server's refusal.
+    let out = std::process::Command::new(common::cradle_bin())
+        .args([
+            "accounts",
+            "list",
+            "--server",
+            &cradle.http,
+            "--admin-token",
+            "wrong-token-xxxxxxxx",
+        ])
+        .current_dir(elsewhere.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("401 unauthorized"),
+        "{err}"
+    );
+}

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use cradle::accounts::{self, CredentialKind};
+use cradle::accounts::CredentialKind;
+use cradle::admin_client::Admin;
 use cradle::config::{Config, Overrides};
 use cradle::store::Store;
 
@@ -49,6 +50,19 @@ struct StoreArgs {
     /// a command run from the wrong directory or with a mistyped URL changes nothing).
     #[arg(long, env = "CRADLE_CREATE_STORE", global = true)]
     create_store: bool,
+    /// Act through a running Cradle's admin API instead of the store (`http://host:port`;
+    /// needs --admin-token): no database access needed, and a revocation ends live connections.
+    #[arg(long, env = "CRADLE_SERVER", value_name = "URL", global = true)]
+    server: Option<String>,
+    /// The admin token (http.admin_token) for --server.
+    #[arg(
+        long = "admin-token",
+        env = "CRADLE_ADMIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    admin_token: Option<String>,
 }
 
 // Parsed once per process: `serve`'s many overrides make its variant large, which costs nothing.
@@ -194,13 +208,11 @@ fn main() -> ExitCode {
             serve(config)
         }
         Command::Accounts { store, action } => match load_store(&store) {
-            Ok(c) => admin(c, store.create_store, |s| Box::pin(accounts_cmd(s, action))),
+            Ok(c) => admin(c, &store, |a| Box::pin(accounts_cmd(a, action))),
             Err(code) => return code,
         },
         Command::Credentials { store, action } => match load_store(&store) {
-            Ok(c) => admin(c, store.create_store, |s| {
-                Box::pin(credentials_cmd(s, action))
-            }),
+            Ok(c) => admin(c, &store, |a| Box::pin(credentials_cmd(a, action))),
             Err(code) => return code,
         },
         Command::Migrate(args) => migrate_cmd(args),
@@ -218,37 +230,44 @@ fn main() -> ExitCode {
 type AdminFuture<'a> =
     std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + 'a>>;
 
-/// Runs one admin command against the configured store, which must exist unless `create`.
+/// Runs one admin command: through `--server`'s admin API, or against the configured store,
+/// which must exist unless `--create-store`.
 fn admin(
     config: Config,
-    create: bool,
-    command: impl for<'a> FnOnce(&'a Store) -> AdminFuture<'a>,
+    args: &StoreArgs,
+    command: impl for<'a> FnOnce(&'a Admin) -> AdminFuture<'a>,
 ) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
     runtime.block_on(async {
-        let store = match create {
+        if let Some(server) = &args.server {
+            return command(&Admin::remote(server, args.admin_token.clone())).await;
+        }
+        let store = match args.create_store {
             true => Store::connect(&config.store).await?,
             false => Store::connect_existing(&config.store).await?,
         };
-        let result = command(&store).await;
-        store.close().await?;
+        let admin = Admin::Local(store);
+        let result = command(&admin).await;
+        if let Admin::Local(store) = admin {
+            store.close().await?;
+        }
         result
     })
 }
 
-async fn accounts_cmd(store: &Store, action: AccountsAction) -> anyhow::Result<()> {
+async fn accounts_cmd(admin: &Admin, action: AccountsAction) -> anyhow::Result<()> {
     match action {
         AccountsAction::Create { account, name } => {
             let name = name.unwrap_or_else(|| account.clone());
-            let a = accounts::create_account(store, &account, &name).await?;
+            let a = admin.create_account(&account, &name).await?;
             println!("created account {} ({})", a.account_id, a.name);
         }
         AccountsAction::List => {
             println!("{:<32} {:<32} CREATED (UNIX MS)", "ACCOUNT", "NAME");
-            for a in accounts::list_accounts(store).await? {
+            for a in admin.accounts().await? {
                 println!(
                     "{:<32} {:<32} {}",
                     a.account_id, a.name, a.created_at_millis
@@ -256,14 +275,14 @@ async fn accounts_cmd(store: &Store, action: AccountsAction) -> anyhow::Result<(
             }
         }
         AccountsAction::Delete { account } => {
-            accounts::delete_account(store, &account).await?;
-            println!("deleted account {account}; its credentials are revoked");
+            let revoked = admin.delete_account(&account).await?;
+            println!("deleted account {account}; its {revoked} credentials are revoked");
         }
     }
     Ok(())
 }
 
-async fn credentials_cmd(store: &Store, action: CredentialsAction) -> anyhow::Result<()> {
+async fn credentials_cmd(admin: &Admin, action: CredentialsAction) -> anyhow::Result<()> {
     match action {
         CredentialsAction::Issue {
             account,
@@ -278,12 +297,13 @@ async fn credentials_cmd(store: &Store, action: CredentialsAction) -> anyhow::Re
             } else {
                 CredentialKind::Device
             };
-            let issued =
-                accounts::issue(store, kind, account.as_deref(), client.as_deref()).await?;
+            let issued = admin
+                .issue(kind, account.as_deref(), client.as_deref())
+                .await?;
             let c = &issued.credential;
             println!(
                 "issued {} credential {} (account {}, client {}); the secret is shown once:",
-                c.kind.as_str(),
+                c.kind,
                 c.credential_id,
                 c.account_id.as_deref().unwrap_or("-"),
                 c.client_id.as_deref().unwrap_or("-"),
@@ -295,7 +315,7 @@ async fn credentials_cmd(store: &Store, action: CredentialsAction) -> anyhow::Re
                 "{:<20} {:<9} {:<24} {:<24} REVOKED",
                 "CREDENTIAL", "KIND", "ACCOUNT", "CLIENT"
             );
-            for c in accounts::list_credentials(store, account.as_deref()).await? {
+            for c in admin.credentials(account.as_deref()).await? {
                 println!(
                     "{:<20} {:<9} {:<24} {:<24} {}",
                     c.credential_id,
@@ -311,7 +331,7 @@ async fn credentials_cmd(store: &Store, action: CredentialsAction) -> anyhow::Re
             }
         }
         CredentialsAction::Revoke { credential } => {
-            accounts::revoke(store, &credential).await?;
+            admin.revoke(&credential).await?;
             println!("revoked {credential}");
         }
     }
