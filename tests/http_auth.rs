@@ -677,3 +677,48 @@ async fn the_command_line_administers_a_running_cradle_over_http_without_the_dat
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_listener_keeps_administration_and_metrics_off_the_public_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("admin-port.db").display());
+    let admin = "an-admin-token-of-some-length".to_string();
+    let port = common::free_port();
+    let cradle = Cradle::spawn_ready(
+        dir.path(),
+        &db,
+        &[
+            ("CRADLE_ADMIN_TOKEN", admin.clone()),
+            ("CRADLE_HTTP_ADMIN_LISTEN", format!("127.0.0.1:{port}")),
+        ],
+    )
+    .await;
+    let status = |url: String| {
+        let admin = admin.clone();
+        async move {
+            reqwest::Client::new()
+                .get(url)
+                .bearer_auth(admin)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let inside = format!("http://127.0.0.1:{port}");
+    for path in ["/v1/admin/accounts", "/metrics"] {
+        assert_eq!(
+            status(format!("{}{path}", cradle.http)).await,
+            404,
+            "{path}"
+        );
+        assert_eq!(status(format!("{inside}{path}")).await, 200, "{path}");
+    }
+    assert_eq!(
+        status(format!("{}/v1/accounts/a/clients", cradle.http)).await,
+        200
+    );
+    assert_eq!(status(format!("{inside}/v1/accounts/a/clients")).await, 404);
+    assert_eq!(status(format!("{inside}/readyz")).await, 200);
+}

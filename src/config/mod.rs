@@ -359,8 +359,13 @@ impl Default for MqttConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
-    /// Address of the HTTP API, `/healthz`, `/readyz` and `/metrics`.
+    /// Address of the HTTP API, `/ws`, `/healthz`, `/readyz` and `/metrics`.
     pub listen: SocketAddr,
+    /// A listener of its own for the administration routes (`/v1/admin/…`, the disconnect
+    /// route) and `/metrics`, which then leave `listen` (the port the PWA reaches). Unset: all
+    /// on `listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_listen: Option<SocketAddr>,
     /// Largest request body read, in bytes; larger bodies get 413 before being read.
     pub max_body_bytes: usize,
     /// Largest `limit` a caller may ask of a list route.
@@ -394,6 +399,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: loopback(8080),
+            admin_listen: None,
             max_body_bytes: 64 * 1024,
             max_page_size: 1000,
             admin_token: None,

@@ -91,6 +91,10 @@ pub struct Overrides {
     /// a browser [default: unset, loopback origins only; an empty value allows none].
     #[arg(long, env = "CRADLE_HTTP_ALLOWED_ORIGINS", value_name = "ORIGINS")]
     pub http_allowed_origins: Option<String>,
+    /// http.admin_listen: a listener of its own for /v1/admin/…, the disconnect route and
+    /// /metrics [default: unset, all on http.listen].
+    #[arg(long, env = "CRADLE_HTTP_ADMIN_LISTEN", value_name = "ADDR")]
+    pub http_admin_listen: Option<String>,
 }
 
 impl Config {
@@ -290,6 +294,15 @@ impl Config {
                 "CRADLE_HTTP_WRITE_TIMEOUT_MS",
                 "is not a whole number",
             )?;
+        }
+        if let Some(v) = &o.http_admin_listen {
+            self.http.admin_listen = Some(parse_override(
+                v,
+                "http.admin_listen",
+                "http-admin-listen",
+                "CRADLE_HTTP_ADMIN_LISTEN",
+                "is not an address (host:port)",
+            )?);
         }
         if let Some(v) = &o.http_allowed_origins {
             self.http.allowed_origins = Some(

@@ -254,6 +254,9 @@ impl Config {
         if let Some(a) = self.mqtt.wss_listen {
             listeners.push(("mqtt.wss_listen", a));
         }
+        if let Some(a) = self.http.admin_listen {
+            listeners.push(("http.admin_listen", a));
+        }
         listeners
     }
 

@@ -64,14 +64,38 @@ pub(crate) struct AppState {
     pub(crate) origins: Arc<Origins>,
 }
 
-/// Builds the whole router.
-pub(crate) fn app(state: AppState, max_body_bytes: usize) -> Router {
-    Router::new()
-        .merge(ops::router())
-        .merge(api::router())
-        .merge(sessions::router())
-        .merge(ws::router())
-        .merge(admin::router())
+/// Which routes a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Surface {
+    /// Every route (no `http.admin_listen`).
+    All,
+    /// `http.listen` beside an admin listener: all but administration and `/metrics`.
+    Public,
+    /// `http.admin_listen`: administration, `/metrics`, `/healthz`, `/readyz`.
+    Admin,
+}
+
+/// Builds the router of one listener.
+pub(crate) fn app(state: AppState, max_body_bytes: usize, surface: Surface) -> Router {
+    let routes = match surface {
+        Surface::All => Router::new()
+            .merge(ops::router())
+            .merge(ops::metrics_router())
+            .merge(api::router())
+            .merge(sessions::router())
+            .merge(ws::router())
+            .merge(admin::router()),
+        Surface::Public => Router::new()
+            .merge(ops::router())
+            .merge(api::router())
+            .merge(sessions::router())
+            .merge(ws::router()),
+        Surface::Admin => Router::new()
+            .merge(ops::router())
+            .merge(ops::metrics_router())
+            .merge(admin::router()),
+    };
+    routes
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))

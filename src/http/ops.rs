@@ -14,7 +14,11 @@ pub(super) fn router() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+}
+
+/// `/metrics`, on the admin listener when there is one.
+pub(super) fn metrics_router() -> Router<AppState> {
+    Router::new().route("/metrics", get(metrics))
 }
 
 /// 200 while the process serves HTTP.

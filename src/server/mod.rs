@@ -48,9 +48,10 @@ pub enum ServeError {
     /// A listener of the broker.
     #[error(transparent)]
     Broker(#[from] BrokerError),
-    /// The HTTP listener.
-    #[error("http.listen: cannot listen on {addr}: {error}")]
+    /// The HTTP listener (`http.listen` or `http.admin_listen`).
+    #[error("{key}: cannot listen on {addr}: {error}")]
     Http {
+        key: &'static str,
         addr: SocketAddr,
         error: std::io::Error,
     },
@@ -205,12 +206,11 @@ async fn build(config: Config) -> Result<Running, ServeError> {
     let counters = Counters::default();
     check_open_files(&config);
     // Every listener is checked before anything is created or migrated.
-    let http_listener = tokio::net::TcpListener::bind(config.http.listen)
-        .await
-        .map_err(|error| ServeError::Http {
-            addr: config.http.listen,
-            error,
-        })?;
+    let http_listener = bind_http("http.listen", config.http.listen).await?;
+    let admin_listener = match config.http.admin_listen {
+        Some(addr) => Some(bind_http("http.admin_listen", addr).await?),
+        None => None,
+    };
     let store = Store::connect(&config.store).await?;
     tracing::info!(backend = ?store.backend(), url = %crate::store::redact(&config.store.database_url), "store ready");
     let auth = authenticator(&config, &store).await?;
@@ -265,7 +265,12 @@ async fn build(config: Config) -> Result<Running, ServeError> {
         (edge.ender(), auth.clone()),
     );
     let state = app_state(&config, &store, &counters, &bus, auth, &handlers);
-    let (http_task, http_stop) = start_http(&config, http_listener, state, counters.http);
+    let (http_task, http_stop) = start_http(
+        &config,
+        (http_listener, admin_listener),
+        state,
+        counters.http,
+    );
     Ok(Running {
         config,
         store,
@@ -322,27 +327,48 @@ async fn start_edge(
     Ok(edge)
 }
 
-/// Serves the HTTP API (and `/ws`) on `listener` until the returned sender says stop.
+/// Binds an HTTP listener; a failure names its key.
+async fn bind_http(
+    key: &'static str,
+    addr: SocketAddr,
+) -> Result<tokio::net::TcpListener, ServeError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|error| ServeError::Http { key, addr, error })
+}
+
+/// Serves the HTTP API (and `/ws`) on `listener`, and the administration routes and
+/// `/metrics` on `admin` when there is one, until the returned sender says stop.
 fn start_http(
     config: &Config,
-    listener: tokio::net::TcpListener,
+    (listener, admin): (tokio::net::TcpListener, Option<tokio::net::TcpListener>),
     state: AppState,
     metrics: Arc<HttpMetrics>,
 ) -> (JoinHandle<()>, watch::Sender<bool>) {
-    let (stop, mut stop_rx) = watch::channel(false);
-    let app = http::app(state, config.http.max_body_bytes);
-    let task = spawn_critical(
-        Task::HttpServer,
-        http::serve::serve(
-            listener,
-            app,
-            http::serve::Limits::from(&config.http),
-            metrics,
-            async move {
-                let _ = stop_rx.wait_for(|stop| *stop).await;
-            },
+    let (stop, stop_rx) = watch::channel(false);
+    let limits = http::serve::Limits::from(&config.http);
+    let max_body = config.http.max_body_bytes;
+    let serve = |listener, surface, metrics| {
+        let mut stop_rx: watch::Receiver<bool> = stop_rx.clone();
+        let app = http::app(state.clone(), max_body, surface);
+        http::serve::serve(listener, app, limits, metrics, async move {
+            let _ = stop_rx.wait_for(|stop| *stop).await;
+        })
+    };
+    let task = match admin {
+        None => spawn_critical(
+            Task::HttpServer,
+            serve(listener, http::Surface::All, metrics),
         ),
-    );
+        Some(admin) => {
+            tracing::info!(addr = ?admin.local_addr().ok(), "administration routes and /metrics on http.admin_listen");
+            let public = serve(listener, http::Surface::Public, metrics.clone());
+            let admin = serve(admin, http::Surface::Admin, metrics);
+            spawn_critical(Task::HttpServer, async move {
+                tokio::join!(public, admin);
+            })
+        }
+    };
     (task, stop)
 }
 
