@@ -28,6 +28,50 @@ pub struct Ended {
     pub websocket_sessions: usize,
 }
 
+/// One live connection of this replica, as `GET …/connections` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ConnectionView {
+    pub account_id: String,
+    pub client_id: String,
+    /// `mqtt` (a device behind the edge) or `websocket` (a session of the bridge).
+    pub kind: &'static str,
+    /// A WebSocket session's connection id (none for an MQTT connection: the edge lists the
+    /// connection by its client id, which it holds once).
+    pub connection_id: Option<String>,
+    /// The credential it authenticated with (none in open mode).
+    pub credential_id: Option<String>,
+    /// The client's address (MQTT).
+    pub peer: Option<String>,
+    /// The listener's config key (`mqtt.listen`, …, `http.listen` for `/ws`).
+    pub listener: &'static str,
+    /// `3.1.1`, `5` or `websocket`.
+    pub protocol: &'static str,
+    /// The keep-alive (MQTT) or heartbeat (WebSocket) in seconds.
+    pub keep_alive_secs: u64,
+    /// When it was accepted (Unix milliseconds).
+    pub connected_at_millis: i64,
+    /// PUBLISH packets from and to the client, and bytes (MQTT; none for WebSocket).
+    pub messages_in: Option<u64>,
+    pub messages_out: Option<u64>,
+    pub bytes_in: Option<u64>,
+    pub bytes_out: Option<u64>,
+    /// The replica holding it (its bus client id).
+    pub replica: String,
+}
+
+impl ConnectionView {
+    /// Its place in the listing: account, client, kind, connection id.
+    pub fn cursor(&self) -> String {
+        format!(
+            "{}/{}/{}/{}",
+            self.account_id,
+            self.client_id,
+            self.kind,
+            self.connection_id.as_deref().unwrap_or("")
+        )
+    }
+}
+
 /// Ends live connections here and tells the other replicas.
 pub struct Control {
     auth: Arc<Authenticator>,
@@ -54,6 +98,71 @@ impl Control {
             out,
             origin,
         }
+    }
+
+    /// This replica's live MQTT connections and WebSocket sessions, of `account` (or all),
+    /// in listing order, after `after` (a [`ConnectionView::cursor`]), at most `limit`.
+    pub fn connections(
+        &self,
+        account: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Vec<ConnectionView> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut all: Vec<ConnectionView> = self
+            .edge
+            .connections(account)
+            .into_iter()
+            .filter_map(|c| {
+                let d = &c.details;
+                Some(ConnectionView {
+                    account_id: c.owner.account_id?,
+                    client_id: c.owner.client_id,
+                    kind: "mqtt",
+                    connection_id: None,
+                    credential_id: c.owner.credential_id,
+                    peer: Some(d.peer.to_string()),
+                    listener: d.listener,
+                    protocol: d.protocol,
+                    keep_alive_secs: u64::from(d.keep_alive_secs),
+                    connected_at_millis: c.owner.since_millis,
+                    messages_in: Some(d.messages_in.load(Relaxed)),
+                    messages_out: Some(d.messages_out.load(Relaxed)),
+                    bytes_in: Some(d.bytes_in.load(Relaxed)),
+                    bytes_out: Some(d.bytes_out.load(Relaxed)),
+                    replica: self.origin.clone(),
+                })
+            })
+            .collect();
+        all.extend(
+            self.bridge
+                .sessions(account)
+                .into_iter()
+                .map(|s| ConnectionView {
+                    account_id: s.owner.account_id.unwrap_or_default(),
+                    client_id: s.owner.client_id,
+                    kind: "websocket",
+                    connection_id: Some(s.connection_id),
+                    credential_id: s.owner.credential_id,
+                    peer: None,
+                    listener: "http.listen",
+                    protocol: "websocket",
+                    keep_alive_secs: s.heartbeat_secs,
+                    connected_at_millis: s.owner.since_millis,
+                    messages_in: None,
+                    messages_out: None,
+                    bytes_in: None,
+                    bytes_out: None,
+                    replica: self.origin.clone(),
+                }),
+        );
+        let mut keyed: Vec<(String, ConnectionView)> =
+            all.into_iter().map(|c| (c.cursor(), c)).collect();
+        if let Some(after) = after {
+            keyed.retain(|(k, _)| k.as_str() > after);
+        }
+        keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        keyed.into_iter().take(limit).map(|(_, c)| c).collect()
     }
 
     /// The authenticator whose bans this keeps.

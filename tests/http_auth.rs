@@ -722,3 +722,120 @@ async fn an_admin_listener_keeps_administration_and_metrics_off_the_public_port(
     assert_eq!(status(format!("{inside}/v1/accounts/a/clients")).await, 404);
     assert_eq!(status(format!("{inside}/readyz")).await, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_connections_are_listed_with_their_details_and_paged() {
+    use reqwest::Method;
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("conns.db").display());
+    issue(&db, &["accounts", "create", "fam"]);
+    issue(&db, &["accounts", "create", "other"]);
+    let secret = |a: &str, c: &str| {
+        issue(
+            &db,
+            &["credentials", "issue", "--account", a, "--client", c],
+        )
+    };
+    let (s1, s2, s3) = (
+        secret("fam", "baby-1"),
+        secret("fam", "parent-1"),
+        secret("other", "x"),
+    );
+    let token = issue(
+        &db,
+        &["credentials", "issue", "--account", "fam", "--token"],
+    );
+    let admin = "an-admin-token-of-some-length".to_string();
+    let cradle =
+        Cradle::spawn_ready(dir.path(), &db, &[("CRADLE_ADMIN_TOKEN", admin.clone())]).await;
+    let (mut baby, _) =
+        common::RawV4::connect(cradle.mqtt_port, "baby-1", Some(("fam", &s1)), 30).await;
+    baby.publish(
+        "accounts/fam/clients/baby-1/status",
+        common::status("connected", "k1", 1_000, None).as_bytes(),
+        1,
+    )
+    .await;
+    assert!(matches!(
+        baby.read().await,
+        Some(rumqttc::mqttbytes::v4::Packet::PubAck(_))
+    ));
+    let (_parent, _) =
+        common::RawV5::connect(cradle.mqtt_port, "parent-1", Some(("fam", &s2)), 45).await;
+    let (_x, _) = common::RawV4::connect(cradle.mqtt_port, "x", Some(("other", &s3)), 30).await;
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(cradle.ws_url(&format!("client_id=pwa&token={token}")))
+            .await
+            .unwrap();
+    let hello = common::next_frame(&mut ws).await.unwrap();
+
+    let (status, page) = call(
+        &cradle,
+        Method::GET,
+        "/v1/accounts/fam/connections",
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    let list = page["connections"].as_array().unwrap();
+    let clients: Vec<&str> = list
+        .iter()
+        .map(|c| c["client_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(clients, ["baby-1", "parent-1", "pwa"], "{page}");
+    let baby = &list[0];
+    assert_eq!(baby["kind"], "mqtt");
+    assert_eq!(baby["protocol"], "3.1.1");
+    assert_eq!(baby["listener"], "mqtt.listen");
+    assert_eq!(baby["keep_alive_secs"], 30);
+    assert!(baby["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(baby["credential_id"].as_str().unwrap().starts_with("cr_"));
+    assert_eq!(baby["messages_in"], 1, "{baby}");
+    assert!(baby["bytes_in"].as_u64().unwrap() > 20, "{baby}");
+    assert!(
+        baby["bytes_out"].as_u64().unwrap() >= 4,
+        "the PUBACK: {baby}"
+    );
+    assert_eq!(list[1]["protocol"], "5");
+    assert_eq!(list[1]["keep_alive_secs"], 45);
+    assert_eq!(list[2]["kind"], "websocket");
+    assert_eq!(list[2]["connection_id"], hello["connection_id"]);
+    assert!(list[2]["connected_at_millis"].as_i64().unwrap() > 0);
+
+    // Paged one at a time, the same three; another account's token sees none of them.
+    let mut walked = Vec::new();
+    let mut after = String::new();
+    loop {
+        let path = format!("/v1/accounts/fam/connections?limit=1&after={after}");
+        let (_, page) = call(&cradle, Method::GET, &path, Some(&token), None).await;
+        for c in page["connections"].as_array().unwrap() {
+            walked.push(c["client_id"].as_str().unwrap().to_string());
+        }
+        match page["next_after"].as_str() {
+            Some(next) => after = next.to_string(),
+            None => break,
+        }
+    }
+    assert_eq!(walked, ["baby-1", "parent-1", "pwa"]);
+    let (status, _) = call(
+        &cradle,
+        Method::GET,
+        "/v1/accounts/other/connections",
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(status, 403);
+    // Administrators see every account.
+    let (status, all) = call(
+        &cradle,
+        Method::GET,
+        "/v1/admin/connections",
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(all["connections"].as_array().unwrap().len(), 4, "{all}");
+}

@@ -21,7 +21,7 @@ pub mod inbox;
 pub(crate) mod lifecycle;
 pub(crate) mod metrics;
 pub mod publisher;
-pub(crate) mod registry;
+pub mod registry;
 pub mod retained;
 pub mod session;
 pub(crate) mod uplink;
@@ -271,6 +271,11 @@ impl Ender {
     /// published as any other); returns how many were told.
     pub fn end_matching(&self, command: &crate::domain::control::EndCommand) -> usize {
         self.0.registry.end_matching(command)
+    }
+
+    /// The live connections of `account` (or all) behind this replica's edge.
+    pub fn connections(&self, account: Option<&str>) -> Vec<registry::LiveConnection> {
+        self.0.registry.list(account)
     }
 }
 

@@ -54,12 +54,65 @@ impl Signal {
     }
 }
 
+/// What the list of live connections shows of one connection besides its owner; its
+/// counters are kept by the connection's task.
+#[derive(Debug)]
+pub struct ConnDetails {
+    /// The client's address.
+    pub peer: std::net::SocketAddr,
+    /// The listener's config key (`mqtt.listen`, `mqtt.ws_listen`, `mqtt.tls_listen`, …).
+    pub listener: &'static str,
+    /// `3.1.1` or `5`.
+    pub protocol: &'static str,
+    /// The keep-alive the client asked for, in seconds.
+    pub keep_alive_secs: u16,
+    /// PUBLISH packets from the client.
+    pub messages_in: AtomicU64,
+    /// PUBLISH packets to the client.
+    pub messages_out: AtomicU64,
+    /// Bytes from the client.
+    pub bytes_in: AtomicU64,
+    /// Bytes to the client.
+    pub bytes_out: AtomicU64,
+}
+
+impl ConnDetails {
+    /// A connection's details with its counters at zero.
+    pub fn new(
+        peer: std::net::SocketAddr,
+        listener: &'static str,
+        protocol: &'static str,
+        keep_alive_secs: u16,
+    ) -> Self {
+        Self {
+            peer,
+            listener,
+            protocol,
+            keep_alive_secs,
+            messages_in: AtomicU64::new(0),
+            messages_out: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+        }
+    }
+}
+
+/// One live connection as listed.
+#[derive(Debug, Clone)]
+pub struct LiveConnection {
+    /// Who holds it.
+    pub owner: Owner,
+    /// Its details (the counters as read now).
+    pub details: Arc<ConnDetails>,
+}
+
 /// A live connection's handle in the registry.
 struct Entry {
     seq: u64,
     signal: Arc<Signal>,
     /// Who holds it: what a revocation or a kick matches.
     owner: Owner,
+    details: Arc<ConnDetails>,
 }
 
 /// Live connections by upstream client id.
@@ -74,6 +127,8 @@ pub(crate) struct Claim {
     /// Its sequence number (a newer claim of the same id has a larger one).
     pub seq: u64,
     signal: Arc<Signal>,
+    /// Its details, whose counters the connection's task keeps.
+    pub(crate) details: Arc<ConnDetails>,
 }
 
 impl Claim {
@@ -109,7 +164,12 @@ impl Registry {
     /// Registers a connection of `client_id`. A connection already registered under that
     /// id is told to end with reason `takeover`, and this waits (at most `wait`) until it has
     /// finished, so its end is published before the new connection reaches the broker.
-    pub(crate) async fn claim(&self, client_id: &str, owner: Owner, wait: Duration) -> Claim {
+    pub(crate) async fn claim(
+        &self,
+        client_id: &str,
+        (owner, details): (Owner, Arc<ConnDetails>),
+        wait: Duration,
+    ) -> Claim {
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let signal = Arc::new(Signal::default());
         let previous = self
@@ -122,13 +182,18 @@ impl Registry {
                     seq,
                     signal: signal.clone(),
                     owner,
+                    details: details.clone(),
                 },
             );
         if let Some(old) = previous {
             old.signal.ask(DisconnectReason::Takeover);
             let _ = tokio::time::timeout(wait, old.signal.wait_done()).await;
         }
-        Claim { seq, signal }
+        Claim {
+            seq,
+            signal,
+            details,
+        }
     }
 
     /// Removes the connection `seq` of `client_id`, unless a newer one took its place.
@@ -169,6 +234,20 @@ impl Registry {
         told
     }
 
+    /// The live connections of `account` (or all), each with its details.
+    pub(crate) fn list(&self, account: Option<&str>) -> Vec<LiveConnection> {
+        self.live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .filter(|e| account.is_none() || e.owner.account_id.as_deref() == account)
+            .map(|e| LiveConnection {
+                owner: e.owner.clone(),
+                details: e.details.clone(),
+            })
+            .collect()
+    }
+
     /// Waits until every connection told to end has finished, at most `wait`.
     pub(crate) async fn wait_all_done(&self, wait: Duration) {
         let pending: Vec<Arc<Signal>> = self
@@ -200,15 +279,24 @@ impl Registry {
 mod tests {
     use super::*;
 
+    fn details() -> Arc<ConnDetails> {
+        Arc::new(ConnDetails::new(
+            "127.0.0.1:1".parse().unwrap(),
+            "mqtt.listen",
+            "5",
+            30,
+        ))
+    }
+
     #[tokio::test]
     async fn a_second_claim_tells_the_first_to_end_by_takeover_and_waits_for_it() {
         let r = std::sync::Arc::new(Registry::default());
         let first = r
-            .claim("a/c", Owner::default(), Duration::from_secs(5))
+            .claim("a/c", (Owner::default(), details()), Duration::from_secs(5))
             .await;
         let r2 = r.clone();
         let second = tokio::spawn(async move {
-            r2.claim("a/c", Owner::default(), Duration::from_secs(5))
+            r2.claim("a/c", (Owner::default(), details()), Duration::from_secs(5))
                 .await
         });
         assert_eq!(first.ended().await, DisconnectReason::Takeover);
@@ -227,8 +315,12 @@ mod tests {
     #[tokio::test]
     async fn end_all_reaches_every_connection() {
         let r = Registry::default();
-        let a = r.claim("a", Owner::default(), Duration::from_secs(1)).await;
-        let b = r.claim("b", Owner::default(), Duration::from_secs(1)).await;
+        let a = r
+            .claim("a", (Owner::default(), details()), Duration::from_secs(1))
+            .await;
+        let b = r
+            .claim("b", (Owner::default(), details()), Duration::from_secs(1))
+            .await;
         assert_eq!(r.end_all(DisconnectReason::ServerShutdown), 2);
         assert_eq!(a.asked(), Some(DisconnectReason::ServerShutdown));
         assert_eq!(b.ended().await, DisconnectReason::ServerShutdown);
@@ -244,10 +336,18 @@ mod tests {
             since_millis: 1,
         };
         let old = r
-            .claim("d|acct|c1", owner("c1", "cr_old"), Duration::from_secs(1))
+            .claim(
+                "d|acct|c1",
+                (owner("c1", "cr_old"), details()),
+                Duration::from_secs(1),
+            )
             .await;
         let new = r
-            .claim("d|acct|c2", owner("c2", "cr_new"), Duration::from_secs(1))
+            .claim(
+                "d|acct|c2",
+                (owner("c2", "cr_new"), details()),
+                Duration::from_secs(1),
+            )
             .await;
         let command = EndCommand {
             target: crate::domain::control::Target::Credential {

@@ -59,6 +59,7 @@ pub(super) fn router() -> Router<AppState> {
             post(disconnect_client),
         )
         .route("/v1/admin/bans", get(list_bans))
+        .route("/v1/admin/connections", get(all_connections))
         .route(
             "/v1/admin/bans/{account_id}/{client_id}",
             axum::routing::delete(lift_ban),
@@ -617,6 +618,63 @@ async fn disconnect_client(
         ended,
         banned_until_millis,
     }))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PageQuery {
+    after: Option<String>,
+    limit: Option<String>,
+}
+
+/// A page of live connections.
+#[derive(Debug, Serialize)]
+pub(super) struct ConnectionPage {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    account_id: Option<String>,
+    connections: Vec<crate::control::ConnectionView>,
+    /// Pass as `after` for the next page; none after the last.
+    next_after: Option<String>,
+}
+
+/// A page of this replica's live connections (MQTT and WebSocket) of `account` (or all).
+pub(super) fn connection_page(
+    state: &AppState,
+    account: Option<String>,
+    q: PageQuery,
+) -> Result<ConnectionPage, ApiError> {
+    let max = state.max_page_size;
+    let limit = match q.limit.as_deref() {
+        None => 100.min(max),
+        Some(s) => s
+            .parse::<u64>()
+            .ok()
+            .filter(|v| (1..=max).contains(v))
+            .ok_or(ApiError::InvalidParameter {
+                field: "limit",
+                message: format!("an integer from 1 to {max}"),
+            })?,
+    } as usize;
+    let connections = state
+        .control
+        .connections(account.as_deref(), q.after.as_deref(), limit);
+    let next_after = (connections.len() == limit)
+        .then(|| connections.last().map(|c| c.cursor()))
+        .flatten();
+    Ok(ConnectionPage {
+        account_id: account,
+        connections,
+        next_after,
+    })
+}
+
+/// Every account's live connections on this replica.
+async fn all_connections(
+    _: Administrator,
+    State(state): State<AppState>,
+    Query(q): Query<PageQuery>,
+) -> Result<Json<ConnectionPage>, ApiError> {
+    Ok(Json(connection_page(&state, None, q)?))
 }
 
 /// A ban in force.

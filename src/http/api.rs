@@ -12,6 +12,7 @@ pub(super) fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/accounts/{account_id}/clients", get(clients))
         .route("/v1/accounts/{account_id}/events", get(events))
+        .route("/v1/accounts/{account_id}/connections", get(connections))
 }
 
 /// One client's current state.
@@ -31,6 +32,19 @@ pub(crate) struct ClientView {
     pub disconnected_at_millis: Option<i64>,
     /// Why the last connection ended, if one has.
     pub last_disconnect_reason: Option<String>,
+}
+
+/// The account's live connections on this replica, paged.
+async fn connections(
+    State(state): State<AppState>,
+    AccountPath(account_id): AccountPath,
+    Query(q): Query<super::admin::PageQuery>,
+) -> Result<Json<super::admin::ConnectionPage>, ApiError> {
+    Ok(Json(super::admin::connection_page(
+        &state,
+        Some(account_id),
+        q,
+    )?))
 }
 
 async fn clients(

@@ -603,6 +603,24 @@ impl Bridge {
         true
     }
 
+    /// The sessions of `account` (or all), not those being transferred here.
+    pub(crate) fn sessions(&self, account: Option<&str>) -> Vec<SessionInfo> {
+        let heartbeat_secs = self.settings.heartbeat.as_secs();
+        let sessions = match account {
+            Some(a) => self.hub.of_account(a),
+            None => self.hub.all(),
+        };
+        sessions
+            .into_iter()
+            .filter(|s| !s.is_placeholder())
+            .map(|s| SessionInfo {
+                owner: s.owner(),
+                connection_id: s.connection_id.clone(),
+                heartbeat_secs,
+            })
+            .collect()
+    }
+
     /// Ends every session `command` ends (not those being transferred here), with its reason
     /// and that reason's close code; returns how many.
     pub(crate) async fn end_matching(&self, command: &EndCommand) -> usize {
@@ -647,6 +665,17 @@ impl Bridge {
             tracing::warn!("WebSocket socket ended by a panic in its task");
         }
     }
+}
+
+/// One session as the connections listing shows it.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    /// Who holds it.
+    pub owner: crate::domain::control::Owner,
+    /// Its connection id.
+    pub connection_id: String,
+    /// Its heartbeat, in seconds.
+    pub heartbeat_secs: u64,
 }
 
 /// Detaches the socket; the session ends (`lost`) unless resumed within the window.

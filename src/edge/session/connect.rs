@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::domain::control::Owner;
+use crate::edge::registry::ConnDetails;
 
 /// The CONNECT, decoded, in the form of its protocol (re-encoded upstream).
 pub(super) enum Connect {
@@ -571,10 +572,11 @@ where
         credential_id,
         since_millis: crate::clock::now_millis(),
     };
+    let details = details_of(&connect, peer, listener);
     let opened = async {
         let mut claim = shared
             .registry
-            .claim(&upstream_id, owner, Duration::from_secs(5))
+            .claim(&upstream_id, (owner, details), Duration::from_secs(5))
             .await;
         let conn = Conn::new(&connect, principal, will, client_id.clone(), shared.clone());
         let linked = conn
@@ -653,4 +655,18 @@ pub(super) struct Explain {
     pub(super) acks: bool,
     /// DISCONNECT.
     pub(super) ends: bool,
+}
+
+/// What the list of live connections shows of this connection, its counters at zero.
+fn details_of(connect: &Connect, peer: SocketAddr, listener: ListenerInfo) -> Arc<ConnDetails> {
+    let protocol = match connect.proto() {
+        Proto::V4 => "3.1.1",
+        Proto::V5 => "5",
+    };
+    Arc::new(ConnDetails::new(
+        peer,
+        listener.name,
+        protocol,
+        connect.keep_alive(),
+    ))
 }

@@ -2,6 +2,7 @@
 //! the timers, and the end.
 
 use super::*;
+use std::sync::atomic::Ordering::Relaxed;
 
 /// The relay's clocks: the client's keep-alive, when the client was last heard and the
 /// broker last written to, and until when the client's reads are paused by the publish rate.
@@ -45,7 +46,12 @@ where
     pub(super) async fn write_client(&mut self, bytes: &[u8]) -> Result<(), End> {
         let limit = self.conn.shared.settings.write_timeout;
         match tokio::time::timeout(limit, send(&mut self.wr, bytes)).await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => {
+                let details = &self.claim.details;
+                details.bytes_out.fetch_add(bytes.len() as u64, Relaxed);
+                details.messages_out.fetch_add(publishes_in(bytes), Relaxed);
+                Ok(())
+            }
             Ok(Err(_)) => Err(End::Lost),
             Err(_) => {
                 self.conn.shared.metrics.write_timeout();
@@ -116,7 +122,9 @@ where
                 r = read_some(&mut self.rd, &mut self.dbuf, &mut dev_room), if clocks.throttled_until.is_none() => {
                     match r {
                         Ok(0) | Err(_) => break End::Lost,
-                        Ok(_) => {}
+                        Ok(n) => {
+                            self.claim.details.bytes_in.fetch_add(n as u64, Relaxed);
+                        }
                     }
                     clocks.last_dev = Instant::now();
                     unread = true;
@@ -172,6 +180,8 @@ where
         if let Some(end) = step? {
             return Err(end);
         }
+        let published = u64::from(self.conn.publishes);
+        self.claim.details.messages_in.fetch_add(published, Relaxed);
         let wait = self.conn.take_publish_tokens();
         if let Some(wait) = wait {
             clocks.throttled_until = Some(Instant::now() + wait);
@@ -295,4 +305,19 @@ where
         self.claim.finished();
         shared.registry.release(&self.upstream_id, self.claim.seq);
     }
+}
+
+/// How many PUBLISH packets `frames` (whole frames, as written to a client) holds.
+fn publishes_in(mut frames: &[u8]) -> u64 {
+    let mut n = 0;
+    while let Ok(Some(h)) = codec::header(frames, usize::MAX) {
+        if h.kind() == codec::kind::PUBLISH {
+            n += 1;
+        }
+        match frames.get(h.frame_len..) {
+            Some(rest) if h.frame_len > 0 => frames = rest,
+            _ => break,
+        }
+    }
+    n
 }
