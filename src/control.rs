@@ -61,15 +61,27 @@ pub struct ConnectionView {
 
 impl ConnectionView {
     /// Its place in the listing: account, client, kind, connection id.
-    pub fn cursor(&self) -> String {
-        format!(
-            "{}/{}/{}/{}",
-            self.account_id,
-            self.client_id,
+    fn key(&self) -> (&str, &str, &str, &str) {
+        (
+            &self.account_id,
+            &self.client_id,
             self.kind,
-            self.connection_id.as_deref().unwrap_or("")
+            self.connection_id.as_deref().unwrap_or(""),
         )
     }
+
+    /// Its place in the listing as the `after` of the next page (ids contain no `/`).
+    pub fn cursor(&self) -> String {
+        let (a, c, k, id) = self.key();
+        format!("{a}/{c}/{k}/{id}")
+    }
+}
+
+/// A cursor's place: (account, client, kind, connection id); a malformed cursor sorts first.
+fn parse_cursor(cursor: &str) -> (&str, &str, &str, &str) {
+    let mut parts = cursor.splitn(4, '/');
+    let mut next = || parts.next().unwrap_or_default();
+    (next(), next(), next(), next())
 }
 
 /// Ends live connections here and tells the other replicas.
@@ -109,9 +121,13 @@ impl Control {
         limit: usize,
     ) -> Vec<ConnectionView> {
         use std::sync::atomic::Ordering::Relaxed;
+        let after = after.map(parse_cursor);
+        // The devices' connections after the cursor's (account, client): a client id holds
+        // one MQTT connection, and `mqtt` sorts before `websocket`.
+        let edge_after = after.map(|(a, c, _, _)| (a, c));
         let mut all: Vec<ConnectionView> = self
             .edge
-            .connections(account)
+            .connections(account, edge_after, limit)
             .into_iter()
             .filter_map(|c| {
                 let d = &c.details;
@@ -156,13 +172,12 @@ impl Control {
                     replica: self.origin.clone(),
                 }),
         );
-        let mut keyed: Vec<(String, ConnectionView)> =
-            all.into_iter().map(|c| (c.cursor(), c)).collect();
         if let Some(after) = after {
-            keyed.retain(|(k, _)| k.as_str() > after);
+            all.retain(|c| c.key() > after);
         }
-        keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        keyed.into_iter().take(limit).map(|(_, c)| c).collect()
+        all.sort_unstable_by(|a, b| a.key().cmp(&b.key()));
+        all.truncate(limit);
+        all
     }
 
     /// The authenticator whose bans this keeps.

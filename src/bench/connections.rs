@@ -311,3 +311,102 @@ async fn churn_cycle(
 async fn recorded_events(http: &str) -> Result<u64, BenchError> {
     Ok(metric(http, CONNECTED_SERIES).await? + metric(http, DISCONNECTED_SERIES).await?)
 }
+
+/// Parameters of a listing run.
+pub struct Listing {
+    /// The MQTT edge's URL.
+    pub broker: String,
+    /// Cradle's HTTP base URL.
+    pub http: String,
+    /// Cradle's store (the devices and a token are seeded there).
+    pub database_url: String,
+    /// Devices connected.
+    pub count: usize,
+    /// Walks of every page.
+    pub walks: usize,
+    /// Connections per page.
+    pub page: usize,
+    /// Label of the target.
+    pub label: String,
+}
+
+/// Connects `count` authenticated devices of one account, then walks every page of the
+/// account's live connections (`GET /v1/accounts/{a}/connections`) `walks` times: the
+/// latency of each page (p50, p99) and the time of the slowest whole walk.
+pub async fn list_connections(p: Listing) -> Result<BenchResult, BenchError> {
+    let (host, port) = broker_addr(&p.broker)?;
+    let account = format!("bench-list-{}", run_id());
+    let clients = (0..p.count).map(|i| format!("list{i}")).collect();
+    let devices = seed_devices(&p.database_url, &account, clients).await?;
+    let store = super::open_store(&p.database_url).await?;
+    let token = crate::accounts::issue(
+        &store,
+        crate::accounts::CredentialKind::Token,
+        Some(&account),
+        None,
+    )
+    .await
+    .map_err(|e| BenchError::Target(e.to_string()))?
+    .secret;
+    let mut streams = Vec::with_capacity(p.count);
+    for chunk in devices.chunks(100) {
+        let opened = chunk.iter().map(|d| {
+            let mut c = Connect::new(d.client.clone());
+            c.set_login(d.account.clone(), d.secret.clone());
+            c.keep_alive = 600;
+            let host = host.clone();
+            tokio::spawn(async move { open(&host, port, &c).await })
+        });
+        for o in opened.collect::<Vec<_>>() {
+            streams.push(o.await.map_err(|e| BenchError::Target(e.to_string()))??);
+        }
+    }
+    let http = reqwest::Client::new();
+    let mut pages = Vec::new();
+    let mut slowest_walk = 0f64;
+    let mut listed = 0;
+    for _ in 0..p.walks {
+        let walk = Instant::now();
+        let mut after = String::new();
+        listed = 0;
+        loop {
+            let url = format!(
+                "{}/v1/accounts/{account}/connections?limit={}&after={after}",
+                p.http, p.page
+            );
+            let started = Instant::now();
+            let body: serde_json::Value = http
+                .get(&url)
+                .bearer_auth(&token)
+                .send()
+                .await
+                .map_err(|e| BenchError::Target(e.to_string()))?
+                .json()
+                .await
+                .map_err(|e| BenchError::Target(e.to_string()))?;
+            pages.push(started.elapsed().as_micros() as u64);
+            listed += body["connections"].as_array().map_or(0, Vec::len);
+            match body["next_after"].as_str() {
+                Some(next) => after = next.to_string(),
+                None => break,
+            }
+        }
+        slowest_walk = slowest_walk.max(walk.elapsed().as_secs_f64());
+    }
+    let mut r = BenchResult::new(
+        &super::count_name("list-connections", p.count),
+        &p.label,
+        format!(
+            "{} authenticated devices of one account, pages of {}, {} walks; slowest walk of every page {:.0} ms",
+            p.count,
+            p.page,
+            p.walks,
+            slowest_walk * 1000.0
+        ),
+        "µs/page",
+    );
+    r.counted(listed as u64, p.count as u64, slowest_walk);
+    r.latencies(pages);
+    drop(streams);
+    Ok(r)
+}

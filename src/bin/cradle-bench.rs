@@ -73,6 +73,8 @@ enum Command {
     Idle(IdleArgs),
     /// Connect/report/disconnect cycles until every event is recorded.
     Churn(ChurnArgs),
+    /// Pages of the live connections list with many devices connected.
+    ListConnections(ListArgs),
     /// Round trip between two clients through their inbox topics at a fixed load.
     Signalling(SignallingArgs),
     /// Devices reconnecting all at once after a restart of Cradle (the bench runs Cradle).
@@ -162,6 +164,22 @@ struct IdleArgs {
     count: usize,
     #[command(flatten)]
     auth: Auth,
+}
+
+#[derive(clap::Args)]
+struct ListArgs {
+    #[command(flatten)]
+    target: Target,
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    http: String,
+    #[arg(long)]
+    database_url: String,
+    #[arg(long, default_value_t = 10_000)]
+    count: usize,
+    #[arg(long, default_value_t = 20)]
+    walks: usize,
+    #[arg(long, default_value_t = 1000)]
+    page: usize,
 }
 
 #[derive(clap::Args)]
@@ -258,6 +276,18 @@ async fn run(command: Command) -> Result<Option<BenchResult>, String> {
         Command::Puback(a) => run_puback(a).await,
         Command::RawInsert(a) => run_raw_insert(a).await,
         Command::Idle(a) => run_idle(a).await,
+        Command::ListConnections(a) => {
+            connections::list_connections(connections::Listing {
+                broker: a.target.broker,
+                http: a.http,
+                database_url: a.database_url,
+                count: a.count,
+                walks: a.walks,
+                page: a.page,
+                label: a.target.label,
+            })
+            .await
+        }
         Command::Churn(a) => run_churn(a).await,
         Command::Signalling(a) => run_signalling(a).await,
         Command::RestartStorm(a) => run_restart_storm(a).await,

@@ -273,9 +273,15 @@ impl Ender {
         self.0.registry.end_matching(command)
     }
 
-    /// The live connections of `account` (or all) behind this replica's edge.
-    pub fn connections(&self, account: Option<&str>) -> Vec<registry::LiveConnection> {
-        self.0.registry.list(account)
+    /// The first `limit` live connections of `account` (or all) behind this replica's edge
+    /// after (account, client id) `after`, in that order.
+    pub fn connections(
+        &self,
+        account: Option<&str>,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> Vec<registry::LiveConnection> {
+        self.0.registry.list(account, after, limit)
     }
 }
 
