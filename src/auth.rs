@@ -17,6 +17,9 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
 use blake2::{Blake2b512, Digest};
 
 use crate::accounts::hashing::constant_time_eq;
@@ -87,6 +90,9 @@ pub struct Authenticator {
     /// Bans in force: (account, client) → until (Unix milliseconds); refreshed from the store
     /// every second ([`Authenticator::refresh_bans`]) and at once by a decision.
     bans: Mutex<HashMap<(String, String), i64>>,
+    /// Bumped at every revocation or account deletion, here or on another replica: a bearer
+    /// token verified before it is verified again (`http::TokenCache`).
+    revocations: Arc<AtomicU64>,
 }
 
 /// How long the "does any account exist" answer is reused.
@@ -104,7 +110,21 @@ impl Authenticator {
             verified: Mutex::new(HashMap::new()),
             accounts_exist: Mutex::new(None),
             bans: Mutex::new(HashMap::new()),
+            revocations: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// A credential was revoked or an account deleted (here or on another replica): nothing
+    /// verified before is trusted from a cache any more.
+    pub(crate) fn revoked_now(&self) {
+        self.revocations
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+        self.forget_verified();
+    }
+
+    /// The revocation count bearer-token caches compare their entries with.
+    pub(crate) fn revocations(&self) -> Arc<AtomicU64> {
+        self.revocations.clone()
     }
 
     /// Forgets every verified device secret, so the next CONNECT of each checks the store

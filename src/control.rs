@@ -221,6 +221,10 @@ impl Control {
     /// Ends the matching connections of this replica (after noting a ban, so that none of
     /// them gets back in meanwhile).
     pub async fn apply(&self, command: &EndCommand) -> Ended {
+        if command.reason == DisconnectReason::Revoked {
+            // No cache of this replica may keep the revoked credential alive.
+            self.auth.revoked_now();
+        }
         if let (
             Some(until),
             Target::Client {

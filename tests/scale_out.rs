@@ -1215,6 +1215,14 @@ async fn a_revocation_or_kick_on_one_replica_ends_connections_held_by_another() 
         started.elapsed()
     );
 
+    // Replica A verified the token and keeps it cached (auth.cache_secs).
+    let on_a = |token: &str| {
+        reqwest::Client::new()
+            .get(format!("{}/v1/accounts/fam/clients", a.http))
+            .bearer_auth(token.to_string())
+            .send()
+    };
+    assert_eq!(on_a(&token).await.unwrap().status(), 200);
     let started = Instant::now();
     let r = on_b(
         reqwest::Method::DELETE,
@@ -1236,6 +1244,8 @@ async fn a_revocation_or_kick_on_one_replica_ends_connections_held_by_another() 
         "{:?}",
         started.elapsed()
     );
+    // The decision reached A: its cache no longer keeps the token alive.
+    assert_eq!(on_a(&token).await.unwrap().status(), 401);
 
     // Both ends are recorded once, with their reasons, whichever replica wrote them.
     let ends = wait_for(Duration::from_secs(15), "both ends recorded", || async {

@@ -35,11 +35,15 @@ struct CachedToken {
     digest: [u8; 64],
     token: VerifiedToken,
     at: Instant,
+    /// The revocation count when it was verified: a revocation since voids the entry.
+    epoch: u64,
 }
 
 /// Verified bearer tokens, by credential id (bounded; entries older than the TTL are not used).
 pub(crate) struct TokenCache {
     ttl: Duration,
+    /// Revocations so far (the authenticator's, bumped on every replica's decisions).
+    revocations: Arc<std::sync::atomic::AtomicU64>,
     verified: Mutex<HashMap<String, CachedToken>>,
     /// One verification at a time per secret (by digest): concurrent requests with the same
     /// token wait for the first one's answer instead of each running argon2. Keyed by the
@@ -52,10 +56,12 @@ pub(crate) struct TokenCache {
 const TOKEN_CACHE_MAX: usize = 10_000;
 
 impl TokenCache {
-    /// A cache keeping verified tokens for `cache_secs` (0: no cache, every check verifies).
-    pub fn new(cache_secs: u64) -> Self {
+    /// A cache keeping verified tokens for `cache_secs`, voided by every revocation counted
+    /// in `revocations`.
+    pub fn new(cache_secs: u64, revocations: Arc<std::sync::atomic::AtomicU64>) -> Self {
         Self {
             ttl: Duration::from_secs(cache_secs),
+            revocations,
             verified: Mutex::new(HashMap::new()),
             inflight: Mutex::new(HashMap::new()),
         }
@@ -75,11 +81,14 @@ impl TokenCache {
         }
         let cache = self.verified.lock().unwrap_or_else(|e| e.into_inner());
         let entry = cache.get(id)?;
-        (entry.at.elapsed() < self.ttl && constant_time_eq(&entry.digest, digest))
-            .then(|| entry.token.clone())
+        let epoch = self.revocations.load(std::sync::atomic::Ordering::Acquire);
+        (entry.epoch == epoch
+            && entry.at.elapsed() < self.ttl
+            && constant_time_eq(&entry.digest, digest))
+        .then(|| entry.token.clone())
     }
 
-    fn remember(&self, id: &str, digest: [u8; 64], token: VerifiedToken) {
+    fn remember(&self, id: &str, digest: [u8; 64], token: VerifiedToken, epoch: u64) {
         if self.ttl.is_zero() {
             return;
         }
@@ -97,6 +106,7 @@ impl TokenCache {
                 digest,
                 token,
                 at: Instant::now(),
+                epoch,
             },
         );
     }
@@ -143,6 +153,8 @@ impl TokenCache {
         secret: &str,
         source: Option<IpAddr>,
     ) -> Result<Option<VerifiedToken>, AccountsError> {
+        // Read before the store: a revocation committed meanwhile bumps it past this entry.
+        let epoch = self.revocations.load(std::sync::atomic::Ordering::Acquire);
         let Some(c) = accounts::verify_secret_from(store, secret, source).await? else {
             metrics.token_check(TokenCheck::Refused);
             return Ok(None);
@@ -156,7 +168,7 @@ impl TokenCache {
             account_id: c.account_id,
         };
         metrics.token_check(TokenCheck::Verified);
-        self.remember(id, digest, token.clone());
+        self.remember(id, digest, token.clone(), epoch);
         Ok(Some(token))
     }
 }

@@ -580,6 +580,7 @@ fn app_state(
     auth: Arc<Authenticator>,
     handlers: &Handlers,
 ) -> AppState {
+    let revocations = auth.revocations();
     AppState {
         store: store.clone(),
         metrics: counters.http.clone(),
@@ -593,7 +594,7 @@ fn app_state(
         max_body_bytes: config.http.max_body_bytes,
         bridge: handlers.bridge.clone(),
         control: handlers.control.clone(),
-        tokens: Arc::new(http::TokenCache::new(config.auth.cache_secs)),
+        tokens: Arc::new(http::TokenCache::new(config.auth.cache_secs, revocations)),
         origins: Arc::new(http::Origins::from_config(
             config.http.allowed_origins.as_deref(),
         )),
