@@ -839,3 +839,55 @@ async fn the_live_connections_are_listed_with_their_details_and_paged() {
     assert_eq!(status, 200);
     assert_eq!(all["connections"].as_array().unwrap().len(), 4, "{all}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_administrator_credential_administers_under_its_own_name_until_revoked() {
+    use reqwest::Method;
+    use serde_json::json;
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("admins.db").display());
+    issue(&db, &["accounts", "create", "fam"]);
+    let secret = issue(&db, &["credentials", "issue", "--admin"]);
+    let id = secret.split('.').next().unwrap().to_string();
+    let cradle = Cradle::spawn_ready(dir.path(), &db, &[]).await;
+    let (status, _) = call(
+        &cradle,
+        Method::PUT,
+        "/v1/admin/accounts/fam-2",
+        Some(&secret),
+        Some(json!({"name": "Second"})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (_, log) = call(
+        &cradle,
+        Method::GET,
+        "/v1/accounts/fam-2/events?after=0",
+        Some(&secret),
+        None,
+    )
+    .await;
+    assert_eq!(log["events"][0]["type"], "admin.account_created", "{log}");
+    assert_eq!(log["events"][0]["data"]["by"], id.as_str(), "{log}");
+    // It is no MQTT password, and once revoked (by itself, here) it is refused at once.
+    let (_, code) = common::RawV4::connect(cradle.mqtt_port, "x", Some(("fam", &secret)), 30).await;
+    assert_ne!(code, 0);
+    let (status, _) = call(
+        &cradle,
+        Method::DELETE,
+        &format!("/v1/admin/credentials/{id}"),
+        Some(&secret),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = call(
+        &cradle,
+        Method::GET,
+        "/v1/admin/accounts",
+        Some(&secret),
+        None,
+    )
+    .await;
+    assert_eq!(status, 401);
+}

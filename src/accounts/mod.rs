@@ -197,7 +197,7 @@ pub async fn issue(
             check_id("client", c)?;
         }
         (CredentialKind::Token, Some(a), None) => check_id("account", a)?,
-        (CredentialKind::Operator, None, None) => {}
+        (CredentialKind::Operator, None, None) | (CredentialKind::Admin, None, None) => {}
         (CredentialKind::Device, _, _) => {
             return Err(AccountsError::Usage(
                 "a device credential needs --account and --client".into(),
@@ -211,6 +211,11 @@ pub async fn issue(
         (CredentialKind::Operator, _, _) => {
             return Err(AccountsError::Usage(
                 "an operator credential belongs to no account".into(),
+            ))
+        }
+        (CredentialKind::Admin, _, _) => {
+            return Err(AccountsError::Usage(
+                "an administrator credential belongs to no account".into(),
             ))
         }
     }
@@ -230,7 +235,9 @@ fn new_credential(kind: CredentialKind, account: Option<&str>, client: Option<&s
     let random = random_hex(32);
     let secret = match kind {
         CredentialKind::Device => random,
-        CredentialKind::Token | CredentialKind::Operator => format!("{credential_id}.{random}"),
+        CredentialKind::Token | CredentialKind::Operator | CredentialKind::Admin => {
+            format!("{credential_id}.{random}")
+        }
     };
     let credential = credentials::Model {
         credential_id,

@@ -142,8 +142,12 @@ enum CredentialsAction {
         #[arg(long, conflicts_with = "operator")]
         token: bool,
         /// An operator secret: watch every account's status.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "admin")]
         operator: bool,
+        /// An administrator secret: the admin API over HTTP, like the admin token but
+        /// recorded under its own id and revocable.
+        #[arg(long, conflicts_with_all = ["token", "client", "account"])]
+        admin: bool,
     },
     /// List credentials (never secrets).
     List {
@@ -289,8 +293,11 @@ async fn credentials_cmd(admin: &Admin, action: CredentialsAction) -> anyhow::Re
             client,
             token,
             operator,
+            admin: administrator,
         } => {
-            let kind = if operator {
+            let kind = if administrator {
+                CredentialKind::Admin
+            } else if operator {
                 CredentialKind::Operator
             } else if token {
                 CredentialKind::Token

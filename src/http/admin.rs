@@ -66,9 +66,10 @@ pub(super) fn router() -> Router<AppState> {
         )
 }
 
-/// A caller allowed to administer: the admin token, or anyone in open mode; who it is, as
-/// the record of its actions names it (`admin_token`, `open_mode`).
-pub(crate) struct Administrator(&'static str);
+/// A caller allowed to administer: the admin token, an administrator credential, or anyone
+/// in open mode; who it is, as the record of its actions names it (`admin_token`, the
+/// credential's id, `open_mode`).
+pub(crate) struct Administrator(String);
 
 impl axum::extract::FromRequestParts<AppState> for Administrator {
     type Rejection = ApiError;
@@ -78,8 +79,9 @@ impl axum::extract::FromRequestParts<AppState> for Administrator {
         state: &AppState,
     ) -> Result<Self, ApiError> {
         match Caller::from_request_parts(parts, state).await? {
-            Caller::Admin => Ok(Administrator("admin_token")),
-            Caller::Open => Ok(Administrator("open_mode")),
+            Caller::Admin(None) => Ok(Administrator("admin_token".into())),
+            Caller::Admin(Some(credential_id)) => Ok(Administrator(credential_id)),
+            Caller::Open => Ok(Administrator("open_mode".into())),
             Caller::Operator => Err(not_admin(
                 "an operator secret watches and reads; administration needs the admin token",
             )),
@@ -321,7 +323,7 @@ async fn put_account(
         record(
             &state,
             AdminAction::AccountCreated,
-            by,
+            &by,
             Some(&account_id),
             data,
         )
@@ -372,7 +374,7 @@ async fn delete_account(
     record(
         &state,
         AdminAction::AccountDeleted,
-        by,
+        &by,
         Some(&account_id),
         data,
     )
@@ -432,10 +434,11 @@ async fn issue_credential(
         Some("device") => CredentialKind::Device,
         Some("token") => CredentialKind::Token,
         Some("operator") => CredentialKind::Operator,
+        Some("admin") => CredentialKind::Admin,
         _ => {
             return Err(ApiError::InvalidBody {
                 field: "kind",
-                message: "one of `device`, `token`, `operator`".into(),
+                message: "one of `device`, `token`, `operator`, `admin`".into(),
             })
         }
     };
@@ -453,7 +456,7 @@ async fn issue_credential(
     record(
         &state,
         AdminAction::CredentialIssued,
-        by,
+        &by,
         c.account_id.as_deref(),
         data,
     )
@@ -512,7 +515,7 @@ async fn revoke_credential(
     record(
         &state,
         AdminAction::CredentialRevoked,
-        by,
+        &by,
         row.account_id.as_deref(),
         data,
     )
@@ -568,7 +571,7 @@ async fn disconnect_client(
                 client_id: client_id.clone(),
                 until_millis: until,
                 created_at_millis: now,
-                by: by.to_string(),
+                by: by.clone(),
             };
             state.store.put_ban(&ban).await?;
             Some(until)
@@ -596,7 +599,7 @@ async fn disconnect_client(
     record(
         &state,
         AdminAction::ClientDisconnected,
-        by,
+        &by,
         Some(&account_id),
         data,
     )
@@ -606,7 +609,7 @@ async fn disconnect_client(
         record(
             &state,
             AdminAction::ClientBanned,
-            by,
+            &by,
             Some(&account_id),
             data,
         )
@@ -737,7 +740,7 @@ async fn lift_ban(
     }
     state.auth.forget_ban(&account_id, &client_id);
     let data = json!({"client_id": client_id});
-    record(&state, AdminAction::BanLifted, by, Some(&account_id), data).await;
+    record(&state, AdminAction::BanLifted, &by, Some(&account_id), data).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -757,7 +760,7 @@ async fn rotate_credential(
     record(
         &state,
         AdminAction::CredentialRotated,
-        by,
+        &by,
         c.account_id.as_deref(),
         data,
     )
@@ -806,7 +809,7 @@ async fn provision_devices(
     record(
         &state,
         AdminAction::DevicesProvisioned,
-        by,
+        &by,
         Some(&account_id),
         data,
     )

@@ -29,6 +29,8 @@ pub(crate) struct VerifiedToken {
     pub kind: CredentialKind,
     /// The account of an account token.
     pub account_id: Option<String>,
+    /// Its id (an administrator's actions are recorded under it).
+    pub credential_id: String,
 }
 
 struct CachedToken {
@@ -166,6 +168,7 @@ impl TokenCache {
         let token = VerifiedToken {
             kind: c.kind,
             account_id: c.account_id,
+            credential_id: c.credential_id,
         };
         metrics.token_check(TokenCheck::Verified);
         self.remember(id, digest, token.clone(), epoch);
@@ -227,8 +230,9 @@ impl<S: Send + Sync> FromRequestParts<S> for SourceIp {
 pub(crate) enum Caller {
     /// No account exists yet: the local, loopback quick start. Everything is readable.
     Open,
-    /// The configured admin token: every account.
-    Admin,
+    /// The configured admin token (`None`) or an administrator credential (its id): every
+    /// account, and the admin API.
+    Admin(Option<String>),
     /// An operator secret: every account, read-only.
     Operator,
     /// A bearer token of one account.
@@ -239,7 +243,7 @@ impl Caller {
     /// Allows the call if this caller may act on `account_id`.
     pub(crate) fn authorize(&self, account_id: &str) -> Result<(), ApiError> {
         match self {
-            Caller::Open | Caller::Admin | Caller::Operator => Ok(()),
+            Caller::Open | Caller::Admin(_) | Caller::Operator => Ok(()),
             Caller::Account(own) if own == account_id => Ok(()),
             Caller::Account(_) => Err(ApiError::Forbidden(account_id.to_string())),
         }
@@ -272,7 +276,7 @@ impl FromRequestParts<AppState> for AccountPath {
             .map_err(IntoResponse::into_response)?;
         // The admin token and operators may name any account: one that does not exist is a
         // 404, not an empty answer (an account's token names only its own, which exists).
-        if matches!(caller, Caller::Admin | Caller::Operator)
+        if matches!(caller, Caller::Admin(_) | Caller::Operator)
             && state.auth.any_account().await
             && !state
                 .store
@@ -313,7 +317,7 @@ impl FromRequestParts<AppState> for Caller {
             .ok_or(ApiError::Unauthorized)?;
         if let Some(admin) = &state.admin_token {
             if constant_time_eq(admin.as_bytes(), token.as_bytes()) {
-                return Ok(Caller::Admin);
+                return Ok(Caller::Admin(None));
             }
         }
         let credential = state
@@ -323,6 +327,7 @@ impl FromRequestParts<AppState> for Caller {
             .ok_or(ApiError::Unauthorized)?;
         match (credential.kind, credential.account_id) {
             (CredentialKind::Operator, _) => Ok(Caller::Operator),
+            (CredentialKind::Admin, _) => Ok(Caller::Admin(Some(credential.credential_id))),
             (CredentialKind::Token, Some(account)) => Ok(Caller::Account(account)),
             _ => Err(ApiError::Unauthorized),
         }
@@ -342,7 +347,7 @@ mod tests {
 
     #[test]
     fn admin_operator_and_open_mode_read_any_account() {
-        for c in [Caller::Admin, Caller::Operator, Caller::Open] {
+        for c in [Caller::Admin(None), Caller::Operator, Caller::Open] {
             assert!(c.authorize("any").is_ok());
         }
     }

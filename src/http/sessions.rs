@@ -58,7 +58,7 @@ fn session_account(caller: &Caller, headers: &HeaderMap) -> Result<String, ApiEr
             Some(a) if a != *own => Err(ApiError::Forbidden(a)),
             _ => Ok(own.clone()),
         },
-        Caller::Open | Caller::Admin => named.ok_or_else(|| ApiError::InvalidParameter {
+        Caller::Open | Caller::Admin(_) => named.ok_or_else(|| ApiError::InvalidParameter {
             field: "X-Cradle-Account",
             message: "required without an account token (open mode, admin token)".into(),
         }),

@@ -23,6 +23,9 @@ pub enum CredentialKind {
     /// An operator: watches every account's status.
     #[sea_orm(string_value = "operator")]
     Operator,
+    /// An administrator: the admin API over HTTP, as the admin token, under its own name.
+    #[sea_orm(string_value = "admin")]
+    Admin,
 }
 
 impl CredentialKind {
@@ -32,6 +35,7 @@ impl CredentialKind {
             Self::Device => "device",
             Self::Token => "token",
             Self::Operator => "operator",
+            Self::Admin => "admin",
         }
     }
 }
