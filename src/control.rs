@@ -180,6 +180,19 @@ impl Control {
         all
     }
 
+    /// Clears the retained messages of `topics` in the broker (an erased account's).
+    pub async fn clear_retained(&self, topics: Vec<String>) {
+        for topic in topics {
+            if let Err(error) = self
+                .out
+                .publish(topic, QoS::AtLeastOnce, true, Vec::new())
+                .await
+            {
+                tracing::error!(%error, "retained message not cleared");
+            }
+        }
+    }
+
     /// The authenticator whose bans this keeps.
     pub fn auth(&self) -> &Arc<Authenticator> {
         &self.auth

@@ -891,3 +891,91 @@ async fn an_administrator_credential_administers_under_its_own_name_until_revoke
     .await;
     assert_eq!(status, 401);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_family_that_leaves_is_erased_events_read_models_and_all() {
+    use reqwest::Method;
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("erase.db").display());
+    issue(&db, &["accounts", "create", "fam"]);
+    issue(&db, &["accounts", "create", "stays"]);
+    let secret = issue(
+        &db,
+        &[
+            "credentials",
+            "issue",
+            "--account",
+            "fam",
+            "--client",
+            "baby-1",
+        ],
+    );
+    let admin = "an-admin-token-of-some-length".to_string();
+    let cradle =
+        Cradle::spawn_ready(dir.path(), &db, &[("CRADLE_ADMIN_TOKEN", admin.clone())]).await;
+    let a = Some(admin.as_str());
+    let (mut baby, _) =
+        common::RawV4::connect(cradle.mqtt_port, "baby-1", Some(("fam", &secret)), 30).await;
+    baby.publish(
+        "accounts/fam/clients/baby-1/status",
+        common::status("connected", "k1", 1_000, None).as_bytes(),
+        1,
+    )
+    .await;
+    cradle.wait_events("fam", 1).await;
+
+    // Deleting keeps the log; erasing (also after a deletion) removes it.
+    let (status, body) = call(&cradle, Method::DELETE, "/v1/admin/accounts/fam", a, None).await;
+    assert_eq!(
+        (status, &body["events"]),
+        (200, &serde_json::json!("kept")),
+        "{body}"
+    );
+    // (the status's PUBACK may come first)
+    while let Some(p) = baby.read().await {
+        assert!(
+            matches!(p, rumqttc::mqttbytes::v4::Packet::PubAck(_)),
+            "the deletion ended the live connection: {p:?}"
+        );
+    }
+    let (status, body) = call(
+        &cradle,
+        Method::DELETE,
+        "/v1/admin/accounts/fam?erase=true",
+        a,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["events"], "erased");
+    assert_eq!(body["deleted"], false, "deleted before");
+    assert!(body["erased"]["events"].as_u64().unwrap() >= 2, "{body}");
+    assert_eq!(body["erased"]["clients"], 1, "{body}");
+    // Nothing of it is left to erase, and the erase is in Cradle's own log.
+    let (status, _) = call(
+        &cradle,
+        Method::DELETE,
+        "/v1/admin/accounts/fam?erase=true",
+        a,
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (_, log) = call(
+        &cradle,
+        Method::GET,
+        "/v1/accounts/_cradle/events?after=0",
+        a,
+        None,
+    )
+    .await;
+    let erased = log["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "admin.account_erased")
+        .cloned()
+        .unwrap_or_else(|| panic!("no admin.account_erased in {log}"));
+    assert_eq!(erased["data"]["account_id"], "fam");
+    assert_eq!(erased["data"]["by"], "admin_token");
+}

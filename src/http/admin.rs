@@ -340,27 +340,43 @@ async fn put_account(
 #[derive(Debug, Serialize)]
 struct AccountDeleted {
     account_id: String,
+    /// Whether an account row was deleted (an erase of a deleted account's data has none).
     deleted: bool,
     /// Credentials of the account revoked by the deletion.
     credentials_revoked: u64,
-    /// What stays: the account's events and read models (`kept`).
+    /// The account's events and read models: `kept`, or `erased` (`?erase=true`).
     events: &'static str,
     /// Live connections of the account this replica ended (reason `revoked`); every other
     /// replica ends its own.
     ended: Ended,
+    /// What the erase removed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    erased: Option<crate::store::audit::Erased>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteQuery {
+    /// Also erase the account's events and read models, and clear its retained messages.
+    erase: Option<bool>,
+}
+
+/// Deletes an account: its credentials revoked, its live connections ended (on every
+/// replica); with `?erase=true` its events, read models and retained messages go too (also
+/// for an account deleted earlier).
 async fn delete_account(
     Administrator(by): Administrator,
     State(state): State<AppState>,
     Path(account_id): Path<String>,
+    Query(q): Query<DeleteQuery>,
 ) -> Result<Json<AccountDeleted>, ApiError> {
     id_param("account_id", &account_id)?;
-    let revoked = accounts::delete_account(&state.store, &account_id)
-        .await
-        .map_err(refusal)?;
-    state.tokens.clear();
-    state.auth.forget_verified();
+    let erase = q.erase.unwrap_or(false);
+    let revoked = match accounts::delete_account(&state.store, &account_id).await {
+        Ok(n) => Some(n),
+        Err(AccountsError::NoAccount(_)) if erase => None,
+        Err(e) => return Err(refusal(e)),
+    };
     let ended = state
         .control
         .end(
@@ -370,22 +386,53 @@ async fn delete_account(
             DisconnectReason::Revoked,
         )
         .await;
-    let data = json!({"account_id": account_id, "credentials_revoked": revoked, "ended": ended});
-    record(
-        &state,
-        AdminAction::AccountDeleted,
-        &by,
-        Some(&account_id),
-        data,
-    )
-    .await;
+    let erased = match erase {
+        true => Some(erase_data(&state, &account_id).await?),
+        false => None,
+    };
+    if revoked.is_none() && erased == Some(Default::default()) {
+        return Err(refusal(AccountsError::NoAccount(account_id)));
+    }
+    let data = json!({"account_id": account_id, "credentials_revoked": revoked, "ended": ended, "erased": erased});
+    match erase {
+        // The account's own log is gone: the erase is recorded in Cradle's.
+        true => record(&state, AdminAction::AccountErased, &by, None, data).await,
+        false => {
+            let action = AdminAction::AccountDeleted;
+            record(&state, action, &by, Some(&account_id), data).await
+        }
+    }
     Ok(Json(AccountDeleted {
         account_id,
-        deleted: true,
-        credentials_revoked: revoked,
-        events: "kept",
+        deleted: revoked.is_some(),
+        credentials_revoked: revoked.unwrap_or(0),
+        events: if erase { "erased" } else { "kept" },
         ended,
+        erased,
     }))
+}
+
+/// Erases the account's events and read models, then clears its retained statuses and
+/// station announcements in the broker.
+async fn erase_data(
+    state: &AppState,
+    account_id: &str,
+) -> Result<crate::store::audit::Erased, ApiError> {
+    use crate::topics::{parent_station_topic, status_topic};
+    let mut topics = Vec::new();
+    for c in state.store.clients(account_id).await? {
+        topics.push(status_topic(account_id, &c.client_id));
+        topics.push(format!(
+            "accounts/{account_id}/baby_stations/{}",
+            c.client_id
+        ));
+    }
+    for p in state.store.parent_stations(account_id).await? {
+        topics.push(parent_station_topic(account_id, &p.client_id));
+    }
+    let erased = state.store.erase_account_data(account_id).await?;
+    state.control.clear_retained(topics).await;
+    Ok(erased)
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -96,6 +96,7 @@ pub struct HttpMetrics {
 pub(crate) enum AdminAction {
     AccountCreated,
     AccountDeleted,
+    AccountErased,
     CredentialIssued,
     CredentialRevoked,
     CredentialRotated,
@@ -106,9 +107,10 @@ pub(crate) enum AdminAction {
 }
 
 impl AdminAction {
-    pub(crate) const ALL: [AdminAction; 9] = [
+    pub(crate) const ALL: [AdminAction; 10] = [
         Self::AccountCreated,
         Self::AccountDeleted,
+        Self::AccountErased,
         Self::CredentialIssued,
         Self::CredentialRevoked,
         Self::CredentialRotated,
@@ -123,6 +125,7 @@ impl AdminAction {
         match self {
             Self::AccountCreated => "account_created",
             Self::AccountDeleted => "account_deleted",
+            Self::AccountErased => "account_erased",
             Self::CredentialIssued => "credential_issued",
             Self::CredentialRevoked => "credential_revoked",
             Self::CredentialRotated => "credential_rotated",
@@ -138,6 +141,7 @@ impl AdminAction {
         match self {
             Self::AccountCreated => "admin.account_created",
             Self::AccountDeleted => "admin.account_deleted",
+            Self::AccountErased => "admin.account_erased",
             Self::CredentialIssued => "admin.credential_issued",
             Self::CredentialRevoked => "admin.credential_revoked",
             Self::CredentialRotated => "admin.credential_rotated",

@@ -70,3 +70,63 @@ impl Store {
         }
     }
 }
+
+/// What erasing an account's data removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Erased {
+    pub events: u64,
+    pub clients: u64,
+    pub sessions: u64,
+    pub parent_stations: u64,
+    pub pending_starts: u64,
+    pub bans: u64,
+    pub ws_handovers: u64,
+}
+
+impl Store {
+    /// Deletes every row of `account_id` from the event log and the read models, in one
+    /// transaction: a family that leaves. (Credentials and the account row are the caller's.)
+    pub async fn erase_account_data(&self, account_id: &str) -> Result<Erased, StoreError> {
+        use super::{bans, clients, parent_stations, pending_starts, sessions, ws_handover};
+        let txn = self.db.begin().await?;
+        let erased = Erased {
+            events: events::Entity::delete_many()
+                .filter(events::Column::AccountId.eq(account_id))
+                .exec(&txn)
+                .await?
+                .rows_affected,
+            clients: clients::Entity::delete_many()
+                .filter(clients::Column::AccountId.eq(account_id))
+                .exec(&txn)
+                .await?
+                .rows_affected,
+            sessions: sessions::Entity::delete_many()
+                .filter(sessions::Column::AccountId.eq(account_id))
+                .exec(&txn)
+                .await?
+                .rows_affected,
+            parent_stations: parent_stations::Entity::delete_many()
+                .filter(parent_stations::Column::AccountId.eq(account_id))
+                .exec(&txn)
+                .await?
+                .rows_affected,
+            pending_starts: pending_starts::Entity::delete_many()
+                .filter(pending_starts::Column::AccountId.eq(account_id))
+                .exec(&txn)
+                .await?
+                .rows_affected,
+            bans: bans::Entity::delete_many()
+                .filter(bans::Column::AccountId.eq(account_id))
+                .exec(&txn)
+                .await?
+                .rows_affected,
+            ws_handovers: ws_handover::Entity::delete_many()
+                .filter(ws_handover::Column::AccountId.eq(account_id))
+                .exec(&txn)
+                .await?
+                .rows_affected,
+        };
+        txn.commit().await?;
+        Ok(erased)
+    }
+}

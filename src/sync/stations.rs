@@ -128,6 +128,11 @@ impl Message<'_> {
     /// A baby station's announcement: a session started or ended on its own behalf.
     async fn baby_station(&self, account_id: &str, client_id: &str) {
         self.metrics.baby_station_messages.fetch_add(1, Relaxed);
+        if self.publish.payload.is_empty() {
+            // An empty retained payload clears the topic (an erased account's); it announces
+            // nothing.
+            return;
+        }
         let announcement =
             match parse_announcement(&self.publish.payload, self.settings.max_name_chars) {
                 Ok(a) => a,
