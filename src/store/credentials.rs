@@ -56,7 +56,7 @@ pub struct Model {
     /// Public id of the credential (also the prefix of a bearer token).
     #[sea_orm(primary_key, auto_increment = false)]
     pub credential_id: String,
-    /// What it is for (stored as `device`, `token` or `operator`).
+    /// What it is for (stored as `device`, `token`, `operator` or `admin`).
     pub kind: CredentialKind,
     /// The account it belongs to (none for an operator).
     pub account_id: Option<String>,
@@ -241,6 +241,7 @@ mod tests {
                 ("device".to_string(), "device"),
                 ("token".to_string(), "token"),
                 ("operator".to_string(), "operator"),
+                ("admin".to_string(), "admin"),
             ]
         );
         assert_eq!(format!("{:<9}|", CredentialKind::Token), "token    |");
@@ -257,13 +258,13 @@ mod tests {
             .db
             .execute_unprepared(
                 "INSERT INTO credentials (credential_id, kind, secret_hash, created_at_millis) \
-                 VALUES ('x1', 'admin', 'h', 1)",
+                 VALUES ('x1', 'superuser', 'h', 1)",
             )
             .await
             .unwrap();
         assert!(matches!(
             store.live_credential("x1").await,
-            Err(StoreError::Unreadable(m)) if m.contains("admin")
+            Err(StoreError::Unreadable(m)) if m.contains("superuser")
         ));
     }
 
