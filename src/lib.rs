@@ -49,8 +49,10 @@
 //!   until the shutdown future resolves, then drains in order.
 //! - [`http`]: axum API served by hyper with header, body and write timeouts and a connection
 //!   cap ([`http::serve`]): `PUT`/`DELETE /sessions/{id}`,
-//!   `/v1/accounts/{id}/clients|events|baby-stations|parent-stations|usage`, `/healthz`,
-//!   `/readyz`, `/metrics`, and `GET /ws`'s handshake (origin, subprotocols, credential, client
+//!   `/v1/accounts/{id}/clients|events|connections|baby-stations|parent-stations|usage`,
+//!   the administration routes (`http::admin`: accounts, credentials, rotation, bulk
+//!   provisioning, disconnect and bans, every action recorded as an `admin.*` event; on
+//!   `http.admin_listen` when set), `/healthz`, `/readyz`, `/metrics`, and `GET /ws`'s handshake (origin, subprotocols, credential, client
 //!   id, resume, the bridge's admission: every refusal before the `101`) before the socket goes
 //!   to the bridge; `http::origins` holds `http.allowed_origins` and the CORS layer.
 //! - [`ws`]: the legacy WebSocket bridge: sessions, seq and replay (`ws::hub`), one socket
@@ -71,7 +73,11 @@
 //! - [`domain`]: pure deciders, `decide(command, state)` and `evolve(state, event)`
 //!   ([`domain::connection`], [`domain::session`] with the grace rule), and [`domain::usage`],
 //!   with given/when/then tests.
-//! - [`store`]: sea-orm event log and read models on SQLite or PostgreSQL, with migrations.
+//! - [`store`]: sea-orm event log and read models on SQLite or PostgreSQL, with migrations;
+//!   `store::bans` (bans in force), `store::audit` (administrative actions as events, and
+//!   an account's erase).
+//! - [`admin_client`]: what `cradle accounts` / `cradle credentials` act through: the store,
+//!   or a running Cradle's admin API (`--server`).
 //! - [`edge`]: the MQTT edge devices reach (TCP, WebSocket, TLS): authenticates, hands each
 //!   device's packets to the broker from its own task (`edge::uplink`), checks every packet
 //!   ([`edge::acl`]), counts retained messages per account ([`edge::retained`]), stamps `from`

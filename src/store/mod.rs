@@ -59,7 +59,7 @@ pub enum StoreError {
     #[error("database: {0}")]
     Db(DbErr),
     /// A stored value is none of its column's type (a credential kind other than `device`,
-    /// `token` or `operator`): the row was written by something else.
+    /// `token`, `operator` or `admin`): the row was written by something else.
     #[error("stored value not understood: {0}")]
     Unreadable(String),
     /// A stored JSON payload does not parse (the log was written by something else).
