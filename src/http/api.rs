@@ -47,10 +47,26 @@ async fn connections(
     )?))
 }
 
+/// `GET …/clients`.
+#[derive(Debug, Serialize)]
+pub(crate) struct ClientList {
+    account_id: String,
+    clients: Vec<ClientView>,
+}
+
+/// `GET …/events`.
+#[derive(Debug, Serialize)]
+pub(crate) struct EventPage {
+    account_id: String,
+    events: Vec<crate::store::StoredEvent>,
+    /// Pass as `after` for the next page.
+    next_after: i64,
+}
+
 async fn clients(
     State(state): State<AppState>,
     AccountPath(account_id): AccountPath,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<ClientList>, ApiError> {
     let rows = state.store.clients(&account_id).await?;
     let clients: Vec<ClientView> = rows
         .into_iter()
@@ -68,9 +84,10 @@ async fn clients(
             last_disconnect_reason: r.last_disconnect_reason,
         })
         .collect();
-    Ok(Json(
-        serde_json::json!({"account_id": account_id, "clients": clients}),
-    ))
+    Ok(Json(ClientList {
+        account_id,
+        clients,
+    }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -83,7 +100,7 @@ async fn events(
     State(state): State<AppState>,
     AccountPath(account_id): AccountPath,
     Query(q): Query<EventsQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<EventPage>, ApiError> {
     let after = match q.after.as_deref() {
         None => 0,
         Some(s) => s
@@ -109,9 +126,9 @@ async fn events(
     };
     let events = state.store.events(&account_id, after, limit).await?;
     let next_after = events.last().map_or(after, |e| e.position);
-    Ok(Json(serde_json::json!({
-        "account_id": account_id,
-        "events": events,
-        "next_after": next_after,
-    })))
+    Ok(Json(EventPage {
+        account_id,
+        events,
+        next_after,
+    }))
 }

@@ -11,7 +11,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, put};
 use axum::{Json, Router};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
 use super::auth::{AccountPath, Caller};
@@ -83,7 +83,7 @@ async fn start(
     headers: HeaderMap,
     Path(session_id): Path<String>,
     body: Body,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<SessionStatus>), ApiError> {
     session_path(&session_id)?;
     let account_id = session_account(&caller, &headers)?;
     let bytes = axum::body::to_bytes(body, state.max_body_bytes)
@@ -127,9 +127,11 @@ async fn start(
     };
     Ok((
         status,
-        Json(
-            serde_json::json!({"session_id": session_id, "account_id": account_id, "status": word}),
-        ),
+        Json(SessionStatus {
+            session_id,
+            account_id,
+            status: word,
+        }),
     ))
 }
 
@@ -138,7 +140,7 @@ async fn end(
     caller: Caller,
     headers: HeaderMap,
     Path(session_id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<SessionStatus>, ApiError> {
     session_path(&session_id)?;
     let account_id = session_account(&caller, &headers)?;
     let outcome = state
@@ -152,39 +154,81 @@ async fn end(
         EndOutcome::Unknown => return Err(ApiError::SessionNotFound(session_id)),
         EndOutcome::Refused(r) => return Err(ApiError::Forbidden(r.as_str().into())),
     };
-    Ok(Json(
-        serde_json::json!({"session_id": session_id, "account_id": account_id, "status": word}),
-    ))
+    Ok(Json(SessionStatus {
+        session_id,
+        account_id,
+        status: word,
+    }))
+}
+
+/// What a session start or end did.
+#[derive(Debug, Serialize)]
+pub(crate) struct SessionStatus {
+    session_id: String,
+    account_id: String,
+    /// `started`, `already_started`, `pending`, `ended`, `already_ended`, `pending_removed`.
+    status: &'static str,
+}
+
+/// `GET …/baby-stations`.
+#[derive(Debug, Serialize)]
+pub(crate) struct BabyStationList {
+    account_id: String,
+    baby_stations: Vec<crate::sync::sessions::BabyStation>,
+}
+
+/// One parent station's announcement.
+#[derive(Debug, Serialize)]
+pub(crate) struct ParentStationView {
+    client_id: String,
+    /// What it announced (a JSON object; `null` if the stored text is not JSON).
+    announcement: serde_json::Value,
+    updated_at_millis: i64,
+}
+
+/// `GET …/parent-stations`.
+#[derive(Debug, Serialize)]
+pub(crate) struct ParentStationList {
+    account_id: String,
+    parent_stations: Vec<ParentStationView>,
+}
+
+/// `GET …/usage`: the account's usage in the window.
+#[derive(Debug, Serialize)]
+pub(crate) struct UsageView {
+    account_id: String,
+    #[serde(flatten)]
+    usage: crate::domain::usage::Usage,
 }
 
 async fn baby_stations(
     State(state): State<AppState>,
     AccountPath(account_id): AccountPath,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let stations = state.sessions.baby_stations(&account_id).await?;
-    Ok(Json(
-        serde_json::json!({"account_id": account_id, "baby_stations": stations}),
-    ))
+) -> Result<Json<BabyStationList>, ApiError> {
+    let baby_stations = state.sessions.baby_stations(&account_id).await?;
+    Ok(Json(BabyStationList {
+        account_id,
+        baby_stations,
+    }))
 }
 
 async fn parent_stations(
     State(state): State<AppState>,
     AccountPath(account_id): AccountPath,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<ParentStationList>, ApiError> {
     let rows = state.sessions.parent_stations(&account_id).await?;
-    let stations: Vec<serde_json::Value> = rows
+    let parent_stations = rows
         .into_iter()
-        .map(|r| {
-            serde_json::json!({
-                "client_id": r.client_id,
-                "announcement": serde_json::from_str::<serde_json::Value>(&r.announcement).unwrap_or(serde_json::Value::Null),
-                "updated_at_millis": r.updated_at_millis,
-            })
+        .map(|r| ParentStationView {
+            client_id: r.client_id,
+            announcement: serde_json::from_str(&r.announcement).unwrap_or(serde_json::Value::Null),
+            updated_at_millis: r.updated_at_millis,
         })
         .collect();
-    Ok(Json(
-        serde_json::json!({"account_id": account_id, "parent_stations": stations}),
-    ))
+    Ok(Json(ParentStationList {
+        account_id,
+        parent_stations,
+    }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -212,7 +256,7 @@ async fn usage_route(
     State(state): State<AppState>,
     AccountPath(account_id): AccountPath,
     Query(q): Query<UsageQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<UsageView>, ApiError> {
     let from = millis_param(q.from.as_deref(), "from", 0)?;
     let to = millis_param(q.to.as_deref(), "to", now_millis())?;
     if to <= from {
@@ -225,10 +269,8 @@ async fn usage_route(
         .sessions
         .sessions_between(&account_id, from, to)
         .await?;
-    let u = usage(&rows, from, to);
-    // Invariant: Usage derives Serialize over integers, strings and vectors (no maps with
-    // non-string keys), which serde_json always serialises.
-    let mut body = serde_json::to_value(u).expect("usage serialises");
-    body["account_id"] = account_id.into();
-    Ok(Json(body))
+    Ok(Json(UsageView {
+        account_id,
+        usage: usage(&rows, from, to),
+    }))
 }

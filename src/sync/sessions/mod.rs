@@ -35,7 +35,7 @@ use crate::sync::pending::PendingStarts;
 
 pub(crate) use announce::active_of;
 pub(crate) use announce::{announcement, announcement_topic};
-pub(crate) use queries::usage;
+pub(crate) use queries::{usage, BabyStation};
 
 /// Settings of the session handler.
 #[derive(Debug, Clone)]
