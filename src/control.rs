@@ -20,7 +20,7 @@ use crate::edge::Ender;
 use crate::ws::Bridge;
 
 /// What ending a target did on this replica.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Ended {
     /// MQTT connections behind this replica's edge told to end.
     pub mqtt_connections: usize,
@@ -29,7 +29,7 @@ pub struct Ended {
 }
 
 /// One live connection of this replica, as `GET …/connections` lists it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct ConnectionView {
     pub account_id: String,
     pub client_id: String,

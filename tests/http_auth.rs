@@ -979,3 +979,76 @@ async fn a_family_that_leaves_is_erased_events_read_models_and_all() {
     assert_eq!(erased["data"]["account_id"], "fam");
     assert_eq!(erased["data"]["by"], "admin_token");
 }
+
+/// The API description is generated from the handlers: every route it names is served (with
+/// the methods it names), and it names the routes operators and the PWA use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_documented_route_is_served_and_the_description_names_every_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("openapi.db").display());
+    issue(&db, &["accounts", "create", "fam"]);
+    let admin = "an-admin-token-of-some-length".to_string();
+    let cradle =
+        Cradle::spawn_ready(dir.path(), &db, &[("CRADLE_ADMIN_TOKEN", admin.clone())]).await;
+    let doc: serde_json::Value = reqwest::get(format!("{}/v1/openapi.json", cradle.http))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{doc}");
+    let paths = doc["paths"].as_object().unwrap();
+    let mut checked = 0;
+    for (path, item) in paths {
+        for method in item.as_object().unwrap().keys() {
+            let url = format!("{}{}", cradle.http, path.replace(['{', '}'], ""));
+            let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let r = reqwest::Client::new()
+                .request(method.clone(), &url)
+                .bearer_auth(&admin)
+                .header("X-Cradle-Account", "fam")
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let body: serde_json::Value = r.json().await.unwrap_or_default();
+            assert!(
+                status != 405 && !(status == 404 && body["error"]["code"] == "not_found"),
+                "{method} {path} is documented but not served: {status} {body}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 27, "{checked} routes documented");
+    for route in [
+        "/v1/accounts/{account_id}/clients",
+        "/v1/accounts/{account_id}/events",
+        "/v1/accounts/{account_id}/connections",
+        "/v1/accounts/{account_id}/baby-stations",
+        "/v1/accounts/{account_id}/parent-stations",
+        "/v1/accounts/{account_id}/usage",
+        "/v1/accounts/{account_id}/clients/{client_id}/disconnect",
+        "/sessions/{session_id}",
+        "/v1/admin/accounts",
+        "/v1/admin/accounts/{account_id}",
+        "/v1/admin/accounts/{account_id}/devices",
+        "/v1/admin/credentials",
+        "/v1/admin/credentials/{credential_id}",
+        "/v1/admin/credentials/{credential_id}/rotate",
+        "/v1/admin/connections",
+        "/v1/admin/bans",
+        "/v1/admin/bans/{account_id}/{client_id}",
+        "/ws",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/v1/openapi.json",
+    ] {
+        assert!(
+            paths.contains_key(route),
+            "{route} is served but not documented"
+        );
+    }
+    assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+}

@@ -21,7 +21,7 @@ pub struct SessionSpan {
 }
 
 /// One session's share of a usage window.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct UsageSession {
     /// The session.
     pub session_id: String,
@@ -40,7 +40,7 @@ pub struct UsageSession {
 }
 
 /// Usage totals of one baby station.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct UsageClient {
     /// The baby station.
     pub client_id: String,
@@ -51,7 +51,7 @@ pub struct UsageClient {
 }
 
 /// Usage of an account in `[from, to)`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Usage {
     /// Window start (inclusive), Unix milliseconds.
     pub from: i64,

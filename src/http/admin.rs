@@ -17,6 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::auth::Caller;
+use super::error::ErrorBody;
 use super::metrics::AdminAction;
 use super::params::id_param;
 use super::{ApiError, AppState};
@@ -184,7 +185,7 @@ async fn json_body<T: DeserializeOwned + Default>(
 }
 
 /// An account.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct AccountView {
     /// The account id, as used in topics.
     pub account_id: String,
@@ -205,7 +206,7 @@ impl From<account_rows::Model> for AccountView {
 }
 
 /// A credential, never its secret nor its hash.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct CredentialView {
     /// Its id (`cr_…`), also the prefix of a bearer token or operator secret.
     pub credential_id: String,
@@ -235,7 +236,7 @@ impl From<credential_rows::Model> for CredentialView {
 }
 
 /// A newly issued credential and its secret, shown in this response only.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct IssuedView {
     /// The credential.
     #[serde(flatten)]
@@ -253,11 +254,12 @@ impl From<Issued> for IssuedView {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct AccountList {
     accounts: Vec<AccountView>,
 }
 
+#[utoipa::path(get, path = "/v1/admin/accounts", tag = "admin", summary = "Every account.", responses((status = 200, body = AccountList), (status = 403, body = ErrorBody)), security(("bearer" = [])))]
 async fn list_accounts(
     _: Administrator,
     State(state): State<AppState>,
@@ -270,6 +272,7 @@ async fn list_accounts(
     }))
 }
 
+#[utoipa::path(get, path = "/v1/admin/accounts/{account_id}", tag = "admin", summary = "One account.", params(("account_id" = String, Path)), responses((status = 200, body = AccountView), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 async fn get_account(
     _: Administrator,
     State(state): State<AppState>,
@@ -281,7 +284,7 @@ async fn get_account(
     Ok(Json(row.into()))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 struct PutAccount {
     /// Human-readable name (default: the id).
@@ -293,6 +296,7 @@ const MAX_NAME_CHARS: usize = 256;
 
 /// Creates the account unless it exists: `201` when this request created it, `200` with the
 /// existing account on a repeat (a sign-up service may retry safely).
+#[utoipa::path(put, path = "/v1/admin/accounts/{account_id}", tag = "admin", summary = "Creates the account unless it exists (safe to retry).", params(("account_id" = String, Path)), request_body(content = PutAccount), responses((status = 201, body = AccountView), (status = 200, body = AccountView), (status = 400, body = ErrorBody)), security(("bearer" = [])))]
 async fn put_account(
     Administrator(by): Administrator,
     State(state): State<AppState>,
@@ -337,7 +341,7 @@ async fn put_account(
 }
 
 /// What deleting an account did.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct AccountDeleted {
     account_id: String,
     /// Whether an account row was deleted (an erase of a deleted account's data has none).
@@ -354,7 +358,7 @@ struct AccountDeleted {
     erased: Option<crate::store::audit::Erased>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 struct DeleteQuery {
     /// Also erase the account's events and read models, and clear its retained messages.
@@ -364,6 +368,7 @@ struct DeleteQuery {
 /// Deletes an account: its credentials revoked, its live connections ended (on every
 /// replica); with `?erase=true` its events, read models and retained messages go too (also
 /// for an account deleted earlier).
+#[utoipa::path(delete, path = "/v1/admin/accounts/{account_id}", tag = "admin", summary = "Deletes the account (credentials revoked, live connections ended); ?erase=true erases its data too.", params(("account_id" = String, Path), DeleteQuery), responses((status = 200, body = AccountDeleted), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 async fn delete_account(
     Administrator(by): Administrator,
     State(state): State<AppState>,
@@ -435,17 +440,18 @@ async fn erase_data(
     Ok(erased)
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
     account_id: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct CredentialList {
     credentials: Vec<CredentialView>,
 }
 
+#[utoipa::path(get, path = "/v1/admin/credentials", tag = "admin", summary = "Credentials (never secrets).", params(ListQuery), responses((status = 200, body = CredentialList)), security(("bearer" = [])))]
 async fn list_credentials(
     _: Administrator,
     State(state): State<AppState>,
@@ -462,7 +468,7 @@ async fn list_credentials(
     }))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 struct IssueBody {
     /// `device`, `token` or `operator`.
@@ -471,6 +477,7 @@ struct IssueBody {
     client_id: Option<String>,
 }
 
+#[utoipa::path(post, path = "/v1/admin/credentials", tag = "admin", summary = "Issues a credential; its secret is in this response only.", request_body(content = IssueBody), responses((status = 201, body = IssuedView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 async fn issue_credential(
     Administrator(by): Administrator,
     State(state): State<AppState>,
@@ -511,6 +518,7 @@ async fn issue_credential(
     Ok((StatusCode::CREATED, Json(issued.into())))
 }
 
+#[utoipa::path(get, path = "/v1/admin/credentials/{credential_id}", tag = "admin", summary = "One credential.", params(("credential_id" = String, Path)), responses((status = 200, body = CredentialView), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 async fn get_credential(
     _: Administrator,
     State(state): State<AppState>,
@@ -524,7 +532,7 @@ async fn get_credential(
 }
 
 /// A revoked credential, and the live connections this replica ended.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Revoked {
     #[serde(flatten)]
     credential: CredentialView,
@@ -535,6 +543,7 @@ struct Revoked {
 /// verification caches are emptied), and every live MQTT connection and WebSocket session
 /// that authenticated with it ends (reason `revoked`), here at once and on every other
 /// replica through `cradle/control`.
+#[utoipa::path(delete, path = "/v1/admin/credentials/{credential_id}", tag = "admin", summary = "Revokes a credential and ends its live connections on every replica.", params(("credential_id" = String, Path)), responses((status = 200, body = Revoked), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 async fn revoke_credential(
     Administrator(by): Administrator,
     State(state): State<AppState>,
@@ -574,7 +583,7 @@ async fn revoke_credential(
 }
 
 /// What a disconnect did.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Disconnected {
     account_id: String,
     client_id: String,
@@ -585,7 +594,7 @@ struct Disconnected {
     banned_until_millis: Option<i64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 struct DisconnectBody {
     /// Refuse the client's reconnects for this long (1 s to one year).
@@ -599,6 +608,7 @@ const MAX_BAN_SECS: u64 = 366 * 24 * 3600;
 /// 4011), recorded with reason `admin_disconnect`. With `ban_secs` its reconnects are refused
 /// until then (MQTT 5: CONNACK 0x8A banned; 3.1.1: not authorized; `/ws`: 403 `banned`), on
 /// every replica; otherwise it may connect again at once.
+#[utoipa::path(post, path = "/v1/accounts/{account_id}/clients/{client_id}/disconnect", tag = "admin", summary = "Ends the client's live connections on every replica, optionally banning it.", params(("account_id" = String, Path), ("client_id" = String, Path)), request_body(content = Option<DisconnectBody>), responses((status = 200, body = Disconnected), (status = 400, body = ErrorBody)), security(("bearer" = [])))]
 async fn disconnect_client(
     Administrator(by): Administrator,
     State(state): State<AppState>,
@@ -670,7 +680,7 @@ async fn disconnect_client(
     }))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub(super) struct PageQuery {
     after: Option<String>,
@@ -678,7 +688,7 @@ pub(super) struct PageQuery {
 }
 
 /// A page of live connections.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(super) struct ConnectionPage {
     #[serde(skip_serializing_if = "Option::is_none")]
     account_id: Option<String>,
@@ -719,6 +729,7 @@ pub(super) fn connection_page(
 }
 
 /// Every account's live connections on this replica.
+#[utoipa::path(get, path = "/v1/admin/connections", tag = "admin", summary = "Every account's live connections on the replica that answers, paged.", params(PageQuery), responses((status = 200, body = ConnectionPage)), security(("bearer" = [])))]
 async fn all_connections(
     _: Administrator,
     State(state): State<AppState>,
@@ -728,7 +739,7 @@ async fn all_connections(
 }
 
 /// A ban in force.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct BanView {
     account_id: String,
     client_id: String,
@@ -737,11 +748,12 @@ struct BanView {
     by: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct BanList {
     bans: Vec<BanView>,
 }
 
+#[utoipa::path(get, path = "/v1/admin/bans", tag = "admin", summary = "The bans in force.", params(ListQuery), responses((status = 200, body = BanList)), security(("bearer" = [])))]
 async fn list_bans(
     _: Administrator,
     State(state): State<AppState>,
@@ -769,6 +781,7 @@ async fn list_bans(
 }
 
 /// Lifts a ban: this replica admits the client at once, the others within a second.
+#[utoipa::path(delete, path = "/v1/admin/bans/{account_id}/{client_id}", tag = "admin", summary = "Lifts a ban.", params(("account_id" = String, Path), ("client_id" = String, Path)), responses((status = 204, description = "lifted"), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 async fn lift_ban(
     Administrator(by): Administrator,
     State(state): State<AppState>,
@@ -793,6 +806,7 @@ async fn lift_ban(
 
 /// A new secret for the same kind, account and client; the old credential keeps working
 /// until it is revoked.
+#[utoipa::path(post, path = "/v1/admin/credentials/{credential_id}/rotate", tag = "admin", summary = "A new secret of the same kind, account and client; the old one works until revoked.", params(("credential_id" = String, Path)), responses((status = 201, body = IssuedView), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 async fn rotate_credential(
     Administrator(by): Administrator,
     State(state): State<AppState>,
@@ -815,19 +829,20 @@ async fn rotate_credential(
     Ok((StatusCode::CREATED, Json(issued.into())))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 struct BulkBody {
     client_ids: Vec<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct BulkIssued {
     account_id: String,
     credentials: Vec<IssuedView>,
 }
 
 /// One device credential per client id, in one transaction: all are issued or none.
+#[utoipa::path(post, path = "/v1/admin/accounts/{account_id}/devices", tag = "admin", summary = "Issues one device credential per client id, in one transaction.", params(("account_id" = String, Path)), request_body(content = BulkBody), responses((status = 201, body = BulkIssued), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 async fn provision_devices(
     Administrator(by): Administrator,
     State(state): State<AppState>,

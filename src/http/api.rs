@@ -6,6 +6,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use super::auth::AccountPath;
+use super::error::ErrorBody;
 use super::{ApiError, AppState};
 
 pub(super) fn router() -> Router<AppState> {
@@ -16,7 +17,7 @@ pub(super) fn router() -> Router<AppState> {
 }
 
 /// One client's current state.
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub(crate) struct ClientView {
     /// The client id.
     pub client_id: String,
@@ -35,6 +36,7 @@ pub(crate) struct ClientView {
 }
 
 /// The account's live connections on this replica, paged.
+#[utoipa::path(get, path = "/v1/accounts/{account_id}/connections", tag = "account", summary = "Who is connected now: the account's live MQTT connections and WebSocket sessions on the replica that answers, paged.", params(("account_id" = String, Path), super::admin::PageQuery), responses((status = 200, body = super::admin::ConnectionPage), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)), security(("bearer" = [])))]
 async fn connections(
     State(state): State<AppState>,
     AccountPath(account_id): AccountPath,
@@ -48,14 +50,14 @@ async fn connections(
 }
 
 /// `GET …/clients`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct ClientList {
     account_id: String,
     clients: Vec<ClientView>,
 }
 
 /// `GET …/events`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct EventPage {
     account_id: String,
     events: Vec<crate::store::StoredEvent>,
@@ -63,6 +65,7 @@ pub(crate) struct EventPage {
     next_after: i64,
 }
 
+#[utoipa::path(get, path = "/v1/accounts/{account_id}/clients", tag = "account", summary = "Every client of the account and its current connection state.", params(("account_id" = String, Path)), responses((status = 200, body = ClientList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)), security(("bearer" = [])))]
 async fn clients(
     State(state): State<AppState>,
     AccountPath(account_id): AccountPath,
@@ -96,6 +99,7 @@ struct EventsQuery {
     limit: Option<String>,
 }
 
+#[utoipa::path(get, path = "/v1/accounts/{account_id}/events", tag = "account", summary = "The account's events in log order, after a position.", params(("account_id" = String, Path), ("after" = Option<i64>, Query), ("limit" = Option<u64>, Query)), responses((status = 200, body = EventPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)), security(("bearer" = [])))]
 async fn events(
     State(state): State<AppState>,
     AccountPath(account_id): AccountPath,

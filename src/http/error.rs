@@ -92,17 +92,41 @@ impl ApiError {
     }
 }
 
+/// The body of every error answer.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct ErrorBody {
+    error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct ErrorDetail {
+    /// A stable code: `invalid_parameter`, `unauthorized`, `account_not_found`, ….
+    code: &'static str,
+    /// A sentence for people.
+    message: String,
+    /// The parameter or body field at fault, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'static str>,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.parts();
-        let mut body = serde_json::json!({"error": {"code": code, "message": self.to_string()}});
+        let mut body = ErrorBody {
+            error: ErrorDetail {
+                code,
+                message: self.to_string(),
+                field: None,
+            },
+        };
         match &self {
             ApiError::Store(error) => tracing::error!(%error, "store error answering a request"),
             ApiError::Accounts(error) => {
                 tracing::error!(%error, "credentials error answering a request")
             }
             ApiError::InvalidParameter { field, .. } | ApiError::InvalidBody { field, .. } => {
-                body["error"]["field"] = (*field).into()
+                body.error.field = Some(field)
             }
             ApiError::PayloadTooLarge(_)
             | ApiError::BodyTimeout(_)

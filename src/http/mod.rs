@@ -9,6 +9,7 @@ mod api;
 mod auth;
 mod error;
 pub(crate) mod metrics;
+mod openapi;
 mod ops;
 mod origins;
 mod params;
@@ -79,6 +80,7 @@ pub(crate) enum Surface {
 pub(crate) fn app(state: AppState, max_body_bytes: usize, surface: Surface) -> Router {
     let routes = match surface {
         Surface::All => Router::new()
+            .merge(openapi::router())
             .merge(ops::router())
             .merge(ops::metrics_router())
             .merge(api::router())
@@ -86,11 +88,13 @@ pub(crate) fn app(state: AppState, max_body_bytes: usize, surface: Surface) -> R
             .merge(ws::router())
             .merge(admin::router()),
         Surface::Public => Router::new()
+            .merge(openapi::router())
             .merge(ops::router())
             .merge(api::router())
             .merge(sessions::router())
             .merge(ws::router()),
         Surface::Admin => Router::new()
+            .merge(openapi::router())
             .merge(ops::router())
             .merge(ops::metrics_router())
             .merge(admin::router()),

@@ -22,11 +22,13 @@ pub(super) fn metrics_router() -> Router<AppState> {
 }
 
 /// 200 while the process serves HTTP.
+#[utoipa::path(get, path = "/healthz", tag = "operations", summary = "200 while the process serves HTTP.", responses((status = 200, description = "{\"status\":\"ok\"}")))]
 async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
 }
 
 /// 200 when the store answers and the bus is subscribed; 503 with the failing part otherwise.
+#[utoipa::path(get, path = "/readyz", tag = "operations", summary = "Ready: the store answers, the bus is subscribed, no critical task failed.", responses((status = 200, description = "ready"), (status = 503, description = "not ready, with the failing part")))]
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let store = match state.store.ping().await {
         Ok(()) => "ok".to_string(),
@@ -65,6 +67,7 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 /// Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "operations", summary = "Prometheus text format.", responses((status = 200, description = "text/plain; version=0.0.4")))]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let connected = match state.store.connected_count().await {
         Ok(n) => Some(n),

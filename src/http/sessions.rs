@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
 use super::auth::{AccountPath, Caller};
+use super::error::ErrorBody;
 use super::params::id_param;
 use super::{ApiError, AppState};
 use crate::clock::now_millis;
@@ -77,6 +78,7 @@ fn session_path(session_id: &str) -> Result<(), ApiError> {
     id_param("session_id", session_id)
 }
 
+#[utoipa::path(put, path = "/sessions/{session_id}", tag = "sessions", summary = "Starts a monitoring session (idempotent).", params(("session_id" = String, Path), ("X-Cradle-Account" = Option<String>, Header)), request_body(content = Object, description = "{session_id, connection_id, client_id?, name?, started_at_millis} or the legacy {id, host_connection_id, name, started_at}"), responses((status = 201, body = SessionStatus), (status = 200, body = SessionStatus), (status = 202, body = SessionStatus), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)), security(("bearer" = [])))]
 async fn start(
     State(state): State<AppState>,
     caller: Caller,
@@ -135,6 +137,7 @@ async fn start(
     ))
 }
 
+#[utoipa::path(delete, path = "/sessions/{session_id}", tag = "sessions", summary = "Ends a monitoring session.", params(("session_id" = String, Path), ("X-Cradle-Account" = Option<String>, Header)), responses((status = 200, body = SessionStatus), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 async fn end(
     State(state): State<AppState>,
     caller: Caller,
@@ -162,7 +165,7 @@ async fn end(
 }
 
 /// What a session start or end did.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct SessionStatus {
     session_id: String,
     account_id: String,
@@ -171,14 +174,14 @@ pub(crate) struct SessionStatus {
 }
 
 /// `GET …/baby-stations`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct BabyStationList {
     account_id: String,
     baby_stations: Vec<crate::sync::sessions::BabyStation>,
 }
 
 /// One parent station's announcement.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct ParentStationView {
     client_id: String,
     /// What it announced (a JSON object; `null` if the stored text is not JSON).
@@ -187,20 +190,21 @@ pub(crate) struct ParentStationView {
 }
 
 /// `GET …/parent-stations`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct ParentStationList {
     account_id: String,
     parent_stations: Vec<ParentStationView>,
 }
 
 /// `GET …/usage`: the account's usage in the window.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct UsageView {
     account_id: String,
     #[serde(flatten)]
     usage: crate::domain::usage::Usage,
 }
 
+#[utoipa::path(get, path = "/v1/accounts/{account_id}/baby-stations", tag = "sessions", summary = "Active sessions and whether each station is connected.", params(("account_id" = String, Path)), responses((status = 200, body = BabyStationList)), security(("bearer" = [])))]
 async fn baby_stations(
     State(state): State<AppState>,
     AccountPath(account_id): AccountPath,
@@ -212,6 +216,7 @@ async fn baby_stations(
     }))
 }
 
+#[utoipa::path(get, path = "/v1/accounts/{account_id}/parent-stations", tag = "sessions", summary = "What the parent stations announced.", params(("account_id" = String, Path)), responses((status = 200, body = ParentStationList)), security(("bearer" = [])))]
 async fn parent_stations(
     State(state): State<AppState>,
     AccountPath(account_id): AccountPath,
@@ -252,6 +257,7 @@ fn millis_param(value: Option<&str>, field: &'static str, default: i64) -> Resul
     }
 }
 
+#[utoipa::path(get, path = "/v1/accounts/{account_id}/usage", tag = "sessions", summary = "Monitoring time per session and station in a window.", params(("account_id" = String, Path), ("from" = Option<i64>, Query), ("to" = Option<i64>, Query)), responses((status = 200, body = UsageView), (status = 400, body = ErrorBody)), security(("bearer" = [])))]
 async fn usage_route(
     State(state): State<AppState>,
     AccountPath(account_id): AccountPath,

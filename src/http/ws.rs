@@ -57,6 +57,7 @@ struct Caller {
     credential_id: Option<String>,
 }
 
+#[utoipa::path(get, path = "/ws", tag = "websocket", summary = "The WebSocket bridge's handshake (docs/websocket.md): every refusal comes before the 101.", params(("client_id" = String, Query), ("account" = Option<String>, Query), ("token" = Option<String>, Query), ("connection_id" = Option<String>, Query), ("resume_from" = Option<u64>, Query), ("resume_secret" = Option<String>, Query)), responses((status = 101, description = "upgraded"), (status = 401, body = super::error::ErrorBody), (status = 403, body = super::error::ErrorBody), (status = 410, body = super::error::ErrorBody), (status = 426, body = super::error::ErrorBody)))]
 async fn upgrade(
     State(state): State<AppState>,
     headers: HeaderMap,

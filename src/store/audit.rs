@@ -72,7 +72,7 @@ impl Store {
 }
 
 /// What erasing an account's data removed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Erased {
     pub events: u64,
     pub clients: u64,

@@ -133,7 +133,7 @@ pub struct NewEvent {
 }
 
 /// An event as read back from the log.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct StoredEvent {
     /// Global position.
     pub position: i64,
@@ -151,6 +151,7 @@ pub struct StoredEvent {
     /// When it was recorded.
     pub recorded_at_millis: i64,
     /// Payload.
+    #[schema(value_type = Object)]
     pub data: serde_json::Value,
 }
 

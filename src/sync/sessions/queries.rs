@@ -7,7 +7,7 @@ use crate::domain::usage::SessionSpan;
 use crate::store::{sessions, StoreError};
 
 /// A baby station in the list: an active session and whether its station is connected.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct BabyStation {
     /// The station's client id.
     pub client_id: String,
