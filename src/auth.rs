@@ -89,7 +89,8 @@ pub struct Authenticator {
     accounts_exist: Mutex<Option<(bool, Instant)>>,
     /// Bans in force: (account, client) → until (Unix milliseconds); refreshed from the store
     /// every second ([`Authenticator::refresh_bans`]) and at once by a decision.
-    bans: Mutex<HashMap<(String, String), i64>>,
+    /// Keyed by account, then client, so a CONNECT's look-up allocates nothing.
+    bans: Mutex<HashMap<String, HashMap<String, i64>>>,
     /// Bumped at every revocation or account deletion, here or on another replica: a bearer
     /// token verified before it is verified again (`http::TokenCache`).
     revocations: Arc<AtomicU64>,
@@ -129,7 +130,7 @@ impl Authenticator {
 
     /// Forgets every verified device secret, so the next CONNECT of each checks the store
     /// again (after a revocation or an account's deletion).
-    pub(crate) fn forget_verified(&self) {
+    fn forget_verified(&self) {
         self.verified
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -142,12 +143,12 @@ impl Authenticator {
 
     /// Until when (Unix milliseconds) client `client_id` of `account_id` is banned, if it is.
     pub(crate) fn banned_until(&self, account_id: &str, client_id: &str) -> Option<i64> {
-        let key = (account_id.to_string(), client_id.to_string());
         let until = *self
             .bans
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&key)?;
+            .get(account_id)?
+            .get(client_id)?;
         (until > crate::clock::now_millis()).then_some(until)
     }
 
@@ -156,25 +157,32 @@ impl Authenticator {
         self.bans
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert((account_id.into(), client_id.into()), until_millis);
+            .entry(account_id.into())
+            .or_default()
+            .insert(client_id.into(), until_millis);
     }
 
     /// Forgets a ban lifted here (other replicas forget it at their next refresh).
     pub(crate) fn forget_ban(&self, account_id: &str, client_id: &str) {
-        self.bans
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&(account_id.to_string(), client_id.to_string()));
+        let mut bans = self.bans.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(clients) = bans.get_mut(account_id) {
+            clients.remove(client_id);
+            if clients.is_empty() {
+                bans.remove(account_id);
+            }
+        }
     }
 
     /// Reads the bans in force from the store (a failure keeps the last ones, logged).
     pub(crate) async fn refresh_bans(&self) {
         match self.store.bans(None, crate::clock::now_millis()).await {
             Ok(rows) => {
-                let bans = rows
-                    .into_iter()
-                    .map(|b| ((b.account_id, b.client_id), b.until_millis))
-                    .collect();
+                let mut bans: HashMap<String, HashMap<String, i64>> = HashMap::new();
+                for b in rows {
+                    bans.entry(b.account_id)
+                        .or_default()
+                        .insert(b.client_id, b.until_millis);
+                }
                 *self.bans.lock().unwrap_or_else(|e| e.into_inner()) = bans;
             }
             Err(error) => tracing::warn!(%error, "bans not refreshed from the store"),

@@ -102,40 +102,6 @@ fn not_admin(message: &str) -> ApiError {
     }
 }
 
-/// The HTTP answer to an error of the accounts module.
-fn refusal(error: AccountsError) -> ApiError {
-    let refused = |status, code, message: String| ApiError::Refused {
-        status,
-        code,
-        message,
-        retry_after_secs: None,
-    };
-    match error {
-        AccountsError::InvalidId { field, .. } => ApiError::InvalidParameter {
-            field,
-            message: error.to_string(),
-        },
-        AccountsError::NoAccount(_) => refused(
-            StatusCode::NOT_FOUND,
-            "account_not_found",
-            error.to_string(),
-        ),
-        AccountsError::NoCredential(_) => refused(
-            StatusCode::NOT_FOUND,
-            "credential_not_found",
-            error.to_string(),
-        ),
-        AccountsError::AccountExists(_) => {
-            refused(StatusCode::CONFLICT, "account_exists", error.to_string())
-        }
-        AccountsError::Usage(message) => ApiError::InvalidBody {
-            field: "kind",
-            message,
-        },
-        other => ApiError::Accounts(other),
-    }
-}
-
 /// Counts, logs and records `action` in the event log (a failure to record is logged: the
 /// action itself is done).
 async fn record(
@@ -264,9 +230,7 @@ async fn list_accounts(
     _: Administrator,
     State(state): State<AppState>,
 ) -> Result<Json<AccountList>, ApiError> {
-    let rows = accounts::list_accounts(&state.store)
-        .await
-        .map_err(refusal)?;
+    let rows = accounts::list_accounts(&state.store).await?;
     Ok(Json(AccountList {
         accounts: rows.into_iter().map(AccountView::from).collect(),
     }))
@@ -278,9 +242,7 @@ async fn get_account(
     State(state): State<AppState>,
     Path(account_id): Path<String>,
 ) -> Result<Json<AccountView>, ApiError> {
-    let row = accounts::account(&state.store, &account_id)
-        .await
-        .map_err(refusal)?;
+    let row = accounts::account(&state.store, &account_id).await?;
     Ok(Json(row.into()))
 }
 
@@ -318,9 +280,7 @@ async fn put_account(
             message: format!("at most {MAX_NAME_CHARS} characters, no control characters"),
         });
     }
-    let (created, row) = accounts::ensure_account(&state.store, &account_id, &name)
-        .await
-        .map_err(refusal)?;
+    let (created, row) = accounts::ensure_account(&state.store, &account_id, &name).await?;
     state.auth.account_created();
     if created {
         let data = json!({"account_id": account_id, "name": row.name});
@@ -380,7 +340,7 @@ async fn delete_account(
     let revoked = match accounts::delete_account(&state.store, &account_id).await {
         Ok(n) => Some(n),
         Err(AccountsError::NoAccount(_)) if erase => None,
-        Err(e) => return Err(refusal(e)),
+        Err(e) => return Err(e.into()),
     };
     let ended = state
         .control
@@ -396,7 +356,7 @@ async fn delete_account(
         false => None,
     };
     if revoked.is_none() && erased == Some(Default::default()) {
-        return Err(refusal(AccountsError::NoAccount(account_id)));
+        return Err(AccountsError::NoAccount(account_id).into());
     }
     let data = json!({"account_id": account_id, "credentials_revoked": revoked, "ended": ended, "erased": erased});
     match erase {
@@ -446,6 +406,16 @@ struct ListQuery {
     account_id: Option<String>,
 }
 
+impl ListQuery {
+    /// The account the list is limited to, checked; none for every account.
+    fn account(&self) -> Result<Option<&str>, ApiError> {
+        if let Some(a) = &self.account_id {
+            id_param("account_id", a)?;
+        }
+        Ok(self.account_id.as_deref())
+    }
+}
+
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 struct CredentialList {
     credentials: Vec<CredentialView>,
@@ -457,12 +427,7 @@ async fn list_credentials(
     State(state): State<AppState>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<CredentialList>, ApiError> {
-    if let Some(a) = &q.account_id {
-        id_param("account_id", a)?;
-    }
-    let rows = accounts::list_credentials(&state.store, q.account_id.as_deref())
-        .await
-        .map_err(refusal)?;
+    let rows = accounts::list_credentials(&state.store, q.account()?).await?;
     Ok(Json(CredentialList {
         credentials: rows.into_iter().map(CredentialView::from).collect(),
     }))
@@ -502,8 +467,7 @@ async fn issue_credential(
         b.account_id.as_deref(),
         b.client_id.as_deref(),
     )
-    .await
-    .map_err(refusal)?;
+    .await?;
     let c = &issued.credential;
     let data =
         json!({"credential_id": c.credential_id, "kind": kind.as_str(), "client_id": c.client_id});
@@ -525,9 +489,7 @@ async fn get_credential(
     Path(credential_id): Path<String>,
 ) -> Result<Json<CredentialView>, ApiError> {
     id_param("credential_id", &credential_id)?;
-    let row = accounts::credential(&state.store, &credential_id)
-        .await
-        .map_err(refusal)?;
+    let row = accounts::credential(&state.store, &credential_id).await?;
     Ok(Json(row.into()))
 }
 
@@ -550,11 +512,7 @@ async fn revoke_credential(
     Path(credential_id): Path<String>,
 ) -> Result<Json<Revoked>, ApiError> {
     id_param("credential_id", &credential_id)?;
-    accounts::revoke(&state.store, &credential_id)
-        .await
-        .map_err(refusal)?;
-    state.tokens.clear();
-    state.auth.forget_verified();
+    accounts::revoke(&state.store, &credential_id).await?;
     let ended = state
         .control
         .end(
@@ -564,9 +522,7 @@ async fn revoke_credential(
             DisconnectReason::Revoked,
         )
         .await;
-    let row = accounts::credential(&state.store, &credential_id)
-        .await
-        .map_err(refusal)?;
+    let row = accounts::credential(&state.store, &credential_id).await?;
     let data = json!({"credential_id": credential_id, "kind": row.kind.as_str(), "client_id": row.client_id, "ended": ended});
     record(
         &state,
@@ -703,18 +659,7 @@ pub(super) fn connection_page(
     account: Option<String>,
     q: PageQuery,
 ) -> Result<ConnectionPage, ApiError> {
-    let max = state.max_page_size;
-    let limit = match q.limit.as_deref() {
-        None => 100.min(max),
-        Some(s) => s
-            .parse::<u64>()
-            .ok()
-            .filter(|v| (1..=max).contains(v))
-            .ok_or(ApiError::InvalidParameter {
-                field: "limit",
-                message: format!("an integer from 1 to {max}"),
-            })?,
-    } as usize;
+    let limit = super::params::limit(q.limit.as_deref(), state.max_page_size)? as usize;
     let connections = state
         .control
         .connections(account.as_deref(), q.after.as_deref(), limit);
@@ -759,12 +704,9 @@ async fn list_bans(
     State(state): State<AppState>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<BanList>, ApiError> {
-    if let Some(a) = &q.account_id {
-        id_param("account_id", a)?;
-    }
     let rows = state
         .store
-        .bans(q.account_id.as_deref(), crate::clock::now_millis())
+        .bans(q.account()?, crate::clock::now_millis())
         .await?;
     Ok(Json(BanList {
         bans: rows
@@ -813,9 +755,7 @@ async fn rotate_credential(
     Path(credential_id): Path<String>,
 ) -> Result<(StatusCode, Json<IssuedView>), ApiError> {
     id_param("credential_id", &credential_id)?;
-    let issued = accounts::rotate(&state.store, &credential_id)
-        .await
-        .map_err(refusal)?;
+    let issued = accounts::rotate(&state.store, &credential_id).await?;
     let c = &issued.credential;
     let data = json!({"credential_id": credential_id, "new_credential_id": c.credential_id, "client_id": c.client_id});
     record(
@@ -864,9 +804,7 @@ async fn provision_devices(
             message: format!("`{dup}` appears twice"),
         });
     }
-    let issued = accounts::issue_devices(&state.store, &account_id, &b.client_ids)
-        .await
-        .map_err(refusal)?;
+    let issued = accounts::issue_devices(&state.store, &account_id, &b.client_ids).await?;
     let data = json!({"account_id": account_id, "count": issued.len()});
     record(
         &state,

@@ -116,18 +116,7 @@ async fn events(
                 message: "a position: an integer of 0 or more".to_string(),
             })?,
     };
-    let max = state.max_page_size;
-    let limit = match q.limit.as_deref() {
-        None => 100.min(max),
-        Some(s) => s
-            .parse::<u64>()
-            .ok()
-            .filter(|v| (1..=max).contains(v))
-            .ok_or(ApiError::InvalidParameter {
-                field: "limit",
-                message: format!("an integer from 1 to {max}"),
-            })?,
-    };
+    let limit = super::params::limit(q.limit.as_deref(), state.max_page_size)?;
     let events = state.store.events(&account_id, after, limit).await?;
     let next_after = events.last().map_or(after, |e| e.position);
     Ok(Json(EventPage {

@@ -69,14 +69,6 @@ impl TokenCache {
         }
     }
 
-    /// Forgets every verified token (after a revocation or an account's deletion).
-    pub(crate) fn clear(&self) {
-        self.verified
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
-    }
-
     fn cached(&self, id: &str, digest: &[u8; 64]) -> Option<VerifiedToken> {
         if self.ttl.is_zero() {
             return None;

@@ -49,9 +49,10 @@ pub(crate) enum ApiError {
     /// 503: the store failed; the caller may retry. Details are logged, not shown.
     #[error("store unavailable")]
     Store(#[from] StoreError),
-    /// 503: the credentials store failed.
+    /// 503: the credentials store failed (or `busy`: too many verifications). The accounts
+    /// module's other errors become their own answers ([`From<AccountsError>`]).
     #[error("store unavailable")]
-    Accounts(#[from] crate::accounts::AccountsError),
+    Accounts(crate::accounts::AccountsError),
     /// 500: the request's handler panicked (logged and counted in
     /// `cradle_task_panics_total{task="http_request"}`); every other request goes on.
     #[error("internal error")]
@@ -65,6 +66,45 @@ pub(crate) enum ApiError {
         message: String,
         retry_after_secs: Option<&'static str>,
     },
+}
+
+/// Every route answers an error of the accounts module alike: an invalid id `400` naming its
+/// field, an unknown account or credential `404`, an existing account `409`, a credential
+/// kind's rule broken `400` (field `kind`), and a store failure `503`.
+impl From<crate::accounts::AccountsError> for ApiError {
+    fn from(error: crate::accounts::AccountsError) -> Self {
+        use crate::accounts::AccountsError as E;
+        let refused = |status, code, message: String| ApiError::Refused {
+            status,
+            code,
+            message,
+            retry_after_secs: None,
+        };
+        match error {
+            E::InvalidId { field, .. } => ApiError::InvalidParameter {
+                field,
+                message: error.to_string(),
+            },
+            E::NoAccount(_) => refused(
+                StatusCode::NOT_FOUND,
+                "account_not_found",
+                error.to_string(),
+            ),
+            E::NoCredential(_) => refused(
+                StatusCode::NOT_FOUND,
+                "credential_not_found",
+                error.to_string(),
+            ),
+            E::AccountExists(_) => {
+                refused(StatusCode::CONFLICT, "account_exists", error.to_string())
+            }
+            E::Usage(message) => ApiError::InvalidBody {
+                field: "kind",
+                message,
+            },
+            other => ApiError::Accounts(other),
+        }
+    }
 }
 
 impl ApiError {
