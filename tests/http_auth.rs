@@ -345,6 +345,17 @@ fn next_line(rx: &std::sync::mpsc::Receiver<String>, within: std::time::Duration
         .unwrap_or_else(|e| panic!("no line from paho: {e}"))
 }
 
+/// Reads `device` until the server closes it (`read` also gives up after 5 s), allowing only the
+/// PUBACKs of statuses it sent before.
+async fn until_closed_after_pubacks(device: &mut common::RawV4) {
+    while let Some(p) = device.read().await {
+        assert!(
+            matches!(p, rumqttc::mqttbytes::v4::Packet::PubAck(_)),
+            "only a status's PUBACK before the end: {p:?}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoking_a_credential_or_disconnecting_a_client_ends_its_live_connections() {
     use futures_util::StreamExt;
@@ -406,12 +417,7 @@ async fn revoking_a_credential_or_disconnecting_a_client_ends_its_live_connectio
     let started = Instant::now();
     let body = revoke(v4_id).await;
     assert_eq!(body["ended"]["mqtt_connections"], 1, "{body}");
-    while let Some(p) = v4.read().await {
-        assert!(
-            matches!(p, rumqttc::mqttbytes::v4::Packet::PubAck(_)),
-            "only the status's PUBACK before the end: {p:?}"
-        );
-    }
+    until_closed_after_pubacks(&mut v4).await;
     assert!(
         started.elapsed() < Duration::from_secs(1),
         "{:?}",
@@ -931,13 +937,7 @@ async fn a_family_that_leaves_is_erased_events_read_models_and_all() {
         (200, &serde_json::json!("kept")),
         "{body}"
     );
-    // (the status's PUBACK may come first)
-    while let Some(p) = baby.read().await {
-        assert!(
-            matches!(p, rumqttc::mqttbytes::v4::Packet::PubAck(_)),
-            "the deletion ended the live connection: {p:?}"
-        );
-    }
+    until_closed_after_pubacks(&mut baby).await;
     let (status, body) = call(
         &cradle,
         Method::DELETE,
