@@ -193,12 +193,16 @@ pub(crate) struct Bus {
     shared_filters: Vec<String>,
     /// UNSUBACKs received, for [`Bus::leave_group`].
     unsubacks: watch::Receiver<usize>,
+    /// This replica's presence topic (`crate::replicas`), cleared at [`Bus::close`].
+    presence: Option<String>,
 }
 
 impl Bus {
     /// Connects to the broker at `endpoint`, subscribes every route (shared routes in
     /// `share_group` when given), and waits until the subscriptions are acknowledged or
-    /// `config.connect_timeout_ms` passes. A refused CONNECT fails at once.
+    /// `config.connect_timeout_ms` passes. A refused CONNECT fails at once. With `presence`
+    /// (a topic), the bus announces this replica there, retained, at every CONNACK, and
+    /// leaves a Will that clears it.
     pub async fn start(
         config: &BusConfig,
         endpoint: &Endpoint,
@@ -206,8 +210,9 @@ impl Bus {
         routes: Vec<Route>,
         share_group: Option<String>,
         metrics: Arc<BusMetrics>,
+        presence: Option<String>,
     ) -> Result<Bus, BusError> {
-        let (client, eventloop) = client(config, endpoint, max_packet_bytes);
+        let (client, eventloop) = client(config, endpoint, max_packet_bytes, presence.as_deref());
         let (state_tx, state) = watch::channel(BusState::Connecting(None));
         let (stop, stop_rx) = watch::channel(false);
         let (unsubacks_tx, unsubacks) = watch::channel(0usize);
@@ -239,6 +244,7 @@ impl Bus {
             unsubacks: unsubacks_tx,
             metrics,
             pending_subacks: 0,
+            presence: presence.clone().map(|t| (t, config.client_id.clone())),
         };
         let mut source = BusSource {
             eventloop,
@@ -256,6 +262,7 @@ impl Bus {
             task,
             shared_filters,
             unsubacks,
+            presence,
         };
         bus.until_ready(endpoint, config.connect_timeout_ms).await
     }
@@ -341,9 +348,16 @@ impl Bus {
         let _ = self.stop.send(true);
     }
 
-    /// Sends the queued acks and a DISCONNECT, then ends the loop (bounded by `timeout`).
+    /// Sends the queued acks, clears this replica's presence, sends a DISCONNECT, then ends
+    /// the loop (bounded by `timeout`).
     pub async fn close(self, timeout: Duration) {
         let _ = self.stop.send(true);
+        if let Some(topic) = &self.presence {
+            let _ = self
+                .client
+                .publish(topic.as_str(), QoS::AtLeastOnce, true, Vec::new())
+                .await;
+        }
         let _ = self.client.disconnect().await;
         if tokio::time::timeout(timeout, self.task).await.is_err() {
             tracing::warn!("bus did not close in time");
@@ -357,8 +371,19 @@ fn client(
     config: &BusConfig,
     endpoint: &Endpoint,
     max_packet_bytes: usize,
+    presence: Option<&str>,
 ) -> (AsyncClient, EventLoop) {
     let mut options = endpoint.options(&config.client_id);
+    if let Some(topic) = presence {
+        // A replica that dies without a DISCONNECT leaves its presence to the broker,
+        // which clears it.
+        options.set_last_will(rumqttc::LastWill::new(
+            topic,
+            Vec::new(),
+            QoS::AtLeastOnce,
+            true,
+        ));
+    }
     options
         .set_keep_alive(Duration::from_secs(config.keep_alive_secs.max(5)))
         // A persistent session: what the broker delivered but Cradle had not yet
@@ -389,6 +414,8 @@ struct BusLoop {
     metrics: Arc<BusMetrics>,
     /// SUBACKs still awaited since the last CONNACK.
     pending_subacks: usize,
+    /// This replica's presence topic and payload (retained), announced at every CONNACK.
+    presence: Option<(String, String)>,
 }
 
 /// The bus's event loop with its stop signal: the stop is an event of its own, so the bus
@@ -490,6 +517,15 @@ impl BusLoop {
         }
         if self.pending_subacks == 0 {
             let _ = self.state.send(BusState::Ready);
+        }
+        if let Some((topic, payload)) = &self.presence {
+            // After the subscriptions, so a query it is asked is answered.
+            if let Err(error) =
+                self.client
+                    .try_publish(topic.as_str(), QoS::AtLeastOnce, true, payload.clone())
+            {
+                tracing::error!(%error, "bus: presence not queued");
+            }
         }
         tracing::info!("bus connected to broker");
         if let (Some(shared), Some(routes)) = (&self.shared, &self.routes) {

@@ -17,6 +17,7 @@ use crate::clock::now_millis;
 use crate::domain::connection::DisconnectReason;
 use crate::domain::control::{EndCommand, Target, CONTROL_TOPIC};
 use crate::edge::Ender;
+use crate::replicas::{reply_topic, Message, Query, Replicas, Reply, ANSWER_WITHIN, QUERY_TOPIC};
 use crate::ws::Bridge;
 
 /// What ending a target did on this replica.
@@ -28,13 +29,13 @@ pub struct Ended {
     pub websocket_sessions: usize,
 }
 
-/// One live connection of this replica, as `GET …/connections` lists it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+/// One live connection of a replica, as `GET …/connections` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ConnectionView {
     pub account_id: String,
     pub client_id: String,
     /// `mqtt` (a device behind the edge) or `websocket` (a session of the bridge).
-    pub kind: &'static str,
+    pub kind: String,
     /// A WebSocket session's connection id (none for an MQTT connection: the edge lists the
     /// connection by its client id, which it holds once).
     pub connection_id: Option<String>,
@@ -43,9 +44,9 @@ pub struct ConnectionView {
     /// The client's address (MQTT).
     pub peer: Option<String>,
     /// The listener's config key (`mqtt.listen`, …, `http.listen` for `/ws`).
-    pub listener: &'static str,
+    pub listener: String,
     /// `3.1.1`, `5` or `websocket`.
-    pub protocol: &'static str,
+    pub protocol: String,
     /// The keep-alive (MQTT) or heartbeat (WebSocket) in seconds.
     pub keep_alive_secs: u64,
     /// When it was accepted (Unix milliseconds).
@@ -59,29 +60,60 @@ pub struct ConnectionView {
     pub replica: String,
 }
 
+/// A row's place in the listing: account, client, kind, connection id, replica.
+type Key<'a> = (&'a str, &'a str, &'a str, &'a str, &'a str);
+
 impl ConnectionView {
-    /// Its place in the listing: account, client, kind, connection id.
-    fn key(&self) -> (&str, &str, &str, &str) {
+    /// Its place in the listing (the replica tells apart one client's connections to two
+    /// replicas during a takeover).
+    fn key(&self) -> Key<'_> {
         (
             &self.account_id,
             &self.client_id,
-            self.kind,
+            &self.kind,
             self.connection_id.as_deref().unwrap_or(""),
+            &self.replica,
         )
     }
 
-    /// Its place in the listing as the `after` of the next page (ids contain no `/`).
+    /// Its place in the listing as the `after` of the next page (ids contain no `/`; the
+    /// replica's name comes last and may).
     pub fn cursor(&self) -> String {
-        let (a, c, k, id) = self.key();
-        format!("{a}/{c}/{k}/{id}")
+        let (a, c, k, id, r) = self.key();
+        format!("{a}/{c}/{k}/{id}/{r}")
     }
 }
 
-/// A cursor's place: (account, client, kind, connection id); a malformed cursor sorts first.
-fn parse_cursor(cursor: &str) -> (&str, &str, &str, &str) {
-    let mut parts = cursor.splitn(4, '/');
+/// A cursor's place; a malformed cursor sorts first.
+fn parse_cursor(cursor: &str) -> Key<'_> {
+    let mut parts = cursor.splitn(5, '/');
     let mut next = || parts.next().unwrap_or_default();
-    (next(), next(), next(), next())
+    (next(), next(), next(), next(), next())
+}
+
+/// Merges the rows of several replicas into one page: listing order, after `after`, at most
+/// `limit`.
+fn page_of(
+    mut rows: Vec<ConnectionView>,
+    after: Option<&str>,
+    limit: usize,
+) -> Vec<ConnectionView> {
+    if let Some(after) = after.map(parse_cursor) {
+        rows.retain(|c| c.key() > after);
+    }
+    rows.sort_unstable_by(|a, b| a.key().cmp(&b.key()));
+    rows.truncate(limit);
+    rows
+}
+
+/// A page of the live connections of every replica that answered.
+#[derive(Debug, Default)]
+pub struct Gathered {
+    pub connections: Vec<ConnectionView>,
+    /// The replicas whose connections it holds (this one first).
+    pub replicas: Vec<String>,
+    /// Replicas present that did not answer in time (their connections are missing).
+    pub unanswered: Vec<String>,
 }
 
 /// Ends live connections here and tells the other replicas.
@@ -92,6 +124,8 @@ pub struct Control {
     out: AsyncClient,
     /// This replica's name in the decisions it publishes (its bus client id).
     origin: String,
+    /// The other replicas, and this one's questions to them.
+    replicas: Replicas,
 }
 
 impl Control {
@@ -108,7 +142,91 @@ impl Control {
             edge,
             bridge,
             out,
+            replicas: Replicas::new(&origin),
             origin,
+        }
+    }
+
+    /// The live connections of every replica, of `account` (or all), in listing order,
+    /// after `after` (a [`ConnectionView::cursor`]), at most `limit`: this replica's, and
+    /// those of the others that answer within [`ANSWER_WITHIN`].
+    pub async fn gather(
+        &self,
+        account: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Gathered {
+        let mine = self.connections(account, after, limit);
+        let others = self.replicas.others();
+        if others.is_empty() {
+            return Gathered {
+                connections: mine,
+                replicas: vec![self.origin.clone()],
+                unanswered: Vec::new(),
+            };
+        }
+        let (id, waiting) = self.replicas.wait();
+        let query = Query {
+            id,
+            from: self.origin.clone(),
+            account: account.map(str::to_string),
+            after: after.map(str::to_string),
+            limit,
+        };
+        let payload = serde_json::to_vec(&query).unwrap_or_default();
+        if let Err(error) = self
+            .out
+            .publish(QUERY_TOPIC, QoS::AtMostOnce, false, payload)
+            .await
+        {
+            tracing::error!(%error, "query not published to the other replicas");
+        }
+        let (theirs, silent) = waiting.collect(others.clone(), ANSWER_WITHIN).await;
+        let mut rows = mine;
+        rows.extend(theirs);
+        let mut replicas = vec![self.origin.clone()];
+        replicas.extend(others.difference(&silent).cloned());
+        Gathered {
+            connections: page_of(rows, after, limit),
+            replicas,
+            unanswered: silent.into_iter().collect(),
+        }
+    }
+
+    /// Handles a message on the replicas' topics: notes a presence, answers a query, or
+    /// hands an answer to the query waiting for it.
+    async fn on_replicas_message(&self, publish: &Publish) {
+        match Message::parse(&publish.topic, &publish.payload) {
+            Message::Presence { replica, present } => {
+                self.replicas.note_presence(&replica, present);
+            }
+            // This replica's own rows it gathered itself.
+            Message::Query(query) if query.from == self.origin => {}
+            Message::Query(query) => {
+                let rows = self.connections(
+                    query.account.as_deref(),
+                    query.after.as_deref(),
+                    query.limit,
+                );
+                for part in Reply::parts(&query, &self.origin, rows) {
+                    let payload = serde_json::to_vec(&part).unwrap_or_default();
+                    let topic = reply_topic(&query.from);
+                    if let Err(error) = self
+                        .out
+                        .publish(topic, QoS::AtMostOnce, false, payload)
+                        .await
+                    {
+                        tracing::warn!(%error, "answer to a replica not published");
+                        return;
+                    }
+                }
+            }
+            Message::Reply(reply) => self.replicas.answered(reply),
+            Message::Unreadable => tracing::warn!(
+                topic = %publish.topic,
+                bytes = publish.payload.len(),
+                "replicas' message not readable; dropped"
+            ),
         }
     }
 
@@ -121,25 +239,24 @@ impl Control {
         limit: usize,
     ) -> Vec<ConnectionView> {
         use std::sync::atomic::Ordering::Relaxed;
-        let after = after.map(parse_cursor);
-        // The devices' connections after the cursor's (account, client): a client id holds
-        // one MQTT connection, and `mqtt` sorts before `websocket`.
-        let edge_after = after.map(|(a, c, _, _)| (a, c));
+        // The devices' connections from the cursor's (account, client) on: a client id holds
+        // one MQTT connection here, and the cursor's rest tells whether it came before.
+        let edge_after = after.map(parse_cursor).map(|(a, c, _, _, _)| (a, c));
         let mut all: Vec<ConnectionView> = self
             .edge
-            .connections(account, edge_after, limit)
+            .connections(account, edge_after, limit.saturating_add(1))
             .into_iter()
             .filter_map(|c| {
                 let d = &c.details;
                 Some(ConnectionView {
                     account_id: c.owner.account_id?,
                     client_id: c.owner.client_id,
-                    kind: "mqtt",
+                    kind: "mqtt".into(),
                     connection_id: None,
                     credential_id: c.owner.credential_id,
                     peer: Some(d.peer.to_string()),
-                    listener: d.listener,
-                    protocol: d.protocol,
+                    listener: d.listener.into(),
+                    protocol: d.protocol.into(),
                     keep_alive_secs: u64::from(d.keep_alive_secs),
                     connected_at_millis: c.owner.since_millis,
                     messages_in: Some(d.messages_in.load(Relaxed)),
@@ -157,12 +274,12 @@ impl Control {
                 .map(|s| ConnectionView {
                     account_id: s.owner.account_id.unwrap_or_default(),
                     client_id: s.owner.client_id,
-                    kind: "websocket",
+                    kind: "websocket".into(),
                     connection_id: Some(s.connection_id),
                     credential_id: s.owner.credential_id,
                     peer: None,
-                    listener: "http.listen",
-                    protocol: "websocket",
+                    listener: "http.listen".into(),
+                    protocol: "websocket".into(),
                     keep_alive_secs: s.heartbeat_secs,
                     connected_at_millis: s.owner.since_millis,
                     messages_in: None,
@@ -172,12 +289,7 @@ impl Control {
                     replica: self.origin.clone(),
                 }),
         );
-        if let Some(after) = after {
-            all.retain(|c| c.key() > after);
-        }
-        all.sort_unstable_by(|a, b| a.key().cmp(&b.key()));
-        all.truncate(limit);
-        all
+        page_of(all, after, limit)
     }
 
     /// Clears the retained messages of `topics` in the broker (an erased account's).
@@ -267,8 +379,14 @@ impl Control {
 
 /// Applies every decision the bus delivers on `cradle/control`, acknowledging each (a payload
 /// that is not a decision is logged and dropped).
+/// Messages on the replicas' topics (`crate::replicas`) are handled there.
 pub async fn run(control: Arc<Control>, mut rx: mpsc::Receiver<Publish>, acker: Acker) {
     while let Some(publish) = rx.recv().await {
+        if publish.topic != CONTROL_TOPIC {
+            control.on_replicas_message(&publish).await;
+            acker.ack(&publish).await;
+            continue;
+        }
         match EndCommand::parse(&publish.payload) {
             // This replica took the decision and applied it then.
             Some(command) if command.origin == control.origin => {}

@@ -66,7 +66,9 @@
 //!   the store at start; [`sync::pending`] keeps pending session starts in the store.
 //! - [`control`]: how a decision (a revocation, an account's deletion, a kick) reaches live
 //!   connections on every replica: ended here at once, published on `cradle/control` for the
-//!   others; [`domain::control`] says which connections it names.
+//!   others; [`domain::control`] says which connections it names. [`replicas`]: the replicas
+//!   that share an external broker know each other (retained presence) and gather the live
+//!   connections of all of them.
 //! - [`tasks`]: what a panic costs (see Plumbing).
 //! - [`bus`]: Cradle's QoS 1 subscriber: routes each topic family to its handler, acks in
 //!   delivery order, reconnects.
@@ -123,6 +125,7 @@ pub mod migrate;
 pub mod monitor;
 pub(crate) mod mqtt_client;
 pub mod rate;
+pub mod replicas;
 pub mod retry;
 pub mod server;
 pub mod store;

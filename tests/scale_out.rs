@@ -1256,3 +1256,131 @@ async fn a_revocation_or_kick_on_one_replica_ends_connections_held_by_another() 
     .await;
     assert_eq!(ends["pwa"]["connected"], false);
 }
+
+/// Who is connected is gathered from every replica: each lists its own devices and
+/// WebSocket sessions, pages walk the union in one order, and a replica that stops is no
+/// longer asked.
+#[tokio::test]
+async fn who_is_connected_lists_the_connections_of_every_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((db, broker)) = infrastructure(dir.path()).await else {
+        return;
+    };
+    let cli = |args: &[&str]| common::cli(&db, args);
+    cli(&["accounts", "create", "fam"]);
+    let secret = |client: &str| {
+        let text = cli(&[
+            "credentials",
+            "issue",
+            "--account",
+            "fam",
+            "--client",
+            client,
+        ]);
+        text.lines().last().unwrap().to_string()
+    };
+    let (baby, parent) = (secret("baby-1"), secret("parent-1"));
+    let token = cli(&["credentials", "issue", "--account", "fam", "--token"]);
+    let admin = "an-admin-token-of-some-length".to_string();
+    let env = [("CRADLE_ADMIN_TOKEN", admin.clone())];
+    let a = replica_with(dir.path(), "a", &db, &broker, "g", &env).await;
+    let mut b = replica_with(dir.path(), "b", &db, &broker, "g", &env).await;
+
+    let (_baby, _) = common::RawV5::connect(a.mqtt_port, "baby-1", Some(("fam", &baby)), 30).await;
+    let (_parent, _) =
+        common::RawV5::connect(b.mqtt_port, "parent-1", Some(("fam", &parent)), 30).await;
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(b.ws_url(&format!("client_id=pwa&token={token}")))
+            .await
+            .expect("upgrade");
+    next_of(&mut ws, "hello").await;
+
+    let page = |replica: &Cradle, query: String| {
+        let url = format!("{}/v1/accounts/fam/connections{query}", replica.http);
+        let admin = admin.clone();
+        async move {
+            let r = reqwest::Client::new()
+                .get(url)
+                .bearer_auth(admin)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    let rows = |page: &serde_json::Value| -> Vec<(String, String, String)> {
+        page["connections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+                (s("client_id"), s("kind"), s("replica"))
+            })
+            .collect()
+    };
+    let expected = vec![
+        ("baby-1".into(), "mqtt".into(), "cradle-a".into()),
+        ("parent-1".into(), "mqtt".into(), "cradle-b".into()),
+        ("pwa".into(), "websocket".into(), "cradle-b".into()),
+    ];
+    // Asked at either replica, the page holds all three, from both replicas.
+    for replica in [&a, &b] {
+        let full = wait_for(Duration::from_secs(10), "all three listed", || async {
+            let p = page(replica, String::new()).await;
+            (rows(&p) == expected).then_some(p)
+        })
+        .await;
+        assert_eq!(full["unanswered_replicas"], serde_json::json!([]));
+        let mut names: Vec<_> = full["replicas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_str().unwrap().to_string())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["cradle-a", "cradle-b"]);
+    }
+    // Pages of one walk the same rows once each, in order.
+    let mut walked = Vec::new();
+    let mut query = "?limit=1".to_string();
+    loop {
+        let p = page(&a, query).await;
+        walked.extend(rows(&p));
+        match p["next_after"].as_str() {
+            Some(after) => query = format!("?limit=1&after={}", urlencode(after)),
+            None => break,
+        }
+        assert!(walked.len() <= 3, "{walked:?}");
+    }
+    assert_eq!(walked, expected);
+
+    // B stops: its device is gone from the list (its WebSocket session is handed over to A)
+    // and A no longer waits for it.
+    assert!(b.terminate().success());
+    let after_stop = wait_for(Duration::from_secs(10), "B's device gone", || async {
+        let p = page(&a, String::new()).await;
+        let listed = rows(&p);
+        (listed.first() == expected.first()
+            && listed
+                .iter()
+                .all(|(c, _, r)| c != "parent-1" && r == "cradle-a"))
+        .then_some(p)
+    })
+    .await;
+    assert_eq!(after_stop["replicas"], serde_json::json!(["cradle-a"]));
+    assert_eq!(after_stop["unanswered_replicas"], serde_json::json!([]));
+}
+
+/// `s` as a query-string value.
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -235,7 +235,7 @@ impl Registry {
     }
 
     /// The first `limit` live connections of an account's devices (of `account`, or of every
-    /// account) in (account, client id) order after `after`, each with its details. Only those
+    /// account) in (account, client id) order from `after` on (inclusive), each with its details. Only those
     /// are copied: a page of 1,000 among 19,000 connections selects them without sorting or
     /// copying the rest.
     pub(crate) fn list(
@@ -259,7 +259,7 @@ impl Registry {
                 (Some(own), Some(a)) => own == a,
                 (Some(_), None) => true,
             })
-            .filter(|e| after.is_none_or(|after| key(e) > after))
+            .filter(|e| after.is_none_or(|after| key(e) >= after))
             .collect();
         if found.len() > limit {
             found.select_nth_unstable_by(limit, |a, b| key(a).cmp(&key(b)));

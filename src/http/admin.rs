@@ -643,7 +643,7 @@ pub(super) struct PageQuery {
     limit: Option<String>,
 }
 
-/// A page of live connections.
+/// A page of live connections, gathered from every replica.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(super) struct ConnectionPage {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -651,18 +651,26 @@ pub(super) struct ConnectionPage {
     connections: Vec<crate::control::ConnectionView>,
     /// Pass as `after` for the next page; none after the last.
     next_after: Option<String>,
+    /// The replicas whose connections the page holds (the one that answered first).
+    replicas: Vec<String>,
+    /// Replicas present that did not answer within a second: their connections are missing
+    /// from the page (empty when it is complete).
+    unanswered_replicas: Vec<String>,
 }
 
-/// A page of this replica's live connections (MQTT and WebSocket) of `account` (or all).
-pub(super) fn connection_page(
+/// A page of the live connections (MQTT and WebSocket) of `account` (or all), on every
+/// replica.
+pub(super) async fn connection_page(
     state: &AppState,
     account: Option<String>,
     q: PageQuery,
 ) -> Result<ConnectionPage, ApiError> {
     let limit = super::params::limit(q.limit.as_deref(), state.max_page_size)? as usize;
-    let connections = state
+    let gathered = state
         .control
-        .connections(account.as_deref(), q.after.as_deref(), limit);
+        .gather(account.as_deref(), q.after.as_deref(), limit)
+        .await;
+    let connections = gathered.connections;
     let next_after = (connections.len() == limit)
         .then(|| connections.last().map(|c| c.cursor()))
         .flatten();
@@ -670,17 +678,19 @@ pub(super) fn connection_page(
         account_id: account,
         connections,
         next_after,
+        replicas: gathered.replicas,
+        unanswered_replicas: gathered.unanswered,
     })
 }
 
 /// Every account's live connections on this replica.
-#[utoipa::path(get, path = "/v1/admin/connections", tag = "admin", summary = "Every account's live connections on the replica that answers, paged.", params(PageQuery), responses((status = 200, body = ConnectionPage)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/admin/connections", tag = "admin", summary = "Every account's live connections on every replica, paged.", params(PageQuery), responses((status = 200, body = ConnectionPage)), security(("bearer" = [])))]
 async fn all_connections(
     _: Administrator,
     State(state): State<AppState>,
     Query(q): Query<PageQuery>,
 ) -> Result<Json<ConnectionPage>, ApiError> {
-    Ok(Json(connection_page(&state, None, q)?))
+    Ok(Json(connection_page(&state, None, q).await?))
 }
 
 /// A ban in force.

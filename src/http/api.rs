@@ -35,18 +35,16 @@ pub(crate) struct ClientView {
     pub last_disconnect_reason: Option<String>,
 }
 
-/// The account's live connections on this replica, paged.
-#[utoipa::path(get, path = "/v1/accounts/{account_id}/connections", tag = "account", summary = "Who is connected now: the account's live MQTT connections and WebSocket sessions on the replica that answers, paged.", params(("account_id" = String, Path), super::admin::PageQuery), responses((status = 200, body = super::admin::ConnectionPage), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)), security(("bearer" = [])))]
+/// The account's live connections on every replica, paged.
+#[utoipa::path(get, path = "/v1/accounts/{account_id}/connections", tag = "account", summary = "Who is connected now: the account's live MQTT connections and WebSocket sessions on every replica, paged.", params(("account_id" = String, Path), super::admin::PageQuery), responses((status = 200, body = super::admin::ConnectionPage), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)), security(("bearer" = [])))]
 async fn connections(
     State(state): State<AppState>,
     AccountPath(account_id): AccountPath,
     Query(q): Query<super::admin::PageQuery>,
 ) -> Result<Json<super::admin::ConnectionPage>, ApiError> {
-    Ok(Json(super::admin::connection_page(
-        &state,
-        Some(account_id),
-        q,
-    )?))
+    Ok(Json(
+        super::admin::connection_page(&state, Some(account_id), q).await?,
+    ))
 }
 
 /// `GET …/clients`.

@@ -296,9 +296,10 @@ async fn start_bus(
         bus_config,
         endpoint,
         config.mqtt.max_payload_bytes,
-        queues.routes(&route_table(embedded)),
+        queues.routes(&route_table(embedded, &bus_config.client_id)),
         (!embedded).then(|| config.broker.share_group.clone()),
         metrics,
+        (!embedded).then(|| crate::replicas::presence_topic(&bus_config.client_id)),
     )
     .await?;
     tracing::info!(broker = %endpoint, "bus subscribed");

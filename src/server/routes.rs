@@ -23,10 +23,10 @@ pub(crate) enum Handler {
 
 /// One row of the route table: a topic filter, the handler its messages feed, and whether
 /// replicas share it (`$share/{broker.share_group}/...`: each message to one replica).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct RouteRow {
     /// The MQTT filter the bus subscribes with QoS 1.
-    pub filter: &'static str,
+    pub filter: String,
     /// The handler.
     pub handler: Handler,
     /// Shared among replicas.
@@ -35,11 +35,12 @@ pub(crate) struct RouteRow {
 
 /// The route table from topic filters to handlers. With the embedded broker the bus also
 /// takes every inbox (one replica holds every WebSocket session); with an external broker
-/// each replica subscribes its own sessions' inboxes (`ws::inbox`) instead.
-pub(crate) fn route_table(embedded: bool) -> Vec<RouteRow> {
+/// each replica subscribes its own sessions' inboxes (`ws::inbox`) instead, and the
+/// replicas' presence, queries and the replies to `replica` (`crate::replicas`).
+pub(crate) fn route_table(embedded: bool, replica: &str) -> Vec<RouteRow> {
     use crate::topics::{BABY_STATIONS_FILTER, INBOX_FILTER, PARENT_STATIONS_FILTER};
-    let row = |filter, handler, shared| RouteRow {
-        filter,
+    let row = |filter: &str, handler, shared| RouteRow {
+        filter: filter.to_string(),
         handler,
         shared,
     };
@@ -53,6 +54,20 @@ pub(crate) fn route_table(embedded: bool) -> Vec<RouteRow> {
     }
     // Every replica applies every decision: never shared.
     table.push(row(CONTROL_TOPIC, Handler::Control, false));
+    if !embedded {
+        // Every replica answers every query and hears every replica come and go.
+        table.push(row(crate::replicas::QUERY_TOPIC, Handler::Control, false));
+        table.push(row(
+            crate::replicas::PRESENCE_FILTER,
+            Handler::Control,
+            false,
+        ));
+        table.push(row(
+            &crate::replicas::reply_topic(replica),
+            Handler::Control,
+            false,
+        ));
+    }
     table
 }
 
@@ -79,7 +94,7 @@ impl Queues {
         table
             .iter()
             .map(|row| Route {
-                filter: row.filter.to_string(),
+                filter: row.filter.clone(),
                 tx: match row.handler {
                     Handler::Status => self.status.0.clone(),
                     Handler::Stations => self.stations.0.clone(),
@@ -99,7 +114,7 @@ mod tests {
     #[test]
     fn given_the_embedded_broker_when_routing_then_every_family_has_its_handler_and_inboxes_go_to_the_bridge(
     ) {
-        let table = route_table(true);
+        let table = route_table(true, "r");
         let handler = |filter: &str| {
             table
                 .iter()
@@ -127,18 +142,18 @@ mod tests {
     #[test]
     fn given_an_external_broker_when_routing_then_inboxes_are_not_the_bus_s_and_only_decisions_reach_every_replica(
     ) {
-        let table = route_table(false);
+        let table = route_table(false, "r");
         assert!(table
             .iter()
             .all(|r| r.shared == (r.handler != Handler::Control)));
         assert!(table.iter().all(|r| r.handler != Handler::Bridge));
-        assert_eq!(table.len(), 4);
+        assert_eq!(table.len(), 7);
     }
 
     #[test]
     fn every_durable_filter_is_routed_so_its_pubacks_are_released() {
         for embedded in [true, false] {
-            let table = route_table(embedded);
+            let table = route_table(embedded, "r");
             for filter in crate::topics::DURABLE_FILTERS {
                 assert!(
                     table.iter().any(|r| r.filter == filter),
