@@ -980,10 +980,10 @@ async fn a_family_that_leaves_is_erased_events_read_models_and_all() {
     assert_eq!(erased["data"]["by"], "admin_token");
 }
 
-/// The API description is generated from the handlers: every route it names is served (with
-/// the methods it names), and it names the routes operators and the PWA use.
+/// The API description is generated from the handlers: every route it names is served, with
+/// the methods it names (that every declared route is named is `http::openapi`'s unit test).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_documented_route_is_served_and_the_description_names_every_route() {
+async fn every_documented_route_is_served_with_its_methods() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("openapi.db").display());
     issue(&db, &["accounts", "create", "fam"]);
@@ -1020,35 +1020,7 @@ async fn every_documented_route_is_served_and_the_description_names_every_route(
         }
     }
     assert!(checked >= 27, "{checked} routes documented");
-    for route in [
-        "/v1/accounts/{account_id}/clients",
-        "/v1/accounts/{account_id}/events",
-        "/v1/accounts/{account_id}/connections",
-        "/v1/accounts/{account_id}/baby-stations",
-        "/v1/accounts/{account_id}/parent-stations",
-        "/v1/accounts/{account_id}/usage",
-        "/v1/accounts/{account_id}/clients/{client_id}/disconnect",
-        "/sessions/{session_id}",
-        "/v1/admin/accounts",
-        "/v1/admin/accounts/{account_id}",
-        "/v1/admin/accounts/{account_id}/devices",
-        "/v1/admin/credentials",
-        "/v1/admin/credentials/{credential_id}",
-        "/v1/admin/credentials/{credential_id}/rotate",
-        "/v1/admin/connections",
-        "/v1/admin/bans",
-        "/v1/admin/bans/{account_id}/{client_id}",
-        "/ws",
-        "/healthz",
-        "/readyz",
-        "/metrics",
-        "/v1/openapi.json",
-    ] {
-        assert!(
-            paths.contains_key(route),
-            "{route} is served but not documented"
-        );
-    }
+    // That every route the routers declare is documented is a unit test of `http::openapi`.
     assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
 }
