@@ -70,6 +70,10 @@ pub(crate) struct Row {
     pub client_id: String,
     /// `connected`, `disconnected` or `invalid`.
     pub state: String,
+    /// Who said a connection started: `edge` (Cradle's edge observed it) or `device` (the
+    /// device's own report); none on an end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub by: Option<&'static str>,
     /// The connection reported.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connection_id: Option<String>,
@@ -107,11 +111,14 @@ pub(crate) fn row_from_message(topic: &str, payload: &[u8], retained: bool) -> O
         Ok(ConnectionCommand::Connect {
             connection_id,
             at_millis,
+            observed,
+            ..
         }) => Row {
             source,
             account_id: key.account_id,
             client_id: key.client_id,
             state: "connected".into(),
+            by: Some(if observed { "edge" } else { "device" }),
             connection_id: Some(connection_id),
             reason: None,
             at_millis: Some(at_millis),
@@ -121,11 +128,13 @@ pub(crate) fn row_from_message(topic: &str, payload: &[u8], retained: bool) -> O
             connection_id,
             reason,
             at_millis,
+            ..
         }) => Row {
             source,
             account_id: key.account_id,
             client_id: key.client_id,
             state: "disconnected".into(),
+            by: None,
             connection_id: Some(connection_id),
             reason: Some(reason.as_str().into()),
             at_millis: Some(at_millis),
@@ -136,6 +145,7 @@ pub(crate) fn row_from_message(topic: &str, payload: &[u8], retained: bool) -> O
             account_id: key.account_id,
             client_id: key.client_id,
             state: "invalid".into(),
+            by: None,
             connection_id: None,
             reason: None,
             at_millis: None,
@@ -159,12 +169,13 @@ pub(crate) fn table_line(row: &Row) -> String {
         None => row.state.clone(),
     };
     format!(
-        "{:<24} {:<9} {:<16} {:<16} {:<13} {:<20} {}",
+        "{:<24} {:<9} {:<16} {:<16} {:<13} {:<6} {:<20} {}",
         time,
         row.source,
         row.account_id,
         row.client_id,
         state,
+        row.by.unwrap_or("-"),
         row.connection_id.as_deref().unwrap_or("-"),
         row.reason.as_deref().unwrap_or("-"),
     )
@@ -240,6 +251,7 @@ async fn snapshot(
             } else {
                 "disconnected".into()
             },
+            by: None,
             connection_id: c["connection_id"].as_str().map(str::to_string),
             reason: c["last_disconnect_reason"]
                 .as_str()

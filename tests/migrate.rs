@@ -105,6 +105,7 @@ async fn seed(url: &str) -> Seeded {
                     last_disconnect_reason: (!connected).then(|| "lost".to_string()),
                     stream_version: version,
                     updated_at_millis: at + 2,
+                    edge_connection_id: None,
                 });
             }
         }
@@ -138,6 +139,7 @@ async fn seed(url: &str) -> Seeded {
                 client_id: ActiveValue::Set(format!("parent.{i}")),
                 announcement: ActiveValue::Set(format!(r#"{{"name":"Parent {i}","v":true}}"#)),
                 updated_at_millis: ActiveValue::Set(3_000 + i as i64),
+                edge_connection_id: ActiveValue::Set(None),
             });
         }
     }

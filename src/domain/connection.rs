@@ -73,12 +73,20 @@ pub enum ConnectionCommand {
     Connect {
         connection_id: String,
         at_millis: i64,
+        /// The MQTT connection behind Cradle's edge it is about (the edge stamps it on
+        /// what it publishes and on the device's own reports); `None` for clients the
+        /// edge does not see (WebSocket sessions, devices on an external broker).
+        edge: Option<String>,
+        /// The edge's own observation of the start (not the device's report).
+        observed: bool,
     },
     /// Record that `connection_id` ended at `at_millis` for `reason`.
     Disconnect {
         connection_id: String,
         reason: DisconnectReason,
         at_millis: i64,
+        /// As for [`ConnectionCommand::Connect`].
+        edge: Option<String>,
     },
 }
 
@@ -97,16 +105,46 @@ impl ConnectionCommand {
     /// and disconnects once, so a second event of the same type for it is a redelivery.
     pub fn event_type(&self) -> &'static str {
         match self {
+            Self::Connect {
+                edge: Some(_),
+                observed: false,
+                ..
+            } => REPORTED,
             Self::Connect { .. } => CONNECTED,
             Self::Disconnect { .. } => DISCONNECTED,
         }
     }
+
+    /// The MQTT connection behind the edge the command is about, if the edge stamped one.
+    pub fn edge(&self) -> Option<&str> {
+        match self {
+            Self::Connect { edge, .. } | Self::Disconnect { edge, .. } => edge.as_deref(),
+        }
+    }
+}
+
+/// What the log already holds of one MQTT connection behind the edge (found by the
+/// idempotency keys of its three event types).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Seen {
+    /// Its `connection.connected`.
+    pub connected: bool,
+    /// Its `connection.reported`.
+    pub reported: bool,
+    /// Its `connection.disconnected`.
+    pub ended: bool,
 }
 
 /// Stored type name of [`ConnectionEvent::Connected`].
 pub(crate) const CONNECTED: &str = "connection.connected";
 /// Stored type name of [`ConnectionEvent::Disconnected`].
 pub(crate) const DISCONNECTED: &str = "connection.disconnected";
+/// Stored type name of [`ConnectionEvent::Reported`].
+pub(crate) const REPORTED: &str = "connection.reported";
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
 pub(crate) use super::EVENT_VERSION;
 
 /// What happened to a client's connection.
@@ -118,6 +156,13 @@ pub enum ConnectionEvent {
     Connected {
         connection_id: String,
         at_millis: i64,
+        /// The MQTT connection behind the edge (none for clients the edge does not see).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        edge_connection_id: Option<String>,
+        /// Recorded from the edge's observation of the start, before any report of the
+        /// device's (a `connection.reported` follows if the device reports).
+        #[serde(default, skip_serializing_if = "is_false")]
+        observed: bool,
     },
     /// `connection.disconnected`
     #[serde(rename = "connection.disconnected")]
@@ -125,6 +170,17 @@ pub enum ConnectionEvent {
         connection_id: String,
         reason: DisconnectReason,
         at_millis: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        edge_connection_id: Option<String>,
+    },
+    /// `connection.reported`: the device's own `connected` report for a connection behind
+    /// the edge; from then on the connection is known by the id the device reported.
+    #[serde(rename = "connection.reported")]
+    Reported {
+        connection_id: String,
+        reported_connection_id: String,
+        at_millis: i64,
+        edge_connection_id: String,
     },
 }
 
@@ -134,22 +190,40 @@ impl ConnectionEvent {
         match self {
             Self::Connected { .. } => CONNECTED,
             Self::Disconnected { .. } => DISCONNECTED,
+            Self::Reported { .. } => REPORTED,
         }
     }
 
     /// The connection the event is about.
     pub fn connection_id(&self) -> &str {
         match self {
-            Self::Connected { connection_id, .. } | Self::Disconnected { connection_id, .. } => {
-                connection_id
+            Self::Connected { connection_id, .. }
+            | Self::Disconnected { connection_id, .. }
+            | Self::Reported { connection_id, .. } => connection_id,
+        }
+    }
+
+    /// The MQTT connection behind the edge it is about, if any.
+    pub fn edge(&self) -> Option<&str> {
+        match self {
+            Self::Connected {
+                edge_connection_id, ..
             }
+            | Self::Disconnected {
+                edge_connection_id, ..
+            } => edge_connection_id.as_deref(),
+            Self::Reported {
+                edge_connection_id, ..
+            } => Some(edge_connection_id),
         }
     }
 
     /// When it happened, on the observer's clock.
     pub fn at_millis(&self) -> i64 {
         match self {
-            Self::Connected { at_millis, .. } | Self::Disconnected { at_millis, .. } => *at_millis,
+            Self::Connected { at_millis, .. }
+            | Self::Disconnected { at_millis, .. }
+            | Self::Reported { at_millis, .. } => *at_millis,
         }
     }
 }
@@ -164,12 +238,15 @@ pub enum ClientConnection {
     Connected {
         connection_id: String,
         since_millis: i64,
+        /// Its MQTT connection behind the edge, if the edge saw it.
+        edge: Option<String>,
     },
     /// The client's last connection ended.
     Disconnected {
         connection_id: String,
         reason: DisconnectReason,
         at_millis: i64,
+        edge: Option<String>,
     },
 }
 
@@ -207,46 +284,227 @@ impl Ignored {
 /// are already in the log.
 pub(crate) const REORDER_WINDOW_MILLIS: i64 = 5_000;
 
-/// Decides which events `command` records given `state`: one table per command.
+/// Decides which events `command` records given `state`, for a client the edge does not
+/// see ([`decide_seen`] with nothing seen).
 pub fn decide(
     command: &ConnectionCommand,
     state: &ClientConnection,
+) -> Result<Vec<ConnectionEvent>, Ignored> {
+    decide_seen(command, state, Seen::default())
+}
+
+/// Decides which events `command` records given `state` and, for a command about an MQTT
+/// connection behind the edge, what the log already holds of that connection (`seen`): one
+/// table per command.
+///
+/// How the edge's observation and the device's report meet: every MQTT connection behind
+/// the edge has an id of its own (`edge`), which the edge stamps on its observed start, on
+/// the device's own reports and on the end it publishes. Whichever arrives first records
+/// the connection; the other confirms it:
+/// - the observed start records `connection.connected` (`observed`) under the id the
+///   device's Will names (a device that follows the contract reports the same id), else
+///   under the edge's id; a reused id that already ended (a Will replayed over reconnects)
+///   gives way to the edge's id;
+/// - the device's first report records `connection.reported` (and first the
+///   `connection.connected` if the observed start has not arrived); the connection is known
+///   by the reported id from then on;
+/// - an end with the edge's id ends the connection whatever id it carries.
+pub fn decide_seen(
+    command: &ConnectionCommand,
+    state: &ClientConnection,
+    seen: Seen,
 ) -> Result<Vec<ConnectionEvent>, Ignored> {
     match command {
         ConnectionCommand::Connect {
             connection_id,
             at_millis,
-        } => decide_connect(connection_id, *at_millis, state),
+            edge: Some(edge),
+            observed,
+        } => {
+            let edge = EdgeConnect {
+                edge,
+                observed: *observed,
+                seen,
+            };
+            decide_edge_connect(connection_id, *at_millis, edge, state)
+        }
+        ConnectionCommand::Connect {
+            connection_id,
+            at_millis,
+            edge: None,
+            ..
+        } => decide_connect(connection_id, *at_millis, None, state),
         ConnectionCommand::Disconnect {
             connection_id,
             reason,
             at_millis,
-        } => decide_disconnect(connection_id, *reason, *at_millis, state),
+            edge: Some(edge),
+        } => decide_edge_disconnect(connection_id, (*reason, *at_millis), (edge, seen), state),
+        ConnectionCommand::Disconnect {
+            connection_id,
+            reason,
+            at_millis,
+            edge: None,
+        } => decide_disconnect(connection_id, *reason, *at_millis, None, state),
     }
 }
 
-/// Decides a `connected` of `connection_id` stamped `at_millis` given `state`.
+/// A connect about an MQTT connection behind the edge.
+#[derive(Debug, Clone, Copy)]
+struct EdgeConnect<'a> {
+    edge: &'a str,
+    observed: bool,
+    seen: Seen,
+}
+
+/// The state's current or last edge connection.
+fn edge_of(state: &ClientConnection) -> Option<&str> {
+    match state {
+        ClientConnection::Unknown => None,
+        ClientConnection::Connected { edge, .. } | ClientConnection::Disconnected { edge, .. } => {
+            edge.as_deref()
+        }
+    }
+}
+
+/// Decides a connect about the edge connection `c.edge` (see [`decide_seen`]).
+fn decide_edge_connect(
+    connection_id: &str,
+    at_millis: i64,
+    c: EdgeConnect<'_>,
+    state: &ClientConnection,
+) -> Result<Vec<ConnectionEvent>, Ignored> {
+    let current =
+        matches!(state, ClientConnection::Connected { .. }) && edge_of(state) == Some(c.edge);
+    match (c.observed, c.seen) {
+        // The observed start of a connection already recorded (the report came first).
+        (
+            true,
+            Seen {
+                connected: true, ..
+            },
+        ) => Err(Ignored::Duplicate),
+        (false, Seen { reported: true, .. }) => Err(Ignored::Duplicate),
+        // The device confirms the connection the edge recorded.
+        (
+            false,
+            Seen {
+                connected: true, ..
+            },
+        ) if current => {
+            let ClientConnection::Connected {
+                connection_id: cur, ..
+            } = state
+            else {
+                return Err(Ignored::Stale);
+            };
+            Ok(vec![ConnectionEvent::Reported {
+                connection_id: cur.clone(),
+                reported_connection_id: connection_id.to_string(),
+                at_millis,
+                edge_connection_id: c.edge.to_string(),
+            }])
+        }
+        // A report of a connection that is over (ended, or taken over).
+        (
+            false,
+            Seen {
+                connected: true, ..
+            },
+        ) => Err(Ignored::Stale),
+        // The connection is new to the log: recorded now, whichever message came first.
+        _ => {
+            let id = unused_id(connection_id, c.edge, state);
+            let mut events = decide_connect(id, at_millis, Some((c.edge, c.observed)), state)?;
+            if !c.observed {
+                events.push(ConnectionEvent::Reported {
+                    connection_id: id.to_string(),
+                    reported_connection_id: connection_id.to_string(),
+                    at_millis,
+                    edge_connection_id: c.edge.to_string(),
+                });
+            }
+            Ok(events)
+        }
+    }
+}
+
+/// `id`, unless the client's current or last connection already has it (a Will or a
+/// report replayed over reconnects): then the edge's id, which is new for every connection.
+fn unused_id<'a>(id: &'a str, edge: &'a str, state: &ClientConnection) -> &'a str {
+    match state {
+        ClientConnection::Connected { connection_id, .. }
+        | ClientConnection::Disconnected { connection_id, .. }
+            if connection_id == id =>
+        {
+            edge
+        }
+        _ => id,
+    }
+}
+
+/// Decides the end of the edge connection `edge` (see [`decide_seen`]).
+fn decide_edge_disconnect(
+    connection_id: &str,
+    (reason, at_millis): (DisconnectReason, i64),
+    (edge, seen): (&str, Seen),
+    state: &ClientConnection,
+) -> Result<Vec<ConnectionEvent>, Ignored> {
+    match state {
+        _ if seen.ended => Err(Ignored::Duplicate),
+        ClientConnection::Connected {
+            connection_id: cur,
+            since_millis,
+            edge: Some(e),
+        } if e == edge => Ok(vec![ConnectionEvent::Disconnected {
+            connection_id: cur.clone(),
+            reason,
+            at_millis: at_millis.max(*since_millis),
+            edge_connection_id: Some(edge.to_string()),
+        }]),
+        // Recorded, and no longer current: its end was the takeover.
+        _ if seen.connected => Err(Ignored::Stale),
+        _ => decide_disconnect(
+            unused_id(connection_id, edge, state),
+            reason,
+            at_millis,
+            Some(edge),
+            state,
+        ),
+    }
+}
+
+/// Decides a `connected` of `connection_id` stamped `at_millis` given `state`; the new
+/// connection is the edge's `edge` (and observed by it) if given.
 fn decide_connect(
     connection_id: &str,
     at_millis: i64,
+    edge: Option<(&str, bool)>,
     state: &ClientConnection,
 ) -> Result<Vec<ConnectionEvent>, Ignored> {
     use ClientConnection as S;
+    let connected = |at_millis| ConnectionEvent::Connected {
+        connection_id: connection_id.to_string(),
+        at_millis,
+        edge_connection_id: edge.map(|(e, _)| e.to_string()),
+        observed: edge.is_some_and(|(_, observed)| observed),
+    };
     match state {
-        S::Unknown => Ok(vec![ConnectionEvent::Connected {
-            connection_id: connection_id.to_string(),
-            at_millis,
-        }]),
+        S::Unknown => Ok(vec![connected(at_millis)]),
         S::Connected {
             connection_id: cur, ..
         } if cur == connection_id => Err(Ignored::Duplicate),
-        S::Connected { since_millis, .. } if reordered(at_millis, *since_millis) => {
-            // An older connection's `connected`, processed after the newer one's.
+        // An older connection's `connected`, processed after the newer one's (an edge's
+        // observed start is a new connection whatever its stamp: the edge saw it).
+        S::Connected { since_millis, .. }
+            if reordered(at_millis, *since_millis) && edge.is_none() =>
+        {
             Err(Ignored::Stale)
         }
         S::Connected {
             connection_id: cur,
             since_millis,
+            edge: cur_edge,
         } => {
             // A new connection took over without the old one reporting its end. Connection
             // ids, not clocks, tell connections apart: a device whose clock went back after
@@ -258,11 +516,9 @@ fn decide_connect(
                     connection_id: cur.clone(),
                     reason: DisconnectReason::Takeover,
                     at_millis: at,
+                    edge_connection_id: cur_edge.clone(),
                 },
-                ConnectionEvent::Connected {
-                    connection_id: connection_id.to_string(),
-                    at_millis: at,
-                },
+                connected(at),
             ])
         }
         S::Disconnected {
@@ -275,18 +531,17 @@ fn decide_connect(
         // No window after an end: ends are often stamped by the edge's clock, not the
         // device's, and a device whose clock lags the server's must be able to reconnect
         // right after its end.
-        S::Disconnected { .. } => Ok(vec![ConnectionEvent::Connected {
-            connection_id: connection_id.to_string(),
-            at_millis,
-        }]),
+        S::Disconnected { .. } => Ok(vec![connected(at_millis)]),
     }
 }
 
-/// Decides a `disconnected` of `connection_id` for `reason` stamped `at_millis` given `state`.
+/// Decides a `disconnected` of `connection_id` for `reason` stamped `at_millis` given
+/// `state`; an end not yet seen is the edge connection `edge`'s, if given.
 fn decide_disconnect(
     connection_id: &str,
     reason: DisconnectReason,
     at_millis: i64,
+    edge: Option<&str>,
     state: &ClientConnection,
 ) -> Result<Vec<ConnectionEvent>, Ignored> {
     use ClientConnection as S;
@@ -294,20 +549,22 @@ fn decide_disconnect(
         S::Connected {
             connection_id: cur,
             since_millis,
+            edge: cur_edge,
         } if cur == connection_id => Ok(vec![ConnectionEvent::Disconnected {
             connection_id: connection_id.to_string(),
             reason,
             // A disconnect cannot precede its connect, whatever the clocks say.
             at_millis: at_millis.max(*since_millis),
+            edge_connection_id: cur_edge.clone(),
         }]),
         S::Disconnected {
             connection_id: last,
             ..
         } if last == connection_id => Err(Ignored::Duplicate),
-        S::Unknown => Ok(ended_unseen(connection_id, reason, at_millis)),
+        S::Unknown => Ok(ended_unseen(connection_id, reason, at_millis, edge)),
         S::Disconnected {
             at_millis: ended, ..
-        } if at_millis >= *ended => Ok(ended_unseen(connection_id, reason, at_millis)),
+        } if at_millis >= *ended => Ok(ended_unseen(connection_id, reason, at_millis, edge)),
         // A disconnect of a connection that is not the current one (a late Will after a
         // reconnect), or older than the last end.
         _ => Err(Ignored::Stale),
@@ -323,38 +580,65 @@ fn reordered(at: i64, current: i64) -> bool {
 /// The end of a connection whose `connected` has not been processed (yet): it was
 /// processed first by another replica, or lost. The connection existed, so both are
 /// recorded, at the end's time; the late `connected` is then a redelivery.
-fn ended_unseen(connection_id: &str, reason: DisconnectReason, at: i64) -> Vec<ConnectionEvent> {
+fn ended_unseen(
+    connection_id: &str,
+    reason: DisconnectReason,
+    at: i64,
+    edge: Option<&str>,
+) -> Vec<ConnectionEvent> {
     vec![
         ConnectionEvent::Connected {
             connection_id: connection_id.to_string(),
             at_millis: at,
+            edge_connection_id: edge.map(str::to_string),
+            observed: edge.is_some(),
         },
         ConnectionEvent::Disconnected {
             connection_id: connection_id.to_string(),
             reason,
             at_millis: at,
+            edge_connection_id: edge.map(str::to_string),
         },
     ]
 }
 
 /// Applies one recorded event to the state.
-pub(crate) fn evolve(_state: ClientConnection, event: &ConnectionEvent) -> ClientConnection {
+pub(crate) fn evolve(state: ClientConnection, event: &ConnectionEvent) -> ClientConnection {
     match event {
         ConnectionEvent::Connected {
             connection_id,
             at_millis,
+            edge_connection_id,
+            ..
         } => ClientConnection::Connected {
             connection_id: connection_id.clone(),
             since_millis: *at_millis,
+            edge: edge_connection_id.clone(),
         },
         ConnectionEvent::Disconnected {
             connection_id,
             reason,
             at_millis,
+            edge_connection_id,
         } => ClientConnection::Disconnected {
             connection_id: connection_id.clone(),
             reason: *reason,
             at_millis: *at_millis,
+            edge: edge_connection_id.clone(),
+        },
+        // The connection is known by the device's id from now on.
+        ConnectionEvent::Reported {
+            reported_connection_id,
+            ..
+        } => match state {
+            ClientConnection::Connected {
+                since_millis, edge, ..
+            } => ClientConnection::Connected {
+                connection_id: reported_connection_id.clone(),
+                since_millis,
+                edge,
+            },
+            other => other,
         },
     }
 }
@@ -389,10 +673,24 @@ pub fn parse_status_payload(
         .filter(|v| is_valid_id(v))
         .ok_or(DropReason::InvalidConnectionId)?
         .to_string();
+    // Stamped by Cradle's edge (it overwrites whatever a device wrote there).
+    let edge = match obj.get("edge_connection_id") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(v) => Some(
+            v.as_str()
+                .filter(|v| is_valid_id(v))
+                .ok_or(DropReason::InvalidConnectionId)?
+                .to_string(),
+        ),
+    };
     if kind == "connected" {
+        let observed =
+            edge.is_some() && obj.get("observed") == Some(&serde_json::Value::Bool(true));
         return Ok(ConnectionCommand::Connect {
             connection_id,
             at_millis,
+            edge,
+            observed,
         });
     }
     let reason = match obj.get("reason") {
@@ -406,6 +704,7 @@ pub fn parse_status_payload(
         connection_id,
         reason,
         at_millis,
+        edge,
     })
 }
 
@@ -421,6 +720,8 @@ mod tests {
         ConnectionEvent::Connected {
             connection_id: id.into(),
             at_millis: at,
+            edge_connection_id: None,
+            observed: false,
         }
     }
 
@@ -429,6 +730,7 @@ mod tests {
             connection_id: id.into(),
             reason,
             at_millis: at,
+            edge_connection_id: None,
         }
     }
 
@@ -436,6 +738,8 @@ mod tests {
         ConnectionCommand::Connect {
             connection_id: id.into(),
             at_millis: at,
+            edge: None,
+            observed: false,
         }
     }
 
@@ -444,6 +748,7 @@ mod tests {
             connection_id: id.into(),
             reason,
             at_millis: at,
+            edge: None,
         }
     }
 
@@ -496,7 +801,8 @@ mod tests {
             state,
             ClientConnection::Connected {
                 connection_id: "k2".into(),
-                since_millis: 30
+                since_millis: 30,
+                edge: None,
             }
         );
     }
@@ -679,7 +985,9 @@ mod tests {
             cmd,
             ConnectionCommand::Connect {
                 connection_id: "k1".into(),
-                at_millis: 5
+                at_millis: 5,
+                edge: None,
+                observed: false,
             }
         );
     }
@@ -696,7 +1004,8 @@ mod tests {
             ConnectionCommand::Disconnect {
                 connection_id: "k1".into(),
                 reason: DisconnectReason::Clean,
-                at_millis: 7
+                at_millis: 7,
+                edge: None,
             }
         );
         let cmd = parse_status_payload(
@@ -761,5 +1070,253 @@ mod tests {
     fn an_oversize_payload_is_dropped_before_parsing() {
         let big = vec![b' '; MAX + 1];
         assert_eq!(parse_status_payload(&big, MAX), Err(DropReason::Oversize));
+    }
+
+    // How the edge's observation and the device's report meet (`decide_seen`).
+    mod observed_and_reported {
+        use super::*;
+
+        /// What one test's log holds: its events, and the edge connections they name.
+        struct Log(Vec<ConnectionEvent>);
+
+        impl Log {
+            fn state(&self) -> ClientConnection {
+                self.0.iter().fold(ClientConnection::default(), evolve)
+            }
+
+            fn seen(&self, edge: &str) -> Seen {
+                let has = |t: &str| {
+                    self.0
+                        .iter()
+                        .any(|e| e.edge() == Some(edge) && e.event_type() == t)
+                };
+                Seen {
+                    connected: has(CONNECTED),
+                    reported: has(REPORTED),
+                    ended: has(DISCONNECTED),
+                }
+            }
+
+            /// Decides `command` against the log and appends what it records.
+            fn when(
+                &mut self,
+                command: ConnectionCommand,
+            ) -> Result<Vec<ConnectionEvent>, Ignored> {
+                let seen = command.edge().map(|e| self.seen(e)).unwrap_or_default();
+                let out = decide_seen(&command, &self.state(), seen);
+                if let Ok(events) = &out {
+                    self.0.extend(events.iter().cloned());
+                }
+                out
+            }
+
+            fn types(&self) -> Vec<&'static str> {
+                self.0.iter().map(ConnectionEvent::event_type).collect()
+            }
+        }
+
+        /// The edge's observed start of `edge`, under the Will's id `id`.
+        fn observed(id: &str, edge: &str, at: i64) -> ConnectionCommand {
+            ConnectionCommand::Connect {
+                connection_id: id.into(),
+                at_millis: at,
+                edge: Some(edge.into()),
+                observed: true,
+            }
+        }
+
+        /// The device's own `connected` report on `edge`, stamped by the edge.
+        fn report(id: &str, edge: &str, at: i64) -> ConnectionCommand {
+            ConnectionCommand::Connect {
+                connection_id: id.into(),
+                at_millis: at,
+                edge: Some(edge.into()),
+                observed: false,
+            }
+        }
+
+        /// An end of `edge` (the stamped Will or the edge's end status).
+        fn end(id: &str, edge: &str, reason: DisconnectReason, at: i64) -> ConnectionCommand {
+            ConnectionCommand::Disconnect {
+                connection_id: id.into(),
+                reason,
+                at_millis: at,
+                edge: Some(edge.into()),
+            }
+        }
+
+        fn connected_as(state: &ClientConnection) -> Option<(&str, Option<&str>)> {
+            match state {
+                ClientConnection::Connected {
+                    connection_id,
+                    edge,
+                    ..
+                } => Some((connection_id, edge.as_deref())),
+                _ => None,
+            }
+        }
+
+        #[test]
+        fn given_an_observed_start_when_the_device_reports_then_it_is_confirmed_not_connected_twice(
+        ) {
+            let mut log = Log(vec![]);
+            let first = log.when(observed("k1", "e1", 10)).unwrap();
+            assert!(matches!(
+                &first[..],
+                [ConnectionEvent::Connected { observed: true, .. }]
+            ));
+            log.when(report("k1", "e1", 11)).unwrap();
+            log.when(end("k1", "e1", Lost, 20)).unwrap();
+            assert_eq!(
+                log.types(),
+                [CONNECTED, REPORTED, DISCONNECTED],
+                "one connection, one connected, one end"
+            );
+            // Redeliveries of any of them change nothing.
+            assert_eq!(log.when(observed("k1", "e1", 10)), Err(Ignored::Duplicate));
+            assert_eq!(log.when(report("k1", "e1", 11)), Err(Ignored::Duplicate));
+            assert_eq!(log.when(end("k1", "e1", Lost, 20)), Err(Ignored::Duplicate));
+        }
+
+        #[test]
+        fn given_no_report_at_all_when_the_edge_sees_start_and_end_then_both_are_recorded_under_the_edges_id(
+        ) {
+            let mut log = Log(vec![]);
+            log.when(observed("e1", "e1", 10)).unwrap();
+            assert_eq!(connected_as(&log.state()), Some(("e1", Some("e1"))));
+            log.when(end("e1", "e1", KeepaliveTimeout, 50)).unwrap();
+            assert_eq!(log.types(), [CONNECTED, DISCONNECTED]);
+        }
+
+        #[test]
+        fn given_a_report_that_arrives_before_the_observed_start_then_the_start_confirms_nothing_new(
+        ) {
+            let mut log = Log(vec![]);
+            log.when(report("k1", "e1", 9)).unwrap();
+            assert_eq!(log.types(), [CONNECTED, REPORTED]);
+            assert_eq!(log.when(observed("k1", "e1", 10)), Err(Ignored::Duplicate));
+            assert_eq!(connected_as(&log.state()), Some(("k1", Some("e1"))));
+        }
+
+        #[test]
+        fn given_a_device_that_reports_another_id_than_its_will_then_the_connection_takes_the_reported_id(
+        ) {
+            let mut log = Log(vec![]);
+            log.when(observed("e1", "e1", 10)).unwrap();
+            log.when(report("k1", "e1", 11)).unwrap();
+            assert_eq!(connected_as(&log.state()), Some(("k1", Some("e1"))));
+            // The edge's end names its own id; it ends the connection the device named.
+            let ended = log.when(end("e1", "e1", Lost, 20)).unwrap();
+            assert!(
+                matches!(&ended[..], [ConnectionEvent::Disconnected { connection_id, .. }] if connection_id == "k1")
+            );
+        }
+
+        #[test]
+        fn given_the_same_will_reused_over_reconnects_then_each_connection_is_recorded_and_shown_connected(
+        ) {
+            // `mosquitto_pub -l` keeps one Will, and with it one connection id, for ever.
+            let mut log = Log(vec![]);
+            log.when(observed("k", "e1", 10)).unwrap();
+            log.when(report("k", "e1", 11)).unwrap();
+            log.when(end("k", "e1", Lost, 20)).unwrap();
+            let second = log.when(observed("k", "e2", 30)).unwrap();
+            assert!(
+                matches!(&second[..], [ConnectionEvent::Connected { connection_id, .. }] if connection_id == "e2")
+            );
+            assert_eq!(connected_as(&log.state()), Some(("e2", Some("e2"))));
+            log.when(end("k", "e2", Lost, 40)).unwrap();
+            // Only the last connection's id is known to the decider: an older one's may come
+            // back (each connection is still its own, by its edge id).
+            log.when(observed("k", "e3", 50)).unwrap();
+            assert_eq!(connected_as(&log.state()), Some(("k", Some("e3"))));
+            assert_eq!(
+                log.types(),
+                [
+                    CONNECTED,
+                    REPORTED,
+                    DISCONNECTED,
+                    CONNECTED,
+                    DISCONNECTED,
+                    CONNECTED
+                ]
+            );
+        }
+
+        #[test]
+        fn given_a_takeover_when_the_old_connections_end_and_report_arrive_late_then_nothing_more_is_recorded(
+        ) {
+            let mut log = Log(vec![]);
+            log.when(observed("k1", "e1", 10)).unwrap();
+            let took = log.when(observed("k2", "e2", 20)).unwrap();
+            assert!(matches!(
+                &took[..],
+                [
+                    ConnectionEvent::Disconnected {
+                        reason: Takeover,
+                        ..
+                    },
+                    ConnectionEvent::Connected { .. }
+                ]
+            ));
+            assert_eq!(
+                log.when(end("k1", "e1", Takeover, 20)),
+                Err(Ignored::Duplicate)
+            );
+            assert_eq!(log.when(report("k1", "e1", 12)), Err(Ignored::Stale));
+            assert_eq!(connected_as(&log.state()), Some(("k2", Some("e2"))));
+        }
+
+        #[test]
+        fn given_a_restart_in_between_when_the_device_reconnects_without_reporting_then_it_is_shown_connected(
+        ) {
+            // The README's example: one Will, one `connected` line, a restart of Cradle.
+            let mut log = Log(vec![]);
+            log.when(observed("K", "e1", 10)).unwrap();
+            log.when(report("K", "e1", 11)).unwrap();
+            log.when(end("K", "e1", ServerShutdown, 100)).unwrap();
+            // The new process's edge sees the reconnect; the device says nothing more.
+            log.when(observed("K", "e2", 105)).unwrap();
+            assert!(matches!(log.state(), ClientConnection::Connected { .. }));
+        }
+
+        #[test]
+        fn given_an_end_processed_before_its_start_then_both_are_recorded_once() {
+            let mut log = Log(vec![]);
+            log.when(end("k1", "e1", Lost, 20)).unwrap();
+            assert_eq!(log.types(), [CONNECTED, DISCONNECTED]);
+            assert_eq!(log.when(observed("k1", "e1", 10)), Err(Ignored::Duplicate));
+            assert_eq!(log.when(report("k1", "e1", 11)), Err(Ignored::Stale));
+            assert_eq!(log.types(), [CONNECTED, DISCONNECTED]);
+        }
+
+        #[test]
+        fn given_every_order_of_one_connections_three_messages_then_the_same_three_events() {
+            let messages = [
+                observed("k1", "e1", 10),
+                report("k1", "e1", 11),
+                end("k1", "e1", Lost, 20),
+            ];
+            for order in [
+                [0, 1, 2],
+                [1, 0, 2],
+                [0, 2, 1],
+                [2, 0, 1],
+                [1, 2, 0],
+                [2, 1, 0],
+            ] {
+                let mut log = Log(vec![]);
+                for i in order {
+                    let _ = log.when(messages[i].clone());
+                }
+                let connects = log.types().iter().filter(|t| **t == CONNECTED).count();
+                let ends = log.types().iter().filter(|t| **t == DISCONNECTED).count();
+                assert_eq!((connects, ends), (1, 1), "{order:?}: {:?}", log.types());
+                assert!(
+                    matches!(log.state(), ClientConnection::Disconnected { .. }),
+                    "{order:?}"
+                );
+            }
+        }
     }
 }

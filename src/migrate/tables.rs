@@ -419,10 +419,11 @@ mod tests {
             last_disconnect_reason: Some("lost".into()),
             stream_version: 2,
             updated_at_millis: -1,
+            edge_connection_id: None,
         };
         assert_eq!(
             canonical::<clients::Entity>("clients", &m).unwrap(),
-            r#"["a","c\"1",true,"k",5,null,"lost",2,-1]"#
+            r#"["a","c\"1",true,"k",5,null,"lost",2,-1,null]"#
         );
         assert_eq!(
             key_text("clients", key_of::<clients::Entity>(&m)).unwrap(),

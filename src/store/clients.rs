@@ -30,6 +30,8 @@ pub struct Model {
     pub stream_version: i64,
     /// When the row last changed (Unix milliseconds, Cradle's clock).
     pub updated_at_millis: i64,
+    /// The MQTT connection behind the edge of `connection_id`, if the edge saw it.
+    pub edge_connection_id: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -75,6 +77,7 @@ pub(crate) fn test_client(account: &str, id: &str, connection: &str, connected: 
         last_disconnect_reason: None,
         stream_version: 1,
         updated_at_millis: 1,
+        edge_connection_id: None,
     }
 }
 

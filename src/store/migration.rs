@@ -16,6 +16,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000005_create_pending_starts::Migration),
             Box::new(m20261130_000006_create_ws_handover::Migration),
             Box::new(m20261207_000007_create_bans::Migration),
+            Box::new(m20261207_000008_clients_edge_connection::Migration),
         ]
     }
 }
@@ -117,6 +118,7 @@ enum Credentials {
 #[derive(DeriveIden)]
 enum Clients {
     Table,
+    EdgeConnectionId,
     AccountId,
     ClientId,
     Connected,
@@ -597,6 +599,45 @@ mod m20261207_000007_create_bans {
         async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
             manager
                 .drop_table(Table::drop().table(Bans::Table).to_owned())
+                .await
+        }
+    }
+}
+
+mod m20261207_000008_clients_edge_connection {
+    use super::*;
+
+    pub(crate) struct Migration;
+
+    impl MigrationName for Migration {
+        fn name(&self) -> &str {
+            "m20261207_000008_clients_edge_connection"
+        }
+    }
+
+    /// The MQTT connection behind the edge of each client's current or last connection
+    /// (null for clients the edge does not see, and for rows written before).
+    #[sea_orm_migration::async_trait::async_trait]
+    impl MigrationTrait for Migration {
+        async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(Clients::Table)
+                        .add_column(ColumnDef::new(Clients::EdgeConnectionId).string().null())
+                        .to_owned(),
+                )
+                .await
+        }
+
+        async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(Clients::Table)
+                        .drop_column(Clients::EdgeConnectionId)
+                        .to_owned(),
+                )
                 .await
         }
     }

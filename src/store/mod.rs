@@ -479,6 +479,7 @@ impl StoreTx {
                 last_disconnect_reason: ActiveValue::Set(m.last_disconnect_reason),
                 stream_version: ActiveValue::Set(m.stream_version),
                 updated_at_millis: ActiveValue::Set(m.updated_at_millis),
+                edge_connection_id: ActiveValue::Set(m.edge_connection_id),
             });
             clients::Entity::insert_many(models)
                 .on_conflict(
@@ -491,6 +492,7 @@ impl StoreTx {
                             C::LastDisconnectReason,
                             C::StreamVersion,
                             C::UpdatedAtMillis,
+                            C::EdgeConnectionId,
                         ])
                         .to_owned(),
                 )

@@ -366,6 +366,7 @@ mod tests {
             last_disconnect_reason: reason.map(str::to_string),
             stream_version: 1,
             updated_at_millis: 950,
+            edge_connection_id: None,
         }
     }
 

@@ -92,6 +92,8 @@ pub struct SyncMetrics {
     pub(crate) events_connected: AtomicU64,
     /// See `events_connected`.
     pub(crate) events_disconnected: AtomicU64,
+    /// See `events_connected`: `connection.reported`.
+    pub(crate) events_reported: AtomicU64,
     /// Connection decider outcomes.
     connection_outcomes: Labeled<Option<Ignored>>,
     /// Store transactions committed by the status writer.
@@ -174,6 +176,10 @@ impl SyncMetrics {
         .sample(
             "type=\"connection.disconnected\"",
             self.events_disconnected.load(Relaxed),
+        )
+        .sample(
+            "type=\"connection.reported\"",
+            self.events_reported.load(Relaxed),
         );
         out.family(Desc::counter(
             "cradle_decider_outcomes_total",

@@ -123,6 +123,7 @@ mod tests {
             last_disconnect_reason: (!connected).then(|| "server_shutdown".into()),
             stream_version: 2,
             updated_at_millis: 20,
+            edge_connection_id: None,
         }
     }
 

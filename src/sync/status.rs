@@ -20,8 +20,8 @@ use crate::bus::Acker;
 use crate::clock::now_millis;
 use crate::domain::connection::parse_status_payload;
 use crate::domain::connection::{
-    decide, evolve, ClientConnection, ConnectionCommand, ConnectionEvent, DisconnectReason,
-    Ignored, EVENT_VERSION,
+    decide_seen, evolve, ClientConnection, ConnectionCommand, ConnectionEvent, DisconnectReason,
+    Ignored, Seen, CONNECTED, DISCONNECTED, EVENT_VERSION, REPORTED,
 };
 use crate::retry::Backoff;
 use crate::store::{clients, NewEvent, Store, StoreError, StoreTx};
@@ -212,6 +212,9 @@ fn record(batch: &[Report], outcomes: &[Outcome], metrics: &SyncMetrics) {
                         ConnectionEvent::Disconnected { .. } => {
                             metrics.events_disconnected.fetch_add(1, Relaxed)
                         }
+                        ConnectionEvent::Reported { .. } => {
+                            metrics.events_reported.fetch_add(1, Relaxed)
+                        }
                     };
                     tracing::info!(
                         event = event.event_type(),
@@ -241,6 +244,37 @@ pub fn idempotency_key(key: &ClientKey, event_type: &str, connection_id: &str) -
         "{event_type}/{}/{}/{connection_id}",
         key.account_id, key.client_id
     )
+}
+
+/// The idempotency key of an event about the MQTT connection `edge` behind the edge: one
+/// per connection and event type, whatever id the connection is known by (`#` is not in
+/// any id, so it cannot meet a key of [`idempotency_key`]).
+pub fn edge_key(key: &ClientKey, event_type: &str, edge: &str) -> String {
+    format!("{event_type}/{}/{}#{edge}", key.account_id, key.client_id)
+}
+
+/// An event's idempotency key.
+fn event_key(key: &ClientKey, event: &ConnectionEvent) -> String {
+    match event.edge() {
+        Some(edge) => edge_key(key, event.event_type(), edge),
+        None => idempotency_key(key, event.event_type(), event.connection_id()),
+    }
+}
+
+/// The keys a report is checked against: its own event's, or for an MQTT connection behind
+/// the edge those of its three event types (what the log already holds of it).
+fn command_keys(key: &ClientKey, command: &ConnectionCommand) -> Vec<String> {
+    match command.edge() {
+        Some(edge) => [CONNECTED, REPORTED, DISCONNECTED]
+            .iter()
+            .map(|t| edge_key(key, t, edge))
+            .collect(),
+        None => vec![idempotency_key(
+            key,
+            command.event_type(),
+            command.connection_id(),
+        )],
+    }
 }
 
 /// Rows the status writer holds between batches, so a busy client's state is not read back
@@ -313,11 +347,12 @@ pub(crate) async fn apply_batch_cached(
     let t_begin = t0.elapsed();
     let (rows, loaded) = load_rows(&txn, batch, cache).await?;
     let t_load = t0.elapsed();
-    let command_keys: Vec<String> = batch
+    let command_keys: Vec<Vec<String>> = batch
         .iter()
-        .map(|(key, command)| idempotency_key(key, command.event_type(), command.connection_id()))
+        .map(|(key, command)| command_keys(key, command))
         .collect();
-    let recorded: HashSet<String> = txn.existing_keys(&command_keys).await?;
+    let all_keys: Vec<String> = command_keys.iter().flatten().cloned().collect();
+    let recorded: HashSet<String> = txn.existing_keys(&all_keys).await?;
     let t_keys = t0.elapsed();
 
     let mut d = Decisions {
@@ -396,21 +431,30 @@ struct Decisions {
 
 impl Decisions {
     /// Decides one report against its client's row as the earlier reports left it; a
-    /// command already recorded is a duplicate.
+    /// command already recorded is a duplicate; for a connection behind the edge, the
+    /// decider learns what the log holds of it (`command_keys`: connected, reported, ended).
     fn decide_report(
         &mut self,
         key: &ClientKey,
         command: &ConnectionCommand,
-        command_key: &str,
+        command_keys: &[String],
         now: i64,
     ) {
-        if self.recorded.contains(command_key) {
-            self.outcomes.push(Outcome::Ignored(Ignored::Duplicate));
-            return;
-        }
+        let seen = match command_keys {
+            [connected, reported, ended] => Seen {
+                connected: self.recorded.contains(connected),
+                reported: self.recorded.contains(reported),
+                ended: self.recorded.contains(ended),
+            },
+            [own] if self.recorded.contains(own) => {
+                self.outcomes.push(Outcome::Ignored(Ignored::Duplicate));
+                return;
+            }
+            _ => Seen::default(),
+        };
         let row = self.rows.get(key);
         let state = row.map(state_of).unwrap_or_default();
-        match decide(command, &state) {
+        match decide_seen(command, &state, seen) {
             Ok(events) => {
                 let row = row.cloned();
                 self.record(key, &events, row, state, now);
@@ -433,7 +477,7 @@ impl Decisions {
         let mut version = row.as_ref().map_or(0, |r| r.stream_version);
         for event in events {
             version += 1;
-            let idem = idempotency_key(key, event.event_type(), event.connection_id());
+            let idem = event_key(key, event);
             self.recorded.insert(idem.clone());
             self.new_events.push(NewEvent {
                 account_id: key.account_id.clone(),
@@ -464,6 +508,7 @@ pub(crate) fn state_of(row: &clients::Model) -> ClientConnection {
         return ClientConnection::Connected {
             connection_id: row.connection_id.clone(),
             since_millis: row.connected_at_millis,
+            edge: row.edge_connection_id.clone(),
         };
     }
     ClientConnection::Disconnected {
@@ -476,6 +521,7 @@ pub(crate) fn state_of(row: &clients::Model) -> ClientConnection {
         at_millis: row
             .disconnected_at_millis
             .unwrap_or(row.connected_at_millis),
+        edge: row.edge_connection_id.clone(),
     }
 }
 
@@ -497,15 +543,19 @@ pub(crate) fn project(
         last_disconnect_reason: None,
         stream_version: 0,
         updated_at_millis: now,
+        edge_connection_id: None,
     });
     match event {
         ConnectionEvent::Connected {
             connection_id,
             at_millis,
+            edge_connection_id,
+            ..
         } => {
             row.connected = true;
             row.connection_id = connection_id.clone();
             row.connected_at_millis = *at_millis;
+            row.edge_connection_id = edge_connection_id.clone();
         }
         ConnectionEvent::Disconnected {
             reason, at_millis, ..
@@ -513,6 +563,15 @@ pub(crate) fn project(
             row.connected = false;
             row.disconnected_at_millis = Some(*at_millis);
             row.last_disconnect_reason = Some(reason.as_str().to_string());
+        }
+        // The device named the connection: it is known by that id from now on.
+        ConnectionEvent::Reported {
+            reported_connection_id,
+            ..
+        } => {
+            if row.connected {
+                row.connection_id = reported_connection_id.clone();
+            }
         }
     }
     row.stream_version = version;
@@ -554,6 +613,7 @@ pub async fn close_open_connections(
                     connection_id,
                     reason,
                     at_millis: now,
+                    edge: None,
                 },
             )
         })
@@ -579,11 +639,14 @@ mod tests {
         let connected = ConnectionEvent::Connected {
             connection_id: "k1".into(),
             at_millis: 10,
+            edge_connection_id: None,
+            observed: false,
         };
         let disconnected = ConnectionEvent::Disconnected {
             connection_id: "k1".into(),
             reason: DisconnectReason::KeepaliveTimeout,
             at_millis: 20,
+            edge_connection_id: None,
         };
         assert_eq!(
             event_data(&key, &connected).to_string(),

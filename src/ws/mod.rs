@@ -416,7 +416,11 @@ impl Bridge {
     /// Pushes a committed status change to the account's sessions.
     pub(crate) async fn on_presence(&self, change: &ConnectionChange) {
         let frame = match &change.event {
-            ConnectionEvent::Connected { connection_id, .. } => ServerFrame::Presence {
+            ConnectionEvent::Connected { connection_id, .. }
+            | ConnectionEvent::Reported {
+                reported_connection_id: connection_id,
+                ..
+            } => ServerFrame::Presence {
                 client_id: change.key.client_id.clone(),
                 connection_id: connection_id.clone(),
                 connected: true,

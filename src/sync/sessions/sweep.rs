@@ -49,7 +49,8 @@ impl Sessions {
                 change = changes.recv() => {
                     let Some(change) = change else { return };
                     match &change.event {
-                        ConnectionEvent::Connected { connection_id, .. } => {
+                        ConnectionEvent::Connected { connection_id, .. }
+                        | ConnectionEvent::Reported { reported_connection_id: connection_id, .. } => {
                             self.on_connected(&change.key.account_id, &change.key.client_id, connection_id).await;
                         }
                         ConnectionEvent::Disconnected { .. } => {
