@@ -139,7 +139,6 @@ async fn seed(url: &str) -> Seeded {
                 client_id: ActiveValue::Set(format!("parent.{i}")),
                 announcement: ActiveValue::Set(format!(r#"{{"name":"Parent {i}","v":true}}"#)),
                 updated_at_millis: ActiveValue::Set(3_000 + i as i64),
-                edge_connection_id: ActiveValue::Set(None),
             });
         }
     }

@@ -379,12 +379,13 @@ proptest! {
         };
         let cmd = parse_status_payload(payload.to_string().as_bytes(), 4096).unwrap();
         let expected = if connected {
-            ConnectionCommand::Connect { connection_id, at_millis }
+            ConnectionCommand::Connect { connection_id, at_millis, edge: None, observed: false }
         } else {
             ConnectionCommand::Disconnect {
                 connection_id,
                 reason: reason.unwrap_or(DisconnectReason::Lost),
                 at_millis,
+                edge: None,
             }
         };
         prop_assert_eq!(cmd, expected);

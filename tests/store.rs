@@ -23,6 +23,8 @@ fn connect(account: &str, client: &str, conn: &str, at: i64) -> Report {
         ConnectionCommand::Connect {
             connection_id: conn.into(),
             at_millis: at,
+            edge: None,
+            observed: false,
         },
     )
 }
@@ -34,6 +36,7 @@ fn disconnect(account: &str, client: &str, conn: &str, at: i64) -> Report {
             connection_id: conn.into(),
             reason: DisconnectReason::Lost,
             at_millis: at,
+            edge: None,
         },
     )
 }
