@@ -225,6 +225,9 @@ pub(crate) struct StatusPayload {
     /// Only on `disconnected`: why the connection ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Set by Cradle's edge: the MQTT connection the status is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edge_connection_id: Option<String>,
 }
 
 #[cfg(test)]

@@ -259,7 +259,8 @@ impl Dump {
                         r.disconnected_at_millis,
                         r.last_disconnect_reason,
                         r.stream_version,
-                        r.updated_at_millis
+                        r.updated_at_millis,
+                        r.edge_connection_id
                     ])
                 })),
             ),

@@ -295,6 +295,10 @@ pub struct MqttConfig {
     /// loses what was acknowledged and not yet committed). An external broker acknowledges as
     /// it does.
     pub puback_after_commit: bool,
+    /// The edge records every device connection it accepts (a `connected` status of its
+    /// own, `"observed": true`), whether or not the device reports it, and stamps its
+    /// connection id on the device's reports and on the end (topics.md).
+    pub observe_starts: bool,
     /// Largest CONNECT packet accepted before authentication, in bytes; a larger one is
     /// refused before it is read.
     pub max_connect_bytes: usize,
@@ -341,6 +345,7 @@ impl Default for MqttConfig {
             max_violations: 10,
             max_keep_alive_secs: 0,
             puback_after_commit: true,
+            observe_starts: false,
             max_connect_bytes: 65_536,
             max_pending: 1024,
             write_timeout_ms: 30_000,

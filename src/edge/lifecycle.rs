@@ -11,14 +11,102 @@
 //!   reported as `connected`, unless the client reported the end itself or its Will already
 //!   covers that connection.
 //!
+//! It also vouches for the start ([`observed_start`]): when it accepts a device's connection
+//! it publishes a `connected` status of its own (`"observed": true`), so the connection is
+//! recorded whether or not the device reports it. Every MQTT connection gets an id of the
+//! edge's (`edge_connection_id`), stamped on that start, on the device's own reports on its
+//! status topic ([`stamp_status`]) and on the end, so the status decider tells one
+//! connection's messages from another's in whatever order they arrive.
+//!
 //! The status decider ignores an end for a connection that already ended, so a duplicate
 //! can never record a second end; this module makes sure there is always a first one.
 
 use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
 
+use crate::auth::Principal;
 use crate::domain::connection::DisconnectReason;
-use crate::topics::{parse_status_topic, StatusKind, StatusPayload};
+use crate::topics::{is_valid_id, parse_status_topic, status_topic, StatusKind, StatusPayload};
+
+/// A new id of the edge's for one MQTT connection (`m-` and 16 hex digits).
+pub(crate) fn new_edge_id() -> String {
+    format!("m-{}", crate::ids::random_hex(8))
+}
+
+/// The status topic of the client on the other end, if the edge knows it: a device's own,
+/// or in open mode the one its Will reports on.
+fn own_status_topic(principal: &Principal, client_id: &str, will: Option<&Will>) -> Option<String> {
+    match principal {
+        Principal::Device {
+            account_id,
+            client_id,
+        } => Some(status_topic(account_id, client_id)),
+        Principal::Open => {
+            let will = will?;
+            let key = parse_status_topic(&will.topic).ok()?;
+            (key.client_id == client_id).then(|| will.topic.clone())
+        }
+        Principal::Operator => None,
+    }
+}
+
+/// The connection id a status Will on `topic` names, if it is one.
+fn will_connection_id(will: &Will, topic: &str) -> Option<String> {
+    if will.topic != topic {
+        return None;
+    }
+    let value: serde_json::Value = serde_json::from_slice(&will.payload).ok()?;
+    let id = value.get("connection_id")?.as_str()?;
+    is_valid_id(id).then(|| id.to_string())
+}
+
+/// What the edge publishes when it accepts a connection (a retained QoS 1 `connected`
+/// status, observed, under the Will's connection id or else the edge's), and what it then
+/// follows as the connection's last report; `None` for a client without a status topic.
+pub(crate) fn observed_start(
+    principal: &Principal,
+    client_id: &str,
+    will: Option<&Will>,
+    edge: &str,
+    now_millis: i64,
+) -> Option<(Publication, Reported)> {
+    let topic = own_status_topic(principal, client_id, will)?;
+    let connection_id = will
+        .and_then(|w| will_connection_id(w, &topic))
+        .unwrap_or_else(|| edge.to_string());
+    let payload = serde_json::json!({
+        "type": "connected",
+        "connection_id": connection_id,
+        "at_millis": now_millis,
+        "edge_connection_id": edge,
+        "observed": true,
+    });
+    let publication = Publication {
+        topic: topic.clone(),
+        payload: Bytes::from(payload.to_string()),
+        qos: 1,
+        retain: true,
+        properties: None,
+    };
+    let reported = Reported {
+        topic,
+        connection_id,
+        ended: false,
+    };
+    Some((publication, reported))
+}
+
+/// A status payload (a JSON object) with the edge's connection id set, whatever the device
+/// wrote there; `None` for a payload that is not a JSON object (left to the status pipeline
+/// to drop and count).
+pub(crate) fn stamp_status(payload: &[u8], edge: &str) -> Option<Vec<u8>> {
+    let mut value: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    let obj = value.as_object_mut()?;
+    obj.insert("edge_connection_id".into(), edge.into());
+    // Only the edge observes.
+    obj.remove("observed");
+    serde_json::to_vec(&value).ok()
+}
 
 /// A message to publish at the end of a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,14 +190,14 @@ pub(crate) fn observe_status(
 pub(crate) fn end_publications(
     will: Option<&Will>,
     will_fires: bool,
-    reported: Option<&Reported>,
+    (reported, edge): (Option<&Reported>, Option<&str>),
     reason: DisconnectReason,
     now_millis: i64,
 ) -> Vec<Publication> {
     let mut out = Vec::with_capacity(2);
     let mut covered = false;
     if let (Some(will), true) = (will, will_fires) {
-        match stamped_status_will(will, reason, now_millis) {
+        match stamped_status_will(will, reason, now_millis, edge) {
             Some((payload, connection_id)) => {
                 covered = matches!(reported, Some(r) if r.topic == will.topic && r.connection_id == connection_id);
                 out.push(Publication {
@@ -136,6 +224,7 @@ pub(crate) fn end_publications(
                 connection_id: r.connection_id.clone(),
                 at_millis: now_millis,
                 reason: Some(reason.as_str().to_string()),
+                edge_connection_id: edge.map(str::to_string),
             };
             // Invariant: a StatusPayload is strings, an i64 and a unit enum (derived
             // Serialize, no maps), which serde_json always serialises.
@@ -157,6 +246,7 @@ fn stamped_status_will(
     will: &Will,
     reason: DisconnectReason,
     now_millis: i64,
+    edge: Option<&str>,
 ) -> Option<(Bytes, String)> {
     parse_status_topic(&will.topic).ok()?;
     let mut value: serde_json::Value = serde_json::from_slice(&will.payload).ok()?;
@@ -167,6 +257,9 @@ fn stamped_status_will(
     let connection_id = obj.get("connection_id")?.as_str()?.to_string();
     obj.insert("reason".into(), reason.as_str().into());
     obj.insert("at_millis".into(), now_millis.into());
+    if let Some(edge) = edge {
+        obj.insert("edge_connection_id".into(), edge.into());
+    }
     Some((Bytes::from(serde_json::to_vec(&value).ok()?), connection_id))
 }
 
@@ -210,7 +303,7 @@ mod tests {
         let out = end_publications(
             Some(&status_will("k1")),
             true,
-            reported("k1").as_ref(),
+            (reported("k1").as_ref(), None),
             DisconnectReason::Lost,
             99,
         );
@@ -225,7 +318,7 @@ mod tests {
         let out = end_publications(
             Some(&status_will("k1")),
             true,
-            reported("k1").as_ref(),
+            (reported("k1").as_ref(), None),
             DisconnectReason::Takeover,
             99,
         );
@@ -239,7 +332,7 @@ mod tests {
         let out = end_publications(
             None,
             true,
-            reported("k1").as_ref(),
+            (reported("k1").as_ref(), None),
             DisconnectReason::Lost,
             7,
         );
@@ -257,7 +350,7 @@ mod tests {
         let out = end_publications(
             Some(&status_will("k1")),
             false,
-            reported("k1").as_ref(),
+            (reported("k1").as_ref(), None),
             DisconnectReason::Clean,
             7,
         );
@@ -274,7 +367,7 @@ mod tests {
             TOPIC,
             br#"{"type":"disconnected","connection_id":"k1","at_millis":2,"reason":"clean"}"#,
         );
-        let out = end_publications(None, false, r.as_ref(), DisconnectReason::Clean, 7);
+        let out = end_publications(None, false, (r.as_ref(), None), DisconnectReason::Clean, 7);
         assert!(out.is_empty(), "{out:?}");
     }
 
@@ -283,7 +376,7 @@ mod tests {
         let out = end_publications(
             Some(&status_will("old")),
             true,
-            reported("k2").as_ref(),
+            (reported("k2").as_ref(), None),
             DisconnectReason::KeepaliveTimeout,
             7,
         );
@@ -306,7 +399,7 @@ mod tests {
             })),
             delay_secs: 0,
         };
-        let out = end_publications(Some(&will), true, None, DisconnectReason::Kicked, 7);
+        let out = end_publications(Some(&will), true, (None, None), DisconnectReason::Kicked, 7);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].payload, Bytes::from_static(b""));
         assert_eq!(out[0].properties, will.properties, "MQTT 5 properties kept");
@@ -314,7 +407,7 @@ mod tests {
 
     #[test]
     fn given_nothing_reported_and_no_will_then_nothing_is_published() {
-        assert!(end_publications(None, true, None, DisconnectReason::Lost, 7).is_empty());
+        assert!(end_publications(None, true, (None, None), DisconnectReason::Lost, 7).is_empty());
     }
 
     #[test]
@@ -329,5 +422,75 @@ mod tests {
             br#"{"type":"connected","connection_id":"k","at_millis":1}"#,
         );
         assert_eq!(r, None);
+    }
+
+    #[test]
+    fn given_a_device_with_a_status_will_when_accepted_then_the_observed_start_names_the_wills_connection(
+    ) {
+        let device = Principal::Device {
+            account_id: "a".into(),
+            client_id: "c".into(),
+        };
+        let (start, reported) =
+            observed_start(&device, "c", Some(&status_will("k1")), "m-1", 42).unwrap();
+        assert_eq!(start.topic, TOPIC);
+        assert!(start.retain && start.qos == 1);
+        let p = payload(&start);
+        assert_eq!(p["type"], "connected");
+        assert_eq!(p["connection_id"], "k1");
+        assert_eq!(p["edge_connection_id"], "m-1");
+        assert_eq!(p["observed"], true);
+        assert_eq!(p["at_millis"], 42);
+        assert_eq!(reported.connection_id, "k1");
+        // Without a Will the edge's own id names it.
+        let (start, _) = observed_start(&device, "c", None, "m-2", 42).unwrap();
+        assert_eq!(payload(&start)["connection_id"], "m-2");
+        // An operator has no status topic; in open mode the Will's topic is the client's.
+        assert!(observed_start(&Principal::Operator, "op", None, "m-3", 1).is_none());
+        assert!(observed_start(&Principal::Open, "c", None, "m-4", 1).is_none());
+        let (open, _) =
+            observed_start(&Principal::Open, "c", Some(&status_will("k9")), "m-5", 1).unwrap();
+        assert_eq!(payload(&open)["connection_id"], "k9");
+    }
+
+    #[test]
+    fn given_a_devices_report_when_stamped_then_the_edges_id_is_set_and_nothing_else_changes() {
+        let stamped = stamp_status(
+            br#"{"type":"connected","connection_id":"k1","at_millis":1,"fw":"2.1","edge_connection_id":"forged","observed":true}"#,
+            "m-1",
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&stamped).unwrap();
+        assert_eq!(v["edge_connection_id"], "m-1");
+        assert_eq!(v["fw"], "2.1");
+        assert_eq!(v["connection_id"], "k1");
+        assert!(v.get("observed").is_none(), "only the edge observes");
+        assert_eq!(stamp_status(b"not json", "m-1"), None);
+        assert_eq!(stamp_status(b"", "m-1"), None);
+    }
+
+    #[test]
+    fn given_an_edge_id_when_the_connection_ends_then_its_will_and_end_status_carry_it() {
+        let mut r = reported("k2");
+        let out = end_publications(
+            Some(&status_will("k1")),
+            true,
+            (r.as_ref(), Some("m-1")),
+            DisconnectReason::Lost,
+            99,
+        );
+        assert_eq!(out.len(), 2);
+        assert!(out
+            .iter()
+            .all(|p| payload(p)["edge_connection_id"] == "m-1"));
+        r = None;
+        let out = end_publications(
+            None,
+            true,
+            (r.as_ref(), Some("m-1")),
+            DisconnectReason::Lost,
+            99,
+        );
+        assert!(out.is_empty());
     }
 }

@@ -90,6 +90,8 @@ pub struct Settings {
     pub(crate) max_connect_bytes: usize,
     /// Time a client may leave written bytes untaken before it is disconnected.
     pub write_timeout: Duration,
+    /// Publish an observed start for every device connection (`mqtt.observe_starts`).
+    pub(crate) observe_starts: bool,
 }
 
 impl Settings {
@@ -104,6 +106,7 @@ impl Settings {
             max_keep_alive: c.max_keep_alive_secs,
             max_connect_bytes: c.max_connect_bytes,
             write_timeout: Duration::from_millis(c.write_timeout_ms),
+            observe_starts: c.observe_starts,
         }
     }
 }

@@ -98,12 +98,14 @@ fn last_status(c: &clients::Model) -> StatusPayload {
             connection_id: c.connection_id.clone(),
             at_millis: at,
             reason: c.last_disconnect_reason.clone(),
+            edge_connection_id: c.edge_connection_id.clone(),
         },
         _ => StatusPayload {
             kind: StatusKind::Connected,
             connection_id: c.connection_id.clone(),
             at_millis: c.connected_at_millis,
             reason: None,
+            edge_connection_id: c.edge_connection_id.clone(),
         },
     }
 }

@@ -305,6 +305,7 @@ impl Bridge {
             connection_id: s.connection_id.clone(),
             at_millis: now_millis(),
             reason: reason.map(|r| r.as_str().to_string()),
+            edge_connection_id: None,
         };
         // Invariant: a StatusPayload is strings, an i64 and a unit enum (derived Serialize),
         // which serde_json always serialises.

@@ -586,13 +586,31 @@ where
     }
     .instrument(span.clone())
     .await;
-    let (conn, claim, linked) = opened;
+    let (mut conn, claim, linked) = opened;
     // Admitted (or refused): the connection leaves the mqtt.max_pending count.
     drop(pending);
     let Some((up, ubuf)) = linked else {
         shared.registry.release(&upstream_id, claim.seq);
         return None;
     };
+    // The edge vouches for the start: recorded whether or not the device reports it.
+    let edge = super::super::lifecycle::new_edge_id();
+    let observed = shared.settings.observe_starts.then(|| {
+        super::super::lifecycle::observed_start(
+            &conn.principal,
+            &client_id,
+            conn.will.as_ref(),
+            &edge,
+            crate::clock::now_millis(),
+        )
+    });
+    if let Some(Some((start, reported))) = observed {
+        conn.reported = Some(reported);
+        conn.edge = Some(edge.into());
+        Box::pin(shared.publisher.publish(start))
+            .instrument(span.clone())
+            .await;
+    }
     // A connection with the same client id within an earlier one's Will Delay Interval:
     // that Will is not published (MQTT 5 §3.1.3.2.2).
     if shared.wills.cancel(&upstream_id) {

@@ -201,6 +201,18 @@ impl Conn {
         }
         if topic.ends_with("/status") {
             lifecycle::observe_status(&mut self.reported, &self.client_id, topic, v.payload);
+            // The device's own report names the MQTT connection it is about, so the status
+            // decider meets it with the edge's observed start.
+            let own = self.reported.as_ref().is_some_and(|r| r.topic == topic);
+            if let (true, Some(edge)) = (own, self.edge.as_deref()) {
+                if let Some(stamped) = lifecycle::stamp_status(v.payload, edge) {
+                    let out =
+                        crate::edge::inbox::rebuild_publish(&frame, h, proto, topic, &stamped)
+                            .map_err(End::from_frame_error)?;
+                    to_up.extend_from_slice(&out);
+                    return Ok(());
+                }
+            }
         }
         // Inbox messages carry `from` = the authenticated sender, whatever the sender wrote.
         if let Some(stamped) =

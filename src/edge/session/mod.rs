@@ -201,6 +201,9 @@ struct Conn {
     principal: Principal,
     will: Option<Will>,
     reported: Option<Reported>,
+    /// The edge's id of this MQTT connection, for a client with a status topic (stamped on
+    /// its observed start, its own status reports and its end).
+    edge: Option<Box<str>>,
     /// The MQTT client id (as the client sent it, or assigned).
     client_id: String,
     violations: u32,
@@ -236,6 +239,7 @@ impl Conn {
             principal,
             will,
             reported: None,
+            edge: None,
             client_id,
             violations: 0,
             publishes: 0,

@@ -274,7 +274,7 @@ where
         let mut publications = lifecycle::end_publications(
             self.conn.will.as_ref(),
             end.will_fires(),
-            self.conn.reported.as_ref(),
+            (self.conn.reported.as_ref(), self.conn.edge.as_deref()),
             reason,
             crate::clock::now_millis(),
         );

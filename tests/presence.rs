@@ -1,0 +1,223 @@
+//! Presence the broker vouches for: the edge records every device connection from the moment
+//! it accepts it, whether or not the device reports `connected`, and meets the device's own
+//! report on the same connection (one `connection.connected`, one end).
+//!
+//! - the README's worked example (`mosquitto_pub -l`, which reconnects by itself but never
+//!   publishes its `connected` line again) is shown connected again after Cradle restarts, in
+//!   the read model, the events and the retained status a late subscriber gets;
+//! - a device that never reports is recorded from its CONNACK to its end.
+
+use cradle_testkit as common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{free_port, wait_for, Cradle};
+
+fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// A configuration file in `dir` that turns the edge's observed starts on.
+fn observing(dir: &std::path::Path) -> String {
+    let path = dir.join("observing.toml");
+    std::fs::write(&path, "[mqtt]\nobserve_starts = true\n").unwrap();
+    path.display().to_string()
+}
+
+const T: &str = "accounts/acct-1/clients/baby-1/status";
+
+/// The README's baby station: `mosquitto_pub -l` with a status Will and one `connected`
+/// line, connection id `K`, on port `port`; its standard input stays open.
+fn readme_baby_station(port: u16, k: &str, now: i64) -> std::process::Child {
+    let will = format!(
+        r#"{{"type":"disconnected","connection_id":"{k}","reason":"lost","at_millis":{now}}}"#
+    );
+    let mut child = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-i", "baby-1"])
+        .args(["-q", "1", "-r", "-l", "-t", T])
+        .args(["--will-topic", T, "--will-qos", "1", "--will-retain"])
+        .args(["--will-payload", &will])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto_pub");
+    let line = format!(r#"{{"type":"connected","connection_id":"{k}","at_millis":{now}}}"#);
+    let stdin = child.stdin.as_mut().expect("stdin");
+    writeln!(stdin, "{line}").unwrap();
+    stdin.flush().unwrap();
+    child
+}
+
+/// The retained status a late subscriber gets, as `mosquitto_sub` prints it.
+fn retained_status(port: u16) -> serde_json::Value {
+    let out = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", T])
+        .args(["-C", "1", "-W", "5", "--retained-only"])
+        .output()
+        .expect("mosquitto_sub");
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readmes_baby_station_is_shown_connected_again_after_a_restart() {
+    if !common::mosquitto_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("presence.db").display());
+    let port = free_port();
+    let env = [
+        ("CRADLE_MQTT_LISTEN", format!("127.0.0.1:{port}")),
+        ("CRADLE_CONFIG", observing(dir.path())),
+    ];
+    let mut cradle = Cradle::spawn_ready(dir.path(), &db, &env).await;
+    let now = now_millis();
+    let k = format!("baby-1-{now}");
+    let mut station = readme_baby_station(port, &k, now);
+
+    let first = wait_for(Duration::from_secs(10), "baby-1 connected", || async {
+        cradle
+            .client("acct-1", "baby-1")
+            .await
+            .filter(|c| c["connected"] == true)
+    })
+    .await;
+    assert_eq!(first["connection_id"], k.as_str(), "the device's own id");
+    // Its `connected` line is committed (and acknowledged), so it is not sent again.
+    wait_for(Duration::from_secs(10), "the report recorded", || async {
+        let events = cradle.events("acct-1").await;
+        events
+            .iter()
+            .any(|e| e["type"] == "connection.reported")
+            .then_some(())
+    })
+    .await;
+
+    assert!(cradle.terminate().success());
+    let restarted_at = now_millis();
+    let cradle = Cradle::spawn_ready(dir.path(), &db, &env).await;
+    // mosquitto_pub reconnects by itself and says nothing more: the edge vouches for it.
+    let again = wait_for(
+        Duration::from_secs(20),
+        "baby-1 connected again",
+        || async {
+            cradle.client("acct-1", "baby-1").await.filter(|c| {
+                c["connected"] == true && c["since_millis"].as_i64() > Some(restarted_at)
+            })
+        },
+    )
+    .await;
+    assert_ne!(
+        again["connection_id"],
+        k.as_str(),
+        "a new connection, not the old one: {:#?}",
+        cradle.events("acct-1").await
+    );
+
+    let events = cradle.events("acct-1").await;
+    let summary: Vec<(String, bool, String)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap_or_default().to_string(),
+                e["data"]["observed"] == true,
+                e["data"]["reason"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("connection.connected", true, ""),
+        ("connection.reported", false, ""),
+        ("connection.disconnected", false, "server_shutdown"),
+        ("connection.connected", true, ""),
+    ];
+    assert_eq!(
+        summary,
+        expected
+            .iter()
+            .map(|(t, o, r)| (t.to_string(), *o, r.to_string()))
+            .collect::<Vec<_>>(),
+        "one connected, one end per connection: {events:#?}"
+    );
+    // Recorded within a second of the edge accepting it.
+    let last = events.last().unwrap();
+    let lag = last["recorded_at_millis"].as_i64().unwrap() - last["at_millis"].as_i64().unwrap();
+    assert!(lag < 1000, "recorded {lag} ms after the CONNACK");
+    // A late subscriber is told the station is connected.
+    let retained = retained_status(port);
+    assert_eq!(retained["type"], "connected", "{retained}");
+    assert_eq!(retained["observed"], true, "{retained}");
+
+    let _ = station.kill();
+    let _ = station.wait();
+    // Its end is recorded too: the Will, stamped with the edge's connection id.
+    wait_for(Duration::from_secs(10), "baby-1 disconnected", || async {
+        cradle
+            .client("acct-1", "baby-1")
+            .await
+            .filter(|c| c["connected"] == false && c["last_disconnect_reason"] == "lost")
+    })
+    .await;
+}
+
+/// A device that never reports its status (no Will, no `connected`) is recorded from its
+/// CONNACK to its end, under an id of the edge's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_never_reports_is_recorded_from_connack_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("silent.db").display());
+    common::cli(&db, &["accounts", "create", "fam"]);
+    let secret = common::cli(
+        &db,
+        &[
+            "credentials",
+            "issue",
+            "--account",
+            "fam",
+            "--client",
+            "quiet",
+        ],
+    );
+    let env = [
+        ("CRADLE_CONFIG", observing(dir.path())),
+        (
+            "CRADLE_ADMIN_TOKEN",
+            "an-admin-token-of-some-length".to_string(),
+        ),
+    ];
+    let cradle = Cradle::spawn_ready(dir.path(), &db, &env).await;
+    let (device, _) =
+        common::RawV4::connect(cradle.mqtt_port, "quiet", Some(("fam", &secret)), 30).await;
+    let shown = wait_for(Duration::from_secs(10), "quiet connected", || async {
+        cradle
+            .client("fam", "quiet")
+            .await
+            .filter(|c| c["connected"] == true)
+    })
+    .await;
+    assert!(
+        shown["connection_id"].as_str().unwrap().starts_with("m-"),
+        "{shown}"
+    );
+    drop(device);
+    let events = wait_for(Duration::from_secs(10), "its end", || async {
+        let events = cradle.events("fam").await;
+        (events.len() >= 2).then_some(events)
+    })
+    .await;
+    assert_eq!(events.len(), 2, "{events:#?}");
+    assert_eq!(events[0]["type"], "connection.connected");
+    assert_eq!(events[0]["data"]["observed"], true);
+    assert_eq!(events[1]["type"], "connection.disconnected");
+    assert_eq!(events[1]["data"]["reason"], "lost");
+    assert_eq!(
+        events[0]["data"]["edge_connection_id"],
+        events[1]["data"]["edge_connection_id"]
+    );
+}
