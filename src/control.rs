@@ -36,12 +36,13 @@ pub struct ConnectionView {
     pub client_id: String,
     /// `mqtt` (a device behind the edge) or `websocket` (a session of the bridge).
     pub kind: String,
-    /// A WebSocket session's connection id (none for an MQTT connection: the edge lists the
-    /// connection by its client id, which it holds once).
+    /// The connection's id: an MQTT connection's edge id (`m-…`, the `edge_connection_id`
+    /// its statuses carry), a WebSocket session's connection id (`ws-…`).
     pub connection_id: Option<String>,
     /// The credential it authenticated with (none in open mode).
     pub credential_id: Option<String>,
-    /// The client's address (MQTT).
+    /// The client's address (MQTT: address and port; WebSocket: the address, as
+    /// `http.trusted_proxies` resolves it).
     pub peer: Option<String>,
     /// The listener's config key (`mqtt.listen`, …, `http.listen` for `/ws`).
     pub listener: String,
@@ -51,7 +52,8 @@ pub struct ConnectionView {
     pub keep_alive_secs: u64,
     /// When it was accepted (Unix milliseconds).
     pub connected_at_millis: i64,
-    /// PUBLISH packets from and to the client, and bytes (MQTT; none for WebSocket).
+    /// PUBLISH packets (MQTT) or text frames (WebSocket) from and to the client, and their
+    /// bytes (MQTT: every byte on the socket since the CONNACK).
     pub messages_in: Option<u64>,
     pub messages_out: Option<u64>,
     pub bytes_in: Option<u64>,
@@ -252,7 +254,7 @@ impl Control {
                     account_id: c.owner.account_id?,
                     client_id: c.owner.client_id,
                     kind: "mqtt".into(),
-                    connection_id: None,
+                    connection_id: Some(d.connection_id.to_string()),
                     credential_id: c.owner.credential_id,
                     peer: Some(d.peer.to_string()),
                     listener: d.listener.into(),
@@ -267,28 +269,26 @@ impl Control {
                 })
             })
             .collect();
-        all.extend(
-            self.bridge
-                .sessions(account)
-                .into_iter()
-                .map(|s| ConnectionView {
-                    account_id: s.owner.account_id.unwrap_or_default(),
-                    client_id: s.owner.client_id,
-                    kind: "websocket".into(),
-                    connection_id: Some(s.connection_id),
-                    credential_id: s.owner.credential_id,
-                    peer: None,
-                    listener: "http.listen".into(),
-                    protocol: "websocket".into(),
-                    keep_alive_secs: s.heartbeat_secs,
-                    connected_at_millis: s.owner.since_millis,
-                    messages_in: None,
-                    messages_out: None,
-                    bytes_in: None,
-                    bytes_out: None,
-                    replica: self.origin.clone(),
-                }),
-        );
+        all.extend(self.bridge.sessions(account).into_iter().map(|s| {
+            let (messages_in, messages_out, bytes_in, bytes_out) = s.traffic;
+            ConnectionView {
+                account_id: s.owner.account_id.unwrap_or_default(),
+                client_id: s.owner.client_id,
+                kind: "websocket".into(),
+                connection_id: Some(s.connection_id),
+                credential_id: s.owner.credential_id,
+                peer: s.peer.map(|p| p.to_string()),
+                listener: "http.listen".into(),
+                protocol: "websocket".into(),
+                keep_alive_secs: s.heartbeat_secs,
+                connected_at_millis: s.owner.since_millis,
+                messages_in: Some(messages_in),
+                messages_out: Some(messages_out),
+                bytes_in: Some(bytes_in),
+                bytes_out: Some(bytes_out),
+                replica: self.origin.clone(),
+            }
+        }));
         page_of(all, after, limit)
     }
 

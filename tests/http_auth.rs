@@ -805,9 +805,20 @@ async fn the_live_connections_are_listed_with_their_details_and_paged() {
     );
     assert_eq!(list[1]["protocol"], "5");
     assert_eq!(list[1]["keep_alive_secs"], 45);
+    assert!(
+        baby["connection_id"].as_str().unwrap().starts_with("m-"),
+        "the edge's id of the MQTT connection: {baby}"
+    );
     assert_eq!(list[2]["kind"], "websocket");
     assert_eq!(list[2]["connection_id"], hello["connection_id"]);
     assert!(list[2]["connected_at_millis"].as_i64().unwrap() > 0);
+    assert_eq!(list[2]["peer"], "127.0.0.1", "{page}");
+    assert!(
+        list[2]["messages_out"].as_u64().unwrap() >= 1,
+        "hello: {page}"
+    );
+    assert!(list[2]["bytes_out"].as_u64().unwrap() > 20, "{page}");
+    assert_eq!(list[2]["messages_in"], 0, "{page}");
 
     // Paged one at a time, the same three; another account's token sees none of them.
     let mut walked = Vec::new();

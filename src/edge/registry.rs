@@ -58,6 +58,9 @@ impl Signal {
 /// counters are kept by the connection's task.
 #[derive(Debug)]
 pub struct ConnDetails {
+    /// The edge's id of this MQTT connection (`m-…`), the `edge_connection_id` its
+    /// statuses carry.
+    pub connection_id: Box<str>,
     /// The client's address.
     pub peer: std::net::SocketAddr,
     /// The listener's config key (`mqtt.listen`, `mqtt.ws_listen`, `mqtt.tls_listen`, …).
@@ -79,12 +82,13 @@ pub struct ConnDetails {
 impl ConnDetails {
     /// A connection's details with its counters at zero.
     pub fn new(
+        connection_id: Box<str>,
         peer: std::net::SocketAddr,
-        listener: &'static str,
-        protocol: &'static str,
+        (listener, protocol): (&'static str, &'static str),
         keep_alive_secs: u16,
     ) -> Self {
         Self {
+            connection_id,
             peer,
             listener,
             protocol,
@@ -308,9 +312,9 @@ mod tests {
 
     fn details() -> Arc<ConnDetails> {
         Arc::new(ConnDetails::new(
+            "m-1".into(),
             "127.0.0.1:1".parse().unwrap(),
-            "mqtt.listen",
-            "5",
+            ("mqtt.listen", "5"),
             30,
         ))
     }

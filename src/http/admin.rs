@@ -176,7 +176,7 @@ impl From<account_rows::Model> for AccountView {
 pub(crate) struct CredentialView {
     /// Its id (`cr_…`), also the prefix of a bearer token or operator secret.
     pub credential_id: String,
-    /// `device`, `token` or `operator`.
+    /// `device`, `token`, `operator` or `admin`.
     pub kind: &'static str,
     /// The account (none for an operator).
     pub account_id: Option<String>,
@@ -436,7 +436,7 @@ async fn list_credentials(
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 struct IssueBody {
-    /// `device`, `token` or `operator`.
+    /// `device`, `token`, `operator` or `admin`.
     kind: Option<String>,
     account_id: Option<String>,
     client_id: Option<String>,

@@ -125,7 +125,15 @@ async fn upgrade(
         account_id,
         credential_id,
     } = caller;
-    ws.on_upgrade(move |socket| bridge.serve(socket, account_id, client_id, credential_id, resume))
+    ws.on_upgrade(move |socket| {
+        bridge.serve(
+            socket,
+            (account_id, client_id),
+            credential_id,
+            resume,
+            source,
+        )
+    })
 }
 
 /// The subprotocols a browser may offer: none, or a list with `cradle` (the one the server

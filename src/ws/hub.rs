@@ -116,6 +116,44 @@ pub(crate) struct WsSession {
     opened_at_millis: i64,
     replay_max: usize,
     state: Mutex<State>,
+    /// Text frames and their bytes, from and to the client, on this replica.
+    pub(crate) traffic: Traffic,
+    /// The address of the client on its current socket.
+    peer: Mutex<Option<std::net::IpAddr>>,
+}
+
+/// A session's traffic counters (who is connected lists them).
+#[derive(Debug, Default)]
+pub(crate) struct Traffic {
+    pub(crate) messages_in: std::sync::atomic::AtomicU64,
+    pub(crate) messages_out: std::sync::atomic::AtomicU64,
+    pub(crate) bytes_in: std::sync::atomic::AtomicU64,
+    pub(crate) bytes_out: std::sync::atomic::AtomicU64,
+}
+
+impl Traffic {
+    /// Counts one frame of `bytes` from (`inbound`) or to the client.
+    pub(crate) fn count(&self, inbound: bool, bytes: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (messages, total) = if inbound {
+            (&self.messages_in, &self.bytes_in)
+        } else {
+            (&self.messages_out, &self.bytes_out)
+        };
+        messages.fetch_add(1, Relaxed);
+        total.fetch_add(bytes as u64, Relaxed);
+    }
+
+    /// (messages in, messages out, bytes in, bytes out).
+    pub(crate) fn read(&self) -> (u64, u64, u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.messages_in.load(Relaxed),
+            self.messages_out.load(Relaxed),
+            self.bytes_in.load(Relaxed),
+            self.bytes_out.load(Relaxed),
+        )
+    }
 }
 
 impl WsSession {
@@ -129,7 +167,25 @@ impl WsSession {
             opened_at_millis: crate::clock::now_millis(),
             replay_max: replay_max.max(1),
             state: Mutex::new(state),
+            traffic: Traffic::default(),
+            peer: Mutex::new(None),
         })
+    }
+
+    /// Notes the address of the client on the socket now attached.
+    pub(crate) fn set_peer(&self, peer: Option<std::net::IpAddr>) {
+        *self
+            .peer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = peer;
+    }
+
+    /// The address of the client on its current (or last) socket.
+    pub(crate) fn peer(&self) -> Option<std::net::IpAddr> {
+        *self
+            .peer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Who holds the session, as a revocation or a kick matches it.
@@ -224,10 +280,14 @@ impl WsSession {
         while st.replay.len() > self.replay_max {
             st.replay.pop_front();
         }
+        let bytes = text.len();
         match &st.tx {
             None => Delivery::Buffered,
             Some(tx) => match tx.try_send(Outgoing::Text(text)) {
-                Ok(()) => Delivery::Queued,
+                Ok(()) => {
+                    self.traffic.count(false, bytes);
+                    Delivery::Queued
+                }
                 Err(mpsc::error::TrySendError::Full(_)) => Delivery::SlowConsumer,
                 Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Buffered,
             },

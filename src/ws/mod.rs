@@ -622,6 +622,8 @@ impl Bridge {
                 owner: s.owner(),
                 connection_id: s.connection_id.clone(),
                 heartbeat_secs,
+                traffic: s.traffic.read(),
+                peer: s.peer(),
             })
             .collect()
     }
@@ -649,13 +651,14 @@ impl Bridge {
 
     /// Runs an upgraded socket: a new session (with a fresh resume secret), or the resumed
     /// one, until the socket and the session are done.
+    /// `peer` is the client's address (as `http.trusted_proxies` resolves it).
     pub async fn serve(
         self: Arc<Self>,
         socket: WebSocket,
-        account_id: String,
-        client_id: String,
+        (account_id, client_id): (String, String),
         credential_id: Option<String>,
         resume: Option<Resume>,
+        peer: Option<std::net::IpAddr>,
     ) {
         let key = ResumeKey {
             credential_id,
@@ -664,7 +667,7 @@ impl Bridge {
         };
         let run = async move {
             crate::tasks::inject("ws", &client_id);
-            socket::run(socket, self, account_id, client_id, key, resume).await
+            socket::run(socket, self, (account_id, client_id), key, resume, peer).await
         };
         if crate::tasks::contain(Task::WsSocket, run).await.is_none() {
             tracing::warn!("WebSocket socket ended by a panic in its task");
@@ -681,6 +684,11 @@ pub struct SessionInfo {
     pub connection_id: String,
     /// Its heartbeat, in seconds.
     pub heartbeat_secs: u64,
+    /// Text frames from and to the client, and their bytes: (messages in, messages out,
+    /// bytes in, bytes out).
+    pub traffic: (u64, u64, u64, u64),
+    /// The client's address on its current socket.
+    pub peer: Option<std::net::IpAddr>,
 }
 
 /// Detaches the socket; the session ends (`lost`) unless resumed within the window.

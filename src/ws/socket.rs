@@ -49,10 +49,10 @@ type WriterState = watch::Receiver<u8>;
 pub(super) async fn run(
     socket: WebSocket,
     bridge: Arc<Bridge>,
-    account_id: String,
-    client_id: String,
+    (account_id, client_id): (String, String),
     key: ResumeKey,
     resume: Option<Resume>,
+    peer: Option<std::net::IpAddr>,
 ) {
     let settings = bridge.settings.clone();
     let (sink, mut stream) = socket.split();
@@ -82,6 +82,7 @@ pub(super) async fn run(
             return;
         }
     };
+    session.set_peer(peer);
     let mut reader = Reader {
         bridge: &bridge,
         session: &session,
@@ -313,7 +314,10 @@ impl Reader<'_> {
             }
             None | Some(Err(_)) => return Some(SocketEnd::Lost),
             Some(Ok(Message::Close(_))) => return Some(SocketEnd::Clean),
-            Some(Ok(Message::Text(t))) => t,
+            Some(Ok(Message::Text(t))) => {
+                self.session.traffic.count(true, t.len());
+                t
+            }
             Some(Ok(Message::Binary(_))) => {
                 self.last_seen = Instant::now();
                 self.bridge.metrics.invalid_frames.fetch_add(1, Relaxed);

@@ -573,6 +573,7 @@ where
         since_millis: crate::clock::now_millis(),
     };
     let details = details_of(&connect, peer, listener);
+    let edge = details.connection_id.to_string();
     let opened = async {
         let mut claim = shared
             .registry
@@ -594,7 +595,6 @@ where
         return None;
     };
     // The edge vouches for the start: recorded whether or not the device reports it.
-    let edge = super::super::lifecycle::new_edge_id();
     let observed = shared.settings.observe_starts.then(|| {
         super::super::lifecycle::observed_start(
             &conn.principal,
@@ -682,9 +682,9 @@ fn details_of(connect: &Connect, peer: SocketAddr, listener: ListenerInfo) -> Ar
         Proto::V5 => "5",
     };
     Arc::new(ConnDetails::new(
+        super::super::lifecycle::new_edge_id().into(),
         peer,
-        listener.name,
-        protocol,
+        (listener.name, protocol),
         connect.keep_alive(),
     ))
 }
