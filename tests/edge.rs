@@ -168,6 +168,34 @@ impl Client {
     }
 }
 
+/// Reads, from a subscriber of it, the `connected` status the edge published for the
+/// connection of `account`/`client` when it accepted it.
+async fn observed_start_of(d: &mut Client, account: &str, client: &str) {
+    let p = d
+        .publish_received(Duration::from_secs(5))
+        .await
+        .expect("the edge's observed start");
+    assert_eq!(p.topic, status_topic(account, client));
+    let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+    assert_eq!(v["type"], "connected", "{v}");
+    assert_eq!(v["observed"], true, "{v}");
+}
+
+/// The (type, connection id, reason) of each event.
+fn summary(events: &[serde_json::Value]) -> Vec<(String, String, String)> {
+    events
+        .iter()
+        .map(|e| {
+            let s = |k: &str| e["data"][k].as_str().unwrap_or("").to_string();
+            (
+                e["type"].as_str().unwrap().to_string(),
+                s("connection_id"),
+                s("reason"),
+            )
+        })
+        .collect()
+}
+
 async fn device(s: &Setup, account: &str, client: &str, secret: &str) -> Client {
     connect(s.cradle.mqtt_port, client, Some((account, secret)), None)
         .await
@@ -247,6 +275,8 @@ async fn an_account_cannot_read_or_write_another_account() {
         b.suback().await,
         vec![v4::SubscribeReasonCode::Success(QoS::AtLeastOnce)]
     );
+    // b's own connection as the edge recorded it: nothing of account a's follows.
+    observed_start_of(&mut b, "b", "d1").await;
     a2.client
         .subscribe(inbox("a", "d2"), QoS::AtLeastOnce)
         .await
@@ -405,7 +435,8 @@ async fn repeated_violations_disconnect_the_client_as_kicked() {
         )
         .await
         .unwrap();
-    s.cradle.wait_events("a", 1).await;
+    // Observed by the edge, then reported by the device.
+    s.cradle.wait_events("a", 2).await;
     for _ in 0..11 {
         a.client
             .publish(inbox("b", "d1"), QoS::AtMostOnce, false, "x")
@@ -413,11 +444,12 @@ async fn repeated_violations_disconnect_the_client_as_kicked() {
             .unwrap();
     }
     assert!(a.closed_within(Duration::from_secs(5)).await, "kicked");
-    let events = s.cradle.wait_events("a", 2).await;
-    assert_eq!(events.len(), 2);
-    assert_eq!(events[1]["type"], "connection.disconnected");
-    assert_eq!(events[1]["data"]["reason"], "kicked");
-    assert_eq!(events[1]["data"]["connection_id"], "k1");
+    let events = s.cradle.wait_events("a", 3).await;
+    assert_eq!(events.len(), 3);
+    assert_eq!(events[1]["type"], "connection.reported");
+    assert_eq!(events[2]["type"], "connection.disconnected");
+    assert_eq!(events[2]["data"]["reason"], "kicked");
+    assert_eq!(events[2]["data"]["connection_id"], "k1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -433,16 +465,26 @@ async fn an_unreported_socket_loss_ends_the_connection_once_as_lost() {
         )
         .await
         .unwrap();
-    s.cradle.wait_events("a", 1).await;
+    s.cradle.wait_events("a", 2).await;
     // No Will, no goodbye: the socket just goes.
     a.drop_socket();
-    let events = s.cradle.wait_events("a", 2).await;
+    s.cradle.wait_events("a", 3).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let events_after = s.cradle.events("a").await;
-    assert_eq!(events_after.len(), 2, "{events_after:#?}");
-    assert_eq!(events[1]["type"], "connection.disconnected");
-    assert_eq!(events[1]["data"]["reason"], "lost");
-    assert_eq!(events[1]["data"]["connection_id"], "k1");
+    let events = s.cradle.events("a").await;
+    let m = events[0]["data"]["connection_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(m.starts_with("m-"), "no Will: the edge's id");
+    assert_eq!(
+        summary(&events),
+        [
+            ("connection.connected".into(), m.clone(), "".into()),
+            ("connection.reported".into(), m, "".into()),
+            ("connection.disconnected".into(), "k1".into(), "lost".into()),
+        ],
+        "one end: {events:#?}"
+    );
     assert_eq!(
         s.cradle.client("a", "d1").await.unwrap()["connected"],
         false
@@ -471,7 +513,7 @@ async fn a_takeover_ends_the_old_connection_once_as_takeover() {
         )
         .await
         .unwrap();
-    s.cradle.wait_events("a", 1).await;
+    s.cradle.wait_events("a", 2).await;
     let new = device(&s, "a", "d1", &s.a_d1).await;
     assert!(
         old.closed_within(Duration::from_secs(5)).await,
@@ -486,31 +528,33 @@ async fn a_takeover_ends_the_old_connection_once_as_takeover() {
         )
         .await
         .unwrap();
-    let events = s.cradle.wait_events("a", 3).await;
+    s.cradle.wait_events("a", 5).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(events.len(), 3);
     let events = s.cradle.events("a").await;
-    let kinds: Vec<(String, String, String)> = events
-        .iter()
-        .map(|e| {
-            (
-                e["type"].as_str().unwrap().to_string(),
-                e["data"]["connection_id"].as_str().unwrap().to_string(),
-                e["data"]["reason"].as_str().unwrap_or("").to_string(),
-            )
-        })
-        .collect();
+    // The new connection has no Will: recorded under the edge's id, then reported as k2.
+    let m = events[3]["data"]["connection_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert_eq!(
-        kinds,
+        summary(&events),
         vec![
             ("connection.connected".into(), "k1".into(), "".into()),
+            ("connection.reported".into(), "k1".into(), "".into()),
             (
                 "connection.disconnected".into(),
                 "k1".into(),
                 "takeover".into()
             ),
-            ("connection.connected".into(), "k2".into(), "".into()),
-        ]
+            ("connection.connected".into(), m.clone(), "".into()),
+            ("connection.reported".into(), m, "".into()),
+        ],
+        "{events:#?}"
+    );
+    assert_eq!(events[4]["data"]["reported_connection_id"], "k2");
+    assert_eq!(
+        s.cradle.client("a", "d1").await.unwrap()["connection_id"],
+        "k2"
     );
     assert_eq!(
         s.cradle
@@ -537,8 +581,15 @@ async fn keep_alive_zero_is_accepted_and_a_silent_client_times_out() {
         )
         .await;
     assert!(matches!(quiet.read().await, Some(v4::Packet::PubAck(_))));
-    let events = s.cradle.wait_events("a", 2).await;
-    assert_eq!(events[1]["data"]["reason"], "keepalive_timeout");
+    // d2 and d1 observed, d1 reported, d1's end.
+    let events = s.cradle.wait_events("a", 4).await;
+    let ended: Vec<_> = events
+        .iter()
+        .filter(|e| e["type"] == "connection.disconnected")
+        .collect();
+    assert_eq!(ended.len(), 1, "{events:#?}");
+    assert_eq!(ended[0]["data"]["reason"], "keepalive_timeout");
+    assert_eq!(ended[0]["data"]["client_id"], "d1");
     assert!(quiet.read().await.is_none(), "closed by the edge");
     // The keep-alive 0 client is still there and answered.
     idle.send(&[0xC0, 0]).await;
@@ -554,6 +605,7 @@ async fn a_topic_alias_cannot_smuggle_a_topic_past_the_check() {
         .await
         .unwrap();
     b.suback().await;
+    observed_start_of(&mut b, "b", "d1").await;
     let (mut a, code) = RawV5::connect(s.cradle.v5_port, "d1", Some(("a", &s.a_d1)), 30).await;
     assert_eq!(code, v5::ConnectReturnCode::Success);
     let mut a_sub = device(&s, "a", "d2", &s.a_d2).await;
@@ -646,8 +698,9 @@ async fn an_operator_watches_every_account_status_and_nothing_else() {
         )
         .await
         .unwrap();
+    // Each device's connection as the edge observed it, and each device's own report.
     let mut topics = Vec::new();
-    while topics.len() < 2 {
+    while topics.len() < 4 {
         let p = op
             .publish_received(Duration::from_secs(5))
             .await
@@ -657,7 +710,12 @@ async fn an_operator_watches_every_account_status_and_nothing_else() {
     topics.sort();
     assert_eq!(
         topics,
-        vec![status_topic("a", "d1"), status_topic("b", "d1")]
+        vec![
+            status_topic("a", "d1"),
+            status_topic("a", "d1"),
+            status_topic("b", "d1"),
+            status_topic("b", "d1")
+        ]
     );
 
     // cradle-monitor with the operator secret, through the edge.
@@ -765,10 +823,24 @@ async fn mosquitto_clients_authenticate_and_stay_inside_their_account() {
         &status("connected", "m1", 5, None),
     );
     assert!(own.status.success());
-    let events = s.cradle.wait_events("a", 2).await;
-    assert_eq!(events[0]["data"]["connection_id"], "m1");
+    // Each mosquitto_pub is a connection the edge recorded; the second one reported m1.
+    let events = s.cradle.wait_events("a", 5).await;
+    let kinds: Vec<_> = summary(&events).into_iter().map(|(t, _, _)| t).collect();
     assert_eq!(
-        events[1]["data"]["reason"], "clean",
+        kinds,
+        [
+            "connection.connected",
+            "connection.disconnected",
+            "connection.connected",
+            "connection.reported",
+            "connection.disconnected"
+        ],
+        "{events:#?}"
+    );
+    assert_eq!(events[3]["data"]["reported_connection_id"], "m1");
+    assert_eq!(events[4]["data"]["connection_id"], "m1");
+    assert_eq!(
+        events[4]["data"]["reason"], "clean",
         "mosquitto_pub said DISCONNECT"
     );
     let b_own = pub_("b", &s.b_d1, "d1x", &inbox("b", "d1"), "from-b");

@@ -221,3 +221,73 @@ async fn a_device_that_never_reports_is_recorded_from_connack_to_end() {
         events[1]["data"]["edge_connection_id"]
     );
 }
+
+/// A station that dies silently (power cut: no DISCONNECT, no TCP close, nothing more on the
+/// socket) is shown offline once 1.5 × its keep-alive has passed without a packet; one that
+/// asked for no keep-alive is held to `mqtt.max_keep_alive_secs` (MQTT 5 tells it so in the
+/// CONNACK). The bound is topics.md's; the upper limit here leaves room for a loaded machine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_station_that_dies_silently_is_shown_offline_after_one_and_a_half_keep_alives() {
+    use std::time::Instant;
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("silent.db").display());
+    common::cli(&db, &["accounts", "create", "fam"]);
+    let issue = |client: &str| {
+        common::cli(
+            &db,
+            &[
+                "credentials",
+                "issue",
+                "--account",
+                "fam",
+                "--client",
+                client,
+            ],
+        )
+    };
+    let (s1, s2) = (issue("ka2"), issue("none"));
+    let config = dir.path().join("ka.toml");
+    std::fs::write(&config, "[mqtt]\nmax_keep_alive_secs = 2\n").unwrap();
+    let env = [
+        ("CRADLE_CONFIG", config.display().to_string()),
+        (
+            "CRADLE_ADMIN_TOKEN",
+            "an-admin-token-of-some-length".to_string(),
+        ),
+    ];
+    let cradle = Cradle::spawn_ready(dir.path(), &db, &env).await;
+    // 3.1.1 with keep-alive 2 s, and MQTT 5 asking for none (held to 2 s).
+    let (_v4, code) = common::RawV4::connect(cradle.mqtt_port, "ka2", Some(("fam", &s1)), 2).await;
+    assert_eq!(code, 0);
+    let (_v5, _) = common::RawV5::connect(cradle.v5_port, "none", Some(("fam", &s2)), 0).await;
+    let since = Instant::now();
+    for client in ["ka2", "none"] {
+        wait_for(Duration::from_secs(5), "shown connected", || async {
+            cradle
+                .client("fam", client)
+                .await
+                .filter(|c| c["connected"] == true)
+        })
+        .await;
+    }
+    // Both stay silent, their sockets open: the power went.
+    for client in ["ka2", "none"] {
+        let row = wait_for(Duration::from_secs(10), "shown offline", || async {
+            cradle
+                .client("fam", client)
+                .await
+                .filter(|c| c["connected"] == false)
+        })
+        .await;
+        let after = since.elapsed();
+        assert_eq!(row["last_disconnect_reason"], "keepalive_timeout", "{row}");
+        assert!(
+            after >= Duration::from_millis(2_900),
+            "{client} shown offline before 1.5 × 2 s: {after:?}"
+        );
+        assert!(
+            after < Duration::from_secs(8),
+            "{client} shown offline only after {after:?}"
+        );
+    }
+}

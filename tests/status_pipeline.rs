@@ -13,8 +13,10 @@ fn topic(client: &str) -> String {
     format!("accounts/{ACCOUNT}/clients/{client}/status")
 }
 
+/// The edge records the connection when it accepts it (under its status Will's id), the
+/// device's `connected` confirms it, the Will ends it: one connection, three events.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_connected_status_and_the_will_become_exactly_two_events() {
+async fn a_connected_status_and_the_will_become_one_connection_reported_and_ended() {
     let dir = tempfile::tempdir().unwrap();
     let cradle = Cradle::start(dir.path(), None).await;
 
@@ -23,31 +25,48 @@ async fn a_connected_status_and_the_will_become_exactly_two_events() {
     device
         .publish(&topic("dev-1"), status("connected", "k1", 1_000, None))
         .await;
-    let events = cradle.wait_events(ACCOUNT, 1).await;
+    let events = cradle.wait_events(ACCOUNT, 2).await;
     assert_eq!(events[0]["type"], "connection.connected");
     assert_eq!(events[0]["stream"], "connection/acct-1/dev-1");
     assert_eq!(events[0]["data"]["connection_id"], "k1");
+    assert_eq!(events[0]["data"]["observed"], true);
+    assert_eq!(events[1]["type"], "connection.reported");
+    assert_eq!(events[1]["data"]["reported_connection_id"], "k1");
+    assert_eq!(events[1]["data"]["at_millis"], 1000, "the device's clock");
     let row = cradle.client(ACCOUNT, "dev-1").await.expect("client row");
     assert_eq!(row["connected"], true);
     assert_eq!(row["connection_id"], "k1");
-    assert_eq!(row["since_millis"], 1000);
+    assert_eq!(
+        row["since_millis"], events[0]["data"]["at_millis"],
+        "since the edge accepted it"
+    );
 
     device.drop_connection().await;
-    let events = cradle.wait_events(ACCOUNT, 2).await;
-    assert_eq!(events.len(), 2);
-    assert_eq!(events[1]["type"], "connection.disconnected");
-    assert_eq!(events[1]["data"]["reason"], "lost");
-    assert!(events[1]["position"].as_i64() > events[0]["position"].as_i64());
+    let events = cradle.wait_events(ACCOUNT, 3).await;
+    assert_eq!(events.len(), 3);
+    assert_eq!(events[2]["type"], "connection.disconnected");
+    assert_eq!(events[2]["data"]["reason"], "lost");
+    assert_eq!(
+        events[2]["data"]["edge_connection_id"],
+        events[0]["data"]["edge_connection_id"]
+    );
+    assert!(events[2]["position"].as_i64() > events[1]["position"].as_i64());
     let row = cradle.client(ACCOUNT, "dev-1").await.unwrap();
     assert_eq!(row["connected"], false);
     assert_eq!(row["last_disconnect_reason"], "lost");
 
     // Settle: nothing else arrives.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(cradle.events(ACCOUNT).await.len(), 2);
+    assert_eq!(cradle.events(ACCOUNT).await.len(), 3);
     assert_eq!(
         cradle
             .metric("cradle_events_appended_total{type=\"connection.connected\"}")
+            .await,
+        1
+    );
+    assert_eq!(
+        cradle
+            .metric("cradle_events_appended_total{type=\"connection.reported\"}")
             .await,
         1
     );

@@ -345,7 +345,7 @@ impl Default for MqttConfig {
             max_violations: 10,
             max_keep_alive_secs: 0,
             puback_after_commit: true,
-            observe_starts: false,
+            observe_starts: true,
             max_connect_bytes: 65_536,
             max_pending: 1024,
             write_timeout_ms: 30_000,
