@@ -202,6 +202,13 @@ pub struct DataRequest {
     /// Maximum count of payload buffer per replica
     max_count: usize,
     pub(crate) forward_retained: bool,
+    /// CRADLE PATCH 28: the retained messages this subscription is sent, taken when it was
+    /// made (with its cursor), sent before what the log holds after the cursor.
+    #[serde(skip)]
+    pub(crate) retained: std::collections::VecDeque<(
+        crate::protocol::Publish,
+        Option<crate::protocol::PublishProperties>,
+    )>,
     pub(crate) group: Option<String>,
     /// CRADLE PATCH 19: MQTT 5 Retain As Published.
     pub(crate) preserve_retain: bool,

@@ -1243,6 +1243,16 @@ impl Router {
                 cursor = old.cursor;
             }
         }
+        // CRADLE PATCH 28: the retained messages are taken now, at the cursor's instant: one
+        // published after it is in the log after the cursor and goes once, live. rumqttd read
+        // the retained store when the request was first served, so a retained PUBLISH that
+        // arrived in between went twice (retained and live), and dropped those beyond the
+        // free in-flight slots.
+        let retained = if forward_retained {
+            self.datalog.read_retained_messages(filter_path).into()
+        } else {
+            std::collections::VecDeque::new()
+        };
         let request = DataRequest {
             filter: filter_path.clone(),
             filter_idx,
@@ -1251,6 +1261,7 @@ impl Router {
             read_count: 0,
             max_count: 100,
             forward_retained,
+            retained,
             group,
             preserve_retain: filter.preserve_retain,
             nolocal: filter.nolocal,
@@ -1765,17 +1776,13 @@ fn forward_device_data(
     let mut publishes = Vec::new();
 
     if request.forward_retained {
-        // NOTE: ideally we want to limit the number of read messages
-        // and skip the messages previously read while reading next time.
-        // but for now, we just try to read all messages and drop the excess ones
-        let mut retained_publishes = datalog.read_retained_messages(&request.filter);
-        retained_publishes.truncate(inflight_slots as usize);
-
-        publishes.extend(retained_publishes.into_iter().map(|p| (p, None)));
-        inflight_slots -= publishes.len() as u64;
-
+        // CRADLE PATCH 28: the retained messages taken when the subscription was made, as
+        // many as the in-flight slots take; the rest on the next read.
+        let n = request.retained.len().min(inflight_slots as usize);
+        publishes.extend(request.retained.drain(..n).map(|p| (p, None)));
+        inflight_slots -= n as u64;
         // we only want to forward retained messages once
-        request.forward_retained = false;
+        request.forward_retained = !request.retained.is_empty();
     }
 
     let (next, publishes_from_datalog) =
@@ -1801,6 +1808,9 @@ fn forward_device_data(
         Position::Next { start, end } => (start, end, false),
         Position::Done { start, end } => (start, end, true),
     };
+    // CRADLE PATCH 28: retained messages still to send keep the request scheduled (parked
+    // as caught up, it would wait for the next live message).
+    let caughtup = caughtup && request.retained.is_empty();
 
     if let Some(ref shared_group) = shared_group {
         let skip_current_client = Some(&outgoing.client_id) != shared_group.current_client();
