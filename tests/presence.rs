@@ -5,7 +5,9 @@
 //! - the README's worked example (`mosquitto_pub -l`, which reconnects by itself but never
 //!   publishes its `connected` line again) is shown connected again after Cradle restarts, in
 //!   the read model, the events and the retained status a late subscriber gets;
-//! - a device that never reports is recorded from its CONNACK to its end.
+//! - a device that never reports is recorded from its CONNACK to its end;
+//! - a station on paho's automatic reconnect, which reports `connected` only once, is shown
+//!   connected again after Cradle restarts.
 
 use cradle_testkit as common;
 
@@ -290,4 +292,215 @@ async fn a_station_that_dies_silently_is_shown_offline_after_one_and_a_half_keep
             "{client} shown offline only after {after:?}"
         );
     }
+}
+
+/// Whether Python with paho-mqtt 2.x is installed; with `CRADLE_REQUIRE_PAHO=1` (as
+/// `scripts/test` sets, after installing it) a missing install is a failure, not a skip.
+fn paho_available() -> bool {
+    let found = Command::new("python3")
+        .args([
+            "-c",
+            "import paho.mqtt, sys; sys.exit(0 if int(paho.mqtt.__version__.split('.')[0]) >= 2 else 1)",
+        ])
+        .status()
+        .is_ok_and(|s| s.success());
+    common::available(
+        found,
+        "CRADLE_REQUIRE_PAHO",
+        "python3 with paho-mqtt 2.x missing: run the tests through scripts/test",
+        "paho-mqtt 2.x not installed: skipping",
+    )
+}
+
+/// A baby station on Eclipse Paho (Python, paho-mqtt 2.x) as much firmware is written: a
+/// status Will, paho's automatic reconnect (1 to 2 s apart), and its `connected` status
+/// published once, at its first connection, never again after a reconnect. Prints
+/// `connected`, `acknowledged` (the broker's PUBACK of its status) and `disconnected`.
+const PAHO_STATION: &str = r#"
+import json, sys
+import paho.mqtt.client as mqtt
+port, client, topic, k, now = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client, protocol=mqtt.MQTTv311)
+c.will_set(topic, json.dumps({"type": "disconnected", "connection_id": k, "reason": "lost", "at_millis": now}), qos=1, retain=True)
+c.reconnect_delay_set(min_delay=1, max_delay=2)
+first = [True]
+def on_connect(c, userdata, flags, rc, props):
+    print("connected", rc.value, flush=True)
+    if first[0]:
+        first[0] = False
+        c.publish(topic, json.dumps({"type": "connected", "connection_id": k, "at_millis": now}), qos=1, retain=True)
+c.on_connect = on_connect
+c.on_publish = lambda c, userdata, mid, rc, props: print("acknowledged", flush=True)
+c.on_disconnect = lambda c, userdata, flags, rc, props: print("disconnected", rc.value, flush=True)
+c.connect("127.0.0.1", port, keepalive=30)
+c.loop_forever(retry_first_connection=True)
+"#;
+
+/// A child process killed (and reaped) when dropped, also when the test fails.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts [`PAHO_STATION`] (written to `dir`) as client `baby-2` of `acct-1` on `port`,
+/// connection id `k`; its stdout lines arrive on the returned channel.
+fn paho_station(
+    dir: &std::path::Path,
+    port: u16,
+    k: &str,
+    now: i64,
+) -> (Killed, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let script = dir.join("paho_station.py");
+    std::fs::write(&script, PAHO_STATION).unwrap();
+    let mut child = Command::new("python3")
+        .arg(&script)
+        .args([&port.to_string(), "baby-2", T2, k, &now.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 with paho-mqtt 2.x (scripts/test installs it)");
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    (Killed(child), rx)
+}
+
+/// The next line of the paho station, waiting up to `within`.
+fn next_paho_line(rx: &std::sync::mpsc::Receiver<String>, within: Duration) -> String {
+    rx.recv_timeout(within)
+        .unwrap_or_else(|e| panic!("no line from the paho station: {e}"))
+}
+
+const T2: &str = "accounts/acct-1/clients/baby-2/status";
+
+/// A station on paho's automatic reconnect, which publishes its `connected` status only at
+/// its first connection, is shown connected again within seconds of a restart of Cradle (on
+/// the same MQTT port): paho reconnects by itself and says nothing more, and the edge
+/// vouches for the new connection (an observed `connection.connected`, no second
+/// `connection.reported`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paho_automatic_reconnect_is_shown_connected_after_a_restart() {
+    if !paho_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("paho.db").display());
+    let port = free_port();
+    let env = [
+        ("CRADLE_MQTT_LISTEN", format!("127.0.0.1:{port}")),
+        ("CRADLE_CONFIG", observing(dir.path())),
+    ];
+    let mut cradle = Cradle::spawn_ready(dir.path(), &db, &env).await;
+    let now = now_millis();
+    let k = format!("baby-2-{now}");
+    let (mut station, lines) = paho_station(dir.path(), port, &k, now);
+    assert_eq!(
+        next_paho_line(&lines, Duration::from_secs(15)),
+        "connected 0"
+    );
+    // Its `connected` status is acknowledged (so paho will not send it again) and committed.
+    assert_eq!(
+        next_paho_line(&lines, Duration::from_secs(10)),
+        "acknowledged"
+    );
+    let first = wait_for(Duration::from_secs(10), "the report recorded", || async {
+        let events = cradle.events("acct-1").await;
+        events
+            .iter()
+            .any(|e| e["type"] == "connection.reported")
+            .then_some(cradle.client("acct-1", "baby-2").await)
+            .flatten()
+    })
+    .await;
+    assert_eq!(first["connected"], true, "{first}");
+    assert_eq!(first["connection_id"], k.as_str(), "the device's own id");
+
+    assert!(cradle.terminate().success());
+    let restarted_at = now_millis();
+    let cradle = Cradle::spawn_ready(dir.path(), &db, &env).await;
+    let again = wait_for(
+        Duration::from_secs(20),
+        "baby-2 connected again",
+        || async {
+            cradle.client("acct-1", "baby-2").await.filter(|c| {
+                c["connected"] == true && c["since_millis"].as_i64() > Some(restarted_at)
+            })
+        },
+    )
+    .await;
+    // paho saw its connection end and made a new one by itself.
+    let mut said = Vec::new();
+    while let Ok(line) = lines.recv_timeout(Duration::from_millis(500)) {
+        said.push(line);
+    }
+    assert!(
+        said.first().is_some_and(|l| l.starts_with("disconnected"))
+            && said.last().map(String::as_str) == Some("connected 0")
+            && !said.iter().any(|l| l == "acknowledged"),
+        "paho's reconnect, without a second status: {said:?}"
+    );
+    assert_ne!(
+        again["connection_id"],
+        k.as_str(),
+        "a new connection: {again}"
+    );
+    // Nothing more arrives: no second report.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let events = cradle.events("acct-1").await;
+    // The first connection's start is observed or reported first, whichever the status
+    // pipeline got first (the edge's observation and the device's report travel on two
+    // broker connections); the second's is the edge's alone.
+    let summary: Vec<(String, String)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap_or_default().to_string(),
+                e["data"]["reason"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("connection.connected", ""),
+        ("connection.reported", ""),
+        ("connection.disconnected", "server_shutdown"),
+        ("connection.connected", ""),
+    ];
+    assert_eq!(
+        summary,
+        expected
+            .iter()
+            .map(|(t, r)| (t.to_string(), r.to_string()))
+            .collect::<Vec<_>>(),
+        "after the restart, an observed start and no second report: {events:#?}"
+    );
+    let last = events.last().unwrap();
+    assert_eq!(last["data"]["observed"], true, "{last}");
+    assert!(
+        last["recorded_at_millis"].as_i64() > Some(restarted_at),
+        "{last}"
+    );
+    assert_eq!(
+        last["data"]["connection_id"], again["connection_id"],
+        "{last}"
+    );
+
+    // Its end is recorded too: the Will, stamped with the edge's connection id.
+    let _ = station.0.kill();
+    let _ = station.0.wait();
+    let ended = wait_for(Duration::from_secs(10), "baby-2 disconnected", || async {
+        cradle
+            .client("acct-1", "baby-2")
+            .await
+            .filter(|c| c["connected"] == false)
+    })
+    .await;
+    assert_eq!(ended["last_disconnect_reason"], "lost", "{ended}");
 }

@@ -4,6 +4,8 @@
 //! - two replicas in one share group split a stream of status messages from many clients,
 //!   and the log holds exactly one event per message, the same on both replicas;
 //! - the same messages delivered to two replicas (two share groups) append nothing twice;
+//! - the edge's observed start and the device's report, processed by different replicas in
+//!   either order, are one connection (one `connected`, one `reported`, one end);
 //! - a WebSocket client on replica A gets signalling from a device on replica B's edge whose
 //!   statuses B processes, and a resume at the wrong replica is 410;
 //! - the broker restarted mid-stream loses no acknowledged message;
@@ -1383,4 +1385,361 @@ fn urlencode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// A device written raw on an edge (MQTT 3.1.1 or 5, with a login and maybe a Will), so the
+/// test says exactly when it sends DISCONNECT and when it only drops its socket.
+struct RawDevice {
+    stream: tokio::net::TcpStream,
+    buf: bytes::BytesMut,
+    v5: bool,
+}
+
+/// What a [`RawDevice`] read, in either protocol.
+#[derive(Debug)]
+enum Read {
+    /// A CONNACK, accepting the connection or not.
+    ConnAck { accepted: bool },
+    /// A PUBACK, with success or not.
+    PubAck { success: bool },
+    /// Any other packet.
+    Other(String),
+}
+
+impl RawDevice {
+    /// Connects `client_id` of `account` (its `secret`) to `port` with MQTT 5 if `v5` (else
+    /// 3.1.1), keep-alive 30 s and a retained QoS 1 `will` on its status topic if given;
+    /// panics unless the CONNACK accepts it.
+    async fn connect(
+        port: u16,
+        v5: bool,
+        (account, client_id, secret): (&str, &str, &str),
+        will: Option<String>,
+    ) -> RawDevice {
+        use rumqttc::mqttbytes::v4;
+        use rumqttc::v5::mqttbytes::{v5 as p5, QoS as Q5};
+        let topic = format!("accounts/{account}/clients/{client_id}/status");
+        let mut out = bytes::BytesMut::new();
+        if v5 {
+            let connect = p5::Connect {
+                keep_alive: 30,
+                client_id: client_id.into(),
+                clean_start: true,
+                properties: None,
+            };
+            let will = will.map(|w| p5::LastWill::new(&topic, w, Q5::AtLeastOnce, true, None));
+            let login = Some(p5::Login::new(account, secret));
+            p5::Packet::Connect(connect, will, login)
+                .write(&mut out, None)
+                .unwrap();
+        } else {
+            let mut connect = v4::Connect::new(client_id);
+            connect.keep_alive = 30;
+            connect.last_will = will.map(|w| v4::LastWill::new(&topic, w, QoS::AtLeastOnce, true));
+            connect.set_login(account, secret);
+            v4::Packet::Connect(connect)
+                .write(&mut out, 1 << 20)
+                .unwrap();
+        }
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let mut d = RawDevice {
+            stream,
+            buf: bytes::BytesMut::new(),
+            v5,
+        };
+        d.write(&out).await;
+        match d.read().await {
+            Some(Read::ConnAck { accepted: true }) => {}
+            Some(Read::Other(packet)) => panic!("{client_id}: CONNACK expected, got {packet}"),
+            other => panic!("{client_id} not accepted: {other:?}"),
+        }
+        d
+    }
+
+    async fn write(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// The next packet, or `None` once the edge closed the connection (or 10 s passed).
+    async fn read(&mut self) -> Option<Read> {
+        use rumqttc::mqttbytes::v4;
+        use rumqttc::v5::mqttbytes::v5 as p5;
+        use tokio::io::AsyncReadExt;
+        loop {
+            if self.v5 {
+                if let Ok(p) = p5::Packet::read(&mut self.buf, None) {
+                    return Some(match p {
+                        p5::Packet::ConnAck(a) => Read::ConnAck {
+                            accepted: a.code == p5::ConnectReturnCode::Success,
+                        },
+                        p5::Packet::PubAck(a) => Read::PubAck {
+                            success: a.reason == p5::PubAckReason::Success,
+                        },
+                        other => Read::Other(format!("{other:?}")),
+                    });
+                }
+            } else if let Ok(p) = v4::Packet::read(&mut self.buf, 1 << 20) {
+                return Some(match p {
+                    v4::Packet::ConnAck(a) => Read::ConnAck {
+                        accepted: a.code == v4::ConnectReturnCode::Success,
+                    },
+                    v4::Packet::PubAck(_) => Read::PubAck { success: true },
+                    other => Read::Other(format!("{other:?}")),
+                });
+            }
+            match tokio::time::timeout(Duration::from_secs(10), self.stream.read_buf(&mut self.buf))
+                .await
+            {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return None,
+            }
+        }
+    }
+
+    /// Publishes `payload` retained, QoS 1, on `topic` and waits for its PUBACK.
+    async fn publish(&mut self, topic: &str, payload: String) {
+        use rumqttc::mqttbytes::v4;
+        use rumqttc::v5::mqttbytes::{v5 as p5, QoS as Q5};
+        let mut out = bytes::BytesMut::new();
+        if self.v5 {
+            let mut p = p5::Publish::new(topic, Q5::AtLeastOnce, payload, None);
+            p.pkid = 1;
+            p.retain = true;
+            p5::Packet::Publish(p).write(&mut out, None).unwrap();
+        } else {
+            let mut p = v4::Publish::new(topic, QoS::AtLeastOnce, payload);
+            p.pkid = 1;
+            p.retain = true;
+            v4::Packet::Publish(p).write(&mut out, 1 << 20).unwrap();
+        }
+        self.write(&out).await;
+        match self.read().await {
+            Some(Read::PubAck { success: true }) => {}
+            Some(Read::Other(packet)) => panic!("PUBACK expected, got {packet}"),
+            other => panic!("expected a successful PUBACK, got {other:?}"),
+        }
+    }
+
+    /// Says goodbye: DISCONNECT (MQTT 5 reason 0x00, the Will discarded), then waits for the
+    /// edge to close the connection.
+    async fn disconnect(mut self) {
+        self.write(&[0xE0, 0x00]).await;
+        while self.read().await.is_some() {}
+    }
+}
+
+/// The events of `account` on `replica` by client, once there are `n` (or after 20 s, for
+/// the caller to say what is missing).
+async fn events_by_client(
+    replica: &Cradle,
+    account: &str,
+    n: usize,
+) -> BTreeMap<String, Vec<serde_json::Value>> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut events = replica.events(account).await;
+    while events.len() < n && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        events = replica.events(account).await;
+    }
+    let mut by_client: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
+    for e in events {
+        let client = e["data"]["client_id"].as_str().expect("client_id");
+        by_client.entry(client.to_string()).or_default().push(e);
+    }
+    by_client
+}
+
+/// An edge connection id: `m-` and 16 hex digits.
+fn is_edge_id(v: &serde_json::Value) -> bool {
+    v.as_str()
+        .and_then(|s| s.strip_prefix("m-"))
+        .is_some_and(|h| h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// The edge's observed start and the device's own `connected` report of one MQTT connection
+/// meet on its edge connection id even when two replicas in one share group process them
+/// (the status stream is split between them, so either may be committed first): every
+/// device, half behind each replica's edge, MQTT 3.1.1 and 5, gets exactly one
+/// `connection.connected`, one `connection.reported` (the id it reported) and one
+/// `connection.disconnected` (`clean` after DISCONNECT, `lost` for a dropped socket, its
+/// Will), all three naming the same edge connection. A device that never reports (no Will,
+/// no status) gets one observed `connection.connected` under the edge's id and one end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_observed_start_and_the_devices_report_on_two_replicas_are_one_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((db, broker)) = infrastructure(dir.path()).await else {
+        return;
+    };
+    const REPORTING: usize = 20;
+    const SILENT: usize = 4;
+    common::cli(&db, &["accounts", "create", "fam"]);
+    let names: Vec<String> = (0..REPORTING)
+        .map(|i| format!("dev-{i}"))
+        .chain((0..SILENT).map(|i| format!("quiet-{i}")))
+        .collect();
+    let secrets: HashMap<&str, String> = names
+        .iter()
+        .map(|c| {
+            let args = ["credentials", "issue", "--account", "fam", "--client", c];
+            (c.as_str(), common::cli(&db, &args))
+        })
+        .collect();
+    let env = [(
+        "CRADLE_ADMIN_TOKEN",
+        "an-admin-token-of-some-length".to_string(),
+    )];
+    let a = replica_with(dir.path(), "a", &db, &broker, "g", &env).await;
+    let b = replica_with(dir.path(), "b", &db, &broker, "g", &env).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    // Client `i` is behind A's edge if even, ends cleanly if `i / 2` is even, and speaks
+    // MQTT 5 if `i / 4` is even: every combination.
+    let edge_of = |i: usize| if i % 2 == 0 { &a } else { &b };
+    let clean = |i: usize| (i / 2) % 2 == 0;
+    let v5 = |i: usize| (i / 4) % 2 == 0;
+
+    // Each reporting device connects with a status Will and reports `connected` at once,
+    // as firmware does. The edge's observed start goes out through its own publisher, so the
+    // two reach the share group in either order and may be dealt to different replicas.
+    let mut reporting = Vec::new();
+    for (i, client) in names.iter().take(REPORTING).enumerate() {
+        let k = format!("k-{client}");
+        let will = status("disconnected", &k, now, Some("lost"));
+        let login = ("fam", client.as_str(), secrets[client.as_str()].as_str());
+        let mut d = RawDevice::connect(edge_of(i).mqtt_port, v5(i), login, Some(will)).await;
+        d.publish(
+            &format!("accounts/fam/clients/{client}/status"),
+            status("connected", &k, now, None),
+        )
+        .await;
+        reporting.push(d);
+    }
+    let mut silent = Vec::new();
+    for (j, client) in names.iter().skip(REPORTING).enumerate() {
+        let login = ("fam", client.as_str(), secrets[client.as_str()].as_str());
+        silent.push(RawDevice::connect(edge_of(j).mqtt_port, v5(j), login, None).await);
+    }
+    // Every start and report committed (an end is not raced against its report: a report
+    // processed after its connection's end is stale by design).
+    let started = events_by_client(&a, "fam", REPORTING * 2 + SILENT).await;
+    for (n, client) in names.iter().enumerate() {
+        let types: Vec<&str> = started
+            .get(client.as_str())
+            .map(|story| story.iter().map(|e| e["type"].as_str().unwrap()).collect())
+            .unwrap_or_default();
+        let expected: &[&str] = if n < REPORTING {
+            &["connection.connected", "connection.reported"]
+        } else {
+            &["connection.connected"]
+        };
+        assert_eq!(types, expected, "{client}: {:#?}", started.get(client));
+    }
+    let connected = clients_of(&b, "fam").await;
+    assert_eq!(connected.len(), REPORTING + SILENT, "{connected:#?}");
+    for (client, row) in &connected {
+        assert_eq!(row["connected"], true, "{row}");
+        if client.starts_with("dev-") {
+            assert_eq!(row["connection_id"], format!("k-{client}"), "{row}");
+        }
+    }
+
+    for (i, d) in reporting.into_iter().enumerate() {
+        if clean(i) {
+            d.disconnect().await;
+        } else {
+            drop(d);
+        }
+    }
+    for (j, d) in silent.into_iter().enumerate() {
+        if clean(j) {
+            d.disconnect().await;
+        } else {
+            drop(d);
+        }
+    }
+
+    let by_client = events_by_client(&a, "fam", REPORTING * 3 + SILENT * 2).await;
+    assert_eq!(by_client.len(), REPORTING + SILENT, "{by_client:#?}");
+    let mut edge_ids = HashSet::new();
+    let mut observed_first = 0;
+    for (n, client) in names.iter().enumerate() {
+        let i = n % REPORTING;
+        let story = &by_client[client.as_str()];
+        let types: Vec<&str> = story.iter().map(|e| e["type"].as_str().unwrap()).collect();
+        let edge = &story[0]["data"]["edge_connection_id"];
+        assert!(is_edge_id(edge), "{client}: {story:#?}");
+        assert!(
+            story
+                .iter()
+                .all(|e| &e["data"]["edge_connection_id"] == edge),
+            "{client}: one edge connection: {story:#?}"
+        );
+        assert!(edge_ids.insert(edge.clone()), "{client}: {edge} reused");
+        let connected = &story[0]["data"];
+        let end = &story[story.len() - 1]["data"];
+        if n < REPORTING {
+            assert_eq!(
+                types,
+                [
+                    "connection.connected",
+                    "connection.reported",
+                    "connection.disconnected"
+                ],
+                "{client}: {story:#?}"
+            );
+            let k = format!("k-{client}");
+            // Named by the Will's id, whichever message came first.
+            assert_eq!(
+                connected["connection_id"],
+                k.as_str(),
+                "{client}: {story:#?}"
+            );
+            assert_eq!(
+                story[1]["data"]["reported_connection_id"],
+                k.as_str(),
+                "{client}: {story:#?}"
+            );
+            assert_eq!(end["connection_id"], k.as_str(), "{client}: {story:#?}");
+            if connected["observed"] == true {
+                observed_first += 1;
+            }
+        } else {
+            assert_eq!(
+                types,
+                ["connection.connected", "connection.disconnected"],
+                "{client}: {story:#?}"
+            );
+            assert_eq!(connected["observed"], true, "{client}: {story:#?}");
+            assert_eq!(&connected["connection_id"], edge, "{client}: {story:#?}");
+            assert_eq!(&end["connection_id"], edge, "{client}: {story:#?}");
+        }
+        let reason = if clean(i) { "clean" } else { "lost" };
+        assert_eq!(end["reason"], reason, "{client}: {story:#?}");
+    }
+    eprintln!("observed start committed first for {observed_first} of {REPORTING} devices");
+    // Nothing more arrives, and either replica answers with the same log.
+    let events = exactly_events(&a, "fam", REPORTING * 3 + SILENT * 2).await;
+    assert_eq!(b.events("fam").await, events, "the same log on both");
+
+    // The read models agree, and the status stream was split between the replicas.
+    let (on_a, on_b) = (clients_of(&a, "fam").await, clients_of(&b, "fam").await);
+    assert_eq!(on_a, on_b);
+    for (n, client) in names.iter().enumerate() {
+        let row = &on_a[client.as_str()];
+        let reason = if clean(n % REPORTING) {
+            "clean"
+        } else {
+            "lost"
+        };
+        assert_eq!(row["connected"], false, "{row}");
+        assert_eq!(row["last_disconnect_reason"], reason, "{row}");
+    }
+    let series = "cradle_mqtt_messages_received_total{family=\"status\"}";
+    let (ra, rb) = (a.metric(series).await, b.metric(series).await);
+    assert!(ra > 0 && rb > 0, "both replicas took a share: {ra} + {rb}");
 }

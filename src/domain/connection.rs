@@ -314,6 +314,20 @@ pub fn decide_seen(
     state: &ClientConnection,
     seen: Seen,
 ) -> Result<Vec<ConnectionEvent>, Ignored> {
+    // The state is at least as new as the keys it was read after: what it says of its own
+    // edge connection is seen too.
+    let seen = match (command.edge(), state) {
+        (Some(e), ClientConnection::Connected { edge: Some(s), .. }) if e == s => Seen {
+            connected: true,
+            ..seen
+        },
+        (Some(e), ClientConnection::Disconnected { edge: Some(s), .. }) if e == s => Seen {
+            connected: true,
+            ended: true,
+            ..seen
+        },
+        _ => seen,
+    };
     match command {
         ConnectionCommand::Connect {
             connection_id,
@@ -464,6 +478,28 @@ fn decide_edge_disconnect(
         }]),
         // Recorded, and no longer current: its end was the takeover.
         _ if seen.connected => Err(Ignored::Stale),
+        // The end of a connection not recorded yet (its start went to another replica, which
+        // has not committed it) while an older one is current: this one took over from it.
+        // Both stamps are the edges' clocks.
+        ClientConnection::Connected {
+            connection_id: cur,
+            since_millis,
+            edge: cur_edge,
+        } if at_millis >= *since_millis => {
+            let mut events = vec![ConnectionEvent::Disconnected {
+                connection_id: cur.clone(),
+                reason: DisconnectReason::Takeover,
+                at_millis,
+                edge_connection_id: cur_edge.clone(),
+            }];
+            let id = if cur == connection_id {
+                edge
+            } else {
+                connection_id
+            };
+            events.extend(ended_unseen(id, reason, at_millis, Some(edge)));
+            Ok(events)
+        }
         _ => decide_disconnect(
             unused_id(connection_id, edge, state),
             reason,
@@ -1288,6 +1324,47 @@ mod tests {
             assert_eq!(log.when(observed("k1", "e1", 10)), Err(Ignored::Duplicate));
             assert_eq!(log.when(report("k1", "e1", 11)), Err(Ignored::Stale));
             assert_eq!(log.types(), [CONNECTED, DISCONNECTED]);
+        }
+
+        #[test]
+        fn given_the_end_of_a_newer_connection_whose_start_is_not_recorded_yet_then_it_took_over_and_ended(
+        ) {
+            // Another replica holds e2's observed start, not committed yet.
+            let mut log = Log(vec![]);
+            log.when(observed("k1", "e1", 10)).unwrap();
+            log.when(end("k2", "e2", Lost, 30)).unwrap();
+            assert_eq!(
+                log.types(),
+                [CONNECTED, DISCONNECTED, CONNECTED, DISCONNECTED],
+                "e1 taken over, e2 connected and ended"
+            );
+            assert!(matches!(log.state(), ClientConnection::Disconnected { .. }));
+            assert_eq!(log.when(observed("k2", "e2", 20)), Err(Ignored::Duplicate));
+            assert_eq!(log.when(report("k2", "e2", 21)), Err(Ignored::Stale));
+            // An end stamped before the current connection's start is an older one's.
+            let mut log = Log(vec![]);
+            log.when(observed("k1", "e1", 10)).unwrap();
+            assert_eq!(log.when(end("k0", "e0", Lost, 5)), Err(Ignored::Stale));
+        }
+
+        #[test]
+        fn given_a_state_newer_than_the_keys_read_before_it_then_what_it_says_of_its_connection_counts_as_seen(
+        ) {
+            // The keys were read before another replica committed e1's start; the row after.
+            let state = Log(vec![]).state();
+            let mut newer = Log(vec![]);
+            newer.when(observed("k1", "e1", 10)).unwrap();
+            let unseen = Seen::default();
+            assert_eq!(
+                decide_seen(&observed("k1", "e1", 10), &newer.state(), unseen),
+                Err(Ignored::Duplicate)
+            );
+            // The report then confirms it (its key makes a second one a conflict, not a loss).
+            assert!(matches!(
+                decide_seen(&report("k1", "e1", 11), &newer.state(), unseen).as_deref(),
+                Ok([ConnectionEvent::Reported { .. }])
+            ));
+            assert!(decide_seen(&observed("k1", "e1", 10), &state, unseen).is_ok());
         }
 
         #[test]

@@ -336,17 +336,44 @@ pub async fn apply_batch(
 }
 
 /// [`apply_batch`] reading rows from `cache` first and updating it after the commit.
+///
+/// A cached row may be older than the log (another replica wrote since): a decision to
+/// record something is checked by the stream version's unique constraint, but a decision to
+/// ignore a message writes nothing, so nothing would notice. A batch in which a cached row
+/// led to ignoring a message is therefore decided again on rows read afresh.
 pub(crate) async fn apply_batch_cached(
     store: &Store,
     batch: &[Report],
     now: i64,
     cache: &mut ClientCache,
 ) -> Result<Vec<Outcome>, StoreError> {
+    loop {
+        match attempt_batch(store, batch, now, cache).await? {
+            Attempt::Done(outcomes) => return Ok(outcomes),
+            Attempt::Unsure(keys) => cache.forget(keys.iter()),
+        }
+    }
+}
+
+/// What one attempt at a batch came to.
+enum Attempt {
+    /// Committed.
+    Done(Vec<Outcome>),
+    /// Not committed: these clients' cached rows led to ignoring a message.
+    Unsure(Vec<ClientKey>),
+}
+
+/// One attempt at a batch. The idempotency keys are read before the rows, so a row read
+/// from the database is at least as new as what the keys say.
+async fn attempt_batch(
+    store: &Store,
+    batch: &[Report],
+    now: i64,
+    cache: &mut ClientCache,
+) -> Result<Attempt, StoreError> {
     let t0 = Instant::now();
     let txn = store.begin().await?;
     let t_begin = t0.elapsed();
-    let (rows, loaded) = load_rows(&txn, batch, cache).await?;
-    let t_load = t0.elapsed();
     let command_keys: Vec<Vec<String>> = batch
         .iter()
         .map(|(key, command)| command_keys(key, command))
@@ -354,6 +381,8 @@ pub(crate) async fn apply_batch_cached(
     let all_keys: Vec<String> = command_keys.iter().flatten().cloned().collect();
     let recorded: HashSet<String> = txn.existing_keys(&all_keys).await?;
     let t_keys = t0.elapsed();
+    let (rows, loaded) = load_rows(&txn, batch, cache).await?;
+    let t_load = t0.elapsed();
 
     let mut d = Decisions {
         rows,
@@ -362,8 +391,16 @@ pub(crate) async fn apply_batch_cached(
         dirty: HashSet::new(),
         outcomes: Vec::with_capacity(batch.len()),
     };
+    let mut unsure = Vec::new();
     for ((key, command), command_key) in batch.iter().zip(&command_keys) {
         d.decide_report(key, command, command_key, now);
+        let ignored = matches!(d.outcomes.last(), Some(Outcome::Ignored(Ignored::Stale)));
+        if ignored && cache.rows.contains_key(key) {
+            unsure.push(key.clone());
+        }
+    }
+    if !unsure.is_empty() {
+        return Ok(Attempt::Unsure(unsure));
     }
     let t_decide = t0.elapsed();
     let mut t_append = t_decide;
@@ -384,15 +421,15 @@ pub(crate) async fn apply_batch_cached(
         reports = batch.len(),
         begin_us = t_begin.as_micros() as u64,
         loaded,
-        load_us = t_load.as_micros() as u64,
         keys_us = t_keys.as_micros() as u64,
+        load_us = t_load.as_micros() as u64,
         decide_us = t_decide.as_micros() as u64,
         append_us = t_append.as_micros() as u64,
         upsert_us = t_upsert.as_micros() as u64,
         commit_us = t0.elapsed().as_micros() as u64,
         "status batch timings (cumulative)"
     );
-    Ok(d.outcomes)
+    Ok(Attempt::Done(d.outcomes))
 }
 
 /// The rows of the batch's clients: from `cache` when it has them, else loaded in `txn`;
