@@ -127,7 +127,7 @@ pub struct Control {
     /// This replica's name in the decisions it publishes (its bus client id).
     origin: String,
     /// The other replicas, and this one's questions to them.
-    replicas: Replicas,
+    replicas: Replicas<ConnectionView>,
 }
 
 impl Control {
@@ -198,7 +198,7 @@ impl Control {
     /// Handles a message on the replicas' topics: notes a presence, answers a query, or
     /// hands an answer to the query waiting for it.
     async fn on_replicas_message(&self, publish: &Publish) {
-        match Message::parse(&publish.topic, &publish.payload) {
+        match Message::<ConnectionView>::parse(&publish.topic, &publish.payload) {
             Message::Presence { replica, present } => {
                 self.replicas.note_presence(&replica, present);
             }

@@ -28,8 +28,8 @@ async fn a_connected_status_and_the_will_become_one_connection_reported_and_ende
     let events = cradle.wait_events(ACCOUNT, 2).await;
     assert_eq!(events[0]["type"], "connection.connected");
     assert_eq!(events[0]["stream"], "connection/acct-1/dev-1");
+    // Under the Will's id, whether the edge's observation or the report came first.
     assert_eq!(events[0]["data"]["connection_id"], "k1");
-    assert_eq!(events[0]["data"]["observed"], true);
     assert_eq!(events[1]["type"], "connection.reported");
     assert_eq!(events[1]["data"]["reported_connection_id"], "k1");
     assert_eq!(events[1]["data"]["at_millis"], 1000, "the device's clock");
@@ -38,7 +38,7 @@ async fn a_connected_status_and_the_will_become_one_connection_reported_and_ende
     assert_eq!(row["connection_id"], "k1");
     assert_eq!(
         row["since_millis"], events[0]["data"]["at_millis"],
-        "since the edge accepted it"
+        "since its first record"
     );
 
     device.drop_connection().await;

@@ -477,8 +477,8 @@ fn storm_result(s: &Measured, last_reconnect: &AtomicU64, pwas: &PwaStats) -> Be
 mod tests {
     use super::*;
 
-    /// Given the three expected events per device, when one is missing and one repeated,
-    /// then each is counted once.
+    /// Given the expected events per device (two connections, one end, and two reports from
+    /// a device that reports), when one is missing and one repeated, then each is counted once.
     #[test]
     fn lost_and_duplicated_events_are_counted_per_device() {
         let d = |c: &str| Device {
@@ -488,23 +488,40 @@ mod tests {
         };
         let e = |t: &str, k: &str| (format!("connection.{t}"), k.to_string());
         let mut by_client = HashMap::new();
+        // Device 0 reports: complete.
         by_client.insert(
             ("a".to_string(), "x".to_string()),
             vec![
                 e("connected", "k1"),
+                e("reported", "k1"),
                 e("disconnected", "k1"),
-                e("connected", "k2"),
+                e("connected", "m-2"),
+                e("reported", "m-2"),
             ],
         );
+        // Device 1 reports: its end is missing, its first start recorded twice.
         by_client.insert(
             ("a".to_string(), "y".to_string()),
             vec![
                 e("connected", "k1"),
                 e("connected", "k1"),
+                e("reported", "k1"),
                 e("connected", "k2"),
+                e("reported", "k2"),
             ],
         );
-        assert_eq!(lost_and_duplicated(&[d("x"), d("y")], &by_client), (1, 1));
+        // Device 4 never reports: complete without reports.
+        by_client.insert(
+            ("a".to_string(), "w".to_string()),
+            vec![
+                e("connected", "m-1"),
+                e("disconnected", "m-1"),
+                e("connected", "m-2"),
+            ],
+        );
+        let devices = [d("x"), d("y"), d("2"), d("3"), d("w")];
+        // Devices 2 and 3 report but recorded nothing: 5 events each missing.
+        assert_eq!(lost_and_duplicated(&devices, &by_client), (1 + 10, 1));
         assert!(crate::bench::jitter(3, 2, 400) < 400);
     }
 }

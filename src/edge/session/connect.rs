@@ -594,23 +594,7 @@ where
         shared.registry.release(&upstream_id, claim.seq);
         return None;
     };
-    // The edge vouches for the start: recorded whether or not the device reports it.
-    let observed = shared.settings.observe_starts.then(|| {
-        super::super::lifecycle::observed_start(
-            &conn.principal,
-            &client_id,
-            conn.will.as_ref(),
-            &edge,
-            crate::clock::now_millis(),
-        )
-    });
-    if let Some(Some((start, reported))) = observed {
-        conn.reported = Some(reported);
-        conn.edge = Some(edge.into());
-        Box::pin(shared.publisher.publish(start))
-            .instrument(span.clone())
-            .await;
-    }
+    vouch(&mut conn, edge).instrument(span.clone()).await;
     // A connection with the same client id within an earlier one's Will Delay Interval:
     // that Will is not published (MQTT 5 §3.1.3.2.2).
     if shared.wills.cancel(&upstream_id) {
@@ -629,6 +613,28 @@ where
         _permit: permit,
         span,
     }))
+}
+
+/// The edge vouches for the start of `conn`, the MQTT connection `edge`: its observed
+/// `connected` is published (`mqtt.observe_starts`), so the connection is recorded whether or
+/// not the device reports it, and the edge follows it as the connection's last report.
+async fn vouch(conn: &mut Conn, edge: String) {
+    if !conn.shared.settings.observe_starts {
+        return;
+    }
+    let Some((start, reported)) = super::super::lifecycle::observed_start(
+        &conn.principal,
+        &conn.client_id,
+        conn.will.as_ref(),
+        &edge,
+        crate::clock::now_millis(),
+    ) else {
+        return;
+    };
+    conn.reported = Some(reported);
+    conn.edge = Some(edge.into());
+    let shared = conn.shared.clone();
+    Box::pin(shared.publisher.publish(start)).await;
 }
 
 /// The keep-alive a connection is held to, in seconds (0: none), and whether the CONNACK
