@@ -83,9 +83,10 @@
 //! - [`edge`]: the MQTT edge devices reach (TCP, WebSocket, TLS): authenticates, hands each
 //!   device's packets to the broker from its own task (`edge::uplink`), checks every packet
 //!   ([`edge::acl`]), counts retained messages per account ([`edge::retained`]), stamps `from`
-//!   on inbox messages ([`edge::inbox`]), reports every connection's end (`edge::lifecycle`)
-//!   and holds MQTT 5 Wills for their delay (`edge::wills`); its publisher of ends and Wills
-//!   speaks MQTT 5 ([`edge::publisher`]).
+//!   on inbox messages ([`edge::inbox`]), vouches for every connection's start and reports
+//!   its end, naming each MQTT connection (`edge_connection_id`) on its statuses
+//!   (`edge::lifecycle`), and holds MQTT 5 Wills for their delay (`edge::wills`); its
+//!   publisher of starts, ends and Wills speaks MQTT 5 ([`edge::publisher`]).
 //! - [`auth`]: who may connect: device, operator and anonymous (open mode) CONNECTs.
 //! - [`accounts`]: accounts and credentials (salted BLAKE2b digests, `accounts::hashing`;
 //!   argon2id for secrets issued before); `accounts::gate` bounds every verification.
