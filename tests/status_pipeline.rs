@@ -361,3 +361,68 @@ async fn the_mqtt_5_and_websocket_listeners_accept_clients() {
         .unwrap();
     assert_eq!(response.status().as_u16(), 101);
 }
+
+/// The events route filters by client and by type, and refuses a parameter it does not know
+/// (a `wait=` or a misspelled filter is an error, not silently a full page).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_events_route_filters_by_client_and_type_and_refuses_unknown_parameters() {
+    let dir = tempfile::tempdir().unwrap();
+    let cradle = Cradle::start(dir.path(), None).await;
+    for (client, k) in [("dev-1", "k1"), ("dev-2", "k2")] {
+        let will = status("disconnected", k, 1_000, Some("lost"));
+        let device = Device::connect(cradle.mqtt_port, client, Some((&topic(client), will))).await;
+        device
+            .publish(&topic(client), status("connected", k, 1_000, None))
+            .await;
+        cradle
+            .wait_events(ACCOUNT, if client == "dev-1" { 2 } else { 4 })
+            .await;
+        device.drop_connection().await;
+    }
+    cradle.wait_events(ACCOUNT, 6).await;
+    let page = |query: &str| {
+        let url = format!("{}/v1/accounts/{ACCOUNT}/events{query}", cradle.http);
+        async move {
+            let r = reqwest::get(url).await.unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<serde_json::Value>().await.unwrap(),
+            )
+        }
+    };
+    let (status_code, body) = page("?client_id=dev-1").await;
+    assert_eq!(status_code, 200, "{body}");
+    let events = body["events"].as_array().unwrap();
+    assert_eq!(events.len(), 3, "{body}");
+    assert!(events.iter().all(|e| e["data"]["client_id"] == "dev-1"));
+    let (_, body) = page("?type=connection.disconnected").await;
+    let events = body["events"].as_array().unwrap();
+    assert_eq!(events.len(), 2, "{body}");
+    assert!(events
+        .iter()
+        .all(|e| e["type"] == "connection.disconnected"));
+    let (_, body) =
+        page("?type=connection.connected,connection.disconnected&client_id=dev-2").await;
+    assert_eq!(body["events"].as_array().unwrap().len(), 2, "{body}");
+    // Paging follows the filtered log.
+    let (_, first) = page("?client_id=dev-2&limit=1").await;
+    let after = first["next_after"].as_i64().unwrap();
+    let (_, rest) = page(&format!("?client_id=dev-2&after={after}")).await;
+    assert_eq!(rest["events"].as_array().unwrap().len(), 2, "{rest}");
+
+    for bad in [
+        "?wait=5",
+        "?clientid=dev-1",
+        "?type=Connection",
+        "?client_id=a/b",
+    ] {
+        let (status_code, body) = page(bad).await;
+        assert_eq!(status_code, 400, "{bad}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_parameter", "{bad}: {body}");
+    }
+    let (_, body) = page("?wait=5").await;
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("wait"),
+        "names the parameter: {body}"
+    );
+}

@@ -9,7 +9,7 @@
 //! A secret appears in the response that issued it, and never again.
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -333,7 +333,7 @@ async fn delete_account(
     Administrator(by): Administrator,
     State(state): State<AppState>,
     Path(account_id): Path<String>,
-    Query(q): Query<DeleteQuery>,
+    super::params::Params(q): super::params::Params<DeleteQuery>,
 ) -> Result<Json<AccountDeleted>, ApiError> {
     id_param("account_id", &account_id)?;
     let erase = q.erase.unwrap_or(false);
@@ -425,7 +425,7 @@ struct CredentialList {
 async fn list_credentials(
     _: Administrator,
     State(state): State<AppState>,
-    Query(q): Query<ListQuery>,
+    super::params::Params(q): super::params::Params<ListQuery>,
 ) -> Result<Json<CredentialList>, ApiError> {
     let rows = accounts::list_credentials(&state.store, q.account()?).await?;
     Ok(Json(CredentialList {
@@ -688,7 +688,7 @@ pub(super) async fn connection_page(
 async fn all_connections(
     _: Administrator,
     State(state): State<AppState>,
-    Query(q): Query<PageQuery>,
+    super::params::Params(q): super::params::Params<PageQuery>,
 ) -> Result<Json<ConnectionPage>, ApiError> {
     Ok(Json(connection_page(&state, None, q).await?))
 }
@@ -712,7 +712,7 @@ struct BanList {
 async fn list_bans(
     _: Administrator,
     State(state): State<AppState>,
-    Query(q): Query<ListQuery>,
+    super::params::Params(q): super::params::Params<ListQuery>,
 ) -> Result<Json<BanList>, ApiError> {
     let rows = state
         .store

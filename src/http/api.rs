@@ -1,13 +1,15 @@
 //! Read-model routes under `/v1/accounts/{account_id}/…`.
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use super::auth::AccountPath;
 use super::error::ErrorBody;
+use super::params::Params;
 use super::{ApiError, AppState};
+use crate::store::EventFilter;
 
 pub(super) fn router() -> Router<AppState> {
     Router::new()
@@ -40,11 +42,43 @@ pub(crate) struct ClientView {
 async fn connections(
     State(state): State<AppState>,
     AccountPath(account_id): AccountPath,
-    Query(q): Query<super::admin::PageQuery>,
+    Params(q): Params<super::admin::PageQuery>,
 ) -> Result<Json<super::admin::ConnectionPage>, ApiError> {
     Ok(Json(
         super::admin::connection_page(&state, Some(account_id), q).await?,
     ))
+}
+
+/// The filter `client_id` and `type` ask for, or 400.
+fn event_filter(account_id: &str, q: &EventsQuery) -> Result<EventFilter, ApiError> {
+    let stream = match q.client_id.as_deref() {
+        None => None,
+        Some(c) => {
+            super::params::id_param("client_id", c)?;
+            Some(crate::sync::status::stream_id(&crate::topics::ClientKey {
+                account_id: account_id.to_string(),
+                client_id: c.to_string(),
+            }))
+        }
+    };
+    let types: Vec<String> = q
+        .event_type
+        .as_deref()
+        .map(|t| t.split(',').map(str::trim).map(str::to_string).collect())
+        .unwrap_or_default();
+    if let Some(bad) = types.iter().find(|t| {
+        t.is_empty()
+            || t.len() > 64
+            || !t
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b == b'.' || b == b'_')
+    }) {
+        return Err(ApiError::InvalidParameter {
+            field: "type",
+            message: format!("event types, comma-separated (like connection.connected): {bad:?}"),
+        });
+    }
+    Ok(EventFilter { stream, types })
 }
 
 /// `GET …/clients`.
@@ -92,16 +126,22 @@ async fn clients(
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct EventsQuery {
     after: Option<String>,
     limit: Option<String>,
+    /// Only this client's connection events (its stream `connection/{account}/{client}`).
+    client_id: Option<String>,
+    /// Only events of these types, comma-separated (`connection.connected,session.started`).
+    #[serde(rename = "type")]
+    event_type: Option<String>,
 }
 
-#[utoipa::path(get, path = "/v1/accounts/{account_id}/events", tag = "account", summary = "The account's events in log order, after a position.", params(("account_id" = String, Path), ("after" = Option<i64>, Query), ("limit" = Option<u64>, Query)), responses((status = 200, body = EventPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/accounts/{account_id}/events", tag = "account", summary = "The account's events in log order, after a position.", params(("account_id" = String, Path), ("after" = Option<i64>, Query), ("limit" = Option<u64>, Query), ("client_id" = Option<String>, Query, description = "Only this client's connection events."), ("type" = Option<String>, Query, description = "Only events of these types, comma-separated.")), responses((status = 200, body = EventPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)), security(("bearer" = [])))]
 async fn events(
     State(state): State<AppState>,
     AccountPath(account_id): AccountPath,
-    Query(q): Query<EventsQuery>,
+    Params(q): Params<EventsQuery>,
 ) -> Result<Json<EventPage>, ApiError> {
     let after = match q.after.as_deref() {
         None => 0,
@@ -115,7 +155,11 @@ async fn events(
             })?,
     };
     let limit = super::params::limit(q.limit.as_deref(), state.max_page_size)?;
-    let events = state.store.events(&account_id, after, limit).await?;
+    let filter = event_filter(&account_id, &q)?;
+    let events = state
+        .store
+        .events_where(&account_id, after, limit, &filter)
+        .await?;
     let next_after = events.last().map_or(after, |e| e.position);
     Ok(Json(EventPage {
         account_id,

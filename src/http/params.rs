@@ -1,7 +1,36 @@
 //! Path and query parameters every route checks the same way.
 
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+
 use super::ApiError;
 use crate::topics::is_valid_id;
+
+/// A route's query parameters, as `axum::extract::Query` reads them, but a parameter the
+/// route does not know (its type denies unknown fields) or cannot read is refused with a
+/// JSON `400 invalid_parameter`, not ignored.
+pub(crate) struct Params<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Params<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(t)) => Ok(Params(t)),
+            Err(rejection) => Err(ApiError::InvalidParameter {
+                field: "query",
+                message: rejection
+                    .body_text()
+                    .trim_start_matches("Failed to deserialize query string: ")
+                    .to_string(),
+            }),
+        }
+    }
+}
 
 /// A path id that can stand in a topic, or 400 naming `field`.
 pub(super) fn id_param(field: &'static str, value: &str) -> Result<(), ApiError> {

@@ -7,7 +7,7 @@
 //! the one place that header is read.
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, put};
 use axum::{Json, Router};
@@ -261,7 +261,7 @@ fn millis_param(value: Option<&str>, field: &'static str, default: i64) -> Resul
 async fn usage_route(
     State(state): State<AppState>,
     AccountPath(account_id): AccountPath,
-    Query(q): Query<UsageQuery>,
+    super::params::Params(q): super::params::Params<UsageQuery>,
 ) -> Result<Json<UsageView>, ApiError> {
     let from = millis_param(q.from.as_deref(), "from", 0)?;
     let to = millis_param(q.to.as_deref(), "to", now_millis())?;

@@ -358,9 +358,28 @@ impl Store {
         after: i64,
         limit: u64,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        let rows = events::Entity::find()
+        self.events_where(account_id, after, limit, &EventFilter::default())
+            .await
+    }
+
+    /// [`Store::events`] narrowed by `filter`.
+    pub async fn events_where(
+        &self,
+        account_id: &str,
+        after: i64,
+        limit: u64,
+        filter: &EventFilter,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let mut query = events::Entity::find()
             .filter(events::Column::AccountId.eq(account_id))
-            .filter(events::Column::Position.gt(after))
+            .filter(events::Column::Position.gt(after));
+        if let Some(stream) = &filter.stream {
+            query = query.filter(events::Column::Stream.eq(stream.as_str()));
+        }
+        if !filter.types.is_empty() {
+            query = query.filter(events::Column::EventType.is_in(filter.types.iter().cloned()));
+        }
+        let rows = query
             .order_by_asc(events::Column::Position)
             .limit(limit)
             .all(&self.db)
@@ -376,6 +395,15 @@ impl Store {
             .await?;
         rows.into_iter().map(stored_event).collect()
     }
+}
+
+/// Which of an account's events to read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventFilter {
+    /// Only this stream's (for example a client's connection stream).
+    pub stream: Option<String>,
+    /// Only events of these types (none: every type).
+    pub types: Vec<String>,
 }
 
 fn stored_event(row: events::Model) -> Result<StoredEvent, StoreError> {
