@@ -390,6 +390,11 @@ fn decide_edge_connect(
 ) -> Result<Vec<ConnectionEvent>, Ignored> {
     let current =
         matches!(state, ClientConnection::Connected { .. }) && edge_of(state) == Some(c.edge);
+    if unbound_current(state, connection_id) {
+        // The current connection has this id and no edge id (recorded from a status published
+        // by another client, as open mode allows): the same connection, already recorded.
+        return Err(Ignored::Duplicate);
+    }
     match (c.observed, c.seen) {
         // The observed start of a connection already recorded (the report came first).
         (
@@ -443,6 +448,11 @@ fn decide_edge_connect(
     }
 }
 
+/// Whether the current connection is `id`, recorded without an edge id.
+fn unbound_current(state: &ClientConnection, id: &str) -> bool {
+    matches!(state, ClientConnection::Connected { connection_id, edge: None, .. } if connection_id == id)
+}
+
 /// `id`, unless the client's current or last connection already has it (a Will or a
 /// report replayed over reconnects): then the edge's id, which is new for every connection.
 fn unused_id<'a>(id: &'a str, edge: &'a str, state: &ClientConnection) -> &'a str {
@@ -466,6 +476,10 @@ fn decide_edge_disconnect(
 ) -> Result<Vec<ConnectionEvent>, Ignored> {
     match state {
         _ if seen.ended => Err(Ignored::Duplicate),
+        // The current connection by its id, recorded without an edge id.
+        _ if unbound_current(state, connection_id) => {
+            decide_disconnect(connection_id, reason, at_millis, None, state)
+        }
         ClientConnection::Connected {
             connection_id: cur,
             since_millis,
@@ -1365,6 +1379,19 @@ mod tests {
                 Ok([ConnectionEvent::Reported { .. }])
             ));
             assert!(decide_seen(&observed("k1", "e1", 10), &state, unseen).is_ok());
+        }
+
+        #[test]
+        fn given_a_connection_recorded_without_an_edge_id_when_the_edge_observes_it_then_it_is_the_same_connection(
+        ) {
+            // Open mode: another client published the device's `connected k1` first.
+            let mut log = Log(vec![connected("k1", 10)]);
+            assert_eq!(log.when(observed("k1", "e1", 11)), Err(Ignored::Duplicate));
+            let ended = log.when(end("k1", "e1", Lost, 20)).unwrap();
+            assert!(
+                matches!(&ended[..], [ConnectionEvent::Disconnected { connection_id, .. }] if connection_id == "k1")
+            );
+            assert_eq!(log.types(), [CONNECTED, DISCONNECTED]);
         }
 
         #[test]
