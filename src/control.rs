@@ -210,12 +210,12 @@ impl Control {
                     query.after.as_deref(),
                     query.limit,
                 );
+                let topic = reply_topic(&query.from);
                 for part in Reply::parts(&query, &self.origin, rows) {
                     let payload = serde_json::to_vec(&part).unwrap_or_default();
-                    let topic = reply_topic(&query.from);
                     if let Err(error) = self
                         .out
-                        .publish(topic, QoS::AtMostOnce, false, payload)
+                        .publish(topic.as_str(), QoS::AtMostOnce, false, payload)
                         .await
                     {
                         tracing::warn!(%error, "answer to a replica not published");

@@ -228,6 +228,9 @@ pub(crate) struct StatusPayload {
     /// Set by Cradle's edge: the MQTT connection the status is about.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub edge_connection_id: Option<String>,
+    /// Set by Cradle's edge on its own `connected`: it observed the start.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub observed: bool,
 }
 
 #[cfg(test)]

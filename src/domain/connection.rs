@@ -371,16 +371,6 @@ struct EdgeConnect<'a> {
     seen: Seen,
 }
 
-/// The state's current or last edge connection.
-fn edge_of(state: &ClientConnection) -> Option<&str> {
-    match state {
-        ClientConnection::Unknown => None,
-        ClientConnection::Connected { edge, .. } | ClientConnection::Disconnected { edge, .. } => {
-            edge.as_deref()
-        }
-    }
-}
-
 /// Decides a connect about the edge connection `c.edge` (see [`decide_seen`]).
 fn decide_edge_connect(
     connection_id: &str,
@@ -388,60 +378,41 @@ fn decide_edge_connect(
     c: EdgeConnect<'_>,
     state: &ClientConnection,
 ) -> Result<Vec<ConnectionEvent>, Ignored> {
-    let current =
-        matches!(state, ClientConnection::Connected { .. }) && edge_of(state) == Some(c.edge);
+    // The id the connection is known by, if it is the current one.
+    let current = match state {
+        ClientConnection::Connected {
+            connection_id: cur,
+            edge: Some(e),
+            ..
+        } if e == c.edge => Some(cur),
+        _ => None,
+    };
     if unbound_current(state, connection_id) {
         // The current connection has this id and no edge id (recorded from a status published
         // by another client, as open mode allows): the same connection, already recorded.
         return Err(Ignored::Duplicate);
     }
-    match (c.observed, c.seen) {
+    // The device's report, for the connection known as `known_as`.
+    let reported = |known_as: &str| ConnectionEvent::Reported {
+        connection_id: known_as.to_string(),
+        reported_connection_id: connection_id.to_string(),
+        at_millis,
+        edge_connection_id: c.edge.to_string(),
+    };
+    match (c.observed, c.seen.connected, current) {
         // The observed start of a connection already recorded (the report came first).
-        (
-            true,
-            Seen {
-                connected: true, ..
-            },
-        ) => Err(Ignored::Duplicate),
-        (false, Seen { reported: true, .. }) => Err(Ignored::Duplicate),
+        (true, true, _) => Err(Ignored::Duplicate),
+        (false, _, _) if c.seen.reported => Err(Ignored::Duplicate),
         // The device confirms the connection the edge recorded.
-        (
-            false,
-            Seen {
-                connected: true, ..
-            },
-        ) if current => {
-            let ClientConnection::Connected {
-                connection_id: cur, ..
-            } = state
-            else {
-                return Err(Ignored::Stale);
-            };
-            Ok(vec![ConnectionEvent::Reported {
-                connection_id: cur.clone(),
-                reported_connection_id: connection_id.to_string(),
-                at_millis,
-                edge_connection_id: c.edge.to_string(),
-            }])
-        }
+        (false, true, Some(cur)) => Ok(vec![reported(cur)]),
         // A report of a connection that is over (ended, or taken over).
-        (
-            false,
-            Seen {
-                connected: true, ..
-            },
-        ) => Err(Ignored::Stale),
+        (false, true, None) => Err(Ignored::Stale),
         // The connection is new to the log: recorded now, whichever message came first.
-        _ => {
+        (_, false, _) => {
             let id = unused_id(connection_id, c.edge, state);
             let mut events = decide_connect(id, at_millis, Some((c.edge, c.observed)), state)?;
             if !c.observed {
-                events.push(ConnectionEvent::Reported {
-                    connection_id: id.to_string(),
-                    reported_connection_id: connection_id.to_string(),
-                    at_millis,
-                    edge_connection_id: c.edge.to_string(),
-                });
+                events.push(reported(id));
             }
             Ok(events)
         }
@@ -506,11 +477,7 @@ fn decide_edge_disconnect(
                 at_millis,
                 edge_connection_id: cur_edge.clone(),
             }];
-            let id = if cur == connection_id {
-                edge
-            } else {
-                connection_id
-            };
+            let id = unused_id(connection_id, edge, state);
             events.extend(ended_unseen(id, reason, at_millis, Some(edge)));
             Ok(events)
         }

@@ -74,16 +74,20 @@ pub(crate) fn observed_start(
     let connection_id = will
         .and_then(|w| will_connection_id(w, &topic))
         .unwrap_or_else(|| edge.to_string());
-    let payload = serde_json::json!({
-        "type": "connected",
-        "connection_id": connection_id,
-        "at_millis": now_millis,
-        "edge_connection_id": edge,
-        "observed": true,
-    });
+    let status = StatusPayload {
+        kind: StatusKind::Connected,
+        connection_id: connection_id.clone(),
+        at_millis: now_millis,
+        reason: None,
+        edge_connection_id: Some(edge.to_string()),
+        observed: true,
+    };
+    // Invariant: a StatusPayload is strings, an i64, a bool and a unit enum (derived
+    // Serialize, no maps), which serde_json always serialises.
+    let payload = serde_json::to_vec(&status).expect("status serialises");
     let publication = Publication {
         topic: topic.clone(),
-        payload: Bytes::from(payload.to_string()),
+        payload: Bytes::from(payload),
         qos: 1,
         retain: true,
         properties: None,
@@ -225,6 +229,7 @@ pub(crate) fn end_publications(
                 at_millis: now_millis,
                 reason: Some(reason.as_str().to_string()),
                 edge_connection_id: edge.map(str::to_string),
+                observed: false,
             };
             // Invariant: a StatusPayload is strings, an i64 and a unit enum (derived
             // Serialize, no maps), which serde_json always serialises.

@@ -99,6 +99,7 @@ fn last_status(c: &clients::Model) -> StatusPayload {
             at_millis: at,
             reason: c.last_disconnect_reason.clone(),
             edge_connection_id: c.edge_connection_id.clone(),
+            observed: false,
         },
         _ => StatusPayload {
             kind: StatusKind::Connected,
@@ -106,6 +107,7 @@ fn last_status(c: &clients::Model) -> StatusPayload {
             at_millis: c.connected_at_millis,
             reason: None,
             edge_connection_id: c.edge_connection_id.clone(),
+            observed: false,
         },
     }
 }

@@ -477,17 +477,23 @@ impl Decisions {
         command_keys: &[String],
         now: i64,
     ) {
-        let seen = match command_keys {
-            [connected, reported, ended] => Seen {
-                connected: self.recorded.contains(connected),
-                reported: self.recorded.contains(reported),
-                ended: self.recorded.contains(ended),
-            },
-            [own] if self.recorded.contains(own) => {
-                self.outcomes.push(Outcome::Ignored(Ignored::Duplicate));
-                return;
+        let has = |i: usize| {
+            command_keys
+                .get(i)
+                .is_some_and(|k| self.recorded.contains(k))
+        };
+        let seen = if command.edge().is_some() {
+            // `command_keys`' order: connected, reported, ended.
+            Seen {
+                connected: has(0),
+                reported: has(1),
+                ended: has(2),
             }
-            _ => Seen::default(),
+        } else if has(0) {
+            self.outcomes.push(Outcome::Ignored(Ignored::Duplicate));
+            return;
+        } else {
+            Seen::default()
         };
         let row = self.rows.get(key);
         let state = row.map(state_of).unwrap_or_default();

@@ -306,6 +306,7 @@ impl Bridge {
             at_millis: now_millis(),
             reason: reason.map(|r| r.as_str().to_string()),
             edge_connection_id: None,
+            observed: false,
         };
         // Invariant: a StatusPayload is strings, an i64 and a unit enum (derived Serialize),
         // which serde_json always serialises.
