@@ -9,24 +9,6 @@ use std::process::Command;
 
 use common::Cradle;
 
-/// Whether Python with paho-mqtt 2.x is installed; with `CRADLE_REQUIRE_PAHO=1` (as
-/// `scripts/test` sets, after installing it) a missing install is a failure, not a skip.
-fn paho_available() -> bool {
-    let found = Command::new("python3")
-        .args([
-            "-c",
-            "import paho.mqtt, sys; sys.exit(0 if int(paho.mqtt.__version__.split('.')[0]) >= 2 else 1)",
-        ])
-        .status()
-        .is_ok_and(|s| s.success());
-    common::available(
-        found,
-        "CRADLE_REQUIRE_PAHO",
-        "python3 with paho-mqtt 2.x missing: run the tests through scripts/test",
-        "paho-mqtt 2.x not installed: skipping",
-    )
-}
-
 /// Runs paho checks against `port` and asserts each printed `ok`.
 fn paho(port: u16, checks: &[&str]) {
     paho_over(port, &[], checks);
@@ -72,7 +54,7 @@ async fn cradle() -> (tempfile::TempDir, Cradle) {
 
 /// Runs paho `checks` against a fresh Cradle in open mode, on the listener `port` picks.
 async fn holds(port: fn(&Cradle) -> u16, checks: &[&str]) {
-    if !paho_available() {
+    if !common::paho_available() {
         return;
     }
     let (_dir, cradle) = cradle().await;
@@ -155,7 +137,7 @@ async fn mqtt5_refusals_carry_reason_strings_unless_the_client_asked_for_none() 
 /// maximum (Server Keep Alive) and held to it; MQTT 3.1.1 over it is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_keep_alive_holds_clients_to_the_configured_maximum() {
-    if !paho_available() {
+    if !common::paho_available() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -278,7 +260,7 @@ async fn mqtt5_retain_as_published_and_retain_handling_hold() {
 /// TLS, with paho's own transports.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_listener_keeps_sessions_properties_and_retained_qos() {
-    if !paho_available() {
+    if !common::paho_available() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -304,7 +286,7 @@ async fn every_listener_keeps_sessions_properties_and_retained_qos() {
 /// Maximum Packet Size.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn through_the_edge_an_external_broker_keeps_its_mqtt_semantics() {
-    if !paho_available() || !common::mosquitto_available() {
+    if !common::paho_available() || !common::mosquitto_available() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -445,7 +427,7 @@ async fn with_accounts_sessions_persist_and_shared_groups_stay_inside_their_acco
     assert_eq!(String::from_utf8_lossy(&b_got.stdout).trim(), "b-own");
 
     // MQTT 5 with paho: session, redelivery and properties inside the account; refusals.
-    if paho_available() {
+    if common::paho_available() {
         let devices = ("CONF_DEVICES", format!("d1:{a1},d2:{a2}"));
         let account = ("CONF_ACCOUNT", "a".to_string());
         let checks = ["accounts_v5_session_properties_and_refusals"];

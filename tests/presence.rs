@@ -56,6 +56,42 @@ fn readme_baby_station(port: u16, k: &str, now: i64) -> std::process::Child {
     child
 }
 
+/// Waits until `acct-1`'s log holds a `connection.reported`.
+async fn report_recorded(cradle: &Cradle) {
+    wait_for(Duration::from_secs(10), "the report recorded", || async {
+        let events = cradle.events("acct-1").await;
+        events
+            .iter()
+            .any(|e| e["type"] == "connection.reported")
+            .then_some(())
+    })
+    .await;
+}
+
+/// Stops `cradle` (SIGTERM) and starts it again in `dir` on `db` with `env` (the same MQTT
+/// port), then waits until `client` of `acct-1` is shown connected since the restart; the
+/// new Cradle, when it was restarted (Unix milliseconds) and the client's row.
+async fn restart_until_connected(
+    mut cradle: Cradle,
+    (dir, db, env): (&std::path::Path, &str, &[(&str, String)]),
+    client: &str,
+) -> (Cradle, i64, serde_json::Value) {
+    assert!(cradle.terminate().success());
+    let restarted_at = now_millis();
+    let cradle = Cradle::spawn_ready(dir, db, env).await;
+    let again = wait_for(
+        Duration::from_secs(20),
+        &format!("{client} connected again"),
+        || async {
+            cradle.client("acct-1", client).await.filter(|c| {
+                c["connected"] == true && c["since_millis"].as_i64() > Some(restarted_at)
+            })
+        },
+    )
+    .await;
+    (cradle, restarted_at, again)
+}
+
 /// The retained status a late subscriber gets, as `mosquitto_sub` prints it.
 fn retained_status(port: u16) -> serde_json::Value {
     let out = Command::new("mosquitto_sub")
@@ -78,7 +114,7 @@ async fn the_readmes_baby_station_is_shown_connected_again_after_a_restart() {
         ("CRADLE_MQTT_LISTEN", format!("127.0.0.1:{port}")),
         ("CRADLE_CONFIG", observing(dir.path())),
     ];
-    let mut cradle = Cradle::spawn_ready(dir.path(), &db, &env).await;
+    let cradle = Cradle::spawn_ready(dir.path(), &db, &env).await;
     let now = now_millis();
     let k = format!("baby-1-{now}");
     let mut station = readme_baby_station(port, &k, now);
@@ -92,29 +128,11 @@ async fn the_readmes_baby_station_is_shown_connected_again_after_a_restart() {
     .await;
     assert_eq!(first["connection_id"], k.as_str(), "the device's own id");
     // Its `connected` line is committed (and acknowledged), so it is not sent again.
-    wait_for(Duration::from_secs(10), "the report recorded", || async {
-        let events = cradle.events("acct-1").await;
-        events
-            .iter()
-            .any(|e| e["type"] == "connection.reported")
-            .then_some(())
-    })
-    .await;
+    report_recorded(&cradle).await;
 
-    assert!(cradle.terminate().success());
-    let restarted_at = now_millis();
-    let cradle = Cradle::spawn_ready(dir.path(), &db, &env).await;
     // mosquitto_pub reconnects by itself and says nothing more: the edge vouches for it.
-    let again = wait_for(
-        Duration::from_secs(20),
-        "baby-1 connected again",
-        || async {
-            cradle.client("acct-1", "baby-1").await.filter(|c| {
-                c["connected"] == true && c["since_millis"].as_i64() > Some(restarted_at)
-            })
-        },
-    )
-    .await;
+    let (cradle, _, again) =
+        restart_until_connected(cradle, (dir.path(), &db, &env), "baby-1").await;
     assert_ne!(
         again["connection_id"],
         k.as_str(),
@@ -325,24 +343,6 @@ async fn a_station_that_dies_silently_is_shown_offline_after_one_and_a_half_keep
     }
 }
 
-/// Whether Python with paho-mqtt 2.x is installed; with `CRADLE_REQUIRE_PAHO=1` (as
-/// `scripts/test` sets, after installing it) a missing install is a failure, not a skip.
-fn paho_available() -> bool {
-    let found = Command::new("python3")
-        .args([
-            "-c",
-            "import paho.mqtt, sys; sys.exit(0 if int(paho.mqtt.__version__.split('.')[0]) >= 2 else 1)",
-        ])
-        .status()
-        .is_ok_and(|s| s.success());
-    common::available(
-        found,
-        "CRADLE_REQUIRE_PAHO",
-        "python3 with paho-mqtt 2.x missing: run the tests through scripts/test",
-        "paho-mqtt 2.x not installed: skipping",
-    )
-}
-
 /// A baby station on Eclipse Paho (Python, paho-mqtt 2.x) as much firmware is written: a
 /// status Will, paho's automatic reconnect (1 to 2 s apart), and its `connected` status
 /// published once, at its first connection, never again after a reconnect. Prints
@@ -419,7 +419,7 @@ const T2: &str = "accounts/acct-1/clients/baby-2/status";
 /// `connection.reported`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paho_automatic_reconnect_is_shown_connected_after_a_restart() {
-    if !paho_available() {
+    if !common::paho_available() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -429,7 +429,7 @@ async fn paho_automatic_reconnect_is_shown_connected_after_a_restart() {
         ("CRADLE_MQTT_LISTEN", format!("127.0.0.1:{port}")),
         ("CRADLE_CONFIG", observing(dir.path())),
     ];
-    let mut cradle = Cradle::spawn_ready(dir.path(), &db, &env).await;
+    let cradle = Cradle::spawn_ready(dir.path(), &db, &env).await;
     let now = now_millis();
     let k = format!("baby-2-{now}");
     let (mut station, lines) = paho_station(dir.path(), port, &k, now);
@@ -442,31 +442,16 @@ async fn paho_automatic_reconnect_is_shown_connected_after_a_restart() {
         next_paho_line(&lines, Duration::from_secs(10)),
         "acknowledged"
     );
-    let first = wait_for(Duration::from_secs(10), "the report recorded", || async {
-        let events = cradle.events("acct-1").await;
-        events
-            .iter()
-            .any(|e| e["type"] == "connection.reported")
-            .then_some(cradle.client("acct-1", "baby-2").await)
-            .flatten()
-    })
-    .await;
+    report_recorded(&cradle).await;
+    let first = cradle
+        .client("acct-1", "baby-2")
+        .await
+        .expect("baby-2's row");
     assert_eq!(first["connected"], true, "{first}");
     assert_eq!(first["connection_id"], k.as_str(), "the device's own id");
 
-    assert!(cradle.terminate().success());
-    let restarted_at = now_millis();
-    let cradle = Cradle::spawn_ready(dir.path(), &db, &env).await;
-    let again = wait_for(
-        Duration::from_secs(20),
-        "baby-2 connected again",
-        || async {
-            cradle.client("acct-1", "baby-2").await.filter(|c| {
-                c["connected"] == true && c["since_millis"].as_i64() > Some(restarted_at)
-            })
-        },
-    )
-    .await;
+    let (cradle, restarted_at, again) =
+        restart_until_connected(cradle, (dir.path(), &db, &env), "baby-2").await;
     // paho saw its connection end and made a new one by itself.
     let mut said = Vec::new();
     while let Ok(line) = lines.recv_timeout(Duration::from_millis(500)) {

@@ -1387,23 +1387,12 @@ fn urlencode(s: &str) -> String {
         .collect()
 }
 
-/// A device written raw on an edge (MQTT 3.1.1 or 5, with a login and maybe a Will), so the
-/// test says exactly when it sends DISCONNECT and when it only drops its socket.
-struct RawDevice {
-    stream: tokio::net::TcpStream,
-    buf: bytes::BytesMut,
-    v5: bool,
-}
-
-/// What a [`RawDevice`] read, in either protocol.
-#[derive(Debug)]
-enum Read {
-    /// A CONNACK, accepting the connection or not.
-    ConnAck { accepted: bool },
-    /// A PUBACK, with success or not.
-    PubAck { success: bool },
-    /// Any other packet.
-    Other(String),
+/// A device written raw on an edge (MQTT 3.1.1 or 5, the testkit's raw clients, with a login
+/// and maybe a Will), so the test says exactly when it sends DISCONNECT and when it only drops
+/// its socket.
+enum RawDevice {
+    V4(common::RawV4),
+    V5(common::RawV5),
 }
 
 impl RawDevice {
@@ -1416,118 +1405,50 @@ impl RawDevice {
         (account, client_id, secret): (&str, &str, &str),
         will: Option<String>,
     ) -> RawDevice {
-        use rumqttc::mqttbytes::v4;
-        use rumqttc::v5::mqttbytes::{v5 as p5, QoS as Q5};
         let topic = format!("accounts/{account}/clients/{client_id}/status");
-        let mut out = bytes::BytesMut::new();
+        let will = will.as_deref().map(|w| (topic.as_str(), w));
+        let login = Some((account, secret));
         if v5 {
-            let connect = p5::Connect {
-                keep_alive: 30,
-                client_id: client_id.into(),
-                clean_start: true,
-                properties: None,
-            };
-            let will = will.map(|w| p5::LastWill::new(&topic, w, Q5::AtLeastOnce, true, None));
-            let login = Some(p5::Login::new(account, secret));
-            p5::Packet::Connect(connect, will, login)
-                .write(&mut out, None)
-                .unwrap();
+            let (d, code) =
+                common::RawV5::connect_with_will(port, client_id, login, 30, will).await;
+            assert_eq!(
+                code,
+                rumqttc::v5::mqttbytes::v5::ConnectReturnCode::Success,
+                "{client_id}"
+            );
+            RawDevice::V5(d)
         } else {
-            let mut connect = v4::Connect::new(client_id);
-            connect.keep_alive = 30;
-            connect.last_will = will.map(|w| v4::LastWill::new(&topic, w, QoS::AtLeastOnce, true));
-            connect.set_login(account, secret);
-            v4::Packet::Connect(connect)
-                .write(&mut out, 1 << 20)
-                .unwrap();
-        }
-        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .unwrap();
-        let mut d = RawDevice {
-            stream,
-            buf: bytes::BytesMut::new(),
-            v5,
-        };
-        d.write(&out).await;
-        match d.read().await {
-            Some(Read::ConnAck { accepted: true }) => {}
-            Some(Read::Other(packet)) => panic!("{client_id}: CONNACK expected, got {packet}"),
-            other => panic!("{client_id} not accepted: {other:?}"),
-        }
-        d
-    }
-
-    async fn write(&mut self, bytes: &[u8]) {
-        use tokio::io::AsyncWriteExt;
-        self.stream.write_all(bytes).await.unwrap();
-    }
-
-    /// The next packet, or `None` once the edge closed the connection (or 10 s passed).
-    async fn read(&mut self) -> Option<Read> {
-        use rumqttc::mqttbytes::v4;
-        use rumqttc::v5::mqttbytes::v5 as p5;
-        use tokio::io::AsyncReadExt;
-        loop {
-            if self.v5 {
-                if let Ok(p) = p5::Packet::read(&mut self.buf, None) {
-                    return Some(match p {
-                        p5::Packet::ConnAck(a) => Read::ConnAck {
-                            accepted: a.code == p5::ConnectReturnCode::Success,
-                        },
-                        p5::Packet::PubAck(a) => Read::PubAck {
-                            success: a.reason == p5::PubAckReason::Success,
-                        },
-                        other => Read::Other(format!("{other:?}")),
-                    });
-                }
-            } else if let Ok(p) = v4::Packet::read(&mut self.buf, 1 << 20) {
-                return Some(match p {
-                    v4::Packet::ConnAck(a) => Read::ConnAck {
-                        accepted: a.code == v4::ConnectReturnCode::Success,
-                    },
-                    v4::Packet::PubAck(_) => Read::PubAck { success: true },
-                    other => Read::Other(format!("{other:?}")),
-                });
-            }
-            match tokio::time::timeout(Duration::from_secs(10), self.stream.read_buf(&mut self.buf))
-                .await
-            {
-                Ok(Ok(n)) if n > 0 => {}
-                _ => return None,
-            }
+            let (d, code) =
+                common::RawV4::connect_with_will(port, client_id, login, 30, will).await;
+            assert_eq!(code, 0, "{client_id}");
+            RawDevice::V4(d)
         }
     }
 
     /// Publishes `payload` retained, QoS 1, on `topic` and waits for its PUBACK.
     async fn publish(&mut self, topic: &str, payload: String) {
-        use rumqttc::mqttbytes::v4;
-        use rumqttc::v5::mqttbytes::{v5 as p5, QoS as Q5};
-        let mut out = bytes::BytesMut::new();
-        if self.v5 {
-            let mut p = p5::Publish::new(topic, Q5::AtLeastOnce, payload, None);
-            p.pkid = 1;
-            p.retain = true;
-            p5::Packet::Publish(p).write(&mut out, None).unwrap();
-        } else {
-            let mut p = v4::Publish::new(topic, QoS::AtLeastOnce, payload);
-            p.pkid = 1;
-            p.retain = true;
-            v4::Packet::Publish(p).write(&mut out, 1 << 20).unwrap();
-        }
-        self.write(&out).await;
-        match self.read().await {
-            Some(Read::PubAck { success: true }) => {}
-            Some(Read::Other(packet)) => panic!("PUBACK expected, got {packet}"),
-            other => panic!("expected a successful PUBACK, got {other:?}"),
+        match self {
+            RawDevice::V4(d) => d.publish_retained(topic, payload.as_bytes(), 1).await,
+            RawDevice::V5(d) => assert_eq!(
+                d.publish_retained(topic, payload.as_bytes(), 1).await,
+                rumqttc::v5::mqttbytes::v5::PubAckReason::Success
+            ),
         }
     }
 
     /// Says goodbye: DISCONNECT (MQTT 5 reason 0x00, the Will discarded), then waits for the
     /// edge to close the connection.
-    async fn disconnect(mut self) {
-        self.write(&[0xE0, 0x00]).await;
-        while self.read().await.is_some() {}
+    async fn disconnect(self) {
+        match self {
+            RawDevice::V4(mut d) => {
+                d.send(&[0xE0, 0x00]).await;
+                while d.read().await.is_some() {}
+            }
+            RawDevice::V5(mut d) => {
+                d.send(&[0xE0, 0x00]).await;
+                while d.read().await.is_some() {}
+            }
+        }
     }
 }
 

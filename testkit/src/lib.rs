@@ -495,6 +495,24 @@ pub fn mosquitto_available() -> bool {
     )
 }
 
+/// Whether Python with paho-mqtt 2.x is installed; with `CRADLE_REQUIRE_PAHO=1` (as
+/// `scripts/test` sets, after installing it) a missing install is a failure, not a skip.
+pub fn paho_available() -> bool {
+    let found = Command::new("python3")
+        .args([
+            "-c",
+            "import paho.mqtt, sys; sys.exit(0 if int(paho.mqtt.__version__.split('.')[0]) >= 2 else 1)",
+        ])
+        .status()
+        .is_ok_and(|s| s.success());
+    available(
+        found,
+        "CRADLE_REQUIRE_PAHO",
+        "python3 with paho-mqtt 2.x missing: run the tests through scripts/test",
+        "paho-mqtt 2.x not installed: skipping",
+    )
+}
+
 /// `found`, for a tool some tests need: when it is missing, a failure with `missing` if the
 /// variable `require` is `1` (as `scripts/test` sets), else `skipping` said on stderr.
 pub fn available(found: bool, require: &str, missing: &str, skipping: &str) -> bool {

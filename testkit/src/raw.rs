@@ -60,9 +60,21 @@ impl RawV4 {
         login: Option<(&str, &str)>,
         keep_alive: u16,
     ) -> (RawV4, u8) {
+        Self::connect_with_will(port, client_id, login, keep_alive, None).await
+    }
+
+    /// [`RawV4::connect`] with a retained QoS 1 Last Will (topic, payload).
+    pub async fn connect_with_will(
+        port: u16,
+        client_id: &str,
+        login: Option<(&str, &str)>,
+        keep_alive: u16,
+        will: Option<(&str, &str)>,
+    ) -> (RawV4, u8) {
         let mut c = RawV4(Conn::open(port).await);
         let mut connect = v4::Connect::new(client_id);
         connect.keep_alive = keep_alive;
+        connect.last_will = will.map(|(t, p)| v4::LastWill::new(t, p, QoS::AtLeastOnce, true));
         if let Some((u, p)) = login {
             connect.set_login(u, p);
         }
@@ -87,8 +99,23 @@ impl RawV4 {
 
     /// Publishes `payload` to `topic`, QoS 1 with packet id `pkid`.
     pub async fn publish(&mut self, topic: &str, payload: &[u8], pkid: u16) {
+        self.write_publish(topic, payload, pkid, false).await;
+    }
+
+    /// Publishes QoS 1 with the retain flag and waits for its PUBACK; panics on any other
+    /// packet.
+    pub async fn publish_retained(&mut self, topic: &str, payload: &[u8], pkid: u16) {
+        self.write_publish(topic, payload, pkid, true).await;
+        match self.read().await {
+            Some(v4::Packet::PubAck(a)) if a.pkid == pkid => {}
+            other => panic!("expected PUBACK {pkid}, got {other:?}"),
+        }
+    }
+
+    async fn write_publish(&mut self, topic: &str, payload: &[u8], pkid: u16, retain: bool) {
         let mut p = v4::Publish::new(topic, QoS::AtLeastOnce, payload.to_vec());
         p.pkid = pkid;
+        p.retain = retain;
         let mut out = BytesMut::new();
         v4::Packet::Publish(p).write(&mut out, 1 << 20).unwrap();
         self.send(&out).await;
@@ -112,6 +139,17 @@ impl RawV5 {
         login: Option<(&str, &str)>,
         keep_alive: u16,
     ) -> (RawV5, v5::ConnectReturnCode) {
+        Self::connect_with_will(port, client_id, login, keep_alive, None).await
+    }
+
+    /// [`RawV5::connect`] with a retained QoS 1 Last Will (topic, payload).
+    pub async fn connect_with_will(
+        port: u16,
+        client_id: &str,
+        login: Option<(&str, &str)>,
+        keep_alive: u16,
+        will: Option<(&str, &str)>,
+    ) -> (RawV5, v5::ConnectReturnCode) {
         let mut c = RawV5(Conn::open(port).await);
         let connect = v5::Connect {
             keep_alive,
@@ -120,8 +158,11 @@ impl RawV5 {
             properties: None,
         };
         let login = login.map(|(u, p)| v5::Login::new(u, p));
+        let will = will.map(|(t, p)| {
+            v5::LastWill::new(t, p, rumqttc::v5::mqttbytes::QoS::AtLeastOnce, true, None)
+        });
         let mut out = BytesMut::new();
-        v5::Packet::Connect(connect, None, login)
+        v5::Packet::Connect(connect, will, login)
             .write(&mut out, None)
             .unwrap();
         c.0.stream.write_all(&out).await.unwrap();
@@ -129,6 +170,11 @@ impl RawV5 {
             Some(v5::Packet::ConnAck(a)) => (c, a.code),
             other => panic!("expected CONNACK, got {other:?}"),
         }
+    }
+
+    /// Writes `bytes` as they are.
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.0.send(bytes).await;
     }
 
     /// Publishes `payload` to `topic` (or, with `alias`, under that topic alias), QoS 1 with
