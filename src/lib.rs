@@ -119,6 +119,7 @@ pub mod control;
 pub mod domain;
 pub mod edge;
 pub mod endpoint;
+pub(crate) mod feed;
 pub mod http;
 pub mod ids;
 pub mod metrics;

@@ -47,11 +47,15 @@ pub enum Task {
     HandoverExpiry,
     /// Applies decisions from `cradle/control` (revocations, kicks).
     Control,
+    /// The live feed of the event log (`feed`).
+    Feed,
+    /// Removes events past `store.retention_days` (`store::retention`).
+    Retention,
 }
 
 impl Task {
     /// Every kind, in exposition order.
-    pub const ALL: [Task; 12] = [
+    pub const ALL: [Task; 14] = [
         Self::MqttConnection,
         Self::HttpRequest,
         Self::WsSocket,
@@ -64,6 +68,8 @@ impl Task {
         Self::Bridge,
         Self::HandoverExpiry,
         Self::Control,
+        Self::Feed,
+        Self::Retention,
     ];
 
     /// The label's value.
@@ -81,6 +87,8 @@ impl Task {
             Self::Bridge => "bridge",
             Self::HandoverExpiry => "handover_expiry",
             Self::Control => "control",
+            Self::Feed => "feed",
+            Self::Retention => "retention",
         }
     }
 

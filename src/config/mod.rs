@@ -68,6 +68,56 @@ pub struct Config {
     pub websocket: WebSocketConfig,
     /// Which MQTT broker: the embedded one, or an external cluster shared by replicas.
     pub broker: BrokerConfig,
+    /// The live event stream (`…/events/stream`).
+    pub stream: StreamConfig,
+    /// Presence history (`…/history`, `…/availability`, `…/clients?at=`).
+    pub history: HistoryConfig,
+}
+
+/// The live event stream: Server-Sent Events of every committed event.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamConfig {
+    /// Most followers of the stream at once on this replica; one more is answered 503
+    /// `too_many_followers`. A follower leaves `http.max_connections`' count once it streams.
+    pub max_followers: usize,
+    /// How many events a follower may fall behind the live feed before it is cut (`event:
+    /// cut`, reason `lagged`); it then resumes from its last id.
+    pub buffer_events: usize,
+    /// A comment line is sent when nothing else was for this long, in milliseconds, so that
+    /// proxies keep the connection open.
+    pub heartbeat_ms: u64,
+    /// How often the feed looks for events other processes committed (other replicas), in
+    /// milliseconds; this process's own commits wake it at once.
+    pub poll_ms: u64,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        Self {
+            max_followers: 1000,
+            buffer_events: 4096,
+            heartbeat_ms: 15_000,
+            poll_ms: 100,
+        }
+    }
+}
+
+/// Presence history.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// A connection that started in the window and lasted less than this is a flap in
+    /// `…/availability` (a caller may pass `flap_ms`), in milliseconds.
+    pub flap_threshold_ms: i64,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self {
+            flap_threshold_ms: 60_000,
+        }
+    }
 }
 
 /// Where the MQTT broker runs.
@@ -449,6 +499,10 @@ pub struct StoreConfig {
     pub max_lifetime_secs: u64,
     /// SQLite only: `full` or `normal`.
     pub sqlite_synchronous: SqliteSync,
+    /// Events older than this many days are removed from the log, hourly, in small
+    /// batches (each stream keeps its latest events, which the deciders and history need).
+    /// 0 keeps every event.
+    pub retention_days: u32,
 }
 
 impl Default for StoreConfig {
@@ -461,6 +515,7 @@ impl Default for StoreConfig {
             idle_timeout_secs: 600,
             max_lifetime_secs: 1800,
             sqlite_synchronous: SqliteSync::Full,
+            retention_days: 0,
         }
     }
 }

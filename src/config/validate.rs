@@ -12,6 +12,7 @@ impl Config {
         self.validate_http()?;
         self.validate_sync_bus_log()?;
         self.validate_store_pool()?;
+        self.validate_stream()?;
         self.validate_broker()?;
         self.validate_websocket()?;
         self.validate_sessions()?;
@@ -125,6 +126,27 @@ impl Config {
         }
         if self.store.acquire_timeout_ms == 0 {
             return invalid("store.acquire_timeout_ms", "must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// Checks the live stream's and presence history's bounds.
+    fn validate_stream(&self) -> Result<(), ConfigError> {
+        let s = &self.stream;
+        if s.max_followers == 0 {
+            return invalid("stream.max_followers", "must be at least 1");
+        }
+        if s.buffer_events < 16 {
+            return invalid("stream.buffer_events", "must be at least 16");
+        }
+        if s.heartbeat_ms < 100 {
+            return invalid("stream.heartbeat_ms", "must be at least 100");
+        }
+        if s.poll_ms < 10 {
+            return invalid("stream.poll_ms", "must be at least 10");
+        }
+        if self.history.flap_threshold_ms < 0 {
+            return invalid("history.flap_threshold_ms", "must be 0 or more");
         }
         Ok(())
     }

@@ -8,5 +8,6 @@ pub(crate) const EVENT_VERSION: i32 = 1;
 
 pub mod connection;
 pub mod control;
+pub mod presence;
 pub mod session;
 pub mod usage;

@@ -35,6 +35,14 @@ pub(crate) struct ClientView {
     pub disconnected_at_millis: Option<i64>,
     /// Why the last connection ended, if one has.
     pub last_disconnect_reason: Option<String>,
+    /// With `at`: whether the device reported the connection itself (false: the broker only
+    /// observed it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reported: Option<bool>,
+    /// With `at`: where the log the answer was computed from starts, when retention removed
+    /// what came before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history_from_millis: Option<i64>,
 }
 
 /// The account's live connections on every replica, paged.
@@ -50,8 +58,12 @@ async fn connections(
 }
 
 /// The filter `client_id` and `type` ask for, or 400.
-fn event_filter(account_id: &str, q: &EventsQuery) -> Result<EventFilter, ApiError> {
-    let stream = match q.client_id.as_deref() {
+pub(super) fn event_filter(
+    account_id: &str,
+    client_id: Option<&str>,
+    event_type: Option<&str>,
+) -> Result<EventFilter, ApiError> {
+    let stream = match client_id {
         None => None,
         Some(c) => {
             super::params::id_param("client_id", c)?;
@@ -61,9 +73,7 @@ fn event_filter(account_id: &str, q: &EventsQuery) -> Result<EventFilter, ApiErr
             }))
         }
     };
-    let types: Vec<String> = q
-        .event_type
-        .as_deref()
+    let types: Vec<String> = event_type
         .map(|t| t.split(',').map(str::trim).map(str::to_string).collect())
         .unwrap_or_default();
     if let Some(bad) = types.iter().find(|t| {
@@ -78,14 +88,29 @@ fn event_filter(account_id: &str, q: &EventsQuery) -> Result<EventFilter, ApiErr
             message: format!("event types, comma-separated (like connection.connected): {bad:?}"),
         });
     }
-    Ok(EventFilter { stream, types })
+    Ok(EventFilter {
+        stream,
+        types,
+        upto: None,
+    })
 }
 
 /// `GET …/clients`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct ClientList {
     account_id: String,
+    /// The instant asked for with `at` (absent: now, from the read model).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    at: Option<i64>,
     clients: Vec<ClientView>,
+}
+
+/// `GET …/clients`' query.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientsQuery {
+    /// An instant (Unix milliseconds): every client's state as it was then.
+    at: Option<String>,
 }
 
 /// `GET …/events`.
@@ -97,11 +122,15 @@ pub(crate) struct EventPage {
     next_after: i64,
 }
 
-#[utoipa::path(get, path = "/v1/accounts/{account_id}/clients", tag = "account", summary = "Every client of the account and its current connection state.", params(("account_id" = String, Path)), responses((status = 200, body = ClientList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/accounts/{account_id}/clients", tag = "account", summary = "Every client of the account and its connection state: now, or as it was at an instant (`at`, computed from the event log).", params(("account_id" = String, Path), ("at" = Option<i64>, Query, description = "An instant, Unix ms: every client's state as it was then (clients not seen by then are left out).")), responses((status = 200, body = ClientList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)), security(("bearer" = [])))]
 async fn clients(
     State(state): State<AppState>,
     AccountPath(account_id): AccountPath,
+    Params(q): Params<ClientsQuery>,
 ) -> Result<Json<ClientList>, ApiError> {
+    if let Some(at) = super::history::millis("at", q.at.as_deref())? {
+        return Ok(Json(clients_at(&state, account_id, at).await?));
+    }
     let rows = state.store.clients(&account_id).await?;
     let clients: Vec<ClientView> = rows
         .into_iter()
@@ -117,12 +146,42 @@ async fn clients(
             connected_at_millis: r.connected_at_millis,
             disconnected_at_millis: r.disconnected_at_millis,
             last_disconnect_reason: r.last_disconnect_reason,
+            reported: None,
+            history_from_millis: None,
         })
         .collect();
     Ok(Json(ClientList {
         account_id,
+        at: None,
         clients,
     }))
+}
+
+/// Every client's state at `at`, from the log.
+async fn clients_at(state: &AppState, account_id: String, at: i64) -> Result<ClientList, ApiError> {
+    let states = super::history::states_at(&state.store, &account_id, at).await?;
+    let clients = states
+        .into_iter()
+        .map(|(client_id, s, history_from_millis)| {
+            let since = s.since_millis.or(history_from_millis).unwrap_or(0);
+            ClientView {
+                client_id,
+                connected: s.connected,
+                connection_id: s.connection_id.unwrap_or_default(),
+                since_millis: since,
+                connected_at_millis: if s.connected { since } else { 0 },
+                disconnected_at_millis: (!s.connected).then_some(since),
+                last_disconnect_reason: s.end_reason.map(|r| r.as_str().to_string()),
+                reported: s.reported,
+                history_from_millis,
+            }
+        })
+        .collect();
+    Ok(ClientList {
+        account_id,
+        at: Some(at),
+        clients,
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -155,7 +214,10 @@ async fn events(
             })?,
     };
     let limit = super::params::limit(q.limit.as_deref(), state.max_page_size)?;
-    let filter = event_filter(&account_id, &q)?;
+    let mut filter = event_filter(&account_id, q.client_id.as_deref(), q.event_type.as_deref())?;
+    // Only up to the settled position: a page never skips an event that commits later with
+    // a smaller position (PostgreSQL with concurrent writers), so `next_after` is safe.
+    filter.upto = Some(state.store.settled_position().await?);
     let events = state
         .store
         .events_where(&account_id, after, limit, &filter)

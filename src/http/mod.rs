@@ -8,6 +8,7 @@ mod admin;
 mod api;
 mod auth;
 mod error;
+mod history;
 pub(crate) mod metrics;
 mod openapi;
 mod ops;
@@ -15,6 +16,7 @@ mod origins;
 mod params;
 pub mod serve;
 mod sessions;
+mod stream;
 mod ws;
 
 pub(crate) use auth::{SourceIp, TokenCache};
@@ -63,6 +65,10 @@ pub(crate) struct AppState {
     pub tokens: Arc<TokenCache>,
     /// The browser origins allowed (`http.allowed_origins`): CORS and `/ws`'s `Origin` check.
     pub(crate) origins: Arc<Origins>,
+    /// The live feed of the event log (`…/events/stream`).
+    pub(crate) feed: Arc<crate::feed::Feed>,
+    /// Presence history settings.
+    pub(crate) history: crate::config::HistoryConfig,
 }
 
 /// Which routes a listener serves.
@@ -84,6 +90,8 @@ pub(crate) fn app(state: AppState, max_body_bytes: usize, surface: Surface) -> R
             .merge(ops::router())
             .merge(ops::metrics_router())
             .merge(api::router())
+            .merge(history::router())
+            .merge(stream::router())
             .merge(sessions::router())
             .merge(ws::router())
             .merge(admin::router()),
@@ -91,6 +99,8 @@ pub(crate) fn app(state: AppState, max_body_bytes: usize, surface: Surface) -> R
             .merge(openapi::router())
             .merge(ops::router())
             .merge(api::router())
+            .merge(history::router())
+            .merge(stream::router())
             .merge(sessions::router())
             .merge(ws::router()),
         Surface::Admin => Router::new()

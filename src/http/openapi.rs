@@ -22,6 +22,10 @@ use super::AppState;
         super::api::clients,
         super::api::events,
         super::api::connections,
+        super::stream::account_stream,
+        super::stream::every_account_stream,
+        super::history::client_history,
+        super::history::availability,
         super::sessions::start,
         super::sessions::end,
         super::sessions::baby_stations,
@@ -82,12 +86,14 @@ mod tests {
     use super::*;
 
     /// The routers' source: every file of this module that declares routes.
-    const ROUTERS: [&str; 6] = [
+    const ROUTERS: [&str; 8] = [
         include_str!("admin.rs"),
         include_str!("api.rs"),
+        include_str!("history.rs"),
         include_str!("openapi.rs"),
         include_str!("ops.rs"),
         include_str!("sessions.rs"),
+        include_str!("stream.rs"),
         include_str!("ws.rs"),
     ];
     const METHODS: [&str; 5] = ["get", "put", "post", "delete", "patch"];

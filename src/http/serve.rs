@@ -46,6 +46,12 @@ use super::metrics::{HttpMetrics, HttpRefusal};
 use super::ApiError;
 use crate::config::HttpConfig;
 
+/// A response extension: the response streams for as long as the client follows it (the
+/// live event stream), so its connection leaves `http.max_connections`' count once the
+/// response starts (`stream.max_followers` bounds those instead).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LeavesCount;
+
 /// Largest request head (request line and headers) hyper buffers; larger ones get 431.
 pub(crate) const MAX_HEADER_BYTES: usize = 64 * 1024;
 
@@ -167,9 +173,11 @@ async fn connection(
     limits: Limits,
     metrics: Arc<HttpMetrics>,
     mut close: watch::Receiver<bool>,
-    _slot: tokio::sync::OwnedSemaphorePermit,
+    slot: tokio::sync::OwnedSemaphorePermit,
 ) {
     let _open = OpenConnection::new(metrics.clone());
+    let slot = Arc::new(std::sync::Mutex::new(Some(slot)));
+    let held = slot.clone();
     let requests = Arc::new(AtomicU64::new(0));
     let counted = requests.clone();
     let upgraded = Arc::new(AtomicBool::new(false));
@@ -192,10 +200,14 @@ async fn connection(
                 .insert(axum::extract::ConnectInfo(peer));
             let response = hyper::service::Service::call(&tower, request);
             let switched = switched.clone();
+            let held = held.clone();
             async move {
                 let response = response.await?;
                 if response.status() == axum::http::StatusCode::SWITCHING_PROTOCOLS {
                     switched.store(true, Relaxed);
+                }
+                if response.extensions().get::<LeavesCount>().is_some() {
+                    drop(held.lock().unwrap_or_else(|e| e.into_inner()).take());
                 }
                 Ok::<_, std::convert::Infallible>(response)
             }

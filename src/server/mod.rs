@@ -172,7 +172,11 @@ struct Counters {
 impl Counters {
     /// Every metric family, in the order `/metrics` shows them: the handlers, the bus, the
     /// edge, the verification gate, the embedded broker, HTTP and the bridge.
-    fn registry(&self, bridge: Arc<WsMetrics>) -> Arc<Metrics> {
+    fn registry(
+        &self,
+        bridge: Arc<WsMetrics>,
+        feed: Arc<crate::feed::FeedMetrics>,
+    ) -> Arc<Metrics> {
         Arc::new(
             Metrics::default()
                 .with(self.sync.clone())
@@ -182,6 +186,8 @@ impl Counters {
                 .with(Arc::new(BrokerMetrics))
                 .with(self.http.clone())
                 .with(bridge)
+                .with(feed)
+                .with(Arc::new(crate::store::retention::RetentionMetrics))
                 .with(Arc::new(TaskMetrics)),
         )
     }
@@ -196,6 +202,8 @@ struct Running {
     handlers: Handlers,
     http_task: JoinHandle<()>,
     http_stop: watch::Sender<bool>,
+    feed: Arc<crate::feed::Feed>,
+    retention_task: Option<JoinHandle<()>>,
 }
 
 /// Builds Cradle from `config`, in the order that keeps every promise: listeners checked,
@@ -264,7 +272,15 @@ async fn build(config: Config) -> Result<Running, ServeError> {
         broker.handed_over,
         (edge.ender(), auth.clone()),
     );
-    let state = app_state(&config, &store, &counters, &bus, auth, &handlers);
+    let feed = crate::feed::Feed::new(store.clone(), config.stream.clone());
+    spawn_critical(Task::Feed, feed.clone().run());
+    let retention_task = (config.store.retention_days > 0).then(|| {
+        spawn_critical(
+            Task::Retention,
+            crate::store::retention::run(store.clone(), config.store.retention_days),
+        )
+    });
+    let state = app_state(&config, (&store, &feed), &counters, &bus, auth, &handlers);
     let (http_task, http_stop) = start_http(
         &config,
         (http_listener, admin_listener),
@@ -279,6 +295,8 @@ async fn build(config: Config) -> Result<Running, ServeError> {
         handlers,
         http_task,
         http_stop,
+        feed,
+        retention_task,
     })
 }
 
@@ -575,7 +593,7 @@ fn bridge(
 /// What every HTTP handler (and `/ws`) may use.
 fn app_state(
     config: &Config,
-    store: &Store,
+    (store, feed): (&Store, &Arc<crate::feed::Feed>),
     counters: &Counters,
     bus: &Bus,
     auth: Arc<Authenticator>,
@@ -585,7 +603,7 @@ fn app_state(
     AppState {
         store: store.clone(),
         metrics: counters.http.clone(),
-        registry: counters.registry(handlers.bridge.metrics.clone()),
+        registry: counters.registry(handlers.bridge.metrics.clone(), feed.metrics.clone()),
         bus: bus.state(),
         max_page_size: config.http.max_page_size,
         admin_token: config.http.admin_token.clone(),
@@ -599,6 +617,8 @@ fn app_state(
         origins: Arc::new(http::Origins::from_config(
             config.http.allowed_origins.as_deref(),
         )),
+        feed: feed.clone(),
+        history: config.history.clone(),
     }
 }
 
@@ -758,6 +778,11 @@ impl Running {
         if embedded {
             record_ends(&self.store, &kept).await;
         }
+        // Followers of the live stream end (`event: cut`, shutdown), then HTTP drains.
+        self.feed.close();
+        if let Some(task) = &self.retention_task {
+            task.abort();
+        }
         let _ = self.http_stop.send(true);
         if tokio::time::timeout(Duration::from_secs(5), self.http_task)
             .await
@@ -821,7 +846,7 @@ mod tests {
     #[test]
     fn every_family_is_written_once_with_its_samples_under_its_header() {
         let text = Counters::default()
-            .registry(Arc::default())
+            .registry(Arc::default(), Arc::default())
             .render(&[&crate::http::metrics::ConnectedClients(1)]);
         let mut seen = std::collections::HashSet::new();
         let mut current = "";

@@ -60,7 +60,13 @@ impl Store {
             };
             let appended = append_in(&txn, &[event], at).await;
             let result = match appended {
-                Ok(()) => txn.commit().await.map_err(StoreError::from),
+                Ok(()) => match txn.commit().await {
+                    Ok(()) => {
+                        self.appended.notify_one();
+                        Ok(())
+                    }
+                    Err(e) => Err(StoreError::from(e)),
+                },
                 Err(e) => Err(e),
             };
             match result {

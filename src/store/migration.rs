@@ -17,6 +17,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000006_create_ws_handover::Migration),
             Box::new(m20261207_000007_create_bans::Migration),
             Box::new(m20261207_000008_clients_edge_connection::Migration),
+            Box::new(m20261208_000009_events_position_in_commit_order::Migration),
         ]
     }
 }
@@ -639,6 +640,64 @@ mod m20261207_000008_clients_edge_connection {
                         .to_owned(),
                 )
                 .await
+        }
+    }
+}
+
+mod m20261208_000009_events_position_in_commit_order {
+    use super::*;
+
+    pub(crate) struct Migration;
+
+    impl MigrationName for Migration {
+        fn name(&self) -> &str {
+            "m20261208_000009_events_position_in_commit_order"
+        }
+    }
+
+    /// PostgreSQL only (SQLite commits one writer at a time, in position order): an event's
+    /// position is taken by `cradle_event_position()`, which first takes the shared advisory
+    /// lock `store::follow::APPEND_LOCK` for the rest of the transaction. Shared holders never
+    /// wait for each other, so writers still run concurrently; a reader of the log sees in
+    /// `pg_locks` which transactions may still commit a position it has not seen
+    /// (`Store::settled_position`).
+    #[sea_orm_migration::async_trait::async_trait]
+    impl MigrationTrait for Migration {
+        async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            if manager.get_database_backend() != sea_orm::DatabaseBackend::Postgres {
+                return Ok(());
+            }
+            let lock = crate::store::follow::APPEND_LOCK;
+            let db = manager.get_connection();
+            db.execute_unprepared(&format!(
+                "CREATE OR REPLACE FUNCTION cradle_event_position() RETURNS bigint \
+                 LANGUAGE plpgsql VOLATILE AS $$ \
+                 BEGIN \
+                   PERFORM pg_advisory_xact_lock_shared({lock}); \
+                   RETURN nextval('events_position_seq'); \
+                 END $$"
+            ))
+            .await?;
+            db.execute_unprepared(
+                "ALTER TABLE events ALTER COLUMN position SET DEFAULT cradle_event_position()",
+            )
+            .await?;
+            Ok(())
+        }
+
+        async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            if manager.get_database_backend() != sea_orm::DatabaseBackend::Postgres {
+                return Ok(());
+            }
+            let db = manager.get_connection();
+            db.execute_unprepared(
+                "ALTER TABLE events ALTER COLUMN position \
+                 SET DEFAULT nextval('events_position_seq')",
+            )
+            .await?;
+            db.execute_unprepared("DROP FUNCTION IF EXISTS cradle_event_position()")
+                .await?;
+            Ok(())
         }
     }
 }

@@ -11,9 +11,11 @@ pub mod bans;
 pub mod clients;
 pub mod credentials;
 pub mod events;
+pub(crate) mod follow;
 pub mod migration;
 pub mod parent_stations;
 pub(crate) mod pending_starts;
+pub(crate) mod retention;
 pub mod sessions;
 pub(crate) mod ws_handover;
 
@@ -62,6 +64,10 @@ pub enum StoreError {
     /// `token`, `operator` or `admin`): the row was written by something else.
     #[error("stored value not understood: {0}")]
     Unreadable(String),
+    /// PostgreSQL transactions appending events stayed open for seconds, so the log's
+    /// settled position could not be read (their virtual transaction ids).
+    #[error("appends in flight for over 10 s hold up the log's readers: {0}")]
+    Unsettled(String),
     /// A stored JSON payload does not parse (the log was written by something else).
     #[error("stored data of event {position} is not JSON: {message}")]
     CorruptData { position: i64, message: String },
@@ -137,6 +143,8 @@ pub struct NewEvent {
 pub struct StoredEvent {
     /// Global position.
     pub position: i64,
+    /// The account of its stream.
+    pub account_id: String,
     /// Stream id.
     pub stream: String,
     /// Version inside the stream.
@@ -160,6 +168,8 @@ pub struct StoredEvent {
 pub struct Store {
     db: DatabaseConnection,
     backend: Backend,
+    /// Told of every commit that appended events (the live feed wakes on it).
+    appended: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl Store {
@@ -237,6 +247,7 @@ impl Store {
         Ok(Store {
             db: SqlxSqliteConnector::from_sqlx_sqlite_pool(pool),
             backend: Backend::Sqlite,
+            appended: Default::default(),
         })
     }
 
@@ -262,6 +273,7 @@ impl Store {
         let store = Store {
             db: SqlxPostgresConnector::from_sqlx_postgres_pool(pool),
             backend: Backend::Postgres,
+            appended: Default::default(),
         };
         if !create && !store.has_schema().await? {
             return Err(StoreError::Missing(redact(url)));
@@ -311,6 +323,8 @@ impl Store {
     pub async fn begin(&self) -> Result<StoreTx, StoreError> {
         Ok(StoreTx {
             txn: self.db.begin().await?,
+            appended: Some(self.appended.clone()),
+            appends: Default::default(),
         })
     }
 
@@ -370,9 +384,25 @@ impl Store {
         limit: u64,
         filter: &EventFilter,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        let mut query = events::Entity::find()
-            .filter(events::Column::AccountId.eq(account_id))
-            .filter(events::Column::Position.gt(after));
+        self.log(Some(account_id), after, limit, filter).await
+    }
+
+    /// The events after `after` in log order, at most `limit`: of `account_id`, or of every
+    /// account, narrowed by `filter`.
+    pub async fn log(
+        &self,
+        account_id: Option<&str>,
+        after: i64,
+        limit: u64,
+        filter: &EventFilter,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let mut query = events::Entity::find().filter(events::Column::Position.gt(after));
+        if let Some(account_id) = account_id {
+            query = query.filter(events::Column::AccountId.eq(account_id));
+        }
+        if let Some(upto) = filter.upto {
+            query = query.filter(events::Column::Position.lte(upto));
+        }
         if let Some(stream) = &filter.stream {
             query = query.filter(events::Column::Stream.eq(stream.as_str()));
         }
@@ -381,6 +411,24 @@ impl Store {
         }
         let rows = query
             .order_by_asc(events::Column::Position)
+            .limit(limit)
+            .all(&self.db)
+            .await?;
+        rows.into_iter().map(stored_event).collect()
+    }
+
+    /// Up to `limit` events of `stream` with a version below `before`, newest first (a
+    /// client's connection log read backwards from now, for presence history).
+    pub async fn stream_back(
+        &self,
+        stream: &str,
+        before: i64,
+        limit: u64,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let rows = events::Entity::find()
+            .filter(events::Column::Stream.eq(stream))
+            .filter(events::Column::StreamVersion.lt(before))
+            .order_by_desc(events::Column::StreamVersion)
             .limit(limit)
             .all(&self.db)
             .await?;
@@ -404,6 +452,18 @@ pub struct EventFilter {
     pub stream: Option<String>,
     /// Only events of these types (none: every type).
     pub types: Vec<String>,
+    /// Only positions up to this one (a reader's settled position, see
+    /// [`Store::settled_position`]).
+    pub upto: Option<i64>,
+}
+
+impl EventFilter {
+    /// Whether `event` (of the account asked for) passes the filter.
+    pub fn matches(&self, event: &StoredEvent) -> bool {
+        self.stream.as_ref().is_none_or(|s| *s == event.stream)
+            && (self.types.is_empty() || self.types.contains(&event.event_type))
+            && self.upto.is_none_or(|u| event.position <= u)
+    }
 }
 
 fn stored_event(row: events::Model) -> Result<StoredEvent, StoreError> {
@@ -413,6 +473,7 @@ fn stored_event(row: events::Model) -> Result<StoredEvent, StoreError> {
     })?;
     Ok(StoredEvent {
         position: row.position,
+        account_id: row.account_id,
         stream: row.stream,
         stream_version: row.stream_version,
         event_type: row.event_type,
@@ -433,6 +494,10 @@ const CHUNK: usize = 200;
 /// One write transaction. Dropping it without [`StoreTx::commit`] rolls back.
 pub struct StoreTx {
     txn: DatabaseTransaction,
+    /// Set by [`StoreTx::append`]: whom to tell once the events are committed.
+    appended: Option<std::sync::Arc<tokio::sync::Notify>>,
+    /// Whether it appended events.
+    appends: std::sync::atomic::AtomicBool,
 }
 
 impl StoreTx {
@@ -490,6 +555,10 @@ impl StoreTx {
         new: &[NewEvent],
         recorded_at_millis: i64,
     ) -> Result<(), StoreError> {
+        if !new.is_empty() {
+            self.appends
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         append_in(&self.txn, new, recorded_at_millis).await
     }
 
@@ -530,9 +599,13 @@ impl StoreTx {
         Ok(())
     }
 
-    /// Commits.
+    /// Commits (and wakes the live feed when events were appended).
     pub async fn commit(self) -> Result<(), StoreError> {
-        Ok(self.txn.commit().await?)
+        self.txn.commit().await?;
+        if let (true, Some(appended)) = (self.appends.into_inner(), &self.appended) {
+            appended.notify_one();
+        }
+        Ok(())
     }
 }
 
