@@ -39,7 +39,8 @@ pub struct Span {
     pub end_reason: Option<DisconnectReason>,
     /// The device reported the connection itself.
     pub reported: bool,
-    /// The edge observed its start.
+    /// The MQTT edge saw the connection (it has an edge id): `false` for clients the edge
+    /// does not see (WebSocket sessions, devices on an external broker).
     pub observed: bool,
 }
 
@@ -76,7 +77,8 @@ pub fn spans(log: &ClientLog) -> Vec<Span> {
                     ended_at_millis: None,
                     end_reason: None,
                     reported: !observed,
-                    observed: *observed,
+                    // The edge saw every connection it named, whichever message came first.
+                    observed: *observed || edge_connection_id.is_some(),
                 });
             }
             ConnectionEvent::Reported {
@@ -97,7 +99,7 @@ pub fn spans(log: &ClientLog) -> Vec<Span> {
                         ended_at_millis: None,
                         end_reason: None,
                         reported: true,
-                        observed: false,
+                        observed: true,
                     });
                 }
             }
@@ -125,7 +127,7 @@ pub fn spans(log: &ClientLog) -> Vec<Span> {
                     ended_at_millis: Some(end),
                     end_reason: Some(*reason),
                     reported: false,
-                    observed: false,
+                    observed: edge_connection_id.is_some(),
                 });
             }
         }
@@ -253,7 +255,8 @@ pub struct HistoryEntry {
     pub end_reason: Option<DisconnectReason>,
     /// The device reported the connection itself.
     pub reported: bool,
-    /// The edge observed its start.
+    /// The MQTT edge saw the connection (it has an edge id): `false` for clients the edge
+    /// does not see (WebSocket sessions, devices on an external broker).
     pub observed: bool,
     /// Its whole length if it ended, else up to `now`; `null` when the start is unknown.
     pub duration_millis: Option<i64>,
@@ -561,6 +564,18 @@ mod tests {
         assert_eq!(spans[0].edge_connection_id.as_deref(), Some("e1"));
         assert_eq!(spans[0].started_at_millis, Some(10));
         assert!(spans[0].reported && spans[0].observed);
+    }
+
+    #[test]
+    fn a_connection_the_device_reported_before_the_edges_observation_arrived_is_both() {
+        let reported_first = ConnectionEvent::Connected {
+            connection_id: "k1".into(),
+            at_millis: 10,
+            edge_connection_id: Some("e1".into()),
+            observed: false,
+        };
+        let spans = given(&[reported_first, reported("k1", "k1", "e1", 10)]);
+        assert_eq!((spans[0].observed, spans[0].reported), (true, true));
     }
 
     #[test]

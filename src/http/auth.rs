@@ -258,10 +258,13 @@ impl FromRequestParts<AppState> for AccountPath {
         let caller = Caller::from_request_parts(parts, state)
             .await
             .map_err(IntoResponse::into_response)?;
-        let axum::extract::Path(account_id) =
-            axum::extract::Path::<String>::from_request_parts(parts, state)
-                .await
-                .map_err(IntoResponse::into_response)?;
+        // By name: a route may have more path parameters (`…/clients/{client_id}/…`).
+        let axum::extract::Path(mut params) = axum::extract::Path::<
+            std::collections::HashMap<String, String>,
+        >::from_request_parts(parts, state)
+        .await
+        .map_err(IntoResponse::into_response)?;
+        let account_id = params.remove("account_id").unwrap_or_default();
         super::params::account(&account_id).map_err(IntoResponse::into_response)?;
         caller
             .authorize(&account_id)

@@ -11,6 +11,7 @@ use rumqttc::{AsyncClient, EventLoop, LastWill, MqttOptions, QoS};
 
 mod bridge;
 pub mod browser;
+pub mod sse;
 mod raw;
 
 pub use bridge::{next_frame, upgrade_request, Ws};
