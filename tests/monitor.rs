@@ -148,3 +148,69 @@ fn a_snapshot_without_an_account_is_refused() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--http needs --account"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_events_it_follows_the_log_connections_and_sessions_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let cradle = Cradle::start(dir.path(), None).await;
+    let (_monitor, rx) = spawn_monitor(&[
+        "--http".into(),
+        cradle.http.clone(),
+        "--account".into(),
+        "fam".into(),
+        "--events".into(),
+        "--after".into(),
+        "0".into(),
+    ]);
+    let topic = "accounts/fam/clients/baby/status";
+    let baby = Device::connect(cradle.mqtt_port, "baby", None).await;
+    baby.publish(topic, status("connected", "k1", 1_000, None))
+        .await;
+    let line = next_line(&rx, "the connection");
+    assert!(
+        line.contains("connection.connected") && line.contains("client_id=baby"),
+        "{line}"
+    );
+    let http = reqwest::Client::new();
+    let start = r#"{"session_id":"s1","client_id":"baby","connection_id":"k1","name":"Nursery","started_at_millis":2000}"#;
+    let r = http
+        .put(format!("{}/sessions/s1", cradle.http))
+        .header("X-Cradle-Account", "fam")
+        .header("content-type", "application/json")
+        .body(start)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let line = next_line(&rx, "the session's start");
+    assert!(
+        line.contains("session.started") && line.contains("session_id=s1"),
+        "{line}"
+    );
+    let r = http
+        .delete(format!("{}/sessions/s1", cradle.http))
+        .header("X-Cradle-Account", "fam")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let line = next_line(&rx, "the session's end");
+    assert!(line.contains("session.ended"), "{line}");
+}
+
+#[test]
+fn with_events_a_refused_token_ends_the_monitor_with_the_reason() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("m.db").display());
+    common::cli(&db, &["accounts", "create", "fam"]);
+    let cradle = rt.block_on(Cradle::spawn_ready(dir.path(), &db, &[]));
+    let out = Command::new(env!("CARGO_BIN_EXE_cradle-monitor"))
+        .args(["--http", &cradle.http, "--account", "fam", "--events"])
+        .args(["--token", "nope.nope"])
+        .output()
+        .expect("run cradle-monitor");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("401") && err.contains("--events"), "{err}");
+}

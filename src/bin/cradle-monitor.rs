@@ -34,9 +34,17 @@ struct Cli {
     /// MQTT password: an operator secret (both --username and --password, or neither).
     #[arg(long, env = "CRADLE_MONITOR_PASSWORD", hide_env_values = true)]
     password: Option<String>,
-    /// Bearer token for the --http snapshot (an account token, operator secret or admin token).
+    /// Bearer token for --http and --events (an account token, operator secret or admin token).
     #[arg(long, env = "CRADLE_MONITOR_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Follow Cradle's live event stream at --http instead of the broker: every committed event
+    /// (connections and sessions) of --account, or of every account (operator secret or admin
+    /// token); resumes after a drop with no gap.
+    #[arg(long, requires = "http")]
+    events: bool,
+    /// With --events: start after this position (default: from now on; 0: the whole log).
+    #[arg(long, requires = "events", value_name = "POSITION")]
+    after: Option<i64>,
 }
 
 fn main() -> ExitCode {
@@ -61,6 +69,20 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    if cli.events {
+        let options = monitor::events::EventsOptions {
+            http: cli.http.unwrap_or_default(),
+            account: cli.account,
+            after: cli.after,
+            token: cli.token,
+            json: cli.json,
+        };
+        return run(monitor::events::follow(
+            options,
+            &mut std::io::stdout(),
+            cradle::server::shutdown_signal(),
+        ));
+    }
     let options = MonitorOptions {
         broker: cli.broker,
         account: cli.account,
@@ -70,6 +92,16 @@ fn main() -> ExitCode {
         password: cli.password,
         token: cli.token,
     };
+    let mut out = std::io::stdout();
+    run(monitor::run(
+        options,
+        &mut out,
+        cradle::server::shutdown_signal(),
+    ))
+}
+
+/// Runs `watch` on a single-threaded runtime; its error is printed and the exit code says it.
+fn run(watch: impl std::future::Future<Output = Result<(), monitor::MonitorError>>) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -80,12 +112,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut out = std::io::stdout();
-    match runtime.block_on(monitor::run(
-        options,
-        &mut out,
-        cradle::server::shutdown_signal(),
-    )) {
+    match runtime.block_on(watch) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("cradle-monitor: {error}");

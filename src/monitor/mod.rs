@@ -3,6 +3,10 @@
 //! It subscribes to the status wildcard (one account or all). With `--http` it first takes
 //! a snapshot of the account's clients from the API, because a late MQTT subscriber may see
 //! only part of the retained statuses; after a snapshot, retained replays are skipped.
+//! With `--events` it follows Cradle's live event stream over HTTP instead ([`events`]):
+//! every committed event, sessions included.
+
+pub mod events;
 
 use std::cell::RefCell;
 use std::io::Write;
@@ -32,6 +36,9 @@ pub enum MonitorError {
     /// The snapshot request failed.
     #[error("--http: snapshot failed: {0}")]
     Snapshot(String),
+    /// The event stream refused the monitor (a bad token, an account it may not read).
+    #[error("--events: {0}")]
+    Stream(String),
     /// The broker refused or dropped the connection.
     #[error("broker: {0}")]
     Broker(String),
