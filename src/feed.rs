@@ -270,6 +270,12 @@ impl Feed {
         Ok(())
     }
 
+    /// Broadcasts `event` as if read from the log (the followers' tests).
+    #[cfg(test)]
+    pub(crate) fn broadcast(&self, event: StoredEvent) {
+        let _ = self.events.send(Arc::new(event));
+    }
+
     fn advance(&self, to: i64) {
         let before = self
             .horizon

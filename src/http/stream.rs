@@ -321,3 +321,115 @@ impl Follow {
         Event::default().event("cut").data(data.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::StreamConfig;
+
+    fn event(position: i64, account_id: &str) -> StoredEvent {
+        StoredEvent {
+            position,
+            account_id: account_id.into(),
+            stream: format!("connection/{account_id}/c"),
+            stream_version: position,
+            event_type: "connection.connected".into(),
+            event_version: 1,
+            at_millis: position,
+            recorded_at_millis: position,
+            data: serde_json::json!({}),
+        }
+    }
+
+    async fn follower_of(feed: &Arc<Feed>, account: &str) -> Follow {
+        let joined = feed.join();
+        Follow {
+            feed: feed.clone(),
+            after: joined.horizon,
+            horizon: joined.horizon,
+            account_id: Some(account.into()),
+            filter: EventFilter::default(),
+            backlog: VecDeque::new(),
+            caught_up: false,
+            done: false,
+            joined,
+            _follower: feed.follower().unwrap(),
+        }
+    }
+
+    /// The message's SSE text.
+    fn text(e: Event) -> String {
+        use axum::response::IntoResponse;
+        let body = Sse::new(futures_util::stream::iter([Ok::<_, Infallible>(e)])).into_response();
+        let bytes = futures_util::FutureExt::now_or_never(axum::body::to_bytes(
+            body.into_body(),
+            usize::MAX,
+        ))
+        .unwrap()
+        .unwrap();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn given_a_follower_that_fell_behind_the_buffer_when_it_reads_then_it_is_cut_as_lagged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::temp_store(&dir).await;
+        let settings = StreamConfig {
+            buffer_events: 16,
+            ..StreamConfig::default()
+        };
+        let feed = Feed::new(store, settings);
+        let mut follow = follower_of(&feed, "a").await;
+        assert!(text(follow.next().await.unwrap()).starts_with("event: live"));
+        for p in 1..=20 {
+            feed.broadcast(event(p, "a"));
+        }
+        let cut = text(follow.next().await.unwrap());
+        assert!(cut.starts_with("event: cut"), "{cut}");
+        assert!(cut.contains("\"reason\":\"lagged\""), "{cut}");
+        assert!(
+            follow.next().await.is_none(),
+            "the stream ends after the cut"
+        );
+        assert_eq!(feed.metrics.cut.get(Cut::Lagged), 1);
+    }
+
+    #[tokio::test]
+    async fn given_live_events_of_two_accounts_when_following_one_then_only_its_own_arrive_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::temp_store(&dir).await;
+        let feed = Feed::new(store, StreamConfig::default());
+        let mut follow = follower_of(&feed, "a").await;
+        follow.next().await.unwrap();
+        for (p, account) in [(1, "a"), (2, "b"), (3, "a"), (3, "a"), (2, "a"), (4, "a")] {
+            feed.broadcast(event(p, account));
+        }
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            let t = text(follow.next().await.unwrap());
+            ids.push(
+                t.lines()
+                    .find_map(|l| l.strip_prefix("id: "))
+                    .unwrap()
+                    .to_string(),
+            );
+        }
+        assert_eq!(
+            ids,
+            ["1", "3", "4"],
+            "another account's, a repeat and an older one are skipped"
+        );
+    }
+
+    #[tokio::test]
+    async fn given_a_closing_feed_when_following_then_the_stream_is_cut_for_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::temp_store(&dir).await;
+        let feed = Feed::new(store, StreamConfig::default());
+        let mut follow = follower_of(&feed, "a").await;
+        follow.next().await.unwrap();
+        feed.close();
+        let cut = text(follow.next().await.unwrap());
+        assert!(cut.contains("\"reason\":\"shutdown\""), "{cut}");
+    }
+}
