@@ -10,7 +10,9 @@
 //! device --MQTT--> edge (auth, ACL, lifecycle) --loopback--> broker (rumqttd)
 //!   --bus (rumqttc, QoS 1, manual ack)--> sync handler
 //!   --> domain decider (pure) --> store (events + read models, one transaction) --> ack
-//! HTTP /v1/... reads the read models; cradle-monitor follows the status wildcard.
+//! HTTP /v1/... reads the read models; the live feed (one per replica) follows the log up to
+//! its settled position and streams every committed event to followers (SSE); presence history
+//! is computed from the log; cradle-monitor follows the status wildcard or the event stream.
 //! ```
 //!
 //! Beyond one machine (`broker.mode = "external"`): replicas share an external broker and one
@@ -24,6 +26,7 @@
 //!
 //! ```text
 //! bins --> server --> http --> control --> (edge, ws);  (http, ws) --> sync --> (bus, domain, store)
+//! http --> feed --> store
 //! edge --> auth --> accounts --> store;  broker (the vendored rumqttd, wired by Cradle)
 //! plumbing at the bottom, importing nothing above it: config, topics, clock, ids, retry,
 //!   mqtt_client, endpoint, rate, metrics, tasks, telemetry
@@ -54,7 +57,15 @@
 //!   provisioning, disconnect and bans, every action recorded as an `admin.*` event; on
 //!   `http.admin_listen` when set), `/healthz`, `/readyz`, `/metrics`, and `GET /ws`'s handshake (origin, subprotocols, credential, client
 //!   id, resume, the bridge's admission: every refusal before the `101`) before the socket goes
-//!   to the bridge; `http::origins` holds `http.allowed_origins` and the CORS layer.
+//!   to the bridge; `http::origins` holds `http.allowed_origins` and the CORS layer;
+//!   `http::stream` serves the live event stream (Server-Sent Events, resumable by
+//!   `Last-Event-ID`, bounded by `stream.max_followers` outside `http.max_connections`);
+//!   `http::history` answers presence history (a client's connections in a window,
+//!   availability, every client's state at an instant) from the log; `http::dashboard` serves
+//!   the operators' page.
+//! - `feed`: the live feed of the event log, one per replica: wakes on this process's
+//!   commits and polls for other replicas', reads only up to the store's settled position,
+//!   and hands every event to the stream's followers through a bounded broadcast.
 //! - [`ws`]: the legacy WebSocket bridge: sessions, seq and replay (`ws::hub`), one socket
 //!   (`ws::socket`), [`ws::inbox`] (a replica's subscriptions), `ws::handover` (sessions in
 //!   the store across a restart), `ws::transfer` (sessions moving between replicas),
@@ -73,11 +84,13 @@
 //! - [`bus`]: Cradle's QoS 1 subscriber: routes each topic family to its handler, acks in
 //!   delivery order, reconnects.
 //! - [`domain`]: pure deciders, `decide(command, state)` and `evolve(state, event)`
-//!   ([`domain::connection`], [`domain::session`] with the grace rule), and [`domain::usage`],
-//!   with given/when/then tests.
+//!   ([`domain::connection`], [`domain::session`] with the grace rule), [`domain::usage`] and
+//!   [`domain::presence`] (connections rebuilt from a client's log: history, availability,
+//!   state at an instant), with given/when/then tests.
 //! - [`store`]: sea-orm event log and read models on SQLite or PostgreSQL, with migrations;
 //!   `store::bans` (bans in force), `store::audit` (administrative actions as events, and
-//!   an account's erase).
+//!   an account's erase), `store::follow` (the settled position: following the log in commit
+//!   order, on PostgreSQL too), `store::retention` (`store.retention_days`).
 //! - [`admin_client`]: what `cradle accounts` / `cradle credentials` act through: the store,
 //!   or a running Cradle's admin API (`--server`).
 //! - [`edge`]: the MQTT edge devices reach (TCP, WebSocket, TLS): authenticates, hands each
@@ -94,7 +107,8 @@
 //!   PUBACK for a status or station message waits until the bus has committed it.
 //! - [`migrate`]: `cradle migrate`: copies a whole store (SQLite to PostgreSQL) in one
 //!   transaction and verifies each table's row count and checksum.
-//! - [`monitor`]: the `cradle-monitor` live view; [`bench`](mod@bench): `cradle-bench` scenarios and the
+//! - [`monitor`]: the `cradle-monitor` live view (statuses over MQTT, or the event stream
+//!   with `--events`, [`monitor::events`]); [`bench`](mod@bench): `cradle-bench` scenarios and the
 //!   `BENCHMARKS.md` report.
 //! - Plumbing: [`config`] (one typed config: defaults, TOML, `CRADLE_*`, flags), [`topics`]
 //!   (the topic contract: names, filters, ids, the one parser of topic shapes), `clock`
