@@ -115,6 +115,10 @@ pub(crate) struct Feed {
     /// True once the feed stops (shutdown): followers end.
     closed: watch::Sender<bool>,
     followers: Arc<Semaphore>,
+    /// Held while a follower joins, and while the feed decides that nobody follows: so a
+    /// follower either joins before that decision (and gets the broadcast) or reads the
+    /// horizon after it (and reads those events from the log).
+    joining: std::sync::Mutex<()>,
     settings: StreamConfig,
     /// Its counters.
     pub metrics: Arc<FeedMetrics>,
@@ -153,6 +157,7 @@ impl Feed {
             events,
             closed: watch::channel(false).0,
             followers: Arc::new(Semaphore::new(settings.max_followers)),
+            joining: std::sync::Mutex::new(()),
             settings,
             metrics: Arc::default(),
         })
@@ -187,6 +192,7 @@ impl Feed {
 
     /// Subscribes a follower, then reads the horizon (in that order: see the module docs).
     pub(crate) fn join(&self) -> Joined {
+        let _joining = self.joining.lock().unwrap_or_else(|e| e.into_inner());
         let events = self.events.subscribe();
         Joined {
             events,
@@ -244,9 +250,17 @@ impl Feed {
         Ok(())
     }
 
-    /// Reads and broadcasts every event up to the settled position.
+    /// Reads and broadcasts every event up to the settled position (only moves the horizon
+    /// while nobody follows: the pipeline's events are not read back for nobody).
     async fn catch_up(&self) -> Result<(), crate::store::StoreError> {
         let settled = self.store.settled_position().await?;
+        {
+            let _joining = self.joining.lock().unwrap_or_else(|e| e.into_inner());
+            if self.events.receiver_count() == 0 {
+                self.advance(settled);
+                return Ok(());
+            }
+        }
         let mut after = self.horizon.load(Relaxed);
         let filter = EventFilter {
             upto: Some(settled),
