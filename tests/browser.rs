@@ -507,7 +507,7 @@ async fn a_page_of_a_foreign_origin_cannot_open_the_socket_or_read_the_api() {
     );
     // The library may learn why (its diagnostic fetch is itself cross-origin, so a browser
     // normally cannot read the answer); when it does, the reason is the origin.
-    if !connected["status"].is_null() {
+    if connected["status"].as_u64().is_some_and(|s| s != 0) {
         assert_eq!(connected["status"], 403, "{connected}");
         assert_eq!(connected["code"], "origin_not_allowed", "{connected}");
     }
@@ -751,4 +751,341 @@ async fn a_session_gone_after_a_crash_is_reported_and_a_fresh_one_opened() {
         js(&page, "h.client.connectionId").await,
         hello["connection_id"]
     );
+}
+
+/// A page whose origin Cradle does not allow learns it was refused: each handshake fails with
+/// 1006 and the diagnostic `GET /ws` is blocked by CORS, but Cradle answers HTTP (the library's
+/// `no-cors` probe of `/healthz` gets an answer), so after `reportAfter` handshakes the page
+/// gets an `error` event `refused` naming `http.allowed_origins`; after `maxRefused` the client
+/// stops (state `closed`, `failure`, a final `error`, `connect()` rejects) and opens no more
+/// sockets. It never reaches `open`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_of_a_foreign_origin_learns_it_was_refused_and_the_client_stops() {
+    let Some((browser, site, dir, db)) = setup().await else {
+        return;
+    };
+    let (foreign_port, _foreign_server) = serve_dir(site.dir.path()).await;
+    let foreign = format!("http://127.0.0.1:{foreign_port}");
+    let (token, _) = account_fam(&db);
+    let mut c = cradle(
+        dir.path(),
+        &db,
+        "",
+        &[("CRADLE_HTTP_ALLOWED_ORIGINS", site.origin())],
+    )
+    .await;
+    c.token = Some(token.clone());
+
+    let page = open_page(&browser, &foreign).await;
+    let options = json!({
+        "url": c.http,
+        "clientId": "intruder",
+        "token": token,
+        "backoff": { "initialMs": 50, "maxMs": 200, "factor": 2, "jitter": 0 },
+        "reportAfter": 2,
+        "maxRefused": 5,
+    });
+    js(&page, &format!("h.open({options})")).await;
+    let connected = js(&page, "h.connect(20000)").await;
+    check(
+        &page,
+        connected["ok"] == false && connected["code"] == "refused",
+        format!("connect() rejects as refused: {connected}"),
+    );
+    assert_eq!(connected["attempts"], 5, "{connected}");
+
+    let errors = js(&page, "h.log.error").await;
+    let errors = errors.as_array().cloned().unwrap_or_default();
+    check(
+        &page,
+        errors.len() == 2,
+        format!("one report, then the final error: {errors:?}"),
+    );
+    assert_eq!(errors[0]["code"], "refused", "{errors:?}");
+    assert_eq!(errors[0]["attempts"], 2, "{errors:?}");
+    assert_eq!(errors[0]["final"], false, "{errors:?}");
+    assert!(
+        errors[0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("http.allowed_origins") && m.contains(&foreign)),
+        "the message says why and names the page's origin: {errors:?}"
+    );
+    assert_eq!(errors[1]["code"], "refused", "{errors:?}");
+    assert_eq!(errors[1]["attempts"], 5, "{errors:?}");
+    assert_eq!(errors[1]["final"], true, "{errors:?}");
+
+    assert_eq!(js(&page, "h.client.state").await, "closed");
+    assert_eq!(js(&page, "h.client.failure.code").await, "refused");
+    let states = js(&page, "h.log.state").await;
+    assert_eq!(
+        states,
+        json!(["connecting", "closed"]),
+        "never open: {states}"
+    );
+    // Bounded: five handshakes, none opened, and none after the client stopped.
+    let sockets = js(&page, "h.sockets").await;
+    let sockets = sockets.as_array().cloned().unwrap_or_default();
+    assert_eq!(sockets.len(), 5, "{sockets:?}");
+    assert!(sockets.iter().all(|s| s["opened"] == false), "{sockets:?}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        js(&page, "h.sockets.length").await,
+        5,
+        "no retry after the stop"
+    );
+    assert!(c.client("fam", "intruder").await.is_none());
+}
+
+/// A server that does not answer at all (nothing listens on the port): after `reportAfter`
+/// failed handshakes the page gets one `error` event `unreachable`, and by default the client
+/// keeps retrying with backoff (an outage ends by itself) without a report per attempt; with
+/// `maxUnreachable` it stops there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_server_is_reported_and_retried_with_backoff_or_up_to_a_limit() {
+    let Some(browser) = Browser::launch().await else {
+        return;
+    };
+    let site = Site::serve().await;
+    let nowhere = format!("http://127.0.0.1:{}", common::free_port());
+    let page = open_page(&browser, &site.origin()).await;
+    let backoff = json!({ "initialMs": 50, "maxMs": 200, "factor": 2, "jitter": 0 });
+
+    // The default: report, then retry without end.
+    let options = json!({ "url": nowhere, "clientId": "pwa", "account": "fam", "backoff": backoff, "reportAfter": 2 });
+    js(
+        &page,
+        &format!("h.open({options}); h.client.connect(); true"),
+    )
+    .await;
+    let error = wait_js(&page, "h.log.error[0]", 10).await;
+    assert_eq!(error["code"], "unreachable", "{error}");
+    assert_eq!(error["attempts"], 2, "{error}");
+    assert_eq!(error["final"], false, "{error}");
+    wait_js(&page, "h.sockets.length >= 7", 10).await;
+    let snapshot = js(&page, "h.snapshot()").await;
+    assert_eq!(snapshot["state"], "connecting", "{snapshot}");
+    assert_eq!(
+        snapshot["errors"].as_array().map(Vec::len),
+        Some(1),
+        "one report, not one per attempt: {snapshot}"
+    );
+    assert_eq!(js(&page, "h.client.failure").await, Value::Null);
+    js(&page, "h.close()").await;
+
+    // With a limit: the client stops.
+    let options = json!({
+        "url": nowhere, "clientId": "pwa", "account": "fam", "backoff": backoff,
+        "reportAfter": 2, "maxUnreachable": 3,
+    });
+    js(&page, &format!("h.open({options})")).await;
+    let connected = js(&page, "h.connect(10000)").await;
+    check(
+        &page,
+        connected["ok"] == false && connected["code"] == "unreachable",
+        format!("connect() rejects as unreachable: {connected}"),
+    );
+    let last = js(&page, "h.log.error[h.log.error.length - 1]").await;
+    assert_eq!(last["final"], true, "{last}");
+    assert_eq!(last["attempts"], 3, "{last}");
+    assert_eq!(js(&page, "h.sockets.length").await, 3);
+    assert_eq!(js(&page, "h.client.state").await, "closed");
+}
+
+/// What a fake event-stream server saw of one request: its request line and its
+/// `Authorization` header.
+#[derive(Debug, Clone)]
+struct SeenRequest {
+    method: String,
+    target: String,
+    authorization: Option<String>,
+}
+
+/// The requests a fake server saw, oldest first.
+type SeenRequests = std::sync::Arc<std::sync::Mutex<Vec<SeenRequest>>>;
+
+/// The CORS headers of the fake server's answers: any origin, the token header.
+const FAKE_CORS: &str = "Access-Control-Allow-Origin: *\r\nAccess-Control-Allow-Headers: authorization\r\nAccess-Control-Allow-Methods: GET\r\n";
+
+/// A stand-in for Cradle's `GET /v1/accounts/fam/events/stream` on a free port, answering
+/// CORS for any origin (preflights included): the first stream sends events 1-3, `live`,
+/// event 4, then `event: cut` (lagged) and ends; a stream resumed `after=4` sends a
+/// keep-alive, `live` and event 5 and stays open. `GET /v1/accounts/fam/clients` answers
+/// Cradle's JSON `403`.
+async fn fake_event_stream() -> (u16, TaskGuard, SeenRequests) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the fake stream");
+    let port = listener.local_addr().expect("its address").port();
+    let seen = SeenRequests::default();
+    let log = seen.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(fake_answer(stream, log.clone()));
+        }
+    });
+    (port, TaskGuard::from(task), seen)
+}
+
+/// One request to the fake event-stream server, recorded in `seen` and answered.
+async fn fake_answer(mut stream: tokio::net::TcpStream, seen: SeenRequests) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut head = Vec::new();
+    let mut buf = [0u8; 2048];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    let mut words = head.lines().next().unwrap_or_default().split_whitespace();
+    let request = SeenRequest {
+        method: words.next().unwrap_or_default().to_string(),
+        target: words.next().unwrap_or_default().to_string(),
+        authorization: head.lines().find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("authorization")
+                .then(|| value.trim().to_string())
+        }),
+    };
+    seen.lock().expect("the log").push(request.clone());
+    let event = |p: u32| {
+        let data = json!({ "position": p, "type": "connection.connected", "data": { "client_id": "baby" } });
+        format!("id: {p}\ndata: {data}\n\n")
+    };
+    let answer = if request.method == "OPTIONS" {
+        format!("HTTP/1.1 204 No Content\r\n{FAKE_CORS}Connection: close\r\n\r\n")
+    } else if request.target.starts_with("/v1/accounts/fam/clients") {
+        let body =
+            json!({ "error": { "code": "forbidden", "message": "not this account" } }).to_string();
+        format!(
+            "HTTP/1.1 403 Forbidden\r\n{FAKE_CORS}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    } else {
+        format!("HTTP/1.1 200 OK\r\n{FAKE_CORS}Content-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n")
+    };
+    if stream.write_all(answer.as_bytes()).await.is_err() || !answer.contains("event-stream") {
+        return;
+    }
+    if request.target.contains("after=4") {
+        let resumed = format!(
+            ": keep-alive\n\nevent: live\ndata: {{\"position\":4}}\n\n{}",
+            event(5)
+        );
+        let _ = stream.write_all(resumed.as_bytes()).await;
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        return;
+    }
+    // The backlog in two pieces cut mid-line, as a network may deliver it.
+    let backlog = format!(
+        "{}{}{}event: live\ndata: {{\"position\":3}}\n\n",
+        event(1),
+        event(2),
+        event(3)
+    );
+    let (a, b) = backlog.split_at(backlog.len() / 2);
+    for piece in [a, b] {
+        let _ = stream.write_all(piece.as_bytes()).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let cut = format!(
+        "{}event: cut\ndata: {{\"reason\":\"lagged\",\"message\":\"too slow\"}}\n\n",
+        event(4)
+    );
+    let _ = stream.write_all(cut.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
+
+/// The library's HTTP helper in a real browser: a refusal's JSON body becomes an error with
+/// `status`, `code` and `message`; `follow` reads an event stream over `fetch` with the token
+/// as `Authorization` (cross-origin, preflighted), delivers each event once in order across an
+/// `event: cut`, and follows again `after` the last id it saw.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_helper_reads_errors_and_follows_an_event_stream_across_a_cut() {
+    let Some(browser) = Browser::launch().await else {
+        return;
+    };
+    let site = Site::serve().await;
+    let (port, _server, seen) = fake_event_stream().await;
+    let page = open_page(&browser, &site.origin()).await;
+    let options = json!({ "baseUrl": format!("http://127.0.0.1:{port}"), "token": "s3cret" });
+    js(&page, &format!("h.apiOpen({options})")).await;
+
+    let refused = js(&page, r#"h.apiCall("get", "/v1/accounts/fam/clients")"#).await;
+    assert_eq!(refused["ok"], false, "{refused}");
+    assert_eq!(refused["status"], 403, "{refused}");
+    assert_eq!(refused["code"], "forbidden", "{refused}");
+    assert_eq!(refused["error"], "not this account", "{refused}");
+    assert_eq!(refused["name"], "CradleError", "{refused}");
+
+    js(
+        &page,
+        r#"h.follow("/v1/accounts/fam/events/stream", { query: { type: "connection.connected" }, backoff: { initialMs: 50, maxMs: 200 } })"#,
+    )
+    .await;
+    wait_js(&page, "h.followed.events.length >= 5", 10).await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // duplicates would come now
+    let followed = js(&page, "h.followed").await;
+    let positions: Vec<u64> = followed["events"]
+        .as_array()
+        .map(|e| e.iter().filter_map(|e| e["position"].as_u64()).collect())
+        .unwrap_or_default();
+    check(
+        &page,
+        positions == [1, 2, 3, 4, 5],
+        format!("every event once, in order: {followed}"),
+    );
+    assert_eq!(followed["events"][0]["data"]["client_id"], "baby");
+    let states: Vec<String> = followed["states"]
+        .as_array()
+        .map(|s| {
+            s.iter()
+                .map(|s| match s[1]["reason"].as_str() {
+                    Some(reason) => format!("{}:{reason}", s[0].as_str().unwrap_or("?")),
+                    None => s[0].as_str().unwrap_or("?").to_string(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        states,
+        [
+            "connecting",
+            "open",
+            "live",
+            "reconnecting:lagged",
+            "connecting",
+            "open",
+            "live"
+        ],
+        "{followed}"
+    );
+    let live = &followed["states"][2][1];
+    assert_eq!(live["position"], 3, "{followed}");
+
+    js(&page, "h.unfollow()").await;
+    let outcome = wait_js(&page, "h.followed.outcome", 5).await;
+    assert_eq!(outcome["ok"], true, "{outcome}");
+
+    // What the server saw: each stream with the token and the filter; the second after 4.
+    let seen = seen.lock().expect("the log").clone();
+    let streams: Vec<&SeenRequest> = seen
+        .iter()
+        .filter(|r| r.method == "GET" && r.target.contains("/events/stream"))
+        .collect();
+    assert_eq!(streams.len(), 2, "{seen:?}");
+    assert!(!streams[0].target.contains("after="), "{seen:?}");
+    assert!(streams[1].target.contains("after=4"), "{seen:?}");
+    for stream in &streams {
+        assert!(
+            stream.target.contains("type=connection.connected"),
+            "{seen:?}"
+        );
+        assert_eq!(
+            stream.authorization.as_deref(),
+            Some("Bearer s3cret"),
+            "{seen:?}"
+        );
+    }
 }

@@ -7,6 +7,7 @@
 mod admin;
 mod api;
 mod auth;
+mod dashboard;
 mod error;
 mod history;
 pub(crate) mod metrics;
@@ -94,6 +95,7 @@ pub(crate) fn app(state: AppState, max_body_bytes: usize, surface: Surface) -> R
             .merge(stream::router())
             .merge(sessions::router())
             .merge(ws::router())
+            .merge(dashboard::router())
             .merge(admin::router()),
         Surface::Public => Router::new()
             .merge(openapi::router())
@@ -102,7 +104,8 @@ pub(crate) fn app(state: AppState, max_body_bytes: usize, surface: Surface) -> R
             .merge(history::router())
             .merge(stream::router())
             .merge(sessions::router())
-            .merge(ws::router()),
+            .merge(ws::router())
+            .merge(dashboard::router()),
         Surface::Admin => Router::new()
             .merge(openapi::router())
             .merge(ops::router())

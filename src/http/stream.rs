@@ -400,7 +400,8 @@ mod tests {
         let store = crate::store::temp_store(&dir).await;
         let feed = Feed::new(store, StreamConfig::default());
         let mut follow = follower_of(&feed, "a").await;
-        follow.next().await.unwrap();
+        let live = text(follow.next().await.unwrap());
+        assert!(live.starts_with("event: live"), "{live}");
         for (p, account) in [(1, "a"), (2, "b"), (3, "a"), (3, "a"), (2, "a"), (4, "a")] {
             feed.broadcast(event(p, account));
         }
@@ -427,7 +428,8 @@ mod tests {
         let store = crate::store::temp_store(&dir).await;
         let feed = Feed::new(store, StreamConfig::default());
         let mut follow = follower_of(&feed, "a").await;
-        follow.next().await.unwrap();
+        let live = text(follow.next().await.unwrap());
+        assert!(live.starts_with("event: live"), "{live}");
         feed.close();
         let cut = text(follow.next().await.unwrap());
         assert!(cut.contains("\"reason\":\"shutdown\""), "{cut}");

@@ -61,6 +61,13 @@ impl Drop for TaskGuard {
     }
 }
 
+impl From<JoinHandle<()>> for TaskGuard {
+    /// Guards a task a test spawned itself (a fake server's accept loop).
+    fn from(task: JoinHandle<()>) -> Self {
+        TaskGuard(task)
+    }
+}
+
 /// Locks `m`, also after another thread panicked while holding it (the data are logs and
 /// waiting callers: still usable).
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -479,6 +486,31 @@ impl Page {
         }
     }
 
+    /// A PNG of the whole page (`Page.captureScreenshot` beyond the viewport, clipped to the
+    /// document's size), as bytes.
+    pub async fn screenshot(&self) -> Result<Vec<u8>, String> {
+        let metrics = self.call("Page.getLayoutMetrics", json!({})).await?;
+        let size = &metrics["cssContentSize"];
+        let (width, height) = (
+            size["width"].as_f64().unwrap_or(800.0),
+            size["height"].as_f64().unwrap_or(600.0),
+        );
+        let shot = self
+            .call(
+                "Page.captureScreenshot",
+                json!({
+                    "format": "png",
+                    "captureBeyondViewport": true,
+                    "clip": { "x": 0, "y": 0, "width": width, "height": height, "scale": 1 },
+                }),
+            )
+            .await?;
+        let data = shot["data"]
+            .as_str()
+            .ok_or_else(|| format!("Page.captureScreenshot answered {shot}"))?;
+        base64_decode(data)
+    }
+
     /// The page's console so far: `console.*` calls, uncaught exceptions and the browser's log
     /// lines for it (failed loads, CORS refusals), oldest first.
     pub fn console(&self) -> Vec<String> {
@@ -507,6 +539,40 @@ impl Drop for Page {
             json!({ "targetId": self.target_id }),
         );
     }
+}
+
+/// Decodes standard base64 (with padding), as DevTools sends binary data.
+fn base64_decode(text: &str) -> Result<Vec<u8>, String> {
+    fn value(c: u8) -> Result<u32, String> {
+        Ok(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return Err(format!("not base64: {:?}", c as char)),
+        }
+        .into())
+    }
+    let bytes: Vec<u8> = text.bytes().filter(|c| !c.is_ascii_whitespace()).collect();
+    if bytes.len() % 4 != 0 {
+        return Err(format!("base64 of {} characters", bytes.len()));
+    }
+    let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
+    for quad in bytes.chunks(4) {
+        let pad = quad.iter().rev().take_while(|&&c| c == b'=').count();
+        if pad > 2 {
+            return Err("base64 with more than two padding characters".to_string());
+        }
+        let mut n = 0u32;
+        for &c in &quad[..4 - pad] {
+            n = (n << 6) | value(c)?;
+        }
+        n <<= 6 * pad as u32;
+        let group = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+        out.extend_from_slice(&group[..3 - pad]);
+    }
+    Ok(out)
 }
 
 /// Serves the files of `dir` over HTTP on a free loopback port: `GET` (and `HEAD`) only,
@@ -722,5 +788,19 @@ async fn relay(
         // Dropped with SO_LINGER 0: both ends get a reset.
         let _ = client.set_zero_linger();
         let _ = upstream.set_zero_linger();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64_decodes_with_and_without_padding() {
+        assert_eq!(super::base64_decode("iVBORw==").unwrap(), b"\x89PNG");
+        assert_eq!(super::base64_decode("TWFu").unwrap(), b"Man");
+        assert_eq!(super::base64_decode("TWE=").unwrap(), b"Ma");
+        assert_eq!(super::base64_decode("").unwrap(), b"");
+        assert!(super::base64_decode("TWE").is_err());
+        assert!(super::base64_decode("T===").is_err());
+        assert!(super::base64_decode("TW!=").is_err());
     }
 }

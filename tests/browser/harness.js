@@ -1,5 +1,5 @@
 // The browser tests' harness (tests/browser.rs): drives clients/js/cradle.js (served as
-// /cradle.js) and records everything it emits, as plain JSON the Rust test reads back through
+// /cradle.js), its CradleClient and its CradleApi, and records everything they emit, as plain JSON the Rust test reads back through
 // DevTools (Runtime.evaluate with returnByValue). Every async helper resolves, never rejects:
 // a failure is a value `{ ok: false, error, status, code }` the test can assert on and print.
 import * as cradle from "/cradle.js";
@@ -13,13 +13,15 @@ function withTimeout(promise, ms, what) {
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
-/** An Error (the library's carry .status and .code) as JSON. */
+/** An Error (the library's CradleError carries .status and .code, some .attempts) as JSON. */
 function failure(e) {
   return {
     ok: false,
     error: String((e && e.message) || e),
     status: e && e.status !== undefined ? e.status : null,
     code: e && e.code !== undefined ? e.code : null,
+    attempts: e && e.attempts !== undefined ? e.attempts : null,
+    name: e && e.name !== undefined ? e.name : null,
   };
 }
 
@@ -161,6 +163,59 @@ const h = {
   /** Sends `text` on plain socket `i`. */
   rawSend(i, text) {
     h.rawSockets[i].send(text);
+    return true;
+  },
+
+  /** The CradleApi under test (`apiOpen`). */
+  api: null,
+  /** What the running `follow` delivered: `events`, `states` ([state, detail]), `errors`, and
+   *  its `outcome` once it ended (`{ok: true}`, or a failure). */
+  followed: null,
+  /** Stops the running `follow`. */
+  followControl: null,
+
+  /** Creates the CradleApi with `opts` (the library's). */
+  apiOpen(opts) {
+    h.api = new cradle.CradleApi(opts);
+    return true;
+  },
+
+  /** `api[method](...args)` (get, post, put, delete): `{ ok: true, value }` or a failure. */
+  async apiCall(method, ...args) {
+    try {
+      return { ok: true, value: await withTimeout(h.api[method](...args), 10000, method) };
+    } catch (e) {
+      return failure(e);
+    }
+  },
+
+  /** Starts `api.follow(path, options)`, recording into `h.followed`. */
+  follow(path, options = {}) {
+    const f = { events: [], states: [], errors: [], outcome: null };
+    const control = new AbortController();
+    h.followed = f;
+    h.followControl = control;
+    h.api
+      .follow(path, {
+        ...options,
+        signal: control.signal,
+        onEvent: (event) => f.events.push(event),
+        onState: (state, detail) => {
+          const { error, ...rest } = detail;
+          f.states.push([state, error ? { ...rest, error: failure(error) } : rest]);
+        },
+        onError: (e) => f.errors.push(failure(e)),
+      })
+      .then(
+        () => (f.outcome = { ok: true }),
+        (e) => (f.outcome = failure(e)),
+      );
+    return true;
+  },
+
+  /** Aborts the running `follow`. */
+  unfollow() {
+    h.followControl.abort();
     return true;
   },
 };
