@@ -1,5 +1,5 @@
-// cradle.js: the browser client of Cradle (docs/websocket.md, section "The JavaScript client
-// library"; clients/js/README.md). One dependency-free ES module (ES2020), imported as is:
+// cradle.js: the browser client of Cradle (its reference: clients/js/README.md; the protocol:
+// docs/websocket.md). One dependency-free ES module (ES2020), imported as is:
 //
 //   import { CradleClient, CradleApi, CradleError, CLOSE } from "./cradle.js";
 //
