@@ -22,9 +22,9 @@ use super::metrics::HttpRefusal;
 use super::{ApiError, AppState};
 
 /// Methods a page may use (answered in a preflight).
-const ALLOW_METHODS: &str = "GET, PUT, DELETE";
+const ALLOW_METHODS: &str = "GET, PUT, POST, DELETE";
 /// Request headers a page may send (answered in a preflight).
-const ALLOW_HEADERS: &str = "Authorization, Content-Type, X-Cradle-Account";
+const ALLOW_HEADERS: &str = "Authorization, Content-Type, X-Cradle-Account, Last-Event-ID";
 /// Response headers a page may read besides the CORS-safelisted ones.
 const EXPOSE_HEADERS: &str = "Retry-After, WWW-Authenticate";
 /// How long a browser may cache a preflight's answer, in seconds.
