@@ -1665,65 +1665,10 @@ async fn an_observed_start_and_the_devices_report_on_two_replicas_are_one_connec
     assert!(ra > 0 && rb > 0, "both replicas took a share: {ra} + {rb}");
 }
 
-/// One message of a Server-Sent Events stream (its `event`, `id` and `data` fields).
-#[derive(Debug, Clone, Default)]
-struct SseMessage {
-    event: Option<String>,
-    id: Option<String>,
-    data: String,
-}
-
-/// What a follower has received so far, and how its stream ended (when it did).
-#[derive(Default)]
-struct SseState {
-    messages: Vec<SseMessage>,
-    ended: Option<String>,
-}
-
-/// A follower of a replica's event stream: a task reads the body chunk by chunk and parses
-/// the messages (comments such as `: keep-alive` are left out).
+/// A follower of a replica's event stream, read in the background (testkit's `sse`).
 struct SseFollower {
     name: String,
-    state: std::sync::Arc<std::sync::Mutex<SseState>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for SseFollower {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// The complete messages at the front of `buffer` (removed from it). Line ends are `\n`
-/// (carriage returns are dropped as the bytes arrive); a blank line ends a message.
-fn sse_messages(buffer: &mut Vec<u8>) -> Vec<SseMessage> {
-    let mut out = Vec::new();
-    while let Some(end) = buffer.windows(2).position(|w| w == b"\n\n") {
-        let block: Vec<u8> = buffer.drain(..end + 2).collect();
-        let block = String::from_utf8(block).expect("UTF-8 stream");
-        let mut message = SseMessage::default();
-        let mut fields = 0;
-        let mut data: Vec<&str> = Vec::new();
-        for line in block.split('\n').filter(|l| !l.is_empty()) {
-            if line.starts_with(':') {
-                continue;
-            }
-            let (field, value) = line.split_once(':').unwrap_or((line, ""));
-            let value = value.strip_prefix(' ').unwrap_or(value);
-            fields += 1;
-            match field {
-                "event" => message.event = Some(value.to_string()),
-                "id" => message.id = Some(value.to_string()),
-                "data" => data.push(value),
-                _ => {}
-            }
-        }
-        if fields > 0 {
-            message.data = data.join("\n");
-            out.push(message);
-        }
-    }
-    out
+    stream: common::sse::Collected,
 }
 
 impl SseFollower {
@@ -1733,53 +1678,20 @@ impl SseFollower {
             "{}/v1/accounts/{account}/events/stream?after=0",
             replica.http
         );
-        let mut response = reqwest::Client::new()
-            .get(url)
-            .header("accept", "text/event-stream")
-            .send()
-            .await
-            .expect("stream request");
-        assert_eq!(response.status().as_u16(), 200, "{name}: stream refused");
-        let content_type = response.headers()["content-type"].to_str().unwrap();
-        assert!(
-            content_type.starts_with("text/event-stream"),
-            "{name}: {content_type}"
-        );
-        let state = std::sync::Arc::new(std::sync::Mutex::new(SseState::default()));
-        let shared = state.clone();
-        let task = tokio::spawn(async move {
-            let mut buffer = Vec::new();
-            let ended = loop {
-                match response.chunk().await {
-                    Ok(Some(bytes)) => {
-                        buffer.extend(bytes.iter().filter(|b| **b != b'\r'));
-                        let parsed = sse_messages(&mut buffer);
-                        shared.lock().unwrap().messages.extend(parsed);
-                    }
-                    Ok(None) => break "the server ended the stream".to_string(),
-                    Err(e) => break format!("the stream failed: {e}"),
-                }
-            };
-            shared.lock().unwrap().ended = Some(ended);
-        });
         SseFollower {
             name: name.to_string(),
-            state,
-            task,
+            stream: common::sse::Sse::open(&url, &[]).await.collect(),
         }
     }
 
-    fn messages(&self) -> Vec<SseMessage> {
-        self.state.lock().unwrap().messages.clone()
+    fn messages(&self) -> Vec<common::sse::Message> {
+        self.stream.messages()
     }
 
     /// Waits until `event: live` has come.
     async fn until_live(&self) {
         wait_for(Duration::from_secs(10), "event: live", || async {
-            let live = self
-                .messages()
-                .iter()
-                .any(|m| m.event.as_deref() == Some("live"));
+            let live = self.messages().iter().any(|m| m.event == "live");
             live.then_some(())
         })
         .await;
@@ -1787,12 +1699,11 @@ impl SseFollower {
 
     /// Waits until an event at `position` or beyond has come (or the stream ended), then a
     /// little longer to see whether anything more arrives; returns every message.
-    async fn until_position(&self, position: i64) -> Vec<SseMessage> {
+    async fn until_position(&self, position: i64) -> Vec<common::sse::Message> {
         let reached = || {
-            let state = self.state.lock().unwrap();
-            state.ended.is_some()
-                || state.messages.iter().any(|m| {
-                    m.event.is_none()
+            self.stream.ended().is_some()
+                || self.messages().iter().any(|m| {
+                    m.event.is_empty()
                         && m.id.as_deref().and_then(|id| id.parse::<i64>().ok()) >= Some(position)
                 })
         };
@@ -1808,17 +1719,21 @@ impl SseFollower {
     /// message is a log event (`id` = its position, of `account`) or the one `event: live`,
     /// nothing was cut or ended, positions strictly increase, and `live` sits between the
     /// backlog (at or below its position) and the live events (above it).
-    fn log_events(&self, messages: &[SseMessage], account: &str) -> Vec<serde_json::Value> {
+    fn log_events(
+        &self,
+        messages: &[common::sse::Message],
+        account: &str,
+    ) -> Vec<serde_json::Value> {
         let name = &self.name;
-        if let Some(ended) = &self.state.lock().unwrap().ended {
+        if let Some(ended) = &self.stream.ended() {
             panic!("{name}: {ended}; received {messages:#?}");
         }
         let mut events = Vec::new();
         let mut live: Option<(usize, i64)> = None;
         let mut last = 0i64;
         for m in messages {
-            match m.event.as_deref() {
-                None => {
+            match m.event.as_str() {
+                "" => {
                     let e: serde_json::Value = serde_json::from_str(&m.data).unwrap();
                     let position = e["position"].as_i64().expect("position");
                     assert_eq!(
@@ -1834,7 +1749,7 @@ impl SseFollower {
                     last = position;
                     events.push(e);
                 }
-                Some("live") => {
+                "live" => {
                     assert!(live.is_none(), "{name}: a second event: live: {m:?}");
                     let v: serde_json::Value = serde_json::from_str(&m.data).unwrap();
                     let at = v["position"].as_i64().expect("live position");
@@ -1844,7 +1759,7 @@ impl SseFollower {
                     );
                     live = Some((events.len(), at));
                 }
-                Some(other) => panic!("{name}: unexpected event: {other}: {m:?}"),
+                other => panic!("{name}: unexpected event: {other}: {m:?}"),
             }
         }
         let (backlog, at) = live.unwrap_or_else(|| panic!("{name}: no event: live"));

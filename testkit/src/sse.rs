@@ -95,3 +95,54 @@ fn parse(block: &str) -> Message {
     m.data = data.join("\n");
     m
 }
+
+/// A stream read in the background: every message (comments left out) kept in arrival order,
+/// and how the stream ended, if it did. The reading stops when it is dropped.
+pub struct Collected {
+    state: std::sync::Arc<std::sync::Mutex<(Vec<Message>, Option<String>)>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Collected {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Collected {
+    /// Every message received so far.
+    pub fn messages(&self) -> Vec<Message> {
+        self.state.lock().unwrap().0.clone()
+    }
+
+    /// Why the stream ended (the server ended it, or it failed), once it has.
+    pub fn ended(&self) -> Option<String> {
+        self.state.lock().unwrap().1.clone()
+    }
+}
+
+impl Sse {
+    /// Reads the rest of the stream in a task.
+    pub fn collect(mut self) -> Collected {
+        let state = std::sync::Arc::new(std::sync::Mutex::new((Vec::new(), None)));
+        let shared = state.clone();
+        let task = tokio::spawn(async move {
+            let ended = loop {
+                while let Some(end) = self.buffer.find("\n\n") {
+                    let block: String = self.buffer.drain(..end + 2).collect();
+                    let m = parse(&block);
+                    if m.comment.is_none() {
+                        shared.lock().unwrap().0.push(m);
+                    }
+                }
+                match self.response.chunk().await {
+                    Ok(Some(bytes)) => self.buffer.push_str(&String::from_utf8_lossy(&bytes)),
+                    Ok(None) => break "the server ended the stream".to_string(),
+                    Err(e) => break format!("the stream failed: {e}"),
+                }
+            };
+            shared.lock().unwrap().1 = Some(ended);
+        });
+        Collected { state, task }
+    }
+}
