@@ -24,6 +24,23 @@ use crate::store::{EventFilter, Store, StoredEvent};
 /// Events read from the log per query.
 const PAGE: u64 = 500;
 
+/// An event as the feed hands it out: serialised once for every follower.
+#[derive(Debug)]
+pub(crate) struct Fed {
+    /// The event.
+    pub event: StoredEvent,
+    /// Its JSON, as the stream sends it.
+    pub json: String,
+}
+
+impl Fed {
+    pub(crate) fn new(event: StoredEvent) -> Fed {
+        // Invariant: a StoredEvent is strings, integers and a JSON value: it serialises.
+        let json = serde_json::to_string(&event).unwrap_or_default();
+        Fed { event, json }
+    }
+}
+
 /// Why a follower's stream ended on the server's side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Cut {
@@ -111,7 +128,7 @@ pub(crate) struct Feed {
     store: Store,
     /// Every event up to here has been broadcast.
     horizon: AtomicI64,
-    events: broadcast::Sender<Arc<StoredEvent>>,
+    events: broadcast::Sender<Arc<Fed>>,
     /// True once the feed stops (shutdown): followers end.
     closed: watch::Sender<bool>,
     followers: Arc<Semaphore>,
@@ -140,7 +157,7 @@ impl Drop for Follower {
 /// must be read up to first.
 pub(crate) struct Joined {
     /// Every event after `horizon` (and possibly some before it).
-    pub events: broadcast::Receiver<Arc<StoredEvent>>,
+    pub events: broadcast::Receiver<Arc<Fed>>,
     /// Read the log up to here first.
     pub horizon: i64,
     /// Turns true when the feed stops.
@@ -276,7 +293,7 @@ impl Feed {
             self.advance(last);
             self.metrics.read.fetch_add(page.len() as u64, Relaxed);
             for event in page {
-                let _ = self.events.send(Arc::new(event));
+                let _ = self.events.send(Arc::new(Fed::new(event)));
             }
             after = last;
         }
@@ -287,7 +304,7 @@ impl Feed {
     /// Broadcasts `event` as if read from the log (the followers' tests).
     #[cfg(test)]
     pub(crate) fn broadcast(&self, event: StoredEvent) {
-        let _ = self.events.send(Arc::new(event));
+        let _ = self.events.send(Arc::new(Fed::new(event)));
     }
 
     fn advance(&self, to: i64) {

@@ -236,7 +236,8 @@ impl Follow {
         }
         loop {
             if let Some(event) = self.backlog.pop_front() {
-                return Some(self.send(&event));
+                let json = serde_json::to_string(&event).unwrap_or_default();
+                return Some(self.send(event.position, json));
             }
             if !self.caught_up {
                 if self.after >= self.horizon {
@@ -270,13 +271,14 @@ impl Follow {
                 _ = closed.wait_for(|c| *c) => Err(RecvError::Closed),
             };
             match received {
-                Ok(event) => {
-                    if event.position <= self.after {
+                Ok(fed) => {
+                    let position = fed.event.position;
+                    if position <= self.after {
                         continue;
                     }
-                    self.after = event.position;
-                    if self.wanted(&event) {
-                        return Some(self.send(&event));
+                    self.after = position;
+                    if self.wanted(&fed.event) {
+                        return Some(self.send(position, fed.json.clone()));
                     }
                 }
                 Err(RecvError::Lagged(missed)) => {
@@ -299,14 +301,13 @@ impl Follow {
             && self.filter.matches(event)
     }
 
-    fn send(&mut self, event: &StoredEvent) -> Event {
-        self.after = self.after.max(event.position);
+    fn send(&mut self, position: i64, json: String) -> Event {
+        self.after = self.after.max(position);
         self.feed
             .metrics
             .sent
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let data = serde_json::to_string(event).unwrap_or_default();
-        Event::default().id(event.position.to_string()).data(data)
+        Event::default().id(position.to_string()).data(json)
     }
 
     /// The last message: why the server ends the stream (`unavailable` when `cut` is None).
