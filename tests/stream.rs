@@ -169,6 +169,8 @@ async fn followers_need_a_token_of_their_account_and_are_bounded_and_kept_alive(
         &[
             ("CRADLE_CONFIG", config.display().to_string()),
             ("CRADLE_ADMIN_TOKEN", admin.clone()),
+            // As many HTTP connections as followers: they must not take them.
+            ("CRADLE_HTTP_MAX_CONNECTIONS", "2".to_string()),
         ],
     )
     .await;
@@ -210,6 +212,13 @@ async fn followers_need_a_token_of_their_account_and_are_bounded_and_kept_alive(
     let beat = first.next(Duration::from_secs(2)).await.unwrap();
     assert_eq!(beat.comment.as_deref(), Some("keep-alive"), "{beat:?}");
     let _second = Sse::open(&url, &[("authorization", format!("Bearer {token}"))]).await;
+    // Two followers stream, yet the API still answers: they left http.max_connections' count.
+    let (code, body) = get(
+        format!("{}/v1/accounts/{ACCOUNT}/clients", cradle.http),
+        Some(token.clone()),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
     // The third follower is over stream.max_followers; it is counted.
     let (code, body) = get(url.clone(), Some(token.clone())).await;
     assert_eq!(
