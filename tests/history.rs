@@ -204,3 +204,98 @@ async fn the_history_routes_tell_each_connection_its_availability_and_the_state_
         assert_eq!(body["error"]["field"], field, "{path}: {body}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_log_is_read_back_page_by_page_as_far_as_the_window_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = (
+        "CRADLE_ADMIN_TOKEN",
+        "an-admin-token-of-some-length".to_string(),
+    );
+    let db = format!("sqlite://{}", dir.path().join("long.db").display());
+    let cradle = Cradle::spawn_ready(dir.path(), &db, &[admin]).await;
+    let device = Device::connect(cradle.mqtt_port, "publisher", None).await;
+    let topic = "accounts/fam/clients/c0/status";
+    // 150 connections of a second each, a minute apart: 300 events.
+    for i in 0..150_i64 {
+        let at = 1_000_000 + i * 60_000;
+        let k = format!("k{i}");
+        device
+            .publish(topic, common::status("connected", &k, at, None))
+            .await;
+        device
+            .publish(
+                topic,
+                common::status("disconnected", &k, at + 1_000, Some("clean")),
+            )
+            .await;
+    }
+    cradle.wait_events("fam", 300).await;
+    let get = |path: String| {
+        let url = format!("{}{path}", cradle.http);
+        async move {
+            let body: serde_json::Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+            body
+        }
+    };
+    // The whole log: every connection, in order.
+    let all = get(format!(
+        "/v1/accounts/fam/clients/c0/history?from=0&to={}",
+        now_millis()
+    ))
+    .await;
+    let c = all["connections"].as_array().unwrap();
+    assert_eq!(c.len(), 150, "{all}");
+    assert!(c
+        .iter()
+        .enumerate()
+        .all(|(i, c)| c["connection_id"] == format!("k{i}")
+            && c["duration_millis"] == 1_000
+            && c["end_reason"] == "clean"));
+    // A window in the middle: connections 100..109 (and nothing of the ones around it).
+    let from = 1_000_000 + 100 * 60_000;
+    let window = get(format!(
+        "/v1/accounts/fam/clients/c0/history?from={from}&to={}",
+        from + 10 * 60_000
+    ))
+    .await;
+    let ids: Vec<&str> = window["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["connection_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, (100..110).map(|i| format!("k{i}")).collect::<Vec<_>>());
+    // Its availability: ten seconds online in ten minutes, ten flaps.
+    let a = get(format!(
+        "/v1/accounts/fam/availability?from={from}&to={}",
+        from + 10 * 60_000
+    ))
+    .await;
+    let c0 = &a["clients"][0];
+    assert_eq!(
+        (
+            c0["online_millis"].as_i64(),
+            c0["connections"].as_i64(),
+            c0["flaps"].as_i64()
+        ),
+        (Some(10_000), Some(10), Some(10)),
+        "{a}"
+    );
+    assert_eq!(c0["online_percent"].as_f64(), Some(1.67));
+    // At an instant inside connection 120, and between 120 and 121.
+    let at = get(format!(
+        "/v1/accounts/fam/clients?at={}",
+        1_000_000 + 120 * 60_000 + 500
+    ))
+    .await;
+    assert_eq!(at["clients"][0]["connection_id"], "k120", "{at}");
+    assert_eq!(at["clients"][0]["connected"], true);
+    let at = get(format!(
+        "/v1/accounts/fam/clients?at={}",
+        1_000_000 + 120 * 60_000 + 5_000
+    ))
+    .await;
+    assert_eq!(at["clients"][0]["connected"], false, "{at}");
+    assert_eq!(at["clients"][0]["last_disconnect_reason"], "clean");
+}
