@@ -85,54 +85,71 @@ pub fn spans(log: &ClientLog) -> Vec<Span> {
                 reported_connection_id,
                 edge_connection_id,
                 ..
-            } => {
-                if let Some(open) = b.open_mut() {
-                    open.connection_id.clone_from(reported_connection_id);
-                    open.edge_connection_id
-                        .get_or_insert_with(|| edge_connection_id.clone());
-                    open.reported = true;
-                } else if before_history {
-                    b.spans.push(Span {
-                        connection_id: reported_connection_id.clone(),
-                        edge_connection_id: Some(edge_connection_id.clone()),
-                        started_at_millis: None,
-                        ended_at_millis: None,
-                        end_reason: None,
-                        reported: true,
-                        observed: true,
-                    });
-                }
-            }
+            } => b.reported(reported_connection_id, edge_connection_id, before_history),
             ConnectionEvent::Disconnected {
                 connection_id,
                 reason,
                 at_millis,
                 edge_connection_id,
-            } => {
-                let end = b.stamp(*at_millis);
-                let names_open = b.open_mut().is_some_and(|open| {
-                    open.connection_id == *connection_id
-                        || (edge_connection_id.is_some()
-                            && open.edge_connection_id == *edge_connection_id)
-                });
-                if names_open {
-                    b.end_open(end, *reason);
-                    continue;
-                }
-                b.end_open(end, DisconnectReason::Takeover);
-                b.spans.push(Span {
-                    connection_id: connection_id.clone(),
-                    edge_connection_id: edge_connection_id.clone(),
-                    started_at_millis: (!before_history).then_some(end),
-                    ended_at_millis: Some(end),
-                    end_reason: Some(*reason),
-                    reported: false,
-                    observed: edge_connection_id.is_some(),
-                });
-            }
+            } => b.disconnected(
+                (connection_id, edge_connection_id.as_deref()),
+                (*reason, *at_millis),
+                before_history,
+            ),
         }
     }
     b.spans
+}
+
+impl Rebuild {
+    /// The device's report: the open connection is known by the reported id from now on.
+    fn reported(&mut self, reported_id: &str, edge: &str, before_history: bool) {
+        if let Some(open) = self.open_mut() {
+            reported_id.clone_into(&mut open.connection_id);
+            open.edge_connection_id
+                .get_or_insert_with(|| edge.to_string());
+            open.reported = true;
+        } else if before_history {
+            self.spans.push(Span {
+                connection_id: reported_id.to_string(),
+                edge_connection_id: Some(edge.to_string()),
+                started_at_millis: None,
+                ended_at_millis: None,
+                end_reason: None,
+                reported: true,
+                observed: true,
+            });
+        }
+    }
+
+    /// An end: of the open connection when it names it (by id or edge id), else of a
+    /// connection that lasted no time, which took the open one over.
+    fn disconnected(
+        &mut self,
+        (connection_id, edge): (&str, Option<&str>),
+        (reason, at_millis): (DisconnectReason, i64),
+        before_history: bool,
+    ) {
+        let end = self.stamp(at_millis);
+        let names_open = self.open_mut().is_some_and(|open| {
+            open.connection_id == connection_id
+                || (edge.is_some() && open.edge_connection_id.as_deref() == edge)
+        });
+        if names_open {
+            self.end_open(end, reason);
+            return;
+        }
+        self.end_open(end, DisconnectReason::Takeover);
+        self.spans.push(Span {
+            connection_id: connection_id.to_string(),
+            edge_connection_id: edge.map(str::to_string),
+            started_at_millis: (!before_history).then_some(end),
+            ended_at_millis: Some(end),
+            end_reason: Some(reason),
+            reported: false,
+            observed: edge.is_some(),
+        });
+    }
 }
 
 /// The connections rebuilt so far, and the latest instant they reach.

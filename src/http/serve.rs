@@ -203,12 +203,7 @@ async fn connection(
             let held = held.clone();
             async move {
                 let response = response.await?;
-                if response.status() == axum::http::StatusCode::SWITCHING_PROTOCOLS {
-                    switched.store(true, Relaxed);
-                }
-                if response.extensions().get::<LeavesCount>().is_some() {
-                    drop(held.lock().unwrap_or_else(|e| e.into_inner()).take());
-                }
+                note_response(&response, &switched, &held);
                 Ok::<_, std::convert::Infallible>(response)
             }
         });
@@ -246,6 +241,21 @@ async fn connection(
         } else {
             tracing::trace!(%error, "HTTP connection ended with an error");
         }
+    }
+}
+
+/// What a response says of its connection: an upgrade (the write deadline no longer
+/// applies), or a stream that leaves `http.max_connections`' count (its slot is released).
+fn note_response<B>(
+    response: &axum::http::Response<B>,
+    upgraded: &AtomicBool,
+    slot: &std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>,
+) {
+    if response.status() == axum::http::StatusCode::SWITCHING_PROTOCOLS {
+        upgraded.store(true, Relaxed);
+    }
+    if response.extensions().get::<LeavesCount>().is_some() {
+        drop(slot.lock().unwrap_or_else(|e| e.into_inner()).take());
     }
 }
 

@@ -214,11 +214,7 @@ async fn build(config: Config) -> Result<Running, ServeError> {
     let counters = Counters::default();
     check_open_files(&config);
     // Every listener is checked before anything is created or migrated.
-    let http_listener = bind_http("http.listen", config.http.listen).await?;
-    let admin_listener = match config.http.admin_listen {
-        Some(addr) => Some(bind_http("http.admin_listen", addr).await?),
-        None => None,
-    };
+    let listeners = bind_listeners(&config).await?;
     let store = Store::connect(&config.store).await?;
     tracing::info!(backend = ?store.backend(), url = %crate::store::redact(&config.store.database_url), "store ready");
     let auth = authenticator(&config, &store).await?;
@@ -272,21 +268,9 @@ async fn build(config: Config) -> Result<Running, ServeError> {
         broker.handed_over,
         (edge.ender(), auth.clone()),
     );
-    let feed = crate::feed::Feed::new(store.clone(), config.stream.clone());
-    spawn_critical(Task::Feed, feed.clone().run());
-    let retention_task = (config.store.retention_days > 0).then(|| {
-        spawn_critical(
-            Task::Retention,
-            crate::store::retention::run(store.clone(), config.store.retention_days),
-        )
-    });
+    let (feed, retention_task) = start_feed(&config, &store);
     let state = app_state(&config, (&store, &feed), &counters, &bus, auth, &handlers);
-    let (http_task, http_stop) = start_http(
-        &config,
-        (http_listener, admin_listener),
-        state,
-        counters.http,
-    );
+    let (http_task, http_stop) = start_http(&config, listeners, state, counters.http);
     Ok(Running {
         config,
         store,
@@ -298,6 +282,19 @@ async fn build(config: Config) -> Result<Running, ServeError> {
         feed,
         retention_task,
     })
+}
+
+/// Starts the live feed of the event log and, with `store.retention_days`, retention.
+fn start_feed(config: &Config, store: &Store) -> (Arc<crate::feed::Feed>, Option<JoinHandle<()>>) {
+    let feed = crate::feed::Feed::new(store.clone(), config.stream.clone());
+    spawn_critical(Task::Feed, feed.clone().run());
+    let retention = (config.store.retention_days > 0).then(|| {
+        spawn_critical(
+            Task::Retention,
+            crate::store::retention::run(store.clone(), config.store.retention_days),
+        )
+    });
+    (feed, retention)
 }
 
 /// Connects the bus and subscribes the route table (shared among replicas with an external
@@ -344,6 +341,18 @@ async fn start_edge(
         tracing::info!(listener = key, %addr, "MQTT edge listening");
     }
     Ok(edge)
+}
+
+/// Binds `http.listen` and, when set, `http.admin_listen`.
+async fn bind_listeners(
+    config: &Config,
+) -> Result<(tokio::net::TcpListener, Option<tokio::net::TcpListener>), ServeError> {
+    let http = bind_http("http.listen", config.http.listen).await?;
+    let admin = match config.http.admin_listen {
+        Some(addr) => Some(bind_http("http.admin_listen", addr).await?),
+        None => None,
+    };
+    Ok((http, admin))
 }
 
 /// Binds an HTTP listener; a failure names its key.
