@@ -34,10 +34,11 @@ pub(super) fn router() -> Router<AppState> {
 
 /// Rows read by the first query while walking a stream backwards: enough for a recent
 /// window of a client that reconnects a few times a day (reading 64 at once made a 24-hour
-/// availability six times slower on a 10-million-event log: BENCHMARKS.md).
+/// availability six times slower on a 10-million-event log: BENCHMARKS.md). Each further
+/// query reads four times as many, up to [`PAGE`] (4, 16, 64, 64, …).
 const FIRST_PAGE: u64 = 4;
 
-/// Rows read by each further query.
+/// Rows read by a query at most.
 const PAGE: u64 = 64;
 
 /// A day: the default window.
@@ -71,7 +72,7 @@ pub(super) async fn rebuild(
     let complete = loop {
         let page = store.stream_back(&stream, before, size).await?;
         let full = page.len() as u64 == size;
-        size = PAGE;
+        size = (size * 4).min(PAGE);
         let mut stop = false;
         for event in page {
             before = event.stream_version;
