@@ -844,7 +844,12 @@ async fn cors_answers_allowed_origins_per_fetch_and_nothing_to_others() {
         .to_str()
         .unwrap()
         .to_lowercase();
-    for needed in ["authorization", "content-type", "x-cradle-account", "last-event-id"] {
+    for needed in [
+        "authorization",
+        "content-type",
+        "x-cradle-account",
+        "last-event-id",
+    ] {
         assert!(headers.contains(needed), "{headers}");
     }
     assert_eq!(h["access-control-max-age"], "600");

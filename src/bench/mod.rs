@@ -7,12 +7,14 @@
 //! RSS come from `/proc/{pid}` when the broker's pid is given.
 
 pub mod connections;
+pub mod history;
 pub mod pipeline;
 pub mod puback;
 pub mod report;
 pub mod signalling;
 pub mod storm;
 pub(crate) mod storm_pwa;
+pub mod stream;
 pub mod throughput;
 pub mod websocket;
 pub(crate) mod wire;

@@ -83,8 +83,32 @@ enum Command {
     WsIdle(WsIdleArgs),
     /// Round trip WebSocket client → MQTT device → WebSocket client at a fixed load.
     WsSignalling(WsSignallingArgs),
+    /// Presence history routes on a large log (scripts/history-perf): latency per route.
+    History(bench::history::HistoryArgs),
+    /// Followers of one account's live event stream while statuses commit: publish → delivery
+    /// and commit → delivery per event and follower (two result lines).
+    StreamFollowers(StreamFollowersArgs),
     /// Reads result lines on stdin and prints Markdown; the header is read from a file.
     Report(ReportArgs),
+}
+
+#[derive(clap::Args)]
+struct StreamFollowersArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Cradle's HTTP base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    http: String,
+    #[arg(long, default_value_t = 1000)]
+    followers: usize,
+    /// Statuses committed while they follow.
+    #[arg(long, default_value_t = 2000)]
+    events: u64,
+    /// Offered statuses per second.
+    #[arg(long, default_value_t = 200)]
+    rate: u64,
+    #[arg(long, default_value_t = 60)]
+    max_secs: u64,
 }
 
 // Each subcommand's arguments. No doc comments on these structs: each subcommand's help
@@ -295,6 +319,27 @@ async fn run(command: Command) -> Result<Option<BenchResult>, String> {
             websocket::idle(&a.http, &a.target.label, a.target.pid, a.count).await
         }
         Command::WsSignalling(a) => run_ws_signalling(a).await,
+        Command::History(a) => {
+            bench::history::run(a).await.map_err(|e| e.to_string())?;
+            return Ok(None);
+        }
+        Command::StreamFollowers(a) => {
+            let rows = bench::stream::run(bench::stream::StreamFollowers {
+                http: a.http,
+                broker: a.target.broker,
+                pid: a.target.pid,
+                followers: a.followers,
+                events: a.events,
+                rate: a.rate,
+                max_secs: a.max_secs,
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+            for r in rows {
+                println!("{}", serde_json::to_string(&r).map_err(|e| e.to_string())?);
+            }
+            return Ok(None);
+        }
         Command::Report(a) => {
             run_report(a)?;
             return Ok(None);

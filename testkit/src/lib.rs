@@ -11,8 +11,8 @@ use rumqttc::{AsyncClient, EventLoop, LastWill, MqttOptions, QoS};
 
 mod bridge;
 pub mod browser;
-pub mod sse;
 mod raw;
+pub mod sse;
 
 pub use bridge::{next_frame, upgrade_request, Ws};
 pub use raw::{RawV4, RawV5};
