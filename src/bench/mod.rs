@@ -7,6 +7,7 @@
 //! RSS come from `/proc/{pid}` when the broker's pid is given.
 
 pub mod connections;
+pub mod fleet;
 pub mod history;
 pub mod pipeline;
 pub mod puback;

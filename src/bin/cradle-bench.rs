@@ -71,6 +71,8 @@ enum Command {
     RawInsert(RawInsertArgs),
     /// Broker memory per idle connection.
     Idle(IdleArgs),
+    /// Broker memory per fleet-shaped device: retained Will and status, account subscription.
+    Fleet(FleetArgs),
     /// Connect/report/disconnect cycles until every event is recorded.
     Churn(ChurnArgs),
     /// Pages of the live connections list with many devices connected.
@@ -191,6 +193,14 @@ struct IdleArgs {
 }
 
 #[derive(clap::Args)]
+struct FleetArgs {
+    #[command(flatten)]
+    target: Target,
+    #[arg(long, default_value_t = 1000)]
+    count: usize,
+}
+
+#[derive(clap::Args)]
 struct ListArgs {
     #[command(flatten)]
     target: Target,
@@ -300,6 +310,9 @@ async fn run(command: Command) -> Result<Option<BenchResult>, String> {
         Command::Puback(a) => run_puback(a).await,
         Command::RawInsert(a) => run_raw_insert(a).await,
         Command::Idle(a) => run_idle(a).await,
+        Command::Fleet(a) => {
+            bench::fleet::run(&a.target.broker, &a.target.label, a.target.pid, a.count).await
+        }
         Command::ListConnections(a) => {
             connections::list_connections(connections::Listing {
                 broker: a.target.broker,
