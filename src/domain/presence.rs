@@ -259,22 +259,9 @@ pub fn state_at(spans: &[Span], at: i64) -> PresenceAt {
 /// A connection as a history answer shows it, for a window `[from, to)`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct HistoryEntry {
-    /// The id it is known by (the device's reported id once it reported).
-    pub connection_id: String,
-    /// The MQTT connection behind the edge; `null` for clients the edge does not see.
-    pub edge_connection_id: Option<String>,
-    /// When it started, Unix milliseconds; `null` when it started before the retained history.
-    pub started_at_millis: Option<i64>,
-    /// When it ended; `null` while it is open.
-    pub ended_at_millis: Option<i64>,
-    /// Why it ended (a disconnect reason's wire name); `null` while it is open.
-    #[schema(value_type = Option<String>)]
-    pub end_reason: Option<DisconnectReason>,
-    /// The device reported the connection itself.
-    pub reported: bool,
-    /// The MQTT edge saw the connection (it has an edge id): `false` for clients the edge
-    /// does not see (WebSocket sessions, devices on an external broker).
-    pub observed: bool,
+    /// The connection, as rebuilt from the log (its fields stand beside the ones below).
+    #[serde(flatten)]
+    pub connection: Span,
     /// Its whole length if it ended, else up to `now`; `null` when the start is unknown.
     pub duration_millis: Option<i64>,
     /// Time inside the window (an open connection counts up to `now`).
@@ -301,13 +288,7 @@ pub fn history(spans: &[Span], from: i64, to: i64, now: i64) -> Vec<HistoryEntry
                     .max(0)
             });
             HistoryEntry {
-                connection_id: s.connection_id.clone(),
-                edge_connection_id: s.edge_connection_id.clone(),
-                started_at_millis: s.started_at_millis,
-                ended_at_millis: s.ended_at_millis,
-                end_reason: s.end_reason,
-                reported: s.reported,
-                observed: s.observed,
+                connection: s.clone(),
                 duration_millis,
                 in_window_millis: b.saturating_sub(a),
                 open,
@@ -544,7 +525,7 @@ mod tests {
         let spans = given(&[connected("k1", 120)]);
         let h = history(&spans, 100, 200, 150);
         assert!(h[0].open);
-        assert_eq!(h[0].ended_at_millis, None);
+        assert_eq!(h[0].connection.ended_at_millis, None);
         assert_eq!(h[0].in_window_millis, 30);
         assert_eq!(h[0].duration_millis, Some(30));
         let a = availability(&spans, 100, 200, 150, 0);
