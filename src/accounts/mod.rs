@@ -262,18 +262,37 @@ pub async fn issue_devices(
     for c in clients {
         check_id("client", c)?;
     }
-    let txn = store.begin().await?;
-    if !txn.account_exists(account).await? {
-        return Err(AccountsError::NoAccount(account.to_string()));
-    }
     let issued: Vec<Issued> = clients
         .iter()
         .map(|c| new_credential(CredentialKind::Device, Some(account), Some(c)))
         .collect();
     let rows: Vec<credentials::Model> = issued.iter().map(|i| i.credential.clone()).collect();
-    txn.insert_credentials(&rows).await?;
+    // The transaction reads, then writes: on SQLite a commit of another writer in between
+    // (the status writer recording a connection) refuses it at once (SQLITE_BUSY_SNAPSHOT),
+    // and it is run again, as every retryable store error.
+    let mut attempts = 0;
+    loop {
+        match insert_devices(store, account, &rows).await {
+            Err(AccountsError::Store(e)) if e.is_retryable() && attempts < 5 => attempts += 1,
+            Err(e) => return Err(e),
+            Ok(()) => return Ok(issued),
+        }
+    }
+}
+
+/// One attempt of [`issue_devices`]: the account must exist; every row is inserted.
+async fn insert_devices(
+    store: &Store,
+    account: &str,
+    rows: &[credentials::Model],
+) -> Result<(), AccountsError> {
+    let txn = store.begin().await?;
+    if !txn.account_exists(account).await? {
+        return Err(AccountsError::NoAccount(account.to_string()));
+    }
+    txn.insert_credentials(rows).await?;
     txn.commit().await?;
-    Ok(issued)
+    Ok(())
 }
 
 /// Credentials, of one account or all, newest first (hashes included; never secrets).
